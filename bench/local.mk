@@ -1,0 +1,1 @@
+# bench/local.mk - build rules for bench (included from the top Makefile.am)

@@ -1,0 +1,72 @@
+/* core/cpu/kernels.h - the CPU compute kernels behind the CPU backend (internal).
+ *
+ * Raw-pointer, fp32, contiguous (row-major) kernels. They know nothing of
+ * mmp_tensor_t: core/backend_cpu.c checks shapes and dtypes, makes operands
+ * contiguous and calls these. Every kernel is multi-threaded over the core
+ * pool (core/cpu/threadpool.h) and returns 0 or a negative MMP_E* code.
+ */
+#ifndef MMPIPE_CPU_KERNELS_H
+#define MMPIPE_CPU_KERNELS_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+/* ---- thread pool ---- */
+/* Set the number of worker threads (also tells OpenBLAS). 0 = MMPIPE_THREADS
+ * env or online cores. */
+void mmp_cpu_set_threads(int n);
+int mmp_cpu_threads(void);
+/* Run fn(i, user) for i in [0, n) over the pool, blocking until done.
+ * Nested calls from inside a task run serially. */
+void mmp_cpu_parallel_for(int64_t n, void (*fn)(int64_t i, void *user), void *user);
+
+/* ---- GEMM ----
+ * C[b] = alpha * op(A[b]) @ op(B[b]) + beta * C[b] for b < batch.
+ * op(A) is M x K, op(B) is K x N; lda/ldb/ldc are row strides; stride_a/b/c
+ * are batch strides in elements (0 broadcasts). */
+int mmp_cpu_sgemm(int64_t batch, bool trans_a, bool trans_b, int64_t M,
+                  int64_t N, int64_t K, float alpha, const float *A,
+                  int64_t lda, int64_t stride_a, const float *B, int64_t ldb,
+                  int64_t stride_b, float beta, float *C, int64_t ldc,
+                  int64_t stride_c);
+
+/* ---- conv2d ---- x[N,C,H,W], w[O,C/groups,KH,KW], bias[O] or NULL,
+ * y[N,O,OH,OW] with OH = (H + 2ph - dh*(KH-1) - 1)/sh + 1. */
+int mmp_cpu_conv2d(const float *x, int64_t N, int64_t C, int64_t H, int64_t W,
+                   const float *w, int64_t O, int64_t KH, int64_t KW,
+                   const float *bias, int sh, int sw, int ph, int pw, int dh,
+                   int dw, int groups, float *y);
+
+/* ---- normalisation ---- */
+/* x viewed as [N, C, S] (S = spatial size); groups divide C. */
+int mmp_cpu_group_norm(const float *x, int64_t N, int64_t C, int64_t S,
+                       int groups, const float *gamma, const float *beta,
+                       float eps, float *y);
+/* x viewed as [rows, D]; gamma/beta [D] or NULL. */
+int mmp_cpu_layer_norm(const float *x, int64_t rows, int64_t D,
+                       const float *gamma, const float *beta, float eps,
+                       float *y);
+/* softmax over the last dim of [rows, D]. */
+int mmp_cpu_softmax(const float *x, int64_t rows, int64_t D, float *y);
+
+/* ---- attention ----
+ * q[B,H,Lq,D], k[B,H,Lk,D], v[B,H,Lk,Dv] contiguous; out[B,H,Lq,Dv].
+ * key_mask: NULL or uint8 [B, Lk], nonzero = do not attend. causal masks
+ * key j > query i. Rows with every key masked give 0 (documented choice).
+ * Online softmax over key blocks: memory O(Lq*Dv + block), never Lq x Lk
+ * for all heads at once. */
+int mmp_cpu_attention(const float *q, const float *k, const float *v,
+                      int64_t B, int64_t H, int64_t Lq, int64_t Lk, int64_t D,
+                      int64_t Dv, const uint8_t *key_mask, bool causal,
+                      float scale, float *out);
+
+/* ---- activations (n elements, y may equal x) ---- */
+void mmp_cpu_silu(const float *x, float *y, int64_t n);
+void mmp_cpu_gelu(const float *x, float *y, int64_t n);       /* erf */
+void mmp_cpu_gelu_tanh(const float *x, float *y, int64_t n);
+void mmp_cpu_quick_gelu(const float *x, float *y, int64_t n);
+/* x[rows, 2D] -> y[rows, D] = x[:, :D] * gelu(x[:, D:]). */
+void mmp_cpu_geglu(const float *x, float *y, int64_t rows, int64_t D);
+
+#endif

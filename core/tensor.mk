@@ -1,0 +1,1 @@
+# core/tensor.mk - tensor runtime, backends, safetensors, RNG (sources added to libmmpipe)

@@ -1,0 +1,1 @@
+# plugins/schedulers/local.mk - build rules for plugins/schedulers (included from the top Makefile.am)
