@@ -1,0 +1,1 @@
+# plugins/tasks/local.mk - task plugins

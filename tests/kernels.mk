@@ -1,0 +1,1 @@
+# tests/kernels.mk - tests of this area (included from tests/local.mk)

@@ -1,0 +1,24 @@
+# tests/local.mk - test programs (TAP), run by `make check`.
+TEST_EXTENSIONS = .test .sh
+LOG_DRIVER = env AM_TAP_AWK='$(AWK)' $(SHELL) $(top_srcdir)/build-aux/tap-driver.sh
+TEST_LOG_DRIVER = $(LOG_DRIVER)
+SH_LOG_DRIVER = $(LOG_DRIVER)
+AM_TESTS_ENVIRONMENT = \
+	MMP_TEST_SRCDIR='$(abs_top_srcdir)'; export MMP_TEST_SRCDIR; \
+	MMP_TEST_BUILDDIR='$(abs_top_builddir)'; export MMP_TEST_BUILDDIR; \
+	MMP_SHARED_DATA="$${MMP_SHARED_DATA:-$(abs_top_srcdir)/../shared/data}"; export MMP_SHARED_DATA; \
+	MMPIPE_PLUGIN_PATH=; export MMPIPE_PLUGIN_PATH; \
+	MMPIPE_THREADS="$${MMPIPE_THREADS:-2}"; export MMPIPE_THREADS; \
+	ASAN_OPTIONS="$${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}"; export ASAN_OPTIONS; \
+	UBSAN_OPTIONS="$${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"; export UBSAN_OPTIONS;
+TEST_CPPFLAGS = $(AM_CPPFLAGS) -I$(top_srcdir)/tests
+TEST_LDADD = libmmpipe.la -lm
+noinst_HEADERS += tests/tap.h
+
+include tests/core.mk
+include tests/tensor.mk
+include tests/kernels.mk
+include tests/schedulers.mk
+include tests/tokenizers.mk
+include tests/datasets.mk
+include tests/sd.mk

@@ -1,0 +1,1 @@
+# tests/tokenizers.mk - tests of this area (included from tests/local.mk)
