@@ -330,7 +330,7 @@ static int op_copy(const mmp_tensor_t *src, mmp_tensor_t *dst) {
 typedef struct fill_ctx {
   iter_t it;
   mmp_dtype_t dt;
-  unsigned char val[8];
+  _Alignas(8) unsigned char val[8];
 } fill_ctx_t;
 
 static void fill_rows(int64_t r0, int64_t r1, void *user) {

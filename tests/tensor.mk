@@ -1,1 +1,5 @@
 # tests/tensor.mk - tests of this area (included from tests/local.mk)
+check_PROGRAMS += tests/test_core_tensor
+TESTS += tests/test_core_tensor
+tests_test_core_tensor_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_core_tensor_LDADD = $(TEST_LDADD)
