@@ -3,3 +3,7 @@ check_PROGRAMS += tests/test_core_tensor
 TESTS += tests/test_core_tensor
 tests_test_core_tensor_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_core_tensor_LDADD = $(TEST_LDADD)
+check_PROGRAMS += tests/test_core_safetensors
+TESTS += tests/test_core_safetensors
+tests_test_core_safetensors_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_core_safetensors_LDADD = $(TEST_LDADD)
