@@ -42,3 +42,6 @@ tests_test_core_registry_LDADD = $(TEST_LDADD)
 EXTRA_DIST += tests/data tests/plugins/good.c tests/plugins/broken.c
 TESTS += tests/test_core_pipeline.sh
 EXTRA_DIST += tests/test_core_pipeline.sh
+TESTS += tests/test_core_example_plugin.sh
+EXTRA_DIST += tests/test_core_example_plugin.sh mmpipe-uninstalled.pc.in
+AM_TESTS_ENVIRONMENT += SAN_FLAGS='$(MMP_SAN_CFLAGS)'; export SAN_FLAGS; CC='$(CC)'; export CC;
