@@ -597,3 +597,94 @@ int mmp_read_gz_file(const char *path, char **data, size_t *len) {
   *len = b.len;
   return 0;
 }
+
+/* ---- added tokens ---- */
+
+int mmp_added_init(mmp_added_t *a) {
+  memset(a, 0, sizeof(*a));
+  a->encoder = mmp_strmap_new();
+  a->nosplit = mmp_strmap_new();
+  a->trie = mmp_trie_new();
+  if (!a->encoder || !a->nosplit || !a->trie) {
+    mmp_added_free(a);
+    return MMP_ENOMEM;
+  }
+  return 0;
+}
+
+void mmp_added_free(mmp_added_t *a) {
+  mmp_strmap_free(a->encoder);
+  mmp_strmap_free(a->nosplit);
+  mmp_trie_free(a->trie);
+  memset(a, 0, sizeof(*a));
+}
+
+static bool piece_nosplit(const mmp_added_t *a, const int32_t *text, size_t b, size_t e,
+                          mmp_bstr_t *tmp, int64_t *flags) {
+  if (mmp_bstr_from_ustr(tmp, text + b, e - b) < 0) return false;
+  return mmp_strmap_get(a->nosplit, tmp->p, tmp->len, flags);
+}
+
+int mmp_added_split(const mmp_added_t *a, const int32_t *text, size_t n,
+                    mmp_piece_t **pieces, size_t *npieces) {
+  size_t *cuts = NULL, ncuts = 0;
+  int rc = mmp_trie_split(a->trie, text, n, &cuts, &ncuts);
+  if (rc < 0) return rc;
+  size_t np = ncuts > 0 ? ncuts - 1 : 0;
+  mmp_piece_t *p = malloc((np + 1) * sizeof(*p));
+  if (!p) {
+    free(cuts);
+    return mmp_error_set(MMP_ENOMEM, "out of memory");
+  }
+  for (size_t i = 0; i < np; i++) p[i] = (mmp_piece_t){cuts[i], cuts[i + 1], false};
+  free(cuts);
+  mmp_bstr_t tmp = {0};
+  for (size_t i = 0; i < np; i++) {
+    int64_t strip = 0;
+    if (!piece_nosplit(a, text, p[i].b, p[i].e, &tmp, &strip)) continue;
+    if (strip) {
+      if (i + 1 < np && p[i + 1].e > p[i + 1].b) /* right.lstrip() */
+        mmp_py_strip(text, &p[i + 1].b, &p[i + 1].e, true, false);
+      if (i > 0 && p[i - 1].e > p[i - 1].b) /* left.rstrip() */
+        mmp_py_strip(text, &p[i - 1].b, &p[i - 1].e, false, true);
+    }
+  }
+  size_t k = 0;
+  for (size_t i = 0; i < np; i++) {
+    if (p[i].e == p[i].b) continue;
+    int64_t f;
+    p[i].nosplit = piece_nosplit(a, text, p[i].b, p[i].e, &tmp, &f);
+    p[k++] = p[i];
+  }
+  mmp_bstr_free(&tmp);
+  *pieces = p;
+  *npieces = k;
+  return 0;
+}
+
+int mmp_tok_pack_row(const int64_t *ids, size_t nids, int64_t bos, int64_t eos,
+                     int64_t pad, int64_t max_length, bool truncation,
+                     size_t text_index, int64_t *row_ids, int64_t *row_mask) {
+  int64_t specials = (bos >= 0) + (eos >= 0);
+  int64_t room = max_length - specials;
+  if (room < 0)
+    return mmp_error_set(MMP_EINVAL, "max_length %lld leaves no room for the special tokens",
+                         (long long)max_length);
+  if ((int64_t)nids > room) {
+    if (!truncation)
+      return mmp_error_set(MMP_EINVAL,
+                           "text %zu has %zu tokens, more than max_length %lld allows (%lld "
+                           "with the special tokens) and truncation is off",
+                           text_index, nids, (long long)max_length, (long long)room);
+    nids = (size_t)room;
+  }
+  int64_t k = 0;
+  if (bos >= 0) row_ids[k++] = bos;
+  for (size_t i = 0; i < nids; i++) row_ids[k++] = ids[i];
+  if (eos >= 0) row_ids[k++] = eos;
+  for (int64_t i = 0; i < max_length; i++) {
+    row_mask[i] = i < k ? 1 : 0;
+    if (i >= k) row_ids[i] = pad;
+  }
+  return 0;
+}

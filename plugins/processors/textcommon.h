@@ -82,6 +82,41 @@ int mmp_trie_add(mmp_trie_t *t, const int32_t *word, size_t n);
 int mmp_trie_split(const mmp_trie_t *t, const int32_t *text, size_t n,
                    size_t **cuts, size_t *ncuts);
 
+
+/* ---- added tokens, as transformers 4.30's slow tokenizers keep them ----
+ * encoder: added token -> id (ids after the base vocabulary);
+ * nosplit: unique_no_split_tokens -> 1 when the token strips the whitespace
+ * of its neighbours (plain str tokens), 0 when not (AddedToken with
+ * lstrip=rstrip=False, e.g. CLIP's <|startoftext|>/<|endoftext|>);
+ * trie: the strings that split the text (tokens_trie). */
+typedef struct mmp_added {
+  mmp_strmap_t *encoder;
+  mmp_strmap_t *nosplit;
+  mmp_trie_t *trie;
+  int64_t n_added;
+} mmp_added_t;
+
+int mmp_added_init(mmp_added_t *a);
+void mmp_added_free(mmp_added_t *a);
+/* One piece of PreTrainedTokenizer.tokenize()'s split: [b, e) of the text;
+ * nosplit when the piece is an added/special token. */
+typedef struct mmp_piece {
+  size_t b, e;
+  bool nosplit;
+} mmp_piece_t;
+/* tokens_trie.split + the neighbour stripping + dropping empty pieces.
+ * *pieces is malloc'ed. */
+int mmp_added_split(const mmp_added_t *a, const int32_t *text, size_t n,
+                    mmp_piece_t **pieces, size_t *npieces);
+
+/* Pack token id lists into [n, max_length] input_ids/attention_mask rows
+ * (row-major, caller-allocated): bos? ids eos? then pad. When a list is too
+ * long: truncation cuts it to max_length - specials; otherwise MMP_EINVAL
+ * naming the text index. */
+int mmp_tok_pack_row(const int64_t *ids, size_t nids, int64_t bos, int64_t eos,
+                     int64_t pad, int64_t max_length, bool truncation,
+                     size_t text_index, int64_t *row_ids, int64_t *row_mask);
+
 /* Read a whole file (NUL-terminated). MMP_EIO naming the file. */
 int mmp_read_file(const char *path, char **data, size_t *len);
 /* Read a gzip (or plain) file through zlib. */
