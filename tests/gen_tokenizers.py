@@ -64,7 +64,7 @@ TEXTS = [
     "   leading and trailing   ",
     "\u00a0nbsp\u00a0and\u2003em\u2003space\u3000ideographic\u200bzero-width",
     "ligatures \ufb01nance \ufb02ow \ufb00 and fullwidth \uff21\uff22\uff23\uff11\uff12",
-    "control\x00chars\x07here\x1b[31mred\x1b[0m\ufeffbom\x7f",
+    "control\x01chars\x07here\x1b[31mred\x1b[0m\ufeffbom\x7f",
     "Greek \u039f\u0394\u039f\u03a3 \u03a3\u03b9\u03c3\u03c5\u03c6\u03bf\u03c2 Turkish \u0130stanbul I\u0307 \u017ft",
     "math x\u00b2 \u00bd \u2153 \u2167 \u0663\u0664 \u00b5m 10\u00b3 \u221e",
     "Fred is talking to Barney in the living room.",
@@ -119,6 +119,7 @@ def bert_dir(tmp):
 
 def run_hf(tk, texts, max_length, truncation, lower_first=False):
     texts = [t.lower() if lower_first else t for t in texts]
+    assert not any("\0" in t for t in texts)  # encode_text takes C strings
     # AR-LDM / diffusers call: padding="max_length", max_length, truncation
     enc = tk(texts, padding="max_length", max_length=max_length, truncation=truncation)
     for row in enc["input_ids"]:

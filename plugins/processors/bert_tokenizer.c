@@ -132,6 +132,7 @@ static const mmp_processor_ops_t bert_ops = {
     .encode_text = bert_encode_text,
 };
 
+MMP_EXPORT int mmp_plugin_processor_bert_tokenizer_init(mmp_registry_t *reg);
 MMP_EXPORT int mmp_plugin_processor_bert_tokenizer_init(mmp_registry_t *reg) {
   return mmp_registry_add(reg, &bert_ops.base);
 }

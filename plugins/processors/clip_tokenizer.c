@@ -193,6 +193,7 @@ static const mmp_processor_ops_t clip_ops = {
     .encode_text = clip_encode_text,
 };
 
+MMP_EXPORT int mmp_plugin_processor_clip_tokenizer_init(mmp_registry_t *reg);
 MMP_EXPORT int mmp_plugin_processor_clip_tokenizer_init(mmp_registry_t *reg) {
   return mmp_registry_add(reg, &clip_ops.base);
 }
