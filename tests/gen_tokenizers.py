@@ -89,6 +89,21 @@ TEXTS = [
 TEXTS_LONG = TEXTS + [LONG]
 
 
+def random_texts(seed, n):
+    """Seeded strings built from pieces that stress the cleaning and the
+    added-token matching (Python's random is stable across versions)."""
+    import random
+    rnd = random.Random(seed)
+    pool = (list("aAbBfFrReEdD '\u2019\"sStTmMlL.,!?-_0123456789\u00e9\u00c9\u00f1\u00d1\u00fc\u00dc"
+                 "\u6f22\u5b57\U0001F600\n\t  \ufb01\uff21[]<>|&;#")
+            + ["fred", "Fred", "FRED", "barney", "Barney", "pebbles", "pororo", "Pororo", "PORORO",
+               "crong", "<|endoftext|>", "<|startoftext|>", "'s", "'ll", "'RE", "\u00c3\u00a9",
+               "\u00e2\u20ac\u2122", "&quot;", "&amp;amp;", "&lt;", "&#39;", "\u00a0", "\u017f",
+               "\u0130", "\u03a3", "\u0301", "\u3000", "\x85", "\u2028", "[DEC]", "[ENC]",
+               "[CLS]", "[cls]", "\u00c3", "\u00c2 ", "\u2018", "\u201c", "\x1b[1m"])
+    return ["".join(rnd.choice(pool) for _ in range(rnd.randint(0, 16))) for _ in range(n)]
+
+
 def sd_tokenizer_dir(tmp):
     d = os.path.join(tmp, "clip_tokenizer")
     os.makedirs(d)
@@ -157,6 +172,7 @@ def clip_cases(tmp):
     hf_case("pororo_lowercase_captions", TEXTS, 85, False, PORORO, lower=True)
     hf_case("odd_new_tokens", TEXTS, 77, True,
             ["Fred", "a", "ab c", "<x>", "tongtong", "tongtong", "\u00e9t\u00e9"])
+    hf_case("random_flintstones", random_texts(11, 400), 40, True, FLINTSTONES)
     hf_case("sd2_pad_bang", TEXTS_LONG + ["wow! ! !!  !x", "!"], 77, True, pad_token="!")
 
     # OpenAI's clip.tokenize (zero padding = id of "!"), SimpleTokenizer
@@ -205,6 +221,7 @@ def bert_cases(tmp):
     case("blip_pororo", TEXTS, 85, False, True, PORORO)
     case("blip_vist", TEXTS_LONG, 100, True, True)
     case("blip_truncate_16", TEXTS_LONG, 16, True, True, ["Pororo", "NEWtok", "pebbles"])
+    case("random_blip_pororo", random_texts(12, 400), 40, True, True, PORORO)
     case("bert_plain", TEXTS_LONG, 40, True, False)
     return cases
 
