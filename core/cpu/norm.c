@@ -21,17 +21,19 @@
 #define MMP_CLONES
 #endif
 
+/* sum of (x - shift): with shift near the mean the float partial sums stay
+ * small, so a large mean costs no accuracy */
 MMP_CLONES
-static double sum_f(const float *x, int64_t n) {
+static double sum_f(const float *x, int64_t n, float shift) {
   double tot = 0.0;
   for (int64_t i = 0; i < n; i += CHUNK) {
     int64_t m = n - i < CHUNK ? n - i : CHUNK;
     float acc[16] = {0};
     int64_t k = 0;
     for (; k + 16 <= m; k += 16)
-      for (int t = 0; t < 16; ++t) acc[t] += x[i + k + t];
+      for (int t = 0; t < 16; ++t) acc[t] += x[i + k + t] - shift;
     float s = 0.0f;
-    for (; k < m; ++k) s += x[i + k];
+    for (; k < m; ++k) s += x[i + k] - shift;
     for (int t = 0; t < 16; ++t) s += acc[t];
     tot += s;
   }
@@ -96,7 +98,7 @@ static void gn_task(int64_t t, void *user) {
   int64_t off = (n * j->C + g * j->cg) * j->S, cnt = j->cg * j->S;
   const float *x = j->x + off;
   float *y = j->y + off;
-  double mean = sum_f(x, cnt) / (double)cnt;
+  double mean = x[0] + sum_f(x, cnt, x[0]) / (double)cnt;
   float fm = (float)mean;
   double var = sumsq_dev(x, cnt, fm) / (double)cnt;
   /* correct for mean having been rounded to float in the second pass */
@@ -143,7 +145,7 @@ static void ln_task(int64_t t, void *user) {
   for (int64_t r = r0; r < r1; ++r) {
     const float *x = j->x + r * j->D;
     float *y = j->y + r * j->D;
-    double mean = sum_f(x, j->D) / (double)j->D;
+    double mean = x[0] + sum_f(x, j->D, x[0]) / (double)j->D;
     float fm = (float)mean;
     double var = sumsq_dev(x, j->D, fm) / (double)j->D;
     var -= ((double)fm - mean) * ((double)fm - mean);
@@ -212,7 +214,7 @@ static void sm_task(int64_t t, void *user) {
     if (m == -INFINITY) m = 0.0f; /* all -inf: exp gives 0s, sum 0 -> NaN like PyTorch */
     sub_f(x, y, j->D, m);
     mmp_vexp(y, y, j->D);
-    double s = sum_f(y, j->D);
+    double s = sum_f(y, j->D, 0.0f);
     scale_f(y, j->D, (float)(1.0 / s));
   }
 }
