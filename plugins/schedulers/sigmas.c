@@ -203,7 +203,9 @@ int sched_sigmas_add_noise(const sched_common_t *c, const sched_sigmas_t *s, con
   if (!sg) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
   for (int64_t i = 0; rc == 0 && i < b; i++) {
     size_t j = 0;
-    while (j < s->n && s->timesteps_f[j] != (double)ts[i]) j++;
+    /* diffusers matches exactly; the fractional Karras timesteps may differ
+     * from numpy's in the last bits, so accept a match within 1e-4 */
+    while (j < s->n && fabs(s->timesteps_f[j] - (double)ts[i]) > 1e-4) j++;
     if (j == s->n) {
       rc = mmp_error_set(MMP_EINVAL, "%s: add_noise: timestep %lld is not in the schedule", c->plugin,
                          (long long)ts[i]);
