@@ -12,3 +12,7 @@ tests_test_plugin_story_datasets_LDADD = plugins/datasets/libstorycommon.la $(TE
 endif
 endif
 EXTRA_DIST += tests/gen_datasets.py tests/fixtures/datasets
+check_PROGRAMS += tests/test_core_loader
+TESTS += tests/test_core_loader
+tests_test_core_loader_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_core_loader_LDADD = $(TEST_LDADD)
