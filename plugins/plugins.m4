@@ -1,7 +1,5 @@
 # plugins/plugins.m4 - the plugin list. One MMP_PLUGIN line per plugin:
 # MMP_PLUGIN(kind, name, dependencies-ok test, reason when not, description)
-MMP_PLUGIN([tasks], [print_config], [true], [], [task that prints its merged configuration])
-MMP_PLUGIN([tasks], [demo], [true], [], [small built-in task: denoises a toy signal with a scheduler])
 MMP_PLUGIN([processors], [image_resize], [test x$have_png = xyes], [libpng not found], [PIL-exact resize, crops, to_float and normalize of uint8 images])
 MMP_PLUGIN([datasets], [flintstones], [test x$have_hdf5 = xyes && test x$have_png = xyes], [libhdf5 or libpng not found], [FlintstonesSV stories from AR-LDM's HDF5 file])
 MMP_PLUGIN([datasets], [pororo], [test x$have_hdf5 = xyes && test x$have_png = xyes], [libhdf5 or libpng not found], [PororoSV stories from AR-LDM's HDF5 file])
