@@ -1,5 +1,11 @@
 # plugins/plugins.m4 - the plugin list. One MMP_PLUGIN line per plugin:
 # MMP_PLUGIN(kind, name, dependencies-ok test, reason when not, description)
+MMP_PLUGIN([schedulers], [ddpm], [true], [], [DDPM ancestral sampler (diffusers DDPMScheduler)])
+MMP_PLUGIN([schedulers], [ddim], [true], [], [DDIM sampler (diffusers DDIMScheduler)])
+MMP_PLUGIN([schedulers], [pndm], [true], [], [PNDM/PLMS sampler (diffusers PNDMScheduler)])
+MMP_PLUGIN([schedulers], [euler], [true], [], [Euler sampler (diffusers EulerDiscreteScheduler)])
+MMP_PLUGIN([schedulers], [euler_ancestral], [true], [], [ancestral Euler sampler (diffusers EulerAncestralDiscreteScheduler)])
+MMP_PLUGIN([schedulers], [dpmpp_2m], [true], [], [DPM-Solver++ multistep (diffusers DPMSolverMultistepScheduler)])
 MMP_PLUGIN([processors], [image_resize], [test x$have_png = xyes], [libpng not found], [PIL-exact resize, crops, to_float and normalize of uint8 images])
 MMP_PLUGIN([datasets], [flintstones], [test x$have_hdf5 = xyes && test x$have_png = xyes], [libhdf5 or libpng not found], [FlintstonesSV stories from AR-LDM's HDF5 file])
 MMP_PLUGIN([datasets], [pororo], [test x$have_hdf5 = xyes && test x$have_png = xyes], [libhdf5 or libpng not found], [PororoSV stories from AR-LDM's HDF5 file])
