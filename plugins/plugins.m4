@@ -8,3 +8,8 @@ MMP_PLUGIN([schedulers], [euler_ancestral], [true], [], [ancestral Euler sampler
 MMP_PLUGIN([schedulers], [dpmpp_2m], [true], [], [DPM-Solver++ multistep (diffusers DPMSolverMultistepScheduler)])
 MMP_PLUGIN([processors], [clip_tokenizer], [test "x$have_utf8proc" = xyes], [libutf8proc not found], [CLIP byte-level BPE tokenizer (ftfy cleaning, added tokens)])
 MMP_PLUGIN([processors], [bert_tokenizer], [test "x$have_utf8proc" = xyes], [libutf8proc not found], [BERT WordPiece tokenizer with BLIP's additions])
+MMP_PLUGIN([processors], [image_resize], [test x$have_png = xyes], [libpng not found], [PIL-exact resize, crops, to_float and normalize of uint8 images])
+MMP_PLUGIN([datasets], [flintstones], [test x$have_hdf5 = xyes && test x$have_png = xyes], [libhdf5 or libpng not found], [FlintstonesSV stories from AR-LDM's HDF5 file])
+MMP_PLUGIN([datasets], [pororo], [test x$have_hdf5 = xyes && test x$have_png = xyes], [libhdf5 or libpng not found], [PororoSV stories from AR-LDM's HDF5 file])
+MMP_PLUGIN([datasets], [vistsis], [test x$have_hdf5 = xyes && test x$have_png = xyes], [libhdf5 or libpng not found], [VIST stories with story-in-sequence captions])
+MMP_PLUGIN([datasets], [vistdii], [test x$have_hdf5 = xyes && test x$have_png = xyes], [libhdf5 or libpng not found], [VIST stories with description-in-isolation captions])
