@@ -49,6 +49,15 @@ typedef enum sd_part { SD_PART_UNET = 0, SD_PART_VAE, SD_PART_CLIP } sd_part_t;
  * checkpoint. Errors are MMP_ECONFIG naming the key. */
 int sd_locate_part(const mmp_config_t *cfg, sd_part_t part, char *config_path,
                    size_t cplen, char *weights_path, size_t wplen);
+/* The key-table rows every part plugin shares. */
+#define SD_PART_KEYS(what)                                                                          \
+  {"model_dir", MMP_TYPE_STRING, "\"\"", "diffusers folder (pipeline root or the " what " folder)", \
+   MMP_KEY_PATH, 0},                                                                                \
+  {"config", MMP_TYPE_STRING, "\"\"", "the part's config.json (instead of model_dir)", MMP_KEY_PATH, 0}, \
+  {"weights", MMP_TYPE_STRING, "\"\"",                                                            \
+   ".safetensors: diffusers/transformers layout or an original single-file checkpoint", MMP_KEY_PATH, 0}, \
+  {"init_seed", MMP_TYPE_INT, "-1",                                                                 \
+   ">= 0: seeded random weights instead of a file (pipeline init-weights, benchmarks)", 0, 0}
 
 /* ---- weights ---- */
 typedef struct sd_weights sd_weights_t;
@@ -66,6 +75,14 @@ typedef struct sd_ldm_map {
  * detected from the names in the file. (transfer full) */
 sd_weights_t *sd_weights_open(const char *path, const sd_ldm_map_t *map,
                               mmp_backend_t *be);
+/* A weight store that makes seeded random weights instead of reading a
+ * file (pipeline init-weights): normal(0, 1/sqrt(fan_in)) for matrices and
+ * kernels, normal(0, 0.02) for embedding tables, 1 for 1-D weights (norms),
+ * 0 for biases; drawn in the order the modules ask for them. */
+sd_weights_t *sd_weights_random(const sd_ldm_map_t *map, mmp_backend_t *be, uint64_t seed);
+/* Every tensor handed out so far, by diffusers name (transfer full of the
+ * map; call before sd_weights_finish). */
+mmp_tensormap_t *sd_weights_take_collected(sd_weights_t *w);
 /* A weight by diffusers name with the expected shape (ndim <= 4; a shape
  * entry of -1 accepts any size). [O, I] and [O, I, 1, 1] are
  * interchangeable (linear vs 1x1 conv). Returns NULL and records the
@@ -84,6 +101,12 @@ void sd_weights_free(sd_weights_t *w); /* NULL ok */
 /* True when the file at @path looks like an original LDM single file. */
 bool sd_weights_is_single_file(sd_weights_t *w);
 
+/* The weight store of a component group: seeded random weights when the
+ * group's `init_seed` is >= 0, else the file at @wpath. */
+sd_weights_t *sd_weights_for(const mmp_config_t *cfg, const char *wpath, const sd_ldm_map_t *map,
+                             mmp_backend_t *be);
+/* Copy the references of @state into @out (the "state_dict" method). */
+int sd_state_dict(const mmp_tensormap_t *state, mmp_tensormap_t *out);
 /* Diffusers name -> LDM name (without the part prefix); 0 or MMP_ENOENT. */
 int sd_ldm_name(const sd_ldm_map_t *map, const char *name, char *buf, size_t n);
 

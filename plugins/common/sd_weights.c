@@ -2,6 +2,10 @@
  * loading with diffusers / old-diffusers / original-LDM name mapping. */
 #include "plugins/common/sd_common.h"
 
+#include <math.h>
+
+#include <mmpipe/rng.h>
+
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -147,6 +151,10 @@ int sd_locate_part(const mmp_config_t *cfg, sd_part_t part, char *config_path,
   if (mmp_config_get_path(cfg, "weights", tmp, sizeof tmp) == 0 && tmp[0])
     snprintf(weights_path, wplen, "%s", tmp);
   mmp_error_clear();
+  int64_t seed = -1;
+  if (mmp_config_get_int(cfg, "init_seed", &seed) < 0) seed = -1;
+  mmp_error_clear();
+  bool random = seed >= 0;
   if (have_dir) {
     if (!dir_exists(dir)) return key_error(cfg, "model_dir", "no such directory: %s", dir);
     char pdir[4200];
@@ -156,7 +164,7 @@ int sd_locate_part(const mmp_config_t *cfg, sd_part_t part, char *config_path,
     else
       snprintf(pdir, sizeof pdir, "%s/%s", dir, part_subdir(part));
     if (!config_path[0]) snprintf(config_path, cplen, "%s/config.json", pdir);
-    if (!weights_path[0]) {
+    if (!weights_path[0] && !random) {
       static const char *const names[] = {
           "diffusion_pytorch_model.safetensors", "model.safetensors",
           "diffusion_pytorch_model.fp16.safetensors", "model.fp16.safetensors", NULL};
@@ -171,10 +179,28 @@ int sd_locate_part(const mmp_config_t *cfg, sd_part_t part, char *config_path,
   }
   if (!config_path[0])
     return key_error(cfg, "config", "%s", "give `model_dir` or `config` (the part's config.json)");
+  if (!file_exists(config_path)) return key_error(cfg, "config", "no such file: %s", config_path);
+  if (random) return 0;
   if (!weights_path[0])
     return key_error(cfg, "weights", "%s", "give `model_dir` or `weights` (a .safetensors file)");
-  if (!file_exists(config_path)) return key_error(cfg, "config", "no such file: %s", config_path);
   if (!file_exists(weights_path)) return key_error(cfg, "weights", "no such file: %s", weights_path);
+  return 0;
+}
+
+sd_weights_t *sd_weights_for(const mmp_config_t *cfg, const char *wpath, const sd_ldm_map_t *map,
+                             mmp_backend_t *be) {
+  int64_t seed = -1;
+  if (mmp_config_get_int(cfg, "init_seed", &seed) < 0) seed = -1;
+  mmp_error_clear();
+  if (seed >= 0) return sd_weights_random(map, be, (uint64_t)seed);
+  return sd_weights_open(wpath, map, be);
+}
+
+int sd_state_dict(const mmp_tensormap_t *state, mmp_tensormap_t *out) {
+  for (size_t i = 0; state && i < mmp_tensormap_size(state); i++) {
+    int rc = mmp_tensormap_set(out, mmp_tensormap_name(state, i), mmp_tensor_ref(mmp_tensormap_at(state, i)));
+    if (rc < 0) return rc;
+  }
   return 0;
 }
 
@@ -332,6 +358,8 @@ struct sd_weights {
   int nproblems;
   char **ignore;
   size_t nignore;
+  mmp_rng_t *rng;              /* random mode when set (st == NULL) */
+  mmp_tensormap_t *collected;  /* diffusers name -> tensor handed out */
 };
 
 static void add_problem(sd_weights_t *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -385,6 +413,55 @@ sd_weights_t *sd_weights_open(const char *path, const sd_ldm_map_t *map, mmp_bac
 }
 
 bool sd_weights_is_single_file(sd_weights_t *w) { return w->single; }
+
+sd_weights_t *sd_weights_random(const sd_ldm_map_t *map, mmp_backend_t *be, uint64_t seed) {
+  sd_weights_t *w = calloc(1, sizeof *w);
+  if (!w) {
+    mmp_error_set(MMP_ENOMEM, "out of memory");
+    return NULL;
+  }
+  w->path = strdup("(random)");
+  w->be = be;
+  w->map = *map;
+  w->rng = mmp_rng_new(seed, MMP_RNG_PHILOX);
+  w->used = calloc(1, sizeof *w->used);
+  if (!w->path || !w->rng || !w->used) {
+    sd_weights_free(w);
+    if (!mmp_error_code()) mmp_error_set(MMP_ENOMEM, "out of memory");
+    return NULL;
+  }
+  return w;
+}
+
+mmp_tensormap_t *sd_weights_take_collected(sd_weights_t *w) {
+  mmp_tensormap_t *m = w->collected;
+  w->collected = NULL;
+  if (!m) m = mmp_tensormap_new();
+  return m;
+}
+
+static void collect(sd_weights_t *w, const char *name, mmp_tensor_t *t) {
+  if (!t) return;
+  if (!w->collected) w->collected = mmp_tensormap_new();
+  if (w->collected) mmp_tensormap_set(w->collected, name, mmp_tensor_ref(t));
+}
+
+static mmp_tensor_t *random_weight(sd_weights_t *w, const char *name, int ndim, const int64_t *shape) {
+  size_t l = strlen(name);
+  bool bias = l > 5 && strcmp(name + l - 5, ".bias") == 0;
+  for (int i = 0; i < ndim; i++)
+    if (shape[i] < 0) {
+      add_problem(w, "random init: %s has no fixed shape", name);
+      return NULL;
+    }
+  if (bias) return mmp_tensor_zeros(w->be, MMP_F32, ndim, shape);
+  if (ndim == 1) return mmp_tensor_full(w->be, MMP_F32, ndim, shape, 1.0);
+  int64_t fan_in = 1;
+  for (int i = 1; i < ndim; i++) fan_in *= shape[i];
+  double std = strstr(name, "embedding") ? 0.02 : 1.0 / sqrt((double)(fan_in > 0 ? fan_in : 1));
+  mmp_tensor_t *r = mmp_rng_randn(w->rng, w->be, ndim, shape);
+  return r ? sd_swap(r, mmp_scale(r, std, 0.0)) : NULL;
+}
 
 void sd_weights_ignore_suffix(sd_weights_t *w, const char *suffix) {
   char **p = realloc(w->ignore, (w->nignore + 1) * sizeof *p);
@@ -443,6 +520,7 @@ static bool shapes_match(int end, const int64_t *es, int fnd, const int64_t *fs)
 
 int sd_w_info(sd_weights_t *w, const char *name, int *ndim, int64_t *shape) {
   char stored[512];
+  if (!w->st) return MMP_ENOENT;
   mmp_dtype_t dt;
   if (resolve(w, name, stored, sizeof stored) < 0) return MMP_ENOENT;
   return mmp_safetensors_info(w->st, stored, &dt, ndim, shape);
@@ -454,6 +532,12 @@ mmp_tensor_t *sd_w(sd_weights_t *w, int ndim, const int64_t *shape, const char *
   va_start(ap, fmt);
   vsnprintf(name, sizeof name, fmt, ap);
   va_end(ap);
+  if (!w->st) {
+    mmp_tensor_t *r = random_weight(w, name, ndim, shape);
+    if (!r && w->nproblems == 0) add_problem(w, "random init: %s: %s", name, mmp_error_last());
+    collect(w, name, r);
+    return r;
+  }
   long idx = resolve(w, name, stored, sizeof stored);
   shape_str(ndim, shape, es, sizeof es);
   if (idx < 0) {
@@ -491,12 +575,13 @@ mmp_tensor_t *sd_w(sd_weights_t *w, int ndim, const int64_t *shape, const char *
     t = sd_swap(t, mmp_reshape(t, ndim, s));
     if (!t) add_problem(w, "reshape: %s: %s", stored, mmp_error_last());
   }
+  collect(w, name, t);
   return t;
 }
 
 int sd_weights_finish(sd_weights_t *w, const char *what) {
   const char *pre = ldm_prefix(w->map.part);
-  for (size_t i = 0; i < w->n; i++) {
+  for (size_t i = 0; w->st && i < w->n; i++) {
     if (w->used[i]) continue;
     const char *nm = mmp_safetensors_name(w->st, i);
     if (w->single && strncmp(nm, pre, strlen(pre)) != 0) continue;
@@ -525,6 +610,8 @@ int sd_weights_finish(sd_weights_t *w, const char *what) {
 void sd_weights_free(sd_weights_t *w) {
   if (!w) return;
   mmp_safetensors_close(w->st);
+  mmp_rng_free(w->rng);
+  mmp_tensormap_free(w->collected);
   for (size_t k = 0; k < w->nignore; k++) free(w->ignore[k]);
   free(w->ignore);
   free(w->used);

@@ -25,12 +25,11 @@ typedef struct clip {
   mmp_tensor_t *tok, *pos;
   clayer_t *layers;
   sd_norm_t final_ln;
+  mmp_tensormap_t *state;
 } clip_t;
 
 static const mmp_key_t clip_keys[] = {
-    {"model_dir", MMP_TYPE_STRING, "\"\"", "diffusers folder (pipeline root or the text_encoder folder)", MMP_KEY_PATH, 0},
-    {"config", MMP_TYPE_STRING, "\"\"", "the text encoder's config.json (instead of model_dir)", MMP_KEY_PATH, 0},
-    {"weights", MMP_TYPE_STRING, "\"\"", ".safetensors: transformers layout or an original single-file checkpoint", MMP_KEY_PATH, 0},
+    SD_PART_KEYS("text_encoder"),
     {"max_position_embeddings", MMP_TYPE_INT, "0", "resize the position table to this many rows (0: as stored)", 0, 0},
     {"vocab_size", MMP_TYPE_INT, "0", "resize the token table to this many rows (0: as stored)", 0, 0},
     {"resize_seed", MMP_TYPE_INT, "0", "seed (philox) of the rows added by a resize: normal(0, initializer_range * initializer_factor)", 0, 0},
@@ -50,6 +49,7 @@ static void clip_destroy(void *self) {
   }
   free(c->layers);
   sd_norm_free(&c->final_ln);
+  mmp_tensormap_free(c->state);
   free(c);
 }
 
@@ -114,9 +114,18 @@ static int clip_build(clip_t *c, const json_t *j, sd_weights_t *w, const char *c
   if (want_pos < 0) return bad_key(cfg, "max_position_embeddings", "must be >= 0");
   if (want_vocab < 0) return bad_key(cfg, "vocab_size", "must be >= 0");
   const char *P = "text_model.";
-  int64_t s2[2] = {-1, c->hidden};
-  c->tok = sd_w(w, 2, s2, "%sembeddings.token_embedding.weight", P);
-  c->pos = sd_w(w, 2, s2, "%sembeddings.position_embedding.weight", P);
+  /* Table sizes: as stored (a resized checkpoint may differ from its
+   * config.json), else from the config. */
+  int64_t cfg_vocab, cfg_pos, fs[MMP_MAX_DIMS];
+  int fnd;
+  if ((rc = sd_json_int(j, "vocab_size", 49408, &cfg_vocab)) ||
+      (rc = sd_json_int(j, "max_position_embeddings", 77, &cfg_pos)))
+    return mmp_error_prefix("%s: ", cpath);
+  int64_t st[2] = {cfg_vocab, c->hidden}, sp[2] = {cfg_pos, c->hidden};
+  if (sd_w_info(w, "text_model.embeddings.token_embedding.weight", &fnd, fs) == 0 && fnd == 2) st[0] = fs[0];
+  if (sd_w_info(w, "text_model.embeddings.position_embedding.weight", &fnd, fs) == 0 && fnd == 2) sp[0] = fs[0];
+  c->tok = sd_w(w, 2, st, "%sembeddings.token_embedding.weight", P);
+  c->pos = sd_w(w, 2, sp, "%sembeddings.position_embedding.weight", P);
   double std = init_range * init_factor;
   if (c->tok && want_vocab) {
     if (want_vocab < c->tok->shape[0])
@@ -167,7 +176,7 @@ static int clip_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
   }
   c->be = ctx ? mmp_context_backend(ctx) : mmp_backend_get("cpu");
   sd_ldm_map_t map = {.part = SD_PART_CLIP};
-  sd_weights_t *w = sd_weights_open(wpath, &map, c->be);
+  sd_weights_t *w = sd_weights_for(cfg, wpath, &map, c->be);
   if (!w) {
     json_decref(j);
     clip_destroy(c);
@@ -181,6 +190,7 @@ static int clip_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
     clip_destroy(c);
     return rc;
   }
+  c->state = sd_weights_take_collected(w);
   if ((rc = sd_weights_finish(w, "clip_text"))) {
     clip_destroy(c);
     return rc;
@@ -201,8 +211,9 @@ static mmp_tensor_t *activation(act_t a, mmp_tensor_t *x) {
 
 static int clip_forward(void *self, const char *method, const mmp_tensormap_t *in, mmp_tensormap_t *out) {
   clip_t *c = self;
+  if (method && strcmp(method, "state_dict") == 0) return sd_state_dict(c->state, out);
   if (method && *method && strcmp(method, "forward") && strcmp(method, "encode"))
-    return mmp_error_set(MMP_EINVAL, "clip_text: unknown method \"%s\"", method);
+    return mmp_error_set(MMP_EINVAL, "clip_text: unknown method \"%s\" (forward, state_dict)", method);
   const mmp_tensor_t *ids = mmp_tensormap_need(in, "input_ids");
   if (!ids) return mmp_error_prefix("clip_text: ");
   const mmp_tensor_t *am = mmp_tensormap_get(in, "attention_mask");

@@ -35,12 +35,11 @@ typedef struct vae {
   vblock_t d_up[MAXB];
   vmid_t d_mid;
   sd_norm_t d_norm_out;
+  mmp_tensormap_t *state;
 } vae_t;
 
 static const mmp_key_t vae_keys[] = {
-    {"model_dir", MMP_TYPE_STRING, "\"\"", "diffusers folder (pipeline root or the vae folder)", MMP_KEY_PATH, 0},
-    {"config", MMP_TYPE_STRING, "\"\"", "the VAE's config.json (instead of model_dir)", MMP_KEY_PATH, 0},
-    {"weights", MMP_TYPE_STRING, "\"\"", ".safetensors: diffusers layout or an original single-file checkpoint", MMP_KEY_PATH, 0},
+    SD_PART_KEYS("vae"),
     {"mode", MMP_TYPE_STRING, "\"encode\"", "default method: \"encode\" (sample -> latent_mean, latent_logvar) or \"decode\" (latents -> sample)", 0, 0},
     {NULL, 0, NULL, NULL, 0, 0}};
 
@@ -74,6 +73,7 @@ static void vae_destroy(void *self) {
   }
   vmid_free(&v->e_mid);
   vmid_free(&v->d_mid);
+  mmp_tensormap_free(v->state);
   free(v);
 }
 
@@ -203,7 +203,7 @@ static int vae_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_c
   int64_t L = 1;
   sd_json_int(j, "layers_per_block", 1, &L);
   map.layers_per_block = (int)L;
-  sd_weights_t *w = sd_weights_open(wpath, &map, v->be);
+  sd_weights_t *w = sd_weights_for(cfg, wpath, &map, v->be);
   if (!w) {
     json_decref(j);
     vae_destroy(v);
@@ -216,6 +216,7 @@ static int vae_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_c
     vae_destroy(v);
     return rc;
   }
+  v->state = sd_weights_take_collected(w);
   if ((rc = sd_weights_finish(w, "vae"))) {
     vae_destroy(v);
     return rc;
@@ -314,12 +315,22 @@ static int vae_forward(void *self, const char *method, const mmp_tensormap_t *in
   const char *m = method && *method ? method : v->mode;
   if (strcmp(m, "encode") == 0) return vae_encode(v, in, out);
   if (strcmp(m, "decode") == 0) return vae_decode(v, in, out);
-  if (strcmp(m, "scaling_factor") == 0) {
-    mmp_tensor_t *s = mmp_tensor_full(v->be, MMP_F32, 0, NULL, v->scaling);
-    if (!s) return mmp_error_code();
-    return mmp_tensormap_set(out, "scaling_factor", s);
+  if (strcmp(m, "state_dict") == 0) return sd_state_dict(v->state, out);
+  if (strcmp(m, "info") == 0) {
+    /* scalars a pipeline needs: scaling_factor (config), downscale_factor
+     * (2^(blocks-1)) and latent_channels */
+    const char *names[3] = {"scaling_factor", "downscale_factor", "latent_channels"};
+    double vals[3] = {v->scaling, (double)(1 << (v->nb - 1)), (double)v->latent};
+    int64_t one[1] = {1};
+    for (int i = 0; i < 3; i++) {
+      mmp_tensor_t *s = mmp_tensor_full(mmp_backend_get("cpu"), MMP_F32, 1, one, vals[i]);
+      if (!s) return mmp_error_code();
+      int rc = mmp_tensormap_set(out, names[i], s);
+      if (rc < 0) return rc;
+    }
+    return 0;
   }
-  return mmp_error_set(MMP_EINVAL, "vae: unknown method \"%s\" (encode, decode, scaling_factor)", m);
+  return mmp_error_set(MMP_EINVAL, "vae: unknown method \"%s\" (encode, decode, info, state_dict)", m);
 }
 
 static const mmp_encoder_ops_t vae_ops = {

@@ -29,12 +29,11 @@ typedef struct unet {
   sd_resnet_t mid_res[2];
   sd_transformer_t mid_attn;
   bool mid_has_attn;
+  mmp_tensormap_t *state; /* every weight by diffusers name */
 } unet_t;
 
 static const mmp_key_t unet_keys[] = {
-    {"model_dir", MMP_TYPE_STRING, "\"\"", "diffusers folder (pipeline root or the unet folder)", MMP_KEY_PATH, 0},
-    {"config", MMP_TYPE_STRING, "\"\"", "the UNet's config.json (instead of model_dir)", MMP_KEY_PATH, 0},
-    {"weights", MMP_TYPE_STRING, "\"\"", ".safetensors: diffusers layout or an original single-file checkpoint", MMP_KEY_PATH, 0},
+    SD_PART_KEYS("unet"),
     {NULL, 0, NULL, NULL, 0, 0}};
 
 static void ublock_free(ublock_t *b) {
@@ -62,6 +61,7 @@ static void unet_destroy(void *self) {
   sd_resnet_free(&u->mid_res[0]);
   sd_resnet_free(&u->mid_res[1]);
   if (u->mid_has_attn) sd_transformer_free(&u->mid_attn);
+  mmp_tensormap_free(u->state);
   free(u);
 }
 
@@ -240,7 +240,7 @@ static int unet_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
     const char *t = sd_json_list_str(j, "up_block_types", (size_t)i);
     map.up_has_attn[i] = t && strstr(t, "CrossAttn") != NULL;
   }
-  sd_weights_t *w = sd_weights_open(wpath, &map, u->be);
+  sd_weights_t *w = sd_weights_for(cfg, wpath, &map, u->be);
   if (!w) {
     json_decref(j);
     unet_destroy(u);
@@ -253,6 +253,7 @@ static int unet_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
     unet_destroy(u);
     return rc;
   }
+  u->state = sd_weights_take_collected(w);
   if ((rc = sd_weights_finish(w, "unet2d_condition"))) {
     unet_destroy(u);
     return rc;
@@ -270,8 +271,9 @@ static mmp_tensor_t *run_block_res(const ublock_t *b, int jj, mmp_tensor_t *h, c
 
 static int unet_forward(void *self, const char *method, const mmp_tensormap_t *in, mmp_tensormap_t *out) {
   unet_t *u = self;
+  if (method && strcmp(method, "state_dict") == 0) return sd_state_dict(u->state, out);
   if (method && *method && strcmp(method, "forward") != 0)
-    return mmp_error_set(MMP_EINVAL, "unet2d_condition: unknown method \"%s\"", method);
+    return mmp_error_set(MMP_EINVAL, "unet2d_condition: unknown method \"%s\" (forward, state_dict)", method);
   const mmp_tensor_t *xs = mmp_tensormap_need(in, "sample");
   const mmp_tensor_t *ts = mmp_tensormap_need(in, "timestep");
   const mmp_tensor_t *es = mmp_tensormap_need(in, "encoder_hidden_states");
