@@ -356,15 +356,23 @@ struct sd_weights {
   char *problems; /* one per line */
   size_t plen, pcap;
   int nproblems;
+  int nmatched;
   char **ignore;
   size_t nignore;
   mmp_rng_t *rng;              /* random mode when set (st == NULL) */
   mmp_tensormap_t *collected;  /* diffusers name -> tensor handed out */
 };
 
+#define SD_MAX_LISTED 200
 static void add_problem(sd_weights_t *w, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 static void add_problem(sd_weights_t *w, const char *fmt, ...) {
   char line[1024];
+  /* Keep the message readable when a file is entirely wrong: the first
+   * SD_MAX_LISTED problems are listed, the rest counted. */
+  if (w->nproblems >= SD_MAX_LISTED) {
+    w->nproblems++;
+    return;
+  }
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(line, sizeof line, fmt, ap);
@@ -548,6 +556,7 @@ mmp_tensor_t *sd_w(sd_weights_t *w, int ndim, const int64_t *shape, const char *
     return NULL;
   }
   w->used[idx] = true;
+  w->nmatched++;
   mmp_dtype_t dt;
   int fnd;
   int64_t fsh[MMP_MAX_DIMS];
@@ -599,10 +608,17 @@ int sd_weights_finish(sd_weights_t *w, const char *what) {
     add_problem(w, "unexpected: %s %s", nm, fs);
   }
   int rc = 0;
-  if (w->nproblems)
-    rc = mmp_error_set(MMP_EDATA, "%s: weights %s (%s layout) do not fit the config: %d problem%s:%s",
+  if (w->nproblems) {
+    char more[160] = "";
+    if (w->nproblems > SD_MAX_LISTED)
+      snprintf(more, sizeof more, "\n  ... and %d more", w->nproblems - SD_MAX_LISTED);
+    if (w->st && w->nmatched == 0)
+      snprintf(more + strlen(more), sizeof more - strlen(more),
+               "\n  (no tensor matched: is this the weight file of this part?)");
+    rc = mmp_error_set(MMP_EDATA, "%s: weights %s (%s layout) do not fit the config: %d problem%s:%s%s",
                        what, w->path, w->single ? "single-file" : "diffusers", w->nproblems,
-                       w->nproblems == 1 ? "" : "s", w->problems);
+                       w->nproblems == 1 ? "" : "s", w->problems ? w->problems : "", more);
+  }
   sd_weights_free(w);
   return rc;
 }
