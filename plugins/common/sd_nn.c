@@ -192,6 +192,18 @@ mmp_tensor_t *sd_attn(const sd_attn_t *a, const mmp_tensor_t *x, const mmp_tenso
 
 /* ---------------------------------------------------------------- transformer */
 
+static void proj_load(sd_linear_t *l, sd_weights_t *w, const char *prefix, int64_t in, int64_t out, bool linear) {
+  if (linear) {
+    sd_linear_load(l, w, prefix, in, out, true);
+    return;
+  }
+  int64_t ws[4] = {out, in, 1, 1}, bs[1] = {out}, s2[2] = {out, in};
+  mmp_tensor_t *k = sd_w(w, 4, ws, "%s.weight", prefix);
+  l->w = k ? mmp_reshape(k, 2, s2) : NULL;
+  mmp_tensor_unref(k);
+  l->b = sd_w(w, 1, bs, "%s.bias", prefix);
+}
+
 static const char *const diffusers_attn_names[4] = {"to_q", "to_k", "to_v", "to_out.0"};
 
 int sd_transformer_load(sd_transformer_t *t, sd_weights_t *w, const char *prefix, int64_t ch,
@@ -203,10 +215,13 @@ int sd_transformer_load(sd_transformer_t *t, sd_weights_t *w, const char *prefix
   t->linear_proj = linear_proj;
   snprintf(p, sizeof p, "%s.norm", prefix);
   sd_norm_load(&t->norm, w, p, ch, groups, 1e-6);
+  /* proj_in/proj_out: 1x1 convs ([O, I, 1, 1]) in SD-1.x, linears with
+   * use_linear_projection (SD-2.x); files of either kind are accepted, the
+   * shape asked for decides what init-weights writes. Computed as linears. */
   snprintf(p, sizeof p, "%s.proj_in", prefix);
-  sd_linear_load(&t->proj_in, w, p, ch, inner, true);
+  proj_load(&t->proj_in, w, p, ch, inner, linear_proj);
   snprintf(p, sizeof p, "%s.proj_out", prefix);
-  sd_linear_load(&t->proj_out, w, p, inner, ch, true);
+  proj_load(&t->proj_out, w, p, inner, ch, linear_proj);
   t->blocks = calloc((size_t)layers, sizeof *t->blocks);
   if (!t->blocks) return mmp_error_set(MMP_ENOMEM, "out of memory");
   t->n_blocks = layers;
