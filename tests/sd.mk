@@ -10,3 +10,9 @@ tests_test_plugin_vae_LDADD = $(TEST_LDADD)
 tests_test_plugin_clip_text_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_clip_text_LDADD = $(TEST_LDADD)
 EXTRA_DIST += tests/gen_sd.py tests/fixtures/sd
+if HAVE_PNG
+check_PROGRAMS += tests/test_plugin_txt2img
+TESTS += tests/test_plugin_txt2img
+tests_test_plugin_txt2img_CPPFLAGS = $(TEST_CPPFLAGS) $(LIBPNG_CFLAGS)
+tests_test_plugin_txt2img_LDADD = $(TEST_LDADD) $(LIBPNG_LIBS)
+endif
