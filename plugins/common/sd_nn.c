@@ -158,13 +158,14 @@ void sd_attn_free(sd_attn_t *a) {
   sd_linear_free(&a->o);
 }
 
-/* [B, L, H*D] -> [B, H, L, D] view */
+/* [B, L, H*D] -> [B, H, L, D] view; consumes @x */
 static mmp_tensor_t *split_heads(mmp_tensor_t *x, int heads) {
   if (!x) return NULL;
   int64_t s[4] = {x->shape[0], x->shape[1], heads, x->shape[2] / heads};
   mmp_tensor_t *r = mmp_reshape(x, 4, s);
+  mmp_tensor_unref(x);
   static const int perm[4] = {0, 2, 1, 3};
-  return sd_swap(r, mmp_permute(r, perm));
+  return sd_swap(r, r ? mmp_permute(r, perm) : NULL);
 }
 
 mmp_tensor_t *sd_attn(const sd_attn_t *a, const mmp_tensor_t *x, const mmp_tensor_t *ctx,
