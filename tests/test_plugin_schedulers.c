@@ -557,6 +557,61 @@ done:
   mmp_tensormap_free(want);
 }
 
+/* stochastic steps without given noise: the instance's generator */
+static mmp_tensor_t *run_seeded(const char *rng, int seed, mmp_tensormap_t *in, int repeats) {
+  char text[512];
+  snprintf(text, sizeof text,
+           "scheduler = { name = \"ddim\"; num_inference_steps = 10; eta = 1.0; rng = \"%s\"; "
+           "seed = %d; };",
+           rng, seed);
+  mmp_config_t *cfg = mmp_config_parse(text, "seeded.cfg");
+  mmp_context_t *ctx = NULL;
+  mmp_component_t *comp = cfg ? make(cfg, &ctx) : NULL;
+  mmp_tensor_t *r = NULL;
+  for (int k = 0; comp && k < repeats; k++) {
+    mmp_tensormap_t *out = mmp_tensormap_new();
+    if (pipe_forward_scheduler(comp, 10, in, out) == 0) {
+      mmp_tensor_unref(r);
+      r = mmp_tensor_ref(mmp_tensormap_get(out, "samples"));
+    }
+    mmp_tensormap_free(out);
+  }
+  mmp_component_free(comp);
+  mmp_context_free(ctx);
+  mmp_config_free(cfg);
+  return r;
+}
+
+static bool identical(const mmp_tensor_t *a, const mmp_tensor_t *b) {
+  double mx;
+  return a && b && mmp_tensor_same_shape(a, b) && row_err(a, b, -1, &mx) == 0.0;
+}
+
+static void generators(void) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/ddim_arldm_10_eps.in.safetensors", fixdir);
+  mmp_tensormap_t *in = load(path, true);
+  mmp_tensormap_t *in2 = mmp_tensormap_new();
+  if (in) {
+    mmp_tensormap_set(in2, "sample", mmp_tensor_ref(mmp_tensormap_get(in, "sample")));
+    mmp_tensormap_set(in2, "model_outputs", mmp_tensor_ref(mmp_tensormap_get(in, "model_outputs")));
+  }
+  mmp_tensor_t *p1 = run_seeded("philox", 3, in2, 1), *p2 = run_seeded("philox", 3, in2, 1);
+  mmp_tensor_t *p3 = run_seeded("philox", 4, in2, 1), *t1 = run_seeded("torch", 3, in2, 1);
+  mmp_tensor_t *t2 = run_seeded("torch", 3, in2, 2);
+  ok(identical(p1, p2), "philox: same seed, same samples in two instances");
+  ok(p1 && p3 && !identical(p1, p3), "philox: another seed, other samples");
+  ok(p1 && t1 && !identical(p1, t1), "torch and philox generators differ");
+  ok(t1 && t2 && !identical(t1, t2), "a second run on one instance continues the generator");
+  mmp_tensor_unref(p1);
+  mmp_tensor_unref(p2);
+  mmp_tensor_unref(p3);
+  mmp_tensor_unref(t1);
+  mmp_tensor_unref(t2);
+  mmp_tensormap_free(in);
+  mmp_tensormap_free(in2);
+}
+
 int main(void) {
   const char *src = getenv("MMP_TEST_SRCDIR"), *build = getenv("MMP_TEST_BUILDDIR");
   if (!src) src = ".";
@@ -573,6 +628,7 @@ int main(void) {
   config_errors();
   runtime_errors();
   instances();
+  generators();
   mmp_registry_free(reg);
   return done_testing();
 }
