@@ -11,6 +11,9 @@
 
 #define MR 14
 #define NR 32
+#ifndef PF_C
+#define PF_C _MM_HINT_T1
+#endif
 #ifndef MMP_AVX512_KC
 #define MMP_AVX512_KC 256
 #endif
@@ -28,8 +31,18 @@ AVX512 static void ukr_14x32(int64_t kc, const float *restrict ap, const float *
   float tile[MR * NR] __attribute__((aligned(64)));
   const float *a = ap, *b = bp;
   int64_t k = kc;
-  for (int i = 0; i < mr; ++i) _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
-  for (int i = 0; i < mr; ++i) _mm_prefetch((const char *)(c + i * ldc + 16), _MM_HINT_T0);
+  /* C rows are often 4 KiB-aliased (ldc a multiple of 1024): prefetching
+   * 14 of them into L1 at once only evicts them again. Fetch this tile and
+   * the next one down into L2 instead; their loads at the end hit L2. */
+  if (beta != 0.0f)
+    for (int i = 0; i < mr; ++i) {
+      _mm_prefetch((const char *)(c + i * ldc), PF_C);
+      _mm_prefetch((const char *)(c + i * ldc + 16), PF_C);
+    }
+  for (int i = 0; i < MR; ++i) {
+    _mm_prefetch((const char *)(c + (i + MR) * ldc), _MM_HINT_T2);
+    _mm_prefetch((const char *)(c + (i + MR) * ldc + 16), _MM_HINT_T2);
+  }
   __asm__ volatile(
     "vpxord %%zmm4, %%zmm4, %%zmm4\n\t"
     "vmovaps %%zmm4, %%zmm5\n\t"
@@ -493,6 +506,45 @@ AVX512 void mmp_vexp_avx512(const float *x, float *y, int64_t n) {
   if (i < n) {
     __mmask16 m = tail_mask(n - i);
     _mm512_mask_storeu_ps(y + i, m, exp512(_mm512_maskz_loadu_ps(m, x + i)));
+  }
+}
+
+/* One online-softmax step of attention on a 32-query panel of S^T
+ * (kn key rows x 32): m/l are the running max and denominator per query;
+ * S becomes P = exp(S - m_new) in place and O^T (dv rows x 32) is rescaled
+ * by exp(m_old - m_new). A query with every key so far masked keeps m =
+ * -inf and contributes zeros. */
+AVX512 void mmp_attn_softmax_avx512(float *s, int64_t kn, float *m, float *l, float *o,
+                                    int64_t dv);
+AVX512 void mmp_attn_softmax_avx512(float *s, int64_t kn, float *m, float *l, float *o,
+                                    int64_t dv) {
+  const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
+  __m512 m0 = _mm512_loadu_ps(m), m1 = _mm512_loadu_ps(m + 16);
+  __m512 x0 = m0, x1 = m1;
+  for (int64_t r = 0; r < kn; ++r) {
+    x0 = _mm512_max_ps(x0, _mm512_load_ps(s + r * NR));
+    x1 = _mm512_max_ps(x1, _mm512_load_ps(s + r * NR + 16));
+  }
+  _mm512_storeu_ps(m, x0);
+  _mm512_storeu_ps(m + 16, x1);
+  /* mu = m_new, or 0 where m_new = -inf (then exp(S - mu) = 0, alpha = 0) */
+  __m512 u0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x0, ninf, _CMP_NEQ_OQ), x0);
+  __m512 u1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x1, ninf, _CMP_NEQ_OQ), x1);
+  __m512 a0 = exp512(_mm512_sub_ps(m0, u0)), a1 = exp512(_mm512_sub_ps(m1, u1));
+  __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+  for (int64_t r = 0; r < kn; ++r) {
+    __m512 p0 = exp512(_mm512_sub_ps(_mm512_load_ps(s + r * NR), u0));
+    __m512 p1 = exp512(_mm512_sub_ps(_mm512_load_ps(s + r * NR + 16), u1));
+    _mm512_store_ps(s + r * NR, p0);
+    _mm512_store_ps(s + r * NR + 16, p1);
+    s0 = _mm512_add_ps(s0, p0);
+    s1 = _mm512_add_ps(s1, p1);
+  }
+  _mm512_storeu_ps(l, _mm512_fmadd_ps(_mm512_loadu_ps(l), a0, s0));
+  _mm512_storeu_ps(l + 16, _mm512_fmadd_ps(_mm512_loadu_ps(l + 16), a1, s1));
+  for (int64_t d = 0; d < dv; ++d) {
+    _mm512_store_ps(o + d * NR, _mm512_mul_ps(_mm512_load_ps(o + d * NR), a0));
+    _mm512_store_ps(o + d * NR + 16, _mm512_mul_ps(_mm512_load_ps(o + d * NR + 16), a1));
   }
 }
 
