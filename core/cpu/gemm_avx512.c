@@ -419,6 +419,8 @@ AVX512 static void pack_a_avx512(const float *A, int64_t lda, bool trans, int64_
       for (; k < kc; k += 16) {
         __mmask16 m = tail_mask(kc - k);
         __m512 r[16];
+        for (int i = 0; i < mr; ++i) /* 14 strided streams: help the prefetcher */
+          _mm_prefetch((const char *)(s + i * lda + k + 64), _MM_HINT_T0);
         for (int i = 0; i < 16; ++i)
           r[i] = i < mr ? _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m, s + i * lda + k))
                         : _mm512_setzero_ps();
@@ -458,6 +460,8 @@ AVX512 static void pack_b_avx512(const float *B, int64_t ldb, bool trans, int64_
         for (int64_t k = 0; k < kc; k += 16) {
           __mmask16 m = tail_mask(kc - k);
           __m512 r[16];
+          for (int j = 0; j < jn && j < 16; ++j)
+            _mm_prefetch((const char *)(s + j * ldb + k + 64), _MM_HINT_T0);
           for (int j = 0; j < 16; ++j)
             r[j] = j < jn ? _mm512_maskz_loadu_ps(m, s + j * ldb + k) : _mm512_setzero_ps();
           transpose16(r);
