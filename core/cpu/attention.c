@@ -56,6 +56,8 @@ static void pack_head(int64_t bh, void *user) {
 
 #ifdef MMP_HAVE_X86_DISPATCH
 void mmp_attn_softmax_avx512(float *s, int64_t kn, float *m, float *l, float *o, int64_t dv);
+void mmp_attn_store_avx512(const float *o, int64_t dv, const float *l, int64_t nq, float *out,
+                           int64_t ldo);
 #endif
 
 /* Portable version of mmp_attn_softmax_avx512 for a panel of nr queries. */
@@ -165,6 +167,13 @@ static void attn_worker(int64_t wi, void *user) {
     }
     /* out[q][dv] = O^T[dv][q] / l[q]; fully masked rows give 0 */
     float *out = j->out + (bh * j->Lq + q0) * Dv;
+#ifdef MMP_HAVE_X86_DISPATCH
+    if (g == &mmp_gemm_kernel_avx512) {
+      for (int64_t p = 0; p * NR < qn; ++p)
+        mmp_attn_store_avx512(ot + p * dvp * NR, Dv, l + p * NR, qn - p * NR, out + p * NR * Dv, Dv);
+      continue;
+    }
+#endif
     for (int64_t i = 0; i < qn; ++i) {
       int64_t p = i / NR, c = i % NR;
       const float *o = ot + p * dvp * NR + c;

@@ -552,4 +552,30 @@ AVX512 void mmp_attn_softmax_avx512(float *s, int64_t kn, float *m, float *l, fl
   }
 }
 
+/* out[q][d] = O^T[d][q] / l[q] for the nq (<= 32) valid queries of a
+ * panel; l = 0 (every key masked) gives 0. */
+AVX512 void mmp_attn_store_avx512(const float *o, int64_t dv, const float *l, int64_t nq,
+                                  float *out, int64_t ldo);
+AVX512 void mmp_attn_store_avx512(const float *o, int64_t dv, const float *l, int64_t nq,
+                                  float *out, int64_t ldo) {
+  for (int h = 0; h < 2; ++h) {
+    int64_t qv = nq - 16 * h;
+    if (qv <= 0) break;
+    if (qv > 16) qv = 16;
+    __m512 lv = _mm512_loadu_ps(l + 16 * h);
+    __mmask16 pos = _mm512_cmp_ps_mask(lv, _mm512_setzero_ps(), _CMP_GT_OQ);
+    __m512 inv = _mm512_maskz_div_ps(pos, _mm512_set1_ps(1.0f), lv);
+    for (int64_t d0 = 0; d0 < dv; d0 += 16) {
+      int64_t dn = dv - d0 < 16 ? dv - d0 : 16;
+      __m512 r[16];
+      for (int i = 0; i < 16; ++i)
+        r[i] = i < dn ? _mm512_mul_ps(_mm512_load_ps(o + (d0 + i) * NR + 16 * h), inv)
+                      : _mm512_setzero_ps();
+      transpose16(r);
+      __mmask16 m = tail_mask(dn);
+      for (int64_t q = 0; q < qv; ++q) _mm512_mask_storeu_ps(out + (16 * h + q) * ldo + d0, m, r[q]);
+    }
+  }
+}
+
 #endif /* MMP_HAVE_X86_DISPATCH */
