@@ -513,6 +513,59 @@ AVX512 void mmp_vexp_avx512(const float *x, float *y, int64_t n) {
   }
 }
 
+/* ---- GELU (erf form): x * 0.5 * erfc(-x / sqrt 2). erfc(t) for |t| < 1
+ * is 1 - t T(t^2); for |t| >= 1 it is exp(-t^2) / |t| * P(1/t^2) (R for
+ * |t| >= 2), reflected as 2 - erfc(|t|) for t < 0. Coefficients: Cephes
+ * single-precision erff/erfcf. exp(-t^2) is corrected for the rounding of
+ * t^2 (the FMA gives it exactly), which matters in the tail. */
+AVX512 static inline __m512 poly(__m512 x, const float *c, int n) {
+  __m512 p = _mm512_set1_ps(c[0]);
+  for (int i = 1; i < n; ++i) p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(c[i]));
+  return p;
+}
+
+AVX512 static inline __m512 gelu512(__m512 x) {
+  static const float T[7] = {7.853861353153693E-5f,  -8.010193625184903E-4f, 5.188327685732524E-3f,
+                             -2.685381193529856E-2f, 1.128358514861418E-1f,  -3.761262582423300E-1f,
+                             1.128379165726710E+0f};
+  static const float P[9] = {2.326819970068386E-2f,  -1.387039388740657E-1f, 3.687424674597105E-1f,
+                             -5.824733027278666E-1f, 6.210004621745983E-1f,  -4.944515323274145E-1f,
+                             3.404879937665872E-1f,  -2.741127028184656E-1f, 5.638259427386472E-1f};
+  static const float R[8] = {-1.047766399936249E+1f, 1.297719955372516E+1f,  -7.495518717768503E+0f,
+                             2.921019019210786E+0f,  -1.015265279202700E+0f, 4.218463358204948E-1f,
+                             -2.820767439740514E-1f, 5.641895067754075E-1f};
+  const __m512 one = _mm512_set1_ps(1.0f);
+  __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(-0.70710678118654752f));
+  __m512 at = _mm512_abs_ps(t);
+  __m512 h = _mm512_mul_ps(t, t);
+  /* |t| < 1 */
+  __m512 small = _mm512_fnmadd_ps(t, poly(h, T, 7), one);
+  /* |t| >= 1 */
+  __m512 lo = _mm512_fmsub_ps(t, t, h); /* t*t - h exactly */
+  __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), h));
+  e = _mm512_fnmadd_ps(e, lo, e); /* exp(-h - lo) = exp(-h) (1 - lo) */
+  __m512 q = _mm512_div_ps(one, at);
+  __m512 y = _mm512_mul_ps(q, q);
+  __mmask16 mid = _mm512_cmp_ps_mask(at, _mm512_set1_ps(2.0f), _CMP_LT_OQ);
+  __m512 pr = _mm512_mask_blend_ps(mid, poly(y, R, 8), poly(y, P, 9));
+  __m512 big = _mm512_mul_ps(_mm512_mul_ps(e, q), pr);
+  __mmask16 neg = _mm512_cmp_ps_mask(t, _mm512_setzero_ps(), _CMP_LT_OQ);
+  big = _mm512_mask_sub_ps(big, neg, _mm512_set1_ps(2.0f), big);
+  __mmask16 isbig = _mm512_cmp_ps_mask(at, one, _CMP_GE_OQ);
+  __m512 erfc = _mm512_mask_blend_ps(isbig, small, big);
+  return _mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.5f)), erfc);
+}
+
+AVX512 void mmp_vgelu_avx512(const float *x, float *y, int64_t n);
+AVX512 void mmp_vgelu_avx512(const float *x, float *y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, gelu512(_mm512_loadu_ps(x + i)));
+  if (i < n) {
+    __mmask16 m = tail_mask(n - i);
+    _mm512_mask_storeu_ps(y + i, m, gelu512(_mm512_maskz_loadu_ps(m, x + i)));
+  }
+}
+
 /* One online-softmax step of attention on a 32-query panel of S^T
  * (kn key rows x 32): m/l are the running max and denominator per query;
  * S becomes P = exp(S - m_new) in place and O^T (dv rows x 32) is rescaled
