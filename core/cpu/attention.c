@@ -63,7 +63,7 @@ void mmp_attn_store_avx512(const float *o, int64_t dv, const float *l, int64_t n
 /* Portable version of mmp_attn_softmax_avx512 for a panel of nr queries. */
 static void softmax_panel(float *s, int64_t kn, int64_t NR, float *mp, float *lp, float *o,
                           int64_t Dv, float *alpha) {
-  float mnew[64], sum[64];
+  float mnew[64], sum[64]; /* NR <= 64 */
   for (int64_t c = 0; c < NR; ++c) mnew[c] = mp[c];
   for (int64_t r = 0; r < kn; ++r) {
     const float *sr = s + r * NR;
@@ -222,8 +222,9 @@ int mmp_cpu_attention(const float *q, const float *k, const float *v, int64_t B,
   j.Lk = Lk;
   j.D = D;
   j.Dv = Dv;
-  j.QB = NR * 2;
-  if (j.QB > 64) j.QB = 64;
+  /* 4 query panels per task: each K/V block is reused 4 times from L1/L2 */
+  j.QB = NR * 4;
+  if (j.QB > 128) j.QB = 128;
   j.KB = MR * 12;
   j.nqb = (Lq + j.QB - 1) / j.QB;
   int64_t nkb = (Lk + j.KB - 1) / j.KB;
