@@ -172,6 +172,22 @@ def clip_cases(tmp):
     hf_case("pororo_lowercase_captions", TEXTS, 85, False, PORORO, lower=True)
     hf_case("odd_new_tokens", TEXTS, 77, True,
             ["Fred", "a", "ab c", "<x>", "tongtong", "tongtong", "\u00e9t\u00e9"])
+    # a saved tokenizer folder with added_tokens.json (loaded by from_pretrained)
+    d2 = os.path.join(tmp, "clip_tokenizer_added")
+    shutil.copytree(d, d2)
+    added = {"pororo": 49408, "Crong": 49409, "tong tong": 49410}
+    json.dump(added, open(os.path.join(d2, "added_tokens.json"), "w"))
+    tk = CLIPTokenizer.from_pretrained(d2)
+    n_added = tk.add_tokens(["loopy", "crong", "Crong"])
+    texts = TEXTS + ["pororo Crong crong tong tong tongtong loopy"]
+    ids, mask = run_hf(tk, texts, 77, True)
+    cases.append({"name": "saved_added_tokens_json",
+                  "config": {"tokenizer_dir": "clip_tokenizer_added", "added_tokens_json": added,
+                             "max_length": 77, "truncation": True,
+                             "new_tokens": ["loopy", "crong", "Crong"],
+                             "lowercase_captions": False},
+                  "vocab_size": len(tk), "n_added": n_added + len(added), "texts": texts,
+                  "input_ids": ids, "attention_mask": mask})
     hf_case("random_flintstones", random_texts(11, 400), 40, True, FLINTSTONES)
     hf_case("sd2_pad_bang", TEXTS_LONG + ["wow! ! !!  !x", "!"], 77, True, pad_token="!")
 

@@ -5,12 +5,42 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "plugins/processors/cliptok.h"
 #include "plugins/processors/textcommon.h"
 #include "tokfixture.h"
 
 static char vocab[4096], merges[4096], bpe[4096], clipdir[4096];
+static char addeddir[64]; /* a saved tokenizer folder: links + added_tokens.json */
+static char addedjson[128];
+
+/* (re)write the folder for a case with "added_tokens_json"; returns its path */
+static const char *make_added_dir(json_t *added) {
+  char p[4200];
+  if (!addeddir[0]) {
+    snprintf(addeddir, sizeof addeddir, "/tmp/mmp_cliptok_XXXXXX");
+    if (!mkdtemp(addeddir)) return NULL;
+    snprintf(p, sizeof p, "%s/vocab.json", addeddir);
+    if (symlink(vocab, p) < 0) return NULL;
+    snprintf(p, sizeof p, "%s/merges.txt", addeddir);
+    if (symlink(merges, p) < 0) return NULL;
+  }
+  snprintf(addedjson, sizeof addedjson, "%s/added_tokens.json", addeddir);
+  if (json_dump_file(added, addedjson, 0) < 0) return NULL;
+  return addeddir;
+}
+
+static void remove_added_dir(void) {
+  char p[4200];
+  if (!addeddir[0]) return;
+  const char *files[] = {"vocab.json", "merges.txt", "added_tokens.json"};
+  for (int i = 0; i < 3; i++) {
+    snprintf(p, sizeof p, "%s/%s", addeddir, files[i]);
+    unlink(p);
+  }
+  rmdir(addeddir);
+}
 
 static const char *fx_path(const char *name) {
   if (strcmp(name, "vocab.json") == 0) return vocab;
@@ -31,6 +61,10 @@ static mmp_cliptok_t *engine_for(json_t *cfg, const char **names, size_t *nnames
     o.merges_txt = merges;
   }
   if ((v = json_object_get(cfg, "pad_token"))) o.pad_token = json_string_value(v);
+  if ((v = json_object_get(cfg, "added_tokens_json"))) {
+    if (!make_added_dir(v)) return NULL;
+    o.added_tokens_json = addedjson;
+  }
   json_t *nt = json_object_get(cfg, "new_tokens");
   *nnames = json_array_size(nt);
   for (size_t i = 0; i < *nnames; i++) names[i] = json_string_value(json_array_get(nt, i));
@@ -96,9 +130,14 @@ static void test_plugin(json_t *c) {
   const char *key;
   json_t *v;
   json_object_foreach(cfg, key, v) {
-    if (strcmp(key, "tokenizer_dir") == 0)
-      k += (size_t)snprintf(text + k, sizeof text - k, "  tokenizer_dir = \"%s\";\n", clipdir);
-    else if (strcmp(key, "vocab") == 0 || strcmp(key, "merges") == 0 || strcmp(key, "bpe_file") == 0)
+    if (strcmp(key, "added_tokens_json") == 0)
+      continue;
+    if (strcmp(key, "tokenizer_dir") == 0) {
+      json_t *added = json_object_get(cfg, "added_tokens_json");
+      const char *dir = added ? make_added_dir(added) : clipdir;
+      k += (size_t)snprintf(text + k, sizeof text - k, "  tokenizer_dir = \"%s\";\n",
+                            dir ? dir : "(mkdtemp failed)");
+    } else if (strcmp(key, "vocab") == 0 || strcmp(key, "merges") == 0 || strcmp(key, "bpe_file") == 0)
       k += (size_t)snprintf(text + k, sizeof text - k, "  %s = \"%s\";\n", key,
                             fx_path(json_string_value(v)));
     else if (json_is_string(v))
@@ -172,6 +211,14 @@ static void test_errors(void) {
   o = (mmp_cliptok_opts_t){.bpe_gz = "/nonexistent/bpe.txt.gz"};
   ok(mmp_cliptok_new(&o) == NULL, "missing bpe file fails");
   like(mmp_error_last(), "/nonexistent/bpe.txt.gz", "the error names the bpe file");
+
+  /* added_tokens.json ids must follow the vocabulary (slow tokenizers) */
+  json_t *bad_added = json_pack("{s:i}", "zzqx", 49500);
+  o = (mmp_cliptok_opts_t){.vocab_json = vocab, .merges_txt = merges};
+  o.added_tokens_json = make_added_dir(bad_added) ? addedjson : "/nonexistent";
+  ok(mmp_cliptok_new(&o) == NULL, "non-consecutive added_tokens.json fails");
+  like(mmp_error_last(), "non-consecutive added token 'zzqx'", "the message names the token");
+  json_decref(bad_added);
 
   o = (mmp_cliptok_opts_t){.vocab_json = vocab, .merges_txt = merges};
   mmp_cliptok_t *t = mmp_cliptok_new(&o);
@@ -251,6 +298,7 @@ int main(void) {
   test_errors();
   for (size_t i = 0; i < json_array_size(cases); i++) test_plugin(json_array_get(cases, i));
   test_plugin_errors();
+  remove_added_dir();
   json_decref(root);
   return done_testing();
 }
