@@ -104,12 +104,13 @@ static int load_merges(mmp_cliptok_t *t, char *data, size_t len, const char *pat
     size_t cb = 0, ce = all.len;
     mmp_py_strip(all.cp, &cb, &ce, true, true);
     mmp_bstr_t tmp = {0};
-    if (mmp_bstr_from_ustr(&tmp, all.cp, cb) < 0) return MMP_ENOMEM;
+    int r = mmp_bstr_from_ustr(&tmp, all.cp, cb);
     b = tmp.len;
-    if (mmp_bstr_from_ustr(&tmp, all.cp, ce) < 0) return MMP_ENOMEM;
+    if (r == 0) r = mmp_bstr_from_ustr(&tmp, all.cp, ce);
     e = tmp.len;
     mmp_bstr_free(&tmp);
     mmp_ustr_free(&all);
+    if (r < 0) return r;
   }
   mmp_bstr_t key = {0};
   mmp_ustr_t tmp = {0};
