@@ -5,6 +5,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
 #include <unistd.h>
 
 #include "plugins/processors/cliptok.h"
@@ -200,6 +201,58 @@ static void test_plugin(json_t *c) {
   tokfx_comp_free(&comp);
 }
 
+/* one instance shared by threads (dataset loaders do this) */
+typedef struct worker {
+  const mmp_cliptok_t *t;
+  json_t *c;
+  int mismatches;
+} worker_t;
+
+static void *work(void *p) {
+  worker_t *w = p;
+  json_t *texts = json_object_get(w->c, "texts"), *want = json_object_get(w->c, "input_ids");
+  for (int rep = 0; rep < 3; rep++)
+    for (size_t i = 0; i < json_array_size(texts); i++) {
+      const char *s = json_string_value(json_array_get(texts, i));
+      int64_t *row;
+      size_t nr;
+      if (mmp_cliptok_encode(w->t, s, strlen(s), &row, &nr) < 0) {
+        w->mismatches++;
+        continue;
+      }
+      json_t *wr = json_array_get(want, i);
+      /* the ids between <|startoftext|> and <|endoftext|> (truncated rows: the first 75) */
+      size_t L = json_array_size(wr), m = nr < L - 2 ? nr : L - 2;
+      for (size_t j = 0; j < m; j++)
+        if (row[j] != json_integer_value(json_array_get(wr, j + 1))) {
+          w->mismatches++;
+          break;
+        }
+      free(row);
+    }
+  return NULL;
+}
+
+static void test_threads(json_t *c) {
+  const char *names[64];
+  size_t nn;
+  mmp_cliptok_t *t = engine_for(json_object_get(c, "config"), names, &nn);
+  if (!ok(t != NULL, "threads: engine")) return;
+  worker_t w[4];
+  pthread_t th[4];
+  for (int i = 0; i < 4; i++) {
+    w[i] = (worker_t){t, c, 0};
+    pthread_create(&th[i], NULL, work, &w[i]);
+  }
+  int bad = 0;
+  for (int i = 0; i < 4; i++) {
+    pthread_join(th[i], NULL);
+    bad += w[i].mismatches;
+  }
+  is_int(bad, 0, "4 threads on one instance give the reference ids");
+  mmp_cliptok_free(t);
+}
+
 static void test_errors(void) {
   /* missing vocabulary file: the message names it */
   mmp_cliptok_opts_t o = {.vocab_json = "/nonexistent/vocab.json", .merges_txt = merges};
@@ -296,6 +349,7 @@ int main(void) {
   json_t *cases = json_object_get(root, "cases");
   for (size_t i = 0; i < json_array_size(cases); i++) test_engine(json_array_get(cases, i));
   test_errors();
+  test_threads(json_array_get(cases, 0));
   for (size_t i = 0; i < json_array_size(cases); i++) test_plugin(json_array_get(cases, i));
   test_plugin_errors();
   remove_added_dir();
