@@ -66,6 +66,7 @@ TEXTS = [
     "ligatures \ufb01nance \ufb02ow \ufb00 and fullwidth \uff21\uff22\uff23\uff11\uff12",
     "control\x01chars\x07here\x1b[31mred\x1b[0m\ufeffbom\x7f",
     "Greek \u039f\u0394\u039f\u03a3 \u03a3\u03b9\u03c3\u03c5\u03c6\u03bf\u03c2 Turkish \u0130stanbul I\u0307 \u017ft",
+    "ignorecase classes: \u0391\u0345 a\u0345b \u0345 x'\u017f y'S \u212a \u24b6\u24d0 \u2160\u2170",
     "math x\u00b2 \u00bd \u2153 \u2167 \u0663\u0664 \u00b5m 10\u00b3 \u221e",
     "Fred is talking to Barney in the living room.",
     "fred is talking to barney. FRED! Fred's hat, fred's car. xfredx fredfred",

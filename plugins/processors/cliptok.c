@@ -481,6 +481,13 @@ static size_t match_lit(const int32_t *t, size_t n, size_t i, const char *lit) {
   return k;
 }
 
+/* Under IGNORECASE the `regex` module matches a class when a case variant
+ * of the character is in it; for [^\s\p{L}\p{N}] the only character this
+ * changes is U+0345 COMBINING GREEK YPOGEGRAMMENI (Mn, folds to iota): it
+ * matches no alternative and is skipped like whitespace. (Checked over all
+ * code points against regex 2.5.123; utf8proc's classes equal regex's.) */
+#define YPOGEGRAMMENI 0x345
+
 /* <\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+ */
 static size_t pat_match(const int32_t *t, size_t n, size_t i) {
   static const char *const lits[] = {SOT, EOT, "'s", "'t", "'re", "'ve", "'m", "'ll", "'d"};
@@ -492,7 +499,9 @@ static size_t pat_match(const int32_t *t, size_t n, size_t i) {
   while (j < n && mmp_u_isletter(t[j])) j++;
   if (j > i) return j - i;
   if (mmp_u_isnumber(t[i])) return 1;
-  while (j < n && !mmp_re_isspace(t[j]) && !mmp_u_isletter(t[j]) && !mmp_u_isnumber(t[j])) j++;
+  while (j < n && !mmp_re_isspace(t[j]) && !mmp_u_isletter(t[j]) && !mmp_u_isnumber(t[j]) &&
+         t[j] != YPOGEGRAMMENI)
+    j++;
   return j - i;
 }
 
