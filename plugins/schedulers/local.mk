@@ -2,8 +2,8 @@
 
 # Schedule math, key tables and validation shared by the scheduler modules: a
 # noinst convenience library (PIC objects linked into each module, symbols hidden).
-# NOTE for the merge: Makefile.am should declare `noinst_LTLIBRARIES =` and this
-# line become `+=` (plugins/models/local.mk on the sd branch assigns it too).
+
+
 noinst_LTLIBRARIES += plugins/schedulers/libschedcommon.la
 plugins_schedulers_libschedcommon_la_SOURCES = \
 	plugins/schedulers/common.c plugins/schedulers/common.h \
