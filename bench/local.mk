@@ -1,4 +1,8 @@
 # bench/local.mk - build rules for bench (included from the top Makefile.am)
+noinst_PROGRAMS += bench/ops
+bench_ops_SOURCES = bench/ops.c
+bench_ops_CFLAGS = $(AM_CFLAGS) $(OPENBLAS_CFLAGS)
+bench_ops_LDADD = libmmpipe.la $(OPENBLAS_LIBS) -lm
 
 # ---- sd: latent-diffusion benchmarks (SD-1.5 sizes; configs in bench/sd15/).
 # Run from the source tree root, e.g. `bench/unet --threads 2 --compare-torch`

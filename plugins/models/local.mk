@@ -3,7 +3,7 @@
 # ---- sd: internals shared by clip_text, vae, unet2d_condition and txt2img
 # (config.json, weight loading and name mapping, building blocks). A noinst
 # convenience library: its objects are linked into each module, symbols hidden.
-noinst_LTLIBRARIES = plugins/common/libsdcommon.la
+noinst_LTLIBRARIES += plugins/common/libsdcommon.la
 plugins_common_libsdcommon_la_SOURCES = plugins/common/sd_common.h \
 	plugins/common/sd_weights.c plugins/common/sd_nn.c
 plugins_common_libsdcommon_la_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)

@@ -1,0 +1,892 @@
+/* core/backend_cpu.c - the CPU backend: caching allocator, light ops, dispatch to core/cpu kernels. */
+#include <float.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/cpu/kernels.h"
+#include "core/tensor_impl.h"
+
+/* ================================================================ the pool
+ *
+ * A caching allocator: sizes are rounded up to a size class (a power of two
+ * with 3 extra mantissa bits, so at most 12.5% waste; 512 bytes at least)
+ * and returned blocks are kept on a per-class free list. A forward pass that
+ * repeats the same shapes therefore gets every block from the lists after
+ * its first run: os_allocs stops growing (tested in test_core_ops). The
+ * cache is bounded by MMPIPE_POOL_MAX_MB (default 8192 MiB); blocks returned
+ * beyond it go back to the OS. mmp_backend_pool_trim() empties it. */
+
+#define NCLASSES (64 * 8)
+#define MIN_CLASS_BYTES 512 /* classes are then multiples of 64 (aligned_alloc) */
+
+typedef struct pool_block {
+  struct pool_block *next;
+} pool_block_t;
+
+typedef struct cpu_pool {
+  pthread_mutex_t lock;
+  pool_block_t *free[NCLASSES];
+  mmp_pool_stats_t st;
+  size_t max_cached;
+} cpu_pool_t;
+
+static cpu_pool_t pool = {.lock = PTHREAD_MUTEX_INITIALIZER};
+
+static int size_class(size_t n, size_t *rounded) {
+  if (n < MIN_CLASS_BYTES) n = MIN_CLASS_BYTES;
+  int lg = 63 - __builtin_clzll((unsigned long long)n); /* 2^lg <= n */
+  if (lg < 3) lg = 3;
+  size_t step = (size_t)1 << (lg - 3);
+  size_t r = (n + step - 1) & ~(step - 1);
+  if (r == ((size_t)1 << (lg + 1))) { /* rounded up to the next power */
+    lg++;
+    step <<= 1;
+  }
+  *rounded = r;
+  return lg * 8 + (int)((r >> (lg - 3)) & 7);
+}
+
+static size_t pool_max_cached(void) {
+  const char *e = getenv("MMPIPE_POOL_MAX_MB");
+  long long mb = e ? atoll(e) : 8192;
+  if (mb < 0) mb = 0;
+  return (size_t)mb << 20;
+}
+
+static int cpu_alloc(mmp_backend_t *be, size_t nbytes, void **out) {
+  (void)be;
+  size_t r;
+  int c = size_class(nbytes, &r);
+  void *p = NULL;
+  pthread_mutex_lock(&pool.lock);
+  pool.st.requests++;
+  if (pool.free[c]) {
+    p = pool.free[c];
+    pool.free[c] = pool.free[c]->next;
+    pool.st.pool_hits++;
+    pool.st.bytes_cached -= r;
+  } else {
+    pool.st.os_allocs++;
+  }
+  pool.st.bytes_in_use += r;
+  pthread_mutex_unlock(&pool.lock);
+  if (!p) p = aligned_alloc(64, r);
+  if (!p) {
+    pthread_mutex_lock(&pool.lock);
+    pool.st.bytes_in_use -= r;
+    pool.st.os_allocs--;
+    pthread_mutex_unlock(&pool.lock);
+    return mmp_error_set(MMP_ENOMEM, "cpu: out of memory allocating %zu bytes", nbytes);
+  }
+  *out = p;
+  return 0;
+}
+
+static void cpu_free(mmp_backend_t *be, void *ptr, size_t nbytes) {
+  (void)be;
+  if (!ptr) return;
+  size_t r;
+  int c = size_class(nbytes, &r);
+  pthread_mutex_lock(&pool.lock);
+  if (!pool.max_cached) pool.max_cached = pool_max_cached() + 1;
+  pool.st.bytes_in_use -= r;
+  if (pool.st.bytes_cached + r < pool.max_cached) {
+    pool_block_t *b = ptr;
+    b->next = pool.free[c];
+    pool.free[c] = b;
+    pool.st.bytes_cached += r;
+    ptr = NULL;
+  } else {
+    pool.st.os_frees++;
+  }
+  pthread_mutex_unlock(&pool.lock);
+  free(ptr);
+}
+
+static void cpu_pool_trim(mmp_backend_t *be) {
+  (void)be;
+  pthread_mutex_lock(&pool.lock);
+  for (int c = 0; c < NCLASSES; c++) {
+    while (pool.free[c]) {
+      pool_block_t *n = pool.free[c]->next;
+      free(pool.free[c]);
+      pool.free[c] = n;
+      pool.st.os_frees++;
+    }
+  }
+  pool.st.bytes_cached = 0;
+  pthread_mutex_unlock(&pool.lock);
+}
+
+__attribute__((destructor)) static void cpu_pool_drain(void) { cpu_pool_trim(NULL); }
+
+static void cpu_pool_stats(mmp_backend_t *be, mmp_pool_stats_t *out) {
+  (void)be;
+  pthread_mutex_lock(&pool.lock);
+  *out = pool.st;
+  pthread_mutex_unlock(&pool.lock);
+}
+
+static int cpu_copy(mmp_backend_t *be, void *dst, const void *src, size_t n) {
+  (void)be;
+  if (n) memmove(dst, src, n);
+  return 0;
+}
+
+/* ========================================================= parallel helper */
+
+typedef void (*range_fn)(int64_t start, int64_t end, void *ctx);
+
+typedef struct range_job {
+  range_fn fn;
+  void *ctx;
+  int64_t n, chunk;
+} range_job_t;
+
+static void range_task(int64_t i, void *user) {
+  range_job_t *j = user;
+  int64_t s = i * j->chunk, e = s + j->chunk;
+  if (e > j->n) e = j->n;
+  if (s < e) j->fn(s, e, j->ctx);
+}
+
+/* Run fn over [0, n) in chunks, each worth about @grain units of work per item
+ * (cost = items * cost_per_item); small jobs run inline. */
+static void par_range(int64_t n, int64_t cost_per_item, range_fn fn, void *ctx) {
+  if (n <= 0) return;
+  int nt = mmp_cpu_threads();
+  int64_t total = n * (cost_per_item > 0 ? cost_per_item : 1);
+  if (nt <= 1 || total < 32768 || n == 1) {
+    fn(0, n, ctx);
+    return;
+  }
+  int64_t tasks = (int64_t)nt * 4;
+  if (tasks > n) tasks = n;
+  if (tasks > total / 16384) tasks = total / 16384 > 1 ? total / 16384 : 2;
+  range_job_t j = {fn, ctx, n, (n + tasks - 1) / tasks};
+  mmp_cpu_parallel_for((n + j.chunk - 1) / j.chunk, range_task, &j);
+}
+
+/* ================================================== strided iteration
+ * Up to 4 operands of one shape (dst first). Dims are coalesced where all
+ * operands are contiguous across them; the iteration is over "rows" of the
+ * innermost dim. */
+
+#define MAXOP 4
+typedef struct iter {
+  int nd, nop;
+  int64_t shape[MMP_MAX_DIMS];
+  int64_t stride[MAXOP][MMP_MAX_DIMS];
+  char *base[MAXOP];
+  size_t esize[MAXOP];
+  int64_t rows, inner;
+} iter_t;
+
+static void iter_init(iter_t *it, int nop, const mmp_tensor_t *const *ts) {
+  const mmp_tensor_t *t0 = ts[0];
+  int nd = 0;
+  it->nop = nop;
+  for (int k = 0; k < nop; k++) {
+    it->base[k] = mmp__ptr(ts[k]);
+    it->esize[k] = mmp_dtype_size(ts[k]->dtype);
+  }
+  /* drop size-1 dims, then merge from the inside out */
+  for (int d = 0; d < t0->ndim; d++) {
+    if (t0->shape[d] == 1) continue;
+    it->shape[nd] = t0->shape[d];
+    for (int k = 0; k < nop; k++) it->stride[k][nd] = ts[k]->stride[d];
+    nd++;
+  }
+  if (nd == 0) {
+    it->shape[0] = 1;
+    for (int k = 0; k < nop; k++) it->stride[k][0] = 1;
+    nd = 1;
+  }
+  int w = nd - 1;
+  for (int d = nd - 2; d >= 0; d--) {
+    bool merge = true;
+    for (int k = 0; k < nop; k++)
+      if (it->stride[k][d] != it->stride[k][w] * it->shape[w]) merge = false;
+    if (merge) {
+      it->shape[w] *= it->shape[d];
+      continue;
+    }
+    w--;
+    it->shape[w] = it->shape[d];
+    for (int k = 0; k < nop; k++) it->stride[k][w] = it->stride[k][d];
+  }
+  /* shift to start at 0 */
+  int n = nd - w;
+  for (int d = 0; d < n; d++) {
+    it->shape[d] = it->shape[d + w];
+    for (int k = 0; k < nop; k++) it->stride[k][d] = it->stride[k][d + w];
+  }
+  it->nd = n;
+  it->inner = it->shape[n - 1];
+  it->rows = 1;
+  for (int d = 0; d < n - 1; d++) it->rows *= it->shape[d];
+}
+
+/* Byte pointers of operand k at the start of row r. */
+static inline void iter_row(const iter_t *it, int64_t r, char **ptrs) {
+  int64_t idx[MMP_MAX_DIMS];
+  for (int d = it->nd - 2; d >= 0; d--) {
+    idx[d] = r % it->shape[d];
+    r /= it->shape[d];
+  }
+  for (int k = 0; k < it->nop; k++) {
+    int64_t off = 0;
+    for (int d = 0; d < it->nd - 1; d++) off += idx[d] * it->stride[k][d];
+    ptrs[k] = it->base[k] + off * (int64_t)it->esize[k];
+  }
+}
+
+/* ================================================================ copy */
+
+static inline double ld_any(mmp_dtype_t dt, const char *p) {
+  switch (dt) {
+  case MMP_F32: return *(const float *)p;
+  case MMP_F16: return mmp__half_to_float(*(const uint16_t *)p);
+  case MMP_BF16: return mmp__bf16_to_float(*(const uint16_t *)p);
+  case MMP_I64: return (double)*(const int64_t *)p;
+  case MMP_I32: return *(const int32_t *)p;
+  case MMP_U8: return *(const uint8_t *)p;
+  case MMP_BOOL: return *(const uint8_t *)p != 0;
+  case MMP_F64: return *(const double *)p;
+  default: return 0;
+  }
+}
+
+static inline void st_any(mmp_dtype_t dt, char *p, double v) {
+  switch (dt) {
+  case MMP_F32: *(float *)p = (float)v; break;
+  case MMP_F16: *(uint16_t *)p = mmp__float_to_half((float)v); break;
+  case MMP_BF16: *(uint16_t *)p = mmp__float_to_bf16((float)v); break;
+  case MMP_I64: *(int64_t *)p = isfinite(v) ? (int64_t)v : 0; break;
+  case MMP_I32: *(int32_t *)p = isfinite(v) ? (int32_t)(int64_t)v : 0; break;
+  case MMP_U8: *(uint8_t *)p = isfinite(v) ? (uint8_t)(int64_t)v : 0; break;
+  case MMP_BOOL: *(uint8_t *)p = v != 0; break;
+  case MMP_F64: *(double *)p = v; break;
+  default: break;
+  }
+}
+
+typedef struct copy_ctx {
+  iter_t it;
+  mmp_dtype_t dt, st;
+} copy_ctx_t;
+
+static void copy_rows(int64_t r0, int64_t r1, void *user) {
+  copy_ctx_t *c = user;
+  const iter_t *it = &c->it;
+  int64_t n = it->inner, sd = it->stride[0][it->nd - 1], ss = it->stride[1][it->nd - 1];
+  size_t es = it->esize[0];
+  for (int64_t r = r0; r < r1; r++) {
+    char *p[2];
+    iter_row(it, r, p);
+    char *d = p[0];
+    const char *s = p[1];
+    if (c->dt == c->st) {
+      if (sd == 1 && ss == 1) {
+        memcpy(d, s, (size_t)n * es);
+      } else if (es == 4) {
+        for (int64_t i = 0; i < n; i++) ((uint32_t *)d)[i * sd] = ((const uint32_t *)s)[i * ss];
+      } else if (es == 2) {
+        for (int64_t i = 0; i < n; i++) ((uint16_t *)d)[i * sd] = ((const uint16_t *)s)[i * ss];
+      } else if (es == 8) {
+        for (int64_t i = 0; i < n; i++) ((uint64_t *)d)[i * sd] = ((const uint64_t *)s)[i * ss];
+      } else {
+        for (int64_t i = 0; i < n; i++) d[i * sd] = s[i * ss];
+      }
+    } else if (c->dt == MMP_F32 && c->st == MMP_F16) {
+      for (int64_t i = 0; i < n; i++) ((float *)d)[i * sd] = mmp__half_to_float(((const uint16_t *)s)[i * ss]);
+    } else if (c->dt == MMP_F32 && c->st == MMP_BF16) {
+      for (int64_t i = 0; i < n; i++) ((float *)d)[i * sd] = mmp__bf16_to_float(((const uint16_t *)s)[i * ss]);
+    } else if (c->dt == MMP_F16 && c->st == MMP_F32) {
+      for (int64_t i = 0; i < n; i++) ((uint16_t *)d)[i * sd] = mmp__float_to_half(((const float *)s)[i * ss]);
+    } else if (c->dt == MMP_BF16 && c->st == MMP_F32) {
+      for (int64_t i = 0; i < n; i++) ((uint16_t *)d)[i * sd] = mmp__float_to_bf16(((const float *)s)[i * ss]);
+    } else {
+      size_t ess = it->esize[1];
+      for (int64_t i = 0; i < n; i++)
+        st_any(c->dt, d + i * sd * (int64_t)es, ld_any(c->st, s + i * ss * (int64_t)ess));
+    }
+  }
+}
+
+static int op_copy(const mmp_tensor_t *src, mmp_tensor_t *dst) {
+  if (mmp_tensor_numel(dst) == 0) return 0;
+  copy_ctx_t c;
+  const mmp_tensor_t *ts[2] = {dst, src};
+  iter_init(&c.it, 2, ts);
+  c.dt = dst->dtype;
+  c.st = src->dtype;
+  par_range(c.it.rows, c.it.inner, copy_rows, &c);
+  return 0;
+}
+
+typedef struct fill_ctx {
+  iter_t it;
+  mmp_dtype_t dt;
+  _Alignas(8) unsigned char val[8];
+} fill_ctx_t;
+
+static void fill_rows(int64_t r0, int64_t r1, void *user) {
+  fill_ctx_t *c = user;
+  const iter_t *it = &c->it;
+  int64_t n = it->inner, sd = it->stride[0][it->nd - 1];
+  size_t es = it->esize[0];
+  for (int64_t r = r0; r < r1; r++) {
+    char *p[1];
+    iter_row(it, r, p);
+    if (es == 4 && sd == 1) {
+      uint32_t v;
+      memcpy(&v, c->val, 4);
+      for (int64_t i = 0; i < n; i++) ((uint32_t *)p[0])[i] = v;
+    } else {
+      for (int64_t i = 0; i < n; i++) memcpy(p[0] + i * sd * (int64_t)es, c->val, es);
+    }
+  }
+}
+
+static int op_fill(mmp_tensor_t *dst, double v) {
+  if (mmp_tensor_numel(dst) == 0) return 0;
+  fill_ctx_t c;
+  const mmp_tensor_t *ts[1] = {dst};
+  iter_init(&c.it, 1, ts);
+  c.dt = dst->dtype;
+  st_any(dst->dtype, (char *)c.val, v);
+  par_range(c.it.rows, c.it.inner, fill_rows, &c);
+  return 0;
+}
+
+/* ===================================================== binary elementwise */
+
+typedef struct bin_ctx {
+  iter_t it;
+  mmp_op_t op;
+  float alpha, beta;
+} bin_ctx_t;
+
+static void bin_rows(int64_t r0, int64_t r1, void *user) {
+  bin_ctx_t *c = user;
+  const iter_t *it = &c->it;
+  int64_t n = it->inner, sd = it->stride[0][it->nd - 1], sa = it->stride[1][it->nd - 1],
+          sb = it->stride[2][it->nd - 1];
+  float al = c->alpha, be = c->beta;
+  for (int64_t r = r0; r < r1; r++) {
+    char *p[3];
+    iter_row(it, r, p);
+    float *d = (float *)p[0];
+    const float *a = (const float *)p[1], *b = (const float *)p[2];
+    if (sd == 1 && sa == 1 && sb == 1) {
+      switch (c->op) {
+      case MMP_OP_ADD: for (int64_t i = 0; i < n; i++) d[i] = a[i] + b[i]; break;
+      case MMP_OP_SUB: for (int64_t i = 0; i < n; i++) d[i] = a[i] - b[i]; break;
+      case MMP_OP_MUL: for (int64_t i = 0; i < n; i++) d[i] = a[i] * b[i]; break;
+      case MMP_OP_DIV: for (int64_t i = 0; i < n; i++) d[i] = a[i] / b[i]; break;
+      default: for (int64_t i = 0; i < n; i++) d[i] = al * a[i] + be * b[i]; break;
+      }
+    } else {
+      switch (c->op) {
+      case MMP_OP_ADD: for (int64_t i = 0; i < n; i++) d[i * sd] = a[i * sa] + b[i * sb]; break;
+      case MMP_OP_SUB: for (int64_t i = 0; i < n; i++) d[i * sd] = a[i * sa] - b[i * sb]; break;
+      case MMP_OP_MUL: for (int64_t i = 0; i < n; i++) d[i * sd] = a[i * sa] * b[i * sb]; break;
+      case MMP_OP_DIV: for (int64_t i = 0; i < n; i++) d[i * sd] = a[i * sa] / b[i * sb]; break;
+      default: for (int64_t i = 0; i < n; i++) d[i * sd] = al * a[i * sa] + be * b[i * sb]; break;
+      }
+    }
+  }
+}
+
+static int op_binary(mmp_op_t op, const mmp_op_params_t *p, const mmp_tensor_t *a, const mmp_tensor_t *b,
+                     mmp_tensor_t *dst) {
+  if (mmp_tensor_numel(dst) == 0) return 0;
+  bin_ctx_t c;
+  const mmp_tensor_t *ts[3] = {dst, a, b};
+  iter_init(&c.it, 3, ts);
+  c.op = op;
+  c.alpha = (float)p->f[0];
+  c.beta = (float)p->f[1];
+  par_range(c.it.rows, c.it.inner, bin_rows, &c);
+  return 0;
+}
+
+/* ====================================================== unary (contiguous) */
+
+typedef struct un_ctx {
+  mmp_op_t op;
+  const float *x;
+  float *y;
+  float a, b;
+} un_ctx_t;
+
+static void un_range(int64_t s, int64_t e, void *user) {
+  un_ctx_t *c = user;
+  const float *x = c->x + s;
+  float *y = c->y + s;
+  int64_t n = e - s;
+  float a = c->a, b = c->b;
+  switch (c->op) {
+  case MMP_OP_SCALE: for (int64_t i = 0; i < n; i++) y[i] = a * x[i] + b; break;
+  case MMP_OP_CLAMP:
+    for (int64_t i = 0; i < n; i++) {
+      float v = x[i];
+      v = v < a ? a : v; /* NaN stays NaN, as in torch */
+      y[i] = v > b ? b : v;
+    }
+    break;
+  case MMP_OP_SQRT: for (int64_t i = 0; i < n; i++) y[i] = sqrtf(x[i]); break;
+  case MMP_OP_EXP: for (int64_t i = 0; i < n; i++) y[i] = expf(x[i]); break;
+  case MMP_OP_ABS: for (int64_t i = 0; i < n; i++) y[i] = fabsf(x[i]); break;
+  case MMP_OP_SIGMOID: for (int64_t i = 0; i < n; i++) y[i] = 1.0f / (1.0f + expf(-x[i])); break;
+  case MMP_OP_TANH: for (int64_t i = 0; i < n; i++) y[i] = tanhf(x[i]); break;
+  case MMP_OP_RELU: for (int64_t i = 0; i < n; i++) y[i] = x[i] > 0.0f ? x[i] : (x[i] == x[i] ? 0.0f : x[i]); break;
+  case MMP_OP_SILU: mmp_cpu_silu(x, y, n); break;
+  case MMP_OP_GELU: mmp_cpu_gelu(x, y, n); break;
+  case MMP_OP_GELU_TANH: mmp_cpu_gelu_tanh(x, y, n); break;
+  case MMP_OP_QUICK_GELU: mmp_cpu_quick_gelu(x, y, n); break;
+  default: break;
+  }
+}
+
+static int op_unary(mmp_op_t op, const mmp_op_params_t *p, const mmp_tensor_t *x, mmp_tensor_t *dst) {
+  int64_t n = mmp_tensor_numel(dst);
+  if (n == 0) return 0;
+  un_ctx_t c = {op, mmp__ptr(x), mmp__ptr(dst), (float)p->f[0], (float)p->f[1]};
+  if (op == MMP_OP_SILU || op == MMP_OP_GELU || op == MMP_OP_GELU_TANH || op == MMP_OP_QUICK_GELU) {
+    un_range(0, n, &c); /* the kernels thread themselves */
+    return 0;
+  }
+  par_range(n, 4, un_range, &c);
+  return 0;
+}
+
+/* ============================================================ reductions */
+
+typedef struct red_ctx {
+  mmp_op_t op;
+  const mmp_tensor_t *x;
+  mmp_tensor_t *y;
+  int dim;
+} red_ctx_t;
+
+static void red_range(int64_t s, int64_t e, void *user) {
+  red_ctx_t *c = user;
+  const mmp_tensor_t *x = c->x;
+  int nd = x->ndim, dim = c->dim;
+  int64_t n = x->shape[dim], sx = x->stride[dim];
+  const float *xb = mmp__ptr(x);
+  for (int64_t o = s; o < e; o++) {
+    /* decompose o over x's dims with dim's extent 1 */
+    int64_t r = o, off = 0;
+    for (int d = nd - 1; d >= 0; d--) {
+      if (d == dim) continue;
+      off += (r % x->shape[d]) * x->stride[d];
+      r /= x->shape[d];
+    }
+    const float *p = xb + off;
+    if (c->op == MMP_OP_SUM || c->op == MMP_OP_MEAN) {
+      double acc = 0;
+      for (int64_t i = 0; i < n; i++) acc += p[i * sx];
+      if (c->op == MMP_OP_MEAN) acc /= (double)n;
+      ((float *)mmp__ptr(c->y))[o] = (float)acc;
+    } else if (c->op == MMP_OP_MAX) {
+      float m = -INFINITY;
+      for (int64_t i = 0; i < n; i++) {
+        float v = p[i * sx];
+        if (v > m || v != v) m = v;
+        if (m != m) break;
+      }
+      ((float *)mmp__ptr(c->y))[o] = m;
+    } else { /* argmax: first index of the max; NaN wins like torch */
+      float m = -INFINITY;
+      int64_t mi = 0;
+      for (int64_t i = 0; i < n; i++) {
+        float v = p[i * sx];
+        if (v != v) {
+          mi = i;
+          break;
+        }
+        if (v > m) {
+          m = v;
+          mi = i;
+        }
+      }
+      ((int64_t *)mmp__ptr(c->y))[o] = mi;
+    }
+  }
+}
+
+static int op_reduce(mmp_op_t op, int dim, const mmp_tensor_t *x, mmp_tensor_t *dst) {
+  red_ctx_t c = {op, x, dst, dim};
+  int64_t n = mmp_tensor_numel(dst);
+  par_range(n, x->shape[dim] + 8, red_range, &c);
+  return 0;
+}
+
+/* ================================================================= matmul */
+
+/* Layout of a matrix view [R, C] (strides sr, sc) as BLAS sees it. */
+static bool mat_layout(int64_t R, int64_t C, int64_t sr, int64_t sc, bool *trans, int64_t *ld) {
+  if ((C == 1 || sc == 1) && (R == 1 || sr >= C)) {
+    *trans = false;
+    *ld = R == 1 ? (C > 0 ? C : 1) : sr;
+    return *ld >= 1;
+  }
+  if ((R == 1 || sr == 1) && (C == 1 || sc >= R)) {
+    *trans = true;
+    *ld = C == 1 ? (R > 0 ? R : 1) : sc;
+    return *ld >= 1;
+  }
+  return false;
+}
+
+/* One stride for all batch dims of @t (dims 0..nb-1), or false. */
+static bool batch_stride(const mmp_tensor_t *t, int nb, int64_t *out) {
+  int last = -1;
+  int64_t s = 0;
+  for (int d = nb - 1; d >= 0; d--) {
+    if (t->shape[d] == 1) continue;
+    if (last < 0) {
+      s = t->stride[d];
+    } else if (t->stride[d] != t->stride[last] * t->shape[last]) {
+      return false;
+    }
+    last = d;
+  }
+  *out = s;
+  return s >= 0;
+}
+
+static int op_matmul(const mmp_tensor_t *a0, const mmp_tensor_t *b0, mmp_tensor_t *dst) {
+  int nd = dst->ndim, nb = nd - 2;
+  int64_t M = dst->shape[nd - 2], N = dst->shape[nd - 1], K = a0->shape[nd - 1];
+  int64_t batch = mmp__numel(nb, dst->shape);
+  if (M == 0 || N == 0 || batch == 0) return 0;
+  if (K == 0) return op_fill(dst, 0.0);
+  const mmp_tensor_t *op[2] = {a0, b0};
+  mmp_tensor_t *tmp[2] = {NULL, NULL};
+  bool tr[2];
+  int64_t ld[2], bs[2];
+  for (int k = 0; k < 2; k++) {
+    const mmp_tensor_t *t = op[k];
+    int64_t R = t->shape[nd - 2], C = t->shape[nd - 1];
+    if (!mat_layout(R, C, t->stride[nd - 2], t->stride[nd - 1], &tr[k], &ld[k]) ||
+        !batch_stride(t, nb, &bs[k])) {
+      tmp[k] = mmp_clone(t);
+      if (!tmp[k]) {
+        mmp_tensor_unref(tmp[0]);
+        return mmp_error_code();
+      }
+      op[k] = tmp[k];
+      tr[k] = false;
+      ld[k] = C;
+      bs[k] = batch > 1 ? R * C : 0;
+    }
+  }
+  int rc = mmp_cpu_sgemm(batch, tr[0], tr[1], M, N, K, 1.0f, mmp__ptr(op[0]), ld[0], bs[0], mmp__ptr(op[1]),
+                         ld[1], bs[1], 0.0f, mmp__ptr(dst), N, M * N);
+  mmp_tensor_unref(tmp[0]);
+  mmp_tensor_unref(tmp[1]);
+  return rc;
+}
+
+static int op_linear(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp_tensor_t *bias, mmp_tensor_t *dst) {
+  int64_t rows = x->shape[0], in = x->shape[1], out = w->shape[0];
+  float *y = mmp__ptr(dst);
+  if (rows == 0 || out == 0) return 0;
+  float beta = 0.0f;
+  if (bias) {
+    const float *b = mmp__ptr(bias);
+    for (int64_t r = 0; r < rows; r++) memcpy(y + r * out, b, (size_t)out * sizeof(float));
+    beta = 1.0f;
+  }
+  if (in == 0) return bias ? 0 : op_fill(dst, 0.0);
+  return mmp_cpu_sgemm(1, false, true, rows, out, in, 1.0f, mmp__ptr(x), in, 0, mmp__ptr(w), in, 0, beta, y, out,
+                       0);
+}
+
+/* ============================================================ nn helpers */
+
+static int op_softmax(int dim, const mmp_tensor_t *x, mmp_tensor_t *dst) {
+  int nd = x->ndim;
+  int64_t D = x->shape[dim];
+  int64_t rows = D ? mmp_tensor_numel(x) / D : 0;
+  if (rows == 0 || D == 0) return 0;
+  if (dim == nd - 1 && mmp_tensor_is_contiguous(x)) return mmp_cpu_softmax(mmp__ptr(x), rows, D, mmp__ptr(dst));
+  /* move @dim last, compute there, move back */
+  mmp_tensor_t *xt = mmp_transpose((mmp_tensor_t *)x, dim, nd - 1);
+  mmp_tensor_t *xc = mmp_clone(xt);
+  mmp_tensor_t *yc = xc ? mmp_tensor_new(mmp__backend_cpu(), MMP_F32, xc->ndim, xc->shape) : NULL;
+  int rc = yc ? mmp_cpu_softmax(mmp__ptr(xc), rows, D, mmp__ptr(yc)) : mmp_error_code();
+  if (rc == 0) {
+    mmp_tensor_t *yb = mmp_transpose(yc, dim, nd - 1);
+    rc = yb ? op_copy(yb, dst) : mmp_error_code();
+    mmp_tensor_unref(yb);
+  }
+  mmp_tensor_unref(xt);
+  mmp_tensor_unref(xc);
+  mmp_tensor_unref(yc);
+  return rc;
+}
+
+typedef struct up_ctx {
+  const float *x;
+  float *y;
+  int64_t H, W;
+} up_ctx_t;
+
+static void up_range(int64_t s, int64_t e, void *user) {
+  up_ctx_t *c = user;
+  int64_t H = c->H, W = c->W;
+  for (int64_t p = s; p < e; p++) { /* one (n, c) plane */
+    const float *x = c->x + p * H * W;
+    float *y = c->y + p * 4 * H * W;
+    for (int64_t h = 0; h < H; h++) {
+      float *r0 = y + (2 * h) * 2 * W;
+      for (int64_t w = 0; w < W; w++) r0[2 * w] = r0[2 * w + 1] = x[h * W + w];
+      memcpy(r0 + 2 * W, r0, (size_t)(2 * W) * sizeof(float));
+    }
+  }
+}
+
+typedef struct pool_ctx {
+  const float *x;
+  float *y;
+  int64_t H, W, OH, OW;
+  int k, s, p;
+  bool is_max;
+} pool_ctx_t;
+
+static void pool_range(int64_t s0, int64_t e0, void *user) {
+  pool_ctx_t *c = user;
+  for (int64_t pl = s0; pl < e0; pl++) {
+    const float *x = c->x + pl * c->H * c->W;
+    float *y = c->y + pl * c->OH * c->OW;
+    for (int64_t oh = 0; oh < c->OH; oh++)
+      for (int64_t ow = 0; ow < c->OW; ow++) {
+        int64_t h0 = oh * c->s - c->p, w0 = ow * c->s - c->p;
+        float acc = c->is_max ? -INFINITY : 0.0f;
+        for (int64_t i = 0; i < c->k; i++) {
+          int64_t h = h0 + i;
+          if (h < 0 || h >= c->H) continue;
+          for (int64_t j = 0; j < c->k; j++) {
+            int64_t w = w0 + j;
+            if (w < 0 || w >= c->W) continue;
+            float v = x[h * c->W + w];
+            if (c->is_max) {
+              if (v > acc || v != v) acc = v;
+            } else {
+              acc += v;
+            }
+          }
+        }
+        y[oh * c->OW + ow] = c->is_max ? acc : acc / (float)(c->k * c->k);
+      }
+  }
+}
+
+static int op_embedding(const mmp_tensor_t *table, const mmp_tensor_t *ids, mmp_tensor_t *dst) {
+  int64_t V = table->shape[0], D = table->shape[1], n = mmp_tensor_numel(ids);
+  const float *tb = mmp__ptr(table);
+  float *y = mmp__ptr(dst);
+  for (int64_t i = 0; i < n; i++) {
+    int64_t id = ids->dtype == MMP_I64 ? ((const int64_t *)mmp__ptr(ids))[i] : ((const int32_t *)mmp__ptr(ids))[i];
+    if (id < 0 || id >= V)
+      return mmp_error_set(MMP_EINVAL, "embedding: id %lld at position %lld is outside the table of %lld rows",
+                           (long long)id, (long long)i, (long long)V);
+    memcpy(y + i * D, tb + id * D, (size_t)D * sizeof(float));
+  }
+  return 0;
+}
+
+/* diffusers get_timestep_embedding, step for step in float32. */
+static int op_timestep_embedding(const mmp_op_params_t *p, const mmp_tensor_t *t, mmp_tensor_t *dst) {
+  int64_t N = dst->shape[0], dim = dst->shape[1], half = dim / 2;
+  bool flip = p->i[0] != 0;
+  float shift = (float)p->f[0], scale = (float)p->f[1];
+  float lmp = (float)(-log(p->f[2]));
+  float *y = mmp__ptr(dst);
+  for (int64_t n = 0; n < N; n++) {
+    float tv = (float)ld_any(t->dtype, (const char *)mmp__ptr(t) + n * t->stride[0] * (int64_t)mmp_dtype_size(t->dtype));
+    float *row = y + n * dim;
+    for (int64_t i = 0; i < half; i++) {
+      float ex = lmp * (float)i;
+      ex = ex / ((float)half - shift);
+      float f = expf(ex);
+      float arg = tv * f;
+      arg = scale * arg;
+      float sv = sinf(arg), cv = cosf(arg);
+      row[flip ? half + i : i] = sv;
+      row[flip ? i : half + i] = cv;
+    }
+    if (dim % 2) row[dim - 1] = 0.0f;
+  }
+  return 0;
+}
+
+/* ============================================================== dispatch */
+
+static bool is_f32(const mmp_tensor_t *t) { return t->dtype == MMP_F32; }
+
+static bool cpu_supports(mmp_backend_t *be, mmp_op_t op, const mmp_tensor_t *const *srcs, int nsrc,
+                         const mmp_tensor_t *dst) {
+  (void)be;
+  switch (op) {
+  case MMP_OP_COPY:
+  case MMP_OP_FILL: return true;
+  case MMP_OP_ARGMAX: return nsrc == 1 && is_f32(srcs[0]) && dst->dtype == MMP_I64;
+  case MMP_OP_EMBEDDING:
+    return nsrc == 2 && is_f32(srcs[0]) && (srcs[1]->dtype == MMP_I64 || srcs[1]->dtype == MMP_I32) &&
+           mmp_tensor_is_contiguous(srcs[1]) && is_f32(dst);
+  case MMP_OP_TIMESTEP_EMBEDDING: return nsrc == 1 && srcs[0]->dtype != MMP_BOOL && is_f32(dst);
+  case MMP_OP_ATTENTION:
+    if (nsrc == 4 && srcs[3] && srcs[3]->dtype != MMP_U8 && srcs[3]->dtype != MMP_BOOL) return false;
+    if (nsrc > 3) nsrc = 3;
+    break;
+  default: break;
+  }
+  if (!is_f32(dst)) return false;
+  for (int i = 0; i < nsrc; i++)
+    if (srcs[i] && !is_f32(srcs[i])) return false;
+  return true;
+}
+
+static bool all_contig(const mmp_tensor_t *const *s, int n) {
+  for (int i = 0; i < n; i++)
+    if (s[i] && !mmp_tensor_is_contiguous(s[i])) return false;
+  return true;
+}
+
+static int cpu_compute(mmp_backend_t *be, mmp_op_t op, const mmp_op_params_t *p, const mmp_tensor_t *const *s,
+                       int nsrc, mmp_tensor_t *dst) {
+  (void)be;
+  static const int need_contig[MMP_OP_COUNT] = {
+      [MMP_OP_GEGLU] = 1,      [MMP_OP_LINEAR] = 1,    [MMP_OP_CONV2D] = 1,
+      [MMP_OP_GROUP_NORM] = 1, [MMP_OP_LAYER_NORM] = 1, [MMP_OP_ATTENTION] = 1,
+      [MMP_OP_UPSAMPLE_NEAREST2X] = 1, [MMP_OP_AVG_POOL2D] = 1, [MMP_OP_MAX_POOL2D] = 1,
+      [MMP_OP_EMBEDDING] = 1,
+  };
+  if ((unsigned)op >= MMP_OP_COUNT) return mmp_error_set(MMP_EINVAL, "cpu: unknown op %d", (int)op);
+  if (op != MMP_OP_COPY && !mmp_tensor_is_contiguous(dst))
+    return mmp_error_set(MMP_EINVAL, "cpu %s: destination %s must be contiguous", mmp_op_name(op), mmp__desc(dst));
+  if (need_contig[op] && !all_contig(s, nsrc))
+    return mmp_error_set(MMP_EINVAL, "cpu %s: operands must be contiguous", mmp_op_name(op));
+  switch (op) {
+  case MMP_OP_COPY: return op_copy(s[0], dst);
+  case MMP_OP_FILL: return op_fill(dst, p->f[0]);
+  case MMP_OP_ADD:
+  case MMP_OP_SUB:
+  case MMP_OP_MUL:
+  case MMP_OP_DIV:
+  case MMP_OP_AXPBY: return op_binary(op, p, s[0], s[1], dst);
+  case MMP_OP_SCALE:
+  case MMP_OP_CLAMP:
+  case MMP_OP_SQRT:
+  case MMP_OP_EXP:
+  case MMP_OP_ABS:
+  case MMP_OP_SILU:
+  case MMP_OP_GELU:
+  case MMP_OP_GELU_TANH:
+  case MMP_OP_QUICK_GELU:
+  case MMP_OP_SIGMOID:
+  case MMP_OP_TANH:
+  case MMP_OP_RELU: {
+    if (mmp_tensor_is_contiguous(s[0])) return op_unary(op, p, s[0], dst);
+    int rc = op_copy(s[0], dst); /* gather into dst, then in place */
+    return rc < 0 ? rc : op_unary(op, p, dst, dst);
+  }
+  case MMP_OP_GEGLU: {
+    int64_t D = dst->shape[dst->ndim - 1], rows = D ? mmp_tensor_numel(dst) / D : 0;
+    if (rows) mmp_cpu_geglu(mmp__ptr(s[0]), mmp__ptr(dst), rows, D);
+    return 0;
+  }
+  case MMP_OP_SUM:
+  case MMP_OP_MEAN:
+  case MMP_OP_MAX: return op_reduce(op, (int)p->i[0], s[0], dst);
+  case MMP_OP_ARGMAX: return op_reduce(op, s[0]->ndim - 1, s[0], dst);
+  case MMP_OP_MATMUL: return op_matmul(s[0], s[1], dst);
+  case MMP_OP_LINEAR: return op_linear(s[0], s[1], nsrc > 2 ? s[2] : NULL, dst);
+  case MMP_OP_CONV2D: {
+    const mmp_tensor_t *x = s[0], *w = s[1], *b = nsrc > 2 ? s[2] : NULL;
+    if (mmp_tensor_numel(dst) == 0) return 0;
+    return mmp_cpu_conv2d(mmp__ptr(x), x->shape[0], x->shape[1], x->shape[2], x->shape[3], mmp__ptr(w),
+                          w->shape[0], w->shape[2], w->shape[3], b ? mmp__ptr(b) : NULL, (int)p->i[0],
+                          (int)p->i[1], (int)p->i[2], (int)p->i[3], (int)p->i[4], (int)p->i[5], (int)p->i[6],
+                          mmp__ptr(dst));
+  }
+  case MMP_OP_GROUP_NORM: {
+    const mmp_tensor_t *x = s[0];
+    int64_t N = x->shape[0], C = x->shape[1], S = (N * C) != 0 ? mmp_tensor_numel(x) / (N * C) : 0;
+    if (mmp_tensor_numel(x) == 0) return 0;
+    return mmp_cpu_group_norm(mmp__ptr(x), N, C, S, (int)p->i[0], nsrc > 1 && s[1] ? mmp__ptr(s[1]) : NULL,
+                              nsrc > 2 && s[2] ? mmp__ptr(s[2]) : NULL, (float)p->f[0], mmp__ptr(dst));
+  }
+  case MMP_OP_LAYER_NORM: {
+    const mmp_tensor_t *x = s[0];
+    int64_t D = x->shape[x->ndim - 1], rows = D ? mmp_tensor_numel(x) / D : 0;
+    if (rows == 0) return 0;
+    return mmp_cpu_layer_norm(mmp__ptr(x), rows, D, nsrc > 1 && s[1] ? mmp__ptr(s[1]) : NULL,
+                              nsrc > 2 && s[2] ? mmp__ptr(s[2]) : NULL, (float)p->f[0], mmp__ptr(dst));
+  }
+  case MMP_OP_SOFTMAX: return op_softmax((int)p->i[0], s[0], dst);
+  case MMP_OP_ATTENTION: {
+    const mmp_tensor_t *q = s[0], *k = s[1], *v = s[2], *m = nsrc > 3 ? s[3] : NULL;
+    if (mmp_tensor_numel(dst) == 0) return 0;
+    return mmp_cpu_attention(mmp__ptr(q), mmp__ptr(k), mmp__ptr(v), q->shape[0], q->shape[1], q->shape[2],
+                             k->shape[2], q->shape[3], v->shape[3], m ? mmp__ptr(m) : NULL, p->i[0] != 0,
+                             (float)p->f[0], mmp__ptr(dst));
+  }
+  case MMP_OP_UPSAMPLE_NEAREST2X: {
+    const mmp_tensor_t *x = s[0];
+    up_ctx_t c = {mmp__ptr(x), mmp__ptr(dst), x->shape[2], x->shape[3]};
+    par_range(x->shape[0] * x->shape[1], 4 * c.H * c.W, up_range, &c);
+    return 0;
+  }
+  case MMP_OP_AVG_POOL2D:
+  case MMP_OP_MAX_POOL2D: {
+    const mmp_tensor_t *x = s[0];
+    pool_ctx_t c = {mmp__ptr(x), mmp__ptr(dst), x->shape[2], x->shape[3], dst->shape[2], dst->shape[3],
+                    (int)p->i[0], (int)p->i[1], (int)p->i[2], op == MMP_OP_MAX_POOL2D};
+    par_range(x->shape[0] * x->shape[1], c.OH * c.OW * c.k * c.k, pool_range, &c);
+    return 0;
+  }
+  case MMP_OP_EMBEDDING: return op_embedding(s[0], s[1], dst);
+  case MMP_OP_TIMESTEP_EMBEDDING: return op_timestep_embedding(p, s[0], dst);
+  default: return mmp_error_set(MMP_EUNSUPPORTED, "cpu: op %s not implemented", mmp_op_name(op));
+  }
+}
+
+static void cpu_set_threads(mmp_backend_t *be, int n) {
+  (void)be;
+  (void)n; /* the core pool is set by mmp_threads_set itself */
+}
+
+static const mmp_backend_ops_t cpu_ops = {
+    .struct_size = sizeof(mmp_backend_ops_t),
+    .name = "cpu",
+    .device = MMP_DEVICE_CPU,
+    .alloc = cpu_alloc,
+    .free = cpu_free,
+    .copy_to_host = cpu_copy,
+    .copy_from_host = cpu_copy,
+    .supports_op = cpu_supports,
+    .compute = cpu_compute,
+    .synchronize = NULL,
+    .pool_stats = cpu_pool_stats,
+    .pool_trim = cpu_pool_trim,
+    .set_threads = cpu_set_threads,
+};
+
+static mmp_backend_t cpu_backend = {&cpu_ops, NULL};
+static pthread_once_t cpu_once = PTHREAD_ONCE_INIT;
+
+static void cpu_register(void) { mmp_backend_register(&cpu_backend); }
+
+mmp_backend_t *mmp__backend_cpu(void) {
+  pthread_once(&cpu_once, cpu_register);
+  return &cpu_backend;
+}
