@@ -3,6 +3,10 @@ noinst_PROGRAMS += bench/ops
 bench_ops_SOURCES = bench/ops.c
 bench_ops_CFLAGS = $(AM_CFLAGS) $(OPENBLAS_CFLAGS)
 bench_ops_LDADD = libmmpipe.la $(OPENBLAS_LIBS) -lm
+# stories/s of the story datasets (datasets helper)
+noinst_PROGRAMS += bench/dataset
+bench_dataset_SOURCES = bench/dataset.c
+bench_dataset_LDADD = libmmpipe.la
 
 # ---- sd: latent-diffusion benchmarks (SD-1.5 sizes; configs in bench/sd15/).
 # Run from the source tree root, e.g. `bench/unet --threads 2 --compare-torch`

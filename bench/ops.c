@@ -45,15 +45,27 @@ static float *rnd(int64_t n) {
 
 static int g_reps = 3;
 
+static double cpu_now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &t);
+  return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+/* best wall time, and best process CPU time (all threads) into g_cpu */
+static double g_cpu;
 #define TIME_BEST(best, stmt)                       \
   do {                                              \
     stmt;                                           \
     best = 1e30;                                    \
+    g_cpu = 1e30;                                   \
     for (int r_ = 0; r_ < g_reps; ++r_) {           \
+      double c0_ = cpu_now();                       \
       double t0_ = now();                           \
       stmt;                                         \
       double t_ = now() - t0_;                      \
+      double c_ = cpu_now() - c0_;                  \
       if (t_ < best) best = t_;                     \
+      if (c_ < g_cpu) g_cpu = c_;                   \
     }                                               \
   } while (0)
 
@@ -189,16 +201,25 @@ static int g_threads;
 static double g_peak;
 
 static void print_header(void) {
-  printf("%-44s %9s %8s %10s %8s\n", "op", "ms", "GFLOP/s", "% of peak", "vs BLAS");
+  printf("%-42s %8s %8s %9s %8s %10s\n", "op", "ms", "GFLOP/s", "of peak", "vs BLAS",
+         "CPU-s eff.");
 }
 
-static void print_flops(const char *name, double flops, double t, double t_blas) {
+/* "CPU-s eff." = flops / (CPU seconds the process actually got x per-core
+ * peak): the kernel's efficiency on the CPU time it received, which is what
+ * a loaded, shared machine lets us measure (wall-clock figures there are
+ * diluted by other processes). */
+static void print_flops(const char *name, double flops, double t, double cpu, double t_blas,
+                        double cpu_blas) {
   double gf = flops / t * 1e-9;
-  printf("%-44s %9.2f %8.1f %9.1f%%", name, t * 1e3, gf, g_peak > 0 ? 100.0 * gf / g_peak : 0.0);
+  printf("%-42s %8.2f %8.1f %8.1f%%", name, t * 1e3, gf, g_peak > 0 ? 100.0 * gf / g_peak : 0.0);
   if (t_blas > 0)
     printf(" %7.2fx", t_blas / t);
   else
     printf(" %8s", "-");
+  if (g_peak_core > 0 && cpu > 0) printf(" %9.1f%%", 100.0 * flops * 1e-9 / cpu / g_peak_core);
+  if (g_peak_core > 0 && cpu_blas > 0)
+    printf("  (BLAS %.1f%%)", 100.0 * flops * 1e-9 / cpu_blas / g_peak_core);
   printf("\n");
   fflush(stdout);
 }
@@ -221,16 +242,18 @@ static void remember(const char *key, double t) {
 static void bench_sgemm(const char *key, const char *label, int64_t M, int64_t N, int64_t K,
                         bool tb) {
   float *A = rnd(M * K), *B = rnd(K * N), *C = rnd(M * N);
-  double t, tb_ = 0;
+  double t, tb_ = 0, cpu, cpub = 0;
   int64_t ldb = tb ? K : N;
   mmp_cpu_set_openblas(0);
   TIME_BEST(t, mmp_cpu_sgemm(1, false, tb, M, N, K, 1.0f, A, K, 0, B, ldb, 0, 0.0f, C, N, 0));
+  cpu = g_cpu;
 #ifdef HAVE_OPENBLAS
   TIME_BEST(tb_, cblas_sgemm(CblasRowMajor, CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M,
                              (int)N, (int)K, 1.0f, A, (int)K, B, (int)ldb, 0.0f, C, (int)N));
+  cpub = g_cpu;
 #endif
   mmp_cpu_set_openblas(-1);
-  print_flops(label, 2.0 * M * N * K, t, tb_);
+  print_flops(label, 2.0 * M * N * K, t, cpu, tb_, cpub);
   remember(key, t);
   free(A);
   free(B);
@@ -265,14 +288,16 @@ static void conv_im2col_blas(const float *x, int64_t N, int64_t C, int64_t H, in
 static void bench_conv(const char *key, const char *label, int64_t N, int64_t C, int64_t H,
                        int64_t W, int64_t O) {
   float *x = rnd(N * C * H * W), *w = rnd(O * C * 9), *b = rnd(O), *y = rnd(N * O * H * W);
-  double t, tb_ = 0;
+  double t, tb_ = 0, cpu, cpub = 0;
   TIME_BEST(t, mmp_cpu_conv2d(x, N, C, H, W, w, O, 3, 3, b, 1, 1, 1, 1, 1, 1, 1, y));
+  cpu = g_cpu;
 #ifdef HAVE_OPENBLAS
   float *col = rnd(C * 9 * H * W);
   TIME_BEST(tb_, conv_im2col_blas(x, N, C, H, W, w, O, col, y));
+  cpub = g_cpu;
   free(col);
 #endif
-  print_flops(label, 2.0 * N * O * H * W * C * 9, t, tb_);
+  print_flops(label, 2.0 * N * O * H * W * C * 9, t, cpu, tb_, cpub);
   remember(key, t);
   free(x);
   free(w);
@@ -299,14 +324,16 @@ static void bench_attention(const char *key, const char *label, int64_t B, int64
   float *q = rnd(B * H * Lq * D), *k = rnd(B * H * Lk * D), *v = rnd(B * H * Lk * D);
   float *o = rnd(B * H * Lq * D);
   float scale = 1.0f / sqrtf((float)D);
-  double t, tb_ = 0;
+  double t, tb_ = 0, cpu, cpub = 0;
   TIME_BEST(t, mmp_cpu_attention(q, k, v, B, H, Lq, Lk, D, D, NULL, false, scale, o));
+  cpu = g_cpu;
 #ifdef HAVE_OPENBLAS
   float *s = rnd(Lq * Lk);
   TIME_BEST(tb_, attn_blas(q, k, v, B * H, Lq, Lk, D, scale, s, o));
+  cpub = g_cpu;
   free(s);
 #endif
-  print_flops(label, 4.0 * B * H * Lq * Lk * D, t, tb_);
+  print_flops(label, 4.0 * B * H * Lq * Lk * D, t, cpu, tb_, cpub);
   remember(key, t);
   free(q);
   free(k);
@@ -320,7 +347,7 @@ static void bench_group_norm(const char *key, const char *label, int64_t N, int6
   double t;
   TIME_BEST(t, mmp_cpu_group_norm(x, N, C, S, 32, g, b, 1e-5f, y));
   double gbs = 2.0 * N * C * S * sizeof(float) / t * 1e-9; /* read x once, write y once */
-  printf("%-44s %9.2f %6.1f GB/s (memcpy on this machine: %.1f GB/s, %.0f%%)\n", label, t * 1e3,
+  printf("%-42s %8.2f %6.1f GB/s (memcpy on this machine: %.1f GB/s, %.0f%%)\n", label, t * 1e3,
          gbs, copy_gbs, 100.0 * gbs / copy_gbs);
   remember(key, t);
   free(x);
@@ -438,7 +465,14 @@ int main(int argc, char **argv) {
          "per-head sgemm + softmax + sgemm for attention\n",
          openblas_get_config());
 #endif
-  printf("best of %d runs each\n\n", g_reps);
+  double l1 = 0, l5 = 0, l15 = 0;
+  FILE *la = fopen("/proc/loadavg", "r");
+  if (la) {
+    if (fscanf(la, "%lf %lf %lf", &l1, &l5, &l15) != 3) l1 = l5 = l15 = 0;
+    fclose(la);
+  }
+  printf("best of %d runs each; load average before the run %.2f %.2f %.2f\n\n", g_reps, l1, l5,
+         l15);
   print_header();
   if (!quick) bench_sgemm("mm4096", "sgemm 4096x4096x4096 NN", 4096, 4096, 4096, false);
   bench_sgemm("lin1", "linear [8192x320]x[320x1280] (x W^T)", 8192, 1280, 320, true);

@@ -162,7 +162,9 @@ static void test_conv2d(void) {
   check_conv(1, 4, 8, 8, 6, 3, 3, 2, 2, 1, 1, 1, 1, 1, true);
   check_conv(2, 5, 11, 10, 7, 3, 3, 1, 1, 2, 2, 2, 2, 1, false);
   check_conv(1, 6, 9, 7, 9, 3, 3, 1, 1, 1, 1, 1, 1, 3, true);
-  check_conv(2, 17, 6, 5, 33, 1, 1, 1, 1, 0, 0, 1, 1, 1, true);  /* pointwise */
+  check_conv(2, 17, 6, 5, 33, 1, 1, 1, 1, 0, 0, 1, 1, 1, true);  /* pointwise, columns span images */
+  check_conv(2, 16, 24, 24, 8, 1, 1, 1, 1, 0, 0, 1, 1, 1, true); /* pointwise, per image */
+  check_conv(3, 24, 5, 7, 20, 3, 3, 1, 1, 1, 1, 1, 1, 2, true);  /* spanning tiles cross images */
   check_conv(1, 8, 9, 9, 4, 1, 1, 2, 2, 0, 0, 1, 1, 1, true);    /* 1x1 strided */
   check_conv(1, 3, 10, 12, 4, 5, 3, 2, 1, 2, 0, 1, 2, 1, true);  /* asymmetric */
   check_conv(1, 40, 6, 7, 20, 3, 3, 1, 1, 1, 1, 1, 1, 1, true);  /* K = 360 > one K block */

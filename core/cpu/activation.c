@@ -9,10 +9,15 @@
 /* Every sigmoid-shaped activation is written as x / (1 + exp(-c u)), which
  * keeps full relative accuracy in both tails (no 1 + tanh or 1 + erf
  * cancellation); exp is the vectorised ~1 ulp mmp_vexp. The erf GELU uses
- * libm's erfcf for the same reason: 0.5 x erfc(-x/sqrt 2). */
+ * libm's erfcf for the same reason: 0.5 x erfc(-x/sqrt 2), or on AVX-512 a
+ * vectorised erfc of the same accuracy class (mmp_vgelu_avx512). */
 
 #define BLK 1024     /* elements per stack block (aliasing-safe) */
 #define PAR 65536    /* elements per parallel task */
+
+#ifdef MMP_HAVE_X86_DISPATCH
+void mmp_vgelu_avx512(const float *x, float *y, int64_t n);
+#endif
 
 typedef enum { ACT_SILU, ACT_GELU, ACT_GELU_TANH, ACT_QUICK } act_t;
 
@@ -37,6 +42,12 @@ static void act_block(act_t a, const float *x, float *y, int64_t n) {
         }
         break;
       case ACT_GELU:
+#ifdef MMP_HAVE_X86_DISPATCH
+        if (mmp_cpu_isa() == MMP_CPU_ISA_AVX512) {
+          mmp_vgelu_avx512(xs, ys, m);
+          continue;
+        }
+#endif
         for (int64_t i = 0; i < m; ++i) ys[i] = 0.5f * xs[i] * erfcf(-xs[i] * 0.70710678118654752f);
         continue;
     }

@@ -54,6 +54,43 @@ static void pack_head(int64_t bh, void *user) {
   }
 }
 
+#ifdef MMP_HAVE_X86_DISPATCH
+void mmp_attn_softmax_avx512(float *s, int64_t kn, float *m, float *l, float *o, int64_t dv);
+void mmp_attn_store_avx512(const float *o, int64_t dv, const float *l, int64_t nq, float *out,
+                           int64_t ldo);
+#endif
+
+/* Portable version of mmp_attn_softmax_avx512 for a panel of nr queries. */
+static void softmax_panel(float *s, int64_t kn, int64_t NR, float *mp, float *lp, float *o,
+                          int64_t Dv, float *alpha) {
+  float mnew[64], sum[64]; /* NR <= 64 */
+  for (int64_t c = 0; c < NR; ++c) mnew[c] = mp[c];
+  for (int64_t r = 0; r < kn; ++r) {
+    const float *sr = s + r * NR;
+    for (int64_t c = 0; c < NR; ++c) mnew[c] = sr[c] > mnew[c] ? sr[c] : mnew[c];
+  }
+  for (int64_t c = 0; c < NR; ++c) {
+    float mu = mnew[c] == -INFINITY ? 0.0f : mnew[c];
+    alpha[c] = mp[c] - mu; /* exp below; -inf - mu -> 0 */
+    mp[c] = mnew[c];
+    mnew[c] = mu;
+  }
+  mmp_vexp(alpha, alpha, NR);
+  for (int64_t r = 0; r < kn; ++r) {
+    float *sr = s + r * NR;
+    for (int64_t c = 0; c < NR; ++c) sr[c] -= mnew[c];
+  }
+  mmp_vexp(s, s, kn * NR);
+  for (int64_t c = 0; c < NR; ++c) sum[c] = 0.0f;
+  for (int64_t r = 0; r < kn; ++r) {
+    const float *sr = s + r * NR;
+    for (int64_t c = 0; c < NR; ++c) sum[c] += sr[c];
+  }
+  for (int64_t c = 0; c < NR; ++c) lp[c] = lp[c] * alpha[c] + sum[c];
+  for (int64_t d = 0; d < Dv; ++d)
+    for (int64_t c = 0; c < NR; ++c) o[d * NR + c] *= alpha[c];
+}
+
 static void attn_worker(int64_t wi, void *user) {
   attn_job_t *j = user;
   (void)wi;
@@ -117,42 +154,26 @@ static void attn_worker(int64_t wi, void *user) {
             if (c0 > NR) c0 = NR;
             for (int64_t c = 0; c < c0; ++c) s[r * NR + c] = -INFINITY;
           }
-        /* online softmax along columns */
-        float *mp = m + p * NR, *lp = l + p * NR, *alpha = tmp;
-        float mnew[64];
-        for (int64_t c = 0; c < NR; ++c) mnew[c] = mp[c];
-        for (int64_t r = 0; r < kn; ++r) {
-          const float *sr = s + r * NR;
-          for (int64_t c = 0; c < NR; ++c) mnew[c] = sr[c] > mnew[c] ? sr[c] : mnew[c];
-        }
-        for (int64_t c = 0; c < NR; ++c) {
-          float mu = mnew[c] == -INFINITY ? 0.0f : mnew[c];
-          alpha[c] = mp[c] - mu; /* exp below; -inf - mu -> 0 */
-          mp[c] = mnew[c];
-          mnew[c] = mu;
-        }
-        mmp_vexp(alpha, alpha, NR);
-        for (int64_t r = 0; r < kn; ++r) {
-          float *sr = s + r * NR;
-          for (int64_t c = 0; c < NR; ++c) sr[c] -= mnew[c];
-        }
-        mmp_vexp(s, s, kn * NR);
-        float sum[64];
-        for (int64_t c = 0; c < NR; ++c) sum[c] = 0.0f;
-        for (int64_t r = 0; r < kn; ++r) {
-          const float *sr = s + r * NR;
-          for (int64_t c = 0; c < NR; ++c) sum[c] += sr[c];
-        }
-        for (int64_t c = 0; c < NR; ++c) lp[c] = lp[c] * alpha[c] + sum[c];
-        /* O^T panel [Dv x NR] = alpha * O^T + V^T . P^T */
+        /* online softmax along columns, rescale O^T, then O^T += V^T . P^T */
         float *o = ot + p * dvp * NR;
-        for (int64_t d = 0; d < Dv; ++d)
-          for (int64_t c = 0; c < NR; ++c) o[d * NR + c] *= alpha[c];
+#ifdef MMP_HAVE_X86_DISPATCH
+        if (g == &mmp_gemm_kernel_avx512)
+          mmp_attn_softmax_avx512(s, kn, m + p * NR, l + p * NR, o, Dv);
+        else
+#endif
+          softmax_panel(s, kn, NR, m + p * NR, l + p * NR, o, Dv, tmp);
         mmp_gemm_macro(g, Dv, NR, kn, vp + blk * j->vp_block, s, o, NR, 1.0f);
       }
     }
     /* out[q][dv] = O^T[dv][q] / l[q]; fully masked rows give 0 */
     float *out = j->out + (bh * j->Lq + q0) * Dv;
+#ifdef MMP_HAVE_X86_DISPATCH
+    if (g == &mmp_gemm_kernel_avx512) {
+      for (int64_t p = 0; p * NR < qn; ++p)
+        mmp_attn_store_avx512(ot + p * dvp * NR, Dv, l + p * NR, qn - p * NR, out + p * NR * Dv, Dv);
+      continue;
+    }
+#endif
     for (int64_t i = 0; i < qn; ++i) {
       int64_t p = i / NR, c = i % NR;
       const float *o = ot + p * dvp * NR + c;
@@ -201,8 +222,9 @@ int mmp_cpu_attention(const float *q, const float *k, const float *v, int64_t B,
   j.Lk = Lk;
   j.D = D;
   j.Dv = Dv;
-  j.QB = NR * 2;
-  if (j.QB > 64) j.QB = 64;
+  /* 4 query panels per task: each K/V block is reused 4 times from L1/L2 */
+  j.QB = NR * 4;
+  if (j.QB > 128) j.QB = 128;
   j.KB = MR * 12;
   j.nqb = (Lq + j.QB - 1) / j.QB;
   int64_t nkb = (Lk + j.KB - 1) / j.KB;

@@ -23,6 +23,7 @@ typedef struct conv_job {
   int64_t Cg, Og, Kg, P;
   int64_t Mt, Nt, tm, tn, ntasks;
   bool pointwise;
+  bool span;  /* columns run over all images (small images): tasks write a scratch tile */
   atomic_int_fast64_t next;
   atomic_int failed;
 } conv_job_t;
@@ -30,7 +31,7 @@ typedef struct conv_job {
 typedef struct conv_b {
   const conv_job_t *j;
   const float *x;  /* x[n, g*Cg] */
-  int64_t p0;      /* first output pixel of this task */
+  int64_t p0;      /* first output pixel of this task (may run into later images) */
 } conv_b_t;
 
 /* bp[panel][k][t] = x[c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw] for
@@ -48,10 +49,11 @@ static void pack_conv_b(const void *ctx, int64_t k0, int64_t kc, int64_t j0, int
       int64_t row = k0 + k;
       int64_t c = row / KHW, r = row % KHW;
       int64_t kh = r / j->KW, kw = r % j->KW;
-      const float *xc = cb->x + c * H * W;
+      int64_t img = pix0 / j->P, pix = pix0 % j->P;
+      const float *xc = cb->x + img * j->C * H * W + c * H * W;
       float *d = bp + k * NR;
       int64_t t = 0;
-      int64_t oh = pix0 / OW, ow = pix0 % OW;
+      int64_t oh = pix / OW, ow = pix % OW;
       while (t < nr) {
         int64_t run = OW - ow; /* pixels left in this output row */
         if (run > nr - t) run = nr - t;
@@ -82,7 +84,10 @@ static void pack_conv_b(const void *ctx, int64_t k0, int64_t kc, int64_t j0, int
         ow += run;
         if (ow == OW) {
           ow = 0;
-          ++oh;
+          if (++oh == j->OH) { /* next image (columns span images) */
+            oh = 0;
+            xc += j->C * H * W;
+          }
         }
       }
       for (; t < NR; ++t) d[t] = 0.0f;
@@ -102,14 +107,15 @@ static void conv_worker(int64_t wi, void *user) {
   conv_job_t *j = user;
   (void)wi;
   const mmp_gemm_kernel_t *g = j->g;
-  float *bufa = NULL, *bufb = NULL;
+  float *bufa = NULL, *bufb = NULL, *tile = NULL;
   for (;;) {
     int64_t t = atomic_fetch_add(&j->next, 1);
     if (t >= j->ntasks) break;
     if (!bufa) {
       bufa = mmp_cpu_alloc((int64_t)g->mc * g->kc);
       bufb = mmp_cpu_alloc((int64_t)g->kc * ((j->Nt + g->nr - 1) / g->nr * g->nr));
-      if (!bufa || !bufb) {
+      if (j->span) tile = mmp_cpu_alloc(j->Mt * j->Nt);
+      if (!bufa || !bufb || (j->span && !tile)) {
         atomic_store(&j->failed, 1);
         break;
       }
@@ -119,16 +125,25 @@ static void conv_worker(int64_t wi, void *user) {
     int64_t tm = t % j->tm;
     t /= j->tm;
     int64_t gi = t % j->groups;
-    int64_t n = t / j->groups;
+    int64_t n = t / j->groups; /* 0 when span */
+    int64_t cols = j->span ? j->N * j->P : j->P;
     int64_t m0 = tm * j->Mt, p0 = tn * j->Nt;
     int64_t mc = j->Og - m0 < j->Mt ? j->Og - m0 : j->Mt;
-    int64_t nc = j->P - p0 < j->Nt ? j->P - p0 : j->Nt;
-    float *y = j->y + (n * j->O + gi * j->Og + m0) * j->P + p0;
+    int64_t nc = cols - p0 < j->Nt ? cols - p0 : j->Nt;
+    float *y, *ydst = j->y + (n * j->O + gi * j->Og + m0) * j->P + p0;
+    int64_t ldy;
+    if (j->span) {
+      y = tile;
+      ldy = nc;
+    } else {
+      y = ydst;
+      ldy = j->P;
+    }
     float beta = 0.0f;
     if (j->bias) {
       for (int64_t o = 0; o < mc; ++o) {
         float b = j->bias[gi * j->Og + m0 + o];
-        float *yo = y + o * j->P;
+        float *yo = y + o * ldy;
         for (int64_t p = 0; p < nc; ++p) yo[p] = b;
       }
       beta = 1.0f;
@@ -136,11 +151,21 @@ static void conv_worker(int64_t wi, void *user) {
     conv_b_t cb = {j, j->x + (n * j->C + gi * j->Cg) * j->H * j->W, p0};
     const float *A = j->w + (gi * j->Og + m0) * j->Kg;
     mmp_gemm_serial_cb(g, false, mc, nc, j->Kg, 1.0f, A, j->Kg,
-                       j->pointwise ? pack_pointwise_b : pack_conv_b, &cb, beta, y, j->P, bufa,
+                       j->pointwise ? pack_pointwise_b : pack_conv_b, &cb, beta, y, ldy, bufa,
                        bufb);
+    if (j->span) /* scatter the tile: column c is image (p0+c)/P, pixel (p0+c)%P */
+      for (int64_t c = 0; c < nc;) {
+        int64_t img = (p0 + c) / j->P, pix = (p0 + c) % j->P;
+        int64_t run = j->P - pix < nc - c ? j->P - pix : nc - c;
+        float *dst = j->y + (img * j->O + gi * j->Og + m0) * j->P + pix;
+        for (int64_t o = 0; o < mc; ++o)
+          memcpy(dst + o * j->P, tile + o * nc + c, (size_t)run * sizeof(float));
+        c += run;
+      }
   }
   free(bufa);
   free(bufb);
+  free(tile);
 }
 
 int mmp_cpu_conv2d(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, const float *w,
@@ -197,20 +222,36 @@ int mmp_cpu_conv2d(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, c
    * then gathered once per image), split pixels to feed every thread. */
   int threads = mmp_cpu_threads();
   const int64_t MR = j.g->mr, NR = j.g->nr;
-  int64_t pm = (j.Og + MR - 1) / MR, pn = (j.P + NR - 1) / NR;
-  int64_t base = N * groups;
+  /* small images: let the GEMM's columns run over the whole batch, so the
+   * weights are packed once instead of once per image */
+  j.span = N > 1 && j.P < 512;
+  if (j.span) j.pointwise = false; /* the im2col packer handles 1x1 across images */
+  int64_t cols = j.span ? N * j.P : j.P;
+  int64_t pm = (j.Og + MR - 1) / MR, pn = (cols + NR - 1) / NR;
+  int64_t base = (j.span ? 1 : N) * groups;
   int64_t want = threads > 1 ? 3 * threads : 1;
-  int64_t tn = (want + base - 1) / base;
-  if (tn > pn) tn = pn;
-  int64_t max_nt = 2048 / NR; /* B block in L2/L3 */
-  if ((pn + tn - 1) / tn > max_nt) tn = (pn + max_nt - 1) / max_nt;
-  int64_t tm = (want + base * tn - 1) / (base * tn);
-  if (tm > pm) tm = pm;
-  if (tm < 1) tm = 1;
+  int64_t need = (want + base - 1) / base; /* blocks per (image, group) */
+  int64_t max_nt = 2048 / NR;              /* B block (kc x Nt) stays in L2/L3 */
+  /* weights are packed once per column block, im2col once per row block:
+   * pick the split with the least packing that feeds every thread */
+  int64_t tm = 1, tn = (pn + max_nt - 1) / max_nt;
+  double best = -1.0;
+  for (int64_t a = 1; a <= pm && a <= 64; ++a)
+    for (int64_t b = (pn + max_nt - 1) / max_nt; b <= pn && b <= 64; ++b) {
+      int64_t ra = (pm + (pm + a - 1) / a - 1) / ((pm + a - 1) / a);
+      int64_t rb = (pn + (pn + b - 1) / b - 1) / ((pn + b - 1) / b);
+      if (ra * rb < need && !(a == pm && b == pn)) continue;
+      double cost = (double)j.Og * rb + (double)cols * ra;
+      if (best < 0 || cost < best) {
+        best = cost;
+        tm = ra;
+        tn = rb;
+      }
+    }
   j.Mt = (pm + tm - 1) / tm * MR;
   j.Nt = (pn + tn - 1) / tn * NR;
   j.tm = (j.Og + j.Mt - 1) / j.Mt;
-  j.tn = (j.P + j.Nt - 1) / j.Nt;
+  j.tn = (cols + j.Nt - 1) / j.Nt;
   j.ntasks = base * j.tm * j.tn;
   atomic_store(&j.next, 0);
   atomic_store(&j.failed, 0);

@@ -222,7 +222,10 @@ void mmp_gemm_serial_cb(const mmp_gemm_kernel_t *g, bool ta, int64_t M, int64_t 
     if (beta != 1.0f) scale_c(C, ldc, M, N, beta);
     return;
   }
-  const int64_t KC = g->kc, MC = g->mc;
+  /* equal K blocks (K = 320 -> 2 x 160, not 256 + 64): a short last block
+   * would pay a full pass over C for little work */
+  const int64_t nkb = (K + g->kc - 1) / g->kc;
+  const int64_t KC = (K + nkb - 1) / nkb, MC = g->mc;
   for (int64_t pc = 0; pc < K; pc += KC) {
     int64_t kc = K - pc < KC ? K - pc : KC;
     float b_eff = pc == 0 ? beta : 1.0f;

@@ -11,6 +11,9 @@
 
 #define MR 14
 #define NR 32
+#ifndef PF_C
+#define PF_C _MM_HINT_T1
+#endif
 #ifndef MMP_AVX512_KC
 #define MMP_AVX512_KC 256
 #endif
@@ -28,8 +31,18 @@ AVX512 static void ukr_14x32(int64_t kc, const float *restrict ap, const float *
   float tile[MR * NR] __attribute__((aligned(64)));
   const float *a = ap, *b = bp;
   int64_t k = kc;
-  for (int i = 0; i < mr; ++i) _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
-  for (int i = 0; i < mr; ++i) _mm_prefetch((const char *)(c + i * ldc + 16), _MM_HINT_T0);
+  /* C rows are often 4 KiB-aliased (ldc a multiple of 1024): prefetching
+   * 14 of them into L1 at once only evicts them again. Fetch this tile and
+   * the next one down into L2 instead; their loads at the end hit L2. */
+  if (beta != 0.0f)
+    for (int i = 0; i < mr; ++i) {
+      _mm_prefetch((const char *)(c + i * ldc), PF_C);
+      _mm_prefetch((const char *)(c + i * ldc + 16), PF_C);
+    }
+  for (int i = 0; i < MR; ++i) {
+    _mm_prefetch((const char *)(c + (i + MR) * ldc), _MM_HINT_T2);
+    _mm_prefetch((const char *)(c + (i + MR) * ldc + 16), _MM_HINT_T2);
+  }
   __asm__ volatile(
     "vpxord %%zmm4, %%zmm4, %%zmm4\n\t"
     "vmovaps %%zmm4, %%zmm5\n\t"
@@ -406,6 +419,8 @@ AVX512 static void pack_a_avx512(const float *A, int64_t lda, bool trans, int64_
       for (; k < kc; k += 16) {
         __mmask16 m = tail_mask(kc - k);
         __m512 r[16];
+        for (int i = 0; i < mr; ++i) /* 14 strided streams: help the prefetcher */
+          _mm_prefetch((const char *)(s + i * lda + k + 64), _MM_HINT_T0);
         for (int i = 0; i < 16; ++i)
           r[i] = i < mr ? _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m, s + i * lda + k))
                         : _mm512_setzero_ps();
@@ -445,6 +460,8 @@ AVX512 static void pack_b_avx512(const float *B, int64_t ldb, bool trans, int64_
         for (int64_t k = 0; k < kc; k += 16) {
           __mmask16 m = tail_mask(kc - k);
           __m512 r[16];
+          for (int j = 0; j < jn && j < 16; ++j)
+            _mm_prefetch((const char *)(s + j * ldb + k + 64), _MM_HINT_T0);
           for (int j = 0; j < 16; ++j)
             r[j] = j < jn ? _mm512_maskz_loadu_ps(m, s + j * ldb + k) : _mm512_setzero_ps();
           transpose16(r);
@@ -493,6 +510,124 @@ AVX512 void mmp_vexp_avx512(const float *x, float *y, int64_t n) {
   if (i < n) {
     __mmask16 m = tail_mask(n - i);
     _mm512_mask_storeu_ps(y + i, m, exp512(_mm512_maskz_loadu_ps(m, x + i)));
+  }
+}
+
+/* ---- GELU (erf form): x * 0.5 * erfc(-x / sqrt 2). erfc(t) for |t| < 1
+ * is 1 - t T(t^2); for |t| >= 1 it is exp(-t^2) / |t| * P(1/t^2) (R for
+ * |t| >= 2), reflected as 2 - erfc(|t|) for t < 0. Coefficients: Cephes
+ * single-precision erff/erfcf. exp(-t^2) is corrected for the rounding of
+ * t^2 (the FMA gives it exactly), which matters in the tail. */
+AVX512 static inline __m512 poly(__m512 x, const float *c, int n) {
+  __m512 p = _mm512_set1_ps(c[0]);
+  for (int i = 1; i < n; ++i) p = _mm512_fmadd_ps(p, x, _mm512_set1_ps(c[i]));
+  return p;
+}
+
+AVX512 static inline __m512 gelu512(__m512 x) {
+  static const float T[7] = {7.853861353153693E-5f,  -8.010193625184903E-4f, 5.188327685732524E-3f,
+                             -2.685381193529856E-2f, 1.128358514861418E-1f,  -3.761262582423300E-1f,
+                             1.128379165726710E+0f};
+  static const float P[9] = {2.326819970068386E-2f,  -1.387039388740657E-1f, 3.687424674597105E-1f,
+                             -5.824733027278666E-1f, 6.210004621745983E-1f,  -4.944515323274145E-1f,
+                             3.404879937665872E-1f,  -2.741127028184656E-1f, 5.638259427386472E-1f};
+  static const float R[8] = {-1.047766399936249E+1f, 1.297719955372516E+1f,  -7.495518717768503E+0f,
+                             2.921019019210786E+0f,  -1.015265279202700E+0f, 4.218463358204948E-1f,
+                             -2.820767439740514E-1f, 5.641895067754075E-1f};
+  const __m512 one = _mm512_set1_ps(1.0f);
+  __m512 t = _mm512_mul_ps(x, _mm512_set1_ps(-0.70710678118654752f));
+  __m512 at = _mm512_abs_ps(t);
+  __m512 h = _mm512_mul_ps(t, t);
+  /* |t| < 1 */
+  __m512 small = _mm512_fnmadd_ps(t, poly(h, T, 7), one);
+  /* |t| >= 1 */
+  __m512 lo = _mm512_fmsub_ps(t, t, h); /* t*t - h exactly */
+  __m512 e = exp512(_mm512_sub_ps(_mm512_setzero_ps(), h));
+  e = _mm512_fnmadd_ps(e, lo, e); /* exp(-h - lo) = exp(-h) (1 - lo) */
+  __m512 q = _mm512_div_ps(one, at);
+  __m512 y = _mm512_mul_ps(q, q);
+  __mmask16 mid = _mm512_cmp_ps_mask(at, _mm512_set1_ps(2.0f), _CMP_LT_OQ);
+  __m512 pr = _mm512_mask_blend_ps(mid, poly(y, R, 8), poly(y, P, 9));
+  __m512 big = _mm512_mul_ps(_mm512_mul_ps(e, q), pr);
+  __mmask16 neg = _mm512_cmp_ps_mask(t, _mm512_setzero_ps(), _CMP_LT_OQ);
+  big = _mm512_mask_sub_ps(big, neg, _mm512_set1_ps(2.0f), big);
+  __mmask16 isbig = _mm512_cmp_ps_mask(at, one, _CMP_GE_OQ);
+  __m512 erfc = _mm512_mask_blend_ps(isbig, small, big);
+  return _mm512_mul_ps(_mm512_mul_ps(x, _mm512_set1_ps(0.5f)), erfc);
+}
+
+AVX512 void mmp_vgelu_avx512(const float *x, float *y, int64_t n);
+AVX512 void mmp_vgelu_avx512(const float *x, float *y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, gelu512(_mm512_loadu_ps(x + i)));
+  if (i < n) {
+    __mmask16 m = tail_mask(n - i);
+    _mm512_mask_storeu_ps(y + i, m, gelu512(_mm512_maskz_loadu_ps(m, x + i)));
+  }
+}
+
+/* One online-softmax step of attention on a 32-query panel of S^T
+ * (kn key rows x 32): m/l are the running max and denominator per query;
+ * S becomes P = exp(S - m_new) in place and O^T (dv rows x 32) is rescaled
+ * by exp(m_old - m_new). A query with every key so far masked keeps m =
+ * -inf and contributes zeros. */
+AVX512 void mmp_attn_softmax_avx512(float *s, int64_t kn, float *m, float *l, float *o,
+                                    int64_t dv);
+AVX512 void mmp_attn_softmax_avx512(float *s, int64_t kn, float *m, float *l, float *o,
+                                    int64_t dv) {
+  const __m512 ninf = _mm512_set1_ps(-__builtin_inff());
+  __m512 m0 = _mm512_loadu_ps(m), m1 = _mm512_loadu_ps(m + 16);
+  __m512 x0 = m0, x1 = m1;
+  for (int64_t r = 0; r < kn; ++r) {
+    x0 = _mm512_max_ps(x0, _mm512_load_ps(s + r * NR));
+    x1 = _mm512_max_ps(x1, _mm512_load_ps(s + r * NR + 16));
+  }
+  _mm512_storeu_ps(m, x0);
+  _mm512_storeu_ps(m + 16, x1);
+  /* mu = m_new, or 0 where m_new = -inf (then exp(S - mu) = 0, alpha = 0) */
+  __m512 u0 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x0, ninf, _CMP_NEQ_OQ), x0);
+  __m512 u1 = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask(x1, ninf, _CMP_NEQ_OQ), x1);
+  __m512 a0 = exp512(_mm512_sub_ps(m0, u0)), a1 = exp512(_mm512_sub_ps(m1, u1));
+  __m512 s0 = _mm512_setzero_ps(), s1 = _mm512_setzero_ps();
+  for (int64_t r = 0; r < kn; ++r) {
+    __m512 p0 = exp512(_mm512_sub_ps(_mm512_load_ps(s + r * NR), u0));
+    __m512 p1 = exp512(_mm512_sub_ps(_mm512_load_ps(s + r * NR + 16), u1));
+    _mm512_store_ps(s + r * NR, p0);
+    _mm512_store_ps(s + r * NR + 16, p1);
+    s0 = _mm512_add_ps(s0, p0);
+    s1 = _mm512_add_ps(s1, p1);
+  }
+  _mm512_storeu_ps(l, _mm512_fmadd_ps(_mm512_loadu_ps(l), a0, s0));
+  _mm512_storeu_ps(l + 16, _mm512_fmadd_ps(_mm512_loadu_ps(l + 16), a1, s1));
+  for (int64_t d = 0; d < dv; ++d) {
+    _mm512_store_ps(o + d * NR, _mm512_mul_ps(_mm512_load_ps(o + d * NR), a0));
+    _mm512_store_ps(o + d * NR + 16, _mm512_mul_ps(_mm512_load_ps(o + d * NR + 16), a1));
+  }
+}
+
+/* out[q][d] = O^T[d][q] / l[q] for the nq (<= 32) valid queries of a
+ * panel; l = 0 (every key masked) gives 0. */
+AVX512 void mmp_attn_store_avx512(const float *o, int64_t dv, const float *l, int64_t nq,
+                                  float *out, int64_t ldo);
+AVX512 void mmp_attn_store_avx512(const float *o, int64_t dv, const float *l, int64_t nq,
+                                  float *out, int64_t ldo) {
+  for (int h = 0; h < 2; ++h) {
+    int64_t qv = nq - 16 * h;
+    if (qv <= 0) break;
+    if (qv > 16) qv = 16;
+    __m512 lv = _mm512_loadu_ps(l + 16 * h);
+    __mmask16 pos = _mm512_cmp_ps_mask(lv, _mm512_setzero_ps(), _CMP_GT_OQ);
+    __m512 inv = _mm512_maskz_div_ps(pos, _mm512_set1_ps(1.0f), lv);
+    for (int64_t d0 = 0; d0 < dv; d0 += 16) {
+      int64_t dn = dv - d0 < 16 ? dv - d0 : 16;
+      __m512 r[16];
+      for (int i = 0; i < 16; ++i)
+        r[i] = i < dn ? _mm512_mul_ps(_mm512_load_ps(o + (d0 + i) * NR + 16 * h), inv)
+                      : _mm512_setzero_ps();
+      transpose16(r);
+      __mmask16 m = tail_mask(dn);
+      for (int64_t q = 0; q < qv; ++q) _mm512_mask_storeu_ps(out + (16 * h + q) * ldo + d0, m, r[q]);
+    }
   }
 }
 

@@ -80,7 +80,7 @@ void mmp_cpu_silu(const float *x, float *y, int64_t n);
 void mmp_cpu_gelu(const float *x, float *y, int64_t n);       /* erf */
 void mmp_cpu_gelu_tanh(const float *x, float *y, int64_t n);
 void mmp_cpu_quick_gelu(const float *x, float *y, int64_t n);
-/* x[rows, 2D] -> y[rows, D] = x[:, :D] * gelu(x[:, D:]). */
+/* x[rows, 2D] -> y[rows, D] = x[:, :D] * gelu(x[:, D:]); y must not overlap x. */
 void mmp_cpu_geglu(const float *x, float *y, int64_t rows, int64_t D);
 
 #endif
