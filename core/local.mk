@@ -2,12 +2,13 @@
 lib_LTLIBRARIES += libmmpipe.la
 libmmpipe_la_SOURCES = \
 	core/error.c core/log.c core/config.c core/registry.c \
-	core/context.c core/tensormap.c core/component.c core/util.c core/util.h
-libmmpipe_la_CFLAGS = $(AM_CFLAGS) $(LIBCONFIG_CFLAGS) $(JANSSON_CFLAGS) $(OPENBLAS_CFLAGS) $(ZLIB_CFLAGS)
+	core/context.c core/context.h core/tensormap.c core/component.c core/util.c core/util.h
+libmmpipe_la_CFLAGS = $(AM_CFLAGS) -fvisibility=default $(LIBCONFIG_CFLAGS) $(JANSSON_CFLAGS) $(OPENBLAS_CFLAGS) $(ZLIB_CFLAGS)
 libmmpipe_la_LIBADD = $(LTDL_LIBS) $(LIBCONFIG_LIBS) $(JANSSON_LIBS) $(OPENBLAS_LIBS) $(ZLIB_LIBS) -lm -lpthread
-libmmpipe_la_LDFLAGS = -version-info 0:0:0 -export-symbols-regex '^mmp_' $(MMP_SAN_CFLAGS)
+libmmpipe_la_LDFLAGS = -version-info 0:0:0 -export-symbols-regex '^mmp_[a-z]' $(MMP_SAN_CFLAGS)
 nobase_include_HEADERS += \
 	include/mmpipe/mmpipe.h include/mmpipe/error.h include/mmpipe/log.h \
-	include/mmpipe/config.h include/mmpipe/plugin.h include/mmpipe/tensor.h
+	include/mmpipe/config.h include/mmpipe/plugin.h include/mmpipe/tensor.h \
+	include/mmpipe/core.h include/mmpipe/safetensors.h include/mmpipe/rng.h
 include core/tensor.mk
 include core/cpu/local.mk

@@ -7,6 +7,7 @@
 #ifndef MMPIPE_TOOLS_COMMANDS_H
 #define MMPIPE_TOOLS_COMMANDS_H
 
+#include <stdarg.h>
 #include <stdio.h>
 
 #include <mmpipe/mmpipe.h>
@@ -28,8 +29,24 @@ int pipe_exit_code(int status);
  * for @status. */
 int pipe_fail(const char *cmd, int status);
 
-/* Common options every command accepts: -v/--verbose, -q/--quiet,
- * -s/--set KEY=VALUE (collected), --threads N. Returns 0 or PIPE_EXIT_USAGE. */
+/* Print "pipeline CMD: message" and a hint to stderr; returns PIPE_EXIT_USAGE. */
+int pipe_usage(const char *cmd, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
+/* Handle -v (more verbose) and -q (quiet) from getopt; 1 if handled. */
+int pipe_common_option(int c);
+extern int pipe_quiet;
+int pipe_version(const char *cmd);
+
+/* -s KEY=VALUE overrides, in command-line order (strings borrowed from argv). */
+typedef struct pipe_sets {
+  const char **v;
+  size_t n;
+} pipe_sets_t;
+int pipe_sets_add(pipe_sets_t *s, const char *kv);
+void pipe_sets_free(pipe_sets_t *s);
+/* Load a config file and apply the overrides. (transfer full) */
+mmp_config_t *pipe_load_config(const char *path, const pipe_sets_t *sets);
+/* Route SIGINT to mmp_context_cancel(ctx) (NULL restores the default). */
+void pipe_catch_sigint(mmp_context_t *ctx);
 
 typedef struct pipe_cmd {
   const char *name;
@@ -44,5 +61,10 @@ int cmd_config(int argc, char **argv);
 int cmd_forward(int argc, char **argv);
 int cmd_tensors(int argc, char **argv);   /* tools/cmd_tensors.c */
 int cmd_randn(int argc, char **argv);     /* tools/cmd_randn.c */
+
+/* Run a scheduler over given model outputs for `pipeline forward`
+ * (tools/forward_scheduler.c; tensor names in doc/forward.md). */
+int pipe_forward_scheduler(mmp_component_t *sched, int64_t num_inference_steps,
+                           const mmp_tensormap_t *in, mmp_tensormap_t *out);
 
 #endif

@@ -68,6 +68,9 @@ void mmp_context_free(mmp_context_t *ctx); /* NULL ok */
 /* Resolve the task and every component group it declares, check all keys
  * and merge defaults. All problems are reported in one message. */
 int mmp_context_validate(mmp_context_t *ctx);
+/* Validate a configuration that holds one component group at @path (the
+ * form `pipeline forward` uses) instead of a task. */
+int mmp_context_validate_component(mmp_context_t *ctx, mmp_kind_t kind, const char *path);
 /* validate, create the task, run it, destroy it. */
 int mmp_context_run_task(mmp_context_t *ctx);
 /* Ask the run to stop (async-signal-safe). */
