@@ -11,7 +11,6 @@ MMP_NVCC_ARCH = -gencode arch=compute_90,code=sm_90 -gencode arch=compute_80,cod
 MMP_NVCCFLAGS = -O3 -std=c++17 $(MMP_NVCC_ARCH) -Xcompiler -fPIC -Xcompiler -fvisibility=hidden \
 	-I$(top_srcdir) -I$(top_srcdir)/include -I$(top_builddir)
 SUFFIXES = .cu
-EXTRA_DIST += core/cuda/common.cuh core/cuda/kernels.h core/backend_cuda.h include/mmpipe/cuda.h
 
 .cu.lo:
 	$(AM_V_GEN)$(MKDIR_P) $(@D)/.libs && \
@@ -21,6 +20,7 @@ EXTRA_DIST += core/cuda/common.cuh core/cuda/kernels.h core/backend_cuda.h inclu
 	  echo "pic_object='.libs/$(*F).o'"; \
 	  echo "non_pic_object=none"; } > $@
 
+# (automake distributes these sources in every configuration)
 if HAVE_CUDA
 MMP_CUDA_KERNELS = core/cuda/elementwise.cu core/cuda/reduce.cu core/cuda/norm.cu core/cuda/conv.cu \
 	core/cuda/attention.cu core/cuda/misc.cu
@@ -31,7 +31,4 @@ libmmpipe_la_LIBADD += $(CUDA_LIBS) -lstdc++
 nobase_include_HEADERS += include/mmpipe/cuda.h
 # nvcc writes no dependency files here: every kernel depends on the shared headers
 $(MMP_CUDA_KERNELS:.cu=.lo): $(top_srcdir)/core/cuda/common.cuh $(top_srcdir)/core/cuda/kernels.h
-else
-EXTRA_DIST += core/backend_cuda.c core/cuda/elementwise.cu core/cuda/reduce.cu core/cuda/norm.cu \
-	core/cuda/conv.cu core/cuda/attention.cu core/cuda/misc.cu
 endif
