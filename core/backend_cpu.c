@@ -11,7 +11,7 @@
 /* ================================================================ the pool
  *
  * A caching allocator: sizes are rounded up to a size class (a power of two
- * with 3 extra mantissa bits, so at most 12.5% waste; 256 bytes at least)
+ * with 3 extra mantissa bits, so at most 12.5% waste; 512 bytes at least)
  * and returned blocks are kept on a per-class free list. A forward pass that
  * repeats the same shapes therefore gets every block from the lists after
  * its first run: os_allocs stops growing (tested in test_core_ops). The
@@ -19,7 +19,7 @@
  * beyond it go back to the OS. mmp_backend_pool_trim() empties it. */
 
 #define NCLASSES (64 * 8)
-#define MIN_CLASS_BYTES 256
+#define MIN_CLASS_BYTES 512 /* classes are then multiples of 64 (aligned_alloc) */
 
 typedef struct pool_block {
   struct pool_block *next;

@@ -12,3 +12,7 @@ nobase_include_HEADERS += \
 	include/mmpipe/core.h include/mmpipe/safetensors.h include/mmpipe/rng.h
 include core/tensor.mk
 include core/cpu/local.mk
+
+# the generic dataset loader (datasets helper; dataset-agnostic, core API only)
+libmmpipe_la_SOURCES += core/loader.c
+nobase_include_HEADERS += include/mmpipe/loader.h

@@ -164,7 +164,7 @@ mmp_safetensors_t *mmp_safetensors_open(const char *path) {
   }
   int fd = open(path, O_RDONLY | O_CLOEXEC);
   if (fd < 0) {
-    mmp_error_set(errno == ENOENT ? MMP_ENOENT : MMP_EIO, "%s: cannot open: %s", path, strerror(errno));
+    mmp_error_set(MMP_EIO, "%s: cannot open: %s", path, strerror(errno));
     return NULL;
   }
   struct stat sb;

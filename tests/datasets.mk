@@ -1,1 +1,18 @@
 # tests/datasets.mk - tests of this area (included from tests/local.mk)
+if HAVE_PNG
+check_PROGRAMS += tests/test_plugin_image_resize
+TESTS += tests/test_plugin_image_resize
+tests_test_plugin_image_resize_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_plugin_image_resize_LDADD = $(TEST_LDADD)
+if HAVE_HDF5
+check_PROGRAMS += tests/test_plugin_story_datasets
+TESTS += tests/test_plugin_story_datasets
+tests_test_plugin_story_datasets_CPPFLAGS = $(TEST_CPPFLAGS) $(HDF5_CFLAGS)
+tests_test_plugin_story_datasets_LDADD = plugins/datasets/libstorycommon.la $(TEST_LDADD)
+endif
+endif
+EXTRA_DIST += tests/gen_datasets.py tests/fixtures/datasets
+check_PROGRAMS += tests/test_core_loader
+TESTS += tests/test_core_loader
+tests_test_core_loader_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_core_loader_LDADD = $(TEST_LDADD)

@@ -1,1 +1,18 @@
 # tests/sd.mk - tests of this area (included from tests/local.mk)
+# Component tests against diffusers/transformers fixtures (tests/gen_sd.py).
+noinst_HEADERS += tests/sd_test.h
+check_PROGRAMS += tests/test_plugin_unet2d_condition tests/test_plugin_vae tests/test_plugin_clip_text
+TESTS += tests/test_plugin_unet2d_condition tests/test_plugin_vae tests/test_plugin_clip_text
+tests_test_plugin_unet2d_condition_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_plugin_unet2d_condition_LDADD = $(TEST_LDADD)
+tests_test_plugin_vae_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_plugin_vae_LDADD = $(TEST_LDADD)
+tests_test_plugin_clip_text_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_plugin_clip_text_LDADD = $(TEST_LDADD)
+EXTRA_DIST += tests/gen_sd.py tests/fixtures/sd
+if HAVE_PNG
+check_PROGRAMS += tests/test_plugin_txt2img
+TESTS += tests/test_plugin_txt2img
+tests_test_plugin_txt2img_CPPFLAGS = $(TEST_CPPFLAGS) $(LIBPNG_CFLAGS)
+tests_test_plugin_txt2img_LDADD = $(TEST_LDADD) $(LIBPNG_LIBS)
+endif

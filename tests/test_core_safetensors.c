@@ -199,7 +199,7 @@ static void test_malformed(void) {
   fclose(f);
   ok(mmp_safetensors_open(tmp_path("empty.safetensors")) == NULL, "empty file refused");
   ok(mmp_safetensors_open(tmp_path("absent.safetensors")) == NULL, "absent file refused");
-  is_int(mmp_error_code(), MMP_ENOENT, "absent file is ENOENT");
+  is_int(mmp_error_code(), MMP_EIO, "absent file is EIO");
 
   /* truncations of a valid file at every length: each is a clean error or
    * (for the full length) a good file */

@@ -1,4 +1,19 @@
 # tools/local.mk - the `pipeline` command
 bin_PROGRAMS += tools/pipeline
 tools_pipeline_SOURCES = tools/pipeline.c tools/commands.h tools/cmd_core.c tools/cmd_forward.c
+tools_pipeline_SOURCES += tools/cmd_tensors.c tools/cmd_randn.c
+tools_pipeline_SOURCES += tools/cmd_init_weights.c
 tools_pipeline_LDADD = libmmpipe.la
+tools_pipeline_SOURCES += tools/forward_scheduler.c
+
+# `pipeline dataset` (datasets helper): its own convenience library so that
+# it can be built with the story readers when libhdf5 and libpng are there.
+noinst_LTLIBRARIES += tools/libcmddataset.la
+tools_libcmddataset_la_SOURCES = tools/cmd_dataset.c
+if HAVE_HDF5
+if HAVE_PNG
+tools_libcmddataset_la_CPPFLAGS = $(AM_CPPFLAGS) -DMMP_WITH_STORY
+tools_libcmddataset_la_LIBADD = plugins/datasets/libstorycommon.la
+endif
+endif
+tools_pipeline_LDADD += tools/libcmddataset.la

@@ -16,6 +16,8 @@ static const pipe_cmd_t commands[] = {
     {"forward", "run one component on named tensors (for checks against PyTorch)", cmd_forward},
     {"tensors", "list the tensors of a .safetensors file", cmd_tensors},
     {"randn", "write seeded normal random numbers to a .safetensors file", cmd_randn},
+    {"dataset", "inspect story datasets: info, show, dump", cmd_dataset},
+    {"init-weights", "write seeded random weights for a unet/vae/text-encoder config.json", cmd_init_weights},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 

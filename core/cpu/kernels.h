@@ -21,6 +21,20 @@ int mmp_cpu_threads(void);
  * Nested calls from inside a task run serially. */
 void mmp_cpu_parallel_for(int64_t n, void (*fn)(int64_t i, void *user), void *user);
 
+/* ---- instruction set and BLAS selection (added by the kernels work) ----
+ * The kernels pick the best code path for the CPU at run time. Tests and
+ * benchmarks can force the portable path: MMPIPE_CPU_ISA=generic in the
+ * environment, or mmp_cpu_set_isa(MMP_CPU_ISA_GENERIC). Both return the
+ * ISA in effect (never one the CPU lacks). */
+enum { MMP_CPU_ISA_AUTO = -1, MMP_CPU_ISA_GENERIC = 0, MMP_CPU_ISA_AVX512 = 1 };
+int mmp_cpu_set_isa(int isa);
+int mmp_cpu_isa(void);
+/* sgemm through OpenBLAS: 1 always (when built with it), 0 never, -1 auto
+ * (env MMPIPE_CPU_BLAS=openblas|builtin, else OpenBLAS only where the
+ * built-in AVX-512 kernel is not available). Returns the mode in effect
+ * (0 never, 1 always, 2 auto). */
+int mmp_cpu_set_openblas(int use);
+
 /* ---- GEMM ----
  * C[b] = alpha * op(A[b]) @ op(B[b]) + beta * C[b] for b < batch.
  * op(A) is M x K, op(B) is K x N; lda/ldb/ldc are row strides; stride_a/b/c

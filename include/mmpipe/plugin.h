@@ -159,6 +159,12 @@ typedef struct mmp_scheduler_ops {
   double (*init_noise_sigma)(void *self);
   /* optional (default 1): model evaluations one step needs. */
   int (*order)(void *self);
+  /* optional (default: timesteps() as doubles): the exact timestep to give
+   * the model at each call. Differs from timesteps() only where a schedule
+   * is fractional (euler/euler_ancestral with linspace spacing or Karras
+   * sigmas; timesteps() then holds the values rounded half to even).
+   * (transfer none) valid until the next set_timesteps. */
+  int (*model_timesteps)(void *self, const double **out, size_t *n);
 } mmp_scheduler_ops_t;
 
 /* A dataset item: named tensors plus named strings (captions). */

@@ -1,1 +1,18 @@
 # plugins/encoders/local.mk - build rules for plugins/encoders (included from the top Makefile.am)
+
+# ---- sd: CLIP text encoder and VAE (shared code: plugins/common, see plugins/models/local.mk)
+if BUILD_PLUGIN_CLIP_TEXT
+pkglib_LTLIBRARIES += plugins/encoders/encoder_clip_text.la
+plugins_encoders_encoder_clip_text_la_SOURCES = plugins/encoders/clip_text.c
+plugins_encoders_encoder_clip_text_la_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)
+plugins_encoders_encoder_clip_text_la_LDFLAGS = $(PLUGIN_LDFLAGS)
+plugins_encoders_encoder_clip_text_la_LIBADD = $(SD_COMMON_LIBADD)
+endif
+
+if BUILD_PLUGIN_VAE
+pkglib_LTLIBRARIES += plugins/encoders/encoder_vae.la
+plugins_encoders_encoder_vae_la_SOURCES = plugins/encoders/vae.c
+plugins_encoders_encoder_vae_la_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)
+plugins_encoders_encoder_vae_la_LDFLAGS = $(PLUGIN_LDFLAGS)
+plugins_encoders_encoder_vae_la_LIBADD = $(SD_COMMON_LIBADD)
+endif

@@ -1,1 +1,34 @@
 # plugins/tasks/local.mk - task plugins
+
+# ---- sd: text-to-image (shared code: plugins/common, see plugins/models/local.mk)
+if BUILD_PLUGIN_TXT2IMG
+pkglib_LTLIBRARIES += plugins/tasks/task_txt2img.la
+plugins_tasks_task_txt2img_la_SOURCES = plugins/tasks/txt2img.c
+plugins_tasks_task_txt2img_la_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS) $(LIBPNG_CFLAGS)
+plugins_tasks_task_txt2img_la_LDFLAGS = $(PLUGIN_LDFLAGS)
+plugins_tasks_task_txt2img_la_LIBADD = $(SD_COMMON_LIBADD) $(LIBPNG_LIBS)
+endif
+
+# The demo's tiny random weights (examples/txt2img-tiny.cfg), made at build
+# time from the committed configs by `pipeline init-weights`.
+if BUILD_PLUGIN_UNET2D_CONDITION
+if BUILD_PLUGIN_VAE
+if BUILD_PLUGIN_CLIP_TEXT
+SD_TINY_WEIGHTS = examples/tiny/unet/diffusion_pytorch_model.safetensors \
+	examples/tiny/vae/diffusion_pytorch_model.safetensors \
+	examples/tiny/text_encoder/model.safetensors
+noinst_DATA = $(SD_TINY_WEIGHTS)
+CLEANFILES += $(SD_TINY_WEIGHTS)
+SD_INIT_WEIGHTS = $(top_builddir)/tools/pipeline init-weights -q
+examples/tiny/unet/diffusion_pytorch_model.safetensors: $(srcdir)/examples/tiny/unet/config.json \
+		tools/pipeline$(EXEEXT) plugins/models/model_unet2d_condition.la
+	$(AM_V_GEN)$(MKDIR_P) $(@D) && $(SD_INIT_WEIGHTS) $(srcdir)/examples/tiny/unet/config.json $@ --seed 1
+examples/tiny/vae/diffusion_pytorch_model.safetensors: $(srcdir)/examples/tiny/vae/config.json \
+		tools/pipeline$(EXEEXT) plugins/encoders/encoder_vae.la
+	$(AM_V_GEN)$(MKDIR_P) $(@D) && $(SD_INIT_WEIGHTS) $(srcdir)/examples/tiny/vae/config.json $@ --seed 1
+examples/tiny/text_encoder/model.safetensors: $(srcdir)/examples/tiny/text_encoder/config.json \
+		tools/pipeline$(EXEEXT) plugins/encoders/encoder_clip_text.la
+	$(AM_V_GEN)$(MKDIR_P) $(@D) && $(SD_INIT_WEIGHTS) $(srcdir)/examples/tiny/text_encoder/config.json $@ --seed 1
+endif
+endif
+endif

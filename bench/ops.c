@@ -1,0 +1,458 @@
+/* bench/ops.c - throughput of the CPU kernels next to machine peak, OpenBLAS and PyTorch. */
+#include "config.h"
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "core/cpu/kernels.h"
+
+#ifdef HAVE_OPENBLAS
+#include <cblas.h>
+#endif
+
+/* Usage: bench/ops [--threads N] [--reps R] [--quick] [--compare-torch]
+ *
+ * Every figure is the best of R timed runs after one warm-up run (the
+ * machine may be shared: the best run is the one least disturbed). Peak
+ * fp32 throughput = threads x measured clock x FMA pipes x 2 x lanes, with
+ * the clock and the number of FMA pipes measured by timed loops (a virtual
+ * machine's /proc/cpuinfo shows the nominal clock, not the boost clock). */
+
+static double now(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
+}
+
+static float *rnd(int64_t n) {
+  float *p = malloc((size_t)n * sizeof(float));
+  if (!p) {
+    fprintf(stderr, "out of memory\n");
+    exit(1);
+  }
+  uint32_t s = 12345u;
+  for (int64_t i = 0; i < n; ++i) {
+    s = s * 1664525u + 1013904223u;
+    p[i] = (float)((s >> 8) * (1.0 / 16777216.0) - 0.5);
+  }
+  return p;
+}
+
+static int g_reps = 3;
+
+#define TIME_BEST(best, stmt)                       \
+  do {                                              \
+    stmt;                                           \
+    best = 1e30;                                    \
+    for (int r_ = 0; r_ < g_reps; ++r_) {           \
+      double t0_ = now();                           \
+      stmt;                                         \
+      double t_ = now() - t0_;                      \
+      if (t_ < best) best = t_;                     \
+    }                                               \
+  } while (0)
+
+/* ---------------------------------------------------------- machine peak */
+
+static double g_clock_ghz, g_fma_pipes, g_fma_rate, g_peak_core; /* GFLOP/s per core */
+static const char *g_isa = "generic";
+
+#if defined(__x86_64__) && defined(__GNUC__)
+/* 100 dependent adds per iteration: one per cycle */
+static double measure_clock(void) {
+  double best = 1e30;
+  long n = 20000;
+  for (int r = 0; r < 40; ++r) {
+    long i = n, x = 0;
+    double t0 = now();
+    __asm__ volatile(
+        "1:\n\t"
+        ".rept 100\n\t"
+        "add $1, %1\n\t"
+        ".endr\n\t"
+        "dec %0\n\t"
+        "jnz 1b\n\t"
+        : "+r"(i), "+r"(x)::"cc");
+    double t = now() - t0;
+    if (t < best) best = t;
+  }
+  return (double)n * 100.0 / best * 1e-9;
+}
+
+/* 12 independent 512-bit FMA chains: enough to fill two pipes of latency <= 6 */
+__attribute__((target("avx512f"))) static double measure_fma512(void) {
+  double best = 1e30;
+  long n = 100000;
+  for (int r = 0; r < 40; ++r) {
+    long i = n;
+    double t0 = now();
+    __asm__ volatile(
+        "vxorps %%zmm1, %%zmm1, %%zmm1\n\t"
+        "1:\n\t"
+        "vfmadd231ps %%zmm1, %%zmm1, %%zmm2\n\t vfmadd231ps %%zmm1, %%zmm1, %%zmm3\n\t"
+        "vfmadd231ps %%zmm1, %%zmm1, %%zmm4\n\t vfmadd231ps %%zmm1, %%zmm1, %%zmm5\n\t"
+        "vfmadd231ps %%zmm1, %%zmm1, %%zmm6\n\t vfmadd231ps %%zmm1, %%zmm1, %%zmm7\n\t"
+        "vfmadd231ps %%zmm1, %%zmm1, %%zmm8\n\t vfmadd231ps %%zmm1, %%zmm1, %%zmm9\n\t"
+        "vfmadd231ps %%zmm1, %%zmm1, %%zmm10\n\t vfmadd231ps %%zmm1, %%zmm1, %%zmm11\n\t"
+        "vfmadd231ps %%zmm1, %%zmm1, %%zmm12\n\t vfmadd231ps %%zmm1, %%zmm1, %%zmm13\n\t"
+        "dec %0\n\t"
+        "jnz 1b\n\t"
+        : "+r"(i)::"xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+          "xmm10", "xmm11", "xmm12", "xmm13", "cc");
+    double t = now() - t0;
+    if (t < best) best = t;
+  }
+  return (double)n * 12.0 / best * 1e-9; /* G FMA instructions per second */
+}
+
+__attribute__((target("avx2,fma"))) static double measure_fma256(void) {
+  double best = 1e30;
+  long n = 100000;
+  for (int r = 0; r < 40; ++r) {
+    long i = n;
+    double t0 = now();
+    __asm__ volatile(
+        "vxorps %%ymm1, %%ymm1, %%ymm1\n\t"
+        "1:\n\t"
+        "vfmadd231ps %%ymm1, %%ymm1, %%ymm2\n\t vfmadd231ps %%ymm1, %%ymm1, %%ymm3\n\t"
+        "vfmadd231ps %%ymm1, %%ymm1, %%ymm4\n\t vfmadd231ps %%ymm1, %%ymm1, %%ymm5\n\t"
+        "vfmadd231ps %%ymm1, %%ymm1, %%ymm6\n\t vfmadd231ps %%ymm1, %%ymm1, %%ymm7\n\t"
+        "vfmadd231ps %%ymm1, %%ymm1, %%ymm8\n\t vfmadd231ps %%ymm1, %%ymm1, %%ymm9\n\t"
+        "vfmadd231ps %%ymm1, %%ymm1, %%ymm10\n\t vfmadd231ps %%ymm1, %%ymm1, %%ymm11\n\t"
+        "vfmadd231ps %%ymm1, %%ymm1, %%ymm12\n\t vfmadd231ps %%ymm1, %%ymm1, %%ymm13\n\t"
+        "dec %0\n\t"
+        "jnz 1b\n\t"
+        : "+r"(i)::"xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
+          "xmm10", "xmm11", "xmm12", "xmm13", "cc");
+    double t = now() - t0;
+    if (t < best) best = t;
+  }
+  return (double)n * 12.0 / best * 1e-9;
+}
+#endif
+
+static void measure_peak(void) {
+  int lanes = 4;
+  double fma_rate = 0.0;
+#if defined(__x86_64__) && defined(__GNUC__)
+  __builtin_cpu_init();
+  /* interleaved, best of several rounds: on a shared machine the fastest
+   * trial is the undisturbed one */
+  for (int round = 0; round < 5; ++round) {
+    double c = measure_clock();
+    if (c > g_clock_ghz) g_clock_ghz = c;
+    double f = 0.0;
+    if (__builtin_cpu_supports("avx512f")) {
+      g_isa = "AVX-512";
+      lanes = 16;
+      f = measure_fma512();
+    } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+      g_isa = "AVX2+FMA";
+      lanes = 8;
+      f = measure_fma256();
+    }
+    if (f > fma_rate) fma_rate = f;
+  }
+#endif
+  g_fma_rate = fma_rate;
+  if (fma_rate <= 0.0 || g_clock_ghz <= 0.0) {
+    g_fma_pipes = 1;
+    g_peak_core = 0; /* unknown */
+    return;
+  }
+  /* FMA instructions per cycle; x86 cores have 1 or 2 FMA pipes */
+  g_fma_pipes = floor(fma_rate / g_clock_ghz + 0.3); /* 1.9 -> 2 */
+  if (g_fma_pipes < 1) g_fma_pipes = 1;
+  if (g_fma_pipes > 2) g_fma_pipes = 2;
+  g_peak_core = g_clock_ghz * g_fma_pipes * 2.0 * lanes;
+}
+
+/* memory bandwidth for group_norm: best copy of a 256 MiB buffer (read+write) */
+static double measure_copy_gbs(void) {
+  int64_t n = 64ll << 20;
+  float *a = rnd(n), *b = rnd(n);
+  double best;
+  TIME_BEST(best, memcpy(b, a, (size_t)n * sizeof(float)));
+  free(a);
+  free(b);
+  return 2.0 * (double)n * sizeof(float) / best * 1e-9;
+}
+
+/* ------------------------------------------------------------- reporting */
+
+static int g_threads;
+static double g_peak;
+
+static void print_header(void) {
+  printf("%-44s %9s %8s %10s %8s\n", "op", "ms", "GFLOP/s", "% of peak", "vs BLAS");
+}
+
+static void print_flops(const char *name, double flops, double t, double t_blas) {
+  double gf = flops / t * 1e-9;
+  printf("%-44s %9.2f %8.1f %9.1f%%", name, t * 1e3, gf, g_peak > 0 ? 100.0 * gf / g_peak : 0.0);
+  if (t_blas > 0)
+    printf(" %7.2fx", t_blas / t);
+  else
+    printf(" %8s", "-");
+  printf("\n");
+  fflush(stdout);
+}
+
+/* ------------------------------------------------------------------ ops */
+
+typedef struct result {
+  char key[32];
+  double t;
+} result_t;
+static result_t g_res[32];
+static int g_nres;
+static void remember(const char *key, double t) {
+  if (g_nres < 32) {
+    snprintf(g_res[g_nres].key, sizeof g_res[g_nres].key, "%s", key);
+    g_res[g_nres++].t = t;
+  }
+}
+
+static void bench_sgemm(const char *key, const char *label, int64_t M, int64_t N, int64_t K,
+                        bool tb) {
+  float *A = rnd(M * K), *B = rnd(K * N), *C = rnd(M * N);
+  double t, tb_ = 0;
+  int64_t ldb = tb ? K : N;
+  mmp_cpu_set_openblas(0);
+  TIME_BEST(t, mmp_cpu_sgemm(1, false, tb, M, N, K, 1.0f, A, K, 0, B, ldb, 0, 0.0f, C, N, 0));
+#ifdef HAVE_OPENBLAS
+  TIME_BEST(tb_, cblas_sgemm(CblasRowMajor, CblasNoTrans, tb ? CblasTrans : CblasNoTrans, (int)M,
+                             (int)N, (int)K, 1.0f, A, (int)K, B, (int)ldb, 0.0f, C, (int)N));
+#endif
+  mmp_cpu_set_openblas(-1);
+  print_flops(label, 2.0 * M * N * K, t, tb_);
+  remember(key, t);
+  free(A);
+  free(B);
+  free(C);
+}
+
+#ifdef HAVE_OPENBLAS
+/* the classic alternative: explicit im2col + OpenBLAS sgemm, per image */
+static void conv_im2col_blas(const float *x, int64_t N, int64_t C, int64_t H, int64_t W,
+                             const float *w, int64_t O, float *col, float *y) {
+  int64_t P = H * W;
+  for (int64_t n = 0; n < N; ++n) {
+    const float *xn = x + n * C * P;
+    for (int64_t c = 0; c < C; ++c)
+      for (int kh = 0; kh < 3; ++kh)
+        for (int kw = 0; kw < 3; ++kw) {
+          float *d = col + ((c * 3 + kh) * 3 + kw) * P;
+          for (int64_t oh = 0; oh < H; ++oh) {
+            int64_t ih = oh - 1 + kh;
+            for (int64_t ow = 0; ow < W; ++ow) {
+              int64_t iw = ow - 1 + kw;
+              d[oh * W + ow] = (ih >= 0 && ih < H && iw >= 0 && iw < W) ? xn[(c * H + ih) * W + iw] : 0.0f;
+            }
+          }
+        }
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)O, (int)P, (int)(C * 9), 1.0f, w,
+                (int)(C * 9), col, (int)P, 0.0f, y + n * O * P, (int)P);
+  }
+}
+#endif
+
+static void bench_conv(const char *key, const char *label, int64_t N, int64_t C, int64_t H,
+                       int64_t W, int64_t O) {
+  float *x = rnd(N * C * H * W), *w = rnd(O * C * 9), *b = rnd(O), *y = rnd(N * O * H * W);
+  double t, tb_ = 0;
+  TIME_BEST(t, mmp_cpu_conv2d(x, N, C, H, W, w, O, 3, 3, b, 1, 1, 1, 1, 1, 1, 1, y));
+#ifdef HAVE_OPENBLAS
+  float *col = rnd(C * 9 * H * W);
+  TIME_BEST(tb_, conv_im2col_blas(x, N, C, H, W, w, O, col, y));
+  free(col);
+#endif
+  print_flops(label, 2.0 * N * O * H * W * C * 9, t, tb_);
+  remember(key, t);
+  free(x);
+  free(w);
+  free(b);
+  free(y);
+}
+
+#ifdef HAVE_OPENBLAS
+/* "math" attention with OpenBLAS, one head at a time: full Lq x Lk scores */
+static void attn_blas(const float *q, const float *k, const float *v, int64_t BH, int64_t Lq,
+                      int64_t Lk, int64_t D, float scale, float *s, float *out) {
+  for (int64_t h = 0; h < BH; ++h) {
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, (int)Lq, (int)Lk, (int)D, scale,
+                q + h * Lq * D, (int)D, k + h * Lk * D, (int)D, 0.0f, s, (int)Lk);
+    mmp_cpu_softmax(s, Lq, Lk, s);
+    cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, (int)Lq, (int)D, (int)Lk, 1.0f, s,
+                (int)Lk, v + h * Lk * D, (int)D, 0.0f, out + h * Lq * D, (int)D);
+  }
+}
+#endif
+
+static void bench_attention(const char *key, const char *label, int64_t B, int64_t H, int64_t Lq,
+                            int64_t Lk, int64_t D) {
+  float *q = rnd(B * H * Lq * D), *k = rnd(B * H * Lk * D), *v = rnd(B * H * Lk * D);
+  float *o = rnd(B * H * Lq * D);
+  float scale = 1.0f / sqrtf((float)D);
+  double t, tb_ = 0;
+  TIME_BEST(t, mmp_cpu_attention(q, k, v, B, H, Lq, Lk, D, D, NULL, false, scale, o));
+#ifdef HAVE_OPENBLAS
+  float *s = rnd(Lq * Lk);
+  TIME_BEST(tb_, attn_blas(q, k, v, B * H, Lq, Lk, D, scale, s, o));
+  free(s);
+#endif
+  print_flops(label, 4.0 * B * H * Lq * Lk * D, t, tb_);
+  remember(key, t);
+  free(q);
+  free(k);
+  free(v);
+  free(o);
+}
+
+static void bench_group_norm(const char *key, const char *label, int64_t N, int64_t C, int64_t S,
+                             double copy_gbs) {
+  float *x = rnd(N * C * S), *y = rnd(N * C * S), *g = rnd(C), *b = rnd(C);
+  double t;
+  TIME_BEST(t, mmp_cpu_group_norm(x, N, C, S, 32, g, b, 1e-5f, y));
+  double gbs = 2.0 * N * C * S * sizeof(float) / t * 1e-9; /* read x once, write y once */
+  printf("%-44s %9.2f %6.1f GB/s (memcpy on this machine: %.1f GB/s, %.0f%%)\n", label, t * 1e3,
+         gbs, copy_gbs, 100.0 * gbs / copy_gbs);
+  remember(key, t);
+  free(x);
+  free(y);
+  free(g);
+  free(b);
+}
+
+/* ------------------------------------------------------------- PyTorch */
+
+static const char *torch_script =
+    "import sys, time, torch, torch.nn.functional as F\n"
+    "torch.set_num_threads(int(sys.argv[1])); reps = int(sys.argv[2]); quick = sys.argv[3] == '1'\n"
+    "torch.manual_seed(0)\n"
+    "def best(f):\n"
+    "    f(); b = 1e30\n"
+    "    for _ in range(reps):\n"
+    "        t = time.perf_counter(); f(); b = min(b, time.perf_counter() - t)\n"
+    "    return b\n"
+    "def mm(M, N, K, tb):\n"
+    "    a = torch.randn(M, K); w = torch.randn(N, K) if tb else torch.randn(K, N)\n"
+    "    return best(lambda: F.linear(a, w) if tb else torch.matmul(a, w))\n"
+    "def attn(B, H, Lq, Lk, D):\n"
+    "    q = torch.randn(B * H, Lq, D); k = torch.randn(B * H, Lk, D); v = torch.randn(B * H, Lk, D)\n"
+    "    def f():\n"
+    "        for h in range(B * H):\n"
+    "            s = torch.baddbmm(torch.empty(1, Lq, Lk), q[h:h+1], k[h:h+1].transpose(1, 2), beta=0, alpha=D ** -0.5)\n"
+    "            torch.bmm(s.softmax(-1), v[h:h+1])\n"
+    "    return best(f)\n"
+    "def conv(N, C, H, W, O):\n"
+    "    x = torch.randn(N, C, H, W); w = torch.randn(O, C, 3, 3); b = torch.randn(O)\n"
+    "    return best(lambda: F.conv2d(x, w, b, padding=1))\n"
+    "def gn(N, C, S):\n"
+    "    x = torch.randn(N, C, S); g = torch.randn(C); b = torch.randn(C)\n"
+    "    return best(lambda: F.group_norm(x, 32, g, b, 1e-5))\n"
+    "with torch.no_grad():\n"
+    "    if not quick: print('mm4096', mm(4096, 4096, 4096, False), flush=True)\n"
+    "    for key, M, N, K in [('lin1', 8192, 1280, 320), ('lin2', 8192, 320, 1280), ('lin3', 2048, 2560, 640),\n"
+    "                         ('lin4', 512, 5120, 1280), ('lin5', 4096, 320, 320), ('lin6', 154, 320, 768)]:\n"
+    "        print(key, mm(M, N, K, True), flush=True)\n"
+    "    print('conv320', conv(2, 320, 64, 64, 320), flush=True)\n"
+    "    print('conv1280', conv(2, 1280, 8, 8, 1280), flush=True)\n"
+    "    print('attn_self', attn(2, 8, 4096, 4096, 40), flush=True)\n"
+    "    print('attn_cross', attn(2, 8, 4096, 77, 40), flush=True)\n"
+    "    print('gn', gn(2, 320, 4096), flush=True)\n";
+
+static void compare_torch(int threads, bool quick) {
+  if (access("/usr/bin/python3", X_OK) != 0 ||
+      system("/usr/bin/python3 -c 'import torch' >/dev/null 2>&1") != 0) {
+    printf("\n--compare-torch: /usr/bin/python3 cannot import torch; skipped\n");
+    return;
+  }
+  char path[] = "/tmp/mmpipe-bench-XXXXXX";
+  int fd = mkstemp(path);
+  if (fd < 0) return;
+  FILE *f = fdopen(fd, "w");
+  fputs(torch_script, f);
+  fclose(f);
+  char cmd[512];
+  snprintf(cmd, sizeof cmd,
+           "LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu/openblas-pthread OMP_NUM_THREADS=%d "
+           "/usr/bin/python3 %s %d %d %d",
+           threads, path, threads, g_reps, quick ? 1 : 0);
+  printf("\nPyTorch (same ops, %d threads, OpenBLAS, best of %d):\n", threads, g_reps);
+  printf("%-12s %10s %10s %10s\n", "op", "torch ms", "mmpipe ms", "speedup");
+  fflush(stdout);
+  FILE *p = popen(cmd, "r");
+  if (!p) {
+    unlink(path);
+    return;
+  }
+  char key[64];
+  double t;
+  while (fscanf(p, "%63s %lf", key, &t) == 2) {
+    double ours = 0;
+    for (int i = 0; i < g_nres; ++i)
+      if (strcmp(g_res[i].key, key) == 0) ours = g_res[i].t;
+    printf("%-12s %10.2f %10.2f %9.2fx\n", key, t * 1e3, ours * 1e3, ours > 0 ? t / ours : 0.0);
+    fflush(stdout);
+  }
+  pclose(p);
+  unlink(path);
+}
+
+int main(int argc, char **argv) {
+  int threads = 0;
+  bool torch = false, quick = false;
+  for (int i = 1; i < argc; ++i) {
+    if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
+      threads = atoi(argv[++i]);
+    else if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc)
+      g_reps = atoi(argv[++i]);
+    else if (strcmp(argv[i], "--compare-torch") == 0)
+      torch = true;
+    else if (strcmp(argv[i], "--quick") == 0)
+      quick = true;
+    else {
+      fprintf(stderr, "usage: %s [--threads N] [--reps R] [--quick] [--compare-torch]\n", argv[0]);
+      return 2;
+    }
+  }
+  if (g_reps < 1) g_reps = 1;
+  mmp_cpu_set_threads(threads); /* 0: MMPIPE_THREADS or online cores; also sets OpenBLAS */
+  g_threads = mmp_cpu_threads();
+  measure_peak();
+  g_peak = g_peak_core * g_threads;
+  long cores = sysconf(_SC_NPROCESSORS_ONLN);
+  printf("mmpipe bench/ops: %d thread(s) on %ld online core(s); kernels: %s\n", g_threads, cores,
+         mmp_cpu_isa() == MMP_CPU_ISA_AVX512 ? "AVX-512 14x32" : "portable C");
+  printf("ISA %s, measured clock %.2f GHz, %.0f FMA pipe(s) (%.2f G FMA/s measured): fp32 peak %.1f GFLOP/s per core, "
+         "%.1f GFLOP/s for %d thread(s)\n",
+         g_isa, g_clock_ghz, g_fma_pipes, g_fma_rate, g_peak_core, g_peak, g_threads);
+#ifdef HAVE_OPENBLAS
+  printf("vs BLAS: time of OpenBLAS (%s) doing the same: sgemm; im2col + sgemm for conv2d; "
+         "per-head sgemm + softmax + sgemm for attention\n",
+         openblas_get_config());
+#endif
+  printf("best of %d runs each\n\n", g_reps);
+  print_header();
+  if (!quick) bench_sgemm("mm4096", "sgemm 4096x4096x4096 NN", 4096, 4096, 4096, false);
+  bench_sgemm("lin1", "linear [8192x320]x[320x1280] (x W^T)", 8192, 1280, 320, true);
+  bench_sgemm("lin2", "linear [8192x1280]x[1280x320]", 8192, 320, 1280, true);
+  bench_sgemm("lin3", "linear [2048x640]x[640x2560]", 2048, 2560, 640, true);
+  bench_sgemm("lin4", "linear [512x1280]x[1280x5120]", 512, 5120, 1280, true);
+  bench_sgemm("lin5", "linear [4096x320]x[320x320]", 4096, 320, 320, true);
+  bench_sgemm("lin6", "linear [154x768]x[768x320] (cross K/V)", 154, 320, 768, true);
+  bench_conv("conv320", "conv2d 3x3 320->320 64x64 batch 2", 2, 320, 64, 64, 320);
+  bench_conv("conv1280", "conv2d 3x3 1280->1280 8x8 batch 2", 2, 1280, 8, 8, 1280);
+  bench_attention("attn_self", "attention self 2x8 heads 4096x4096 d40", 2, 8, 4096, 4096, 40);
+  bench_attention("attn_cross", "attention cross 2x8 heads 4096x77 d40", 2, 8, 4096, 77, 40);
+  double copy = measure_copy_gbs();
+  bench_group_norm("gn", "group_norm [2,320,64x64] 32 groups", 2, 320, 4096, copy);
+  if (torch) compare_torch(g_threads, quick);
+  return 0;
+}

@@ -1,0 +1,225 @@
+/* core/cpu/conv2d.c - 2-D convolution as an implicit GEMM (im2col done while packing). */
+#include "config.h"
+
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/cpu/gemm.h"
+#include "core/cpu/kernels.h"
+#include "mmpipe/error.h"
+
+/* For one image n and group g, Y_g[Og x P] = W_g[Og x Cg*KH*KW] . col[.. x P]
+ * with P = OH*OW output pixels. The GEMM's B operand (the im2col matrix) is
+ * never materialised: each KC x NC block is gathered straight from x into
+ * the micro-kernel's panel layout, so memory stays O(block) and x is read
+ * from cache. A 1x1, stride-1, unpadded convolution is a plain GEMM on x. */
+typedef struct conv_job {
+  const mmp_gemm_kernel_t *g;
+  const float *x, *w, *bias;
+  float *y;
+  int64_t N, C, H, W, O, KH, KW, OH, OW;
+  int sh, sw, ph, pw, dh, dw, groups;
+  int64_t Cg, Og, Kg, P;
+  int64_t Mt, Nt, tm, tn, ntasks;
+  bool pointwise;
+  atomic_int_fast64_t next;
+  atomic_int failed;
+} conv_job_t;
+
+typedef struct conv_b {
+  const conv_job_t *j;
+  const float *x;  /* x[n, g*Cg] */
+  int64_t p0;      /* first output pixel of this task */
+} conv_b_t;
+
+/* bp[panel][k][t] = x[c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw] for
+ * row k0+k = (c, kh, kw) and column j0+t = pixel (oh, ow); 0 outside. */
+static void pack_conv_b(const void *ctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
+                        float *bp) {
+  const conv_b_t *cb = ctx;
+  const conv_job_t *j = cb->j;
+  const int NR = j->g->nr;
+  const int64_t H = j->H, W = j->W, OW = j->OW, KHW = j->KH * j->KW;
+  for (int64_t q = 0; q < nc; q += NR) {
+    int64_t nr = nc - q < NR ? nc - q : NR;
+    int64_t pix0 = cb->p0 + j0 + q;
+    for (int64_t k = 0; k < kc; ++k) {
+      int64_t row = k0 + k;
+      int64_t c = row / KHW, r = row % KHW;
+      int64_t kh = r / j->KW, kw = r % j->KW;
+      const float *xc = cb->x + c * H * W;
+      float *d = bp + k * NR;
+      int64_t t = 0;
+      int64_t oh = pix0 / OW, ow = pix0 % OW;
+      while (t < nr) {
+        int64_t run = OW - ow; /* pixels left in this output row */
+        if (run > nr - t) run = nr - t;
+        int64_t ih = oh * j->sh - j->ph + kh * j->dh;
+        if (ih < 0 || ih >= H) {
+          memset(d + t, 0, (size_t)run * sizeof(float));
+        } else {
+          const float *xr = xc + ih * W;
+          int64_t iw0 = ow * j->sw - j->pw + kw * j->dw;
+          if (j->sw == 1) {
+            /* contiguous: zeros, a copied run, zeros */
+            int64_t lo = iw0 < 0 ? -iw0 : 0;
+            if (lo > run) lo = run;
+            int64_t hi = W - iw0; /* first t' with iw >= W */
+            if (hi > run) hi = run;
+            if (hi < lo) hi = lo;
+            if (lo > 0) memset(d + t, 0, (size_t)lo * sizeof(float));
+            if (hi > lo) memcpy(d + t + lo, xr + iw0 + lo, (size_t)(hi - lo) * sizeof(float));
+            if (run > hi) memset(d + t + hi, 0, (size_t)(run - hi) * sizeof(float));
+          } else {
+            for (int64_t u = 0; u < run; ++u) {
+              int64_t iw = iw0 + u * j->sw;
+              d[t + u] = (iw >= 0 && iw < W) ? xr[iw] : 0.0f;
+            }
+          }
+        }
+        t += run;
+        ow += run;
+        if (ow == OW) {
+          ow = 0;
+          ++oh;
+        }
+      }
+      for (; t < NR; ++t) d[t] = 0.0f;
+    }
+    bp += NR * kc;
+  }
+}
+
+
+static void pack_pointwise_b(const void *ctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
+                             float *bp) {
+  const conv_b_t *cb = ctx;
+  cb->j->g->pack_b(cb->x + cb->p0, cb->j->P, false, k0, kc, j0, nc, bp);
+}
+
+static void conv_worker(int64_t wi, void *user) {
+  conv_job_t *j = user;
+  (void)wi;
+  const mmp_gemm_kernel_t *g = j->g;
+  float *bufa = NULL, *bufb = NULL;
+  for (;;) {
+    int64_t t = atomic_fetch_add(&j->next, 1);
+    if (t >= j->ntasks) break;
+    if (!bufa) {
+      bufa = mmp_cpu_alloc((int64_t)g->mc * g->kc);
+      bufb = mmp_cpu_alloc((int64_t)g->kc * ((j->Nt + g->nr - 1) / g->nr * g->nr));
+      if (!bufa || !bufb) {
+        atomic_store(&j->failed, 1);
+        break;
+      }
+    }
+    int64_t tn = t % j->tn;
+    t /= j->tn;
+    int64_t tm = t % j->tm;
+    t /= j->tm;
+    int64_t gi = t % j->groups;
+    int64_t n = t / j->groups;
+    int64_t m0 = tm * j->Mt, p0 = tn * j->Nt;
+    int64_t mc = j->Og - m0 < j->Mt ? j->Og - m0 : j->Mt;
+    int64_t nc = j->P - p0 < j->Nt ? j->P - p0 : j->Nt;
+    float *y = j->y + (n * j->O + gi * j->Og + m0) * j->P + p0;
+    float beta = 0.0f;
+    if (j->bias) {
+      for (int64_t o = 0; o < mc; ++o) {
+        float b = j->bias[gi * j->Og + m0 + o];
+        float *yo = y + o * j->P;
+        for (int64_t p = 0; p < nc; ++p) yo[p] = b;
+      }
+      beta = 1.0f;
+    }
+    conv_b_t cb = {j, j->x + (n * j->C + gi * j->Cg) * j->H * j->W, p0};
+    const float *A = j->w + (gi * j->Og + m0) * j->Kg;
+    mmp_gemm_serial_cb(g, false, mc, nc, j->Kg, 1.0f, A, j->Kg,
+                       j->pointwise ? pack_pointwise_b : pack_conv_b, &cb, beta, y, j->P, bufa,
+                       bufb);
+  }
+  free(bufa);
+  free(bufb);
+}
+
+int mmp_cpu_conv2d(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, const float *w,
+                   int64_t O, int64_t KH, int64_t KW, const float *bias, int sh, int sw, int ph,
+                   int pw, int dh, int dw, int groups, float *y) {
+  if (N < 0 || C <= 0 || H <= 0 || W <= 0 || O <= 0 || KH <= 0 || KW <= 0)
+    return mmp_error_set(MMP_EINVAL, "conv2d: bad sizes (C %lld, H %lld, W %lld, O %lld, kernel %lldx%lld)",
+                         (long long)C, (long long)H, (long long)W, (long long)O, (long long)KH,
+                         (long long)KW);
+  if (sh <= 0 || sw <= 0 || dh <= 0 || dw <= 0 || ph < 0 || pw < 0)
+    return mmp_error_set(MMP_EINVAL, "conv2d: stride and dilation must be >= 1, padding >= 0");
+  if (groups <= 0 || C % groups || O % groups)
+    return mmp_error_set(MMP_EINVAL, "conv2d: groups %d must divide channels %lld and outputs %lld",
+                         groups, (long long)C, (long long)O);
+  int64_t OH = (H + 2 * (int64_t)ph - (int64_t)dh * (KH - 1) - 1) / sh + 1;
+  int64_t OW = (W + 2 * (int64_t)pw - (int64_t)dw * (KW - 1) - 1) / sw + 1;
+  if (H + 2 * (int64_t)ph - (int64_t)dh * (KH - 1) - 1 < 0 ||
+      W + 2 * (int64_t)pw - (int64_t)dw * (KW - 1) - 1 < 0 || OH <= 0 || OW <= 0)
+    return mmp_error_set(MMP_EINVAL, "conv2d: kernel larger than the padded input");
+  if (N == 0) return 0;
+  if (!x || !w || !y) return mmp_error_set(MMP_EINVAL, "conv2d: NULL operand");
+
+  conv_job_t j;
+  memset(&j, 0, sizeof j);
+  j.g = mmp_gemm_kernel();
+  j.x = x;
+  j.w = w;
+  j.bias = bias;
+  j.y = y;
+  j.N = N;
+  j.C = C;
+  j.H = H;
+  j.W = W;
+  j.O = O;
+  j.KH = KH;
+  j.KW = KW;
+  j.OH = OH;
+  j.OW = OW;
+  j.sh = sh;
+  j.sw = sw;
+  j.ph = ph;
+  j.pw = pw;
+  j.dh = dh;
+  j.dw = dw;
+  j.groups = groups;
+  j.Cg = C / groups;
+  j.Og = O / groups;
+  j.Kg = j.Cg * KH * KW;
+  j.P = OH * OW;
+  j.pointwise = KH == 1 && KW == 1 && sh == 1 && sw == 1 && ph == 0 && pw == 0;
+
+  /* Tasks: (image, group, block of output channels, block of pixels).
+   * Keep the channel block whole when possible (each im2col element is
+   * then gathered once per image), split pixels to feed every thread. */
+  int threads = mmp_cpu_threads();
+  const int64_t MR = j.g->mr, NR = j.g->nr;
+  int64_t pm = (j.Og + MR - 1) / MR, pn = (j.P + NR - 1) / NR;
+  int64_t base = N * groups;
+  int64_t want = threads > 1 ? 3 * threads : 1;
+  int64_t tn = (want + base - 1) / base;
+  if (tn > pn) tn = pn;
+  int64_t max_nt = 2048 / NR; /* B block in L2/L3 */
+  if ((pn + tn - 1) / tn > max_nt) tn = (pn + max_nt - 1) / max_nt;
+  int64_t tm = (want + base * tn - 1) / (base * tn);
+  if (tm > pm) tm = pm;
+  if (tm < 1) tm = 1;
+  j.Mt = (pm + tm - 1) / tm * MR;
+  j.Nt = (pn + tn - 1) / tn * NR;
+  j.tm = (j.Og + j.Mt - 1) / j.Mt;
+  j.tn = (j.P + j.Nt - 1) / j.Nt;
+  j.ntasks = base * j.tm * j.tn;
+  atomic_store(&j.next, 0);
+  atomic_store(&j.failed, 0);
+  double flops = 2.0 * N * O * j.P * j.Kg;
+  int64_t nw = flops < 2e6 ? 1 : (threads < j.ntasks ? threads : j.ntasks);
+  if (nw <= 1)
+    conv_worker(0, &j);
+  else
+    mmp_cpu_parallel_for(nw, conv_worker, &j);
+  if (atomic_load(&j.failed)) return mmp_error_set(MMP_ENOMEM, "conv2d: out of memory for packing buffers");
+  return 0;
+}

@@ -1,0 +1,413 @@
+/* core/cpu/gemm.c - sgemm: ISA dispatch, the portable kernel, blocking and threading. */
+#include "config.h"
+
+#include <math.h>
+#include <pthread.h>
+#include <stdatomic.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/cpu/gemm.h"
+#include "core/cpu/kernels.h"
+#include "mmpipe/error.h"
+
+#ifdef HAVE_OPENBLAS
+#include <cblas.h>
+#endif
+
+/* ---------------------------------------------------------------- ISA */
+
+static atomic_int g_isa = -1;  /* -1: not decided yet */
+static atomic_int g_blas = -1; /* -1: not decided yet */
+
+static int isa_supported(int isa) {
+  if (isa == MMP_CPU_ISA_GENERIC) return 1;
+#ifdef MMP_HAVE_X86_DISPATCH
+  if (isa == MMP_CPU_ISA_AVX512) {
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
+  }
+#endif
+  return 0;
+}
+
+static int isa_best(void) {
+  if (isa_supported(MMP_CPU_ISA_AVX512)) return MMP_CPU_ISA_AVX512;
+  return MMP_CPU_ISA_GENERIC;
+}
+
+int mmp_cpu_set_isa(int isa) {
+  int v;
+  if (isa == MMP_CPU_ISA_AUTO) {
+    const char *e = getenv("MMPIPE_CPU_ISA");
+    v = isa_best();
+    if (e && strcmp(e, "generic") == 0) v = MMP_CPU_ISA_GENERIC;
+  } else {
+    v = isa_supported(isa) ? isa : isa_best();
+    if (v > isa) v = isa; /* never above what was asked */
+    if (!isa_supported(v)) v = MMP_CPU_ISA_GENERIC;
+  }
+  atomic_store(&g_isa, v);
+  return v;
+}
+
+int mmp_cpu_isa(void) {
+  int v = atomic_load(&g_isa);
+  return v >= 0 ? v : mmp_cpu_set_isa(MMP_CPU_ISA_AUTO);
+}
+
+int mmp_cpu_set_openblas(int use) {
+#ifdef HAVE_OPENBLAS
+  if (use < 0) {
+    const char *e = getenv("MMPIPE_CPU_BLAS");
+    if (e && strcmp(e, "openblas") == 0)
+      use = 1;
+    else if (e && strcmp(e, "builtin") == 0)
+      use = 0;
+    else
+      use = -1;
+  }
+  atomic_store(&g_blas, use < 0 ? 2 : use);
+  return use < 0 ? 2 : use;
+#else
+  (void)use;
+  atomic_store(&g_blas, 0);
+  return 0;
+#endif
+}
+
+/* 0: built-in kernels, 1: OpenBLAS, 2: auto (OpenBLAS only without AVX-512) */
+static int blas_mode(void) {
+  int v = atomic_load(&g_blas);
+  return v >= 0 ? v : mmp_cpu_set_openblas(-1);
+}
+
+const mmp_gemm_kernel_t *mmp_gemm_kernel(void) {
+#ifdef MMP_HAVE_X86_DISPATCH
+  if (mmp_cpu_isa() == MMP_CPU_ISA_AVX512) return &mmp_gemm_kernel_avx512;
+#endif
+  return &mmp_gemm_kernel_generic;
+}
+
+float *mmp_cpu_alloc(int64_t nfloats) {
+  if (nfloats <= 0) nfloats = 1;
+  size_t bytes = ((size_t)nfloats * sizeof(float) + 63) & ~(size_t)63;
+  return aligned_alloc(64, bytes);
+}
+
+/* ------------------------------------------------- portable kernel */
+
+#define GMR 6
+#define GNR 16
+
+/* Written so that GCC vectorises the j loops; the clones let x86 machines
+ * without AVX-512 use AVX2+FMA when they have it. */
+#if defined(MMP_HAVE_X86_DISPATCH) && !defined(__SANITIZE_ADDRESS__)
+#define MMP_CLONES __attribute__((target_clones("arch=haswell", "default")))
+#else
+#define MMP_CLONES
+#endif
+
+MMP_CLONES
+static void ukr_generic(int64_t kc, const float *restrict ap, const float *restrict bp,
+                        float *restrict c, int64_t ldc, int mr, int nr, float beta) {
+  float acc[GMR][GNR];
+  memset(acc, 0, sizeof acc);
+  for (int64_t k = 0; k < kc; ++k) {
+    const float *b = bp + k * GNR;
+    const float *a = ap + k * GMR;
+    for (int i = 0; i < GMR; ++i) {
+      float ai = a[i];
+      for (int j = 0; j < GNR; ++j) acc[i][j] += ai * b[j];
+    }
+  }
+  for (int i = 0; i < mr; ++i) {
+    float *ci = c + i * ldc;
+    if (beta == 0.0f)
+      for (int j = 0; j < nr; ++j) ci[j] = acc[i][j];
+    else if (beta == 1.0f)
+      for (int j = 0; j < nr; ++j) ci[j] += acc[i][j];
+    else
+      for (int j = 0; j < nr; ++j) ci[j] = beta * ci[j] + acc[i][j];
+  }
+}
+
+static void pack_a_generic(const float *A, int64_t lda, bool trans, int64_t i0, int64_t mc,
+                           int64_t k0, int64_t kc, float alpha, float *ap) {
+  for (int64_t p = 0; p < mc; p += GMR) {
+    int mr = (int)(mc - p < GMR ? mc - p : GMR);
+    for (int64_t k = 0; k < kc; ++k) {
+      float *d = ap + k * GMR;
+      int i = 0;
+      if (trans) {
+        const float *s = A + (k0 + k) * lda + i0 + p;
+        for (; i < mr; ++i) d[i] = alpha * s[i];
+      } else {
+        const float *s = A + (i0 + p) * lda + k0 + k;
+        for (; i < mr; ++i) d[i] = alpha * s[i * lda];
+      }
+      for (; i < GMR; ++i) d[i] = 0.0f;
+    }
+    ap += GMR * kc;
+  }
+}
+
+static void pack_b_generic(const float *B, int64_t ldb, bool trans, int64_t k0, int64_t kc,
+                           int64_t j0, int64_t nc, float *bp) {
+  for (int64_t p = 0; p < nc; p += GNR) {
+    int nr = (int)(nc - p < GNR ? nc - p : GNR);
+    for (int64_t k = 0; k < kc; ++k) {
+      float *d = bp + k * GNR;
+      int j = 0;
+      if (trans) {
+        const float *s = B + (j0 + p) * ldb + k0 + k;
+        for (; j < nr; ++j) d[j] = s[j * ldb];
+      } else {
+        const float *s = B + (k0 + k) * ldb + j0 + p;
+        for (; j < nr; ++j) d[j] = s[j];
+      }
+      for (; j < GNR; ++j) d[j] = 0.0f;
+    }
+    bp += GNR * kc;
+  }
+}
+
+const mmp_gemm_kernel_t mmp_gemm_kernel_generic = {
+    "generic", GMR, GNR, 256, 96, ukr_generic, pack_a_generic, pack_b_generic};
+
+/* ------------------------------------------------------ macro level */
+
+void mmp_gemm_macro(const mmp_gemm_kernel_t *g, int64_t mc, int64_t nc, int64_t kc,
+                    const float *ap, const float *bp, float *c, int64_t ldc, float beta) {
+  const int MR = g->mr, NR = g->nr;
+  for (int64_t j = 0; j < nc; j += NR) {
+    int nr = (int)(nc - j < NR ? nc - j : NR);
+    const float *b = bp + j * kc;
+    for (int64_t i = 0; i < mc; i += MR) {
+      int mr = (int)(mc - i < MR ? mc - i : MR);
+      g->ukr(kc, ap + i * kc, b, c + i * ldc + j, ldc, mr, nr, beta);
+    }
+  }
+}
+
+static void scale_c(float *C, int64_t ldc, int64_t M, int64_t N, float beta) {
+  for (int64_t i = 0; i < M; ++i) {
+    float *c = C + i * ldc;
+    if (beta == 0.0f)
+      memset(c, 0, (size_t)N * sizeof(float));
+    else
+      for (int64_t j = 0; j < N; ++j) c[j] *= beta;
+  }
+}
+
+typedef struct plain_b {
+  const mmp_gemm_kernel_t *g;
+  const float *B;
+  int64_t ldb;
+  bool tb;
+} plain_b_t;
+
+static void pack_plain_b(const void *ctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
+                         float *bp) {
+  const plain_b_t *p = ctx;
+  p->g->pack_b(p->B, p->ldb, p->tb, k0, kc, j0, nc, bp);
+}
+
+void mmp_gemm_serial_cb(const mmp_gemm_kernel_t *g, bool ta, int64_t M, int64_t N, int64_t K,
+                        float alpha, const float *A, int64_t lda, mmp_pack_b_cb pack_b,
+                        const void *ctx, float beta, float *C, int64_t ldc, float *bufa,
+                        float *bufb) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0 || alpha == 0.0f) {
+    if (beta != 1.0f) scale_c(C, ldc, M, N, beta);
+    return;
+  }
+  const int64_t KC = g->kc, MC = g->mc;
+  for (int64_t pc = 0; pc < K; pc += KC) {
+    int64_t kc = K - pc < KC ? K - pc : KC;
+    float b_eff = pc == 0 ? beta : 1.0f;
+    pack_b(ctx, pc, kc, 0, N, bufb);
+    for (int64_t ic = 0; ic < M; ic += MC) {
+      int64_t mc = M - ic < MC ? M - ic : MC;
+      g->pack_a(A, lda, ta, ic, mc, pc, kc, alpha, bufa);
+      mmp_gemm_macro(g, mc, N, kc, bufa, bufb, C + ic * ldc, ldc, b_eff);
+    }
+  }
+}
+
+void mmp_gemm_serial(const mmp_gemm_kernel_t *g, bool ta, bool tb, int64_t M, int64_t N,
+                     int64_t K, float alpha, const float *A, int64_t lda, const float *B,
+                     int64_t ldb, float beta, float *C, int64_t ldc, float *bufa, float *bufb) {
+  plain_b_t p = {g, B, ldb, tb};
+  mmp_gemm_serial_cb(g, ta, M, N, K, alpha, A, lda, pack_plain_b, &p, beta, C, ldc, bufa, bufb);
+}
+
+/* --------------------------------------------------- threaded sgemm */
+
+#define NT_MAX 2048 /* widest column block a task packs (B block in L3) */
+
+typedef struct sgemm_job {
+  const mmp_gemm_kernel_t *g;
+  bool ta, tb;
+  int64_t M, N, K;
+  float alpha, beta;
+  const float *A, *B;
+  float *C;
+  int64_t lda, ldb, ldc, sa, sb, sc;
+  int64_t ntm, ntn, Mt, Nt, ntasks;
+  atomic_int_fast64_t next;
+  atomic_int failed;
+} sgemm_job_t;
+
+static void sgemm_worker(int64_t w, void *user) {
+  sgemm_job_t *j = user;
+  (void)w;
+  const mmp_gemm_kernel_t *g = j->g;
+  float *bufa = NULL, *bufb = NULL;
+  for (;;) {
+    int64_t t = atomic_fetch_add(&j->next, 1);
+    if (t >= j->ntasks) break;
+    if (!bufa) {
+      int64_t nt = (j->Nt + g->nr - 1) / g->nr * g->nr;
+      bufa = mmp_cpu_alloc((int64_t)g->mc * g->kc);
+      bufb = mmp_cpu_alloc((int64_t)g->kc * nt);
+      if (!bufa || !bufb) {
+        atomic_store(&j->failed, 1);
+        break;
+      }
+    }
+    int64_t per = j->ntm * j->ntn;
+    int64_t b = t / per, r = t % per;
+    int64_t tm = r / j->ntn, tn = r % j->ntn;
+    int64_t m0 = tm * j->Mt, n0 = tn * j->Nt;
+    int64_t mc = j->M - m0 < j->Mt ? j->M - m0 : j->Mt;
+    int64_t nc = j->N - n0 < j->Nt ? j->N - n0 : j->Nt;
+    if (mc <= 0 || nc <= 0) continue;
+    const float *A = j->A + b * j->sa + (j->ta ? m0 : m0 * j->lda);
+    const float *B = j->B + b * j->sb + (j->tb ? n0 * j->ldb : n0);
+    float *C = j->C + b * j->sc + m0 * j->ldc + n0;
+    mmp_gemm_serial(g, j->ta, j->tb, mc, nc, j->K, j->alpha, A, j->lda, B, j->ldb, j->beta, C,
+                    j->ldc, bufa, bufb);
+  }
+  free(bufa);
+  free(bufb);
+}
+
+/* Split M x N into ntm x ntn blocks: enough blocks to keep every thread
+ * busy (with slack for a noisy machine), at the least packing cost
+ * (B is packed once per row block, A once per column block). */
+static void plan_tiles(sgemm_job_t *j, int threads) {
+  const int64_t MR = j->g->mr, NR = j->g->nr;
+  int64_t pm = (j->M + MR - 1) / MR, pn = (j->N + NR - 1) / NR; /* panels */
+  int64_t want = threads > 1 ? 3 * threads : 1;
+  int64_t per_batch = (want + j->ntasks - 1) / j->ntasks; /* j->ntasks = batch here */
+  if (per_batch < 1) per_batch = 1;
+  int64_t min_tn = (pn * NR + NT_MAX - 1) / NT_MAX;
+  double best = -1.0;
+  int64_t bm = 1, bn = min_tn;
+  for (int64_t tm = 1; tm <= pm && tm <= 64; ++tm) {
+    for (int64_t tn = min_tn; tn <= pn && tn <= 64; ++tn) {
+      int64_t mt = (pm + tm - 1) / tm, nt = (pn + tn - 1) / tn;
+      int64_t rtm = (pm + mt - 1) / mt, rtn = (pn + nt - 1) / nt; /* real counts */
+      int64_t n = rtm * rtn;
+      if (n < per_batch && !(tm == pm && tn == pn)) continue;
+      /* packing cost + imbalance: the last wave leaves threads idle */
+      double pack = (double)j->K * (double)(j->N * rtm + j->M * rtn);
+      double work = (double)j->M * j->N * j->K / 16.0; /* ~flops per pack element */
+      int64_t tot = n * (j->ntasks);
+      int64_t waves = (tot + threads - 1) / threads;
+      double imbalance = work * ((double)waves * threads / (double)tot - 1.0) / (double)threads;
+      double cost = pack + imbalance;
+      if (best < 0 || cost < best) {
+        best = cost;
+        bm = rtm;
+        bn = rtn;
+      }
+    }
+  }
+  j->ntm = bm;
+  j->ntn = bn;
+  j->Mt = ((pm + bm - 1) / bm) * MR;
+  j->Nt = ((pn + bn - 1) / bn) * NR;
+}
+
+int mmp_cpu_sgemm(int64_t batch, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K,
+                  float alpha, const float *A, int64_t lda, int64_t stride_a, const float *B,
+                  int64_t ldb, int64_t stride_b, float beta, float *C, int64_t ldc,
+                  int64_t stride_c) {
+  if (batch < 0 || M < 0 || N < 0 || K < 0)
+    return mmp_error_set(MMP_EINVAL, "sgemm: negative size (batch %lld, M %lld, N %lld, K %lld)",
+                         (long long)batch, (long long)M, (long long)N, (long long)K);
+  if (batch == 0 || M == 0 || N == 0) return 0;
+  if (!C || (K > 0 && (!A || !B)))
+    return mmp_error_set(MMP_EINVAL, "sgemm: NULL operand");
+  if (ldc < N || (K > 0 && (lda < (trans_a ? M : K) || ldb < (trans_b ? K : N))))
+    return mmp_error_set(MMP_EINVAL, "sgemm: leading dimension too small");
+  if (stride_a < 0 || stride_b < 0 || stride_c < 0 || (batch > 1 && stride_c == 0))
+    return mmp_error_set(MMP_EINVAL, "sgemm: bad batch strides");
+
+  int threads = mmp_cpu_threads();
+  int isa = mmp_cpu_isa();
+#ifdef HAVE_OPENBLAS
+  int bm = blas_mode();
+  if (K > 0 && (bm == 1 || (bm == 2 && isa != MMP_CPU_ISA_AVX512))) {
+    for (int64_t b = 0; b < batch; ++b)
+      cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
+                  trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, alpha,
+                  A + b * stride_a, (int)lda, B + b * stride_b, (int)ldb, beta,
+                  C + b * stride_c, (int)ldc);
+    return 0;
+  }
+#endif
+  (void)isa;
+  sgemm_job_t j;
+  memset(&j, 0, sizeof j);
+  j.g = mmp_gemm_kernel();
+  j.ta = trans_a;
+  j.tb = trans_b;
+  j.M = M;
+  j.N = N;
+  j.K = K;
+  j.alpha = alpha;
+  j.beta = beta;
+  j.A = A;
+  j.B = B;
+  j.C = C;
+  j.lda = lda;
+  j.ldb = ldb;
+  j.ldc = ldc;
+  j.sa = stride_a;
+  j.sb = stride_b;
+  j.sc = stride_c;
+  j.ntasks = batch;
+  /* tiny problems: one thread, no point in waking the pool */
+  double flops = 2.0 * (double)M * N * (K > 0 ? K : 1) * batch;
+  int th = flops < 2e6 ? 1 : threads;
+  plan_tiles(&j, th);
+  j.ntasks = batch * j.ntm * j.ntn;
+  atomic_store(&j.next, 0);
+  atomic_store(&j.failed, 0);
+  int64_t nw = th < j.ntasks ? th : j.ntasks;
+  if (nw <= 1)
+    sgemm_worker(0, &j);
+  else
+    mmp_cpu_parallel_for(nw, sgemm_worker, &j);
+  if (atomic_load(&j.failed)) return mmp_error_set(MMP_ENOMEM, "sgemm: out of memory for packing buffers");
+  return 0;
+}
+
+/* ------------------------------------------------------ vector math */
+
+#ifdef MMP_HAVE_X86_DISPATCH
+void mmp_vexp_avx512(const float *x, float *y, int64_t n);
+#endif
+
+void mmp_vexp(const float *x, float *y, int64_t n) {
+#ifdef MMP_HAVE_X86_DISPATCH
+  if (mmp_cpu_isa() == MMP_CPU_ISA_AVX512) {
+    mmp_vexp_avx512(x, y, n);
+    return;
+  }
+#endif
+  for (int64_t i = 0; i < n; ++i) y[i] = expf(x[i]);
+}

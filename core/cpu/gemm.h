@@ -1,0 +1,72 @@
+/* core/cpu/gemm.h - the packed GEMM engine shared by sgemm, conv2d and attention (internal).
+ *
+ * GotoBLAS/BLIS structure: operands are copied ("packed") into panels that
+ * the register-blocked micro-kernel streams through linearly.
+ *   packed A panel (mr rows x kc):  ap[k * mr + i]   (rows past M are 0)
+ *   packed B panel (kc x nr cols):  bp[k * nr + j]   (cols past N are 0)
+ * A block of mc rows is ceil(mc/mr) consecutive A panels, each mr*kc floats;
+ * a block of nc columns is ceil(nc/nr) consecutive B panels, each kc*nr.
+ */
+#ifndef MMPIPE_CPU_GEMM_H
+#define MMPIPE_CPU_GEMM_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#if defined(__x86_64__) && defined(__GNUC__)
+#define MMP_HAVE_X86_DISPATCH 1
+#endif
+
+/* C[0:mr, 0:nr] = beta * C + ap . bp (beta == 0: C is not read). The
+ * kernel always computes a full MR x NR tile; mr/nr only limit the store. */
+typedef void (*mmp_ukr_fn)(int64_t kc, const float *ap, const float *bp,
+                           float *c, int64_t ldc, int mr, int nr, float beta);
+
+/* A micro-kernel and the packing routines that produce its layout. */
+typedef struct mmp_gemm_kernel {
+  const char *name;
+  int mr, nr;
+  int kc, mc;           /* cache blocking: kc x nr panel in L1, mc x kc in L2 */
+  mmp_ukr_fn ukr;
+  /* ap <- alpha * op(A)[i0:i0+mc, k0:k0+kc]; op(A)[i][k] = trans ? A[k*lda+i] : A[i*lda+k] */
+  void (*pack_a)(const float *A, int64_t lda, bool trans, int64_t i0, int64_t mc,
+                 int64_t k0, int64_t kc, float alpha, float *ap);
+  /* bp <- op(B)[k0:k0+kc, j0:j0+nc]; op(B)[k][j] = trans ? B[j*ldb+k] : B[k*ldb+j] */
+  void (*pack_b)(const float *B, int64_t ldb, bool trans, int64_t k0, int64_t kc,
+                 int64_t j0, int64_t nc, float *bp);
+} mmp_gemm_kernel_t;
+
+/* The kernel for the ISA in use (see mmp_cpu_isa()). */
+const mmp_gemm_kernel_t *mmp_gemm_kernel(void);
+extern const mmp_gemm_kernel_t mmp_gemm_kernel_generic;
+#ifdef MMP_HAVE_X86_DISPATCH
+extern const mmp_gemm_kernel_t mmp_gemm_kernel_avx512;
+#endif
+
+/* C[mc x nc] = beta * C + Ap . Bp over already packed blocks (one thread). */
+void mmp_gemm_macro(const mmp_gemm_kernel_t *g, int64_t mc, int64_t nc, int64_t kc,
+                    const float *ap, const float *bp, float *c, int64_t ldc, float beta);
+
+/* Single-threaded GEMM of one (sub)problem using caller scratch:
+ * bufa >= mc*kc floats, bufb >= kc*roundup(N, nr) floats (g->mc, g->kc). */
+void mmp_gemm_serial(const mmp_gemm_kernel_t *g, bool ta, bool tb, int64_t M, int64_t N,
+                     int64_t K, float alpha, const float *A, int64_t lda, const float *B,
+                     int64_t ldb, float beta, float *C, int64_t ldc, float *bufa, float *bufb);
+
+/* Same, with op(B) produced by a callback (implicit GEMM, e.g. conv2d's
+ * im2col done while packing): pack_b(ctx, k0, kc, j0, nc, bp) must write
+ * the kernel's B layout (g->nr columns per panel, zero padded). */
+typedef void (*mmp_pack_b_cb)(const void *ctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
+                              float *bp);
+void mmp_gemm_serial_cb(const mmp_gemm_kernel_t *g, bool ta, int64_t M, int64_t N, int64_t K,
+                        float alpha, const float *A, int64_t lda, mmp_pack_b_cb pack_b,
+                        const void *ctx, float beta, float *C, int64_t ldc, float *bufa,
+                        float *bufb);
+
+/* Vectorised helpers (dispatch on the ISA; y may equal x). */
+void mmp_vexp(const float *x, float *y, int64_t n);
+
+/* 64-byte aligned scratch (free with free()). NULL on failure. */
+float *mmp_cpu_alloc(int64_t nfloats);
+
+#endif

@@ -1,0 +1,499 @@
+/* core/cpu/gemm_avx512.c - AVX-512 micro-kernel, packing and vector exp (runtime-dispatched). */
+#include "config.h"
+
+#include "core/cpu/gemm.h"
+
+#ifdef MMP_HAVE_X86_DISPATCH
+#include <immintrin.h>
+#include <string.h>
+
+#define AVX512 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,fma")))
+
+#define MR 14
+#define NR 32
+#ifndef MMP_AVX512_KC
+#define MMP_AVX512_KC 256
+#endif
+#ifndef MMP_AVX512_MC
+#define MMP_AVX512_MC (14 * 12)
+#endif
+
+/* 14 x 32 tile: 28 accumulators (zmm4-31), 2 B vectors, 2 broadcast
+ * registers. The inner loop is written in assembly because GCC's register
+ * allocation of the intrinsic version shuffles accumulators around. The
+ * tile goes through a small stack buffer, then beta and the edge masks are
+ * applied in C. */
+AVX512 static void ukr_14x32(int64_t kc, const float *restrict ap, const float *restrict bp,
+                             float *restrict c, int64_t ldc, int mr, int nr, float beta) {
+  float tile[MR * NR] __attribute__((aligned(64)));
+  const float *a = ap, *b = bp;
+  int64_t k = kc;
+  for (int i = 0; i < mr; ++i) _mm_prefetch((const char *)(c + i * ldc), _MM_HINT_T0);
+  for (int i = 0; i < mr; ++i) _mm_prefetch((const char *)(c + i * ldc + 16), _MM_HINT_T0);
+  __asm__ volatile(
+    "vpxord %%zmm4, %%zmm4, %%zmm4\n\t"
+    "vmovaps %%zmm4, %%zmm5\n\t"
+    "vmovaps %%zmm4, %%zmm6\n\t"
+    "vmovaps %%zmm4, %%zmm7\n\t"
+    "vmovaps %%zmm4, %%zmm8\n\t"
+    "vmovaps %%zmm4, %%zmm9\n\t"
+    "vmovaps %%zmm4, %%zmm10\n\t"
+    "vmovaps %%zmm4, %%zmm11\n\t"
+    "vmovaps %%zmm4, %%zmm12\n\t"
+    "vmovaps %%zmm4, %%zmm13\n\t"
+    "vmovaps %%zmm4, %%zmm14\n\t"
+    "vmovaps %%zmm4, %%zmm15\n\t"
+    "vmovaps %%zmm4, %%zmm16\n\t"
+    "vmovaps %%zmm4, %%zmm17\n\t"
+    "vmovaps %%zmm4, %%zmm18\n\t"
+    "vmovaps %%zmm4, %%zmm19\n\t"
+    "vmovaps %%zmm4, %%zmm20\n\t"
+    "vmovaps %%zmm4, %%zmm21\n\t"
+    "vmovaps %%zmm4, %%zmm22\n\t"
+    "vmovaps %%zmm4, %%zmm23\n\t"
+    "vmovaps %%zmm4, %%zmm24\n\t"
+    "vmovaps %%zmm4, %%zmm25\n\t"
+    "vmovaps %%zmm4, %%zmm26\n\t"
+    "vmovaps %%zmm4, %%zmm27\n\t"
+    "vmovaps %%zmm4, %%zmm28\n\t"
+    "vmovaps %%zmm4, %%zmm29\n\t"
+    "vmovaps %%zmm4, %%zmm30\n\t"
+    "vmovaps %%zmm4, %%zmm31\n\t"
+    "cmp $4, %[k4]\n\t"
+    "jl 2f\n\t"
+    "1:\n\t"
+    "prefetcht0 1024(%[b])\n\t"
+    "prefetcht0 1088(%[b])\n\t"
+    "prefetcht0 1152(%[b])\n\t"
+    "prefetcht0 1216(%[b])\n\t"
+    "vmovaps 0(%[b]), %%zmm0\n\t"
+    "vmovaps 64(%[b]), %%zmm1\n\t"
+    "vbroadcastss 0(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm4\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm5\n\t"
+    "vbroadcastss 4(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm6\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm7\n\t"
+    "vbroadcastss 8(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm8\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm9\n\t"
+    "vbroadcastss 12(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm10\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm11\n\t"
+    "vbroadcastss 16(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm12\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm13\n\t"
+    "vbroadcastss 20(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm14\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm15\n\t"
+    "vbroadcastss 24(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm16\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm17\n\t"
+    "vbroadcastss 28(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm18\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm19\n\t"
+    "vbroadcastss 32(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm20\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm21\n\t"
+    "vbroadcastss 36(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm22\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm23\n\t"
+    "vbroadcastss 40(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm24\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm25\n\t"
+    "vbroadcastss 44(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm26\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm27\n\t"
+    "vbroadcastss 48(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm28\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm29\n\t"
+    "vbroadcastss 52(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm30\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm31\n\t"
+    "vmovaps 128(%[b]), %%zmm0\n\t"
+    "vmovaps 192(%[b]), %%zmm1\n\t"
+    "vbroadcastss 56(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm4\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm5\n\t"
+    "vbroadcastss 60(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm6\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm7\n\t"
+    "vbroadcastss 64(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm8\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm9\n\t"
+    "vbroadcastss 68(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm10\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm11\n\t"
+    "vbroadcastss 72(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm12\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm13\n\t"
+    "vbroadcastss 76(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm14\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm15\n\t"
+    "vbroadcastss 80(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm16\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm17\n\t"
+    "vbroadcastss 84(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm18\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm19\n\t"
+    "vbroadcastss 88(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm20\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm21\n\t"
+    "vbroadcastss 92(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm22\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm23\n\t"
+    "vbroadcastss 96(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm24\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm25\n\t"
+    "vbroadcastss 100(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm26\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm27\n\t"
+    "vbroadcastss 104(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm28\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm29\n\t"
+    "vbroadcastss 108(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm30\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm31\n\t"
+    "prefetcht0 1280(%[b])\n\t"
+    "prefetcht0 1344(%[b])\n\t"
+    "prefetcht0 1408(%[b])\n\t"
+    "prefetcht0 1472(%[b])\n\t"
+    "vmovaps 256(%[b]), %%zmm0\n\t"
+    "vmovaps 320(%[b]), %%zmm1\n\t"
+    "vbroadcastss 112(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm4\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm5\n\t"
+    "vbroadcastss 116(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm6\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm7\n\t"
+    "vbroadcastss 120(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm8\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm9\n\t"
+    "vbroadcastss 124(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm10\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm11\n\t"
+    "vbroadcastss 128(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm12\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm13\n\t"
+    "vbroadcastss 132(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm14\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm15\n\t"
+    "vbroadcastss 136(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm16\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm17\n\t"
+    "vbroadcastss 140(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm18\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm19\n\t"
+    "vbroadcastss 144(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm20\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm21\n\t"
+    "vbroadcastss 148(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm22\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm23\n\t"
+    "vbroadcastss 152(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm24\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm25\n\t"
+    "vbroadcastss 156(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm26\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm27\n\t"
+    "vbroadcastss 160(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm28\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm29\n\t"
+    "vbroadcastss 164(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm30\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm31\n\t"
+    "vmovaps 384(%[b]), %%zmm0\n\t"
+    "vmovaps 448(%[b]), %%zmm1\n\t"
+    "vbroadcastss 168(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm4\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm5\n\t"
+    "vbroadcastss 172(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm6\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm7\n\t"
+    "vbroadcastss 176(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm8\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm9\n\t"
+    "vbroadcastss 180(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm10\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm11\n\t"
+    "vbroadcastss 184(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm12\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm13\n\t"
+    "vbroadcastss 188(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm14\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm15\n\t"
+    "vbroadcastss 192(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm16\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm17\n\t"
+    "vbroadcastss 196(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm18\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm19\n\t"
+    "vbroadcastss 200(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm20\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm21\n\t"
+    "vbroadcastss 204(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm22\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm23\n\t"
+    "vbroadcastss 208(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm24\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm25\n\t"
+    "vbroadcastss 212(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm26\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm27\n\t"
+    "vbroadcastss 216(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm28\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm29\n\t"
+    "vbroadcastss 220(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm30\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm31\n\t"
+    "add $224, %[a]\n\t"
+    "add $512, %[b]\n\t"
+    "sub $4, %[k4]\n\t"
+    "cmp $4, %[k4]\n\t"
+    "jge 1b\n\t"
+    "2:\n\t"
+    "test %[k4], %[k4]\n\t"
+    "jz 4f\n\t"
+    "3:\n\t"
+    "vmovaps 0(%[b]), %%zmm0\n\t"
+    "vmovaps 64(%[b]), %%zmm1\n\t"
+    "vbroadcastss 0(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm4\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm5\n\t"
+    "vbroadcastss 4(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm6\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm7\n\t"
+    "vbroadcastss 8(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm8\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm9\n\t"
+    "vbroadcastss 12(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm10\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm11\n\t"
+    "vbroadcastss 16(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm12\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm13\n\t"
+    "vbroadcastss 20(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm14\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm15\n\t"
+    "vbroadcastss 24(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm16\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm17\n\t"
+    "vbroadcastss 28(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm18\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm19\n\t"
+    "vbroadcastss 32(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm20\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm21\n\t"
+    "vbroadcastss 36(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm22\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm23\n\t"
+    "vbroadcastss 40(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm24\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm25\n\t"
+    "vbroadcastss 44(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm26\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm27\n\t"
+    "vbroadcastss 48(%[a]), %%zmm2\n\t"
+    "vfmadd231ps %%zmm0, %%zmm2, %%zmm28\n\t"
+    "vfmadd231ps %%zmm1, %%zmm2, %%zmm29\n\t"
+    "vbroadcastss 52(%[a]), %%zmm3\n\t"
+    "vfmadd231ps %%zmm0, %%zmm3, %%zmm30\n\t"
+    "vfmadd231ps %%zmm1, %%zmm3, %%zmm31\n\t"
+    "add $56, %[a]\n\t"
+    "add $128, %[b]\n\t"
+    "dec %[k4]\n\t"
+    "jnz 3b\n\t"
+    "4:\n\t"
+    "vmovaps %%zmm4, 0(%[t])\n\t"
+    "vmovaps %%zmm5, 64(%[t])\n\t"
+    "vmovaps %%zmm6, 128(%[t])\n\t"
+    "vmovaps %%zmm7, 192(%[t])\n\t"
+    "vmovaps %%zmm8, 256(%[t])\n\t"
+    "vmovaps %%zmm9, 320(%[t])\n\t"
+    "vmovaps %%zmm10, 384(%[t])\n\t"
+    "vmovaps %%zmm11, 448(%[t])\n\t"
+    "vmovaps %%zmm12, 512(%[t])\n\t"
+    "vmovaps %%zmm13, 576(%[t])\n\t"
+    "vmovaps %%zmm14, 640(%[t])\n\t"
+    "vmovaps %%zmm15, 704(%[t])\n\t"
+    "vmovaps %%zmm16, 768(%[t])\n\t"
+    "vmovaps %%zmm17, 832(%[t])\n\t"
+    "vmovaps %%zmm18, 896(%[t])\n\t"
+    "vmovaps %%zmm19, 960(%[t])\n\t"
+    "vmovaps %%zmm20, 1024(%[t])\n\t"
+    "vmovaps %%zmm21, 1088(%[t])\n\t"
+    "vmovaps %%zmm22, 1152(%[t])\n\t"
+    "vmovaps %%zmm23, 1216(%[t])\n\t"
+    "vmovaps %%zmm24, 1280(%[t])\n\t"
+    "vmovaps %%zmm25, 1344(%[t])\n\t"
+    "vmovaps %%zmm26, 1408(%[t])\n\t"
+    "vmovaps %%zmm27, 1472(%[t])\n\t"
+    "vmovaps %%zmm28, 1536(%[t])\n\t"
+    "vmovaps %%zmm29, 1600(%[t])\n\t"
+    "vmovaps %%zmm30, 1664(%[t])\n\t"
+    "vmovaps %%zmm31, 1728(%[t])\n\t"
+    : [a] "+r"(a), [b] "+r"(b), [k4] "+r"(k)
+    : [t] "r"(tile)
+    : "xmm0","xmm1","xmm2","xmm3","xmm4","xmm5","xmm6","xmm7","xmm8","xmm9","xmm10","xmm11","xmm12","xmm13","xmm14","xmm15","xmm16","xmm17","xmm18","xmm19","xmm20","xmm21","xmm22","xmm23","xmm24","xmm25","xmm26","xmm27","xmm28","xmm29","xmm30","xmm31", "memory", "cc");
+
+  __mmask16 m0 = nr >= 16 ? 0xFFFF : (__mmask16)((1u << nr) - 1);
+  __mmask16 m1 = nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : (__mmask16)((1u << (nr - 16)) - 1);
+  __m512 vb = _mm512_set1_ps(beta);
+  for (int i = 0; i < mr; ++i) {
+    float *ci = c + i * ldc;
+    __m512 x0 = _mm512_load_ps(tile + i * NR), x1 = _mm512_load_ps(tile + i * NR + 16);
+    if (beta == 0.0f) {
+    } else if (beta == 1.0f) {
+      x0 = _mm512_add_ps(x0, _mm512_maskz_loadu_ps(m0, ci));
+      x1 = _mm512_add_ps(x1, _mm512_maskz_loadu_ps(m1, ci + 16));
+    } else {
+      x0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, ci), x0);
+      x1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, ci + 16), x1);
+    }
+    _mm512_mask_storeu_ps(ci, m0, x0);
+    _mm512_mask_storeu_ps(ci + 16, m1, x1);
+  }
+}
+
+/* In-register 16x16 transpose: r[i] row i -> r[j] column j. */
+AVX512 static inline void transpose16(__m512 r[16]) {
+  __m512 t[16];
+  for (int i = 0; i < 16; i += 2) {
+    t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 16; i += 4) {
+    r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
+    r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
+    r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
+    r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
+  }
+  for (int i = 0; i < 4; ++i) {
+    t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
+    t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
+    t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
+    t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
+  }
+  for (int i = 0; i < 4; ++i) {
+    r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
+    r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
+    r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
+    r[i + 12] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0xDD);
+  }
+}
+
+static inline __mmask16 tail_mask(int64_t n) {
+  return n >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << n) - 1);
+}
+
+/* ap[k*MR + i] = alpha * op(A)[i0+i][k0+k] */
+AVX512 static void pack_a_avx512(const float *A, int64_t lda, bool trans, int64_t i0, int64_t mc,
+                                 int64_t k0, int64_t kc, float alpha, float *ap) {
+  const __m512 va = _mm512_set1_ps(alpha);
+  for (int64_t p = 0; p < mc; p += MR) {
+    int mr = (int)(mc - p < MR ? mc - p : MR);
+    if (trans) {
+      /* rows of op(A) are columns of A: each k is a contiguous run */
+      __mmask16 m = tail_mask(mr);
+      const float *s = A + k0 * lda + i0 + p;
+      for (int64_t k = 0; k < kc; ++k) {
+        __m512 v = _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m, s + k * lda));
+        _mm512_mask_storeu_ps(ap + k * MR, 0x3FFF, v);
+      }
+    } else {
+      const float *s = A + (i0 + p) * lda + k0;
+      int64_t k = 0;
+      for (; k < kc; k += 16) {
+        __mmask16 m = tail_mask(kc - k);
+        __m512 r[16];
+        for (int i = 0; i < 16; ++i)
+          r[i] = i < mr ? _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m, s + i * lda + k))
+                        : _mm512_setzero_ps();
+        transpose16(r);
+        int64_t kk = kc - k < 16 ? kc - k : 16;
+        for (int64_t q = 0; q < kk; ++q) _mm512_mask_storeu_ps(ap + (k + q) * MR, 0x3FFF, r[q]);
+      }
+    }
+    ap += MR * kc;
+  }
+}
+
+/* bp[k*NR + j] = op(B)[k0+k][j0+j] */
+AVX512 static void pack_b_avx512(const float *B, int64_t ldb, bool trans, int64_t k0, int64_t kc,
+                                 int64_t j0, int64_t nc, float *bp) {
+  for (int64_t p = 0; p < nc; p += NR) {
+    int64_t nr = nc - p < NR ? nc - p : NR;
+    if (!trans) {
+      __mmask16 m0 = tail_mask(nr), m1 = tail_mask(nr > 16 ? nr - 16 : 0);
+      const float *s = B + k0 * ldb + j0 + p;
+      if (nr == NR) {
+        for (int64_t k = 0; k < kc; ++k) {
+          _mm512_store_ps(bp + k * NR, _mm512_loadu_ps(s + k * ldb));
+          _mm512_store_ps(bp + k * NR + 16, _mm512_loadu_ps(s + k * ldb + 16));
+        }
+      } else {
+        for (int64_t k = 0; k < kc; ++k) {
+          _mm512_store_ps(bp + k * NR, _mm512_maskz_loadu_ps(m0, s + k * ldb));
+          _mm512_store_ps(bp + k * NR + 16, _mm512_maskz_loadu_ps(m1, s + k * ldb + 16));
+        }
+      }
+    } else {
+      /* columns of op(B) are rows of B: transpose 16x16 blocks */
+      for (int h = 0; h < 2; ++h) {
+        int64_t jn = nr - 16 * h; /* valid columns in this half */
+        const float *s = B + (j0 + p + 16 * h) * ldb + k0;
+        for (int64_t k = 0; k < kc; k += 16) {
+          __mmask16 m = tail_mask(kc - k);
+          __m512 r[16];
+          for (int j = 0; j < 16; ++j)
+            r[j] = j < jn ? _mm512_maskz_loadu_ps(m, s + j * ldb + k) : _mm512_setzero_ps();
+          transpose16(r);
+          int64_t kk = kc - k < 16 ? kc - k : 16;
+          for (int64_t q = 0; q < kk; ++q) _mm512_store_ps(bp + (k + q) * NR + 16 * h, r[q]);
+        }
+      }
+    }
+    bp += NR * kc;
+  }
+}
+
+const mmp_gemm_kernel_t mmp_gemm_kernel_avx512 = {
+    "avx512-14x32", MR, NR, MMP_AVX512_KC, MMP_AVX512_MC, ukr_14x32, pack_a_avx512, pack_b_avx512};
+
+/* ---- exp: Cody-Waite range reduction + degree-6 polynomial (Cephes
+ * expf coefficients), about 1 ulp; exp(-inf) = 0, overflow -> inf. */
+AVX512 static inline __m512 exp512(__m512 x) {
+  const __m512 hi = _mm512_set1_ps(88.7228391f), lo = _mm512_set1_ps(-103.972084f);
+  __m512 xc = _mm512_min_ps(_mm512_max_ps(x, lo), hi);
+  __m512 n = _mm512_roundscale_ps(_mm512_mul_ps(xc, _mm512_set1_ps(1.44269504088896341f)),
+                                  _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+  __m512 r = _mm512_fnmadd_ps(n, _mm512_set1_ps(0.693359375f), xc);
+  r = _mm512_fnmadd_ps(n, _mm512_set1_ps(-2.12194440e-4f), r);
+  __m512 p = _mm512_set1_ps(1.9875691500E-4f);
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.3981999507E-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(8.3334519073E-3f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(4.1665795894E-2f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(1.6666665459E-1f));
+  p = _mm512_fmadd_ps(p, r, _mm512_set1_ps(5.0000001201E-1f));
+  __m512 r2 = _mm512_mul_ps(r, r);
+  p = _mm512_fmadd_ps(p, r2, _mm512_add_ps(r, _mm512_set1_ps(1.0f)));
+  /* scalef handles the full exponent range, including denormal results */
+  __m512 y = _mm512_scalef_ps(p, n);
+  /* x > hi -> inf, NaN propagates */
+  y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, hi, _CMP_GT_OQ), y,
+                           _mm512_set1_ps(__builtin_inff()));
+  y = _mm512_mask_blend_ps(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), y, x);
+  return y;
+}
+
+AVX512 void mmp_vexp_avx512(const float *x, float *y, int64_t n);
+AVX512 void mmp_vexp_avx512(const float *x, float *y, int64_t n) {
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) _mm512_storeu_ps(y + i, exp512(_mm512_loadu_ps(x + i)));
+  if (i < n) {
+    __mmask16 m = tail_mask(n - i);
+    _mm512_mask_storeu_ps(y + i, m, exp512(_mm512_maskz_loadu_ps(m, x + i)));
+  }
+}
+
+#endif /* MMP_HAVE_X86_DISPATCH */

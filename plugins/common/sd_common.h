@@ -1,0 +1,214 @@
+/* plugins/common/sd_common.h - shared internals of the latent-diffusion plugins
+ * (clip_text, vae, unet2d_condition, txt2img): config.json access, weight
+ * loading with name mapping, and the building blocks (ResnetBlock2D,
+ * Transformer2DModel, ...) computed through the core tensor API only.
+ *
+ * Linked as a noinst convenience library into each module; every symbol is
+ * hidden (the modules export only their entry points).
+ *
+ * Weights are taken by their diffusers name; the loader translates the
+ * name for the file at hand (diffusers folder, old diffusers names, or the
+ * original single-file LDM checkpoint), converts f16/bf16 to f32 once and
+ * records every problem (missing, mis-shaped) without stopping, so that
+ * sd_weights_finish() reports them all in one error together with the
+ * tensors of the file that nothing asked for.
+ */
+#ifndef MMPIPE_PLUGINS_SD_COMMON_H
+#define MMPIPE_PLUGINS_SD_COMMON_H
+
+#include <stdbool.h>
+#include <stdint.h>
+
+#include <jansson.h>
+
+#include <mmpipe/mmpipe.h>
+#include <mmpipe/safetensors.h>
+
+/* ---- config.json ---- */
+/* (transfer full) NULL + MMP_EIO/MMP_EDATA message naming the file. */
+json_t *sd_json_load(const char *path);
+/* Absent or null keys give @def; a wrong type is an MMP_EDATA error. */
+int sd_json_int(const json_t *o, const char *key, int64_t def, int64_t *out);
+int sd_json_float(const json_t *o, const char *key, double def, double *out);
+int sd_json_bool(const json_t *o, const char *key, bool def, bool *out);
+/* (transfer none) @def when absent or null. */
+const char *sd_json_str(const json_t *o, const char *key, const char *def);
+/* An int or a list of ints: @n items into @out (an int is repeated).
+ * MMP_EDATA when a list has another length. Absent -> @def repeated. */
+int sd_json_int_list(const json_t *o, const char *key, int64_t def, size_t n, int64_t *out);
+/* Number of items of a list key (0 when absent or not a list). */
+size_t sd_json_list_size(const json_t *o, const char *key);
+const char *sd_json_list_str(const json_t *o, const char *key, size_t i);
+
+/* ---- locating a part ---- */
+typedef enum sd_part { SD_PART_UNET = 0, SD_PART_VAE, SD_PART_CLIP } sd_part_t;
+
+/* Resolve the config.json and weight file of a part from a component's
+ * config group: `model_dir` (a diffusers pipeline folder, or the part's own
+ * folder) or `config` + `weights`. @weights may name a single-file
+ * checkpoint. Errors are MMP_ECONFIG naming the key. */
+int sd_locate_part(const mmp_config_t *cfg, sd_part_t part, char *config_path,
+                   size_t cplen, char *weights_path, size_t wplen);
+/* The key-table rows every part plugin shares. */
+#define SD_PART_KEYS(what)                                                                          \
+  {"model_dir", MMP_TYPE_STRING, "\"\"", "diffusers folder (pipeline root or the " what " folder)", \
+   MMP_KEY_PATH, 0},                                                                                \
+  {"config", MMP_TYPE_STRING, "\"\"", "the part's config.json (instead of model_dir)", MMP_KEY_PATH, 0}, \
+  {"weights", MMP_TYPE_STRING, "\"\"",                                                            \
+   ".safetensors: diffusers/transformers layout or an original single-file checkpoint", MMP_KEY_PATH, 0}, \
+  {"init_seed", MMP_TYPE_INT, "-1",                                                                 \
+   ">= 0: seeded random weights instead of a file (pipeline init-weights, benchmarks)", 0, 0}
+
+/* ---- weights ---- */
+typedef struct sd_weights sd_weights_t;
+
+/* A translation of diffusers names into the original LDM checkpoint's
+ * (model.diffusion_model.*, first_stage_model.*, cond_stage_model.*). */
+typedef struct sd_ldm_map {
+  sd_part_t part;
+  int n_blocks;         /* len(block_out_channels) */
+  int layers_per_block;
+  bool up_has_attn[8];  /* unet: up block i has attentions */
+} sd_ldm_map_t;
+
+/* Open @path for @map->part. The layout (diffusers or single file) is
+ * detected from the names in the file. (transfer full) */
+sd_weights_t *sd_weights_open(const char *path, const sd_ldm_map_t *map,
+                              mmp_backend_t *be);
+/* A weight store that makes seeded random weights instead of reading a
+ * file (pipeline init-weights): normal(0, 1/sqrt(fan_in)) for matrices and
+ * kernels, normal(0, 0.02) for embedding tables, 1 for 1-D weights (norms),
+ * 0 for biases; drawn in the order the modules ask for them. */
+sd_weights_t *sd_weights_random(const sd_ldm_map_t *map, mmp_backend_t *be, uint64_t seed);
+/* Every tensor handed out so far, by diffusers name (transfer full of the
+ * map; call before sd_weights_finish). */
+mmp_tensormap_t *sd_weights_take_collected(sd_weights_t *w);
+/* A weight by diffusers name with the expected shape (ndim <= 4; a shape
+ * entry of -1 accepts any size). [O, I] and [O, I, 1, 1] are
+ * interchangeable (linear vs 1x1 conv). Returns NULL and records the
+ * problem when the tensor is missing or mis-shaped. (transfer full) */
+mmp_tensor_t *sd_w(sd_weights_t *w, int ndim, const int64_t *shape,
+                   const char *fmt, ...) __attribute__((format(printf, 4, 5)));
+/* Shape of a weight as stored (after name translation), to size tables
+ * that may be resized. MMP_ENOENT when absent. */
+int sd_w_info(sd_weights_t *w, const char *name, int *ndim, int64_t *shape);
+/* Names (diffusers form, or as stored) to ignore if not taken. */
+void sd_weights_ignore_suffix(sd_weights_t *w, const char *suffix);
+/* Report all problems in one MMP_EDATA error (with the file name) and
+ * close the file. Returns 0 when everything matched. */
+int sd_weights_finish(sd_weights_t *w, const char *what);
+void sd_weights_free(sd_weights_t *w); /* NULL ok */
+/* True when the file at @path looks like an original LDM single file. */
+bool sd_weights_is_single_file(sd_weights_t *w);
+
+/* The weight store of a component group: seeded random weights when the
+ * group's `init_seed` is >= 0, else the file at @wpath. */
+sd_weights_t *sd_weights_for(const mmp_config_t *cfg, const char *wpath, const sd_ldm_map_t *map,
+                             mmp_backend_t *be);
+/* Copy the references of @state into @out (the "state_dict" method). */
+int sd_state_dict(const mmp_tensormap_t *state, mmp_tensormap_t *out);
+/* Diffusers name -> LDM name (without the part prefix); 0 or MMP_ENOENT. */
+int sd_ldm_name(const sd_ldm_map_t *map, const char *name, char *buf, size_t n);
+
+/* ---- tensor helpers ---- */
+/* Replace @old by @neu and return @neu (unref of @old after @neu was
+ * computed): h = sd_swap(h, mmp_silu(h)). */
+static inline mmp_tensor_t *sd_swap(mmp_tensor_t *old, mmp_tensor_t *neu) {
+  mmp_tensor_unref(old);
+  return neu;
+}
+
+/* ---- building blocks ---- */
+typedef struct sd_linear { mmp_tensor_t *w, *b; } sd_linear_t;
+typedef struct sd_conv { mmp_tensor_t *w, *b; int stride, pad; } sd_conv_t;
+typedef struct sd_norm { mmp_tensor_t *w, *b; int groups; double eps; } sd_norm_t;
+
+int sd_linear_load(sd_linear_t *l, sd_weights_t *w, const char *prefix,
+                   int64_t in, int64_t out, bool bias);
+int sd_conv_load(sd_conv_t *c, sd_weights_t *w, const char *prefix, int64_t in,
+                 int64_t out, int k, int stride, int pad);
+int sd_norm_load(sd_norm_t *n, sd_weights_t *w, const char *prefix, int64_t ch,
+                 int groups, double eps);
+void sd_linear_free(sd_linear_t *l);
+void sd_conv_free(sd_conv_t *c);
+void sd_norm_free(sd_norm_t *n);
+mmp_tensor_t *sd_linear(const sd_linear_t *l, const mmp_tensor_t *x);
+mmp_tensor_t *sd_conv(const sd_conv_t *c, const mmp_tensor_t *x);
+mmp_tensor_t *sd_group_norm(const sd_norm_t *n, const mmp_tensor_t *x);
+mmp_tensor_t *sd_layer_norm(const sd_norm_t *n, const mmp_tensor_t *x);
+
+/* ResnetBlock2D (diffusers, time_embedding_norm "default"). */
+typedef struct sd_resnet {
+  sd_norm_t norm1, norm2;
+  sd_conv_t conv1, conv2, shortcut; /* shortcut.w NULL when in == out */
+  sd_linear_t temb;                 /* temb.w NULL without time embedding */
+  double out_scale;
+} sd_resnet_t;
+int sd_resnet_load(sd_resnet_t *r, sd_weights_t *w, const char *prefix,
+                   int64_t in, int64_t out, int64_t temb_ch, int groups,
+                   double eps, double out_scale);
+void sd_resnet_free(sd_resnet_t *r);
+/* @temb: [N, temb_ch] or NULL. */
+mmp_tensor_t *sd_resnet(const sd_resnet_t *r, const mmp_tensor_t *x,
+                        const mmp_tensor_t *temb);
+
+/* Multi-head attention of diffusers' Attention / CLIP's attention. */
+typedef struct sd_attn {
+  sd_linear_t q, k, v, o;
+  int heads;
+} sd_attn_t;
+/* q/k/v/o names are given (e.g. "to_q", "to_k", "to_v", "to_out.0"). */
+int sd_attn_load(sd_attn_t *a, sd_weights_t *w, const char *prefix,
+                 const char *const names[4], int64_t qdim, int64_t kvdim,
+                 int64_t inner, int heads, bool qkv_bias);
+void sd_attn_free(sd_attn_t *a);
+/* x [B, Lq, qdim], ctx [B, Lk, kvdim] (NULL = self), key_mask [B, Lk]
+ * u8 nonzero = do not attend (nullable). */
+mmp_tensor_t *sd_attn(const sd_attn_t *a, const mmp_tensor_t *x,
+                      const mmp_tensor_t *ctx, const mmp_tensor_t *key_mask,
+                      bool causal);
+
+/* Transformer2DModel (continuous input) with BasicTransformerBlocks. */
+typedef struct sd_tblock {
+  sd_norm_t norm1, norm2, norm3;
+  sd_attn_t attn1, attn2;
+  sd_linear_t ff_in, ff_out; /* GEGLU proj, output linear */
+} sd_tblock_t;
+typedef struct sd_transformer {
+  sd_norm_t norm;
+  sd_linear_t proj_in, proj_out; /* [inner, C] weights (1x1 conv or linear) */
+  bool linear_proj;
+  int n_blocks;
+  sd_tblock_t *blocks;
+  int64_t inner;
+} sd_transformer_t;
+int sd_transformer_load(sd_transformer_t *t, sd_weights_t *w, const char *prefix,
+                        int64_t ch, int heads, int64_t cross_dim, int layers,
+                        int groups, bool linear_proj);
+void sd_transformer_free(sd_transformer_t *t);
+mmp_tensor_t *sd_transformer(const sd_transformer_t *t, const mmp_tensor_t *x,
+                             const mmp_tensor_t *ctx, const mmp_tensor_t *mask);
+
+/* VAE mid-block attention (one head over all channels, group norm,
+ * residual). Accepts new (to_q..) and old (query..) diffusers names. */
+typedef struct sd_vae_attn {
+  sd_norm_t norm;
+  sd_attn_t attn;
+} sd_vae_attn_t;
+int sd_vae_attn_load(sd_vae_attn_t *a, sd_weights_t *w, const char *prefix,
+                     int64_t ch, int groups, double eps);
+void sd_vae_attn_free(sd_vae_attn_t *a);
+mmp_tensor_t *sd_vae_attn(const sd_vae_attn_t *a, const mmp_tensor_t *x);
+
+/* 2x2 downsample conv (pad 1, or diffusers' asymmetric (0,1,0,1) pad when
+ * @pad is 0) and nearest-2x upsample + conv. */
+mmp_tensor_t *sd_downsample(const sd_conv_t *c, const mmp_tensor_t *x);
+mmp_tensor_t *sd_upsample(const sd_conv_t *c, const mmp_tensor_t *x);
+
+/* Parse "f32"... for a key value and convert; small helpers for inputs. */
+/* Copy an input tensor to @be as contiguous f32. (transfer full) */
+mmp_tensor_t *sd_input_f32(const mmp_tensor_t *t, mmp_backend_t *be);
+/* A mask input (u8/bool/i64/f32, nonzero = do not attend) as u8. */
+mmp_tensor_t *sd_input_mask(const mmp_tensor_t *t, mmp_backend_t *be, bool invert);
+
+#endif

@@ -1,0 +1,344 @@
+/* plugins/encoders/vae.c - diffusers' AutoencoderKL: image -> latent
+ * distribution (mean, logvar, sample from given noise) and latents -> image. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "plugins/common/sd_common.h"
+
+#define MAXB 8
+
+typedef struct vblock {
+  int n;
+  sd_resnet_t *res;
+  bool has_resample;
+  sd_conv_t resample;
+} vblock_t;
+
+typedef struct vmid {
+  sd_resnet_t res[2];
+  sd_vae_attn_t attn;
+} vmid_t;
+
+typedef struct vae {
+  mmp_backend_t *be;
+  char mode[16];
+  int64_t nb, in_ch, out_ch, latent;
+  double scaling;
+  /* encoder */
+  sd_conv_t e_conv_in, e_conv_out, quant;
+  vblock_t e_down[MAXB];
+  vmid_t e_mid;
+  sd_norm_t e_norm_out;
+  /* decoder */
+  sd_conv_t d_conv_in, d_conv_out, post_quant;
+  vblock_t d_up[MAXB];
+  vmid_t d_mid;
+  sd_norm_t d_norm_out;
+  mmp_tensormap_t *state;
+} vae_t;
+
+static const mmp_key_t vae_keys[] = {
+    SD_PART_KEYS("vae"),
+    {"mode", MMP_TYPE_STRING, "\"encode\"", "default method: \"encode\" (sample -> latent_mean, latent_logvar) or \"decode\" (latents -> sample)", 0, 0},
+    {NULL, 0, NULL, NULL, 0, 0}};
+
+static void vblock_free(vblock_t *b) {
+  for (int j = 0; j < b->n; j++) sd_resnet_free(&b->res[j]);
+  free(b->res);
+  b->res = NULL;
+  sd_conv_free(&b->resample);
+}
+
+static void vmid_free(vmid_t *m) {
+  sd_resnet_free(&m->res[0]);
+  sd_resnet_free(&m->res[1]);
+  sd_vae_attn_free(&m->attn);
+}
+
+static void vae_destroy(void *self) {
+  vae_t *v = self;
+  if (!v) return;
+  sd_conv_free(&v->e_conv_in);
+  sd_conv_free(&v->e_conv_out);
+  sd_conv_free(&v->quant);
+  sd_conv_free(&v->d_conv_in);
+  sd_conv_free(&v->d_conv_out);
+  sd_conv_free(&v->post_quant);
+  sd_norm_free(&v->e_norm_out);
+  sd_norm_free(&v->d_norm_out);
+  for (int i = 0; i < MAXB; i++) {
+    vblock_free(&v->e_down[i]);
+    vblock_free(&v->d_up[i]);
+  }
+  vmid_free(&v->e_mid);
+  vmid_free(&v->d_mid);
+  mmp_tensormap_free(v->state);
+  free(v);
+}
+
+static void vmid_load(vmid_t *m, sd_weights_t *w, const char *part, int64_t ch, int groups) {
+  char p[128];
+  snprintf(p, sizeof p, "%s.mid_block.resnets.0", part);
+  sd_resnet_load(&m->res[0], w, p, ch, ch, 0, groups, 1e-6, 1.0);
+  snprintf(p, sizeof p, "%s.mid_block.attentions.0", part);
+  sd_vae_attn_load(&m->attn, w, p, ch, groups, 1e-6);
+  snprintf(p, sizeof p, "%s.mid_block.resnets.1", part);
+  sd_resnet_load(&m->res[1], w, p, ch, ch, 0, groups, 1e-6, 1.0);
+}
+
+static mmp_tensor_t *vmid(const vmid_t *m, mmp_tensor_t *h) {
+  h = sd_swap(h, sd_resnet(&m->res[0], h, NULL));
+  h = sd_swap(h, sd_vae_attn(&m->attn, h));
+  return sd_swap(h, sd_resnet(&m->res[1], h, NULL));
+}
+
+static int vae_build(vae_t *v, const json_t *j, sd_weights_t *w, const char *cpath) {
+  int rc;
+  const char *cls = sd_json_str(j, "_class_name", "AutoencoderKL");
+  if (strcmp(cls, "AutoencoderKL") != 0)
+    return mmp_error_set(MMP_EDATA, "%s: _class_name is %s, expected AutoencoderKL", cpath, cls);
+  int64_t nb = (int64_t)sd_json_list_size(j, "block_out_channels");
+  if (nb < 1 || nb > MAXB)
+    return mmp_error_set(MMP_EDATA, "%s: block_out_channels must list 1..%d sizes", cpath, MAXB);
+  int64_t boc[MAXB], L, groups;
+  if ((rc = sd_json_int_list(j, "block_out_channels", 0, (size_t)nb, boc)) ||
+      (rc = sd_json_int(j, "layers_per_block", 1, &L)) ||
+      (rc = sd_json_int(j, "in_channels", 3, &v->in_ch)) ||
+      (rc = sd_json_int(j, "out_channels", 3, &v->out_ch)) ||
+      (rc = sd_json_int(j, "latent_channels", 4, &v->latent)) ||
+      (rc = sd_json_int(j, "norm_num_groups", 32, &groups)) ||
+      (rc = sd_json_float(j, "scaling_factor", 0.18215, &v->scaling)))
+    return mmp_error_prefix("%s: ", cpath);
+  const char *act = sd_json_str(j, "act_fn", "silu");
+  if (strcmp(act, "silu"))
+    return mmp_error_set(MMP_EUNSUPPORTED, "%s: act_fn %s is not supported (silu only)", cpath, act);
+  for (int64_t i = 0; i < nb; i++) {
+    const char *dt = sd_json_list_str(j, "down_block_types", (size_t)i);
+    const char *ut = sd_json_list_str(j, "up_block_types", (size_t)i);
+    if (!dt || strcmp(dt, "DownEncoderBlock2D") || !ut || strcmp(ut, "UpDecoderBlock2D"))
+      return mmp_error_set(MMP_EUNSUPPORTED, "%s: block %lld: only DownEncoderBlock2D / UpDecoderBlock2D",
+                           cpath, (long long)i);
+    if (boc[i] <= 0 || boc[i] % groups)
+      return mmp_error_set(MMP_EDATA, "%s: block_out_channels[%lld] = %lld does not divide into %lld groups",
+                           cpath, (long long)i, (long long)boc[i], (long long)groups);
+  }
+  if (L < 1 || L > 8) return mmp_error_set(MMP_EDATA, "%s: layers_per_block must be 1..8", cpath);
+  v->nb = nb;
+  int g = (int)groups;
+  char p[128];
+  /* encoder */
+  sd_conv_load(&v->e_conv_in, w, "encoder.conv_in", v->in_ch, boc[0], 3, 1, 1);
+  int64_t out_c = boc[0];
+  for (int64_t i = 0; i < nb; i++) {
+    int64_t in_c = out_c;
+    out_c = boc[i];
+    vblock_t *b = &v->e_down[i];
+    b->n = (int)L;
+    if (!(b->res = calloc((size_t)L, sizeof *b->res))) return mmp_error_set(MMP_ENOMEM, "out of memory");
+    for (int jj = 0; jj < b->n; jj++) {
+      snprintf(p, sizeof p, "encoder.down_blocks.%lld.resnets.%d", (long long)i, jj);
+      sd_resnet_load(&b->res[jj], w, p, jj ? out_c : in_c, out_c, 0, g, 1e-6, 1.0);
+    }
+    if (i < nb - 1) {
+      b->has_resample = true;
+      snprintf(p, sizeof p, "encoder.down_blocks.%lld.downsamplers.0.conv", (long long)i);
+      sd_conv_load(&b->resample, w, p, out_c, out_c, 3, 2, 0);
+    }
+  }
+  vmid_load(&v->e_mid, w, "encoder", boc[nb - 1], g);
+  sd_norm_load(&v->e_norm_out, w, "encoder.conv_norm_out", boc[nb - 1], g, 1e-6);
+  sd_conv_load(&v->e_conv_out, w, "encoder.conv_out", boc[nb - 1], 2 * v->latent, 3, 1, 1);
+  sd_conv_load(&v->quant, w, "quant_conv", 2 * v->latent, 2 * v->latent, 1, 1, 0);
+  /* decoder */
+  sd_conv_load(&v->post_quant, w, "post_quant_conv", v->latent, v->latent, 1, 1, 0);
+  sd_conv_load(&v->d_conv_in, w, "decoder.conv_in", v->latent, boc[nb - 1], 3, 1, 1);
+  vmid_load(&v->d_mid, w, "decoder", boc[nb - 1], g);
+  out_c = boc[nb - 1];
+  for (int64_t i = 0; i < nb; i++) {
+    int64_t prev = out_c;
+    out_c = boc[nb - 1 - i];
+    vblock_t *b = &v->d_up[i];
+    b->n = (int)L + 1;
+    if (!(b->res = calloc((size_t)b->n, sizeof *b->res))) return mmp_error_set(MMP_ENOMEM, "out of memory");
+    for (int jj = 0; jj < b->n; jj++) {
+      snprintf(p, sizeof p, "decoder.up_blocks.%lld.resnets.%d", (long long)i, jj);
+      sd_resnet_load(&b->res[jj], w, p, jj ? out_c : prev, out_c, 0, g, 1e-6, 1.0);
+    }
+    if (i < nb - 1) {
+      b->has_resample = true;
+      snprintf(p, sizeof p, "decoder.up_blocks.%lld.upsamplers.0.conv", (long long)i);
+      sd_conv_load(&b->resample, w, p, out_c, out_c, 3, 1, 1);
+    }
+  }
+  sd_norm_load(&v->d_norm_out, w, "decoder.conv_norm_out", boc[0], g, 1e-6);
+  sd_conv_load(&v->d_conv_out, w, "decoder.conv_out", boc[0], v->out_ch, 3, 1, 1);
+  return 0;
+}
+
+static int vae_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_context_t *ctx, void **out_self) {
+  const char *mode = "encode";
+  if (mmp_config_get_string(cfg, "mode", &mode) < 0 && mmp_error_code() != MMP_ENOENT) return mmp_error_code();
+  mmp_error_clear();
+  if (!mode || (strcmp(mode, "encode") && strcmp(mode, "decode"))) {
+    const mmp_config_t *n = mmp_config_lookup(cfg, "mode");
+    return mmp_error_set(MMP_ECONFIG, "%s:%d: mode: must be \"encode\" or \"decode\", not \"%s\"",
+                         n && mmp_config_file(n) ? mmp_config_file(n) : "(config)", n ? mmp_config_line(n) : 0,
+                         mode ? mode : "");
+  }
+  char cpath[4096], wpath[4096];
+  int rc = sd_locate_part(cfg, SD_PART_VAE, cpath, sizeof cpath, wpath, sizeof wpath);
+  if (rc) return rc;
+  json_t *j = sd_json_load(cpath);
+  if (!j) return mmp_error_code();
+  vae_t *v = calloc(1, sizeof *v);
+  if (!v) {
+    json_decref(j);
+    return mmp_error_set(MMP_ENOMEM, "out of memory");
+  }
+  snprintf(v->mode, sizeof v->mode, "%s", mode);
+  v->be = ctx ? mmp_context_backend(ctx) : mmp_backend_get("cpu");
+  sd_ldm_map_t map = {.part = SD_PART_VAE};
+  map.n_blocks = (int)sd_json_list_size(j, "block_out_channels");
+  int64_t L = 1;
+  sd_json_int(j, "layers_per_block", 1, &L);
+  map.layers_per_block = (int)L;
+  sd_weights_t *w = sd_weights_for(cfg, wpath, &map, v->be);
+  if (!w) {
+    json_decref(j);
+    vae_destroy(v);
+    return mmp_error_code();
+  }
+  rc = vae_build(v, j, w, cpath);
+  json_decref(j);
+  if (rc) {
+    sd_weights_free(w);
+    vae_destroy(v);
+    return rc;
+  }
+  v->state = sd_weights_take_collected(w);
+  if ((rc = sd_weights_finish(w, "vae"))) {
+    vae_destroy(v);
+    return rc;
+  }
+  *out_self = v;
+  return 0;
+}
+
+static int vae_encode(vae_t *v, const mmp_tensormap_t *in, mmp_tensormap_t *out) {
+  const mmp_tensor_t *xs = mmp_tensormap_need(in, "sample");
+  if (!xs) return mmp_error_prefix("vae encode: ");
+  if (xs->ndim != 4 || xs->shape[1] != v->in_ch)
+    return mmp_error_set(MMP_ESHAPE, "vae encode: sample must be [B, %lld, H, W]", (long long)v->in_ch);
+  int f = 1 << (v->nb - 1);
+  if (xs->shape[2] % f || xs->shape[3] % f)
+    return mmp_error_set(MMP_ESHAPE, "vae encode: height and width must be multiples of %d", f);
+  const mmp_tensor_t *ns = mmp_tensormap_get(in, "noise");
+  mmp_tensor_t *h = sd_input_f32(xs, v->be);
+  h = sd_swap(h, sd_conv(&v->e_conv_in, h));
+  for (int64_t i = 0; i < v->nb; i++) {
+    const vblock_t *b = &v->e_down[i];
+    for (int jj = 0; jj < b->n; jj++) h = sd_swap(h, sd_resnet(&b->res[jj], h, NULL));
+    if (b->has_resample) h = sd_swap(h, sd_downsample(&b->resample, h));
+  }
+  h = vmid(&v->e_mid, h);
+  h = sd_swap(h, sd_group_norm(&v->e_norm_out, h));
+  h = sd_swap(h, h ? mmp_silu(h) : NULL);
+  h = sd_swap(h, sd_conv(&v->e_conv_out, h));
+  h = sd_swap(h, sd_conv(&v->quant, h));
+  if (!h) return mmp_error_prefix("vae encode: ");
+  mmp_tensor_t *parts[2];
+  if (mmp_chunk(h, 2, 1, parts) < 0) {
+    mmp_tensor_unref(h);
+    return mmp_error_prefix("vae encode: ");
+  }
+  mmp_tensor_unref(h);
+  mmp_tensor_t *mean = mmp_contiguous(parts[0]);
+  mmp_tensor_t *logvar = mmp_clamp(parts[1], -30.0, 20.0);
+  mmp_tensor_unref(parts[0]);
+  mmp_tensor_unref(parts[1]);
+  if (!mean || !logvar) {
+    mmp_tensor_unref(mean);
+    mmp_tensor_unref(logvar);
+    return mmp_error_prefix("vae encode: ");
+  }
+  int rc = 0;
+  if (ns) {
+    mmp_tensor_t *noise = sd_input_f32(ns, v->be);
+    if (noise && !mmp_tensor_same_shape(noise, mean)) {
+      char a[64], b[64];
+      mmp_tensor_unref(noise);
+      mmp_tensor_unref(mean);
+      mmp_tensor_unref(logvar);
+      return mmp_error_set(MMP_ESHAPE, "vae encode: noise is %s, latent_mean is %s", mmp_tensor_describe(ns, a, sizeof a),
+                           mmp_tensor_describe(mean, b, sizeof b));
+    }
+    mmp_tensor_t *sd = mmp_scale(logvar, 0.5, 0.0);
+    sd = sd_swap(sd, sd ? mmp_exp(sd) : NULL);
+    mmp_tensor_t *s = sd && noise ? mmp_mul(sd, noise) : NULL;
+    s = sd_swap(s, s ? mmp_add(mean, s) : NULL);
+    mmp_tensor_unref(sd);
+    mmp_tensor_unref(noise);
+    if (!s) rc = mmp_error_prefix("vae encode: ");
+    else rc = mmp_tensormap_set(out, "latent_sample", s);
+  }
+  if (rc == 0) rc = mmp_tensormap_set(out, "latent_mean", mean);
+  else mmp_tensor_unref(mean);
+  if (rc == 0) rc = mmp_tensormap_set(out, "latent_logvar", logvar);
+  else mmp_tensor_unref(logvar);
+  return rc;
+}
+
+static int vae_decode(vae_t *v, const mmp_tensormap_t *in, mmp_tensormap_t *out) {
+  const mmp_tensor_t *zs = mmp_tensormap_need(in, "latents");
+  if (!zs) return mmp_error_prefix("vae decode: ");
+  if (zs->ndim != 4 || zs->shape[1] != v->latent)
+    return mmp_error_set(MMP_ESHAPE, "vae decode: latents must be [B, %lld, h, w]", (long long)v->latent);
+  mmp_tensor_t *h = sd_input_f32(zs, v->be);
+  h = sd_swap(h, sd_conv(&v->post_quant, h));
+  h = sd_swap(h, sd_conv(&v->d_conv_in, h));
+  h = vmid(&v->d_mid, h);
+  for (int64_t i = 0; i < v->nb; i++) {
+    const vblock_t *b = &v->d_up[i];
+    for (int jj = 0; jj < b->n; jj++) h = sd_swap(h, sd_resnet(&b->res[jj], h, NULL));
+    if (b->has_resample) h = sd_swap(h, sd_upsample(&b->resample, h));
+  }
+  h = sd_swap(h, sd_group_norm(&v->d_norm_out, h));
+  h = sd_swap(h, h ? mmp_silu(h) : NULL);
+  h = sd_swap(h, sd_conv(&v->d_conv_out, h));
+  if (!h) return mmp_error_prefix("vae decode: ");
+  return mmp_tensormap_set(out, "sample", h);
+}
+
+static int vae_forward(void *self, const char *method, const mmp_tensormap_t *in, mmp_tensormap_t *out) {
+  vae_t *v = self;
+  const char *m = method && *method ? method : v->mode;
+  if (strcmp(m, "encode") == 0) return vae_encode(v, in, out);
+  if (strcmp(m, "decode") == 0) return vae_decode(v, in, out);
+  if (strcmp(m, "state_dict") == 0) return sd_state_dict(v->state, out);
+  if (strcmp(m, "info") == 0) {
+    /* scalars a pipeline needs: scaling_factor (config), downscale_factor
+     * (2^(blocks-1)) and latent_channels */
+    const char *names[3] = {"scaling_factor", "downscale_factor", "latent_channels"};
+    double vals[3] = {v->scaling, (double)(1 << (v->nb - 1)), (double)v->latent};
+    int64_t one[1] = {1};
+    for (int i = 0; i < 3; i++) {
+      mmp_tensor_t *s = mmp_tensor_full(mmp_backend_get("cpu"), MMP_F32, 1, one, vals[i]);
+      if (!s) return mmp_error_code();
+      int rc = mmp_tensormap_set(out, names[i], s);
+      if (rc < 0) return rc;
+    }
+    return 0;
+  }
+  return mmp_error_set(MMP_EINVAL, "vae: unknown method \"%s\" (encode, decode, info, state_dict)", m);
+}
+
+static const mmp_encoder_ops_t vae_ops = {
+    .base = MMP_PLUGIN_BASE(MMP_KIND_ENCODER, mmp_encoder_ops_t, "vae", "1.0",
+                            "diffusers AutoencoderKL: encode to latent mean/logvar, decode latents",
+                            vae_keys, vae_create, vae_destroy),
+    .forward = vae_forward,
+};
+
+MMP_EXPORT int mmp_plugin_encoder_vae_init(mmp_registry_t *reg);
+MMP_EXPORT int mmp_plugin_encoder_vae_init(mmp_registry_t *reg) { return mmp_registry_add(reg, &vae_ops.base); }

@@ -1,0 +1,110 @@
+/* plugins/processors/imagepng.c - PNG decoding as OpenCV's imdecode does it, and PNG writing (libpng). */
+#include "plugins/processors/imagecommon.h"
+
+#include <png.h>
+#include <setjmp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <mmpipe/error.h>
+
+/* Largest accepted side; also bounds the allocation of a hostile header. */
+#define MAX_SIDE 32768
+
+typedef struct png_src {
+  const uint8_t *buf;
+  size_t n, pos;
+  char msg[200];
+} png_src_t;
+
+static void on_png_error(png_structp png, png_const_charp msg) {
+  png_src_t *src = png_get_error_ptr(png);
+  snprintf(src->msg, sizeof src->msg, "%s", msg);
+  png_longjmp(png, 1);
+}
+
+static void on_png_warning(png_structp png, png_const_charp msg) {
+  (void)png;
+  (void)msg; /* benign (e.g. unknown ancillary chunk); OpenCV ignores them too */
+}
+
+static void read_mem(png_structp png, png_bytep out, png_size_t len) {
+  png_src_t *src = png_get_io_ptr(png);
+  if (len > src->n - src->pos) png_error(png, "truncated PNG data");
+  memcpy(out, src->buf + src->pos, len);
+  src->pos += len;
+}
+
+int mmp_image_png_decode(const uint8_t *buf, size_t n, bool swap_rb, mmp_image_t *out) {
+  if (!buf || !out) return mmp_error_set(MMP_EINVAL, "png: bad arguments");
+  if (n < 8 || png_sig_cmp(buf, 0, 8) != 0)
+    return mmp_error_set(MMP_EDATA, "not a PNG image (%zu bytes, bad signature)", n);
+  /* volatile: modified between setjmp and a possible longjmp */
+  png_src_t src = {.buf = buf, .n = n, .pos = 0, .msg = ""};
+  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, &src, on_png_error,
+                                           on_png_warning);
+  if (!png) return mmp_error_set(MMP_ENOMEM, "png: out of memory");
+  png_infop info = png_create_info_struct(png);
+  png_bytep *volatile rows = NULL;
+  mmp_image_t im = {0};
+  mmp_image_t *volatile imp = &im;
+  if (!info) {
+    png_destroy_read_struct(&png, NULL, NULL);
+    return mmp_error_set(MMP_ENOMEM, "png: out of memory");
+  }
+  if (setjmp(png_jmpbuf(png))) {
+    free(rows);
+    mmp_image_clear(imp);
+    png_destroy_read_struct(&png, &info, NULL);
+    return mmp_error_set(MMP_EDATA, "undecodable PNG: %s", src.msg[0] ? src.msg : "error");
+  }
+  png_set_read_fn(png, &src, read_mem);
+  png_set_user_limits(png, MAX_SIDE, MAX_SIDE);
+  png_read_info(png, info);
+  png_uint_32 w = 0, h = 0;
+  int depth = 0, color = 0, interlace = 0;
+  png_get_IHDR(png, info, &w, &h, &depth, &color, &interlace, NULL, NULL);
+  /* OpenCV's IMREAD_COLOR: 8 bits, three channels, alpha dropped (not
+   * composited), grey replicated, no gamma correction. */
+  if (depth == 16) png_set_strip_16(png);
+  if (color == PNG_COLOR_TYPE_PALETTE) png_set_palette_to_rgb(png);
+  if ((color & PNG_COLOR_MASK_COLOR) == 0 && depth < 8) png_set_expand_gray_1_2_4_to_8(png);
+  if (color == PNG_COLOR_TYPE_GRAY || color == PNG_COLOR_TYPE_GRAY_ALPHA) png_set_gray_to_rgb(png);
+  if (color & PNG_COLOR_MASK_ALPHA) png_set_strip_alpha(png);
+  if (swap_rb) png_set_bgr(png);
+  png_set_interlace_handling(png);
+  png_read_update_info(png, info);
+  if (png_get_channels(png, info) != 3 || png_get_bit_depth(png, info) != 8)
+    png_error(png, "unsupported pixel layout after conversion");
+  if (mmp_image_alloc(&im, (int)w, (int)h, 3) < 0) png_error(png, "out of memory");
+  rows = malloc(h * sizeof *rows);
+  if (!rows) png_error(png, "out of memory");
+  for (png_uint_32 y = 0; y < h; y++) rows[y] = im.data + (size_t)y * w * 3;
+  png_read_image(png, rows);
+  /* The IEND chunk and trailing CRCs are not needed for the pixels; OpenCV
+   * does not insist on them either. */
+  free(rows);
+  rows = NULL;
+  png_destroy_read_struct(&png, &info, NULL);
+  mmp_image_clear(out);
+  *out = im;
+  return 0;
+}
+
+int mmp_image_png_write(const mmp_image_t *im, const char *path) {
+  if (!im || !im->data || (im->c != 3 && im->c != 1))
+    return mmp_error_set(MMP_EINVAL, "png: cannot write this image");
+  png_image p;
+  memset(&p, 0, sizeof p);
+  p.version = PNG_IMAGE_VERSION;
+  p.width = (png_uint_32)im->w;
+  p.height = (png_uint_32)im->h;
+  p.format = im->c == 3 ? PNG_FORMAT_RGB : PNG_FORMAT_GRAY;
+  if (!png_image_write_to_file(&p, path, 0, im->data, 0, NULL)) {
+    int rc = mmp_error_set(MMP_EIO, "cannot write PNG %s: %s", path, p.message);
+    png_image_free(&p);
+    return rc;
+  }
+  return 0;
+}

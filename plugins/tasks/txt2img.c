@@ -1,0 +1,540 @@
+/* plugins/tasks/txt2img.c - text-to-image with a latent-diffusion model
+ * (Stable Diffusion 1.x/2.x): tokenizer -> text encoder -> guided denoising
+ * loop of UNet + scheduler -> VAE decode -> PNG files with their settings
+ * recorded in text chunks. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <png.h>
+
+#include <mmpipe/rng.h>
+#include <mmpipe/safetensors.h>
+
+#include "plugins/common/sd_common.h"
+
+static const mmp_key_t t2i_keys[] = {
+    {"prompts", MMP_TYPE_LIST, "[]", "prompts, one image per prompt (or use prompt_file)", 0, 0},
+    {"prompt_file", MMP_TYPE_STRING, "\"\"", "a text file with one prompt per line (empty lines skipped)", MMP_KEY_PATH, 0},
+    {"negative_prompt", MMP_TYPE_STRING, "\"\"", "the unconditional prompt of classifier-free guidance", 0, 0},
+    {"guidance_scale", MMP_TYPE_FLOAT, "7.5", "classifier-free guidance weight (<= 1: no guidance)", 0, 0},
+    {"width", MMP_TYPE_INT, "512", "image width in pixels (a multiple of the VAE's downscale factor)", 0, 0},
+    {"height", MMP_TYPE_INT, "512", "image height in pixels", 0, 0},
+    {"steps", MMP_TYPE_INT, "50", "denoising steps", 0, 0},
+    {"seed", MMP_TYPE_INT, "0", "seed of the initial latents (one generator for the whole run)", 0, 0},
+    {"rng", MMP_TYPE_STRING, "\"torch\"", "random numbers: torch (= torch.Generator().manual_seed(seed) on CPU) or philox", 0, 0},
+    {"batch_size", MMP_TYPE_INT, "1", "prompts denoised together", 0, 0},
+    {"output_dir", MMP_TYPE_STRING, "\"txt2img-out\"", "where the PNG files go (created if needed)", MMP_KEY_PATH, 0},
+    {"init_latents", MMP_TYPE_STRING, "\"\"", "optional .safetensors with a tensor `latents` [N, C, h, w] used instead of random ones", MMP_KEY_PATH, 0},
+    {"tokenizer", MMP_TYPE_COMPONENT, "\"clip_tokenizer\"", "the tokenizer (processor) group", 0, MMP_KIND_PROCESSOR},
+    {"text_encoder", MMP_TYPE_COMPONENT, "\"clip_text\"", "the text encoder group", 0, MMP_KIND_ENCODER},
+    {"unet", MMP_TYPE_COMPONENT, "\"unet2d_condition\"", "the denoising model group", 0, MMP_KIND_MODEL},
+    {"vae", MMP_TYPE_COMPONENT, "\"vae\"", "the autoencoder group", 0, MMP_KIND_ENCODER},
+    {"scheduler", MMP_TYPE_COMPONENT, "\"ddim\"", "the sampler group", 0, MMP_KIND_SCHEDULER},
+    {NULL, 0, NULL, NULL, 0, 0}};
+
+typedef struct t2i {
+  char **prompts;
+  size_t n_prompts;
+  char *negative;
+  double guidance;
+  int64_t width, height, steps, seed, batch;
+  mmp_rng_mode_t rng_mode;
+  char out_dir[4096];
+  char init_latents[4096];
+} t2i_t;
+
+static void t2i_destroy(void *self) {
+  t2i_t *t = self;
+  if (!t) return;
+  for (size_t i = 0; i < t->n_prompts; i++) free(t->prompts[i]);
+  free(t->prompts);
+  free(t->negative);
+  free(t);
+}
+
+static int cfg_error(const mmp_config_t *cfg, const char *key, const char *msg) {
+  const mmp_config_t *n = mmp_config_lookup(cfg, key);
+  const char *f = n ? mmp_config_file(n) : NULL;
+  return mmp_error_set(MMP_ECONFIG, "%s:%d: %s: %s", f ? f : "(config)", n ? mmp_config_line(n) : 0, key, msg);
+}
+
+static int add_prompt(t2i_t *t, const char *s) {
+  char **p = realloc(t->prompts, (t->n_prompts + 1) * sizeof *p);
+  if (!p) return mmp_error_set(MMP_ENOMEM, "out of memory");
+  t->prompts = p;
+  if (!(t->prompts[t->n_prompts] = strdup(s))) return mmp_error_set(MMP_ENOMEM, "out of memory");
+  t->n_prompts++;
+  return 0;
+}
+
+static int read_prompt_file(t2i_t *t, const char *path) {
+  FILE *f = fopen(path, "r");
+  if (!f) return mmp_error_set(MMP_EIO, "txt2img: %s: %s", path, strerror(errno));
+  char *line = NULL;
+  size_t cap = 0;
+  ssize_t len;
+  int rc = 0;
+  while (rc == 0 && (len = getline(&line, &cap, f)) >= 0) {
+    while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = '\0';
+    if (len > 0) rc = add_prompt(t, line);
+  }
+  free(line);
+  fclose(f);
+  return rc;
+}
+
+static int t2i_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_context_t *ctx, void **out_self) {
+  t2i_t *t = calloc(1, sizeof *t);
+  if (!t) return mmp_error_set(MMP_ENOMEM, "out of memory");
+  int rc = 0;
+  const char *neg = "", *rng = "torch";
+  char pfile[4096] = "";
+  size_t np = 0;
+  if ((rc = mmp_config_get_float(cfg, "guidance_scale", &t->guidance)) ||
+      (rc = mmp_config_get_int(cfg, "width", &t->width)) || (rc = mmp_config_get_int(cfg, "height", &t->height)) ||
+      (rc = mmp_config_get_int(cfg, "steps", &t->steps)) || (rc = mmp_config_get_int(cfg, "seed", &t->seed)) ||
+      (rc = mmp_config_get_int(cfg, "batch_size", &t->batch)) ||
+      (rc = mmp_config_get_string(cfg, "negative_prompt", &neg)) || (rc = mmp_config_get_string(cfg, "rng", &rng)) ||
+      (rc = mmp_config_get_path(cfg, "output_dir", t->out_dir, sizeof t->out_dir)) ||
+      (rc = mmp_config_get_path(cfg, "init_latents", t->init_latents, sizeof t->init_latents)) ||
+      (rc = mmp_config_get_path(cfg, "prompt_file", pfile, sizeof pfile)) ||
+      (rc = mmp_config_get_list_size(cfg, "prompts", &np)))
+    goto fail;
+  if (!(t->negative = strdup(neg))) {
+    rc = mmp_error_set(MMP_ENOMEM, "out of memory");
+    goto fail;
+  }
+  if (mmp_rng_mode_parse(rng, &t->rng_mode) < 0) {
+    rc = cfg_error(cfg, "rng", "must be \"torch\" or \"philox\"");
+    goto fail;
+  }
+  for (size_t i = 0; i < np; i++) {
+    const char *s = NULL;
+    if ((rc = mmp_config_get_list_string(cfg, "prompts", i, &s)) || (rc = add_prompt(t, s))) goto fail;
+  }
+  if (pfile[0] && (rc = read_prompt_file(t, pfile))) goto fail;
+  if (t->n_prompts == 0) {
+    rc = cfg_error(cfg, "prompts", "no prompts (give `prompts` or a non-empty `prompt_file`)");
+    goto fail;
+  }
+  if (t->width <= 0 || t->width % 8) { rc = cfg_error(cfg, "width", "must be a positive multiple of 8"); goto fail; }
+  if (t->height <= 0 || t->height % 8) { rc = cfg_error(cfg, "height", "must be a positive multiple of 8"); goto fail; }
+  if (t->steps < 1 || t->steps > 10000) { rc = cfg_error(cfg, "steps", "must be 1..10000"); goto fail; }
+  if (t->batch < 1 || t->batch > 1024) { rc = cfg_error(cfg, "batch_size", "must be 1..1024"); goto fail; }
+  if (t->seed < 0) { rc = cfg_error(cfg, "seed", "must be >= 0"); goto fail; }
+  if (!t->out_dir[0]) { rc = cfg_error(cfg, "output_dir", "must not be empty"); goto fail; }
+  *out_self = t;
+  return 0;
+fail:
+  t2i_destroy(t);
+  return rc ? rc : MMP_ECONFIG;
+}
+
+/* ---------------------------------------------------------------- PNG */
+
+static int mkdir_p(const char *dir) {
+  char buf[4096];
+  snprintf(buf, sizeof buf, "%s", dir);
+  for (char *p = buf + 1; *p; p++) {
+    if (*p != '/') continue;
+    *p = '\0';
+    if (mkdir(buf, 0777) != 0 && errno != EEXIST) return mmp_error_set(MMP_EIO, "txt2img: mkdir %s: %s", buf, strerror(errno));
+    *p = '/';
+  }
+  if (mkdir(buf, 0777) != 0 && errno != EEXIST) return mmp_error_set(MMP_EIO, "txt2img: mkdir %s: %s", buf, strerror(errno));
+  return 0;
+}
+
+typedef struct png_meta {
+  const char *keys[8];
+  const char *vals[8];
+  int n;
+} png_meta_t;
+
+static int write_png(const char *path, const uint8_t *rgb, int64_t w, int64_t h, const png_meta_t *meta) {
+  char tmp[4200];
+  const char *slash = strrchr(path, '/');
+  snprintf(tmp, sizeof tmp, "%.*s.%s.tmp", slash ? (int)(slash - path + 1) : 0, path, slash ? slash + 1 : path);
+  FILE *f = fopen(tmp, "wb");
+  if (!f) return mmp_error_set(MMP_EIO, "txt2img: %s: %s", tmp, strerror(errno));
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+  png_infop info = png ? png_create_info_struct(png) : NULL;
+  png_bytep *rows = NULL;
+  if (!png || !info) {
+    png_destroy_write_struct(png ? &png : NULL, NULL);
+    fclose(f);
+    unlink(tmp);
+    return mmp_error_set(MMP_ENOMEM, "txt2img: libpng: out of memory");
+  }
+  if (setjmp(png_jmpbuf(png))) {
+    png_destroy_write_struct(&png, &info);
+    free(rows);
+    fclose(f);
+    unlink(tmp);
+    return mmp_error_set(MMP_EIO, "txt2img: libpng failed writing %s", tmp);
+  }
+  png_init_io(png, f);
+  png_set_IHDR(png, info, (png_uint_32)w, (png_uint_32)h, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
+               PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+  png_text text[8];
+  memset(text, 0, sizeof text);
+  for (int i = 0; i < meta->n; i++) {
+    text[i].compression = PNG_TEXT_COMPRESSION_NONE;
+    text[i].key = (png_charp)meta->keys[i];
+    text[i].text = (png_charp)meta->vals[i];
+  }
+  png_set_text(png, info, text, meta->n);
+  png_write_info(png, info);
+  rows = malloc((size_t)h * sizeof *rows);
+  if (!rows) png_error(png, "out of memory");
+  for (int64_t y = 0; y < h; y++) rows[y] = (png_bytep)(rgb + y * w * 3);
+  png_write_image(png, rows);
+  png_write_end(png, info);
+  png_destroy_write_struct(&png, &info);
+  free(rows);
+  if (fclose(f) != 0) {
+    unlink(tmp);
+    return mmp_error_set(MMP_EIO, "txt2img: %s: %s", tmp, strerror(errno));
+  }
+  if (rename(tmp, path) != 0) {
+    int e = errno;
+    unlink(tmp);
+    return mmp_error_set(MMP_EIO, "txt2img: rename to %s: %s", path, strerror(e));
+  }
+  return 0;
+}
+
+/* ---------------------------------------------------------------- run */
+
+typedef struct comps {
+  mmp_component_t *tok, *text, *unet, *vae, *sched;
+} comps_t;
+
+static int forward(mmp_component_t *c, const char *method, const mmp_tensormap_t *in, mmp_tensormap_t *out) {
+  const mmp_encoder_ops_t *ops = (const mmp_encoder_ops_t *)c->plugin; /* encoder/model share the layout */
+  return ops->forward(c->self, method, in, out);
+}
+
+/* Token ids for @texts -> last_hidden_state [n, L, D] (transfer full). */
+static mmp_tensor_t *encode_prompts(comps_t *c, const char *const *texts, size_t n) {
+  const mmp_processor_ops_t *tops = (const mmp_processor_ops_t *)c->tok->plugin;
+  if (tops->base.struct_size < sizeof(mmp_processor_ops_t) || !tops->encode_text) {
+    mmp_error_set(MMP_EPLUGIN, "txt2img: tokenizer '%s' cannot encode text", tops->base.name);
+    return NULL;
+  }
+  mmp_tensormap_t *tk = mmp_tensormap_new(), *enc = mmp_tensormap_new(), *in = mmp_tensormap_new();
+  mmp_tensor_t *h = NULL;
+  if (!tk || !enc || !in) {
+    mmp_error_set(MMP_ENOMEM, "out of memory");
+    goto done;
+  }
+  if (tops->encode_text(c->tok->self, texts, n, tk) < 0) goto done;
+  mmp_tensor_t *ids = mmp_tensormap_need(tk, "input_ids");
+  if (!ids) goto done;
+  /* Stable Diffusion 1.x feeds the text encoder without the padding mask. */
+  if (mmp_tensormap_set(in, "input_ids", mmp_tensor_ref(ids)) < 0) goto done;
+  if (forward(c->text, NULL, in, enc) < 0) goto done;
+  h = mmp_tensormap_need(enc, "last_hidden_state");
+  if (h) mmp_tensor_ref(h);
+done:
+  mmp_tensormap_free(tk);
+  mmp_tensormap_free(enc);
+  mmp_tensormap_free(in);
+  return h;
+}
+
+static double scalar_of(const mmp_tensormap_t *m, const char *name, double def) {
+  mmp_tensor_t *t = mmp_tensormap_get(m, name);
+  if (!t || mmp_tensor_numel(t) != 1) return def;
+  int64_t idx[MMP_MAX_DIMS] = {0};
+  return mmp_tensor_get(t, idx);
+}
+
+static const char *group_str(const mmp_config_t *root, const char *path) {
+  const mmp_config_t *n = mmp_config_lookup(root, path);
+  return n ? mmp_config_string(n) : NULL;
+}
+
+static int denoise_batch(t2i_t *t, comps_t *c, mmp_context_t *ctx, mmp_rng_t *gen, mmp_tensor_t *init,
+                         size_t first, size_t nb, double scaling, int down, int64_t latent_ch,
+                         mmp_tensor_t **images) {
+  mmp_backend_t *be = mmp_context_backend(ctx);
+  const mmp_scheduler_ops_t *so = (const mmp_scheduler_ops_t *)c->sched->plugin;
+  bool cfg = t->guidance > 1.0;
+  int rc = 0;
+  mmp_tensor_t *ehs = NULL, *lat = NULL, *cond = NULL, *unc = NULL;
+  mmp_tensormap_t *in = mmp_tensormap_new(), *out = mmp_tensormap_new();
+  const char **texts = calloc(nb, sizeof *texts);
+  if (!in || !out || !texts) {
+    rc = mmp_error_set(MMP_ENOMEM, "out of memory");
+    goto done;
+  }
+  for (size_t i = 0; i < nb; i++) texts[i] = t->prompts[first + i];
+  if (!(cond = encode_prompts(c, texts, nb))) goto fail;
+  if (cfg) {
+    for (size_t i = 0; i < nb; i++) texts[i] = t->negative;
+    if (!(unc = encode_prompts(c, texts, nb))) goto fail;
+    mmp_tensor_t *two[2] = {unc, cond};
+    if (!(ehs = mmp_concat(two, 2, 0))) goto fail;
+  } else {
+    ehs = mmp_tensor_ref(cond);
+  }
+  /* initial latents */
+  int64_t ls[4] = {(int64_t)nb, latent_ch, t->height / down, t->width / down};
+  if (init) {
+    lat = mmp_slice(init, 0, (int64_t)first, (int64_t)(first + nb), 1);
+    lat = sd_swap(lat, sd_input_f32(lat, be));
+    if (lat && (lat->shape[1] != ls[1] || lat->shape[2] != ls[2] || lat->shape[3] != ls[3])) {
+      rc = mmp_error_set(MMP_ESHAPE, "txt2img: init_latents must be [N, %lld, %lld, %lld]", (long long)ls[1],
+                         (long long)ls[2], (long long)ls[3]);
+      goto done;
+    }
+  } else {
+    lat = mmp_rng_randn(gen, be, 4, ls);
+  }
+  if (!lat) goto fail;
+  double sigma = (so->base.struct_size >= offsetof(mmp_scheduler_ops_t, init_noise_sigma) + sizeof so->init_noise_sigma &&
+                  so->init_noise_sigma) ? so->init_noise_sigma(c->sched->self) : 1.0;
+  if (sigma != 1.0) lat = sd_swap(lat, mmp_scale(lat, sigma, 0.0));
+  if (!lat) goto fail;
+  if ((rc = so->set_timesteps(c->sched->self, (int)t->steps)) < 0) goto done;
+  const int64_t *ts = NULL;
+  size_t nts = 0;
+  if ((rc = so->timesteps(c->sched->self, &ts, &nts)) < 0) goto done;
+  bool has_scale = so->base.struct_size >= offsetof(mmp_scheduler_ops_t, scale_model_input) + sizeof so->scale_model_input &&
+                   so->scale_model_input;
+  char label[64];
+  snprintf(label, sizeof label, "txt2img %zu-%zu/%zu", first + 1, first + nb, t->n_prompts);
+  mmp_context_progress_begin(ctx, label, (int64_t)nts);
+  for (size_t i = 0; i < nts; i++) {
+    if (mmp_context_cancelled(ctx)) {
+      mmp_context_progress_end(ctx);
+      rc = mmp_error_set(MMP_ECANCELED, "txt2img: canceled");
+      goto done;
+    }
+    mmp_tensor_t *x = NULL;
+    if (cfg) {
+      mmp_tensor_t *two[2] = {lat, lat};
+      x = mmp_concat(two, 2, 0);
+    } else {
+      x = mmp_tensor_ref(lat);
+    }
+    if (x && has_scale) {
+      mmp_tensor_t *y = NULL;
+      if (so->scale_model_input(c->sched->self, i, x, &y) < 0) y = NULL;
+      x = sd_swap(x, y);
+    }
+    int64_t nbt = cfg ? 2 * (int64_t)nb : (int64_t)nb;
+    int64_t tsh[1] = {nbt};
+    mmp_tensor_t *tt = mmp_tensor_full(be, MMP_I64, 1, tsh, (double)ts[i]);
+    if (!x || !tt) {
+      mmp_tensor_unref(x);
+      mmp_tensor_unref(tt);
+      mmp_context_progress_end(ctx);
+      goto fail;
+    }
+    mmp_tensormap_set(in, "sample", x);
+    mmp_tensormap_set(in, "timestep", tt);
+    mmp_tensormap_set(in, "encoder_hidden_states", mmp_tensor_ref(ehs));
+    mmp_tensormap_t *o = mmp_tensormap_new();
+    if (!o || forward(c->unet, NULL, in, o) < 0) {
+      mmp_tensormap_free(o);
+      mmp_context_progress_end(ctx);
+      goto fail;
+    }
+    mmp_tensor_t *eps = mmp_tensormap_need(o, "sample");
+    mmp_tensor_t *guided = NULL;
+    if (eps && cfg) {
+      mmp_tensor_t *h[2];
+      if (mmp_chunk(eps, 2, 0, h) == 0) {
+        /* uncond + g * (cond - uncond) */
+        mmp_tensor_t *d = mmp_sub(h[1], h[0]);
+        guided = d ? mmp_axpby(1.0, h[0], t->guidance, d) : NULL;
+        mmp_tensor_unref(d);
+        mmp_tensor_unref(h[0]);
+        mmp_tensor_unref(h[1]);
+      }
+    } else if (eps) {
+      guided = mmp_tensor_ref(eps);
+    }
+    mmp_tensormap_free(o);
+    mmp_tensor_t *prev = NULL, *pred = NULL;
+    if (guided && so->step(c->sched->self, i, guided, lat, NULL, &prev, &pred) == 0) {
+      mmp_tensor_unref(pred);
+      lat = sd_swap(lat, prev);
+    } else {
+      lat = sd_swap(lat, NULL);
+    }
+    mmp_tensor_unref(guided);
+    if (!lat) {
+      mmp_context_progress_end(ctx);
+      goto fail;
+    }
+    mmp_context_progress_advance(ctx, 1);
+  }
+  mmp_context_progress_end(ctx);
+  /* decode: latents / scaling_factor -> [-1, 1] -> [0, 1] */
+  {
+    mmp_tensormap_t *di = mmp_tensormap_new(), *dout = mmp_tensormap_new();
+    mmp_tensor_t *z = mmp_scale(lat, 1.0 / scaling, 0.0);
+    if (!di || !dout || !z) {
+      mmp_tensor_unref(z);
+      mmp_tensormap_free(di);
+      mmp_tensormap_free(dout);
+      goto fail;
+    }
+    mmp_tensormap_set(di, "latents", z);
+    if (forward(c->vae, "decode", di, dout) < 0) {
+      mmp_tensormap_free(di);
+      mmp_tensormap_free(dout);
+      goto fail;
+    }
+    mmp_tensor_t *img = mmp_tensormap_need(dout, "sample");
+    img = img ? mmp_scale(img, 0.5, 0.5) : NULL;
+    img = sd_swap(img, img ? mmp_clamp(img, 0.0, 1.0) : NULL);
+    mmp_tensormap_free(di);
+    mmp_tensormap_free(dout);
+    if (!img) goto fail;
+    *images = img;
+  }
+  goto done;
+fail:
+  rc = mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
+done:
+  free(texts);
+  mmp_tensormap_free(in);
+  mmp_tensormap_free(out);
+  mmp_tensor_unref(ehs);
+  mmp_tensor_unref(lat);
+  mmp_tensor_unref(cond);
+  mmp_tensor_unref(unc);
+  return rc;
+}
+
+static int save_images(t2i_t *t, mmp_context_t *ctx, mmp_tensor_t *img, size_t first) {
+  int64_t B = img->shape[0], C = img->shape[1], H = img->shape[2], W = img->shape[3];
+  if (C != 3) return mmp_error_set(MMP_ESHAPE, "txt2img: the VAE gave %lld channels, PNG output needs 3", (long long)C);
+  size_t n = (size_t)(B * C * H * W);
+  float *px = malloc(n * sizeof *px);
+  uint8_t *rgb = malloc((size_t)(H * W * 3));
+  int rc = 0;
+  if (!px || !rgb) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
+  else rc = mmp_tensor_to_host(img, px, n * sizeof *px);
+  const mmp_config_t *root = mmp_context_config(ctx);
+  const char *sched = group_str(root, "scheduler.name");
+  const char *model = group_str(root, "unet.model_dir");
+  if (!model || !*model) model = group_str(root, "unet.weights");
+  char seed[32], steps[32], gs[32];
+  snprintf(seed, sizeof seed, "%lld", (long long)t->seed);
+  snprintf(steps, sizeof steps, "%lld", (long long)t->steps);
+  snprintf(gs, sizeof gs, "%g", t->guidance);
+  for (int64_t b = 0; rc == 0 && b < B; b++) {
+    /* [C, H, W] float in [0, 1] -> interleaved RGB, rounded as diffusers'
+     * numpy_to_pil does ((x * 255).round()). */
+    for (int64_t y = 0; y < H; y++)
+      for (int64_t x = 0; x < W; x++)
+        for (int64_t ch = 0; ch < 3; ch++) {
+          float v = px[((b * C + ch) * H + y) * W + x] * 255.0f;
+          v = nearbyintf(v);
+          rgb[(y * W + x) * 3 + ch] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
+        }
+    png_meta_t meta = {.n = 0};
+    meta.keys[meta.n] = "prompt", meta.vals[meta.n++] = t->prompts[first + (size_t)b];
+    meta.keys[meta.n] = "negative_prompt", meta.vals[meta.n++] = t->negative;
+    meta.keys[meta.n] = "seed", meta.vals[meta.n++] = seed;
+    meta.keys[meta.n] = "scheduler", meta.vals[meta.n++] = sched ? sched : "";
+    meta.keys[meta.n] = "steps", meta.vals[meta.n++] = steps;
+    meta.keys[meta.n] = "guidance_scale", meta.vals[meta.n++] = gs;
+    meta.keys[meta.n] = "model", meta.vals[meta.n++] = model ? model : "";
+    meta.keys[meta.n] = "Software", meta.vals[meta.n++] = "mmpipe txt2img";
+    char path[4200];
+    snprintf(path, sizeof path, "%s/%05zu.png", t->out_dir, first + (size_t)b);
+    rc = write_png(path, rgb, W, H, &meta);
+    if (rc == 0) MMP_INFO("txt2img", "wrote %s", path);
+  }
+  free(px);
+  free(rgb);
+  return rc;
+}
+
+static int t2i_run(void *self, mmp_context_t *ctx) {
+  t2i_t *t = self;
+  comps_t c = {0};
+  mmp_rng_t *gen = NULL;
+  mmp_tensor_t *init = NULL;
+  int rc = 0;
+  if (!(c.tok = mmp_component_create(ctx, MMP_KIND_PROCESSOR, "tokenizer")) ||
+      !(c.text = mmp_component_create(ctx, MMP_KIND_ENCODER, "text_encoder")) ||
+      !(c.unet = mmp_component_create(ctx, MMP_KIND_MODEL, "unet")) ||
+      !(c.vae = mmp_component_create(ctx, MMP_KIND_ENCODER, "vae")) ||
+      !(c.sched = mmp_component_create(ctx, MMP_KIND_SCHEDULER, "scheduler"))) {
+    rc = mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
+    goto done;
+  }
+  /* the VAE's scaling factor and downscale factor */
+  mmp_tensormap_t *info_in = mmp_tensormap_new(), *info = mmp_tensormap_new();
+  if (!info_in || !info || forward(c.vae, "info", info_in, info) < 0) {
+    mmp_tensormap_free(info_in);
+    mmp_tensormap_free(info);
+    rc = mmp_error_code() ? mmp_error_code() : MMP_ENOMEM;
+    goto done;
+  }
+  double scaling = scalar_of(info, "scaling_factor", 0.18215);
+  int down = (int)scalar_of(info, "downscale_factor", 8);
+  int64_t lch = (int64_t)scalar_of(info, "latent_channels", 4);
+  mmp_tensormap_free(info_in);
+  mmp_tensormap_free(info);
+  if (t->width % down || t->height % down) {
+    rc = mmp_error_set(MMP_ECONFIG, "txt2img: width and height must be multiples of the VAE's downscale factor %d", down);
+    goto done;
+  }
+  if (t->init_latents[0]) {
+    mmp_safetensors_t *st = mmp_safetensors_open(t->init_latents);
+    init = st ? mmp_safetensors_get(st, "latents", mmp_context_backend(ctx), MMP_F32) : NULL;
+    mmp_safetensors_close(st);
+    if (!init) {
+      rc = mmp_error_prefix("txt2img: init_latents: ");
+      goto done;
+    }
+    if (init->ndim != 4 || init->shape[0] < (int64_t)t->n_prompts) {
+      rc = mmp_error_set(MMP_ESHAPE, "txt2img: init_latents must hold [N >= %zu, C, h, w]", t->n_prompts);
+      goto done;
+    }
+  } else if (!(gen = mmp_rng_new((uint64_t)t->seed, t->rng_mode))) {
+    rc = mmp_error_code();
+    goto done;
+  }
+  if ((rc = mkdir_p(t->out_dir)) < 0) goto done;
+  for (size_t first = 0; first < t->n_prompts; first += (size_t)t->batch) {
+    size_t nb = t->n_prompts - first < (size_t)t->batch ? t->n_prompts - first : (size_t)t->batch;
+    mmp_tensor_t *img = NULL;
+    if ((rc = denoise_batch(t, &c, ctx, gen, init, first, nb, scaling, down, lch, &img)) < 0) goto done;
+    rc = save_images(t, ctx, img, first);
+    mmp_tensor_unref(img);
+    if (rc < 0) goto done;
+  }
+done:
+  mmp_tensor_unref(init);
+  mmp_rng_free(gen);
+  mmp_component_free(c.sched);
+  mmp_component_free(c.vae);
+  mmp_component_free(c.unet);
+  mmp_component_free(c.text);
+  mmp_component_free(c.tok);
+  return rc;
+}
+
+static const mmp_task_ops_t t2i_ops = {
+    .base = MMP_PLUGIN_BASE(MMP_KIND_TASK, mmp_task_ops_t, "txt2img", "1.0",
+                            "text-to-image with a latent-diffusion model (Stable Diffusion 1.x/2.x)", t2i_keys,
+                            t2i_create, t2i_destroy),
+    .run = t2i_run,
+};
+
+MMP_EXPORT int mmp_plugin_task_txt2img_init(mmp_registry_t *reg);
+MMP_EXPORT int mmp_plugin_task_txt2img_init(mmp_registry_t *reg) { return mmp_registry_add(reg, &t2i_ops.base); }

@@ -1,0 +1,140 @@
+/* tests/sd_test.h - helpers of the latent-diffusion tests: build a component
+ * from libconfig text, run it, compare with fixtures by normalised error. */
+#ifndef MMPIPE_TESTS_SD_TEST_H
+#define MMPIPE_TESTS_SD_TEST_H
+
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <mmpipe/mmpipe.h>
+#include <mmpipe/safetensors.h>
+
+#include "tap.h"
+
+/* Relative tolerance of every component comparison (issue 5): max abs error
+ * over max abs expected. */
+#define SD_TOL 1e-4
+
+typedef struct sd_env {
+  mmp_registry_t *reg;
+  mmp_config_t *cfg;
+  mmp_context_t *ctx;
+  char fx[4096]; /* tests/fixtures/sd */
+} sd_env_t;
+
+static inline void sd_env_add_dirs(mmp_registry_t *reg) {
+  const char *b = getenv("MMP_TEST_BUILDDIR");
+  char d[4200];
+  static const char *const kinds[] = {"models", "encoders", "tasks", "processors", "schedulers"};
+  for (int i = 0; i < 5; i++) {
+    snprintf(d, sizeof d, "%s/plugins/%s/.libs", b ? b : ".", kinds[i]);
+    mmp_registry_add_dir(reg, d);
+  }
+}
+
+/* Parse @text (printf format; %1$s = fixture dir) into a fresh context. */
+static inline int sd_env_open(sd_env_t *e, const char *text) {
+  memset(e, 0, sizeof *e);
+  snprintf(e->fx, sizeof e->fx, "%s/tests/fixtures/sd", tap_srcdir());
+  e->reg = mmp_registry_new();
+  sd_env_add_dirs(e->reg);
+  e->cfg = mmp_config_parse(text, "test");
+  if (!e->cfg) return -1;
+  e->ctx = mmp_context_new(e->reg, e->cfg);
+  return e->ctx ? 0 : -1;
+}
+
+static inline void sd_env_close(sd_env_t *e) {
+  mmp_context_free(e->ctx);
+  mmp_config_free(e->cfg);
+  mmp_registry_free(e->reg);
+  memset(e, 0, sizeof *e);
+}
+
+/* Build the component of group @group in a config made of @fmt with the
+ * fixture directory substituted for every %s. (transfer full) */
+static inline mmp_component_t *sd_component(sd_env_t *e, mmp_kind_t kind, const char *group,
+                                            const char *fmt) {
+  char fx[4096], text[16384];
+  snprintf(fx, sizeof fx, "%s/tests/fixtures/sd", tap_srcdir());
+  /* up to four substitutions of the fixture directory */
+  snprintf(text, sizeof text, fmt, fx, fx, fx, fx);
+  if (sd_env_open(e, text) < 0) return NULL;
+  return mmp_component_create(e->ctx, kind, group);
+}
+
+static inline int sd_forward(mmp_component_t *c, const char *method, const mmp_tensormap_t *in,
+                             mmp_tensormap_t *out) {
+  const mmp_encoder_ops_t *ops = (const mmp_encoder_ops_t *)c->plugin;
+  return ops->forward(c->self, method, in, out);
+}
+
+static inline mmp_tensormap_t *sd_load(const char *name) {
+  char p[4200];
+  snprintf(p, sizeof p, "%s/tests/fixtures/sd/%s", tap_srcdir(), name);
+  mmp_tensormap_t *m = mmp_tensormap_new();
+  if (mmp_safetensors_load_map(p, mmp_backend_get("cpu"), true, m) < 0) {
+    diag("%s: %s", p, mmp_error_last());
+    mmp_tensormap_free(m);
+    return NULL;
+  }
+  return m;
+}
+
+/* max|a - b| / max|b| (a, b any float dtype, same shape); -1 on mismatch. */
+static inline double sd_relerr(const mmp_tensor_t *a, const mmp_tensor_t *b) {
+  if (!a || !b || a->ndim != b->ndim) return -1;
+  for (int i = 0; i < a->ndim; i++)
+    if (a->shape[i] != b->shape[i]) return -1;
+  int64_t n = mmp_tensor_numel(a);
+  mmp_tensor_t *fa = mmp_convert(a, MMP_F32), *fb = mmp_convert(b, MMP_F32);
+  float *x = malloc((size_t)n * sizeof *x), *y = malloc((size_t)n * sizeof *y);
+  double r = -1;
+  if (fa && fb && x && y && mmp_tensor_to_host(fa, x, (size_t)n * 4) == 0 &&
+      mmp_tensor_to_host(fb, y, (size_t)n * 4) == 0) {
+    double me = 0, mx = 0;
+    for (int64_t i = 0; i < n; i++) {
+      double d = fabs((double)x[i] - y[i]);
+      if (d > me || d != d) me = d != d ? INFINITY : d;
+      if (fabs(y[i]) > mx) mx = fabs(y[i]);
+    }
+    r = mx > 0 ? me / mx : me;
+  }
+  free(x);
+  free(y);
+  mmp_tensor_unref(fa);
+  mmp_tensor_unref(fb);
+  return r;
+}
+
+/* ok() that the relative error of @got vs @want is within SD_TOL. */
+static inline void sd_check(const mmp_tensor_t *got, const mmp_tensor_t *want, const char *what) {
+  double r = sd_relerr(got, want);
+  if (!ok(r >= 0 && r <= SD_TOL, "%s within %.0e relative", what, SD_TOL))
+    diag("  relative error %.3g%s", r, r < 0 ? " (missing or shape mismatch)" : "");
+}
+
+/* Copy the named tensors of @src into a new map under new names
+ * ("from=to" pairs or plain names). (transfer full) */
+static inline mmp_tensormap_t *sd_pick(const mmp_tensormap_t *src, const char *const *names) {
+  mmp_tensormap_t *m = mmp_tensormap_new();
+  for (int i = 0; names[i]; i++) {
+    char from[128], to[128];
+    const char *eq = strchr(names[i], '=');
+    if (eq) {
+      snprintf(from, sizeof from, "%.*s", (int)(eq - names[i]), names[i]);
+      snprintf(to, sizeof to, "%s", eq + 1);
+    } else {
+      snprintf(from, sizeof from, "%s", names[i]);
+      snprintf(to, sizeof to, "%s", names[i]);
+    }
+    mmp_tensor_t *t = mmp_tensormap_get(src, from);
+    if (t) mmp_tensormap_set(m, to, mmp_tensor_ref(t));
+  }
+  return m;
+}
+
+#endif

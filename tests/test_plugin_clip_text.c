@@ -1,0 +1,75 @@
+/* tests/test_plugin_clip_text.c - CLIPTextModel against transformers 4.30
+ * (fixtures from tests/gen_sd.py): quick_gelu (bf16 file) with and without
+ * the padding mask, gelu (f32 file), single-file layout, table resizing. */
+#include "sd_test.h"
+
+static mmp_tensormap_t *run(const char *cfg, const mmp_tensormap_t *in, const char *what) {
+  sd_env_t e;
+  mmp_component_t *c = sd_component(&e, MMP_KIND_ENCODER, "encoder", cfg);
+  mmp_tensormap_t *out = mmp_tensormap_new();
+  if (ok(c != NULL, "%s: create", what)) {
+    if (!ok(sd_forward(c, NULL, in, out) == 0, "%s: forward", what)) diag("%s", mmp_error_last());
+  } else {
+    diag("%s", mmp_error_last());
+  }
+  mmp_component_free(c);
+  sd_env_close(&e);
+  return out;
+}
+
+int main(void) {
+  mmp_tensormap_t *io = sd_load("clip_text_io.safetensors"), *iog = sd_load("clip_gelu_io.safetensors");
+  if (!io || !iog) skip_all("fixtures missing");
+  const char *folder = "encoder = { name = \"clip_text\"; model_dir = \"%s/pipe\"; };";
+  static const char *const ids[] = {"input_ids", NULL};
+  static const char *const ids_m[] = {"input_ids", "attention_mask", NULL};
+  mmp_tensormap_t *in = sd_pick(io, ids), *in_m = sd_pick(io, ids_m);
+
+  mmp_tensormap_t *o = run(folder, in, "quick_gelu, bf16 file");
+  sd_check(mmp_tensormap_get(o, "last_hidden_state"), mmp_tensormap_get(io, "last_hidden_state"), "last_hidden_state");
+  sd_check(mmp_tensormap_get(o, "pooler_output"), mmp_tensormap_get(io, "pooler_output"), "pooler_output (argmax id)");
+  mmp_tensormap_t *om = run(folder, in_m, "with attention_mask");
+  sd_check(mmp_tensormap_get(om, "last_hidden_state"), mmp_tensormap_get(io, "masked.last_hidden_state"),
+           "last_hidden_state with padding mask");
+  sd_check(mmp_tensormap_get(om, "pooler_output"), mmp_tensormap_get(io, "masked.pooler_output"),
+           "pooler_output with padding mask");
+  mmp_tensormap_t *os = run("encoder = { name = \"clip_text\"; config = \"%s/pipe/text_encoder/config.json\";"
+                            " weights = \"%s/sd_tiny_single.safetensors\"; };", in, "single file");
+  is_close(sd_relerr(mmp_tensormap_get(os, "last_hidden_state"), mmp_tensormap_get(o, "last_hidden_state")), 0.0, 0.0,
+           "single-file layout gives the identical result");
+  /* resized tables: old ids and positions keep their rows */
+  mmp_tensormap_t *orz = run("encoder = { name = \"clip_text\"; model_dir = \"%s/pipe\"; vocab_size = 1000;"
+                             " max_position_embeddings = 100; resize_seed = 3; };", in, "resized tables");
+  is_close(sd_relerr(mmp_tensormap_get(orz, "last_hidden_state"), mmp_tensormap_get(o, "last_hidden_state")), 0.0,
+           0.0, "resizing keeps the stored rows");
+  mmp_tensormap_t *og_in = sd_pick(iog, ids);
+  mmp_tensormap_t *og = run("encoder = { name = \"clip_text\"; model_dir = \"%s/clip_gelu\"; };", og_in, "gelu, f32 file");
+  sd_check(mmp_tensormap_get(og, "last_hidden_state"), mmp_tensormap_get(iog, "last_hidden_state"), "gelu last_hidden_state");
+  sd_check(mmp_tensormap_get(og, "pooler_output"), mmp_tensormap_get(iog, "pooler_output"), "gelu pooler_output");
+  /* an id outside the table is an error, not a crash */
+  {
+    mmp_tensormap_t *bad = mmp_tensormap_new();
+    int64_t s[2] = {1, 3}, v[3] = {1, 5000, 2};
+    mmp_tensormap_set(bad, "input_ids", mmp_tensor_from_data(mmp_backend_get("cpu"), MMP_I64, 2, s, v));
+    sd_env_t e;
+    mmp_component_t *c = sd_component(&e, MMP_KIND_ENCODER, "encoder", folder);
+    mmp_tensormap_t *ob = mmp_tensormap_new();
+    ok(c && sd_forward(c, NULL, bad, ob) < 0, "id 5000 is refused");
+    like(mmp_error_last(), "5000", "the message names the id");
+    mmp_tensormap_free(ob);
+    mmp_tensormap_free(bad);
+    mmp_component_free(c);
+    sd_env_close(&e);
+  }
+  mmp_tensormap_free(o);
+  mmp_tensormap_free(om);
+  mmp_tensormap_free(os);
+  mmp_tensormap_free(orz);
+  mmp_tensormap_free(og);
+  mmp_tensormap_free(og_in);
+  mmp_tensormap_free(in);
+  mmp_tensormap_free(in_m);
+  mmp_tensormap_free(io);
+  mmp_tensormap_free(iog);
+  return done_testing();
+}

@@ -1,0 +1,133 @@
+/* tests/test_plugin_txt2img.c - a whole 10-step DDIM txt2img at 64x64 with
+ * guidance against diffusers' StableDiffusionPipeline given the same initial
+ * latents (fixtures from tests/gen_sd.py): pixels within 2/255; the
+ * single-file layout of the same model gives identical images; PNG text
+ * chunks. Needs the clip_tokenizer and ddim plugins (skipped without them). */
+#include <png.h>
+
+#include "sd_test.h"
+
+/* RGB pixels and the "prompt" text chunk of a PNG. */
+static uint8_t *read_png(const char *path, int *w, int *h, char *prompt, size_t plen) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  png_structp png = png_create_read_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+  png_infop info = png_create_info_struct(png);
+  uint8_t *px = NULL;
+  png_bytep *rows = NULL;
+  if (setjmp(png_jmpbuf(png))) {
+    png_destroy_read_struct(&png, &info, NULL);
+    fclose(f);
+    free(px);
+    free(rows);
+    return NULL;
+  }
+  png_init_io(png, f);
+  png_read_info(png, info);
+  *w = (int)png_get_image_width(png, info);
+  *h = (int)png_get_image_height(png, info);
+  if (png_get_color_type(png, info) != PNG_COLOR_TYPE_RGB || png_get_bit_depth(png, info) != 8) png_error(png, "not RGB8");
+  px = malloc((size_t)(*w) * (size_t)(*h) * 3);
+  rows = malloc((size_t)(*h) * sizeof *rows);
+  for (int y = 0; y < *h; y++) rows[y] = px + (size_t)y * (size_t)(*w) * 3;
+  png_read_image(png, rows);
+  png_read_end(png, info);
+  png_textp text;
+  int nt = 0;
+  prompt[0] = '\0';
+  if (png_get_text(png, info, &text, &nt) > 0)
+    for (int i = 0; i < nt; i++)
+      if (!strcmp(text[i].key, "prompt")) snprintf(prompt, plen, "%s", text[i].text);
+  png_destroy_read_struct(&png, &info, NULL);
+  free(rows);
+  fclose(f);
+  return px;
+}
+
+static int run_task(const char *outdir, bool single) {
+  char fx[4096], text[16384];
+  snprintf(fx, sizeof fx, "%s/tests/fixtures/sd", tap_srcdir());
+  char parts[3][8192];
+  const char *names[3] = {"text_encoder", "unet", "vae"}, *impl[3] = {"clip_text", "unet2d_condition", "vae"};
+  const char *cfgs[3] = {"text_encoder", "unet", "vae"};
+  for (int i = 0; i < 3; i++) {
+    if (single)
+      snprintf(parts[i], sizeof parts[i],
+               "%s = { name = \"%s\"; config = \"%s/pipe/%s/config.json\"; weights = \"%s/sd_tiny_single.safetensors\"; };",
+               names[i], impl[i], fx, cfgs[i], fx);
+    else
+      snprintf(parts[i], sizeof parts[i], "%s = { name = \"%s\"; model_dir = \"%s/pipe\"; };", names[i], impl[i], fx);
+  }
+  snprintf(text, sizeof text,
+           "task = { name = \"txt2img\"; prompt_file = \"%s/txt2img_prompts.txt\"; negative_prompt = \"blurry\";\n"
+           "  guidance_scale = 7.5; width = 64; height = 64; steps = 10; batch_size = 2;\n"
+           "  init_latents = \"%s/txt2img_io.safetensors\"; output_dir = \"%s\"; };\n"
+           "tokenizer = { name = \"clip_tokenizer\"; tokenizer_dir = \"%s/pipe/tokenizer\"; };\n"
+           "scheduler = { name = \"ddim\"; beta_start = 0.00085; beta_end = 0.012; beta_schedule = \"scaled_linear\";\n"
+           "  clip_sample = false; set_alpha_to_one = false; steps_offset = 1; };\n%s\n%s\n%s\n",
+           fx, fx, outdir, fx, parts[0], parts[1], parts[2]);
+  mmp_registry_t *reg = mmp_registry_new();
+  sd_env_add_dirs(reg);
+  mmp_config_t *cfg = mmp_config_parse(text, "txt2img-test");
+  mmp_context_t *ctx = cfg ? mmp_context_new(reg, cfg) : NULL;
+  if (ctx) mmp_context_set_progress(ctx, false);
+  int rc = ctx ? mmp_context_run_task(ctx) : -1;
+  if (rc < 0) diag("%s", mmp_error_last());
+  mmp_context_free(ctx);
+  mmp_config_free(cfg);
+  mmp_registry_free(reg);
+  return rc;
+}
+
+int main(void) {
+  mmp_registry_t *reg = mmp_registry_new();
+  sd_env_add_dirs(reg);
+  bool have = mmp_registry_find(reg, MMP_KIND_PROCESSOR, "clip_tokenizer") &&
+              mmp_registry_find(reg, MMP_KIND_SCHEDULER, "ddim") && mmp_registry_find(reg, MMP_KIND_TASK, "txt2img");
+  mmp_registry_free(reg);
+  if (!have) skip_all("needs the clip_tokenizer, ddim and txt2img plugins");
+  mmp_tensormap_t *io = sd_load("txt2img_io.safetensors");
+  if (!io) skip_all("fixtures missing");
+  mmp_tensor_t *ref = mmp_tensormap_get(io, "images"); /* [2, 64, 64, 3] in [0, 1] */
+  float *rf = malloc(2 * 64 * 64 * 3 * sizeof *rf);
+  mmp_tensor_t *rf32 = mmp_convert(ref, MMP_F32);
+  mmp_tensor_to_host(rf32, rf, 2 * 64 * 64 * 3 * sizeof *rf);
+  mmp_tensor_unref(rf32);
+
+  const char *tmp = getenv("TMPDIR");
+  char d1[4096], d2[4096];
+  snprintf(d1, sizeof d1, "%s/sd_txt2img_%d_a", tmp ? tmp : "/tmp", (int)getpid());
+  snprintf(d2, sizeof d2, "%s/sd_txt2img_%d_b", tmp ? tmp : "/tmp", (int)getpid());
+  ok(run_task(d1, false) == 0, "txt2img with the diffusers folder");
+  ok(run_task(d2, true) == 0, "txt2img with the single-file checkpoint");
+  static const char *const prompts[2] = {"a red cat sitting on the mat", "two dogs, running!"};
+  for (int i = 0; i < 2; i++) {
+    char p1[4200], p2[4200], t1[256], t2[256];
+    snprintf(p1, sizeof p1, "%s/%05d.png", d1, i);
+    snprintf(p2, sizeof p2, "%s/%05d.png", d2, i);
+    int w = 0, h = 0, w2 = 0, h2 = 0;
+    uint8_t *a = read_png(p1, &w, &h, t1, sizeof t1), *b = read_png(p2, &w2, &h2, t2, sizeof t2);
+    ok(a && w == 64 && h == 64, "image %d is a 64x64 RGB PNG", i);
+    is_str(a ? t1 : NULL, prompts[i], "image %d records its prompt", i);
+    double maxd = 1e9;
+    if (a) {
+      maxd = 0;
+      for (int k = 0; k < 64 * 64 * 3; k++) {
+        double d = fabs(a[k] / 255.0 - rf[i * 64 * 64 * 3 + k]);
+        if (d > maxd) maxd = d;
+      }
+    }
+    if (!ok(maxd <= 2.0 / 255.0 + 1e-9, "image %d within 2/255 of diffusers", i)) diag("  max difference %.4f (%.2f/255)", maxd, maxd * 255);
+    ok(a && b && w == w2 && h == h2 && memcmp(a, b, (size_t)w * (size_t)h * 3) == 0,
+       "image %d: single-file and folder layouts give identical pixels", i);
+    free(a);
+    free(b);
+    unlink(p1);
+    unlink(p2);
+  }
+  rmdir(d1);
+  rmdir(d2);
+  free(rf);
+  mmp_tensormap_free(io);
+  return done_testing();
+}

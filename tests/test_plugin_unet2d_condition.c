@@ -1,0 +1,111 @@
+/* tests/test_plugin_unet2d_condition.c - the UNet against diffusers 0.19.3
+ * (fixtures from tests/gen_sd.py): plain, with AR-LDM's cross-attention mask,
+ * SD-2.x options, single-file layout, weight errors, init-weights mode. */
+#include "sd_test.h"
+
+static const char *const UNET_IN[] = {"sample", "timestep", "encoder_hidden_states", NULL};
+static const char *const UNET_IN_M[] = {"sample", "timestep", "encoder_hidden_states", "encoder_attention_mask",
+                                        NULL};
+
+static mmp_tensor_t *run_unet(const char *cfg, const mmp_tensormap_t *io, const char *const *names,
+                              const char *what) {
+  sd_env_t e;
+  mmp_component_t *c = sd_component(&e, MMP_KIND_MODEL, "model", cfg);
+  if (!ok(c != NULL, "%s: create", what)) {
+    diag("%s", mmp_error_last());
+    sd_env_close(&e);
+    return NULL;
+  }
+  mmp_tensormap_t *in = sd_pick(io, names), *out = mmp_tensormap_new();
+  int rc = sd_forward(c, NULL, in, out);
+  if (!ok(rc == 0, "%s: forward", what)) diag("%s", mmp_error_last());
+  mmp_tensor_t *s = mmp_tensormap_get(out, "sample");
+  if (s) mmp_tensor_ref(s);
+  mmp_tensormap_free(in);
+  mmp_tensormap_free(out);
+  mmp_component_free(c);
+  sd_env_close(&e);
+  return s;
+}
+
+int main(void) {
+  mmp_tensormap_t *io = sd_load("unet_io.safetensors");
+  mmp_tensormap_t *io2 = sd_load("unet_v2_io.safetensors");
+  if (!io || !io2) skip_all("fixtures missing");
+  const char *folder = "model = { name = \"unet2d_condition\"; model_dir = \"%s/pipe\"; };";
+  const char *single = "model = { name = \"unet2d_condition\"; config = \"%s/pipe/unet/config.json\";"
+                       " weights = \"%s/sd_tiny_single.safetensors\"; };";
+
+  mmp_tensor_t *a = run_unet(folder, io, UNET_IN, "folder (f16 file)");
+  sd_check(a, mmp_tensormap_get(io, "out_sample"), "unet sample");
+  mmp_tensor_t *b = run_unet(folder, io, UNET_IN_M, "masked");
+  sd_check(b, mmp_tensormap_get(io, "out_sample_masked"), "unet sample with encoder_attention_mask");
+  ok(sd_relerr(a, b) > 1e-3, "the mask changes the output");
+  mmp_tensor_t *c = run_unet(single, io, UNET_IN_M, "single file (bf16)");
+  is_close(sd_relerr(c, b), 0.0, 0.0, "single-file layout gives the identical result");
+  mmp_tensor_t *d = run_unet("model = { name = \"unet2d_condition\"; model_dir = \"%s/unet_v2\"; };", io2, UNET_IN,
+                             "SD-2.x options (linear projection, head list, upcast)");
+  sd_check(d, mmp_tensormap_get(io2, "out_sample"), "unet v2 sample");
+  mmp_tensor_unref(a);
+  mmp_tensor_unref(b);
+  mmp_tensor_unref(c);
+  mmp_tensor_unref(d);
+
+  /* a mis-shaped, a missing and an unexpected tensor: one error naming all */
+  {
+    char src[4200], bad[4200];
+    snprintf(src, sizeof src, "%s/tests/fixtures/sd/pipe/unet/diffusion_pytorch_model.safetensors", tap_srcdir());
+    const char *tmp = getenv("TMPDIR");
+    snprintf(bad, sizeof bad, "%s/sd_bad_unet_%d.safetensors", tmp ? tmp : "/tmp", (int)getpid());
+    mmp_tensormap_t *w = mmp_tensormap_new();
+    mmp_safetensors_load_map(src, mmp_backend_get("cpu"), true, w);
+    int64_t s[4] = {16, 4, 3, 2};
+    mmp_tensormap_set(w, "conv_in.weight", mmp_tensor_zeros(mmp_backend_get("cpu"), MMP_F32, 4, s));
+    int64_t s1[1] = {7};
+    mmp_tensormap_set(w, "extra.tensor", mmp_tensor_zeros(mmp_backend_get("cpu"), MMP_F32, 1, s1));
+    mmp_tensormap_t *w2 = mmp_tensormap_new();
+    for (size_t i = 0; i < mmp_tensormap_size(w); i++)
+      if (strcmp(mmp_tensormap_name(w, i), "conv_out.bias"))
+        mmp_tensormap_set(w2, mmp_tensormap_name(w, i), mmp_tensor_ref(mmp_tensormap_at(w, i)));
+    ok(mmp_safetensors_save_map(bad, w2, NULL) == 0, "wrote a broken weight file");
+    char cfg[9000];
+    snprintf(cfg, sizeof cfg, "model = { name = \"unet2d_condition\"; config = \"%%s/pipe/unet/config.json\"; weights = \"%s\"; };", bad);
+    sd_env_t e;
+    mmp_component_t *comp = sd_component(&e, MMP_KIND_MODEL, "model", cfg);
+    ok(comp == NULL, "broken weights are refused");
+    const char *msg = mmp_error_last();
+    like(msg, "conv_in.weight expected [16, 4, 3, 3] found [16, 4, 3, 2]", "names the mis-shaped tensor and both shapes");
+    like(msg, "missing: conv_out.bias [4]", "names the missing tensor");
+    like(msg, "unexpected: extra.tensor [7]", "names the unexpected tensor");
+    like(msg, "3 problems", "in one error");
+    mmp_component_free(comp);
+    sd_env_close(&e);
+    mmp_tensormap_free(w);
+    mmp_tensormap_free(w2);
+    unlink(bad);
+  }
+  /* random init: the same names and shapes as the real file, reproducible */
+  {
+    sd_env_t e;
+    mmp_component_t *comp = sd_component(&e, MMP_KIND_MODEL, "model",
+        "model = { name = \"unet2d_condition\"; config = \"%s/pipe/unet/config.json\"; init_seed = 5; };");
+    ok(comp != NULL, "init_seed builds without a weight file");
+    mmp_tensormap_t *in = mmp_tensormap_new(), *sd = mmp_tensormap_new(), *ref = sd_load("pipe/unet/diffusion_pytorch_model.safetensors");
+    ok(comp && sd_forward(comp, "state_dict", in, sd) == 0, "state_dict");
+    bool same = ref && mmp_tensormap_size(sd) == mmp_tensormap_size(ref);
+    for (size_t i = 0; same && i < mmp_tensormap_size(ref); i++) {
+      mmp_tensor_t *r = mmp_tensormap_at(ref, i), *g = mmp_tensormap_get(sd, mmp_tensormap_name(ref, i));
+      same = g && mmp_tensor_same_shape(r, g);
+      if (!same) diag("  %s differs", mmp_tensormap_name(ref, i));
+    }
+    ok(same, "random weights have exactly the names and shapes of the diffusers file");
+    mmp_tensormap_free(in);
+    mmp_tensormap_free(sd);
+    mmp_tensormap_free(ref);
+    mmp_component_free(comp);
+    sd_env_close(&e);
+  }
+  mmp_tensormap_free(io);
+  mmp_tensormap_free(io2);
+  return done_testing();
+}

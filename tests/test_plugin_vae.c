@@ -1,0 +1,109 @@
+/* tests/test_plugin_vae.c - AutoencoderKL against diffusers 0.19.3 (fixtures
+ * from tests/gen_sd.py): encode (mean, logvar, sample from noise), decode,
+ * single-file layout, the pre-0.14 attention names, info. */
+#include "sd_test.h"
+
+static int run(const char *cfg, const char *method, const mmp_tensormap_t *in, mmp_tensormap_t *out,
+               const char *what) {
+  sd_env_t e;
+  mmp_component_t *c = sd_component(&e, MMP_KIND_ENCODER, "encoder", cfg);
+  int rc = -1;
+  if (ok(c != NULL, "%s: create", what)) {
+    rc = sd_forward(c, method, in, out);
+    if (!ok(rc == 0, "%s: %s", what, method ? method : "default method")) diag("%s", mmp_error_last());
+  } else {
+    diag("%s", mmp_error_last());
+  }
+  mmp_component_free(c);
+  sd_env_close(&e);
+  return rc;
+}
+
+int main(void) {
+  mmp_tensormap_t *io = sd_load("vae_io.safetensors");
+  if (!io) skip_all("fixtures missing");
+  const char *folder = "encoder = { name = \"vae\"; model_dir = \"%s/pipe\"; };";
+  const char *single = "encoder = { name = \"vae\"; mode = \"decode\"; config = \"%s/pipe/vae/config.json\";"
+                       " weights = \"%s/sd_tiny_single.safetensors\"; };";
+  static const char *const enc_in[] = {"sample", "noise", NULL};
+  static const char *const dec_in[] = {"latents", NULL};
+  mmp_tensormap_t *ein = sd_pick(io, enc_in), *din = sd_pick(io, dec_in);
+
+  mmp_tensormap_t *o = mmp_tensormap_new();
+  run(folder, NULL, ein, o, "encode (f16 file, default mode)");
+  sd_check(mmp_tensormap_get(o, "latent_mean"), mmp_tensormap_get(io, "latent_mean"), "latent_mean");
+  sd_check(mmp_tensormap_get(o, "latent_logvar"), mmp_tensormap_get(io, "latent_logvar"), "latent_logvar");
+  sd_check(mmp_tensormap_get(o, "latent_sample"), mmp_tensormap_get(io, "latent_sample"), "latent_sample from noise");
+  mmp_tensormap_free(o);
+
+  o = mmp_tensormap_new();
+  run(folder, "decode", din, o, "decode");
+  sd_check(mmp_tensormap_get(o, "sample"), mmp_tensormap_get(io, "decoded"), "decoded sample");
+  mmp_tensormap_t *o2 = mmp_tensormap_new();
+  run(single, NULL, din, o2, "single file, mode decode");
+  is_close(sd_relerr(mmp_tensormap_get(o2, "sample"), mmp_tensormap_get(o, "sample")), 0.0, 0.0,
+           "single-file layout decodes identically");
+  mmp_tensormap_free(o2);
+
+  /* the same weights under the names diffusers used before 0.14 */
+  {
+    char src[4200], old[4200];
+    snprintf(src, sizeof src, "%s/tests/fixtures/sd/pipe/vae/diffusion_pytorch_model.safetensors", tap_srcdir());
+    const char *tmp = getenv("TMPDIR");
+    snprintf(old, sizeof old, "%s/sd_old_vae_%d.safetensors", tmp ? tmp : "/tmp", (int)getpid());
+    mmp_tensormap_t *w = mmp_tensormap_new(), *w2 = mmp_tensormap_new();
+    mmp_safetensors_load_map(src, mmp_backend_get("cpu"), true, w);
+    static const char *const map[][2] = {{".to_q.", ".query."}, {".to_k.", ".key."}, {".to_v.", ".value."},
+                                         {".to_out.0.", ".proj_attn."}};
+    int renamed = 0;
+    for (size_t i = 0; i < mmp_tensormap_size(w); i++) {
+      const char *n = mmp_tensormap_name(w, i);
+      char nn[512];
+      snprintf(nn, sizeof nn, "%s", n);
+      for (int k = 0; k < 4; k++) {
+        const char *p = strstr(n, map[k][0]);
+        if (p) {
+          snprintf(nn, sizeof nn, "%.*s%s%s", (int)(p - n), n, map[k][1], p + strlen(map[k][0]));
+          renamed++;
+        }
+      }
+      mmp_tensormap_set(w2, nn, mmp_tensor_ref(mmp_tensormap_at(w, i)));
+    }
+    int saved = mmp_safetensors_save_map(old, w2, NULL);
+    ok(renamed == 16 && saved == 0, "wrote a file with old attention names (%d)", renamed);
+    char cfg[9000];
+    snprintf(cfg, sizeof cfg, "encoder = { name = \"vae\"; config = \"%%s/pipe/vae/config.json\"; weights = \"%s\"; };", old);
+    o2 = mmp_tensormap_new();
+    run(cfg, "decode", din, o2, "old attention names");
+    is_close(sd_relerr(mmp_tensormap_get(o2, "sample"), mmp_tensormap_get(o, "sample")), 0.0, 0.0,
+             "old names load the same weights");
+    mmp_tensormap_free(o2);
+    mmp_tensormap_free(w);
+    mmp_tensormap_free(w2);
+    unlink(old);
+  }
+  mmp_tensormap_free(o);
+
+  o = mmp_tensormap_new();
+  run(folder, "info", din, o, "info");
+  mmp_tensor_t *sf = mmp_tensormap_get(o, "scaling_factor"), *df = mmp_tensormap_get(o, "downscale_factor");
+  int64_t z[1] = {0};
+  is_close(sf ? mmp_tensor_get(sf, z) : -1, 0.18215, 1e-7, "scaling_factor from config.json");
+  is_close(df ? mmp_tensor_get(df, z) : -1, 2.0, 0.0, "downscale_factor 2^(blocks-1)");
+  mmp_tensormap_free(o);
+
+  /* a bad mode value names the key */
+  {
+    sd_env_t e;
+    mmp_component_t *c = sd_component(&e, MMP_KIND_ENCODER, "encoder",
+                                      "encoder = { name = \"vae\"; mode = \"encoed\"; model_dir = \"%s/pipe\"; };");
+    ok(c == NULL, "mode \"encoed\" is refused");
+    like(mmp_error_last(), "mode", "the message names the key");
+    mmp_component_free(c);
+    sd_env_close(&e);
+  }
+  mmp_tensormap_free(ein);
+  mmp_tensormap_free(din);
+  mmp_tensormap_free(io);
+  return done_testing();
+}
