@@ -6,9 +6,10 @@
 #include <stddef.h>
 #include <stdint.h>
 
-/* The public API of these headers is what libmmpipe exports; the library is
- * built with -fvisibility=hidden, so give their declarations default
- * visibility here (internal helpers below stay hidden). */
+/* The public API of these headers is what libmmpipe exports: give their
+ * declarations default visibility even if the library is built with
+ * -fvisibility=hidden (the internal mmp__ helpers below are not exported
+ * either way: the export regex is '^mmp_[a-z]'). */
 #pragma GCC visibility push(default)
 #include <mmpipe/backend.h>
 #include <mmpipe/error.h>

@@ -277,6 +277,14 @@ static void test_broadcast_ops(void) {
 
 /* A second backend object with the CPU's vtable but another name, to check
  * that mixing devices is an error, never a silent copy. */
+static int warnings;
+static void count_warnings(mmp_log_level_t level, const char *component, const char *message, void *user) {
+  (void)component;
+  (void)message;
+  (void)user;
+  if (level == MMP_LOG_WARN) warnings++;
+}
+
 static mmp_backend_ops_t fake_ops;
 static mmp_backend_t fake;
 
@@ -308,7 +316,17 @@ static void test_devices(void) {
   mmp_tensor_unref(b);
   mmp_tensor_unref(m);
   mmp_tensor_unref(ok2);
-  ok(mmp_backend_get("auto") != NULL, "auto gives a backend");
+  mmp_log_set_sink(count_warnings, NULL);
+  mmp_log_set_level(MMP_LOG_WARN);
+  mmp_backend_t *a1 = mmp_backend_get("auto"), *a2 = mmp_backend_get("auto");
+  mmp_log_set_sink(NULL, NULL);
+  mmp_log_set_level(MMP_LOG_ERROR);
+  ok(a1 != NULL && a1 == a2, "auto gives a backend");
+  if (mmp_backend_get("cuda") == NULL) {
+    is_int(mmp_error_code(), MMP_EDEVICE, "no CUDA backend: cuda is EDEVICE");
+    ok(a1 == cpu, "auto falls back to the cpu");
+    is_int(warnings, 1, "with exactly one warning");
+  }
   ok(mmp_backend_get("tpu") == NULL, "unknown device refused");
   is_int(mmp_error_code(), MMP_ENOENT, "ENOENT");
 }
