@@ -1,6 +1,7 @@
 /* core/backend_cuda.c - the CUDA backend: caching device arena, copies, op dispatch to core/cuda kernels and cuBLAS. */
 #include "config.h"
 
+#include <dlfcn.h>
 #include <limits.h>
 #include <math.h>
 #include <pthread.h>
@@ -19,6 +20,49 @@
 #include <mmpipe/cuda.h>
 #pragma GCC visibility pop
 
+/* ============================================================ cuBLAS, loaded on demand
+ * libcublas pulls in libcublasLt (over 500 MB): linked directly, it costs
+ * every program that links libmmpipe about two seconds at start-up, GPU or
+ * not. So libmmpipe links only the small CUDA runtime and opens cuBLAS with
+ * dlopen when the backend starts on a machine that has a device. */
+
+#define MMP_STR2(x) #x
+#define MMP_STR(x) MMP_STR2(x)
+
+static struct {
+  void *lib;
+  __typeof__(&cublasCreate_v2) create;
+  __typeof__(&cublasSetStream_v2) set_stream;
+  __typeof__(&cublasGemmStridedBatchedEx) gemm_sb;
+  __typeof__(&cublasGetStatusString) status_string;
+} blas;
+
+static const char *blas_status(cublasStatus_t s) {
+  return blas.status_string ? blas.status_string(s) : "unknown cuBLAS status";
+}
+
+/* Open cuBLAS (its soname for the toolkit we were built with, then the
+ * unversioned name). Returns NULL or the reason. */
+static const char *blas_load(void) {
+  static const char *const names[] = {"libcublas.so." MMP_STR(CUBLAS_VER_MAJOR), "libcublas.so"};
+  const char *err = "not found";
+  for (size_t i = 0; i < sizeof names / sizeof names[0] && !blas.lib; i++) {
+    blas.lib = dlopen(names[i], RTLD_NOW | RTLD_LOCAL);
+    if (!blas.lib) err = dlerror();
+  }
+  if (!blas.lib) return err;
+  void *sym[4];
+  static const char *const syms[4] = {"cublasCreate_v2", "cublasSetStream_v2", "cublasGemmStridedBatchedEx",
+                                      "cublasGetStatusString"};
+  for (int i = 0; i < 4; i++)
+    if (!(sym[i] = dlsym(blas.lib, syms[i]))) return syms[i];
+  memcpy(&blas.create, &sym[0], sizeof sym[0]);
+  memcpy(&blas.set_stream, &sym[1], sizeof sym[1]);
+  memcpy(&blas.gemm_sb, &sym[2], sizeof sym[2]);
+  memcpy(&blas.status_string, &sym[3], sizeof sym[3]);
+  return NULL;
+}
+
 /* ============================================================ errors
  * Every CUDA/cuBLAS call goes through these: the message names the call,
  * where it was made and the library's own words, and the function returns
@@ -33,7 +77,7 @@ static int cu_fail(int err, const char *call, const char *file, int line) {
 
 static int blas_fail(cublasStatus_t s, const char *call, const char *file, int line) {
   return mmp_error_set(s == CUBLAS_STATUS_ALLOC_FAILED ? MMP_ENOMEM : MMP_EDEVICE, "cublas: %s failed at %s:%d: %s",
-                       call, file, line, cublasGetStatusString(s));
+                       call, file, line, blas_status(s));
 }
 
 /* cudaError_t (or an int from a core/cuda launcher) */
@@ -335,7 +379,7 @@ static int gemm(cuda_ctx_t *c, mmp_dtype_t in_dt, mmp_dtype_t out_dt, int64_t ba
   cublasComputeType_t ct = CUBLAS_COMPUTE_32F;
   if (in_dt == MMP_F32 && c->tf32) ct = CUBLAS_COMPUTE_32F_FAST_TF32;
   cudaDataType_t ti = cuda_type(in_dt), to = cuda_type(out_dt);
-  BLAS_TRY(cublasGemmStridedBatchedEx(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
+  BLAS_TRY(blas.gemm_sb(c->blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N,
                                       (int)N, (int)M, (int)K, &alpha, B, ti, (int)ldb, (long long)sB, A, ti,
                                       (int)lda, (long long)sA, &beta, C, to, (int)ldc, (long long)sC, (int)batch, ct,
                                       CUBLAS_GEMM_DEFAULT));
@@ -849,10 +893,15 @@ static void cuda_init(void) {
   INIT_TRY(cudaSetDevice(c->device));
   INIT_TRY(cudaFree(NULL)); /* create the context now, not inside the first op */
   INIT_TRY(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
-  cublasStatus_t bs = cublasCreate(&c->blas);
-  if (bs == CUBLAS_STATUS_SUCCESS) bs = cublasSetStream(c->blas, c->stream);
+  const char *why = blas_load();
+  if (why) {
+    snprintf(cuda_why, sizeof cuda_why, "cannot load cuBLAS (libcublas.so.%d): %s", CUBLAS_VER_MAJOR, why);
+    return;
+  }
+  cublasStatus_t bs = blas.create(&c->blas);
+  if (bs == CUBLAS_STATUS_SUCCESS) bs = blas.set_stream(c->blas, c->stream);
   if (bs != CUBLAS_STATUS_SUCCESS) {
-    snprintf(cuda_why, sizeof cuda_why, "cublasCreate: %s", cublasGetStatusString(bs));
+    snprintf(cuda_why, sizeof cuda_why, "cublasCreate: %s", blas_status(bs));
     return;
   }
   struct cudaDeviceProp prop;

@@ -27,7 +27,13 @@ MMP_CUDA_KERNELS = core/cuda/elementwise.cu core/cuda/reduce.cu core/cuda/norm.c
 libmmpipe_la_SOURCES += core/backend_cuda.c core/backend_cuda.h core/cuda/kernels.h core/cuda/common.cuh \
 	$(MMP_CUDA_KERNELS)
 libmmpipe_la_CFLAGS += $(CUDA_CFLAGS)
-libmmpipe_la_LIBADD += $(CUDA_LIBS) -lstdc++
+# cuBLAS is opened with dlopen when the backend starts (core/backend_cuda.c):
+# CUDA_LIBS without its -lcublas, so that programs do not load its 500+ MB
+# (about 2 s per start) unless they ask for the GPU.
+# (in LDFLAGS: automake would take a make function in LIBADD apart.)
+MMP_CUDA_RT_LIBS = $(filter-out -lcublas,$(CUDA_LIBS))
+libmmpipe_la_LDFLAGS += $(MMP_CUDA_RT_LIBS)
+libmmpipe_la_LIBADD += -lstdc++ -ldl
 nobase_include_HEADERS += include/mmpipe/cuda.h
 # nvcc writes no dependency files here: every kernel depends on the shared headers
 $(MMP_CUDA_KERNELS:.cu=.lo): $(top_srcdir)/core/cuda/common.cuh $(top_srcdir)/core/cuda/kernels.h
