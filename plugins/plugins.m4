@@ -13,8 +13,6 @@ MMP_PLUGIN([datasets], [flintstones], [test x$have_hdf5 = xyes && test x$have_pn
 MMP_PLUGIN([datasets], [pororo], [test x$have_hdf5 = xyes && test x$have_png = xyes], [libhdf5 or libpng not found], [PororoSV stories from AR-LDM's HDF5 file])
 MMP_PLUGIN([datasets], [vistsis], [test x$have_hdf5 = xyes && test x$have_png = xyes], [libhdf5 or libpng not found], [VIST stories with story-in-sequence captions])
 MMP_PLUGIN([datasets], [vistdii], [test x$have_hdf5 = xyes && test x$have_png = xyes], [libhdf5 or libpng not found], [VIST stories with description-in-isolation captions])
-MMP_PLUGIN([tasks], [print_config], [true], [], [task that prints its merged configuration])
-MMP_PLUGIN([tasks], [demo], [true], [], [small built-in task: denoises a toy signal with a scheduler])
 MMP_PLUGIN([encoders], [clip_text], [true], [], [CLIP text encoder (transformers CLIPTextModel)])
 MMP_PLUGIN([encoders], [vae], [true], [], [AutoencoderKL image <-> latent (diffusers)])
 MMP_PLUGIN([models], [unet2d_condition], [true], [], [conditional UNet of Stable Diffusion 1.x/2.x (diffusers)])

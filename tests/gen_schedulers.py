@@ -18,7 +18,8 @@
 #                         call i; the others scale by 1)
 # and cases.list (one case name a line), plus timesteps.safetensors: the
 # timestep lists of each scheduler for many step counts (name
-# "<plugin>.<variant>.<N>").
+# "<plugin>.<variant>.<N>"), and schedules.safetensors: sqrt(alphas_cumprod)
+# of several beta schedules (add_noise of ones and zeros at every step).
 #
 # The model outputs are random: the schedulers are linear in them, so random
 # data exercises every coefficient. Noise for stochastic steps is either
@@ -385,7 +386,7 @@ def run_case(case, idx):
         f.write("\n".join(lines) + "\n")
     save_file(tin, os.path.join(OUT, case.name + ".in.safetensors"))
     save_file(tout, os.path.join(OUT, case.name + ".out.safetensors"),
-              metadata={"generator": "tests/gen_schedulers.py", "diffusers": diffusers.__version__})
+              metadata={"generator": "tests/gen_schedulers.py, diffusers " + diffusers.__version__})
 
 
 TIMESTEP_NS = [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13, 15, 17, 20, 23, 25, 30, 33, 40,
@@ -426,6 +427,29 @@ def timestep_table():
     return len(table)
 
 
+SCHEDULE_VARIANTS = [
+    # (name, plugin, kwargs): sqrt(alphas_cumprod) as add_noise computes it
+    ("linear", "ddim", dict()),
+    ("scaled_linear", "ddim", dict(ARLDM)),
+    ("squaredcos_cap_v2", "ddim", dict(beta_schedule="squaredcos_cap_v2")),
+    ("sigmoid", "ddpm", dict(beta_schedule="sigmoid")),
+    ("zero_snr", "ddim", dict(ARLDM, rescale_betas_zero_snr=True, prediction_type="v_prediction")),
+    ("linear_500", "pndm", dict(num_train_timesteps=500, beta_start=0.0002, beta_end=0.03)),
+]
+
+
+def schedule_table():
+    """sqrt(alphas_cumprod[t]) for every t: add_noise(ones, zeros, arange(T))."""
+    table = {}
+    for name, plugin, kw in SCHEDULE_VARIANTS:
+        sched = CLASSES[plugin](**kw)
+        T = sched.config.num_train_timesteps
+        x0 = torch.ones(T, 1)
+        noisy = sched.add_noise(x0, torch.zeros(T, 1), torch.arange(T))
+        table[name] = noisy.reshape(T).contiguous()
+    save_file(table, os.path.join(OUT, "schedules.safetensors"))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     torch.set_num_threads(1)
@@ -439,6 +463,7 @@ def main():
         for n in names:
             f.write(n + "\n")
     k = timestep_table()
+    schedule_table()
     print("%d cases, %d timestep lists -> %s" % (len(cases), k, OUT))
 
 

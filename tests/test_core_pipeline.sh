@@ -91,7 +91,9 @@ grep_err "did you mean 'good'"
 printf 'task = { name = "good"; steps = 500; output = "slow.txt"; };\n' >"$T/slow.cfg"
 "$P" run "$T/slow.cfg" >"$T/out" 2>"$T/err" &
 pid=$!
-sleep 1
+# wait until the task is running (its temporary output exists), then interrupt
+i=0; while [ ! -e "$T/slow.txt.tmp" ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done
+sleep 0.2
 kill -INT $pid
 wait $pid; rc=$?
 [ $rc = 130 ]; ok $? "SIGINT exits 130 (got $rc)"

@@ -317,6 +317,74 @@ static void timestep_table(void) {
   ok(bad == 0 && checked > 500, "timestep lists: %zu checked, %zu differ", checked, bad);
 }
 
+/* ulp distance of two floats of one sign */
+static int64_t ulps(float a, float b) {
+  int32_t ia, ib;
+  memcpy(&ia, &a, 4);
+  memcpy(&ib, &b, 4);
+  return ia > ib ? (int64_t)ia - ib : (int64_t)ib - ia;
+}
+
+/* the beta schedules: sqrt(alphas_cumprod[t]) through add_noise(ones,
+ * zeros, arange(T)) equals diffusers' to the last bit, but for the rare
+ * element torch.linspace rounds differently on other CPUs (1 ulp) */
+static void schedules(void) {
+  static const struct {
+    const char *name, *text;
+  } v[] = {
+      {"linear", "name = \"ddim\";"},
+      {"scaled_linear", "name = \"ddim\"; " ARLDM},
+      {"squaredcos_cap_v2", "name = \"ddim\"; beta_schedule = \"squaredcos_cap_v2\";"},
+      {"sigmoid", "name = \"ddpm\"; beta_schedule = \"sigmoid\";"},
+      {"zero_snr", "name = \"ddim\"; rescale_betas_zero_snr = true; prediction_type = \"v_prediction\"; " ARLDM},
+      {"linear_500", "name = \"pndm\"; num_train_timesteps = 500; beta_start = 0.0002; beta_end = 0.03;"},
+  };
+  char path[4200];
+  snprintf(path, sizeof path, "%s/schedules.safetensors", fixdir);
+  mmp_safetensors_t *st = mmp_safetensors_open(path);
+  mmp_backend_t *cpu = mmp_backend_get("cpu");
+  for (size_t k = 0; k < sizeof v / sizeof v[0]; k++) {
+    char text[512];
+    snprintf(text, sizeof text, "scheduler = { %s };", v[k].text);
+    mmp_config_t *cfg = mmp_config_parse(text, v[k].name);
+    mmp_context_t *ctx = NULL;
+    mmp_component_t *comp = cfg ? make(cfg, &ctx) : NULL;
+    mmp_tensor_t *want = st ? mmp_safetensors_get(st, v[k].name, cpu, MMP_F32) : NULL;
+    int64_t maxu = -1, off = 0;
+    if (comp && want) {
+      int64_t T = want->shape[0], shp[2] = {T, 1};
+      mmp_tensor_t *ones = mmp_tensor_full(cpu, MMP_F32, 2, shp, 1.0);
+      mmp_tensor_t *zeros = mmp_tensor_zeros(cpu, MMP_F32, 2, shp);
+      int64_t *ar = malloc((size_t)T * sizeof *ar);
+      for (int64_t i = 0; ar && i < T; i++) ar[i] = i;
+      mmp_tensor_t *tt = ar ? mmp_tensor_from_data(cpu, MMP_I64, 1, &T, ar) : NULL;
+      mmp_tensor_t *got = NULL;
+      if (tt && ops_of(comp)->add_noise(comp->self, ones, zeros, tt, &got) == 0) {
+        maxu = 0;
+        for (int64_t i = 0; i < T; i++) {
+          int64_t ix[2] = {i, 0}, iw = i;
+          int64_t u = ulps((float)mmp_tensor_get(got, ix), (float)mmp_tensor_get(want, &iw));
+          if (u > maxu) maxu = u;
+          if (u) off++;
+        }
+      }
+      mmp_tensor_unref(got);
+      mmp_tensor_unref(tt);
+      mmp_tensor_unref(ones);
+      mmp_tensor_unref(zeros);
+      free(ar);
+    }
+    ok(maxu >= 0 && maxu <= 1, "schedule %s: sqrt(alphas_cumprod) within %lld ulp (%lld of %lld differ)",
+       v[k].name, (long long)maxu, (long long)off, want ? (long long)want->shape[0] : 0LL);
+    if (maxu < 0) diag("  %s", mmp_error_last());
+    mmp_tensor_unref(want);
+    mmp_component_free(comp);
+    mmp_context_free(ctx);
+    mmp_config_free(cfg);
+  }
+  mmp_safetensors_close(st);
+}
+
 /* a bad config value is MMP_ECONFIG naming the file, line and key */
 static void expect_config_error(const char *text, const char *want_key, int want_line,
                                 bool at_set_timesteps) {
@@ -489,6 +557,61 @@ done:
   mmp_tensormap_free(want);
 }
 
+/* stochastic steps without given noise: the instance's generator */
+static mmp_tensor_t *run_seeded(const char *rng, int seed, mmp_tensormap_t *in, int repeats) {
+  char text[512];
+  snprintf(text, sizeof text,
+           "scheduler = { name = \"ddim\"; num_inference_steps = 10; eta = 1.0; rng = \"%s\"; "
+           "seed = %d; };",
+           rng, seed);
+  mmp_config_t *cfg = mmp_config_parse(text, "seeded.cfg");
+  mmp_context_t *ctx = NULL;
+  mmp_component_t *comp = cfg ? make(cfg, &ctx) : NULL;
+  mmp_tensor_t *r = NULL;
+  for (int k = 0; comp && k < repeats; k++) {
+    mmp_tensormap_t *out = mmp_tensormap_new();
+    if (pipe_forward_scheduler(comp, 10, in, out) == 0) {
+      mmp_tensor_unref(r);
+      r = mmp_tensor_ref(mmp_tensormap_get(out, "samples"));
+    }
+    mmp_tensormap_free(out);
+  }
+  mmp_component_free(comp);
+  mmp_context_free(ctx);
+  mmp_config_free(cfg);
+  return r;
+}
+
+static bool identical(const mmp_tensor_t *a, const mmp_tensor_t *b) {
+  double mx;
+  return a && b && mmp_tensor_same_shape(a, b) && row_err(a, b, -1, &mx) == 0.0;
+}
+
+static void generators(void) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/ddim_arldm_10_eps.in.safetensors", fixdir);
+  mmp_tensormap_t *in = load(path, true);
+  mmp_tensormap_t *in2 = mmp_tensormap_new();
+  if (in) {
+    mmp_tensormap_set(in2, "sample", mmp_tensor_ref(mmp_tensormap_get(in, "sample")));
+    mmp_tensormap_set(in2, "model_outputs", mmp_tensor_ref(mmp_tensormap_get(in, "model_outputs")));
+  }
+  mmp_tensor_t *p1 = run_seeded("philox", 3, in2, 1), *p2 = run_seeded("philox", 3, in2, 1);
+  mmp_tensor_t *p3 = run_seeded("philox", 4, in2, 1), *t1 = run_seeded("torch", 3, in2, 1);
+  mmp_tensor_t *t2 = run_seeded("torch", 3, in2, 2);
+  ok(identical(p1, p2), "philox: same seed, same samples in two instances");
+  ok(p1 && p3 && !identical(p1, p3), "philox: another seed, other samples");
+  ok(p1 && t1 && !identical(p1, t1), "torch and philox generators differ");
+  ok(t1 && t2 && !identical(t1, t2), "a second run on one instance continues the generator");
+  mmp_tensor_unref(p1);
+  mmp_tensor_unref(p2);
+  mmp_tensor_unref(p3);
+  mmp_tensor_unref(t1);
+  mmp_tensor_unref(t2);
+  mmp_tensormap_free(in);
+  mmp_tensormap_free(in2);
+}
+
 int main(void) {
   const char *src = getenv("MMP_TEST_SRCDIR"), *build = getenv("MMP_TEST_BUILDDIR");
   if (!src) src = ".";
@@ -501,9 +624,11 @@ int main(void) {
   mmp_registry_add_dir(reg, dir);
   golden_cases();
   timestep_table();
+  schedules();
   config_errors();
   runtime_errors();
   instances();
+  generators();
   mmp_registry_free(reg);
   return done_testing();
 }

@@ -28,6 +28,8 @@ pkglib_LTLIBRARIES += plugins/processors/processor_bert_tokenizer.la
 plugins_processors_processor_bert_tokenizer_la_SOURCES = plugins/processors/bert_tokenizer.c
 plugins_processors_processor_bert_tokenizer_la_LDFLAGS = $(PLUGIN_LDFLAGS)
 plugins_processors_processor_bert_tokenizer_la_LIBADD = plugins/processors/libtextcommon.la $(PLUGIN_LIBADD)
+endif
+
 # ---- image_resize and the image helpers (datasets helper) ----
 # libimagecommon: PNG decoding and PIL-exact transforms, shared by
 # image_resize, the story datasets and `pipeline dataset`.

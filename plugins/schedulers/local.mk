@@ -2,8 +2,6 @@
 
 # Schedule math, key tables and validation shared by the scheduler modules: a
 # noinst convenience library (PIC objects linked into each module, symbols hidden).
-
-
 noinst_LTLIBRARIES += plugins/schedulers/libschedcommon.la
 plugins_schedulers_libschedcommon_la_SOURCES = \
 	plugins/schedulers/common.c plugins/schedulers/common.h \
