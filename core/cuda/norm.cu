@@ -2,7 +2,7 @@
 #include "core/cuda/common.cuh"
 
 /* One block per (n, group): the group's (C/groups)*S elements are contiguous. */
-__global__ void group_norm_kernel(const float *x, int64_t C, int64_t S, int groups, const float *gamma,
+__global__ void __launch_bounds__(1024) group_norm_kernel(const float *x, int64_t C, int64_t S, int groups, const float *gamma,
                                   const float *beta, float eps, float *y) {
   __shared__ float sh[32];
   int64_t ng = blockIdx.x;
