@@ -27,3 +27,4 @@ bench_clip_SOURCES = bench/clip.c bench/sd_bench.h
 bench_clip_LDADD = libmmpipe.la
 endif
 EXTRA_DIST += bench/sd15 bench/torch_sd.py
+include bench/cuda.mk

@@ -2,8 +2,13 @@
 #include <pthread.h>
 #include <string.h>
 
+#include "config.h"
+
 #include "core/cpu/kernels.h"
 #include "core/tensor_impl.h"
+#ifdef HAVE_CUDA
+#include "core/backend_cuda.h"
+#endif
 
 #define MAX_BACKENDS 8
 
@@ -107,14 +112,16 @@ mmp_backend_t *mmp_backend_get(const char *name) {
   if (!name || strcmp(name, "cpu") == 0) return mmp__backend_cpu();
   if (strcmp(name, "cuda") == 0 || strcmp(name, "auto") == 0) {
     mmp_backend_t *be = find_backend("cuda");
+#ifdef HAVE_CUDA
+    if (!be) be = mmp__backend_cuda(); /* NULL + "no CUDA device: <why>" */
+#else
+    if (!be) mmp_error_set(MMP_EDEVICE, "no CUDA device: this build has no CUDA backend (configure found no nvcc)");
+#endif
     if (be) return be;
-    if (strcmp(name, "cuda") == 0) {
-      mmp_error_set(MMP_EDEVICE,
-                    "device \"cuda\": no CUDA backend in this build or no usable GPU (use \"cpu\" or \"auto\")");
-      return NULL;
-    }
+    if (strcmp(name, "cuda") == 0) return NULL;
     if (!__atomic_exchange_n(&auto_warned, 1, __ATOMIC_RELAXED))
-      MMP_WARN("backend", "device \"auto\": no CUDA backend available, using the CPU");
+      MMP_WARN("backend", "device \"auto\": %s; using the CPU", mmp_error_last());
+    mmp_error_clear();
     return mmp__backend_cpu();
   }
   mmp_backend_t *be = find_backend(name);

@@ -3,3 +3,4 @@ libmmpipe_la_SOURCES += \
 	core/tensor_impl.h core/tensor.c core/tensor_ops.c \
 	core/backend.c core/backend_cpu.c core/safetensors.c core/rng.c
 nobase_include_HEADERS += include/mmpipe/backend.h
+include core/cuda/local.mk

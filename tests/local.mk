@@ -22,3 +22,4 @@ include tests/schedulers.mk
 include tests/tokenizers.mk
 include tests/datasets.mk
 include tests/sd.mk
+include tests/cuda.mk
