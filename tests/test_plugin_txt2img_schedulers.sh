@@ -9,9 +9,14 @@ trap 'rm -rf "$T"' EXIT
 n=0; failed=0
 ok() { n=$((n+1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=$((failed+1)); fi; }
 [ -e "$B/examples/tiny/unet/diffusion_pytorch_model.safetensors" ] || { echo "1..0 # SKIP demo weights not built"; exit 0; }
-# the demo's config, with its weights in the build tree and its output here
-sed -e "s|\"tiny|\"$B/examples/tiny|g" -e "s|tokenizer_dir = \"$B/examples/tiny/tokenizer\"|tokenizer_dir = \"$S/examples/tiny/tokenizer\"|" \
-    -e 's|output_dir = .*|output_dir = "out";|' -e 's|steps = 20;|steps = 4;|' \
+# the demo's model: configs and tokenizer from the source tree, weights built in
+# the build tree (they differ in out-of-tree builds)
+mkdir -p "$T/tiny"
+cp -r "$S/examples/tiny/." "$T/tiny/"
+for f in unet/diffusion_pytorch_model vae/diffusion_pytorch_model text_encoder/model; do
+  cp "$B/examples/tiny/$f.safetensors" "$T/tiny/$f.safetensors"
+done
+sed -e "s|\"tiny|\"$T/tiny|g" -e 's|output_dir = .*|output_dir = "out";|' -e 's|steps = 20;|steps = 4;|' \
     "$S/examples/txt2img-tiny.cfg" >"$T/demo.cfg"
 for s in ddim ddpm pndm euler euler_ancestral dpmpp_2m; do
   "$B/tools/pipeline" -q run "$T/demo.cfg" -s scheduler.name=$s >"$T/log" 2>&1
