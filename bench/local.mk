@@ -3,3 +3,27 @@ noinst_PROGRAMS += bench/ops
 bench_ops_SOURCES = bench/ops.c
 bench_ops_CFLAGS = $(AM_CFLAGS) $(OPENBLAS_CFLAGS)
 bench_ops_LDADD = libmmpipe.la $(OPENBLAS_LIBS) -lm
+# stories/s of the story datasets (datasets helper)
+noinst_PROGRAMS += bench/dataset
+bench_dataset_SOURCES = bench/dataset.c
+bench_dataset_LDADD = libmmpipe.la
+
+# ---- sd: latent-diffusion benchmarks (SD-1.5 sizes; configs in bench/sd15/).
+# Run from the source tree root, e.g. `bench/unet --threads 2 --compare-torch`
+# (MMP_BENCH_SRCDIR points elsewhere).
+if BUILD_PLUGIN_UNET2D_CONDITION
+noinst_PROGRAMS += bench/unet
+bench_unet_SOURCES = bench/unet.c bench/sd_bench.h
+bench_unet_LDADD = libmmpipe.la
+endif
+if BUILD_PLUGIN_VAE
+noinst_PROGRAMS += bench/vae
+bench_vae_SOURCES = bench/vae.c bench/sd_bench.h
+bench_vae_LDADD = libmmpipe.la
+endif
+if BUILD_PLUGIN_CLIP_TEXT
+noinst_PROGRAMS += bench/clip
+bench_clip_SOURCES = bench/clip.c bench/sd_bench.h
+bench_clip_LDADD = libmmpipe.la
+endif
+EXTRA_DIST += bench/sd15 bench/torch_sd.py

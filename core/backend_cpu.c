@@ -273,6 +273,34 @@ static inline void st_any(mmp_dtype_t dt, char *p, double v) {
   }
 }
 
+/* f16 <-> f32 on contiguous runs with the F16C instructions when the CPU
+ * has them (weights stored in f16 are converted once at load: this makes
+ * that a memory-bound pass). Same rounding (to nearest even) as the scalar
+ * code. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#include <immintrin.h>
+#define HAVE_F16C_PATH 1
+__attribute__((target("avx,f16c"))) static void h2f_f16c(const uint16_t *s, float *d, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
+  for (; i < n; i++) d[i] = mmp__half_to_float(s[i]);
+}
+__attribute__((target("avx,f16c"))) static void f2h_f16c(const float *s, uint16_t *d, int64_t n) {
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm_storeu_si128((__m128i *)(d + i), _mm256_cvtps_ph(_mm256_loadu_ps(s + i), _MM_FROUND_TO_NEAREST_INT));
+  for (; i < n; i++) d[i] = mmp__float_to_half(s[i]);
+}
+static int have_f16c(void) {
+  static int v = -1;
+  if (v < 0) {
+    __builtin_cpu_init();
+    v = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx") ? 1 : 0;
+  }
+  return v;
+}
+#endif
+
 typedef struct copy_ctx {
   iter_t it;
   mmp_dtype_t dt, st;
@@ -301,10 +329,22 @@ static void copy_rows(int64_t r0, int64_t r1, void *user) {
         for (int64_t i = 0; i < n; i++) d[i * sd] = s[i * ss];
       }
     } else if (c->dt == MMP_F32 && c->st == MMP_F16) {
+#ifdef HAVE_F16C_PATH
+      if (sd == 1 && ss == 1 && have_f16c()) {
+        h2f_f16c((const uint16_t *)s, (float *)d, n);
+        continue;
+      }
+#endif
       for (int64_t i = 0; i < n; i++) ((float *)d)[i * sd] = mmp__half_to_float(((const uint16_t *)s)[i * ss]);
     } else if (c->dt == MMP_F32 && c->st == MMP_BF16) {
       for (int64_t i = 0; i < n; i++) ((float *)d)[i * sd] = mmp__bf16_to_float(((const uint16_t *)s)[i * ss]);
     } else if (c->dt == MMP_F16 && c->st == MMP_F32) {
+#ifdef HAVE_F16C_PATH
+      if (sd == 1 && ss == 1 && have_f16c()) {
+        f2h_f16c((const float *)s, (uint16_t *)d, n);
+        continue;
+      }
+#endif
       for (int64_t i = 0; i < n; i++) ((uint16_t *)d)[i * sd] = mmp__float_to_half(((const float *)s)[i * ss]);
     } else if (c->dt == MMP_BF16 && c->st == MMP_F32) {
       for (int64_t i = 0; i < n; i++) ((uint16_t *)d)[i * sd] = mmp__float_to_bf16(((const float *)s)[i * ss]);
@@ -316,6 +356,79 @@ static void copy_rows(int64_t r0, int64_t r1, void *user) {
   }
 }
 
+/* A permuting copy (dst contiguous along its last dim, src along another
+ * one, e.g. NCHW -> NHWC) walked element by element thrashes the cache on
+ * the strided side; it is done as a batch of 2-D transposes in 32 x 32
+ * tiles instead. */
+#define TILE 64  /* along K: src-contiguous */
+#define TILE_N 8 /* along N: src rows at a large power-of-two stride share a cache set; few per tile */
+typedef struct tr_ctx {
+  char *d;
+  const char *s;
+  size_t es;
+  int nb;                                    /* batch dims */
+  int64_t bshape[MMP_MAX_DIMS], bsd[MMP_MAX_DIMS], bss[MMP_MAX_DIMS];
+  int64_t K, N;                              /* tile plane: K (src-contiguous) x N (dst-contiguous) */
+  int64_t dk, sn;                            /* dst stride along K, src stride along N */
+  int64_t kblocks;
+} tr_ctx_t;
+
+static void tr_range(int64_t t0, int64_t t1, void *user) {
+  const tr_ctx_t *c = user;
+  for (int64_t t = t0; t < t1; t++) {
+    int64_t b = t / c->kblocks, k0 = (t % c->kblocks) * TILE, k1 = k0 + TILE < c->K ? k0 + TILE : c->K;
+    int64_t od = 0, os = 0, r = b;
+    for (int d = c->nb - 1; d >= 0; d--) {
+      int64_t i = r % c->bshape[d];
+      r /= c->bshape[d];
+      od += i * c->bsd[d];
+      os += i * c->bss[d];
+    }
+    for (int64_t n0 = 0; n0 < c->N; n0 += TILE_N) {
+      int64_t n1 = n0 + TILE_N < c->N ? n0 + TILE_N : c->N;
+      if (c->es == 4) {
+        float *d = (float *)c->d + od;
+        const float *s = (const float *)c->s + os;
+        for (int64_t k = k0; k < k1; k++)
+          for (int64_t n = n0; n < n1; n++) d[k * c->dk + n] = s[k + n * c->sn];
+      } else {
+        for (int64_t k = k0; k < k1; k++)
+          for (int64_t n = n0; n < n1; n++)
+            memcpy(c->d + (od + k * c->dk + n) * (int64_t)c->es, c->s + (os + k + n * c->sn) * (int64_t)c->es, c->es);
+      }
+    }
+  }
+}
+
+static bool try_transpose_copy(const iter_t *it, mmp_dtype_t dt, mmp_dtype_t st) {
+  int nd = it->nd, in = nd - 1, k = -1;
+  if (dt != st || nd < 2 || it->stride[0][in] != 1 || it->stride[1][in] == 1 || it->shape[in] < 8) return false;
+  for (int d = 0; d < in; d++)
+    if (it->stride[1][d] == 1 && it->shape[d] >= 8) k = d;
+  if (k < 0) return false;
+  tr_ctx_t c;
+  c.d = it->base[0];
+  c.s = it->base[1];
+  c.es = it->esize[0];
+  c.nb = 0;
+  int64_t batch = 1;
+  for (int d = 0; d < in; d++) {
+    if (d == k) continue;
+    c.bshape[c.nb] = it->shape[d];
+    c.bsd[c.nb] = it->stride[0][d];
+    c.bss[c.nb] = it->stride[1][d];
+    batch *= it->shape[d];
+    c.nb++;
+  }
+  c.K = it->shape[k];
+  c.N = it->shape[in];
+  c.dk = it->stride[0][k];
+  c.sn = it->stride[1][in];
+  c.kblocks = (c.K + TILE - 1) / TILE;
+  par_range(batch * c.kblocks, TILE * c.N, tr_range, &c);
+  return true;
+}
+
 static int op_copy(const mmp_tensor_t *src, mmp_tensor_t *dst) {
   if (mmp_tensor_numel(dst) == 0) return 0;
   copy_ctx_t c;
@@ -323,6 +436,7 @@ static int op_copy(const mmp_tensor_t *src, mmp_tensor_t *dst) {
   iter_init(&c.it, 2, ts);
   c.dt = dst->dtype;
   c.st = src->dtype;
+  if (try_transpose_copy(&c.it, c.dt, c.st)) return 0;
   par_range(c.it.rows, c.it.inner, copy_rows, &c);
   return 0;
 }
@@ -520,7 +634,51 @@ static void red_range(int64_t s, int64_t e, void *user) {
   }
 }
 
+/* x contiguous, viewed as [outer, n, inner] with inner > 1: accumulate whole
+ * rows so the inner loop runs over contiguous memory. */
+typedef struct red3_ctx {
+  mmp_op_t op;
+  const float *x;
+  float *y;
+  int64_t n, inner, iblocks;
+} red3_ctx_t;
+
+#define RBLK 256
+static void red3_range(int64_t t0, int64_t t1, void *user) {
+  const red3_ctx_t *c = user;
+  double acc[RBLK];
+  float mx[RBLK];
+  for (int64_t t = t0; t < t1; t++) {
+    int64_t o = t / c->iblocks, i0 = (t % c->iblocks) * RBLK;
+    int64_t m = c->inner - i0 < RBLK ? c->inner - i0 : RBLK;
+    const float *x = c->x + o * c->n * c->inner + i0;
+    float *y = c->y + o * c->inner + i0;
+    if (c->op == MMP_OP_MAX) {
+      for (int64_t i = 0; i < m; i++) mx[i] = -INFINITY;
+      for (int64_t r = 0; r < c->n; r++)
+        for (int64_t i = 0; i < m; i++) {
+          float v = x[r * c->inner + i];
+          if (v > mx[i] || v != v || mx[i] != mx[i]) mx[i] = (mx[i] != mx[i]) ? mx[i] : v;
+        }
+      memcpy(y, mx, (size_t)m * sizeof(float));
+    } else {
+      for (int64_t i = 0; i < m; i++) acc[i] = 0;
+      for (int64_t r = 0; r < c->n; r++)
+        for (int64_t i = 0; i < m; i++) acc[i] += x[r * c->inner + i];
+      double div = c->op == MMP_OP_MEAN ? (double)c->n : 1.0;
+      for (int64_t i = 0; i < m; i++) y[i] = (float)(acc[i] / div);
+    }
+  }
+}
+
 static int op_reduce(mmp_op_t op, int dim, const mmp_tensor_t *x, mmp_tensor_t *dst) {
+  int64_t inner = mmp__numel(x->ndim - dim - 1, x->shape + dim + 1);
+  if (op != MMP_OP_ARGMAX && inner > 1 && mmp_tensor_is_contiguous(x)) {
+    red3_ctx_t c3 = {op, mmp__ptr(x), mmp__ptr(dst), x->shape[dim], inner, (inner + RBLK - 1) / RBLK};
+    int64_t outer = mmp__numel(dim, x->shape);
+    par_range(outer * c3.iblocks, RBLK * (c3.n + 1), red3_range, &c3);
+    return 0;
+  }
   red_ctx_t c = {op, x, dst, dim};
   int64_t n = mmp_tensor_numel(dst);
   par_range(n, x->shape[dim] + 8, red_range, &c);

@@ -57,7 +57,7 @@ int mmp_config_check_keys(const mmp_config_t *group, const mmp_key_t *keys, cons
       continue;
     }
     const mmp_key_t *k = NULL;
-    for (const mmp_key_t *q = keys; q && q->name; q++)
+    for (const mmp_key_t *q = keys; !k && q && q->name; q++)
       if (q->type != MMP_TYPE_COMPONENT && strcmp(q->name, cn) == 0) k = q;
     if (!k) {
       const char *near = names ? mmp_nearest(cn, names, nn) : NULL;
@@ -68,6 +68,9 @@ int mmp_config_check_keys(const mmp_config_t *group, const mmp_key_t *keys, cons
       mmp_strbuf_append(&b, "%s: %s key '%s' must be %s, found %s\n", loc, what, cn,
                         mmp_type_name(k->type), mmp_type_name(mmp_config_type(c)));
       nerr++;
+    } else if (k->flags & MMP_KEY_IGNORED) {
+      MMP_INFO("config", "%s: %s ignores key '%s' (it is used by other implementations)", loc,
+               what, cn);
     }
   }
   for (const mmp_key_t *k = keys; k && k->name; k++) {
@@ -89,7 +92,7 @@ int mmp_config_check_keys(const mmp_config_t *group, const mmp_key_t *keys, cons
 
 int mmp_config_merge_defaults(mmp_config_t *group, const mmp_key_t *keys) {
   for (const mmp_key_t *k = keys; k && k->name; k++) {
-    if (k->type == MMP_TYPE_COMPONENT || !k->default_value) continue;
+    if (k->type == MMP_TYPE_COMPONENT || !k->default_value || (k->flags & MMP_KEY_IGNORED)) continue;
     if (mmp_config_lookup(group, k->name)) continue;
     /* set relative to the group: build the full path */
     char path[512], key[600];

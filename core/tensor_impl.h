@@ -5,10 +5,12 @@
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <string.h>
 
-/* The public API of these headers is what libmmpipe exports; the library is
- * built with -fvisibility=hidden, so give their declarations default
- * visibility here (internal helpers below stay hidden). */
+/* The public API of these headers is what libmmpipe exports: give their
+ * declarations default visibility even if the library is built with
+ * -fvisibility=hidden (the internal mmp__ helpers below are not exported
+ * either way: the export regex is '^mmp_[a-z]'). */
 #pragma GCC visibility push(default)
 #include <mmpipe/backend.h>
 #include <mmpipe/error.h>
@@ -49,11 +51,69 @@ const char *mmp__shape_str(int ndim, const int64_t *shape, char *buf, size_t len
  * (for error messages with several tensors). */
 const char *mmp__desc(const mmp_tensor_t *t);
 
-/* fp16/bf16 conversions (round to nearest even). */
-float mmp__half_to_float(uint16_t h);
-uint16_t mmp__float_to_half(float f);
-float mmp__bf16_to_float(uint16_t h);
-uint16_t mmp__float_to_bf16(float f);
+/* fp16/bf16 conversions (round to nearest even; NaN stays NaN). */
+
+static inline float mmp__half_to_float(uint16_t h) {
+  uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
+  uint32_t exp = (h >> 10) & 0x1fu, man = h & 0x3ffu, bits;
+  if (exp == 0) {
+    if (man == 0) {
+      bits = sign;
+    } else { /* subnormal: normalise */
+      int e = -1;
+      do {
+        e++;
+        man <<= 1;
+      } while (!(man & 0x400u));
+      bits = sign | ((uint32_t)(127 - 15 - e) << 23) | ((man & 0x3ffu) << 13);
+    }
+  } else if (exp == 0x1f) {
+    bits = sign | 0x7f800000u | (man << 13);
+  } else {
+    bits = sign | ((exp + 127 - 15) << 23) | (man << 13);
+  }
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+static inline uint16_t mmp__float_to_half(float f) {
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  uint32_t sign = (x >> 16) & 0x8000u;
+  uint32_t ax = x & 0x7fffffffu;
+  if (ax >= 0x7f800000u) /* inf or nan (keep nan quiet) */
+    return (uint16_t)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u | ((ax >> 13) & 0x3ffu) : 0));
+  if (ax >= 0x477ff000u) return (uint16_t)(sign | 0x7c00u); /* rounds to inf */
+  if (ax < 0x38800000u) { /* subnormal or zero in half */
+    if (ax < 0x33000000u) return (uint16_t)sign; /* < 2^-25: rounds to 0 */
+    uint32_t e = ax >> 23, m = (ax & 0x7fffffu) | 0x800000u;
+    int shift = 126 - (int)e; /* value / 2^-24 = m * 2^(e-126); 14..24 */
+    uint32_t r = m >> shift, rem = m & ((1u << shift) - 1), half = 1u << (shift - 1);
+    if (rem > half || (rem == half && (r & 1u))) r++;
+    return (uint16_t)(sign | r);
+  }
+  uint32_t r = ax - 0x38000000u; /* rebias exponent 127 -> 15 */
+  uint32_t h = r >> 13, rem = r & 0x1fffu;
+  if (rem > 0x1000u || (rem == 0x1000u && (h & 1u))) h++;
+  return (uint16_t)(sign | h);
+}
+
+static inline float mmp__bf16_to_float(uint16_t h) {
+  uint32_t bits = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &bits, 4);
+  return f;
+}
+
+static inline uint16_t mmp__float_to_bf16(float f) {
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  if ((x & 0x7fffffffu) > 0x7f800000u) return 0x7fc0u; /* nan, as torch */
+  x += 0x7fffu + ((x >> 16) & 1u);
+  return (uint16_t)(x >> 16);
+}
+
 
 /* ---- backend.c ---- */
 /* The core-private CPU backend singleton (backend_cpu.c). */

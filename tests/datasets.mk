@@ -16,3 +16,5 @@ check_PROGRAMS += tests/test_core_loader
 TESTS += tests/test_core_loader
 tests_test_core_loader_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_core_loader_LDADD = $(TEST_LDADD)
+TESTS += tests/test_plugin_dataset_cmd.sh
+EXTRA_DIST += tests/test_plugin_dataset_cmd.sh

@@ -66,6 +66,7 @@ TEXTS = [
     "ligatures \ufb01nance \ufb02ow \ufb00 and fullwidth \uff21\uff22\uff23\uff11\uff12",
     "control\x01chars\x07here\x1b[31mred\x1b[0m\ufeffbom\x7f",
     "Greek \u039f\u0394\u039f\u03a3 \u03a3\u03b9\u03c3\u03c5\u03c6\u03bf\u03c2 Turkish \u0130stanbul I\u0307 \u017ft",
+    "ignorecase classes: \u0391\u0345 a\u0345b \u0345 x'\u017f y'S \u212a \u24b6\u24d0 \u2160\u2170",
     "math x\u00b2 \u00bd \u2153 \u2167 \u0663\u0664 \u00b5m 10\u00b3 \u221e",
     "Fred is talking to Barney in the living room.",
     "fred is talking to barney. FRED! Fred's hat, fred's car. xfredx fredfred",
@@ -172,6 +173,22 @@ def clip_cases(tmp):
     hf_case("pororo_lowercase_captions", TEXTS, 85, False, PORORO, lower=True)
     hf_case("odd_new_tokens", TEXTS, 77, True,
             ["Fred", "a", "ab c", "<x>", "tongtong", "tongtong", "\u00e9t\u00e9"])
+    # a saved tokenizer folder with added_tokens.json (loaded by from_pretrained)
+    d2 = os.path.join(tmp, "clip_tokenizer_added")
+    shutil.copytree(d, d2)
+    added = {"pororo": 49408, "Crong": 49409, "tong tong": 49410}
+    json.dump(added, open(os.path.join(d2, "added_tokens.json"), "w"))
+    tk = CLIPTokenizer.from_pretrained(d2)
+    n_added = tk.add_tokens(["loopy", "crong", "Crong"])
+    texts = TEXTS + ["pororo Crong crong tong tong tongtong loopy"]
+    ids, mask = run_hf(tk, texts, 77, True)
+    cases.append({"name": "saved_added_tokens_json",
+                  "config": {"tokenizer_dir": "clip_tokenizer_added", "added_tokens_json": added,
+                             "max_length": 77, "truncation": True,
+                             "new_tokens": ["loopy", "crong", "Crong"],
+                             "lowercase_captions": False},
+                  "vocab_size": len(tk), "n_added": n_added + len(added), "texts": texts,
+                  "input_ids": ids, "attention_mask": mask})
     hf_case("random_flintstones", random_texts(11, 400), 40, True, FLINTSTONES)
     hf_case("sd2_pad_bang", TEXTS_LONG + ["wow! ! !!  !x", "!"], 77, True, pad_token="!")
 

@@ -16,3 +16,5 @@ TESTS += tests/test_plugin_txt2img
 tests_test_plugin_txt2img_CPPFLAGS = $(TEST_CPPFLAGS) $(LIBPNG_CFLAGS)
 tests_test_plugin_txt2img_LDADD = $(TEST_LDADD) $(LIBPNG_LIBS)
 endif
+TESTS += tests/test_plugin_txt2img_schedulers.sh
+EXTRA_DIST += tests/test_plugin_txt2img_schedulers.sh

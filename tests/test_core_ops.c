@@ -178,7 +178,7 @@ static bool compare(const char *cname, const mmp_tensor_t *got, const mmp_tensor
 
 /* One pass over every case; with @check false nothing is reported (warm-up
  * and steady-state passes for the pool test). Returns the failures. */
-static int run_all(mmp_safetensors_t *st, bool check) {
+static int run_all(mmp_safetensors_t *st, mmp_backend_t *be, bool check) {
   int fails = 0;
   for (size_t ci = 0; ci < mmp_safetensors_metadata_count(st); ci++) {
     const char *cname = mmp_safetensors_metadata_key(st, ci);
@@ -190,12 +190,22 @@ static int run_all(mmp_safetensors_t *st, bool check) {
     /* inputs are named a, b, c, ... ; a missing one (an optional bias) is NULL */
     for (int i = 0; i < 8; i++) {
       in[i] = input(st, cname, desc, i);
+      if (in[i] && be != cpu) { /* the same case on another backend */
+        mmp_tensor_t *moved = mmp_to_backend(in[i], be);
+        mmp_tensor_unref(in[i]);
+        in[i] = moved;
+      }
       if (in[i]) nin = i + 1;
     }
     char oname[256];
     snprintf(oname, sizeof oname, "%s/out", cname);
     mmp_tensor_t *want = mmp_safetensors_get(st, oname, cpu, MMP_DTYPE_COUNT);
     mmp_tensor_t *got = run_op(op, desc, in, nin);
+    if (got && be != cpu) {
+      mmp_tensor_t *back = mmp_to_backend(got, cpu);
+      mmp_tensor_unref(got);
+      got = back;
+    }
     if (check) {
       tol_kind_t kind;
       double tol;
@@ -251,19 +261,29 @@ int main(void) {
     return 1;
   }
   diag("%zu cases, %d threads", mmp_safetensors_metadata_count(st), mmp_threads_get());
-  run_all(st, true);
+  run_all(st, cpu, true);
 
   /* steady state: the second pass over every op makes no OS allocation */
   mmp_pool_stats_t s1, s2;
   uint64_t h1, h2;
   mmp_backend_pool_stats(cpu, &s1);
   mmp_tensor_header_stats(&h1, NULL);
-  is_int(run_all(st, false), 0, "second pass runs");
+  is_int(run_all(st, cpu, false), 0, "second pass runs");
   mmp_backend_pool_stats(cpu, &s2);
   mmp_tensor_header_stats(&h2, NULL);
   is_int(s2.os_allocs - s1.os_allocs, 0, "second pass over all ops: no OS allocation (%llu pool requests)",
          (unsigned long long)(s2.requests - s1.requests));
   is_int(h2 - h1, 0, "second pass: no tensor-header malloc");
+
+  /* every other backend runs the same cases against the same fixtures (the
+   * CUDA backend, when built and a GPU is present) */
+  mmp_backend_t *cuda = mmp_backend_get("cuda");
+  if (cuda) {
+    diag("running every case on the %s backend", mmp_backend_name(cuda));
+    run_all(st, cuda, true);
+  } else {
+    diag("no CUDA backend: the cross-backend pass is skipped (%s)", mmp_error_last());
+  }
   mmp_safetensors_close(st);
 
   test_errors();

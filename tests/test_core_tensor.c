@@ -198,6 +198,34 @@ static void test_views(void) {
   mmp_tensor_unref(a);
 }
 
+/* permuting copies large enough for the tiled transpose path, several dtypes */
+static void test_permute_copies(void) {
+  int64_t s[4] = {3, 20, 37, 9};
+  mmp_tensor_t *a = arange(4, s);
+  static const int perms[][4] = {{0, 2, 3, 1}, {0, 3, 1, 2}, {3, 2, 1, 0}, {1, 0, 3, 2}};
+  mmp_dtype_t dts[3] = {MMP_F32, MMP_F16, MMP_I64};
+  int bad = 0, checked = 0;
+  for (int d = 0; d < 3; d++) {
+    mmp_tensor_t *ad = mmp_convert(a, dts[d]);
+    for (size_t p = 0; p < sizeof perms / sizeof perms[0]; p++) {
+      mmp_tensor_t *v = mmp_permute(ad, perms[p]), *c = mmp_contiguous(v);
+      int64_t idx[4];
+      for (idx[0] = 0; idx[0] < c->shape[0]; idx[0]++)
+        for (idx[1] = 0; idx[1] < c->shape[1]; idx[1]++)
+          for (idx[2] = 0; idx[2] < c->shape[2]; idx[2]++)
+            for (idx[3] = 0; idx[3] < c->shape[3]; idx[3]++) {
+              checked++;
+              if (mmp_tensor_get(c, idx) != mmp_tensor_get(v, idx)) bad++;
+            }
+      mmp_tensor_unref(v);
+      mmp_tensor_unref(c);
+    }
+    mmp_tensor_unref(ad);
+  }
+  is_int(bad, 0, "permuted copies (f32, f16, i64; %d elements) match the views", checked);
+  mmp_tensor_unref(a);
+}
+
 static void test_conversions(void) {
   float v[8] = {1.0f, -2.5f, 65504.0f, 1e-7f, 3.14159265f, 1e6f, -0.0f, 0.333333f};
   int64_t s[1] = {8};
@@ -277,6 +305,14 @@ static void test_broadcast_ops(void) {
 
 /* A second backend object with the CPU's vtable but another name, to check
  * that mixing devices is an error, never a silent copy. */
+static int warnings;
+static void count_warnings(mmp_log_level_t level, const char *component, const char *message, void *user) {
+  (void)component;
+  (void)message;
+  (void)user;
+  if (level == MMP_LOG_WARN) warnings++;
+}
+
 static mmp_backend_ops_t fake_ops;
 static mmp_backend_t fake;
 
@@ -308,7 +344,17 @@ static void test_devices(void) {
   mmp_tensor_unref(b);
   mmp_tensor_unref(m);
   mmp_tensor_unref(ok2);
-  ok(mmp_backend_get("auto") != NULL, "auto gives a backend");
+  mmp_log_set_sink(count_warnings, NULL);
+  mmp_log_set_level(MMP_LOG_WARN);
+  mmp_backend_t *a1 = mmp_backend_get("auto"), *a2 = mmp_backend_get("auto");
+  mmp_log_set_sink(NULL, NULL);
+  mmp_log_set_level(MMP_LOG_ERROR);
+  ok(a1 != NULL && a1 == a2, "auto gives a backend");
+  if (mmp_backend_get("cuda") == NULL) {
+    is_int(mmp_error_code(), MMP_EDEVICE, "no CUDA backend: cuda is EDEVICE");
+    ok(a1 == cpu, "auto falls back to the cpu");
+    is_int(warnings, 1, "with exactly one warning");
+  }
   ok(mmp_backend_get("tpu") == NULL, "unknown device refused");
   is_int(mmp_error_code(), MMP_ENOENT, "ENOENT");
 }
@@ -359,6 +405,7 @@ int main(void) {
   test_refcounts();
   test_views();
   test_conversions();
+  test_permute_copies();
   test_broadcast_ops();
   test_devices();
   test_pool();

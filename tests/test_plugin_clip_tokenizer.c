@@ -5,12 +5,43 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <pthread.h>
+#include <unistd.h>
 
 #include "plugins/processors/cliptok.h"
 #include "plugins/processors/textcommon.h"
 #include "tokfixture.h"
 
 static char vocab[4096], merges[4096], bpe[4096], clipdir[4096];
+static char addeddir[64]; /* a saved tokenizer folder: links + added_tokens.json */
+static char addedjson[128];
+
+/* (re)write the folder for a case with "added_tokens_json"; returns its path */
+static const char *make_added_dir(json_t *added) {
+  char p[4200];
+  if (!addeddir[0]) {
+    snprintf(addeddir, sizeof addeddir, "/tmp/mmp_cliptok_XXXXXX");
+    if (!mkdtemp(addeddir)) return NULL;
+    snprintf(p, sizeof p, "%s/vocab.json", addeddir);
+    if (symlink(vocab, p) < 0) return NULL;
+    snprintf(p, sizeof p, "%s/merges.txt", addeddir);
+    if (symlink(merges, p) < 0) return NULL;
+  }
+  snprintf(addedjson, sizeof addedjson, "%s/added_tokens.json", addeddir);
+  if (json_dump_file(added, addedjson, 0) < 0) return NULL;
+  return addeddir;
+}
+
+static void remove_added_dir(void) {
+  char p[4200];
+  if (!addeddir[0]) return;
+  const char *files[] = {"vocab.json", "merges.txt", "added_tokens.json"};
+  for (int i = 0; i < 3; i++) {
+    snprintf(p, sizeof p, "%s/%s", addeddir, files[i]);
+    unlink(p);
+  }
+  rmdir(addeddir);
+}
 
 static const char *fx_path(const char *name) {
   if (strcmp(name, "vocab.json") == 0) return vocab;
@@ -31,6 +62,10 @@ static mmp_cliptok_t *engine_for(json_t *cfg, const char **names, size_t *nnames
     o.merges_txt = merges;
   }
   if ((v = json_object_get(cfg, "pad_token"))) o.pad_token = json_string_value(v);
+  if ((v = json_object_get(cfg, "added_tokens_json"))) {
+    if (!make_added_dir(v)) return NULL;
+    o.added_tokens_json = addedjson;
+  }
   json_t *nt = json_object_get(cfg, "new_tokens");
   *nnames = json_array_size(nt);
   for (size_t i = 0; i < *nnames; i++) names[i] = json_string_value(json_array_get(nt, i));
@@ -96,9 +131,14 @@ static void test_plugin(json_t *c) {
   const char *key;
   json_t *v;
   json_object_foreach(cfg, key, v) {
-    if (strcmp(key, "tokenizer_dir") == 0)
-      k += (size_t)snprintf(text + k, sizeof text - k, "  tokenizer_dir = \"%s\";\n", clipdir);
-    else if (strcmp(key, "vocab") == 0 || strcmp(key, "merges") == 0 || strcmp(key, "bpe_file") == 0)
+    if (strcmp(key, "added_tokens_json") == 0)
+      continue;
+    if (strcmp(key, "tokenizer_dir") == 0) {
+      json_t *added = json_object_get(cfg, "added_tokens_json");
+      const char *dir = added ? make_added_dir(added) : clipdir;
+      k += (size_t)snprintf(text + k, sizeof text - k, "  tokenizer_dir = \"%s\";\n",
+                            dir ? dir : "(mkdtemp failed)");
+    } else if (strcmp(key, "vocab") == 0 || strcmp(key, "merges") == 0 || strcmp(key, "bpe_file") == 0)
       k += (size_t)snprintf(text + k, sizeof text - k, "  %s = \"%s\";\n", key,
                             fx_path(json_string_value(v)));
     else if (json_is_string(v))
@@ -161,6 +201,58 @@ static void test_plugin(json_t *c) {
   tokfx_comp_free(&comp);
 }
 
+/* one instance shared by threads (dataset loaders do this) */
+typedef struct worker {
+  const mmp_cliptok_t *t;
+  json_t *c;
+  int mismatches;
+} worker_t;
+
+static void *work(void *p) {
+  worker_t *w = p;
+  json_t *texts = json_object_get(w->c, "texts"), *want = json_object_get(w->c, "input_ids");
+  for (int rep = 0; rep < 3; rep++)
+    for (size_t i = 0; i < json_array_size(texts); i++) {
+      const char *s = json_string_value(json_array_get(texts, i));
+      int64_t *row;
+      size_t nr;
+      if (mmp_cliptok_encode(w->t, s, strlen(s), &row, &nr) < 0) {
+        w->mismatches++;
+        continue;
+      }
+      json_t *wr = json_array_get(want, i);
+      /* the ids between <|startoftext|> and <|endoftext|> (truncated rows: the first 75) */
+      size_t L = json_array_size(wr), m = nr < L - 2 ? nr : L - 2;
+      for (size_t j = 0; j < m; j++)
+        if (row[j] != json_integer_value(json_array_get(wr, j + 1))) {
+          w->mismatches++;
+          break;
+        }
+      free(row);
+    }
+  return NULL;
+}
+
+static void test_threads(json_t *c) {
+  const char *names[64];
+  size_t nn;
+  mmp_cliptok_t *t = engine_for(json_object_get(c, "config"), names, &nn);
+  if (!ok(t != NULL, "threads: engine")) return;
+  worker_t w[4];
+  pthread_t th[4];
+  for (int i = 0; i < 4; i++) {
+    w[i] = (worker_t){t, c, 0};
+    pthread_create(&th[i], NULL, work, &w[i]);
+  }
+  int bad = 0;
+  for (int i = 0; i < 4; i++) {
+    pthread_join(th[i], NULL);
+    bad += w[i].mismatches;
+  }
+  is_int(bad, 0, "4 threads on one instance give the reference ids");
+  mmp_cliptok_free(t);
+}
+
 static void test_errors(void) {
   /* missing vocabulary file: the message names it */
   mmp_cliptok_opts_t o = {.vocab_json = "/nonexistent/vocab.json", .merges_txt = merges};
@@ -172,6 +264,14 @@ static void test_errors(void) {
   o = (mmp_cliptok_opts_t){.bpe_gz = "/nonexistent/bpe.txt.gz"};
   ok(mmp_cliptok_new(&o) == NULL, "missing bpe file fails");
   like(mmp_error_last(), "/nonexistent/bpe.txt.gz", "the error names the bpe file");
+
+  /* added_tokens.json ids must follow the vocabulary (slow tokenizers) */
+  json_t *bad_added = json_pack("{s:i}", "zzqx", 49500);
+  o = (mmp_cliptok_opts_t){.vocab_json = vocab, .merges_txt = merges};
+  o.added_tokens_json = make_added_dir(bad_added) ? addedjson : "/nonexistent";
+  ok(mmp_cliptok_new(&o) == NULL, "non-consecutive added_tokens.json fails");
+  like(mmp_error_last(), "non-consecutive added token 'zzqx'", "the message names the token");
+  json_decref(bad_added);
 
   o = (mmp_cliptok_opts_t){.vocab_json = vocab, .merges_txt = merges};
   mmp_cliptok_t *t = mmp_cliptok_new(&o);
@@ -188,7 +288,7 @@ static void test_errors(void) {
   /* truncation off: too long is an error naming the text */
   int64_t many[100] = {0}, row[77], mask[77];
   int rc = mmp_tok_pack_row(many, 100, 1, 2, 3, 77, false, 4, row, mask);
-  is_int(rc, MMP_EINVAL, "too long without truncation fails");
+  is_int(rc, MMP_EDATA, "too long without truncation fails with MMP_EDATA");
   like(mmp_error_last(), "text 4", "the error names the text index");
   rc = mmp_tok_pack_row(many, 75, 1, 2, 3, 77, false, 4, row, mask);
   ok(rc == 0 && row[76] == 2 && mask[76] == 1, "exactly max_length fits");
@@ -225,7 +325,7 @@ static void test_plugin_errors(void) {
   if (ok(tokfx_comp_new(&c, text) == 0, "plugin: truncation off")) {
     const char *texts[] = {"short", "this text is much too long for eight tokens", "caf\xc3"};
     mmp_tensormap_t *out = mmp_tensormap_new();
-    ok(tokfx_encode(&c, texts, 2, out) < 0, "plugin: a long text fails without truncation");
+    ok(tokfx_encode(&c, texts, 2, out) == MMP_EDATA, "plugin: a long text fails without truncation");
     like(mmp_error_last(), "text 1", "plugin: the error names the text index");
     ok(tokfx_encode(&c, texts + 2, 1, out) == MMP_EDATA, "plugin: invalid UTF-8 is MMP_EDATA");
     like(mmp_error_last(), "invalid UTF-8", "plugin: invalid UTF-8 message");
@@ -249,8 +349,10 @@ int main(void) {
   json_t *cases = json_object_get(root, "cases");
   for (size_t i = 0; i < json_array_size(cases); i++) test_engine(json_array_get(cases, i));
   test_errors();
+  test_threads(json_array_get(cases, 0));
   for (size_t i = 0; i < json_array_size(cases); i++) test_plugin(json_array_get(cases, i));
   test_plugin_errors();
+  remove_added_dir();
   json_decref(root);
   return done_testing();
 }

@@ -44,7 +44,7 @@ static uint8_t *read_png(const char *path, int *w, int *h, char *prompt, size_t 
   return px;
 }
 
-static int run_task(const char *outdir, bool single) {
+static int run_task(const char *outdir, bool single, bool seeded) {
   char fx[4096], text[16384];
   snprintf(fx, sizeof fx, "%s/tests/fixtures/sd", tap_srcdir());
   char parts[3][8192];
@@ -61,11 +61,12 @@ static int run_task(const char *outdir, bool single) {
   snprintf(text, sizeof text,
            "task = { name = \"txt2img\"; prompt_file = \"%s/txt2img_prompts.txt\"; negative_prompt = \"blurry\";\n"
            "  guidance_scale = 7.5; width = 64; height = 64; steps = 10; batch_size = 2;\n"
-           "  init_latents = \"%s/txt2img_io.safetensors\"; output_dir = \"%s\"; };\n"
+           "  %s%s%s output_dir = \"%s\"; };\n"
            "tokenizer = { name = \"clip_tokenizer\"; tokenizer_dir = \"%s/pipe/tokenizer\"; };\n"
            "scheduler = { name = \"ddim\"; beta_start = 0.00085; beta_end = 0.012; beta_schedule = \"scaled_linear\";\n"
            "  clip_sample = false; set_alpha_to_one = false; steps_offset = 1; };\n%s\n%s\n%s\n",
-           fx, fx, outdir, fx, parts[0], parts[1], parts[2]);
+           fx, seeded ? "seed = 42; rng = \"torch\";" : "init_latents = \"", seeded ? "" : fx,
+           seeded ? "" : "/txt2img_io.safetensors\";", outdir, fx, parts[0], parts[1], parts[2]);
   mmp_registry_t *reg = mmp_registry_new();
   sd_env_add_dirs(reg);
   mmp_config_t *cfg = mmp_config_parse(text, "txt2img-test");
@@ -95,16 +96,19 @@ int main(void) {
   mmp_tensor_unref(rf32);
 
   const char *tmp = getenv("TMPDIR");
-  char d1[4096], d2[4096];
+  char d1[4096], d2[4096], d3[4096];
   snprintf(d1, sizeof d1, "%s/sd_txt2img_%d_a", tmp ? tmp : "/tmp", (int)getpid());
   snprintf(d2, sizeof d2, "%s/sd_txt2img_%d_b", tmp ? tmp : "/tmp", (int)getpid());
-  ok(run_task(d1, false) == 0, "txt2img with the diffusers folder");
-  ok(run_task(d2, true) == 0, "txt2img with the single-file checkpoint");
+  snprintf(d3, sizeof d3, "%s/sd_txt2img_%d_c", tmp ? tmp : "/tmp", (int)getpid());
+  ok(run_task(d1, false, false) == 0, "txt2img with the diffusers folder");
+  ok(run_task(d2, true, false) == 0, "txt2img with the single-file checkpoint");
+  ok(run_task(d3, false, true) == 0, "txt2img with seed 42 and the torch generator (no init_latents)");
   static const char *const prompts[2] = {"a red cat sitting on the mat", "two dogs, running!"};
   for (int i = 0; i < 2; i++) {
-    char p1[4200], p2[4200], t1[256], t2[256];
+    char p1[4200], p2[4200], p3[4200], t1[256], t2[256], t3[256];
     snprintf(p1, sizeof p1, "%s/%05d.png", d1, i);
     snprintf(p2, sizeof p2, "%s/%05d.png", d2, i);
+    snprintf(p3, sizeof p3, "%s/%05d.png", d3, i);
     int w = 0, h = 0, w2 = 0, h2 = 0;
     uint8_t *a = read_png(p1, &w, &h, t1, sizeof t1), *b = read_png(p2, &w2, &h2, t2, sizeof t2);
     ok(a && w == 64 && h == 64, "image %d is a 64x64 RGB PNG", i);
@@ -120,13 +124,20 @@ int main(void) {
     if (!ok(maxd <= 2.0 / 255.0 + 1e-9, "image %d within 2/255 of diffusers", i)) diag("  max difference %.4f (%.2f/255)", maxd, maxd * 255);
     ok(a && b && w == w2 && h == h2 && memcmp(a, b, (size_t)w * (size_t)h * 3) == 0,
        "image %d: single-file and folder layouts give identical pixels", i);
+    int w3 = 0, h3 = 0;
+    uint8_t *c3 = read_png(p3, &w3, &h3, t3, sizeof t3);
+    ok(a && c3 && w3 == w && h3 == h && memcmp(a, c3, (size_t)w * (size_t)h * 3) == 0,
+       "image %d: seed 42 with rng torch draws diffusers' initial latents", i);
     free(a);
     free(b);
+    free(c3);
     unlink(p1);
     unlink(p2);
+    unlink(p3);
   }
   rmdir(d1);
   rmdir(d2);
+  rmdir(d3);
   free(rf);
   mmp_tensormap_free(io);
   return done_testing();

@@ -9,7 +9,7 @@ check_PROGRAMS += tests/test_plugin_clip_tokenizer
 TESTS += tests/test_plugin_clip_tokenizer
 tests_test_plugin_clip_tokenizer_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_clip_tokenizer_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)
-tests_test_plugin_clip_tokenizer_LDADD = plugins/processors/libtextcommon.la $(TEST_LDADD) $(JANSSON_LIBS)
+tests_test_plugin_clip_tokenizer_LDADD = plugins/processors/libtextcommon.la $(TEST_LDADD) $(JANSSON_LIBS) -lpthread
 endif
 
 if BUILD_PLUGIN_BERT_TOKENIZER

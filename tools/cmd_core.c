@@ -319,6 +319,7 @@ int cmd_describe(int argc, char **argv) {
          "(required)", p->name);
   for (const mmp_key_t *k = p->keys; k->name; k++) {
     char type[48];
+    if (k->flags & MMP_KEY_IGNORED) continue; /* listed below */
     if (k->type == MMP_TYPE_COMPONENT)
       snprintf(type, sizeof type, "%s", mmp_kind_name(k->component_kind));
     else
@@ -328,6 +329,15 @@ int cmd_describe(int argc, char **argv) {
     printf("  %-28s %-9s %-22s %s%s\n", k->name, type, def, k->doc,
            k->type == MMP_TYPE_COMPONENT ? " [a top-level group]" : "");
   }
+  int nign = 0;
+  for (const mmp_key_t *k = p->keys; k->name; k++) {
+    if (!(k->flags & MMP_KEY_IGNORED)) continue;
+    int own = 0; /* a name declared earlier for real is not "ignored" */
+    for (const mmp_key_t *q = p->keys; q < k; q++) own |= strcmp(q->name, k->name) == 0;
+    if (own) continue;
+    printf("%s%s", nign++ ? ", " : "\n  Accepted and ignored (keys of other implementations, so that one\n  configuration serves them all): ", k->name);
+  }
+  if (nign) printf("\n");
   mmp_registry_free(reg);
   return PIPE_EXIT_OK;
 }

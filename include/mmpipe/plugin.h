@@ -62,6 +62,12 @@ int mmp_kind_parse(const char *s, mmp_kind_t *out);
 /* Key flags */
 #define MMP_KEY_REQUIRED 0x1u /* no default; the config must give it */
 #define MMP_KEY_PATH 0x2u     /* a file path, resolved against the task file */
+/* Accepted and ignored: a key that other implementations of the same kind
+ * use, declared so that one configuration works with any of them (swap
+ * `scheduler.name` and keep the other keys). Give it no default. The first
+ * declaration of a name in a table wins, so a table may list its own keys
+ * and then a shared list of ignored ones. */
+#define MMP_KEY_IGNORED 0x4u
 
 /* One configuration key a plugin accepts. Tables end with name == NULL. */
 typedef struct mmp_key {

@@ -24,6 +24,7 @@ typedef struct tokenizer {
   const mmp_processor_ops_t *ops;
   void *self;
   mmp_config_t *cfg;
+  bool lowers; /* the tokenizer took lowercase_captions itself */
 } tokenizer_t;
 
 typedef struct story {
@@ -94,7 +95,8 @@ static int set_key(mmp_config_t *cfg, const mmp_plugin_t *p, const char *const *
 
 static int tokenizer_open(tokenizer_t *t, mmp_context_t *ctx, const char *what,
                           const char *plugin_name, const char *vocab, const char *merges,
-                          const char *bpe, int64_t max_length, const mmp_config_t *dcfg) {
+                          const char *bpe, int64_t max_length, bool lowercase,
+                          const mmp_config_t *dcfg) {
   mmp_registry_t *reg = ctx ? mmp_context_registry(ctx) : NULL;
   if (!reg) return mmp_error_set(MMP_EINVAL, "%s: no registry to find '%s' in", what, plugin_name);
   const mmp_plugin_t *p = mmp_registry_find(reg, MMP_KIND_PROCESSOR, plugin_name);
@@ -109,9 +111,11 @@ static int tokenizer_open(tokenizer_t *t, mmp_context_t *ctx, const char *what,
   int rc = 0;
   static const char *const K_VOCAB[] = {"vocab", "vocab_file", NULL};
   static const char *const K_MERGES[] = {"merges", "merges_file", NULL};
-  static const char *const K_BPE[] = {"bpe", "bpe_file", "bpe_path", NULL};
+  static const char *const K_BPE[] = {"bpe_file", "bpe", "bpe_path", NULL};
   static const char *const K_MAXLEN[] = {"max_length", NULL};
   static const char *const K_TOKENS[] = {"new_tokens", "added_tokens", NULL};
+  static const char *const K_TRUNC[] = {"truncation", NULL};
+  static const char *const K_LOWER[] = {"lowercase_captions", NULL};
   char *q = NULL, lit[64];
   char *list = NULL;
   if (rc == 0 && vocab && *vocab) {
@@ -132,6 +136,12 @@ static int tokenizer_open(tokenizer_t *t, mmp_context_t *ctx, const char *what,
   if (rc == 0) {
     snprintf(lit, sizeof lit, "%lld", (long long)max_length);
     rc = set_key(cfg, p, K_MAXLEN, lit, true, what);
+  }
+  /* AR-LDM tokenizes with truncation=False: a longer caption is an error */
+  if (rc == 0) rc = set_key(cfg, p, K_TRUNC, "false", false, what);
+  if (rc == 0 && lowercase && declared(p, K_LOWER)) {
+    rc = set_key(cfg, p, K_LOWER, "true", false, what);
+    t->lowers = true;
   }
   size_t nt = 0;
   if (rc == 0 && mmp_config_get_list_size(dcfg, "new_tokens", &nt) == 0 && nt > 0) {
@@ -183,6 +193,11 @@ static int tokenizer_open(tokenizer_t *t, mmp_context_t *ctx, const char *what,
   return 0;
 }
 
+static void lower_ascii(char *p) {
+  for (; *p; p++)
+    if (*p >= 'A' && *p <= 'Z') *p = (char)(*p - 'A' + 'a');
+}
+
 static void tokenizer_close(tokenizer_t *t) {
   if (t->ops && t->self) t->ops->base.destroy(t->self);
   mmp_config_free(t->cfg);
@@ -194,12 +209,28 @@ static int tokenize(story_t *s, tokenizer_t *t, const char *const *texts, size_t
                     int64_t story, mmp_tensor_t **ids_out, mmp_tensor_t **mask_out) {
   mmp_tensormap_t *m = mmp_tensormap_new();
   if (!m) return mmp_error_code();
+  /* lowercase_captions for a tokenizer without that key: ASCII here */
+  char *lowered[STORY_FRAMES] = {NULL};
+  const char *use[STORY_FRAMES];
+  for (size_t i = 0; i < n && i < STORY_FRAMES; i++) {
+    use[i] = texts[i];
+    if (s->lowercase && !t->lowers && (lowered[i] = strdup(texts[i]))) {
+      lower_ascii(lowered[i]);
+      use[i] = lowered[i];
+    }
+  }
   pthread_mutex_lock(&s->tok_lock);
-  int rc = t->ops->encode_text(t->self, texts, n, m);
+  int rc = t->ops->encode_text(t->self, use, n, m);
   pthread_mutex_unlock(&s->tok_lock);
+  for (size_t i = 0; i < STORY_FRAMES; i++) free(lowered[i]);
   int64_t *ids = NULL, *mask = NULL;
   if (rc < 0) {
-    mmp_error_prefix("%s: story %lld: tokenizing: ", s->d->name, (long long)story);
+    /* texts are captions first..first+n-1 of the story */
+    char msg[512];
+    snprintf(msg, sizeof msg, "%s", mmp_error_last());
+    if (strstr(msg, "more than max_length")) rc = MMP_EDATA;
+    mmp_error_set(rc, "%s: story %lld: captions %d-%d: %s", s->d->name, (long long)story, first,
+                  first + (int)n - 1, msg);
     goto out;
   }
   mmp_tensor_t *ti = mmp_tensormap_need(m, "input_ids"), *tm = mmp_tensormap_need(m, "attention_mask");
@@ -426,13 +457,13 @@ int story_create(const story_desc_t *d, const mmp_config_t *cfg, mmp_context_t *
   if (*vocab || *bpe) {
     char what[128];
     snprintf(what, sizeof what, "%s: clip_tokenizer", d->name);
-    if ((rc = tokenizer_open(&s->clip, ctx, what, clipname, vocab, merges, bpe, s->max_length, cfg)) < 0)
+    if ((rc = tokenizer_open(&s->clip, ctx, what, clipname, vocab, merges, bpe, s->max_length, s->lowercase, cfg)) < 0)
       goto fail;
   }
   if (*bvocab) {
     char what[128];
     snprintf(what, sizeof what, "%s: blip_tokenizer", d->name);
-    if ((rc = tokenizer_open(&s->blip, ctx, what, blipname, bvocab, NULL, NULL, s->max_length, cfg)) < 0)
+    if ((rc = tokenizer_open(&s->blip, ctx, what, blipname, bvocab, NULL, NULL, s->max_length, s->lowercase, cfg)) < 0)
       goto fail;
   }
   *out_self = s;
@@ -537,11 +568,6 @@ static int put_u8(mmp_tensormap_t *out, const char *name, mmp_image_t *ims, int 
   return put(out, name, MMP_U8, 4, chw ? s_chw : s_hwc, buf);
 }
 
-static void lower_ascii(char *p) {
-  for (; *p; p++)
-    if (*p >= 'A' && *p <= 'Z') *p = (char)(*p - 'A' + 'a');
-}
-
 int story_get(void *self, int64_t index, mmp_tensormap_t *out) {
   story_t *s = self;
   if (index < 0 || index >= s->count)
@@ -565,8 +591,6 @@ int story_get(void *self, int64_t index, mmp_tensormap_t *out) {
                        s->d->name, (long long)si, nc, STORY_FRAMES);
     goto out;
   }
-  if (s->lowercase)
-    for (int i = 0; i < STORY_FRAMES; i++) lower_ascii((char *)caps[i]);
 
   for (int f = 0; f < STORY_FRAMES; f++)
     if ((rc = load_frame(s, si, f, &r, &frames[f])) < 0) goto out;

@@ -21,7 +21,7 @@
 
 static const mmp_key_t clip_keys[] = {
     {"tokenizer_dir", MMP_TYPE_STRING, "\"\"",
-     "a diffusers/transformers tokenizer/ folder (vocab.json, merges.txt, special_tokens_map.json)",
+     "a diffusers/transformers tokenizer/ folder (vocab.json, merges.txt; special_tokens_map.json, added_tokens.json when present)",
      MMP_KEY_PATH, 0},
     {"vocab", MMP_TYPE_STRING, "\"\"", "vocab.json (with merges)", MMP_KEY_PATH, 0},
     {"merges", MMP_TYPE_STRING, "\"\"", "merges.txt (with vocab)", MMP_KEY_PATH, 0},
@@ -85,7 +85,9 @@ static int clip_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
                        void **out_self) {
   (void)plugin;
   (void)ctx;
-  char dir[PATH_MAX], vocab[PATH_MAX], merges[PATH_MAX], bpe[PATH_MAX], sp[PATH_MAX];
+  char dir[PATH_MAX], vocab[PATH_MAX], merges[PATH_MAX], bpe[PATH_MAX], sp[PATH_MAX],
+      added[PATH_MAX];
+  bool have_added = false;
   const char *cleaning = "auto", *pad = "";
   bool trunc = true, lower = false;
   int64_t max_length = 77;
@@ -128,8 +130,14 @@ static int clip_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
   if (dir[0]) {
     if (snprintf(vocab, sizeof vocab, "%s/vocab.json", dir) >= (int)sizeof vocab ||
         snprintf(merges, sizeof merges, "%s/merges.txt", dir) >= (int)sizeof merges ||
-        snprintf(sp, sizeof sp, "%s/special_tokens_map.json", dir) >= (int)sizeof sp)
+        snprintf(sp, sizeof sp, "%s/special_tokens_map.json", dir) >= (int)sizeof sp ||
+        snprintf(added, sizeof added, "%s/added_tokens.json", dir) >= (int)sizeof added)
       return mmp_tokp_cfg_error(cfg, "tokenizer_dir", "path too long");
+    FILE *f = fopen(added, "rb");
+    if (f) {
+      have_added = true;
+      fclose(f);
+    }
     if (!pad[0] && (rc = read_pad_token(sp, &pad_from_dir)) < 0) return rc;
   }
   if ((rc = mmp_tokp_get_strings(cfg, "new_tokens", &newt, &nnew)) < 0) {
@@ -142,6 +150,7 @@ static int clip_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
       .bpe_gz = bpe[0] ? bpe : NULL,
       .openai = openai,
       .pad_token = pad[0] ? pad : pad_from_dir,
+      .added_tokens_json = have_added ? added : NULL,
       .new_tokens = (const char *const *)newt,
       .n_new_tokens = nnew,
       .lowercase_captions = lower,

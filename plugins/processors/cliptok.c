@@ -104,12 +104,13 @@ static int load_merges(mmp_cliptok_t *t, char *data, size_t len, const char *pat
     size_t cb = 0, ce = all.len;
     mmp_py_strip(all.cp, &cb, &ce, true, true);
     mmp_bstr_t tmp = {0};
-    if (mmp_bstr_from_ustr(&tmp, all.cp, cb) < 0) return MMP_ENOMEM;
+    int r = mmp_bstr_from_ustr(&tmp, all.cp, cb);
     b = tmp.len;
-    if (mmp_bstr_from_ustr(&tmp, all.cp, ce) < 0) return MMP_ENOMEM;
+    if (r == 0) r = mmp_bstr_from_ustr(&tmp, all.cp, ce);
     e = tmp.len;
     mmp_bstr_free(&tmp);
     mmp_ustr_free(&all);
+    if (r < 0) return r;
   }
   mmp_bstr_t key = {0};
   mmp_ustr_t tmp = {0};
@@ -209,6 +210,63 @@ static int add_nosplit(mmp_cliptok_t *t, const char *tok, int64_t strip) {
   return rc;
 }
 
+/* from_pretrained's added_tokens.json: sorted by id, each id must be the
+ * next one (slow tokenizers), then add_tokens */
+typedef struct added_entry {
+  const char *tok;
+  int64_t id;
+} added_entry_t;
+
+static int cmp_added(const void *a, const void *b) {
+  int64_t x = ((const added_entry_t *)a)->id, y = ((const added_entry_t *)b)->id;
+  return x < y ? -1 : x > y;
+}
+
+static int load_added_tokens(mmp_cliptok_t *t, const char *path) {
+  json_error_t err;
+  json_t *root = json_load_file(path, 0, &err);
+  if (!root) return mmp_error_set(MMP_EDATA, "%s:%d: invalid JSON: %s", path, err.line, err.text);
+  int rc = 0;
+  size_t n = json_is_object(root) ? json_object_size(root) : 0;
+  added_entry_t *e = calloc(n + 1, sizeof(*e));
+  if (!json_is_object(root) || !e) {
+    rc = e ? mmp_error_set(MMP_EDATA, "%s: expected a JSON object of token -> id", path)
+           : mmp_error_set(MMP_ENOMEM, "out of memory");
+    goto out;
+  }
+  const char *k;
+  json_t *v;
+  size_t i = 0;
+  json_object_foreach(root, k, v) {
+    if (!json_is_integer(v)) {
+      rc = mmp_error_set(MMP_EDATA, "%s: the id of \"%s\" is not an integer", path, k);
+      goto out;
+    }
+    e[i].tok = k;
+    e[i].id = (int64_t)json_integer_value(v);
+    i++;
+  }
+  qsort(e, n, sizeof(*e), cmp_added);
+  for (i = 0; i < n; i++) {
+    int64_t want = t->vocab_size + t->added.n_added;
+    if (e[i].id != want) {
+      rc = mmp_error_set(MMP_EDATA,
+                         "%s: non-consecutive added token '%s': should have id %lld, has %lld",
+                         path, e[i].tok, (long long)want, (long long)e[i].id);
+      goto out;
+    }
+    size_t tl = strlen(e[i].tok);
+    if (strcmp(e[i].tok, EOT) == 0 || token_id(t, e[i].tok, tl) != t->unk) continue;
+    if ((rc = mmp_strmap_put(t->added.encoder, e[i].tok, tl, want)) < 0) goto out;
+    t->added.n_added++;
+    if ((rc = add_nosplit(t, e[i].tok, strcmp(e[i].tok, SOT) != 0)) < 0) goto out;
+  }
+out:
+  free(e);
+  json_decref(root);
+  return rc;
+}
+
 mmp_cliptok_t *mmp_cliptok_new(const mmp_cliptok_opts_t *o) {
   mmp_cliptok_t *t = calloc(1, sizeof(*t));
   if (!t) {
@@ -254,6 +312,7 @@ mmp_cliptok_t *mmp_cliptok_new(const mmp_cliptok_opts_t *o) {
   const char *pad = o->pad_token && *o->pad_token ? o->pad_token : EOT;
   if (!t->openai && strcmp(pad, SOT) != 0 && strcmp(pad, EOT) != 0 && add_nosplit(t, pad, 1) < 0)
     goto fail;
+  if (o->added_tokens_json && load_added_tokens(t, o->added_tokens_json) < 0) goto fail;
   /* add_tokens(new_tokens): only tokens the tokenizer does not know */
   for (size_t i = 0; i < o->n_new_tokens; i++) {
     const char *tok = o->new_tokens[i];
@@ -422,6 +481,13 @@ static size_t match_lit(const int32_t *t, size_t n, size_t i, const char *lit) {
   return k;
 }
 
+/* Under IGNORECASE the `regex` module matches a class when a case variant
+ * of the character is in it; for [^\s\p{L}\p{N}] the only character this
+ * changes is U+0345 COMBINING GREEK YPOGEGRAMMENI (Mn, folds to iota): it
+ * matches no alternative and is skipped like whitespace. (Checked over all
+ * code points against regex 2.5.123; utf8proc's classes equal regex's.) */
+#define YPOGEGRAMMENI 0x345
+
 /* <\|startoftext\|>|<\|endoftext\|>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+ */
 static size_t pat_match(const int32_t *t, size_t n, size_t i) {
   static const char *const lits[] = {SOT, EOT, "'s", "'t", "'re", "'ve", "'m", "'ll", "'d"};
@@ -433,7 +499,9 @@ static size_t pat_match(const int32_t *t, size_t n, size_t i) {
   while (j < n && mmp_u_isletter(t[j])) j++;
   if (j > i) return j - i;
   if (mmp_u_isnumber(t[i])) return 1;
-  while (j < n && !mmp_re_isspace(t[j]) && !mmp_u_isletter(t[j]) && !mmp_u_isnumber(t[j])) j++;
+  while (j < n && !mmp_re_isspace(t[j]) && !mmp_u_isletter(t[j]) && !mmp_u_isnumber(t[j]) &&
+         t[j] != YPOGEGRAMMENI)
+    j++;
   return j - i;
 }
 

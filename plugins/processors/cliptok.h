@@ -17,6 +17,9 @@ typedef struct mmp_cliptok_opts {
    * (ftfy only; <|startoftext|>/<|endoftext|> split out first). */
   bool openai;
   const char *pad_token;   /* NULL = "<|endoftext|>" */
+  /* a saved tokenizer's added_tokens.json ({token: id}, ids consecutive
+   * after the vocabulary), loaded before new_tokens, or NULL */
+  const char *added_tokens_json;
   const char *const *new_tokens; /* add_tokens(new_tokens) */
   size_t n_new_tokens;
   bool lowercase_captions; /* lower-case the raw text before anything */

@@ -90,7 +90,7 @@ static int resize_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mm
       (rc = mmp_config_get_list_size(cfg, "std", &ns)) < 0)
     goto fail;
   if (mmp_resample_parse(interp, &r->interp) < 0) {
-    rc = cfg_error(cfg, "interpolation", mmp_error_last());
+    rc = cfg_error(cfg, "interpolation", "expected bilinear, bicubic, box, hamming or lanczos");
     goto fail;
   }
   if (r->center[0] && r->random[0]) {

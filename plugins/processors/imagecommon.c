@@ -173,7 +173,8 @@ static inline uint8_t clip8(int32_t v) {
   return v < 0 ? 0 : v > 255 ? 255 : (uint8_t)v;
 }
 
-/* out[rows, ow] from in rows [offset, offset + rows) */
+/* out[rows, ow] from in rows [offset, offset + rows). Integer sums do not
+ * depend on their order, so the loops may differ from PIL's. */
 static void resample_horizontal(const mmp_image_t *in, int offset, mmp_image_t *out,
                                 const coeffs_t *c) {
   const int ch = in->c;
@@ -183,29 +184,46 @@ static void resample_horizontal(const mmp_image_t *in, int offset, mmp_image_t *
     for (int xx = 0; xx < out->w; xx++) {
       int xmin = c->bounds[xx * 2], n = c->bounds[xx * 2 + 1];
       const int32_t *k = &c->k[(size_t)xx * c->ksize];
-      for (int b = 0; b < ch; b++) {
-        int32_t ss = 1 << (PRECISION_BITS - 1);
-        for (int x = 0; x < n; x++) ss += row[(size_t)(x + xmin) * ch + b] * k[x];
-        orow[(size_t)xx * ch + b] = clip8(ss);
+      const uint8_t *p = row + (size_t)xmin * ch;
+      if (ch == 3) {
+        int32_t s0 = 1 << (PRECISION_BITS - 1), s1 = s0, s2 = s0;
+        for (int x = 0; x < n; x++, p += 3) {
+          s0 += p[0] * k[x];
+          s1 += p[1] * k[x];
+          s2 += p[2] * k[x];
+        }
+        orow[(size_t)xx * 3 + 0] = clip8(s0);
+        orow[(size_t)xx * 3 + 1] = clip8(s1);
+        orow[(size_t)xx * 3 + 2] = clip8(s2);
+      } else {
+        for (int b = 0; b < ch; b++) {
+          int32_t ss = 1 << (PRECISION_BITS - 1);
+          for (int x = 0; x < n; x++) ss += p[(size_t)x * ch + b] * k[x];
+          orow[(size_t)xx * ch + b] = clip8(ss);
+        }
       }
     }
   }
 }
 
-static void resample_vertical(const mmp_image_t *in, mmp_image_t *out, const coeffs_t *c) {
-  const int ch = in->c;
-  const size_t stride = (size_t)in->w * ch;
+static int resample_vertical(const mmp_image_t *in, mmp_image_t *out, const coeffs_t *c) {
+  const size_t stride = (size_t)in->w * in->c;
+  int32_t *acc = malloc(stride * sizeof *acc);
+  if (!acc) return mmp_error_set(MMP_ENOMEM, "resize: out of memory");
   for (int yy = 0; yy < out->h; yy++) {
     int ymin = c->bounds[yy * 2], n = c->bounds[yy * 2 + 1];
     const int32_t *k = &c->k[(size_t)yy * c->ksize];
-    uint8_t *orow = out->data + (size_t)yy * stride;
-    for (size_t i = 0; i < stride; i++) {
-      int32_t ss = 1 << (PRECISION_BITS - 1);
-      const uint8_t *col = in->data + (size_t)ymin * stride + i;
-      for (int y = 0; y < n; y++) ss += col[(size_t)y * stride] * k[y];
-      orow[i] = clip8(ss);
+    for (size_t i = 0; i < stride; i++) acc[i] = 1 << (PRECISION_BITS - 1);
+    for (int y = 0; y < n; y++) {
+      const uint8_t *row = in->data + (size_t)(ymin + y) * stride;
+      const int32_t ky = k[y];
+      for (size_t i = 0; i < stride; i++) acc[i] += row[i] * ky;
     }
+    uint8_t *orow = out->data + (size_t)yy * stride;
+    for (size_t i = 0; i < stride; i++) orow[i] = clip8(acc[i]);
   }
+  free(acc);
+  return 0;
 }
 
 int mmp_image_resize(const mmp_image_t *in, int w, int h, mmp_resample_t filter,
@@ -238,7 +256,7 @@ int mmp_image_resize(const mmp_image_t *in, int w, int h, mmp_resample_t filter,
   }
   if (need_v) {
     if ((rc = mmp_image_alloc(out, src->w, h, in->c)) < 0) goto out;
-    resample_vertical(src, out, &cv);
+    if ((rc = resample_vertical(src, out, &cv)) < 0) goto out;
   }
   rc = 0;
 out:
@@ -314,20 +332,23 @@ void mmp_image_center_offsets(int in_w, int in_h, int w, int h, int *x, int *y) 
 
 void mmp_image_to_float(const mmp_image_t *in, const float *mean, const float *std,
                         float *out) {
+  /* a table per channel: each output is a function of one byte, computed
+   * with torchvision's float32 operations (v / 255, - mean, / std) */
   const size_t hw = (size_t)in->w * in->h;
+  float lut[256];
   for (int b = 0; b < in->c; b++) {
+    for (int v = 0; v < 256; v++) {
+      float x = (float)v / 255.0f;
+      if (mean && std) {
+        x = x - mean[b];
+        x = x / std[b];
+      }
+      lut[v] = x;
+    }
     float *o = out + (size_t)b * hw;
     const uint8_t *p = in->data + b;
-    if (mean && std) {
-      const float m = mean[b], s = std[b];
-      for (size_t i = 0; i < hw; i++) {
-        float v = (float)p[i * in->c] / 255.0f;
-        v = v - m;
-        o[i] = v / s;
-      }
-    } else {
-      for (size_t i = 0; i < hw; i++) o[i] = (float)p[i * in->c] / 255.0f;
-    }
+    const int c = in->c;
+    for (size_t i = 0; i < hw; i++) o[i] = lut[p[i * c]];
   }
 }
 

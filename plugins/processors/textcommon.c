@@ -672,7 +672,7 @@ int mmp_tok_pack_row(const int64_t *ids, size_t nids, int64_t bos, int64_t eos,
                          (long long)max_length);
   if ((int64_t)nids > room) {
     if (!truncation)
-      return mmp_error_set(MMP_EINVAL,
+      return mmp_error_set(MMP_EDATA,
                            "text %zu has %zu tokens, more than max_length %lld allows (%lld "
                            "with the special tokens) and truncation is off",
                            text_index, nids, (long long)max_length, (long long)room);

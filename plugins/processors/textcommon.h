@@ -111,7 +111,7 @@ int mmp_added_split(const mmp_added_t *a, const int32_t *text, size_t n,
 
 /* Pack token id lists into [n, max_length] input_ids/attention_mask rows
  * (row-major, caller-allocated): bos? ids eos? then pad. When a list is too
- * long: truncation cuts it to max_length - specials; otherwise MMP_EINVAL
+ * long: truncation cuts it to max_length - specials; otherwise MMP_EDATA
  * naming the text index. */
 int mmp_tok_pack_row(const int64_t *ids, size_t nids, int64_t bos, int64_t eos,
                      int64_t pad, int64_t max_length, bool truncation,

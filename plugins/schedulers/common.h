@@ -53,7 +53,27 @@
    "quantile of |x0| used as the threshold", 0, 0},                                         \
   {"sample_max_value", MMP_TYPE_FLOAT, "1.0", "largest threshold", 0, 0}
 
-#define SCHED_KEYS_END {NULL, MMP_TYPE_NONE, NULL, NULL, 0, 0}
+/* Every scheduler-specific key of the others, accepted and ignored, so that
+ * one configuration serves every scheduler (`-s scheduler.name=pndm` on a
+ * DDIM configuration works, as diffusers' from_config ignores foreign keys).
+ * Listed after a scheduler's own keys: the first declaration wins. */
+#define SCHED_IGN(name, type) {name, type, NULL, "used by other schedulers; ignored by this one", MMP_KEY_IGNORED, 0}
+#define SCHED_KEYS_INTERCHANGEABLE                                                              \
+  SCHED_IGN("variance_type", MMP_TYPE_STRING), SCHED_IGN("clip_sample", MMP_TYPE_BOOL),         \
+  SCHED_IGN("clip_sample_range", MMP_TYPE_FLOAT), SCHED_IGN("set_alpha_to_one", MMP_TYPE_BOOL), \
+  SCHED_IGN("rescale_betas_zero_snr", MMP_TYPE_BOOL), SCHED_IGN("eta", MMP_TYPE_FLOAT),         \
+  SCHED_IGN("use_clipped_model_output", MMP_TYPE_BOOL),                                         \
+  SCHED_IGN("skip_prk_steps", MMP_TYPE_BOOL), SCHED_IGN("interpolation_type", MMP_TYPE_STRING), \
+  SCHED_IGN("use_karras_sigmas", MMP_TYPE_BOOL), SCHED_IGN("s_churn", MMP_TYPE_FLOAT),          \
+  SCHED_IGN("s_tmin", MMP_TYPE_FLOAT), SCHED_IGN("s_tmax", MMP_TYPE_FLOAT),                     \
+  SCHED_IGN("s_noise", MMP_TYPE_FLOAT), SCHED_IGN("solver_order", MMP_TYPE_INT),                \
+  SCHED_IGN("algorithm_type", MMP_TYPE_STRING), SCHED_IGN("solver_type", MMP_TYPE_STRING),      \
+  SCHED_IGN("lower_order_final", MMP_TYPE_BOOL), SCHED_IGN("lambda_min_clipped", MMP_TYPE_FLOAT), \
+  SCHED_IGN("thresholding", MMP_TYPE_BOOL), SCHED_IGN("dynamic_thresholding_ratio", MMP_TYPE_FLOAT), \
+  SCHED_IGN("sample_max_value", MMP_TYPE_FLOAT), SCHED_IGN("seed", MMP_TYPE_INT),               \
+  SCHED_IGN("rng", MMP_TYPE_STRING)
+
+#define SCHED_KEYS_END SCHED_KEYS_INTERCHANGEABLE, {NULL, MMP_TYPE_NONE, NULL, NULL, 0, 0}
 
 /* ---- what a scheduler accepts (flags to sched_common_init) ---- */
 #define SCHED_ALLOW_SIGMOID 0x1u      /* beta_schedule = "sigmoid" (ddpm) */

@@ -298,14 +298,23 @@ static int denoise_batch(t2i_t *t, comps_t *c, mmp_context_t *ctx, mmp_rng_t *ge
     lat = mmp_rng_randn(gen, be, 4, ls);
   }
   if (!lat) goto fail;
+  /* as diffusers: the schedule first, then init_noise_sigma (it depends on
+   * the step count for sigma-based schedulers) */
+  if ((rc = so->set_timesteps(c->sched->self, (int)t->steps)) < 0) goto done;
   double sigma = (so->base.struct_size >= offsetof(mmp_scheduler_ops_t, init_noise_sigma) + sizeof so->init_noise_sigma &&
                   so->init_noise_sigma) ? so->init_noise_sigma(c->sched->self) : 1.0;
   if (sigma != 1.0) lat = sd_swap(lat, mmp_scale(lat, sigma, 0.0));
   if (!lat) goto fail;
-  if ((rc = so->set_timesteps(c->sched->self, (int)t->steps)) < 0) goto done;
   const int64_t *ts = NULL;
   size_t nts = 0;
   if ((rc = so->timesteps(c->sched->self, &ts, &nts)) < 0) goto done;
+  /* fractional schedules (euler with linspace spacing or Karras sigmas) give
+   * the model the exact timestep, as diffusers does */
+  const double *mts = NULL;
+  size_t nmts = 0;
+  if (so->base.struct_size >= offsetof(mmp_scheduler_ops_t, model_timesteps) + sizeof so->model_timesteps &&
+      so->model_timesteps && (so->model_timesteps(c->sched->self, &mts, &nmts) < 0 || nmts != nts))
+    mts = NULL;
   bool has_scale = so->base.struct_size >= offsetof(mmp_scheduler_ops_t, scale_model_input) + sizeof so->scale_model_input &&
                    so->scale_model_input;
   char label[64];
@@ -331,7 +340,8 @@ static int denoise_batch(t2i_t *t, comps_t *c, mmp_context_t *ctx, mmp_rng_t *ge
     }
     int64_t nbt = cfg ? 2 * (int64_t)nb : (int64_t)nb;
     int64_t tsh[1] = {nbt};
-    mmp_tensor_t *tt = mmp_tensor_full(be, MMP_I64, 1, tsh, (double)ts[i]);
+    mmp_tensor_t *tt = mts ? mmp_tensor_full(be, MMP_F32, 1, tsh, mts[i])
+                           : mmp_tensor_full(be, MMP_I64, 1, tsh, (double)ts[i]);
     if (!x || !tt) {
       mmp_tensor_unref(x);
       mmp_tensor_unref(tt);

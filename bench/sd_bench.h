@@ -1,0 +1,141 @@
+/* bench/sd_bench.h - shared driver of the latent-diffusion benchmarks
+ * (bench/unet.c, bench/vae.c, bench/clip.c): build one part at SD-1.5 size
+ * (random weights: in-process init_seed, or a file from `pipeline
+ * init-weights`), time forward passes, report peak RSS, and optionally run
+ * the same forward in diffusers/transformers in a subprocess. */
+#ifndef MMPIPE_BENCH_SD_BENCH_H
+#define MMPIPE_BENCH_SD_BENCH_H
+
+#include <getopt.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/resource.h>
+#include <time.h>
+
+#include <mmpipe/mmpipe.h>
+
+typedef struct bench_opts {
+  const char *config;  /* part config.json */
+  const char *weights; /* NULL: init_seed in-process */
+  int threads, repeat, warmup;
+  bool compare_torch;
+  const char *srcdir;
+} bench_opts_t;
+
+static inline double bench_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
+
+static inline double bench_peak_rss_mb(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)ru.ru_maxrss / 1024.0;
+}
+
+static inline void bench_usage(const char *prog, const char *what) {
+  printf("Usage: %s [--config PART.json] [--weights W.safetensors] [--threads N] [--repeat N]\n"
+         "          [--warmup N] [--compare-torch]\n\n"
+         "One %s forward at SD-1.5 size (fp32, CPU): seconds per forward and peak RSS.\n"
+         "Without --weights the weights are made in-process (init_seed 0); with a file from\n"
+         "`pipeline init-weights` they are memory-mapped. --compare-torch runs the same\n"
+         "forward in PyTorch (bench/torch_sd.py, PYTHONPATH from MMP_TORCH_PYTHONPATH,\n"
+         "default /root/refenv/site) with the same thread count.\n", prog, what);
+}
+
+static inline int bench_parse(int argc, char **argv, bench_opts_t *o, const char *part, const char *what) {
+  static const struct option opts[] = {{"config", required_argument, NULL, 'c'}, {"weights", required_argument, NULL, 'w'},
+                                       {"threads", required_argument, NULL, 't'}, {"repeat", required_argument, NULL, 'r'},
+                                       {"warmup", required_argument, NULL, 'W'}, {"compare-torch", no_argument, NULL, 'T'},
+                                       {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
+  static char cfg[4096];
+  const char *src = getenv("MMP_BENCH_SRCDIR");
+  o->srcdir = src ? src : ".";
+  snprintf(cfg, sizeof cfg, "%s/bench/sd15/%s/config.json", o->srcdir, part);
+  o->config = cfg;
+  o->weights = NULL;
+  o->threads = 0;
+  o->repeat = 1;
+  o->warmup = 0;
+  o->compare_torch = false;
+  int c;
+  while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
+    switch (c) {
+    case 'c': o->config = optarg; break;
+    case 'w': o->weights = optarg; break;
+    case 't': o->threads = atoi(optarg); break;
+    case 'r': o->repeat = atoi(optarg) > 0 ? atoi(optarg) : 1; break;
+    case 'W': o->warmup = atoi(optarg); break;
+    case 'T': o->compare_torch = true; break;
+    case 'h': bench_usage(argv[0], what); exit(0);
+    default: bench_usage(argv[0], what); exit(2);
+    }
+  }
+  mmp_threads_set(o->threads);
+  o->threads = mmp_threads_get();
+  return 0;
+}
+
+/* Build the part (@kind, @name) from @o; prints the load time. */
+static inline mmp_component_t *bench_create(const bench_opts_t *o, mmp_kind_t kind, const char *group,
+                                            const char *name, const char *extra, mmp_registry_t **reg,
+                                            mmp_config_t **cfg, mmp_context_t **ctx) {
+  char text[12000];
+  if (o->weights)
+    snprintf(text, sizeof text, "%s = { name = \"%s\"; config = \"%s\"; weights = \"%s\"; %s };", group, name,
+             o->config, o->weights, extra);
+  else
+    snprintf(text, sizeof text, "%s = { name = \"%s\"; config = \"%s\"; init_seed = 0; %s };", group, name,
+             o->config, extra);
+  *reg = mmp_registry_new();
+  *cfg = mmp_config_parse(text, "bench");
+  if (!*reg || !*cfg || mmp_registry_set_search_path(*reg, *cfg) < 0) return NULL;
+  *ctx = mmp_context_new(*reg, *cfg);
+  double t0 = bench_now();
+  mmp_component_t *c = *ctx ? mmp_component_create(*ctx, kind, group) : NULL;
+  if (c) printf("%-22s %8.2f s  (%s)\n", "load", bench_now() - t0, o->weights ? "mapped file" : "random in-process");
+  return c;
+}
+
+/* Time @repeat forwards after @warmup; prints and returns seconds per call. */
+static inline double bench_run(const bench_opts_t *o, mmp_component_t *c, const char *method, const mmp_tensormap_t *in,
+                               const char *label) {
+  const mmp_encoder_ops_t *ops = (const mmp_encoder_ops_t *)c->plugin;
+  double best = 1e30, tot = 0;
+  for (int i = 0; i < o->warmup + o->repeat; i++) {
+    mmp_tensormap_t *out = mmp_tensormap_new();
+    double t0 = bench_now();
+    int rc = ops->forward(c->self, method, in, out);
+    double dt = bench_now() - t0;
+    mmp_tensormap_free(out);
+    if (rc < 0) {
+      fprintf(stderr, "forward failed: %s\n", mmp_error_last());
+      return -1;
+    }
+    if (i < o->warmup) continue;
+    tot += dt;
+    if (dt < best) best = dt;
+  }
+  printf("%-22s %8.2f s  (best of %d: %.2f s, %d threads)\n", label, tot / o->repeat, o->repeat, best, o->threads);
+  printf("%-22s %8.0f MB\n", "peak RSS", bench_peak_rss_mb());
+  return tot / o->repeat;
+}
+
+/* Run bench/torch_sd.py PART CONFIG THREADS and echo its report. */
+static inline void bench_torch(const bench_opts_t *o, const char *part) {
+  if (!o->compare_torch) return;
+  const char *pp = getenv("MMP_TORCH_PYTHONPATH");
+  char cmd[12000];
+  snprintf(cmd, sizeof cmd,
+           "PYTHONPATH='%s' LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu/openblas-pthread OMP_NUM_THREADS=%d "
+           "/usr/bin/python3 '%s/bench/torch_sd.py' %s '%s' %d",
+           pp ? pp : "/root/refenv/site", o->threads, o->srcdir, part, o->config, o->threads);
+  printf("-- PyTorch (subprocess) --\n");
+  fflush(stdout);
+  int rc = system(cmd);
+  if (rc != 0) printf("PyTorch comparison failed (exit %d)\n", rc);
+}
+
+#endif
