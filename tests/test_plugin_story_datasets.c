@@ -32,6 +32,23 @@ static mmp_registry_t *new_registry(void) {
   return reg;
 }
 
+/* Was this dataset's module built? (./configure --enable-datasets=LIST builds
+ * a subset; the others' checks are then skipped, not failed.) */
+static bool built(const char *dsname) {
+  const char *b = getenv("MMP_TEST_BUILDDIR");
+  char path[4200];
+  snprintf(path, sizeof path, "%s/plugins/datasets/.libs/dataset_%s.so", b ? b : ".", dsname);
+  FILE *f = fopen(path, "r");
+  if (f) fclose(f);
+  return f != NULL;
+}
+
+static bool skip_unbuilt(const char *dsname, const char *what) {
+  if (built(dsname)) return false;
+  ok(1, "%s # SKIP dataset plugin %s not built", what, dsname);
+  return true;
+}
+
 typedef struct ds {
   mmp_registry_t *reg;
   mmp_config_t *cfg;
@@ -225,6 +242,7 @@ static void check_case(const char *dsname, const char *file, const char *split, 
            task, lower ? "true" : "false", strips ? "frame_index = 0;" : "",
            !strcmp(dsname, "vistdii") ? "on_bad_story = \"skip\";" : "");
   ds_t d;
+  if (skip_unbuilt(dsname, label)) return;
   if (!ok(ds_open(&d, dsname, file, extra, have_tokenizers) == 0, "%s: create", label)) {
     diag("%s", mmp_error_last());
     ds_close(&d);
@@ -352,6 +370,7 @@ static void check_malformed(void) {
 /* ---- vistdii: a story with 4 captions after de-duplication ---- */
 static void check_vistdii_fail(void) {
   ds_t d;
+  if (skip_unbuilt("vistdii", "vistdii fail mode")) return;
   if (ok(ds_open(&d, "vistdii", "vist.h5", "split = \"val\";", false) == 0, "vistdii fail mode opens")) {
     is_int(ops_of(&d)->size(d.comp->self), 3, "fail mode keeps 3 stories");
     mmp_tensormap_t *m = mmp_tensormap_new();
@@ -365,6 +384,7 @@ static void check_vistdii_fail(void) {
 /* ---- random frames and crops: reproducible per seed ---- */
 static void check_random(void) {
   ds_t d;
+  if (skip_unbuilt("pororo", "pororo train with random frames")) return;
   if (!ok(ds_open(&d, "pororo", "pororo.h5", "split = \"train\"; seed = 7; image_size = 96; source_image_size = 40;", false) == 0,
           "pororo train with random frames opens")) {
     diag("%s", mmp_error_last());
