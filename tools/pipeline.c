@@ -118,7 +118,7 @@ static void usage(FILE *f) {
           "       pipeline --help | --version\n\n"
           "mmpipe: multimodal generation pipelines built from plugins.\n\nCommands:\n");
   for (size_t i = 0; i < NCOMMANDS; i++)
-    fprintf(f, "  %-10s %s\n", commands[i].name, commands[i].summary);
+    fprintf(f, "  %-13s %s\n", commands[i].name, commands[i].summary);
   fprintf(f,
           "\nEach command takes --help. Common options: -v/--verbose (repeat for more), "
           "-q/--quiet.\n\n"
