@@ -714,3 +714,15 @@ int sched_add_noise_alphas(const sched_common_t *c, const mmp_tensor_t *x0,
   free(ts);
   return rc;
 }
+
+int sched_plain_timesteps(const sched_common_t *c, int num_inference_steps, int64_t **out,
+                          size_t *cnt, int64_t *steps) {
+  int rc = sched_check_steps(c, num_inference_steps, steps);
+  if (rc < 0) return rc;
+  if ((rc = sched_spaced_timesteps(c, *steps, out, cnt)) < 0) return rc;
+  if ((rc = sched_check_range(c, *out, *cnt)) < 0) {
+    free(*out);
+    *out = NULL;
+  }
+  return rc;
+}

@@ -142,6 +142,10 @@ int sched_check_range(const sched_common_t *c, const int64_t *ts, size_t n);
  * leading: i * (T // n) + steps_offset reversed; trailing:
  * round(arange(T, 0, -T/n)) - 1). *out is malloc'ed. */
 int sched_spaced_timesteps(const sched_common_t *c, int64_t n, int64_t **out, size_t *cnt);
+/* set_timesteps of DDPM and DDIM: sched_check_steps, sched_spaced_timesteps
+ * and sched_check_range in one; *steps gets the resolved step count. */
+int sched_plain_timesteps(const sched_common_t *c, int num_inference_steps, int64_t **out,
+                          size_t *cnt, int64_t *steps);
 
 /* ---- numpy / torch reproductions ---- */
 /* np.linspace(start, stop, num) in float64 (endpoint included). */

@@ -66,17 +66,10 @@ static int ddim_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
 
 static int ddim_set_timesteps(void *self, int num_inference_steps) {
   ddim_t *s = self;
-  sched_common_t *c = &s->c;
-  int64_t n;
-  int rc = sched_check_steps(c, num_inference_steps, &n);
-  if (rc < 0) return rc;
-  int64_t *ts = NULL;
+  int64_t n, *ts = NULL;
   size_t cnt = 0;
-  if ((rc = sched_spaced_timesteps(c, n, &ts, &cnt)) < 0) return rc;
-  if ((rc = sched_check_range(c, ts, cnt)) < 0) {
-    free(ts);
-    return rc;
-  }
+  int rc = sched_plain_timesteps(&s->c, num_inference_steps, &ts, &cnt, &n);
+  if (rc < 0) return rc;
   free(s->ts);
   s->ts = ts;
   s->nts = cnt;
