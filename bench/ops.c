@@ -15,10 +15,12 @@
 #include <cblas.h>
 #endif
 
-/* Usage: bench/ops [--threads N] [--reps R] [--quick] [--compare-torch]
+/* Usage: bench/ops [--threads N] [--reps R] [--min-time S] [--quick] [--compare-torch]
  *
- * Every figure is the best of R timed runs after one warm-up run (the
- * machine may be shared: the best run is the one least disturbed). Peak
+ * Every figure is the best of at least R timed runs after one warm-up run,
+ * more runs being made until S seconds (default 0.5) were measured (the
+ * machine may be shared: the best run is the one least disturbed); PyTorch's
+ * times follow the same rule. Peak
  * fp32 throughput = threads x measured clock x FMA pipes x 2 x lanes, with
  * the clock and the number of FMA pipes measured by timed loops (a virtual
  * machine's /proc/cpuinfo shows the nominal clock, not the boost clock). */
@@ -29,8 +31,9 @@ static double now(void) {
   return (double)t.tv_sec + (double)t.tv_nsec * 1e-9;
 }
 
+/* 64-byte aligned, as the backend's tensors are */
 static float *rnd(int64_t n) {
-  float *p = malloc((size_t)n * sizeof(float));
+  float *p = aligned_alloc(64, ((size_t)n * sizeof(float) + 63) & ~(size_t)63);
   if (!p) {
     fprintf(stderr, "out of memory\n");
     exit(1);
@@ -44,6 +47,9 @@ static float *rnd(int64_t n) {
 }
 
 static int g_reps = 3;
+/* short ops are repeated until this much time was measured (the first runs
+ * on a VM are often slow: page faults, clock ramp-up, a neighbour) */
+static double g_min_time = 0.5;
 
 static double cpu_now(void) {
   struct timespec t;
@@ -58,12 +64,14 @@ static double g_cpu;
     stmt;                                           \
     best = 1e30;                                    \
     g_cpu = 1e30;                                   \
-    for (int r_ = 0; r_ < g_reps; ++r_) {           \
+    double acc_ = 0.0;                              \
+    for (int r_ = 0; r_ < g_reps || (acc_ < g_min_time && r_ < 1000); ++r_) { \
       double c0_ = cpu_now();                       \
       double t0_ = now();                           \
       stmt;                                         \
       double t_ = now() - t0_;                      \
       double c_ = cpu_now() - c0_;                  \
+      acc_ += t_;                                   \
       if (t_ < best) best = t_;                     \
       if (c_ < g_cpu) g_cpu = c_;                   \
     }                                               \
@@ -361,13 +369,15 @@ static void bench_group_norm(const char *key, const char *label, int64_t N, int6
 static const char *torch_script =
     "import sys, time, torch, torch.nn.functional as F\n"
     "torch.set_num_threads(int(sys.argv[1])); reps = int(sys.argv[2]); quick = sys.argv[3] == '1'\n"
+    "min_time = float(sys.argv[4])\n"
     "torch.manual_seed(0)\n"
     "def best(f):\n"
     "    t = time.perf_counter(); f(); b = time.perf_counter() - t\n"
     "    if b > 5.0: return b  # slow op: the warm-up run is the measurement\n"
-    "    b = 1e30\n"
-    "    for _ in range(reps):\n"
-    "        t = time.perf_counter(); f(); b = min(b, time.perf_counter() - t)\n"
+    "    b = 1e30; acc = 0.0; r = 0\n"
+    "    while r < reps or (acc < min_time and r < 1000):\n"
+    "        t = time.perf_counter(); f(); d = time.perf_counter() - t\n"
+    "        b = min(b, d); acc += d; r += 1\n"
     "    return b\n"
     "def mm(M, N, K, tb):\n"
     "    a = torch.randn(M, K); w = torch.randn(N, K) if tb else torch.randn(K, N)\n"
@@ -411,9 +421,10 @@ static void compare_torch(int threads, bool quick) {
   char cmd[512];
   snprintf(cmd, sizeof cmd,
            "LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu/openblas-pthread OMP_NUM_THREADS=%d "
-           "/usr/bin/python3 %s %d %d %d",
-           threads, path, threads, g_reps, quick ? 1 : 0);
-  printf("\nPyTorch (same ops, %d threads, OpenBLAS, best of %d):\n", threads, g_reps);
+           "/usr/bin/python3 %s %d %d %d %g",
+           threads, path, threads, g_reps, quick ? 1 : 0, g_min_time);
+  printf("\nPyTorch (same ops, %d threads, OpenBLAS, best of %d runs or of %.2f s of runs):\n",
+         threads, g_reps, g_min_time);
   printf("%-12s %10s %10s %10s\n", "op", "torch ms", "mmpipe ms", "speedup");
   fflush(stdout);
   FILE *p = popen(cmd, "r");
@@ -442,12 +453,15 @@ int main(int argc, char **argv) {
       threads = atoi(argv[++i]);
     else if (strcmp(argv[i], "--reps") == 0 && i + 1 < argc)
       g_reps = atoi(argv[++i]);
+    else if (strcmp(argv[i], "--min-time") == 0 && i + 1 < argc)
+      g_min_time = atof(argv[++i]);
     else if (strcmp(argv[i], "--compare-torch") == 0)
       torch = true;
     else if (strcmp(argv[i], "--quick") == 0)
       quick = true;
     else {
-      fprintf(stderr, "usage: %s [--threads N] [--reps R] [--quick] [--compare-torch]\n", argv[0]);
+      fprintf(stderr, "usage: %s [--threads N] [--reps R] [--min-time S] [--quick] [--compare-torch]\n",
+              argv[0]);
       return 2;
     }
   }
@@ -473,7 +487,8 @@ int main(int argc, char **argv) {
     if (fscanf(la, "%lf %lf %lf", &l1, &l5, &l15) != 3) l1 = l5 = l15 = 0;
     fclose(la);
   }
-  printf("best of %d runs each; load average before the run %.2f %.2f %.2f\n\n", g_reps, l1, l5,
+  printf("best of %d runs each (more until %.2f s measured); load average before the run %.2f %.2f %.2f\n\n",
+         g_reps, g_min_time, l1, l5,
          l15);
   print_header();
   if (!quick) bench_sgemm("mm4096", "sgemm 4096x4096x4096 NN", 4096, 4096, 4096, false);

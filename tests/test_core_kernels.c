@@ -29,8 +29,11 @@ static float frand(void) { /* uniform in [-1, 1) */
   rng_state ^= rng_state << 17;
   return (float)((double)(rng_state >> 11) / 9007199254740992.0 * 2.0 - 1.0);
 }
+/* 64-byte aligned, as tensors from the backend pool are (kernels have
+ * aligned fast paths, e.g. attention's streamed output panels) */
 static float *rand_buf(int64_t n) {
-  float *p = malloc((size_t)(n > 0 ? n : 1) * sizeof(float));
+  size_t bytes = ((size_t)(n > 0 ? n : 1) * sizeof(float) + 63) & ~(size_t)63;
+  float *p = aligned_alloc(64, bytes);
   for (int64_t i = 0; i < n; ++i) p[i] = frand();
   return p;
 }
@@ -172,6 +175,10 @@ static void test_conv2d(void) {
   check_conv(1, 2, 1, 1, 3, 1, 1, 1, 1, 0, 0, 1, 1, 1, false);  /* 1x1 image */
   check_conv(1, 2, 3, 3, 2, 3, 3, 1, 1, 0, 0, 1, 1, 2, true);   /* one output pixel */
   check_conv(2, 32, 16, 16, 64, 3, 3, 1, 1, 1, 1, 1, 1, 1, true); /* threaded */
+  /* small images, many output channels: the im2col matrix is built once and
+   * shared by the row-block tasks (columns span images, K > one K block) */
+  check_conv(2, 40, 8, 8, 130, 3, 3, 1, 1, 1, 1, 1, 1, 1, true);
+  check_conv(3, 30, 7, 5, 100, 3, 3, 2, 1, 1, 1, 1, 1, 1, false); /* strided, odd columns */
 }
 
 /* --------------------------------------------------------- attention */
@@ -252,6 +259,8 @@ static void test_attention(void) {
   check_attention(2, 1, 130, 300, 40, 40, 2, false); /* several key and query blocks */
   check_attention(1, 2, 70, 200, 16, 24, 1, true);   /* causal with Lq != Lk */
   check_attention(2, 3, 33, 77, 40, 40, 1, false);   /* cross-attention shape */
+  check_attention(2, 2, 96, 77, 40, 40, 0, false);   /* whole aligned panels: streamed stores */
+  check_attention(1, 3, 64, 50, 24, 20, 1, false);   /* streamed, Dv not a multiple of 16 */
   check_attention(1, 1, 5, 3, 4, 65, 0, false);      /* Dv > D */
 }
 

@@ -7,6 +7,9 @@
 #include <string.h>
 
 #include "core/cpu/gemm.h"
+#ifdef MMP_HAVE_X86_DISPATCH
+#include <immintrin.h>
+#endif
 #include "core/cpu/kernels.h"
 #include "mmpipe/error.h"
 
@@ -57,7 +60,7 @@ static void pack_head(int64_t bh, void *user) {
 #ifdef MMP_HAVE_X86_DISPATCH
 void mmp_attn_softmax_avx512(float *s, int64_t kn, float *m, float *l, float *o, int64_t dv);
 void mmp_attn_store_avx512(const float *o, int64_t dv, const float *l, int64_t nq, float *out,
-                           int64_t ldo);
+                           int64_t ldo, float *stage);
 #endif
 
 /* Portable version of mmp_attn_softmax_avx512 for a panel of nr queries. */
@@ -108,7 +111,7 @@ static void attn_worker(int64_t wi, void *user) {
       ot = mmp_cpu_alloc(dvp * QB);
       m = mmp_cpu_alloc(QB);
       l = mmp_cpu_alloc(QB);
-      tmp = mmp_cpu_alloc(QB);
+      tmp = mmp_cpu_alloc(NR * Dv > QB ? NR * Dv : QB);
       if (!qp || !st || !ot || !m || !l || !tmp) {
         atomic_store(&j->failed, 1);
         break;
@@ -170,7 +173,8 @@ static void attn_worker(int64_t wi, void *user) {
 #ifdef MMP_HAVE_X86_DISPATCH
     if (g == &mmp_gemm_kernel_avx512) {
       for (int64_t p = 0; p * NR < qn; ++p)
-        mmp_attn_store_avx512(ot + p * dvp * NR, Dv, l + p * NR, qn - p * NR, out + p * NR * Dv, Dv);
+        mmp_attn_store_avx512(ot + p * dvp * NR, Dv, l + p * NR, qn - p * NR, out + p * NR * Dv, Dv,
+                              tmp);
       continue;
     }
 #endif
@@ -183,6 +187,9 @@ static void attn_worker(int64_t wi, void *user) {
       for (int64_t d = 0; d < Dv; ++d) oi[d] = o[d * NR] * inv;
     }
   }
+#ifdef MMP_HAVE_X86_DISPATCH
+  if (g == &mmp_gemm_kernel_avx512) _mm_sfence(); /* order the streamed output */
+#endif
   free(qp);
   free(st);
   free(ot);

@@ -24,6 +24,8 @@ typedef struct conv_job {
   int64_t Mt, Nt, tm, tn, ntasks;
   bool pointwise;
   bool span;  /* columns run over all images (small images): tasks write a scratch tile */
+  float *col; /* span, groups 1: the im2col matrix, built once ([Kg][col_ld]) */
+  int64_t col_ld, nfill;
   atomic_int_fast64_t next;
   atomic_int failed;
 } conv_job_t;
@@ -103,6 +105,24 @@ static void pack_pointwise_b(const void *ctx, int64_t k0, int64_t kc, int64_t j0
   cb->j->g->pack_b(cb->x + cb->p0, cb->j->P, false, k0, kc, j0, nc, bp);
 }
 
+static void pack_col_b(const void *ctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
+                       float *bp) {
+  const conv_b_t *cb = ctx;
+  cb->j->g->pack_b(cb->j->col, cb->j->col_ld, false, k0, kc, cb->p0 + j0, nc, bp);
+}
+
+/* Rows [wi*Kg/nfill, (wi+1)*Kg/nfill) of the im2col matrix: each row is
+ * gathered by the panel packer with kc = 1 (a panel of one row is NR
+ * contiguous floats; col_ld is a multiple of NR, so its zero tail fits). */
+static void fill_col(int64_t wi, void *user) {
+  conv_job_t *j = user;
+  const int64_t NR = j->g->nr, cols = j->N * j->P;
+  conv_b_t cb = {j, j->x, 0};
+  for (int64_t row = wi * j->Kg / j->nfill; row < (wi + 1) * j->Kg / j->nfill; ++row)
+    for (int64_t q = 0; q < cols; q += NR)
+      pack_conv_b(&cb, row, 1, q, cols - q < NR ? cols - q : NR, j->col + row * j->col_ld + q);
+}
+
 static void conv_worker(int64_t wi, void *user) {
   conv_job_t *j = user;
   (void)wi;
@@ -151,8 +171,8 @@ static void conv_worker(int64_t wi, void *user) {
     conv_b_t cb = {j, j->x + (n * j->C + gi * j->Cg) * j->H * j->W, p0};
     const float *A = j->w + (gi * j->Og + m0) * j->Kg;
     mmp_gemm_serial_cb(g, false, mc, nc, j->Kg, 1.0f, A, j->Kg,
-                       j->pointwise ? pack_pointwise_b : pack_conv_b, &cb, beta, y, ldy, bufa,
-                       bufb);
+                       j->col ? pack_col_b : j->pointwise ? pack_pointwise_b : pack_conv_b, &cb,
+                       beta, y, ldy, bufa, bufb);
     if (j->span) /* scatter the tile: column c is image (p0+c)/P, pixel (p0+c)%P */
       for (int64_t c = 0; c < nc;) {
         int64_t img = (p0 + c) / j->P, pix = (p0 + c) % j->P;
@@ -257,10 +277,25 @@ int mmp_cpu_conv2d(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, c
   atomic_store(&j.failed, 0);
   double flops = 2.0 * N * O * j.P * j.Kg;
   int64_t nw = flops < 2e6 ? 1 : (threads < j.ntasks ? threads : j.ntasks);
+  /* Split into several row blocks, every task would gather the same im2col
+   * blocks again (runs of OW floats: slow for 8x8 images). Build the matrix
+   * once instead when it is small. */
+  if (j.span && groups == 1 && j.tm > 1 && j.Kg * cols <= ((int64_t)16 << 20)) {
+    j.col_ld = (cols + NR - 1) / NR * NR;
+    j.col = mmp_cpu_alloc(j.Kg * j.col_ld);
+    if (!j.col) return mmp_error_set(MMP_ENOMEM, "conv2d: out of memory for the im2col matrix");
+    j.nfill = nw > 1 ? nw : 1;
+    if (j.nfill > j.Kg) j.nfill = j.Kg;
+    if (j.nfill <= 1)
+      fill_col(0, &j);
+    else
+      mmp_cpu_parallel_for(j.nfill, fill_col, &j);
+  }
   if (nw <= 1)
     conv_worker(0, &j);
   else
     mmp_cpu_parallel_for(nw, conv_worker, &j);
+  free(j.col);
   if (atomic_load(&j.failed)) return mmp_error_set(MMP_ENOMEM, "conv2d: out of memory for packing buffers");
   return 0;
 }

@@ -31,6 +31,11 @@ AVX512 static void ukr_14x32(int64_t kc, const float *restrict ap, const float *
   float tile[MR * NR] __attribute__((aligned(64)));
   const float *a = ap, *b = bp;
   int64_t k = kc;
+  /* full tiles with beta 0 or 1 go straight from the accumulators to C;
+   * edge tiles and other betas through the stack tile (mode 0) */
+  float *cp = c;
+  const int64_t ldcb = ldc * (int64_t)sizeof(float);
+  const int64_t mode = mr == MR && nr == NR ? (beta == 0.0f ? 1 : beta == 1.0f ? 2 : 0) : 0;
   /* C rows are often 4 KiB-aliased (ldc a multiple of 1024): prefetching
    * 14 of them into L1 at once only evicts them again. Fetch this tile and
    * the next one down into L2 instead; their loads at the end hit L2. */
@@ -317,6 +322,10 @@ AVX512 static void ukr_14x32(int64_t kc, const float *restrict ap, const float *
     "dec %[k4]\n\t"
     "jnz 3b\n\t"
     "4:\n\t"
+    "cmp $1, %[mode]\n\t"
+    "je 5f\n\t"
+    "cmp $2, %[mode]\n\t"
+    "je 6f\n\t"
     "vmovaps %%zmm4, 0(%[t])\n\t"
     "vmovaps %%zmm5, 64(%[t])\n\t"
     "vmovaps %%zmm6, 128(%[t])\n\t"
@@ -345,10 +354,128 @@ AVX512 static void ukr_14x32(int64_t kc, const float *restrict ap, const float *
     "vmovaps %%zmm29, 1600(%[t])\n\t"
     "vmovaps %%zmm30, 1664(%[t])\n\t"
     "vmovaps %%zmm31, 1728(%[t])\n\t"
-    : [a] "+r"(a), [b] "+r"(b), [k4] "+r"(k)
-    : [t] "r"(tile)
+    "jmp 9f\n\t"
+    "5:\n\t"
+    "vmovups %%zmm4, 0(%[c])\n\t"
+    "vmovups %%zmm5, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "vmovups %%zmm6, 0(%[c])\n\t"
+    "vmovups %%zmm7, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "vmovups %%zmm8, 0(%[c])\n\t"
+    "vmovups %%zmm9, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "vmovups %%zmm10, 0(%[c])\n\t"
+    "vmovups %%zmm11, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "vmovups %%zmm12, 0(%[c])\n\t"
+    "vmovups %%zmm13, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "vmovups %%zmm14, 0(%[c])\n\t"
+    "vmovups %%zmm15, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "vmovups %%zmm16, 0(%[c])\n\t"
+    "vmovups %%zmm17, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "vmovups %%zmm18, 0(%[c])\n\t"
+    "vmovups %%zmm19, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "vmovups %%zmm20, 0(%[c])\n\t"
+    "vmovups %%zmm21, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "vmovups %%zmm22, 0(%[c])\n\t"
+    "vmovups %%zmm23, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "vmovups %%zmm24, 0(%[c])\n\t"
+    "vmovups %%zmm25, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "vmovups %%zmm26, 0(%[c])\n\t"
+    "vmovups %%zmm27, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "vmovups %%zmm28, 0(%[c])\n\t"
+    "vmovups %%zmm29, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "vmovups %%zmm30, 0(%[c])\n\t"
+    "vmovups %%zmm31, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "jmp 9f\n\t"
+    "6:\n\t"
+    "vaddps 0(%[c]), %%zmm4, %%zmm4\n\t"
+    "vaddps 64(%[c]), %%zmm5, %%zmm5\n\t"
+    "vmovups %%zmm4, 0(%[c])\n\t"
+    "vmovups %%zmm5, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "vaddps 0(%[c]), %%zmm6, %%zmm6\n\t"
+    "vaddps 64(%[c]), %%zmm7, %%zmm7\n\t"
+    "vmovups %%zmm6, 0(%[c])\n\t"
+    "vmovups %%zmm7, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "vaddps 0(%[c]), %%zmm8, %%zmm8\n\t"
+    "vaddps 64(%[c]), %%zmm9, %%zmm9\n\t"
+    "vmovups %%zmm8, 0(%[c])\n\t"
+    "vmovups %%zmm9, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "vaddps 0(%[c]), %%zmm10, %%zmm10\n\t"
+    "vaddps 64(%[c]), %%zmm11, %%zmm11\n\t"
+    "vmovups %%zmm10, 0(%[c])\n\t"
+    "vmovups %%zmm11, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "vaddps 0(%[c]), %%zmm12, %%zmm12\n\t"
+    "vaddps 64(%[c]), %%zmm13, %%zmm13\n\t"
+    "vmovups %%zmm12, 0(%[c])\n\t"
+    "vmovups %%zmm13, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "vaddps 0(%[c]), %%zmm14, %%zmm14\n\t"
+    "vaddps 64(%[c]), %%zmm15, %%zmm15\n\t"
+    "vmovups %%zmm14, 0(%[c])\n\t"
+    "vmovups %%zmm15, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "vaddps 0(%[c]), %%zmm16, %%zmm16\n\t"
+    "vaddps 64(%[c]), %%zmm17, %%zmm17\n\t"
+    "vmovups %%zmm16, 0(%[c])\n\t"
+    "vmovups %%zmm17, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "vaddps 0(%[c]), %%zmm18, %%zmm18\n\t"
+    "vaddps 64(%[c]), %%zmm19, %%zmm19\n\t"
+    "vmovups %%zmm18, 0(%[c])\n\t"
+    "vmovups %%zmm19, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "vaddps 0(%[c]), %%zmm20, %%zmm20\n\t"
+    "vaddps 64(%[c]), %%zmm21, %%zmm21\n\t"
+    "vmovups %%zmm20, 0(%[c])\n\t"
+    "vmovups %%zmm21, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "vaddps 0(%[c]), %%zmm22, %%zmm22\n\t"
+    "vaddps 64(%[c]), %%zmm23, %%zmm23\n\t"
+    "vmovups %%zmm22, 0(%[c])\n\t"
+    "vmovups %%zmm23, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "vaddps 0(%[c]), %%zmm24, %%zmm24\n\t"
+    "vaddps 64(%[c]), %%zmm25, %%zmm25\n\t"
+    "vmovups %%zmm24, 0(%[c])\n\t"
+    "vmovups %%zmm25, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "vaddps 0(%[c]), %%zmm26, %%zmm26\n\t"
+    "vaddps 64(%[c]), %%zmm27, %%zmm27\n\t"
+    "vmovups %%zmm26, 0(%[c])\n\t"
+    "vmovups %%zmm27, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "vaddps 0(%[c]), %%zmm28, %%zmm28\n\t"
+    "vaddps 64(%[c]), %%zmm29, %%zmm29\n\t"
+    "vmovups %%zmm28, 0(%[c])\n\t"
+    "vmovups %%zmm29, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "vaddps 0(%[c]), %%zmm30, %%zmm30\n\t"
+    "vaddps 64(%[c]), %%zmm31, %%zmm31\n\t"
+    "vmovups %%zmm30, 0(%[c])\n\t"
+    "vmovups %%zmm31, 64(%[c])\n\t"
+    "add %[ldcb], %[c]\n\t"
+    "9:\n\t"
+    : [a] "+r"(a), [b] "+r"(b), [k4] "+r"(k), [c] "+r"(cp)
+    : [t] "r"(tile), [mode] "r"(mode), [ldcb] "r"(ldcb)
     : "xmm0","xmm1","xmm2","xmm3","xmm4","xmm5","xmm6","xmm7","xmm8","xmm9","xmm10","xmm11","xmm12","xmm13","xmm14","xmm15","xmm16","xmm17","xmm18","xmm19","xmm20","xmm21","xmm22","xmm23","xmm24","xmm25","xmm26","xmm27","xmm28","xmm29","xmm30","xmm31", "memory", "cc");
 
+  if (mode != 0) return;
   __mmask16 m0 = nr >= 16 ? 0xFFFF : (__mmask16)((1u << nr) - 1);
   __mmask16 m1 = nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : (__mmask16)((1u << (nr - 16)) - 1);
   __m512 vb = _mm512_set1_ps(beta);
@@ -369,25 +496,25 @@ AVX512 static void ukr_14x32(int64_t kc, const float *restrict ap, const float *
 }
 
 /* In-register 16x16 transpose: r[i] row i -> r[j] column j. */
-AVX512 static inline void transpose16(__m512 r[16]) {
+AVX512 static inline __attribute__((always_inline)) void transpose16(__m512 r[16]) {
   __m512 t[16];
-  for (int i = 0; i < 16; i += 2) {
+  _Pragma("GCC unroll 16") for (int i = 0; i < 16; i += 2) {
     t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
     t[i + 1] = _mm512_unpackhi_ps(r[i], r[i + 1]);
   }
-  for (int i = 0; i < 16; i += 4) {
+  _Pragma("GCC unroll 16") for (int i = 0; i < 16; i += 4) {
     r[i] = _mm512_shuffle_ps(t[i], t[i + 2], 0x44);
     r[i + 1] = _mm512_shuffle_ps(t[i], t[i + 2], 0xEE);
     r[i + 2] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0x44);
     r[i + 3] = _mm512_shuffle_ps(t[i + 1], t[i + 3], 0xEE);
   }
-  for (int i = 0; i < 4; ++i) {
+  _Pragma("GCC unroll 16") for (int i = 0; i < 4; ++i) {
     t[i] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0x88);
     t[i + 4] = _mm512_shuffle_f32x4(r[i], r[i + 4], 0xDD);
     t[i + 8] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0x88);
     t[i + 12] = _mm512_shuffle_f32x4(r[i + 8], r[i + 12], 0xDD);
   }
-  for (int i = 0; i < 4; ++i) {
+  _Pragma("GCC unroll 16") for (int i = 0; i < 4; ++i) {
     r[i] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0x88);
     r[i + 8] = _mm512_shuffle_f32x4(t[i], t[i + 8], 0xDD);
     r[i + 4] = _mm512_shuffle_f32x4(t[i + 4], t[i + 12], 0x88);
@@ -419,14 +546,15 @@ AVX512 static void pack_a_avx512(const float *A, int64_t lda, bool trans, int64_
       for (; k < kc; k += 16) {
         __mmask16 m = tail_mask(kc - k);
         __m512 r[16];
-        for (int i = 0; i < mr; ++i) /* 14 strided streams: help the prefetcher */
-          _mm_prefetch((const char *)(s + i * lda + k + 64), _MM_HINT_T0);
-        for (int i = 0; i < 16; ++i)
+        _Pragma("GCC unroll 16") for (int i = 0; i < MR; ++i) /* 14 strided streams: help the prefetcher */
+          if (i < mr) _mm_prefetch((const char *)(s + i * lda + k + 64), _MM_HINT_T0);
+        _Pragma("GCC unroll 16") for (int i = 0; i < 16; ++i)
           r[i] = i < mr ? _mm512_mul_ps(va, _mm512_maskz_loadu_ps(m, s + i * lda + k))
                         : _mm512_setzero_ps();
         transpose16(r);
         int64_t kk = kc - k < 16 ? kc - k : 16;
-        for (int64_t q = 0; q < kk; ++q) _mm512_mask_storeu_ps(ap + (k + q) * MR, 0x3FFF, r[q]);
+        _Pragma("GCC unroll 16") for (int q = 0; q < 16; ++q)
+          if (q < kk) _mm512_mask_storeu_ps(ap + (k + q) * MR, 0x3FFF, r[q]);
       }
     }
     ap += MR * kc;
@@ -460,13 +588,14 @@ AVX512 static void pack_b_avx512(const float *B, int64_t ldb, bool trans, int64_
         for (int64_t k = 0; k < kc; k += 16) {
           __mmask16 m = tail_mask(kc - k);
           __m512 r[16];
-          for (int j = 0; j < jn && j < 16; ++j)
-            _mm_prefetch((const char *)(s + j * ldb + k + 64), _MM_HINT_T0);
-          for (int j = 0; j < 16; ++j)
+          _Pragma("GCC unroll 16") for (int j = 0; j < 16; ++j)
+            if (j < jn) _mm_prefetch((const char *)(s + j * ldb + k + 64), _MM_HINT_T0);
+          _Pragma("GCC unroll 16") for (int j = 0; j < 16; ++j)
             r[j] = j < jn ? _mm512_maskz_loadu_ps(m, s + j * ldb + k) : _mm512_setzero_ps();
           transpose16(r);
           int64_t kk = kc - k < 16 ? kc - k : 16;
-          for (int64_t q = 0; q < kk; ++q) _mm512_store_ps(bp + (k + q) * NR + 16 * h, r[q]);
+          _Pragma("GCC unroll 16") for (int q = 0; q < 16; ++q)
+            if (q < kk) _mm512_store_ps(bp + (k + q) * NR + 16 * h, r[q]);
         }
       }
     }
@@ -606,11 +735,17 @@ AVX512 void mmp_attn_softmax_avx512(float *s, int64_t kn, float *m, float *l, fl
 }
 
 /* out[q][d] = O^T[d][q] / l[q] for the nq (<= 32) valid queries of a
- * panel; l = 0 (every key masked) gives 0. */
+ * panel; l = 0 (every key masked) gives 0. When the panel's rows are one
+ * contiguous, 64-byte aligned run (ldo == dv, all 32 queries valid) they are
+ * transposed into @stage (32 * dv floats) and written with aligned
+ * non-temporal stores: no read-for-ownership of the output, no stores split
+ * across cache lines (dv = 40 rows start at 32-byte offsets). */
 AVX512 void mmp_attn_store_avx512(const float *o, int64_t dv, const float *l, int64_t nq,
-                                  float *out, int64_t ldo);
+                                  float *out, int64_t ldo, float *stage);
 AVX512 void mmp_attn_store_avx512(const float *o, int64_t dv, const float *l, int64_t nq,
-                                  float *out, int64_t ldo) {
+                                  float *out, int64_t ldo, float *stage) {
+  const bool staged = nq == NR && ldo == dv && ((uintptr_t)out & 63) == 0;
+  float *dst = staged ? stage : out;
   for (int h = 0; h < 2; ++h) {
     int64_t qv = nq - 16 * h;
     if (qv <= 0) break;
@@ -621,14 +756,17 @@ AVX512 void mmp_attn_store_avx512(const float *o, int64_t dv, const float *l, in
     for (int64_t d0 = 0; d0 < dv; d0 += 16) {
       int64_t dn = dv - d0 < 16 ? dv - d0 : 16;
       __m512 r[16];
-      for (int i = 0; i < 16; ++i)
+      _Pragma("GCC unroll 16") for (int i = 0; i < 16; ++i)
         r[i] = i < dn ? _mm512_mul_ps(_mm512_load_ps(o + (d0 + i) * NR + 16 * h), inv)
                       : _mm512_setzero_ps();
       transpose16(r);
       __mmask16 m = tail_mask(dn);
-      for (int64_t q = 0; q < qv; ++q) _mm512_mask_storeu_ps(out + (16 * h + q) * ldo + d0, m, r[q]);
+      _Pragma("GCC unroll 16") for (int q = 0; q < 16; ++q)
+        if (q < qv) _mm512_mask_storeu_ps(dst + (16 * h + q) * ldo + d0, m, r[q]);
     }
   }
+  if (staged)
+    for (int64_t i = 0; i < NR * dv; i += 16) _mm512_stream_ps(out + i, _mm512_load_ps(stage + i));
 }
 
 #endif /* MMP_HAVE_X86_DISPATCH */
