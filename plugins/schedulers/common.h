@@ -159,6 +159,19 @@ double sched_np_round(double x);
 void sched_torch_linspace_f32(double start, double end, int64_t steps, float *out);
 
 /* alphas_cumprod helpers */
+/* What every step() starts with: clears *prev_out and *pred_out (nullable),
+ * then checks that set_timesteps ran (@ready), that @index is inside the
+ * @n-step schedule and (@mo non-NULL) that the model output has the
+ * sample's shape. Returns 0 or a negative MMP_E* code with the message. */
+int sched_step_begin(const sched_common_t *c, bool ready, size_t index, size_t n,
+                     const mmp_tensor_t *mo, const mmp_tensor_t *sample, mmp_tensor_t **prev_out,
+                     mmp_tensor_t **pred_out);
+/* What it ends with: hands out @prev (transfer full) and @x0 (nullable;
+ * given to *pred_out, or dropped when @pred_out is NULL). A NULL @prev means
+ * an op failed: @x0 is dropped and the error code returned. */
+int sched_step_end(mmp_tensor_t *prev, mmp_tensor_t *x0, mmp_tensor_t **prev_out,
+                   mmp_tensor_t **pred_out);
+
 static inline float sched_alpha_prod(const sched_common_t *c, int64_t t, float final_value) {
   return t >= 0 ? c->alphas_cumprod[t] : final_value;
 }

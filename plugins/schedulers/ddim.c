@@ -88,13 +88,8 @@ static int ddim_step(void *self, size_t index, const mmp_tensor_t *mo, const mmp
                      const mmp_tensor_t *noise, mmp_tensor_t **prev_out, mmp_tensor_t **pred_out) {
   ddim_t *s = self;
   sched_common_t *c = &s->c;
-  *prev_out = NULL;
-  if (pred_out) *pred_out = NULL;
-  if (!s->ts) return mmp_error_set(MMP_EINVAL, "ddim: step before set_timesteps");
-  if (index >= s->nts)
-    return mmp_error_set(MMP_EINVAL, "ddim: step %zu of a %zu-step schedule", index, s->nts);
-  if (!mmp_tensor_same_shape(mo, sample))
-    return mmp_error_set(MMP_ESHAPE, "ddim: model output and sample differ in shape");
+  int rc = sched_step_begin(c, s->ts != NULL, index, s->nts, mo, sample, prev_out, pred_out);
+  if (rc < 0) return rc;
   int64_t t = s->ts[index];
   int64_t prev_t = t - c->num_train_timesteps / s->n;
   float a_t = c->alphas_cumprod[t];
@@ -142,16 +137,7 @@ static int ddim_step(void *self, size_t index, const mmp_tensor_t *mo, const mmp
     prev = p2;
   }
   mmp_tensor_unref(eps);
-  if (!prev) {
-    mmp_tensor_unref(x0);
-    return mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
-  }
-  *prev_out = prev;
-  if (pred_out)
-    *pred_out = x0;
-  else
-    mmp_tensor_unref(x0);
-  return 0;
+  return sched_step_end(prev, x0, prev_out, pred_out);
 }
 
 static int ddim_add_noise(void *self, const mmp_tensor_t *x0, const mmp_tensor_t *noise,

@@ -82,11 +82,9 @@ static int ddpm_step(void *self, size_t index, const mmp_tensor_t *mo_in, const 
                      const mmp_tensor_t *noise, mmp_tensor_t **prev_out, mmp_tensor_t **pred_out) {
   ddpm_t *s = self;
   sched_common_t *c = &s->c;
-  *prev_out = NULL;
-  if (pred_out) *pred_out = NULL;
-  if (!s->ts) return mmp_error_set(MMP_EINVAL, "ddpm: step before set_timesteps");
-  if (index >= s->nts)
-    return mmp_error_set(MMP_EINVAL, "ddpm: step %zu of a %zu-step schedule", index, s->nts);
+  /* the shape check waits for the learned-variance split below */
+  int rc = sched_step_begin(c, s->ts != NULL, index, s->nts, NULL, sample, prev_out, pred_out);
+  if (rc < 0) return rc;
   int64_t t = s->ts[index];
   int64_t prev_t = t - c->num_train_timesteps / s->n;
 
@@ -192,16 +190,7 @@ static int ddpm_step(void *self, size_t index, const mmp_tensor_t *mo_in, const 
   }
   mmp_tensor_unref(mo);
   mmp_tensor_unref(pv);
-  if (!prev) {
-    mmp_tensor_unref(x0);
-    return mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
-  }
-  *prev_out = prev;
-  if (pred_out)
-    *pred_out = x0;
-  else
-    mmp_tensor_unref(x0);
-  return 0;
+  return sched_step_end(prev, x0, prev_out, pred_out);
 }
 
 static int ddpm_add_noise(void *self, const mmp_tensor_t *x0, const mmp_tensor_t *noise,

@@ -411,11 +411,9 @@ static mmp_tensor_t *third_order(dpm_t *s, int64_t t_t, int64_t s0, int64_t s1, 
 static int dpm_step(void *self, size_t index, const mmp_tensor_t *mo, const mmp_tensor_t *sample,
                     const mmp_tensor_t *noise, mmp_tensor_t **prev_out, mmp_tensor_t **pred_out) {
   dpm_t *s = self;
-  *prev_out = NULL;
-  if (pred_out) *pred_out = NULL;
-  if (!s->ts) return mmp_error_set(MMP_EINVAL, "dpmpp_2m: step before set_timesteps");
-  if (index >= s->nts)
-    return mmp_error_set(MMP_EINVAL, "dpmpp_2m: step %zu of a %zu-step schedule", index, s->nts);
+  /* convert() checks the shapes */
+  int rc = sched_step_begin(&s->c, s->ts != NULL, index, s->nts, NULL, sample, prev_out, pred_out);
+  if (rc < 0) return rc;
   size_t len = s->nts;
   int64_t t = s->ts[index];
   int64_t prev_t = index == len - 1 ? 0 : s->ts[index + 1];

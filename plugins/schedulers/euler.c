@@ -88,13 +88,9 @@ static int euler_step(void *self, size_t index, const mmp_tensor_t *mo, const mm
                       const mmp_tensor_t *noise, mmp_tensor_t **prev_out, mmp_tensor_t **pred_out) {
   euler_t *s = self;
   sched_common_t *c = &s->c;
-  *prev_out = NULL;
-  if (pred_out) *pred_out = NULL;
-  if (!s->sg.sigmas) return mmp_error_set(MMP_EINVAL, "euler: step before set_timesteps");
-  if (index >= s->sg.n)
-    return mmp_error_set(MMP_EINVAL, "euler: step %zu of a %zu-step schedule", index, s->sg.n);
-  if (!mmp_tensor_same_shape(mo, sample))
-    return mmp_error_set(MMP_ESHAPE, "euler: model output and sample differ in shape");
+  int rc = sched_step_begin(c, s->sg.sigmas != NULL, index, s->sg.n, mo, sample, prev_out,
+                            pred_out);
+  if (rc < 0) return rc;
   float sigma = s->sg.sigmas[index];
   double gamma = 0.0;
   if ((float)s->s_tmin <= sigma && (double)sigma <= s->s_tmax) {
@@ -143,16 +139,7 @@ static int euler_step(void *self, size_t index, const mmp_tensor_t *mo, const mm
   mmp_tensor_unref(diff);
   mmp_tensor_unref(deriv);
   mmp_tensor_unref(x);
-  if (!prev) {
-    mmp_tensor_unref(x0);
-    return mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
-  }
-  *prev_out = prev;
-  if (pred_out)
-    *pred_out = x0;
-  else
-    mmp_tensor_unref(x0);
-  return 0;
+  return sched_step_end(prev, x0, prev_out, pred_out);
 }
 
 static int euler_add_noise(void *self, const mmp_tensor_t *x0, const mmp_tensor_t *noise,

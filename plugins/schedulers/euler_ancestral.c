@@ -68,14 +68,9 @@ static int ea_step(void *self, size_t index, const mmp_tensor_t *mo, const mmp_t
                    const mmp_tensor_t *noise, mmp_tensor_t **prev_out, mmp_tensor_t **pred_out) {
   ea_t *s = self;
   sched_common_t *c = &s->c;
-  *prev_out = NULL;
-  if (pred_out) *pred_out = NULL;
-  if (!s->sg.sigmas) return mmp_error_set(MMP_EINVAL, "euler_ancestral: step before set_timesteps");
-  if (index >= s->sg.n)
-    return mmp_error_set(MMP_EINVAL, "euler_ancestral: step %zu of a %zu-step schedule", index,
-                         s->sg.n);
-  if (!mmp_tensor_same_shape(mo, sample))
-    return mmp_error_set(MMP_ESHAPE, "euler_ancestral: model output and sample differ in shape");
+  int rc = sched_step_begin(c, s->sg.sigmas != NULL, index, s->sg.n, mo, sample, prev_out,
+                            pred_out);
+  if (rc < 0) return rc;
   float sigma = s->sg.sigmas[index];
   mmp_tensor_t *x0 = NULL;
   if (c->prediction == SCHED_PRED_EPSILON) {
@@ -99,16 +94,7 @@ static int ea_step(void *self, size_t index, const mmp_tensor_t *mo, const mmp_t
   mmp_tensor_t *p2 = z ? mmp_axpby(1.0, prev, (double)sigma_up, z) : NULL;
   mmp_tensor_unref(z);
   mmp_tensor_unref(prev);
-  if (!p2) {
-    mmp_tensor_unref(x0);
-    return mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
-  }
-  *prev_out = p2;
-  if (pred_out)
-    *pred_out = x0;
-  else
-    mmp_tensor_unref(x0);
-  return 0;
+  return sched_step_end(p2, x0, prev_out, pred_out);
 }
 
 static int ea_add_noise(void *self, const mmp_tensor_t *x0, const mmp_tensor_t *noise,

@@ -171,11 +171,8 @@ static int pndm_step(void *self, size_t index, const mmp_tensor_t *mo, const mmp
   pndm_t *s = self;
   sched_common_t *c = &s->c;
   (void)noise;
-  *prev_out = NULL;
-  if (pred_out) *pred_out = NULL;
-  if (!s->ts) return mmp_error_set(MMP_EINVAL, "pndm: step before set_timesteps");
-  if (index >= s->nts)
-    return mmp_error_set(MMP_EINVAL, "pndm: step %zu of a %zu-step schedule", index, s->nts);
+  int rc = sched_step_begin(c, s->ts != NULL, index, s->nts, NULL, sample, prev_out, pred_out);
+  if (rc < 0) return rc;
   if (index != s->counter)
     return mmp_error_set(MMP_EINVAL,
                          "pndm: steps must come in order (expected call %zu, got %zu); "
