@@ -6,6 +6,9 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <pthread.h>
+
+#include "core/cpu/gemm.h"
 #include "core/cpu/kernels.h"
 #include "mmpipe/error.h"
 #include "tap.h"
@@ -522,8 +525,48 @@ static void run_all(void) {
   test_activations();
 }
 
+/* ------------------------------------------------- per-thread scratch */
+
+static void *scratch_thread(void *arg) {
+  float *mine = mmp_cpu_scratch(MMP_SCRATCH_A, 100);
+  if (mine) mine[99] = 1.0f;
+  *(float **)arg = mine;
+  return NULL; /* the thread's buffers are freed at its exit (LeakSanitizer checks) */
+}
+
+static void test_scratch(void) {
+  float *a = mmp_cpu_scratch(MMP_SCRATCH_A, 100);
+  ok(a && ((uintptr_t)a & 63) == 0, "scratch: 64-byte aligned buffer");
+  float *b = mmp_cpu_scratch(MMP_SCRATCH_A, 50);
+  ok(a == b, "scratch: a smaller request reuses the slot's buffer");
+  float *c = mmp_cpu_scratch(MMP_SCRATCH_B, 100);
+  ok(c && c != a, "scratch: slots are distinct buffers");
+  float *d = mmp_cpu_scratch(MMP_SCRATCH_A, 5000);
+  ok(d != NULL, "scratch: grows on demand");
+  if (d) d[4999] = 2.0f; /* AddressSanitizer checks the size */
+  float *e = mmp_cpu_scratch(MMP_SCRATCH_A, 5000);
+  ok(d == e, "scratch: the grown buffer is kept");
+  mmp_cpu_scratch_done(MMP_SCRATCH_A);
+  ok(mmp_cpu_scratch(MMP_SCRATCH_A, 5000) == d, "scratch: done keeps a buffer under the cache bound");
+  float *big = mmp_cpu_scratch(MMP_SCRATCH_CALLER0, (int64_t)9 << 20); /* 36 MiB */
+  ok(big != NULL, "scratch: a large buffer");
+  if (big) big[((int64_t)9 << 20) - 1] = 3.0f;
+  mmp_cpu_scratch_done(MMP_SCRATCH_CALLER0); /* over the bound: freed (ASan/LSan would see misuse) */
+  ok(mmp_cpu_scratch(-1, 10) == NULL && mmp_cpu_scratch(MMP_SCRATCH_SLOTS, 10) == NULL,
+     "scratch: bad slot gives NULL");
+  float *other = NULL;
+  pthread_t th;
+  if (pthread_create(&th, NULL, scratch_thread, &other) == 0) {
+    pthread_join(th, NULL);
+    ok(other != NULL && other != d, "scratch: each thread has its own buffers");
+  } else {
+    ok(0, "scratch: pthread_create");
+  }
+}
+
 int main(void) {
   test_pool();
+  test_scratch();
   mmp_cpu_set_threads(2); /* exercise the pool whatever the machine */
   test_errors();
 

@@ -106,13 +106,14 @@ static void attn_worker(int64_t wi, void *user) {
     int64_t t = atomic_fetch_add(&j->next, 1);
     if (t >= j->ntasks) break;
     if (!qp) {
-      qp = mmp_cpu_alloc(D * QB);
-      st = mmp_cpu_alloc(KB * QB);
-      ot = mmp_cpu_alloc(dvp * QB);
-      m = mmp_cpu_alloc(QB);
-      l = mmp_cpu_alloc(QB);
-      tmp = mmp_cpu_alloc(NR * Dv > QB ? NR * Dv : QB);
-      if (!qp || !st || !ot || !m || !l || !tmp) {
+      qp = mmp_cpu_scratch(MMP_SCRATCH_ATTN_Q, D * QB);
+      st = mmp_cpu_scratch(MMP_SCRATCH_ATTN_S, KB * QB);
+      ot = mmp_cpu_scratch(MMP_SCRATCH_ATTN_O, dvp * QB);
+      /* m, l: QB each (64-byte multiples); tmp: the staging panel */
+      m = mmp_cpu_scratch(MMP_SCRATCH_ATTN_ML, 2 * QB + (NR * Dv > QB ? NR * Dv : QB));
+      l = m ? m + QB : NULL;
+      tmp = m ? m + 2 * QB : NULL;
+      if (!qp || !st || !ot || !m) {
         atomic_store(&j->failed, 1);
         break;
       }
@@ -190,12 +191,10 @@ static void attn_worker(int64_t wi, void *user) {
 #ifdef MMP_HAVE_X86_DISPATCH
   if (g == &mmp_gemm_kernel_avx512) _mm_sfence(); /* order the streamed output */
 #endif
-  free(qp);
-  free(st);
-  free(ot);
-  free(m);
-  free(l);
-  free(tmp);
+  mmp_cpu_scratch_done(MMP_SCRATCH_ATTN_Q);
+  mmp_cpu_scratch_done(MMP_SCRATCH_ATTN_S);
+  mmp_cpu_scratch_done(MMP_SCRATCH_ATTN_O);
+  mmp_cpu_scratch_done(MMP_SCRATCH_ATTN_ML);
 }
 
 int mmp_cpu_attention(const float *q, const float *k, const float *v, int64_t B, int64_t H,
@@ -239,11 +238,11 @@ int mmp_cpu_attention(const float *q, const float *k, const float *v, int64_t B,
   j.kp_head = (Lk + MR - 1) / MR * MR * D;
   j.vp_block = dvp * j.KB;
   j.vp_head = nkb * j.vp_block;
-  j.kp = mmp_cpu_alloc(B * H * j.kp_head);
-  j.vp = mmp_cpu_alloc(B * H * j.vp_head);
+  j.kp = mmp_cpu_scratch(MMP_SCRATCH_CALLER0, B * H * j.kp_head);
+  j.vp = mmp_cpu_scratch(MMP_SCRATCH_CALLER1, B * H * j.vp_head);
   if (!j.kp || !j.vp) {
-    free(j.kp);
-    free(j.vp);
+    mmp_cpu_scratch_done(MMP_SCRATCH_CALLER0);
+    mmp_cpu_scratch_done(MMP_SCRATCH_CALLER1);
     return mmp_error_set(MMP_ENOMEM, "attention: out of memory for packed keys/values");
   }
   int threads = mmp_cpu_threads();
@@ -256,8 +255,8 @@ int mmp_cpu_attention(const float *q, const float *k, const float *v, int64_t B,
     attn_worker(0, &j);
   else
     mmp_cpu_parallel_for(nw, attn_worker, &j);
-  free(j.kp);
-  free(j.vp);
+  mmp_cpu_scratch_done(MMP_SCRATCH_CALLER0);
+  mmp_cpu_scratch_done(MMP_SCRATCH_CALLER1);
   if (atomic_load(&j.failed)) return mmp_error_set(MMP_ENOMEM, "attention: out of memory for scratch");
   return 0;
 }

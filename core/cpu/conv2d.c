@@ -132,9 +132,9 @@ static void conv_worker(int64_t wi, void *user) {
     int64_t t = atomic_fetch_add(&j->next, 1);
     if (t >= j->ntasks) break;
     if (!bufa) {
-      bufa = mmp_cpu_alloc((int64_t)g->mc * g->kc);
-      bufb = mmp_cpu_alloc((int64_t)g->kc * ((j->Nt + g->nr - 1) / g->nr * g->nr));
-      if (j->span) tile = mmp_cpu_alloc(j->Mt * j->Nt);
+      bufa = mmp_cpu_scratch(MMP_SCRATCH_A, (int64_t)g->mc * g->kc);
+      bufb = mmp_cpu_scratch(MMP_SCRATCH_B, (int64_t)g->kc * ((j->Nt + g->nr - 1) / g->nr * g->nr));
+      if (j->span) tile = mmp_cpu_scratch(MMP_SCRATCH_TILE, j->Mt * j->Nt);
       if (!bufa || !bufb || (j->span && !tile)) {
         atomic_store(&j->failed, 1);
         break;
@@ -183,9 +183,9 @@ static void conv_worker(int64_t wi, void *user) {
         c += run;
       }
   }
-  free(bufa);
-  free(bufb);
-  free(tile);
+  mmp_cpu_scratch_done(MMP_SCRATCH_A);
+  mmp_cpu_scratch_done(MMP_SCRATCH_B);
+  mmp_cpu_scratch_done(MMP_SCRATCH_TILE);
 }
 
 int mmp_cpu_conv2d(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, const float *w,
@@ -282,7 +282,7 @@ int mmp_cpu_conv2d(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, c
    * once instead when it is small. */
   if (j.span && groups == 1 && j.tm > 1 && j.Kg * cols <= ((int64_t)16 << 20)) {
     j.col_ld = (cols + NR - 1) / NR * NR;
-    j.col = mmp_cpu_alloc(j.Kg * j.col_ld);
+    j.col = mmp_cpu_scratch(MMP_SCRATCH_CALLER0, j.Kg * j.col_ld);
     if (!j.col) return mmp_error_set(MMP_ENOMEM, "conv2d: out of memory for the im2col matrix");
     j.nfill = nw > 1 ? nw : 1;
     if (j.nfill > j.Kg) j.nfill = j.Kg;
@@ -295,7 +295,7 @@ int mmp_cpu_conv2d(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, c
     conv_worker(0, &j);
   else
     mmp_cpu_parallel_for(nw, conv_worker, &j);
-  free(j.col);
+  if (j.col) mmp_cpu_scratch_done(MMP_SCRATCH_CALLER0);
   if (atomic_load(&j.failed)) return mmp_error_set(MMP_ENOMEM, "conv2d: out of memory for packing buffers");
   return 0;
 }

@@ -95,6 +95,102 @@ float *mmp_cpu_alloc(int64_t nfloats) {
   return aligned_alloc(64, bytes);
 }
 
+/* ------------------------------------------------ per-thread scratch */
+
+#define SCRATCH_CACHE_MAX ((int64_t)32 << 20) /* bytes kept per slot */
+
+typedef struct scratch {
+  float *p[MMP_SCRATCH_SLOTS];
+  int64_t n[MMP_SCRATCH_SLOTS];
+  struct scratch *prev, *next; /* every thread's, for the exit-time release */
+} scratch_t;
+
+static pthread_key_t scratch_key;
+static pthread_once_t scratch_once = PTHREAD_ONCE_INIT;
+static pthread_mutex_t scratch_lock = PTHREAD_MUTEX_INITIALIZER;
+static scratch_t *scratch_all;
+static bool scratch_key_ok;
+
+static void scratch_release(scratch_t *s) {
+  for (int i = 0; i < MMP_SCRATCH_SLOTS; ++i) free(s->p[i]);
+  free(s);
+}
+
+static void scratch_unlink(scratch_t *s) {
+  if (s->prev) s->prev->next = s->next;
+  else scratch_all = s->next;
+  if (s->next) s->next->prev = s->prev;
+}
+
+/* a thread ends: its buffers go */
+static void scratch_thread_exit(void *v) {
+  scratch_t *s = v;
+  pthread_mutex_lock(&scratch_lock);
+  scratch_unlink(s);
+  pthread_mutex_unlock(&scratch_lock);
+  scratch_release(s);
+}
+
+static void scratch_make_key(void) {
+  scratch_key_ok = pthread_key_create(&scratch_key, scratch_thread_exit) == 0;
+}
+
+/* the library is unloaded (or the process exits): the threads still alive
+ * (the main thread, pool workers) give theirs back too */
+__attribute__((destructor)) static void scratch_drain(void) {
+  pthread_mutex_lock(&scratch_lock);
+  while (scratch_all) {
+    scratch_t *s = scratch_all;
+    scratch_unlink(s);
+    scratch_release(s);
+  }
+  /* threads still alive must not run the destructor on freed buffers */
+  if (scratch_key_ok) pthread_key_delete(scratch_key);
+  scratch_key_ok = false;
+  pthread_mutex_unlock(&scratch_lock);
+}
+
+static scratch_t *scratch_self(void) {
+  pthread_once(&scratch_once, scratch_make_key);
+  if (!scratch_key_ok) return NULL;
+  scratch_t *s = pthread_getspecific(scratch_key);
+  if (s) return s;
+  if (!(s = calloc(1, sizeof *s))) return NULL;
+  if (pthread_setspecific(scratch_key, s) != 0) {
+    free(s);
+    return NULL;
+  }
+  pthread_mutex_lock(&scratch_lock);
+  s->next = scratch_all;
+  if (scratch_all) scratch_all->prev = s;
+  scratch_all = s;
+  pthread_mutex_unlock(&scratch_lock);
+  return s;
+}
+
+float *mmp_cpu_scratch(int slot, int64_t nfloats) {
+  scratch_t *s = scratch_self();
+  if (!s || slot < 0 || slot >= MMP_SCRATCH_SLOTS) return NULL;
+  if (nfloats < 1) nfloats = 1;
+  if (s->n[slot] < nfloats) {
+    free(s->p[slot]);
+    s->p[slot] = mmp_cpu_alloc(nfloats);
+    s->n[slot] = s->p[slot] ? nfloats : 0;
+  }
+  return s->p[slot];
+}
+
+void mmp_cpu_scratch_done(int slot) {
+  pthread_once(&scratch_once, scratch_make_key);
+  scratch_t *s = scratch_key_ok ? pthread_getspecific(scratch_key) : NULL;
+  if (!s || slot < 0 || slot >= MMP_SCRATCH_SLOTS) return;
+  if (s->n[slot] * (int64_t)sizeof(float) > SCRATCH_CACHE_MAX) {
+    free(s->p[slot]);
+    s->p[slot] = NULL;
+    s->n[slot] = 0;
+  }
+}
+
 /* ------------------------------------------------- portable kernel */
 
 #define GMR 6
@@ -272,8 +368,8 @@ static void sgemm_worker(int64_t w, void *user) {
     if (t >= j->ntasks) break;
     if (!bufa) {
       int64_t nt = (j->Nt + g->nr - 1) / g->nr * g->nr;
-      bufa = mmp_cpu_alloc((int64_t)g->mc * g->kc);
-      bufb = mmp_cpu_alloc((int64_t)g->kc * nt);
+      bufa = mmp_cpu_scratch(MMP_SCRATCH_A, (int64_t)g->mc * g->kc);
+      bufb = mmp_cpu_scratch(MMP_SCRATCH_B, (int64_t)g->kc * nt);
       if (!bufa || !bufb) {
         atomic_store(&j->failed, 1);
         break;
@@ -292,8 +388,8 @@ static void sgemm_worker(int64_t w, void *user) {
     mmp_gemm_serial(g, j->ta, j->tb, mc, nc, j->K, j->alpha, A, j->lda, B, j->ldb, j->beta, C,
                     j->ldc, bufa, bufb);
   }
-  free(bufa);
-  free(bufb);
+  mmp_cpu_scratch_done(MMP_SCRATCH_A);
+  mmp_cpu_scratch_done(MMP_SCRATCH_B);
 }
 
 /* Split M x N into ntm x ntn blocks: enough blocks to keep every thread

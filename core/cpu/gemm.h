@@ -69,4 +69,27 @@ void mmp_vexp(const float *x, float *y, int64_t n);
 /* 64-byte aligned scratch (free with free()). NULL on failure. */
 float *mmp_cpu_alloc(int64_t nfloats);
 
+/* Per-thread scratch kept across calls, so that a kernel called again with
+ * the same shapes touches no fresh pages (the packing buffers were a large
+ * share of a UNet step's page faults). mmp_cpu_scratch() returns the calling
+ * thread's buffer @slot of at least @nfloats floats (64-byte aligned,
+ * contents undefined; the buffer only grows), or NULL when out of memory.
+ * (transfer none): valid until the same thread asks for @slot again.
+ * mmp_cpu_scratch_done() after use frees the buffer when it is larger than
+ * the cache bound (32 MiB), so one huge call does not pin its memory. */
+enum {
+  MMP_SCRATCH_A = 0,     /* packed A block (sgemm, conv2d workers) */
+  MMP_SCRATCH_B,         /* packed B block */
+  MMP_SCRATCH_TILE,      /* conv2d: output tile spanning images */
+  MMP_SCRATCH_ATTN_Q,    /* attention workers: Q^T panels */
+  MMP_SCRATCH_ATTN_S,    /* scores block */
+  MMP_SCRATCH_ATTN_O,    /* O^T accumulator */
+  MMP_SCRATCH_ATTN_ML,   /* running max, denominator, staging */
+  MMP_SCRATCH_CALLER0,   /* the calling thread, before its workers start: */
+  MMP_SCRATCH_CALLER1,   /*   packed K / V^T, conv2d's im2col matrix */
+  MMP_SCRATCH_SLOTS
+};
+float *mmp_cpu_scratch(int slot, int64_t nfloats);
+void mmp_cpu_scratch_done(int slot);
+
 #endif
