@@ -27,10 +27,22 @@
 
 #define CPU_CHUNK_BYTES ((size_t)64 << 20)
 
+/* Chunks start on a 2 MiB boundary and ask for transparent huge pages: a
+ * first touch then faults 2 MiB at a time instead of 4 KiB (on a VM the
+ * faults of 4 KiB pages cost more than the arithmetic that fills them). */
+#define HUGE_BYTES ((size_t)2 << 20)
+
 static int cpu_chunk_alloc(void *user, size_t nbytes, void **out) {
   (void)user;
-  void *p = mmap(NULL, nbytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (p == MAP_FAILED) return MMP_ENOMEM;
+  size_t len = (nbytes + 4095) & ~(size_t)4095;
+  char *m = mmap(NULL, len + HUGE_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) return MMP_ENOMEM;
+  char *p = (char *)(((uintptr_t)m + HUGE_BYTES - 1) & ~(uintptr_t)(HUGE_BYTES - 1));
+  if (p > m) munmap(m, (size_t)(p - m));
+  if (m + HUGE_BYTES > p) munmap(p + len, (size_t)(m + HUGE_BYTES - p));
+#ifdef MADV_HUGEPAGE
+  madvise(p, len, MADV_HUGEPAGE);
+#endif
   *out = p;
   return 0;
 }
@@ -44,7 +56,8 @@ static mmp_pool_t *cpu_pool;
 static pthread_once_t cpu_pool_once = PTHREAD_ONCE_INIT;
 
 static void cpu_pool_init(void) {
-  mmp_pool_config_t cfg = {.chunk_alloc = cpu_chunk_alloc,
+  mmp_pool_config_t cfg = {.name = "cpu",
+                           .chunk_alloc = cpu_chunk_alloc,
                            .chunk_release = cpu_chunk_release,
                            .chunk_bytes = CPU_CHUNK_BYTES,
                            .align = 64,

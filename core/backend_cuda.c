@@ -852,7 +852,8 @@ static void cuda_init(void) {
   const char *sy = getenv("MMPIPE_CUDA_SYNC"), *tf = getenv("MMPIPE_CUDA_TF32");
   c->sync_each = sy && atoi(sy) > 0;
   c->tf32 = tf && atoi(tf) > 0;
-  mmp_pool_config_t pc = {.chunk_alloc = cuda_chunk_alloc,
+  mmp_pool_config_t pc = {.name = "cuda",
+                          .chunk_alloc = cuda_chunk_alloc,
                           .chunk_release = cuda_chunk_release,
                           .user = c,
                           .chunk_bytes = CUDA_CHUNK_BYTES,

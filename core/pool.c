@@ -78,6 +78,7 @@ struct mmp_pool {
   size_t nspare;
   slab_t *slabs;
   size_t nslabs;
+  FILE *trace; /* MMPIPE_POOL_TRACE, or NULL */
   /* counters */
   mmp_pool_stats_t st;
   size_t held, peak_in_use, peak_held;
@@ -280,6 +281,17 @@ static chunk_t *chunk_new(mmp_pool_t *p, size_t size, int *rc) {
   return c;
 }
 
+/* MMPIPE_POOL_TRACE=FILE: every allocation and free of every pool, one line
+ * each ("cpu a NBYTES ADDR", "cpu f ADDR"), for replaying a real workload
+ * (tests/data/pool/). One stream for the process, opened by the first pool. */
+static FILE *trace_stream;
+static pthread_once_t trace_once = PTHREAD_ONCE_INIT;
+
+static void trace_open(void) {
+  const char *e = getenv("MMPIPE_POOL_TRACE");
+  if (e && *e) trace_stream = fopen(e, "w");
+}
+
 /* ------------------------------------------------------------ the API */
 
 mmp_pool_t *mmp__pool_new(const mmp_pool_config_t *cfg) {
@@ -304,6 +316,9 @@ mmp_pool_t *mmp__pool_new(const mmp_pool_config_t *cfg) {
   p->cfg.align = align;
   size_t cb = cfg->chunk_bytes ? cfg->chunk_bytes : DEFAULT_CHUNK;
   p->cfg.chunk_bytes = (cb + align - 1) & ~(align - 1);
+  if (!p->cfg.name) p->cfg.name = "pool";
+  pthread_once(&trace_once, trace_open);
+  p->trace = trace_stream;
 #ifndef POOL_ASAN
   p->cfg.poison = false;
 #endif
@@ -385,6 +400,7 @@ int mmp__pool_alloc(mmp_pool_t *p, size_t nbytes, void **out) {
   if (p->st.bytes_in_use > p->peak_in_use) p->peak_in_use = p->st.bytes_in_use;
   if (p->cfg.poison) UNPOISON(b->addr, nbytes); /* the rounding tail stays poisoned */
   *out = b->addr;
+  if (p->trace) fprintf(p->trace, "%s a %zu %p\n", p->cfg.name, nbytes, (void *)b->addr);
   pthread_mutex_unlock(&p->lock);
   return 0;
 }
@@ -405,6 +421,7 @@ void mmp__pool_free(mmp_pool_t *p, void *ptr) {
     fprintf(stderr, "mmpipe pool: free of %p, which this pool did not hand out (or already took back)\n", ptr);
     abort();
   }
+  if (p->trace) fprintf(p->trace, "%s f %p\n", p->cfg.name, ptr);
   b->live = false;
   p->st.bytes_in_use -= b->size;
   chunk_t *c = b->chunk;

@@ -43,6 +43,10 @@
  *
  * Thread safety: every function may be called from any thread (one mutex
  * per pool; the callbacks are called with it held).
+ *
+ * Debugging: with MMPIPE_POOL_TRACE=FILE every allocation and free of every
+ * pool is written to FILE ("cpu a NBYTES ADDR" / "cpu f ADDR"), a workload
+ * that tests/test_core_pool can replay (tests/data/pool/).
  */
 #ifndef MMPIPE_CORE_POOL_H
 #define MMPIPE_CORE_POOL_H
@@ -68,6 +72,7 @@ typedef struct mmp_pool_config {
   mmp_pool_chunk_alloc_cb chunk_alloc;       /* REQUIRED */
   mmp_pool_chunk_release_cb chunk_release;   /* REQUIRED */
   void *user;                                /* passed to both */
+  const char *name;   /* (nullable) for the trace below: "cpu", "cuda" */
   size_t chunk_bytes; /* size of a regular chunk; 0: 64 MiB */
   size_t align;       /* block alignment and size granule, a power of two >= 64; 0: 64 */
   size_t max_cached;  /* bound on the free bytes kept (see above) */

@@ -478,7 +478,8 @@ static void old_free(old_pool_t *o, size_t n) {
 /* A pass shaped like an SD UNet forward at batch 2: resnet blocks (group
  * norm, SiLU, conv with its im2col columns, residual add), attention blocks
  * with their projections, skips kept from the down path to the up path,
- * down- and upsampling. Sizes are those of f32 tensors at 64x64 latents. */
+ * down- and upsampling. Sizes are those of f32 tensors at 64x64 latents.
+ * (test_trace replays the real one.) */
 typedef struct net {
   mmp_pool_t *p;
   old_pool_t old;
@@ -504,11 +505,11 @@ static void net_free(net_t *t, int i) {
 
 static size_t act(int c, int hw) { return (size_t)2 * (size_t)c * (size_t)hw * (size_t)hw * 4; }
 
-/* conv of x (cin, hw) to cout: im2col columns for 3x3, then the output */
+/* conv of x (cin, hw) to cout: a padded copy of the input, then the output */
 static int net_conv(net_t *t, int x, int cin, int cout, int hw, bool free_x) {
-  int cols = net_alloc(t, (size_t)cin * 9 * (size_t)hw * (size_t)hw * 4);
+  int pad = net_alloc(t, (size_t)2 * (size_t)cin * (size_t)(hw + 2) * (size_t)(hw + 2) * 4);
   int y = net_alloc(t, act(cout, hw));
-  net_free(t, cols);
+  net_free(t, pad);
   if (free_x) net_free(t, x);
   return y;
 }
@@ -623,16 +624,109 @@ static void test_footprint(void) {
   diag("UNet-shaped pass: peak in use %.1f MiB, peak footprint %.1f MiB (x%.3f); "
        "the size-class pool: %.1f MiB (x%.3f)",
        in.peak_in_use / (double)MiB, in.peak_held / (double)MiB, f, t.old.peak / (double)MiB, fold);
-  /* measured: x1.18 here against x2.58 for the size-class pool */
-  ok(f <= 1.3, "footprint: peak (in use + cached) within 1.3 x the peak in use");
+  /* measured: x1.511 (272 MiB for 180 MiB) against x3.572 for the size-class pool */
+  ok(f <= 1.55, "footprint: peak (in use + cached) within 1.55 x the peak in use");
   ok(fold > 1.5 * f, "  (the size-class pool needs over 1.5 x as much)");
   is_int(in.st.bytes_in_use, 0, "the pass freed what it allocated");
   uint64_t a1 = in.st.os_allocs;
   for (int i = 0; i < 3; i++) net_forward(&t);
   in = info_of(t.p);
   is_int(in.st.os_allocs - a1, 0, "a second, third and fourth pass obtain no chunk");
-  ok((double)in.peak_held / (double)in.peak_in_use <= 1.3, "  and the footprint stays as it was");
+  ok((double)in.peak_held / (double)in.peak_in_use <= 1.55, "  and the footprint stays as it was");
   mmp__pool_destroy(t.p);
+}
+
+/* Replay a recorded workload (tests/data/pool/) @runs times into a pool
+ * shaped like the CPU backend's (64 MiB chunks); the size-class pool is
+ * simulated alongside. Returns false when the file cannot be read. */
+typedef struct replay {
+  double factor, old_factor;
+  size_t peak_in_use, peak_held;
+  uint64_t os_allocs[8];
+  size_t in_use_after;
+} replay_t;
+
+static bool replay_file(const char *name, int runs, replay_t *out) {
+  char path[1024];
+  snprintf(path, sizeof path, "%s/tests/data/pool/%s", tap_srcdir(), name);
+  FILE *f = fopen(path, "r");
+  if (!f) return false;
+  size_t cap = 4096, n = 0;
+  int64_t *ops = malloc(cap * sizeof *ops);
+  char line[256];
+  while (fgets(line, sizeof line, f)) {
+    long long v;
+    if (line[0] == '#' || sscanf(line + 1, "%lld", &v) != 1) continue;
+    if (n == cap) ops = realloc(ops, (cap *= 2) * sizeof *ops);
+    ops[n++] = line[0] == 'a' ? v : -v - 1;
+  }
+  fclose(f);
+  provider_t v;
+  prov_init(&v, FAKE);
+  mmp_pool_t *p = pool_for(&v, 64 * MiB, 64, (size_t)8192 << 20);
+  old_pool_t old;
+  memset(&old, 0, sizeof old);
+  size_t na = 0;
+  for (size_t i = 0; i < n; i++) na += ops[i] >= 0;
+  void **ptr = calloc(na ? na : 1, sizeof *ptr);
+  size_t *sz = calloc(na ? na : 1, sizeof *sz);
+  for (int r = 0; r < runs && r < 8; r++) {
+    size_t k = 0;
+    for (size_t i = 0; i < n; i++) {
+      if (ops[i] >= 0) {
+        sz[k] = (size_t)ops[i];
+        mmp__pool_alloc(p, sz[k], &ptr[k]);
+        old_alloc(&old, sz[k]);
+        k++;
+      } else {
+        mmp__pool_free(p, ptr[-ops[i] - 1]);
+        old_free(&old, sz[-ops[i] - 1]);
+      }
+    }
+    out->os_allocs[r] = info_of(p).st.os_allocs;
+  }
+  mmp_pool_info_t in = info_of(p);
+  out->peak_in_use = in.peak_in_use;
+  out->peak_held = in.peak_held;
+  out->factor = (double)in.peak_held / (double)in.peak_in_use;
+  out->old_factor = (double)old.peak / (double)in.peak_in_use;
+  out->in_use_after = in.st.bytes_in_use;
+  free(ptr);
+  free(sz);
+  free(ops);
+  mmp__pool_destroy(p);
+  return true;
+}
+
+static void test_trace(void) {
+  static const struct {
+    const char *file, *what;
+    double bound; /* measured: see the diag line */
+  } w[2] = {
+      /* UNet: x1.295 (208 MiB for 160.6 MiB; the size-class pool held 573 MiB, x3.57): the two
+       * 64 MiB chunks and the 80 MiB one that the peak needs (an 80 MiB feed-forward input
+       * beside 80 MiB of others) */
+      {"sd15_unet_forward.txt", "SD-1.5 UNet forward", 1.30},
+      /* VAE: x1.667 (1280 MiB for 768 MiB; size classes: x1.94): its tensors of 128 and
+       * 256 MiB each take a chunk of their own, and the 128 MiB chunks freed before the
+       * 256 MiB phase cannot serve it */
+      {"sd15_vae_decode.txt", "SD-1.5 VAE decode", 1.67},
+  };
+  for (int i = 0; i < 2; i++) {
+    replay_t r;
+    memset(&r, 0, sizeof r);
+    if (!replay_file(w[i].file, 3, &r)) {
+      ok(0, "read tests/data/pool/%s", w[i].file);
+      continue;
+    }
+    diag("%s: peak in use %.1f MiB, peak footprint %.1f MiB (x%.3f); the size-class pool x%.3f", w[i].what,
+         r.peak_in_use / (double)MiB, r.peak_held / (double)MiB, r.factor, r.old_factor);
+    ok(r.factor <= w[i].bound, "%s: peak footprint within %.2f x the peak in use", w[i].what, w[i].bound);
+    ok(r.old_factor > r.factor, "  less than the size-class pool's");
+    ok(r.os_allocs[1] == r.os_allocs[0] && r.os_allocs[2] == r.os_allocs[0],
+       "  the second and third passes obtain no chunk (%llu chunks)", (unsigned long long)r.os_allocs[0]);
+    is_int(r.in_use_after, 0, "  everything was freed");
+  }
 }
 
 static void test_bound(void) {
@@ -820,6 +914,7 @@ int main(void) {
   test_best_fit();
   test_repeat();
   test_footprint();
+  test_trace();
   test_bound();
   test_trim();
   test_oom();
