@@ -437,12 +437,9 @@ void mmp__pool_free(mmp_pool_t *p, void *ptr) {
     bin_remove(p, b->next);
     merge_next(p, b, b->next);
   }
-  if (c->used == 0) {
-    idle_insert(p, c); /* b is the whole chunk now */
-    release_idle(p, false);
-  } else {
-    bin_insert(p, b);
-  }
+  if (c->used == 0) idle_insert(p, c); /* b is the whole chunk now */
+  else bin_insert(p, b);
+  release_idle(p, false);
   pthread_mutex_unlock(&p->lock);
 }
 
