@@ -1,132 +1,105 @@
-/* core/backend_cpu.c - the CPU backend: caching allocator, light ops, dispatch to core/cpu kernels. */
+/* core/backend_cpu.c - the CPU backend: the host memory pool (core/pool.c), light ops, dispatch to core/cpu kernels. */
 #include <float.h>
 #include <math.h>
 #include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 
 #include "core/cpu/kernels.h"
+#include "core/pool.h"
 #include "core/tensor_impl.h"
 
 /* ================================================================ the pool
  *
- * A caching allocator: sizes are rounded up to a size class (a power of two
- * with 3 extra mantissa bits, so at most 12.5% waste; 512 bytes at least)
- * and returned blocks are kept on a per-class free list. A forward pass that
- * repeats the same shapes therefore gets every block from the lists after
- * its first run: os_allocs stops growing (tested in test_core_ops). The
- * cache is bounded by MMPIPE_POOL_MAX_MB (default 8192 MiB); blocks returned
- * beyond it go back to the OS. mmp_backend_pool_trim() empties it. */
+ * A coalescing caching allocator (core/pool.c): blocks are cut best-fit from
+ * 64 MiB chunks obtained with mmap (a larger request gets a chunk of its own
+ * size) and freed blocks merge with their free neighbours, so the footprint
+ * stays close to the bytes actually live while a forward pass that repeats
+ * the same sizes finds every block in the cache after its first run:
+ * os_allocs (chunks mapped) stops growing (tested in test_core_ops and
+ * test_core_pool). Entirely free chunks are kept while the cache holds at
+ * most MMPIPE_POOL_MAX_MB (default 8192 MiB) of free bytes; beyond that
+ * they are unmapped. mmp_backend_pool_trim() unmaps every entirely free
+ * chunk. Under AddressSanitizer the free parts of the chunks and the
+ * rounding tail of each block are poisoned, so that use after free and
+ * overflows are caught as with a malloc per tensor. */
 
-#define NCLASSES (64 * 8)
-#define MIN_CLASS_BYTES 512 /* classes are then multiples of 64 (aligned_alloc) */
+#define CPU_CHUNK_BYTES ((size_t)64 << 20)
 
-typedef struct pool_block {
-  struct pool_block *next;
-} pool_block_t;
+/* Chunks start on a 2 MiB boundary and ask for transparent huge pages: a
+ * first touch then faults 2 MiB at a time instead of 4 KiB (on a VM the
+ * faults of 4 KiB pages cost more than the arithmetic that fills them). */
+#define HUGE_BYTES ((size_t)2 << 20)
 
-typedef struct cpu_pool {
-  pthread_mutex_t lock;
-  pool_block_t *free[NCLASSES];
-  mmp_pool_stats_t st;
-  size_t max_cached;
-} cpu_pool_t;
-
-static cpu_pool_t pool = {.lock = PTHREAD_MUTEX_INITIALIZER};
-
-static int size_class(size_t n, size_t *rounded) {
-  if (n < MIN_CLASS_BYTES) n = MIN_CLASS_BYTES;
-  int lg = 63 - __builtin_clzll((unsigned long long)n); /* 2^lg <= n */
-  if (lg < 3) lg = 3;
-  size_t step = (size_t)1 << (lg - 3);
-  size_t r = (n + step - 1) & ~(step - 1);
-  if (r == ((size_t)1 << (lg + 1))) { /* rounded up to the next power */
-    lg++;
-    step <<= 1;
-  }
-  *rounded = r;
-  return lg * 8 + (int)((r >> (lg - 3)) & 7);
+static int cpu_chunk_alloc(void *user, size_t nbytes, void **out) {
+  (void)user;
+  size_t len = (nbytes + 4095) & ~(size_t)4095;
+  char *m = mmap(NULL, len + HUGE_BYTES, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (m == MAP_FAILED) return MMP_ENOMEM;
+  char *p = (char *)(((uintptr_t)m + HUGE_BYTES - 1) & ~(uintptr_t)(HUGE_BYTES - 1));
+  if (p > m) munmap(m, (size_t)(p - m));
+  if (m + HUGE_BYTES > p) munmap(p + len, (size_t)(m + HUGE_BYTES - p));
+#ifdef MADV_HUGEPAGE
+  madvise(p, len, MADV_HUGEPAGE);
+#endif
+  *out = p;
+  return 0;
 }
 
-static size_t pool_max_cached(void) {
-  const char *e = getenv("MMPIPE_POOL_MAX_MB");
-  long long mb = e ? atoll(e) : 8192;
-  if (mb < 0) mb = 0;
-  return (size_t)mb << 20;
+static void cpu_chunk_release(void *user, void *ptr, size_t nbytes) {
+  (void)user;
+  munmap(ptr, nbytes);
+}
+
+static mmp_pool_t *cpu_pool;
+static pthread_once_t cpu_pool_once = PTHREAD_ONCE_INIT;
+
+static void cpu_pool_init(void) {
+  mmp_pool_config_t cfg = {.name = "cpu",
+                           .chunk_alloc = cpu_chunk_alloc,
+                           .chunk_release = cpu_chunk_release,
+                           .chunk_bytes = CPU_CHUNK_BYTES,
+                           .align = 64,
+                           .max_cached = mmp__pool_max_cached_env(8192),
+                           .poison = true};
+  cpu_pool = mmp__pool_new(&cfg);
+}
+
+static mmp_pool_t *pool_get(void) {
+  pthread_once(&cpu_pool_once, cpu_pool_init);
+  return cpu_pool;
 }
 
 static int cpu_alloc(mmp_backend_t *be, size_t nbytes, void **out) {
   (void)be;
-  size_t r;
-  int c = size_class(nbytes, &r);
-  void *p = NULL;
-  pthread_mutex_lock(&pool.lock);
-  pool.st.requests++;
-  if (pool.free[c]) {
-    p = pool.free[c];
-    pool.free[c] = pool.free[c]->next;
-    pool.st.pool_hits++;
-    pool.st.bytes_cached -= r;
-  } else {
-    pool.st.os_allocs++;
-  }
-  pool.st.bytes_in_use += r;
-  pthread_mutex_unlock(&pool.lock);
-  if (!p) p = aligned_alloc(64, r);
-  if (!p) {
-    pthread_mutex_lock(&pool.lock);
-    pool.st.bytes_in_use -= r;
-    pool.st.os_allocs--;
-    pthread_mutex_unlock(&pool.lock);
-    return mmp_error_set(MMP_ENOMEM, "cpu: out of memory allocating %zu bytes", nbytes);
-  }
-  *out = p;
+  mmp_pool_t *p = pool_get();
+  int rc = p ? mmp__pool_alloc(p, nbytes, out) : MMP_ENOMEM;
+  if (rc < 0) return mmp_error_set(MMP_ENOMEM, "cpu: out of memory allocating %zu bytes", nbytes);
   return 0;
 }
 
 static void cpu_free(mmp_backend_t *be, void *ptr, size_t nbytes) {
   (void)be;
-  if (!ptr) return;
-  size_t r;
-  int c = size_class(nbytes, &r);
-  pthread_mutex_lock(&pool.lock);
-  if (!pool.max_cached) pool.max_cached = pool_max_cached() + 1;
-  pool.st.bytes_in_use -= r;
-  if (pool.st.bytes_cached + r < pool.max_cached) {
-    pool_block_t *b = ptr;
-    b->next = pool.free[c];
-    pool.free[c] = b;
-    pool.st.bytes_cached += r;
-    ptr = NULL;
-  } else {
-    pool.st.os_frees++;
-  }
-  pthread_mutex_unlock(&pool.lock);
-  free(ptr);
+  (void)nbytes;
+  if (ptr) mmp__pool_free(pool_get(), ptr);
 }
 
 static void cpu_pool_trim(mmp_backend_t *be) {
   (void)be;
-  pthread_mutex_lock(&pool.lock);
-  for (int c = 0; c < NCLASSES; c++) {
-    while (pool.free[c]) {
-      pool_block_t *n = pool.free[c]->next;
-      free(pool.free[c]);
-      pool.free[c] = n;
-      pool.st.os_frees++;
-    }
-  }
-  pool.st.bytes_cached = 0;
-  pthread_mutex_unlock(&pool.lock);
+  mmp_pool_t *p = pool_get();
+  if (p) mmp__pool_trim(p);
 }
 
-__attribute__((destructor)) static void cpu_pool_drain(void) { cpu_pool_trim(NULL); }
+__attribute__((destructor)) static void cpu_pool_drain(void) {
+  if (cpu_pool) mmp__pool_trim(cpu_pool);
+}
 
 static void cpu_pool_stats(mmp_backend_t *be, mmp_pool_stats_t *out) {
   (void)be;
-  pthread_mutex_lock(&pool.lock);
-  *out = pool.st;
-  pthread_mutex_unlock(&pool.lock);
+  mmp_pool_t *p = pool_get();
+  if (p) mmp__pool_stats(p, out);
+  else memset(out, 0, sizeof *out);
 }
 
 static int cpu_copy(mmp_backend_t *be, void *dst, const void *src, size_t n) {

@@ -1,4 +1,4 @@
-/* core/backend_cuda.c - the CUDA backend: caching device arena, copies, op dispatch to core/cuda kernels and cuBLAS. */
+/* core/backend_cuda.c - the CUDA backend: device memory pool (core/pool.c), copies, op dispatch to core/cuda kernels and cuBLAS. */
 #include "config.h"
 
 #include <dlfcn.h>
@@ -14,6 +14,7 @@
 
 #include "core/backend_cuda.h"
 #include "core/cuda/kernels.h"
+#include "core/pool.h"
 #include "core/tensor_impl.h"
 
 #pragma GCC visibility push(default)
@@ -103,14 +104,6 @@ static int blas_fail(cublasStatus_t s, const char *call, const char *file, int l
 
 /* ============================================================ state */
 
-#define NCLASSES (64 * 8)
-#define MIN_CLASS_BYTES 256
-
-typedef struct block_node {
-  struct block_node *next;
-  void *ptr;
-} block_node_t;
-
 typedef struct cuda_ctx {
   int device;
   cudaStream_t stream;
@@ -118,14 +111,10 @@ typedef struct cuda_ctx {
   bool sync_each, tf32;
   mmp_cuda_info_t info;
   pthread_mutex_t op_lock; /* serialises compute (one stream, one cuBLAS handle) */
-  pthread_mutex_t pool_lock;
-  block_node_t *free[NCLASSES];
-  block_node_t *spare; /* recycled list nodes: no malloc in steady state */
-  mmp_pool_stats_t st;
-  size_t max_cached;
+  mmp_pool_t *pool;
 } cuda_ctx_t;
 
-static cuda_ctx_t g_ctx = {.op_lock = PTHREAD_MUTEX_INITIALIZER, .pool_lock = PTHREAD_MUTEX_INITIALIZER};
+static cuda_ctx_t g_ctx = {.op_lock = PTHREAD_MUTEX_INITIALIZER};
 
 static cuda_ctx_t *ctx_of(mmp_backend_t *be) { return (cuda_ctx_t *)be->ctx; }
 
@@ -136,37 +125,40 @@ static int use_device(cuda_ctx_t *c) {
 }
 
 /* ============================================================ the arena
- * As the CPU pool: sizes rounded to a class (power of two with 3 mantissa
- * bits, <= 12.5% waste), returned blocks kept on per-class lists and handed
- * out again, so a repeated forward pass makes no cudaMalloc/cudaFree after
- * its first run. All work runs on one stream, so a block freed while kernels
- * that use it are still queued can only be reused by work queued after them.
- * On cudaMalloc failure the cache is released and the allocation retried
- * once; then MMP_ENOMEM says how much was asked and how much is free. */
+ * The coalescing pool of core/pool.c, as for the CPU backend, over chunks
+ * from cudaMalloc (CUDA_CHUNK_BYTES, or the request's size when larger):
+ * blocks are cut best-fit and merged again when freed, the descriptors live
+ * on the host, and a repeated forward pass makes no cudaMalloc/cudaFree
+ * after its first run. All work runs on one stream, so a block freed while
+ * kernels that use it are still queued can only be reused by work queued
+ * after them; a chunk is only given back with cudaFree, which waits for the
+ * device. When cudaMalloc fails the pool releases its entirely free chunks
+ * and asks once more; then MMP_ENOMEM says how much was asked and how much
+ * is free. The cache is bounded by MMPIPE_POOL_MAX_MB (default: unbounded). */
 
-static int size_class(size_t n, size_t *rounded) {
-  if (n < MIN_CLASS_BYTES) n = MIN_CLASS_BYTES;
-  int lg = 63 - __builtin_clzll((unsigned long long)n);
-  size_t step = (size_t)1 << (lg - 3);
-  size_t r = (n + step - 1) & ~(step - 1);
-  if (r == ((size_t)1 << (lg + 1))) lg++;
-  *rounded = r;
-  return lg * 8 + (int)((r >> (lg - 3)) & 7);
+#define CUDA_CHUNK_BYTES ((size_t)64 << 20)
+
+/* The error of this thread's last cudaMalloc for the pool (the pool calls
+ * back on the allocating thread), for the out-of-memory message. */
+static __thread cudaError_t chunk_err;
+
+static int cuda_chunk_alloc(void *user, size_t nbytes, void **out) {
+  cuda_ctx_t *c = user;
+  int rc = use_device(c);
+  if (rc) return rc;
+  chunk_err = cudaMalloc(out, nbytes);
+  if (chunk_err != cudaSuccess) {
+    (void)cudaGetLastError();
+    return chunk_err == cudaErrorMemoryAllocation ? MMP_ENOMEM : MMP_EDEVICE;
+  }
+  return 0;
 }
 
-/* Free every cached block (pool_lock held). */
-static void trim_locked(cuda_ctx_t *c) {
-  for (int k = 0; k < NCLASSES; k++) {
-    while (c->free[k]) {
-      block_node_t *b = c->free[k];
-      c->free[k] = b->next;
-      cudaFree(b->ptr); /* synchronises the device: no queued kernel still uses it */
-      c->st.os_frees++;
-      b->next = c->spare;
-      c->spare = b;
-    }
-  }
-  c->st.bytes_cached = 0;
+static void cuda_chunk_release(void *user, void *ptr, size_t nbytes) {
+  (void)nbytes;
+  use_device(user);
+  cudaFree(ptr); /* synchronises the device: no queued kernel still uses it */
+  (void)cudaGetLastError();
 }
 
 /* Thread-local note of what the backend itself is allocating (workspaces),
@@ -175,94 +167,34 @@ static __thread const char *alloc_what;
 
 static int cuda_alloc(mmp_backend_t *be, size_t nbytes, void **out) {
   cuda_ctx_t *c = ctx_of(be);
-  size_t r;
-  int k = size_class(nbytes, &r);
-  pthread_mutex_lock(&c->pool_lock);
-  c->st.requests++;
-  if (c->free[k]) {
-    block_node_t *b = c->free[k];
-    c->free[k] = b->next;
-    *out = b->ptr;
-    b->next = c->spare;
-    c->spare = b;
-    c->st.pool_hits++;
-    c->st.bytes_cached -= r;
-    c->st.bytes_in_use += r;
-    pthread_mutex_unlock(&c->pool_lock);
-    return 0;
-  }
-  int rc = use_device(c);
-  void *p = NULL;
-  cudaError_t e = rc ? cudaSuccess : cudaMalloc(&p, r);
-  if (!rc && e == cudaErrorMemoryAllocation) {
-    (void)cudaGetLastError();
-    trim_locked(c);
-    e = cudaMalloc(&p, r);
-  }
-  if (!rc && e != cudaSuccess) {
-    (void)cudaGetLastError();
+  chunk_err = cudaSuccess;
+  int rc = mmp__pool_alloc(c->pool, nbytes, out);
+  if (rc == 0) return 0;
+  if (chunk_err != cudaSuccess || rc == MMP_ENOMEM) {
+    cudaError_t e = chunk_err != cudaSuccess ? chunk_err : cudaErrorMemoryAllocation;
     size_t fr = 0, tot = 0;
     cudaMemGetInfo(&fr, &tot);
     (void)cudaGetLastError();
+    mmp_pool_stats_t st;
+    mmp__pool_stats(c->pool, &st);
     const double MiB = 1024.0 * 1024.0;
-    rc = mmp_error_set(e == cudaErrorMemoryAllocation ? MMP_ENOMEM : MMP_EDEVICE,
-                       "cuda: out of device memory allocating %zu bytes (%.1f MiB)%s%s: cudaMalloc: %s; "
+    rc = mmp_error_set(rc, "cuda: out of device memory allocating %zu bytes (%.1f MiB)%s%s: cudaMalloc: %s; "
                        "%.1f MiB free of %.1f MiB on device %d, %.1f MiB in use by mmpipe tensors",
                        nbytes, (double)nbytes / MiB, alloc_what ? " for " : "", alloc_what ? alloc_what : "",
                        cudaGetErrorString(e), (double)fr / MiB, (double)tot / MiB, c->device,
-                       (double)c->st.bytes_in_use / MiB);
+                       (double)st.bytes_in_use / MiB);
   }
-  if (!rc) {
-    c->st.os_allocs++;
-    c->st.bytes_in_use += r;
-    *out = p;
-  }
-  pthread_mutex_unlock(&c->pool_lock);
   return rc;
 }
 
 static void cuda_free(mmp_backend_t *be, void *ptr, size_t nbytes) {
-  cuda_ctx_t *c = ctx_of(be);
-  if (!ptr) return;
-  size_t r;
-  int k = size_class(nbytes, &r);
-  pthread_mutex_lock(&c->pool_lock);
-  c->st.bytes_in_use -= r;
-  block_node_t *b = c->spare;
-  if (b) c->spare = b->next;
-  else b = malloc(sizeof *b);
-  if (b && c->st.bytes_cached + r <= c->max_cached) {
-    b->ptr = ptr;
-    b->next = c->free[k];
-    c->free[k] = b;
-    c->st.bytes_cached += r;
-  } else {
-    if (b) {
-      b->next = c->spare;
-      c->spare = b;
-    }
-    use_device(c);
-    cudaFree(ptr);
-    (void)cudaGetLastError();
-    c->st.os_frees++;
-  }
-  pthread_mutex_unlock(&c->pool_lock);
+  (void)nbytes;
+  if (ptr) mmp__pool_free(ctx_of(be)->pool, ptr);
 }
 
-static void cuda_pool_trim(mmp_backend_t *be) {
-  cuda_ctx_t *c = ctx_of(be);
-  pthread_mutex_lock(&c->pool_lock);
-  use_device(c);
-  trim_locked(c);
-  pthread_mutex_unlock(&c->pool_lock);
-}
+static void cuda_pool_trim(mmp_backend_t *be) { mmp__pool_trim(ctx_of(be)->pool); }
 
-static void cuda_pool_stats(mmp_backend_t *be, mmp_pool_stats_t *out) {
-  cuda_ctx_t *c = ctx_of(be);
-  pthread_mutex_lock(&c->pool_lock);
-  *out = c->st;
-  pthread_mutex_unlock(&c->pool_lock);
-}
+static void cuda_pool_stats(mmp_backend_t *be, mmp_pool_stats_t *out) { mmp__pool_stats(ctx_of(be)->pool, out); }
 
 /* Scratch device memory for one op; released with ws_free (stream-ordered). */
 static int ws_alloc(mmp_backend_t *be, size_t n, const char *what, void **out) {
@@ -917,11 +849,20 @@ static void cuda_init(void) {
   in->clock_ghz = clock_khz / 1e6;
   in->total_mem = prop.totalGlobalMem;
   in->fp16_tflops = in->sm_count * in->clock_ghz * 1e9 * fp16_flops_per_sm_clock(prop.major, prop.minor) / 1e12;
-  const char *sy = getenv("MMPIPE_CUDA_SYNC"), *tf = getenv("MMPIPE_CUDA_TF32"), *mx = getenv("MMPIPE_POOL_MAX_MB");
+  const char *sy = getenv("MMPIPE_CUDA_SYNC"), *tf = getenv("MMPIPE_CUDA_TF32");
   c->sync_each = sy && atoi(sy) > 0;
   c->tf32 = tf && atoi(tf) > 0;
-  long long mb = mx ? atoll(mx) : 1LL << 40;
-  c->max_cached = mb < 0 ? 0 : (size_t)mb << 20;
+  mmp_pool_config_t pc = {.name = "cuda",
+                          .chunk_alloc = cuda_chunk_alloc,
+                          .chunk_release = cuda_chunk_release,
+                          .user = c,
+                          .chunk_bytes = CUDA_CHUNK_BYTES,
+                          .align = 256, /* as cudaMalloc's own: what cuBLAS and vector loads like best */
+                          .max_cached = mmp__pool_max_cached_env(1LL << 40)};
+  if (!(c->pool = mmp__pool_new(&pc))) {
+    snprintf(cuda_why, sizeof cuda_why, "%s", mmp_error_last());
+    return;
+  }
   if (mmp_backend_register(&cuda_backend) < 0) {
     snprintf(cuda_why, sizeof cuda_why, "%s", mmp_error_last());
     return;

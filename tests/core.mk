@@ -45,3 +45,10 @@ EXTRA_DIST += tests/test_core_pipeline.sh
 TESTS += tests/test_core_example_plugin.sh
 EXTRA_DIST += tests/test_core_example_plugin.sh mmpipe-uninstalled.pc.in
 AM_TESTS_ENVIRONMENT += SAN_FLAGS='$(MMP_SAN_CFLAGS)'; export SAN_FLAGS; CC='$(CC)'; export CC;
+# the pool, driven directly: core/pool.c is compiled into the test (its
+# mmp__ functions are internal to libmmpipe)
+check_PROGRAMS += tests/test_core_pool
+TESTS += tests/test_core_pool
+tests_test_core_pool_SOURCES = tests/test_core_pool.c core/pool.c
+tests_test_core_pool_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_core_pool_LDADD = $(TEST_LDADD) -lpthread
