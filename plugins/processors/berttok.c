@@ -242,22 +242,6 @@ int64_t mmp_berttok_token_id(const mmp_berttok_t *t, const char *tok) {
 }
 
 /* ---- ids ---- */
-typedef struct ids {
-  int64_t *v;
-  size_t n, cap;
-} ids_t;
-
-static int ids_push(ids_t *l, int64_t id) {
-  if (l->n == l->cap) {
-    size_t nc = l->cap ? l->cap * 2 : 32;
-    int64_t *q = realloc(l->v, nc * sizeof(int64_t));
-    if (!q) return mmp_error_set(MMP_ENOMEM, "out of memory");
-    l->v = q;
-    l->cap = nc;
-  }
-  l->v[l->n++] = id;
-  return 0;
-}
 
 /* ---- BasicTokenizer character classes ---- */
 
@@ -287,9 +271,9 @@ static bool is_chinese(int32_t c) {
 }
 
 /* ---- WordPiece of one whitespace-free word ---- */
-static int wordpiece(const mmp_berttok_t *t, const int32_t *w, size_t n, ids_t *out,
+static int wordpiece(const mmp_berttok_t *t, const int32_t *w, size_t n, mmp_ids_t *out,
                      mmp_bstr_t *buf) {
-  if (n > MAX_CHARS_PER_WORD) return ids_push(out, t->unk);
+  if (n > MAX_CHARS_PER_WORD) return mmp_ids_push(out, t->unk);
   size_t mark = out->n;
   size_t start = 0;
   while (start < n) {
@@ -309,9 +293,9 @@ static int wordpiece(const mmp_berttok_t *t, const int32_t *w, size_t n, ids_t *
     }
     if (found < 0) {
       out->n = mark; /* is_bad: the whole word becomes [UNK] */
-      return ids_push(out, t->unk);
+      return mmp_ids_push(out, t->unk);
     }
-    if (ids_push(out, found) < 0) return MMP_ENOMEM;
+    if (mmp_ids_push(out, found) < 0) return MMP_ENOMEM;
     start = end;
   }
   return 0;
@@ -323,7 +307,7 @@ static bool is_never_split(const mmp_berttok_t *t, const int32_t *w, size_t n, m
 }
 
 /* BertTokenizer._tokenize of one piece */
-static int tokenize_piece(const mmp_berttok_t *t, const int32_t *cp, size_t n, ids_t *out) {
+static int tokenize_piece(const mmp_berttok_t *t, const int32_t *cp, size_t n, mmp_ids_t *out) {
   mmp_ustr_t s = {0}, split = {0}, tok = {0}, tmp = {0};
   mmp_bstr_t buf = {0};
   int rc = 0;
@@ -401,13 +385,17 @@ static int tokenize_piece(const mmp_berttok_t *t, const int32_t *cp, size_t n, i
   return rc;
 }
 
+static int64_t id_cb(const void *tok, const char *s, size_t len) {
+  return token_id(tok, s, len);
+}
+
+static int piece_cb(const void *tok, const int32_t *cp, size_t n, mmp_ids_t *out) {
+  return tokenize_piece(tok, cp, n, out);
+}
+
 int mmp_berttok_encode(const mmp_berttok_t *t, const char *text, size_t len, int64_t **ids_out,
                        size_t *n_out) {
   mmp_ustr_t u = {0}, low = {0};
-  ids_t ids = {0};
-  mmp_piece_t *pieces = NULL;
-  size_t np = 0;
-  mmp_bstr_t tmp = {0};
   int rc = mmp_ustr_from_utf8(&u, text, len);
   if (rc == 0 && t->lower) {
     /* re.sub("(tok|...)|(.+?)", keep tok / lower the char) */
@@ -433,24 +421,9 @@ int mmp_berttok_encode(const mmp_berttok_t *t, const char *text, size_t len, int
       low = (mmp_ustr_t){0};
     }
   }
-  if (rc == 0) rc = mmp_added_split(&t->added, u.cp, u.len, &pieces, &np);
-  for (size_t i = 0; rc == 0 && i < np; i++) {
-    if (pieces[i].nosplit) {
-      rc = mmp_bstr_from_ustr(&tmp, u.cp + pieces[i].b, pieces[i].e - pieces[i].b);
-      if (rc == 0) rc = ids_push(&ids, token_id(t, tmp.p, tmp.len));
-    } else {
-      rc = tokenize_piece(t, u.cp + pieces[i].b, pieces[i].e - pieces[i].b, &ids);
-    }
-  }
-  free(pieces);
+  if (rc == 0)
+    rc = mmp_tok_encode_pieces(&t->added, u.cp, u.len, id_cb, piece_cb, t, ids_out, n_out);
   mmp_ustr_free(&u);
   mmp_ustr_free(&low);
-  mmp_bstr_free(&tmp);
-  if (rc < 0) {
-    free(ids.v);
-    return rc;
-  }
-  *ids_out = ids.v;
-  *n_out = ids.n;
-  return 0;
+  return rc;
 }

@@ -344,22 +344,6 @@ int64_t mmp_cliptok_pad(const mmp_cliptok_t *t) { return t->pad; }
 int64_t mmp_cliptok_n_added(const mmp_cliptok_t *t) { return t->added.n_added; }
 
 /* ---- growable id list ---- */
-typedef struct ids {
-  int64_t *v;
-  size_t n, cap;
-} ids_t;
-
-static int ids_push(ids_t *l, int64_t id) {
-  if (l->n == l->cap) {
-    size_t nc = l->cap ? l->cap * 2 : 32;
-    int64_t *q = realloc(l->v, nc * sizeof(int64_t));
-    if (!q) return mmp_error_set(MMP_ENOMEM, "out of memory");
-    l->v = q;
-    l->cap = nc;
-  }
-  l->v[l->n++] = id;
-  return 0;
-}
 
 /* ---- BPE ---- */
 
@@ -368,10 +352,10 @@ typedef struct sym {
   size_t len;
 } sym_t;
 
-static int bpe(const mmp_cliptok_t *t, const char *tok, size_t len, ids_t *out) {
+static int bpe(const mmp_cliptok_t *t, const char *tok, size_t len, mmp_ids_t *out) {
   if ((len == strlen(SOT) && memcmp(tok, SOT, len) == 0) ||
       (len == strlen(EOT) && memcmp(tok, EOT, len) == 0))
-    return ids_push(out, token_id(t, tok, len)); /* the cache's two entries */
+    return mmp_ids_push(out, token_id(t, tok, len)); /* the cache's two entries */
   /* symbols: the characters; the last one gets </w> */
   size_t nsym = 0;
   sym_t *w = malloc((len + 1) * sizeof(sym_t));
@@ -454,7 +438,7 @@ static int bpe(const mmp_cliptok_t *t, const char *tok, size_t len, ids_t *out) 
     nsym = k;
   }
   mmp_bstr_free(&key);
-  for (size_t i = 0; i < nsym && rc == 0; i++) rc = ids_push(out, token_id(t, w[i].s, w[i].len));
+  for (size_t i = 0; i < nsym && rc == 0; i++) rc = mmp_ids_push(out, token_id(t, w[i].s, w[i].len));
 out:
   for (size_t i = 0; i < nsym; i++) free(w[i].s);
   free(w);
@@ -525,7 +509,7 @@ static int whitespace_clean(mmp_ustr_t *s) {
 }
 
 /* _tokenize of one piece */
-static int tokenize_piece(const mmp_cliptok_t *t, const int32_t *cp, size_t n, ids_t *out) {
+static int tokenize_piece(const mmp_cliptok_t *t, const int32_t *cp, size_t n, mmp_ids_t *out) {
   mmp_ustr_t s = {0}, low = {0};
   mmp_bstr_t tok = {0};
   int rc = mmp_ustr_append(&s, cp, n);
@@ -564,13 +548,17 @@ static int tokenize_piece(const mmp_cliptok_t *t, const int32_t *cp, size_t n, i
   return rc;
 }
 
+static int64_t id_cb(const void *tok, const char *s, size_t len) {
+  return token_id(tok, s, len);
+}
+
+static int piece_cb(const void *tok, const int32_t *cp, size_t n, mmp_ids_t *out) {
+  return tokenize_piece(tok, cp, n, out);
+}
+
 int mmp_cliptok_encode(const mmp_cliptok_t *t, const char *text, size_t len, int64_t **ids_out,
                        size_t *n_out) {
   mmp_ustr_t u = {0}, low = {0};
-  ids_t ids = {0};
-  mmp_piece_t *pieces = NULL;
-  size_t np = 0;
-  mmp_bstr_t tmp = {0};
   int rc = mmp_ustr_from_utf8(&u, text, len);
   if (rc == 0 && t->lowercase) {
     rc = mmp_py_lower(&low, u.cp, u.len, true);
@@ -580,24 +568,9 @@ int mmp_cliptok_encode(const mmp_cliptok_t *t, const char *text, size_t len, int
       low = (mmp_ustr_t){0};
     }
   }
-  if (rc == 0) rc = mmp_added_split(&t->added, u.cp, u.len, &pieces, &np);
-  for (size_t i = 0; rc == 0 && i < np; i++) {
-    if (pieces[i].nosplit) {
-      rc = mmp_bstr_from_ustr(&tmp, u.cp + pieces[i].b, pieces[i].e - pieces[i].b);
-      if (rc == 0) rc = ids_push(&ids, token_id(t, tmp.p, tmp.len));
-    } else {
-      rc = tokenize_piece(t, u.cp + pieces[i].b, pieces[i].e - pieces[i].b, &ids);
-    }
-  }
-  free(pieces);
+  if (rc == 0)
+    rc = mmp_tok_encode_pieces(&t->added, u.cp, u.len, id_cb, piece_cb, t, ids_out, n_out);
   mmp_ustr_free(&u);
   mmp_ustr_free(&low);
-  mmp_bstr_free(&tmp);
-  if (rc < 0) {
-    free(ids.v);
-    return rc;
-  }
-  *ids_out = ids.v;
-  *n_out = ids.n;
-  return 0;
+  return rc;
 }

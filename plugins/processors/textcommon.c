@@ -688,3 +688,42 @@ int mmp_tok_pack_row(const int64_t *ids, size_t nids, int64_t bos, int64_t eos,
   }
   return 0;
 }
+
+int mmp_ids_push(mmp_ids_t *l, int64_t id) {
+  if (l->n == l->cap) {
+    size_t nc = l->cap ? l->cap * 2 : 32;
+    int64_t *q = realloc(l->v, nc * sizeof(int64_t));
+    if (!q) return mmp_error_set(MMP_ENOMEM, "out of memory");
+    l->v = q;
+    l->cap = nc;
+  }
+  l->v[l->n++] = id;
+  return 0;
+}
+
+int mmp_tok_encode_pieces(const mmp_added_t *added, const int32_t *cp, size_t n,
+                          mmp_tok_id_fn token_id, mmp_tok_piece_fn piece, const void *tok,
+                          int64_t **ids_out, size_t *n_out) {
+  mmp_ids_t ids = {0};
+  mmp_piece_t *pieces = NULL;
+  size_t np = 0;
+  mmp_bstr_t tmp = {0};
+  int rc = mmp_added_split(added, cp, n, &pieces, &np);
+  for (size_t i = 0; rc == 0 && i < np; i++) {
+    if (pieces[i].nosplit) {
+      rc = mmp_bstr_from_ustr(&tmp, cp + pieces[i].b, pieces[i].e - pieces[i].b);
+      if (rc == 0) rc = mmp_ids_push(&ids, token_id(tok, tmp.p, tmp.len));
+    } else {
+      rc = piece(tok, cp + pieces[i].b, pieces[i].e - pieces[i].b, &ids);
+    }
+  }
+  free(pieces);
+  mmp_bstr_free(&tmp);
+  if (rc < 0) {
+    free(ids.v);
+    return rc;
+  }
+  *ids_out = ids.v;
+  *n_out = ids.n;
+  return 0;
+}

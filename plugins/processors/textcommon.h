@@ -109,6 +109,23 @@ typedef struct mmp_piece {
 int mmp_added_split(const mmp_added_t *a, const int32_t *text, size_t n,
                     mmp_piece_t **pieces, size_t *npieces);
 
+/* A growable list of token ids (v is malloc'ed). */
+typedef struct mmp_ids {
+  int64_t *v;
+  size_t n, cap;
+} mmp_ids_t;
+int mmp_ids_push(mmp_ids_t *l, int64_t id);
+
+/* The end of every slow tokenizer's encode (PreTrainedTokenizer.tokenize
+ * then convert_tokens_to_ids): split the normalised text @cp[0:n] on the
+ * added tokens; an added token's piece becomes token_id(tok, its UTF-8), the
+ * text between goes through piece(tok, cp, n, out). *ids_out is malloc'ed. */
+typedef int64_t (*mmp_tok_id_fn)(const void *tok, const char *s, size_t len);
+typedef int (*mmp_tok_piece_fn)(const void *tok, const int32_t *cp, size_t n, mmp_ids_t *out);
+int mmp_tok_encode_pieces(const mmp_added_t *added, const int32_t *cp, size_t n,
+                          mmp_tok_id_fn token_id, mmp_tok_piece_fn piece, const void *tok,
+                          int64_t **ids_out, size_t *n_out);
+
 /* Pack token id lists into [n, max_length] input_ids/attention_mask rows
  * (row-major, caller-allocated): bos? ids eos? then pad. When a list is too
  * long: truncation cuts it to max_length - specials; otherwise MMP_EDATA
