@@ -114,6 +114,10 @@ static void test_sgemm(void) {
   check_sgemm(2, false, false, 5, 6, 0, 1.0f, 0.5f, 0, false, false);  /* K = 0: C = beta C */
   check_sgemm(2, false, false, 5, 6, 7, 0.0f, 0.0f, 0, false, false);  /* alpha = 0 */
   check_sgemm(1, false, true, 300, 200, 100, 1.0f, 0.0f, 0, false, false); /* threads */
+  /* several K blocks: deep ones (K 1700 over 200 columns -> 3 blocks of 567)
+   * and narrow ones (K 600 over 100 columns -> 3 of 200), with beta */
+  check_sgemm(1, false, false, 45, 200, 1700, 1.0f, 0.5f, 0, false, false);
+  check_sgemm(1, true, true, 30, 100, 600, 1.0f, 1.0f, 0, false, false);
 }
 
 /* ------------------------------------------------------------ conv2d */

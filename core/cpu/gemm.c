@@ -269,7 +269,7 @@ static void pack_b_generic(const float *B, int64_t ldb, bool trans, int64_t k0, 
 }
 
 const mmp_gemm_kernel_t mmp_gemm_kernel_generic = {
-    "generic", GMR, GNR, 256, 96, ukr_generic, pack_a_generic, pack_b_generic};
+    "generic", GMR, GNR, 256, 96, 0, ukr_generic, pack_a_generic, pack_b_generic};
 
 /* ------------------------------------------------------ macro level */
 
@@ -320,7 +320,8 @@ void mmp_gemm_serial_cb(const mmp_gemm_kernel_t *g, bool ta, int64_t M, int64_t 
   }
   /* equal K blocks (K = 320 -> 2 x 160, not 256 + 64): a short last block
    * would pay a full pass over C for little work */
-  const int64_t nkb = (K + g->kc - 1) / g->kc;
+  const int64_t kcmax = N <= 4 * g->nr && g->kc_narrow > 0 ? g->kc_narrow : g->kc;
+  const int64_t nkb = (K + kcmax - 1) / kcmax;
   const int64_t KC = (K + nkb - 1) / nkb, MC = g->mc;
   for (int64_t pc = 0; pc < K; pc += KC) {
     int64_t kc = K - pc < KC ? K - pc : KC;

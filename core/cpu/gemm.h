@@ -26,7 +26,8 @@ typedef void (*mmp_ukr_fn)(int64_t kc, const float *ap, const float *bp,
 typedef struct mmp_gemm_kernel {
   const char *name;
   int mr, nr;
-  int kc, mc;           /* cache blocking: kc x nr panel in L1, mc x kc in L2 */
+  int kc, mc;           /* cache blocking: K block, mc x kc A block in L2 */
+  int kc_narrow;        /* (<= kc) K block when the B block has at most 4 panels (0: kc) */
   mmp_ukr_fn ukr;
   /* ap <- alpha * op(A)[i0:i0+mc, k0:k0+kc]; op(A)[i][k] = trans ? A[k*lda+i] : A[i*lda+k] */
   void (*pack_a)(const float *A, int64_t lda, bool trans, int64_t i0, int64_t mc,

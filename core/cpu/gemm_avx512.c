@@ -14,8 +14,15 @@
 #ifndef PF_C
 #define PF_C _MM_HINT_T1
 #endif
+/* K blocks: 768 deep in general (C, re-read once per K block, is the
+ * costly operand of large products; the 96 KiB B panel streams from L2),
+ * 256 when the B block is narrow (few columns: the packed A block then
+ * dominates and must stay small) */
 #ifndef MMP_AVX512_KC
-#define MMP_AVX512_KC 256
+#define MMP_AVX512_KC 768
+#endif
+#ifndef MMP_AVX512_KC_NARROW
+#define MMP_AVX512_KC_NARROW 256
 #endif
 #ifndef MMP_AVX512_MC
 #define MMP_AVX512_MC (14 * 12)
@@ -252,7 +259,7 @@ AVX512 static void pack_b_avx512(const float *B, int64_t ldb, bool trans, int64_
 }
 
 const mmp_gemm_kernel_t mmp_gemm_kernel_avx512 = {
-    "avx512-14x32", MR, NR, MMP_AVX512_KC, MMP_AVX512_MC, ukr_14x32, pack_a_avx512, pack_b_avx512};
+    "avx512-14x32", MR, NR, MMP_AVX512_KC, MMP_AVX512_MC, MMP_AVX512_KC_NARROW, ukr_14x32, pack_a_avx512, pack_b_avx512};
 
 /* ---- exp: Cody-Waite range reduction + degree-6 polynomial (Cephes
  * expf coefficients), about 1 ulp; exp(-inf) = 0, overflow -> inf. */
