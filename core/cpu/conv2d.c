@@ -24,8 +24,8 @@ typedef struct conv_job {
   int64_t Mt, Nt, tm, tn, ntasks;
   bool pointwise;
   bool span;  /* columns run over all images (small images): tasks write a scratch tile */
-  float *col; /* span, groups 1: the im2col matrix, built once ([Kg][col_ld]) */
-  int64_t col_ld, nfill;
+  float *col; /* span, groups 1: the im2col matrix, built and packed once */
+  int64_t col_ld, col_kc, nfill;
   atomic_int_fast64_t next;
   atomic_int failed;
 } conv_job_t;
@@ -105,22 +105,19 @@ static void pack_pointwise_b(const void *ctx, int64_t k0, int64_t kc, int64_t j0
   cb->j->g->pack_b(cb->x + cb->p0, cb->j->P, false, k0, kc, j0, nc, bp);
 }
 
-static void pack_col_b(const void *ctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
-                       float *bp) {
-  const conv_b_t *cb = ctx;
-  cb->j->g->pack_b(cb->j->col, cb->j->col_ld, false, k0, kc, cb->p0 + j0, nc, bp);
-}
-
-/* Rows [wi*Kg/nfill, (wi+1)*Kg/nfill) of the im2col matrix: each row is
- * gathered by the panel packer with kc = 1 (a panel of one row is NR
- * contiguous floats; col_ld is a multiple of NR, so its zero tail fits). */
+/* The im2col matrix packed once in the micro-kernel's B layout, K block by
+ * K block (mmp_gemm_serial_pb's layout): item wi of nfill packs a share of
+ * the (K block, panel) pairs. */
 static void fill_col(int64_t wi, void *user) {
   conv_job_t *j = user;
-  const int64_t NR = j->g->nr, cols = j->N * j->P;
+  const int64_t NR = j->g->nr, cols = j->N * j->P, np = (cols + NR - 1) / NR;
+  const int64_t nkb = (j->Kg + j->col_kc - 1) / j->col_kc, items = nkb * np;
   conv_b_t cb = {j, j->x, 0};
-  for (int64_t row = wi * j->Kg / j->nfill; row < (wi + 1) * j->Kg / j->nfill; ++row)
-    for (int64_t q = 0; q < cols; q += NR)
-      pack_conv_b(&cb, row, 1, q, cols - q < NR ? cols - q : NR, j->col + row * j->col_ld + q);
+  for (int64_t it = wi * items / j->nfill; it < (wi + 1) * items / j->nfill; ++it) {
+    int64_t pc = (it / np) * j->col_kc, q = (it % np) * NR;
+    int64_t kc = j->Kg - pc < j->col_kc ? j->Kg - pc : j->col_kc;
+    pack_conv_b(&cb, pc, kc, q, cols - q < NR ? cols - q : NR, j->col + pc * j->col_ld + q * kc);
+  }
 }
 
 static void conv_worker(int64_t wi, void *user) {
@@ -170,9 +167,13 @@ static void conv_worker(int64_t wi, void *user) {
     }
     conv_b_t cb = {j, j->x + (n * j->C + gi * j->Cg) * j->H * j->W, p0};
     const float *A = j->w + (gi * j->Og + m0) * j->Kg;
-    mmp_gemm_serial_cb(g, false, mc, nc, j->Kg, 1.0f, A, j->Kg,
-                       j->col ? pack_col_b : j->pointwise ? pack_pointwise_b : pack_conv_b, &cb,
-                       beta, y, ldy, bufa, bufb);
+    if (j->col)
+      mmp_gemm_serial_pb(g, false, mc, nc, j->Kg, j->col_kc, 1.0f, A, j->Kg, j->col, j->col_ld, p0,
+                         beta, y, ldy, bufa);
+    else
+      mmp_gemm_serial_cb(g, false, mc, nc, j->Kg, 1.0f, A, j->Kg,
+                         j->pointwise ? pack_pointwise_b : pack_conv_b, &cb, beta, y, ldy, bufa,
+                         bufb);
     if (j->span) /* scatter the tile: column c is image (p0+c)/P, pixel (p0+c)%P */
       for (int64_t c = 0; c < nc;) {
         int64_t img = (p0 + c) / j->P, pix = (p0 + c) % j->P;
@@ -282,10 +283,10 @@ int mmp_cpu_conv2d(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, c
    * once instead when it is small. */
   if (j.span && groups == 1 && j.tm > 1 && j.Kg * cols <= ((int64_t)16 << 20)) {
     j.col_ld = (cols + NR - 1) / NR * NR;
+    j.col_kc = mmp_gemm_kblock(j.g, j.Kg, j.Nt); /* as the tasks' products (Nt columns) */
     j.col = mmp_cpu_scratch(MMP_SCRATCH_CALLER0, j.Kg * j.col_ld);
     if (!j.col) return mmp_error_set(MMP_ENOMEM, "conv2d: out of memory for the im2col matrix");
-    j.nfill = nw > 1 ? nw : 1;
-    if (j.nfill > j.Kg) j.nfill = j.Kg;
+    j.nfill = nw > 1 ? 4 * nw : 1; /* (K block, panel) items: several per thread */
     if (j.nfill <= 1)
       fill_col(0, &j);
     else

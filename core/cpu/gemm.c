@@ -309,6 +309,15 @@ static void pack_plain_b(const void *ctx, int64_t k0, int64_t kc, int64_t j0, in
   p->g->pack_b(p->B, p->ldb, p->tb, k0, kc, j0, nc, bp);
 }
 
+/* equal K blocks (K = 320 -> 2 x 160, not 256 + 64): a short last block
+ * would pay a full pass over C for little work */
+int64_t mmp_gemm_kblock(const mmp_gemm_kernel_t *g, int64_t K, int64_t N) {
+  const int64_t kcmax = N <= 4 * g->nr && g->kc_narrow > 0 ? g->kc_narrow : g->kc;
+  if (K <= 0) return kcmax;
+  const int64_t nkb = (K + kcmax - 1) / kcmax;
+  return (K + nkb - 1) / nkb;
+}
+
 void mmp_gemm_serial_cb(const mmp_gemm_kernel_t *g, bool ta, int64_t M, int64_t N, int64_t K,
                         float alpha, const float *A, int64_t lda, mmp_pack_b_cb pack_b,
                         const void *ctx, float beta, float *C, int64_t ldc, float *bufa,
@@ -318,11 +327,7 @@ void mmp_gemm_serial_cb(const mmp_gemm_kernel_t *g, bool ta, int64_t M, int64_t 
     if (beta != 1.0f) scale_c(C, ldc, M, N, beta);
     return;
   }
-  /* equal K blocks (K = 320 -> 2 x 160, not 256 + 64): a short last block
-   * would pay a full pass over C for little work */
-  const int64_t kcmax = N <= 4 * g->nr && g->kc_narrow > 0 ? g->kc_narrow : g->kc;
-  const int64_t nkb = (K + kcmax - 1) / kcmax;
-  const int64_t KC = (K + nkb - 1) / nkb, MC = g->mc;
+  const int64_t KC = mmp_gemm_kblock(g, K, N), MC = g->mc;
   for (int64_t pc = 0; pc < K; pc += KC) {
     int64_t kc = K - pc < KC ? K - pc : KC;
     float b_eff = pc == 0 ? beta : 1.0f;
@@ -331,6 +336,26 @@ void mmp_gemm_serial_cb(const mmp_gemm_kernel_t *g, bool ta, int64_t M, int64_t 
       int64_t mc = M - ic < MC ? M - ic : MC;
       g->pack_a(A, lda, ta, ic, mc, pc, kc, alpha, bufa);
       mmp_gemm_macro(g, mc, N, kc, bufa, bufb, C + ic * ldc, ldc, b_eff);
+    }
+  }
+}
+
+void mmp_gemm_serial_pb(const mmp_gemm_kernel_t *g, bool ta, int64_t M, int64_t N, int64_t K,
+                        int64_t KC, float alpha, const float *A, int64_t lda, const float *bp,
+                        int64_t ldbp, int64_t j0, float beta, float *C, int64_t ldc, float *bufa) {
+  if (M <= 0 || N <= 0) return;
+  if (K <= 0 || alpha == 0.0f) {
+    if (beta != 1.0f) scale_c(C, ldc, M, N, beta);
+    return;
+  }
+  for (int64_t pc = 0; pc < K; pc += KC) {
+    int64_t kc = K - pc < KC ? K - pc : KC;
+    float b_eff = pc == 0 ? beta : 1.0f;
+    const float *b = bp + pc * ldbp + j0 * kc;
+    for (int64_t ic = 0; ic < M; ic += g->mc) {
+      int64_t mc = M - ic < g->mc ? M - ic : g->mc;
+      g->pack_a(A, lda, ta, ic, mc, pc, kc, alpha, bufa);
+      mmp_gemm_macro(g, mc, N, kc, bufa, b, C + ic * ldc, ldc, b_eff);
     }
   }
 }

@@ -64,6 +64,20 @@ void mmp_gemm_serial_cb(const mmp_gemm_kernel_t *g, bool ta, int64_t M, int64_t 
                         const void *ctx, float beta, float *C, int64_t ldc, float *bufa,
                         float *bufb);
 
+/* The K block mmp_gemm_serial*() use for a K-deep product over N columns:
+ * equal blocks of at most kc (kc_narrow for narrow products). */
+int64_t mmp_gemm_kblock(const mmp_gemm_kernel_t *g, int64_t K, int64_t N);
+
+/* Same as mmp_gemm_serial_cb with B already packed for every K block:
+ * with KC = mmp_gemm_kblock(g, K, Nfull), K block pc (depth kc) of the
+ * packed matrix starts at bp + pc * ldbp (ldbp >= roundup(Nfull, nr)) and
+ * holds its panels one after another (panel q at q * nr * kc). This
+ * product's columns start at column j0 (a multiple of nr) of that matrix.
+ * Lets several tasks share one packed B (conv2d's im2col matrix). */
+void mmp_gemm_serial_pb(const mmp_gemm_kernel_t *g, bool ta, int64_t M, int64_t N, int64_t K,
+                        int64_t KC, float alpha, const float *A, int64_t lda, const float *bp,
+                        int64_t ldbp, int64_t j0, float beta, float *C, int64_t ldc, float *bufa);
+
 /* Vectorised helpers (dispatch on the ISA; y may equal x). */
 void mmp_vexp(const float *x, float *y, int64_t n);
 
