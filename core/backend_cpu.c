@@ -158,44 +158,12 @@ typedef struct iter {
 } iter_t;
 
 static void iter_init(iter_t *it, int nop, const mmp_tensor_t *const *ts) {
-  const mmp_tensor_t *t0 = ts[0];
-  int nd = 0;
   it->nop = nop;
   for (int k = 0; k < nop; k++) {
     it->base[k] = mmp__ptr(ts[k]);
     it->esize[k] = mmp_dtype_size(ts[k]->dtype);
   }
-  /* drop size-1 dims, then merge from the inside out */
-  for (int d = 0; d < t0->ndim; d++) {
-    if (t0->shape[d] == 1) continue;
-    it->shape[nd] = t0->shape[d];
-    for (int k = 0; k < nop; k++) it->stride[k][nd] = ts[k]->stride[d];
-    nd++;
-  }
-  if (nd == 0) {
-    it->shape[0] = 1;
-    for (int k = 0; k < nop; k++) it->stride[k][0] = 1;
-    nd = 1;
-  }
-  int w = nd - 1;
-  for (int d = nd - 2; d >= 0; d--) {
-    bool merge = true;
-    for (int k = 0; k < nop; k++)
-      if (it->stride[k][d] != it->stride[k][w] * it->shape[w]) merge = false;
-    if (merge) {
-      it->shape[w] *= it->shape[d];
-      continue;
-    }
-    w--;
-    it->shape[w] = it->shape[d];
-    for (int k = 0; k < nop; k++) it->stride[k][w] = it->stride[k][d];
-  }
-  /* shift to start at 0 */
-  int n = nd - w;
-  for (int d = 0; d < n; d++) {
-    it->shape[d] = it->shape[d + w];
-    for (int k = 0; k < nop; k++) it->stride[k][d] = it->stride[k][d + w];
-  }
+  int n = mmp__coalesce_dims(nop, ts, it->shape, &it->stride[0][0], MMP_MAX_DIMS);
   it->nd = n;
   it->inner = it->shape[n - 1];
   it->rows = 1;

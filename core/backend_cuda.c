@@ -240,38 +240,9 @@ static int cuda_synchronize(mmp_backend_t *be) {
 /* Up to three operands of one shape (dst first) -> coalesced iteration, as
  * the CPU backend's iter_init. */
 static void make_iter(mmpk_iter_t *it, int nop, const mmp_tensor_t *const *ts) {
-  const mmp_tensor_t *t0 = ts[0];
-  int nd = 0;
-  it->numel = mmp_tensor_numel(t0);
-  for (int d = 0; d < t0->ndim; d++) {
-    if (t0->shape[d] == 1) continue;
-    it->shape[nd] = t0->shape[d];
-    for (int k = 0; k < nop; k++) it->stride[k][nd] = ts[k]->stride[d];
-    nd++;
-  }
-  if (nd == 0) {
-    it->shape[0] = 1;
-    for (int k = 0; k < nop; k++) it->stride[k][0] = 1;
-    nd = 1;
-  }
-  int w = nd - 1;
-  for (int d = nd - 2; d >= 0; d--) {
-    bool merge = true;
-    for (int k = 0; k < nop; k++)
-      if (it->stride[k][d] != it->stride[k][w] * it->shape[w]) merge = false;
-    if (merge) {
-      it->shape[w] *= it->shape[d];
-      continue;
-    }
-    w--;
-    it->shape[w] = it->shape[d];
-    for (int k = 0; k < nop; k++) it->stride[k][w] = it->stride[k][d];
-  }
-  int n = nd - w;
-  for (int d = 0; d < n; d++) {
-    it->shape[d] = it->shape[d + w];
-    for (int k = 0; k < nop; k++) it->stride[k][d] = it->stride[k][d + w];
-  }
+  _Static_assert(MMPK_MAX_DIMS == MMP_MAX_DIMS, "kernel iterator rank");
+  it->numel = mmp_tensor_numel(ts[0]);
+  int n = mmp__coalesce_dims(nop, ts, it->shape, &it->stride[0][0], MMPK_MAX_DIMS);
   for (int k = nop; k < MMPK_MAX_OPS; k++)
     for (int d = 0; d < n; d++) it->stride[k][d] = 0;
   it->nd = n;

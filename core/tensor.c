@@ -164,6 +164,43 @@ void mmp__contig_strides(int ndim, const int64_t *shape, int64_t *stride) {
   }
 }
 
+int mmp__coalesce_dims(int nop, const mmp_tensor_t *const *ts, int64_t *shape, int64_t *stride,
+                       int ld) {
+  const mmp_tensor_t *t0 = ts[0];
+  int nd = 0;
+  for (int d = 0; d < t0->ndim; d++) {
+    if (t0->shape[d] == 1) continue;
+    shape[nd] = t0->shape[d];
+    for (int k = 0; k < nop; k++) stride[k * ld + nd] = ts[k]->stride[d];
+    nd++;
+  }
+  if (nd == 0) {
+    shape[0] = 1;
+    for (int k = 0; k < nop; k++) stride[k * ld] = 1;
+    nd = 1;
+  }
+  int w = nd - 1;
+  for (int d = nd - 2; d >= 0; d--) {
+    bool merge = true;
+    for (int k = 0; k < nop; k++)
+      if (stride[k * ld + d] != stride[k * ld + w] * shape[w]) merge = false;
+    if (merge) {
+      shape[w] *= shape[d];
+      continue;
+    }
+    w--;
+    shape[w] = shape[d];
+    for (int k = 0; k < nop; k++) stride[k * ld + w] = stride[k * ld + d];
+  }
+  /* shift to start at 0 */
+  int n = nd - w;
+  for (int d = 0; d < n; d++) {
+    shape[d] = shape[d + w];
+    for (int k = 0; k < nop; k++) stride[k * ld + d] = stride[k * ld + d + w];
+  }
+  return n;
+}
+
 const char *mmp__shape_str(int ndim, const int64_t *shape, char *buf, size_t len) {
   size_t o = 0;
   if (len == 0) return buf;

@@ -41,6 +41,13 @@ mmp_tensor_t *mmp__tensor_view(const mmp_tensor_t *base, int ndim,
 /* Contiguous strides for @shape. */
 void mmp__contig_strides(int ndim, const int64_t *shape, int64_t *stride);
 int64_t mmp__numel(int ndim, const int64_t *shape);
+/* The iteration space of @nop operands of ts[0]'s shape (elementwise ops,
+ * in backends): size-1 dims dropped, then dims merged from the inside out
+ * where every operand is contiguous across them. Writes shape[0..n) and the
+ * strides (in elements) of operand k at stride[k * ld + d]; returns n >= 1
+ * (a scalar or all-size-1 shape is one dim of 1). */
+int mmp__coalesce_dims(int nop, const mmp_tensor_t *const *ts, int64_t *shape, int64_t *stride,
+                       int ld);
 /* Byte pointer of element 0 (storage data + offset). */
 static inline void *mmp__ptr(const mmp_tensor_t *t) {
   return (char *)t->storage->data + t->offset * (int64_t)mmp_dtype_size(t->dtype);
