@@ -46,6 +46,7 @@ static const char *const op_names[MMP_OP_COUNT] = {
     [MMP_OP_LINEAR] = "linear",
     [MMP_OP_CONV2D] = "conv2d",
     [MMP_OP_GROUP_NORM] = "group_norm",
+    [MMP_OP_GROUP_NORM_SILU] = "group_norm_silu",
     [MMP_OP_LAYER_NORM] = "layer_norm",
     [MMP_OP_SOFTMAX] = "softmax",
     [MMP_OP_ATTENTION] = "attention",

@@ -867,7 +867,7 @@ static int cpu_compute(mmp_backend_t *be, mmp_op_t op, const mmp_op_params_t *p,
       [MMP_OP_GEGLU] = 1,      [MMP_OP_LINEAR] = 1,    [MMP_OP_CONV2D] = 1,
       [MMP_OP_GROUP_NORM] = 1, [MMP_OP_LAYER_NORM] = 1, [MMP_OP_ATTENTION] = 1,
       [MMP_OP_UPSAMPLE_NEAREST2X] = 1, [MMP_OP_AVG_POOL2D] = 1, [MMP_OP_MAX_POOL2D] = 1,
-      [MMP_OP_EMBEDDING] = 1,
+      [MMP_OP_EMBEDDING] = 1, [MMP_OP_GROUP_NORM_SILU] = 1,
   };
   if ((unsigned)op >= MMP_OP_COUNT) return mmp_error_set(MMP_EINVAL, "cpu: unknown op %d", (int)op);
   if (op != MMP_OP_COPY && !mmp_tensor_is_contiguous(dst))
@@ -917,12 +917,15 @@ static int cpu_compute(mmp_backend_t *be, mmp_op_t op, const mmp_op_params_t *p,
                           (int)p->i[1], (int)p->i[2], (int)p->i[3], (int)p->i[4], (int)p->i[5], (int)p->i[6],
                           mmp__ptr(dst));
   }
-  case MMP_OP_GROUP_NORM: {
+  case MMP_OP_GROUP_NORM:
+  case MMP_OP_GROUP_NORM_SILU: {
     const mmp_tensor_t *x = s[0];
     int64_t N = x->shape[0], C = x->shape[1], S = (N * C) != 0 ? mmp_tensor_numel(x) / (N * C) : 0;
     if (mmp_tensor_numel(x) == 0) return 0;
-    return mmp_cpu_group_norm(mmp__ptr(x), N, C, S, (int)p->i[0], nsrc > 1 && s[1] ? mmp__ptr(s[1]) : NULL,
-                              nsrc > 2 && s[2] ? mmp__ptr(s[2]) : NULL, (float)p->f[0], mmp__ptr(dst));
+    return mmp_cpu_group_norm_act(mmp__ptr(x), N, C, S, (int)p->i[0],
+                                  nsrc > 1 && s[1] ? mmp__ptr(s[1]) : NULL,
+                                  nsrc > 2 && s[2] ? mmp__ptr(s[2]) : NULL, (float)p->f[0],
+                                  op == MMP_OP_GROUP_NORM_SILU, mmp__ptr(dst));
   }
   case MMP_OP_LAYER_NORM: {
     const mmp_tensor_t *x = s[0];

@@ -600,6 +600,7 @@ static int compute_locked(mmp_backend_t *be, mmp_op_t op, const mmp_op_params_t 
   static const int need_contig[MMP_OP_COUNT] = {
       [MMP_OP_GEGLU] = 1,      [MMP_OP_LINEAR] = 1,     [MMP_OP_CONV2D] = 1,
       [MMP_OP_GROUP_NORM] = 1, [MMP_OP_LAYER_NORM] = 1, [MMP_OP_ATTENTION] = 1,
+      [MMP_OP_GROUP_NORM_SILU] = 1,
       [MMP_OP_UPSAMPLE_NEAREST2X] = 1, [MMP_OP_AVG_POOL2D] = 1, [MMP_OP_MAX_POOL2D] = 1,
       [MMP_OP_EMBEDDING] = 1,
   };
@@ -663,12 +664,19 @@ static int compute_locked(mmp_backend_t *be, mmp_op_t op, const mmp_op_params_t 
   case MMP_OP_MATMUL: return op_matmul(be, s[0], s[1], dst);
   case MMP_OP_LINEAR: return op_linear(be, s[0], s[1], nsrc > 2 ? s[2] : NULL, dst);
   case MMP_OP_CONV2D: return op_conv2d(be, p, s[0], s[1], nsrc > 2 ? s[2] : NULL, dst);
-  case MMP_OP_GROUP_NORM: {
+  case MMP_OP_GROUP_NORM:
+  case MMP_OP_GROUP_NORM_SILU: {
     const mmp_tensor_t *x = s[0];
     int64_t N = x->shape[0], C = x->shape[1], S = (N * C) != 0 ? mmp_tensor_numel(x) / (N * C) : 0;
     if (mmp_tensor_numel(x) == 0) return 0;
     CU_TRY(mmpk_group_norm(st, mmp__ptr(x), N, C, S, (int)p->i[0], nsrc > 1 && s[1] ? mmp__ptr(s[1]) : NULL,
                            nsrc > 2 && s[2] ? mmp__ptr(s[2]) : NULL, (float)p->f[0], mmp__ptr(dst)));
+    if (op == MMP_OP_GROUP_NORM_SILU) { /* then SiLU in place, same stream */
+      mmpk_iter_t it;
+      const mmp_tensor_t *ts[2] = {dst, dst};
+      make_iter(&it, 2, ts);
+      CU_TRY(mmpk_unary(st, MMPK_SILU, &it, mmp__ptr(dst), mmp__ptr(dst), 0.0f, 0.0f));
+    }
     return 0;
   }
   case MMP_OP_LAYER_NORM: {

@@ -329,9 +329,9 @@ static mmp_tensor_t *norm_op(mmp_op_t op, const mmp_tensor_t *x, int groups, con
   if (!be || !need_f32(name, "x", x) || !need_f32(name, "weight", weight) || !need_f32(name, "bias", bias))
     return NULL;
   int64_t C;
-  if (op == MMP_OP_GROUP_NORM) {
+  if (op != MMP_OP_LAYER_NORM) {
     if (x->ndim < 2 || groups < 1 || x->shape[1] % groups) {
-      mmp_error_set(MMP_ESHAPE, "group_norm: x %s needs [N, C, ...] with C divisible by %d groups", mmp__desc(x),
+      mmp_error_set(MMP_ESHAPE, "%s: x %s needs [N, C, ...] with C divisible by %d groups", name, mmp__desc(x),
                     groups);
       return NULL;
     }
@@ -369,6 +369,12 @@ mmp_tensor_t *mmp_group_norm(const mmp_tensor_t *x, int groups, const mmp_tensor
                              const mmp_tensor_t *bias, double eps) {
   if (!x) return NULL;
   return norm_op(MMP_OP_GROUP_NORM, x, groups, weight, bias, eps);
+}
+
+mmp_tensor_t *mmp_group_norm_silu(const mmp_tensor_t *x, int groups, const mmp_tensor_t *weight,
+                                  const mmp_tensor_t *bias, double eps) {
+  if (!x) return NULL;
+  return norm_op(MMP_OP_GROUP_NORM_SILU, x, groups, weight, bias, eps);
 }
 
 mmp_tensor_t *mmp_layer_norm(const mmp_tensor_t *x, const mmp_tensor_t *weight, const mmp_tensor_t *bias,

@@ -19,6 +19,7 @@
 #include <mmpipe/safetensors.h>
 #include <mmpipe/tensor.h>
 
+#include "mmpipe/rng.h"
 #include "tap.h"
 
 static mmp_backend_t *cpu;
@@ -250,6 +251,46 @@ static void test_errors(void) {
   for (size_t i = 0; i < sizeof all / sizeof all[0]; i++) mmp_tensor_unref(all[i]);
 }
 
+/* The fused group_norm + SiLU gives exactly silu(group_norm(x)), both of
+ * which the fixtures check against PyTorch. */
+static void test_group_norm_silu(mmp_backend_t *be) {
+  static const int64_t shapes[][4] = {{2, 6, 5, 7}, {1, 4, 33, 1}, {2, 320, 8, 8}};
+  static const int groups[] = {3, 2, 32};
+  mmp_rng_t *g = mmp_rng_new(7, MMP_RNG_PHILOX);
+  for (int c = 0; c < 3; c++) {
+    int64_t C = shapes[c][1], cs[1] = {C};
+    mmp_tensor_t *x = mmp_rng_randn(g, be, 4, shapes[c]);
+    mmp_tensor_t *w = c == 1 ? NULL : mmp_rng_randn(g, be, 1, cs);
+    mmp_tensor_t *b = c == 1 ? NULL : mmp_rng_randn(g, be, 1, cs);
+    if (x) x = mmp_scale(x, 3.0, 1.5); /* a mean and a spread to normalise away */
+    mmp_tensor_t *gn = mmp_group_norm(x, groups[c], w, b, 1e-6);
+    mmp_tensor_t *want = mmp_silu(gn), *got = mmp_group_norm_silu(x, groups[c], w, b, 1e-6);
+    int64_t n = want ? mmp_tensor_numel(want) : 0;
+    float *gv = malloc((size_t)n * 4 + 4), *wv = malloc((size_t)n * 4 + 4);
+    bool same = got && want && mmp_tensor_same_shape(got, want) &&
+                mmp_tensor_to_host(got, gv, (size_t)n * 4) == 0 &&
+                mmp_tensor_to_host(want, wv, (size_t)n * 4) == 0 && memcmp(gv, wv, (size_t)n * 4) == 0;
+    ok(same, "%s: group_norm_silu [%lld, %lld, %lld, %lld] / %d groups%s = silu(group_norm)",
+       mmp_backend_name(be), (long long)shapes[c][0], (long long)C, (long long)shapes[c][2],
+       (long long)shapes[c][3], groups[c], w ? "" : " (no affine)");
+    if (!same && !got) diag("%s", mmp_error_last());
+    free(gv);
+    free(wv);
+    mmp_tensor_unref(x);
+    mmp_tensor_unref(w);
+    mmp_tensor_unref(b);
+    mmp_tensor_unref(gn);
+    mmp_tensor_unref(want);
+    mmp_tensor_unref(got);
+  }
+  int64_t s4[4] = {1, 3, 2, 2};
+  mmp_tensor_t *x3 = mmp_tensor_zeros(be, MMP_F32, 4, s4);
+  ok(mmp_group_norm_silu(x3, 2, NULL, NULL, 1e-5) == NULL, "group_norm_silu with 3 channels in 2 groups refused");
+  like(mmp_error_last(), "group_norm_silu", "message names the op");
+  mmp_tensor_unref(x3);
+  mmp_rng_free(g);
+}
+
 int main(void) {
   char path[1024];
   mmp_log_set_level(MMP_LOG_ERROR);
@@ -286,6 +327,8 @@ int main(void) {
   }
   mmp_safetensors_close(st);
 
+  test_group_norm_silu(cpu);
+  if (cuda) test_group_norm_silu(cuda);
   test_errors();
   return done_testing();
 }

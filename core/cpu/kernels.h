@@ -57,6 +57,9 @@ int mmp_cpu_conv2d(const float *x, int64_t N, int64_t C, int64_t H, int64_t W,
 int mmp_cpu_group_norm(const float *x, int64_t N, int64_t C, int64_t S,
                        int groups, const float *gamma, const float *beta,
                        float eps, float *y);
+/* Same, then y = silu(y) (silu false: exactly mmp_cpu_group_norm). */
+int mmp_cpu_group_norm_act(const float *x, int64_t N, int64_t C, int64_t S, int groups,
+                           const float *gamma, const float *beta, float eps, bool silu, float *y);
 /* x viewed as [rows, D]; gamma/beta [D] or NULL. */
 int mmp_cpu_layer_norm(const float *x, int64_t rows, int64_t D,
                        const float *gamma, const float *beta, float eps,

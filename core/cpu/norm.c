@@ -90,6 +90,7 @@ typedef struct gn_job {
   float *y;
   int64_t C, S, G, cg;
   float eps;
+  bool silu;
 } gn_job_t;
 
 static void gn_task(int64_t t, void *user) {
@@ -112,17 +113,25 @@ static void gn_task(int64_t t, void *user) {
      * large mean, and the float rounding of the mean is compensated */
     double b = (j->beta ? j->beta[ch] : 0.0f) - (mean - (double)fm) * a;
     affine(x + c * j->S, y + c * j->S, j->S, fm, (float)a, (float)b);
+    /* while the channel is still in cache (a call inside this task runs
+     * serially: the pool is busy with the tasks) */
+    if (j->silu) mmp_cpu_silu(y + c * j->S, y + c * j->S, j->S);
   }
 }
 
 int mmp_cpu_group_norm(const float *x, int64_t N, int64_t C, int64_t S, int groups,
                        const float *gamma, const float *beta, float eps, float *y) {
+  return mmp_cpu_group_norm_act(x, N, C, S, groups, gamma, beta, eps, false, y);
+}
+
+int mmp_cpu_group_norm_act(const float *x, int64_t N, int64_t C, int64_t S, int groups,
+                           const float *gamma, const float *beta, float eps, bool silu, float *y) {
   if (N < 0 || C <= 0 || S < 0 || groups <= 0 || C % groups)
     return mmp_error_set(MMP_EINVAL, "group_norm: %d groups do not divide %lld channels", groups,
                          (long long)C);
   if (N == 0 || S == 0) return 0;
   if (!x || !y) return mmp_error_set(MMP_EINVAL, "group_norm: NULL operand");
-  gn_job_t j = {x, gamma, beta, y, C, S, groups, C / groups, eps};
+  gn_job_t j = {x, gamma, beta, y, C, S, groups, C / groups, eps, silu};
   if (N * C * S < 32768)
     for (int64_t t = 0; t < N * groups; ++t) gn_task(t, &j);
   else

@@ -91,6 +91,8 @@ typedef enum mmp_op {
   MMP_OP_TIMESTEP_EMBEDDING, /* src0 t [N] (any numeric dtype) -> dst [N, dim];
                         i[0] = flip_sin_to_cos; f[0] = downscale_freq_shift,
                         f[1] = scale, f[2] = max_period */
+  MMP_OP_GROUP_NORM_SILU, /* GROUP_NORM, then SiLU on its output (one pass,
+                        no intermediate tensor); same operands and params */
   MMP_OP_COUNT
 } mmp_op_t;
 

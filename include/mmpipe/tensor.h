@@ -181,6 +181,12 @@ mmp_tensor_t *mmp_conv2d(const mmp_tensor_t *x, const mmp_tensor_t *w,
 mmp_tensor_t *mmp_group_norm(const mmp_tensor_t *x, int groups,
                              const mmp_tensor_t *weight,
                              const mmp_tensor_t *bias, double eps);
+/* silu(group_norm(x)) in one pass, without the intermediate tensor (the
+ * ResnetBlock2D / decoder-output pattern); the same numbers as the two ops
+ * one after the other. */
+mmp_tensor_t *mmp_group_norm_silu(const mmp_tensor_t *x, int groups,
+                                  const mmp_tensor_t *weight,
+                                  const mmp_tensor_t *bias, double eps);
 /* Normalise over the last dim; weight/bias nullable. */
 mmp_tensor_t *mmp_layer_norm(const mmp_tensor_t *x, const mmp_tensor_t *weight,
                              const mmp_tensor_t *bias, double eps);

@@ -135,6 +135,8 @@ void sd_norm_free(sd_norm_t *n);
 mmp_tensor_t *sd_linear(const sd_linear_t *l, const mmp_tensor_t *x);
 mmp_tensor_t *sd_conv(const sd_conv_t *c, const mmp_tensor_t *x);
 mmp_tensor_t *sd_group_norm(const sd_norm_t *n, const mmp_tensor_t *x);
+/* silu(group_norm(x)) in one pass (mmp_group_norm_silu). */
+mmp_tensor_t *sd_group_norm_silu(const sd_norm_t *n, const mmp_tensor_t *x);
 mmp_tensor_t *sd_layer_norm(const sd_norm_t *n, const mmp_tensor_t *x);
 
 /* ResnetBlock2D (diffusers, time_embedding_norm "default"). */

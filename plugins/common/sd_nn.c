@@ -68,6 +68,11 @@ mmp_tensor_t *sd_group_norm(const sd_norm_t *n, const mmp_tensor_t *x) {
   return mmp_group_norm(x, n->groups, n->w, n->b, n->eps);
 }
 
+mmp_tensor_t *sd_group_norm_silu(const sd_norm_t *n, const mmp_tensor_t *x) {
+  if (!x) return NULL;
+  return mmp_group_norm_silu(x, n->groups, n->w, n->b, n->eps);
+}
+
 mmp_tensor_t *sd_layer_norm(const sd_norm_t *n, const mmp_tensor_t *x) {
   if (!x) return NULL;
   return mmp_layer_norm(x, n->w, n->b, n->eps);
@@ -110,8 +115,7 @@ void sd_resnet_free(sd_resnet_t *r) {
 
 mmp_tensor_t *sd_resnet(const sd_resnet_t *r, const mmp_tensor_t *x, const mmp_tensor_t *temb) {
   if (!x) return NULL;
-  mmp_tensor_t *h = sd_group_norm(&r->norm1, x);
-  h = sd_swap(h, mmp_silu(h));
+  mmp_tensor_t *h = sd_group_norm_silu(&r->norm1, x);
   h = sd_swap(h, sd_conv(&r->conv1, h));
   if (temb && r->temb.w) {
     mmp_tensor_t *t = mmp_silu(temb);
@@ -123,8 +127,7 @@ mmp_tensor_t *sd_resnet(const sd_resnet_t *r, const mmp_tensor_t *x, const mmp_t
     h = sd_swap(h, mmp_add(h, t));
     mmp_tensor_unref(t);
   }
-  h = sd_swap(h, sd_group_norm(&r->norm2, h));
-  h = sd_swap(h, mmp_silu(h));
+  h = sd_swap(h, sd_group_norm_silu(&r->norm2, h));
   h = sd_swap(h, sd_conv(&r->conv2, h));
   mmp_tensor_t *sc = r->shortcut.w ? sd_conv(&r->shortcut, x) : mmp_tensor_ref((mmp_tensor_t *)x);
   h = sd_swap(h, mmp_add(sc, h));

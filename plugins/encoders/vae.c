@@ -242,8 +242,7 @@ static int vae_encode(vae_t *v, const mmp_tensormap_t *in, mmp_tensormap_t *out)
     if (b->has_resample) h = sd_swap(h, sd_downsample(&b->resample, h));
   }
   h = vmid(&v->e_mid, h);
-  h = sd_swap(h, sd_group_norm(&v->e_norm_out, h));
-  h = sd_swap(h, h ? mmp_silu(h) : NULL);
+  h = sd_swap(h, sd_group_norm_silu(&v->e_norm_out, h));
   h = sd_swap(h, sd_conv(&v->e_conv_out, h));
   h = sd_swap(h, sd_conv(&v->quant, h));
   if (!h) return mmp_error_prefix("vae encode: ");
@@ -303,8 +302,7 @@ static int vae_decode(vae_t *v, const mmp_tensormap_t *in, mmp_tensormap_t *out)
     for (int jj = 0; jj < b->n; jj++) h = sd_swap(h, sd_resnet(&b->res[jj], h, NULL));
     if (b->has_resample) h = sd_swap(h, sd_upsample(&b->resample, h));
   }
-  h = sd_swap(h, sd_group_norm(&v->d_norm_out, h));
-  h = sd_swap(h, h ? mmp_silu(h) : NULL);
+  h = sd_swap(h, sd_group_norm_silu(&v->d_norm_out, h));
   h = sd_swap(h, sd_conv(&v->d_conv_out, h));
   if (!h) return mmp_error_prefix("vae decode: ");
   return mmp_tensormap_set(out, "sample", h);

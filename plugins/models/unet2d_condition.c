@@ -350,8 +350,7 @@ static int unet_forward(void *self, const char *method, const mmp_tensormap_t *i
     if (b->has_resample) h = sd_swap(h, sd_upsample(&b->resample, h));
   }
   while (sp > 0) mmp_tensor_unref(stack[--sp]);
-  h = sd_swap(h, sd_group_norm(&u->norm_out, h));
-  h = sd_swap(h, h ? mmp_silu(h) : NULL);
+  h = sd_swap(h, sd_group_norm_silu(&u->norm_out, h));
   h = sd_swap(h, sd_conv(&u->conv_out, h));
   mmp_tensor_unref(emb);
   mmp_tensor_unref(ctx);
