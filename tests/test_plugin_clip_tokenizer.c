@@ -121,85 +121,28 @@ static void test_engine(json_t *c) {
   mmp_cliptok_free(t);
 }
 
-/* The same case through the plugin: config text -> component -> encode_text */
-static void test_plugin(json_t *c) {
-  const char *name = json_string_value(json_object_get(c, "name"));
-  json_t *cfg = json_object_get(c, "config"), *texts = json_object_get(c, "texts");
-  char text[8192];
-  size_t k = 0;
-  k += (size_t)snprintf(text + k, sizeof text - k, "processor = { name = \"clip_tokenizer\";\n");
-  const char *key;
-  json_t *v;
-  json_object_foreach(cfg, key, v) {
-    if (strcmp(key, "added_tokens_json") == 0)
-      continue;
-    if (strcmp(key, "tokenizer_dir") == 0) {
-      json_t *added = json_object_get(cfg, "added_tokens_json");
-      const char *dir = added ? make_added_dir(added) : clipdir;
-      k += (size_t)snprintf(text + k, sizeof text - k, "  tokenizer_dir = \"%s\";\n",
-                            dir ? dir : "(mkdtemp failed)");
-    } else if (strcmp(key, "vocab") == 0 || strcmp(key, "merges") == 0 || strcmp(key, "bpe_file") == 0)
-      k += (size_t)snprintf(text + k, sizeof text - k, "  %s = \"%s\";\n", key,
-                            fx_path(json_string_value(v)));
-    else if (json_is_string(v))
-      k += (size_t)snprintf(text + k, sizeof text - k, "  %s = \"%s\";\n", key, json_string_value(v));
-    else if (json_is_boolean(v))
-      k += (size_t)snprintf(text + k, sizeof text - k, "  %s = %s;\n", key,
-                            json_is_true(v) ? "true" : "false");
-    else if (json_is_integer(v))
-      k += (size_t)snprintf(text + k, sizeof text - k, "  %s = %lld;\n", key,
-                            (long long)json_integer_value(v));
-    else if (json_is_array(v) && json_array_size(v) > 0) {
-      k += (size_t)snprintf(text + k, sizeof text - k, "  %s = [", key);
-      for (size_t i = 0; i < json_array_size(v); i++)
-        k += (size_t)snprintf(text + k, sizeof text - k, "%s\"%s\"", i ? ", " : "",
-                              json_string_value(json_array_get(v, i)));
-      k += (size_t)snprintf(text + k, sizeof text - k, "];\n");
-    }
+/* Keys that name files: the fixture's paths, and added tokens written to a
+ * tokenizer folder of their own. */
+static int clip_special_key(const char *key, json_t *v, json_t *cfg, char *out, size_t len) {
+  if (strcmp(key, "added_tokens_json") == 0) {
+    out[0] = '\0';
+    return 1;
   }
-  snprintf(text + k, sizeof text - k, "};\n");
-  tokfx_comp_t comp;
-  if (!ok(tokfx_comp_new(&comp, text) == 0, "%s: plugin instance", name)) {
-    diag("%s", mmp_error_last());
-    tokfx_comp_free(&comp);
-    return;
+  if (strcmp(key, "tokenizer_dir") == 0) {
+    json_t *added = json_object_get(cfg, "added_tokens_json");
+    const char *dir = added ? make_added_dir(added) : clipdir;
+    snprintf(out, len, "  tokenizer_dir = \"%s\";\n", dir ? dir : "(mkdtemp failed)");
+    return 1;
   }
-  size_t n = json_array_size(texts);
-  const char **tv = calloc(n, sizeof(char *));
-  for (size_t i = 0; i < n; i++) tv[i] = json_string_value(json_array_get(texts, i));
-  mmp_tensormap_t *out = mmp_tensormap_new();
-  int rc = tokfx_encode(&comp, tv, n, out);
-  if (!ok(rc == 0, "%s: encode_text", name)) diag("%s", mmp_error_last());
-  int64_t L = json_integer_value(json_object_get(cfg, "max_length"));
-  mmp_tensor_t *ti = mmp_tensormap_get(out, "input_ids"), *tm = mmp_tensormap_get(out, "attention_mask");
-  ok(ti && tm && ti->ndim == 2 && ti->shape[0] == (int64_t)n && ti->shape[1] == L &&
-         ti->dtype == MMP_I64 && tm->dtype == MMP_I64 && mmp_tensor_same_shape(ti, tm),
-     "%s: i64 [%zu, %lld] input_ids and attention_mask", name, n, (long long)L);
-  int64_t *hi = tokfx_host_i64(ti), *hm = tokfx_host_i64(tm);
-  ok(hi && tokfx_rows_equal(hi, n, (size_t)L, json_object_get(c, "input_ids"), "input_ids", name,
-                            texts),
-     "%s: plugin input_ids identical", name);
-  ok(hm && tokfx_rows_equal(hm, n, (size_t)L, json_object_get(c, "attention_mask"),
-                            "attention_mask", name, texts),
-     "%s: plugin attention_mask identical", name);
-  free(hi);
-  free(hm);
-  /* the vocabulary size through forward(method = "vocab_size") */
-  mmp_tensormap_t *vs = mmp_tensormap_new();
-  const mmp_processor_ops_t *ops = (const mmp_processor_ops_t *)comp.comp->plugin;
-  rc = ops->forward(comp.comp->self, "vocab_size", NULL, vs);
-  mmp_tensor_t *tv1 = mmp_tensormap_get(vs, "vocab_size");
-  int64_t *h = tokfx_host_i64(tv1);
-  ok(rc == 0 && h && tv1->ndim == 1 && tv1->shape[0] == 1 &&
-         h[0] == json_integer_value(json_object_get(c, "vocab_size")),
-     "%s: forward vocab_size = %lld", name,
-     (long long)json_integer_value(json_object_get(c, "vocab_size")));
-  free(h);
-  mmp_tensormap_free(vs);
-  mmp_tensormap_free(out);
-  free(tv);
-  tokfx_comp_free(&comp);
+  if (strcmp(key, "vocab") == 0 || strcmp(key, "merges") == 0 || strcmp(key, "bpe_file") == 0) {
+    snprintf(out, len, "  %s = \"%s\";\n", key, fx_path(json_string_value(v)));
+    return 1;
+  }
+  return 0;
 }
+
+/* The same case through the plugin: config text -> component -> encode_text */
+static void test_plugin(json_t *c) { tokfx_plugin_case(c, "clip_tokenizer", clip_special_key); }
 
 /* one instance shared by threads (dataset loaders do this) */
 typedef struct worker {

@@ -111,4 +111,86 @@ static inline int64_t *tokfx_host_i64(const mmp_tensor_t *t) {
   return h;
 }
 
+
+/* One fixture case through the plugin: the case's "config" object becomes a
+ * processor group (keys rendered by @special when it returns nonzero, else by
+ * their JSON type), the component encodes the case's texts, and input_ids,
+ * attention_mask and forward("vocab_size") must equal the recorded ones.
+ * @special(key, value, out, outlen) writes the line for keys that name files. */
+typedef int (*tokfx_key_fn)(const char *key, json_t *value, json_t *cfg, char *out, size_t outlen);
+
+static inline void tokfx_plugin_case(json_t *c, const char *plugin, tokfx_key_fn special) {
+  const char *name = json_string_value(json_object_get(c, "name"));
+  json_t *cfg = json_object_get(c, "config"), *texts = json_object_get(c, "texts");
+  char text[8192];
+  size_t k = 0;
+  k += (size_t)snprintf(text + k, sizeof text - k, "processor = { name = \"%s\";\n", plugin);
+  const char *key;
+  json_t *v;
+  json_object_foreach(cfg, key, v) {
+    char line[2048];
+    if (special(key, v, cfg, line, sizeof line)) {
+      k += (size_t)snprintf(text + k, sizeof text - k, "%s", line);
+      continue;
+    }
+    if (json_is_string(v))
+      k += (size_t)snprintf(text + k, sizeof text - k, "  %s = \"%s\";\n", key, json_string_value(v));
+    else if (json_is_boolean(v))
+      k += (size_t)snprintf(text + k, sizeof text - k, "  %s = %s;\n", key,
+                            json_is_true(v) ? "true" : "false");
+    else if (json_is_integer(v))
+      k += (size_t)snprintf(text + k, sizeof text - k, "  %s = %lld;\n", key,
+                            (long long)json_integer_value(v));
+    else if (json_is_array(v) && json_array_size(v) > 0) {
+      k += (size_t)snprintf(text + k, sizeof text - k, "  %s = [", key);
+      for (size_t i = 0; i < json_array_size(v); i++)
+        k += (size_t)snprintf(text + k, sizeof text - k, "%s\"%s\"", i ? ", " : "",
+                              json_string_value(json_array_get(v, i)));
+      k += (size_t)snprintf(text + k, sizeof text - k, "];\n");
+    }
+  }
+  snprintf(text + k, sizeof text - k, "};\n");
+  tokfx_comp_t comp;
+  if (!ok(tokfx_comp_new(&comp, text) == 0, "%s: plugin instance", name)) {
+    diag("%s", mmp_error_last());
+    tokfx_comp_free(&comp);
+    return;
+  }
+  size_t n = json_array_size(texts);
+  const char **tv = calloc(n, sizeof(char *));
+  for (size_t i = 0; i < n; i++) tv[i] = json_string_value(json_array_get(texts, i));
+  mmp_tensormap_t *out = mmp_tensormap_new();
+  int rc = tokfx_encode(&comp, tv, n, out);
+  if (!ok(rc == 0, "%s: encode_text", name)) diag("%s", mmp_error_last());
+  int64_t L = json_integer_value(json_object_get(cfg, "max_length"));
+  mmp_tensor_t *ti = mmp_tensormap_get(out, "input_ids"), *tm = mmp_tensormap_get(out, "attention_mask");
+  ok(ti && tm && ti->ndim == 2 && ti->shape[0] == (int64_t)n && ti->shape[1] == L &&
+         ti->dtype == MMP_I64 && tm->dtype == MMP_I64 && mmp_tensor_same_shape(ti, tm),
+     "%s: i64 [%zu, %lld] input_ids and attention_mask", name, n, (long long)L);
+  int64_t *hi = tokfx_host_i64(ti), *hm = tokfx_host_i64(tm);
+  ok(hi && tokfx_rows_equal(hi, n, (size_t)L, json_object_get(c, "input_ids"), "input_ids", name,
+                            texts),
+     "%s: plugin input_ids identical", name);
+  ok(hm && tokfx_rows_equal(hm, n, (size_t)L, json_object_get(c, "attention_mask"),
+                            "attention_mask", name, texts),
+     "%s: plugin attention_mask identical", name);
+  free(hi);
+  free(hm);
+  /* the vocabulary size through forward(method = "vocab_size") */
+  mmp_tensormap_t *vs = mmp_tensormap_new();
+  const mmp_processor_ops_t *ops = (const mmp_processor_ops_t *)comp.comp->plugin;
+  rc = ops->forward(comp.comp->self, "vocab_size", NULL, vs);
+  mmp_tensor_t *tv1 = mmp_tensormap_get(vs, "vocab_size");
+  int64_t *h = tokfx_host_i64(tv1);
+  ok(rc == 0 && h && tv1->ndim == 1 && tv1->shape[0] == 1 &&
+         h[0] == json_integer_value(json_object_get(c, "vocab_size")),
+     "%s: forward vocab_size = %lld", name,
+     (long long)json_integer_value(json_object_get(c, "vocab_size")));
+  free(h);
+  mmp_tensormap_free(vs);
+  mmp_tensormap_free(out);
+  free(tv);
+  tokfx_comp_free(&comp);
+}
+
 #endif
