@@ -262,7 +262,9 @@ static void test_group_norm_silu(mmp_backend_t *be) {
     mmp_tensor_t *x = mmp_rng_randn(g, be, 4, shapes[c]);
     mmp_tensor_t *w = c == 1 ? NULL : mmp_rng_randn(g, be, 1, cs);
     mmp_tensor_t *b = c == 1 ? NULL : mmp_rng_randn(g, be, 1, cs);
-    if (x) x = mmp_scale(x, 3.0, 1.5); /* a mean and a spread to normalise away */
+    mmp_tensor_t *xs = mmp_scale(x, 3.0, 1.5); /* a mean and a spread to normalise away */
+    mmp_tensor_unref(x);
+    x = xs;
     mmp_tensor_t *gn = mmp_group_norm(x, groups[c], w, b, 1e-6);
     mmp_tensor_t *want = mmp_silu(gn), *got = mmp_group_norm_silu(x, groups[c], w, b, 1e-6);
     int64_t n = want ? mmp_tensor_numel(want) : 0;

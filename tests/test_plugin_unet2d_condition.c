@@ -43,6 +43,16 @@ int main(void) {
   ok(sd_relerr(a, b) > 1e-3, "the mask changes the output");
   mmp_tensor_t *c = run_unet(single, io, UNET_IN_M, "single file (bf16)");
   is_close(sd_relerr(c, b), 0.0, 0.0, "single-file layout gives the identical result");
+  /* the feed-forward over blocks of rows (24: a short last block) and all at
+   * once give the same numbers as the automatic choice */
+  mmp_tensor_t *ch = run_unet("model = { name = \"unet2d_condition\"; model_dir = \"%s/pipe\"; ff_chunk_rows = 24; };",
+                              io, UNET_IN_M, "feed-forward in blocks of 24 rows");
+  is_close(sd_relerr(ch, b), 0.0, 0.0, "ff_chunk_rows = 24 gives the identical result");
+  mmp_tensor_t *whole = run_unet("model = { name = \"unet2d_condition\"; model_dir = \"%s/pipe\"; ff_chunk_rows = -1; };",
+                                 io, UNET_IN_M, "feed-forward all at once");
+  is_close(sd_relerr(whole, b), 0.0, 0.0, "ff_chunk_rows = -1 gives the identical result");
+  mmp_tensor_unref(ch);
+  mmp_tensor_unref(whole);
   mmp_tensor_t *d = run_unet("model = { name = \"unet2d_condition\"; model_dir = \"%s/unet_v2\"; };", io2, UNET_IN,
                              "SD-2.x options (linear projection, head list, upcast)");
   sd_check(d, mmp_tensormap_get(io2, "out_sample"), "unet v2 sample");

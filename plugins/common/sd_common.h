@@ -183,6 +183,7 @@ typedef struct sd_transformer {
   int n_blocks;
   sd_tblock_t *blocks;
   int64_t inner;
+  int64_t ff_chunk_rows; /* feed-forward rows per block: 0 automatic, < 0 all at once */
 } sd_transformer_t;
 int sd_transformer_load(sd_transformer_t *t, sd_weights_t *w, const char *prefix,
                         int64_t ch, int heads, int64_t cross_dim, int layers,

@@ -34,6 +34,9 @@ typedef struct unet {
 
 static const mmp_key_t unet_keys[] = {
     SD_PART_KEYS("unet"),
+    {"ff_chunk_rows", MMP_TYPE_INT, "0",
+     "rows per block of the transformers' feed-forward: 0 = automatic (about 16 MB of activation "
+     "per block), -1 = all rows at once (as diffusers by default: more memory, same numbers)", 0, 0},
     {NULL, 0, NULL, NULL, 0, 0}};
 
 static void ublock_free(ublock_t *b) {
@@ -253,6 +256,14 @@ static int unet_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
     unet_destroy(u);
     return rc;
   }
+  int64_t chunk = 0;
+  if (mmp_config_get_int(cfg, "ff_chunk_rows", &chunk) < 0) chunk = 0; /* unset: automatic */
+  for (int i = 0; i < MAXB; i++)
+    for (int k = 0; k < 2; k++) {
+      ublock_t *b = k ? &u->up[i] : &u->down[i];
+      for (int jj = 0; b->tr && jj < b->n; jj++) b->tr[jj].ff_chunk_rows = chunk;
+    }
+  u->mid_attn.ff_chunk_rows = chunk;
   u->state = sd_weights_take_collected(w);
   if ((rc = sd_weights_finish(w, "unet2d_condition"))) {
     unet_destroy(u);
