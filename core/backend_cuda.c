@@ -289,33 +289,8 @@ static int gemm(cuda_ctx_t *c, mmp_dtype_t in_dt, mmp_dtype_t out_dt, int64_t ba
   return 0;
 }
 
-/* Layout of a matrix view [R, C] (strides sr, sc) as BLAS sees it (as the CPU backend). */
-static bool mat_layout(int64_t R, int64_t C, int64_t sr, int64_t sc, bool *trans, int64_t *ld) {
-  if ((C == 1 || sc == 1) && (R == 1 || sr >= C)) {
-    *trans = false;
-    *ld = R == 1 ? (C > 0 ? C : 1) : sr;
-    return *ld >= 1;
-  }
-  if ((R == 1 || sr == 1) && (C == 1 || sc >= R)) {
-    *trans = true;
-    *ld = C == 1 ? (R > 0 ? R : 1) : sc;
-    return *ld >= 1;
-  }
-  return false;
-}
-
-static bool batch_stride(const mmp_tensor_t *t, int nb, int64_t *out) {
-  int last = -1;
-  int64_t s = 0;
-  for (int d = nb - 1; d >= 0; d--) {
-    if (t->shape[d] == 1) continue;
-    if (last < 0) s = t->stride[d];
-    else if (t->stride[d] != t->stride[last] * t->shape[last]) return false;
-    last = d;
-  }
-  *out = s;
-  return s >= 0;
-}
+/* a contiguous copy on the device, for operands whose strides fit no BLAS layout */
+static mmp_tensor_t *cuda_contig(mmp_backend_t *be, const mmp_tensor_t *t) { return contig_as(be, t, t->dtype); }
 
 static int op_fill(cuda_ctx_t *c, mmp_tensor_t *dst, double v);
 
@@ -326,29 +301,12 @@ static int op_matmul(mmp_backend_t *be, const mmp_tensor_t *a0, const mmp_tensor
   int64_t batch = mmp__numel(nb, dst->shape);
   if (M == 0 || N == 0 || batch == 0) return 0;
   if (K == 0) return op_fill(c, dst, 0.0);
-  const mmp_tensor_t *op[2] = {a0, b0};
-  mmp_tensor_t *tmp[2] = {NULL, NULL};
-  bool tr[2];
-  int64_t ld[2], bs[2];
-  for (int k = 0; k < 2; k++) {
-    const mmp_tensor_t *t = op[k];
-    int64_t R = t->shape[nd - 2], C = t->shape[nd - 1];
-    if (!mat_layout(R, C, t->stride[nd - 2], t->stride[nd - 1], &tr[k], &ld[k]) || !batch_stride(t, nb, &bs[k])) {
-      tmp[k] = contig_as(be, t, t->dtype);
-      if (!tmp[k]) {
-        mmp_tensor_unref(tmp[0]);
-        return mmp_error_code();
-      }
-      op[k] = tmp[k];
-      tr[k] = false;
-      ld[k] = C;
-      bs[k] = batch > 1 ? R * C : 0;
-    }
-  }
-  int rc = gemm(c, a0->dtype, dst->dtype, batch, tr[0], tr[1], M, N, K, mmp__ptr(op[0]), ld[0], bs[0],
-                mmp__ptr(op[1]), ld[1], bs[1], 0.0f, mmp__ptr(dst), N, M * N);
-  mmp_tensor_unref(tmp[0]);
-  mmp_tensor_unref(tmp[1]);
+  mmp__gemm_operand_t o[2];
+  int rc = mmp__gemm_operands(a0, b0, nb, batch, cuda_contig, be, o);
+  if (rc < 0) return rc;
+  rc = gemm(c, a0->dtype, dst->dtype, batch, o[0].trans, o[1].trans, M, N, K, mmp__ptr(o[0].t), o[0].ld,
+            o[0].bstride, mmp__ptr(o[1].t), o[1].ld, o[1].bstride, 0.0f, mmp__ptr(dst), N, M * N);
+  mmp__gemm_operands_free(o);
   return rc;
 }
 

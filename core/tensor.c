@@ -201,6 +201,68 @@ int mmp__coalesce_dims(int nop, const mmp_tensor_t *const *ts, int64_t *shape, i
   return n;
 }
 
+/* Layout of a matrix view [R, C] (strides sr, sc) as BLAS sees it. */
+static bool mat_layout(int64_t R, int64_t C, int64_t sr, int64_t sc, bool *trans, int64_t *ld) {
+  if ((C == 1 || sc == 1) && (R == 1 || sr >= C)) {
+    *trans = false;
+    *ld = R == 1 ? (C > 0 ? C : 1) : sr;
+    return *ld >= 1;
+  }
+  if ((R == 1 || sr == 1) && (C == 1 || sc >= R)) {
+    *trans = true;
+    *ld = C == 1 ? (R > 0 ? R : 1) : sc;
+    return *ld >= 1;
+  }
+  return false;
+}
+
+/* One stride for all batch dims of @t (dims 0..nb-1), or false. */
+static bool batch_stride(const mmp_tensor_t *t, int nb, int64_t *out) {
+  int last = -1;
+  int64_t s = 0;
+  for (int d = nb - 1; d >= 0; d--) {
+    if (t->shape[d] == 1) continue;
+    if (last < 0) {
+      s = t->stride[d];
+    } else if (t->stride[d] != t->stride[last] * t->shape[last]) {
+      return false;
+    }
+    last = d;
+  }
+  *out = s;
+  return s >= 0;
+}
+
+int mmp__gemm_operands(const mmp_tensor_t *a, const mmp_tensor_t *b, int nb, int64_t batch,
+                       mmp_tensor_t *(*contig)(mmp_backend_t *be, const mmp_tensor_t *t),
+                       mmp_backend_t *be, mmp__gemm_operand_t o[2]) {
+  const mmp_tensor_t *ts[2] = {a, b};
+  for (int k = 0; k < 2; k++) {
+    const mmp_tensor_t *t = ts[k];
+    int nd = t->ndim;
+    int64_t R = t->shape[nd - 2], C = t->shape[nd - 1];
+    o[k] = (mmp__gemm_operand_t){t, NULL, false, 0, 0};
+    if (mat_layout(R, C, t->stride[nd - 2], t->stride[nd - 1], &o[k].trans, &o[k].ld) &&
+        batch_stride(t, nb, &o[k].bstride))
+      continue;
+    o[k].copy = contig(be, t);
+    if (!o[k].copy) {
+      if (k) mmp_tensor_unref(o[0].copy);
+      return mmp_error_code();
+    }
+    o[k].t = o[k].copy;
+    o[k].trans = false;
+    o[k].ld = C;
+    o[k].bstride = batch > 1 ? R * C : 0;
+  }
+  return 0;
+}
+
+void mmp__gemm_operands_free(mmp__gemm_operand_t o[2]) {
+  mmp_tensor_unref(o[0].copy);
+  mmp_tensor_unref(o[1].copy);
+}
+
 const char *mmp__shape_str(int ndim, const int64_t *shape, char *buf, size_t len) {
   size_t o = 0;
   if (len == 0) return buf;

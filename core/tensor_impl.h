@@ -48,6 +48,23 @@ int64_t mmp__numel(int ndim, const int64_t *shape);
  * (a scalar or all-size-1 shape is one dim of 1). */
 int mmp__coalesce_dims(int nop, const mmp_tensor_t *const *ts, int64_t *shape, int64_t *stride,
                        int ld);
+/* One operand of a batched matmul [..., R, C] as BLAS takes it: a
+ * (transposed or not) matrix with leading dimension ld, and one stride
+ * between the batch's matrices (0: not batched). */
+typedef struct mmp__gemm_operand {
+  const mmp_tensor_t *t; /* the tensor to read: the operand or its copy */
+  mmp_tensor_t *copy;    /* (nullable) a contiguous copy, when the strides fit no BLAS layout */
+  bool trans;
+  int64_t ld, bstride;
+} mmp__gemm_operand_t;
+/* The BLAS view of both operands of a matmul with @nb batch dims and @batch
+ * products. Operands whose strides fit no BLAS layout are copied with
+ * @contig(@be, t) (a contiguous tensor of t's shape and dtype). Returns 0, or
+ * the error code (nothing left to free); release with mmp__gemm_operands_free. */
+int mmp__gemm_operands(const mmp_tensor_t *a, const mmp_tensor_t *b, int nb, int64_t batch,
+                       mmp_tensor_t *(*contig)(mmp_backend_t *be, const mmp_tensor_t *t),
+                       mmp_backend_t *be, mmp__gemm_operand_t o[2]);
+void mmp__gemm_operands_free(mmp__gemm_operand_t o[2]);
 /* Byte pointer of element 0 (storage data + offset). */
 static inline void *mmp__ptr(const mmp_tensor_t *t) {
   return (char *)t->storage->data + t->offset * (int64_t)mmp_dtype_size(t->dtype);
