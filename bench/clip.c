@@ -7,26 +7,17 @@
 int main(int argc, char **argv) {
   bench_opts_t o;
   bench_parse(argc, argv, &o, "text_encoder", "CLIPTextModel");
-  mmp_registry_t *reg = NULL;
-  mmp_config_t *cfg = NULL;
-  mmp_context_t *ctx = NULL;
-  mmp_component_t *c = bench_create(&o, MMP_KIND_ENCODER, "encoder", "clip_text", "", &reg, &cfg, &ctx);
-  if (!c) {
-    fprintf(stderr, "bench/clip: %s\n", mmp_error_last());
-    return 1;
-  }
+  bench_env_t e;
+  if (bench_open(&o, MMP_KIND_ENCODER, "encoder", "clip_text", "", "bench/clip", &e) < 0) return 1;
   mmp_rng_t *g = mmp_rng_new(0, MMP_RNG_PHILOX);
   int64_t is[2] = {2, 77};
   mmp_tensor_t *ids = mmp_rng_randint(g, mmp_backend_get("cpu"), 0, 49406, 2, is);
   mmp_tensormap_t *in = mmp_tensormap_new();
   mmp_tensormap_set(in, "input_ids", ids);
-  int rc = bench_run(&o, c, NULL, in, "clip text encode") < 0;
+  int rc = bench_run(&o, e.c, NULL, in, "clip text encode") < 0;
   mmp_tensormap_free(in);
   mmp_rng_free(g);
-  mmp_component_free(c);
-  mmp_context_free(ctx);
-  mmp_config_free(cfg);
-  mmp_registry_free(reg);
+  bench_close(&e);
   bench_torch(&o, "text_encoder");
   return rc;
 }

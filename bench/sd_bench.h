@@ -78,25 +78,49 @@ static inline int bench_parse(int argc, char **argv, bench_opts_t *o, const char
   return 0;
 }
 
-/* Build the part (@kind, @name) from @o; prints the load time. */
-static inline mmp_component_t *bench_create(const bench_opts_t *o, mmp_kind_t kind, const char *group,
-                                            const char *name, const char *extra, mmp_registry_t **reg,
-                                            mmp_config_t **cfg, mmp_context_t **ctx) {
+/* The component under test and what owns it. */
+typedef struct bench_env {
+  mmp_registry_t *reg;
+  mmp_config_t *cfg;
+  mmp_context_t *ctx;
+  mmp_component_t *c;
+} bench_env_t;
+
+static inline void bench_close(bench_env_t *e) {
+  mmp_component_free(e->c);
+  mmp_context_free(e->ctx);
+  mmp_config_free(e->cfg);
+  mmp_registry_free(e->reg);
+  *e = (bench_env_t){0};
+}
+
+/* Create plugin @name in config group @group (+ @extra keys) from the
+ * weights file or seeded random weights; prints the load time. On failure
+ * prints "@prog: message", frees everything and returns -1. */
+static inline int bench_open(const bench_opts_t *o, mmp_kind_t kind, const char *group, const char *name,
+                             const char *extra, const char *prog, bench_env_t *e) {
   char text[12000];
+  *e = (bench_env_t){0};
   if (o->weights)
     snprintf(text, sizeof text, "%s = { name = \"%s\"; config = \"%s\"; weights = \"%s\"; %s };", group, name,
              o->config, o->weights, extra);
   else
     snprintf(text, sizeof text, "%s = { name = \"%s\"; config = \"%s\"; init_seed = 0; %s };", group, name,
              o->config, extra);
-  *reg = mmp_registry_new();
-  *cfg = mmp_config_parse(text, "bench");
-  if (!*reg || !*cfg || mmp_registry_set_search_path(*reg, *cfg) < 0) return NULL;
-  *ctx = mmp_context_new(*reg, *cfg);
-  double t0 = bench_now();
-  mmp_component_t *c = *ctx ? mmp_component_create(*ctx, kind, group) : NULL;
-  if (c) printf("%-22s %8.2f s  (%s)\n", "load", bench_now() - t0, o->weights ? "mapped file" : "random in-process");
-  return c;
+  e->reg = mmp_registry_new();
+  e->cfg = mmp_config_parse(text, "bench");
+  if (e->reg && e->cfg && mmp_registry_set_search_path(e->reg, e->cfg) == 0) {
+    e->ctx = mmp_context_new(e->reg, e->cfg);
+    double t0 = bench_now();
+    e->c = e->ctx ? mmp_component_create(e->ctx, kind, group) : NULL;
+    if (e->c) {
+      printf("%-22s %8.2f s  (%s)\n", "load", bench_now() - t0, o->weights ? "mapped file" : "random in-process");
+      return 0;
+    }
+  }
+  fprintf(stderr, "%s: %s\n", prog, mmp_error_last());
+  bench_close(e);
+  return -1;
 }
 
 /* Time @repeat forwards after @warmup; prints and returns seconds per call. */

@@ -7,14 +7,8 @@
 int main(int argc, char **argv) {
   bench_opts_t o;
   bench_parse(argc, argv, &o, "unet", "UNet2DConditionModel");
-  mmp_registry_t *reg = NULL;
-  mmp_config_t *cfg = NULL;
-  mmp_context_t *ctx = NULL;
-  mmp_component_t *c = bench_create(&o, MMP_KIND_MODEL, "model", "unet2d_condition", "", &reg, &cfg, &ctx);
-  if (!c) {
-    fprintf(stderr, "bench/unet: %s\n", mmp_error_last());
-    return 1;
-  }
+  bench_env_t e;
+  if (bench_open(&o, MMP_KIND_MODEL, "model", "unet2d_condition", "", "bench/unet", &e) < 0) return 1;
   mmp_backend_t *cpu = mmp_backend_get("cpu");
   mmp_rng_t *g = mmp_rng_new(0, MMP_RNG_PHILOX);
   int64_t xs[4] = {2, 4, 64, 64}, es[3] = {2, 77, 768}, ts[1] = {2};
@@ -22,13 +16,10 @@ int main(int argc, char **argv) {
   mmp_tensormap_set(in, "sample", mmp_rng_randn(g, cpu, 4, xs));
   mmp_tensormap_set(in, "encoder_hidden_states", mmp_rng_randn(g, cpu, 3, es));
   mmp_tensormap_set(in, "timestep", mmp_tensor_full(cpu, MMP_I64, 1, ts, 500));
-  int rc = bench_run(&o, c, NULL, in, "unet forward") < 0;
+  int rc = bench_run(&o, e.c, NULL, in, "unet forward") < 0;
   mmp_tensormap_free(in);
   mmp_rng_free(g);
-  mmp_component_free(c);
-  mmp_context_free(ctx);
-  mmp_config_free(cfg);
-  mmp_registry_free(reg);
+  bench_close(&e);
   bench_torch(&o, "unet");
   return rc;
 }
