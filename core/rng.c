@@ -4,6 +4,7 @@
 #include <string.h>
 #include <strings.h>
 
+#include "core/philox.h"
 #include "core/tensor_impl.h"
 
 #pragma GCC visibility push(default)
@@ -206,35 +207,16 @@ static void torch_randn(mmp_rng_t *g, float *d, int64_t n) {
 
 /* ------------------------------------------------------------------ philox */
 
-static void philox(uint64_t ctr, uint64_t key, uint32_t out[4]) {
-  uint32_t c0 = (uint32_t)ctr, c1 = (uint32_t)(ctr >> 32), c2 = 0, c3 = 0;
-  uint32_t k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32);
-  for (int r = 0; r < 10; r++) {
-    uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
-    uint32_t hi0 = (uint32_t)(p0 >> 32), lo0 = (uint32_t)p0, hi1 = (uint32_t)(p1 >> 32), lo1 = (uint32_t)p1;
-    c0 = hi1 ^ c1 ^ k0;
-    c1 = lo1;
-    c2 = hi0 ^ c3 ^ k1;
-    c3 = lo0;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  out[0] = c0;
-  out[1] = c1;
-  out[2] = c2;
-  out[3] = c3;
-}
-
 /* Draw i of the stream depends on (seed, i) only: one Philox block per draw. */
 static inline float philox_uniform_f(uint64_t seed, uint64_t i) {
   uint32_t w[4];
-  philox(i, seed, w);
+  mmp_philox4x32_10(i, seed, w);
   return (float)(w[0] >> 8) * (1.0f / 16777216.0f);
 }
 
 static inline float philox_normal_f(uint64_t seed, uint64_t i) {
   uint32_t w[4];
-  philox(i, seed, w);
+  mmp_philox4x32_10(i, seed, w);
   uint64_t a = ((uint64_t)w[0] << 21) ^ w[1], b = ((uint64_t)w[2] << 21) ^ w[3];
   double u1 = ((double)(a & ((UINT64_C(1) << 53) - 1)) + 1.0) * (1.0 / 9007199254740992.0); /* (0, 1] */
   double u2 = (double)(b & ((UINT64_C(1) << 53) - 1)) * (1.0 / 9007199254740992.0);
@@ -243,7 +225,7 @@ static inline float philox_normal_f(uint64_t seed, uint64_t i) {
 
 static inline uint64_t philox_u64(uint64_t seed, uint64_t i) {
   uint32_t w[4];
-  philox(i, seed, w);
+  mmp_philox4x32_10(i, seed, w);
   return ((uint64_t)w[0] << 32) | w[1];
 }
 

@@ -36,5 +36,6 @@ libmmpipe_la_LDFLAGS += $(MMP_CUDA_RT_LIBS)
 libmmpipe_la_LIBADD += -lstdc++ -ldl
 nobase_include_HEADERS += include/mmpipe/cuda.h
 # nvcc writes no dependency files here: every kernel depends on the shared headers
-$(MMP_CUDA_KERNELS:.cu=.lo): $(top_srcdir)/core/cuda/common.cuh $(top_srcdir)/core/cuda/kernels.h
+$(MMP_CUDA_KERNELS:.cu=.lo): $(top_srcdir)/core/cuda/common.cuh $(top_srcdir)/core/cuda/kernels.h \
+	$(top_srcdir)/core/philox.h
 endif

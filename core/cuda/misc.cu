@@ -1,5 +1,6 @@
 /* core/cuda/misc.cu - nearest upsampling, pooling, embedding lookup, timestep embedding and the Philox generator. */
 #include "core/cuda/common.cuh"
+#include "core/philox.h"
 
 __global__ void upsample2x_kernel(const float *x, float *y, int64_t H, int64_t W, int64_t total) {
   int64_t W2 = 2 * W, H2 = 2 * H;
@@ -111,31 +112,11 @@ extern "C" int mmpk_timestep_embedding(cudaStream_t st, const void *t, int tdt, 
 
 /* ---------------------------------------------------------------- Philox */
 
-__host__ __device__ __forceinline__ void philox4x32_10(uint64_t ctr, uint64_t key, uint32_t out[4]) {
-  uint32_t c0 = (uint32_t)ctr, c1 = (uint32_t)(ctr >> 32), c2 = 0, c3 = 0;
-  uint32_t k0 = (uint32_t)key, k1 = (uint32_t)(key >> 32);
-#pragma unroll
-  for (int r = 0; r < 10; r++) {
-    uint64_t p0 = (uint64_t)0xD2511F53u * c0, p1 = (uint64_t)0xCD9E8D57u * c2;
-    uint32_t hi0 = (uint32_t)(p0 >> 32), lo0 = (uint32_t)p0, hi1 = (uint32_t)(p1 >> 32), lo1 = (uint32_t)p1;
-    c0 = hi1 ^ c1 ^ k0;
-    c1 = lo1;
-    c2 = hi0 ^ c3 ^ k1;
-    c3 = lo0;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  out[0] = c0;
-  out[1] = c1;
-  out[2] = c2;
-  out[3] = c3;
-}
-
 __global__ void philox_kernel(int dist, uint64_t seed, uint64_t offset, int64_t n, void *y, int64_t low,
                               uint64_t range) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     uint32_t w[4];
-    philox4x32_10(offset + (uint64_t)i, seed, w);
+    mmp_philox4x32_10(offset + (uint64_t)i, seed, w);
     if (dist == MMPK_RNG_UNIFORM) {
       ((float *)y)[i] = (float)(w[0] >> 8) * (1.0f / 16777216.0f);
     } else if (dist == MMPK_RNG_NORMAL) {
