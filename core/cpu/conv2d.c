@@ -130,9 +130,10 @@ static void conv_worker(int64_t wi, void *user) {
     if (t >= j->ntasks) break;
     if (!bufa) {
       bufa = mmp_cpu_scratch(MMP_SCRATCH_A, (int64_t)g->mc * g->kc);
-      bufb = mmp_cpu_scratch(MMP_SCRATCH_B, (int64_t)g->kc * ((j->Nt + g->nr - 1) / g->nr * g->nr));
+      /* with the shared im2col matrix, B is read where it lies */
+      if (!j->col) bufb = mmp_cpu_scratch(MMP_SCRATCH_B, (int64_t)g->kc * ((j->Nt + g->nr - 1) / g->nr * g->nr));
       if (j->span) tile = mmp_cpu_scratch(MMP_SCRATCH_TILE, j->Mt * j->Nt);
-      if (!bufa || !bufb || (j->span && !tile)) {
+      if (!bufa || (!j->col && !bufb) || (j->span && !tile)) {
         atomic_store(&j->failed, 1);
         break;
       }

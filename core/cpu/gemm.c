@@ -318,31 +318,20 @@ int64_t mmp_gemm_kblock(const mmp_gemm_kernel_t *g, int64_t K, int64_t N) {
   return (K + nkb - 1) / nkb;
 }
 
-void mmp_gemm_serial_cb(const mmp_gemm_kernel_t *g, bool ta, int64_t M, int64_t N, int64_t K,
-                        float alpha, const float *A, int64_t lda, mmp_pack_b_cb pack_b,
-                        const void *ctx, float beta, float *C, int64_t ldc, float *bufa,
-                        float *bufb) {
-  if (M <= 0 || N <= 0) return;
-  if (K <= 0 || alpha == 0.0f) {
-    if (beta != 1.0f) scale_c(C, ldc, M, N, beta);
-    return;
-  }
-  const int64_t KC = mmp_gemm_kblock(g, K, N), MC = g->mc;
-  for (int64_t pc = 0; pc < K; pc += KC) {
-    int64_t kc = K - pc < KC ? K - pc : KC;
-    float b_eff = pc == 0 ? beta : 1.0f;
-    pack_b(ctx, pc, kc, 0, N, bufb);
-    for (int64_t ic = 0; ic < M; ic += MC) {
-      int64_t mc = M - ic < MC ? M - ic : MC;
-      g->pack_a(A, lda, ta, ic, mc, pc, kc, alpha, bufa);
-      mmp_gemm_macro(g, mc, N, kc, bufa, bufb, C + ic * ldc, ldc, b_eff);
-    }
-  }
-}
+/* Where a K block of B comes from: packed now by a callback into a
+ * buffer, or already packed by the caller (mmp_gemm_serial_pb's layout). */
+typedef struct b_source {
+  mmp_pack_b_cb pack_b; /* NULL: prepacked */
+  const void *ctx;
+  float *buf;
+  const float *bp;
+  int64_t ldbp, j0;
+} b_source_t;
 
-void mmp_gemm_serial_pb(const mmp_gemm_kernel_t *g, bool ta, int64_t M, int64_t N, int64_t K,
-                        int64_t KC, float alpha, const float *A, int64_t lda, const float *bp,
-                        int64_t ldbp, int64_t j0, float beta, float *C, int64_t ldc, float *bufa) {
+/* The serial loops over K blocks of depth KC and row blocks of A. */
+static void gemm_blocks(const mmp_gemm_kernel_t *g, bool ta, int64_t M, int64_t N, int64_t K, int64_t KC,
+                        float alpha, const float *A, int64_t lda, const b_source_t *src, float beta,
+                        float *C, int64_t ldc, float *bufa) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == 0.0f) {
     if (beta != 1.0f) scale_c(C, ldc, M, N, beta);
@@ -351,13 +340,34 @@ void mmp_gemm_serial_pb(const mmp_gemm_kernel_t *g, bool ta, int64_t M, int64_t 
   for (int64_t pc = 0; pc < K; pc += KC) {
     int64_t kc = K - pc < KC ? K - pc : KC;
     float b_eff = pc == 0 ? beta : 1.0f;
-    const float *b = bp + pc * ldbp + j0 * kc;
+    const float *b;
+    if (src->pack_b) {
+      src->pack_b(src->ctx, pc, kc, 0, N, src->buf);
+      b = src->buf;
+    } else {
+      b = src->bp + pc * src->ldbp + src->j0 * kc;
+    }
     for (int64_t ic = 0; ic < M; ic += g->mc) {
       int64_t mc = M - ic < g->mc ? M - ic : g->mc;
       g->pack_a(A, lda, ta, ic, mc, pc, kc, alpha, bufa);
       mmp_gemm_macro(g, mc, N, kc, bufa, b, C + ic * ldc, ldc, b_eff);
     }
   }
+}
+
+void mmp_gemm_serial_cb(const mmp_gemm_kernel_t *g, bool ta, int64_t M, int64_t N, int64_t K,
+                        float alpha, const float *A, int64_t lda, mmp_pack_b_cb pack_b,
+                        const void *ctx, float beta, float *C, int64_t ldc, float *bufa,
+                        float *bufb) {
+  b_source_t src = {pack_b, ctx, bufb, NULL, 0, 0};
+  gemm_blocks(g, ta, M, N, K, mmp_gemm_kblock(g, K, N), alpha, A, lda, &src, beta, C, ldc, bufa);
+}
+
+void mmp_gemm_serial_pb(const mmp_gemm_kernel_t *g, bool ta, int64_t M, int64_t N, int64_t K,
+                        int64_t KC, float alpha, const float *A, int64_t lda, const float *bp,
+                        int64_t ldbp, int64_t j0, float beta, float *C, int64_t ldc, float *bufa) {
+  b_source_t src = {NULL, NULL, NULL, bp, ldbp, j0};
+  gemm_blocks(g, ta, M, N, K, KC, alpha, A, lda, &src, beta, C, ldc, bufa);
 }
 
 void mmp_gemm_serial(const mmp_gemm_kernel_t *g, bool ta, bool tb, int64_t M, int64_t N,
