@@ -57,6 +57,27 @@ static const char *const op_names[MMP_OP_COUNT] = {
     [MMP_OP_TIMESTEP_EMBEDDING] = "timestep_embedding",
 };
 
+/* ops whose operands must all be contiguous (backend.h's comments) */
+static const bool contiguous_srcs[MMP_OP_COUNT] = {
+    [MMP_OP_GEGLU] = true,      [MMP_OP_LINEAR] = true,          [MMP_OP_CONV2D] = true,
+    [MMP_OP_GROUP_NORM] = true, [MMP_OP_GROUP_NORM_SILU] = true, [MMP_OP_LAYER_NORM] = true,
+    [MMP_OP_ATTENTION] = true,  [MMP_OP_UPSAMPLE_NEAREST2X] = true, [MMP_OP_AVG_POOL2D] = true,
+    [MMP_OP_MAX_POOL2D] = true, [MMP_OP_EMBEDDING] = true,
+};
+
+int mmp__backend_check(const char *who, mmp_op_t op, const mmp_tensor_t *const *srcs, int nsrc,
+                       const mmp_tensor_t *dst, bool strided_fill) {
+  if ((unsigned)op >= MMP_OP_COUNT) return mmp_error_set(MMP_EINVAL, "%s: unknown op %d", who, (int)op);
+  if (op != MMP_OP_COPY && !(strided_fill && op == MMP_OP_FILL) && !mmp_tensor_is_contiguous(dst))
+    return mmp_error_set(MMP_EINVAL, "%s %s: destination %s must be contiguous", who, mmp_op_name(op),
+                         mmp__desc(dst));
+  if (contiguous_srcs[op])
+    for (int i = 0; i < nsrc; i++)
+      if (srcs[i] && !mmp_tensor_is_contiguous(srcs[i]))
+        return mmp_error_set(MMP_EINVAL, "%s %s: operands must be contiguous", who, mmp_op_name(op));
+  return 0;
+}
+
 const char *mmp_op_name(mmp_op_t op) {
   if ((unsigned)op >= MMP_OP_COUNT || !op_names[op]) return "unknown-op";
   return op_names[op];

@@ -810,26 +810,11 @@ static bool cpu_supports(mmp_backend_t *be, mmp_op_t op, const mmp_tensor_t *con
   return true;
 }
 
-static bool all_contig(const mmp_tensor_t *const *s, int n) {
-  for (int i = 0; i < n; i++)
-    if (s[i] && !mmp_tensor_is_contiguous(s[i])) return false;
-  return true;
-}
-
 static int cpu_compute(mmp_backend_t *be, mmp_op_t op, const mmp_op_params_t *p, const mmp_tensor_t *const *s,
                        int nsrc, mmp_tensor_t *dst) {
   (void)be;
-  static const int need_contig[MMP_OP_COUNT] = {
-      [MMP_OP_GEGLU] = 1,      [MMP_OP_LINEAR] = 1,    [MMP_OP_CONV2D] = 1,
-      [MMP_OP_GROUP_NORM] = 1, [MMP_OP_LAYER_NORM] = 1, [MMP_OP_ATTENTION] = 1,
-      [MMP_OP_UPSAMPLE_NEAREST2X] = 1, [MMP_OP_AVG_POOL2D] = 1, [MMP_OP_MAX_POOL2D] = 1,
-      [MMP_OP_EMBEDDING] = 1, [MMP_OP_GROUP_NORM_SILU] = 1,
-  };
-  if ((unsigned)op >= MMP_OP_COUNT) return mmp_error_set(MMP_EINVAL, "cpu: unknown op %d", (int)op);
-  if (op != MMP_OP_COPY && !mmp_tensor_is_contiguous(dst))
-    return mmp_error_set(MMP_EINVAL, "cpu %s: destination %s must be contiguous", mmp_op_name(op), mmp__desc(dst));
-  if (need_contig[op] && !all_contig(s, nsrc))
-    return mmp_error_set(MMP_EINVAL, "cpu %s: operands must be contiguous", mmp_op_name(op));
+  int bad = mmp__backend_check("cpu", op, s, nsrc, dst, false);
+  if (bad < 0) return bad;
   switch (op) {
   case MMP_OP_COPY: return op_copy(s[0], dst);
   case MMP_OP_FILL: return op_fill(dst, p->f[0]);

@@ -506,12 +506,6 @@ out:
 
 /* ============================================================ dispatch */
 
-static bool all_contig(const mmp_tensor_t *const *s, int n) {
-  for (int i = 0; i < n; i++)
-    if (s[i] && !mmp_tensor_is_contiguous(s[i])) return false;
-  return true;
-}
-
 /* Operands of GEMM-like ops (matmul, linear, conv2d, attention): all f32, or
  * all f16, or all bf16; dst f32 or the inputs' dtype. Bias any float type. */
 static bool gemm_types_ok(const mmp_tensor_t *const *srcs, int nin, const mmp_tensor_t *bias, const mmp_tensor_t *dst) {
@@ -555,19 +549,9 @@ static bool cuda_supports(mmp_backend_t *be, mmp_op_t op, const mmp_tensor_t *co
 
 static int compute_locked(mmp_backend_t *be, mmp_op_t op, const mmp_op_params_t *p, const mmp_tensor_t *const *s,
                           int nsrc, mmp_tensor_t *dst) {
-  static const int need_contig[MMP_OP_COUNT] = {
-      [MMP_OP_GEGLU] = 1,      [MMP_OP_LINEAR] = 1,     [MMP_OP_CONV2D] = 1,
-      [MMP_OP_GROUP_NORM] = 1, [MMP_OP_LAYER_NORM] = 1, [MMP_OP_ATTENTION] = 1,
-      [MMP_OP_GROUP_NORM_SILU] = 1,
-      [MMP_OP_UPSAMPLE_NEAREST2X] = 1, [MMP_OP_AVG_POOL2D] = 1, [MMP_OP_MAX_POOL2D] = 1,
-      [MMP_OP_EMBEDDING] = 1,
-  };
   cuda_ctx_t *c = ctx_of(be);
-  if ((unsigned)op >= MMP_OP_COUNT) return mmp_error_set(MMP_EINVAL, "cuda: unknown op %d", (int)op);
-  if (op != MMP_OP_COPY && op != MMP_OP_FILL && !mmp_tensor_is_contiguous(dst))
-    return mmp_error_set(MMP_EINVAL, "cuda %s: destination %s must be contiguous", mmp_op_name(op), mmp__desc(dst));
-  if (need_contig[op] && !all_contig(s, nsrc))
-    return mmp_error_set(MMP_EINVAL, "cuda %s: operands must be contiguous", mmp_op_name(op));
+  int bad = mmp__backend_check("cuda", op, s, nsrc, dst, true);
+  if (bad < 0) return bad;
   cudaStream_t st = c->stream;
   switch (op) {
   case MMP_OP_COPY: return dcopy(c, s[0], dst);

@@ -140,6 +140,12 @@ static inline uint16_t mmp__float_to_bf16(float f) {
 
 
 /* ---- backend.c ---- */
+/* The layout contract of backend.h that every backend's compute() checks
+ * first: @op is known, its operands are contiguous where the op says so,
+ * and the destination is contiguous (except for a copy, and a fill when
+ * @strided_fill). Messages start with @who ("cpu", "cuda"). */
+int mmp__backend_check(const char *who, mmp_op_t op, const mmp_tensor_t *const *srcs, int nsrc,
+                       const mmp_tensor_t *dst, bool strided_fill);
 /* The core-private CPU backend singleton (backend_cpu.c). */
 mmp_backend_t *mmp__backend_cpu(void);
 /* Counters of header allocations (tensor headers and storages are cached
