@@ -197,6 +197,10 @@ static void compare_image_tensor(const char *label, mmp_tensor_t *got, mmp_safet
   }
   ok(got->dtype == sample->dtype && got->shape[0] == sample->shape[0], "%s: %s is %s [%lld, ...]",
      label, name, mmp_dtype_name(sample->dtype), (long long)sample->shape[0]);
+  if (got->dtype == MMP_U8) /* AR-LDM's raw test frames are HWC */
+    ok(hwc && sample->ndim == 4 && sample->shape[3] == 3, "%s: %s is [N, H, W, 3] (got [%lld, %lld, %lld, %lld])",
+       label, name, (long long)got->shape[0], (long long)got->shape[1], (long long)got->shape[2],
+       (long long)got->shape[3]);
   int64_t cnt = 0;
   double dd = max_abs_diff_sample(got, sample, r0, rs, c0, cs, hwc, &cnt);
   if (!ok(cnt == mmp_tensor_numel(sample) && dd <= TOL_PIXEL, "%s: %s sampled pixels equal torchvision", label, name))
@@ -433,6 +437,7 @@ int main(void) {
   check_case("vistsis", "vist.h5", "test", 0, "continuation", false, 0);
   check_case("vistdii", "vist.h5", "val", 0, "visualization", false, 0);
   check_case("vistdii", "vist.h5", "val", 1, "visualization", false, 2); /* story 1 skipped */
+  check_case("vistdii", "vist.h5", "test", 1, "visualization", false, 1);
   check_vistdii_fail();
   check_malformed();
   check_random();
