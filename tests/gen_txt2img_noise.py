@@ -21,8 +21,11 @@ Cases (tests/test_plugin_txt2img.c builds the same configurations):
   ddpm0/batches  DDPM with steps_offset 0 (no draw at t = 0), seed 5, the two
                  prompts as two pipeline calls sharing one generator (what
                  txt2img's batch_size = 1 does)
-SCHED: ddpm, euler_ancestral, ddim (eta = 1), all from the pipe's scheduler
-config (SD's scaled_linear betas, steps_offset 1, leading spacing).
+  euler/batches  the same with Euler (s_churn = 0): its step draws noise it
+                 does not use, which moves the second call's latents
+SCHED: ddpm, euler_ancestral, ddim (eta = 1), dpmpp_sde (DPM-Solver++ 2M,
+algorithm_type sde-dpmsolver++), all from the pipe's scheduler config (SD's
+scaled_linear betas, steps_offset 1, leading spacing).
 """
 import json
 import os
@@ -36,8 +39,9 @@ import transformers.tokenization_utils_base as tub
 if not hasattr(tub.AddedToken, "__str__") or tub.AddedToken.__str__ is object.__str__:
     tub.AddedToken.__str__ = lambda self: self.content  # see REFERENCE.md
 
-from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, EulerAncestralDiscreteScheduler,
-                       StableDiffusionPipeline, UNet2DConditionModel)
+from diffusers import (AutoencoderKL, DDIMScheduler, DDPMScheduler, DPMSolverMultistepScheduler,
+                       EulerAncestralDiscreteScheduler, EulerDiscreteScheduler, StableDiffusionPipeline,
+                       UNet2DConditionModel)
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 FX = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "sd")
@@ -90,9 +94,12 @@ def main():
 
     base = dict(pipe.scheduler.config)
     out, notes = {}, {}
-    for name, cls, eta in (("ddpm", DDPMScheduler, 0.0), ("euler_ancestral", EulerAncestralDiscreteScheduler, 0.0),
-                           ("ddim", DDIMScheduler, 1.0)):
-        pipe.scheduler = cls.from_config(base)
+    for name, cls, eta, extra in (("ddpm", DDPMScheduler, 0.0, {}),
+                                  ("euler_ancestral", EulerAncestralDiscreteScheduler, 0.0, {}),
+                                  ("ddim", DDIMScheduler, 1.0, {}),
+                                  ("dpmpp_sde", DPMSolverMultistepScheduler, 0.0,
+                                   {"algorithm_type": "sde-dpmsolver++"})):
+        pipe.scheduler = cls.from_config(base, **extra)
         cases = {
             "seed": (PROMPTS, torch.Generator().manual_seed(3), 1),
             "seeds": (PROMPTS, [torch.Generator().manual_seed(s) for s in (7, 8)], 1),
@@ -104,15 +111,19 @@ def main():
             out["%s/%s/latents" % (name, case)] = lat
         notes[name] = {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}
         notes[name]["eta"] = eta
-    # DDPM whose last timestep is 0 (no draw there), two calls on one generator
-    pipe.scheduler = DDPMScheduler.from_config(base, steps_offset=0)
-    pipe.scheduler.set_timesteps(STEPS)
-    assert int(pipe.scheduler.timesteps[-1]) == 0
-    gen = torch.Generator().manual_seed(5)
-    parts = [run(pipe, [p], gen) for p in PROMPTS]
-    out["ddpm0/batches/images"] = torch.cat([p[0] for p in parts])
-    out["ddpm0/batches/latents"] = torch.cat([p[1] for p in parts])
-    notes["ddpm0"] = {k: v for k, v in dict(pipe.scheduler.config).items() if not k.startswith("_")}
+    # two calls on one generator: DDPM whose last timestep is 0 (no draw
+    # there), Euler (draws unused noise)
+    for name, sched in (("ddpm0", DDPMScheduler.from_config(base, steps_offset=0)),
+                        ("euler", EulerDiscreteScheduler.from_config(base))):
+        pipe.scheduler = sched
+        if name == "ddpm0":
+            sched.set_timesteps(STEPS)
+            assert int(sched.timesteps[-1]) == 0
+        gen = torch.Generator().manual_seed(5)
+        parts = [run(pipe, [p], gen) for p in PROMPTS]
+        out["%s/batches/images" % name] = torch.cat([p[0] for p in parts])
+        out["%s/batches/latents" % name] = torch.cat([p[1] for p in parts])
+        notes[name] = {k: v for k, v in dict(sched.config).items() if not k.startswith("_")}
 
     save_file({k: v.contiguous() for k, v in out.items()}, os.path.join(FX, "txt2img_noise.safetensors"))
     with open(os.path.join(FX, "txt2img_noise.json"), "w") as f:

@@ -3,9 +3,11 @@
  * latents (fixtures from tests/gen_sd.py): pixels within 2/255; the
  * single-file layout of the same model gives identical images; PNG text
  * chunks. Then the random stream (fixtures from tests/gen_txt2img_noise.py):
- * ddpm, euler_ancestral and ddim with eta = 1 from seeds, with a seed per
- * image and with num_images_per_prompt = 2, against diffusers given the same
- * generators: pixels within 2/255, final latents within 1e-4 relative.
+ * ddpm, euler_ancestral, ddim with eta = 1 and dpmpp_2m sde-dpmsolver++ from
+ * a seed, with a seed per image and with num_images_per_prompt = 2, and two
+ * batches on one generator (ddpm with a t = 0 step, euler), against
+ * diffusers given the same generators: pixels within 2/255, final latents
+ * within 1e-4 relative.
  * Needs the clip_tokenizer and ddim plugins (skipped without them). */
 #include <png.h>
 
@@ -179,33 +181,42 @@ static void check_noise(void) {
   }
   static const char *const s3[4] = {"3", "3", "3", "3"}, *const s78[2] = {"7", "8"}, *const s5[2] = {"5", "5"};
   static const struct {
-    const char *name, *keys;
-  } scheds[3] = {{"ddpm", "steps_offset = 1;"},
-                 {"euler_ancestral", "steps_offset = 1;"},
-                 {"ddim", "steps_offset = 1; eta = 1.0;"}};
+    const char *label, *name, *keys;
+  } scheds[4] = {{"ddpm", "ddpm", "steps_offset = 1;"},
+                 {"euler_ancestral", "euler_ancestral", "steps_offset = 1;"},
+                 {"ddim", "ddim", "steps_offset = 1; eta = 1.0;"},
+                 {"dpmpp_sde", "dpmpp_2m", "steps_offset = 1; algorithm_type = \"sde-dpmsolver++\";"}};
+  /* two batches on one generator = two pipeline calls sharing it */
+  static const struct {
+    const char *label, *name, *keys;
+  } batches[2] = {{"ddpm0/batches", "ddpm", "steps_offset = 0;"}, /* no draw at t = 0 */
+                  {"euler/batches", "euler", "steps_offset = 1;"}}; /* draws unused noise */
   mmp_registry_t *reg = mmp_registry_new();
   sd_env_add_dirs(reg);
-  bool have[3];
-  for (int i = 0; i < 3; i++) have[i] = mmp_registry_find(reg, MMP_KIND_SCHEDULER, scheds[i].name) != NULL;
+  bool have[4], have_b[2];
+  for (int i = 0; i < 4; i++) have[i] = mmp_registry_find(reg, MMP_KIND_SCHEDULER, scheds[i].name) != NULL;
+  for (int i = 0; i < 2; i++) have_b[i] = mmp_registry_find(reg, MMP_KIND_SCHEDULER, batches[i].name) != NULL;
   mmp_registry_free(reg);
-  for (int i = 0; i < 3; i++) {
+  for (int i = 0; i < 4; i++) {
     char label[64];
     if (!have[i]) {
       diag("skipped: scheduler %s not built", scheds[i].name);
       continue;
     }
-    snprintf(label, sizeof label, "%s/seed", scheds[i].name);
+    snprintf(label, sizeof label, "%s/seed", scheds[i].label);
     check_noise_case(ref, label, scheds[i].name, scheds[i].keys, "seed = 3; batch_size = 2;", 1, s3);
-    snprintf(label, sizeof label, "%s/seeds", scheds[i].name);
+    snprintf(label, sizeof label, "%s/seeds", scheds[i].label);
     check_noise_case(ref, label, scheds[i].name, scheds[i].keys, "seeds = [7, 8]; batch_size = 1;", 1, s78);
-    snprintf(label, sizeof label, "%s/per2", scheds[i].name);
+    snprintf(label, sizeof label, "%s/per2", scheds[i].label);
     check_noise_case(ref, label, scheds[i].name, scheds[i].keys, "seed = 3; num_images_per_prompt = 2; batch_size = 4;",
                      2, s3);
   }
-  if (have[0])
-    check_noise_case(ref, "ddpm0/batches", "ddpm", "steps_offset = 0;", "seed = 5; batch_size = 1;", 1, s5);
-  else
-    diag("skipped: scheduler ddpm not built");
+  for (int i = 0; i < 2; i++) {
+    if (have_b[i])
+      check_noise_case(ref, batches[i].label, batches[i].name, batches[i].keys, "seed = 5; batch_size = 1;", 1, s5);
+    else
+      diag("skipped: scheduler %s not built", batches[i].name);
+  }
   /* seed and seeds exclude each other; seeds needs one per image */
   const char *tmp = getenv("TMPDIR");
   char dir[4096];
