@@ -409,6 +409,24 @@ def main():
         exp["%s/center_crop_50_u8" % k] = np.array(T.CenterCrop(50)(pil))  # pads where smaller
     save_file(exp, os.path.join(OUT, "expected_image_resize.safetensors"))
 
+    # pororo with frames wider than tall (strips of 128x160 frames): AR-LDM's
+    # pororo.py resizes to [512, 512] / [224, 224] without a crop, as
+    # flintstones. Drawn last so that the files above keep their bytes.
+    wide = {}
+    for split in ("val", "test"):
+        strips = [np.concatenate([frame(KINDS[(j + 1) % len(KINDS)], 128, 160), frame("gradient", 128, 160)], 0)
+                  for j in range(5)]
+        wide[split] = [(strips, {"text": join(caption_set(PORORO_CAPS, 5))})]
+    write_story_file(os.path.join(OUT, "pororo_wide.h5"), wide, ["text"])
+    from safetensors.numpy import load_file
+    path = os.path.join(OUT, "expected_pororo.safetensors")
+    exp = load_file(path)
+    for split in ("val", "test"):
+        d = arldm_dataset("pororo", os.path.join(OUT, "pororo_wide.h5"), split, "visualization", PORORO_TOKENS)
+        for name, a in item(d, 0).items():
+            reduce_into(exp, "%s/0/visualization/wide/" % split, name, a)
+    save_file(exp, path)
+
     total = sum(os.path.getsize(os.path.join(OUT, fn)) for fn in os.listdir(OUT))
     print("wrote %s (%d bytes)" % (OUT, total))
     assert total < 2_000_000, "fixtures too large"

@@ -236,11 +236,12 @@ static void compare_ids(const char *label, mmp_tensor_t *got, mmp_safetensors_t 
 }
 
 /* One expected item: open the dataset with the case's split/task/lowercase. */
-static void check_case(const char *dsname, const char *file, const char *split, int index,
-                       const char *task, bool lower, int file_index_expected) {
+/* @tag ("" or "/wide"): a variant of the case stored under its own prefix */
+static void check_case_tag(const char *dsname, const char *file, const char *split, int index,
+                           const char *task, bool lower, int file_index_expected, const char *tag) {
   char label[128], prefix[128], extra[512], exp[4200];
-  snprintf(label, sizeof label, "%s %s/%d/%s%s", dsname, split, index, task, lower ? "/lower" : "");
-  snprintf(prefix, sizeof prefix, "%s/%d/%s%s/", split, file_index_expected, task, lower ? "/lower" : "");
+  snprintf(label, sizeof label, "%s %s/%d/%s%s%s", dsname, split, index, task, lower ? "/lower" : "", tag);
+  snprintf(prefix, sizeof prefix, "%s/%d/%s%s%s/", split, file_index_expected, task, lower ? "/lower" : "", tag);
   bool strips = !strncmp(dsname, "flint", 5) || !strncmp(dsname, "pororo", 6);
   snprintf(extra, sizeof extra, "split = \"%s\"; task = \"%s\"; lowercase_captions = %s; %s %s", split,
            task, lower ? "true" : "false", strips ? "frame_index = 0;" : "",
@@ -273,6 +274,11 @@ out:
   mmp_tensormap_free(m);
   mmp_safetensors_close(st);
   ds_close(&d);
+}
+
+static void check_case(const char *dsname, const char *file, const char *split, int index,
+                       const char *task, bool lower, int file_index_expected) {
+  check_case_tag(dsname, file, split, index, task, lower, file_index_expected, "");
 }
 
 /* ---- decoding: pixels identical to the arrays AR-LDM encoded ---- */
@@ -433,6 +439,9 @@ int main(void) {
   check_case("pororo", "pororo.h5", "val", 0, "continuation", false, 0);
   check_case("pororo", "pororo.h5", "val", 1, "visualization", false, 1);
   check_case("pororo", "pororo.h5", "test", 1, "visualization", false, 1);
+  /* 128x160 frames: Resize([512, 512]) without a crop; test frames HWC */
+  check_case_tag("pororo", "pororo_wide.h5", "val", 0, "visualization", false, 0, "/wide");
+  check_case_tag("pororo", "pororo_wide.h5", "test", 0, "visualization", false, 0, "/wide");
   check_case("vistsis", "vist.h5", "val", 0, "visualization", false, 0);
   check_case("vistsis", "vist.h5", "test", 0, "continuation", false, 0);
   check_case("vistdii", "vist.h5", "val", 0, "visualization", false, 0);

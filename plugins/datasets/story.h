@@ -20,8 +20,8 @@
 #include <mmpipe/plugin.h>
 
 typedef enum story_target {
-  STORY_TARGET_SQUARE = 0, /* Resize([S, S]) (flintstones) */
-  STORY_TARGET_SHORT_CROP  /* Resize(S) + RandomCrop (train) / CenterCrop (val, test) */
+  STORY_TARGET_SQUARE = 0, /* Resize([S, S]) (flintstones, pororo) */
+  STORY_TARGET_SHORT_CROP  /* Resize(S) + RandomCrop (train) / CenterCrop (val, test) (VIST) */
 } story_target_t;
 
 /* Test targets are uint8 HWC for every dataset, as AR-LDM's (since its
