@@ -38,7 +38,6 @@ import sys
 import cv2
 import h5py
 import numpy as np
-import torch
 from PIL import Image
 from torchvision import transforms as T
 
