@@ -31,8 +31,8 @@ for h in "$@"; do
   "$build/$h" "$@" ${FUZZ_ARGS:-} "$dir/corpus" "$src/tests/fuzz/corpus/$name" >"$dir/log" 2>&1
   rc=$?
   took=$(($(date +%s) - start))
-  execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$dir/log" | tail -1)
-  last=$(grep -E '^#[0-9]+.* cov: ' "$dir/log" | tail -1)
+  execs=$(grep -a '^stat::number_of_executed_units:' "$dir/log" | tail -1 | sed 's/.*: *//')
+  last=$(grep -aE '^#[0-9]+.* cov: ' "$dir/log" | tail -1)
   cov=$(echo "$last" | sed -n 's/.* cov: \([0-9]*\).*/\1/p')
   ft=$(echo "$last" | sed -n 's/.* ft: \([0-9]*\).*/\1/p')
   corp=$(echo "$last" | sed -n 's/.* corp: \([0-9]*\)\/.*/\1/p')
@@ -43,7 +43,7 @@ for h in "$@"; do
   else
     failed=1
     echo "FAIL: $name ($info; exit $rc; see $dir/log)"
-    grep -E '^(==[0-9]+==ERROR|SUMMARY|.*runtime error)' "$dir/log" | head -5
+    grep -aE '^(==[0-9]+==ERROR|SUMMARY|.*runtime error)' "$dir/log" | head -5
     ls "$dir" | grep -E '^(crash|leak|timeout|oom)-' | sed "s|^|  input: $dir/|"
   fi
 done
