@@ -29,3 +29,5 @@ tests_test_plugin_bert_LDADD = $(TEST_LDADD)
 tests_test_plugin_blip_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_blip_LDADD = $(TEST_LDADD)
 EXTRA_DIST += tests/gen_blip.py tests/fixtures/blip
+TESTS += tests/test_plugin_blip_forward.sh
+EXTRA_DIST += tests/test_plugin_blip_forward.sh
