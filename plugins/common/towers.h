@@ -107,7 +107,7 @@ mmp_tensor_t *sd_input_ids(const mmp_tensor_t *ids, int64_t n_vocab, mmp_backend
   {"weights", MMP_TYPE_STRING, "\"\"", ".safetensors with transformers' or BLIP's names (instead of model_dir)", \
    MMP_KEY_PATH, 0},                                                                                         \
   {"prefix", MMP_TYPE_STRING, "\"\"",                                                                      \
-   "the part's names begin with this in the file (\"mm_encoder.visual_encoder.\", \"vision_model.\"...)", 0, 0}, \
+   "names in the file begin with this (AR-LDM: \"mm_encoder.\" for blip, \"mm_encoder.visual_encoder.\" for vit)", 0, 0}, \
   {"init_seed", MMP_TYPE_INT, "-1", ">= 0: seeded random weights instead of a file (benchmarks)", 0, 0},    \
   {"output_hidden_states", MMP_TYPE_BOOL, "false", "also output hidden_states.K (K = 0: embeddings, K: layer K)", 0, 0}
 
