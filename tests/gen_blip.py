@@ -219,6 +219,37 @@ def gen_blip_text():
         "text.last_hidden_state": txt.last_hidden_state})
 
 
+def gen_blip_hf():
+    """A transformers BLIP folder (BlipForImageTextRetrieval: vision_model.*,
+    text_encoder.*, plus projections and the ITM head the encoder ignores);
+    the multimodal features computed as BLIP_Base does: [ENC] first,
+    cross-attention to every image token."""
+    from transformers import BlipConfig, BlipForImageTextRetrieval
+    cfg = BlipConfig(
+        text_config=dict(vocab_size=80, hidden_size=32, intermediate_size=37, num_hidden_layers=2,
+                         num_attention_heads=4, max_position_embeddings=40, layer_norm_eps=1e-12),
+        vision_config=dict(hidden_size=48, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                           image_size=32, patch_size=8, layer_norm_eps=1e-5),
+        image_text_hidden_size=16)
+    m = BlipForImageTextRetrieval(cfg).eval()
+    perturb(m)
+    save_dir("blip_hf", hf_config(cfg), m.state_dict())
+    img = torch.randn(2, 3, 32, 32)
+    ids = torch.randint(1, 78, (2, 6))
+    am = torch.ones(2, 6, dtype=torch.long)
+    am[0, 4:] = 0
+    image = m.vision_model(pixel_values=img).last_hidden_state
+    mm_ids = ids.clone()
+    mm_ids[:, 0] = 79
+    mm = m.text_encoder(input_ids=mm_ids, attention_mask=am, encoder_hidden_states=image,
+                        encoder_attention_mask=torch.ones(image.shape[:-1], dtype=torch.long)).last_hidden_state
+    text = m.text_encoder(input_ids=ids, attention_mask=am).last_hidden_state
+    save_io("blip_hf_io.safetensors", {
+        "pixel_values": img, "input_ids": ids, "attention_mask": am,
+        "image.last_hidden_state": image, "text.last_hidden_state": text,
+        "multimodal.last_hidden_state": mm})
+
+
 # ---------------------------------------------------------------- BLIP (AR-LDM's copy)
 def gen_blip_base():
     install_timm_standins()
@@ -291,6 +322,7 @@ def main():
     gen_bert_hf()
     gen_blip_text()
     gen_blip_base()
+    gen_blip_hf()
     print("fixtures written to", OUT)
 
 

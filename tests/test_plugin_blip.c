@@ -1,7 +1,9 @@
 /* tests/test_plugin_blip.c - the blip encoder against BLIP_Base of AR-LDM's
  * blip_override (imported from source) in image, text and multimodal modes,
  * from a checkpoint held the way AR-LDM holds it (mm_encoder.*, a resized
- * word table); the caller's ids stay untouched (fixtures: tests/gen_blip.py). */
+ * word table), and a transformers BLIP folder (BlipForImageTextRetrieval's
+ * vision_model and text_encoder); the caller's ids stay untouched
+ * (fixtures: tests/gen_blip.py). */
 #include "blip_test.h"
 
 #define CFG                                                                                     \
@@ -64,6 +66,24 @@ int main(void) {
     ok(err[0] == 0, "the checkpoint's other tensors (none here) do not matter");
   }
   mmp_tensormap_free(in);
+
+  /* a transformers BLIP folder (BlipForImageTextRetrieval's names) */
+  mmp_tensormap_t *hf = bt_load("blip_hf_io.safetensors");
+  if (ok(hf != NULL, "transformers BLIP fixture")) {
+    in = sd_pick(hf, all);
+    static const char *const modes[] = {"multimodal", "image", "text"};
+    for (int i = 0; i < 3; i++) {
+      char what[96], key[96];
+      snprintf(what, sizeof what, "transformers BLIP folder, %s", modes[i]);
+      o = bt_run("encoder = { name = \"blip\"; model_dir = \"%s/blip_hf\"; enc_token_id = 79; };", modes[i], in,
+                 what, NULL, 0);
+      snprintf(key, sizeof key, "%s.last_hidden_state", modes[i]);
+      bt_check(mmp_tensormap_get(o, "last_hidden_state"), mmp_tensormap_get(hf, key), what);
+      mmp_tensormap_free(o);
+    }
+    mmp_tensormap_free(in);
+  }
+  mmp_tensormap_free(hf);
   mmp_tensormap_free(bb);
   return done_testing();
 }
