@@ -91,6 +91,8 @@ def hidden(prefix, hs):
 
 # ---------------------------------------------------------------- stand-ins
 def install_timm_standins():
+    import transformers.modeling_utils  # noqa: F401  (it probes for timm: import it before the stand-ins)
+
     class PatchEmbed(nn.Module):
         def __init__(self, img_size=224, patch_size=16, in_chans=3, embed_dim=768):
             super().__init__()
