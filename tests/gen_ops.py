@@ -227,6 +227,16 @@ case("from_f16", "convert", [h], h.float(), dtype="f32")
 hb = x.bfloat16()
 case("from_bf16", "convert", [hb], hb.float(), dtype="f32")
 
+# ---- host resize (ViT position grids: 14 -> 24 as 224 -> 384 at patch 16; down; non-square)
+x = rnd(1, 5, 14, 14)
+case("resize_bicubic_up", "resize_bicubic", [x], F.interpolate(x, size=(24, 24), mode="bicubic", align_corners=False),
+     oh=24, ow=24)
+case("resize_bicubic_down", "resize_bicubic", [x], F.interpolate(x, size=(9, 9), mode="bicubic", align_corners=False),
+     oh=9, ow=9)
+x = rnd(2, 3, 7, 5)
+case("resize_bicubic_rect", "resize_bicubic", [x], F.interpolate(x, size=(3, 11), mode="bicubic", align_corners=False),
+     oh=3, ow=11)
+
 os.makedirs(OUT, exist_ok=True)
 save_file(tensors, os.path.join(OUT, "ops.safetensors"), metadata=meta)
 
