@@ -15,5 +15,6 @@ MMP_PLUGIN([datasets], [vistsis], [test x$have_hdf5 = xyes && test x$have_png = 
 MMP_PLUGIN([datasets], [vistdii], [test x$have_hdf5 = xyes && test x$have_png = xyes], [libhdf5 or libpng not found], [VIST stories with description-in-isolation captions])
 MMP_PLUGIN([encoders], [clip_text], [true], [], [CLIP text encoder (transformers CLIPTextModel)])
 MMP_PLUGIN([encoders], [vae], [true], [], [AutoencoderKL image <-> latent (diffusers)])
+MMP_PLUGIN([encoders], [inception_fid], [true], [], [FID Inception-v3 features (pytorch-fid)])
 MMP_PLUGIN([models], [unet2d_condition], [true], [], [conditional UNet of Stable Diffusion 1.x/2.x (diffusers)])
 MMP_PLUGIN([tasks], [txt2img], [test "x$have_png" = xyes], [libpng not found (apt-get install libpng-dev)], [text-to-image with a latent-diffusion model])

@@ -4,7 +4,9 @@
 Run from the source tree with Debian's python (python3-torchvision 0.14 and
 python3-scipy installed) and pytorch-fid's source on the path:
 
-    PYTHONPATH=/root/refenv/site:/root/refsrc/pytorch-fid/src /usr/bin/python3 tests/gen_fid.py
+    PYTHONPATH=/root/refenv/site:/root/refsrc/pytorch-fid/src:/root/refsrc/ARLDM /usr/bin/python3 tests/gen_fid.py
+
+(AR-LDM's fid_utils.py is imported from its source folder.)
 
 Writes tests/fixtures/fid/:
   inception_w16.safetensors  random weights of pytorch-fid's FID Inception-v3 in
@@ -190,6 +192,42 @@ a2 = feats.numpy().astype(np.float64)
 m2, s2 = np.mean(a2, axis=0), np.cov(a2, rowvar=False)
 put("standard_vs_arldm/fid", torch.tensor([fid_score.calculate_frechet_distance(m1, s1, m2, s2)], dtype=torch.float64))
 
+
+# ---- whole runs of `pipeline fid` on folders: pytorch-fid's
+# calculate_fid_given_paths (its statistics of each folder, then the distance)
+# with the narrow model, and AR-LDM's calculate_fid_given_features on the
+# inception_feature of real and generated frames stored as PNG files
+def write_dir(name, imgs):
+    d = os.path.join(OUT, name)
+    os.makedirs(d, exist_ok=True)
+    for f in os.listdir(d):
+        os.remove(os.path.join(d, f))
+    for i, im in enumerate(imgs):
+        Image.fromarray(im, "RGB").save(os.path.join(d, "%04d.png" % i))
+    return d
+
+
+import fid_utils  # noqa: E402  (AR-LDM's fid_utils.py; only numpy and scipy)
+
+expected = []
+with torch.no_grad():
+    std2 = write_dir("images2", [image(40, 36, 20 + i) * np.uint8(1) // 2 + 60 for i in range(4)])
+    m_a, s_a = fid_score.compute_statistics_of_path(imgdir, model, 50, DIM, "cpu", 0)
+    m_b, s_b = fid_score.compute_statistics_of_path(std2, model, 50, DIM, "cpu", 0)
+    expected.append(("standard images images2", fid_score.calculate_frechet_distance(m_a, s_a, m_b, s_b)))
+    real_dir = write_dir("arldm_real", frames)
+    gen = [image(64, 64, 30 + i) for i in range(5)]
+    gen_dir = write_dir("arldm_gen", gen)
+    ori = inception_feature([Image.open(os.path.join(real_dir, f)).convert("RGB")
+                             for f in sorted(os.listdir(real_dir))]).numpy()
+    gf = inception_feature([Image.open(os.path.join(gen_dir, f)).convert("RGB")
+                            for f in sorted(os.listdir(gen_dir))]).numpy()
+    expected.append(("arldm arldm_real arldm_gen", fid_utils.calculate_fid_given_features(ori, gf)))
+with open(os.path.join(OUT, "expected.txt"), "w") as f:
+    f.write("# protocol REAL GEN FID (written by tests/gen_fid.py)\n")
+    for k, v in expected:
+        f.write("%s %.17g\n" % (k, v))
+print(expected)
 
 # ---- Frechet distances from scipy
 def fd_case(name, f1, f2, keep_sqrtm=False):

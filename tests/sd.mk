@@ -18,3 +18,12 @@ tests_test_plugin_txt2img_LDADD = $(TEST_LDADD) $(LIBPNG_LIBS)
 endif
 TESTS += tests/test_plugin_txt2img_schedulers.sh
 EXTRA_DIST += tests/test_plugin_txt2img_schedulers.sh
+
+# FID: the Inception encoder and `pipeline fid` against pytorch-fid (tests/gen_fid.py)
+if HAVE_PNG
+check_PROGRAMS += tests/test_plugin_inception_fid
+TESTS += tests/test_plugin_inception_fid tests/test_plugin_fid_cmd.sh
+tests_test_plugin_inception_fid_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_plugin_inception_fid_LDADD = $(TEST_LDADD) plugins/processors/libimagecommon.la
+endif
+EXTRA_DIST += tests/test_plugin_fid_cmd.sh
