@@ -27,4 +27,9 @@ bench_clip_SOURCES = bench/clip.c bench/sd_bench.h
 bench_clip_LDADD = libmmpipe.la
 endif
 EXTRA_DIST += bench/sd15 bench/torch_sd.py
+# FID: features/s of the 64x64 protocol and the distance for 2048-d statistics (bench/torch_fid.py beside)
+noinst_PROGRAMS += bench/fid
+bench_fid_SOURCES = bench/fid.c
+bench_fid_LDADD = libmmpipe.la
+EXTRA_DIST += bench/torch_fid.py
 include bench/cuda.mk

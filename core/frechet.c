@@ -58,6 +58,76 @@ extern void dgees_(const char *jobvs, const char *sort, int (*select)(const doub
                    double *a, const int *lda, int *sdim, double *wr, double *wi, double *vs, const int *ldvs,
                    double *work, const int *lwork, int *bwork, int *info, size_t l1, size_t l2);
 
+/* element (i, j) of a column-major n x n matrix */
+#define AT(m, i, j, n) ((m)[(size_t)(j) * (size_t)(n) + (size_t)(i)])
+
+extern void dsyevd_(const char *jobz, const char *uplo, const int *n, double *a, const int *lda, double *w,
+                    double *work, const int *lwork, int *iwork, const int *liwork, int *info, size_t l1, size_t l2);
+
+/* Eigenvalues (and with @vectors the eigenvectors, in @a column-major) of
+ * the symmetric n x n @a (LAPACK dsyevd). */
+static int eigh(double *a, int n, double *w, bool vectors) {
+  int info = 0, lwork = -1, liwork = -1, qi = 0;
+  double qw = 0;
+  const char *jobz = vectors ? "V" : "N";
+  dsyevd_(jobz, "U", &n, a, &n, w, &qw, &lwork, &qi, &liwork, &info, 1, 1);
+  if (info != 0) return mmp_error_set(MMP_ERUNTIME, "frechet_distance: LAPACK dsyevd workspace query failed (%d)", info);
+  lwork = (int)qw + 1;
+  liwork = qi + 1;
+  double *work = malloc((size_t)lwork * sizeof *work);
+  int *iwork = malloc((size_t)liwork * sizeof *iwork);
+  if (!work || !iwork) {
+    free(work);
+    free(iwork);
+    return mmp_error_set(MMP_ENOMEM, "frechet_distance: out of memory for the LAPACK workspace");
+  }
+  dsyevd_(jobz, "U", &n, a, &n, w, work, &lwork, iwork, &liwork, &info, 1, 1);
+  free(work);
+  free(iwork);
+  return info ? mmp_error_set(MMP_ERUNTIME, "frechet_distance: LAPACK dsyevd failed (info %d)", info) : 0;
+}
+
+/* tr sqrt(s1 s2) by symmetric eigenproblems: A = V sqrt(max(L, 0)) V^T with
+ * s1 = V L V^T, then the eigenvalues m of A s2 A (similar to s1 s2 where s1
+ * is definite); sum sqrt(max(m, 0)). */
+static int trace_sqrt_eigen(const double *s1, const double *s2, int n, double *tr, bool *neg) {
+  size_t nn = (size_t)n * (size_t)n;
+  double *v = malloc(nn * sizeof *v), *a = malloc(nn * sizeof *a), *t = malloc(nn * sizeof *t);
+  double *w = malloc((size_t)n * sizeof *w);
+  int rc = 0;
+  if (!v || !a || !t || !w) {
+    rc = mmp_error_set(MMP_ENOMEM, "frechet_distance: out of memory for %d x %d", n, n);
+    goto out;
+  }
+  memcpy(v, s1, nn * sizeof *v);
+  if ((rc = eigh(v, n, w, true))) goto out;
+  /* t = V diag(sqrt(max(w, 0))) ; a = t V^T */
+  for (int j = 0; j < n; j++) {
+    double r = w[j] > 0 ? sqrt(w[j]) : 0;
+    for (int i = 0; i < n; i++) AT(t, i, j, n) = AT(v, i, j, n) * r;
+  }
+  cblas_dgemm(CblasColMajor, CblasNoTrans, CblasTrans, n, n, n, 1.0, t, n, v, n, 0.0, a, n);
+  /* v = s2 a ; t = a v (symmetric in exact arithmetic) */
+  cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0, s2, n, a, n, 0.0, v, n);
+  cblas_dgemm(CblasColMajor, CblasNoTrans, CblasNoTrans, n, n, n, 1.0, a, n, v, n, 0.0, t, n);
+  for (int j = 0; j < n; j++)
+    for (int i = 0; i < j; i++) AT(t, i, j, n) = AT(t, j, i, n) = 0.5 * (AT(t, i, j, n) + AT(t, j, i, n));
+  if ((rc = eigh(t, n, w, false))) goto out;
+  double acc = 0;
+  *neg = false;
+  for (int i = 0; i < n; i++) {
+    if (w[i] > 0) acc += sqrt(w[i]);
+    else if (w[i] < 0) *neg = true;
+  }
+  *tr = acc;
+out:
+  free(v);
+  free(a);
+  free(t);
+  free(w);
+  return rc;
+}
+
 /* The root of a matrix in Schur form, in column-major order: the n x n
  * upper-triangular R (real or complex) and the Schur vectors Z. */
 typedef struct schur_root {
@@ -76,7 +146,6 @@ static void schur_free(schur_root_t *s) {
   memset(s, 0, sizeof *s);
 }
 
-#define AT(m, i, j, n) ((m)[(size_t)(j) * (size_t)(n) + (size_t)(i)])
 
 /* scipy.linalg.rsf2csf: Givens rotations that turn each 2x2 block of the
  * real Schur form into upper-triangular complex entries. */
@@ -345,11 +414,37 @@ static int sqrtm_diag(const double *a, int n, double *dre, double *dim, bool *cp
 
 int mmp_frechet_distance(const double *mu1, const double *sigma1, const double *mu2, const double *sigma2,
                          int64_t d, double *out, mmp_frechet_info_t *info) {
-  if (!mu1 || !sigma1 || !mu2 || !sigma2 || !out || d < 1 || d > 65536)
-    return mmp_error_set(MMP_EINVAL, "frechet_distance: bad arguments (d = %lld)", (long long)d);
+  return mmp_frechet_distance_method(mu1, sigma1, mu2, sigma2, d, MMP_SQRTM_SCHUR, out, info);
+}
+
+int mmp_frechet_distance_method(const double *mu1, const double *sigma1, const double *mu2, const double *sigma2,
+                                int64_t d, mmp_sqrtm_method_t method, double *out, mmp_frechet_info_t *info) {
+  if (!mu1 || !sigma1 || !mu2 || !sigma2 || !out || d < 1 || d > 65536 ||
+      (method != MMP_SQRTM_SCHUR && method != MMP_SQRTM_EIGEN))
+    return mmp_error_set(MMP_EINVAL, "frechet_distance: bad arguments (d = %lld, method %d)", (long long)d,
+                         (int)method);
   int n = (int)d;
   size_t nn = (size_t)n * (size_t)n;
   mmp_frechet_info_t inf = {0};
+  if (method == MMP_SQRTM_EIGEN) {
+    double tr = 0, t1 = 0, t2 = 0, dd = 0;
+    bool neg = false;
+    /* symmetric inputs: their row-major and column-major views agree */
+    int rc = trace_sqrt_eigen(sigma1, sigma2, n, &tr, &neg);
+    if (rc == 0) {
+      for (int i = 0; i < n; i++) {
+        t1 += sigma1[(size_t)i * n + i];
+        t2 += sigma2[(size_t)i * n + i];
+        double df = mu1[i] - mu2[i];
+        dd += df * df;
+      }
+      inf.complex_root = neg;
+      inf.trace_sqrt = tr;
+      *out = dd + t1 + t2 - 2 * tr;
+    }
+    if (info) *info = inf;
+    return rc;
+  }
   double *prod = malloc(nn * sizeof *prod), *dg = malloc((size_t)n * 2 * sizeof *dg);
   double *s1 = NULL, *s2 = NULL;
   int rc = 0;
@@ -420,7 +515,12 @@ int mmp_sqrtm(const double *a, int64_t d, double *re, double *im, bool *is_compl
 
 int mmp_frechet_distance(const double *mu1, const double *sigma1, const double *mu2, const double *sigma2,
                          int64_t d, double *out, mmp_frechet_info_t *info) {
-  (void)mu1, (void)sigma1, (void)mu2, (void)sigma2, (void)d, (void)out;
+  return mmp_frechet_distance_method(mu1, sigma1, mu2, sigma2, d, MMP_SQRTM_SCHUR, out, info);
+}
+
+int mmp_frechet_distance_method(const double *mu1, const double *sigma1, const double *mu2, const double *sigma2,
+                                int64_t d, mmp_sqrtm_method_t method, double *out, mmp_frechet_info_t *info) {
+  (void)mu1, (void)sigma1, (void)mu2, (void)sigma2, (void)d, (void)method, (void)out;
   if (info) memset(info, 0, sizeof *info);
   return mmp_error_set(MMP_EUNSUPPORTED,
                        "frechet_distance: built without LAPACK (install libopenblas-dev and reconfigure)");

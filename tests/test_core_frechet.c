@@ -106,9 +106,13 @@ static void fd_case(const char *name, double tol, bool abs_tol) {
     free(re);
     free(im);
   }
-  double got = NAN;
+  double got = NAN, eig = NAN;
   mmp_frechet_info_t info;
-  int rc = mmp_frechet_distance(mu1, s1, mu2, s2, d, &got, &info);
+  int rc = mmp_frechet_distance_method(mu1, s1, mu2, s2, d, MMP_SQRTM_EIGEN, &eig, NULL);
+  double eerr = abs_tol ? fabs(eig - want[0]) : fabs(eig - want[0]) / fabs(want[0]);
+  ok(rc == 0 && eerr <= tol, "%s: eigen method FID %.10g: %s err %.3g <= %g", name, eig, abs_tol ? "abs" : "rel",
+     eerr, tol);
+  rc = mmp_frechet_distance(mu1, s1, mu2, s2, d, &got, &info);
   if (!ok(rc == 0, "%s: distance", name)) diag("%s", mmp_error_last());
   double err = abs_tol ? fabs(got - want[0]) : fabs(got - want[0]) / fabs(want[0]);
   ok(err <= tol, "%s: FID %.10g vs scipy %.10g: %s err %.3g <= %g (complex root %d, eps retry %d)", name, got,
