@@ -22,6 +22,8 @@ while read -r proto real gen want; do
   close "$got" "$want"; ok $? "$proto $real $gen: FID $got vs $want"
 done < "$F/expected.txt"
 want=$(awk '$1 == "standard" { print $4 }' "$F/expected.txt")
+got=$("$P" fid -q --sqrtm eigen "$F/images" "$F/images2" --weights "$W" 2>/dev/null | sed -n 's/^FID: //p')
+close "$got" "$want"; ok $? "--sqrtm eigen gives the same FID ($got)"
 "$P" fid -q "$F/images" --weights "$W" --save-stats "$T/a.safetensors" >/dev/null 2>&1; ok $? "--save-stats"
 got=$("$P" fid -q "$T/a.safetensors" "$F/images2" --weights "$W" --json "$T/r.json" 2>/dev/null | sed -n 's/^FID: //p')
 close "$got" "$want"; ok $? "saved statistics give the same FID ($got)"
