@@ -435,7 +435,8 @@ mmp_tensor_t *mmp_attention(const mmp_tensor_t *q, const mmp_tensor_t *k, const 
   return r;
 }
 
-static mmp_tensor_t *spatial_op(mmp_op_t op, const mmp_tensor_t *x, int kernel, int stride, int pad) {
+static mmp_tensor_t *spatial_op(mmp_op_t op, const mmp_tensor_t *x, int kernel, int stride, int pad,
+                                bool exclude_pad) {
   if (!x) return NULL;
   const char *name = mmp_op_name(op);
   if (!need_f32(name, "x", x)) return NULL;
@@ -460,7 +461,7 @@ static mmp_tensor_t *spatial_op(mmp_op_t op, const mmp_tensor_t *x, int kernel, 
   mmp_tensor_t *xc = mmp_contiguous((mmp_tensor_t *)x);
   if (!xc) return NULL;
   mmp_backend_t *be = x->storage->be;
-  mmp_op_params_t p = {{0}, {kernel, stride, pad}};
+  mmp_op_params_t p = {{0}, {kernel, stride, pad, exclude_pad ? 1 : 0}};
   const mmp_tensor_t *srcs[1] = {xc};
   mmp_tensor_t *r = run(be, op, &p, srcs, 1, mmp_tensor_new(be, MMP_F32, 4, so));
   mmp_tensor_unref(xc);
@@ -468,13 +469,39 @@ static mmp_tensor_t *spatial_op(mmp_op_t op, const mmp_tensor_t *x, int kernel, 
 }
 
 mmp_tensor_t *mmp_upsample_nearest2x(const mmp_tensor_t *x) {
-  return spatial_op(MMP_OP_UPSAMPLE_NEAREST2X, x, 0, 0, 0);
+  return spatial_op(MMP_OP_UPSAMPLE_NEAREST2X, x, 0, 0, 0, false);
 }
 mmp_tensor_t *mmp_avg_pool2d(const mmp_tensor_t *x, int kernel, int stride, int pad) {
-  return spatial_op(MMP_OP_AVG_POOL2D, x, kernel, stride, pad);
+  return spatial_op(MMP_OP_AVG_POOL2D, x, kernel, stride, pad, false);
+}
+mmp_tensor_t *mmp_avg_pool2d_ex(const mmp_tensor_t *x, int kernel, int stride, int pad, bool count_include_pad) {
+  return spatial_op(MMP_OP_AVG_POOL2D, x, kernel, stride, pad, !count_include_pad);
 }
 mmp_tensor_t *mmp_max_pool2d(const mmp_tensor_t *x, int kernel, int stride, int pad) {
-  return spatial_op(MMP_OP_MAX_POOL2D, x, kernel, stride, pad);
+  return spatial_op(MMP_OP_MAX_POOL2D, x, kernel, stride, pad, false);
+}
+
+mmp_tensor_t *mmp_resize_bilinear(const mmp_tensor_t *x, int64_t out_h, int64_t out_w, bool align_corners) {
+  if (!x) return NULL;
+  if (!need_f32("resize_bilinear", "x", x)) return NULL;
+  if (x->ndim != 4) {
+    mmp_error_set(MMP_ESHAPE, "resize_bilinear: x %s must be [N, C, H, W]", mmp__desc(x));
+    return NULL;
+  }
+  if (out_h < 1 || out_w < 1 || out_h > (1 << 16) || out_w > (1 << 16) || (x->shape[2] == 0 || x->shape[3] == 0)) {
+    mmp_error_set(MMP_EINVAL, "resize_bilinear: output size %lldx%lld of %s out of range (1..65536, non-empty input)",
+                  (long long)out_h, (long long)out_w, mmp__desc(x));
+    return NULL;
+  }
+  mmp_tensor_t *xc = mmp_contiguous((mmp_tensor_t *)x);
+  if (!xc) return NULL;
+  mmp_backend_t *be = x->storage->be;
+  int64_t so[4] = {x->shape[0], x->shape[1], out_h, out_w};
+  mmp_op_params_t p = {{0}, {align_corners ? 1 : 0}};
+  const mmp_tensor_t *srcs[1] = {xc};
+  mmp_tensor_t *r = run(be, MMP_OP_RESIZE_BILINEAR, &p, srcs, 1, mmp_tensor_new(be, MMP_F32, 4, so));
+  mmp_tensor_unref(xc);
+  return r;
 }
 
 mmp_tensor_t *mmp_embedding(const mmp_tensor_t *table, const mmp_tensor_t *ids) {

@@ -18,5 +18,6 @@ MMP_PLUGIN([encoders], [vae], [true], [], [AutoencoderKL image <-> latent (diffu
 MMP_PLUGIN([encoders], [vit], [true], [], [Vision Transformer (ViTModel, BlipVisionModel, BLIP VisionTransformer)])
 MMP_PLUGIN([encoders], [bert], [true], [], [BERT (BertModel, BlipTextModel, BLIP med.py BertModel)])
 MMP_PLUGIN([encoders], [blip], [true], [], [BLIP feature extractor: image, text and multimodal features])
+MMP_PLUGIN([encoders], [inception_fid], [true], [], [FID Inception-v3 features (pytorch-fid)])
 MMP_PLUGIN([models], [unet2d_condition], [true], [], [conditional UNet of Stable Diffusion 1.x/2.x (diffusers)])
 MMP_PLUGIN([tasks], [txt2img], [test "x$have_png" = xyes], [libpng not found (apt-get install libpng-dev)], [text-to-image with a latent-diffusion model])

@@ -31,3 +31,12 @@ tests_test_plugin_blip_LDADD = $(TEST_LDADD)
 EXTRA_DIST += tests/gen_blip.py tests/fixtures/blip
 TESTS += tests/test_plugin_blip_forward.sh
 EXTRA_DIST += tests/test_plugin_blip_forward.sh
+
+# FID: the Inception encoder and `pipeline fid` against pytorch-fid (tests/gen_fid.py)
+if HAVE_PNG
+check_PROGRAMS += tests/test_plugin_inception_fid
+TESTS += tests/test_plugin_inception_fid tests/test_plugin_fid_cmd.sh
+tests_test_plugin_inception_fid_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_plugin_inception_fid_LDADD = $(TEST_LDADD) plugins/processors/libimagecommon.la
+endif
+EXTRA_DIST += tests/test_plugin_fid_cmd.sh

@@ -40,3 +40,11 @@ plugins_encoders_encoder_blip_la_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)
 plugins_encoders_encoder_blip_la_LDFLAGS = $(PLUGIN_LDFLAGS)
 plugins_encoders_encoder_blip_la_LIBADD = $(SD_COMMON_LIBADD)
 endif
+
+# ---- evaluation: pytorch-fid's FID Inception-v3
+if BUILD_PLUGIN_INCEPTION_FID
+pkglib_LTLIBRARIES += plugins/encoders/encoder_inception_fid.la
+plugins_encoders_encoder_inception_fid_la_SOURCES = plugins/encoders/inception_fid.c
+plugins_encoders_encoder_inception_fid_la_LDFLAGS = $(PLUGIN_LDFLAGS)
+plugins_encoders_encoder_inception_fid_la_LIBADD = $(PLUGIN_LIBADD)
+endif
