@@ -41,11 +41,12 @@ static int bench_distance(int64_t d, int64_t n) {
   rc |= mmp_frechet_distance_method(mu1, s1, mu2, sg2, d, MMP_SQRTM_EIGEN, &fe, NULL);
   double t3 = now();
   if (rc) fprintf(stderr, "bench/fid: %s\n", mmp_error_last());
-  printf("distance (%lld-d, eigen method): %.3f s  (FID %.6f, rel diff to Schur %.2g)\n", (long long)d, t3 - t2, fe,
-         fabs(fe - fid) / fabs(fid));
   printf("stats: 2 x %lld features of %lld-d: %.3f s\n", (long long)n, (long long)d, t1 - t0);
   printf("distance (%lld-d, sqrtm via LAPACK Schur): %.3f s  (FID %.6f, complex root %d)\n", (long long)d, t2 - t1, fid,
          info.complex_root);
+  printf("distance (%lld-d, eigen method): %.3f s  (FID %.6f, rel diff to Schur %.2g)\n", (long long)d, t3 - t2, fe,
+         fabs(fe - fid) / fabs(fid));
+  fflush(stdout);
   free(mu1);
   free(mu2);
   free(s1);
@@ -118,6 +119,7 @@ int main(int argc, char **argv) {
   if (batch < 1 || iters < 1 || dim < 2) return 2;
   mmp_threads_set(threads);
   printf("bench/fid: %d threads\n", threads);
+  fflush(stdout);
   int rc = bench_distance(dim, 2 * (int64_t)dim);
   if (weights) rc |= bench_features(weights, batch, iters);
   if (torch) {

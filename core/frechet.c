@@ -9,7 +9,8 @@
 #include <mmpipe/error.h>
 #include <mmpipe/frechet.h>
 
-#ifdef HAVE_OPENBLAS
+#if defined(HAVE_OPENBLAS) && defined(HAVE_LAPACK)
+#define MMP_FRECHET_LAPACK 1
 #include <cblas.h>
 #endif
 
@@ -31,7 +32,7 @@ int mmp_feature_stats(const float *feat, int64_t n, int64_t d, double *mu, doubl
     int64_t rows = n - r0 < STATS_BLOCK ? n - r0 : STATS_BLOCK;
     for (int64_t i = 0; i < rows; i++)
       for (int64_t j = 0; j < d; j++) blk[i * d + j] = (double)feat[(r0 + i) * d + j] - mu[j];
-#ifdef HAVE_OPENBLAS
+#ifdef MMP_FRECHET_LAPACK
     cblas_dsyrk(CblasRowMajor, CblasUpper, CblasTrans, (int)d, (int)rows, 1.0, blk, (int)d, 1.0, sigma, (int)d);
 #else
     for (int64_t i = 0; i < rows; i++)
@@ -50,7 +51,7 @@ int mmp_feature_stats(const float *feat, int64_t n, int64_t d, double *mu, doubl
   return 0;
 }
 
-#ifdef HAVE_OPENBLAS
+#ifdef MMP_FRECHET_LAPACK
 
 /* LAPACK (Fortran interface of OpenBLAS); the trailing arguments are the
  * hidden lengths of the character arguments. */
@@ -506,7 +507,7 @@ out:
   return rc;
 }
 
-#else /* !HAVE_OPENBLAS */
+#else /* !MMP_FRECHET_LAPACK */
 
 int mmp_sqrtm(const double *a, int64_t d, double *re, double *im, bool *is_complex, bool *finite) {
   (void)a, (void)d, (void)re, (void)im, (void)is_complex, (void)finite;

@@ -215,6 +215,11 @@ with torch.no_grad():
     m_a, s_a = fid_score.compute_statistics_of_path(imgdir, model, 50, DIM, "cpu", 0)
     m_b, s_b = fid_score.compute_statistics_of_path(std2, model, 50, DIM, "cpu", 0)
     expected.append(("standard images images2", fid_score.calculate_frechet_distance(m_a, s_a, m_b, s_b)))
+    # --dims 768: InceptionV3([2]) (same seeded weights), spatially averaged by get_activations
+    model2 = pfi.InceptionV3([2], resize_input=True, normalize_input=True, use_fid_inception=True).eval()
+    m_a, s_a = fid_score.compute_statistics_of_path(imgdir, model2, 50, 768 // R, "cpu", 0)
+    m_b, s_b = fid_score.compute_statistics_of_path(std2, model2, 50, 768 // R, "cpu", 0)
+    expected.append(("standard:768 images images2", fid_score.calculate_frechet_distance(m_a, s_a, m_b, s_b)))
     real_dir = write_dir("arldm_real", frames)
     gen = [image(64, 64, 30 + i) for i in range(5)]
     gen_dir = write_dir("arldm_gen", gen)
@@ -224,7 +229,7 @@ with torch.no_grad():
                             for f in sorted(os.listdir(gen_dir))]).numpy()
     expected.append(("arldm arldm_real arldm_gen", fid_utils.calculate_fid_given_features(ori, gf)))
 with open(os.path.join(OUT, "expected.txt"), "w") as f:
-    f.write("# protocol REAL GEN FID (written by tests/gen_fid.py)\n")
+    f.write("# protocol[:dims] REAL GEN FID (written by tests/gen_fid.py)\n")
     for k, v in expected:
         f.write("%s %.17g\n" % (k, v))
 print(expected)

@@ -31,6 +31,8 @@ static void fid_help(FILE *f) {
           "                      then Inception at 299); default standard\n"
           "  -w, --weights FILE  FID Inception weights (.safetensors, pytorch-fid's names)\n"
           "  -b, --batch N       images per forward pass (default 50)\n"
+          "  -d, --dims D        features: 2048 (pool3, default), 768, 192 or 64 (earlier blocks,\n"
+          "                      averaged over space, as pytorch-fid's --dims)\n"
           "  -j, --json OUT      also write the result as JSON\n"
           "  -S, --save-stats OUT  write mu, sigma (f64) and count of the one SET given\n"
           "  -k, --skip-bad      skip unreadable images (counted) instead of failing\n"
@@ -387,13 +389,15 @@ int cmd_fid(int argc, char **argv) {
       {"json", required_argument, NULL, 'j'},    {"save-stats", required_argument, NULL, 'S'},
       {"skip-bad", no_argument, NULL, 'k'},      {"device", required_argument, NULL, 'B'},
       {"verbose", no_argument, NULL, 'v'},       {"quiet", no_argument, NULL, 'q'},
-      {"sqrtm", required_argument, NULL, 'm'},   {NULL, 0, NULL, 0}};
+      {"sqrtm", required_argument, NULL, 'm'},   {"dims", required_argument, NULL, 'd'},
+      {NULL, 0, NULL, 0}};
+  int block = 3;
   mmp_sqrtm_method_t method = MMP_SQRTM_SCHUR;
   const char *weights = NULL, *json = NULL, *save = NULL, *backend = "cpu";
   fid_run_t r = {.proto = PROTO_STANDARD, .batch = 50};
   int c;
   optind = 1;
-  while ((c = getopt_long(argc, argv, "hp:w:b:j:S:kB:vqm:", opts, NULL)) != -1) {
+  while ((c = getopt_long(argc, argv, "hp:w:b:j:S:kB:vqm:d:", opts, NULL)) != -1) {
     if (pipe_common_option(c)) continue;
     switch (c) {
     case 'h': fid_help(stdout); return PIPE_EXIT_OK;
@@ -413,6 +417,14 @@ int cmd_fid(int argc, char **argv) {
     case 'j': json = optarg; break;
     case 'S': save = optarg; break;
     case 'k': r.skip_bad = true; break;
+    case 'd':
+      /* InceptionV3.BLOCK_INDEX_BY_DIM */
+      if (strcmp(optarg, "64") == 0) block = 0;
+      else if (strcmp(optarg, "192") == 0) block = 1;
+      else if (strcmp(optarg, "768") == 0) block = 2;
+      else if (strcmp(optarg, "2048") == 0) block = 3;
+      else return pipe_usage("fid", "--dims must be 64, 192, 768 or 2048, not '%s'", optarg);
+      break;
     case 'm':
       if (strcmp(optarg, "schur") == 0) method = MMP_SQRTM_SCHUR;
       else if (strcmp(optarg, "eigen") == 0) method = MMP_SQRTM_EIGEN;
@@ -437,8 +449,9 @@ int cmd_fid(int argc, char **argv) {
       return pipe_fail("fid", MMP_EIO);
     }
     if (strchr(abs, '"') || strchr(backend, '"')) return pipe_usage("fid", "quotes in paths are not supported");
-    snprintf(text, sizeof text, "device = \"%s\";\nencoder = { name = \"inception_fid\"; weights = \"%s\"; };\n",
-             backend, abs);
+    snprintf(text, sizeof text,
+             "device = \"%s\";\nencoder = { name = \"inception_fid\"; weights = \"%s\"; blocks = [%d]; };\n",
+             backend, abs, block);
     cfg = mmp_config_parse(text, "fid");
     reg = cfg ? mmp_registry_new() : NULL;
     if (!reg || (rc = mmp_registry_set_search_path(reg, cfg)) < 0) goto fail;
