@@ -15,9 +15,6 @@ src=$1; build=$2; shift 2
 secs=${FUZZ_SECONDS:-60}
 out=${FUZZ_OUT:-$build/fuzz-out}
 failed=0
-# leaks of the system's libraries, listed in lsan.supp
-LSAN_OPTIONS="suppressions=$src/tests/fuzz/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
-export LSAN_OPTIONS
 for h in "$@"; do
   name=$(basename "$h")
   dir=$out/$name
