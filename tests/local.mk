@@ -23,3 +23,4 @@ include tests/tokenizers.mk
 include tests/datasets.mk
 include tests/sd.mk
 include tests/cuda.mk
+include tests/checkpoint.mk
