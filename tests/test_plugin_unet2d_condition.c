@@ -1,6 +1,6 @@
 /* tests/test_plugin_unet2d_condition.c - the UNet against diffusers 0.19.3
  * (fixtures from tests/gen_sd.py): plain, with AR-LDM's cross-attention mask,
- * SD-2.x options, single-file layout, weight errors, init-weights mode. */
+ * SD-2.x options, single-file layout, a Lightning checkpoint, weight errors, init-weights mode. */
 #include "sd_test.h"
 
 static const char *const UNET_IN[] = {"sample", "timestep", "encoder_hidden_states", NULL};
@@ -43,6 +43,13 @@ int main(void) {
   ok(sd_relerr(a, b) > 1e-3, "the mask changes the output");
   mmp_tensor_t *c = run_unet(single, io, UNET_IN_M, "single file (bf16)");
   is_close(sd_relerr(c, b), 0.0, 0.0, "single-file layout gives the identical result");
+  /* an AR-LDM-style Lightning checkpoint (tests/gen_checkpoints.py): the UNet
+   * under state_dict + unet., beside optimizer states and hyper-parameters */
+  mmp_tensor_t *ck = run_unet("model = { name = \"unet2d_condition\"; config = \"%s/pipe/unet/config.json\";"
+                              " weights = \"%s/../ckpt/lightning.ckpt\"; weights_prefix = \"state_dict.unet.\"; };",
+                              io, UNET_IN_M, "Lightning .ckpt, weights_prefix state_dict.unet.");
+  is_close(sd_relerr(ck, b), 0.0, 0.0, "the Lightning checkpoint gives the identical result");
+  mmp_tensor_unref(ck);
   /* the feed-forward over blocks of rows (24: a short last block) and all at
    * once give the same numbers as the automatic choice */
   mmp_tensor_t *ch = run_unet("model = { name = \"unet2d_condition\"; model_dir = \"%s/pipe\"; ff_chunk_rows = 24; };",
