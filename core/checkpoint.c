@@ -276,7 +276,12 @@ static void scalar_text(const pk_value_t *v, char *buf, size_t n) {
   case PK_BOOL: snprintf(buf, n, "%s", v->u.b ? "True" : "False"); break;
   case PK_INT: snprintf(buf, n, "%lld", (long long)v->u.i); break;
   case PK_BIGINT: snprintf(buf, n, "<int of %zu bytes>", v->u.str.len); break;
-  case PK_FLOAT: snprintf(buf, n, "%.17g", v->u.f); break;
+  case PK_FLOAT: /* the shortest text that reads back as the same double, as Python's repr */
+    for (int prec = 15; prec <= 17; prec++) {
+      snprintf(buf, n, "%.*g", prec, v->u.f);
+      if (strtod(buf, NULL) == v->u.f) break;
+    }
+    break;
   case PK_STR: snprintf(buf, n, "'%.200s%s'", v->u.str.s, v->u.str.len > 200 ? "..." : ""); break;
   case PK_BYTES: snprintf(buf, n, "<%zu bytes>", v->u.str.len); break;
   default: snprintf(buf, n, "?"); break;
