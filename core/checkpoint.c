@@ -866,7 +866,7 @@ mmp_tensor_t *mmp_checkpoint_get(mmp_checkpoint_t *ck, const char *name, mmp_bac
     return NULL;
   }
   size_t es = pk_dtype_size(d);
-  const uint8_t *base = rec->ptr + (s->view ? (size_t)s->view_offset * es : 0);
+  const uint8_t *base = rec->ptr ? rec->ptr + (s->view ? (size_t)s->view_offset * es : 0) : NULL;
   int64_t numel, last;
   tensor_extent(t, &numel, &last); /* checked at open */
   int64_t shape[MMP_MAX_DIMS];

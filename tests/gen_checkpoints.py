@@ -210,10 +210,10 @@ def main():
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_STORED) as zout:
             for info in zin.infolist():
                 data = edit(info.filename, zin.read(info.filename))
-                if data is not None:
-                    zout.writestr(info.filename, data)
+                if data is not None:  # fixed dates: the same bytes on every run
+                    zout.writestr(zipfile.ZipInfo(info.filename, (1980, 1, 1, 0, 0, 0)), data)
             for n, d in (extra or {}).items():
-                zout.writestr(n, d)
+                zout.writestr(zipfile.ZipInfo(n, (1980, 1, 1, 0, 0, 0)), d)
         with open(os.path.join(OUT, name), "wb") as f:
             f.write(buf.getvalue())
 
@@ -238,5 +238,43 @@ def main():
     rezip("bad_view.pt", grow)
 
 
+def corpus():
+    """Seed corpora of the fuzz harnesses (tests/fuzz/fuzz_torch_zip.c, fuzz_pickle.c)."""
+    import pickle
+    import pickletools
+    zdir = os.path.join(HERE, "fuzz", "corpus", "fuzz_torch_zip")
+    pdir = os.path.join(HERE, "fuzz", "corpus", "fuzz_pickle")
+    os.makedirs(zdir, exist_ok=True)
+    os.makedirs(pdir, exist_ok=True)
+    for name in ["small.pt", "plain.pt", "legacy.pt", "small_byteorder.pt", "bad_depends.pt",
+                 "bad_global.pt", "bad_view.pt"]:
+        with open(os.path.join(OUT, name), "rb") as f, open(os.path.join(zdir, name), "wb") as g:
+            g.write(f.read())
+    # the legacy file after its magic number, protocol and sys-info pickles (the harness adds them)
+    with open(os.path.join(OUT, "legacy.pt"), "rb") as f:
+        raw = f.read()
+    pos = 0
+    for _ in range(3):
+        for op, arg, at in pickletools.genops(raw[pos:]):
+            if op.name == "STOP":
+                pos += at + 1
+                break
+    with open(os.path.join(pdir, "legacy_object"), "wb") as f:
+        f.write(raw[pos:])
+    for name in ["plain.pt", "lightning.ckpt"]:
+        z = zipfile.ZipFile(os.path.join(OUT, name))
+        pkl = [n for n in z.namelist() if n.endswith("data.pkl")][0]
+        with open(os.path.join(pdir, name.split(".")[0] + "_data.pkl"), "wb") as f:
+            f.write(z.read(pkl))
+    cyc = [1, 2]
+    cyc.append(cyc)
+    plain = {"a": [1, 2.5, "x", b"y", None, True, (1,), {1, 2}, frozenset({3}), 2 ** 100, -2 ** 70, -1, 65535],
+             "od": collections.OrderedDict(k=1), "s": "\u00e9t\u00e9", "cyc": cyc, "ba": bytearray(b"ab")}
+    for proto in (2, 3, 4, 5):
+        with open(os.path.join(pdir, f"plain_p{proto}.pkl"), "wb") as f:
+            f.write(pickle.dumps(plain, proto))
+
+
 if __name__ == "__main__":
     main()
+    corpus()
