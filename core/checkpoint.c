@@ -614,6 +614,8 @@ static int open_zip(mmp_checkpoint_t *ck) {
   ck->format = "zip";
 out:
   if (za) zip_discard(za);
+  zip_error_fini(&err); /* frees the text zip_error_strerror made */
+  zip_error_fini(&src->err);
   free(src);
   return rc;
 }
