@@ -24,3 +24,4 @@ include tests/datasets.mk
 include tests/sd.mk
 include tests/cuda.mk
 include tests/checkpoint.mk
+include tests/fuzz/local.mk

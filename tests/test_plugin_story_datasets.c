@@ -307,6 +307,26 @@ static void check_decode(void) {
   story_file_close(f);
 }
 
+/* A PNG header may claim 32768 x 32768 pixels over a few bytes of data
+ * (a fuzzing finding, tests/fixtures/fuzz/fuzz_png/): the decoder must
+ * refuse it from the data it lacks, before allocating 3 GiB. */
+static void check_png_claims_more_than_it_holds(void) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/tests/fixtures/fuzz/fuzz_png/header_32768x32768_with_100_zero_bytes",
+           tap_srcdir());
+  uint8_t buf[512];
+  FILE *f = fopen(path, "rb");
+  size_t n = f ? fread(buf, 1, sizeof buf, f) : 0;
+  if (f) fclose(f);
+  if (!ok(n > 4, "read %s", path)) return;
+  mmp_image_t im = {0};
+  int rc = mmp_image_png_decode(buf + 4, n - 4, true, &im); /* 4 option bytes of fuzz_png */
+  is_int(rc, MMP_EDATA, "a 32768x32768 PNG header over %zu bytes is MMP_EDATA", n - 4);
+  ok(strstr(mmp_error_last(), "compressed data") != NULL && im.data == NULL,
+     "refused for its missing data, nothing allocated: %s", mmp_error_last());
+  mmp_image_clear(&im);
+}
+
 /* ---- malformed files ---- */
 static void expect_create_error(const char *file, const char *extra, const char *sub, const char *what) {
   ds_t d;
@@ -422,6 +442,7 @@ int main(void) {
     mmp_registry_free(reg);
   }
   check_decode();
+  check_png_claims_more_than_it_holds();
   check_case("flintstones", "flintstones.h5", "val", 0, "visualization", false, 0);
   check_case("flintstones", "flintstones.h5", "val", 0, "visualization", true, 0);
   check_case("flintstones", "flintstones.h5", "val", 1, "continuation", false, 1);

@@ -489,6 +489,14 @@ static size_t pat_match(const int32_t *t, size_t n, size_t i) {
   return j - i;
 }
 
+/* s = s.strip(), in place. An empty string may have no buffer at all. */
+static void ustr_strip(mmp_ustr_t *s) {
+  size_t b = 0, e = s->len;
+  mmp_py_strip(s->cp, &b, &e, true, true);
+  if (b > 0) memmove(s->cp, s->cp + b, (e - b) * sizeof(int32_t));
+  s->len = e - b;
+}
+
 /* whitespace_clean: re.sub(r"\s+", " ", text).strip() */
 static int whitespace_clean(mmp_ustr_t *s) {
   size_t k = 0;
@@ -501,10 +509,7 @@ static int whitespace_clean(mmp_ustr_t *s) {
     }
   }
   s->len = k;
-  size_t b = 0, e = s->len;
-  mmp_py_strip(s->cp, &b, &e, true, true);
-  memmove(s->cp, s->cp + b, (e - b) * sizeof(int32_t));
-  s->len = e - b;
+  ustr_strip(s);
   return 0;
 }
 
@@ -517,12 +522,7 @@ static int tokenize_piece(const mmp_cliptok_t *t, const int32_t *cp, size_t n, m
   if (rc == 0 && t->openai) {
     rc = mmp_html_unescape(&s);
     if (rc == 0) rc = mmp_html_unescape(&s);
-    if (rc == 0) {
-      size_t b = 0, e = s.len;
-      mmp_py_strip(s.cp, &b, &e, true, true);
-      memmove(s.cp, s.cp + b, (e - b) * sizeof(int32_t));
-      s.len = e - b;
-    }
+    if (rc == 0) ustr_strip(&s);
   }
   if (rc == 0) rc = whitespace_clean(&s);
   if (rc == 0) rc = mmp_py_lower(&low, s.cp, s.len, true);

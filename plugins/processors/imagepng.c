@@ -9,8 +9,12 @@
 
 #include <mmpipe/error.h>
 
-/* Largest accepted side; also bounds the allocation of a hostile header. */
+/* Largest accepted side. */
 #define MAX_SIDE 32768
+/* Deflate's largest compression ratio (zlib's technical notes: 1032:1):
+ * the compressed bytes left in the file bound the pixel data it can hold,
+ * so a small file cannot make the decoder allocate a huge image. */
+#define DEFLATE_MAX_RATIO 1032u
 
 typedef struct png_src {
   const uint8_t *buf;
@@ -65,6 +69,18 @@ int mmp_image_png_decode(const uint8_t *buf, size_t n, bool swap_rb, mmp_image_t
   png_uint_32 w = 0, h = 0;
   int depth = 0, color = 0, interlace = 0;
   png_get_IHDR(png, info, &w, &h, &depth, &color, &interlace, NULL, NULL);
+  /* the filtered rows as stored: one filter byte and the packed pixels each
+   * (interlacing only adds to this) */
+  uint64_t raw = (uint64_t)h * (1 + (uint64_t)png_get_rowbytes(png, info));
+  uint64_t left = src.n - src.pos;
+  if (raw / DEFLATE_MAX_RATIO > left) {
+    char msg[160];
+    snprintf(msg, sizeof msg,
+             "truncated: a %ux%u image needs at least %llu bytes of compressed data, %llu left",
+             (unsigned)w, (unsigned)h, (unsigned long long)(raw / DEFLATE_MAX_RATIO),
+             (unsigned long long)left);
+    png_error(png, msg);
+  }
   /* OpenCV's IMREAD_COLOR: 8 bits, three channels, alpha dropped (not
    * composited), grey replicated, no gamma correction. */
   if (depth == 16) png_set_strip_16(png);

@@ -1,0 +1,50 @@
+#!/bin/sh
+# tests/fuzz/run.sh - run libFuzzer harnesses one after the other (`make fuzz`).
+#
+#   tests/fuzz/run.sh SRCDIR BUILDDIR tests/fuzz/fuzz_NAME...
+#
+# Each harness runs for $FUZZ_SECONDS (default 60) on a working copy of its
+# corpus ($FUZZ_OUT/NAME/corpus, seeded from SRCDIR/tests/fuzz/corpus/NAME/),
+# with SRCDIR/tests/fuzz/dict/NAME.dict when there is one, $FUZZ_ARGS added.
+# Prints one line per harness, "PASS: NAME (...)" or "FAIL: NAME (...)", with
+# the executions, coverage (edges of mmpipe's code) and features reached; a
+# crash, leak, sanitizer report, timeout or out-of-memory leaves its input in
+# $FUZZ_OUT/NAME/ and the log in $FUZZ_OUT/NAME/log. Exits 1 if any failed.
+set -u
+src=$1; build=$2; shift 2
+secs=${FUZZ_SECONDS:-60}
+out=${FUZZ_OUT:-$build/fuzz-out}
+failed=0
+# leaks of the system's libraries, listed in lsan.supp
+LSAN_OPTIONS="suppressions=$src/tests/fuzz/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
+export LSAN_OPTIONS
+for h in "$@"; do
+  name=$(basename "$h")
+  dir=$out/$name
+  mkdir -p "$dir/corpus"
+  rm -f "$dir"/crash-* "$dir"/leak-* "$dir"/timeout-* "$dir"/oom-* "$dir"/slow-unit-*
+  set -- -max_total_time="$secs" -timeout=30 -rss_limit_mb=2048 -print_final_stats=1 \
+    -artifact_prefix="$dir/"
+  [ -f "$src/tests/fuzz/dict/$name.dict" ] && set -- "$@" -dict="$src/tests/fuzz/dict/$name.dict"
+  start=$(date +%s)
+  # shellcheck disable=SC2086
+  "$build/$h" "$@" ${FUZZ_ARGS:-} "$dir/corpus" "$src/tests/fuzz/corpus/$name" >"$dir/log" 2>&1
+  rc=$?
+  took=$(($(date +%s) - start))
+  execs=$(grep -a '^stat::number_of_executed_units:' "$dir/log" | tail -1 | sed 's/.*: *//')
+  last=$(grep -aE '^#[0-9]+.* cov: ' "$dir/log" | tail -1)
+  cov=$(echo "$last" | sed -n 's/.* cov: \([0-9]*\).*/\1/p')
+  ft=$(echo "$last" | sed -n 's/.* ft: \([0-9]*\).*/\1/p')
+  corp=$(echo "$last" | sed -n 's/.* corp: \([0-9]*\)\/.*/\1/p')
+  found=$(ls "$dir" | grep -cE '^(crash|leak|timeout|oom)-')
+  info="${took}s, ${execs:-?} execs, cov ${cov:-?}, ft ${ft:-?}, corpus ${corp:-?}"
+  if [ "$rc" = 0 ] && [ "$found" = 0 ]; then
+    echo "PASS: $name ($info)"
+  else
+    failed=1
+    echo "FAIL: $name ($info; exit $rc; see $dir/log)"
+    grep -aE '^(==[0-9]+==ERROR|SUMMARY|.*runtime error)' "$dir/log" | head -5
+    ls "$dir" | grep -E '^(crash|leak|timeout|oom)-' | sed "s|^|  input: $dir/|"
+  fi
+done
+exit $failed
