@@ -2,20 +2,12 @@
  * the checkpoint reader does with its values (core/checkpoint.c): the input runs as a sequence of
  * pickles in strict and lenient mode, then as the object of a legacy torch.save file (after a valid
  * magic number, protocol and sys-info), so that the tensor rebuilds, the walk over the saved object
- * (cycles, sharing, depth), the storage-key list and the raw storages behind it are all reached. */
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
+ * (cycles, sharing, depth), the storage-key list and the raw storages behind it are all reached.
+ * The input is the pickle bytes. */
 #include <mmpipe/checkpoint.h>
-#include <mmpipe/error.h>
-#include <mmpipe/log.h>
-#include <mmpipe/tensor.h>
 
 #include "core/pickle.h"
-
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-int LLVMFuzzerInitialize(int *argc, char ***argv);
+#include "tests/fuzz/fuzz.h"
 
 /* pickle.dumps(0x1950a86a20f9469cfc6c, 2), pickle.dumps(1001, 2),
  * pickle.dumps({'little_endian': True}, 2) */
@@ -25,13 +17,9 @@ static const uint8_t legacy_head[] = {
     0x80, 0x02, 0x7d, 0x71, 0x00, 0x58, 0x0d, 0x00, 0x00, 0x00, 'l', 'i', 't', 't', 'l', 'e', '_',
     'e', 'n', 'd', 'i', 'a', 'n', 0x71, 0x01, 0x88, 0x73, 0x2e};
 
-static void quiet_sink(mmp_log_level_t level, const char *component, const char *msg, void *user) {
-  (void)level, (void)component, (void)msg, (void)user;
-}
-
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc, (void)argv;
-  mmp_log_set_sink(quiet_sink, NULL);
+  fuzz_quiet();
   return 0;
 }
 

@@ -1,26 +1,15 @@
 /* tests/fuzz/fuzz_torch_zip.c - libFuzzer harness: a whole torch.save file (core/checkpoint.c): the
  * container (zip through libzip with data.pkl, data/<key>, byteorder and version records, and the
  * location of stored records in the file; or the legacy format), then every tensor as stored and as
- * f32, every plain value, in lenient and strict mode and with a prefix. */
-#include <stdint.h>
-#include <stdlib.h>
-#include <string.h>
-
+ * bf16, every plain value, in lenient and strict mode and with a prefix. The input is the file. */
 #include <mmpipe/checkpoint.h>
-#include <mmpipe/error.h>
-#include <mmpipe/log.h>
-#include <mmpipe/tensor.h>
 
-int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
-int LLVMFuzzerInitialize(int *argc, char ***argv);
+#include "tests/fuzz/fuzz.h"
 
-static void quiet_sink(mmp_log_level_t level, const char *component, const char *msg, void *user) {
-  (void)level, (void)component, (void)msg, (void)user;
-}
 
 int LLVMFuzzerInitialize(int *argc, char ***argv) {
   (void)argc, (void)argv;
-  mmp_log_set_sink(quiet_sink, NULL);
+  fuzz_quiet();
   return 0;
 }
 
