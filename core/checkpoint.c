@@ -351,7 +351,7 @@ static int walk(mmp_checkpoint_t *ck, pk_value_t *v, char *path, size_t plen, in
   case PK_DICT:
   case PK_LIST:
   case PK_TUPLE: {
-    if (v->mark) return ck_fail(ck, MMP_EDATA, "%s: the saved object contains itself", plen ? path : "(top)");
+    if (v->mark) return add_value(ck, path, "<recursive>"); /* a cycle: its tensors are reached on the first visit */
     if (v->kind != PK_DICT && seq_text(v, text, sizeof text) && v->u.seq.n) return add_value(ck, path, text);
     if (v->u.seq.n == 0) return add_value(ck, path, v->kind == PK_DICT ? "{}" : v->kind == PK_LIST ? "[]" : "()");
     v->mark = 1;

@@ -126,24 +126,37 @@ bool pk_is_scalar(const pk_value_t *v) {
                v->kind == PK_FLOAT || v->kind == PK_STR || v->kind == PK_BYTES);
 }
 
-static bool holds(pk_value_t *v, int depth, long *budget) {
+/* The answer is kept in the node (holds: 1 no, 2 yes), so that many
+ * values sharing one large part search it once. A "no" is kept only when
+ * the search did not stop at a node already being searched (a cycle) or at
+ * the depth limit, where the answer is partial. */
+static bool holds(pk_value_t *v, int depth, long *budget, long *partial) {
   if (!v) return false;
   if (v->kind == PK_TENSOR || v->kind == PK_STORAGE) return true;
   if (v->kind != PK_TUPLE && v->kind != PK_LIST && v->kind != PK_DICT && v->kind != PK_SET &&
       v->kind != PK_OPAQUE)
     return false;
-  if (depth > PK_MAX_DEPTH || --*budget < 0) return true; /* cannot tell: assume it does */
-  if (v->mark) return false;                              /* a cycle: already being searched */
+  if (v->holds) return v->holds == 2;
+  if (depth > PK_MAX_DEPTH || --*budget < 0) { /* cannot tell: assume it does */
+    ++*partial;
+    return true;
+  }
+  if (v->mark) { /* a cycle: already being searched */
+    ++*partial;
+    return false;
+  }
   v->mark = 1;
+  long before = *partial;
   bool r = false;
-  for (size_t i = 0; i < v->u.seq.n && !r; i++) r = holds(v->u.seq.items[i], depth + 1, budget);
+  for (size_t i = 0; i < v->u.seq.n && !r; i++) r = holds(v->u.seq.items[i], depth + 1, budget, partial);
   v->mark = 0;
+  if (r || *partial == before) v->holds = r ? 2 : 1;
   return r;
 }
 
 bool pk_holds_tensor(pk_value_t *v) {
-  long budget = 1L << 22;
-  return holds(v, 0, &budget);
+  long budget = 1L << 22, partial = 0;
+  return holds(v, 0, &budget, &partial);
 }
 
 /* ------------------------------------------------------------ the machine */
@@ -153,6 +166,7 @@ typedef struct run {
   const uint8_t *d;
   size_t n, p, op; /* data, size, read position, offset of the current opcode */
   const char *what;
+  size_t start;    /* where this pickle began */
 } run_t;
 
 static int fail(run_t *r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
@@ -217,9 +231,10 @@ static int memo_put(run_t *r, size_t idx) {
   pk_t *pk = r->pk;
   pk_value_t *v = top(r);
   if (!v) return MMP_EDATA;
-  /* A pickler numbers memo entries from 0 up, one per entry: an index past
-   * the input's length is abuse, not a large file. */
-  if (idx > r->n) return fail(r, "memo index %zu out of range", idx);
+  /* A pickler numbers memo entries from 0 up, one per PUT: an index past
+   * the bytes read so far is abuse, not a large file (and bounds the memo
+   * by the pickle's own length, not by a declared number). */
+  if (idx > r->p - r->start) return fail(r, "memo index %zu out of range", idx);
   size_t old = pk->capmemo;
   if (grow(&pk->memo, &pk->capmemo, idx + 1, sizeof *pk->memo) < 0) return MMP_ENOMEM;
   if (pk->capmemo > old) memset(pk->memo + old, 0, (pk->capmemo - old) * sizeof *pk->memo);
@@ -551,7 +566,8 @@ static int global_op(run_t *r) {
 }
 
 pk_value_t *pk_load(pk_t *pk, const uint8_t *data, size_t n, size_t *pos, const char *what) {
-  run_t rr = {pk, data, n, *pos, *pos, what ? what : "pickle"}, *r = &rr;
+  run_t rr = {pk, data, n, *pos, *pos, what ? what : "pickle", *pos}, *r = &rr;
+  mmp_error_clear();
   pk->sp = 0;
   pk->nmarks = 0;
   free(pk->memo);

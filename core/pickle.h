@@ -87,6 +87,7 @@ typedef struct pk_tensor {
 struct pk_value {
   pk_kind_t kind;
   uint8_t mark;  /* walker: inside this node */
+  uint8_t holds; /* pk_holds_tensor's answer: 0 not known, 1 no, 2 yes */
   size_t pos;    /* offset of the opcode that made it */
   union {
     bool b;

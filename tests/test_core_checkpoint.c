@@ -200,6 +200,63 @@ static void check_mangled(const char *file) {
   free(b);
 }
 
+/* A legacy file around @obj (an object pickle without storages). */
+static mmp_checkpoint_t *open_pickle(const unsigned char *obj, size_t n, unsigned flags) {
+  static const unsigned char head[] = {
+      0x80, 0x02, 0x8a, 0x0a, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19, 0x2e, 0x80, 0x02, 0x4d,
+      0xe9, 0x03, 0x2e, 0x80, 0x02, 0x7d, 0x58, 0x0d, 0x00, 0x00, 0x00, 'l',  'i',  't',  't',  'l',  'e',  '_',
+      'e',  'n',  'd',  'i',  'a',  'n',  0x88, 0x73, 0x2e};
+  static const unsigned char keys[] = {0x80, 0x02, ']', '.'};
+  static unsigned char buf[8192];
+  if (sizeof head + n + sizeof keys > sizeof buf) return NULL;
+  memcpy(buf, head, sizeof head);
+  memcpy(buf + sizeof head, obj, n);
+  memcpy(buf + sizeof head + n, keys, sizeof keys);
+  return mmp_checkpoint_open_memory(buf, sizeof head + n + sizeof keys, "made", NULL, flags);
+}
+
+static void check_abuse(void) {
+  unsigned char p[2048];
+  size_t n = 0;
+  /* memo abuse: an index far past what was read */
+  memcpy(p, "\x80\x02]r\xf0\xff\xff\xff.", 9);
+  mmp_checkpoint_t *ck = open_pickle(p, 9, 0);
+  ok(!ck && strstr(mmp_error_last(), "memo index 4294967280 out of range"), "a memo index past the input is refused");
+  /* GET of an unset entry */
+  ck = open_pickle((const unsigned char *)"\x80\x02h\x05.", 5, 0);
+  ok(!ck && strstr(mmp_error_last(), "memo entry 5 is not set"), "a GET of an unset memo entry is refused");
+  /* nested 300 deep */
+  n = 0;
+  p[n++] = 0x80, p[n++] = 2;
+  for (int i = 0; i < 300; i++) p[n++] = ']';
+  for (int i = 0; i < 299; i++) p[n++] = 'a';
+  p[n++] = '.';
+  ck = open_pickle(p, n, 0);
+  ok(!ck && strstr(mmp_error_last(), "nested deeper than 200 levels"), "nesting deeper than the limit is an error");
+  /* a list that contains itself: shown once */
+  ck = open_pickle((const unsigned char *)"\x80\x02]q\x00(K\x07h\x00" "e.", 12, 0);
+  ok(ck && strcmp(value_of(ck, "0"), "7") == 0 && strcmp(value_of(ck, "1"), "<recursive>") == 0,
+     "a cyclic list is followed once");
+  mmp_checkpoint_close(ck);
+  /* a long that does not fit 64 bits, protocol 0 text opcodes, a bad protocol */
+  ck = open_pickle((const unsigned char *)"\x80\x02\x8a\x09\x00\x00\x00\x00\x00\x00\x00\x00\x01.", 14, 0);
+  ok(ck && strcmp(value_of(ck, ""), "<int of 9 bytes>") == 0, "a 9-byte long is kept by size");
+  mmp_checkpoint_close(ck);
+  ck = open_pickle((const unsigned char *)"\x80\x02I1\n.", 6, 0);
+  ok(!ck && strstr(mmp_error_last(), "opcode not supported"), "protocol 0 text opcodes are refused");
+  ck = open_pickle((const unsigned char *)"\x80\x09N.", 4, 0);
+  ok(!ck && strstr(mmp_error_last(), "pickle protocol 9"), "protocol 9 is refused");
+  /* builtins.eval is never called, even in a REDUCE, and strict mode names it */
+  static const char ev[] = "\x80\x02" "cbuiltins\neval\nX\x03\x00\x00\x00" "1+1\x85R.";
+  ck = open_pickle((const unsigned char *)ev, sizeof ev - 1, 0);
+  ok(ck && strcmp(value_of(ck, ""), "<builtins.eval>") == 0, "builtins.eval('1+1') is an opaque value");
+  mmp_checkpoint_close(ck);
+  ck = open_pickle((const unsigned char *)ev, sizeof ev - 1, MMP_CKPT_STRICT);
+  ok(!ck && strstr(mmp_error_last(), "global 'builtins.eval' is not on the allow-list") &&
+         strstr(mmp_error_last(), "pickle offset 47"),
+     "strict: builtins.eval refused with its offset");
+}
+
 int main(void) {
   const char *src = getenv("MMP_TEST_SRCDIR");
   snprintf(fix, sizeof fix, "%s/tests/fixtures/ckpt", src ? src : ".");
@@ -292,6 +349,7 @@ int main(void) {
   expect_error("bad_short_record.pt", NULL, 0, "the pickle declares", "a record shorter than declared");
   expect_error("bad_pickle.pt", NULL, 0, "truncated", "a corrupt pickle");
   expect_error("bad_view.pt", NULL, 0, "reach element", "a view past its storage");
+  check_abuse();
   check_mangled("small.pt");
   check_mangled("legacy.pt");
   return done_testing();
