@@ -23,4 +23,5 @@ include tests/tokenizers.mk
 include tests/datasets.mk
 include tests/sd.mk
 include tests/cuda.mk
+include tests/checkpoint.mk
 include tests/fuzz/local.mk

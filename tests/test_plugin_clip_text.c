@@ -1,6 +1,6 @@
 /* tests/test_plugin_clip_text.c - CLIPTextModel against transformers 4.30
  * (fixtures from tests/gen_sd.py): quick_gelu (bf16 file) with and without
- * the padding mask, gelu (f32 file), single-file layout, table resizing. */
+ * the padding mask, gelu (f32 file), single-file layout, PyTorch checkpoints, table resizing. */
 #include "sd_test.h"
 
 static mmp_tensormap_t *run(const char *cfg, const mmp_tensormap_t *in, const char *what) {
@@ -37,6 +37,21 @@ int main(void) {
                             " weights = \"%s/sd_tiny_single.safetensors\"; };", in, "single file");
   is_close(sd_relerr(mmp_tensormap_get(os, "last_hidden_state"), mmp_tensormap_get(o, "last_hidden_state")), 0.0, 0.0,
            "single-file layout gives the identical result");
+  /* PyTorch checkpoints (tests/gen_checkpoints.py): a BLIP-style {"model": ...}
+   * with the encoder under text_encoder., and an original SD .ckpt's
+   * state_dict with the CompVis names (cond_stage_model.transformer.*) */
+  mmp_tensormap_t *obl = run("encoder = { name = \"clip_text\"; config = \"%s/pipe/text_encoder/config.json\";"
+                            " weights = \"%s/../ckpt/blip.pth\"; weights_prefix = \"model.text_encoder.\"; };",
+                            in, "BLIP-style .pth");
+  is_close(sd_relerr(mmp_tensormap_get(obl, "last_hidden_state"), mmp_tensormap_get(o, "last_hidden_state")), 0.0, 0.0,
+           "a BLIP-style .pth gives the identical result");
+  mmp_tensormap_t *oc = run("encoder = { name = \"clip_text\"; config = \"%s/pipe/text_encoder/config.json\";"
+                            " weights = \"%s/../ckpt/sd.ckpt\"; weights_prefix = \"state_dict.\"; };",
+                            in, "SD-style .ckpt");
+  is_close(sd_relerr(mmp_tensormap_get(oc, "last_hidden_state"), mmp_tensormap_get(o, "last_hidden_state")), 0.0, 0.0,
+           "an SD-style .ckpt (CompVis names) gives the identical result");
+  mmp_tensormap_free(obl);
+  mmp_tensormap_free(oc);
   /* resized tables: old ids and positions keep their rows */
   mmp_tensormap_t *orz = run("encoder = { name = \"clip_text\"; model_dir = \"%s/pipe\"; vocab_size = 1000;"
                              " max_position_embeddings = 100; resize_seed = 3; };", in, "resized tables");

@@ -1,6 +1,8 @@
 /* tests/test_plugin_unet2d_condition.c - the UNet against diffusers 0.19.3
  * (fixtures from tests/gen_sd.py): plain, with AR-LDM's cross-attention mask,
- * SD-2.x options, single-file layout, weight errors, init-weights mode. */
+ * SD-2.x options, single-file layout, a Lightning checkpoint, weight errors, init-weights mode. */
+#include <mmpipe/checkpoint.h>
+
 #include "sd_test.h"
 
 static const char *const UNET_IN[] = {"sample", "timestep", "encoder_hidden_states", NULL};
@@ -43,6 +45,49 @@ int main(void) {
   ok(sd_relerr(a, b) > 1e-3, "the mask changes the output");
   mmp_tensor_t *c = run_unet(single, io, UNET_IN_M, "single file (bf16)");
   is_close(sd_relerr(c, b), 0.0, 0.0, "single-file layout gives the identical result");
+  /* an AR-LDM-style Lightning checkpoint (tests/gen_checkpoints.py): the UNet
+   * under state_dict + unet., beside optimizer states and hyper-parameters */
+  mmp_tensor_t *ck = run_unet("model = { name = \"unet2d_condition\"; config = \"%s/pipe/unet/config.json\";"
+                              " weights = \"%s/../ckpt/lightning.ckpt\"; weights_prefix = \"state_dict.unet.\"; };",
+                              io, UNET_IN_M, "Lightning .ckpt, weights_prefix state_dict.unet.");
+  is_close(sd_relerr(ck, b), 0.0, 0.0, "the Lightning checkpoint gives the identical result");
+  mmp_tensor_unref(ck);
+  {
+    /* the whole checkpoint as safetensors (what pipeline convert writes):
+     * weights_prefix selects the same part of a safetensors file */
+    char src[4200], all[4200], cfg[9000];
+    snprintf(src, sizeof src, "%s/tests/fixtures/ckpt/lightning.ckpt", tap_srcdir());
+    const char *tmp = getenv("TMPDIR");
+    snprintf(all, sizeof all, "%s/sd_ckpt_all_%d.safetensors", tmp ? tmp : "/tmp", (int)getpid());
+    mmp_tensormap_t *m = mmp_tensormap_new();
+    ok(mmp_checkpoint_load_map(src, NULL, mmp_backend_get("cpu"), false, m) == 0 &&
+           mmp_safetensors_save_map(all, m, NULL) == 0,
+       "the Lightning checkpoint converted whole to safetensors");
+    mmp_tensormap_free(m);
+    snprintf(cfg, sizeof cfg,
+             "model = { name = \"unet2d_condition\"; config = \"%%s/pipe/unet/config.json\"; weights = \"%s\";"
+             " weights_prefix = \"state_dict.unet.\"; };", all);
+    mmp_tensor_t *cs = run_unet(cfg, io, UNET_IN_M, "safetensors with weights_prefix state_dict.unet.");
+    is_close(sd_relerr(cs, b), 0.0, 0.0, "weights_prefix in a safetensors file gives the identical result");
+    mmp_tensor_unref(cs);
+    unlink(all);
+    /* a wrong prefix, and a tensor inside an object of an unknown class */
+    sd_env_t e;
+    mmp_component_t *comp = sd_component(&e, MMP_KIND_MODEL, "model",
+        "model = { name = \"unet2d_condition\"; config = \"%s/pipe/unet/config.json\";"
+        " weights = \"%s/../ckpt/lightning.ckpt\"; weights_prefix = \"state_dict.unte.\"; };");
+    ok(comp == NULL, "a prefix that selects nothing is refused");
+    like(mmp_error_last(), "nothing under the prefix 'state_dict.unte.'", "the message names the prefix");
+    mmp_component_free(comp);
+    sd_env_close(&e);
+    comp = sd_component(&e, MMP_KIND_MODEL, "model",
+        "model = { name = \"unet2d_condition\"; config = \"%s/pipe/unet/config.json\";"
+        " weights = \"%s/../ckpt/bad_depends.pt\"; };");
+    ok(comp == NULL, "a checkpoint whose tensors depend on a foreign class is refused");
+    like(mmp_error_last(), "'__main__.Holder'", "the message names the class");
+    mmp_component_free(comp);
+    sd_env_close(&e);
+  }
   /* the feed-forward over blocks of rows (24: a short last block) and all at
    * once give the same numbers as the automatic choice */
   mmp_tensor_t *ch = run_unet("model = { name = \"unet2d_condition\"; model_dir = \"%s/pipe\"; ff_chunk_rows = 24; };",

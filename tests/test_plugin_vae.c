@@ -1,6 +1,6 @@
 /* tests/test_plugin_vae.c - AutoencoderKL against diffusers 0.19.3 (fixtures
  * from tests/gen_sd.py): encode (mean, logvar, sample from noise), decode,
- * single-file layout, the pre-0.14 attention names, info. */
+ * single-file layout, an SD .ckpt, the pre-0.14 attention names, info. */
 #include "sd_test.h"
 
 static int run(const char *cfg, const char *method, const mmp_tensormap_t *in, mmp_tensormap_t *out,
@@ -43,6 +43,14 @@ int main(void) {
   run(single, NULL, din, o2, "single file, mode decode");
   is_close(sd_relerr(mmp_tensormap_get(o2, "sample"), mmp_tensormap_get(o, "sample")), 0.0, 0.0,
            "single-file layout decodes identically");
+  mmp_tensormap_free(o2);
+  /* an original SD .ckpt (tests/gen_checkpoints.py): state_dict with the CompVis names */
+  o2 = mmp_tensormap_new();
+  run("encoder = { name = \"vae\"; mode = \"decode\"; config = \"%s/pipe/vae/config.json\";"
+      " weights = \"%s/../ckpt/sd.ckpt\"; weights_prefix = \"state_dict.\"; };",
+      NULL, din, o2, "SD-style .ckpt, mode decode");
+  is_close(sd_relerr(mmp_tensormap_get(o2, "sample"), mmp_tensormap_get(o, "sample")), 0.0, 0.0,
+           "an SD-style .ckpt decodes identically");
   mmp_tensormap_free(o2);
 
   /* the same weights under the names diffusers used before 0.14 */

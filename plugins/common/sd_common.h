@@ -24,6 +24,7 @@
 #include <jansson.h>
 
 #include <mmpipe/mmpipe.h>
+#include <mmpipe/checkpoint.h>
 #include <mmpipe/safetensors.h>
 
 /* ---- config.json ---- */
@@ -59,7 +60,11 @@ int sd_locate_part(const mmp_config_t *cfg, sd_part_t part, char *config_path,
    MMP_KEY_PATH, 0},                                                                                \
   {"config", MMP_TYPE_STRING, "\"\"", "the part's config.json (instead of model_dir)", MMP_KEY_PATH, 0}, \
   {"weights", MMP_TYPE_STRING, "\"\"",                                                            \
-   ".safetensors: diffusers/transformers layout or an original single-file checkpoint", MMP_KEY_PATH, 0}, \
+   ".safetensors, or a PyTorch checkpoint (.ckpt/.pth/.pt/.bin): diffusers/transformers names or an original " \
+   "single-file checkpoint's", MMP_KEY_PATH, 0},                                                    \
+  {"weights_prefix", MMP_TYPE_STRING, "\"\"",                                                     \
+   "take only the tensors whose dotted path starts with this and strip it (\"state_dict.unet.\", "     \
+   "\"model.visual_encoder.\", \"state_dict.\"); doc/checkpoint.md", 0, 0},                        \
   {"init_seed", MMP_TYPE_INT, "-1",                                                                 \
    ">= 0: seeded random weights instead of a file (pipeline init-weights, benchmarks)", 0, 0}
 
@@ -75,9 +80,11 @@ typedef struct sd_ldm_map {
   bool up_has_attn[8];  /* unet: up block i has attentions */
 } sd_ldm_map_t;
 
-/* Open @path for @map->part. The layout (diffusers or single file) is
- * detected from the names in the file. (transfer full) */
-sd_weights_t *sd_weights_open(const char *path, const sd_ldm_map_t *map,
+/* Open @path for @map->part: a .safetensors file or a PyTorch checkpoint
+ * (told apart by content). @prefix (nullable): only the tensors whose
+ * (dotted) name starts with it, stripped. The layout (diffusers or single
+ * file) is detected from the names. (transfer full) */
+sd_weights_t *sd_weights_open(const char *path, const char *prefix, const sd_ldm_map_t *map,
                               mmp_backend_t *be);
 /* A weight store that makes seeded random weights instead of reading a
  * file (pipeline init-weights): normal(0, 1/sqrt(fan_in)) for matrices and

@@ -167,14 +167,15 @@ int sd_locate_part(const mmp_config_t *cfg, sd_part_t part, char *config_path,
     if (!weights_path[0] && !random) {
       static const char *const names[] = {
           "diffusion_pytorch_model.safetensors", "model.safetensors",
-          "diffusion_pytorch_model.fp16.safetensors", "model.fp16.safetensors", NULL};
+          "diffusion_pytorch_model.fp16.safetensors", "model.fp16.safetensors",
+          "diffusion_pytorch_model.bin", "pytorch_model.bin", NULL};
       for (int i = 0; names[i]; i++) {
         snprintf(weights_path, wplen, "%s/%s", pdir, names[i]);
         if (file_exists(weights_path)) break;
         weights_path[0] = '\0';
       }
       if (!weights_path[0])
-        return key_error(cfg, "model_dir", "no .safetensors weights in %s", pdir);
+        return key_error(cfg, "model_dir", "no .safetensors (or .bin) weights in %s", pdir);
     }
   }
   if (!config_path[0])
@@ -182,7 +183,7 @@ int sd_locate_part(const mmp_config_t *cfg, sd_part_t part, char *config_path,
   if (!file_exists(config_path)) return key_error(cfg, "config", "no such file: %s", config_path);
   if (random) return 0;
   if (!weights_path[0])
-    return key_error(cfg, "weights", "%s", "give `model_dir` or `weights` (a .safetensors file)");
+    return key_error(cfg, "weights", "%s", "give `model_dir` or `weights` (a .safetensors, .ckpt, .pth, .pt or .bin file)");
   if (!file_exists(weights_path)) return key_error(cfg, "weights", "no such file: %s", weights_path);
   return 0;
 }
@@ -193,7 +194,10 @@ sd_weights_t *sd_weights_for(const mmp_config_t *cfg, const char *wpath, const s
   if (mmp_config_get_int(cfg, "init_seed", &seed) < 0) seed = -1;
   mmp_error_clear();
   if (seed >= 0) return sd_weights_random(map, be, (uint64_t)seed);
-  return sd_weights_open(wpath, map, be);
+  const char *prefix = NULL;
+  if (mmp_config_get_string(cfg, "weights_prefix", &prefix) < 0) prefix = NULL;
+  mmp_error_clear();
+  return sd_weights_open(wpath, prefix, map, be);
 }
 
 int sd_state_dict(const mmp_tensormap_t *state, mmp_tensormap_t *out) {
@@ -349,7 +353,13 @@ static const char *ldm_prefix(sd_part_t p) {
 
 struct sd_weights {
   char *path;
+  /* the source: a .safetensors file or a PyTorch checkpoint (either is
+   * "open" when src_open is set; names are after the weights_prefix) */
   mmp_safetensors_t *st;
+  mmp_checkpoint_t *ck;
+  bool src_open;
+  char *src_prefix;    /* safetensors: the weights_prefix, stripped from names */
+  size_t *st_index;    /* safetensors with a prefix: the file index of name i */
   mmp_backend_t *be;
   sd_ldm_map_t map;
   bool single;
@@ -396,28 +406,73 @@ static void add_problem(sd_weights_t *w, const char *fmt, ...) {
   w->nproblems++;
 }
 
-sd_weights_t *sd_weights_open(const char *path, const sd_ldm_map_t *map, mmp_backend_t *be) {
-  mmp_safetensors_t *st = mmp_safetensors_open(path);
-  if (!st) return NULL;
+/* ---- the source (safetensors or checkpoint) behind the names ---- */
+static const char *src_name(const sd_weights_t *w, size_t i) {
+  if (w->ck) return mmp_checkpoint_name(w->ck, i);
+  return mmp_safetensors_name(w->st, w->st_index ? w->st_index[i] : i) + (w->src_prefix ? strlen(w->src_prefix) : 0);
+}
+
+static int src_info(const sd_weights_t *w, const char *name, mmp_dtype_t *dt, int *nd, int64_t *shape) {
+  if (w->ck) return mmp_checkpoint_info(w->ck, name, dt, nd, shape, NULL, NULL);
+  char full[1024];
+  snprintf(full, sizeof full, "%s%s", w->src_prefix ? w->src_prefix : "", name);
+  return mmp_safetensors_info(w->st, full, dt, nd, shape);
+}
+
+static mmp_tensor_t *src_get(sd_weights_t *w, const char *name, mmp_dtype_t want) {
+  if (w->ck) return mmp_checkpoint_get(w->ck, name, w->be, want);
+  char full[1024];
+  snprintf(full, sizeof full, "%s%s", w->src_prefix ? w->src_prefix : "", name);
+  return mmp_safetensors_get(w->st, full, w->be, want);
+}
+
+sd_weights_t *sd_weights_open(const char *path, const char *prefix, const sd_ldm_map_t *map, mmp_backend_t *be) {
+  if (prefix && !*prefix) prefix = NULL;
+  mmp_safetensors_t *st = NULL;
+  mmp_checkpoint_t *ck = NULL;
+  /* by content: torch.save writes a zip archive or a pickle */
+  if (mmp_checkpoint_sniff(path))
+    ck = mmp_checkpoint_open(path, prefix, 0);
+  else
+    st = mmp_safetensors_open(path);
+  if (!st && !ck) return NULL;
   sd_weights_t *w = calloc(1, sizeof *w);
   if (!w) {
     mmp_safetensors_close(st);
+    mmp_checkpoint_close(ck);
     mmp_error_set(MMP_ENOMEM, "out of memory");
     return NULL;
   }
   w->path = strdup(path);
   w->st = st;
+  w->ck = ck;
+  w->src_open = true;
   w->be = be;
   w->map = *map;
-  w->n = mmp_safetensors_count(st);
+  if (ck) {
+    w->n = mmp_checkpoint_count(ck);
+  } else if (prefix) {
+    size_t all = mmp_safetensors_count(st), pl = strlen(prefix);
+    w->src_prefix = strdup(prefix);
+    w->st_index = calloc(all ? all : 1, sizeof *w->st_index);
+    for (size_t i = 0; w->st_index && i < all; i++)
+      if (strncmp(mmp_safetensors_name(st, i), prefix, pl) == 0) w->st_index[w->n++] = i;
+    if (w->st_index && w->src_prefix && w->n == 0) {
+      mmp_error_set(MMP_ENOENT, "%s: no tensor under the weights_prefix '%s'", path, prefix);
+      sd_weights_free(w);
+      return NULL;
+    }
+  } else {
+    w->n = mmp_safetensors_count(st);
+  }
   w->used = calloc(w->n ? w->n : 1, sizeof *w->used);
   const char *pre = ldm_prefix(map->part);
-  for (size_t i = 0; pre && i < w->n; i++)
-    if (strncmp(mmp_safetensors_name(st, i), pre, strlen(pre)) == 0) {
+  for (size_t i = 0; pre && w->used && i < w->n; i++)
+    if (strncmp(src_name(w, i), pre, strlen(pre)) == 0) {
       w->single = true;
       break;
     }
-  if (!w->path || !w->used) {
+  if (!w->path || !w->used || (prefix && !ck && (!w->src_prefix || !w->st_index))) {
     sd_weights_free(w);
     mmp_error_set(MMP_ENOMEM, "out of memory");
     return NULL;
@@ -485,7 +540,7 @@ void sd_weights_ignore_suffix(sd_weights_t *w, const char *suffix) {
 
 static long find_index(sd_weights_t *w, const char *name) {
   for (size_t i = 0; i < w->n; i++)
-    if (strcmp(mmp_safetensors_name(w->st, i), name) == 0) return (long)i;
+    if (strcmp(src_name(w, i), name) == 0) return (long)i;
   return -1;
 }
 
@@ -533,10 +588,10 @@ static bool shapes_match(int end, const int64_t *es, int fnd, const int64_t *fs)
 
 int sd_w_info(sd_weights_t *w, const char *name, int *ndim, int64_t *shape) {
   char stored[512];
-  if (!w->st) return MMP_ENOENT;
+  if (!w->src_open) return MMP_ENOENT;
   mmp_dtype_t dt;
   if (resolve(w, name, stored, sizeof stored) < 0) return MMP_ENOENT;
-  return mmp_safetensors_info(w->st, stored, &dt, ndim, shape);
+  return src_info(w, stored, &dt, ndim, shape);
 }
 
 mmp_tensor_t *sd_w(sd_weights_t *w, int ndim, const int64_t *shape, const char *fmt, ...) {
@@ -545,7 +600,7 @@ mmp_tensor_t *sd_w(sd_weights_t *w, int ndim, const int64_t *shape, const char *
   va_start(ap, fmt);
   vsnprintf(name, sizeof name, fmt, ap);
   va_end(ap);
-  if (!w->st) {
+  if (!w->src_open) {
     mmp_tensor_t *r = random_weight(w, name, ndim, shape);
     if (!r && w->nproblems == 0) add_problem(w, "random init: %s: %s", name, mmp_error_last());
     collect(w, name, r);
@@ -565,7 +620,7 @@ mmp_tensor_t *sd_w(sd_weights_t *w, int ndim, const int64_t *shape, const char *
   mmp_dtype_t dt;
   int fnd;
   int64_t fsh[MMP_MAX_DIMS];
-  if (mmp_safetensors_info(w->st, stored, &dt, &fnd, fsh) < 0) {
+  if (src_info(w, stored, &dt, &fnd, fsh) < 0) {
     add_problem(w, "unreadable: %s: %s", stored, mmp_error_last());
     return NULL;
   }
@@ -578,7 +633,7 @@ mmp_tensor_t *sd_w(sd_weights_t *w, int ndim, const int64_t *shape, const char *
     add_problem(w, "dtype: %s is %s, expected a floating-point type", stored, mmp_dtype_name(dt));
     return NULL;
   }
-  mmp_tensor_t *t = mmp_safetensors_get(w->st, stored, w->be, MMP_F32);
+  mmp_tensor_t *t = src_get(w, stored, MMP_F32);
   if (!t) {
     add_problem(w, "unreadable: %s: %s", stored, mmp_error_last());
     return NULL;
@@ -613,7 +668,7 @@ int sd_weights_add_scope(sd_weights_t *w, const char *scope) {
 
 bool sd_weights_has(sd_weights_t *w, const char *name) {
   char stored[512];
-  return w->st && resolve(w, name, stored, sizeof stored) >= 0;
+  return w->src_open && resolve(w, name, stored, sizeof stored) >= 0;
 }
 
 /* Whether a stored tensor nothing asked for is a problem: it must lie under
@@ -628,9 +683,9 @@ static bool in_scope(const sd_weights_t *w, const char *nm) {
 }
 
 int sd_weights_finish(sd_weights_t *w, const char *what) {
-  for (size_t i = 0; w->st && i < w->n; i++) {
+  for (size_t i = 0; w->src_open && i < w->n; i++) {
     if (w->used[i]) continue;
-    const char *nm = mmp_safetensors_name(w->st, i);
+    const char *nm = src_name(w, i);
     if (!in_scope(w, nm)) continue;
     bool ign = false;
     for (size_t k = 0; k < w->nignore && !ign; k++) {
@@ -642,7 +697,7 @@ int sd_weights_finish(sd_weights_t *w, const char *what) {
     int nd;
     int64_t s[MMP_MAX_DIMS];
     char fs[128] = "";
-    if (mmp_safetensors_info(w->st, nm, &dt, &nd, s) == 0) shape_str(nd, s, fs, sizeof fs);
+    if (src_info(w, nm, &dt, &nd, s) == 0) shape_str(nd, s, fs, sizeof fs);
     add_problem(w, "unexpected: %s %s", nm, fs);
   }
   int rc = 0;
@@ -650,7 +705,7 @@ int sd_weights_finish(sd_weights_t *w, const char *what) {
     char more[160] = "";
     if (w->nproblems > SD_MAX_LISTED)
       snprintf(more, sizeof more, "\n  ... and %d more", w->nproblems - SD_MAX_LISTED);
-    if (w->st && w->nmatched == 0)
+    if (w->src_open && w->nmatched == 0)
       snprintf(more + strlen(more), sizeof more - strlen(more),
                "\n  (no tensor matched: is this the weight file of this part?)");
     rc = mmp_error_set(MMP_EDATA, "%s: weights %s (%s layout) do not fit the config: %d problem%s:%s%s",
@@ -664,6 +719,9 @@ int sd_weights_finish(sd_weights_t *w, const char *what) {
 void sd_weights_free(sd_weights_t *w) {
   if (!w) return;
   mmp_safetensors_close(w->st);
+  mmp_checkpoint_close(w->ck);
+  free(w->src_prefix);
+  free(w->st_index);
   mmp_rng_free(w->rng);
   mmp_tensormap_free(w->collected);
   for (size_t k = 0; k < w->nignore; k++) free(w->ignore[k]);

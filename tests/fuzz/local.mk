@@ -12,6 +12,7 @@
 # To add a harness: write tests/fuzz/fuzz_<name>.c, add it to FUZZ_HARNESSES
 # with its _SOURCES/_CPPFLAGS/_LDADD lines, seed tests/fuzz/corpus/<name>/.
 FUZZ_HARNESSES = tests/fuzz/fuzz_safetensors tests/fuzz/fuzz_config tests/fuzz/fuzz_model_config
+FUZZ_HARNESSES += tests/fuzz/fuzz_pickle tests/fuzz/fuzz_torch_zip
 FUZZ_CPPFLAGS = $(TEST_CPPFLAGS) -DMMP_FUZZ_SRCDIR='"$(abs_top_srcdir)"'
 FUZZ_LIBS = libmmpipe.la -lm
 noinst_HEADERS += tests/fuzz/fuzz.h
@@ -47,6 +48,18 @@ tests_fuzz_fuzz_safetensors_SOURCES = tests/fuzz/fuzz_safetensors.c
 tests_fuzz_fuzz_safetensors_CPPFLAGS = $(FUZZ_CPPFLAGS)
 tests_fuzz_fuzz_safetensors_LDFLAGS = $(FUZZ_LINK_FLAGS)
 tests_fuzz_fuzz_safetensors_LDADD = $(FUZZ_MAIN) $(FUZZ_LIBS)
+
+# PyTorch checkpoints: the restricted pickle machine (its internal API, so
+# core/pickle.c is compiled in) with the legacy container behind it, and a
+# whole torch.save file (core/checkpoint.c; doc/checkpoint.md)
+tests_fuzz_fuzz_pickle_SOURCES = tests/fuzz/fuzz_pickle.c core/pickle.c core/pickle.h
+tests_fuzz_fuzz_pickle_CPPFLAGS = $(FUZZ_CPPFLAGS)
+tests_fuzz_fuzz_pickle_LDFLAGS = $(FUZZ_LINK_FLAGS)
+tests_fuzz_fuzz_pickle_LDADD = $(FUZZ_MAIN) $(FUZZ_LIBS)
+tests_fuzz_fuzz_torch_zip_SOURCES = tests/fuzz/fuzz_torch_zip.c
+tests_fuzz_fuzz_torch_zip_CPPFLAGS = $(FUZZ_CPPFLAGS)
+tests_fuzz_fuzz_torch_zip_LDFLAGS = $(FUZZ_LINK_FLAGS)
+tests_fuzz_fuzz_torch_zip_LDADD = $(FUZZ_MAIN) $(FUZZ_LIBS)
 
 # configuration: a task file with an @include'd file from disk, -s overrides,
 # key validation against a key table (core/config.c, core/registry.c)
