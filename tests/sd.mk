@@ -31,3 +31,9 @@ tests_test_plugin_blip_LDADD = $(TEST_LDADD)
 EXTRA_DIST += tests/gen_blip.py tests/fixtures/blip
 TESTS += tests/test_plugin_blip_forward.sh
 EXTRA_DIST += tests/test_plugin_blip_forward.sh
+# AR-LDM's parts read by prefix out of one AR-LDM state dict (tests/gen_arldm.py)
+check_PROGRAMS += tests/test_plugin_arldm_parts
+TESTS += tests/test_plugin_arldm_parts
+tests_test_plugin_arldm_parts_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_plugin_arldm_parts_LDADD = $(TEST_LDADD)
+EXTRA_DIST += tests/gen_arldm.py tests/fixtures/arldm

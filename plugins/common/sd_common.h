@@ -59,7 +59,9 @@ int sd_locate_part(const mmp_config_t *cfg, sd_part_t part, char *config_path,
   {"weights", MMP_TYPE_STRING, "\"\"",                                                            \
    ".safetensors: diffusers/transformers layout or an original single-file checkpoint", MMP_KEY_PATH, 0}, \
   {"init_seed", MMP_TYPE_INT, "-1",                                                                 \
-   ">= 0: seeded random weights instead of a file (pipeline init-weights, benchmarks)", 0, 0}
+   ">= 0: seeded random weights instead of a file (pipeline init-weights, benchmarks)", 0, 0},      \
+  {"prefix", MMP_TYPE_STRING, "\"\"",                                                              \
+   "names in the file begin with this; other names are not this part's (AR-LDM: \"" what ".\")", 0, 0}
 
 /* ---- weights ---- */
 typedef struct sd_weights sd_weights_t;
@@ -114,7 +116,8 @@ void sd_weights_free(sd_weights_t *w); /* NULL ok */
 bool sd_weights_is_single_file(sd_weights_t *w);
 
 /* The weight store of a component group: seeded random weights when the
- * group's `init_seed` is >= 0, else the file at @wpath. */
+ * group's `init_seed` is >= 0, else the file at @wpath, its names read
+ * under the group's `prefix` (when declared and set). */
 sd_weights_t *sd_weights_for(const mmp_config_t *cfg, const char *wpath, const sd_ldm_map_t *map,
                              mmp_backend_t *be);
 /* Copy the references of @state into @out (the "state_dict" method). */

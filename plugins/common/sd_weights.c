@@ -193,7 +193,16 @@ sd_weights_t *sd_weights_for(const mmp_config_t *cfg, const char *wpath, const s
   if (mmp_config_get_int(cfg, "init_seed", &seed) < 0) seed = -1;
   mmp_error_clear();
   if (seed >= 0) return sd_weights_random(map, be, (uint64_t)seed);
-  return sd_weights_open(wpath, map, be);
+  sd_weights_t *w = sd_weights_open(wpath, map, be);
+  const char *prefix = NULL;
+  /* the tower plugins read and set their prefix themselves */
+  if (w && map->part != SD_PART_PLAIN && mmp_config_get_string(cfg, "prefix", &prefix) == 0 && prefix &&
+      *prefix && sd_weights_set_prefix(w, prefix)) {
+    sd_weights_free(w);
+    return NULL;
+  }
+  mmp_error_clear();
+  return w;
 }
 
 int sd_state_dict(const mmp_tensormap_t *state, mmp_tensormap_t *out) {
@@ -505,7 +514,8 @@ static long resolve(sd_weights_t *w, const char *name, char *stored, size_t n) {
   for (int k = 0; alt[k][0]; k++) {
     const char *p = strstr(name, alt[k][0]);
     if (!p) continue;
-    snprintf(stored, n, "%.*s%s%s", (int)(p - name), name, alt[k][1], p + strlen(alt[k][0]));
+    snprintf(stored, n, "%s%.*s%s%s", w->prefix ? w->prefix : "", (int)(p - name), name, alt[k][1],
+             p + strlen(alt[k][0]));
     i = find_index(w, stored);
     if (i >= 0) return i;
   }
