@@ -26,5 +26,10 @@ noinst_PROGRAMS += bench/clip
 bench_clip_SOURCES = bench/clip.c bench/sd_bench.h
 bench_clip_LDADD = libmmpipe.la
 endif
-EXTRA_DIST += bench/sd15 bench/torch_sd.py
+if BUILD_PLUGIN_BLIP
+noinst_PROGRAMS += bench/blip
+bench_blip_SOURCES = bench/blip.c bench/sd_bench.h
+bench_blip_LDADD = libmmpipe.la
+endif
+EXTRA_DIST += bench/sd15 bench/torch_sd.py bench/blip_large bench/torch_blip.py
 include bench/cuda.mk

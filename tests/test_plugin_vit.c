@@ -71,6 +71,18 @@ int main(void) {
   mmp_tensormap_free(in);
   mmp_tensormap_free(want);
 
+  /* seeded random weights from the config alone (benchmarks) */
+  in = sd_pick(hf, px);
+  o = bt_run("encoder = { name = \"vit\"; config = \"%s/vit_hf/config.json\"; init_seed = 3; };", NULL, in,
+             "random weights (init_seed)", NULL, 0);
+  {
+    const mmp_tensor_t *h = mmp_tensormap_get(o, "last_hidden_state");
+    ok(h && h->ndim == 3 && h->shape[0] == 2 && h->shape[1] == 17 && h->shape[2] == 32,
+       "init_seed: last_hidden_state [2, 17, 32]");
+  }
+  mmp_tensormap_free(o);
+  mmp_tensormap_free(in);
+
   /* errors: every problem of a wrong checkpoint in one message; bad input shapes */
   {
     char err[4096];

@@ -1,7 +1,9 @@
-/* plugins/common/sd_common.h - shared internals of the latent-diffusion plugins
- * (clip_text, vae, unet2d_condition, txt2img): config.json access, weight
- * loading with name mapping, and the building blocks (ResnetBlock2D,
- * Transformer2DModel, ...) computed through the core tensor API only.
+/* plugins/common/sd_common.h - the building blocks every model plugin links
+ * (clip_text, vae, unet2d_condition, txt2img, vit, bert, blip): config.json
+ * access, weight loading with name mapping or by prefix, and the layers
+ * (linear, norms, attention with masks, MLP, pre/post-norm transformer
+ * layers, ResnetBlock2D, Transformer2DModel, ...) computed through the core
+ * tensor API only. The ViT and BERT towers built from them are in towers.h.
  *
  * Linked as a noinst convenience library into each module; every symbol is
  * hidden (the modules export only their entry points).

@@ -69,8 +69,9 @@ int sd_vit_load(sd_vit_t *v, sd_vit_kind_t kind, const json_t *j, const char *cp
   } else if ((rc = hf_dims(v, j, cpath))) {
     return rc;
   }
-  if (v->dim <= 0 || v->heads <= 0 || v->dim % v->heads || v->layers < 0 || v->layers > 1000 || v->patch <= 0 ||
-      v->inter <= 0 || v->chans <= 0)
+  /* Bounds well above any real tower keep random-weight sizes sane. */
+  if (v->dim <= 0 || v->dim > 65536 || v->heads <= 0 || v->dim % v->heads || v->layers < 0 || v->layers > 1000 ||
+      v->patch <= 0 || v->patch > 1024 || v->inter <= 0 || v->inter > 262144 || v->chans <= 0 || v->chans > 64)
     return mmp_error_set(MMP_EDATA, "%s: vit: width %lld, %lld heads, %lld layers, patch %lld do not make a tower",
                          cpath ? cpath : "vit", (long long)v->dim, (long long)v->heads, (long long)v->layers,
                          (long long)v->patch);
@@ -88,6 +89,7 @@ int sd_vit_load(sd_vit_t *v, sd_vit_kind_t kind, const json_t *j, const char *cp
   if (npos < 0) {
     int64_t img = 224;
     if (j && (rc = sd_json_int(j, "image_size", 224, &img))) return mmp_error_prefix("%s: ", cpath);
+    if (img < v->patch || img > 16384) return mmp_error_set(MMP_EDATA, "%s: image_size %lld out of range", cpath, (long long)img);
     npos = (img / v->patch) * (img / v->patch) + 1;
   }
   v->grid = (int64_t)llround(sqrt((double)(npos - 1)));
