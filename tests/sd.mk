@@ -37,3 +37,8 @@ TESTS += tests/test_plugin_arldm_parts
 tests_test_plugin_arldm_parts_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_arldm_parts_LDADD = $(TEST_LDADD)
 EXTRA_DIST += tests/gen_arldm.py tests/fixtures/arldm
+# the story task (AR-LDM sample()) against tests/gen_arldm.py
+check_PROGRAMS += tests/test_plugin_story
+TESTS += tests/test_plugin_story
+tests_test_plugin_story_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_plugin_story_LDADD = $(TEST_LDADD)

@@ -1,0 +1,653 @@
+/* plugins/tasks/story.c - AR-LDM story visualization and continuation: the
+ * frames of a story drawn one by one, each conditioned on its caption (CLIP)
+ * and on the earlier frames and captions (BLIP multimodal), as ARLDM.sample().
+ *
+ * Context of target frame i (V targets, src_V source frames, S tokens each):
+ *   [caption i + type 0 | frame 0 + type 1 + time 0 | ... | frame src_V-1 + ...]
+ * key mask = NOT(CLIP mask ++ BLIP masks) OR (over the last V*S columns)
+ * block k masked when k >= i. The unconditional half: CLIP(null caption) +
+ * type 0 ++ BLIP(black image, null caption) + type 1 + time j, its mask only
+ * the triangular part. After frame i is drawn, BLIP(frame i, its caption) +
+ * type 1 + time j (j = i + src_V - V) replaces slot j of every conditional
+ * context.
+ *
+ * Random numbers: one generator seeded once per run (torch: as
+ * pl.seed_everything(seed)); each frame draws its initial latents
+ * randn([B, C, h, w]) from it, frame by frame, story batch by story batch;
+ * nothing else draws. */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <mmpipe/rng.h>
+#include <mmpipe/safetensors.h>
+
+#include "plugins/common/sd_common.h"
+
+static const mmp_key_t story_keys[] = {
+    {"task", MMP_TYPE_STRING, "\"visualization\"", "visualization (5 frames from 5 captions) or continuation (4 frames after the first)", 0, 0},
+    {"arldm", MMP_TYPE_STRING, "\"\"", "the AR-LDM state dict (.safetensors): modal_type_embeddings, time_embeddings and the null buffers are read from it", MMP_KEY_PATH, 0},
+    {"story_tensors", MMP_TYPE_STRING, "\"\"",
+     "stories as tensors: captions, caption_mask (CLIP ids [N, 5, S]), blip_captions, blip_mask (BLIP ids [N, 5, S]), frames (u8 [N, 5, H, W, 3])",
+     MMP_KEY_PATH, 0},
+    {"guidance_scale", MMP_TYPE_FLOAT, "6.0", "classifier-free guidance weight", 0, 0},
+    {"width", MMP_TYPE_INT, "512", "frame width in pixels", 0, 0},
+    {"height", MMP_TYPE_INT, "512", "frame height in pixels", 0, 0},
+    {"steps", MMP_TYPE_INT, "250", "denoising steps per frame", 0, 0},
+    {"seed", MMP_TYPE_INT, "0", "seed of the one generator of the run (pl.seed_everything)", 0, 0},
+    {"rng", MMP_TYPE_STRING, "\"torch\"", "torch (as AR-LDM on CPU) or philox", 0, 0},
+    {"batch_size", MMP_TYPE_INT, "1", "stories denoised together", 0, 0},
+    {"output_dir", MMP_TYPE_STRING, "\"story-out\"", "where the outputs go (created if needed)", MMP_KEY_PATH, 0},
+    {"save_tensors", MMP_TYPE_BOOL, "false",
+     "write story_tensors.safetensors: story{S}.frame{F}.{context,uncond_context,mask,uncond_mask,latents_initial,latents_final,image}", 0, 0},
+    {"writeback_from", MMP_TYPE_STRING, "\"\"",
+     "verification: write back the frames frame{F}.image (u8 [B, H, W, 3], the stories of one batch) of this file instead of the drawn ones, "
+     "to compare frame by frame with a reference run (a 1/255 rounding flip in a fed-back frame otherwise moves all later frames)",
+     MMP_KEY_PATH, 0},
+    {"text_encoder", MMP_TYPE_COMPONENT, "\"clip_text\"", "the caption encoder group (AR-LDM: prefix text_encoder.)", 0, MMP_KIND_ENCODER},
+    {"mm_encoder", MMP_TYPE_COMPONENT, "\"blip\"", "the multimodal encoder group (AR-LDM: prefix mm_encoder.)", 0, MMP_KIND_ENCODER},
+    {"blip_processor", MMP_TYPE_COMPONENT, "\"image_resize\"", "frames -> BLIP input (224 bilinear, CLIP normalisation)", 0, MMP_KIND_PROCESSOR},
+    {"unet", MMP_TYPE_COMPONENT, "\"unet2d_condition\"", "the denoising model group (AR-LDM: prefix unet.)", 0, MMP_KIND_MODEL},
+    {"vae", MMP_TYPE_COMPONENT, "\"vae\"", "the autoencoder group (AR-LDM: prefix vae.)", 0, MMP_KIND_ENCODER},
+    {"scheduler", MMP_TYPE_COMPONENT, "\"ddim\"", "the sampler group", 0, MMP_KIND_SCHEDULER},
+    {NULL, 0, NULL, NULL, 0, 0}};
+
+typedef struct story {
+  bool continuation;
+  double guidance;
+  int64_t width, height, steps, seed, batch;
+  bool save_tensors;
+  mmp_rng_mode_t rng_mode;
+  char arldm[4096], input[4096], out_dir[4096], writeback[4096];
+} story_t;
+
+static void story_destroy(void *self) { free(self); }
+
+static int cfg_error(const mmp_config_t *cfg, const char *key, const char *msg) {
+  const mmp_config_t *n = mmp_config_lookup(cfg, key);
+  const char *f = n ? mmp_config_file(n) : NULL;
+  return mmp_error_set(MMP_ECONFIG, "%s:%d: %s: %s", f ? f : "(config)", n ? mmp_config_line(n) : 0, key, msg);
+}
+
+static int story_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_context_t *ctx, void **out_self) {
+  (void)plugin;
+  (void)ctx;
+  story_t *t = calloc(1, sizeof *t);
+  if (!t) return mmp_error_set(MMP_ENOMEM, "out of memory");
+  const char *task = "visualization", *rng = "torch";
+  int rc;
+  if ((rc = mmp_config_get_string(cfg, "task", &task)) || (rc = mmp_config_get_float(cfg, "guidance_scale", &t->guidance)) ||
+      (rc = mmp_config_get_int(cfg, "width", &t->width)) || (rc = mmp_config_get_int(cfg, "height", &t->height)) ||
+      (rc = mmp_config_get_int(cfg, "steps", &t->steps)) || (rc = mmp_config_get_int(cfg, "seed", &t->seed)) ||
+      (rc = mmp_config_get_int(cfg, "batch_size", &t->batch)) || (rc = mmp_config_get_string(cfg, "rng", &rng)) ||
+      (rc = mmp_config_get_bool(cfg, "save_tensors", &t->save_tensors)) ||
+      (rc = mmp_config_get_path(cfg, "arldm", t->arldm, sizeof t->arldm)) ||
+      (rc = mmp_config_get_path(cfg, "story_tensors", t->input, sizeof t->input)) ||
+      (rc = mmp_config_get_path(cfg, "output_dir", t->out_dir, sizeof t->out_dir)) ||
+      (rc = mmp_config_get_path(cfg, "writeback_from", t->writeback, sizeof t->writeback)))
+    goto fail;
+  if (!strcmp(task, "continuation")) t->continuation = true;
+  else if (strcmp(task, "visualization")) { rc = cfg_error(cfg, "task", "must be visualization or continuation"); goto fail; }
+  if (mmp_rng_mode_parse(rng, &t->rng_mode) < 0) { rc = cfg_error(cfg, "rng", "must be \"torch\" or \"philox\""); goto fail; }
+  if (t->width <= 0 || t->width % 8) { rc = cfg_error(cfg, "width", "must be a positive multiple of 8"); goto fail; }
+  if (t->height <= 0 || t->height % 8) { rc = cfg_error(cfg, "height", "must be a positive multiple of 8"); goto fail; }
+  if (t->steps < 1 || t->steps > 10000) { rc = cfg_error(cfg, "steps", "must be 1..10000"); goto fail; }
+  if (t->batch < 1 || t->batch > 1024) { rc = cfg_error(cfg, "batch_size", "must be 1..1024"); goto fail; }
+  if (t->seed < 0) { rc = cfg_error(cfg, "seed", "must be >= 0"); goto fail; }
+  if (!t->arldm[0]) { rc = cfg_error(cfg, "arldm", "the AR-LDM state dict is required"); goto fail; }
+  if (!t->input[0]) { rc = cfg_error(cfg, "story_tensors", "no stories given"); goto fail; }
+  if (!t->out_dir[0]) { rc = cfg_error(cfg, "output_dir", "must not be empty"); goto fail; }
+  *out_self = t;
+  return 0;
+fail:
+  free(t);
+  return rc ? rc : MMP_ECONFIG;
+}
+
+/* ---------------------------------------------------------------- pieces */
+
+typedef struct comps {
+  mmp_component_t *clip, *blip, *proc, *unet, *vae, *sched;
+} comps_t;
+
+/* What a run holds: the AR-LDM extras and the null context. */
+typedef struct run {
+  story_t *t;
+  comps_t c;
+  mmp_backend_t *be;
+  int64_t V, src_V, S, D;
+  mmp_tensor_t *type, *time;      /* [2, D], [5, D] */
+  mmp_tensor_t *uncond;           /* [1, (src_V + 1) S, D] */
+  mmp_tensormap_t *saved;         /* save_tensors */
+  mmp_tensormap_t *replay;        /* writeback_from */
+} run_t;
+
+static int forward(mmp_component_t *c, const char *method, const mmp_tensormap_t *in, mmp_tensormap_t *out) {
+  const mmp_encoder_ops_t *ops = (const mmp_encoder_ops_t *)c->plugin; /* encoder/model/processor share the layout */
+  return ops->forward(c->self, method, in, out);
+}
+
+/* One output of @c for the named inputs (transfer full). */
+static mmp_tensor_t *call1(mmp_component_t *c, const char *method, const char *out_name, const char *n1, mmp_tensor_t *t1,
+                           const char *n2, mmp_tensor_t *t2, const char *n3, mmp_tensor_t *t3) {
+  mmp_tensormap_t *in = mmp_tensormap_new(), *out = mmp_tensormap_new();
+  mmp_tensor_t *r = NULL;
+  if (in && out && (!n1 || mmp_tensormap_set(in, n1, mmp_tensor_ref(t1)) == 0) &&
+      (!n2 || mmp_tensormap_set(in, n2, mmp_tensor_ref(t2)) == 0) &&
+      (!n3 || mmp_tensormap_set(in, n3, mmp_tensor_ref(t3)) == 0) && forward(c, method, in, out) == 0) {
+    r = mmp_tensormap_need(out, out_name);
+    if (r) mmp_tensor_ref(r);
+  }
+  mmp_tensormap_free(in);
+  mmp_tensormap_free(out);
+  return r;
+}
+
+/* reshape of a fresh view, the view released (transfer full) */
+static mmp_tensor_t *rs(mmp_tensor_t *t, int nd, const int64_t *shape) {
+  mmp_tensor_t *r = t ? mmp_reshape(t, nd, shape) : NULL;
+  mmp_tensor_unref(t);
+  return r;
+}
+
+/* @x [N, L, D] + row @k of @table, broadcast over N and L (transfer full). */
+static mmp_tensor_t *add_row(mmp_tensor_t *x, mmp_tensor_t *table, int64_t k) {
+  if (!x) return NULL;
+  mmp_tensor_t *row = mmp_slice(table, 0, k, k + 1, 1);
+  mmp_tensor_t *b = row ? mmp_broadcast_to(row, x->ndim, x->shape) : NULL;
+  mmp_tensor_t *c = b ? mmp_contiguous(b) : NULL;
+  mmp_tensor_t *r = c ? mmp_add(x, c) : NULL;
+  mmp_tensor_unref(row);
+  mmp_tensor_unref(b);
+  mmp_tensor_unref(c);
+  return r;
+}
+
+/* BLIP multimodal of frames (u8 [N, H, W, 3]) with their captions, + type 1
+ * + time @j: [N, S, D] (transfer full). */
+static mmp_tensor_t *blip_frames(run_t *r, mmp_tensor_t *frames, mmp_tensor_t *ids, mmp_tensor_t *mask, int64_t j) {
+  mmp_tensor_t *px = call1(r->c.proc, NULL, "images", "images", frames, NULL, NULL, NULL, NULL);
+  if (!px) return NULL;
+  mmp_tensor_t *h = call1(r->c.blip, "multimodal", "last_hidden_state", "pixel_values", px, "input_ids", ids,
+                          mask ? "attention_mask" : NULL, mask);
+  mmp_tensor_unref(px);
+  h = sd_swap(h, add_row(h, r->type, 1));
+  return sd_swap(h, add_row(h, r->time, j));
+}
+
+static mmp_tensor_t *load_extra(mmp_safetensors_t *st, const char *name, mmp_dtype_t dt) {
+  mmp_tensor_t *t = mmp_safetensors_get(st, name, mmp_backend_get("cpu"), dt);
+  if (!t) mmp_error_prefix("story: AR-LDM state dict: ");
+  return t;
+}
+
+/* The unconditional context, from the null buffers of the AR-LDM file. */
+static int build_null_context(run_t *r) {
+  mmp_safetensors_t *st = mmp_safetensors_open(r->t->arldm);
+  if (!st) return mmp_error_prefix("story: ");
+  int rc = 0;
+  mmp_tensor_t *cnull = NULL, *bnull = NULL, *inull = NULL, *hc = NULL, *hb = NULL;
+  if (!(r->type = load_extra(st, "modal_type_embeddings.weight", MMP_F32)) ||
+      !(r->time = load_extra(st, "time_embeddings.weight", MMP_F32)) ||
+      !(cnull = load_extra(st, "clip_text_null_token", MMP_I64)) || !(bnull = load_extra(st, "blip_text_null_token", MMP_I64)) ||
+      !(inull = load_extra(st, "blip_image_null_token", MMP_F32))) {
+    rc = mmp_error_code();
+    goto done;
+  }
+  r->D = r->type->shape[1];
+  r->S = cnull->shape[cnull->ndim - 1];
+  if (r->type->ndim != 2 || r->type->shape[0] != 2 || r->time->ndim != 2 || r->time->shape[0] < r->src_V ||
+      r->time->shape[1] != r->D) {
+    rc = mmp_error_set(MMP_EDATA, "story: %s: modal_type_embeddings must be [2, D] and time_embeddings [>= %lld, D]",
+                       r->t->arldm, (long long)r->src_V);
+    goto done;
+  }
+  hc = call1(r->c.clip, NULL, "last_hidden_state", "input_ids", cnull, NULL, NULL, NULL, NULL);
+  hc = sd_swap(hc, add_row(hc, r->type, 0));
+  hb = call1(r->c.blip, "multimodal", "last_hidden_state", "pixel_values", inull, "input_ids", bnull, NULL, NULL);
+  hb = sd_swap(hb, add_row(hb, r->type, 1));
+  if (!hc || !hb) {
+    rc = mmp_error_prefix("story: null context: ");
+    goto done;
+  }
+  if (hc->shape[2] != r->D || hb->shape[2] != r->D || hb->shape[1] != r->S) {
+    rc = mmp_error_set(MMP_EDATA, "story: the encoders give width %lld and %lld, the AR-LDM tables %lld",
+                       (long long)hc->shape[2], (long long)hb->shape[2], (long long)r->D);
+    goto done;
+  }
+  mmp_tensor_t *parts[6] = {hc};
+  for (int64_t j = 0; j < r->src_V; j++) parts[j + 1] = add_row(hb, r->time, j);
+  r->uncond = mmp_concat(parts, (int)r->src_V + 1, 1);
+  for (int64_t j = 0; j < r->src_V; j++) mmp_tensor_unref(parts[j + 1]);
+  if (!r->uncond) rc = mmp_error_code();
+done:
+  mmp_tensor_unref(cnull);
+  mmp_tensor_unref(bnull);
+  mmp_tensor_unref(inull);
+  mmp_tensor_unref(hc);
+  mmp_tensor_unref(hb);
+  mmp_safetensors_close(st);
+  return rc;
+}
+
+/* Key masks of frame @i (u8, 1 = do not attend), [B, (src_V + 1) S]:
+ * @cond from the CLIP and BLIP masks (host [B, 5, S] each), or NULL for the
+ * unconditional one. */
+static mmp_tensor_t *frame_mask(run_t *r, int64_t B, int64_t i, const float *cmask, const float *bmask) {
+  int64_t S = r->S, L = (r->src_V + 1) * S, off = 5 - r->V; /* caption of target i is caption i + off */
+  uint8_t *m = calloc((size_t)(B * L), 1);
+  if (!m) return NULL;
+  for (int64_t b = 0; b < B; b++) {
+    uint8_t *row = m + b * L;
+    if (cmask) {
+      for (int64_t s = 0; s < S; s++) row[s] = cmask[(b * 5 + i + off) * S + s] == 0;
+      for (int64_t j = 0; j < r->src_V; j++)
+        for (int64_t s = 0; s < S; s++) row[(j + 1) * S + s] = bmask[(b * 5 + j) * S + s] == 0;
+    }
+    /* upper-triangular (diagonal included) over the last V blocks */
+    for (int64_t k = i; k < r->V; k++)
+      for (int64_t s = 0; s < S; s++) row[L - r->V * S + k * S + s] = 1;
+  }
+  int64_t shape[2] = {B, L};
+  mmp_tensor_t *t = mmp_tensor_from_data(mmp_backend_get("cpu"), MMP_U8, 2, shape, m);
+  free(m);
+  return t;
+}
+
+static int save_t(run_t *r, int64_t story, int64_t frame, const char *what, mmp_tensor_t *t) {
+  if (!r->saved || !t) return 0;
+  char name[128];
+  snprintf(name, sizeof name, "story%lld.frame%lld.%s", (long long)story, (long long)frame, what);
+  return mmp_tensormap_set(r->saved, name, mmp_tensor_ref(t));
+}
+
+/* Denoise one frame of B stories: guided loop, VAE decode, uint8 [B, H, W, 3]. */
+static int draw_frame(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, mmp_tensor_t *ehs, mmp_tensor_t *mask, int64_t B,
+                      double scaling, int down, int64_t lch, mmp_tensor_t **lat0, mmp_tensor_t **lat1, mmp_tensor_t **img) {
+  story_t *t = r->t;
+  const mmp_scheduler_ops_t *so = (const mmp_scheduler_ops_t *)r->c.sched->plugin;
+  int64_t ls[4] = {B, lch, t->height / down, t->width / down};
+  mmp_tensor_t *lat = mmp_rng_randn(gen, r->be, 4, ls);
+  if (!lat) return mmp_error_code();
+  *lat0 = mmp_tensor_ref(lat);
+  int rc;
+  if ((rc = so->set_timesteps(r->c.sched->self, (int)t->steps)) < 0) return rc;
+  const int64_t *ts = NULL;
+  size_t nts = 0;
+  if ((rc = so->timesteps(r->c.sched->self, &ts, &nts)) < 0) return rc;
+  for (size_t k = 0; k < nts; k++) {
+    if (mmp_context_cancelled(ctx)) return mmp_error_set(MMP_ECANCELED, "story: canceled");
+    mmp_tensor_t *two[2] = {lat, lat};
+    mmp_tensor_t *x = mmp_concat(two, 2, 0);
+    int64_t tsh[1] = {2 * B};
+    mmp_tensor_t *tt = mmp_tensor_full(r->be, MMP_I64, 1, tsh, (double)ts[k]);
+    mmp_tensor_t *eps = NULL;
+    mmp_tensormap_t *ui = mmp_tensormap_new(), *uo = mmp_tensormap_new();
+    if (x && tt && ui && uo && mmp_tensormap_set(ui, "sample", mmp_tensor_ref(x)) == 0 &&
+        mmp_tensormap_set(ui, "timestep", mmp_tensor_ref(tt)) == 0 &&
+        mmp_tensormap_set(ui, "encoder_hidden_states", mmp_tensor_ref(ehs)) == 0 &&
+        mmp_tensormap_set(ui, "encoder_attention_mask", mmp_tensor_ref(mask)) == 0 && forward(r->c.unet, NULL, ui, uo) == 0) {
+      eps = mmp_tensormap_need(uo, "sample");
+      if (eps) mmp_tensor_ref(eps);
+    }
+    mmp_tensormap_free(ui);
+    mmp_tensormap_free(uo);
+    mmp_tensor_unref(x);
+    mmp_tensor_unref(tt);
+    if (!eps) return mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
+    mmp_tensor_t *h[2] = {NULL, NULL}, *guided = NULL;
+    if (mmp_chunk(eps, 2, 0, h) == 0) {
+      mmp_tensor_t *d = mmp_sub(h[1], h[0]);
+      guided = d ? mmp_axpby(1.0, h[0], t->guidance, d) : NULL;
+      mmp_tensor_unref(d);
+    }
+    mmp_tensor_unref(h[0]);
+    mmp_tensor_unref(h[1]);
+    mmp_tensor_unref(eps);
+    mmp_tensor_t *prev = NULL, *pred = NULL;
+    rc = guided ? so->step(r->c.sched->self, k, guided, lat, NULL, &prev, &pred) : mmp_error_code();
+    mmp_tensor_unref(guided);
+    mmp_tensor_unref(pred);
+    if (rc < 0 || !prev) return rc < 0 ? rc : MMP_ERUNTIME;
+    lat = sd_swap(lat, prev);
+    mmp_context_progress_advance(ctx, 1);
+  }
+  *lat1 = lat;
+  mmp_tensor_t *z = mmp_scale(lat, 1.0 / scaling, 0.0);
+  mmp_tensor_t *x = z ? call1(r->c.vae, "decode", "sample", "latents", z, NULL, NULL, NULL, NULL) : NULL;
+  mmp_tensor_unref(z);
+  if (!x) return mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
+  /* (x / 2 + 0.5).clamp(0, 1) * 255, rounded (numpy_to_pil), HWC */
+  int64_t C = x->shape[1], H = x->shape[2], W = x->shape[3];
+  size_t n = (size_t)(B * C * H * W);
+  float *px = malloc(n * sizeof *px);
+  uint8_t *u = malloc(n);
+  rc = px && u ? mmp_tensor_to_host(x, px, n * sizeof *px) : mmp_error_set(MMP_ENOMEM, "out of memory");
+  mmp_tensor_unref(x);
+  if (rc == 0 && C != 3) rc = mmp_error_set(MMP_ESHAPE, "story: the VAE gave %lld channels, frames need 3", (long long)C);
+  if (rc == 0) {
+    for (int64_t b = 0; b < B; b++)
+      for (int64_t c = 0; c < 3; c++)
+        for (int64_t p = 0; p < H * W; p++) {
+          float v = px[(b * 3 + c) * H * W + p] / 2.0f + 0.5f;
+          v = v < 0 ? 0 : v > 1 ? 1 : v;
+          u[(b * H * W + p) * 3 + c] = (uint8_t)nearbyintf(v * 255.0f);
+        }
+    int64_t shape[4] = {B, H, W, 3};
+    if (!(*img = mmp_tensor_from_data(mmp_backend_get("cpu"), MMP_U8, 4, shape, u))) rc = mmp_error_code();
+  }
+  free(px);
+  free(u);
+  return rc;
+}
+
+static mmp_tensor_t *to_host_f32(mmp_tensor_t *t, float **out) {
+  int64_t n = mmp_tensor_numel(t);
+  mmp_tensor_t *f = mmp_convert(t, MMP_F32);
+  *out = f ? malloc((size_t)n * sizeof **out) : NULL;
+  if (!*out || mmp_tensor_to_host(f, *out, (size_t)n * sizeof **out) < 0) {
+    free(*out);
+    *out = NULL;
+  }
+  return f;
+}
+
+/* Stories [s0, s0 + B) of the input. */
+static int draw_stories(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, const mmp_tensormap_t *in, int64_t s0, int64_t B,
+                        double scaling, int down, int64_t lch) {
+  int64_t V = r->V, src_V = r->src_V, S = r->S, L = (src_V + 1) * S, off = 5 - V;
+  mmp_tensor_t *cap = mmp_slice(mmp_tensormap_get(in, "captions"), 0, s0, s0 + B, 1);
+  mmp_tensor_t *cam = mmp_slice(mmp_tensormap_get(in, "caption_mask"), 0, s0, s0 + B, 1);
+  mmp_tensor_t *bcap = mmp_slice(mmp_tensormap_get(in, "blip_captions"), 0, s0, s0 + B, 1);
+  mmp_tensor_t *bam = mmp_slice(mmp_tensormap_get(in, "blip_mask"), 0, s0, s0 + B, 1);
+  mmp_tensor_t *frames = mmp_slice(mmp_tensormap_get(in, "frames"), 0, s0, s0 + B, 1);
+  mmp_tensor_t *cond = NULL, *ucond = NULL;
+  float *cm = NULL, *bm = NULL;
+  mmp_tensor_t *fcm = to_host_f32(cam, &cm), *fbm = to_host_f32(bam, &bm);
+  int rc = 0;
+  if (!cap || !cam || !bcap || !bam || !frames || !cm || !bm) {
+    rc = mmp_error_code() ? mmp_error_code() : MMP_ENOMEM;
+    goto done;
+  }
+  {
+    /* captions of the V targets: [B V, S] -> CLIP + type 0 */
+    mmp_tensor_t *ids = rs(mmp_slice(cap, 1, off, 5, 1), 2, (int64_t[]){B * V, S});
+    mmp_tensor_t *am = rs(mmp_slice(cam, 1, off, 5, 1), 2, (int64_t[]){B * V, S});
+    mmp_tensor_t *hc = ids && am ? call1(r->c.clip, NULL, "last_hidden_state", "input_ids", ids, "attention_mask", am, NULL, NULL) : NULL;
+    hc = sd_swap(hc, add_row(hc, r->type, 0));
+    mmp_tensor_unref(ids);
+    mmp_tensor_unref(am);
+    /* source frames: BLIP of each frame j with caption j, + type 1 + time j */
+    mmp_tensor_t *src[5] = {NULL};
+    for (int64_t j = 0; j < src_V && hc; j++) {
+      mmp_tensor_t *fj = rs(mmp_slice(frames, 1, j, j + 1, 1), 4,
+                                     (int64_t[]){B, frames->shape[2], frames->shape[3], 3});
+      mmp_tensor_t *fc = fj ? mmp_contiguous(fj) : NULL;
+      mmp_tensor_t *ij = rs(mmp_slice(bcap, 1, j, j + 1, 1), 2, (int64_t[]){B, S});
+      mmp_tensor_t *mj = rs(mmp_slice(bam, 1, j, j + 1, 1), 2, (int64_t[]){B, S});
+      src[j] = fc && ij && mj ? blip_frames(r, fc, ij, mj, j) : NULL;
+      mmp_tensor_unref(fj);
+      mmp_tensor_unref(fc);
+      mmp_tensor_unref(ij);
+      mmp_tensor_unref(mj);
+      if (!src[j]) break;
+    }
+    /* conditional context [B, V, L, D]: caption i of each target then the
+     * src_V frame slots shared by the V targets of a story */
+    if (hc && src[src_V - 1]) {
+      mmp_tensor_t *srcs = mmp_concat(src, (int)src_V, 1); /* [B, src_V S, D] */
+      mmp_tensor_t *h4 = mmp_reshape(hc, 4, (int64_t[]){B, V, S, r->D});
+      mmp_tensor_t *s4 = srcs ? mmp_reshape(srcs, 4, (int64_t[]){B, 1, src_V * S, r->D}) : NULL;
+      mmp_tensor_t *sb = s4 ? mmp_broadcast_to(s4, 4, (int64_t[]){B, V, src_V * S, r->D}) : NULL;
+      mmp_tensor_t *sc = sb ? mmp_contiguous(sb) : NULL;
+      mmp_tensor_t *both[2] = {h4, sc};
+      cond = h4 && sc ? mmp_concat(both, 2, 2) : NULL; /* [B, V, L, D] */
+      mmp_tensor_unref(srcs);
+      mmp_tensor_unref(h4);
+      mmp_tensor_unref(s4);
+      mmp_tensor_unref(sb);
+      mmp_tensor_unref(sc);
+    }
+    for (int64_t j = 0; j < src_V; j++) mmp_tensor_unref(src[j]);
+    mmp_tensor_unref(hc);
+    if (!cond) {
+      rc = mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
+      goto done;
+    }
+    mmp_tensor_t *ub = mmp_broadcast_to(r->uncond, 3, (int64_t[]){B, L, r->D});
+    ucond = ub ? mmp_contiguous(ub) : NULL;
+    mmp_tensor_unref(ub);
+    if (!ucond) {
+      rc = mmp_error_code();
+      goto done;
+    }
+  }
+  char label[96];
+  for (int64_t i = 0; i < V; i++) {
+    snprintf(label, sizeof label, "story %lld-%lld frame %lld/%lld", (long long)s0, (long long)(s0 + B - 1),
+             (long long)i + 1, (long long)V);
+    mmp_context_progress_begin(ctx, label, r->t->steps);
+    mmp_tensor_t *ci = rs(mmp_slice(cond, 1, i, i + 1, 1), 3, (int64_t[]){B, L, r->D});
+    mmp_tensor_t *cc = ci ? mmp_contiguous(ci) : NULL;
+    mmp_tensor_t *um = frame_mask(r, B, i, NULL, NULL), *cmk = frame_mask(r, B, i, cm, bm);
+    mmp_tensor_t *two[2] = {ucond, cc}, *twom[2] = {um, cmk};
+    mmp_tensor_t *ehs = cc ? mmp_concat(two, 2, 0) : NULL, *mask = um && cmk ? mmp_concat(twom, 2, 0) : NULL;
+    mmp_tensor_t *l0 = NULL, *l1 = NULL, *img = NULL;
+    if (!ehs || !mask) rc = mmp_error_code() ? mmp_error_code() : MMP_ENOMEM;
+    else rc = draw_frame(r, ctx, gen, ehs, mask, B, scaling, down, lch, &l0, &l1, &img);
+    mmp_context_progress_end(ctx);
+    for (int64_t b = 0; rc == 0 && r->saved && b < B; b++) {
+      mmp_tensor_t *pc = mmp_slice(cc, 0, b, b + 1, 1), *pu = mmp_slice(ucond, 0, b, b + 1, 1);
+      mmp_tensor_t *pm = mmp_slice(cmk, 0, b, b + 1, 1), *pum = mmp_slice(um, 0, b, b + 1, 1);
+      mmp_tensor_t *p0 = mmp_slice(l0, 0, b, b + 1, 1), *p1 = mmp_slice(l1, 0, b, b + 1, 1);
+      mmp_tensor_t *pi = mmp_slice(img, 0, b, b + 1, 1);
+      mmp_tensor_t *all[7] = {pc, pu, pm, pum, p0, p1, pi};
+      static const char *const names[7] = {"context", "uncond_context", "mask", "uncond_mask", "latents_initial",
+                                           "latents_final", "image"};
+      for (int k = 0; k < 7; k++) {
+        mmp_tensor_t *cont = all[k] ? mmp_contiguous(all[k]) : NULL;
+        if (!cont) rc = mmp_error_code() ? mmp_error_code() : MMP_ENOMEM;
+        else if (rc == 0) rc = save_t(r, s0 + b, i, names[k], cont);
+        mmp_tensor_unref(cont);
+        mmp_tensor_unref(all[k]);
+      }
+    }
+    /* write-back: BLIP(frame i, caption j) + type 1 + time j into slot j */
+    int64_t j = i + src_V - V;
+    if (rc == 0 && i + 1 < V) {
+      mmp_tensor_t *ij = rs(mmp_slice(bcap, 1, j, j + 1, 1), 2, (int64_t[]){B, S});
+      mmp_tensor_t *mj = rs(mmp_slice(bam, 1, j, j + 1, 1), 2, (int64_t[]){B, S});
+      mmp_tensor_t *fb = img;
+      if (r->replay) {
+        char k[64];
+        snprintf(k, sizeof k, "frame%lld.image", (long long)i);
+        fb = mmp_tensormap_get(r->replay, k);
+        if (!fb || fb->dtype != MMP_U8 || !mmp_tensor_same_shape(fb, img)) {
+          rc = mmp_error_set(MMP_EDATA, "story: writeback_from: %s must be u8 like the drawn frames", k);
+          fb = NULL;
+        }
+      }
+      mmp_tensor_t *ne = fb && ij && mj ? blip_frames(r, fb, ij, mj, j) : NULL; /* [B, S, D] */
+      mmp_tensor_t *n4 = ne ? mmp_reshape(ne, 4, (int64_t[]){B, 1, S, r->D}) : NULL;
+      mmp_tensor_t *nb = n4 ? mmp_broadcast_to(n4, 4, (int64_t[]){B, V, S, r->D}) : NULL;
+      mmp_tensor_t *nc = nb ? mmp_contiguous(nb) : NULL;
+      int64_t a = (j + 1) * S;
+      mmp_tensor_t *pre = mmp_slice(cond, 2, 0, a, 1), *post = mmp_slice(cond, 2, a + S, L, 1);
+      mmp_tensor_t *pc = pre ? mmp_contiguous(pre) : NULL, *qc = post ? mmp_contiguous(post) : NULL;
+      mmp_tensor_t *parts[3] = {pc, nc, qc};
+      mmp_tensor_t *nw = pc && nc && qc ? mmp_concat(parts, 3, 2) : NULL;
+      if (nw) cond = sd_swap(cond, nw);
+      else if (rc == 0) rc = mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
+      mmp_tensor_unref(ij);
+      mmp_tensor_unref(mj);
+      mmp_tensor_unref(ne);
+      mmp_tensor_unref(n4);
+      mmp_tensor_unref(nb);
+      mmp_tensor_unref(nc);
+      mmp_tensor_unref(pre);
+      mmp_tensor_unref(post);
+      mmp_tensor_unref(pc);
+      mmp_tensor_unref(qc);
+    }
+    mmp_tensor_unref(ci);
+    mmp_tensor_unref(cc);
+    mmp_tensor_unref(um);
+    mmp_tensor_unref(cmk);
+    mmp_tensor_unref(ehs);
+    mmp_tensor_unref(mask);
+    mmp_tensor_unref(l0);
+    mmp_tensor_unref(l1);
+    mmp_tensor_unref(img);
+    if (rc < 0) break;
+  }
+done:
+  free(cm);
+  free(bm);
+  mmp_tensor_unref(fcm);
+  mmp_tensor_unref(fbm);
+  mmp_tensor_unref(cap);
+  mmp_tensor_unref(cam);
+  mmp_tensor_unref(bcap);
+  mmp_tensor_unref(bam);
+  mmp_tensor_unref(frames);
+  mmp_tensor_unref(cond);
+  mmp_tensor_unref(ucond);
+  return rc;
+}
+
+static int mkdir_p(const char *dir) {
+  char buf[4096];
+  snprintf(buf, sizeof buf, "%s", dir);
+  for (char *p = buf + 1; *p; p++) {
+    if (*p != '/') continue;
+    *p = '\0';
+    if (mkdir(buf, 0777) != 0 && errno != EEXIST) return mmp_error_set(MMP_EIO, "story: mkdir %s: %s", buf, strerror(errno));
+    *p = '/';
+  }
+  if (mkdir(buf, 0777) != 0 && errno != EEXIST) return mmp_error_set(MMP_EIO, "story: mkdir %s: %s", buf, strerror(errno));
+  return 0;
+}
+
+/* Inputs checked before any work: names, shapes, five captions, S. */
+static int check_input(run_t *r, const mmp_tensormap_t *in, int64_t *n) {
+  static const char *const names[5] = {"captions", "caption_mask", "blip_captions", "blip_mask", "frames"};
+  for (int k = 0; k < 5; k++) {
+    mmp_tensor_t *t = mmp_tensormap_get(in, names[k]);
+    if (!t) return mmp_error_set(MMP_EDATA, "story: %s: no tensor \"%s\"", r->t->input, names[k]);
+    if (t->ndim != (k == 4 ? 5 : 3) || t->shape[1] != 5 || (k < 4 && t->shape[2] != r->S) ||
+        t->shape[0] != mmp_tensormap_get(in, "captions")->shape[0])
+      return mmp_error_set(MMP_ESHAPE, "story: %s: \"%s\" must be [N, 5, %s] (five frames per story, S = %lld of the AR-LDM file)",
+                           r->t->input, names[k], k == 4 ? "H, W, 3" : "S", (long long)r->S);
+  }
+  mmp_tensor_t *f = mmp_tensormap_get(in, "frames");
+  if (f->dtype != MMP_U8 || f->shape[4] != 3) return mmp_error_set(MMP_EDTYPE, "story: %s: frames must be u8 [N, 5, H, W, 3]", r->t->input);
+  *n = f->shape[0];
+  return 0;
+}
+
+static int story_run(void *self, mmp_context_t *ctx) {
+  story_t *t = self;
+  run_t r = {.t = t, .be = mmp_context_backend(ctx)};
+  r.V = t->continuation ? 4 : 5;
+  r.src_V = 5;
+  mmp_rng_t *gen = NULL;
+  mmp_tensormap_t *in = mmp_tensormap_new();
+  int rc = 0;
+  if (!in) return mmp_error_set(MMP_ENOMEM, "out of memory");
+  if (mmp_safetensors_load_map(t->input, mmp_backend_get("cpu"), false, in) < 0) {
+    rc = mmp_error_prefix("story: ");
+    goto done;
+  }
+  if (!(r.c.clip = mmp_component_create(ctx, MMP_KIND_ENCODER, "text_encoder")) ||
+      !(r.c.blip = mmp_component_create(ctx, MMP_KIND_ENCODER, "mm_encoder")) ||
+      !(r.c.proc = mmp_component_create(ctx, MMP_KIND_PROCESSOR, "blip_processor")) ||
+      !(r.c.unet = mmp_component_create(ctx, MMP_KIND_MODEL, "unet")) ||
+      !(r.c.vae = mmp_component_create(ctx, MMP_KIND_ENCODER, "vae")) ||
+      !(r.c.sched = mmp_component_create(ctx, MMP_KIND_SCHEDULER, "scheduler"))) {
+    rc = mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
+    goto done;
+  }
+  if ((rc = build_null_context(&r)) < 0) goto done;
+  int64_t n = 0;
+  if ((rc = check_input(&r, in, &n)) < 0) goto done;
+  mmp_tensormap_t *ii = mmp_tensormap_new(), *info = mmp_tensormap_new();
+  if (!ii || !info || forward(r.c.vae, "info", ii, info) < 0) {
+    mmp_tensormap_free(ii);
+    mmp_tensormap_free(info);
+    rc = mmp_error_code() ? mmp_error_code() : MMP_ENOMEM;
+    goto done;
+  }
+  double scaling = 0.18215;
+  int down = 8;
+  int64_t lch = 4;
+  {
+    int64_t z[1] = {0};
+    mmp_tensor_t *a = mmp_tensormap_get(info, "scaling_factor"), *b = mmp_tensormap_get(info, "downscale_factor"),
+                 *c = mmp_tensormap_get(info, "latent_channels");
+    if (a) scaling = mmp_tensor_get(a, z);
+    if (b) down = (int)mmp_tensor_get(b, z);
+    if (c) lch = (int64_t)mmp_tensor_get(c, z);
+  }
+  mmp_tensormap_free(ii);
+  mmp_tensormap_free(info);
+  if (t->width % down || t->height % down) {
+    rc = mmp_error_set(MMP_ECONFIG, "story: width and height must be multiples of the VAE's downscale factor %d", down);
+    goto done;
+  }
+  if ((rc = mkdir_p(t->out_dir)) < 0) goto done;
+  if (t->save_tensors && !(r.saved = mmp_tensormap_new())) {
+    rc = mmp_error_set(MMP_ENOMEM, "out of memory");
+    goto done;
+  }
+  if (t->writeback[0]) {
+    if (!(r.replay = mmp_tensormap_new()) ||
+        mmp_safetensors_load_map(t->writeback, mmp_backend_get("cpu"), false, r.replay) < 0) {
+      rc = mmp_error_prefix("story: writeback_from: ");
+      goto done;
+    }
+  }
+  if (!(gen = mmp_rng_new((uint64_t)t->seed, t->rng_mode))) {
+    rc = mmp_error_code();
+    goto done;
+  }
+  for (int64_t s0 = 0; s0 < n && rc == 0; s0 += t->batch) {
+    int64_t B = n - s0 < t->batch ? n - s0 : t->batch;
+    rc = draw_stories(&r, ctx, gen, in, s0, B, scaling, down, lch);
+  }
+  if (rc == 0 && r.saved) {
+    char path[4200], tmp[4300];
+    snprintf(path, sizeof path, "%s/story_tensors.safetensors", t->out_dir);
+    snprintf(tmp, sizeof tmp, "%s/.story_tensors.safetensors.tmp", t->out_dir);
+    if ((rc = mmp_safetensors_save_map(tmp, r.saved, NULL)) == 0 && rename(tmp, path) != 0)
+      rc = mmp_error_set(MMP_EIO, "story: rename to %s: %s", path, strerror(errno));
+  }
+done:
+  mmp_tensormap_free(r.saved);
+  mmp_tensormap_free(r.replay);
+  mmp_tensormap_free(in);
+  mmp_tensor_unref(r.type);
+  mmp_tensor_unref(r.time);
+  mmp_tensor_unref(r.uncond);
+  mmp_rng_free(gen);
+  mmp_component_free(r.c.sched);
+  mmp_component_free(r.c.vae);
+  mmp_component_free(r.c.unet);
+  mmp_component_free(r.c.proc);
+  mmp_component_free(r.c.blip);
+  mmp_component_free(r.c.clip);
+  return rc;
+}
+
+static const mmp_task_ops_t story_ops = {
+    .base = MMP_PLUGIN_BASE(MMP_KIND_TASK, mmp_task_ops_t, "story", "0.1",
+                            "AR-LDM story visualization and continuation (frames drawn one by one)", story_keys,
+                            story_create, story_destroy),
+    .run = story_run,
+};
+
+MMP_EXPORT int mmp_plugin_task_story_init(mmp_registry_t *reg);
+MMP_EXPORT int mmp_plugin_task_story_init(mmp_registry_t *reg) { return mmp_registry_add(reg, &story_ops.base); }
