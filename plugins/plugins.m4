@@ -20,4 +20,4 @@ MMP_PLUGIN([encoders], [bert], [true], [], [BERT (BertModel, BlipTextModel, BLIP
 MMP_PLUGIN([encoders], [blip], [true], [], [BLIP feature extractor: image, text and multimodal features])
 MMP_PLUGIN([models], [unet2d_condition], [true], [], [conditional UNet of Stable Diffusion 1.x/2.x (diffusers)])
 MMP_PLUGIN([tasks], [txt2img], [test "x$have_png" = xyes], [libpng not found (apt-get install libpng-dev)], [text-to-image with a latent-diffusion model])
-MMP_PLUGIN([tasks], [story], [true], [], [AR-LDM story visualization and continuation])
+MMP_PLUGIN([tasks], [story], [test "x$have_png" = xyes], [libpng not found (apt-get install libpng-dev)], [AR-LDM story visualization and continuation])

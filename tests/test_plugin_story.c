@@ -17,7 +17,7 @@ static int run_story(const char *task, int sched, const char *fixture, const cha
   snprintf(text, sizeof text,
            "task = { name = \"story\"; task = \"%s\"; arldm = \"%s/arldm_tiny.safetensors\";\n"
            "  story_tensors = \"%s/%s\"; width = 32; height = 32; steps = 4; guidance_scale = 6.0; seed = 7;\n"
-           "  save_tensors = true; output_dir = \"%s\"; %s%s%s%s%s };\n"
+           "  save_tensors = true; output_dir = \"%s\"; sample_output_dir = \"%s/samples\"; %s%s%s%s%s };\n"
            "text_encoder = { name = \"clip_text\"; config = \"%s/text_encoder/config.json\";"
            " weights = \"%s/arldm_tiny.safetensors\"; prefix = \"text_encoder.\"; };\n"
            "mm_encoder = { name = \"blip\"; config = \"%s/med_config.json\"; weights = \"%s/arldm_tiny.safetensors\";"
@@ -28,7 +28,7 @@ static int run_story(const char *task, int sched, const char *fixture, const cha
            " prefix = \"unet.\"; };\n"
            "vae = { name = \"vae\"; config = \"%s/vae/config.json\"; weights = \"%s/arldm_tiny.safetensors\";"
            " prefix = \"vae.\"; };\n%s\n",
-           task, fx, fx, fixture, outdir, replay ? "writeback_from = \"" : "", replay ? fx : "", replay ? "/" : "",
+           task, fx, fx, fixture, outdir, outdir, replay ? "writeback_from = \"" : "", replay ? fx : "", replay ? "/" : "",
            replay ? fixture : "", replay ? "\";" : "", fx, fx, fx, fx, fx, fx, fx, fx, SCHED[sched]);
   mmp_registry_t *reg = mmp_registry_new();
   sd_env_add_dirs(reg);
@@ -137,8 +137,32 @@ static void check(const char *task, int sched, bool replay) {
        eimg);
   mmp_tensormap_free(got);
   mmp_tensormap_free(ref);
-  unlink(path);
-  rmdir(outdir);
+  if (!replay && sched == 0) {
+    /* the outputs: frames, AR-LDM's numbering, strip, contact sheet, run.json */
+    static const char *const files[] = {"story00000/frame1.png", "story00000/frame4.png", "story00000/strip.png",
+                                        "index.html", "run.json", "samples/0000.png", NULL};
+    for (int k = 0; files[k]; k++) {
+      snprintf(path, sizeof path, "%s/%s", outdir, files[k]);
+      ok(access(path, F_OK) == 0, "%s: writes %s", task, files[k]);
+    }
+    snprintf(path, sizeof path, "%s/samples/%04d.png", outdir, V - 1);
+    ok(access(path, F_OK) == 0, "%s: sample_output_dir numbering up to %04d", task, V - 1);
+    snprintf(path, sizeof path, "%s/samples/%04d.png", outdir, V);
+    ok(access(path, F_OK) != 0, "%s: and no further", task);
+    /* a rerun skips the complete story: run.json records no frame time */
+    ok(run_story(task, sched, fixture, outdir, false) == 0, "%s: rerun", task);
+    snprintf(path, sizeof path, "%s/run.json", outdir);
+    FILE *f = fopen(path, "r");
+    char buf[4096] = "";
+    size_t nr = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    buf[nr] = 0;
+    if (f) fclose(f);
+    like(buf, "[null, null, null, null", "%s: the rerun skipped the complete story (frame_seconds null)", task);
+    like(buf, "\"scheduler\": \"ddim\"", "%s: run.json records the scheduler", task);
+  }
+  char cmd[4400];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", outdir);
+  if (system(cmd) != 0) diag("could not remove %s", outdir);
 }
 
 int main(void) {

@@ -15,18 +15,29 @@
  * pl.seed_everything(seed)); each frame draws its initial latents
  * randn([B, C, h, w]) from it, frame by frame, story batch by story batch;
  * nothing else draws. */
+#ifdef HAVE_CONFIG_H
+#include "config.h"
+#endif
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <time.h>
 #include <unistd.h>
 
 #include <mmpipe/rng.h>
 #include <mmpipe/safetensors.h>
 
 #include "plugins/common/sd_common.h"
+#include "plugins/processors/imagecommon.h"
+
+#ifdef PACKAGE_VERSION
+#define STORY_MMPIPE_VERSION PACKAGE_VERSION
+#else
+#define STORY_MMPIPE_VERSION "unknown"
+#endif
 
 static const mmp_key_t story_keys[] = {
     {"task", MMP_TYPE_STRING, "\"visualization\"", "visualization (5 frames from 5 captions) or continuation (4 frames after the first)", 0, 0},
@@ -42,6 +53,7 @@ static const mmp_key_t story_keys[] = {
     {"rng", MMP_TYPE_STRING, "\"torch\"", "torch (as AR-LDM on CPU) or philox", 0, 0},
     {"batch_size", MMP_TYPE_INT, "1", "stories denoised together", 0, 0},
     {"output_dir", MMP_TYPE_STRING, "\"story-out\"", "where the outputs go (created if needed)", MMP_KEY_PATH, 0},
+    {"sample_output_dir", MMP_TYPE_STRING, "\"\"", "also write each frame as {k:04d}.png here, k = story * V + frame (AR-LDM's numbering)", MMP_KEY_PATH, 0},
     {"save_tensors", MMP_TYPE_BOOL, "false",
      "write story_tensors.safetensors: story{S}.frame{F}.{context,uncond_context,mask,uncond_mask,latents_initial,latents_final,image}", 0, 0},
     {"writeback_from", MMP_TYPE_STRING, "\"\"",
@@ -62,7 +74,7 @@ typedef struct story {
   int64_t width, height, steps, seed, batch;
   bool save_tensors;
   mmp_rng_mode_t rng_mode;
-  char arldm[4096], input[4096], out_dir[4096], writeback[4096];
+  char arldm[4096], input[4096], out_dir[4096], writeback[4096], sample_dir[4096];
 } story_t;
 
 static void story_destroy(void *self) { free(self); }
@@ -88,7 +100,8 @@ static int story_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp
       (rc = mmp_config_get_path(cfg, "arldm", t->arldm, sizeof t->arldm)) ||
       (rc = mmp_config_get_path(cfg, "story_tensors", t->input, sizeof t->input)) ||
       (rc = mmp_config_get_path(cfg, "output_dir", t->out_dir, sizeof t->out_dir)) ||
-      (rc = mmp_config_get_path(cfg, "writeback_from", t->writeback, sizeof t->writeback)))
+      (rc = mmp_config_get_path(cfg, "writeback_from", t->writeback, sizeof t->writeback)) ||
+      (rc = mmp_config_get_path(cfg, "sample_output_dir", t->sample_dir, sizeof t->sample_dir)))
     goto fail;
   if (!strcmp(task, "continuation")) t->continuation = true;
   else if (strcmp(task, "visualization")) { rc = cfg_error(cfg, "task", "must be visualization or continuation"); goto fail; }
@@ -124,6 +137,8 @@ typedef struct run {
   mmp_tensor_t *uncond;           /* [1, (src_V + 1) S, D] */
   mmp_tensormap_t *saved;         /* save_tensors */
   mmp_tensormap_t *replay;        /* writeback_from */
+  const char *sched_name;
+  double *frame_secs;             /* [n stories * V] seconds, -1 = skipped (resumed) */
 } run_t;
 
 static int forward(mmp_component_t *c, const char *method, const mmp_tensormap_t *in, mmp_tensormap_t *out) {
@@ -356,6 +371,82 @@ static mmp_tensor_t *to_host_f32(mmp_tensor_t *t, float **out) {
   return f;
 }
 
+static double now_s(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+static void story_dir(const run_t *r, int64_t story, char *buf, size_t n) {
+  snprintf(buf, n, "%s/story%05lld", r->t->out_dir, (long long)story);
+}
+
+/* A story is complete when its strip (written last) exists. */
+static bool story_done(const run_t *r, int64_t story) {
+  char d[4200], p[4300];
+  story_dir(r, story, d, sizeof d);
+  snprintf(p, sizeof p, "%s/strip.png", d);
+  return access(p, F_OK) == 0;
+}
+
+static int mkdir_p(const char *dir);
+
+/* Frames (PNG with text chunks), AR-LDM's numbering, then the strip:
+ * ground truth above the drawn frames (continuation: the given first frame
+ * opens the lower row). @gen[i] is frame i of story @story, H x W x 3. */
+static int write_story(run_t *r, int64_t story, const uint8_t *const *gen, int64_t H, int64_t W, const uint8_t *gt,
+                       int64_t gh, int64_t gw) {
+  story_t *t = r->t;
+  char d[4200], path[4400], sv[32], fv[32], seed[32], steps[32], gs[32];
+  story_dir(r, story, d, sizeof d);
+  int rc = mkdir_p(d);
+  if (rc) return rc;
+  snprintf(sv, sizeof sv, "%lld", (long long)story);
+  snprintf(seed, sizeof seed, "%lld", (long long)t->seed);
+  snprintf(steps, sizeof steps, "%lld", (long long)t->steps);
+  snprintf(gs, sizeof gs, "%g", t->guidance);
+  const char *keys[8] = {"story", "frame", "task", "seed", "scheduler", "steps", "guidance_scale", "checkpoint"};
+  const char *vals[8] = {sv, fv, t->continuation ? "continuation" : "visualization", seed, r->sched_name, steps, gs, t->arldm};
+  for (int64_t i = 0; rc == 0 && i < r->V; i++) {
+    int64_t frame = i + 5 - r->V;
+    snprintf(fv, sizeof fv, "%lld", (long long)frame);
+    mmp_image_t im = {(int)W, (int)H, 3, (uint8_t *)gen[i]};
+    snprintf(path, sizeof path, "%s/frame%lld.png", d, (long long)frame);
+    rc = mmp_image_png_write_text(&im, path, keys, vals, 8);
+    if (rc == 0 && t->sample_dir[0]) {
+      snprintf(path, sizeof path, "%s/%04lld.png", t->sample_dir, (long long)(story * r->V + i));
+      rc = mmp_image_png_write_text(&im, path, keys, vals, 8);
+    }
+  }
+  if (rc) return rc;
+  /* the strip: 5 columns, 2 rows */
+  mmp_image_t strip = {0};
+  if ((rc = mmp_image_alloc(&strip, (int)(5 * W), (int)(2 * H), 3))) return rc;
+  memset(strip.data, 0, (size_t)strip.w * strip.h * 3);
+  for (int64_t j = 0; rc == 0 && j < 5; j++) {
+    mmp_image_t src = {(int)gw, (int)gh, 3, (uint8_t *)(gt + j * gh * gw * 3)}, rs = {0};
+    const mmp_image_t *use = &src;
+    if (gh != H || gw != W) {
+      if ((rc = mmp_image_resize(&src, (int)W, (int)H, MMP_RESAMPLE_BILINEAR, &rs))) break;
+      use = &rs;
+    }
+    for (int64_t y = 0; y < H; y++) {
+      memcpy(strip.data + ((size_t)y * strip.w + (size_t)(j * W)) * 3, use->data + (size_t)y * W * 3, (size_t)W * 3);
+      const uint8_t *low = j < 5 - r->V ? use->data + (size_t)y * W * 3 : gen[j - (5 - r->V)] + (size_t)y * W * 3;
+      memcpy(strip.data + ((size_t)(H + y) * strip.w + (size_t)(j * W)) * 3, low, (size_t)W * 3);
+    }
+    mmp_image_clear(&rs);
+  }
+  if (rc == 0) {
+    snprintf(path, sizeof path, "%s/strip.png", d);
+    snprintf(fv, sizeof fv, "strip");
+    rc = mmp_image_png_write_text(&strip, path, keys, vals, 8);
+  }
+  mmp_image_clear(&strip);
+  if (rc == 0) MMP_INFO("story", "story %lld written to %s", (long long)story, d);
+  return rc;
+}
+
 /* Stories [s0, s0 + B) of the input. */
 static int draw_stories(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, const mmp_tensormap_t *in, int64_t s0, int64_t B,
                         double scaling, int down, int64_t lch) {
@@ -427,7 +518,9 @@ static int draw_stories(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, const mmp_
     }
   }
   char label[96];
+  uint8_t *gen_px[5] = {NULL};
   for (int64_t i = 0; i < V; i++) {
+    double t0 = now_s();
     snprintf(label, sizeof label, "story %lld-%lld frame %lld/%lld", (long long)s0, (long long)(s0 + B - 1),
              (long long)i + 1, (long long)V);
     mmp_context_progress_begin(ctx, label, r->t->steps);
@@ -440,6 +533,11 @@ static int draw_stories(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, const mmp_
     if (!ehs || !mask) rc = mmp_error_code() ? mmp_error_code() : MMP_ENOMEM;
     else rc = draw_frame(r, ctx, gen, ehs, mask, B, scaling, down, lch, &l0, &l1, &img);
     mmp_context_progress_end(ctx);
+    if (rc == 0) {
+      size_t nb = (size_t)mmp_tensor_numel(img);
+      if (!(gen_px[i] = malloc(nb))) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
+      else rc = mmp_tensor_to_host(img, gen_px[i], nb);
+    }
     for (int64_t b = 0; rc == 0 && r->saved && b < B; b++) {
       mmp_tensor_t *pc = mmp_slice(cc, 0, b, b + 1, 1), *pu = mmp_slice(ucond, 0, b, b + 1, 1);
       mmp_tensor_t *pm = mmp_slice(cmk, 0, b, b + 1, 1), *pum = mmp_slice(um, 0, b, b + 1, 1);
@@ -503,7 +601,26 @@ static int draw_stories(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, const mmp_
     mmp_tensor_unref(l1);
     mmp_tensor_unref(img);
     if (rc < 0) break;
+    double dt = now_s() - t0;
+    for (int64_t b = 0; b < B; b++) r->frame_secs[(s0 + b) * V + i] = dt / (double)B;
+    MMP_INFO("story", "stories %lld-%lld frame %lld/%lld: %.2f s", (long long)s0, (long long)(s0 + B - 1), (long long)i + 1,
+             (long long)V, dt);
   }
+  if (rc == 0) {
+    int64_t H = r->t->height, W = r->t->width, gh = frames->shape[2], gw = frames->shape[3];
+    uint8_t *gt = malloc((size_t)mmp_tensor_numel(frames));
+    mmp_tensor_t *fc = mmp_contiguous(frames);
+    if (!gt || !fc || mmp_tensor_to_host(fc, gt, (size_t)mmp_tensor_numel(frames)) < 0)
+      rc = mmp_error_code() ? mmp_error_code() : MMP_ENOMEM;
+    for (int64_t b = 0; rc == 0 && b < B; b++) {
+      const uint8_t *g[5];
+      for (int64_t i = 0; i < V; i++) g[i] = gen_px[i] + (size_t)b * H * W * 3;
+      rc = write_story(r, s0 + b, g, H, W, gt + (size_t)b * 5 * gh * gw * 3, gh, gw);
+    }
+    free(gt);
+    mmp_tensor_unref(fc);
+  }
+  for (int i = 0; i < 5; i++) free(gen_px[i]);
 done:
   free(cm);
   free(bm);
@@ -546,6 +663,84 @@ static int check_input(run_t *r, const mmp_tensormap_t *in, int64_t *n) {
   mmp_tensor_t *f = mmp_tensormap_get(in, "frames");
   if (f->dtype != MMP_U8 || f->shape[4] != 3) return mmp_error_set(MMP_EDTYPE, "story: %s: frames must be u8 [N, 5, H, W, 3]", r->t->input);
   *n = f->shape[0];
+  return 0;
+}
+
+/* index.html: one row per complete story, frames with their story and
+ * frame number under them. */
+static int write_index(run_t *r, int64_t n) {
+  char path[4200], tmp[4300];
+  snprintf(path, sizeof path, "%s/index.html", r->t->out_dir);
+  snprintf(tmp, sizeof tmp, "%s/.index.html.tmp", r->t->out_dir);
+  FILE *f = fopen(tmp, "w");
+  if (!f) return mmp_error_set(MMP_EIO, "story: %s: %s", tmp, strerror(errno));
+  fprintf(f, "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>mmpipe stories</title>\n"
+             "<style>td{text-align:center;font:12px sans-serif;padding:4px}</style></head><body>\n"
+             "<h1>AR-LDM %s</h1>\n<table>\n", r->t->continuation ? "continuation" : "visualization");
+  for (int64_t s = 0; s < n; s++) {
+    if (!story_done(r, s)) continue;
+    fprintf(f, "<tr><th>story %lld</th>", (long long)s);
+    for (int64_t i = 0; i < r->V; i++) {
+      int64_t fr = i + 5 - r->V;
+      fprintf(f, "<td><img src=\"story%05lld/frame%lld.png\" width=\"160\"><br>frame %lld</td>", (long long)s,
+              (long long)fr, (long long)fr);
+    }
+    fprintf(f, "<td><a href=\"story%05lld/strip.png\">strip</a></td></tr>\n", (long long)s);
+  }
+  fprintf(f, "</table></body></html>\n");
+  if (fclose(f) != 0 || rename(tmp, path) != 0) {
+    unlink(tmp);
+    return mmp_error_set(MMP_EIO, "story: cannot write %s", path);
+  }
+  return 0;
+}
+
+static void json_str(FILE *f, const char *s) {
+  fputc('"', f);
+  for (; s && *s; s++) {
+    unsigned char c = (unsigned char)*s;
+    if (c == '"' || c == '\\') fprintf(f, "\\%c", c);
+    else if (c < 0x20) fprintf(f, "\\u%04x", c);
+    else fputc(c, f);
+  }
+  fputc('"', f);
+}
+
+/* run.json: settings, versions, seconds per frame (null: resumed). */
+static int write_run_json(run_t *r, int64_t n, double secs) {
+  story_t *t = r->t;
+  char path[4200], tmp[4300];
+  snprintf(path, sizeof path, "%s/run.json", t->out_dir);
+  snprintf(tmp, sizeof tmp, "%s/.run.json.tmp", t->out_dir);
+  FILE *f = fopen(tmp, "w");
+  if (!f) return mmp_error_set(MMP_EIO, "story: %s: %s", tmp, strerror(errno));
+  fprintf(f, "{\n  \"task\": \"%s\",\n  \"checkpoint\": ", t->continuation ? "continuation" : "visualization");
+  json_str(f, t->arldm);
+  fprintf(f, ",\n  \"stories_file\": ");
+  json_str(f, t->input);
+  fprintf(f, ",\n  \"scheduler\": ");
+  json_str(f, r->sched_name);
+  fprintf(f, ",\n  \"steps\": %lld,\n  \"guidance_scale\": %.17g,\n  \"seed\": %lld,\n  \"rng\": \"%s\",\n"
+             "  \"width\": %lld,\n  \"height\": %lld,\n  \"batch_size\": %lld,\n  \"stories\": %lld,\n"
+             "  \"frames_per_story\": %lld,\n  \"mmpipe_version\": \"%s\",\n  \"plugin_version\": \"%s\",\n"
+             "  \"seconds\": %.3f,\n  \"frame_seconds\": [",
+          (long long)t->steps, t->guidance, (long long)t->seed, t->rng_mode == MMP_RNG_TORCH ? "torch" : "philox",
+          (long long)t->width, (long long)t->height, (long long)t->batch, (long long)n, (long long)r->V, STORY_MMPIPE_VERSION,
+          "0.1", secs);
+  for (int64_t s = 0; s < n; s++) {
+    fprintf(f, "%s\n    [", s ? "," : "");
+    for (int64_t i = 0; i < r->V; i++) {
+      double v = r->frame_secs[s * r->V + i];
+      if (v < 0) fprintf(f, "%snull", i ? ", " : "");
+      else fprintf(f, "%s%.3f", i ? ", " : "", v);
+    }
+    fprintf(f, "]");
+  }
+  fprintf(f, "\n  ]\n}\n");
+  if (fclose(f) != 0 || rename(tmp, path) != 0) {
+    unlink(tmp);
+    return mmp_error_set(MMP_EIO, "story: cannot write %s", path);
+  }
   return 0;
 }
 
@@ -614,11 +809,43 @@ static int story_run(void *self, mmp_context_t *ctx) {
     rc = mmp_error_code();
     goto done;
   }
+  {
+    const mmp_config_t *sn = mmp_config_lookup(mmp_context_config(ctx), "scheduler.name");
+    r.sched_name = sn && mmp_config_string(sn) ? mmp_config_string(sn) : "";
+  }
+  if (!(r.frame_secs = malloc((size_t)(n * r.V) * sizeof *r.frame_secs))) {
+    rc = mmp_error_set(MMP_ENOMEM, "out of memory");
+    goto done;
+  }
+  for (int64_t k = 0; k < n * r.V; k++) r.frame_secs[k] = -1;
+  if (t->sample_dir[0] && (rc = mkdir_p(t->sample_dir)) < 0) goto done;
+  double run0 = now_s();
   for (int64_t s0 = 0; s0 < n && rc == 0; s0 += t->batch) {
     int64_t B = n - s0 < t->batch ? n - s0 : t->batch;
+    bool done_all = true;
+    for (int64_t b = 0; b < B && done_all; b++) done_all = story_done(&r, s0 + b);
+    if (done_all) {
+      /* resume: the generator still draws what these stories drew, so the
+       * later stories get the pictures of an uninterrupted run */
+      int64_t ls[4] = {B, lch, t->height / down, t->width / down};
+      for (int64_t i = 0; i < r.V && rc == 0; i++) {
+        mmp_tensor_t *skip = mmp_rng_randn(gen, mmp_backend_get("cpu"), 4, ls);
+        if (!skip) rc = mmp_error_code();
+        mmp_tensor_unref(skip);
+      }
+      MMP_INFO("story", "stories %lld-%lld already complete: skipped", (long long)s0, (long long)(s0 + B - 1));
+      continue;
+    }
     rc = draw_stories(&r, ctx, gen, in, s0, B, scaling, down, lch);
+    double el = now_s() - run0;
+    int64_t left = n - (s0 + B);
+    if (rc == 0)
+      MMP_INFO("story", "%lld/%lld stories, %.1f s so far, ETA %.1f s", (long long)(s0 + B), (long long)n, el,
+               el / (double)(s0 + B) * (double)left);
   }
-  if (rc == 0 && r.saved) {
+  if (rc == 0) rc = write_index(&r, n);
+  if (rc == 0) rc = write_run_json(&r, n, now_s() - run0);
+  if (rc == 0 && r.saved && mmp_tensormap_size(r.saved) > 0) { /* a fully resumed run keeps the earlier file */
     char path[4200], tmp[4300];
     snprintf(path, sizeof path, "%s/story_tensors.safetensors", t->out_dir);
     snprintf(tmp, sizeof tmp, "%s/.story_tensors.safetensors.tmp", t->out_dir);
@@ -628,6 +855,7 @@ static int story_run(void *self, mmp_context_t *ctx) {
 done:
   mmp_tensormap_free(r.saved);
   mmp_tensormap_free(r.replay);
+  free(r.frame_secs);
   mmp_tensormap_free(in);
   mmp_tensor_unref(r.type);
   mmp_tensor_unref(r.time);
