@@ -34,6 +34,7 @@ img = torch.randn(5, 3, 224, 224)
 ids = torch.randint(0, 30522, (5, 91))
 am = torch.ones(5, 91, dtype=torch.long)
 best, tot = 1e30, 0.0
+ru0 = resource.getrusage(resource.RUSAGE_SELF)
 for i in range(warmup + runs):
     t0 = time.time()
     m(img, ids.clone(), am, mode="multimodal")
@@ -44,4 +45,7 @@ for i in range(warmup + runs):
     best = min(best, dt)
 print("%-22s %8.2f s  (best of %d: %.2f s, %d threads)" % ("torch forward", tot / runs, runs, best,
                                                          torch.get_num_threads()))
+ru1 = resource.getrusage(resource.RUSAGE_SELF)
+cpu = (ru1.ru_utime - ru0.ru_utime + ru1.ru_stime - ru0.ru_stime) / (warmup + runs)
+print("%-22s %8.2f s  (user + system per forward, %d forwards)" % ("torch cpu time", cpu, warmup + runs))
 print("%-22s %8.0f MB" % ("torch peak RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
