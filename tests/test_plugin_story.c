@@ -3,6 +3,8 @@
  * classes, one story, 4 steps at 32x32): for both tasks and both schedulers,
  * every frame's conditional and unconditional contexts and masks, initial
  * and final latents and uint8 image, read back from save_tensors. */
+#include <sys/stat.h>
+
 #include "sd_test.h"
 
 static const char *const SCHED[2] = {
@@ -165,6 +167,56 @@ static void check(const char *task, int sched, bool replay) {
   if (system(cmd) != 0) diag("could not remove %s", outdir);
 }
 
+/* Bad stories are refused with a clear message before any model is loaded. */
+static void check_bad_input(void) {
+  const char *tmp = getenv("TMPDIR");
+  char dir[4096], js[4200], text[16384], fx[4096];
+  snprintf(fx, sizeof fx, "%s/tests/fixtures", tap_srcdir());
+  snprintf(dir, sizeof dir, "%s/story_bad_%d", tmp ? tmp : "/tmp", (int)getpid());
+  mkdir(dir, 0777);
+  snprintf(js, sizeof js, "%s/stories.json", dir);
+  static const struct {
+    const char *task, *json, *want;
+  } cases[] = {
+      {"visualization", "[{\"captions\": [\"a\", \"b\", \"c\", \"d\"]}]", "story 0 has 4 captions, a story needs five"},
+      {"continuation", "[{\"captions\": [\"a\", \"b\", \"c\", \"d\", \"e\"]}]", "story 0 has no first_image"},
+      {"visualization",
+       "[{\"captions\": [\"a\", \"b\", \"c\", \"d\", \"e\"]}, {\"captions\": [\"a\", \"b\", \"c\", \"d\","
+       " \"a red cat sitting on the mat with two dogs running\"]}]",
+       "clip_tokenizer"},
+      {"visualization", "{\"captions\": []}", "expected a non-empty array of stories"},
+  };
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    FILE *f = fopen(js, "w");
+    if (f) {
+      fputs(cases[k].json, f);
+      fclose(f);
+    }
+    snprintf(text, sizeof text,
+             "task = { name = \"story\"; task = \"%s\"; arldm = \"%s/arldm/arldm_tiny.safetensors\";\n"
+             "  stories_file = \"%s\"; width = 32; height = 32; steps = 1; output_dir = \"%s/out\"; };\n"
+             "clip_tokenizer = { name = \"clip_tokenizer\"; tokenizer_dir = \"%s/sd/pipe/tokenizer\"; max_length = 8;"
+             " truncation = false; };\n"
+             "text_encoder = { name = \"clip_text\"; config = \"%s/arldm/text_encoder/config.json\"; weights = \"/nonexistent\"; };\n",
+             cases[k].task, fx, js, dir, fx, fx);
+    mmp_registry_t *reg = mmp_registry_new();
+    sd_env_add_dirs(reg);
+    mmp_config_t *cfg = mmp_config_parse(text, "story-bad");
+    mmp_context_t *ctx = cfg ? mmp_context_new(reg, cfg) : NULL;
+    if (ctx) mmp_context_set_progress(ctx, false);
+    int rc = ctx ? mmp_context_run_task(ctx) : 0;
+    ok(rc < 0, "bad stories file %zu refused", k);
+    like(mmp_error_last(), cases[k].want, "  with a clear message");
+    diag("  %s", mmp_error_last());
+    mmp_context_free(ctx);
+    mmp_config_free(cfg);
+    mmp_registry_free(reg);
+  }
+  char cmd[4400];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  if (system(cmd) != 0) diag("could not remove %s", dir);
+}
+
 int main(void) {
   mmp_registry_t *reg = mmp_registry_new();
   sd_env_add_dirs(reg);
@@ -175,6 +227,7 @@ int main(void) {
   mmp_tensormap_t *probe = sd_load("../arldm/arldm_tiny.safetensors");
   if (!probe) skip_all("fixtures missing");
   mmp_tensormap_free(probe);
+  check_bad_input();
   for (int replay = 1; replay >= 0; replay--) {
     check("visualization", 0, replay);
     check("visualization", 1, replay);

@@ -45,6 +45,14 @@ static const mmp_key_t story_keys[] = {
     {"story_tensors", MMP_TYPE_STRING, "\"\"",
      "stories as tensors: captions, caption_mask (CLIP ids [N, 5, S]), blip_captions, blip_mask (BLIP ids [N, 5, S]), frames (u8 [N, 5, H, W, 3])",
      MMP_KEY_PATH, 0},
+    {"stories_file", MMP_TYPE_STRING, "\"\"",
+     "stories from the user (instead of story_tensors): JSON [{\"id\": ..., \"captions\": [5 strings], \"first_image\": \"a.png\"}, ...]; "
+     "first_image (relative to the file) is required for continuation",
+     MMP_KEY_PATH, 0},
+    {"clip_tokenizer", MMP_TYPE_COMPONENT, NULL,
+     "stories_file (required with it): the caption tokenizer (max_length = S, truncation = false, the dataset's new_tokens)", 0, MMP_KIND_PROCESSOR},
+    {"blip_tokenizer", MMP_TYPE_COMPONENT, NULL,
+     "stories_file (required with it): BLIP's tokenizer (max_length = S, truncation = false, blip = true, new_tokens)", 0, MMP_KIND_PROCESSOR},
     {"guidance_scale", MMP_TYPE_FLOAT, "6.0", "classifier-free guidance weight", 0, 0},
     {"width", MMP_TYPE_INT, "512", "frame width in pixels", 0, 0},
     {"height", MMP_TYPE_INT, "512", "frame height in pixels", 0, 0},
@@ -74,7 +82,7 @@ typedef struct story {
   int64_t width, height, steps, seed, batch;
   bool save_tensors;
   mmp_rng_mode_t rng_mode;
-  char arldm[4096], input[4096], out_dir[4096], writeback[4096], sample_dir[4096];
+  char arldm[4096], input[4096], out_dir[4096], writeback[4096], sample_dir[4096], stories[4096];
 } story_t;
 
 static void story_destroy(void *self) { free(self); }
@@ -101,7 +109,8 @@ static int story_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp
       (rc = mmp_config_get_path(cfg, "story_tensors", t->input, sizeof t->input)) ||
       (rc = mmp_config_get_path(cfg, "output_dir", t->out_dir, sizeof t->out_dir)) ||
       (rc = mmp_config_get_path(cfg, "writeback_from", t->writeback, sizeof t->writeback)) ||
-      (rc = mmp_config_get_path(cfg, "sample_output_dir", t->sample_dir, sizeof t->sample_dir)))
+      (rc = mmp_config_get_path(cfg, "sample_output_dir", t->sample_dir, sizeof t->sample_dir)) ||
+      (rc = mmp_config_get_path(cfg, "stories_file", t->stories, sizeof t->stories)))
     goto fail;
   if (!strcmp(task, "continuation")) t->continuation = true;
   else if (strcmp(task, "visualization")) { rc = cfg_error(cfg, "task", "must be visualization or continuation"); goto fail; }
@@ -112,7 +121,10 @@ static int story_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp
   if (t->batch < 1 || t->batch > 1024) { rc = cfg_error(cfg, "batch_size", "must be 1..1024"); goto fail; }
   if (t->seed < 0) { rc = cfg_error(cfg, "seed", "must be >= 0"); goto fail; }
   if (!t->arldm[0]) { rc = cfg_error(cfg, "arldm", "the AR-LDM state dict is required"); goto fail; }
-  if (!t->input[0]) { rc = cfg_error(cfg, "story_tensors", "no stories given"); goto fail; }
+  if (!t->input[0] == !t->stories[0]) {
+    rc = cfg_error(cfg, "story_tensors", "give exactly one of story_tensors and stories_file");
+    goto fail;
+  }
   if (!t->out_dir[0]) { rc = cfg_error(cfg, "output_dir", "must not be empty"); goto fail; }
   *out_self = t;
   return 0;
@@ -658,12 +670,143 @@ static int check_input(run_t *r, const mmp_tensormap_t *in, int64_t *n) {
     if (t->ndim != (k == 4 ? 5 : 3) || t->shape[1] != 5 || (k < 4 && t->shape[2] != r->S) ||
         t->shape[0] != mmp_tensormap_get(in, "captions")->shape[0])
       return mmp_error_set(MMP_ESHAPE, "story: %s: \"%s\" must be [N, 5, %s] (five frames per story, S = %lld of the AR-LDM file)",
-                           r->t->input, names[k], k == 4 ? "H, W, 3" : "S", (long long)r->S);
+                           r->t->input[0] ? r->t->input : r->t->stories, names[k], k == 4 ? "H, W, 3" : "S", (long long)r->S);
   }
   mmp_tensor_t *f = mmp_tensormap_get(in, "frames");
   if (f->dtype != MMP_U8 || f->shape[4] != 3) return mmp_error_set(MMP_EDTYPE, "story: %s: frames must be u8 [N, 5, H, W, 3]", r->t->input);
   *n = f->shape[0];
   return 0;
+}
+
+/* ---------------------------------------------------------------- stories_file */
+
+static int tokenize(mmp_context_t *ctx, const char *group, const char *const *texts, size_t n, int64_t S,
+                    mmp_tensor_t **ids, mmp_tensor_t **mask) {
+  mmp_component_t *c = mmp_component_create(ctx, MMP_KIND_PROCESSOR, group);
+  if (!c) return mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
+  const mmp_processor_ops_t *ops = (const mmp_processor_ops_t *)c->plugin;
+  mmp_tensormap_t *out = mmp_tensormap_new();
+  int rc = 0;
+  if (ops->base.struct_size < sizeof(mmp_processor_ops_t) || !ops->encode_text)
+    rc = mmp_error_set(MMP_EPLUGIN, "story: %s '%s' cannot encode text", group, ops->base.name);
+  else if (!out)
+    rc = mmp_error_set(MMP_ENOMEM, "out of memory");
+  else if ((rc = ops->encode_text(c->self, texts, n, out)) < 0)
+    /* AR-LDM tokenizes with truncation=False: a long caption is an error */
+    mmp_error_prefix("story: %s (text k = caption k %% 5 of story k / 5): ", group);
+  if (rc == 0) {
+    mmp_tensor_t *a = mmp_tensormap_get(out, "input_ids"), *b = mmp_tensormap_get(out, "attention_mask");
+    if (!a || !b || a->ndim != 2 || a->shape[1] != S)
+      rc = mmp_error_set(MMP_ECONFIG, "story: %s gives %lld tokens per caption, the AR-LDM file's S is %lld (set max_length = %lld)",
+                         group, (long long)(a && a->ndim == 2 ? a->shape[1] : -1), (long long)S, (long long)S);
+    else {
+      *ids = mmp_tensor_ref(a);
+      *mask = mmp_tensor_ref(b);
+    }
+  }
+  mmp_tensormap_free(out);
+  mmp_component_free(c);
+  return rc;
+}
+
+static int read_file(const char *path, uint8_t **buf, size_t *n) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return mmp_error_set(MMP_EIO, "story: %s: %s", path, strerror(errno));
+  long len = fseek(f, 0, SEEK_END) == 0 ? ftell(f) : -1;
+  if (len < 0 || len > (1L << 30) || fseek(f, 0, SEEK_SET) != 0) {
+    fclose(f);
+    return mmp_error_set(MMP_EIO, "story: %s: cannot read", path);
+  }
+  *buf = malloc((size_t)len + 1);
+  int rc = *buf && fread(*buf, 1, (size_t)len, f) == (size_t)len ? 0 : mmp_error_set(MMP_EIO, "story: %s: cannot read", path);
+  fclose(f);
+  *n = (size_t)len;
+  return rc;
+}
+
+/* The JSON stories file -> the tensors of story_tensors. All stories are
+ * checked (five captions, the first image for continuation, lengths) before
+ * any drawing. */
+static int load_stories_file(run_t *r, mmp_context_t *ctx, mmp_tensormap_t *in) {
+  story_t *t = r->t;
+  json_error_t je;
+  json_t *root = json_load_file(t->stories, 0, &je);
+  if (!root) return mmp_error_set(MMP_EDATA, "story: %s:%d: %s", t->stories, je.line, je.text);
+  int rc = 0;
+  size_t n = json_is_array(root) ? json_array_size(root) : 0;
+  const char **texts = calloc(n * 5 + 1, sizeof *texts);
+  int64_t H = t->height, W = t->width;
+  uint8_t *frames = calloc(n ? n * 5 : 1, (size_t)(H * W * 3));
+  if (!json_is_array(root) || n == 0) {
+    rc = mmp_error_set(MMP_EDATA, "story: %s: expected a non-empty array of stories", t->stories);
+    goto done;
+  }
+  if (!texts || !frames) {
+    rc = mmp_error_set(MMP_ENOMEM, "out of memory");
+    goto done;
+  }
+  char dir[4096];
+  snprintf(dir, sizeof dir, "%s", t->stories);
+  char *sl = strrchr(dir, '/');
+  if (sl) sl[1] = '\0';
+  else dir[0] = '\0';
+  for (size_t s = 0; s < n && rc == 0; s++) {
+    json_t *st = json_array_get(root, s), *caps = json_object_get(st, "captions");
+    if (!json_is_array(caps) || json_array_size(caps) != 5) {
+      rc = mmp_error_set(MMP_EDATA, "story: %s: story %zu has %zu captions, a story needs five", t->stories, s,
+                         json_is_array(caps) ? json_array_size(caps) : 0);
+      break;
+    }
+    for (size_t i = 0; i < 5; i++) {
+      texts[s * 5 + i] = json_string_value(json_array_get(caps, i));
+      if (!texts[s * 5 + i]) {
+        rc = mmp_error_set(MMP_EDATA, "story: %s: story %zu caption %zu is not a string", t->stories, s, i);
+        break;
+      }
+    }
+    const char *img = json_string_value(json_object_get(st, "first_image"));
+    if (rc == 0 && t->continuation && !img) {
+      rc = mmp_error_set(MMP_EDATA, "story: %s: story %zu has no first_image (continuation starts from it)", t->stories, s);
+      break;
+    }
+    if (rc == 0 && img) {
+      char p[8300];
+      snprintf(p, sizeof p, "%s%s", img[0] == '/' ? "" : dir, img);
+      uint8_t *buf = NULL;
+      size_t len = 0;
+      mmp_image_t im = {0}, rs = {0};
+      if ((rc = read_file(p, &buf, &len)) == 0 && (rc = mmp_image_png_decode(buf, len, false, &im)) == 0 &&
+          (rc = mmp_image_resize(&im, (int)W, (int)H, MMP_RESAMPLE_BILINEAR, &rs)) == 0)
+        memcpy(frames + s * 5 * (size_t)(H * W * 3), rs.data, (size_t)(H * W * 3));
+      else
+        mmp_error_prefix("story: first_image of story %zu: ", s);
+      free(buf);
+      mmp_image_clear(&im);
+      mmp_image_clear(&rs);
+    }
+  }
+  mmp_tensor_t *ci = NULL, *cm = NULL, *bi = NULL, *bm = NULL;
+  if (rc == 0) rc = tokenize(ctx, "clip_tokenizer", texts, n * 5, r->S, &ci, &cm);
+  if (rc == 0) rc = tokenize(ctx, "blip_tokenizer", texts, n * 5, r->S, &bi, &bm);
+  if (rc == 0) {
+    int64_t s3[3] = {(int64_t)n, 5, r->S}, s5[5] = {(int64_t)n, 5, H, W, 3};
+    mmp_tensor_t *f = mmp_tensor_from_data(mmp_backend_get("cpu"), MMP_U8, 5, s5, frames);
+    if (!f || mmp_tensormap_set(in, "frames", f) < 0 ||
+        mmp_tensormap_set(in, "captions", mmp_reshape(ci, 3, s3)) < 0 ||
+        mmp_tensormap_set(in, "caption_mask", mmp_reshape(cm, 3, s3)) < 0 ||
+        mmp_tensormap_set(in, "blip_captions", mmp_reshape(bi, 3, s3)) < 0 ||
+        mmp_tensormap_set(in, "blip_mask", mmp_reshape(bm, 3, s3)) < 0)
+      rc = mmp_error_code() ? mmp_error_code() : MMP_ENOMEM;
+  }
+  mmp_tensor_unref(ci);
+  mmp_tensor_unref(cm);
+  mmp_tensor_unref(bi);
+  mmp_tensor_unref(bm);
+done:
+  free(texts);
+  free(frames);
+  json_decref(root);
+  return rc;
 }
 
 /* index.html: one row per complete story, frames with their story and
@@ -753,10 +896,28 @@ static int story_run(void *self, mmp_context_t *ctx) {
   mmp_tensormap_t *in = mmp_tensormap_new();
   int rc = 0;
   if (!in) return mmp_error_set(MMP_ENOMEM, "out of memory");
-  if (mmp_safetensors_load_map(t->input, mmp_backend_get("cpu"), false, in) < 0) {
+  if (t->input[0] && mmp_safetensors_load_map(t->input, mmp_backend_get("cpu"), false, in) < 0) {
     rc = mmp_error_prefix("story: ");
     goto done;
   }
+  {
+    /* S from the AR-LDM file, to check the stories before loading any model */
+    mmp_safetensors_t *st = mmp_safetensors_open(t->arldm);
+    mmp_dtype_t dt;
+    int nd = 0;
+    int64_t sh[MMP_MAX_DIMS];
+    if (!st || mmp_safetensors_info(st, "clip_text_null_token", &dt, &nd, sh) < 0 || nd < 1) {
+      rc = st ? mmp_error_set(MMP_EDATA, "story: %s: no clip_text_null_token (is this an AR-LDM state dict?)", t->arldm)
+              : mmp_error_prefix("story: ");
+      mmp_safetensors_close(st);
+      goto done;
+    }
+    r.S = sh[nd - 1];
+    mmp_safetensors_close(st);
+  }
+  if (t->stories[0] && (rc = load_stories_file(&r, ctx, in)) < 0) goto done;
+  int64_t n = 0;
+  if ((rc = check_input(&r, in, &n)) < 0) goto done;
   if (!(r.c.clip = mmp_component_create(ctx, MMP_KIND_ENCODER, "text_encoder")) ||
       !(r.c.blip = mmp_component_create(ctx, MMP_KIND_ENCODER, "mm_encoder")) ||
       !(r.c.proc = mmp_component_create(ctx, MMP_KIND_PROCESSOR, "blip_processor")) ||
@@ -767,8 +928,6 @@ static int story_run(void *self, mmp_context_t *ctx) {
     goto done;
   }
   if ((rc = build_null_context(&r)) < 0) goto done;
-  int64_t n = 0;
-  if ((rc = check_input(&r, in, &n)) < 0) goto done;
   mmp_tensormap_t *ii = mmp_tensormap_new(), *info = mmp_tensormap_new();
   if (!ii || !info || forward(r.c.vae, "info", ii, info) < 0) {
     mmp_tensormap_free(ii);
