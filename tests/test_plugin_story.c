@@ -13,13 +13,15 @@ static const char *const SCHED[2] = {
     "scheduler = { name = \"pndm\"; beta_start = 0.00085; beta_end = 0.012; beta_schedule = \"scaled_linear\";"
     " skip_prk_steps = true; set_alpha_to_one = false; steps_offset = 0; };"};
 
+static const char *g_extra = ""; /* more keys of the task group */
+
 static int run_story(const char *task, int sched, const char *fixture, const char *outdir, bool replay) {
   char fx[4096], text[16384];
   snprintf(fx, sizeof fx, "%s/tests/fixtures/arldm", tap_srcdir());
   snprintf(text, sizeof text,
            "task = { name = \"story\"; task = \"%s\"; arldm = \"%s/arldm_tiny.safetensors\";\n"
            "  story_tensors = \"%s/%s\"; width = 32; height = 32; steps = 4; guidance_scale = 6.0; seed = 7;\n"
-           "  save_tensors = true; output_dir = \"%s\"; sample_output_dir = \"%s/samples\"; %s%s%s%s%s };\n"
+           "  save_tensors = true; output_dir = \"%s\"; sample_output_dir = \"%s/samples\"; %s%s%s%s%s %s };\n"
            "text_encoder = { name = \"clip_text\"; config = \"%s/text_encoder/config.json\";"
            " weights = \"%s/arldm_tiny.safetensors\"; prefix = \"text_encoder.\"; };\n"
            "mm_encoder = { name = \"blip\"; config = \"%s/med_config.json\"; weights = \"%s/arldm_tiny.safetensors\";"
@@ -31,7 +33,7 @@ static int run_story(const char *task, int sched, const char *fixture, const cha
            "vae = { name = \"vae\"; config = \"%s/vae/config.json\"; weights = \"%s/arldm_tiny.safetensors\";"
            " prefix = \"vae.\"; };\n%s\n",
            task, fx, fx, fixture, outdir, outdir, replay ? "writeback_from = \"" : "", replay ? fx : "", replay ? "/" : "",
-           replay ? fixture : "", replay ? "\";" : "", fx, fx, fx, fx, fx, fx, fx, fx, SCHED[sched]);
+           replay ? fixture : "", replay ? "\";" : "", g_extra, fx, fx, fx, fx, fx, fx, fx, fx, SCHED[sched]);
   mmp_registry_t *reg = mmp_registry_new();
   sd_env_add_dirs(reg);
   mmp_config_t *cfg = mmp_config_parse(text, "story-test");
@@ -161,6 +163,16 @@ static void check(const char *task, int sched, bool replay) {
     if (f) fclose(f);
     like(buf, "[null, null, null, null", "%s: the rerun skipped the complete story (frame_seconds null)", task);
     like(buf, "\"scheduler\": \"ddim\"", "%s: run.json records the scheduler", task);
+    /* stories = "1:" leaves the only story out */
+    char cmd0[4400], d2[4200];
+    snprintf(d2, sizeof d2, "%s_range", outdir);
+    g_extra = "stories = \"1:\";";
+    ok(run_story(task, sched, fixture, d2, false) == 0, "%s: stories = \"1:\" runs", task);
+    g_extra = "";
+    snprintf(path, sizeof path, "%s/story00000", d2);
+    ok(access(path, F_OK) != 0, "%s: and draws nothing of story 0", task);
+    snprintf(cmd0, sizeof cmd0, "rm -rf '%s'", d2);
+    if (system(cmd0) != 0) diag("could not remove %s", d2);
   }
   char cmd[4400];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", outdir);

@@ -53,6 +53,9 @@ static const mmp_key_t story_keys[] = {
      "stories_file (required with it): the caption tokenizer (max_length = S, truncation = false, the dataset's new_tokens)", 0, MMP_KIND_PROCESSOR},
     {"blip_tokenizer", MMP_TYPE_COMPONENT, NULL,
      "stories_file (required with it): BLIP's tokenizer (max_length = S, truncation = false, blip = true, new_tokens)", 0, MMP_KIND_PROCESSOR},
+    {"stories", MMP_TYPE_STRING, "\"\"",
+     "which stories: \"a:b\" (a included, b excluded; either may be left out), \"\" = all; the generator still advances over the "
+     "stories before a, so they get the pictures of a whole run", 0, 0},
     {"guidance_scale", MMP_TYPE_FLOAT, "6.0", "classifier-free guidance weight", 0, 0},
     {"width", MMP_TYPE_INT, "512", "frame width in pixels", 0, 0},
     {"height", MMP_TYPE_INT, "512", "frame height in pixels", 0, 0},
@@ -80,6 +83,7 @@ typedef struct story {
   bool continuation;
   double guidance;
   int64_t width, height, steps, seed, batch;
+  int64_t first, last; /* stories [first, last); last < 0: to the end */
   bool save_tensors;
   mmp_rng_mode_t rng_mode;
   char arldm[4096], input[4096], out_dir[4096], writeback[4096], sample_dir[4096], stories[4096];
@@ -98,13 +102,14 @@ static int story_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp
   (void)ctx;
   story_t *t = calloc(1, sizeof *t);
   if (!t) return mmp_error_set(MMP_ENOMEM, "out of memory");
-  const char *task = "visualization", *rng = "torch";
+  const char *task = "visualization", *rng = "torch", *range = "";
   int rc;
   if ((rc = mmp_config_get_string(cfg, "task", &task)) || (rc = mmp_config_get_float(cfg, "guidance_scale", &t->guidance)) ||
       (rc = mmp_config_get_int(cfg, "width", &t->width)) || (rc = mmp_config_get_int(cfg, "height", &t->height)) ||
       (rc = mmp_config_get_int(cfg, "steps", &t->steps)) || (rc = mmp_config_get_int(cfg, "seed", &t->seed)) ||
       (rc = mmp_config_get_int(cfg, "batch_size", &t->batch)) || (rc = mmp_config_get_string(cfg, "rng", &rng)) ||
       (rc = mmp_config_get_bool(cfg, "save_tensors", &t->save_tensors)) ||
+      (rc = mmp_config_get_string(cfg, "stories", &range)) ||
       (rc = mmp_config_get_path(cfg, "arldm", t->arldm, sizeof t->arldm)) ||
       (rc = mmp_config_get_path(cfg, "story_tensors", t->input, sizeof t->input)) ||
       (rc = mmp_config_get_path(cfg, "output_dir", t->out_dir, sizeof t->out_dir)) ||
@@ -112,6 +117,21 @@ static int story_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp
       (rc = mmp_config_get_path(cfg, "sample_output_dir", t->sample_dir, sizeof t->sample_dir)) ||
       (rc = mmp_config_get_path(cfg, "stories_file", t->stories, sizeof t->stories)))
     goto fail;
+  t->first = 0;
+  t->last = -1;
+  if (range && *range) {
+    const char *colon = strchr(range, ':');
+    char *end = NULL;
+    if (!colon) { rc = cfg_error(cfg, "stories", "expected \"a:b\""); goto fail; }
+    if (colon != range) {
+      t->first = strtoll(range, &end, 10);
+      if (end != colon || t->first < 0) { rc = cfg_error(cfg, "stories", "bad start (a of \"a:b\")"); goto fail; }
+    }
+    if (colon[1]) {
+      t->last = strtoll(colon + 1, &end, 10);
+      if (*end || t->last < t->first) { rc = cfg_error(cfg, "stories", "bad end (b of \"a:b\", b >= a)"); goto fail; }
+    }
+  }
   if (!strcmp(task, "continuation")) t->continuation = true;
   else if (strcmp(task, "visualization")) { rc = cfg_error(cfg, "task", "must be visualization or continuation"); goto fail; }
   if (mmp_rng_mode_parse(rng, &t->rng_mode) < 0) { rc = cfg_error(cfg, "rng", "must be \"torch\" or \"philox\""); goto fail; }
@@ -982,7 +1002,8 @@ static int story_run(void *self, mmp_context_t *ctx) {
   for (int64_t s0 = 0; s0 < n && rc == 0; s0 += t->batch) {
     int64_t B = n - s0 < t->batch ? n - s0 : t->batch;
     bool done_all = true;
-    for (int64_t b = 0; b < B && done_all; b++) done_all = story_done(&r, s0 + b);
+    for (int64_t b = 0; b < B && done_all; b++)
+      done_all = s0 + b < t->first || (t->last >= 0 && s0 + b >= t->last) || story_done(&r, s0 + b);
     if (done_all) {
       /* resume: the generator still draws what these stories drew, so the
        * later stories get the pictures of an uninterrupted run */
@@ -992,7 +1013,7 @@ static int story_run(void *self, mmp_context_t *ctx) {
         if (!skip) rc = mmp_error_code();
         mmp_tensor_unref(skip);
       }
-      MMP_INFO("story", "stories %lld-%lld already complete: skipped", (long long)s0, (long long)(s0 + B - 1));
+      MMP_DEBUG("story", "stories %lld-%lld complete or outside `stories`: skipped", (long long)s0, (long long)(s0 + B - 1));
       continue;
     }
     rc = draw_stories(&r, ctx, gen, in, s0, B, scaling, down, lch);
