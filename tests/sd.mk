@@ -42,3 +42,4 @@ check_PROGRAMS += tests/test_plugin_story
 TESTS += tests/test_plugin_story
 tests_test_plugin_story_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_story_LDADD = $(TEST_LDADD)
+EXTRA_DIST += examples/story-tiny.cfg

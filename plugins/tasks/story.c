@@ -879,8 +879,8 @@ static int write_run_json(run_t *r, int64_t n, double secs) {
   if (!f) return mmp_error_set(MMP_EIO, "story: %s: %s", tmp, strerror(errno));
   fprintf(f, "{\n  \"task\": \"%s\",\n  \"checkpoint\": ", t->continuation ? "continuation" : "visualization");
   json_str(f, t->arldm);
-  fprintf(f, ",\n  \"stories_file\": ");
-  json_str(f, t->input);
+  fprintf(f, ",\n  \"%s\": ", t->input[0] ? "story_tensors" : "stories_file");
+  json_str(f, t->input[0] ? t->input : t->stories);
   fprintf(f, ",\n  \"scheduler\": ");
   json_str(f, r->sched_name);
   fprintf(f, ",\n  \"steps\": %lld,\n  \"guidance_scale\": %.17g,\n  \"seed\": %lld,\n  \"rng\": \"%s\",\n"
