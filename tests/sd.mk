@@ -42,4 +42,5 @@ check_PROGRAMS += tests/test_plugin_story
 TESTS += tests/test_plugin_story
 tests_test_plugin_story_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_story_LDADD = $(TEST_LDADD)
-EXTRA_DIST += examples/story-tiny.cfg
+TESTS += tests/test_plugin_story_demo.sh
+EXTRA_DIST += tests/test_plugin_story_demo.sh
