@@ -229,6 +229,82 @@ static void check_bad_input(void) {
   if (system(cmd) != 0) diag("could not remove %s", dir);
 }
 
+/* batch_size = 2 on two copies of the story: frame 0 of story 0 draws the
+ * first half of randn([2, ...]), which is torch's randn([1, ...]) (blocks of
+ * 16), so it must equal the one-story reference; story 1 shares its context. */
+static void check_batch(void) {
+  mmp_tensormap_t *ref = sd_load("../arldm/story_visualization_ddim.safetensors");
+  if (!ok(ref != NULL, "batch: fixture")) return;
+  const char *tmp = getenv("TMPDIR");
+  char in2[4200], outdir[4200], path[4400];
+  snprintf(outdir, sizeof outdir, "%s/story_batch_%d", tmp ? tmp : "/tmp", (int)getpid());
+  mkdir(outdir, 0777);
+  snprintf(in2, sizeof in2, "%s/two.safetensors", outdir);
+  static const char *const names[5] = {"captions", "caption_mask", "blip_captions", "blip_mask", "frames"};
+  mmp_tensormap_t *two = mmp_tensormap_new();
+  mmp_tensormap_t *raw = mmp_tensormap_new();
+  char src[4200];
+  snprintf(src, sizeof src, "%s/tests/fixtures/arldm/story_visualization_ddim.safetensors", tap_srcdir());
+  mmp_safetensors_load_map(src, mmp_backend_get("cpu"), false, raw);
+  for (int k = 0; k < 5; k++) {
+    mmp_tensor_t *t = mmp_tensormap_get(raw, names[k]);
+    mmp_tensor_t *pair[2] = {t, t};
+    mmp_tensormap_set(two, names[k], t ? mmp_concat(pair, 2, 0) : NULL);
+  }
+  ok(mmp_safetensors_save_map(in2, two, NULL) == 0, "batch: two copies of the story written");
+  mmp_tensormap_free(two);
+  mmp_tensormap_free(raw);
+  char fx[4096], text[16384];
+  snprintf(fx, sizeof fx, "%s/tests/fixtures/arldm", tap_srcdir());
+  snprintf(text, sizeof text,
+           "task = { name = \"story\"; arldm = \"%s/arldm_tiny.safetensors\"; story_tensors = \"%s\";\n"
+           "  width = 32; height = 32; steps = 4; seed = 7; batch_size = 2; save_tensors = true; output_dir = \"%s\"; };\n"
+           "text_encoder = { name = \"clip_text\"; config = \"%s/text_encoder/config.json\";"
+           " weights = \"%s/arldm_tiny.safetensors\"; prefix = \"text_encoder.\"; };\n"
+           "mm_encoder = { name = \"blip\"; config = \"%s/med_config.json\"; weights = \"%s/arldm_tiny.safetensors\";"
+           " prefix = \"mm_encoder.\"; num_heads = 4; enc_token_id = 51; };\n"
+           "blip_processor = { name = \"image_resize\"; size = [224, 224];"
+           " mean = [0.48145466, 0.4578275, 0.40821073]; std = [0.26862954, 0.26130258, 0.27577711]; };\n"
+           "unet = { name = \"unet2d_condition\"; config = \"%s/unet/config.json\"; weights = \"%s/arldm_tiny.safetensors\";"
+           " prefix = \"unet.\"; };\n"
+           "vae = { name = \"vae\"; config = \"%s/vae/config.json\"; weights = \"%s/arldm_tiny.safetensors\"; prefix = \"vae.\"; };\n%s\n",
+           fx, in2, outdir, fx, fx, fx, fx, fx, fx, fx, fx, SCHED[0]);
+  mmp_registry_t *reg = mmp_registry_new();
+  sd_env_add_dirs(reg);
+  mmp_config_t *cfg = mmp_config_parse(text, "story-batch");
+  mmp_context_t *ctx = cfg ? mmp_context_new(reg, cfg) : NULL;
+  if (ctx) mmp_context_set_progress(ctx, false);
+  int rc = ctx ? mmp_context_run_task(ctx) : -1;
+  if (!ok(rc == 0, "batch: two stories denoised together")) diag("%s", mmp_error_last());
+  mmp_context_free(ctx);
+  mmp_config_free(cfg);
+  mmp_registry_free(reg);
+  snprintf(path, sizeof path, "%s/story_tensors.safetensors", outdir);
+  mmp_tensormap_t *got = mmp_tensormap_new();
+  mmp_safetensors_load_map(path, mmp_backend_get("cpu"), true, got);
+  mmp_tensor_t *c0 = half(mmp_tensormap_get(ref, "frame0.context"), 1);
+  double e = sd_relerr(mmp_tensormap_get(got, "story0.frame0.context"), c0);
+  ok(e >= 0 && e <= 1e-5, "batch: story 0 frame 0 context as the one-story reference (%.2g)", e);
+  e = sd_relerr(mmp_tensormap_get(got, "story1.frame0.context"), c0);
+  ok(e >= 0 && e <= 1e-5, "batch: story 1 (the same story) shares it (%.2g)", e);
+  mmp_tensor_unref(c0);
+  e = sd_relerr(mmp_tensormap_get(got, "story0.frame0.latents_initial"), mmp_tensormap_get(ref, "frame0.latents_initial"));
+  ok(e == 0, "batch: story 0 frame 0 initial latents = the first half of randn([2, ...])");
+  e = sd_relerr(mmp_tensormap_get(got, "story0.frame0.latents_final"), mmp_tensormap_get(ref, "frame0.latents_final"));
+  ok(e >= 0 && e <= 1e-4, "batch: story 0 frame 0 final latents within 1e-4 (%.2g)", e);
+  e = max_abs_diff(mmp_tensormap_get(got, "story0.frame0.image"), mmp_tensormap_get(ref, "frame0.image"));
+  ok(e >= 0 && e <= 2, "batch: story 0 frame 0 image within 2/255 (%g)", e);
+  e = sd_relerr(mmp_tensormap_get(got, "story1.frame0.latents_initial"), mmp_tensormap_get(got, "story0.frame0.latents_initial"));
+  ok(e > 0.1, "batch: story 1 draws its own noise");
+  snprintf(path, sizeof path, "%s/story00001/strip.png", outdir);
+  ok(access(path, F_OK) == 0, "batch: both stories written");
+  mmp_tensormap_free(got);
+  mmp_tensormap_free(ref);
+  char cmd[4400];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", outdir);
+  if (system(cmd) != 0) diag("could not remove %s", outdir);
+}
+
 int main(void) {
   mmp_registry_t *reg = mmp_registry_new();
   sd_env_add_dirs(reg);
@@ -240,6 +316,7 @@ int main(void) {
   if (!probe) skip_all("fixtures missing");
   mmp_tensormap_free(probe);
   check_bad_input();
+  check_batch();
   for (int replay = 1; replay >= 0; replay--) {
     check("visualization", 0, replay);
     check("visualization", 1, replay);
