@@ -197,6 +197,8 @@ static void check_bad_input(void) {
        " \"a red cat sitting on the mat with two dogs running\"]}]",
        "clip_tokenizer"},
       {"visualization", "{\"captions\": []}", "expected a non-empty array of stories"},
+      {"visualization", "[{\"captions\": [\"a\", \"b\", \"c\", \"d\", \"e\"]}]",
+       "clip_tokenizer has 914 tokens but the checkpoint's text_encoder.text_model.embeddings.token_embedding.weight has 44 rows"},
   };
   for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
     FILE *f = fopen(js, "w");

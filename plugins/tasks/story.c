@@ -700,8 +700,20 @@ static int check_input(run_t *r, const mmp_tensormap_t *in, int64_t *n) {
 
 /* ---------------------------------------------------------------- stories_file */
 
+/* Rows of the token table @name in the AR-LDM file, or -1 when absent. */
+static int64_t table_rows(const char *path, const char *name) {
+  mmp_safetensors_t *st = mmp_safetensors_open(path);
+  mmp_dtype_t dt;
+  int nd = 0;
+  int64_t sh[MMP_MAX_DIMS], rows = -1;
+  if (st && mmp_safetensors_info(st, name, &dt, &nd, sh) == 0 && nd == 2) rows = sh[0];
+  mmp_safetensors_close(st);
+  mmp_error_clear();
+  return rows;
+}
+
 static int tokenize(mmp_context_t *ctx, const char *group, const char *const *texts, size_t n, int64_t S,
-                    mmp_tensor_t **ids, mmp_tensor_t **mask) {
+                    const char *arldm, const char *table, mmp_tensor_t **ids, mmp_tensor_t **mask) {
   mmp_component_t *c = mmp_component_create(ctx, MMP_KIND_PROCESSOR, group);
   if (!c) return mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
   const mmp_processor_ops_t *ops = (const mmp_processor_ops_t *)c->plugin;
@@ -722,6 +734,30 @@ static int tokenize(mmp_context_t *ctx, const char *group, const char *const *te
     else {
       *ids = mmp_tensor_ref(a);
       *mask = mmp_tensor_ref(b);
+    }
+  }
+  /* AR-LDM sizes its token tables to its tokenizers (resize_token_embeddings
+   * with the dataset's clip/blip_embedding_tokens): a mismatch means the
+   * wrong dataset's tokens */
+  int64_t rows = rc == 0 ? table_rows(arldm, table) : -1;
+  if (rows >= 0) {
+    mmp_tensormap_t *vi = mmp_tensormap_new(), *vo = mmp_tensormap_new();
+    mmp_tensor_t *v = NULL;
+    if (vi && vo && ops->base.struct_size >= sizeof(mmp_processor_ops_t) && ops->forward &&
+        ops->forward(c->self, "vocab_size", vi, vo) == 0)
+      v = mmp_tensormap_get(vo, "vocab_size");
+    int64_t z[1] = {0};
+    int64_t size = v && mmp_tensor_numel(v) == 1 ? (int64_t)mmp_tensor_get(v, z) : -1;
+    if (size >= 0 && size != rows)
+      rc = mmp_error_set(MMP_EDATA, "story: %s has %lld tokens but the checkpoint's %s has %lld rows (another dataset's "
+                         "tokens? give the tokenizer the dataset's new_tokens)",
+                         group, (long long)size, table, (long long)rows);
+    mmp_tensormap_free(vi);
+    mmp_tensormap_free(vo);
+    if (rc) {
+      mmp_tensor_unref(*ids);
+      mmp_tensor_unref(*mask);
+      *ids = *mask = NULL;
     }
   }
   mmp_tensormap_free(out);
@@ -806,8 +842,12 @@ static int load_stories_file(run_t *r, mmp_context_t *ctx, mmp_tensormap_t *in) 
     }
   }
   mmp_tensor_t *ci = NULL, *cm = NULL, *bi = NULL, *bm = NULL;
-  if (rc == 0) rc = tokenize(ctx, "clip_tokenizer", texts, n * 5, r->S, &ci, &cm);
-  if (rc == 0) rc = tokenize(ctx, "blip_tokenizer", texts, n * 5, r->S, &bi, &bm);
+  if (rc == 0)
+    rc = tokenize(ctx, "clip_tokenizer", texts, n * 5, r->S, t->arldm,
+                  "text_encoder.text_model.embeddings.token_embedding.weight", &ci, &cm);
+  if (rc == 0)
+    rc = tokenize(ctx, "blip_tokenizer", texts, n * 5, r->S, t->arldm,
+                  "mm_encoder.text_encoder.embeddings.word_embeddings.weight", &bi, &bm);
   if (rc == 0) {
     int64_t s3[3] = {(int64_t)n, 5, r->S}, s5[5] = {(int64_t)n, 5, H, W, 3};
     mmp_tensor_t *f = mmp_tensor_from_data(mmp_backend_get("cpu"), MMP_U8, 5, s5, frames);
