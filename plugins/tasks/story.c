@@ -322,12 +322,15 @@ static int draw_frame(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, mmp_tensor_t
   if (!lat) return mmp_error_code();
   *lat0 = mmp_tensor_ref(lat);
   int rc;
-  if ((rc = so->set_timesteps(r->c.sched->self, (int)t->steps)) < 0) return rc;
+  if ((rc = so->set_timesteps(r->c.sched->self, (int)t->steps)) < 0) goto fail;
   const int64_t *ts = NULL;
   size_t nts = 0;
-  if ((rc = so->timesteps(r->c.sched->self, &ts, &nts)) < 0) return rc;
+  if ((rc = so->timesteps(r->c.sched->self, &ts, &nts)) < 0) goto fail;
   for (size_t k = 0; k < nts; k++) {
-    if (mmp_context_cancelled(ctx)) return mmp_error_set(MMP_ECANCELED, "story: canceled");
+    if (mmp_context_cancelled(ctx)) {
+      rc = mmp_error_set(MMP_ECANCELED, "story: canceled");
+      goto fail;
+    }
     mmp_tensor_t *two[2] = {lat, lat};
     mmp_tensor_t *x = mmp_concat(two, 2, 0);
     int64_t tsh[1] = {2 * B};
@@ -345,7 +348,10 @@ static int draw_frame(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, mmp_tensor_t
     mmp_tensormap_free(uo);
     mmp_tensor_unref(x);
     mmp_tensor_unref(tt);
-    if (!eps) return mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
+    if (!eps) {
+      rc = mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
+      goto fail;
+    }
     mmp_tensor_t *h[2] = {NULL, NULL}, *guided = NULL;
     if (mmp_chunk(eps, 2, 0, h) == 0) {
       mmp_tensor_t *d = mmp_sub(h[1], h[0]);
@@ -359,7 +365,10 @@ static int draw_frame(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, mmp_tensor_t
     rc = guided ? so->step(r->c.sched->self, k, guided, lat, NULL, &prev, &pred) : mmp_error_code();
     mmp_tensor_unref(guided);
     mmp_tensor_unref(pred);
-    if (rc < 0 || !prev) return rc < 0 ? rc : MMP_ERUNTIME;
+    if (rc < 0 || !prev) {
+      rc = rc < 0 ? rc : MMP_ERUNTIME;
+      goto fail;
+    }
     lat = sd_swap(lat, prev);
     mmp_context_progress_advance(ctx, 1);
   }
@@ -389,6 +398,9 @@ static int draw_frame(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, mmp_tensor_t
   }
   free(px);
   free(u);
+  return rc;
+fail:
+  mmp_tensor_unref(lat);
   return rc;
 }
 
