@@ -226,8 +226,10 @@ static mmp_tensor_t *blip_frames(run_t *r, mmp_tensor_t *frames, mmp_tensor_t *i
   return sd_swap(h, add_row(h, r->time, j));
 }
 
-static mmp_tensor_t *load_extra(mmp_safetensors_t *st, const char *name, mmp_dtype_t dt) {
-  mmp_tensor_t *t = mmp_safetensors_get(st, name, mmp_backend_get("cpu"), dt);
+/* The tables live on the run's backend (they are added to encoder outputs);
+ * the null ids and image are inputs the encoders convert themselves. */
+static mmp_tensor_t *load_extra(mmp_safetensors_t *st, const char *name, mmp_dtype_t dt, mmp_backend_t *be) {
+  mmp_tensor_t *t = mmp_safetensors_get(st, name, be, dt);
   if (!t) mmp_error_prefix("story: AR-LDM state dict: ");
   return t;
 }
@@ -238,10 +240,12 @@ static int build_null_context(run_t *r) {
   if (!st) return mmp_error_prefix("story: ");
   int rc = 0;
   mmp_tensor_t *cnull = NULL, *bnull = NULL, *inull = NULL, *hc = NULL, *hb = NULL;
-  if (!(r->type = load_extra(st, "modal_type_embeddings.weight", MMP_F32)) ||
-      !(r->time = load_extra(st, "time_embeddings.weight", MMP_F32)) ||
-      !(cnull = load_extra(st, "clip_text_null_token", MMP_I64)) || !(bnull = load_extra(st, "blip_text_null_token", MMP_I64)) ||
-      !(inull = load_extra(st, "blip_image_null_token", MMP_F32))) {
+  mmp_backend_t *cpu = mmp_backend_get("cpu");
+  if (!(r->type = load_extra(st, "modal_type_embeddings.weight", MMP_F32, r->be)) ||
+      !(r->time = load_extra(st, "time_embeddings.weight", MMP_F32, r->be)) ||
+      !(cnull = load_extra(st, "clip_text_null_token", MMP_I64, cpu)) ||
+      !(bnull = load_extra(st, "blip_text_null_token", MMP_I64, cpu)) ||
+      !(inull = load_extra(st, "blip_image_null_token", MMP_F32, cpu))) {
     rc = mmp_error_code();
     goto done;
   }
