@@ -21,3 +21,4 @@ MMP_PLUGIN([encoders], [blip], [true], [], [BLIP feature extractor: image, text 
 MMP_PLUGIN([encoders], [inception_fid], [true], [], [FID Inception-v3 features (pytorch-fid)])
 MMP_PLUGIN([models], [unet2d_condition], [true], [], [conditional UNet of Stable Diffusion 1.x/2.x (diffusers)])
 MMP_PLUGIN([tasks], [txt2img], [test "x$have_png" = xyes], [libpng not found (apt-get install libpng-dev)], [text-to-image with a latent-diffusion model])
+MMP_PLUGIN([tasks], [story], [test "x$have_png" = xyes], [libpng not found (apt-get install libpng-dev)], [AR-LDM story visualization and continuation])

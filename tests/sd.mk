@@ -40,3 +40,16 @@ tests_test_plugin_inception_fid_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_inception_fid_LDADD = $(TEST_LDADD) plugins/processors/libimagecommon.la
 endif
 EXTRA_DIST += tests/test_plugin_fid_cmd.sh
+# AR-LDM's parts read by prefix out of one AR-LDM state dict (tests/gen_arldm.py)
+check_PROGRAMS += tests/test_plugin_arldm_parts
+TESTS += tests/test_plugin_arldm_parts
+tests_test_plugin_arldm_parts_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_plugin_arldm_parts_LDADD = $(TEST_LDADD)
+EXTRA_DIST += tests/gen_arldm.py tests/fixtures/arldm
+# the story task (AR-LDM sample()) against tests/gen_arldm.py
+check_PROGRAMS += tests/test_plugin_story
+TESTS += tests/test_plugin_story
+tests_test_plugin_story_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_plugin_story_LDADD = $(TEST_LDADD)
+TESTS += tests/test_plugin_story_demo.sh
+EXTRA_DIST += tests/test_plugin_story_demo.sh

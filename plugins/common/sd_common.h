@@ -123,7 +123,8 @@ void sd_weights_free(sd_weights_t *w); /* NULL ok */
 bool sd_weights_is_single_file(sd_weights_t *w);
 
 /* The weight store of a component group: seeded random weights when the
- * group's `init_seed` is >= 0, else the file at @wpath. */
+ * group's `init_seed` is >= 0, else the file at @wpath, its names read
+ * under the group's `weights_prefix` (when set). */
 sd_weights_t *sd_weights_for(const mmp_config_t *cfg, const char *wpath, const sd_ldm_map_t *map,
                              mmp_backend_t *be);
 /* Copy the references of @state into @out (the "state_dict" method). */

@@ -560,7 +560,8 @@ static long resolve(sd_weights_t *w, const char *name, char *stored, size_t n) {
   for (int k = 0; alt[k][0]; k++) {
     const char *p = strstr(name, alt[k][0]);
     if (!p) continue;
-    snprintf(stored, n, "%.*s%s%s", (int)(p - name), name, alt[k][1], p + strlen(alt[k][0]));
+    snprintf(stored, n, "%s%.*s%s%s", w->prefix ? w->prefix : "", (int)(p - name), name, alt[k][1],
+             p + strlen(alt[k][0]));
     i = find_index(w, stored);
     if (i >= 0) return i;
   }

@@ -106,8 +106,11 @@ mmp_tensor_t *sd_input_ids(const mmp_tensor_t *ids, int64_t n_vocab, mmp_backend
    MMP_KEY_PATH, 0},                                                                                         \
   {"weights", MMP_TYPE_STRING, "\"\"", ".safetensors with transformers' or BLIP's names (instead of model_dir)", \
    MMP_KEY_PATH, 0},                                                                                         \
+  {"weights_prefix", MMP_TYPE_STRING, "\"\"",                                                              \
+   "take only the tensors whose dotted path starts with this and strip it (\"model.\" in a BLIP .pth, "     \
+   "\"state_dict.mm_encoder.\" in an AR-LDM .ckpt, \"mm_encoder.\" in its safetensors); doc/checkpoint.md", 0, 0}, \
   {"prefix", MMP_TYPE_STRING, "\"\"",                                                                      \
-   "names in the file begin with this (AR-LDM: \"mm_encoder.\" for blip, \"mm_encoder.visual_encoder.\" for vit)", 0, 0}, \
+   "then the tower's own names begin with this (AR-LDM: \"mm_encoder.\" for blip, \"mm_encoder.visual_encoder.\" for vit)", 0, 0}, \
   {"init_seed", MMP_TYPE_INT, "-1", ">= 0: seeded random weights instead of a file (benchmarks)", 0, 0},    \
   {"output_hidden_states", MMP_TYPE_BOOL, "false", "also output hidden_states.K (K = 0: embeddings, K: layer K)", 0, 0}
 

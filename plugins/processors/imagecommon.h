@@ -53,6 +53,11 @@ void mmp_image_clear(mmp_image_t *im);
 int mmp_image_png_decode(const uint8_t *buf, size_t n, bool swap_rb, mmp_image_t *out);
 /* Write @im (c = 3 RGB or 1 grey) as an ordinary PNG file. MMP_EIO. */
 int mmp_image_png_write(const mmp_image_t *im, const char *path);
+/* Write @im (c = 3) with @n tEXt chunks keys[i] = vals[i], atomically: to a
+ * temporary file beside @path, then renamed (an interrupted run leaves no
+ * partial file under @path). MMP_EIO. */
+int mmp_image_png_write_text(const mmp_image_t *im, const char *path, const char *const *keys,
+                             const char *const *vals, int n);
 
 /* PIL's Image.resize(size=(w, h), resample) for 8-bit images: separable
  * convolution whose support grows with the downscale factor (antialiasing),

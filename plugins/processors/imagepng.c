@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <mmpipe/error.h>
 
@@ -123,4 +124,55 @@ int mmp_image_png_write(const mmp_image_t *im, const char *path) {
     return rc;
   }
   return 0;
+}
+
+int mmp_image_png_write_text(const mmp_image_t *im, const char *path, const char *const *keys,
+                             const char *const *vals, int n) {
+  if (!im || !im->data || im->c != 3 || n < 0 || n > 32) return mmp_error_set(MMP_EINVAL, "png: cannot write this image");
+  size_t len = strlen(path);
+  char *tmp = malloc(len + 16);
+  if (!tmp) return mmp_error_set(MMP_ENOMEM, "out of memory");
+  const char *slash = strrchr(path, '/');
+  size_t dir = slash ? (size_t)(slash - path + 1) : 0;
+  snprintf(tmp, len + 16, "%.*s.%s.tmp", (int)dir, path, path + dir);
+  FILE *f = fopen(tmp, "wb");
+  if (!f) {
+    int rc = mmp_error_set(MMP_EIO, "cannot write PNG %s", tmp);
+    free(tmp);
+    return rc;
+  }
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
+  png_infop info = png ? png_create_info_struct(png) : NULL;
+  png_bytep *volatile rows = NULL;
+  int rc = 0;
+  if (!png || !info) {
+    rc = mmp_error_set(MMP_ENOMEM, "png: out of memory");
+  } else if (setjmp(png_jmpbuf(png))) {
+    rc = mmp_error_set(MMP_EIO, "png: libpng failed writing %s", tmp);
+  } else {
+    png_init_io(png, f);
+    png_set_IHDR(png, info, (png_uint_32)im->w, (png_uint_32)im->h, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
+                 PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+    png_text text[32];
+    memset(text, 0, sizeof text);
+    for (int i = 0; i < n; i++) {
+      text[i].compression = PNG_TEXT_COMPRESSION_NONE;
+      text[i].key = (png_charp)keys[i];
+      text[i].text = (png_charp)vals[i];
+    }
+    if (n) png_set_text(png, info, text, n);
+    png_write_info(png, info);
+    rows = malloc((size_t)im->h * sizeof *rows);
+    if (!rows) png_error(png, "out of memory");
+    for (int y = 0; y < im->h; y++) rows[y] = im->data + (size_t)y * im->w * 3;
+    png_write_image(png, rows);
+    png_write_end(png, info);
+  }
+  png_destroy_write_struct(png ? &png : NULL, info ? &info : NULL);
+  free(rows);
+  if (fclose(f) != 0 && rc == 0) rc = mmp_error_set(MMP_EIO, "cannot write PNG %s", tmp);
+  if (rc == 0 && rename(tmp, path) != 0) rc = mmp_error_set(MMP_EIO, "cannot rename %s to %s", tmp, path);
+  if (rc) unlink(tmp);
+  free(tmp);
+  return rc;
 }

@@ -32,3 +32,12 @@ examples/tiny/text_encoder/model.safetensors: $(srcdir)/examples/tiny/text_encod
 endif
 endif
 endif
+
+# ---- story: AR-LDM story visualization and continuation
+if BUILD_PLUGIN_STORY
+pkglib_LTLIBRARIES += plugins/tasks/task_story.la
+plugins_tasks_task_story_la_SOURCES = plugins/tasks/story.c
+plugins_tasks_task_story_la_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS) $(LIBPNG_CFLAGS)
+plugins_tasks_task_story_la_LDFLAGS = $(PLUGIN_LDFLAGS)
+plugins_tasks_task_story_la_LIBADD = $(SD_COMMON_LIBADD) plugins/processors/libimagecommon.la
+endif

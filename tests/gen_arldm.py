@@ -1,0 +1,325 @@
+#!/usr/bin/python3
+"""tests/gen_arldm.py - fixtures of AR-LDM story visualization and continuation (issue 14).
+
+Builds a tiny AR-LDM with AR-LDM's own classes (xichenpan/ARLDM at 9d8feeb:
+main.ARLDM, models/blip_override, models/diffusers_override on diffusers
+0.7.2), gives it random weights, and writes to tests/fixtures/arldm/:
+
+- arldm_tiny.safetensors: the whole state dict under AR-LDM's key names
+  (text_encoder.*, mm_encoder.*, unet.*, vae.*, modal_type_embeddings.weight,
+  time_embeddings.weight, the three null buffers), as a Lightning last.ckpt
+  holds it in "state_dict" (parameters bf16: their values are exact in
+  bf16; buffers f32 / int64);
+- configs of the parts (unet/config.json, vae/config.json,
+  text_encoder/config.json, med_config.json) and tiny.json (S, V, ids);
+- unet_io.safetensors: AR-LDM's override UNet with and without its
+  cross-attention mask (True = do not attend, filled with -inf);
+- clip_io.safetensors: the resized CLIP text encoder (token table grown to
+  the tokenizer's size, position table grown to S);
+- story_{task}_{scheduler}.safetensors: ARLDM.sample() on one story for
+  task in (visualization, continuation), scheduler in (ddim, pndm): the
+  batch, the UNet's contexts and masks of every frame, the initial and final
+  latents and the uint8 images.
+
+Run from the source tree root (diffusers 0.7.2 first on the path):
+
+  PYTHONPATH=/root/refsrc/diffusers-0.7.2/src:/root/refenv/site /usr/bin/python3 tests/gen_arldm.py
+
+Stand-ins (import plumbing only, no math changed): pytorch_lightning
+(LightningModule = nn.Module with device = cpu; seed_everything seeds random, numpy and torch
+as Lightning does), pl_bolts, hydra, omegaconf (attribute dicts), timm and
+fairscale as in gen_blip.py, models.inception (FID only, not built); the
+from_pretrained calls build tiny models from configs; the tokenizers return
+fixed ids (the contexts are checked from ids). Sizes: AR-LDM hard-codes
+width 768 for modal_type_embeddings and time_embeddings; after construction
+they are replaced by tables of the tiny width D (the forward never names
+768). sample() hard-codes 512x512: diffusion() is wrapped to run at 32x32
+(and records its latents); num_inference_steps is a few, not 250.
+"""
+import json
+import os
+import random
+import sys
+import types
+
+import numpy as np
+import torch
+import torch.nn as nn
+from safetensors.torch import save_file
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+OUT = os.path.join(HERE, "fixtures", "arldm")
+REFSRC = os.environ.get("REFSRC", "/root/refsrc")
+sys.path.insert(0, HERE)
+from gen_blip import exactify, install_timm_standins, perturb  # noqa: E402
+
+torch.set_grad_enabled(False)
+
+D = 32            # context width (768 in the real model)
+S = 8             # max_length (85 for pororo)
+CLIP_V0, CLIP_V = 40, 44   # CLIP vocab before / after the added character tokens
+BLIP_V0, BLIP_V = 50, 52
+CLIP_BOS, CLIP_EOS = 38, 39
+BERT_PAD, BERT_CLS, BERT_SEP, BERT_ENC = 0, 1, 2, 51
+IMG = 32          # generated frame size (512 in sample())
+STEPS = 4
+GUIDANCE = 6.0
+SEED = 7
+
+UNET_CFG = dict(sample_size=IMG // 8, in_channels=4, out_channels=4,
+                down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"),
+                up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+                block_out_channels=(16, 32), layers_per_block=1, cross_attention_dim=D,
+                attention_head_dim=2, norm_num_groups=4)
+VAE_CFG = dict(in_channels=3, out_channels=3, down_block_types=("DownEncoderBlock2D",) * 4,
+               up_block_types=("UpDecoderBlock2D",) * 4, block_out_channels=(8, 8, 16, 16),
+               layers_per_block=2, latent_channels=4, norm_num_groups=4, sample_size=IMG)
+
+
+class Cfg(dict):
+    """omegaconf.DictConfig stand-in: attribute access and get()."""
+    __getattr__ = dict.__getitem__
+
+
+def install_standins():
+    install_timm_standins()
+    mods = {}
+    for n in ["pytorch_lightning", "pytorch_lightning.callbacks", "pytorch_lightning.loggers",
+              "pytorch_lightning.strategies", "pl_bolts", "pl_bolts.optimizers",
+              "pl_bolts.optimizers.lr_scheduler", "hydra", "omegaconf", "models.inception"]:
+        mods[n] = types.ModuleType(n)
+        sys.modules[n] = mods[n]
+    pl = mods["pytorch_lightning"]
+
+    class LightningModule(nn.Module):
+        device = torch.device("cpu")
+    pl.LightningModule = LightningModule
+    pl.LightningDataModule = object
+
+    def seed_everything(seed):
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
+        return seed
+    pl.seed_everything = seed_everything
+    pl.Trainer = None
+    mods["pytorch_lightning.callbacks"].ModelCheckpoint = None
+    mods["pytorch_lightning.callbacks"].LearningRateMonitor = None
+    mods["pytorch_lightning.loggers"].TensorBoardLogger = None
+    mods["pytorch_lightning.strategies"].DDPStrategy = None
+    mods["pl_bolts.optimizers.lr_scheduler"].LinearWarmupCosineAnnealingLR = None
+    mods["hydra"].main = lambda **kw: (lambda f: f)
+    mods["omegaconf"].DictConfig = Cfg
+    mods["models.inception"].InceptionV3 = None
+
+
+class TinyTok:
+    """Tokenizer stand-in: only the null caption "" is ever tokenized."""
+
+    def __init__(self, ids, pad):
+        self.ids, self.pad = ids, pad
+
+    def __call__(self, texts, padding=None, max_length=None, return_tensors=None, **kw):
+        assert texts == [""]
+        row = self.ids + [self.pad] * (max_length - len(self.ids))
+        return types.SimpleNamespace(input_ids=torch.tensor([row]))
+
+
+def build_model(task):
+    sys.path.insert(0, os.path.join(REFSRC, "ARLDM"))
+    import main as M
+    import models.blip_override.blip as blip
+    from models.blip_override.vit import VisionTransformer
+    from transformers import CLIPTextConfig, CLIPTextModel
+    from diffusers import AutoencoderKL
+
+    bert_tok = TinyTok([BERT_CLS, BERT_SEP], BERT_PAD)
+    bert_tok.enc_token_id = BERT_ENC
+    M.CLIPTokenizer = types.SimpleNamespace(
+        from_pretrained=lambda *a, **k: TinyTok([CLIP_BOS, CLIP_EOS], CLIP_EOS))
+    M.init_tokenizer = lambda: bert_tok
+    blip.init_tokenizer = lambda: bert_tok
+    blip.create_vit = lambda vit, image_size, *a, **k: (VisionTransformer(
+        img_size=image_size, patch_size=32, embed_dim=24, depth=1, num_heads=4, mlp_ratio=2.0), 24)
+    med = dict(json.load(open(os.path.join(REFSRC, "ARLDM", "models", "blip_override", "med_config.json"))))
+    med.update(hidden_size=D, intermediate_size=37, num_attention_heads=4, num_hidden_layers=2,
+               max_position_embeddings=16, vocab_size=BLIP_V0)
+    os.makedirs(OUT, exist_ok=True)
+    med_path = os.path.join(OUT, "med_config.json")
+    with open(med_path, "w") as f:
+        json.dump(med, f, indent=2, sort_keys=True)
+    M.blip_feature_extractor = lambda pretrained="", **kw: blip.BLIP_Base(med_config=med_path, **kw)
+    clip_cfg = CLIPTextConfig(vocab_size=CLIP_V0, hidden_size=D, intermediate_size=37, num_hidden_layers=2,
+                              num_attention_heads=4, max_position_embeddings=6, bos_token_id=CLIP_BOS,
+                              eos_token_id=CLIP_EOS, pad_token_id=CLIP_EOS)
+    M.CLIPTextModel = types.SimpleNamespace(from_pretrained=lambda *a, **k: CLIPTextModel(clip_cfg))
+    M.AutoencoderKL = types.SimpleNamespace(from_pretrained=lambda *a, **k: AutoencoderKL(**VAE_CFG))
+    UNet = M.UNet2DConditionModel
+    M.UNet2DConditionModel = types.SimpleNamespace(from_pretrained=lambda *a, **k: UNet(**UNET_CFG))
+
+    args = Cfg(mode="train", task=task, dataset="tiny", freeze_clip=False, freeze_blip=False,
+               freeze_resnet=False, num_inference_steps=STEPS, guidance_scale=GUIDANCE,
+               tiny=Cfg(max_length=S, clip_embedding_tokens=CLIP_V, blip_embedding_tokens=BLIP_V))
+    torch.manual_seed(1234)
+    m = M.ARLDM(args)
+    # AR-LDM wires 768 here; the tiny model's width is D (see the notes above).
+    m.modal_type_embeddings = nn.Embedding(2, D)
+    m.time_embeddings = nn.Embedding(5, D)
+    perturb(m)
+    return M, m.eval()
+
+
+def run_sample(M, m, task, scheduler_name, batch):
+    from diffusers import DDIMScheduler, PNDMScheduler
+    if scheduler_name == "pndm":
+        m.scheduler = PNDMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                    skip_prk_steps=True)
+    else:
+        m.scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                    clip_sample=False, set_alpha_to_one=True)
+    m.task = task
+    rec = []
+    diffusion = M.ARLDM.diffusion
+    orig_randn = torch.randn
+
+    def wrapped(self, ehs, mask, height, width, steps, g, eta):
+        frame = {"context": ehs.clone(), "mask": mask.clone()}
+
+        def randn(*a, **k):
+            r = orig_randn(*a, **k)
+            frame["latents_initial"] = r.clone()
+            return r
+        orig_step = self.scheduler.step
+
+        def step(out, t, lat, **kw):
+            res = orig_step(out, t, lat, **kw)
+            frame["latents_final"] = res.prev_sample.clone()
+            return res
+        torch.randn = randn
+        self.scheduler.step = step
+        try:
+            imgs = diffusion(self, ehs, mask, IMG, IMG, steps, g, eta)
+        finally:
+            torch.randn = orig_randn
+            del self.scheduler.step
+        frame["image"] = torch.stack([torch.from_numpy(np.array(im)) for im in imgs])
+        rec.append(frame)
+        return imgs
+
+    M.ARLDM.diffusion = wrapped
+    try:
+        sys.modules["pytorch_lightning"].seed_everything(SEED)
+        m.sample(tuple(t.clone() for t in batch))
+    finally:
+        M.ARLDM.diffusion = diffusion
+    return rec
+
+
+def make_batch(task, g):
+    """One story: images (B, V, H, W, 3) uint8, captions (B, V, S), masks,
+    source images (B, src_V, 3, 224, 224) as the BLIP processor makes them,
+    source captions and masks (BLIP ids)."""
+    V = 4 if task == "continuation" else 5
+    src_V = 5
+    lens = [5, 8, 3, 6, 4]
+    cap = torch.full((1, 5, S), CLIP_EOS, dtype=torch.long)
+    cam = torch.zeros(1, 5, S, dtype=torch.long)
+    bcap = torch.full((1, 5, S), BERT_PAD, dtype=torch.long)
+    bam = torch.zeros(1, 5, S, dtype=torch.long)
+    for i, n in enumerate(lens):
+        cap[0, i, 0] = CLIP_BOS
+        cap[0, i, 1:n - 1] = torch.randint(0, CLIP_V - 2, (n - 2,), generator=g)
+        cap[0, i, n - 1] = CLIP_EOS
+        cam[0, i, :n] = 1
+        bcap[0, i, 0] = BERT_CLS
+        bcap[0, i, 1:n - 1] = torch.randint(3, BLIP_V - 1, (n - 2,), generator=g)
+        bcap[0, i, n - 1] = BERT_SEP
+        bam[0, i, :n] = 1
+    cap[0, 1, 2] = CLIP_V - 1   # an added character token
+    bcap[0, 1, 2] = BLIP_V - 2
+    frames = torch.randint(0, 256, (1, 5, IMG, IMG, 3), generator=g, dtype=torch.uint8)
+    from PIL import Image
+    from torchvision import transforms
+    proc = transforms.Compose([transforms.Resize([224, 224]), transforms.ToTensor(),
+                               transforms.Normalize([0.48145466, 0.4578275, 0.40821073],
+                                                    [0.26862954, 0.26130258, 0.27577711])])
+    src = torch.stack([proc(Image.fromarray(frames[0, i].numpy())) for i in range(5)]).unsqueeze(0)
+    if task == "continuation":
+        # AR-LDM's datasets: the targets are frames 1..4; the sources all five
+        return (frames[:, 1:], cap[:, 1:], cam[:, 1:], src, bcap, bam), frames, cap, cam, bcap, bam, src_V, V
+    return (frames, cap, cam, src, bcap, bam), frames, cap, cam, bcap, bam, src_V, V
+
+
+def save(name, d):
+    save_file({k: v.detach().contiguous() for k, v in d.items()}, os.path.join(OUT, name))
+
+
+def main():
+    install_standins()
+    M, m = build_model("visualization")
+    os.makedirs(OUT, exist_ok=True)
+    # parameters are bf16-exact (perturb): stored as bf16; buffers as they are
+    params = {k for k, _ in m.named_parameters()}
+    state = {k: (v.to(torch.bfloat16) if k in params else v).detach().clone().contiguous()
+             for k, v in m.state_dict().items()}
+    save_file(state, os.path.join(OUT, "arldm_tiny.safetensors"))
+    for part, mod in (("unet", m.unet), ("vae", m.vae)):
+        os.makedirs(os.path.join(OUT, part), exist_ok=True)
+        cfg = {k: (list(v) if isinstance(v, tuple) else v) for k, v in dict(mod.config).items()}
+        cfg["_class_name"] = type(mod).__name__
+        with open(os.path.join(OUT, part, "config.json"), "w") as f:
+            json.dump(cfg, f, indent=2, sort_keys=True)
+    os.makedirs(os.path.join(OUT, "text_encoder"), exist_ok=True)
+    cc = m.text_encoder.config.to_dict()
+    cc = {k: v for k, v in cc.items() if not k.startswith("_") and k != "transformers_version"}
+    with open(os.path.join(OUT, "text_encoder", "config.json"), "w") as f:
+        json.dump(cc, f, indent=2, sort_keys=True)
+    with open(os.path.join(OUT, "tiny.json"), "w") as f:
+        json.dump(dict(S=S, D=D, clip_vocab=CLIP_V, blip_vocab=BLIP_V, clip_bos=CLIP_BOS, clip_eos=CLIP_EOS,
+                       bert_pad=BERT_PAD, bert_cls=BERT_CLS, bert_sep=BERT_SEP, bert_enc=BERT_ENC,
+                       image=IMG, steps=STEPS, guidance=GUIDANCE, seed=SEED), f, indent=2, sort_keys=True)
+
+    g = torch.Generator().manual_seed(99)
+    # ---- the override UNet with its mask
+    s = torch.randn(2, 4, IMG // 8, IMG // 8, generator=g)
+    t = torch.tensor([10, 621], dtype=torch.int64)
+    ehs = torch.randn(2, 3 * S, D, generator=g)
+    mask = torch.zeros(2, 3 * S, dtype=torch.bool)
+    mask[0, 5:S] = True
+    mask[0, 2 * S:] = True
+    mask[1, 3:S] = True
+    mask[1, S + 4:] = True
+    out = m.unet(s, t, ehs, None).sample
+    out_m = m.unet(s, t, ehs, mask).sample
+    save("unet_io.safetensors", {"sample": s, "timestep": t, "encoder_hidden_states": ehs,
+                                 "encoder_attention_mask": mask.to(torch.uint8), "out_sample": out,
+                                 "out_sample_masked": out_m})
+    print("unet |out| %.4g, mask changes it by %.4g" % (out.abs().max(), (out - out_m).abs().max()))
+
+    # ---- the resized CLIP text encoder
+    ids = torch.tensor([[CLIP_BOS, 3, CLIP_V - 1, 17, CLIP_EOS, CLIP_EOS, CLIP_EOS, CLIP_EOS],
+                        [CLIP_BOS, 5, 6, 7, 8, 9, 10, CLIP_EOS]])
+    am = torch.tensor([[1, 1, 1, 1, 1, 0, 0, 0], [1] * 8])
+    o = m.text_encoder(ids, am)
+    save("clip_io.safetensors", {"input_ids": ids, "attention_mask": am,
+                                 "last_hidden_state": o.last_hidden_state, "pooler_output": o.pooler_output})
+
+    # ---- sample(): both tasks, both schedulers
+    for task in ("visualization", "continuation"):
+        gb = torch.Generator().manual_seed(5 if task == "visualization" else 6)
+        batch, frames, cap, cam, bcap, bam, src_V, V = make_batch(task, gb)
+        for sch in ("ddim", "pndm"):
+            rec = run_sample(M, m, task, sch, batch)
+            assert len(rec) == V
+            d = {"frames": frames, "captions": cap, "caption_mask": cam, "blip_captions": bcap,
+                 "blip_mask": bam}
+            for i, fr in enumerate(rec):
+                for k, v in fr.items():
+                    d["frame%d.%s" % (i, k)] = v
+            save("story_%s_%s.safetensors" % (task, sch), d)
+            print(task, sch, "frames", len(rec), "image mean %.2f" % rec[-1]["image"].float().mean())
+    print("fixtures written to", OUT)
+
+
+if __name__ == "__main__":
+    main()

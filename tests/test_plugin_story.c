@@ -1,0 +1,329 @@
+/* tests/test_plugin_story.c - the story task against AR-LDM's own sample()
+ * (fixtures from tests/gen_arldm.py: a tiny AR-LDM built from AR-LDM's
+ * classes, one story, 4 steps at 32x32): for both tasks and both schedulers,
+ * every frame's conditional and unconditional contexts and masks, initial
+ * and final latents and uint8 image, read back from save_tensors. */
+#include <sys/stat.h>
+
+#include "sd_test.h"
+
+static const char *const SCHED[2] = {
+    "scheduler = { name = \"ddim\"; beta_start = 0.00085; beta_end = 0.012; beta_schedule = \"scaled_linear\";"
+    " clip_sample = false; set_alpha_to_one = true; steps_offset = 0; };",
+    "scheduler = { name = \"pndm\"; beta_start = 0.00085; beta_end = 0.012; beta_schedule = \"scaled_linear\";"
+    " skip_prk_steps = true; set_alpha_to_one = false; steps_offset = 0; };"};
+
+static const char *g_extra = ""; /* more keys of the task group */
+
+static int run_story(const char *task, int sched, const char *fixture, const char *outdir, bool replay) {
+  char fx[4096], text[16384];
+  snprintf(fx, sizeof fx, "%s/tests/fixtures/arldm", tap_srcdir());
+  snprintf(text, sizeof text,
+           "task = { name = \"story\"; task = \"%s\"; arldm = \"%s/arldm_tiny.safetensors\";\n"
+           "  story_tensors = \"%s/%s\"; width = 32; height = 32; steps = 4; guidance_scale = 6.0; seed = 7;\n"
+           "  save_tensors = true; output_dir = \"%s\"; sample_output_dir = \"%s/samples\"; %s%s%s%s%s %s };\n"
+           "text_encoder = { name = \"clip_text\"; config = \"%s/text_encoder/config.json\";"
+           " weights = \"%s/arldm_tiny.safetensors\"; weights_prefix = \"text_encoder.\"; };\n"
+           "mm_encoder = { name = \"blip\"; config = \"%s/med_config.json\"; weights = \"%s/arldm_tiny.safetensors\";"
+           " weights_prefix = \"mm_encoder.\"; num_heads = 4; enc_token_id = 51; };\n"
+           "blip_processor = { name = \"image_resize\"; size = [224, 224]; interpolation = \"bilinear\";"
+           " mean = [0.48145466, 0.4578275, 0.40821073]; std = [0.26862954, 0.26130258, 0.27577711]; };\n"
+           "unet = { name = \"unet2d_condition\"; config = \"%s/unet/config.json\"; weights = \"%s/arldm_tiny.safetensors\";"
+           " weights_prefix = \"unet.\"; };\n"
+           "vae = { name = \"vae\"; config = \"%s/vae/config.json\"; weights = \"%s/arldm_tiny.safetensors\";"
+           " weights_prefix = \"vae.\"; };\n%s\n",
+           task, fx, fx, fixture, outdir, outdir, replay ? "writeback_from = \"" : "", replay ? fx : "", replay ? "/" : "",
+           replay ? fixture : "", replay ? "\";" : "", g_extra, fx, fx, fx, fx, fx, fx, fx, fx, SCHED[sched]);
+  mmp_registry_t *reg = mmp_registry_new();
+  sd_env_add_dirs(reg);
+  mmp_config_t *cfg = mmp_config_parse(text, "story-test");
+  mmp_context_t *ctx = cfg ? mmp_context_new(reg, cfg) : NULL;
+  if (ctx) mmp_context_set_progress(ctx, false);
+  int rc = ctx ? mmp_context_run_task(ctx) : -1;
+  if (rc < 0) diag("%s", mmp_error_last());
+  mmp_context_free(ctx);
+  mmp_config_free(cfg);
+  mmp_registry_free(reg);
+  return rc;
+}
+
+/* row @b of @t [2, ...] as a tensor [1, ...] (transfer full) */
+static mmp_tensor_t *half(mmp_tensor_t *t, int b) {
+  mmp_tensor_t *s = t ? mmp_slice(t, 0, b, b + 1, 1) : NULL;
+  mmp_tensor_t *c = s ? mmp_contiguous(s) : NULL;
+  mmp_tensor_unref(s);
+  return c;
+}
+
+static double max_abs_diff(const mmp_tensor_t *a, const mmp_tensor_t *b) {
+  if (!a || !b || mmp_tensor_numel(a) != mmp_tensor_numel(b)) return -1;
+  int64_t n = mmp_tensor_numel(a);
+  mmp_tensor_t *fa = mmp_convert(a, MMP_F32), *fb = mmp_convert(b, MMP_F32);
+  float *x = malloc((size_t)n * 4), *y = malloc((size_t)n * 4);
+  double m = -1;
+  if (x && y && fa && fb && mmp_tensor_to_host(fa, x, (size_t)n * 4) == 0 && mmp_tensor_to_host(fb, y, (size_t)n * 4) == 0) {
+    m = 0;
+    for (int64_t i = 0; i < n; i++)
+      if (fabs((double)x[i] - y[i]) > m) m = fabs((double)x[i] - y[i]);
+  }
+  free(x);
+  free(y);
+  mmp_tensor_unref(fa);
+  mmp_tensor_unref(fb);
+  return m;
+}
+
+/* @replay: the reference frames are written back (teacher forcing), so every
+ * frame is compared under the same conditions; free-running, a 1/255
+ * rounding flip in a fed-back frame moves the later frames' contexts by
+ * ~5e-4: then frame 0 is held to the strict bounds and all images to 2/255. */
+static void check(const char *task, int sched, bool replay) {
+  const char *sn = sched ? "pndm" : "ddim";
+  char fixture[128], outdir[4096], path[4200];
+  snprintf(fixture, sizeof fixture, "story_%s_%s.safetensors", task, sn);
+  const char *tmp = getenv("TMPDIR");
+  snprintf(outdir, sizeof outdir, "%s/story_test_%d_%s_%s", tmp ? tmp : "/tmp", (int)getpid(), task, sn);
+  char rel[160];
+  snprintf(rel, sizeof rel, "../arldm/%s", fixture);
+  mmp_tensormap_t *ref = sd_load(rel);
+  const char *mode = replay ? "replay" : "free";
+  if (!ok(run_story(task, sched, fixture, outdir, replay) == 0, "%s %s %s: the story task runs", task, sn, mode) || !ref) {
+    mmp_tensormap_free(ref);
+    return;
+  }
+  snprintf(path, sizeof path, "%s/story_tensors.safetensors", outdir);
+  mmp_tensormap_t *got = mmp_tensormap_new();
+  ok(mmp_safetensors_load_map(path, mmp_backend_get("cpu"), true, got) == 0, "%s %s: story_tensors.safetensors", task, sn);
+  int V = strcmp(task, "continuation") ? 5 : 4;
+  double ectx = 0, emask = 0, elat0 = 0, elat1 = 0, eimg = 0;
+  for (int f = 0; f < V; f++) {
+    char k[96];
+    mmp_tensor_t *c, *m, *g;
+    snprintf(k, sizeof k, "frame%d.context", f);
+    c = mmp_tensormap_get(ref, k);
+    snprintf(k, sizeof k, "frame%d.mask", f);
+    m = mmp_tensormap_get(ref, k);
+    static const char *const parts[4] = {"uncond_context", "context", "uncond_mask", "mask"};
+    for (int p = 0; p < 4; p++) {
+      snprintf(k, sizeof k, "story0.frame%d.%s", f, parts[p]);
+      g = mmp_tensormap_get(got, k);
+      mmp_tensor_t *w = half(p < 2 ? c : m, p % 2);
+      double e = p < 2 ? sd_relerr(g, w) : max_abs_diff(g, w);
+      if (e < 0) e = INFINITY;
+      if (p < 2 && e > ectx && (replay || f == 0)) ectx = e;
+      if (p >= 2 && e > emask) emask = e;
+      mmp_tensor_unref(w);
+    }
+    snprintf(k, sizeof k, "frame%d.latents_initial", f);
+    mmp_tensor_t *w0 = mmp_tensormap_get(ref, k);
+    snprintf(k, sizeof k, "frame%d.latents_final", f);
+    mmp_tensor_t *w1 = mmp_tensormap_get(ref, k);
+    snprintf(k, sizeof k, "frame%d.image", f);
+    mmp_tensor_t *wi = mmp_tensormap_get(ref, k);
+    snprintf(k, sizeof k, "story0.frame%d.latents_initial", f);
+    double e0 = sd_relerr(mmp_tensormap_get(got, k), w0);
+    snprintf(k, sizeof k, "story0.frame%d.latents_final", f);
+    double e1 = sd_relerr(mmp_tensormap_get(got, k), w1);
+    snprintf(k, sizeof k, "story0.frame%d.image", f);
+    double ei = max_abs_diff(mmp_tensormap_get(got, k), wi);
+    if (getenv("STORY_VERBOSE")) diag("    frame %d: latents %.2g, image %g", f, e1, ei);
+    elat0 = e0 < 0 || e0 > elat0 ? (e0 < 0 ? INFINITY : e0) : elat0;
+    if (replay || f == 0) elat1 = e1 < 0 || e1 > elat1 ? (e1 < 0 ? INFINITY : e1) : elat1;
+    eimg = ei < 0 || ei > eimg ? (ei < 0 ? INFINITY : ei) : eimg;
+  }
+  const char *which = replay ? "every frame" : "frame 0";
+  ok(ectx <= 1e-5, "%s %s %s: contexts (both halves, %s) within 1e-5 relative", task, sn, mode, which);
+  ok(emask == 0, "%s %s %s: masks identical", task, sn, mode);
+  ok(elat0 == 0, "%s %s %s: initial latents identical (torch generator, frame by frame)", task, sn, mode);
+  ok(elat1 <= 1e-4, "%s %s %s: final latents (%s) within 1e-4 relative", task, sn, mode, which);
+  ok(eimg <= 2, "%s %s %s: images (every frame) within 2/255", task, sn, mode);
+  diag("  %s %s %s: context %.2g, mask %g, latents %.2g / %.2g, image %g/255", task, sn, mode, ectx, emask, elat0, elat1,
+       eimg);
+  mmp_tensormap_free(got);
+  mmp_tensormap_free(ref);
+  if (!replay && sched == 0) {
+    /* the outputs: frames, AR-LDM's numbering, strip, contact sheet, run.json */
+    static const char *const files[] = {"story00000/frame1.png", "story00000/frame4.png", "story00000/strip.png",
+                                        "index.html", "run.json", "samples/0000.png", NULL};
+    for (int k = 0; files[k]; k++) {
+      snprintf(path, sizeof path, "%s/%s", outdir, files[k]);
+      ok(access(path, F_OK) == 0, "%s: writes %s", task, files[k]);
+    }
+    snprintf(path, sizeof path, "%s/samples/%04d.png", outdir, V - 1);
+    ok(access(path, F_OK) == 0, "%s: sample_output_dir numbering up to %04d", task, V - 1);
+    snprintf(path, sizeof path, "%s/samples/%04d.png", outdir, V);
+    ok(access(path, F_OK) != 0, "%s: and no further", task);
+    /* a rerun skips the complete story: run.json records no frame time */
+    ok(run_story(task, sched, fixture, outdir, false) == 0, "%s: rerun", task);
+    snprintf(path, sizeof path, "%s/run.json", outdir);
+    FILE *f = fopen(path, "r");
+    char buf[4096] = "";
+    size_t nr = f ? fread(buf, 1, sizeof buf - 1, f) : 0;
+    buf[nr] = 0;
+    if (f) fclose(f);
+    like(buf, "[null, null, null, null", "%s: the rerun skipped the complete story (frame_seconds null)", task);
+    like(buf, "\"scheduler\": \"ddim\"", "%s: run.json records the scheduler", task);
+    /* stories = "1:" leaves the only story out */
+    char cmd0[4400], d2[4200];
+    snprintf(d2, sizeof d2, "%s_range", outdir);
+    g_extra = "stories = \"1:\";";
+    ok(run_story(task, sched, fixture, d2, false) == 0, "%s: stories = \"1:\" runs", task);
+    g_extra = "";
+    snprintf(path, sizeof path, "%s/story00000", d2);
+    ok(access(path, F_OK) != 0, "%s: and draws nothing of story 0", task);
+    snprintf(cmd0, sizeof cmd0, "rm -rf '%s'", d2);
+    if (system(cmd0) != 0) diag("could not remove %s", d2);
+  }
+  char cmd[4400];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", outdir);
+  if (system(cmd) != 0) diag("could not remove %s", outdir);
+}
+
+/* Bad stories are refused with a clear message before any model is loaded. */
+static void check_bad_input(void) {
+  const char *tmp = getenv("TMPDIR");
+  char dir[4096], js[4200], text[16384], fx[4096];
+  snprintf(fx, sizeof fx, "%s/tests/fixtures", tap_srcdir());
+  snprintf(dir, sizeof dir, "%s/story_bad_%d", tmp ? tmp : "/tmp", (int)getpid());
+  mkdir(dir, 0777);
+  snprintf(js, sizeof js, "%s/stories.json", dir);
+  static const struct {
+    const char *task, *json, *want;
+  } cases[] = {
+      {"visualization", "[{\"captions\": [\"a\", \"b\", \"c\", \"d\"]}]", "story 0 has 4 captions, a story needs five"},
+      {"continuation", "[{\"captions\": [\"a\", \"b\", \"c\", \"d\", \"e\"]}]", "story 0 has no first_image"},
+      {"visualization",
+       "[{\"captions\": [\"a\", \"b\", \"c\", \"d\", \"e\"]}, {\"captions\": [\"a\", \"b\", \"c\", \"d\","
+       " \"a red cat sitting on the mat with two dogs running\"]}]",
+       "clip_tokenizer"},
+      {"visualization", "{\"captions\": []}", "expected a non-empty array of stories"},
+      {"visualization", "[{\"captions\": [\"a\", \"b\", \"c\", \"d\", \"e\"]}]",
+       "clip_tokenizer has 914 tokens but the checkpoint's text_encoder.text_model.embeddings.token_embedding.weight has 44 rows"},
+  };
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    FILE *f = fopen(js, "w");
+    if (f) {
+      fputs(cases[k].json, f);
+      fclose(f);
+    }
+    snprintf(text, sizeof text,
+             "task = { name = \"story\"; task = \"%s\"; arldm = \"%s/arldm/arldm_tiny.safetensors\";\n"
+             "  stories_file = \"%s\"; width = 32; height = 32; steps = 1; output_dir = \"%s/out\"; };\n"
+             "clip_tokenizer = { name = \"clip_tokenizer\"; tokenizer_dir = \"%s/sd/pipe/tokenizer\"; max_length = 8;"
+             " truncation = false; };\n"
+             "text_encoder = { name = \"clip_text\"; config = \"%s/arldm/text_encoder/config.json\"; weights = \"/nonexistent\"; };\n",
+             cases[k].task, fx, js, dir, fx, fx);
+    mmp_registry_t *reg = mmp_registry_new();
+    sd_env_add_dirs(reg);
+    mmp_config_t *cfg = mmp_config_parse(text, "story-bad");
+    mmp_context_t *ctx = cfg ? mmp_context_new(reg, cfg) : NULL;
+    if (ctx) mmp_context_set_progress(ctx, false);
+    int rc = ctx ? mmp_context_run_task(ctx) : 0;
+    ok(rc < 0, "bad stories file %zu refused", k);
+    like(mmp_error_last(), cases[k].want, "  with a clear message");
+    diag("  %s", mmp_error_last());
+    mmp_context_free(ctx);
+    mmp_config_free(cfg);
+    mmp_registry_free(reg);
+  }
+  char cmd[4400];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  if (system(cmd) != 0) diag("could not remove %s", dir);
+}
+
+/* batch_size = 2 on two copies of the story: frame 0 of story 0 draws the
+ * first half of randn([2, ...]), which is torch's randn([1, ...]) (blocks of
+ * 16), so it must equal the one-story reference; story 1 shares its context. */
+static void check_batch(void) {
+  mmp_tensormap_t *ref = sd_load("../arldm/story_visualization_ddim.safetensors");
+  if (!ok(ref != NULL, "batch: fixture")) return;
+  const char *tmp = getenv("TMPDIR");
+  char in2[4200], outdir[4200], path[4400];
+  snprintf(outdir, sizeof outdir, "%s/story_batch_%d", tmp ? tmp : "/tmp", (int)getpid());
+  mkdir(outdir, 0777);
+  snprintf(in2, sizeof in2, "%s/two.safetensors", outdir);
+  static const char *const names[5] = {"captions", "caption_mask", "blip_captions", "blip_mask", "frames"};
+  mmp_tensormap_t *two = mmp_tensormap_new();
+  mmp_tensormap_t *raw = mmp_tensormap_new();
+  char src[4200];
+  snprintf(src, sizeof src, "%s/tests/fixtures/arldm/story_visualization_ddim.safetensors", tap_srcdir());
+  mmp_safetensors_load_map(src, mmp_backend_get("cpu"), false, raw);
+  for (int k = 0; k < 5; k++) {
+    mmp_tensor_t *t = mmp_tensormap_get(raw, names[k]);
+    mmp_tensor_t *pair[2] = {t, t};
+    mmp_tensormap_set(two, names[k], t ? mmp_concat(pair, 2, 0) : NULL);
+  }
+  ok(mmp_safetensors_save_map(in2, two, NULL) == 0, "batch: two copies of the story written");
+  mmp_tensormap_free(two);
+  mmp_tensormap_free(raw);
+  char fx[4096], text[16384];
+  snprintf(fx, sizeof fx, "%s/tests/fixtures/arldm", tap_srcdir());
+  snprintf(text, sizeof text,
+           "task = { name = \"story\"; arldm = \"%s/arldm_tiny.safetensors\"; story_tensors = \"%s\";\n"
+           "  width = 32; height = 32; steps = 4; seed = 7; batch_size = 2; save_tensors = true; output_dir = \"%s\"; };\n"
+           "text_encoder = { name = \"clip_text\"; config = \"%s/text_encoder/config.json\";"
+           " weights = \"%s/arldm_tiny.safetensors\"; weights_prefix = \"text_encoder.\"; };\n"
+           "mm_encoder = { name = \"blip\"; config = \"%s/med_config.json\"; weights = \"%s/arldm_tiny.safetensors\";"
+           " weights_prefix = \"mm_encoder.\"; num_heads = 4; enc_token_id = 51; };\n"
+           "blip_processor = { name = \"image_resize\"; size = [224, 224];"
+           " mean = [0.48145466, 0.4578275, 0.40821073]; std = [0.26862954, 0.26130258, 0.27577711]; };\n"
+           "unet = { name = \"unet2d_condition\"; config = \"%s/unet/config.json\"; weights = \"%s/arldm_tiny.safetensors\";"
+           " weights_prefix = \"unet.\"; };\n"
+           "vae = { name = \"vae\"; config = \"%s/vae/config.json\"; weights = \"%s/arldm_tiny.safetensors\"; weights_prefix = \"vae.\"; };\n%s\n",
+           fx, in2, outdir, fx, fx, fx, fx, fx, fx, fx, fx, SCHED[0]);
+  mmp_registry_t *reg = mmp_registry_new();
+  sd_env_add_dirs(reg);
+  mmp_config_t *cfg = mmp_config_parse(text, "story-batch");
+  mmp_context_t *ctx = cfg ? mmp_context_new(reg, cfg) : NULL;
+  if (ctx) mmp_context_set_progress(ctx, false);
+  int rc = ctx ? mmp_context_run_task(ctx) : -1;
+  if (!ok(rc == 0, "batch: two stories denoised together")) diag("%s", mmp_error_last());
+  mmp_context_free(ctx);
+  mmp_config_free(cfg);
+  mmp_registry_free(reg);
+  snprintf(path, sizeof path, "%s/story_tensors.safetensors", outdir);
+  mmp_tensormap_t *got = mmp_tensormap_new();
+  mmp_safetensors_load_map(path, mmp_backend_get("cpu"), true, got);
+  mmp_tensor_t *c0 = half(mmp_tensormap_get(ref, "frame0.context"), 1);
+  double e = sd_relerr(mmp_tensormap_get(got, "story0.frame0.context"), c0);
+  ok(e >= 0 && e <= 1e-5, "batch: story 0 frame 0 context as the one-story reference (%.2g)", e);
+  e = sd_relerr(mmp_tensormap_get(got, "story1.frame0.context"), c0);
+  ok(e >= 0 && e <= 1e-5, "batch: story 1 (the same story) shares it (%.2g)", e);
+  mmp_tensor_unref(c0);
+  e = sd_relerr(mmp_tensormap_get(got, "story0.frame0.latents_initial"), mmp_tensormap_get(ref, "frame0.latents_initial"));
+  ok(e == 0, "batch: story 0 frame 0 initial latents = the first half of randn([2, ...])");
+  e = sd_relerr(mmp_tensormap_get(got, "story0.frame0.latents_final"), mmp_tensormap_get(ref, "frame0.latents_final"));
+  ok(e >= 0 && e <= 1e-4, "batch: story 0 frame 0 final latents within 1e-4 (%.2g)", e);
+  e = max_abs_diff(mmp_tensormap_get(got, "story0.frame0.image"), mmp_tensormap_get(ref, "frame0.image"));
+  ok(e >= 0 && e <= 2, "batch: story 0 frame 0 image within 2/255 (%g)", e);
+  e = sd_relerr(mmp_tensormap_get(got, "story1.frame0.latents_initial"), mmp_tensormap_get(got, "story0.frame0.latents_initial"));
+  ok(e > 0.1, "batch: story 1 draws its own noise");
+  snprintf(path, sizeof path, "%s/story00001/strip.png", outdir);
+  ok(access(path, F_OK) == 0, "batch: both stories written");
+  mmp_tensormap_free(got);
+  mmp_tensormap_free(ref);
+  char cmd[4400];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", outdir);
+  if (system(cmd) != 0) diag("could not remove %s", outdir);
+}
+
+int main(void) {
+  mmp_registry_t *reg = mmp_registry_new();
+  sd_env_add_dirs(reg);
+  bool have = mmp_registry_find(reg, MMP_KIND_TASK, "story") && mmp_registry_find(reg, MMP_KIND_ENCODER, "blip") &&
+              mmp_registry_find(reg, MMP_KIND_PROCESSOR, "image_resize") && mmp_registry_find(reg, MMP_KIND_SCHEDULER, "pndm");
+  mmp_registry_free(reg);
+  if (!have) skip_all("needs the story, blip, image_resize, ddim and pndm plugins");
+  mmp_tensormap_t *probe = sd_load("../arldm/arldm_tiny.safetensors");
+  if (!probe) skip_all("fixtures missing");
+  mmp_tensormap_free(probe);
+  check_bad_input();
+  check_batch();
+  for (int replay = 1; replay >= 0; replay--) {
+    check("visualization", 0, replay);
+    check("visualization", 1, replay);
+    check("continuation", 0, replay);
+    check("continuation", 1, replay);
+  }
+  return done_testing();
+}
