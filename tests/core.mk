@@ -59,3 +59,4 @@ TESTS += tests/test_core_frechet
 tests_test_core_frechet_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_core_frechet_LDADD = $(TEST_LDADD)
 EXTRA_DIST += tests/gen_fid.py tests/fixtures/fid
+EXTRA_DIST += tests/fixtures/fuzz
