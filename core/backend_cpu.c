@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "core/cpu/dispatch.h"
 #include "core/cpu/kernels.h"
 #include "core/pool.h"
 #include "core/tensor_impl.h"
@@ -218,7 +219,7 @@ static inline void st_any(mmp_dtype_t dt, char *p, double v) {
  * has them (weights stored in f16 are converted once at load: this makes
  * that a memory-bound pass). Same rounding (to nearest even) as the scalar
  * code. */
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef MMP_HAVE_X86_DISPATCH
 #include <immintrin.h>
 #define HAVE_F16C_PATH 1
 __attribute__((target("avx,f16c"))) static void h2f_f16c(const uint16_t *s, float *d, int64_t n) {
@@ -232,14 +233,7 @@ __attribute__((target("avx,f16c"))) static void f2h_f16c(const float *s, uint16_
     _mm_storeu_si128((__m128i *)(d + i), _mm256_cvtps_ph(_mm256_loadu_ps(s + i), _MM_FROUND_TO_NEAREST_INT));
   for (; i < n; i++) d[i] = mmp__float_to_half(s[i]);
 }
-static int have_f16c(void) {
-  static int v = -1;
-  if (v < 0) {
-    __builtin_cpu_init();
-    v = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx") ? 1 : 0;
-  }
-  return v;
-}
+static int have_f16c(void) { return (mmp_cpu_features() & MMP_CPU_F16C) != 0; }
 #endif
 
 typedef struct copy_ctx {
