@@ -124,19 +124,20 @@ static int parse_entry(const char *path, const char *name, json_t *v, size_t dat
   if (nd > MMP_MAX_DIMS)
     return mmp_error_set(MMP_EDATA, "%s: tensor \"%s\": %zu dims (at most %d supported)", path, name, nd, MMP_MAX_DIMS);
   e->ndim = (int)nd;
-  uint64_t numel = 1;
   for (size_t i = 0; i < nd; i++) {
     json_t *d = json_array_get(js, i);
     if (!json_is_integer(d) || json_integer_value(d) < 0)
       return mmp_error_set(MMP_EDATA, "%s: tensor \"%s\": shape[%zu] is not a non-negative integer", path, name, i);
-    uint64_t dv = (uint64_t)json_integer_value(d);
-    e->shape[i] = (int64_t)dv;
-    if (__builtin_mul_overflow(numel, dv, &numel))
-      return mmp_error_set(MMP_EDATA, "%s: tensor \"%s\": shape overflows", path, name);
+    e->shape[i] = (int64_t)json_integer_value(d);
   }
-  uint64_t nbytes;
-  if (__builtin_mul_overflow(numel, (uint64_t)mmp_dtype_size(e->dtype), &nbytes) || nbytes > (uint64_t)INT64_MAX)
-    return mmp_error_set(MMP_EDATA, "%s: tensor \"%s\": shape overflows", path, name);
+  /* the product without the zero sizes too: it gives the strides, and an
+   * empty [0, 2^40, 2^40] would overflow them */
+  char sh[160];
+  if (mmp__shape_extent(e->ndim, e->shape) < 0)
+    return mmp_error_set(MMP_EDATA, "%s: tensor \"%s\": shape %s is too large", path, name,
+                         mmp__shape_str(e->ndim, e->shape, sh, sizeof sh));
+  /* extent <= INT64_MAX / 16 bounds numel * element size */
+  uint64_t nbytes = (uint64_t)mmp__numel(e->ndim, e->shape) * (uint64_t)mmp_dtype_size(e->dtype);
   json_t *b = json_array_get(jo, 0), *en = json_array_get(jo, 1);
   if (!json_is_integer(b) || !json_is_integer(en) || json_integer_value(b) < 0 || json_integer_value(en) < 0)
     return mmp_error_set(MMP_EDATA, "%s: tensor \"%s\": data_offsets are not non-negative integers", path, name);
@@ -149,7 +150,6 @@ static int parse_entry(const char *path, const char *name, json_t *v, size_t dat
     return mmp_error_set(MMP_EDATA, "%s: tensor \"%s\": data_offsets [%llu, %llu] run past the end of the data (%zu bytes)",
                          path, name, (unsigned long long)e->begin, (unsigned long long)e->end, data_len);
   if (e->end - e->begin != nbytes) {
-    char sh[160];
     return mmp_error_set(MMP_EDATA, "%s: tensor \"%s\": %s %s needs %llu bytes but data_offsets give %llu", path, name,
                          ds, mmp__shape_str(e->ndim, e->shape, sh, sizeof sh), (unsigned long long)nbytes,
                          (unsigned long long)(e->end - e->begin));

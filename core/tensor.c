@@ -7,6 +7,7 @@
 #include <strings.h>
 
 #include "core/tensor_impl.h"
+#include "core/util.h"
 
 /* ------------------------------------------------------------------ dtypes */
 
@@ -156,6 +157,16 @@ int64_t mmp__numel(int ndim, const int64_t *shape) {
   return n;
 }
 
+int64_t mmp__shape_extent(int ndim, const int64_t *shape) {
+  int64_t n = 1;
+  for (int i = 0; i < ndim; i++) {
+    int64_t d = shape[i] > 1 ? shape[i] : 1;
+    /* INT64_MAX / 16: room for the element size in bytes */
+    if (shape[i] < 0 || mmp_mul_overflow_i64(n, d, &n) || n > INT64_MAX / 16) return -1;
+  }
+  return n;
+}
+
 void mmp__contig_strides(int ndim, const int64_t *shape, int64_t *stride) {
   int64_t s = 1;
   for (int i = ndim - 1; i >= 0; i--) {
@@ -295,13 +306,14 @@ static int check_shape(int ndim, const int64_t *shape, const char *what) {
   if (ndim < 0 || ndim > MMP_MAX_DIMS)
     return mmp_error_set(MMP_ESHAPE, "%s: %d dimensions (at most %d)", what, ndim, MMP_MAX_DIMS);
   if (ndim > 0 && !shape) return mmp_error_set(MMP_EINVAL, "%s: NULL shape", what);
-  int64_t n = 1;
-  for (int i = 0; i < ndim; i++) {
+  for (int i = 0; i < ndim; i++)
     if (shape[i] < 0)
       return mmp_error_set(MMP_ESHAPE, "%s: negative size %lld in dim %d", what, (long long)shape[i], i);
-    if (shape[i] > 0 && n > (INT64_MAX / 16) / shape[i])
-      return mmp_error_set(MMP_ESHAPE, "%s: shape too large", what);
-    n *= shape[i];
+  /* the strides are products of the sizes other than 0 (a [0, 2^40, 2^40]
+   * tensor is empty, but its first stride would be 2^80) */
+  if (mmp__shape_extent(ndim, shape) < 0) {
+    char b[160];
+    return mmp_error_set(MMP_ESHAPE, "%s: shape %s too large", what, mmp__shape_str(ndim, shape, b, sizeof b));
   }
   return 0;
 }

@@ -41,6 +41,10 @@ mmp_tensor_t *mmp__tensor_view(const mmp_tensor_t *base, int ndim,
 /* Contiguous strides for @shape. */
 void mmp__contig_strides(int ndim, const int64_t *shape, int64_t *stride);
 int64_t mmp__numel(int ndim, const int64_t *shape);
+/* Product of the sizes with 0 counted as 1 (what the contiguous strides
+ * reach), or -1 when a size is negative or the product exceeds
+ * INT64_MAX / 16. Every shape taken from outside goes through it. */
+int64_t mmp__shape_extent(int ndim, const int64_t *shape);
 /* The iteration space of @nop operands of ts[0]'s shape (elementwise ops,
  * in backends): size-1 dims dropped, then dims merged from the inside out
  * where every operand is contiguous across them. Writes shape[0..n) and the

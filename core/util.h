@@ -2,7 +2,21 @@
 #ifndef MMPIPE_CORE_UTIL_H
 #define MMPIPE_CORE_UTIL_H
 
+#include <stdbool.h>
 #include <stddef.h>
+#include <stdint.h>
+
+/* Checked arithmetic on sizes read from files and configs: true (and *out
+ * unspecified) when the result does not fit. */
+static inline bool mmp_mul_overflow_i64(int64_t a, int64_t b, int64_t *out) {
+  return __builtin_mul_overflow(a, b, out);
+}
+static inline bool mmp_add_overflow_i64(int64_t a, int64_t b, int64_t *out) {
+  return __builtin_add_overflow(a, b, out);
+}
+static inline bool mmp_mul_overflow_size(size_t a, size_t b, size_t *out) {
+  return __builtin_mul_overflow(a, b, out);
+}
 
 /* malloc/strdup that never return NULL silently: they set MMP_ENOMEM. */
 void *mmp_xmalloc(size_t n);

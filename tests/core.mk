@@ -52,3 +52,4 @@ TESTS += tests/test_core_pool
 tests_test_core_pool_SOURCES = tests/test_core_pool.c core/pool.c
 tests_test_core_pool_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_core_pool_LDADD = $(TEST_LDADD) -lpthread
+EXTRA_DIST += tests/fixtures/fuzz

@@ -137,4 +137,56 @@ static inline mmp_tensormap_t *sd_pick(const mmp_tensormap_t *src, const char *c
   return m;
 }
 
+/* Write a copy of the fixture config @src (under tests/fixtures/sd) with
+ * the value of @key replaced by the JSON text @value, to @out (a path
+ * under the build directory). Returns 0, or -1 when @key is absent. */
+static inline int sd_config_variant(const char *src, const char *key, const char *value, char *out,
+                                    size_t outlen) {
+  char p[4200], k[160];
+  snprintf(p, sizeof p, "%s/tests/fixtures/sd/%s", tap_srcdir(), src);
+  FILE *f = fopen(p, "rb");
+  if (!f) return -1;
+  char buf[65536];
+  size_t n = fread(buf, 1, sizeof buf - 1, f);
+  fclose(f);
+  buf[n] = 0;
+  snprintf(k, sizeof k, "\"%s\":", key);
+  char *a = strstr(buf, k);
+  if (!a) return -1;
+  a += strlen(k);
+  while (*a == ' ') a++;
+  char *b = a;
+  if (*b == '[') {
+    while (*b && *b != ']') b++;
+    if (*b) b++;
+  } else {
+    while (*b && *b != ',' && *b != '\n' && *b != '}') b++;
+  }
+  const char *base = getenv("MMP_TEST_BUILDDIR");
+  snprintf(out, outlen, "%s/sd-variant-%s-%d.json", base ? base : "/tmp", key, (int)getpid());
+  f = fopen(out, "wb");
+  if (!f) return -1;
+  fprintf(f, "%.*s%s%s", (int)(a - buf), buf, value, b);
+  fclose(f);
+  return 0;
+}
+
+/* ok() that building the component of @kind/@group from @fmt (printf
+ * format: %s = fixture dir, the config path) fails with an error that
+ * contains @want; the message is shown. */
+static inline void sd_refused(mmp_kind_t kind, const char *group, const char *fmt, const char *path,
+                              const char *want, const char *what) {
+  char fx[4096], text[16384];
+  snprintf(fx, sizeof fx, "%s/tests/fixtures/sd", tap_srcdir());
+  snprintf(text, sizeof text, fmt, path, fx);
+  sd_env_t e;
+  mmp_component_t *c = NULL;
+  if (sd_env_open(&e, text) == 0) c = mmp_component_create(e.ctx, kind, group);
+  const char *msg = mmp_error_last();
+  ok(c == NULL && msg && strstr(msg, want) != NULL, "%s", what);
+  diag("  %s", msg ? msg : "(no message)");
+  mmp_component_free(c);
+  sd_env_close(&e);
+}
+
 #endif

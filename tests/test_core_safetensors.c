@@ -162,7 +162,7 @@ static void test_malformed(void) {
       {"size mismatch", "{\"a\":{\"dtype\":\"F32\",\"shape\":[3],\"data_offsets\":[0,8]}}", 0, 8, MMP_EDATA,
        "needs 12 bytes"},
       {"huge shape overflowing", "{\"a\":{\"dtype\":\"F32\",\"shape\":[4294967296,4294967296,16],\"data_offsets\":[0,8]}}",
-       0, 8, MMP_EDATA, "overflows"},
+       0, 8, MMP_EDATA, "is too large"},
       {"huge shape not overflowing", "{\"a\":{\"dtype\":\"F32\",\"shape\":[1000000,1000000],\"data_offsets\":[0,8]}}", 0,
        8, MMP_EDATA, "needs 4000000000000 bytes"},
       {"negative dim", "{\"a\":{\"dtype\":\"F32\",\"shape\":[-1],\"data_offsets\":[0,4]}}", 0, 4, MMP_EDATA,
@@ -258,6 +258,29 @@ static void test_malformed(void) {
   ok(opened + refused == 1000, "1000 mutated files: %d opened, %d refused, none crashed", opened, refused);
 }
 
+/* Inputs found by fuzzing (tests/fixtures/fuzz): an empty tensor whose
+ * other sizes are 2^40 would overflow the contiguous strides (UBSan). */
+static void test_fuzz_findings(void) {
+  static const char *const files[] = {"zero_dim_huge_shape_f16.safetensors", "zero_dim_huge_shape_f32.safetensors"};
+  for (int i = 0; i < 2; i++) {
+    char p[4200];
+    snprintf(p, sizeof p, "%s/tests/fixtures/fuzz/safetensors_contig_strides_overflow/%s", tap_srcdir(), files[i]);
+    mmp_safetensors_t *st = mmp_safetensors_open(p);
+    ok(st == NULL, "%s is refused", files[i]);
+    like(mmp_error_last(), "too large", "  the shape is named too large");
+    mmp_safetensors_close(st);
+  }
+  /* the same bound on every tensor made from a shape */
+  int64_t huge[4] = {0, (int64_t)1 << 40, (int64_t)1 << 40, (int64_t)1 << 40};
+  mmp_tensor_t *t = mmp_tensor_new(cpu, MMP_F32, 4, huge);
+  ok(t == NULL && mmp_error_code() == MMP_ESHAPE, "mmp_tensor_new refuses [0, 2^40, 2^40, 2^40]");
+  mmp_tensor_unref(t);
+  int64_t empty[3] = {0, 1 << 20, 1 << 20};
+  t = mmp_tensor_new(cpu, MMP_F32, 3, empty);
+  ok(t != NULL && mmp_tensor_numel(t) == 0, "an empty [0, 2^20, 2^20] is fine");
+  mmp_tensor_unref(t);
+}
+
 int main(void) {
   mmp_log_set_level(MMP_LOG_ERROR);
   cpu = mmp_backend_get("cpu");
@@ -269,6 +292,7 @@ int main(void) {
   }
   test_round_trip();
   test_malformed();
+  test_fuzz_findings();
   /* clean up */
   DIR *d = opendir(dir);
   struct dirent *e;

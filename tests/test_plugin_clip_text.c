@@ -71,5 +71,27 @@ int main(void) {
   mmp_tensormap_free(in_m);
   mmp_tensormap_free(io);
   mmp_tensormap_free(iog);
+  /* every size and divisor of config.json is checked before use */
+  {
+    static const struct { const char *key, *value, *want; } bad[] = {
+        {"num_attention_heads", "0", "\"num_attention_heads\" is 0"},
+        {"num_attention_heads", "5", "does not divide into 5 heads"},
+        {"hidden_size", "-32", "\"hidden_size\" is -32"},
+        {"intermediate_size", "0", "\"intermediate_size\" is 0"},
+        {"max_position_embeddings", "0", "\"max_position_embeddings\" is 0"},
+        {"vocab_size", "1099511627776", "\"vocab_size\" is 1099511627776"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+      char path[4300];
+      if (sd_config_variant("pipe/text_encoder/config.json", bad[i].key, bad[i].value, path, sizeof path) < 0) {
+        ok(0, "config variant %s", bad[i].key);
+        continue;
+      }
+      sd_refused(MMP_KIND_ENCODER, "encoder", "encoder = { name = \"clip_text\"; config = \"%s\"; init_seed = 1; };",
+                 path, bad[i].want, bad[i].key);
+      like(mmp_error_last(), "sd-variant-", "  names the file");
+      unlink(path);
+    }
+  }
   return done_testing();
 }

@@ -424,6 +424,35 @@ static void check_random(void) {
   ds_close(&d);
 }
 
+/* ---- inputs found by fuzzing (tests/fixtures/fuzz) ---- */
+static void check_fuzz_findings(void) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/tests/fixtures/fuzz/story_vlen_length_unbounded/bad_stories_image0_len_0xF0000000.h5",
+           tap_srcdir());
+  story_file_t *f = story_file_open(path, "val", "text");
+  if (!ok(f != NULL, "the file with a corrupt vlen length opens (its layout is fine)")) {
+    diag("%s", mmp_error_last());
+    return;
+  }
+  uint8_t *bytes = NULL;
+  size_t n = 0;
+  int rc = story_file_read_image(f, 0, 0, &bytes, &n);
+  ok(rc == MMP_EDATA, "a 0xF0000000-byte image0 element is refused before HDF5 reads it");
+  like(mmp_error_last(), "val/image0 claims 4026531840 bytes", "  naming the dataset and the length");
+  free(bytes);
+  int good = 0;
+  for (int i = 1; i < STORY_FRAMES; i++) {
+    bytes = NULL;
+    if (story_file_read_image(f, 0, i, &bytes, &n) == 0 && n > 8 && bytes[1] == 'P') good++;
+    free(bytes);
+  }
+  ok(good == STORY_FRAMES - 1, "the other frames of that story still read (%d)", good);
+  char *text = NULL;
+  ok(story_file_read_text(f, 0, &text) == 0 && text && text[0], "and its text");
+  free(text);
+  story_file_close(f);
+}
+
 int main(void) {
   snprintf(fixdir, sizeof fixdir, "%s/tests/fixtures/datasets", tap_srcdir());
   snprintf(shared, sizeof shared, "%s", tap_shared_data());
@@ -457,5 +486,6 @@ int main(void) {
   check_vistdii_fail();
   check_malformed();
   check_random();
+  check_fuzz_findings();
   return done_testing();
 }

@@ -115,6 +115,55 @@ int main(void) {
     mmp_component_free(comp);
     sd_env_close(&e);
   }
+  /* inputs found by fuzzing (tests/fixtures/fuzz) */
+  {
+    char fz[4200], cfgp[4300], wp[4300];
+    snprintf(fz, sizeof fz, "%s/tests/fixtures/fuzz", tap_srcdir());
+    const char *fmt = "model = { name = \"unet2d_condition\"; config = \"%s\"; init_seed = 1; };";
+    snprintf(cfgp, sizeof cfgp, "%s/norm_num_groups_zero/unet_config_norm_num_groups_0.json", fz);
+    sd_refused(MMP_KIND_MODEL, "model", fmt, cfgp, "\"norm_num_groups\" is 0, must be 1..",
+               "norm_num_groups 0: an error naming the key, no SIGFPE");
+    like(mmp_error_last(), "unet_config_norm_num_groups_0.json", "  and the file");
+    snprintf(cfgp, sizeof cfgp, "%s/norm_num_groups_zero/fuzzer_found_unet_config.json", fz);
+    sd_refused(MMP_KIND_MODEL, "model", fmt, cfgp, "norm_num_groups", "the fuzzer's own config too");
+    /* a weight file that lacks every expected tensor: a long problem list
+     * (the list builder wrote 2 bytes past its buffer) */
+    snprintf(cfgp, sizeof cfgp, "%s/sd_weights_add_problem_overflow/unet_v2_config.json", fz);
+    snprintf(wp, sizeof wp, "%s/sd_weights_add_problem_overflow/weights_with_unrelated_tensor.safetensors", fz);
+    char fmt2[8800];
+    snprintf(fmt2, sizeof fmt2, "model = { name = \"unet2d_condition\"; config = \"%%s\"; weights = \"%s\"; };", wp);
+    sd_refused(MMP_KIND_MODEL, "model", fmt2, cfgp, "missing: ", "unrelated weights: every problem listed");
+    like(mmp_error_last(), "problems", "  and counted");
+  }
+  /* every size and divisor of config.json is checked before use */
+  {
+    static const struct { const char *key, *value, *want; } bad[] = {
+        {"norm_num_groups", "-4", "\"norm_num_groups\" is -4"},
+        {"norm_num_groups", "3", "do not divide into 2 heads / 3 groups"},
+        {"attention_head_dim", "0", "\"attention_head_dim\"[0] is 0"},
+        {"attention_head_dim", "5", "do not divide into 5 heads"},
+        {"block_out_channels", "[16, -32]", "\"block_out_channels\"[1] is -32"},
+        {"block_out_channels", "[16, 4611686018427387904]", "\"block_out_channels\"[1] is 4611686018427387904"},
+        {"layers_per_block", "0", "\"layers_per_block\"[0] is 0"},
+        {"cross_attention_dim", "0", "\"cross_attention_dim\"[0] is 0"},
+        {"in_channels", "0", "\"in_channels\" is 0"},
+        {"conv_in_kernel", "4", "must be odd"},
+        {"conv_out_kernel", "-1", "\"conv_out_kernel\" is -1"},
+        {"transformer_layers_per_block", "0", "\"transformer_layers_per_block\"[0] is 0"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+      char path[4300];
+      if (sd_config_variant("pipe/unet/config.json", bad[i].key, bad[i].value, path, sizeof path) < 0) {
+        ok(0, "config variant %s", bad[i].key);
+        continue;
+      }
+      sd_refused(MMP_KIND_MODEL, "model",
+                 "model = { name = \"unet2d_condition\"; config = \"%s\"; init_seed = 1; };", path,
+                 bad[i].want, bad[i].key);
+      like(mmp_error_last(), "sd-variant-", "  names the file");
+      unlink(path);
+    }
+  }
   mmp_tensormap_free(io);
   mmp_tensormap_free(io2);
   return done_testing();

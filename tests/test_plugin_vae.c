@@ -105,5 +105,30 @@ int main(void) {
   mmp_tensormap_free(ein);
   mmp_tensormap_free(din);
   mmp_tensormap_free(io);
+  /* inputs found by fuzzing, and the checks of every size in config.json */
+  {
+    char cfgp[4300];
+    const char *fmt = "encoder = { name = \"vae\"; config = \"%s\"; init_seed = 1; };";
+    snprintf(cfgp, sizeof cfgp, "%s/tests/fixtures/fuzz/norm_num_groups_zero/vae_config_norm_num_groups_0.json",
+             tap_srcdir());
+    sd_refused(MMP_KIND_ENCODER, "encoder", fmt, cfgp, "\"norm_num_groups\" is 0, must be 1..",
+               "norm_num_groups 0: an error naming the key, no SIGFPE");
+    like(mmp_error_last(), "vae_config_norm_num_groups_0.json", "  and the file");
+    static const struct { const char *key, *value, *want; } bad[] = {
+        {"norm_num_groups", "5", "does not divide into 5 groups"},
+        {"latent_channels", "0", "\"latent_channels\" is 0"},
+        {"layers_per_block", "9", "\"layers_per_block\" is 9"},
+        {"block_out_channels", "[16, 0]", "\"block_out_channels\"[1] is 0"},
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+      char path[4300];
+      if (sd_config_variant("pipe/vae/config.json", bad[i].key, bad[i].value, path, sizeof path) < 0) {
+        ok(0, "config variant %s", bad[i].key);
+        continue;
+      }
+      sd_refused(MMP_KIND_ENCODER, "encoder", fmt, path, bad[i].want, bad[i].key);
+      unlink(path);
+    }
+  }
   return done_testing();
 }

@@ -36,6 +36,16 @@ const char *sd_json_str(const json_t *o, const char *key, const char *def);
 /* An int or a list of ints: @n items into @out (an int is repeated).
  * MMP_EDATA when a list has another length. Absent -> @def repeated. */
 int sd_json_int_list(const json_t *o, const char *key, int64_t def, size_t n, int64_t *out);
+/* The same, with every value checked to lie in [@lo, @hi]: sizes and
+ * divisors from a config are bounded before anything divides by them or
+ * multiplies them (an MMP_EDATA error names the key and the value). */
+int sd_json_int_range(const json_t *o, const char *key, int64_t def, int64_t lo, int64_t hi,
+                      int64_t *out);
+int sd_json_int_list_range(const json_t *o, const char *key, int64_t def, int64_t lo, int64_t hi,
+                           size_t n, int64_t *out);
+/* Bound of channel counts, widths, heads and groups in a config: products
+ * of a few of them (weights of [out, in, k, k]) stay far from overflow. */
+#define SD_MAX_WIDTH ((int64_t)1 << 16)
 /* Number of items of a list key (0 when absent or not a list). */
 size_t sd_json_list_size(const json_t *o, const char *key);
 const char *sd_json_list_str(const json_t *o, const char *key, size_t i);

@@ -99,6 +99,27 @@ int sd_json_int_list(const json_t *o, const char *key, int64_t def, size_t n, in
   return 0;
 }
 
+int sd_json_int_range(const json_t *o, const char *key, int64_t def, int64_t lo, int64_t hi,
+                      int64_t *out) {
+  int rc = sd_json_int(o, key, def, out);
+  if (rc) return rc;
+  if (*out < lo || *out > hi)
+    return mmp_error_set(MMP_EDATA, "config.json: \"%s\" is %lld, must be %lld..%lld", key,
+                         (long long)*out, (long long)lo, (long long)hi);
+  return 0;
+}
+
+int sd_json_int_list_range(const json_t *o, const char *key, int64_t def, int64_t lo, int64_t hi,
+                           size_t n, int64_t *out) {
+  int rc = sd_json_int_list(o, key, def, n, out);
+  if (rc) return rc;
+  for (size_t i = 0; i < n; i++)
+    if (out[i] < lo || out[i] > hi)
+      return mmp_error_set(MMP_EDATA, "config.json: \"%s\"[%zu] is %lld, must be %lld..%lld", key, i,
+                           (long long)out[i], (long long)lo, (long long)hi);
+  return 0;
+}
+
 size_t sd_json_list_size(const json_t *o, const char *key) {
   json_t *v = json_object_get(o, key);
   return json_is_array(v) ? json_array_size(v) : 0;
@@ -378,8 +399,10 @@ static void add_problem(sd_weights_t *w, const char *fmt, ...) {
   vsnprintf(line, sizeof line, fmt, ap);
   va_end(ap);
   size_t l = strlen(line);
-  if (w->plen + l + 2 > w->pcap) {
-    size_t cap = (w->pcap + l + 2) * 2;
+  /* "\n  " + line + its NUL */
+  const size_t need = w->plen + 3 + l + 1;
+  if (need > w->pcap) {
+    size_t cap = need * 2;
     char *p = realloc(w->problems, cap);
     if (!p) return;
     w->problems = p;

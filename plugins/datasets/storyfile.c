@@ -1,11 +1,14 @@
 /* plugins/datasets/storyfile.c - AR-LDM story HDF5 files: layout checks and element reads (libhdf5). */
 #include "plugins/datasets/storyfile.h"
 
+#include <fcntl.h>
 #include <hdf5.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
+#include <unistd.h>
 
 #include <mmpipe/error.h>
 
@@ -21,7 +24,14 @@ struct story_file {
   hid_t images[STORY_FRAMES];
   hid_t text;
   int64_t count;
+  int fd;             /* the same file, for the vlen lengths (check_vlen_len) */
+  int64_t file_size;
+  int64_t vlen_esz;   /* bytes of one stored vlen element: length, heap address, index */
 };
+
+/* Largest element accepted: a frame's PNG bytes, a story's text. */
+#define STORY_MAX_IMAGE_BYTES ((int64_t)64 << 20)
+#define STORY_MAX_TEXT_BYTES ((int64_t)1 << 20)
 
 /* The innermost message of the calling thread's HDF5 error stack. */
 static herr_t walk_cb(unsigned n, const H5E_error2_t *e, void *data) {
@@ -55,6 +65,7 @@ static void close_ids(story_file_t *f) {
 
 void story_file_close(story_file_t *f) {
   if (!f) return;
+  if (f->fd >= 0) close(f->fd);
   pthread_mutex_lock(&h5_lock);
   close_ids(f);
   pthread_mutex_unlock(&h5_lock);
@@ -72,7 +83,7 @@ static int64_t dataset_length(hid_t d, const char *path, const char *name) {
     return -1;
   }
   int rank = H5Sget_simple_extent_ndims(sp);
-  hsize_t dims[8] = {0};
+  hsize_t dims[1] = {0};
   if (rank != 1) {
     H5Sclose(sp);
     mmp_error_set(MMP_EDATA, "%s: dataset %s has %d dimensions, expected 1 (one element per story)",
@@ -120,6 +131,25 @@ static hid_t open_dataset(hid_t group, const char *path, const char *split, cons
   return d;
 }
 
+/* A variable-length dataset must be contiguous: its elements (a 4-byte
+ * length and a global heap ID each) are then where check_vlen_len reads
+ * them. The h5py files of AR-LDM are. */
+static int check_contiguous(const story_file_t *f, hid_t d, const char *name, int64_t count) {
+  /* every element is stored in the file: the count is bounded by its size
+   * before anything is sized by it */
+  if (count > f->file_size / f->vlen_esz)
+    return mmp_error_set(MMP_EDATA, "%s: %s/%s claims %lld elements, more than a %lld-byte file holds",
+                         f->path, f->split, name, (long long)count, (long long)f->file_size);
+  hid_t dcpl = H5Dget_create_plist(d);
+  H5D_layout_t lay = dcpl >= 0 ? H5Pget_layout(dcpl) : H5D_LAYOUT_ERROR;
+  if (dcpl >= 0) H5Pclose(dcpl);
+  if (lay != H5D_CONTIGUOUS)
+    return mmp_error_set(MMP_EDATA,
+                         "%s: %s/%s is not stored contiguously (chunked or compact variable-length "
+                         "datasets are not read)", f->path, f->split, name);
+  return 0;
+}
+
 static int open_locked(story_file_t *f) {
   int rc = MMP_EDATA;
   f->file = H5Fopen(f->path, H5F_ACC_RDONLY, H5P_DEFAULT);
@@ -127,6 +157,18 @@ static int open_locked(story_file_t *f) {
     H5FAIL(MMP_EIO, "cannot open HDF5 file %s", f->path);
     return MMP_EIO;
   }
+  struct stat sb;
+  f->fd = open(f->path, O_RDONLY | O_CLOEXEC);
+  if (f->fd < 0 || fstat(f->fd, &sb) < 0) return mmp_error_set(MMP_EIO, "cannot open %s", f->path);
+  f->file_size = (int64_t)sb.st_size;
+  hid_t fcpl = H5Fget_create_plist(f->file);
+  size_t sizeof_addr = 0, sizeof_size = 0;
+  if (fcpl < 0 || H5Pget_sizes(fcpl, &sizeof_addr, &sizeof_size) < 0 || sizeof_addr < 2 || sizeof_addr > 16) {
+    if (fcpl >= 0) H5Pclose(fcpl);
+    return mmp_error_set(MMP_EDATA, "%s: cannot read the file's address size", f->path);
+  }
+  H5Pclose(fcpl);
+  f->vlen_esz = 4 + (int64_t)sizeof_addr + 4;
   if (H5Lexists(f->file, f->split, H5P_DEFAULT) <= 0) {
     return mmp_error_set(MMP_EDATA, "%s: no group '%s' (AR-LDM files have train, val and test)",
                          f->path, f->split);
@@ -143,6 +185,7 @@ static int open_locked(story_file_t *f) {
     if (check_vlen_u8(f->images[i], f->path, name) < 0) return rc;
     int64_t n = dataset_length(f->images[i], f->path, name);
     if (n < 0) return rc;
+    if (check_contiguous(f, f->images[i], name, n) < 0) return rc;
     if (i == 0) f->count = n;
     if (n != f->count)
       return mmp_error_set(MMP_EDATA, "%s: %s/%s has %lld elements but image0 has %lld", f->path,
@@ -153,6 +196,7 @@ static int open_locked(story_file_t *f) {
   if (check_vlen_str(f->text, f->path, f->text_name) < 0) return rc;
   int64_t n = dataset_length(f->text, f->path, f->text_name);
   if (n < 0) return rc;
+  if (check_contiguous(f, f->text, f->text_name, n) < 0) return rc;
   if (n != f->count)
     return mmp_error_set(MMP_EDATA, "%s: %s/%s has %lld stories but image0 has %lld", f->path,
                          f->split, f->text_name, (long long)n, (long long)f->count);
@@ -169,6 +213,7 @@ story_file_t *story_file_open(const char *path, const char *split, const char *t
   f->split = strdup(split);
   f->text_name = text_name ? strdup(text_name) : NULL;
   f->file = f->group = f->text = -1;
+  f->fd = -1;
   for (int i = 0; i < STORY_FRAMES; i++) f->images[i] = -1;
   if (!f->path || !f->split || (text_name && !f->text_name)) {
     story_file_close(f);
@@ -190,6 +235,33 @@ story_file_t *story_file_open(const char *path, const char *split, const char *t
 int64_t story_file_count(const story_file_t *f) { return f->count; }
 const char *story_file_path(const story_file_t *f) { return f->path; }
 
+/* The length element @index of the variable-length dataset @d claims,
+ * read from the file before HDF5 reads the element: HDF5 allocates that
+ * many bytes first (up to 4 GiB for a corrupt length). Bounded by @max and
+ * by the file's size, since the bytes must be in the file. */
+static int check_vlen_len(story_file_t *f, hid_t d, int64_t index, int64_t max, const char *name) {
+  haddr_t off = H5Dget_offset(d);
+  if (off == HADDR_UNDEF) return 0; /* never written: HDF5 reads fill values */
+  const int64_t stored = (int64_t)H5Dget_storage_size(d);
+  int64_t rel, pos;
+  /* index < count <= file size / element size (open_locked): no overflow */
+  rel = index * f->vlen_esz;
+  if (off > (haddr_t)f->file_size || rel + f->vlen_esz > stored ||
+      __builtin_add_overflow(rel, (int64_t)off, &pos) || pos + 4 > f->file_size)
+    return mmp_error_set(MMP_EDATA, "%s: %s/%s: element %lld lies outside the file", f->path, f->split, name,
+                         (long long)index);
+  uint8_t b[4];
+  if (pread(f->fd, b, 4, (off_t)pos) != 4)
+    return mmp_error_set(MMP_EIO, "%s: cannot read %s/%s element %lld", f->path, f->split, name,
+                         (long long)index);
+  int64_t len = (int64_t)b[0] | (int64_t)b[1] << 8 | (int64_t)b[2] << 16 | (int64_t)b[3] << 24;
+  if (len > max || len > f->file_size)
+    return mmp_error_set(MMP_EDATA, "%s: story %lld: %s/%s claims %lld bytes (at most %lld, file %lld bytes)",
+                         f->path, (long long)index, f->split, name, (long long)len,
+                         (long long)(max < f->file_size ? max : f->file_size), (long long)f->file_size);
+  return 0;
+}
+
 int story_file_read_image(story_file_t *f, int64_t index, int frame, uint8_t **bytes, size_t *n) {
   if (index < 0 || index >= f->count || frame < 0 || frame >= STORY_FRAMES)
     return mmp_error_set(MMP_EINVAL, "%s: story %lld frame %d out of range (%lld stories)", f->path,
@@ -197,7 +269,15 @@ int story_file_read_image(story_file_t *f, int64_t index, int frame, uint8_t **b
   int rc = 0;
   uint8_t *copy = NULL;
   size_t len = 0;
+  char name[16];
+  snprintf(name, sizeof name, "image%d", frame);
   pthread_mutex_lock(&h5_lock);
+  H5E_BEGIN_TRY { rc = check_vlen_len(f, f->images[frame], index, STORY_MAX_IMAGE_BYTES, name); }
+  H5E_END_TRY;
+  if (rc < 0) {
+    pthread_mutex_unlock(&h5_lock);
+    return rc;
+  }
   H5E_BEGIN_TRY {
     hid_t mt = H5Tvlen_create(H5T_NATIVE_UINT8);
     hvl_t v = {0, NULL};
@@ -271,6 +351,8 @@ int64_t story_utf8_invalid_at(const char *s, size_t n) {
 }
 
 static int read_text_locked(story_file_t *f, int64_t index, char **text) {
+  int rc0 = check_vlen_len(f, f->text, index, STORY_MAX_TEXT_BYTES, f->text_name);
+  if (rc0 < 0) return rc0;
   hid_t mt = H5Tcopy(H5T_C_S1);
   H5Tset_size(mt, H5T_VARIABLE);
   H5Tset_cset(mt, H5T_CSET_UTF8);
@@ -363,8 +445,11 @@ static void info_dataset(FILE *out, hid_t g, const char *name) {
   hid_t d = H5Dopen2(g, name, H5P_DEFAULT);
   if (d < 0) return;
   hid_t t = H5Dget_type(d), sp = H5Dget_space(d);
-  hsize_t dims[8] = {0};
-  int rank = H5Sget_simple_extent_dims(sp, dims, NULL);
+  /* room for any rank the file may give (HDF5 writes that many sizes) */
+  hsize_t dims[H5S_MAX_RANK] = {0};
+  int rank = H5Sget_simple_extent_ndims(sp);
+  if (rank < 0 || rank > H5S_MAX_RANK) rank = 0;
+  else H5Sget_simple_extent_dims(sp, dims, NULL);
   const char *kind = "other";
   H5T_class_t cls = H5Tget_class(t);
   if (cls == H5T_VLEN) kind = "vlen bytes";

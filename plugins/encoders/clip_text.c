@@ -90,10 +90,11 @@ static mmp_tensor_t *grow_table(mmp_tensor_t *t, int64_t rows, double std, uint6
 static int clip_build(clip_t *c, const json_t *j, sd_weights_t *w, const char *cpath, const mmp_config_t *cfg) {
   int rc;
   double init_range, init_factor;
-  if ((rc = sd_json_int(j, "hidden_size", 512, &c->hidden)) ||
-      (rc = sd_json_int(j, "intermediate_size", 2048, &c->inter)) ||
-      (rc = sd_json_int(j, "num_attention_heads", 8, &c->heads)) ||
-      (rc = sd_json_int(j, "num_hidden_layers", 12, &c->n_layers)) ||
+  const int64_t W = SD_MAX_WIDTH;
+  if ((rc = sd_json_int_range(j, "hidden_size", 512, 1, W, &c->hidden)) ||
+      (rc = sd_json_int_range(j, "intermediate_size", 2048, 1, 8 * W, &c->inter)) ||
+      (rc = sd_json_int_range(j, "num_attention_heads", 8, 1, W, &c->heads)) ||
+      (rc = sd_json_int_range(j, "num_hidden_layers", 12, 0, 1000, &c->n_layers)) ||
       (rc = sd_json_float(j, "layer_norm_eps", 1e-5, &c->eps)) ||
       (rc = sd_json_float(j, "initializer_range", 0.02, &init_range)) ||
       (rc = sd_json_float(j, "initializer_factor", 1.0, &init_factor)))
@@ -118,8 +119,8 @@ static int clip_build(clip_t *c, const json_t *j, sd_weights_t *w, const char *c
    * config.json), else from the config. */
   int64_t cfg_vocab, cfg_pos, fs[MMP_MAX_DIMS];
   int fnd;
-  if ((rc = sd_json_int(j, "vocab_size", 49408, &cfg_vocab)) ||
-      (rc = sd_json_int(j, "max_position_embeddings", 77, &cfg_pos)))
+  if ((rc = sd_json_int_range(j, "vocab_size", 49408, 1, (int64_t)1 << 24, &cfg_vocab)) ||
+      (rc = sd_json_int_range(j, "max_position_embeddings", 77, 1, (int64_t)1 << 20, &cfg_pos)))
     return mmp_error_prefix("%s: ", cpath);
   int64_t st[2] = {cfg_vocab, c->hidden}, sp[2] = {cfg_pos, c->hidden};
   if (sd_w_info(w, "text_model.embeddings.token_embedding.weight", &fnd, fs) == 0 && fnd == 2) st[0] = fs[0];

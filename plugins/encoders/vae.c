@@ -102,12 +102,13 @@ static int vae_build(vae_t *v, const json_t *j, sd_weights_t *w, const char *cpa
   if (nb < 1 || nb > MAXB)
     return mmp_error_set(MMP_EDATA, "%s: block_out_channels must list 1..%d sizes", cpath, MAXB);
   int64_t boc[MAXB], L, groups;
-  if ((rc = sd_json_int_list(j, "block_out_channels", 0, (size_t)nb, boc)) ||
-      (rc = sd_json_int(j, "layers_per_block", 1, &L)) ||
-      (rc = sd_json_int(j, "in_channels", 3, &v->in_ch)) ||
-      (rc = sd_json_int(j, "out_channels", 3, &v->out_ch)) ||
-      (rc = sd_json_int(j, "latent_channels", 4, &v->latent)) ||
-      (rc = sd_json_int(j, "norm_num_groups", 32, &groups)) ||
+  const int64_t W = SD_MAX_WIDTH;
+  if ((rc = sd_json_int_list_range(j, "block_out_channels", 0, 1, W, (size_t)nb, boc)) ||
+      (rc = sd_json_int_range(j, "layers_per_block", 1, 1, 8, &L)) ||
+      (rc = sd_json_int_range(j, "in_channels", 3, 1, W, &v->in_ch)) ||
+      (rc = sd_json_int_range(j, "out_channels", 3, 1, W, &v->out_ch)) ||
+      (rc = sd_json_int_range(j, "latent_channels", 4, 1, W, &v->latent)) ||
+      (rc = sd_json_int_range(j, "norm_num_groups", 32, 1, W, &groups)) ||
       (rc = sd_json_float(j, "scaling_factor", 0.18215, &v->scaling)))
     return mmp_error_prefix("%s: ", cpath);
   const char *act = sd_json_str(j, "act_fn", "silu");
@@ -119,7 +120,7 @@ static int vae_build(vae_t *v, const json_t *j, sd_weights_t *w, const char *cpa
     if (!dt || strcmp(dt, "DownEncoderBlock2D") || !ut || strcmp(ut, "UpDecoderBlock2D"))
       return mmp_error_set(MMP_EUNSUPPORTED, "%s: block %lld: only DownEncoderBlock2D / UpDecoderBlock2D",
                            cpath, (long long)i);
-    if (boc[i] <= 0 || boc[i] % groups)
+    if (boc[i] % groups)
       return mmp_error_set(MMP_EDATA, "%s: block_out_channels[%lld] = %lld does not divide into %lld groups",
                            cpath, (long long)i, (long long)boc[i], (long long)groups);
   }

@@ -89,16 +89,17 @@ static int unet_build(unet_t *u, const json_t *j, sd_weights_t *w, const char *c
   int64_t boc[MAXB], lpb[MAXB], heads[MAXB], xdim[MAXB], tlayers[MAXB], ngroups, cin_k, cout_k, dpad;
   double eps, mid_scale;
   bool linear_proj;
-  if ((rc = sd_json_int_list(j, "block_out_channels", 0, (size_t)nb, boc)) ||
-      (rc = sd_json_int_list(j, "layers_per_block", 2, (size_t)nb, lpb)) ||
-      (rc = sd_json_int_list(j, "transformer_layers_per_block", 1, (size_t)nb, tlayers)) ||
-      (rc = sd_json_int_list(j, "cross_attention_dim", 1280, (size_t)nb, xdim)) ||
-      (rc = sd_json_int(j, "in_channels", 4, &u->in_ch)) ||
-      (rc = sd_json_int(j, "out_channels", 4, &u->out_ch)) ||
-      (rc = sd_json_int(j, "norm_num_groups", 32, &ngroups)) ||
-      (rc = sd_json_int(j, "conv_in_kernel", 3, &cin_k)) ||
-      (rc = sd_json_int(j, "conv_out_kernel", 3, &cout_k)) ||
-      (rc = sd_json_int(j, "downsample_padding", 1, &dpad)) ||
+  const int64_t W = SD_MAX_WIDTH;
+  if ((rc = sd_json_int_list_range(j, "block_out_channels", 0, 1, W, (size_t)nb, boc)) ||
+      (rc = sd_json_int_list_range(j, "layers_per_block", 2, 1, 6, (size_t)nb, lpb)) ||
+      (rc = sd_json_int_list_range(j, "transformer_layers_per_block", 1, 1, 64, (size_t)nb, tlayers)) ||
+      (rc = sd_json_int_list_range(j, "cross_attention_dim", 1280, 1, W, (size_t)nb, xdim)) ||
+      (rc = sd_json_int_range(j, "in_channels", 4, 1, W, &u->in_ch)) ||
+      (rc = sd_json_int_range(j, "out_channels", 4, 1, W, &u->out_ch)) ||
+      (rc = sd_json_int_range(j, "norm_num_groups", 32, 1, W, &ngroups)) ||
+      (rc = sd_json_int_range(j, "conv_in_kernel", 3, 1, 15, &cin_k)) ||
+      (rc = sd_json_int_range(j, "conv_out_kernel", 3, 1, 15, &cout_k)) ||
+      (rc = sd_json_int_range(j, "downsample_padding", 1, 0, 1, &dpad)) ||
       (rc = sd_json_float(j, "norm_eps", 1e-5, &eps)) ||
       (rc = sd_json_float(j, "mid_block_scale_factor", 1.0, &mid_scale)) ||
       (rc = sd_json_float(j, "freq_shift", 0.0, &u->freq_shift)) ||
@@ -109,8 +110,8 @@ static int unet_build(unet_t *u, const json_t *j, sd_weights_t *w, const char *c
   /* diffusers 0.19: num_attention_heads, else attention_head_dim (which SD
    * configs use to mean the number of heads). */
   json_t *nah = json_object_get(j, "num_attention_heads");
-  rc = sd_json_int_list(j, (nah && !json_is_null(nah)) ? "num_attention_heads" : "attention_head_dim",
-                        8, (size_t)nb, heads);
+  rc = sd_json_int_list_range(j, (nah && !json_is_null(nah)) ? "num_attention_heads" : "attention_head_dim",
+                              8, 1, W, (size_t)nb, heads);
   if (rc) return mmp_error_prefix("%s: ", cpath);
   /* Options this implementation does not cover are refused, not ignored. */
   static const char *const unsupported_non_null[] = {
@@ -141,10 +142,14 @@ static int unet_build(unet_t *u, const json_t *j, sd_weights_t *w, const char *c
   for (int64_t i = 0; i < nb; i++) {
     if (lpb[i] < 1 || lpb[i] > 6 || tlayers[i] < 1)
       return mmp_error_set(MMP_EDATA, "%s: block %lld: layers_per_block must be 1..6", cpath, (long long)i);
-    if (boc[i] <= 0 || heads[i] <= 0 || boc[i] % heads[i] || boc[i] % ngroups)
+    if (boc[i] % heads[i] || boc[i] % ngroups)
       return mmp_error_set(MMP_EDATA, "%s: block %lld: %lld channels do not divide into %lld heads / %lld groups",
                            cpath, (long long)i, (long long)boc[i], (long long)heads[i], (long long)ngroups);
   }
+  /* conv_in/conv_out pad by (k - 1) / 2: an even kernel would change the size */
+  if (cin_k % 2 == 0 || cout_k % 2 == 0)
+    return mmp_error_set(MMP_EDATA, "%s: conv_in_kernel and conv_out_kernel must be odd (%lld, %lld)", cpath,
+                         (long long)cin_k, (long long)cout_k);
   u->nb = nb;
   u->t_dim = boc[0] * 4;
   char p[256];
