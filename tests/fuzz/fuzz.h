@@ -10,6 +10,7 @@
 #ifndef MMPIPE_TESTS_FUZZ_H
 #define MMPIPE_TESTS_FUZZ_H
 
+#include <dirent.h>
 #include <limits.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -34,12 +35,18 @@ static inline const char *fuzz_srcdir(void) {
 }
 
 static char fuzz_dir_[PATH_MAX];
+/* at exit: the folder holds only the files fuzz_write() made */
 static inline void fuzz_dir_remove_(void) {
-  char cmd[PATH_MAX + 16];
-  if (fuzz_dir_[0] && strstr(fuzz_dir_, "/mmpipe-fuzz-")) {
-    snprintf(cmd, sizeof cmd, "rm -rf '%s'", fuzz_dir_);
-    if (system(cmd) != 0) fprintf(stderr, "cannot remove %s\n", fuzz_dir_);
+  DIR *d = opendir(fuzz_dir_);
+  struct dirent *e;
+  char p[2 * PATH_MAX];
+  while (d && (e = readdir(d))) {
+    if (strcmp(e->d_name, ".") == 0 || strcmp(e->d_name, "..") == 0) continue;
+    snprintf(p, sizeof p, "%s/%s", fuzz_dir_, e->d_name);
+    unlink(p);
   }
+  if (d) closedir(d);
+  rmdir(fuzz_dir_);
 }
 /* The harness's private folder (created once, removed at exit). */
 static inline const char *fuzz_dir(void) {
