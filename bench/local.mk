@@ -26,5 +26,15 @@ noinst_PROGRAMS += bench/clip
 bench_clip_SOURCES = bench/clip.c bench/sd_bench.h
 bench_clip_LDADD = libmmpipe.la
 endif
-EXTRA_DIST += bench/sd15 bench/torch_sd.py
+if BUILD_PLUGIN_BLIP
+noinst_PROGRAMS += bench/blip
+bench_blip_SOURCES = bench/blip.c bench/sd_bench.h
+bench_blip_LDADD = libmmpipe.la
+endif
+EXTRA_DIST += bench/sd15 bench/torch_sd.py bench/blip_large bench/torch_blip.py
+# FID: features/s of the 64x64 protocol and the distance for 2048-d statistics (bench/torch_fid.py beside)
+noinst_PROGRAMS += bench/fid
+bench_fid_SOURCES = bench/fid.c
+bench_fid_LDADD = libmmpipe.la
+EXTRA_DIST += bench/torch_fid.py
 include bench/cuda.mk

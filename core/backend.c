@@ -55,6 +55,7 @@ static const char *const op_names[MMP_OP_COUNT] = {
     [MMP_OP_MAX_POOL2D] = "max_pool2d",
     [MMP_OP_EMBEDDING] = "embedding",
     [MMP_OP_TIMESTEP_EMBEDDING] = "timestep_embedding",
+    [MMP_OP_RESIZE_BILINEAR] = "resize_bilinear",
 };
 
 /* ops whose operands must all be contiguous (backend.h's comments) */
@@ -62,7 +63,7 @@ static const bool contiguous_srcs[MMP_OP_COUNT] = {
     [MMP_OP_GEGLU] = true,      [MMP_OP_LINEAR] = true,          [MMP_OP_CONV2D] = true,
     [MMP_OP_GROUP_NORM] = true, [MMP_OP_GROUP_NORM_SILU] = true, [MMP_OP_LAYER_NORM] = true,
     [MMP_OP_ATTENTION] = true,  [MMP_OP_UPSAMPLE_NEAREST2X] = true, [MMP_OP_AVG_POOL2D] = true,
-    [MMP_OP_MAX_POOL2D] = true, [MMP_OP_EMBEDDING] = true,
+    [MMP_OP_MAX_POOL2D] = true, [MMP_OP_EMBEDDING] = true, [MMP_OP_RESIZE_BILINEAR] = true,
 };
 
 int mmp__backend_check(const char *who, mmp_op_t op, const mmp_tensor_t *const *srcs, int nsrc,

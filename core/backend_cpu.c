@@ -6,6 +6,7 @@
 #include <string.h>
 #include <sys/mman.h>
 
+#include "core/cpu/dispatch.h"
 #include "core/cpu/kernels.h"
 #include "core/pool.h"
 #include "core/tensor_impl.h"
@@ -218,7 +219,7 @@ static inline void st_any(mmp_dtype_t dt, char *p, double v) {
  * has them (weights stored in f16 are converted once at load: this makes
  * that a memory-bound pass). Same rounding (to nearest even) as the scalar
  * code. */
-#if defined(__x86_64__) && defined(__GNUC__)
+#ifdef MMP_HAVE_X86_DISPATCH
 #include <immintrin.h>
 #define HAVE_F16C_PATH 1
 __attribute__((target("avx,f16c"))) static void h2f_f16c(const uint16_t *s, float *d, int64_t n) {
@@ -232,14 +233,7 @@ __attribute__((target("avx,f16c"))) static void f2h_f16c(const float *s, uint16_
     _mm_storeu_si128((__m128i *)(d + i), _mm256_cvtps_ph(_mm256_loadu_ps(s + i), _MM_FROUND_TO_NEAREST_INT));
   for (; i < n; i++) d[i] = mmp__float_to_half(s[i]);
 }
-static int have_f16c(void) {
-  static int v = -1;
-  if (v < 0) {
-    __builtin_cpu_init();
-    v = __builtin_cpu_supports("f16c") && __builtin_cpu_supports("avx") ? 1 : 0;
-  }
-  return v;
-}
+static int have_f16c(void) { return (mmp_cpu_features() & MMP_CPU_F16C) != 0; }
 #endif
 
 typedef struct copy_ctx {
@@ -714,6 +708,7 @@ typedef struct pool_ctx {
   int64_t H, W, OH, OW;
   int k, s, p;
   bool is_max;
+  bool exclude_pad; /* avg: divide by the in-image count (count_include_pad=False) */
 } pool_ctx_t;
 
 static void pool_range(int64_t s0, int64_t e0, void *user) {
@@ -725,6 +720,7 @@ static void pool_range(int64_t s0, int64_t e0, void *user) {
       for (int64_t ow = 0; ow < c->OW; ow++) {
         int64_t h0 = oh * c->s - c->p, w0 = ow * c->s - c->p;
         float acc = c->is_max ? -INFINITY : 0.0f;
+        int64_t count = 0;
         for (int64_t i = 0; i < c->k; i++) {
           int64_t h = h0 + i;
           if (h < 0 || h >= c->H) continue;
@@ -732,6 +728,7 @@ static void pool_range(int64_t s0, int64_t e0, void *user) {
             int64_t w = w0 + j;
             if (w < 0 || w >= c->W) continue;
             float v = x[h * c->W + w];
+            count++;
             if (c->is_max) {
               if (v > acc || v != v) acc = v;
             } else {
@@ -739,9 +736,74 @@ static void pool_range(int64_t s0, int64_t e0, void *user) {
             }
           }
         }
-        y[oh * c->OW + ow] = c->is_max ? acc : acc / (float)(c->k * c->k);
+        int64_t div = c->exclude_pad ? count : (int64_t)c->k * c->k;
+        y[oh * c->OW + ow] = c->is_max ? acc : acc / (float)div;
       }
   }
+}
+
+/* Bilinear resize as torch's upsample_bilinear2d on CPU: per output
+ * coordinate a source index (scale = in / out in float, half-pixel centres
+ * clamped at 0 without align_corners), its floor, the next index (clamped at
+ * the last row/column) and the weight of the second. */
+typedef struct bil_ctx {
+  const float *x;
+  float *y;
+  int64_t H, W, OH, OW;
+  const int64_t *h0, *h1, *w0, *w1;
+  const float *hl, *wl;
+} bil_ctx_t;
+
+static void bil_axis(int64_t in, int64_t out, bool align, int64_t *i0, int64_t *i1, float *lam) {
+  float scale = align ? (out > 1 ? (float)(in - 1) / (float)(out - 1) : 0.0f) : (float)in / (float)out;
+  for (int64_t o = 0; o < out; o++) {
+    /* torch: scale * (dst + 0.5) - 0.5 evaluated in double (the 0.5 literals), then float */
+    float src = align ? scale * (float)o : (float)((double)scale * ((double)o + 0.5) - 0.5);
+    if (src < 0) src = 0;
+    int64_t a = (int64_t)src;
+    if (a > in - 1) a = in - 1;
+    i0[o] = a;
+    i1[o] = a < in - 1 ? a + 1 : a;
+    lam[o] = src - (float)a;
+  }
+}
+
+static void bil_range(int64_t s0, int64_t e0, void *user) {
+  bil_ctx_t *c = user;
+  for (int64_t pl = s0; pl < e0; pl++) {
+    const float *x = c->x + pl * c->H * c->W;
+    float *y = c->y + pl * c->OH * c->OW;
+    for (int64_t oh = 0; oh < c->OH; oh++) {
+      const float *r0 = x + c->h0[oh] * c->W, *r1 = x + c->h1[oh] * c->W;
+      float h1l = c->hl[oh], h0l = 1.0f - h1l;
+      for (int64_t ow = 0; ow < c->OW; ow++) {
+        float w1l = c->wl[ow], w0l = 1.0f - w1l;
+        int64_t a = c->w0[ow], b = c->w1[ow];
+        y[oh * c->OW + ow] = h0l * (w0l * r0[a] + w1l * r0[b]) + h1l * (w0l * r1[a] + w1l * r1[b]);
+      }
+    }
+  }
+}
+
+static int op_resize_bilinear(const mmp_tensor_t *x, bool align, mmp_tensor_t *dst) {
+  int64_t H = x->shape[2], W = x->shape[3], OH = dst->shape[2], OW = dst->shape[3];
+  if (mmp_tensor_numel(dst) == 0) return 0;
+  size_t n = (size_t)(OH + OW);
+  int64_t *idx = malloc(2 * n * sizeof *idx);
+  float *lam = malloc(n * sizeof *lam);
+  if (!idx || !lam) {
+    free(idx);
+    free(lam);
+    return mmp_error_set(MMP_ENOMEM, "resize_bilinear: out of memory");
+  }
+  int64_t *h0 = idx, *h1 = idx + OH, *w0 = idx + 2 * OH, *w1 = idx + 2 * OH + OW;
+  bil_axis(H, OH, align, h0, h1, lam);
+  bil_axis(W, OW, align, w0, w1, lam + OH);
+  bil_ctx_t c = {mmp__ptr(x), mmp__ptr(dst), H, W, OH, OW, h0, h1, w0, w1, lam, lam + OH};
+  par_range(x->shape[0] * x->shape[1], 4 * OH * OW, bil_range, &c);
+  free(idx);
+  free(lam);
+  return 0;
 }
 
 static int op_embedding(const mmp_tensor_t *table, const mmp_tensor_t *ids, mmp_tensor_t *dst) {
@@ -893,12 +955,13 @@ static int cpu_compute(mmp_backend_t *be, mmp_op_t op, const mmp_op_params_t *p,
   case MMP_OP_MAX_POOL2D: {
     const mmp_tensor_t *x = s[0];
     pool_ctx_t c = {mmp__ptr(x), mmp__ptr(dst), x->shape[2], x->shape[3], dst->shape[2], dst->shape[3],
-                    (int)p->i[0], (int)p->i[1], (int)p->i[2], op == MMP_OP_MAX_POOL2D};
+                    (int)p->i[0], (int)p->i[1], (int)p->i[2], op == MMP_OP_MAX_POOL2D, p->i[3] != 0};
     par_range(x->shape[0] * x->shape[1], c.OH * c.OW * c.k * c.k, pool_range, &c);
     return 0;
   }
   case MMP_OP_EMBEDDING: return op_embedding(s[0], s[1], dst);
   case MMP_OP_TIMESTEP_EMBEDDING: return op_timestep_embedding(p, s[0], dst);
+  case MMP_OP_RESIZE_BILINEAR: return op_resize_bilinear(s[0], p->i[0] != 0, dst);
   default: return mmp_error_set(MMP_EUNSUPPORTED, "cpu: op %s not implemented", mmp_op_name(op));
   }
 }

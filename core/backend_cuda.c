@@ -653,9 +653,15 @@ static int compute_locked(mmp_backend_t *be, mmp_op_t op, const mmp_op_params_t 
   case MMP_OP_AVG_POOL2D:
   case MMP_OP_MAX_POOL2D: {
     const mmp_tensor_t *x = s[0];
-    CU_TRY(mmpk_pool2d(st, op == MMP_OP_MAX_POOL2D, mmp__ptr(x), mmp__ptr(dst), x->shape[0] * x->shape[1],
-                       x->shape[2], x->shape[3], dst->shape[2], dst->shape[3], (int)p->i[0], (int)p->i[1],
-                       (int)p->i[2]));
+    CU_TRY(mmpk_pool2d(st, op == MMP_OP_MAX_POOL2D, p->i[3] != 0, mmp__ptr(x), mmp__ptr(dst),
+                       x->shape[0] * x->shape[1], x->shape[2], x->shape[3], dst->shape[2], dst->shape[3],
+                       (int)p->i[0], (int)p->i[1], (int)p->i[2]));
+    return 0;
+  }
+  case MMP_OP_RESIZE_BILINEAR: {
+    const mmp_tensor_t *x = s[0];
+    CU_TRY(mmpk_resize_bilinear(st, mmp__ptr(x), mmp__ptr(dst), x->shape[0] * x->shape[1], x->shape[2],
+                                x->shape[3], dst->shape[2], dst->shape[3], p->i[0] != 0));
     return 0;
   }
   case MMP_OP_EMBEDDING: return op_embedding(be, s[0], s[1], dst);

@@ -14,6 +14,10 @@ nobase_include_HEADERS += \
 include core/tensor.mk
 include core/cpu/local.mk
 
+# feature statistics and the Frechet distance (FID; LAPACK from OpenBLAS)
+libmmpipe_la_SOURCES += core/frechet.c
+nobase_include_HEADERS += include/mmpipe/frechet.h
+
 # the generic dataset loader (datasets helper; dataset-agnostic, core API only)
 libmmpipe_la_SOURCES += core/loader.c
 nobase_include_HEADERS += include/mmpipe/loader.h

@@ -12,8 +12,14 @@
 #pragma GCC visibility pop
 
 /* Bit-exactness needs every float operation rounded on its own: no fused
- * multiply-add contraction even when built with -mfma/-march=native. */
+ * multiply-add contraction even when built with -mfma/-march=native. Clang
+ * contracts within an expression by default and knows only the standard
+ * pragma; GCC ignores that one and needs its own. */
+#ifdef __clang__
+#pragma STDC FP_CONTRACT OFF
+#else
 #pragma GCC optimize("fp-contract=off")
+#endif
 
 #define MT_N 624
 #define MT_M 397

@@ -1,6 +1,7 @@
 /* core/tensor_ops.c - the op front-end: checks, broadcasting, output allocation, backend dispatch. */
 #include <math.h>
 #include <string.h>
+#include <stdlib.h>
 
 #include "core/tensor_impl.h"
 
@@ -434,7 +435,8 @@ mmp_tensor_t *mmp_attention(const mmp_tensor_t *q, const mmp_tensor_t *k, const 
   return r;
 }
 
-static mmp_tensor_t *spatial_op(mmp_op_t op, const mmp_tensor_t *x, int kernel, int stride, int pad) {
+static mmp_tensor_t *spatial_op(mmp_op_t op, const mmp_tensor_t *x, int kernel, int stride, int pad,
+                                bool exclude_pad) {
   if (!x) return NULL;
   const char *name = mmp_op_name(op);
   if (!need_f32(name, "x", x)) return NULL;
@@ -459,7 +461,7 @@ static mmp_tensor_t *spatial_op(mmp_op_t op, const mmp_tensor_t *x, int kernel, 
   mmp_tensor_t *xc = mmp_contiguous((mmp_tensor_t *)x);
   if (!xc) return NULL;
   mmp_backend_t *be = x->storage->be;
-  mmp_op_params_t p = {{0}, {kernel, stride, pad}};
+  mmp_op_params_t p = {{0}, {kernel, stride, pad, exclude_pad ? 1 : 0}};
   const mmp_tensor_t *srcs[1] = {xc};
   mmp_tensor_t *r = run(be, op, &p, srcs, 1, mmp_tensor_new(be, MMP_F32, 4, so));
   mmp_tensor_unref(xc);
@@ -467,13 +469,39 @@ static mmp_tensor_t *spatial_op(mmp_op_t op, const mmp_tensor_t *x, int kernel, 
 }
 
 mmp_tensor_t *mmp_upsample_nearest2x(const mmp_tensor_t *x) {
-  return spatial_op(MMP_OP_UPSAMPLE_NEAREST2X, x, 0, 0, 0);
+  return spatial_op(MMP_OP_UPSAMPLE_NEAREST2X, x, 0, 0, 0, false);
 }
 mmp_tensor_t *mmp_avg_pool2d(const mmp_tensor_t *x, int kernel, int stride, int pad) {
-  return spatial_op(MMP_OP_AVG_POOL2D, x, kernel, stride, pad);
+  return spatial_op(MMP_OP_AVG_POOL2D, x, kernel, stride, pad, false);
+}
+mmp_tensor_t *mmp_avg_pool2d_ex(const mmp_tensor_t *x, int kernel, int stride, int pad, bool count_include_pad) {
+  return spatial_op(MMP_OP_AVG_POOL2D, x, kernel, stride, pad, !count_include_pad);
 }
 mmp_tensor_t *mmp_max_pool2d(const mmp_tensor_t *x, int kernel, int stride, int pad) {
-  return spatial_op(MMP_OP_MAX_POOL2D, x, kernel, stride, pad);
+  return spatial_op(MMP_OP_MAX_POOL2D, x, kernel, stride, pad, false);
+}
+
+mmp_tensor_t *mmp_resize_bilinear(const mmp_tensor_t *x, int64_t out_h, int64_t out_w, bool align_corners) {
+  if (!x) return NULL;
+  if (!need_f32("resize_bilinear", "x", x)) return NULL;
+  if (x->ndim != 4) {
+    mmp_error_set(MMP_ESHAPE, "resize_bilinear: x %s must be [N, C, H, W]", mmp__desc(x));
+    return NULL;
+  }
+  if (out_h < 1 || out_w < 1 || out_h > (1 << 16) || out_w > (1 << 16) || (x->shape[2] == 0 || x->shape[3] == 0)) {
+    mmp_error_set(MMP_EINVAL, "resize_bilinear: output size %lldx%lld of %s out of range (1..65536, non-empty input)",
+                  (long long)out_h, (long long)out_w, mmp__desc(x));
+    return NULL;
+  }
+  mmp_tensor_t *xc = mmp_contiguous((mmp_tensor_t *)x);
+  if (!xc) return NULL;
+  mmp_backend_t *be = x->storage->be;
+  int64_t so[4] = {x->shape[0], x->shape[1], out_h, out_w};
+  mmp_op_params_t p = {{0}, {align_corners ? 1 : 0}};
+  const mmp_tensor_t *srcs[1] = {xc};
+  mmp_tensor_t *r = run(be, MMP_OP_RESIZE_BILINEAR, &p, srcs, 1, mmp_tensor_new(be, MMP_F32, 4, so));
+  mmp_tensor_unref(xc);
+  return r;
 }
 
 mmp_tensor_t *mmp_embedding(const mmp_tensor_t *table, const mmp_tensor_t *ids) {
@@ -532,4 +560,84 @@ mmp_tensor_t *mmp_timestep_embedding(const mmp_tensor_t *t, int dim, bool flip_s
   mmp_op_params_t p = {{downscale_freq_shift, scale, max_period}, {flip_sin_to_cos ? 1 : 0}};
   const mmp_tensor_t *srcs[1] = {t};
   return run(be, MMP_OP_TIMESTEP_EMBEDDING, &p, srcs, 1, mmp_tensor_new(be, MMP_F32, 2, so));
+}
+
+/* ------------------------------------------------------------ host resize */
+
+/* torch's cubic convolution weights (A = -0.75) of the taps -1..2 around a
+ * source position with fractional part @t. */
+static void cubic_weights(double t, double w[4]) {
+  const double A = -0.75;
+#define CC1(x) (((A + 2) * (x) - (A + 3)) * (x) * (x) + 1)
+#define CC2(x) ((((A * (x) - 5 * A) * (x) + 8 * A) * (x)) - 4 * A)
+  w[0] = CC2(t + 1);
+  w[1] = CC1(t);
+  w[2] = CC1(1 - t);
+  w[3] = CC2(2 - t);
+#undef CC1
+#undef CC2
+}
+
+/* Per output index: the first tap (unclamped) and the four weights. */
+static void cubic_axis(int64_t in, int64_t out, int64_t *first, double *w) {
+  double scale = (double)in / (double)out;
+  for (int64_t o = 0; o < out; o++) {
+    double src = scale * ((double)o + 0.5) - 0.5;
+    double f = floor(src);
+    first[o] = (int64_t)f - 1;
+    cubic_weights(src - f, w + 4 * o);
+  }
+}
+
+static int64_t clampi(int64_t v, int64_t n) { return v < 0 ? 0 : v >= n ? n - 1 : v; }
+
+mmp_tensor_t *mmp_resize_bicubic(const mmp_tensor_t *x, int64_t oh, int64_t ow) {
+  if (!x) return NULL;
+  if (!need_f32("resize_bicubic", "x", x)) return NULL;
+  if (x->ndim != 4) {
+    mmp_error_set(MMP_ESHAPE, "resize_bicubic: x %s must be [N, C, H, W]", mmp__desc(x));
+    return NULL;
+  }
+  int64_t N = x->shape[0], C = x->shape[1], H = x->shape[2], W = x->shape[3];
+  /* A bound that keeps every size product below 2^40 elements. */
+  if (oh < 1 || ow < 1 || oh > 65536 || ow > 65536 || H < 1 || W < 1 || N * C > (1 << 20)) {
+    mmp_error_set(MMP_EINVAL, "resize_bicubic: %s to %lldx%lld is out of range", mmp__desc(x), (long long)oh,
+                  (long long)ow);
+    return NULL;
+  }
+  size_t nin = (size_t)(N * C * H * W), nout = (size_t)(N * C * oh * ow);
+  float *src = malloc(nin * sizeof *src), *dst = malloc(nout * sizeof *dst);
+  int64_t *fy = malloc((size_t)(oh + ow) * sizeof *fy);
+  double *wy = malloc((size_t)(oh + ow) * 4 * sizeof *wy);
+  mmp_tensor_t *r = NULL;
+  if (!src || !dst || !fy || !wy) {
+    mmp_error_set(MMP_ENOMEM, "resize_bicubic: out of memory");
+  } else if (mmp_tensor_to_host(x, src, nin * sizeof *src) == 0) {
+    int64_t *fx = fy + oh;
+    double *wx = wy + 4 * oh;
+    cubic_axis(H, oh, fy, wy);
+    cubic_axis(W, ow, fx, wx);
+    for (int64_t p = 0; p < N * C; p++) {
+      const float *s = src + p * H * W;
+      float *d = dst + p * oh * ow;
+      for (int64_t oy = 0; oy < oh; oy++)
+        for (int64_t ox = 0; ox < ow; ox++) {
+          double acc = 0;
+          for (int i = 0; i < 4; i++) {
+            const float *row = s + clampi(fy[oy] + i, H) * W;
+            double v = 0;
+            for (int j = 0; j < 4; j++) v += wx[4 * ox + j] * row[clampi(fx[ox] + j, W)];
+            acc += wy[4 * oy + i] * v;
+          }
+          d[oy * ow + ox] = (float)acc;
+        }
+    }
+    int64_t so[4] = {N, C, oh, ow};
+    r = mmp_tensor_from_data(x->storage->be, MMP_F32, 4, so, dst);
+  }
+  free(src);
+  free(dst);
+  free(fy);
+  free(wy);
+  return r;
 }

@@ -52,3 +52,10 @@ TESTS += tests/test_core_pool
 tests_test_core_pool_SOURCES = tests/test_core_pool.c core/pool.c
 tests_test_core_pool_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_core_pool_LDADD = $(TEST_LDADD) -lpthread
+
+# feature statistics and the Frechet distance against scipy (tests/gen_fid.py)
+check_PROGRAMS += tests/test_core_frechet
+TESTS += tests/test_core_frechet
+tests_test_core_frechet_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_core_frechet_LDADD = $(TEST_LDADD)
+EXTRA_DIST += tests/gen_fid.py tests/fixtures/fid

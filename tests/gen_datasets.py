@@ -3,18 +3,32 @@
 
 Writes small HDF5 files exactly as AR-LDM's data_script/*_hdf5.py do (h5py,
 cv2.imencode of RGB arrays, so the PNGs hold BGR; captions joined by '|'),
-malformed variants, and the expected item tensors computed the way AR-LDM's
-datasets/*.py compute them: cv2.imdecode, torchvision transforms on PIL images
-(Debian's python3-torchvision 0.14, the same code AR-LDM runs), and the
-tokenizers of transformers 4.30 from the reference environment.
+malformed variants, and the expected items of AR-LDM's own dataset classes
+(datasets/{flintstones,pororo,vistsis,vistdii}.py of xichenpan/ARLDM at
+9d8feeb, imported from source: cv2.imdecode, torchvision transforms on PIL
+images with Debian's python3-torchvision 0.14, transformers 4.30's
+tokenizers from the reference environment).
 
 Run (from the source tree root):
   PYTHONPATH=/root/refenv/site:/root/refenv/site-ftfy /usr/bin/python3 tests/gen_datasets.py
-Needs python3-h5py, python3-opencv, python3-torchvision (apt) and the
-vocabulary files of ../shared/data (read, never copied).
+Needs python3-h5py, python3-opencv, python3-torchvision (apt), AR-LDM's
+sources (ARLDM, default /root/refsrc/ARLDM) and the vocabulary files of
+../shared/data (read, never copied).
 
-Frames are chosen with frame_index = 0 (AR-LDM draws them with Python's
-random module, which mmpipe does not reproduce). Tensors too large to commit
+Stand-ins, for import plumbing only (AR-LDM's __getitem__ runs unchanged):
+- `models.blip_override.blip` is not imported (it needs timm); its
+  init_tokenizer function is taken from its source and run as written, with
+  BertTokenizer.from_pretrained('bert-base-uncased') reading ../shared/data's
+  vocab.txt;
+- CLIPTokenizer.from_pretrained('runwayml/stable-diffusion-v1-5') reads
+  ../shared/data's vocab.json and merges.txt;
+- `args` (an OmegaConf config in AR-LDM) is a small attribute object;
+- the module's `random` answers randint with 0: frame_index = 0 (AR-LDM
+  draws the frame of a strip with Python's random module, which mmpipe does
+  not reproduce);
+- lowercase cases (mmpipe's lowercase_captions, which AR-LDM lacks) lower
+  the captions before the tokenizers see them.
+Tensors too large to commit
 (512x512 targets) are stored as a strided sample plus per-(frame, channel)
 sums; the C test reduces its own output the same way (see SAMPLES below).
 """
@@ -24,7 +38,6 @@ import sys
 import cv2
 import h5py
 import numpy as np
-import torch
 from PIL import Image
 from torchvision import transforms as T
 
@@ -40,6 +53,7 @@ BLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 FLINT_TOKENS = ["fred", "barney", "wilma", "betty", "pebbles", "dino", "slate"]
 PORORO_TOKENS = ["pororo", "loopy", "eddy", "harry", "poby", "tongtong", "crong", "rody", "petty"]
 MAXLEN = {"flintstones": 91, "pororo": 85, "vistsis": 100, "vistdii": 65}
+ARLDM = os.environ.get("ARLDM", "/root/refsrc/ARLDM")
 
 rng = np.random.default_rng(20261123)
 
@@ -151,73 +165,95 @@ def write_story_file(path, stories, text_names):
                     txt[n][i] = texts[n]
 
 
-# ---------------------------------------------------------------- tokenizers
-def tokenizers(new_tokens):
-    import transformers
-    from transformers import BertTokenizer, CLIPTokenizer
+# ---------------------------------------------------------------- items (AR-LDM's __getitem__)
+class Args:
+    """What AR-LDM reads of its OmegaConf config."""
+
+    def __init__(self, dataset, h5path, task, new_tokens):
+        self.dataset = dataset
+        self.task = task
+        self._ds = type("DatasetArgs", (), {"hdf5_file": h5path, "max_length": MAXLEN[dataset],
+                                            "new_tokens": list(new_tokens)})()
+
+    def get(self, name):
+        assert name == self.dataset
+        return self._ds
+
+
+def arldm_init_tokenizer():
+    """AR-LDM's models/blip_override/blip.py init_tokenizer, run from its source."""
+    import ast
+    from transformers import BertTokenizer
+    src = open(os.path.join(ARLDM, "models", "blip_override", "blip.py")).read()
+    fn = [n for n in ast.parse(src).body if isinstance(n, ast.FunctionDef) and n.name == "init_tokenizer"][0]
+
+    class LocalBert:
+        @staticmethod
+        def from_pretrained(name):
+            assert name == "bert-base-uncased"
+            return BertTokenizer(os.path.join(SHARED, "bert", "vocab.txt"))
+
+    ns = {"BertTokenizer": LocalBert}
+    exec(compile(ast.Module(body=[fn], type_ignores=[]), "blip.py", "exec"), ns)
+    return ns["init_tokenizer"]
+
+
+class Lower:
+    """A tokenizer seeing lower-cased captions (mmpipe's lowercase_captions)."""
+
+    def __init__(self, t):
+        self.t = t
+
+    def __call__(self, texts, **kw):
+        return self.t([x.lower() for x in texts], **kw)
+
+    def __len__(self):
+        return len(self.t)
+
+
+def arldm_module(dataset):
+    """AR-LDM's datasets/<dataset>.py with the import stand-ins (see the top)."""
+    import importlib.util
+    import types
+    from transformers import CLIPTokenizer
     from transformers.tokenization_utils_base import AddedToken
     AddedToken.__str__ = lambda self: self.content  # see REFERENCE.md
-    clip = CLIPTokenizer(os.path.join(SHARED, "clip", "vocab.json"), os.path.join(SHARED, "clip", "merges.txt"))
-    blip = BertTokenizer(os.path.join(SHARED, "bert", "vocab.txt"))
-    blip.add_special_tokens({"bos_token": "[DEC]"})
-    blip.add_special_tokens({"additional_special_tokens": ["[ENC]"]})
-    if new_tokens:
-        clip.add_tokens(list(new_tokens))
-        blip.add_tokens(list(new_tokens))
+    blip = types.ModuleType("models.blip_override.blip")
+    blip.init_tokenizer = arldm_init_tokenizer()
+    for name in ("models", "models.blip_override"):
+        sys.modules.setdefault(name, types.ModuleType(name))
+    sys.modules["models.blip_override.blip"] = blip
+    spec = importlib.util.spec_from_file_location("arldm_" + dataset, os.path.join(ARLDM, "datasets", dataset + ".py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+
+    class LocalClip:
+        @staticmethod
+        def from_pretrained(name, subfolder=None):
+            assert name == "runwayml/stable-diffusion-v1-5" and subfolder == "tokenizer"
+            return CLIPTokenizer(os.path.join(SHARED, "clip", "vocab.json"), os.path.join(SHARED, "clip", "merges.txt"))
+
+    mod.CLIPTokenizer = LocalClip
+    mod.random = type("FirstFrame", (), {"randint": staticmethod(lambda a, b: 0)})
+    return mod
+
+
+def arldm_dataset(dataset, h5path, split, task, new_tokens, lowercase=False):
+    import contextlib
+    import io
+    import transformers
     assert transformers.__version__ == "4.30.0"
-    return clip, blip
-
-
-def tok(t, texts, max_length):
-    r = t(texts, padding="max_length", max_length=max_length, truncation=False, return_tensors="np")
-    return r["input_ids"].astype(np.int64), r["attention_mask"].astype(np.int64)
-
-
-# ---------------------------------------------------------------- items (AR-LDM's __getitem__)
-def decode(buf):
-    return cv2.imdecode(buf, cv2.IMREAD_COLOR)
-
-
-def item(dataset, h5path, split, index, task, clip, blip, frame_index=0, lowercase=False):
-    with h5py.File(h5path, "r") as f:
-        g = f[split]
-        raw = [decode(g["image%d" % i][index]) for i in range(5)]
-        text_name = {"flintstones": "text", "pororo": "text", "vistsis": "sis", "vistdii": "dii"}[dataset]
-        texts = g[text_name][index].decode("utf-8").split("|")
-    if dataset in ("flintstones", "pororo"):
-        images = [im[frame_index * 128:(frame_index + 1) * 128] for im in raw]
-    else:
-        images = raw
-    to_t = [T.ToTensor(), T.Normalize([0.5], [0.5])]
-    if dataset == "flintstones":
-        augment = T.Compose([T.ToPILImage(), T.Resize([512, 512])] + to_t)
-        blip_proc = T.Compose([T.ToPILImage(), T.Resize([224, 224]), T.ToTensor(), T.Normalize(BLIP_MEAN, BLIP_STD)])
-    else:  # pororo and VIST: val/test centre crops (train crops at random)
-        augment = T.Compose([T.ToPILImage(), T.Resize(512), T.CenterCrop(512)] + to_t)
-        blip_proc = T.Compose([T.ToPILImage(), T.Resize(224), T.CenterCrop(224), T.ToTensor(),
-                               T.Normalize(BLIP_MEAN, BLIP_STD)])
-    source_images = torch.stack([blip_proc(im) for im in images]).numpy()
-    targets = images[1:] if task == "continuation" else images
-    if split in ("train", "val"):
-        out_images = torch.stack([augment(im) for im in targets]).numpy()
-    elif dataset == "flintstones":
-        out_images = np.array(targets)  # uint8 [N, 128, 128, 3], as AR-LDM
-    elif dataset == "pororo":
-        out_images = np.array(targets).transpose(0, 3, 1, 2).copy()
-    else:
-        small = T.Compose([T.ToPILImage(), T.Resize(64), T.CenterCrop(64)])
-        out_images = np.array([np.array(small(im)) for im in targets]).transpose(0, 3, 1, 2).copy()
-    ctexts = texts[1:] if task == "continuation" else texts
+    mod = arldm_module(dataset)
+    with contextlib.redirect_stdout(io.StringIO()):  # its "N new tokens added" lines
+        ds = mod.StoryDataset(split, Args(dataset, h5path, task, new_tokens))
     if lowercase:
-        ctexts = [t.lower() for t in ctexts]
-        btexts = [t.lower() for t in texts]
-    else:
-        btexts = texts
-    captions, attention_mask = tok(clip, ctexts, MAXLEN[dataset])
-    source_caption, source_attention_mask = tok(blip, btexts, MAXLEN[dataset])
-    return {"images": out_images, "captions": captions, "attention_mask": attention_mask,
-            "source_images": source_images, "source_caption": source_caption,
-            "source_attention_mask": source_attention_mask}
+        ds.clip_tokenizer, ds.blip_tokenizer = Lower(ds.clip_tokenizer), Lower(ds.blip_tokenizer)
+    return ds
+
+
+def item(ds, index):
+    names = ["images", "captions", "attention_mask", "source_images", "source_caption", "source_attention_mask"]
+    return {n: v.numpy() for n, v in zip(names, ds[index])}
 
 
 def reduce_into(out, prefix, name, a):
@@ -342,14 +378,16 @@ def main():
         "pororo": [("val", 0, "continuation", False), ("val", 1, "visualization", False),
                    ("test", 1, "visualization", False)],
         "vistsis": [("val", 0, "visualization", False), ("test", 0, "continuation", False)],
-        "vistdii": [("val", 0, "visualization", False), ("val", 2, "visualization", False)],
+        "vistdii": [("val", 0, "visualization", False), ("val", 2, "visualization", False),
+                    ("test", 1, "visualization", False)],
     }
     files = {"flintstones": "flintstones.h5", "pororo": "pororo.h5", "vistsis": "vist.h5", "vistdii": "vist.h5"}
     for ds, cs in cases.items():
-        clip, blip = tokenizers(ft[ds])
-        exp = {"vocab_sizes": np.array([len(clip), len(blip)], np.int64)}
+        exp = {}
         for split, index, task, lower in cs:
-            it = item(ds, os.path.join(OUT, files[ds]), split, index, task, clip, blip, lowercase=lower)
+            d = arldm_dataset(ds, os.path.join(OUT, files[ds]), split, task, ft[ds], lowercase=lower)
+            exp["vocab_sizes"] = np.array([len(d.clip_tokenizer), len(d.blip_tokenizer)], np.int64)
+            it = item(d, index)
             prefix = "%s/%d/%s%s/" % (split, index, task, "/lower" if lower else "")
             for name, a in it.items():
                 reduce_into(exp, prefix, name, a)
@@ -369,6 +407,24 @@ def main():
                                                          T.Normalize([0.5], [0.5])])(pil).numpy()
         exp["%s/center_crop_50_u8" % k] = np.array(T.CenterCrop(50)(pil))  # pads where smaller
     save_file(exp, os.path.join(OUT, "expected_image_resize.safetensors"))
+
+    # pororo with frames wider than tall (strips of 128x160 frames): AR-LDM's
+    # pororo.py resizes to [512, 512] / [224, 224] without a crop, as
+    # flintstones. Drawn last so that the files above keep their bytes.
+    wide = {}
+    for split in ("val", "test"):
+        strips = [np.concatenate([frame(KINDS[(j + 1) % len(KINDS)], 128, 160), frame("gradient", 128, 160)], 0)
+                  for j in range(5)]
+        wide[split] = [(strips, {"text": join(caption_set(PORORO_CAPS, 5))})]
+    write_story_file(os.path.join(OUT, "pororo_wide.h5"), wide, ["text"])
+    from safetensors.numpy import load_file
+    path = os.path.join(OUT, "expected_pororo.safetensors")
+    exp = load_file(path)
+    for split in ("val", "test"):
+        d = arldm_dataset("pororo", os.path.join(OUT, "pororo_wide.h5"), split, "visualization", PORORO_TOKENS)
+        for name, a in item(d, 0).items():
+            reduce_into(exp, "%s/0/visualization/wide/" % split, name, a)
+    save_file(exp, path)
 
     total = sum(os.path.getsize(os.path.join(OUT, fn)) for fn in os.listdir(OUT))
     print("wrote %s (%d bytes)" % (OUT, total))

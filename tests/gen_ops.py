@@ -227,7 +227,32 @@ case("from_f16", "convert", [h], h.float(), dtype="f32")
 hb = x.bfloat16()
 case("from_bf16", "convert", [hb], hb.float(), dtype="f32")
 
+# ---- host resize (ViT position grids: 14 -> 24 as 224 -> 384 at patch 16; down; non-square)
+x = rnd(1, 5, 14, 14)
+case("resize_bicubic_up", "resize_bicubic", [x], F.interpolate(x, size=(24, 24), mode="bicubic", align_corners=False),
+     oh=24, ow=24)
+case("resize_bicubic_down", "resize_bicubic", [x], F.interpolate(x, size=(9, 9), mode="bicubic", align_corners=False),
+     oh=9, ow=9)
+x = rnd(2, 3, 7, 5)
+case("resize_bicubic_rect", "resize_bicubic", [x], F.interpolate(x, size=(3, 11), mode="bicubic", align_corners=False),
+     oh=3, ow=11)
+
 os.makedirs(OUT, exist_ok=True)
+# ---- FID Inception's pools and resize (appended: earlier cases keep their draws)
+x = rnd(2, 3, 7, 6)
+case("avg_pool_k3s1p1_excl", "avg_pool2d", [x], F.avg_pool2d(x, 3, 1, 1, count_include_pad=False), kernel=3,
+     stride=1, pad=1, exclude_pad=1)
+case("avg_pool_k3s2p1_excl", "avg_pool2d", [x], F.avg_pool2d(x, 3, 2, 1, count_include_pad=False), kernel=3,
+     stride=2, pad=1, exclude_pad=1)
+for name, size, align in [("up", (13, 11), False), ("down", (3, 4), False), ("same", (7, 6), False),
+                          ("mixed", (5, 17), False), ("up_ac", (13, 11), True), ("to1", (1, 1), False)]:
+    case("resize_bilinear_" + name, "resize_bilinear", [x],
+         F.interpolate(x, size=size, mode="bilinear", align_corners=align), size=size, align_corners=align)
+x = rnd(1, 2, 64, 64)
+case("resize_bilinear_299", "resize_bilinear", [x], F.interpolate(x, size=(299, 299), mode="bilinear",
+                                                                     align_corners=False), size=(299, 299),
+     align_corners=False)
+
 save_file(tensors, os.path.join(OUT, "ops.safetensors"), metadata=meta)
 
 # ---- RNG

@@ -9,7 +9,7 @@ tests_test_plugin_vae_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_vae_LDADD = $(TEST_LDADD)
 tests_test_plugin_clip_text_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_clip_text_LDADD = $(TEST_LDADD)
-EXTRA_DIST += tests/gen_sd.py tests/fixtures/sd
+EXTRA_DIST += tests/gen_sd.py tests/gen_txt2img_noise.py tests/fixtures/sd
 if HAVE_PNG
 check_PROGRAMS += tests/test_plugin_txt2img
 TESTS += tests/test_plugin_txt2img
@@ -18,3 +18,25 @@ tests_test_plugin_txt2img_LDADD = $(TEST_LDADD) $(LIBPNG_LIBS)
 endif
 TESTS += tests/test_plugin_txt2img_schedulers.sh
 EXTRA_DIST += tests/test_plugin_txt2img_schedulers.sh
+# vit, bert and blip encoders against transformers 4.30 and BLIP (tests/gen_blip.py)
+noinst_HEADERS += tests/blip_test.h
+check_PROGRAMS += tests/test_plugin_vit tests/test_plugin_bert tests/test_plugin_blip
+TESTS += tests/test_plugin_vit tests/test_plugin_bert tests/test_plugin_blip
+tests_test_plugin_vit_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_plugin_vit_LDADD = $(TEST_LDADD)
+tests_test_plugin_bert_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_plugin_bert_LDADD = $(TEST_LDADD)
+tests_test_plugin_blip_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_plugin_blip_LDADD = $(TEST_LDADD)
+EXTRA_DIST += tests/gen_blip.py tests/fixtures/blip
+TESTS += tests/test_plugin_blip_forward.sh
+EXTRA_DIST += tests/test_plugin_blip_forward.sh
+
+# FID: the Inception encoder and `pipeline fid` against pytorch-fid (tests/gen_fid.py)
+if HAVE_PNG
+check_PROGRAMS += tests/test_plugin_inception_fid
+TESTS += tests/test_plugin_inception_fid tests/test_plugin_fid_cmd.sh
+tests_test_plugin_inception_fid_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_plugin_inception_fid_LDADD = $(TEST_LDADD) plugins/processors/libimagecommon.la
+endif
+EXTRA_DIST += tests/test_plugin_fid_cmd.sh

@@ -265,6 +265,10 @@ static void test_nn(void) {
   BOTH("avg_pool2d k2 s2", ELEM, mmp_avg_pool2d(in[0], 2, 2, 0), RND(-1, 1, 2, 3, 8, 10));
   BOTH("avg_pool2d k3 s2 pad 1", ELEM, mmp_avg_pool2d(in[0], 3, 2, 1), RND(-1, 1, 2, 3, 9, 9));
   BOTH("max_pool2d k3 s1 pad 1", EXACT, mmp_max_pool2d(in[0], 3, 1, 1), RND(-1, 1, 2, 3, 9, 8));
+  BOTH("avg_pool2d k3 s1 pad 1 without padding", ELEM, mmp_avg_pool2d_ex(in[0], 3, 1, 1, false), RND(-1, 1, 2, 3, 9, 8));
+  BOTH("resize_bilinear 9x8 -> 299x299", ELEM, mmp_resize_bilinear(in[0], 299, 299, false), RND(-1, 1, 2, 3, 9, 8));
+  BOTH("resize_bilinear 40x36 -> 13x17 align_corners", ELEM, mmp_resize_bilinear(in[0], 13, 17, true),
+       RND(-1, 1, 1, 2, 40, 36));
   BOTH("timestep_embedding (flip, shift 1)", TOL(2e-6, 1e-5),
        mmp_timestep_embedding(in[0], 320, true, 1.0, 1.0, 10000.0), RND(0, 1000, 5));
   BOTH("timestep_embedding (no flip, shift 0, odd dim, scale 2)", TOL(2e-6, 1e-5),

@@ -107,8 +107,14 @@ static mmp_tensor_t *run_op(const char *op, const char *desc, mmp_tensor_t **in,
   if (!strcmp(op, "softmax")) return mmp_softmax(a, dim);
   if (!strcmp(op, "attention")) return mmp_attention(a, b, c, d, param(desc, "causal", 0) != 0, param(desc, "scale", 0));
   if (!strcmp(op, "upsample_nearest2x")) return mmp_upsample_nearest2x(a);
+  if (!strcmp(op, "resize_bicubic")) return mmp_resize_bicubic(a, (int64_t)param(desc, "oh", 1), (int64_t)param(desc, "ow", 1));
   int k = (int)param(desc, "kernel", 1), s = (int)param(desc, "stride", 1), p = (int)param(desc, "pad", 0);
-  if (!strcmp(op, "avg_pool2d")) return mmp_avg_pool2d(a, k, s, p);
+  if (!strcmp(op, "avg_pool2d")) return mmp_avg_pool2d_ex(a, k, s, p, param(desc, "exclude_pad", 0) == 0);
+  if (!strcmp(op, "resize_bilinear")) {
+    int oh, ow;
+    param2(desc, "size", &oh, &ow);
+    return mmp_resize_bilinear(a, oh, ow, param(desc, "align_corners", 0) != 0);
+  }
   if (!strcmp(op, "max_pool2d")) return mmp_max_pool2d(a, k, s, p);
   if (!strcmp(op, "embedding")) return mmp_embedding(a, b);
   if (!strcmp(op, "timestep_embedding"))

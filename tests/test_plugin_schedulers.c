@@ -8,6 +8,7 @@
  * 1e-6 relative.
  */
 #include <math.h>
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -494,6 +495,50 @@ static void runtime_errors(void) {
   mmp_config_free(cfg);
 }
 
+/* step_noise says where diffusers' step() draws noise (4 steps, leading
+ * spacing: timesteps 750, 500, 250, 0 + steps_offset) */
+static void step_noise_table(void) {
+  static const struct {
+    const char *keys, *want; /* want: one 0/1 per step, "" = member absent */
+  } cases[] = {
+      {"name = \"ddpm\"; steps_offset = 1;", "1111"},
+      {"name = \"ddpm\"; steps_offset = 0;", "1110"}, /* no draw at t = 0 */
+      {"name = \"ddim\"; eta = 0.0;", "0000"},
+      {"name = \"ddim\"; eta = 1.0;", "1111"},
+      {"name = \"euler\";", "1111"}, /* drawn even with s_churn = 0 */
+      {"name = \"euler_ancestral\";", "1111"},
+      {"name = \"dpmpp_2m\";", "0000"},
+      {"name = \"dpmpp_2m\"; algorithm_type = \"sde-dpmsolver++\";", "1111"},
+      {"name = \"pndm\"; skip_prk_steps = true;", ""},
+  };
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    char text[512];
+    snprintf(text, sizeof text, "scheduler = { %s timestep_spacing = \"leading\"; };", cases[k].keys);
+    mmp_config_t *cfg = mmp_config_parse(text, "x.cfg");
+    mmp_context_t *ctx = NULL;
+    mmp_component_t *comp = cfg ? make(cfg, &ctx) : NULL;
+    if (!ok(comp != NULL, "step_noise: %s builds", cases[k].keys)) {
+      diag("%s", mmp_error_last());
+      mmp_config_free(cfg);
+      continue;
+    }
+    const mmp_scheduler_ops_t *ops = ops_of(comp);
+    bool has = ops->base.struct_size >= offsetof(mmp_scheduler_ops_t, step_noise) + sizeof ops->step_noise &&
+               ops->step_noise;
+    char got[8] = "";
+    if (has) {
+      is_int(ops->step_noise(comp->self, 0), MMP_EINVAL, "step_noise: %s before set_timesteps", cases[k].keys);
+      ops->set_timesteps(comp->self, 4);
+      for (size_t i = 0; i < 4; i++) got[i] = (char)('0' + ops->step_noise(comp->self, i));
+      is_int(ops->step_noise(comp->self, 4), MMP_EINVAL, "step_noise: %s past the end", cases[k].keys);
+    }
+    is_str(got, cases[k].want, "step_noise: %s", cases[k].keys);
+    mmp_component_free(comp);
+    mmp_context_free(ctx);
+    mmp_config_free(cfg);
+  }
+}
+
 /* two instances interleaved, and a second run on one instance, give the
  * same results (state is per instance and reset by set_timesteps) */
 static void instances(void) {
@@ -627,6 +672,7 @@ int main(void) {
   schedules();
   config_errors();
   runtime_errors();
+  step_noise_table();
   instances();
   generators();
   mmp_registry_free(reg);

@@ -197,6 +197,10 @@ static void compare_image_tensor(const char *label, mmp_tensor_t *got, mmp_safet
   }
   ok(got->dtype == sample->dtype && got->shape[0] == sample->shape[0], "%s: %s is %s [%lld, ...]",
      label, name, mmp_dtype_name(sample->dtype), (long long)sample->shape[0]);
+  if (got->dtype == MMP_U8) /* AR-LDM's raw test frames are HWC */
+    ok(hwc && sample->ndim == 4 && sample->shape[3] == 3, "%s: %s is [N, H, W, 3] (got [%lld, %lld, %lld, %lld])",
+       label, name, (long long)got->shape[0], (long long)got->shape[1], (long long)got->shape[2],
+       (long long)got->shape[3]);
   int64_t cnt = 0;
   double dd = max_abs_diff_sample(got, sample, r0, rs, c0, cs, hwc, &cnt);
   if (!ok(cnt == mmp_tensor_numel(sample) && dd <= TOL_PIXEL, "%s: %s sampled pixels equal torchvision", label, name))
@@ -232,11 +236,12 @@ static void compare_ids(const char *label, mmp_tensor_t *got, mmp_safetensors_t 
 }
 
 /* One expected item: open the dataset with the case's split/task/lowercase. */
-static void check_case(const char *dsname, const char *file, const char *split, int index,
-                       const char *task, bool lower, int file_index_expected) {
+/* @tag ("" or "/wide"): a variant of the case stored under its own prefix */
+static void check_case_tag(const char *dsname, const char *file, const char *split, int index,
+                           const char *task, bool lower, int file_index_expected, const char *tag) {
   char label[128], prefix[128], extra[512], exp[4200];
-  snprintf(label, sizeof label, "%s %s/%d/%s%s", dsname, split, index, task, lower ? "/lower" : "");
-  snprintf(prefix, sizeof prefix, "%s/%d/%s%s/", split, file_index_expected, task, lower ? "/lower" : "");
+  snprintf(label, sizeof label, "%s %s/%d/%s%s%s", dsname, split, index, task, lower ? "/lower" : "", tag);
+  snprintf(prefix, sizeof prefix, "%s/%d/%s%s%s/", split, file_index_expected, task, lower ? "/lower" : "", tag);
   bool strips = !strncmp(dsname, "flint", 5) || !strncmp(dsname, "pororo", 6);
   snprintf(extra, sizeof extra, "split = \"%s\"; task = \"%s\"; lowercase_captions = %s; %s %s", split,
            task, lower ? "true" : "false", strips ? "frame_index = 0;" : "",
@@ -269,6 +274,11 @@ out:
   mmp_tensormap_free(m);
   mmp_safetensors_close(st);
   ds_close(&d);
+}
+
+static void check_case(const char *dsname, const char *file, const char *split, int index,
+                       const char *task, bool lower, int file_index_expected) {
+  check_case_tag(dsname, file, split, index, task, lower, file_index_expected, "");
 }
 
 /* ---- decoding: pixels identical to the arrays AR-LDM encoded ---- */
@@ -450,10 +460,14 @@ int main(void) {
   check_case("pororo", "pororo.h5", "val", 0, "continuation", false, 0);
   check_case("pororo", "pororo.h5", "val", 1, "visualization", false, 1);
   check_case("pororo", "pororo.h5", "test", 1, "visualization", false, 1);
+  /* 128x160 frames: Resize([512, 512]) without a crop; test frames HWC */
+  check_case_tag("pororo", "pororo_wide.h5", "val", 0, "visualization", false, 0, "/wide");
+  check_case_tag("pororo", "pororo_wide.h5", "test", 0, "visualization", false, 0, "/wide");
   check_case("vistsis", "vist.h5", "val", 0, "visualization", false, 0);
   check_case("vistsis", "vist.h5", "test", 0, "continuation", false, 0);
   check_case("vistdii", "vist.h5", "val", 0, "visualization", false, 0);
   check_case("vistdii", "vist.h5", "val", 1, "visualization", false, 2); /* story 1 skipped */
+  check_case("vistdii", "vist.h5", "test", 1, "visualization", false, 1);
   check_vistdii_fail();
   check_malformed();
   check_random();

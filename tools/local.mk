@@ -18,3 +18,12 @@ tools_libcmddataset_la_LIBADD = plugins/datasets/libstorycommon.la
 endif
 endif
 tools_pipeline_LDADD += tools/libcmddataset.la
+
+# `pipeline fid`: image folders need libpng (plugins/processors/libimagecommon)
+noinst_LTLIBRARIES += tools/libcmdfid.la
+tools_libcmdfid_la_SOURCES = tools/cmd_fid.c
+if HAVE_PNG
+tools_libcmdfid_la_CPPFLAGS = $(AM_CPPFLAGS) -DMMP_WITH_PNG
+tools_libcmdfid_la_LIBADD = plugins/processors/libimagecommon.la
+endif
+tools_pipeline_LDADD += tools/libcmdfid.la

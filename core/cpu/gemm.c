@@ -23,10 +23,7 @@ static atomic_int g_blas = -1; /* -1: not decided yet */
 static int isa_supported(int isa) {
   if (isa == MMP_CPU_ISA_GENERIC) return 1;
 #ifdef MMP_HAVE_X86_DISPATCH
-  if (isa == MMP_CPU_ISA_AVX512) {
-    __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("fma");
-  }
+  if (isa == MMP_CPU_ISA_AVX512) return (mmp_cpu_features() & MMP_CPU_AVX512) != 0;
 #endif
   return 0;
 }
@@ -196,17 +193,12 @@ void mmp_cpu_scratch_done(int slot) {
 #define GMR 6
 #define GNR 16
 
-/* Written so that GCC vectorises the j loops; the clones let x86 machines
- * without AVX-512 use AVX2+FMA when they have it. */
-#if defined(MMP_HAVE_X86_DISPATCH) && !defined(__SANITIZE_ADDRESS__)
-#define MMP_CLONES __attribute__((target_clones("arch=haswell", "default")))
-#else
-#define MMP_CLONES
-#endif
-
-MMP_CLONES
-static void ukr_generic(int64_t kc, const float *restrict ap, const float *restrict bp,
-                        float *restrict c, int64_t ldc, int mr, int nr, float beta) {
+/* Written so that the compiler vectorises the j loops; the variants let
+ * x86 machines without the AVX-512 kernel use AVX2+FMA when they have it
+ * (core/cpu/dispatch.h). */
+static inline MMP_ALWAYS_INLINE void ukr_generic_body(int64_t kc, const float *restrict ap,
+                                                      const float *restrict bp, float *restrict c,
+                                                      int64_t ldc, int mr, int nr, float beta) {
   float acc[GMR][GNR];
   memset(acc, 0, sizeof acc);
   for (int64_t k = 0; k < kc; ++k) {
@@ -227,6 +219,10 @@ static void ukr_generic(int64_t kc, const float *restrict ap, const float *restr
       for (int j = 0; j < nr; ++j) ci[j] = beta * ci[j] + acc[i][j];
   }
 }
+MMP_VARIANTS_VOID(ukr_generic,
+                  (int64_t kc, const float *restrict ap, const float *restrict bp,
+                   float *restrict c, int64_t ldc, int mr, int nr, float beta),
+                  (kc, ap, bp, c, ldc, mr, nr, beta))
 
 static void pack_a_generic(const float *A, int64_t lda, bool trans, int64_t i0, int64_t mc,
                            int64_t k0, int64_t kc, float alpha, float *ap) {

@@ -13,9 +13,7 @@
 #include <stdbool.h>
 #include <stdint.h>
 
-#if defined(__x86_64__) && defined(__GNUC__)
-#define MMP_HAVE_X86_DISPATCH 1
-#endif
+#include "core/cpu/dispatch.h" /* MMP_HAVE_X86_DISPATCH */
 
 /* C[0:mr, 0:nr] = beta * C + ap . bp (beta == 0: C is not read). The
  * kernel always computes a full MR x NR tile; mr/nr only limit the store. */

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/cpu/dispatch.h"
 #include "core/cpu/gemm.h"
 #include "core/cpu/kernels.h"
 #include "mmpipe/error.h"
@@ -15,16 +16,13 @@
  * float Welford, and the data is re-read from cache. */
 #define CHUNK 256
 
-#if defined(MMP_HAVE_X86_DISPATCH) && !defined(__SANITIZE_ADDRESS__)
-#define MMP_CLONES __attribute__((target_clones("avx512f", "arch=haswell", "default")))
-#else
-#define MMP_CLONES
-#endif
+/* The loops below are compiled for AVX-512, AVX2+FMA and the baseline,
+ * one picked per call (core/cpu/dispatch.h). */
+#define BODY static inline MMP_ALWAYS_INLINE
 
 /* sum of (x - shift): with shift near the mean the float partial sums stay
  * small, so a large mean costs no accuracy */
-MMP_CLONES
-static double sum_f(const float *x, int64_t n, float shift) {
+BODY double sum_f_body(const float *x, int64_t n, float shift) {
   double tot = 0.0;
   for (int64_t i = 0; i < n; i += CHUNK) {
     int64_t m = n - i < CHUNK ? n - i : CHUNK;
@@ -39,9 +37,9 @@ static double sum_f(const float *x, int64_t n, float shift) {
   }
   return tot;
 }
+MMP_VARIANTS(double, sum_f, (const float *x, int64_t n, float shift), (x, n, shift))
 
-MMP_CLONES
-static double sumsq_dev(const float *x, int64_t n, float mean) {
+BODY double sumsq_dev_body(const float *x, int64_t n, float mean) {
   double tot = 0.0;
   for (int64_t i = 0; i < n; i += CHUNK) {
     int64_t m = n - i < CHUNK ? n - i : CHUNK;
@@ -62,17 +60,18 @@ static double sumsq_dev(const float *x, int64_t n, float mean) {
   }
   return tot;
 }
+MMP_VARIANTS(double, sumsq_dev, (const float *x, int64_t n, float mean), (x, n, mean))
 
 /* y = (x - m) * a + b */
-MMP_CLONES
-static void affine(const float *x, float *y, int64_t n, float m, float a, float b) {
+BODY void affine_body(const float *x, float *y, int64_t n, float m, float a, float b) {
   for (int64_t i = 0; i < n; ++i) y[i] = (x[i] - m) * a + b;
 }
+MMP_VARIANTS_VOID(affine, (const float *x, float *y, int64_t n, float m, float a, float b),
+                  (x, y, n, m, a, b))
 
 /* y = (x - mean) * rstd * gamma + beta, per element gamma/beta */
-MMP_CLONES
-static void affine_vec(const float *x, float *y, int64_t n, float mean, float rstd,
-                       const float *gamma, const float *beta) {
+BODY void affine_vec_body(const float *x, float *y, int64_t n, float mean, float rstd,
+                          const float *gamma, const float *beta) {
   if (gamma && beta)
     for (int64_t i = 0; i < n; ++i) y[i] = (x[i] - mean) * rstd * gamma[i] + beta[i];
   else if (gamma)
@@ -82,6 +81,10 @@ static void affine_vec(const float *x, float *y, int64_t n, float mean, float rs
   else
     for (int64_t i = 0; i < n; ++i) y[i] = (x[i] - mean) * rstd;
 }
+MMP_VARIANTS_VOID(affine_vec,
+                  (const float *x, float *y, int64_t n, float mean, float rstd,
+                   const float *gamma, const float *beta),
+                  (x, y, n, mean, rstd, gamma, beta))
 
 /* ---- group norm ---- */
 
@@ -184,8 +187,7 @@ int mmp_cpu_layer_norm(const float *x, int64_t rows, int64_t D, const float *gam
 
 /* ---- softmax ---- */
 
-MMP_CLONES
-static float max_f(const float *x, int64_t n) {
+BODY float max_f_body(const float *x, int64_t n) {
   float acc[16];
   for (int t = 0; t < 16; ++t) acc[t] = -INFINITY;
   int64_t k = 0;
@@ -196,16 +198,17 @@ static float max_f(const float *x, int64_t n) {
   for (int t = 0; t < 16; ++t) m = acc[t] > m ? acc[t] : m;
   return m;
 }
+MMP_VARIANTS(float, max_f, (const float *x, int64_t n), (x, n))
 
-MMP_CLONES
-static void sub_f(const float *x, float *y, int64_t n, float m) {
+BODY void sub_f_body(const float *x, float *y, int64_t n, float m) {
   for (int64_t i = 0; i < n; ++i) y[i] = x[i] - m;
 }
+MMP_VARIANTS_VOID(sub_f, (const float *x, float *y, int64_t n, float m), (x, y, n, m))
 
-MMP_CLONES
-static void scale_f(float *y, int64_t n, float s) {
+BODY void scale_f_body(float *y, int64_t n, float s) {
   for (int64_t i = 0; i < n; ++i) y[i] *= s;
 }
+MMP_VARIANTS_VOID(scale_f, (float *y, int64_t n, float s), (y, n, s))
 
 typedef struct sm_job {
   const float *x;

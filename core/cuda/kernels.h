@@ -90,8 +90,10 @@ int mmpk_attention(cudaStream_t s, int dt, int odt, const void *q, const void *k
 
 /* ---- misc.cu ---- (f32, contiguous) */
 int mmpk_upsample_nearest2x(cudaStream_t s, const float *x, float *y, int64_t planes, int64_t H, int64_t W);
-int mmpk_pool2d(cudaStream_t s, bool is_max, const float *x, float *y, int64_t planes, int64_t H, int64_t W,
-                int64_t OH, int64_t OW, int k, int stride, int pad);
+int mmpk_pool2d(cudaStream_t s, bool is_max, bool exclude_pad, const float *x, float *y, int64_t planes, int64_t H,
+                int64_t W, int64_t OH, int64_t OW, int k, int stride, int pad);
+int mmpk_resize_bilinear(cudaStream_t s, const float *x, float *y, int64_t planes, int64_t H, int64_t W, int64_t OH,
+                         int64_t OW, bool align_corners);
 /* ids i64 (@ids64) or i32; bad ids leave rows zero and atomically record the
  * smallest bad position in *bad (initialise it to UINT64_MAX). */
 int mmpk_embedding(cudaStream_t s, const float *table, int64_t V, int64_t D, const void *ids, bool ids64,

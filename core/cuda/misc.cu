@@ -20,15 +20,17 @@ extern "C" int mmpk_upsample_nearest2x(cudaStream_t st, const float *x, float *y
 }
 
 /* As the CPU: padded positions are skipped by max (NaN wins) and counted by
- * avg (count_include_pad, divisor k*k). */
-__global__ void pool2d_kernel(bool is_max, const float *x, float *y, int64_t H, int64_t W, int64_t OH, int64_t OW,
-                              int k, int s, int p, int64_t total) {
+ * avg (count_include_pad, divisor k*k) unless @exclude_pad (divisor: the
+ * window's positions inside the image). */
+__global__ void pool2d_kernel(bool is_max, bool exclude_pad, const float *x, float *y, int64_t H, int64_t W,
+                              int64_t OH, int64_t OW, int k, int s, int p, int64_t total) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
     int64_t ow = i % OW, t = i / OW;
     int64_t oh = t % OH, pl = t / OH;
     const float *xp = x + pl * H * W;
     int64_t h0 = oh * s - p, w0 = ow * s - p;
     float acc = is_max ? -INFINITY : 0.0f;
+    int count = 0;
     for (int a = 0; a < k; a++) {
       int64_t h = h0 + a;
       if (h < 0 || h >= H) continue;
@@ -36,6 +38,7 @@ __global__ void pool2d_kernel(bool is_max, const float *x, float *y, int64_t H, 
         int64_t w = w0 + c;
         if (w < 0 || w >= W) continue;
         float v = xp[h * W + w];
+        count++;
         if (is_max) {
           if (v > acc || v != v) acc = v;
         } else {
@@ -43,15 +46,54 @@ __global__ void pool2d_kernel(bool is_max, const float *x, float *y, int64_t H, 
         }
       }
     }
-    y[i] = is_max ? acc : acc / (float)(k * k);
+    y[i] = is_max ? acc : acc / (float)(exclude_pad ? count : k * k);
   }
 }
 
-extern "C" int mmpk_pool2d(cudaStream_t st, bool is_max, const float *x, float *y, int64_t planes, int64_t H,
-                           int64_t W, int64_t OH, int64_t OW, int k, int stride, int pad) {
+extern "C" int mmpk_pool2d(cudaStream_t st, bool is_max, bool exclude_pad, const float *x, float *y, int64_t planes,
+                           int64_t H, int64_t W, int64_t OH, int64_t OW, int k, int stride, int pad) {
   int64_t total = planes * OH * OW;
   if (total == 0) return 0;
-  pool2d_kernel<<<grid_for(total, 256), 256, 0, st>>>(is_max, x, y, H, W, OH, OW, k, stride, pad, total);
+  pool2d_kernel<<<grid_for(total, 256), 256, 0, st>>>(is_max, exclude_pad, x, y, H, W, OH, OW, k, stride, pad,
+                                                      total);
+  return MMPK_LAUNCH_RESULT();
+}
+
+/* One source coordinate of torch's upsample_bilinear2d (as the CPU's
+ * bil_axis): index, next index, weight of the next. */
+__device__ static void bil_src(int64_t in, int64_t out, bool align, int64_t o, int64_t *i0, int64_t *i1,
+                               float *lam) {
+  float scale = align ? (out > 1 ? (float)(in - 1) / (float)(out - 1) : 0.0f) : (float)in / (float)out;
+  /* torch: scale * (dst + 0.5) - 0.5 evaluated in double (the 0.5 literals), then float */
+    float src = align ? scale * (float)o : (float)((double)scale * ((double)o + 0.5) - 0.5);
+  if (src < 0) src = 0;
+  int64_t a = (int64_t)src;
+  if (a > in - 1) a = in - 1;
+  *i0 = a;
+  *i1 = a < in - 1 ? a + 1 : a;
+  *lam = src - (float)a;
+}
+
+__global__ void resize_bilinear_kernel(const float *x, float *y, int64_t H, int64_t W, int64_t OH, int64_t OW,
+                                       bool align, int64_t total) {
+  for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < total; i += (int64_t)gridDim.x * blockDim.x) {
+    int64_t ow = i % OW, t = i / OW;
+    int64_t oh = t % OH, pl = t / OH;
+    int64_t h0, h1, w0, w1;
+    float hl, wl;
+    bil_src(H, OH, align, oh, &h0, &h1, &hl);
+    bil_src(W, OW, align, ow, &w0, &w1, &wl);
+    const float *r0 = x + (pl * H + h0) * W, *r1 = x + (pl * H + h1) * W;
+    float w0l = 1.0f - wl, h0l = 1.0f - hl;
+    y[i] = h0l * (w0l * r0[w0] + wl * r0[w1]) + hl * (w0l * r1[w0] + wl * r1[w1]);
+  }
+}
+
+extern "C" int mmpk_resize_bilinear(cudaStream_t st, const float *x, float *y, int64_t planes, int64_t H, int64_t W,
+                                    int64_t OH, int64_t OW, bool align_corners) {
+  int64_t total = planes * OH * OW;
+  if (total == 0) return 0;
+  resize_bilinear_kernel<<<grid_for(total, 256), 256, 0, st>>>(x, y, H, W, OH, OW, align_corners, total);
   return MMPK_LAUNCH_RESULT();
 }
 

@@ -84,7 +84,8 @@ typedef enum mmp_op {
                         [B, Lk]; i[0] = causal; f[0] = scale */
   MMP_OP_UPSAMPLE_NEAREST2X, /* [N, C, H, W] -> [N, C, 2H, 2W] */
   MMP_OP_AVG_POOL2D, /* i[0] = kernel, i[1] = stride, i[2] = pad;
-                        count_include_pad as torch's default */
+                        i[3] = 0: count_include_pad (torch's default,
+                        divisor k*k), 1: divide by the in-image count */
   MMP_OP_MAX_POOL2D,
   MMP_OP_EMBEDDING,  /* src0 table [V, D], src1 ids i64/i32 (any strides)
                         -> dst [numel(ids), D]; out-of-range ids: MMP_EINVAL */
@@ -93,6 +94,9 @@ typedef enum mmp_op {
                         f[1] = scale, f[2] = max_period */
   MMP_OP_GROUP_NORM_SILU, /* GROUP_NORM, then SiLU on its output (one pass,
                         no intermediate tensor); same operands and params */
+  MMP_OP_RESIZE_BILINEAR, /* src0 contiguous [N, C, H, W] -> dst [N, C, OH, OW];
+                        i[0] = align_corners (torch F.interpolate bilinear,
+                        no antialiasing) */
   MMP_OP_COUNT
 } mmp_op_t;
 

@@ -171,6 +171,15 @@ typedef struct mmp_scheduler_ops {
    * sigmas; timesteps() then holds the values rounded half to even).
    * (transfer none) valid until the next set_timesteps. */
   int (*model_timesteps)(void *self, const double **out, size_t *n);
+  /* optional (default: never; added at the end, read only when struct_size
+   * covers it, so older modules and older cores work): whether step(@index) of
+   * the current schedule uses noise shaped like the sample, i.e. where
+   * diffusers' step() draws randn_tensor(model_output.shape, generator)
+   * (even where the draw is then unused, as euler's with s_churn = 0). A
+   * caller that owns the random stream draws it then and passes it as
+   * step()'s @noise. Returns 1, 0, or a negative MMP_E* code (before
+   * set_timesteps, @index outside the schedule). */
+  int (*step_noise)(void *self, size_t index);
 } mmp_scheduler_ops_t;
 
 /* A dataset item: named tensors plus named strings (captions). */

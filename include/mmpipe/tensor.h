@@ -198,8 +198,24 @@ mmp_tensor_t *mmp_attention(const mmp_tensor_t *q, const mmp_tensor_t *k,
                             const mmp_tensor_t *v, const mmp_tensor_t *key_mask,
                             bool causal, double scale);
 mmp_tensor_t *mmp_upsample_nearest2x(const mmp_tensor_t *x);
+/* Bicubic resize of x[N, C, H, W] (f32) to [N, C, oh, ow], as torch's
+ * interpolate(mode="bicubic", align_corners=False) with a target size:
+ * cubic convolution with A = -0.75, source index (o + 0.5) * H / oh - 0.5,
+ * border taps clamped. Computed on the host in double precision, for
+ * load-time work on small tensors (ViT position grids); the result lives on
+ * x's backend. (transfer full) NULL + MMP_ESHAPE/MMP_EINVAL/MMP_ENOMEM. */
+mmp_tensor_t *mmp_resize_bicubic(const mmp_tensor_t *x, int64_t oh, int64_t ow);
 mmp_tensor_t *mmp_avg_pool2d(const mmp_tensor_t *x, int kernel, int stride, int pad);
 mmp_tensor_t *mmp_max_pool2d(const mmp_tensor_t *x, int kernel, int stride, int pad);
+/* avg_pool2d with torch's count_include_pad: false divides each window by
+ * the number of its positions inside the image (TensorFlow's average pool,
+ * the FID Inception's). */
+mmp_tensor_t *mmp_avg_pool2d_ex(const mmp_tensor_t *x, int kernel, int stride, int pad,
+                                bool count_include_pad);
+/* torch F.interpolate(x, size=(out_h, out_w), mode="bilinear",
+ * align_corners) of x[N, C, H, W]: no antialiasing when shrinking. */
+mmp_tensor_t *mmp_resize_bilinear(const mmp_tensor_t *x, int64_t out_h, int64_t out_w,
+                                  bool align_corners);
 /* ids (i64/i32, any shape) into table[V, D] -> [..., D]. */
 mmp_tensor_t *mmp_embedding(const mmp_tensor_t *table, const mmp_tensor_t *ids);
 /* diffusers get_timestep_embedding: t[N] -> [N, dim]. */

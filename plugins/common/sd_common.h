@@ -1,7 +1,9 @@
-/* plugins/common/sd_common.h - shared internals of the latent-diffusion plugins
- * (clip_text, vae, unet2d_condition, txt2img): config.json access, weight
- * loading with name mapping, and the building blocks (ResnetBlock2D,
- * Transformer2DModel, ...) computed through the core tensor API only.
+/* plugins/common/sd_common.h - the building blocks every model plugin links
+ * (clip_text, vae, unet2d_condition, txt2img, vit, bert, blip): config.json
+ * access, weight loading with name mapping or by prefix, and the layers
+ * (linear, norms, attention with masks, MLP, pre/post-norm transformer
+ * layers, ResnetBlock2D, Transformer2DModel, ...) computed through the core
+ * tensor API only. The ViT and BERT towers built from them are in towers.h.
  *
  * Linked as a noinst convenience library into each module; every symbol is
  * hidden (the modules export only their entry points).
@@ -42,7 +44,9 @@ size_t sd_json_list_size(const json_t *o, const char *key);
 const char *sd_json_list_str(const json_t *o, const char *key, size_t i);
 
 /* ---- locating a part ---- */
-typedef enum sd_part { SD_PART_UNET = 0, SD_PART_VAE, SD_PART_CLIP } sd_part_t;
+/* SD_PART_PLAIN: names as stored (optionally under a prefix), no
+ * single-file translation (the ViT/BERT/BLIP towers). */
+typedef enum sd_part { SD_PART_UNET = 0, SD_PART_VAE, SD_PART_CLIP, SD_PART_PLAIN } sd_part_t;
 
 /* Resolve the config.json and weight file of a part from a component's
  * config group: `model_dir` (a diffusers pipeline folder, or the part's own
@@ -101,6 +105,16 @@ mmp_tensor_t *sd_w(sd_weights_t *w, int ndim, const int64_t *shape,
 int sd_w_info(sd_weights_t *w, const char *name, int *ndim, int64_t *shape);
 /* Names (diffusers form, or as stored) to ignore if not taken. */
 void sd_weights_ignore_suffix(sd_weights_t *w, const char *suffix);
+/* Weight loading by prefix: every name asked for is looked up as
+ * @prefix + name (e.g. AR-LDM's "mm_encoder."). @prefix is copied. */
+int sd_weights_set_prefix(sd_weights_t *w, const char *prefix);
+/* Limit the "unexpected" check of sd_weights_finish() to stored names under
+ * prefix + @scope (repeatable): a checkpoint holding more than the parts
+ * built (BLIP's projections and momentum towers, a whole AR-LDM) is fine. */
+int sd_weights_add_scope(sd_weights_t *w, const char *scope);
+/* True when the store holds @name (after prefix and translation); random
+ * stores hold nothing. */
+bool sd_weights_has(sd_weights_t *w, const char *name);
 /* Report all problems in one MMP_EDATA error (with the file name) and
  * close the file. Returns 0 when everything matched. */
 int sd_weights_finish(sd_weights_t *w, const char *what);
@@ -124,6 +138,12 @@ static inline mmp_tensor_t *sd_swap(mmp_tensor_t *old, mmp_tensor_t *neu) {
   mmp_tensor_unref(old);
   return neu;
 }
+
+/* Grow @t [R, D] to [@rows, D]: the new rows drawn from normal(0, @std)
+ * with a Philox generator seeded by @seed (transformers'
+ * resize_token_embeddings draws from torch's generator; the rows are
+ * random either way). Consumes @t; @rows < R is an MMP_EINVAL error. */
+mmp_tensor_t *sd_grow_rows(mmp_tensor_t *t, int64_t rows, double std, uint64_t seed);
 
 /* ---- building blocks ---- */
 typedef struct sd_linear { mmp_tensor_t *w, *b; } sd_linear_t;
@@ -176,6 +196,48 @@ void sd_attn_free(sd_attn_t *a);
 mmp_tensor_t *sd_attn(const sd_attn_t *a, const mmp_tensor_t *x,
                       const mmp_tensor_t *ctx, const mmp_tensor_t *key_mask,
                       bool causal);
+
+/* Load q/k/v from one fused [3*dim, dim] projection @qkv (BLIP's and
+ * transformers' BLIP vision attention), sliced into row views, and the
+ * output projection @out. @qkv_bias: whether @qkv has a bias. */
+int sd_attn_load_fused(sd_attn_t *a, sd_weights_t *w, const char *qkv, const char *out,
+                       int64_t dim, int heads, bool qkv_bias);
+
+/* Activations named as in transformers' ACT2FN. */
+typedef enum sd_act { SD_ACT_GELU = 0, SD_ACT_GELU_TANH, SD_ACT_QUICK_GELU, SD_ACT_RELU } sd_act_t;
+/* "gelu", "gelu_new"/"gelu_pytorch_tanh", "quick_gelu", "relu"; else
+ * MMP_EUNSUPPORTED naming it. */
+int sd_act_parse(const char *name, sd_act_t *out);
+/* (transfer full) act(x); NULL x gives NULL. */
+mmp_tensor_t *sd_act(sd_act_t a, const mmp_tensor_t *x);
+
+/* Two-layer MLP: fc2(act(fc1(x))). */
+typedef struct sd_mlp {
+  sd_linear_t fc1, fc2;
+  sd_act_t act;
+} sd_mlp_t;
+int sd_mlp_load(sd_mlp_t *m, sd_weights_t *w, const char *fc1, const char *fc2, int64_t dim,
+                int64_t hidden, sd_act_t act);
+void sd_mlp_free(sd_mlp_t *m);
+mmp_tensor_t *sd_mlp(const sd_mlp_t *m, const mmp_tensor_t *x);
+
+/* One transformer encoder/decoder layer, in the two arrangements in use:
+ * pre-norm (ViT, CLIP: x + attn(ln(x)), x + mlp(ln(x))) and post-norm
+ * (BERT: ln(x + attn(x)), ln(x + cross(x, ctx)), ln(x + mlp(x))).
+ * Loaded by the caller, whose checkpoints name the parts differently. */
+typedef struct sd_block {
+  bool post_norm;
+  sd_norm_t ln_attn, ln_cross, ln_mlp;
+  sd_attn_t attn;
+  sd_attn_t cross; /* cross.q.w NULL: no cross-attention */
+  sd_mlp_t mlp;
+} sd_block_t;
+void sd_block_free(sd_block_t *b);
+/* x [B, L, D]; mask [B, L] u8 nonzero = padding (nullable); causal: the
+ * decoder's self-attention; ctx [B, Lc, Dc] (nullable: the cross-attention
+ * is skipped) with ctx_mask [B, Lc] (nullable). (transfer full) */
+mmp_tensor_t *sd_block(const sd_block_t *b, const mmp_tensor_t *x, const mmp_tensor_t *mask,
+                       bool causal, const mmp_tensor_t *ctx, const mmp_tensor_t *ctx_mask);
 
 /* Transformer2DModel (continuous input) with BasicTransformerBlocks. */
 typedef struct sd_tblock {

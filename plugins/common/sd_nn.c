@@ -4,6 +4,8 @@
 #include "plugins/common/sd_common.h"
 
 #include <math.h>
+
+#include <mmpipe/rng.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -450,4 +452,124 @@ mmp_tensor_t *sd_input_mask(const mmp_tensor_t *t, mmp_backend_t *be, bool inver
   free(dst);
   mmp_tensor_unref(f);
   return r;
+}
+
+/* ---------------------------------------------------------------- tables */
+
+mmp_tensor_t *sd_grow_rows(mmp_tensor_t *t, int64_t rows, double std, uint64_t seed) {
+  if (!t) return NULL;
+  if (t->ndim != 2 || rows < t->shape[0]) {
+    mmp_error_set(MMP_EINVAL, "resize: %lld rows asked of a table of %lld", (long long)rows,
+                  (long long)(t->ndim ? t->shape[0] : 0));
+    mmp_tensor_unref(t);
+    return NULL;
+  }
+  if (rows == t->shape[0]) return t;
+  int64_t s[2] = {rows - t->shape[0], t->shape[1]};
+  mmp_rng_t *g = mmp_rng_new(seed, MMP_RNG_PHILOX);
+  mmp_tensor_t *r = g ? mmp_rng_randn(g, mmp_tensor_backend(t), 2, s) : NULL;
+  mmp_rng_free(g);
+  r = sd_swap(r, r ? mmp_scale(r, std, 0.0) : NULL);
+  mmp_tensor_t *out = NULL;
+  if (r) {
+    mmp_tensor_t *parts[2] = {t, r};
+    out = mmp_concat(parts, 2, 0);
+  }
+  mmp_tensor_unref(r);
+  mmp_tensor_unref(t);
+  return out;
+}
+
+/* ---------------------------------------------------------------- fused qkv */
+
+int sd_attn_load_fused(sd_attn_t *a, sd_weights_t *w, const char *qkv, const char *out, int64_t dim,
+                       int heads, bool qkv_bias) {
+  memset(a, 0, sizeof *a);
+  sd_linear_t f = {0};
+  sd_linear_load(&f, w, qkv, dim, 3 * dim, qkv_bias);
+  sd_linear_t *dst[3] = {&a->q, &a->k, &a->v};
+  /* Row slices of a contiguous [3D, D] matrix are contiguous views. */
+  for (int i = 0; i < 3; i++) {
+    dst[i]->w = f.w ? mmp_slice(f.w, 0, i * dim, (i + 1) * dim, 1) : NULL;
+    dst[i]->b = f.b ? mmp_slice(f.b, 0, i * dim, (i + 1) * dim, 1) : NULL;
+  }
+  sd_linear_free(&f);
+  sd_linear_load(&a->o, w, out, dim, dim, true);
+  a->heads = heads;
+  return 0;
+}
+
+/* ---------------------------------------------------------------- act, mlp, block */
+
+int sd_act_parse(const char *name, sd_act_t *out) {
+  if (!strcmp(name, "gelu")) *out = SD_ACT_GELU;
+  else if (!strcmp(name, "gelu_new") || !strcmp(name, "gelu_pytorch_tanh")) *out = SD_ACT_GELU_TANH;
+  else if (!strcmp(name, "quick_gelu")) *out = SD_ACT_QUICK_GELU;
+  else if (!strcmp(name, "relu")) *out = SD_ACT_RELU;
+  else return mmp_error_set(MMP_EUNSUPPORTED, "hidden_act %s is not supported (gelu, gelu_new, quick_gelu, relu)", name);
+  return 0;
+}
+
+mmp_tensor_t *sd_act(sd_act_t a, const mmp_tensor_t *x) {
+  if (!x) return NULL;
+  switch (a) {
+  case SD_ACT_GELU: return mmp_gelu(x);
+  case SD_ACT_GELU_TANH: return mmp_gelu_tanh(x);
+  case SD_ACT_QUICK_GELU: return mmp_quick_gelu(x);
+  default: return mmp_relu(x);
+  }
+}
+
+int sd_mlp_load(sd_mlp_t *m, sd_weights_t *w, const char *fc1, const char *fc2, int64_t dim, int64_t hidden,
+                sd_act_t act) {
+  sd_linear_load(&m->fc1, w, fc1, dim, hidden, true);
+  sd_linear_load(&m->fc2, w, fc2, hidden, dim, true);
+  m->act = act;
+  return 0;
+}
+
+void sd_mlp_free(sd_mlp_t *m) {
+  sd_linear_free(&m->fc1);
+  sd_linear_free(&m->fc2);
+}
+
+mmp_tensor_t *sd_mlp(const sd_mlp_t *m, const mmp_tensor_t *x) {
+  mmp_tensor_t *h = sd_linear(&m->fc1, x);
+  h = sd_swap(h, sd_act(m->act, h));
+  return sd_swap(h, sd_linear(&m->fc2, h));
+}
+
+void sd_block_free(sd_block_t *b) {
+  sd_norm_free(&b->ln_attn);
+  sd_norm_free(&b->ln_cross);
+  sd_norm_free(&b->ln_mlp);
+  sd_attn_free(&b->attn);
+  sd_attn_free(&b->cross);
+  sd_mlp_free(&b->mlp);
+}
+
+/* One sub-layer: x + f(ln(x)) (pre-norm) or ln(x + f(x)) (post-norm).
+ * Consumes @x. */
+typedef enum { SUB_ATTN, SUB_CROSS, SUB_MLP } sub_t;
+static mmp_tensor_t *sublayer(const sd_block_t *b, sub_t which, mmp_tensor_t *x, const mmp_tensor_t *mask,
+                              bool causal, const mmp_tensor_t *ctx, const mmp_tensor_t *ctx_mask) {
+  if (!x) return NULL;
+  const sd_norm_t *ln = which == SUB_ATTN ? &b->ln_attn : which == SUB_CROSS ? &b->ln_cross : &b->ln_mlp;
+  mmp_tensor_t *in = b->post_norm ? mmp_tensor_ref(x) : sd_layer_norm(ln, x), *f;
+  if (which == SUB_ATTN) f = sd_attn(&b->attn, in, NULL, mask, causal);
+  else if (which == SUB_CROSS) f = sd_attn(&b->cross, in, ctx, ctx_mask, false);
+  else f = sd_mlp(&b->mlp, in);
+  mmp_tensor_unref(in);
+  mmp_tensor_t *h = f ? mmp_add(x, f) : NULL;
+  mmp_tensor_unref(f);
+  mmp_tensor_unref(x);
+  return b->post_norm ? sd_swap(h, sd_layer_norm(ln, h)) : h;
+}
+
+mmp_tensor_t *sd_block(const sd_block_t *b, const mmp_tensor_t *x, const mmp_tensor_t *mask, bool causal,
+                       const mmp_tensor_t *ctx, const mmp_tensor_t *ctx_mask) {
+  if (!x) return NULL;
+  mmp_tensor_t *h = sublayer(b, SUB_ATTN, mmp_tensor_ref((mmp_tensor_t *)x), mask, causal, NULL, NULL);
+  if (ctx && b->cross.q.w) h = sublayer(b, SUB_CROSS, h, NULL, false, ctx, ctx_mask);
+  return sublayer(b, SUB_MLP, h, NULL, false, NULL, NULL);
 }

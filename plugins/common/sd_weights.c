@@ -338,13 +338,15 @@ int sd_ldm_name(const sd_ldm_map_t *map, const char *name, char *buf, size_t n) 
   switch (map->part) {
   case SD_PART_UNET: return ldm_unet(map, name, buf, n);
   case SD_PART_VAE: return ldm_vae(map, name, buf, n);
-  default: snprintf(buf, n, "cond_stage_model.transformer.%s", name); return 0;
+  case SD_PART_CLIP: snprintf(buf, n, "cond_stage_model.transformer.%s", name); return 0;
+  default: return MMP_ENOENT;
   }
 }
 
 static const char *ldm_prefix(sd_part_t p) {
   return p == SD_PART_UNET ? "model.diffusion_model." :
-         p == SD_PART_VAE ? "first_stage_model." : "cond_stage_model.transformer.";
+         p == SD_PART_VAE ? "first_stage_model." :
+         p == SD_PART_CLIP ? "cond_stage_model.transformer." : NULL;
 }
 
 /* ---------------------------------------------------------------- weights */
@@ -356,7 +358,7 @@ struct sd_weights {
   mmp_safetensors_t *st;
   mmp_checkpoint_t *ck;
   bool src_open;
-  char *prefix;        /* safetensors: the weights_prefix, stripped from names */
+  char *src_prefix;    /* safetensors: the weights_prefix, stripped from names */
   size_t *st_index;    /* safetensors with a prefix: the file index of name i */
   mmp_backend_t *be;
   sd_ldm_map_t map;
@@ -371,6 +373,9 @@ struct sd_weights {
   size_t nignore;
   mmp_rng_t *rng;              /* random mode when set (st == NULL) */
   mmp_tensormap_t *collected;  /* diffusers name -> tensor handed out */
+  char *prefix;                /* prepended to every name (nullable) */
+  char **scope;                /* finish() checks only names under these */
+  size_t nscope;
 };
 
 #define SD_MAX_LISTED 200
@@ -404,20 +409,20 @@ static void add_problem(sd_weights_t *w, const char *fmt, ...) {
 /* ---- the source (safetensors or checkpoint) behind the names ---- */
 static const char *src_name(const sd_weights_t *w, size_t i) {
   if (w->ck) return mmp_checkpoint_name(w->ck, i);
-  return mmp_safetensors_name(w->st, w->st_index ? w->st_index[i] : i) + (w->prefix ? strlen(w->prefix) : 0);
+  return mmp_safetensors_name(w->st, w->st_index ? w->st_index[i] : i) + (w->src_prefix ? strlen(w->src_prefix) : 0);
 }
 
 static int src_info(const sd_weights_t *w, const char *name, mmp_dtype_t *dt, int *nd, int64_t *shape) {
   if (w->ck) return mmp_checkpoint_info(w->ck, name, dt, nd, shape, NULL, NULL);
   char full[1024];
-  snprintf(full, sizeof full, "%s%s", w->prefix ? w->prefix : "", name);
+  snprintf(full, sizeof full, "%s%s", w->src_prefix ? w->src_prefix : "", name);
   return mmp_safetensors_info(w->st, full, dt, nd, shape);
 }
 
 static mmp_tensor_t *src_get(sd_weights_t *w, const char *name, mmp_dtype_t want) {
   if (w->ck) return mmp_checkpoint_get(w->ck, name, w->be, want);
   char full[1024];
-  snprintf(full, sizeof full, "%s%s", w->prefix ? w->prefix : "", name);
+  snprintf(full, sizeof full, "%s%s", w->src_prefix ? w->src_prefix : "", name);
   return mmp_safetensors_get(w->st, full, w->be, want);
 }
 
@@ -448,11 +453,11 @@ sd_weights_t *sd_weights_open(const char *path, const char *prefix, const sd_ldm
     w->n = mmp_checkpoint_count(ck);
   } else if (prefix) {
     size_t all = mmp_safetensors_count(st), pl = strlen(prefix);
-    w->prefix = strdup(prefix);
+    w->src_prefix = strdup(prefix);
     w->st_index = calloc(all ? all : 1, sizeof *w->st_index);
     for (size_t i = 0; w->st_index && i < all; i++)
       if (strncmp(mmp_safetensors_name(st, i), prefix, pl) == 0) w->st_index[w->n++] = i;
-    if (w->st_index && w->prefix && w->n == 0) {
+    if (w->st_index && w->src_prefix && w->n == 0) {
       mmp_error_set(MMP_ENOENT, "%s: no tensor under the weights_prefix '%s'", path, prefix);
       sd_weights_free(w);
       return NULL;
@@ -462,12 +467,12 @@ sd_weights_t *sd_weights_open(const char *path, const char *prefix, const sd_ldm
   }
   w->used = calloc(w->n ? w->n : 1, sizeof *w->used);
   const char *pre = ldm_prefix(map->part);
-  for (size_t i = 0; w->used && i < w->n; i++)
+  for (size_t i = 0; pre && w->used && i < w->n; i++)
     if (strncmp(src_name(w, i), pre, strlen(pre)) == 0) {
       w->single = true;
       break;
     }
-  if (!w->path || !w->used || (prefix && !ck && (!w->prefix || !w->st_index))) {
+  if (!w->path || !w->used || (prefix && !ck && (!w->src_prefix || !w->st_index))) {
     sd_weights_free(w);
     mmp_error_set(MMP_ENOMEM, "out of memory");
     return NULL;
@@ -545,7 +550,7 @@ static long resolve(sd_weights_t *w, const char *name, char *stored, size_t n) {
     if (sd_ldm_name(&w->map, name, stored, n) != 0) return -1;
     return find_index(w, stored);
   }
-  snprintf(stored, n, "%s", name);
+  snprintf(stored, n, "%s%s", w->prefix ? w->prefix : "", name);
   long i = find_index(w, stored);
   if (i >= 0 || w->map.part != SD_PART_VAE) return i;
   /* diffusers < 0.14 names of the VAE mid-block attention */
@@ -607,7 +612,7 @@ mmp_tensor_t *sd_w(sd_weights_t *w, int ndim, const int64_t *shape, const char *
     if (w->single)
       add_problem(w, "missing: %s (%s) %s", stored, name, es);
     else
-      add_problem(w, "missing: %s %s", name, es);
+      add_problem(w, "missing: %s %s", stored, es);
     return NULL;
   }
   w->used[idx] = true;
@@ -643,12 +648,45 @@ mmp_tensor_t *sd_w(sd_weights_t *w, int ndim, const int64_t *shape, const char *
   return t;
 }
 
-int sd_weights_finish(sd_weights_t *w, const char *what) {
+int sd_weights_set_prefix(sd_weights_t *w, const char *prefix) {
+  char *p = strdup(prefix ? prefix : "");
+  if (!p) return mmp_error_set(MMP_ENOMEM, "out of memory");
+  free(w->prefix);
+  w->prefix = p;
+  return 0;
+}
+
+int sd_weights_add_scope(sd_weights_t *w, const char *scope) {
+  char **p = realloc(w->scope, (w->nscope + 1) * sizeof *p);
+  if (!p) return mmp_error_set(MMP_ENOMEM, "out of memory");
+  w->scope = p;
+  size_t n = strlen(w->prefix ? w->prefix : "") + strlen(scope) + 1;
+  if (!(w->scope[w->nscope] = malloc(n))) return mmp_error_set(MMP_ENOMEM, "out of memory");
+  snprintf(w->scope[w->nscope++], n, "%s%s", w->prefix ? w->prefix : "", scope);
+  return 0;
+}
+
+bool sd_weights_has(sd_weights_t *w, const char *name) {
+  char stored[512];
+  return w->src_open && resolve(w, name, stored, sizeof stored) >= 0;
+}
+
+/* Whether a stored tensor nothing asked for is a problem: it must lie under
+ * the part (single file), the prefix and one of the scopes. */
+static bool in_scope(const sd_weights_t *w, const char *nm) {
   const char *pre = ldm_prefix(w->map.part);
+  if (w->single && pre && strncmp(nm, pre, strlen(pre)) != 0) return false;
+  if (w->prefix && strncmp(nm, w->prefix, strlen(w->prefix)) != 0) return false;
+  for (size_t k = 0; k < w->nscope; k++)
+    if (strncmp(nm, w->scope[k], strlen(w->scope[k])) == 0) return true;
+  return w->nscope == 0;
+}
+
+int sd_weights_finish(sd_weights_t *w, const char *what) {
   for (size_t i = 0; w->src_open && i < w->n; i++) {
     if (w->used[i]) continue;
     const char *nm = src_name(w, i);
-    if (w->single && strncmp(nm, pre, strlen(pre)) != 0) continue;
+    if (!in_scope(w, nm)) continue;
     bool ign = false;
     for (size_t k = 0; k < w->nignore && !ign; k++) {
       size_t a = strlen(nm), b = strlen(w->ignore[k]);
@@ -671,7 +709,7 @@ int sd_weights_finish(sd_weights_t *w, const char *what) {
       snprintf(more + strlen(more), sizeof more - strlen(more),
                "\n  (no tensor matched: is this the weight file of this part?)");
     rc = mmp_error_set(MMP_EDATA, "%s: weights %s (%s layout) do not fit the config: %d problem%s:%s%s",
-                       what, w->path, w->single ? "single-file" : "diffusers", w->nproblems,
+                       what, w->path, w->single ? "single-file" : w->map.part == SD_PART_PLAIN ? "stored names" : "diffusers", w->nproblems,
                        w->nproblems == 1 ? "" : "s", w->problems ? w->problems : "", more);
   }
   sd_weights_free(w);
@@ -682,12 +720,15 @@ void sd_weights_free(sd_weights_t *w) {
   if (!w) return;
   mmp_safetensors_close(w->st);
   mmp_checkpoint_close(w->ck);
-  free(w->prefix);
+  free(w->src_prefix);
   free(w->st_index);
   mmp_rng_free(w->rng);
   mmp_tensormap_free(w->collected);
   for (size_t k = 0; k < w->nignore; k++) free(w->ignore[k]);
   free(w->ignore);
+  for (size_t k = 0; k < w->nscope; k++) free(w->scope[k]);
+  free(w->scope);
+  free(w->prefix);
   free(w->used);
   free(w->problems);
   free(w->path);

@@ -8,7 +8,7 @@ static const story_desc_t DESC = {
     .text_name = "text",
     .strips = true,
     .target = STORY_TARGET_SQUARE,
-    .test_layout = STORY_TEST_HWC,
+    .test_layout = STORY_TEST_RAW,
 };
 
 static const mmp_key_t keys[] = {

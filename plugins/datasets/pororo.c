@@ -7,8 +7,8 @@ static const story_desc_t DESC = {
     .name = "pororo",
     .text_name = "text",
     .strips = true,
-    .target = STORY_TARGET_SHORT_CROP,
-    .test_layout = STORY_TEST_CHW,
+    .target = STORY_TARGET_SQUARE, /* AR-LDM 9d8feeb: Resize([512, 512]), no crop */
+    .test_layout = STORY_TEST_RAW,
 };
 
 static const mmp_key_t keys[] = {

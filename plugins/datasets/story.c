@@ -433,7 +433,7 @@ int story_create(const story_desc_t *d, const mmp_config_t *cfg, mmp_context_t *
         (rc = get_int_key(cfg, "frame_index", -1, 1000, &s->frame_index)) < 0)
       goto fail;
   }
-  if (d->test_layout == STORY_TEST_SMALL_CHW &&
+  if (d->test_layout == STORY_TEST_SMALL &&
       (rc = get_int_key(cfg, "test_image_size", 1, 16384, &s->test_size)) < 0)
     goto fail;
   if (*vocab && *bpe) {
@@ -550,7 +550,8 @@ static int put_float(mmp_tensormap_t *out, const char *name, mmp_image_t *ims, i
   return put(out, name, MMP_F32, 4, shape, buf);
 }
 
-static int put_u8(mmp_tensormap_t *out, const char *name, mmp_image_t *ims, int n, bool chw) {
+/* Stack @n RGB images into u8 [n,H,W,3] (AR-LDM's test targets). */
+static int put_u8(mmp_tensormap_t *out, const char *name, mmp_image_t *ims, int n) {
   for (int i = 1; i < n; i++)
     if (ims[i].w != ims[0].w || ims[i].h != ims[0].h)
       return mmp_error_set(MMP_ESHAPE, "test frames of one story differ in size (%dx%d, %dx%d)",
@@ -558,14 +559,9 @@ static int put_u8(mmp_tensormap_t *out, const char *name, mmp_image_t *ims, int 
   size_t per = (size_t)3 * ims[0].h * ims[0].w;
   uint8_t *buf = malloc((size_t)n * per);
   if (!buf) return mmp_error_set(MMP_ENOMEM, "out of memory");
-  for (int i = 0; i < n; i++) {
-    if (chw)
-      mmp_image_to_chw(&ims[i], buf + (size_t)i * per);
-    else
-      memcpy(buf + (size_t)i * per, ims[i].data, per);
-  }
-  int64_t s_chw[4] = {n, 3, ims[0].h, ims[0].w}, s_hwc[4] = {n, ims[0].h, ims[0].w, 3};
-  return put(out, name, MMP_U8, 4, chw ? s_chw : s_hwc, buf);
+  for (int i = 0; i < n; i++) memcpy(buf + (size_t)i * per, ims[i].data, per);
+  int64_t shape[4] = {n, ims[0].h, ims[0].w, 3};
+  return put(out, name, MMP_U8, 4, shape, buf);
 }
 
 int story_get(void *self, int64_t index, mmp_tensormap_t *out) {
@@ -607,14 +603,13 @@ int story_get(void *self, int64_t index, mmp_tensormap_t *out) {
       if ((rc = transform(s, &frames[first + f], square, s->image_size, s->train, &r, &tgt[f])) < 0)
         goto out;
     if ((rc = put_float(out, "images", tgt, nt, HALF, HALF)) < 0) goto out;
-  } else if (s->d->test_layout == STORY_TEST_SMALL_CHW) {
+  } else if (s->d->test_layout == STORY_TEST_SMALL) {
     for (int f = 0; f < nt; f++)
       if ((rc = transform(s, &frames[first + f], false, s->test_size, false, &r, &tgt[f])) < 0)
         goto out;
-    if ((rc = put_u8(out, "images", tgt, nt, true)) < 0) goto out;
+    if ((rc = put_u8(out, "images", tgt, nt)) < 0) goto out;
   } else {
-    if ((rc = put_u8(out, "images", frames + first, nt, s->d->test_layout == STORY_TEST_CHW)) < 0)
-      goto out;
+    if ((rc = put_u8(out, "images", frames + first, nt)) < 0) goto out;
   }
 
   mmp_tensor_t *ids = NULL, *mask = NULL;

@@ -4,7 +4,7 @@
  * descriptor (which text dataset, strips or whole images, how targets are
  * resized) plus a key table built from the macros below; create/get/size
  * live here. An item holds AR-LDM's tensors:
- *   images                 train/val: f32 [N,3,S,S] in [-1,1]; test: raw u8
+ *   images                 train/val: f32 [N,3,S,S] in [-1,1]; test: u8 [N,H,W,3]
  *   captions, attention_mask           i64 [N,L]  (CLIP tokenizer)
  *   source_images          f32 [5,3,B,B] normalized with BLIP's mean/std
  *   source_caption, source_attention_mask  i64 [5,L]  (BERT tokenizer)
@@ -20,14 +20,15 @@
 #include <mmpipe/plugin.h>
 
 typedef enum story_target {
-  STORY_TARGET_SQUARE = 0, /* Resize([S, S]) (flintstones) */
-  STORY_TARGET_SHORT_CROP  /* Resize(S) + RandomCrop (train) / CenterCrop (val, test) */
+  STORY_TARGET_SQUARE = 0, /* Resize([S, S]) (flintstones, pororo) */
+  STORY_TARGET_SHORT_CROP  /* Resize(S) + RandomCrop (train) / CenterCrop (val, test) (VIST) */
 } story_target_t;
 
+/* Test targets are uint8 HWC for every dataset, as AR-LDM's (since its
+ * commit c4c485c) and what its predict_step hands to Image.fromarray. */
 typedef enum story_test_layout {
-  STORY_TEST_HWC = 0,   /* raw frames u8 [N,H,W,3] (flintstones) */
-  STORY_TEST_CHW,       /* raw frames u8 [N,3,H,W] (pororo) */
-  STORY_TEST_SMALL_CHW  /* Resize(t) + CenterCrop(t) u8 [N,3,t,t] (VIST) */
+  STORY_TEST_RAW = 0, /* raw frames u8 [N,H,W,3] (flintstones, pororo) */
+  STORY_TEST_SMALL    /* Resize(t) + CenterCrop(t) u8 [N,t,t,3] (VIST) */
 } story_test_layout_t;
 
 typedef struct story_desc {

@@ -8,7 +8,7 @@ static const story_desc_t DESC = {
     .text_name = "dii",
     .strips = false,
     .target = STORY_TARGET_SHORT_CROP,
-    .test_layout = STORY_TEST_SMALL_CHW,
+    .test_layout = STORY_TEST_SMALL,
 };
 
 static const mmp_key_t keys[] = {

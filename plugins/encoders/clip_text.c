@@ -5,25 +5,15 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include <mmpipe/rng.h>
-
 #include "plugins/common/sd_common.h"
-
-typedef enum { ACT_QUICK_GELU, ACT_GELU, ACT_GELU_TANH, ACT_RELU } act_t;
-
-typedef struct clayer {
-  sd_norm_t ln1, ln2;
-  sd_attn_t attn;
-  sd_linear_t fc1, fc2;
-} clayer_t;
 
 typedef struct clip {
   mmp_backend_t *be;
   int64_t hidden, inter, heads, n_layers, n_pos, n_vocab;
   double eps;
-  act_t act;
+  sd_act_t act;
   mmp_tensor_t *tok, *pos;
-  clayer_t *layers;
+  sd_block_t *layers;
   sd_norm_t final_ln;
   mmp_tensormap_t *state;
 } clip_t;
@@ -40,13 +30,7 @@ static void clip_destroy(void *self) {
   if (!c) return;
   mmp_tensor_unref(c->tok);
   mmp_tensor_unref(c->pos);
-  for (int64_t i = 0; c->layers && i < c->n_layers; i++) {
-    sd_norm_free(&c->layers[i].ln1);
-    sd_norm_free(&c->layers[i].ln2);
-    sd_attn_free(&c->layers[i].attn);
-    sd_linear_free(&c->layers[i].fc1);
-    sd_linear_free(&c->layers[i].fc2);
-  }
+  for (int64_t i = 0; c->layers && i < c->n_layers; i++) sd_block_free(&c->layers[i]);
   free(c->layers);
   sd_norm_free(&c->final_ln);
   mmp_tensormap_free(c->state);
@@ -69,24 +53,6 @@ static int bad_key(const mmp_config_t *cfg, const char *key, const char *msg) {
   return mmp_error_set(MMP_ECONFIG, "%s:%d: %s: %s", f ? f : "(config)", n ? mmp_config_line(n) : 0, key, msg);
 }
 
-/* Grow @t [R, D] to [rows, D] with rows drawn from normal(0, std). */
-static mmp_tensor_t *grow_table(mmp_tensor_t *t, int64_t rows, double std, uint64_t seed, mmp_backend_t *be) {
-  if (!t || rows == t->shape[0]) return t;
-  int64_t s[2] = {rows - t->shape[0], t->shape[1]};
-  mmp_rng_t *g = mmp_rng_new(seed, MMP_RNG_PHILOX);
-  mmp_tensor_t *r = g ? mmp_rng_randn(g, be, 2, s) : NULL;
-  mmp_rng_free(g);
-  r = sd_swap(r, r ? mmp_scale(r, std, 0.0) : NULL);
-  mmp_tensor_t *out = NULL;
-  if (r) {
-    mmp_tensor_t *parts[2] = {t, r};
-    out = mmp_concat(parts, 2, 0);
-  }
-  mmp_tensor_unref(r);
-  mmp_tensor_unref(t);
-  return out;
-}
-
 static int clip_build(clip_t *c, const json_t *j, sd_weights_t *w, const char *cpath, const mmp_config_t *cfg) {
   int rc;
   double init_range, init_factor;
@@ -98,12 +64,8 @@ static int clip_build(clip_t *c, const json_t *j, sd_weights_t *w, const char *c
       (rc = sd_json_float(j, "initializer_range", 0.02, &init_range)) ||
       (rc = sd_json_float(j, "initializer_factor", 1.0, &init_factor)))
     return mmp_error_prefix("%s: ", cpath);
-  const char *act = sd_json_str(j, "hidden_act", "quick_gelu");
-  if (!strcmp(act, "quick_gelu")) c->act = ACT_QUICK_GELU;
-  else if (!strcmp(act, "gelu")) c->act = ACT_GELU;
-  else if (!strcmp(act, "gelu_new") || !strcmp(act, "gelu_pytorch_tanh")) c->act = ACT_GELU_TANH;
-  else if (!strcmp(act, "relu")) c->act = ACT_RELU;
-  else return mmp_error_set(MMP_EUNSUPPORTED, "%s: hidden_act %s is not supported", cpath, act);
+  if ((rc = sd_act_parse(sd_json_str(j, "hidden_act", "quick_gelu"), &c->act)))
+    return mmp_error_prefix("%s: ", cpath);
   if (c->hidden <= 0 || c->heads <= 0 || c->hidden % c->heads || c->n_layers < 0 || c->n_layers > 1000)
     return mmp_error_set(MMP_EDATA, "%s: hidden_size %lld does not divide into %lld heads", cpath,
                          (long long)c->hidden, (long long)c->heads);
@@ -130,13 +92,13 @@ static int clip_build(clip_t *c, const json_t *j, sd_weights_t *w, const char *c
   if (c->tok && want_vocab) {
     if (want_vocab < c->tok->shape[0])
       return bad_key(cfg, "vocab_size", "smaller than the stored token table");
-    c->tok = grow_table(c->tok, want_vocab, std, (uint64_t)seed, c->be);
+    c->tok = sd_grow_rows(c->tok, want_vocab, std, (uint64_t)seed);
     if (!c->tok) return mmp_error_code();
   }
   if (c->pos && want_pos) {
     if (want_pos < c->pos->shape[0])
       return bad_key(cfg, "max_position_embeddings", "smaller than the stored position table");
-    c->pos = grow_table(c->pos, want_pos, std, (uint64_t)seed + 1, c->be);
+    c->pos = sd_grow_rows(c->pos, want_pos, std, (uint64_t)seed + 1);
     if (!c->pos) return mmp_error_code();
   }
   c->n_vocab = c->tok ? c->tok->shape[0] : 0;
@@ -146,17 +108,17 @@ static int clip_build(clip_t *c, const json_t *j, sd_weights_t *w, const char *c
   static const char *const names[4] = {"q_proj", "k_proj", "v_proj", "out_proj"};
   char p[256];
   for (int64_t i = 0; i < c->n_layers; i++) {
-    clayer_t *l = &c->layers[i];
+    sd_block_t *l = &c->layers[i];
     snprintf(p, sizeof p, "%sencoder.layers.%lld.layer_norm1", P, (long long)i);
-    sd_norm_load(&l->ln1, w, p, c->hidden, 0, c->eps);
+    sd_norm_load(&l->ln_attn, w, p, c->hidden, 0, c->eps);
     snprintf(p, sizeof p, "%sencoder.layers.%lld.self_attn", P, (long long)i);
     sd_attn_load(&l->attn, w, p, names, c->hidden, c->hidden, c->hidden, (int)c->heads, true);
     snprintf(p, sizeof p, "%sencoder.layers.%lld.layer_norm2", P, (long long)i);
-    sd_norm_load(&l->ln2, w, p, c->hidden, 0, c->eps);
+    sd_norm_load(&l->ln_mlp, w, p, c->hidden, 0, c->eps);
+    char p2[256];
     snprintf(p, sizeof p, "%sencoder.layers.%lld.mlp.fc1", P, (long long)i);
-    sd_linear_load(&l->fc1, w, p, c->hidden, c->inter, true);
-    snprintf(p, sizeof p, "%sencoder.layers.%lld.mlp.fc2", P, (long long)i);
-    sd_linear_load(&l->fc2, w, p, c->inter, c->hidden, true);
+    snprintf(p2, sizeof p2, "%sencoder.layers.%lld.mlp.fc2", P, (long long)i);
+    sd_mlp_load(&l->mlp, w, p, p2, c->hidden, c->inter, c->act);
   }
   snprintf(p, sizeof p, "%sfinal_layer_norm", P);
   sd_norm_load(&c->final_ln, w, p, c->hidden, 0, c->eps);
@@ -197,16 +159,6 @@ static int clip_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
   }
   *out_self = c;
   return 0;
-}
-
-static mmp_tensor_t *activation(act_t a, mmp_tensor_t *x) {
-  if (!x) return NULL;
-  switch (a) {
-  case ACT_QUICK_GELU: return mmp_quick_gelu(x);
-  case ACT_GELU: return mmp_gelu(x);
-  case ACT_GELU_TANH: return mmp_gelu_tanh(x);
-  default: return mmp_relu(x);
-  }
 }
 
 static int clip_forward(void *self, const char *method, const mmp_tensormap_t *in, mmp_tensormap_t *out) {
@@ -259,21 +211,7 @@ static int clip_forward(void *self, const char *method, const mmp_tensormap_t *i
   h = sd_swap(h, h && pos ? mmp_add(h, pos) : NULL);
   mmp_tensor_unref(pos);
   mmp_tensor_t *mask = am ? sd_input_mask(am, c->be, true) : NULL;
-  for (int64_t i = 0; i < c->n_layers && h; i++) {
-    const clayer_t *l = &c->layers[i];
-    mmp_tensor_t *n = sd_layer_norm(&l->ln1, h);
-    mmp_tensor_t *a = sd_attn(&l->attn, n, NULL, mask, true);
-    mmp_tensor_unref(n);
-    h = sd_swap(h, a ? mmp_add(h, a) : NULL);
-    mmp_tensor_unref(a);
-    n = sd_layer_norm(&l->ln2, h);
-    mmp_tensor_t *f = sd_linear(&l->fc1, n);
-    mmp_tensor_unref(n);
-    f = sd_swap(f, activation(c->act, f));
-    f = sd_swap(f, sd_linear(&l->fc2, f));
-    h = sd_swap(h, f ? mmp_add(h, f) : NULL);
-    mmp_tensor_unref(f);
-  }
+  for (int64_t i = 0; i < c->n_layers && h; i++) h = sd_swap(h, sd_block(&c->layers[i], h, mask, true, NULL, NULL));
   mmp_tensor_unref(mask);
   h = sd_swap(h, sd_layer_norm(&c->final_ln, h));
   if (!h) {

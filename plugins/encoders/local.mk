@@ -16,3 +16,35 @@ plugins_encoders_encoder_vae_la_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)
 plugins_encoders_encoder_vae_la_LDFLAGS = $(PLUGIN_LDFLAGS)
 plugins_encoders_encoder_vae_la_LIBADD = $(SD_COMMON_LIBADD)
 endif
+
+if BUILD_PLUGIN_VIT
+pkglib_LTLIBRARIES += plugins/encoders/encoder_vit.la
+plugins_encoders_encoder_vit_la_SOURCES = plugins/encoders/vit.c
+plugins_encoders_encoder_vit_la_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)
+plugins_encoders_encoder_vit_la_LDFLAGS = $(PLUGIN_LDFLAGS)
+plugins_encoders_encoder_vit_la_LIBADD = $(SD_COMMON_LIBADD)
+endif
+
+if BUILD_PLUGIN_BERT
+pkglib_LTLIBRARIES += plugins/encoders/encoder_bert.la
+plugins_encoders_encoder_bert_la_SOURCES = plugins/encoders/bert.c
+plugins_encoders_encoder_bert_la_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)
+plugins_encoders_encoder_bert_la_LDFLAGS = $(PLUGIN_LDFLAGS)
+plugins_encoders_encoder_bert_la_LIBADD = $(SD_COMMON_LIBADD)
+endif
+
+if BUILD_PLUGIN_BLIP
+pkglib_LTLIBRARIES += plugins/encoders/encoder_blip.la
+plugins_encoders_encoder_blip_la_SOURCES = plugins/encoders/blip.c
+plugins_encoders_encoder_blip_la_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)
+plugins_encoders_encoder_blip_la_LDFLAGS = $(PLUGIN_LDFLAGS)
+plugins_encoders_encoder_blip_la_LIBADD = $(SD_COMMON_LIBADD)
+endif
+
+# ---- evaluation: pytorch-fid's FID Inception-v3
+if BUILD_PLUGIN_INCEPTION_FID
+pkglib_LTLIBRARIES += plugins/encoders/encoder_inception_fid.la
+plugins_encoders_encoder_inception_fid_la_SOURCES = plugins/encoders/inception_fid.c
+plugins_encoders_encoder_inception_fid_la_LDFLAGS = $(PLUGIN_LDFLAGS)
+plugins_encoders_encoder_inception_fid_la_LIBADD = $(PLUGIN_LIBADD)
+endif

@@ -5,7 +5,8 @@
 # convenience library: its objects are linked into each module, symbols hidden.
 noinst_LTLIBRARIES += plugins/common/libsdcommon.la
 plugins_common_libsdcommon_la_SOURCES = plugins/common/sd_common.h \
-	plugins/common/sd_weights.c plugins/common/sd_nn.c
+	plugins/common/sd_weights.c plugins/common/sd_nn.c \
+	plugins/common/towers.h plugins/common/towers.c plugins/common/vit.c plugins/common/bert.c
 plugins_common_libsdcommon_la_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)
 SD_COMMON_LIBADD = plugins/common/libsdcommon.la $(PLUGIN_LIBADD) $(JANSSON_LIBS) -lm
 

@@ -727,14 +727,20 @@ int sched_plain_timesteps(const sched_common_t *c, int num_inference_steps, int6
   return rc;
 }
 
+int sched_check_index(const sched_common_t *c, bool ready, size_t index, size_t n) {
+  if (!ready) return mmp_error_set(MMP_EINVAL, "%s: step before set_timesteps", c->plugin);
+  if (index >= n)
+    return mmp_error_set(MMP_EINVAL, "%s: step %zu of a %zu-step schedule", c->plugin, index, n);
+  return 0;
+}
+
 int sched_step_begin(const sched_common_t *c, bool ready, size_t index, size_t n,
                      const mmp_tensor_t *mo, const mmp_tensor_t *sample, mmp_tensor_t **prev_out,
                      mmp_tensor_t **pred_out) {
   *prev_out = NULL;
   if (pred_out) *pred_out = NULL;
-  if (!ready) return mmp_error_set(MMP_EINVAL, "%s: step before set_timesteps", c->plugin);
-  if (index >= n)
-    return mmp_error_set(MMP_EINVAL, "%s: step %zu of a %zu-step schedule", c->plugin, index, n);
+  int rc = sched_check_index(c, ready, index, n);
+  if (rc < 0) return rc;
   if (mo && !mmp_tensor_same_shape(mo, sample))
     return mmp_error_set(MMP_ESHAPE, "%s: model output and sample differ in shape", c->plugin);
   return 0;

@@ -166,6 +166,9 @@ void sched_torch_linspace_f32(double start, double end, int64_t steps, float *ou
 int sched_step_begin(const sched_common_t *c, bool ready, size_t index, size_t n,
                      const mmp_tensor_t *mo, const mmp_tensor_t *sample, mmp_tensor_t **prev_out,
                      mmp_tensor_t **pred_out);
+/* The checks of step_noise(): set_timesteps ran (@ready) and @index is
+ * inside the @n-step schedule. Returns 0 or a negative MMP_E* code. */
+int sched_check_index(const sched_common_t *c, bool ready, size_t index, size_t n);
 /* What it ends with: hands out @prev (transfer full) and @x0 (nullable;
  * given to *pred_out, or dropped when @pred_out is NULL). A NULL @prev means
  * an op failed: @x0 is dropped and the error code returned. */

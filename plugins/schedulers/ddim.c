@@ -151,6 +151,13 @@ static int ddim_order(void *self) {
   return 1;
 }
 
+/* diffusers draws variance_noise at every step when eta > 0 */
+static int ddim_step_noise(void *self, size_t index) {
+  ddim_t *s = self;
+  int rc = sched_check_index(&s->c, s->ts != NULL, index, s->nts);
+  return rc < 0 ? rc : s->eta > 0;
+}
+
 static const mmp_scheduler_ops_t ddim_ops = {
     .base = MMP_PLUGIN_BASE(MMP_KIND_SCHEDULER, mmp_scheduler_ops_t, "ddim", "1.0",
                             "DDIM sampler (diffusers 0.19.3 DDIMScheduler)", ddim_keys, ddim_create,
@@ -160,6 +167,7 @@ static const mmp_scheduler_ops_t ddim_ops = {
     .step = ddim_step,
     .add_noise = ddim_add_noise,
     .order = ddim_order,
+    .step_noise = ddim_step_noise,
 };
 
 MMP_EXPORT int mmp_plugin_scheduler_ddim_init(mmp_registry_t *reg);

@@ -204,6 +204,13 @@ static int ddpm_order(void *self) {
   return 1;
 }
 
+/* diffusers draws the variance noise where t > 0 */
+static int ddpm_step_noise(void *self, size_t index) {
+  ddpm_t *s = self;
+  int rc = sched_check_index(&s->c, s->ts != NULL, index, s->nts);
+  return rc < 0 ? rc : s->ts[index] > 0;
+}
+
 static const mmp_scheduler_ops_t ddpm_ops = {
     .base = MMP_PLUGIN_BASE(MMP_KIND_SCHEDULER, mmp_scheduler_ops_t, "ddpm", "1.0",
                             "DDPM ancestral sampler (diffusers 0.19.3 DDPMScheduler)", ddpm_keys,
@@ -213,6 +220,7 @@ static const mmp_scheduler_ops_t ddpm_ops = {
     .step = ddpm_step,
     .add_noise = ddpm_add_noise,
     .order = ddpm_order,
+    .step_noise = ddpm_step_noise,
 };
 
 MMP_EXPORT int mmp_plugin_scheduler_ddpm_init(mmp_registry_t *reg);

@@ -455,6 +455,13 @@ static int dpm_order(void *self) {
   return 1;
 }
 
+/* the sde-* algorithms draw at every step */
+static int dpm_step_noise(void *self, size_t index) {
+  dpm_t *s = self;
+  int rc = sched_check_index(&s->c, s->ts != NULL, index, s->nts);
+  return rc < 0 ? rc : s->algorithm >= ALG_SDE_DPMPP;
+}
+
 static const mmp_scheduler_ops_t dpm_ops = {
     .base = MMP_PLUGIN_BASE(MMP_KIND_SCHEDULER, mmp_scheduler_ops_t, "dpmpp_2m", "1.0",
                             "DPM-Solver++(2M) and relatives (diffusers 0.19.3 "
@@ -465,6 +472,7 @@ static const mmp_scheduler_ops_t dpm_ops = {
     .step = dpm_step,
     .add_noise = dpm_add_noise,
     .order = dpm_order,
+    .step_noise = dpm_step_noise,
 };
 
 MMP_EXPORT int mmp_plugin_scheduler_dpmpp_2m_init(mmp_registry_t *reg);

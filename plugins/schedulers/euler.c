@@ -165,6 +165,13 @@ static int euler_order(void *self) {
   return 1;
 }
 
+/* diffusers draws the churn noise at every step, used or not */
+static int euler_step_noise(void *self, size_t index) {
+  euler_t *s = self;
+  int rc = sched_check_index(&s->c, s->sg.sigmas != NULL, index, s->sg.n);
+  return rc < 0 ? rc : 1;
+}
+
 static const mmp_scheduler_ops_t euler_ops = {
     .base = MMP_PLUGIN_BASE(MMP_KIND_SCHEDULER, mmp_scheduler_ops_t, "euler", "1.0",
                             "Euler sampler (diffusers 0.19.3 EulerDiscreteScheduler)", euler_keys,
@@ -177,6 +184,7 @@ static const mmp_scheduler_ops_t euler_ops = {
     .init_noise_sigma = euler_init_noise_sigma,
     .order = euler_order,
     .model_timesteps = euler_model_timesteps,
+    .step_noise = euler_step_noise,
 };
 
 MMP_EXPORT int mmp_plugin_scheduler_euler_init(mmp_registry_t *reg);

@@ -120,6 +120,13 @@ static int ea_order(void *self) {
   return 1;
 }
 
+/* every step draws (the last one too, where sigma_up is 0) */
+static int ea_step_noise(void *self, size_t index) {
+  ea_t *s = self;
+  int rc = sched_check_index(&s->c, s->sg.sigmas != NULL, index, s->sg.n);
+  return rc < 0 ? rc : 1;
+}
+
 static const mmp_scheduler_ops_t ea_ops = {
     .base = MMP_PLUGIN_BASE(MMP_KIND_SCHEDULER, mmp_scheduler_ops_t, "euler_ancestral", "1.0",
                             "ancestral Euler sampler (diffusers 0.19.3 "
@@ -133,6 +140,7 @@ static const mmp_scheduler_ops_t ea_ops = {
     .init_noise_sigma = ea_init_noise_sigma,
     .order = ea_order,
     .model_timesteps = ea_model_timesteps,
+    .step_noise = ea_step_noise,
 };
 
 MMP_EXPORT int mmp_plugin_scheduler_euler_ancestral_init(mmp_registry_t *reg);

@@ -18,18 +18,21 @@
 #include "plugins/common/sd_common.h"
 
 static const mmp_key_t t2i_keys[] = {
-    {"prompts", MMP_TYPE_LIST, "[]", "prompts, one image per prompt (or use prompt_file)", 0, 0},
+    {"prompts", MMP_TYPE_LIST, "[]", "prompts, num_images_per_prompt images each (or use prompt_file)", 0, 0},
     {"prompt_file", MMP_TYPE_STRING, "\"\"", "a text file with one prompt per line (empty lines skipped)", MMP_KEY_PATH, 0},
     {"negative_prompt", MMP_TYPE_STRING, "\"\"", "the unconditional prompt of classifier-free guidance", 0, 0},
     {"guidance_scale", MMP_TYPE_FLOAT, "7.5", "classifier-free guidance weight (<= 1: no guidance)", 0, 0},
     {"width", MMP_TYPE_INT, "512", "image width in pixels (a multiple of the VAE's downscale factor)", 0, 0},
     {"height", MMP_TYPE_INT, "512", "image height in pixels", 0, 0},
     {"steps", MMP_TYPE_INT, "50", "denoising steps", 0, 0},
-    {"seed", MMP_TYPE_INT, "0", "seed of the initial latents (one generator for the whole run)", 0, 0},
+    {"seed", MMP_TYPE_INT, "0", "seed of the run's one generator: initial latents, then the schedulers' step noise", 0, 0},
+    {"seeds", MMP_TYPE_LIST, "[]", "one seed per image instead of seed: image i draws its latents and step noise from its own generator", 0, 0},
+    {"num_images_per_prompt", MMP_TYPE_INT, "1", "images per prompt (diffusers' name): the prompt list repeated image-wise", 0, 0},
     {"rng", MMP_TYPE_STRING, "\"torch\"", "random numbers: torch (= torch.Generator().manual_seed(seed) on CPU) or philox", 0, 0},
-    {"batch_size", MMP_TYPE_INT, "1", "prompts denoised together", 0, 0},
+    {"batch_size", MMP_TYPE_INT, "1", "images denoised together", 0, 0},
     {"output_dir", MMP_TYPE_STRING, "\"txt2img-out\"", "where the PNG files go (created if needed)", MMP_KEY_PATH, 0},
     {"init_latents", MMP_TYPE_STRING, "\"\"", "optional .safetensors with a tensor `latents` [N, C, h, w] used instead of random ones", MMP_KEY_PATH, 0},
+    {"save_latents", MMP_TYPE_STRING, "\"\"", "optional .safetensors the final latents go to (tensor `latents` [images, C, h, w], before decoding)", MMP_KEY_PATH, 0},
     {"tokenizer", MMP_TYPE_COMPONENT, "\"clip_tokenizer\"", "the tokenizer (processor) group", 0, MMP_KIND_PROCESSOR},
     {"text_encoder", MMP_TYPE_COMPONENT, "\"clip_text\"", "the text encoder group", 0, MMP_KIND_ENCODER},
     {"unet", MMP_TYPE_COMPONENT, "\"unet2d_condition\"", "the denoising model group", 0, MMP_KIND_MODEL},
@@ -40,19 +43,28 @@ static const mmp_key_t t2i_keys[] = {
 typedef struct t2i {
   char **prompts;
   size_t n_prompts;
+  size_t n_images; /* n_prompts * per_prompt */
+  int64_t per_prompt;
+  int64_t *seeds; /* one per image, or NULL: one generator seeded with seed */
   char *negative;
   double guidance;
   int64_t width, height, steps, seed, batch;
   mmp_rng_mode_t rng_mode;
   char out_dir[4096];
   char init_latents[4096];
+  char save_latents[4096];
 } t2i_t;
+
+/* The image's prompt: diffusers repeats each prompt num_images_per_prompt
+ * times in a row. */
+static const char *image_prompt(const t2i_t *t, size_t image) { return t->prompts[image / (size_t)t->per_prompt]; }
 
 static void t2i_destroy(void *self) {
   t2i_t *t = self;
   if (!t) return;
   for (size_t i = 0; i < t->n_prompts; i++) free(t->prompts[i]);
   free(t->prompts);
+  free(t->seeds);
   free(t->negative);
   free(t);
 }
@@ -94,16 +106,18 @@ static int t2i_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_c
   int rc = 0;
   const char *neg = "", *rng = "torch";
   char pfile[4096] = "";
-  size_t np = 0;
+  size_t np = 0, ns = 0;
   if ((rc = mmp_config_get_float(cfg, "guidance_scale", &t->guidance)) ||
       (rc = mmp_config_get_int(cfg, "width", &t->width)) || (rc = mmp_config_get_int(cfg, "height", &t->height)) ||
       (rc = mmp_config_get_int(cfg, "steps", &t->steps)) || (rc = mmp_config_get_int(cfg, "seed", &t->seed)) ||
       (rc = mmp_config_get_int(cfg, "batch_size", &t->batch)) ||
+      (rc = mmp_config_get_int(cfg, "num_images_per_prompt", &t->per_prompt)) ||
       (rc = mmp_config_get_string(cfg, "negative_prompt", &neg)) || (rc = mmp_config_get_string(cfg, "rng", &rng)) ||
       (rc = mmp_config_get_path(cfg, "output_dir", t->out_dir, sizeof t->out_dir)) ||
       (rc = mmp_config_get_path(cfg, "init_latents", t->init_latents, sizeof t->init_latents)) ||
+      (rc = mmp_config_get_path(cfg, "save_latents", t->save_latents, sizeof t->save_latents)) ||
       (rc = mmp_config_get_path(cfg, "prompt_file", pfile, sizeof pfile)) ||
-      (rc = mmp_config_get_list_size(cfg, "prompts", &np)))
+      (rc = mmp_config_get_list_size(cfg, "prompts", &np)) || (rc = mmp_config_get_list_size(cfg, "seeds", &ns)))
     goto fail;
   if (!(t->negative = strdup(neg))) {
     rc = mmp_error_set(MMP_ENOMEM, "out of memory");
@@ -126,7 +140,34 @@ static int t2i_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_c
   if (t->height <= 0 || t->height % 8) { rc = cfg_error(cfg, "height", "must be a positive multiple of 8"); goto fail; }
   if (t->steps < 1 || t->steps > 10000) { rc = cfg_error(cfg, "steps", "must be 1..10000"); goto fail; }
   if (t->batch < 1 || t->batch > 1024) { rc = cfg_error(cfg, "batch_size", "must be 1..1024"); goto fail; }
+  if (t->per_prompt < 1 || t->per_prompt > 1024) {
+    rc = cfg_error(cfg, "num_images_per_prompt", "must be 1..1024");
+    goto fail;
+  }
+  t->n_images = t->n_prompts * (size_t)t->per_prompt;
   if (t->seed < 0) { rc = cfg_error(cfg, "seed", "must be >= 0"); goto fail; }
+  if (ns > 0) {
+    const mmp_config_t *sn = mmp_config_lookup(cfg, "seed");
+    if (sn && mmp_config_layer(sn) != MMP_LAYER_DEFAULT) {
+      rc = cfg_error(cfg, "seeds", "give either seed (one generator) or seeds (one per image), not both");
+      goto fail;
+    }
+    if (ns != t->n_images) {
+      char msg[160];
+      snprintf(msg, sizeof msg, "%zu seeds for %zu images (%zu prompts x num_images_per_prompt %lld): give one per image",
+               ns, t->n_images, t->n_prompts, (long long)t->per_prompt);
+      rc = cfg_error(cfg, "seeds", msg);
+      goto fail;
+    }
+    if (!(t->seeds = calloc(ns, sizeof *t->seeds))) {
+      rc = mmp_error_set(MMP_ENOMEM, "out of memory");
+      goto fail;
+    }
+    for (size_t i = 0; i < ns; i++) {
+      if ((rc = mmp_config_get_list_int(cfg, "seeds", i, &t->seeds[i]))) goto fail;
+      if (t->seeds[i] < 0) { rc = cfg_error(cfg, "seeds", "must be >= 0"); goto fail; }
+    }
+  }
   if (!t->out_dir[0]) { rc = cfg_error(cfg, "output_dir", "must not be empty"); goto fail; }
   *out_self = t;
   return 0;
@@ -260,9 +301,37 @@ static const char *group_str(const mmp_config_t *root, const char *path) {
   return n ? mmp_config_string(n) : NULL;
 }
 
-static int denoise_batch(t2i_t *t, comps_t *c, mmp_context_t *ctx, mmp_rng_t *gen, mmp_tensor_t *init,
+/* Standard normal noise [nb, C, h, w] for images first..first+nb-1 (@chw:
+ * C, h, w): one draw from the run's generator, or with seeds one
+ * [1, C, h, w] draw from each image's own generator, as diffusers'
+ * randn_tensor does with a list of generators. (transfer full) */
+static mmp_tensor_t *draw_noise(const t2i_t *t, mmp_rng_t **gens, mmp_backend_t *be, size_t first, size_t nb,
+                                const int64_t *chw) {
+  if (!t->seeds) {
+    int64_t shape[4] = {(int64_t)nb, chw[0], chw[1], chw[2]};
+    return mmp_rng_randn(gens[0], be, 4, shape);
+  }
+  int64_t one[4] = {1, chw[0], chw[1], chw[2]};
+  mmp_tensor_t **parts = calloc(nb, sizeof *parts);
+  if (!parts) {
+    mmp_error_set(MMP_ENOMEM, "out of memory");
+    return NULL;
+  }
+  size_t k = 0;
+  while (k < nb && (parts[k] = mmp_rng_randn(gens[first + k], be, 4, one))) k++;
+  mmp_tensor_t *r = k < nb ? NULL : nb == 1 ? mmp_tensor_ref(parts[0]) : mmp_concat(parts, (int)nb, 0);
+  for (size_t i = 0; i < k; i++) mmp_tensor_unref(parts[i]);
+  free(parts);
+  return r;
+}
+
+/* Images first..first+nb-1: *images gets the decoded batch in [0, 1] and
+ * *latents (nullable) the final latents. The random draws, in diffusers'
+ * order: the initial latents (unless init_latents), then at each step whose
+ * scheduler asks for noise (step_noise) a draw shaped like the latents. */
+static int denoise_batch(t2i_t *t, comps_t *c, mmp_context_t *ctx, mmp_rng_t **gens, mmp_tensor_t *init,
                          size_t first, size_t nb, double scaling, int down, int64_t latent_ch,
-                         mmp_tensor_t **images) {
+                         mmp_tensor_t **images, mmp_tensor_t **latents) {
   mmp_backend_t *be = mmp_context_backend(ctx);
   const mmp_scheduler_ops_t *so = (const mmp_scheduler_ops_t *)c->sched->plugin;
   bool cfg = t->guidance > 1.0;
@@ -274,7 +343,7 @@ static int denoise_batch(t2i_t *t, comps_t *c, mmp_context_t *ctx, mmp_rng_t *ge
     rc = mmp_error_set(MMP_ENOMEM, "out of memory");
     goto done;
   }
-  for (size_t i = 0; i < nb; i++) texts[i] = t->prompts[first + i];
+  for (size_t i = 0; i < nb; i++) texts[i] = image_prompt(t, first + i);
   if (!(cond = encode_prompts(c, texts, nb))) goto fail;
   if (cfg) {
     for (size_t i = 0; i < nb; i++) texts[i] = t->negative;
@@ -295,7 +364,7 @@ static int denoise_batch(t2i_t *t, comps_t *c, mmp_context_t *ctx, mmp_rng_t *ge
       goto done;
     }
   } else {
-    lat = mmp_rng_randn(gen, be, 4, ls);
+    lat = draw_noise(t, gens, be, first, nb, ls + 1);
   }
   if (!lat) goto fail;
   /* as diffusers: the schedule first, then init_noise_sigma (it depends on
@@ -317,8 +386,11 @@ static int denoise_batch(t2i_t *t, comps_t *c, mmp_context_t *ctx, mmp_rng_t *ge
     mts = NULL;
   bool has_scale = so->base.struct_size >= offsetof(mmp_scheduler_ops_t, scale_model_input) + sizeof so->scale_model_input &&
                    so->scale_model_input;
+  /* a scheduler without step_noise draws nothing (or from its own generator) */
+  bool has_noise = so->base.struct_size >= offsetof(mmp_scheduler_ops_t, step_noise) + sizeof so->step_noise &&
+                   so->step_noise;
   char label[64];
-  snprintf(label, sizeof label, "txt2img %zu-%zu/%zu", first + 1, first + nb, t->n_prompts);
+  snprintf(label, sizeof label, "txt2img %zu-%zu/%zu", first + 1, first + nb, t->n_images);
   mmp_context_progress_begin(ctx, label, (int64_t)nts);
   for (size_t i = 0; i < nts; i++) {
     if (mmp_context_cancelled(ctx)) {
@@ -373,13 +445,18 @@ static int denoise_batch(t2i_t *t, comps_t *c, mmp_context_t *ctx, mmp_rng_t *ge
       guided = mmp_tensor_ref(eps);
     }
     mmp_tensormap_free(o);
-    mmp_tensor_t *prev = NULL, *pred = NULL;
-    if (guided && so->step(c->sched->self, i, guided, lat, NULL, &prev, &pred) == 0) {
+    /* the step's noise, drawn when diffusers' step() would draw it */
+    mmp_tensor_t *prev = NULL, *pred = NULL, *noise = NULL;
+    int want = guided && has_noise ? so->step_noise(c->sched->self, i) : 0;
+    if (want > 0) noise = draw_noise(t, gens, be, first, nb, ls + 1);
+    if (guided && want >= 0 && (want == 0 || noise) &&
+        so->step(c->sched->self, i, guided, lat, noise, &prev, &pred) == 0) {
       mmp_tensor_unref(pred);
       lat = sd_swap(lat, prev);
     } else {
       lat = sd_swap(lat, NULL);
     }
+    mmp_tensor_unref(noise);
     mmp_tensor_unref(guided);
     if (!lat) {
       mmp_context_progress_end(ctx);
@@ -388,6 +465,7 @@ static int denoise_batch(t2i_t *t, comps_t *c, mmp_context_t *ctx, mmp_rng_t *ge
     mmp_context_progress_advance(ctx, 1);
   }
   mmp_context_progress_end(ctx);
+  if (latents) *latents = mmp_tensor_ref(lat);
   /* decode: latents / scaling_factor -> [-1, 1] -> [0, 1] */
   {
     mmp_tensormap_t *di = mmp_tensormap_new(), *dout = mmp_tensormap_new();
@@ -440,7 +518,6 @@ static int save_images(t2i_t *t, mmp_context_t *ctx, mmp_tensor_t *img, size_t f
   const char *model = group_str(root, "unet.model_dir");
   if (!model || !*model) model = group_str(root, "unet.weights");
   char seed[32], steps[32], gs[32];
-  snprintf(seed, sizeof seed, "%lld", (long long)t->seed);
   snprintf(steps, sizeof steps, "%lld", (long long)t->steps);
   snprintf(gs, sizeof gs, "%g", t->guidance);
   for (int64_t b = 0; rc == 0 && b < B; b++) {
@@ -453,8 +530,10 @@ static int save_images(t2i_t *t, mmp_context_t *ctx, mmp_tensor_t *img, size_t f
           v = nearbyintf(v);
           rgb[(y * W + x) * 3 + ch] = (uint8_t)(v < 0 ? 0 : v > 255 ? 255 : v);
         }
+    /* each image's own seed: its generator's, or the run's one */
+    snprintf(seed, sizeof seed, "%lld", (long long)(t->seeds ? t->seeds[first + (size_t)b] : t->seed));
     png_meta_t meta = {.n = 0};
-    meta.keys[meta.n] = "prompt", meta.vals[meta.n++] = t->prompts[first + (size_t)b];
+    meta.keys[meta.n] = "prompt", meta.vals[meta.n++] = image_prompt(t, first + (size_t)b);
     meta.keys[meta.n] = "negative_prompt", meta.vals[meta.n++] = t->negative;
     meta.keys[meta.n] = "seed", meta.vals[meta.n++] = seed;
     meta.keys[meta.n] = "scheduler", meta.vals[meta.n++] = sched ? sched : "";
@@ -475,9 +554,11 @@ static int save_images(t2i_t *t, mmp_context_t *ctx, mmp_tensor_t *img, size_t f
 static int t2i_run(void *self, mmp_context_t *ctx) {
   t2i_t *t = self;
   comps_t c = {0};
-  mmp_rng_t *gen = NULL;
-  mmp_tensor_t *init = NULL;
+  size_t n_gens = t->seeds ? t->n_images : 1, n_done = 0;
+  mmp_rng_t **gens = calloc(n_gens, sizeof *gens);
+  mmp_tensor_t *init = NULL, **finals = NULL;
   int rc = 0;
+  if (!gens) return mmp_error_set(MMP_ENOMEM, "out of memory");
   if (!(c.tok = mmp_component_create(ctx, MMP_KIND_PROCESSOR, "tokenizer")) ||
       !(c.text = mmp_component_create(ctx, MMP_KIND_ENCODER, "text_encoder")) ||
       !(c.unet = mmp_component_create(ctx, MMP_KIND_MODEL, "unet")) ||
@@ -511,26 +592,53 @@ static int t2i_run(void *self, mmp_context_t *ctx) {
       rc = mmp_error_prefix("txt2img: init_latents: ");
       goto done;
     }
-    if (init->ndim != 4 || init->shape[0] < (int64_t)t->n_prompts) {
-      rc = mmp_error_set(MMP_ESHAPE, "txt2img: init_latents must hold [N >= %zu, C, h, w]", t->n_prompts);
+    if (init->ndim != 4 || init->shape[0] < (int64_t)t->n_images) {
+      rc = mmp_error_set(MMP_ESHAPE, "txt2img: init_latents must hold [N >= %zu, C, h, w]", t->n_images);
       goto done;
     }
-  } else if (!(gen = mmp_rng_new((uint64_t)t->seed, t->rng_mode))) {
-    rc = mmp_error_code();
+  }
+  /* the generators also feed the step noise when the latents are given */
+  for (size_t i = 0; i < n_gens; i++)
+    if (!(gens[i] = mmp_rng_new((uint64_t)(t->seeds ? t->seeds[i] : t->seed), t->rng_mode))) {
+      rc = mmp_error_code();
+      goto done;
+    }
+  size_t n_batches = (t->n_images + (size_t)t->batch - 1) / (size_t)t->batch;
+  if (t->save_latents[0] && !(finals = calloc(n_batches, sizeof *finals))) {
+    rc = mmp_error_set(MMP_ENOMEM, "out of memory");
     goto done;
   }
   if ((rc = mkdir_p(t->out_dir)) < 0) goto done;
-  for (size_t first = 0; first < t->n_prompts; first += (size_t)t->batch) {
-    size_t nb = t->n_prompts - first < (size_t)t->batch ? t->n_prompts - first : (size_t)t->batch;
+  for (size_t first = 0; first < t->n_images; first += (size_t)t->batch) {
+    size_t nb = t->n_images - first < (size_t)t->batch ? t->n_images - first : (size_t)t->batch;
     mmp_tensor_t *img = NULL;
-    if ((rc = denoise_batch(t, &c, ctx, gen, init, first, nb, scaling, down, lch, &img)) < 0) goto done;
+    rc = denoise_batch(t, &c, ctx, gens, init, first, nb, scaling, down, lch, &img, finals ? &finals[n_done] : NULL);
+    if (finals && finals[n_done]) n_done++;
+    if (rc < 0) goto done;
     rc = save_images(t, ctx, img, first);
     mmp_tensor_unref(img);
     if (rc < 0) goto done;
   }
+  if (finals) {
+    mmp_tensor_t *all = n_done == 1 ? mmp_tensor_ref(finals[0]) : mmp_concat(finals, (int)n_done, 0);
+    mmp_tensormap_t *m = all ? mmp_tensormap_new() : NULL;
+    static const char *const md[] = {"format", "pt", NULL};
+    if (!m || mmp_tensormap_set(m, "latents", all) < 0) {
+      if (!m) mmp_tensor_unref(all);
+      rc = mmp_error_code() ? mmp_error_code() : MMP_ENOMEM;
+    } else if ((rc = mmp_safetensors_save_map(t->save_latents, m, md)) < 0) {
+      rc = mmp_error_prefix("txt2img: save_latents: ");
+    } else {
+      MMP_INFO("txt2img", "wrote %s", t->save_latents);
+    }
+    mmp_tensormap_free(m);
+  }
 done:
+  for (size_t i = 0; finals && i < n_done; i++) mmp_tensor_unref(finals[i]);
+  free(finals);
   mmp_tensor_unref(init);
-  mmp_rng_free(gen);
+  for (size_t i = 0; i < n_gens; i++) mmp_rng_free(gens[i]);
+  free(gens);
   mmp_component_free(c.sched);
   mmp_component_free(c.vae);
   mmp_component_free(c.unet);

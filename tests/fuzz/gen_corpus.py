@@ -56,6 +56,15 @@ def png(mode, size, interlace=False, bits16=False):
     return b.getvalue()
 
 
+def with_trailer(image):
+    """fuzz_story's mark of a file its mutator may parse: "MMPFZH5\\0" and the
+    FNV-1a hash of the HDF5 image (HDF5 ignores bytes past its data)."""
+    h = 1469598103934665603
+    for b in image:
+        h = ((h ^ b) * 1099511628211) & 0xFFFFFFFFFFFFFFFF
+    return image + b"MMPFZH5\0" + h.to_bytes(8, "little")
+
+
 def main():
     shutil.rmtree(OUT, ignore_errors=True)
 
@@ -140,7 +149,7 @@ def main():
                     d = g.create_dataset(t, (n,), dtype=h5py.string_dtype("utf-8"))
                     for r in range(n):
                         d[r] = captions[r].decode("utf-8")
-        put("fuzz_story", name + ".h5", b.getvalue())
+        put("fuzz_story", name + ".h5", with_trailer(b.getvalue()))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,7 @@ FUZZ_HARNESSES += tests/fuzz/fuzz_pickle tests/fuzz/fuzz_torch_zip
 FUZZ_CPPFLAGS = $(TEST_CPPFLAGS) -DMMP_FUZZ_SRCDIR='"$(abs_top_srcdir)"'
 FUZZ_LIBS = libmmpipe.la -lm
 noinst_HEADERS += tests/fuzz/fuzz.h
-EXTRA_DIST += tests/fuzz/run.sh tests/fuzz/lsan.supp tests/fuzz/gen_corpus.py tests/fuzz/corpus tests/fuzz/dict tests/fixtures/fuzz
+EXTRA_DIST += tests/fuzz/run.sh tests/fuzz/gen_corpus.py tests/fuzz/corpus tests/fuzz/dict tests/fixtures/fuzz
 
 if FUZZING
 FUZZ_LINK_FLAGS = -no-install -fsanitize=fuzzer

@@ -15,9 +15,6 @@ src=$1; build=$2; shift 2
 secs=${FUZZ_SECONDS:-60}
 out=${FUZZ_OUT:-$build/fuzz-out}
 failed=0
-# leaks of the system's libraries, listed in lsan.supp
-LSAN_OPTIONS="suppressions=$src/tests/fuzz/lsan.supp${LSAN_OPTIONS:+:$LSAN_OPTIONS}"
-export LSAN_OPTIONS
 for h in "$@"; do
   name=$(basename "$h")
   dir=$out/$name
@@ -32,7 +29,10 @@ for h in "$@"; do
   rc=$?
   took=$(($(date +%s) - start))
   execs=$(grep -a '^stat::number_of_executed_units:' "$dir/log" | tail -1 | sed 's/.*: *//')
-  last=$(grep -aE '^#[0-9]+.* cov: ' "$dir/log" | tail -1)
+  # the last status line; -fork mode writes "#N: cov: C ft: F corp: K exec/s ..."
+  last=$(grep -aE '^#[0-9]+:?[[:space:]].*cov: ' "$dir/log" | tail -1 |
+    sed 's/^#\([0-9]*\): /#\1 /; s/corp: \([0-9]*\) /corp: \1\/ /')
+  [ -n "$execs" ] || execs=$(echo "$last" | sed -n 's/^#\([0-9]*\)[[:space:]].*/\1/p')
   cov=$(echo "$last" | sed -n 's/.* cov: \([0-9]*\).*/\1/p')
   ft=$(echo "$last" | sed -n 's/.* ft: \([0-9]*\).*/\1/p')
   corp=$(echo "$last" | sed -n 's/.* corp: \([0-9]*\)\/.*/\1/p')

@@ -1,0 +1,190 @@
+/* plugins/encoders/blip.c - BLIP's feature extractor (BLIP_Base of BLIP and
+ * of AR-LDM's blip_override): a ViT and a BERT tower from one checkpoint,
+ * with the methods image, text and multimodal -> last_hidden_state. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "plugins/common/towers.h"
+
+typedef enum { MODE_IMAGE, MODE_TEXT, MODE_MULTIMODAL } blip_mode_t;
+
+typedef struct blipp {
+  mmp_backend_t *be;
+  sd_vit_t vit;
+  sd_bert_t text;
+  int64_t enc_id;
+  blip_mode_t mode;
+  bool out_hidden;
+  mmp_tensormap_t *state;
+} blipp_t;
+
+static const mmp_key_t blip_keys[] = {
+    SD_TOWER_KEYS,
+    {"vit", MMP_TYPE_STRING, "\"\"", "BLIP's vision tower: \"base\" or \"large\" (\"\": sized from the weights)", 0, 0},
+    {"num_heads", MMP_TYPE_INT, "0", "vision attention heads when sized from the weights (0: 12 at 768, 16 at 1024)", 0, 0},
+    {"vocab_size", MMP_TYPE_INT, "0", "grow the word table to the tokenizer's size (0: as stored)", 0, 0},
+    {"resize_seed", MMP_TYPE_INT, "0", "seed (philox) of rows added by vocab_size: normal(0, 0.02)", 0, 0},
+    {"enc_token_id", MMP_TYPE_INT, "30523", "the tokenizer's [ENC] id, put first in multimodal mode", 0, 0},
+    {"mode", MMP_TYPE_STRING, "\"multimodal\"", "the default method: image, text or multimodal", 0, 0},
+    {NULL, 0, NULL, NULL, 0, 0}};
+
+static void blip_destroy(void *self) {
+  blipp_t *p = self;
+  if (!p) return;
+  sd_vit_free(&p->vit);
+  sd_bert_free(&p->text);
+  mmp_tensormap_free(p->state);
+  free(p);
+}
+
+static int parse_mode(const char *s, blip_mode_t *m) {
+  if (!strcmp(s, "image")) *m = MODE_IMAGE;
+  else if (!strcmp(s, "text")) *m = MODE_TEXT;
+  else if (!strcmp(s, "multimodal")) *m = MODE_MULTIMODAL;
+  else return MMP_ENOENT;
+  return 0;
+}
+
+static int blip_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_context_t *ctx, void **out_self) {
+  (void)plugin;
+  char cpath[4096], wpath[4096];
+  int rc = sd_tower_locate(cfg, true, cpath, sizeof cpath, wpath, sizeof wpath);
+  if (rc) return rc;
+  blipp_t *p = calloc(1, sizeof *p);
+  if (!p) return mmp_error_set(MMP_ENOMEM, "out of memory");
+  json_t *j = NULL;
+  sd_weights_t *w = NULL;
+  const char *prefix, *preset, *mode;
+  int64_t heads, vocab, seed;
+  if ((rc = sd_cfg_str(cfg, "prefix", "", &prefix)) || (rc = sd_cfg_str(cfg, "vit", "", &preset)) ||
+      (rc = sd_cfg_str(cfg, "mode", "multimodal", &mode)) || (rc = sd_cfg_int(cfg, "num_heads", 0, &heads)) ||
+      (rc = sd_cfg_int(cfg, "vocab_size", 0, &vocab)) || (rc = sd_cfg_int(cfg, "resize_seed", 0, &seed)) ||
+      (rc = sd_cfg_int(cfg, "enc_token_id", 30523, &p->enc_id)) ||
+      (rc = sd_cfg_bool(cfg, "output_hidden_states", false, &p->out_hidden)))
+    goto fail;
+  if (parse_mode(mode, &p->mode)) {
+    rc = sd_cfg_bad(cfg, "mode", "must be image, text or multimodal");
+    goto fail;
+  }
+  if (preset[0] && sd_vit_blip_preset(preset, &p->vit)) {
+    rc = sd_cfg_bad(cfg, "vit", "must be \"base\" or \"large\"");
+    goto fail;
+  }
+  if (heads < 0 || heads > 4096 || vocab < 0) {
+    rc = sd_cfg_bad(cfg, heads < 0 || heads > 4096 ? "num_heads" : "vocab_size", "out of range");
+    goto fail;
+  }
+  if (heads) p->vit.heads = heads;
+  if (!(j = sd_json_load(cpath))) {
+    rc = mmp_error_code();
+    goto fail;
+  }
+  /* A transformers BLIP folder (config.json of model_type "blip": vision_model.*
+   * and the retrieval model's text_encoder.*), else BLIP's own checkpoint
+   * (visual_encoder.*, text_encoder.*) with its med_config.json. */
+  bool hf = !strcmp(sd_json_str(j, "model_type", ""), "blip");
+  const json_t *vj = hf ? json_object_get(j, "vision_config") : NULL, *tj = hf ? json_object_get(j, "text_config") : j;
+  if (hf && (!json_is_object(vj) || !json_is_object(tj))) {
+    rc = mmp_error_set(MMP_EDATA, "%s: a BLIP config needs vision_config and text_config objects", cpath);
+    goto fail;
+  }
+  const char *vp = hf ? "vision_model." : "visual_encoder.", *tp = "text_encoder.";
+  p->be = ctx ? mmp_context_backend(ctx) : mmp_backend_get("cpu");
+  sd_ldm_map_t map = {.part = SD_PART_PLAIN};
+  if (!(w = sd_weights_for(cfg, wpath, &map, p->be)) || (rc = sd_weights_set_prefix(w, prefix)) ||
+      (rc = sd_weights_add_scope(w, vp)) || (rc = sd_weights_add_scope(w, tp))) {
+    rc = mmp_error_code();
+    goto fail;
+  }
+  sd_weights_ignore_suffix(w, "embeddings.position_ids");
+  if ((rc = sd_vit_load(&p->vit, hf ? SD_VIT_BLIP_HF : SD_VIT_BLIP, vj, cpath, w, vp))) goto fail;
+  p->text.enc_width = p->vit.dim; /* as BLIP_Base sets med_config.encoder_width */
+  if ((rc = sd_bert_load(&p->text, tj, cpath, w, tp))) goto fail;
+  p->state = sd_weights_take_collected(w);
+  rc = sd_weights_finish(w, "blip");
+  w = NULL;
+  if (rc) goto fail;
+  if (!p->text.cross || p->text.enc_width != p->vit.dim) {
+    rc = mmp_error_set(MMP_EDATA, "%s: the text tower must cross-attend to the vision width %lld (add_cross_attention, encoder_width)",
+                       cpath, (long long)p->vit.dim);
+    goto fail;
+  }
+  if (vocab && (rc = sd_bert_resize_vocab(&p->text, vocab, (uint64_t)seed))) {
+    rc = sd_cfg_bad(cfg, "vocab_size", mmp_error_last());
+    goto fail;
+  }
+  if (p->enc_id < 0 || p->enc_id >= p->text.n_vocab) {
+    rc = sd_cfg_bad(cfg, "enc_token_id", "outside the word table (set vocab_size to the tokenizer's size)");
+    goto fail;
+  }
+  json_decref(j);
+  *out_self = p;
+  return 0;
+fail:
+  json_decref(j);
+  sd_weights_free(w);
+  blip_destroy(p);
+  return rc ? rc : mmp_error_code();
+}
+
+static int blip_forward(void *self, const char *method, const mmp_tensormap_t *in, mmp_tensormap_t *out) {
+  blipp_t *p = self;
+  if (method && !strcmp(method, "state_dict")) return sd_state_dict(p->state, out);
+  blip_mode_t mode = p->mode;
+  if (method && *method && strcmp(method, "forward") && strcmp(method, "encode") && parse_mode(method, &mode))
+    return mmp_error_set(MMP_EINVAL, "blip: unknown method \"%s\" (image, text, multimodal, forward, state_dict)",
+                         method);
+  int64_t nh = (mode == MODE_IMAGE ? p->vit.layers : p->text.layers) + 1;
+  mmp_tensor_t **hidden = p->out_hidden ? calloc((size_t)nh, sizeof *hidden) : NULL, *h = NULL, *img = NULL;
+  if (p->out_hidden && !hidden) return mmp_error_set(MMP_ENOMEM, "out of memory");
+  int rc = 0;
+  if (mode != MODE_TEXT) {
+    const mmp_tensor_t *px = mmp_tensormap_need(in, "pixel_values");
+    mmp_tensor_t *x = px ? sd_input_f32(px, p->be) : NULL;
+    img = sd_vit(&p->vit, x, mode == MODE_IMAGE ? hidden : NULL, NULL);
+    mmp_tensor_unref(x);
+    if (!img) rc = mmp_error_prefix("blip: ");
+    if (mode == MODE_IMAGE) h = img, img = NULL;
+  }
+  if (rc == 0 && mode != MODE_IMAGE) {
+    const mmp_tensor_t *ids = mmp_tensormap_need(in, "input_ids"), *am = mmp_tensormap_get(in, "attention_mask");
+    /* BLIP writes [ENC] into the caller's ids; a copy takes it here. */
+    mmp_tensor_t *dids = ids ? sd_input_ids(ids, p->text.n_vocab, p->be, "blip", mode == MODE_MULTIMODAL ? p->enc_id : -1) : NULL;
+    if (dids && img && img->shape[0] != ids->shape[0]) {
+      mmp_error_set(MMP_ESHAPE, "blip: %lld images for %lld texts", (long long)img->shape[0], (long long)ids->shape[0]);
+      mmp_tensor_unref(dids);
+      dids = NULL;
+    }
+    if (dids && am && (am->ndim != 2 || am->shape[0] != ids->shape[0] || am->shape[1] != ids->shape[1])) {
+      mmp_error_set(MMP_ESHAPE, "blip: attention_mask must be [B, L] like input_ids");
+      mmp_tensor_unref(dids);
+      dids = NULL;
+    }
+    mmp_tensor_t *mask = dids && am ? sd_input_mask(am, p->be, true) : NULL;
+    if (dids && (!am || mask))
+      h = sd_bert(&p->text, dids, mask, NULL, false, img, NULL, hidden, NULL);
+    mmp_tensor_unref(dids);
+    mmp_tensor_unref(mask);
+    if (!h) rc = mmp_error_prefix("blip: ");
+  }
+  mmp_tensor_unref(img);
+  if (rc == 0) rc = mmp_tensormap_set(out, "last_hidden_state", h);
+  else mmp_tensor_unref(h);
+  if (hidden) {
+    if (rc == 0) rc = sd_put_hidden(out, hidden, nh);
+    for (int64_t k = 0; k < nh; k++) mmp_tensor_unref(hidden[k]);
+    free(hidden);
+  }
+  return rc;
+}
+
+static const mmp_encoder_ops_t blip_ops = {
+    .base = MMP_PLUGIN_BASE(MMP_KIND_ENCODER, mmp_encoder_ops_t, "blip", "1.0",
+                            "BLIP feature extractor (BLIP_Base): image, text and multimodal features",
+                            blip_keys, blip_create, blip_destroy),
+    .forward = blip_forward,
+};
+
+MMP_EXPORT int mmp_plugin_encoder_blip_init(mmp_registry_t *reg);
+MMP_EXPORT int mmp_plugin_encoder_blip_init(mmp_registry_t *reg) { return mmp_registry_add(reg, &blip_ops.base); }

@@ -1,0 +1,50 @@
+#!/bin/sh
+# tests/test_plugin_fid_cmd.sh - `pipeline fid` on folders gives pytorch-fid's and AR-LDM's numbers
+# (tests/fixtures/fid/expected.txt from tests/gen_fid.py), statistics files, errors.
+B="${MMP_TEST_BUILDDIR:-.}"
+S="${MMP_TEST_SRCDIR:-.}"
+F="$S/tests/fixtures/fid"
+P="$B/tools/pipeline"
+T="${TMPDIR:-/tmp}/fidcmd.$$"
+mkdir -p "$T"
+trap 'rm -rf "$T"' EXIT
+n=0
+fails=0
+ok() { n=$((n + 1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fails=$((fails + 1)); fi; }
+[ -x "$P" ] && [ -f "$F/expected.txt" ] || { echo "1..0 # SKIP pipeline or fixtures missing"; exit 0; }
+export MMPIPE_PLUGIN_PATH="$B/plugins/encoders/.libs"
+W="$F/inception_w16.safetensors"
+if "$P" fid -q "$F/images" "$F/images2" --weights "$W" 2>&1 | grep -q "without LAPACK"; then
+  echo "1..0 # SKIP built without LAPACK"; exit 0
+fi
+# relative error of "FID: x" against the expected value: <= 1e-4
+close() { awk -v a="$1" -v b="$2" 'BEGIN { d = a - b; if (d < 0) d = -d; exit !(d <= 1e-4 * (b < 0 ? -b : b)) }'; }
+while read -r proto real gen want; do
+  case "$proto" in \#*) continue ;; esac
+  dims=2048
+  case "$proto" in *:*) dims=${proto#*:}; proto=${proto%%:*} ;; esac
+  got=$("$P" fid -q -p "$proto" --dims "$dims" "$F/$real" "$F/$gen" --weights "$W" 2>"$T/err" | sed -n 's/^FID: //p')
+  close "$got" "$want"; ok $? "$proto (dims $dims) $real $gen: FID $got vs $want"
+done < "$F/expected.txt"
+want=$(awk '$1 == "standard" { print $4 }' "$F/expected.txt")
+got=$("$P" fid -q --sqrtm eigen "$F/images" "$F/images2" --weights "$W" 2>/dev/null | sed -n 's/^FID: //p')
+close "$got" "$want"; ok $? "--sqrtm eigen gives the same FID ($got)"
+"$P" fid -q "$F/images" --weights "$W" --save-stats "$T/a.safetensors" >/dev/null 2>&1; ok $? "--save-stats"
+"$P" fid -q --dims 768 "$F/images" "$F/images2" --weights "$W" --json "$T/d.json" >/dev/null 2>&1 &&
+  grep -q '"features": 48' "$T/d.json"; ok $? "--dims 768: block 2 features (48 in the width/16 network)"
+got=$("$P" fid -q "$T/a.safetensors" "$F/images2" --weights "$W" --json "$T/r.json" 2>/dev/null | sed -n 's/^FID: //p')
+close "$got" "$want"; ok $? "saved statistics give the same FID ($got)"
+grep -q '"protocol": "standard"' "$T/r.json" && grep -q '"count": 4' "$T/r.json"; ok $? "--json written"
+mkdir -p "$T/bad"
+cp "$F/images/"*.png "$T/bad/"
+printf 'not a png' > "$T/bad/zzz.png"
+"$P" fid -q "$T/bad" "$F/images2" --weights "$W" >/dev/null 2>"$T/err"
+rc=$?
+[ $rc -ne 0 ] && grep -q "zzz.png" "$T/err"; ok $? "a corrupt image is an error naming the file (rc $rc)"
+out=$("$P" fid -q --skip-bad "$T/bad" "$F/images2" --weights "$W" 2>/dev/null)
+echo "$out" | grep -q "skipped 1 unreadable" && close "$(echo "$out" | sed -n 's/^FID: //p')" "$want"
+ok $? "--skip-bad skips and counts it, FID unchanged"
+"$P" fid -q "$F/images" --weights "$W" >/dev/null 2>&1
+[ $? -eq 2 ]; ok $? "one set without --save-stats is a usage error"
+echo "1..$n"
+[ $fails -eq 0 ]

@@ -1,0 +1,524 @@
+/* tools/cmd_fid.c - pipeline fid: the Frechet Inception Distance of two image sets as pytorch-fid or AR-LDM compute it. */
+#include <dirent.h>
+#include <errno.h>
+#include <getopt.h>
+#include <limits.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <time.h>
+
+#include <mmpipe/frechet.h>
+#include <mmpipe/safetensors.h>
+
+#include "tools/commands.h"
+
+#ifdef MMP_WITH_PNG
+#include "plugins/processors/imagecommon.h"
+#endif
+
+static void fid_help(FILE *f) {
+  fprintf(f,
+          "Usage: pipeline fid REAL GEN --weights FILE [options]\n"
+          "       pipeline fid SET --weights FILE --save-stats OUT.safetensors\n\n"
+          "The Frechet Inception Distance between two image sets, as pytorch-fid and AR-LDM\n"
+          "compute it (doc/evaluation.md). REAL and GEN are each a folder of PNG images\n"
+          "(sorted by name) or a .safetensors file holding statistics (mu, sigma) or features\n"
+          "([N, D] 'features'). Prints 'FID: <value>'.\n\n"
+          "  -p, --protocol P    standard (pytorch-fid: full-resolution images -> Inception,\n"
+          "                      which resizes to 299) or arldm (AR-LDM: PIL resize to 64x64,\n"
+          "                      then Inception at 299); default standard\n"
+          "  -w, --weights FILE  FID Inception weights (.safetensors, pytorch-fid's names)\n"
+          "  -b, --batch N       images per forward pass (default 50)\n"
+          "  -d, --dims D        features: 2048 (pool3, default), 768, 192 or 64 (earlier blocks,\n"
+          "                      averaged over space, as pytorch-fid's --dims)\n"
+          "  -j, --json OUT      also write the result as JSON\n"
+          "  -S, --save-stats OUT  write mu, sigma (f64) and count of the one SET given\n"
+          "  -k, --skip-bad      skip unreadable images (counted) instead of failing\n"
+          "  -m, --sqrtm M       schur (scipy's sqrtm, pytorch-fid exactly; default) or eigen\n"
+          "                      (symmetric eigenvalues: seconds instead of a minute at 2048-d)\n"
+          "  -B, --device NAME   cpu, cuda or auto (default cpu)\n"
+          "  -v, --verbose       more log output; -q, --quiet: no progress\n"
+          "  -h, --help          this help\n");
+}
+
+typedef enum { PROTO_STANDARD, PROTO_ARLDM } proto_t;
+
+typedef struct fid_set {
+  const char *path;
+  int64_t count, skipped, dim;
+  double *mu, *sigma; /* owned */
+} fid_set_t;
+
+typedef struct fid_run {
+  mmp_component_t *enc;
+  mmp_backend_t *be;
+  proto_t proto;
+  int batch;
+  bool skip_bad;
+} fid_run_t;
+
+static void set_free(fid_set_t *s) {
+  free(s->mu);
+  free(s->sigma);
+  s->mu = s->sigma = NULL;
+}
+
+static bool has_suffix(const char *s, const char *suf) {
+  size_t a = strlen(s), b = strlen(suf);
+  if (a < b) return false;
+  for (size_t i = 0; i < b; i++)
+    if ((s[a - b + i] | 0x20) != (suf[i] | 0x20)) return false;
+  return true;
+}
+
+static int cmp_str(const void *a, const void *b) { return strcmp(*(char *const *)a, *(char *const *)b); }
+
+/* Statistics from a .safetensors file: mu + sigma, or features [N, D]. */
+static int stats_from_file(fid_set_t *s) {
+  mmp_safetensors_t *st = mmp_safetensors_open(s->path);
+  if (!st) return mmp_error_code();
+  int rc = 0, nd = 0;
+  int64_t shape[MMP_MAX_DIMS];
+  mmp_backend_t *cpu = mmp_backend_get("cpu");
+  mmp_tensor_t *t = NULL, *u = NULL;
+  if (mmp_safetensors_info(st, "mu", NULL, &nd, shape) == 0) {
+    int nd2 = 0;
+    int64_t sh2[MMP_MAX_DIMS];
+    if (nd != 1 || mmp_safetensors_info(st, "sigma", NULL, &nd2, sh2) < 0 || nd2 != 2 || sh2[0] != shape[0] ||
+        sh2[1] != shape[0]) {
+      rc = mmp_error_set(MMP_EDATA, "%s: statistics need mu [D] and sigma [D, D]", s->path);
+      goto out;
+    }
+    s->dim = shape[0];
+    t = mmp_safetensors_get(st, "mu", cpu, MMP_F64);
+    u = mmp_safetensors_get(st, "sigma", cpu, MMP_F64);
+    s->mu = malloc((size_t)s->dim * sizeof *s->mu);
+    s->sigma = malloc((size_t)(s->dim * s->dim) * sizeof *s->sigma);
+    if (!t || !u || !s->mu || !s->sigma) {
+      rc = t && u ? mmp_error_set(MMP_ENOMEM, "out of memory") : mmp_error_code();
+      goto out;
+    }
+    mmp_tensor_to_host(t, s->mu, (size_t)s->dim * sizeof(double));
+    mmp_tensor_to_host(u, s->sigma, (size_t)(s->dim * s->dim) * sizeof(double));
+    s->count = 0;
+    if (mmp_safetensors_info(st, "count", NULL, NULL, NULL) == 0) {
+      mmp_tensor_t *c = mmp_safetensors_get(st, "count", cpu, MMP_DTYPE_COUNT);
+      int64_t z[1] = {0};
+      if (c && mmp_tensor_numel(c) == 1) s->count = (int64_t)mmp_tensor_get(c, z);
+      mmp_tensor_unref(c);
+    }
+  } else if (mmp_safetensors_info(st, "features", NULL, &nd, shape) == 0) {
+    if (nd != 2 || shape[0] < 2 || shape[1] < 1) {
+      rc = mmp_error_set(MMP_EDATA, "%s: features must be [N >= 2, D]", s->path);
+      goto out;
+    }
+    t = mmp_safetensors_get(st, "features", cpu, MMP_F32);
+    float *f = t ? malloc((size_t)(shape[0] * shape[1]) * sizeof *f) : NULL;
+    s->dim = shape[1];
+    s->count = shape[0];
+    s->mu = malloc((size_t)s->dim * sizeof *s->mu);
+    s->sigma = malloc((size_t)(s->dim * s->dim) * sizeof *s->sigma);
+    if (!f || !s->mu || !s->sigma) {
+      free(f);
+      rc = t ? mmp_error_set(MMP_ENOMEM, "out of memory") : mmp_error_code();
+      goto out;
+    }
+    mmp_tensor_to_host(t, f, (size_t)(shape[0] * shape[1]) * sizeof *f);
+    rc = mmp_feature_stats(f, shape[0], shape[1], s->mu, s->sigma);
+    free(f);
+  } else {
+    rc = mmp_error_set(MMP_EDATA, "%s: holds neither statistics (mu, sigma) nor features", s->path);
+  }
+out:
+  mmp_tensor_unref(t);
+  mmp_tensor_unref(u);
+  mmp_safetensors_close(st);
+  return rc;
+}
+
+#ifdef MMP_WITH_PNG
+static int read_file(const char *path, uint8_t **buf, size_t *n) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return mmp_error_set(MMP_EIO, "%s: %s", path, strerror(errno));
+  struct stat sb;
+  if (fstat(fileno(f), &sb) < 0 || sb.st_size <= 0 || sb.st_size > ((off_t)1 << 31)) {
+    fclose(f);
+    return mmp_error_set(MMP_EDATA, "%s: empty or too large", path);
+  }
+  *n = (size_t)sb.st_size;
+  *buf = malloc(*n);
+  if (!*buf || fread(*buf, 1, *n, f) != *n) {
+    fclose(f);
+    free(*buf);
+    *buf = NULL;
+    return mmp_error_set(MMP_EIO, "%s: read failed", path);
+  }
+  fclose(f);
+  return 0;
+}
+
+/* One image as float CHW in [0, 1] after the protocol's preprocessing. */
+static int load_image(const fid_run_t *r, const char *path, float **out, int *h, int *w) {
+  uint8_t *buf = NULL;
+  size_t n = 0;
+  int rc = read_file(path, &buf, &n);
+  if (rc) return rc;
+  mmp_image_t im = {0}, small = {0};
+  rc = mmp_image_png_decode(buf, n, false, &im);
+  free(buf);
+  if (rc) return mmp_error_prefix("%s: ", path);
+  const mmp_image_t *src = &im;
+  static const float half[3] = {0.5f, 0.5f, 0.5f};
+  if (r->proto == PROTO_ARLDM) {
+    /* transforms.Resize([64, 64]) on a PIL image: PIL bilinear with its
+     * antialiasing support */
+    if ((rc = mmp_image_resize(&im, 64, 64, MMP_RESAMPLE_BILINEAR, &small)) < 0) {
+      mmp_image_clear(&im);
+      return mmp_error_prefix("%s: ", path);
+    }
+    src = &small;
+  }
+  *h = src->h;
+  *w = src->w;
+  *out = malloc((size_t)3 * (size_t)src->h * (size_t)src->w * sizeof **out);
+  if (!*out) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
+  else if (r->proto == PROTO_ARLDM) {
+    /* ToTensor, Normalize(0.5, 0.5), then (x + 1) / 2 in float */
+    size_t m = (size_t)3 * (size_t)src->h * (size_t)src->w;
+    mmp_image_to_float(src, half, half, *out);
+    for (size_t i = 0; i < m; i++) (*out)[i] = ((*out)[i] + 1.0f) / 2.0f;
+  } else {
+    mmp_image_to_float(src, NULL, NULL, *out);
+  }
+  mmp_image_clear(&im);
+  mmp_image_clear(&small);
+  return rc;
+}
+#endif
+
+/* Run the encoder on @n images of one size; append features to @feat. */
+static int encode_batch(const fid_run_t *r, float *pix, int n, int h, int w, float **feat, int64_t *nfeat,
+                        int64_t *cap, int64_t *dim) {
+  int64_t shape[4] = {n, 3, h, w};
+  mmp_tensor_t *x = mmp_tensor_from_data(mmp_backend_get("cpu"), MMP_F32, 4, shape, pix);
+  if (!x) return mmp_error_code();
+  mmp_tensormap_t *in = mmp_tensormap_new(), *out = mmp_tensormap_new();
+  int rc = mmp_tensormap_set(in, "sample", x);
+  const mmp_encoder_ops_t *ops = (const mmp_encoder_ops_t *)r->enc->plugin;
+  if (rc == 0) rc = ops->forward(r->enc->self, "encode", in, out);
+  mmp_tensor_t *f = rc == 0 ? mmp_tensormap_get(out, "features") : NULL;
+  if (rc == 0 && (!f || f->ndim != 2 || f->shape[0] != n))
+    rc = mmp_error_set(MMP_EDATA, "fid: the encoder gave no [N, D] 'features'");
+  if (rc == 0) {
+    if (*dim == 0) *dim = f->shape[1];
+    if (*nfeat + n > *cap) {
+      int64_t nc = (*cap ? *cap * 2 : 256);
+      while (nc < *nfeat + n) nc *= 2;
+      float *nf = realloc(*feat, (size_t)(nc * *dim) * sizeof *nf);
+      if (!nf) rc = mmp_error_set(MMP_ENOMEM, "out of memory for %lld features", (long long)nc);
+      else {
+        *feat = nf;
+        *cap = nc;
+      }
+    }
+    if (rc == 0) {
+      rc = mmp_tensor_to_host(f, *feat + *nfeat * *dim, (size_t)(n * *dim) * sizeof(float));
+      *nfeat += n;
+    }
+  }
+  mmp_tensormap_free(in);
+  mmp_tensormap_free(out);
+  return rc;
+}
+
+static void progress(const char *what, int64_t done, int64_t total, double t0) {
+  if (pipe_quiet) return;
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  double el = (double)ts.tv_sec + ts.tv_nsec * 1e-9 - t0, rate = el > 0 ? (double)done / el : 0;
+  double eta = rate > 0 ? (double)(total - done) / rate : 0;
+  fprintf(stderr, "\rfid: %s %lld/%lld images, %.1f img/s, ETA %.0f s   ", what, (long long)done, (long long)total,
+          rate, eta);
+  if (done == total) fputc('\n', stderr);
+}
+
+static int stats_from_dir(const fid_run_t *r, fid_set_t *s) {
+#ifndef MMP_WITH_PNG
+  (void)r;
+  return mmp_error_set(MMP_EUNSUPPORTED, "%s: image folders need libpng (this build has none)", s->path);
+#else
+  DIR *d = opendir(s->path);
+  if (!d) return mmp_error_set(MMP_EIO, "%s: %s", s->path, strerror(errno));
+  char **names = NULL;
+  size_t n = 0, cap = 0;
+  int rc = 0;
+  struct dirent *e;
+  while ((e = readdir(d)) != NULL) {
+    if (has_suffix(e->d_name, ".jpg") || has_suffix(e->d_name, ".jpeg")) {
+      rc = mmp_error_set(MMP_EUNSUPPORTED, "%s/%s: JPEG images are not supported yet (PNG only)", s->path,
+                         e->d_name);
+      break;
+    }
+    if (!has_suffix(e->d_name, ".png")) continue;
+    if (n == cap) {
+      cap = cap ? 2 * cap : 64;
+      char **nn = realloc(names, cap * sizeof *nn);
+      if (!nn) {
+        rc = mmp_error_set(MMP_ENOMEM, "out of memory");
+        break;
+      }
+      names = nn;
+    }
+    if (!(names[n] = strdup(e->d_name))) {
+      rc = mmp_error_set(MMP_ENOMEM, "out of memory");
+      break;
+    }
+    n++;
+  }
+  closedir(d);
+  if (rc == 0 && n < 2) rc = mmp_error_set(MMP_EDATA, "%s: fewer than 2 PNG images", s->path);
+  if (rc == 0) qsort(names, n, sizeof *names, cmp_str);
+  float *feat = NULL, *pix = NULL;
+  int64_t nfeat = 0, fcap = 0, dim = 0;
+  int bn = 0, bh = 0, bw = 0;
+  size_t pcap = 0;
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  double t0 = (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+  for (size_t i = 0; rc == 0 && i < n; i++) {
+    char path[PATH_MAX];
+    snprintf(path, sizeof path, "%s/%s", s->path, names[i]);
+    float *img = NULL;
+    int h = 0, w = 0;
+    int lr = load_image(r, path, &img, &h, &w);
+    if (lr < 0) {
+      if (!r->skip_bad || lr == MMP_ENOMEM) {
+        rc = lr;
+        break;
+      }
+      MMP_WARN("fid", "skipping %s: %s", path, mmp_error_last());
+      s->skipped++;
+      continue;
+    }
+    /* a batch holds images of one size (pytorch-fid's loader stacks them) */
+    if (bn > 0 && (h != bh || w != bw || bn == r->batch)) {
+      rc = encode_batch(r, pix, bn, bh, bw, &feat, &nfeat, &fcap, &dim);
+      bn = 0;
+      progress(s->path, nfeat, (int64_t)n - s->skipped, t0);
+    }
+    size_t per = (size_t)3 * (size_t)h * (size_t)w;
+    if (rc == 0 && (size_t)(bn + 1) * per > pcap) {
+      size_t nc = (size_t)r->batch * per;
+      float *np = realloc(pix, nc * sizeof *np);
+      if (!np) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
+      else {
+        pix = np;
+        pcap = nc;
+      }
+    }
+    if (rc == 0) {
+      memcpy(pix + (size_t)bn * per, img, per * sizeof *img);
+      bn++;
+      bh = h;
+      bw = w;
+    }
+    free(img);
+  }
+  if (rc == 0 && bn > 0) {
+    rc = encode_batch(r, pix, bn, bh, bw, &feat, &nfeat, &fcap, &dim);
+    progress(s->path, nfeat, nfeat, t0);
+  }
+  for (size_t i = 0; i < n; i++) free(names[i]);
+  free(names);
+  free(pix);
+  if (rc == 0 && nfeat < 2) rc = mmp_error_set(MMP_EDATA, "%s: fewer than 2 readable images", s->path);
+  if (rc == 0) {
+    s->count = nfeat;
+    s->dim = dim;
+    s->mu = malloc((size_t)dim * sizeof *s->mu);
+    s->sigma = malloc((size_t)(dim * dim) * sizeof *s->sigma);
+    rc = s->mu && s->sigma ? mmp_feature_stats(feat, nfeat, dim, s->mu, s->sigma)
+                           : mmp_error_set(MMP_ENOMEM, "out of memory");
+  }
+  free(feat);
+  return rc;
+#endif
+}
+
+static int compute_set(const fid_run_t *r, fid_set_t *s) {
+  struct stat sb;
+  if (stat(s->path, &sb) < 0) return mmp_error_set(MMP_EIO, "%s: %s", s->path, strerror(errno));
+  if (S_ISDIR(sb.st_mode)) {
+    if (!r->enc) return mmp_error_set(MMP_EINVAL, "%s: an image folder needs --weights", s->path);
+    return stats_from_dir(r, s);
+  }
+  if (has_suffix(s->path, ".safetensors")) return stats_from_file(s);
+  return mmp_error_set(MMP_EINVAL, "%s: neither a folder of images nor a .safetensors file", s->path);
+}
+
+static void json_str(FILE *f, const char *s) {
+  fputc('"', f);
+  for (; *s; s++) {
+    if (*s == '"' || *s == '\\') fprintf(f, "\\%c", *s);
+    else if ((unsigned char)*s < 0x20) fprintf(f, "\\u%04x", *s);
+    else fputc(*s, f);
+  }
+  fputc('"', f);
+}
+
+static int save_stats(const char *out, const fid_set_t *s) {
+  mmp_backend_t *cpu = mmp_backend_get("cpu");
+  int64_t d1[1] = {s->dim}, d2[2] = {s->dim, s->dim}, one[1] = {1};
+  int64_t cnt = s->count;
+  mmp_tensormap_t *m = mmp_tensormap_new();
+  int rc = mmp_tensormap_set(m, "mu", mmp_tensor_from_data(cpu, MMP_F64, 1, d1, s->mu));
+  if (rc == 0) rc = mmp_tensormap_set(m, "sigma", mmp_tensor_from_data(cpu, MMP_F64, 2, d2, s->sigma));
+  if (rc == 0) rc = mmp_tensormap_set(m, "count", mmp_tensor_from_data(cpu, MMP_I64, 1, one, &cnt));
+  static const char *const meta[] = {"format", "mmpipe fid statistics: mu [D] f64, sigma [D, D] f64 (n-1), count", NULL};
+  if (rc == 0) rc = mmp_safetensors_save_map(out, m, meta);
+  mmp_tensormap_free(m);
+  return rc;
+}
+
+int cmd_fid(int argc, char **argv) {
+  static const struct option opts[] = {
+      {"help", no_argument, NULL, 'h'},          {"protocol", required_argument, NULL, 'p'},
+      {"weights", required_argument, NULL, 'w'}, {"batch", required_argument, NULL, 'b'},
+      {"json", required_argument, NULL, 'j'},    {"save-stats", required_argument, NULL, 'S'},
+      {"skip-bad", no_argument, NULL, 'k'},      {"device", required_argument, NULL, 'B'},
+      {"verbose", no_argument, NULL, 'v'},       {"quiet", no_argument, NULL, 'q'},
+      {"sqrtm", required_argument, NULL, 'm'},   {"dims", required_argument, NULL, 'd'},
+      {NULL, 0, NULL, 0}};
+  int block = 3;
+  mmp_sqrtm_method_t method = MMP_SQRTM_SCHUR;
+  const char *weights = NULL, *json = NULL, *save = NULL, *backend = "cpu";
+  fid_run_t r = {.proto = PROTO_STANDARD, .batch = 50};
+  int c;
+  optind = 1;
+  while ((c = getopt_long(argc, argv, "hp:w:b:j:S:kB:vqm:d:", opts, NULL)) != -1) {
+    if (pipe_common_option(c)) continue;
+    switch (c) {
+    case 'h': fid_help(stdout); return PIPE_EXIT_OK;
+    case 'p':
+      if (strcmp(optarg, "standard") == 0) r.proto = PROTO_STANDARD;
+      else if (strcmp(optarg, "arldm") == 0) r.proto = PROTO_ARLDM;
+      else return pipe_usage("fid", "--protocol must be standard or arldm, not '%s'", optarg);
+      break;
+    case 'w': weights = optarg; break;
+    case 'b': {
+      char *end;
+      long v = strtol(optarg, &end, 10);
+      if (*end || v < 1 || v > 4096) return pipe_usage("fid", "--batch must be 1..4096");
+      r.batch = (int)v;
+      break;
+    }
+    case 'j': json = optarg; break;
+    case 'S': save = optarg; break;
+    case 'k': r.skip_bad = true; break;
+    case 'd':
+      /* InceptionV3.BLOCK_INDEX_BY_DIM */
+      if (strcmp(optarg, "64") == 0) block = 0;
+      else if (strcmp(optarg, "192") == 0) block = 1;
+      else if (strcmp(optarg, "768") == 0) block = 2;
+      else if (strcmp(optarg, "2048") == 0) block = 3;
+      else return pipe_usage("fid", "--dims must be 64, 192, 768 or 2048, not '%s'", optarg);
+      break;
+    case 'm':
+      if (strcmp(optarg, "schur") == 0) method = MMP_SQRTM_SCHUR;
+      else if (strcmp(optarg, "eigen") == 0) method = MMP_SQRTM_EIGEN;
+      else return pipe_usage("fid", "--sqrtm must be schur or eigen, not '%s'", optarg);
+      break;
+    case 'B': backend = optarg; break;
+    default: return pipe_usage("fid", "bad option");
+    }
+  }
+  int npaths = argc - optind;
+  if (save ? npaths != 1 : npaths != 2)
+    return pipe_usage("fid", save ? "--save-stats takes one SET" : "expected REAL and GEN");
+  fid_set_t sets[2] = {{.path = argv[optind]}, {.path = npaths > 1 ? argv[optind + 1] : NULL}};
+  mmp_registry_t *reg = NULL;
+  mmp_config_t *cfg = NULL;
+  mmp_context_t *ctx = NULL;
+  int rc = 0;
+  if (weights) {
+    char abs[PATH_MAX], text[PATH_MAX + 512];
+    if (!realpath(weights, abs)) {
+      mmp_error_set(MMP_EIO, "--weights %s: %s", weights, strerror(errno));
+      return pipe_fail("fid", MMP_EIO);
+    }
+    if (strchr(abs, '"') || strchr(backend, '"')) return pipe_usage("fid", "quotes in paths are not supported");
+    snprintf(text, sizeof text,
+             "device = \"%s\";\nencoder = { name = \"inception_fid\"; weights = \"%s\"; blocks = [%d]; };\n",
+             backend, abs, block);
+    cfg = mmp_config_parse(text, "fid");
+    reg = cfg ? mmp_registry_new() : NULL;
+    if (!reg || (rc = mmp_registry_set_search_path(reg, cfg)) < 0) goto fail;
+    if (!(ctx = mmp_context_new(reg, cfg))) goto fail;
+    if (!(r.enc = mmp_component_create(ctx, MMP_KIND_ENCODER, "encoder"))) goto fail;
+    r.be = mmp_context_backend(ctx);
+  }
+  for (int i = 0; i < npaths; i++)
+    if ((rc = compute_set(&r, &sets[i])) < 0) goto fail;
+  if (save) {
+    if ((rc = save_stats(save, &sets[0])) < 0) goto fail;
+    if (!pipe_quiet) printf("saved statistics of %lld images (%lld features) to %s\n", (long long)sets[0].count,
+                            (long long)sets[0].dim, save);
+  } else {
+    if (sets[0].dim != sets[1].dim) {
+      rc = mmp_error_set(MMP_EDATA, "%s has %lld features but %s has %lld", sets[0].path, (long long)sets[0].dim,
+                         sets[1].path, (long long)sets[1].dim);
+      goto fail;
+    }
+    double fid = 0;
+    mmp_frechet_info_t info;
+    if ((rc = mmp_frechet_distance_method(sets[0].mu, sets[0].sigma, sets[1].mu, sets[1].sigma, sets[0].dim, method,
+                                          &fid, &info)) < 0)
+      goto fail;
+    if (info.eps_retry)
+      MMP_WARN("fid", "fid calculation produces singular product; adding 1e-06 to diagonal of cov estimates");
+    printf("FID: %.17g\n", fid);
+    for (int i = 0; i < 2; i++)
+      if (sets[i].skipped) printf("skipped %lld unreadable images of %s\n", (long long)sets[i].skipped, sets[i].path);
+    if (json) {
+      FILE *f = fopen(json, "w");
+      if (!f) {
+        rc = mmp_error_set(MMP_EIO, "%s: %s", json, strerror(errno));
+        goto fail;
+      }
+      fprintf(f, "{\"fid\": %.17g, \"protocol\": \"%s\", \"features\": %lld, \"eps_retry\": %s, "
+                 "\"complex_root\": %s, \"max_imag_diag\": %.6g, \"sqrtm\": \"%s\"",
+              fid, r.proto == PROTO_ARLDM ? "arldm" : "standard", (long long)sets[0].dim,
+              info.eps_retry ? "true" : "false", info.complex_root ? "true" : "false", info.max_imag_diag,
+              method == MMP_SQRTM_EIGEN ? "eigen" : "schur");
+      static const char *const names[2] = {"real", "gen"};
+      for (int i = 0; i < 2; i++) {
+        fprintf(f, ", \"%s\": {\"path\": ", names[i]);
+        json_str(f, sets[i].path);
+        fprintf(f, ", \"count\": %lld, \"skipped\": %lld}", (long long)sets[i].count, (long long)sets[i].skipped);
+      }
+      fprintf(f, "}\n");
+      if (fclose(f) != 0) {
+        rc = mmp_error_set(MMP_EIO, "%s: write failed", json);
+        goto fail;
+      }
+    }
+  }
+  set_free(&sets[0]);
+  set_free(&sets[1]);
+  mmp_component_free(r.enc);
+  mmp_context_free(ctx);
+  mmp_config_free(cfg);
+  mmp_registry_free(reg);
+  return PIPE_EXIT_OK;
+fail:
+  if (rc == 0) rc = mmp_error_code();
+  set_free(&sets[0]);
+  set_free(&sets[1]);
+  mmp_component_free(r.enc);
+  mmp_context_free(ctx);
+  mmp_config_free(cfg);
+  mmp_registry_free(reg);
+  return pipe_fail("fid", rc);
+}
