@@ -764,10 +764,15 @@ mmp_checkpoint_t *mmp_checkpoint_open(const char *path, const char *prefix, unsi
 bool mmp_checkpoint_sniff(const char *path) {
   FILE *f = path ? fopen(path, "rb") : NULL;
   if (!f) return false;
-  uint8_t b[4] = {0};
-  size_t k = fread(b, 1, 4, f);
+  uint8_t b[16] = {0};
+  size_t k = fread(b, 1, sizeof b, f);
   fclose(f);
-  return (k == 4 && memcmp(b, "PK\3\4", 4) == 0) || (k >= 2 && b[0] == 0x80 && b[1] >= 2 && b[1] <= 5);
+  if (k >= 4 && memcmp(b, "PK\3\4", 4) == 0) return true;
+  /* legacy: a pickle of protocol 2-5 whose first value is the 10-byte
+   * magic number (LONG1), after a FRAME for protocol 4+; a safetensors
+   * header length can begin 0x80 0x02 too, but never continues so */
+  if (k < 4 || b[0] != 0x80 || b[1] < 2 || b[1] > 5) return false;
+  return (b[2] == 0x8a && b[3] == 0x0a) || (k >= 13 && b[2] == 0x95 && b[11] == 0x8a && b[12] == 0x0a);
 }
 
 const char *mmp_checkpoint_format(const mmp_checkpoint_t *ck) { return ck ? ck->format : NULL; }

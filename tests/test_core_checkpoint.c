@@ -6,6 +6,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <mmpipe/checkpoint.h>
 #include <mmpipe/error.h>
@@ -305,6 +306,22 @@ int main(void) {
      "the tensor outlives the checkpoint");
   mmp_tensor_unref(t);
   free(buf);
+
+  ok(mmp_checkpoint_sniff(fx("plain.pt")) && mmp_checkpoint_sniff(fx("legacy.pt")) &&
+         mmp_checkpoint_sniff(fx("sd.ckpt")),
+     "sniff: zip and legacy files are checkpoints");
+  {
+    char sp[700];
+    snprintf(sp, sizeof sp, "%s/../sd/pipe/unet/diffusion_pytorch_model.safetensors", fix);
+    const char *tmp = getenv("TMPDIR");
+    char fake[700];
+    snprintf(fake, sizeof fake, "%s/ckpt_sniff_%d.safetensors", tmp ? tmp : "/tmp", (int)getpid());
+    FILE *f = fopen(fake, "wb");
+    fwrite("\x80\x02\x00\x00\x00\x00\x00\x00{}", 1, 10, f); /* a header of 640 bytes begins 0x80 0x02 */
+    fclose(f);
+    ok(!mmp_checkpoint_sniff(sp) && !mmp_checkpoint_sniff(fake), "sniff: safetensors files are not");
+    unlink(fake);
+  }
 
   /* Lightning, BLIP and SD wrappers */
   ck = mmp_checkpoint_open(fx("lightning.ckpt"), NULL, 0);

@@ -53,8 +53,9 @@ mmp_checkpoint_t *mmp_checkpoint_open_memory(const void *data, size_t size, cons
                                              const char *prefix, unsigned flags);
 void mmp_checkpoint_close(mmp_checkpoint_t *ck); /* NULL ok */
 
-/* True when the first bytes of @path are a zip archive or a pickle (the
- * two torch.save formats), false for anything else (e.g. safetensors). */
+/* True when the first bytes of @path are a zip archive or a pickle that
+ * starts with torch.save's magic number (the two torch.save formats),
+ * false for anything else (e.g. safetensors). */
 bool mmp_checkpoint_sniff(const char *path);
 /* "zip" or "legacy". (transfer none) */
 const char *mmp_checkpoint_format(const mmp_checkpoint_t *ck);
