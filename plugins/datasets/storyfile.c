@@ -27,6 +27,7 @@ struct story_file {
   int fd;             /* the same file, for the vlen lengths (check_vlen_len) */
   int64_t file_size;
   int64_t vlen_esz;   /* bytes of one stored vlen element: length, heap address, index */
+  int sizeof_addr, sizeof_size; /* the file's address and length widths */
 };
 
 /* Largest element accepted: a frame's PNG bytes, a story's text. */
@@ -163,12 +164,15 @@ static int open_locked(story_file_t *f) {
   f->file_size = (int64_t)sb.st_size;
   hid_t fcpl = H5Fget_create_plist(f->file);
   size_t sizeof_addr = 0, sizeof_size = 0;
-  if (fcpl < 0 || H5Pget_sizes(fcpl, &sizeof_addr, &sizeof_size) < 0 || sizeof_addr < 2 || sizeof_addr > 16) {
+  if (fcpl < 0 || H5Pget_sizes(fcpl, &sizeof_addr, &sizeof_size) < 0 || sizeof_addr < 2 || sizeof_addr > 8 ||
+      sizeof_size < 2 || sizeof_size > 8) {
     if (fcpl >= 0) H5Pclose(fcpl);
     return mmp_error_set(MMP_EDATA, "%s: cannot read the file's address size", f->path);
   }
   H5Pclose(fcpl);
   f->vlen_esz = 4 + (int64_t)sizeof_addr + 4;
+  f->sizeof_addr = (int)sizeof_addr;
+  f->sizeof_size = (int)sizeof_size;
   if (H5Lexists(f->file, f->split, H5P_DEFAULT) <= 0) {
     return mmp_error_set(MMP_EDATA, "%s: no group '%s' (AR-LDM files have train, val and test)",
                          f->path, f->split);
@@ -235,6 +239,49 @@ story_file_t *story_file_open(const char *path, const char *split, const char *t
 int64_t story_file_count(const story_file_t *f) { return f->count; }
 const char *story_file_path(const story_file_t *f) { return f->path; }
 
+/* Little-endian unsigned of @n <= 8 bytes at file offset @pos. */
+static int read_le(const story_file_t *f, int64_t pos, int n, uint64_t *out) {
+  uint8_t b[8];
+  if (pos < 0 || pos > f->file_size - n || pread(f->fd, b, (size_t)n, (off_t)pos) != n)
+    return mmp_error_set(MMP_EDATA, "offset %lld lies outside the file", (long long)pos);
+  *out = 0;
+  for (int i = n - 1; i >= 0; i--) *out = *out << 8 | b[i];
+  return 0;
+}
+
+/* The global heap object a vlen element at @pos (heap address, object
+ * index) names must exist and hold at least @len bytes (HDF5 file format,
+ * "Global Heap Collection": "GCOL", version, 3 reserved, collection size;
+ * then objects of index (2), references (2), reserved (4), size, data
+ * padded to 8 bytes; index 0 is the free space that ends the list). */
+static int check_heap_object(const story_file_t *f, int64_t pos, int64_t len) {
+  uint64_t addr = 0, idx = 0, csize = 0;
+  if (read_le(f, pos, f->sizeof_addr, &addr) < 0 || read_le(f, pos + f->sizeof_addr, 4, &idx) < 0) return MMP_EDATA;
+  uint8_t sig[4];
+  if (addr > (uint64_t)f->file_size || pread(f->fd, sig, 4, (off_t)addr) != 4 || memcmp(sig, "GCOL", 4) != 0)
+    return mmp_error_set(MMP_EDATA, "its heap collection at %llu is not one", (unsigned long long)addr);
+  const int64_t hdr = 8 + f->sizeof_size, ohdr = 8 + f->sizeof_size;
+  if (read_le(f, (int64_t)addr + 8, f->sizeof_size, &csize) < 0) return MMP_EDATA;
+  if (csize < (uint64_t)hdr || csize > (uint64_t)f->file_size - addr)
+    return mmp_error_set(MMP_EDATA, "its heap collection claims %llu bytes", (unsigned long long)csize);
+  const int64_t end = (int64_t)(addr + csize);
+  for (int64_t o = (int64_t)addr + hdr; o + ohdr <= end;) {
+    uint64_t oi = 0, osz = 0;
+    if (read_le(f, o, 2, &oi) < 0 || read_le(f, o + 8, f->sizeof_size, &osz) < 0) return MMP_EDATA;
+    if (oi == 0) break;
+    if (osz > (uint64_t)(end - o - ohdr))
+      return mmp_error_set(MMP_EDATA, "heap object %llu runs past its collection", (unsigned long long)oi);
+    if (oi == idx) {
+      if ((uint64_t)len > osz)
+        return mmp_error_set(MMP_EDATA, "claims %lld bytes but its heap object holds %llu", (long long)len,
+                             (unsigned long long)osz);
+      return 0;
+    }
+    o += ohdr + (int64_t)((osz + 7) & ~(uint64_t)7);
+  }
+  return mmp_error_set(MMP_EDATA, "heap object %llu is not in its collection", (unsigned long long)idx);
+}
+
 /* The length element @index of the variable-length dataset @d claims,
  * read from the file before HDF5 reads the element: HDF5 allocates that
  * many bytes first (up to 4 GiB for a corrupt length). Bounded by @max and
@@ -259,6 +306,15 @@ static int check_vlen_len(story_file_t *f, hid_t d, int64_t index, int64_t max, 
     return mmp_error_set(MMP_EDATA, "%s: story %lld: %s/%s claims %lld bytes (at most %lld, file %lld bytes)",
                          f->path, (long long)index, f->split, name, (long long)len,
                          (long long)(max < f->file_size ? max : f->file_size), (long long)f->file_size);
+  if (len == 0) return 0;
+  /* HDF5 1.10 copies @len bytes out of the heap object without comparing
+   * them with the object's size (a read past its buffer for a corrupt
+   * length): the object must hold them. */
+  if (check_heap_object(f, pos + 4, len) < 0) {
+    char why[256];
+    snprintf(why, sizeof why, "%s", mmp_error_last());
+    return mmp_error_set(MMP_EDATA, "%s: story %lld: %s/%s: %s", f->path, (long long)index, f->split, name, why);
+  }
   return 0;
 }
 
