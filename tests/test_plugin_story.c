@@ -307,6 +307,87 @@ static void check_batch(void) {
   if (system(cmd) != 0) diag("could not remove %s", outdir);
 }
 
+/* Stories from a dataset plugin (the `dataset` group), reached through the
+ * registry: the checks that run before any model loads. The dataset
+ * fixtures hold real captions tokenized with the real CLIP/BERT vocabularies
+ * (ids up to 49416, S = 85), which the tiny AR-LDM (S = 8, tables of 44 and
+ * 52 rows) cannot take: these runs must stop with the messages below. */
+static void add_dataset_dir(mmp_registry_t *reg) {
+  const char *b = getenv("MMP_TEST_BUILDDIR");
+  char d[4200];
+  snprintf(d, sizeof d, "%s/plugins/datasets/.libs", b ? b : ".");
+  mmp_registry_add_dir(reg, d);
+}
+
+static int run_story_ds(const char *task, const char *ds) {
+  char fx[4096], text[16384];
+  snprintf(fx, sizeof fx, "%s/tests/fixtures/arldm", tap_srcdir());
+  snprintf(text, sizeof text,
+           "task = { name = \"story\"; task = \"%s\"; arldm = \"%s/arldm_tiny.safetensors\"; width = 32; height = 32;"
+           " steps = 1; output_dir = \"/nonexistent/story_ds_never_written\"; %s };\n%s\n",
+           task, fx, g_extra, ds);
+  mmp_registry_t *reg = mmp_registry_new();
+  sd_env_add_dirs(reg);
+  add_dataset_dir(reg);
+  mmp_config_t *cfg = mmp_config_parse(text, "story-ds-test");
+  mmp_context_t *ctx = cfg ? mmp_context_new(reg, cfg) : NULL;
+  if (ctx) mmp_context_set_progress(ctx, false);
+  int rc = ctx ? mmp_context_run_task(ctx) : -1;
+  mmp_context_free(ctx);
+  mmp_config_free(cfg);
+  mmp_registry_free(reg);
+  return rc;
+}
+
+static void check_dataset(void) {
+  mmp_registry_t *reg = mmp_registry_new();
+  sd_env_add_dirs(reg);
+  add_dataset_dir(reg);
+  bool have = mmp_registry_find(reg, MMP_KIND_DATASET, "pororo") != NULL;
+  mmp_registry_free(reg);
+  mmp_error_clear();
+  char shared[4096], probe[4200], ds[16384];
+  snprintf(shared, sizeof shared, "%s", tap_shared_data());
+  snprintf(probe, sizeof probe, "%s/clip/vocab.json", shared);
+  if (!have || access(probe, F_OK) != 0) {
+    ok(1, "dataset # SKIP needs the pororo plugin (libhdf5) and the shared vocabularies");
+    return;
+  }
+  const char *dsfmt = "dataset = { name = \"pororo\"; hdf5_file = \"%s/tests/fixtures/datasets/pororo.h5\"; split = \"test\";"
+                      " task = \"%s\"; frame_index = 0; %s };";
+  char tok[9000];
+  snprintf(tok, sizeof tok,
+           "clip_vocab = \"%s/clip/vocab.json\"; clip_merges = \"%s/clip/merges.txt\"; bert_vocab = \"%s/bert/vocab.txt\";",
+           shared, shared, shared);
+  /* both story_tensors and a dataset */
+  g_extra = "story_tensors = \"x.safetensors\";";
+  snprintf(ds, sizeof ds, dsfmt, tap_srcdir(), "visualization", tok);
+  ok(run_story_ds("visualization", ds) < 0, "dataset and story_tensors together are refused");
+  like(mmp_error_last(), "exactly one of story_tensors, stories_file and a dataset group", "  naming the three sources");
+  g_extra = "";
+  /* no vocabularies: the dataset gives no token ids */
+  snprintf(ds, sizeof ds, dsfmt, tap_srcdir(), "visualization", "");
+  ok(run_story_ds("visualization", ds) < 0, "a dataset without tokenizer vocabularies is refused");
+  like(mmp_error_last(), "dataset item 0 has no CLIP captions", "  with a message naming the missing captions");
+  /* S of the dataset (max_length 85) against the checkpoint's 8 */
+  snprintf(ds, sizeof ds, dsfmt, tap_srcdir(), "visualization", tok);
+  ok(run_story_ds("visualization", ds) < 0, "the dataset's S = 85 against the checkpoint's S = 8 is refused");
+  like(mmp_error_last(), "captions have 85 tokens, the AR-LDM file's S is 8 (set the dataset's max_length = 8)",
+       "  with a message naming both lengths");
+  /* the dataset's task must give the story task's targets */
+  snprintf(ds, sizeof ds, dsfmt, tap_srcdir(), "visualization", tok);
+  ok(run_story_ds("continuation", ds) < 0, "a visualization dataset for a continuation run is refused");
+  like(mmp_error_last(), "has 5 target captions, continuation needs 4", "  with a message naming the dataset's task");
+  /* max_length = 8: the fixture's captions are longer (AR-LDM's
+   * truncation=False), the dataset's own error comes through the task */
+  char tok2[9200];
+  snprintf(tok2, sizeof tok2, "%s max_length = 8;", tok);
+  snprintf(ds, sizeof ds, dsfmt, tap_srcdir(), "visualization", tok2);
+  ok(run_story_ds("visualization", ds) < 0, "the dataset with max_length = 8 is refused");
+  like(mmp_error_last(), "story: dataset item 0: ", "  the dataset's error names the item");
+  like(mmp_error_last(), "max_length 8", "  and the dataset's max_length");
+}
+
 int main(void) {
   mmp_registry_t *reg = mmp_registry_new();
   sd_env_add_dirs(reg);
@@ -318,6 +399,7 @@ int main(void) {
   if (!probe) skip_all("fixtures missing");
   mmp_tensormap_free(probe);
   check_bad_input();
+  check_dataset();
   check_batch();
   for (int replay = 1; replay >= 0; replay--) {
     check("visualization", 0, replay);

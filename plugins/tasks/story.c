@@ -49,6 +49,11 @@ static const mmp_key_t story_keys[] = {
      "stories from the user (instead of story_tensors): JSON [{\"id\": ..., \"captions\": [5 strings], \"first_image\": \"a.png\"}, ...]; "
      "first_image (relative to the file) is required for continuation",
      MMP_KEY_PATH, 0},
+    {"dataset", MMP_TYPE_COMPONENT, NULL,
+     "stories from a story dataset plugin (instead of story_tensors/stories_file): e.g. pororo with split = \"test\", the tokenizer "
+     "vocabularies and max_length = S; its task must match; CLIP captions, BLIP captions, source_images (BLIP pixels) and the "
+     "target images (ground truth) of each item are used",
+     0, MMP_KIND_DATASET},
     {"clip_tokenizer", MMP_TYPE_COMPONENT, NULL,
      "stories_file (required with it): the caption tokenizer (max_length = S, truncation = false, the dataset's new_tokens)", 0, MMP_KIND_PROCESSOR},
     {"blip_tokenizer", MMP_TYPE_COMPONENT, NULL,
@@ -85,6 +90,7 @@ typedef struct story {
   int64_t width, height, steps, seed, batch;
   int64_t first, last; /* stories [first, last); last < 0: to the end */
   bool save_tensors;
+  bool dataset; /* a `dataset` group is configured */
   mmp_rng_mode_t rng_mode;
   char arldm[4096], input[4096], out_dir[4096], writeback[4096], sample_dir[4096], stories[4096];
 } story_t;
@@ -99,7 +105,6 @@ static int cfg_error(const mmp_config_t *cfg, const char *key, const char *msg) 
 
 static int story_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_context_t *ctx, void **out_self) {
   (void)plugin;
-  (void)ctx;
   story_t *t = calloc(1, sizeof *t);
   if (!t) return mmp_error_set(MMP_ENOMEM, "out of memory");
   const char *task = "visualization", *rng = "torch", *range = "";
@@ -141,8 +146,9 @@ static int story_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp
   if (t->batch < 1 || t->batch > 1024) { rc = cfg_error(cfg, "batch_size", "must be 1..1024"); goto fail; }
   if (t->seed < 0) { rc = cfg_error(cfg, "seed", "must be >= 0"); goto fail; }
   if (!t->arldm[0]) { rc = cfg_error(cfg, "arldm", "the AR-LDM state dict is required"); goto fail; }
-  if (!t->input[0] == !t->stories[0]) {
-    rc = cfg_error(cfg, "story_tensors", "give exactly one of story_tensors and stories_file");
+  t->dataset = ctx && mmp_config_lookup(mmp_context_config(ctx), "dataset") != NULL;
+  if ((t->input[0] != 0) + (t->stories[0] != 0) + t->dataset != 1) {
+    rc = cfg_error(cfg, "story_tensors", "give exactly one of story_tensors, stories_file and a dataset group");
     goto fail;
   }
   if (!t->out_dir[0]) { rc = cfg_error(cfg, "output_dir", "must not be empty"); goto fail; }
@@ -165,11 +171,13 @@ typedef struct run {
   comps_t c;
   mmp_backend_t *be;
   int64_t V, src_V, S, D;
+  int64_t clip_rows, blip_rows;   /* token table rows of the checkpoint, -1 unknown */
   mmp_tensor_t *type, *time;      /* [2, D], [5, D] */
   mmp_tensor_t *uncond;           /* [1, (src_V + 1) S, D] */
   mmp_tensormap_t *saved;         /* save_tensors */
   mmp_tensormap_t *replay;        /* writeback_from */
   const char *sched_name;
+  const mmp_config_t *cfg_root;   /* for run.json */
   double *frame_secs;             /* [n stories * V] seconds, -1 = skipped (resumed) */
 } run_t;
 
@@ -216,6 +224,13 @@ static mmp_tensor_t *add_row(mmp_tensor_t *x, mmp_tensor_t *table, int64_t k) {
 
 /* BLIP multimodal of frames (u8 [N, H, W, 3]) with their captions, + type 1
  * + time @j: [N, S, D] (transfer full). */
+static mmp_tensor_t *blip_pixels(run_t *r, mmp_tensor_t *px, mmp_tensor_t *ids, mmp_tensor_t *mask, int64_t j) {
+  mmp_tensor_t *h = call1(r->c.blip, "multimodal", "last_hidden_state", "pixel_values", px, "input_ids", ids,
+                          mask ? "attention_mask" : NULL, mask);
+  h = sd_swap(h, add_row(h, r->type, 1));
+  return sd_swap(h, add_row(h, r->time, j));
+}
+
 static mmp_tensor_t *blip_frames(run_t *r, mmp_tensor_t *frames, mmp_tensor_t *ids, mmp_tensor_t *mask, int64_t j) {
   mmp_tensor_t *px = call1(r->c.proc, NULL, "images", "images", frames, NULL, NULL, NULL, NULL);
   if (!px) return NULL;
@@ -495,15 +510,20 @@ static int write_story(run_t *r, int64_t story, const uint8_t *const *gen, int64
   return rc;
 }
 
-/* Stories [s0, s0 + B) of the input. */
-static int draw_stories(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, const mmp_tensormap_t *in, int64_t s0, int64_t B,
-                        double scaling, int down, int64_t lch) {
-  int64_t V = r->V, src_V = r->src_V, S = r->S, L = (src_V + 1) * S, off = 5 - V;
-  mmp_tensor_t *cap = mmp_slice(mmp_tensormap_get(in, "captions"), 0, s0, s0 + B, 1);
-  mmp_tensor_t *cam = mmp_slice(mmp_tensormap_get(in, "caption_mask"), 0, s0, s0 + B, 1);
-  mmp_tensor_t *bcap = mmp_slice(mmp_tensormap_get(in, "blip_captions"), 0, s0, s0 + B, 1);
-  mmp_tensor_t *bam = mmp_slice(mmp_tensormap_get(in, "blip_mask"), 0, s0, s0 + B, 1);
-  mmp_tensor_t *frames = mmp_slice(mmp_tensormap_get(in, "frames"), 0, s0, s0 + B, 1);
+/* Stories [s0, s0 + B) of the input; @in holds the stories from @at on
+ * (0 for a whole input, s0 for one batch of a dataset). With
+ * "source_pixels" (a dataset's source_images) the source slots take those
+ * BLIP pixels as AR-LDM does, not the processed frames. */
+static int draw_stories(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, const mmp_tensormap_t *in, int64_t at, int64_t s0,
+                        int64_t B, double scaling, int down, int64_t lch) {
+  int64_t V = r->V, src_V = r->src_V, S = r->S, L = (src_V + 1) * S, off = 5 - V, k0 = s0 - at;
+  mmp_tensor_t *cap = mmp_slice(mmp_tensormap_get(in, "captions"), 0, k0, k0 + B, 1);
+  mmp_tensor_t *cam = mmp_slice(mmp_tensormap_get(in, "caption_mask"), 0, k0, k0 + B, 1);
+  mmp_tensor_t *bcap = mmp_slice(mmp_tensormap_get(in, "blip_captions"), 0, k0, k0 + B, 1);
+  mmp_tensor_t *bam = mmp_slice(mmp_tensormap_get(in, "blip_mask"), 0, k0, k0 + B, 1);
+  mmp_tensor_t *frames = mmp_slice(mmp_tensormap_get(in, "frames"), 0, k0, k0 + B, 1);
+  mmp_tensor_t *spx = mmp_tensormap_get(in, "source_pixels");
+  spx = spx ? mmp_slice(spx, 0, k0, k0 + B, 1) : NULL;
   mmp_tensor_t *cond = NULL, *ucond = NULL;
   float *cm = NULL, *bm = NULL;
   mmp_tensor_t *fcm = to_host_f32(cam, &cm), *fbm = to_host_f32(bam, &bm);
@@ -523,12 +543,12 @@ static int draw_stories(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, const mmp_
     /* source frames: BLIP of each frame j with caption j, + type 1 + time j */
     mmp_tensor_t *src[5] = {NULL};
     for (int64_t j = 0; j < src_V && hc; j++) {
-      mmp_tensor_t *fj = rs(mmp_slice(frames, 1, j, j + 1, 1), 4,
-                                     (int64_t[]){B, frames->shape[2], frames->shape[3], 3});
+      mmp_tensor_t *fj = spx ? rs(mmp_slice(spx, 1, j, j + 1, 1), 4, (int64_t[]){B, spx->shape[2], spx->shape[3], spx->shape[4]})
+                             : rs(mmp_slice(frames, 1, j, j + 1, 1), 4, (int64_t[]){B, frames->shape[2], frames->shape[3], 3});
       mmp_tensor_t *fc = fj ? mmp_contiguous(fj) : NULL;
       mmp_tensor_t *ij = rs(mmp_slice(bcap, 1, j, j + 1, 1), 2, (int64_t[]){B, S});
       mmp_tensor_t *mj = rs(mmp_slice(bam, 1, j, j + 1, 1), 2, (int64_t[]){B, S});
-      src[j] = fc && ij && mj ? blip_frames(r, fc, ij, mj, j) : NULL;
+      src[j] = fc && ij && mj ? (spx ? blip_pixels(r, fc, ij, mj, j) : blip_frames(r, fc, ij, mj, j)) : NULL;
       mmp_tensor_unref(fj);
       mmp_tensor_unref(fc);
       mmp_tensor_unref(ij);
@@ -679,6 +699,7 @@ done:
   mmp_tensor_unref(bcap);
   mmp_tensor_unref(bam);
   mmp_tensor_unref(frames);
+  mmp_tensor_unref(spx);
   mmp_tensor_unref(cond);
   mmp_tensor_unref(ucond);
   return rc;
@@ -700,18 +721,140 @@ static int mkdir_p(const char *dir) {
 /* Inputs checked before any work: names, shapes, five captions, S. */
 static int check_input(run_t *r, const mmp_tensormap_t *in, int64_t *n) {
   static const char *const names[5] = {"captions", "caption_mask", "blip_captions", "blip_mask", "frames"};
+  const char *src = r->t->input[0] ? r->t->input : r->t->stories[0] ? r->t->stories : "dataset";
   for (int k = 0; k < 5; k++) {
     mmp_tensor_t *t = mmp_tensormap_get(in, names[k]);
-    if (!t) return mmp_error_set(MMP_EDATA, "story: %s: no tensor \"%s\"", r->t->input, names[k]);
+    if (!t) return mmp_error_set(MMP_EDATA, "story: %s: no tensor \"%s\"", src, names[k]);
     if (t->ndim != (k == 4 ? 5 : 3) || t->shape[1] != 5 || (k < 4 && t->shape[2] != r->S) ||
         t->shape[0] != mmp_tensormap_get(in, "captions")->shape[0])
       return mmp_error_set(MMP_ESHAPE, "story: %s: \"%s\" must be [N, 5, %s] (five frames per story, S = %lld of the AR-LDM file)",
-                           r->t->input[0] ? r->t->input : r->t->stories, names[k], k == 4 ? "H, W, 3" : "S", (long long)r->S);
+                           src, names[k], k == 4 ? "H, W, 3" : "S", (long long)r->S);
   }
-  mmp_tensor_t *f = mmp_tensormap_get(in, "frames");
-  if (f->dtype != MMP_U8 || f->shape[4] != 3) return mmp_error_set(MMP_EDTYPE, "story: %s: frames must be u8 [N, 5, H, W, 3]", r->t->input);
+  mmp_tensor_t *f = mmp_tensormap_get(in, "frames"), *p = mmp_tensormap_get(in, "source_pixels");
+  if (f->dtype != MMP_U8 || f->shape[4] != 3) return mmp_error_set(MMP_EDTYPE, "story: %s: frames must be u8 [N, 5, H, W, 3]", src);
+  if (p && (p->dtype != MMP_F32 || p->ndim != 5 || p->shape[0] != f->shape[0] || p->shape[1] != 5 || p->shape[2] != 3))
+    return mmp_error_set(MMP_ESHAPE, "story: %s: source_pixels must be f32 [N, 5, 3, h, w]", src);
   *n = f->shape[0];
   return 0;
+}
+
+/* ---------------------------------------------------------------- dataset */
+
+/* @t converted to @dt into @buf of exactly @n elements of @es bytes. */
+static int host_copy(mmp_tensor_t *t, mmp_dtype_t dt, void *buf, int64_t n, size_t es) {
+  if (mmp_tensor_numel(t) != n) return mmp_error_set(MMP_ESHAPE, "story: dataset: unexpected tensor size");
+  mmp_tensor_t *c = mmp_convert(t, dt);
+  int rc = c ? mmp_tensor_to_host(c, buf, (size_t)n * es) : mmp_error_code();
+  mmp_tensor_unref(c);
+  return rc;
+}
+
+/* Items [s0, s0 + B) of the dataset as the tensors of story_tensors, plus
+ * source_pixels (the items' BLIP-processed source_images, which AR-LDM feeds
+ * to BLIP as they are). The items' target images become the ground truth
+ * frames (u8 test images as they are, f32 train/val images in [-1, 1] back
+ * to u8), resized to width x height; continuation's frame 0 is only given
+ * as BLIP pixels, so its ground-truth slot stays black. Checked per item:
+ * CLIP captions present, V targets (the dataset's task), S, ids inside the
+ * checkpoint's token tables. */
+static int load_dataset(run_t *r, mmp_component_t *ds, int64_t s0, int64_t B, mmp_tensormap_t *in) {
+  const mmp_dataset_ops_t *ops = (const mmp_dataset_ops_t *)ds->plugin;
+  int64_t S = r->S, V = r->V, off = 5 - V, H = r->t->height, W = r->t->width, ph = 0, pw = 0;
+  int64_t *cap = calloc((size_t)(B * 5 * S), sizeof *cap), *cam = calloc((size_t)(B * 5 * S), sizeof *cam);
+  int64_t *bcap = calloc((size_t)(B * 5 * S), sizeof *bcap), *bam = calloc((size_t)(B * 5 * S), sizeof *bam);
+  uint8_t *frames = calloc((size_t)(B * 5), (size_t)(H * W * 3));
+  float *px = NULL;
+  int rc = cap && cam && bcap && bam && frames ? 0 : mmp_error_set(MMP_ENOMEM, "out of memory");
+  for (int64_t b = 0; b < B && rc == 0; b++) {
+    int64_t k = s0 + b;
+    mmp_tensormap_t *it = mmp_tensormap_new();
+    if (!it || (rc = ops->get(ds->self, k, it)) < 0) {
+      rc = it ? mmp_error_prefix("story: dataset item %lld: ", (long long)k) : mmp_error_set(MMP_ENOMEM, "out of memory");
+      mmp_tensormap_free(it);
+      break;
+    }
+    mmp_tensor_t *c = mmp_tensormap_get(it, "captions"), *cm = mmp_tensormap_get(it, "attention_mask");
+    mmp_tensor_t *bc = mmp_tensormap_get(it, "source_caption"), *bm = mmp_tensormap_get(it, "source_attention_mask");
+    mmp_tensor_t *si = mmp_tensormap_get(it, "source_images"), *im = mmp_tensormap_get(it, "images");
+    if (!c || !cm || !bc || !bm)
+      rc = mmp_error_set(MMP_EDATA, "story: dataset item %lld has no %s (give the dataset its tokenizer vocabularies: clip_vocab and "
+                         "clip_merges or clip_bpe, bert_vocab)", (long long)k, !c || !cm ? "CLIP captions" : "BLIP captions");
+    else if (c->ndim != 2 || c->shape[0] != V)
+      rc = mmp_error_set(MMP_EDATA, "story: dataset item %lld has %lld target captions, %s needs %lld (set the dataset's task = \"%s\")",
+                         (long long)k, (long long)(c->ndim == 2 ? c->shape[0] : -1), r->t->continuation ? "continuation" : "visualization",
+                         (long long)V, r->t->continuation ? "continuation" : "visualization");
+    else if (c->shape[1] != S || bc->ndim != 2 || bc->shape[0] != 5 || bc->shape[1] != S)
+      rc = mmp_error_set(MMP_ECONFIG, "story: the dataset's captions have %lld tokens, the AR-LDM file's S is %lld (set the "
+                         "dataset's max_length = %lld)", (long long)c->shape[1], (long long)S, (long long)S);
+    else if (!si || si->ndim != 4 || si->shape[0] != 5 || si->shape[1] != 3 || (ph && (si->shape[2] != ph || si->shape[3] != pw)))
+      rc = mmp_error_set(MMP_EDATA, "story: dataset item %lld: source_images must be [5, 3, h, w], alike in a batch", (long long)k);
+    if (rc == 0 && !px) {
+      ph = si->shape[2];
+      pw = si->shape[3];
+      if (!(px = malloc((size_t)(B * 5 * 3 * ph * pw) * sizeof *px))) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
+    }
+    if (rc == 0 && ((rc = host_copy(c, MMP_I64, cap + (b * 5 + off) * S, V * S, 8)) ||
+                    (rc = host_copy(cm, MMP_I64, cam + (b * 5 + off) * S, V * S, 8)) ||
+                    (rc = host_copy(bc, MMP_I64, bcap + b * 5 * S, 5 * S, 8)) ||
+                    (rc = host_copy(bm, MMP_I64, bam + b * 5 * S, 5 * S, 8)) ||
+                    (rc = host_copy(si, MMP_F32, px + b * 5 * 3 * ph * pw, 5 * 3 * ph * pw, 4))))
+      mmp_error_prefix("story: dataset item %lld: ", (long long)k);
+    /* ids outside the tables would be refused by the encoders only when
+     * they run; AR-LDM sizes its tables to the dataset's tokenizers */
+    for (int64_t q = 0; rc == 0 && q < 5 * S; q++) {
+      int64_t ci = cap[b * 5 * S + q], bi = bcap[b * 5 * S + q];
+      bool cbad = r->clip_rows >= 0 && (ci < 0 || ci >= r->clip_rows), bbad = r->blip_rows >= 0 && (bi < 0 || bi >= r->blip_rows);
+      if (cbad || bbad)
+        rc = mmp_error_set(MMP_EDATA, "story: dataset item %lld: token id %lld is outside the checkpoint's %s table of %lld rows "
+                           "(another dataset's tokenizer or new_tokens?)", (long long)k, (long long)(cbad ? ci : bi),
+                           cbad ? "CLIP" : "BLIP", (long long)(cbad ? r->clip_rows : r->blip_rows));
+    }
+    /* ground truth: V target images, HWC u8 or CHW f32 in [-1, 1] */
+    bool hwc = im && im->ndim == 4 && im->shape[3] == 3, chw = im && im->ndim == 4 && im->shape[1] == 3;
+    if (rc == 0 && im && (im->shape[0] != V || (!hwc && !chw)))
+      rc = mmp_error_set(MMP_EDATA, "story: dataset item %lld: images must be [%lld, h, w, 3] or [%lld, 3, h, w]", (long long)k,
+                         (long long)V, (long long)V);
+    for (int64_t i = 0; rc == 0 && im && i < V; i++) {
+      int64_t h = hwc ? im->shape[1] : im->shape[2], w = hwc ? im->shape[2] : im->shape[3], np = h * w * 3;
+      mmp_tensor_t *one = mmp_slice(im, 0, i, i + 1, 1), *oc = one ? mmp_contiguous(one) : NULL;
+      float *f = malloc((size_t)np * sizeof *f);
+      mmp_image_t src = {0}, dst = {0};
+      rc = oc && f ? host_copy(oc, MMP_F32, f, np, 4) : mmp_error_code() ? mmp_error_code() : MMP_ENOMEM;
+      if (rc == 0) rc = mmp_image_alloc(&src, (int)w, (int)h, 3);
+      for (int64_t p = 0; rc == 0 && p < h * w; p++)
+        for (int ch = 0; ch < 3; ch++) {
+          float v = hwc ? f[p * 3 + ch] : (f[ch * h * w + p] / 2.0f + 0.5f) * 255.0f;
+          v = v < 0 ? 0 : v > 255 ? 255 : v;
+          src.data[p * 3 + ch] = (uint8_t)nearbyintf(v);
+        }
+      if (rc == 0 && (h != H || w != W)) rc = mmp_image_resize(&src, (int)W, (int)H, MMP_RESAMPLE_BILINEAR, &dst);
+      if (rc == 0) memcpy(frames + (size_t)(b * 5 + off + i) * (size_t)(H * W * 3), dst.data ? dst.data : src.data, (size_t)(H * W * 3));
+      mmp_image_clear(&src);
+      mmp_image_clear(&dst);
+      free(f);
+      mmp_tensor_unref(one);
+      mmp_tensor_unref(oc);
+    }
+    mmp_tensormap_free(it);
+  }
+  if (rc == 0) {
+    mmp_backend_t *cpu = mmp_backend_get("cpu");
+    int64_t s3[3] = {B, 5, S}, s5[5] = {B, 5, H, W, 3}, p5[5] = {B, 5, 3, ph, pw};
+    if (mmp_tensormap_set(in, "captions", mmp_tensor_from_data(cpu, MMP_I64, 3, s3, cap)) < 0 ||
+        mmp_tensormap_set(in, "caption_mask", mmp_tensor_from_data(cpu, MMP_I64, 3, s3, cam)) < 0 ||
+        mmp_tensormap_set(in, "blip_captions", mmp_tensor_from_data(cpu, MMP_I64, 3, s3, bcap)) < 0 ||
+        mmp_tensormap_set(in, "blip_mask", mmp_tensor_from_data(cpu, MMP_I64, 3, s3, bam)) < 0 ||
+        mmp_tensormap_set(in, "frames", mmp_tensor_from_data(cpu, MMP_U8, 5, s5, frames)) < 0 ||
+        mmp_tensormap_set(in, "source_pixels", mmp_tensor_from_data(cpu, MMP_F32, 5, p5, px)) < 0)
+      rc = mmp_error_code() ? mmp_error_code() : MMP_ENOMEM;
+  }
+  free(cap);
+  free(cam);
+  free(bcap);
+  free(bam);
+  free(frames);
+  free(px);
+  return rc;
 }
 
 /* ---------------------------------------------------------------- stories_file */
@@ -935,8 +1078,12 @@ static int write_run_json(run_t *r, int64_t n, double secs) {
   if (!f) return mmp_error_set(MMP_EIO, "story: %s: %s", tmp, strerror(errno));
   fprintf(f, "{\n  \"task\": \"%s\",\n  \"checkpoint\": ", t->continuation ? "continuation" : "visualization");
   json_str(f, t->arldm);
-  fprintf(f, ",\n  \"%s\": ", t->input[0] ? "story_tensors" : "stories_file");
-  json_str(f, t->input[0] ? t->input : t->stories);
+  fprintf(f, ",\n  \"%s\": ", t->input[0] ? "story_tensors" : t->stories[0] ? "stories_file" : "dataset");
+  if (t->dataset) {
+    const mmp_config_t *dn = mmp_config_lookup(r->cfg_root, "dataset.name");
+    json_str(f, dn && mmp_config_string(dn) ? mmp_config_string(dn) : "");
+  } else
+    json_str(f, t->input[0] ? t->input : t->stories);
   fprintf(f, ",\n  \"scheduler\": ");
   json_str(f, r->sched_name);
   fprintf(f, ",\n  \"steps\": %lld,\n  \"guidance_scale\": %.17g,\n  \"seed\": %lld,\n  \"rng\": \"%s\",\n"
@@ -965,10 +1112,11 @@ static int write_run_json(run_t *r, int64_t n, double secs) {
 
 static int story_run(void *self, mmp_context_t *ctx) {
   story_t *t = self;
-  run_t r = {.t = t, .be = mmp_context_backend(ctx)};
+  run_t r = {.t = t, .be = mmp_context_backend(ctx), .cfg_root = mmp_context_config(ctx), .clip_rows = -1, .blip_rows = -1};
   r.V = t->continuation ? 4 : 5;
   r.src_V = 5;
   mmp_rng_t *gen = NULL;
+  mmp_component_t *ds = NULL;
   mmp_tensormap_t *in = mmp_tensormap_new();
   int rc = 0;
   if (!in) return mmp_error_set(MMP_ENOMEM, "out of memory");
@@ -993,7 +1141,30 @@ static int story_run(void *self, mmp_context_t *ctx) {
   }
   if (t->stories[0] && (rc = load_stories_file(&r, ctx, in)) < 0) goto done;
   int64_t n = 0;
-  if ((rc = check_input(&r, in, &n)) < 0) goto done;
+  if (t->dataset) {
+    /* the dataset's first item is checked before any model loads; the
+     * others as their batch is read */
+    r.clip_rows = table_rows(t->arldm, "text_encoder.text_model.embeddings.token_embedding.weight");
+    r.blip_rows = table_rows(t->arldm, "mm_encoder.text_encoder.embeddings.word_embeddings.weight");
+    int64_t pos = table_rows(t->arldm, "text_encoder.text_model.embeddings.position_embedding.weight");
+    if (pos >= 0 && pos < r.S) {
+      rc = mmp_error_set(MMP_EDATA, "story: %s: CLIP's position table has %lld rows, S is %lld", t->arldm, (long long)pos,
+                         (long long)r.S);
+      goto done;
+    }
+    if (!(ds = mmp_component_create(ctx, MMP_KIND_DATASET, "dataset"))) {
+      rc = mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
+      goto done;
+    }
+    n = ((const mmp_dataset_ops_t *)ds->plugin)->size(ds->self);
+    if (n <= 0) {
+      rc = mmp_error_set(MMP_EDATA, "story: the dataset has no stories");
+      goto done;
+    }
+    int64_t n1 = 0;
+    if ((rc = load_dataset(&r, ds, 0, 1, in)) < 0 || (rc = check_input(&r, in, &n1)) < 0) goto done;
+  } else if ((rc = check_input(&r, in, &n)) < 0)
+    goto done;
   if (!(r.c.clip = mmp_component_create(ctx, MMP_KIND_ENCODER, "text_encoder")) ||
       !(r.c.blip = mmp_component_create(ctx, MMP_KIND_ENCODER, "mm_encoder")) ||
       !(r.c.proc = mmp_component_create(ctx, MMP_KIND_PROCESSOR, "blip_processor")) ||
@@ -1072,7 +1243,17 @@ static int story_run(void *self, mmp_context_t *ctx) {
       MMP_DEBUG("story", "stories %lld-%lld complete or outside `stories`: skipped", (long long)s0, (long long)(s0 + B - 1));
       continue;
     }
-    rc = draw_stories(&r, ctx, gen, in, s0, B, scaling, down, lch);
+    if (ds) {
+      /* one batch of items at a time: a dataset's split need not fit in memory */
+      mmp_tensormap_free(in);
+      if (!(in = mmp_tensormap_new())) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
+      else if ((rc = load_dataset(&r, ds, s0, B, in)) == 0) {
+        int64_t nb = 0;
+        rc = check_input(&r, in, &nb);
+      }
+      if (rc == 0) rc = draw_stories(&r, ctx, gen, in, s0, s0, B, scaling, down, lch);
+    } else
+      rc = draw_stories(&r, ctx, gen, in, 0, s0, B, scaling, down, lch);
     double el = now_s() - run0;
     int64_t left = n - (s0 + B);
     if (rc == 0)
@@ -1103,6 +1284,7 @@ done:
   mmp_component_free(r.c.proc);
   mmp_component_free(r.c.blip);
   mmp_component_free(r.c.clip);
+  mmp_component_free(ds);
   return rc;
 }
 
