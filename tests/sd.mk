@@ -58,3 +58,5 @@ check_PROGRAMS += tests/test_tool_arldm_init
 TESTS += tests/test_tool_arldm_init
 tests_test_tool_arldm_init_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_tool_arldm_init_LDADD = $(TEST_LDADD)
+TESTS += tests/test_tool_arldm_init_story.sh
+EXTRA_DIST += tests/test_tool_arldm_init_story.sh
