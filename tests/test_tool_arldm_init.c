@@ -103,10 +103,11 @@ int main(void) {
   if (!tok || !pos || !wrd) skip_all("fixture tables missing");
   int64_t vclip = tok->shape[0] + 5, vblip = wrd->shape[0] + 3, S = pos->shape[0] + 8, D = tok->shape[1];
 
-  char args[8192], out1[256], out2[256], out3[256];
+  char args[8192], out1[256], out2[256], out3[256], out4[256];
   snprintf(out1, sizeof out1, "%s/a.safetensors", tmpdir);
   snprintf(out2, sizeof out2, "%s/b.safetensors", tmpdir);
   snprintf(out3, sizeof out3, "%s/c.safetensors", tmpdir);
+  snprintf(out4, sizeof out4, "%s/d.safetensors", tmpdir);
   snprintf(args, sizeof args,
            "--blip-prefix mm_encoder. --max-length %lld --vocab-clip %lld --vocab-blip %lld --clip-ids 38,39,39 "
            "--blip-ids 1,2,0 --image-size 16 --seed 3 --out '%s'",
@@ -114,13 +115,17 @@ int main(void) {
   is_int(run(args), 0, "arldm-init on the tiny parts");
   snprintf(args + strlen(args) - strlen(out1) - 2, 300, "'%s'", out2);
   is_int(run(args), 0, "again with the same seed");
+  char *sp = strstr(args, "--seed 3");
+  sp[7] = '4';
+  snprintf(args + strlen(args) - strlen(out2) - 2, 300, "'%s'", out4);
+  is_int(run(args), 0, "again with seed 4");
   snprintf(args, sizeof args,
-           "--blip-prefix mm_encoder. --max-length %lld --vocab-clip %lld --vocab-blip %lld --seed 4 --out '%s'",
-           (long long)S, (long long)vclip, (long long)vblip, out3);
-  is_int(run(args), 0, "with another seed and the default ids");
+           "--blip-prefix mm_encoder. --max-length %lld --vocab-clip 49408 --vocab-blip 30524 --seed 4 --out '%s'",
+           (long long)S, out3);
+  is_int(run(args), 0, "with another seed, SD-1.5/BERT sizes and the default ids");
 
-  mmp_tensormap_t *o1 = load(out1), *o2 = load(out2), *o3 = load(out3);
-  if (!ok(o1 && o2 && o3, "outputs readable")) return done_testing();
+  mmp_tensormap_t *o1 = load(out1), *o2 = load(out2), *o3 = load(out3), *o4 = load(out4);
+  if (!ok(o1 && o2 && o3 && o4, "outputs readable")) return done_testing();
 
   static const char *const resized[] = {"text_encoder.text_model.embeddings.token_embedding.weight",
                                         "text_encoder.text_model.embeddings.position_embedding.weight",
@@ -156,17 +161,21 @@ int main(void) {
      "modal_type_embeddings.weight f32[2, D]");
   ok(tt && tt->dtype == MMP_F32 && tt->ndim == 2 && tt->shape[0] == 5 && tt->shape[1] == D,
      "time_embeddings.weight f32[5, D]");
-  /* same seed: identical file contents; another seed: different extras */
+  /* same seed: identical tensors; another seed: only the random rows differ */
   int same = 1, differ = 0;
   for (size_t i = 0; i < mmp_tensormap_size(o1); i++) {
     const char *n = mmp_tensormap_name(o1, i);
-    mmp_tensor_t *a = mmp_tensormap_at(o1, i), *c2 = mmp_tensormap_get(o2, n), *c3 = mmp_tensormap_get(o3, n);
+    mmp_tensor_t *a = mmp_tensormap_at(o1, i), *c2 = mmp_tensormap_get(o2, n), *c4 = mmp_tensormap_get(o4, n);
     same &= c2 && same_bytes(a, c2, mmp_tensor_nbytes(a)) && mmp_tensor_nbytes(a) == mmp_tensor_nbytes(c2);
-    if (!strcmp(n, "time_embeddings.weight") || !strcmp(n, "modal_type_embeddings.weight"))
-      differ += c3 && !same_bytes(a, c3, mmp_tensor_nbytes(a));
+    if (!strcmp(n, "time_embeddings.weight") || !strcmp(n, "modal_type_embeddings.weight") ||
+        strstr(n, "token_embedding.weight") || strstr(n, "position_embedding.weight") ||
+        strstr(n, "word_embeddings.weight"))
+      differ += c4 && !same_bytes(a, c4, mmp_tensor_nbytes(a));
+    else
+      same &= c4 && same_bytes(a, c4, mmp_tensor_nbytes(a));
   }
-  ok(same, "the same seed gives the same tensors");
-  is_int(differ, 2, "another seed gives other extras");
+  ok(same, "the same seed gives the same tensors; another seed the same non-random ones");
+  is_int(differ, 5, "another seed gives other random rows in the 3 resized tables and the 2 extras");
 
   mmp_tensor_t *cn = mmp_tensormap_get(o1, "clip_text_null_token"), *bn = mmp_tensormap_get(o1, "blip_text_null_token");
   int good = cn && bn && cn->dtype == MMP_I64 && bn->dtype == MMP_I64 && cn->ndim == 2 && cn->shape[0] == 1 &&
@@ -195,12 +204,16 @@ int main(void) {
   is_int(run(args), 5, "BLIP prefix that selects nothing: data error (exit 5)");
   snprintf(args, sizeof args, "--blip-prefix mm_encoder. --max-length 1 --out '%s/x.safetensors' 2>/dev/null", tmpdir);
   is_int(run(args), 2, "--max-length 1: usage error");
+  snprintf(args, sizeof args, "--blip-prefix mm_encoder. --max-length 8 --blip-ids 1,2,%lld --out '%s/x.safetensors' 2>/dev/null",
+           (long long)wrd->shape[0], tmpdir);
+  is_int(run(args), 5, "a BLIP pad id past the word table: data error (exit 5)");
   snprintf(p, sizeof p, "%s/x.safetensors", tmpdir);
   ok(access(p, F_OK) != 0, "nothing written on errors");
 
   mmp_tensormap_free(o1);
   mmp_tensormap_free(o2);
   mmp_tensormap_free(o3);
+  mmp_tensormap_free(o4);
   mmp_tensormap_free((mmp_tensormap_t *)s_te);
   mmp_tensormap_free((mmp_tensormap_t *)s_bl);
   mmp_tensormap_free((mmp_tensormap_t *)s_un);
@@ -210,6 +223,7 @@ int main(void) {
   remove(out1);
   remove(out2);
   remove(out3);
+  remove(out4);
   rmdir(tmpdir);
   return done_testing();
 }

@@ -279,6 +279,15 @@ int cmd_arldm_init(int argc, char **argv) {
     if ((rc = mmp_tensormap_set(m, cids, t)) < 0) goto done;
   }
   if (!dim) dim = mmp_tensormap_get(m, ctok)->shape[1];
+  for (int i = 0; i < 3; i++) {
+    int64_t cv = mmp_tensormap_get(m, ctok)->shape[0], bv = mmp_tensormap_get(m, bword)->shape[0];
+    if (clip_ids[i] >= cv || blip_ids[i] >= bv) {
+      rc = mmp_error_set(MMP_EDATA, "null caption ids: --clip-ids %lld,%lld,%lld must be < %lld (CLIP token rows), "
+                         "--blip-ids %lld,%lld,%lld < %lld (BLIP word rows)", clip_ids[0], clip_ids[1], clip_ids[2],
+                         (long long)cv, blip_ids[0], blip_ids[1], blip_ids[2], (long long)bv);
+      goto done;
+    }
+  }
   if ((rc = put_randn(m, "modal_type_embeddings.weight", 2, dim, g)) < 0 ||
       (rc = put_randn(m, "time_embeddings.weight", 5, dim, g)) < 0 ||
       (rc = put_tokens(m, "clip_text_null_token", clip_ids, max_len)) < 0 ||
