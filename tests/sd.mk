@@ -53,3 +53,10 @@ tests_test_plugin_story_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_story_LDADD = $(TEST_LDADD)
 TESTS += tests/test_plugin_story_demo.sh
 EXTRA_DIST += tests/test_plugin_story_demo.sh
+# `pipeline arldm-init`: an AR-LDM state dict from the tiny SD and BLIP fixtures
+check_PROGRAMS += tests/test_tool_arldm_init
+TESTS += tests/test_tool_arldm_init
+tests_test_tool_arldm_init_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_tool_arldm_init_LDADD = $(TEST_LDADD)
+TESTS += tests/test_tool_arldm_init_story.sh
+EXTRA_DIST += tests/test_tool_arldm_init_story.sh

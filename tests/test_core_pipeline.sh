@@ -25,7 +25,7 @@ grep_out "plugin ABI 1."
 expect_rc 2 "no command is a usage error" "$P"
 expect_rc 2 "unknown command" "$P" rnu
 grep_err "unknown command 'rnu' (did you mean 'run'?)"
-for c in run config plugins describe forward tensors randn dataset init-weights; do
+for c in run config plugins describe forward tensors randn dataset init-weights arldm-init; do
   expect_rc 0 "$c --help" "$P" $c --help
 done
 

@@ -63,6 +63,7 @@ int cmd_tensors(int argc, char **argv);   /* tools/cmd_tensors.c */
 int cmd_randn(int argc, char **argv);     /* tools/cmd_randn.c */
 int cmd_dataset(int argc, char **argv);   /* tools/cmd_dataset.c */
 int cmd_init_weights(int argc, char **argv); /* tools/cmd_init_weights.c */
+int cmd_arldm_init(int argc, char **argv); /* tools/cmd_arldm_init.c */
 int cmd_fid(int argc, char **argv);       /* tools/cmd_fid.c */
 int cmd_convert(int argc, char **argv);   /* tools/cmd_convert.c */
 

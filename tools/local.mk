@@ -3,6 +3,7 @@ bin_PROGRAMS += tools/pipeline
 tools_pipeline_SOURCES = tools/pipeline.c tools/commands.h tools/cmd_core.c tools/cmd_forward.c
 tools_pipeline_SOURCES += tools/cmd_tensors.c tools/cmd_randn.c
 tools_pipeline_SOURCES += tools/cmd_init_weights.c
+tools_pipeline_SOURCES += tools/cmd_arldm_init.c
 tools_pipeline_SOURCES += tools/cmd_convert.c
 tools_pipeline_LDADD = libmmpipe.la
 tools_pipeline_SOURCES += tools/forward_scheduler.c

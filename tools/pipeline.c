@@ -19,6 +19,7 @@ static const pipe_cmd_t commands[] = {
     {"randn", "write seeded normal random numbers to a .safetensors file", cmd_randn},
     {"dataset", "inspect story datasets: info, show, dump", cmd_dataset},
     {"init-weights", "write seeded random weights for a unet/vae/text-encoder config.json", cmd_init_weights},
+    {"arldm-init", "assemble an AR-LDM state dict from SD, BLIP and seeded extras (.safetensors)", cmd_arldm_init},
     {"fid", "Frechet Inception Distance of two image sets (pytorch-fid / AR-LDM)", cmd_fid},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
