@@ -5,7 +5,8 @@
 #
 # Each harness runs for $FUZZ_SECONDS (default 60) on a working copy of its
 # corpus ($FUZZ_OUT/NAME/corpus, seeded from SRCDIR/tests/fuzz/corpus/NAME/),
-# with SRCDIR/tests/fuzz/dict/NAME.dict when there is one, $FUZZ_ARGS added.
+# with SRCDIR/tests/fuzz/dict/NAME.dict when there is one, $FUZZ_ARGS added;
+# the names in $FUZZ_SKIP are not run ("SKIP: NAME").
 # Prints one line per harness, "PASS: NAME (...)" or "FAIL: NAME (...)", with
 # the executions, coverage (edges of mmpipe's code) and features reached; a
 # crash, leak, sanitizer report, timeout or out-of-memory leaves its input in
@@ -17,6 +18,11 @@ out=${FUZZ_OUT:-$build/fuzz-out}
 failed=0
 for h in "$@"; do
   name=$(basename "$h")
+  # FUZZ_SKIP: harnesses with an open finding (doc/fuzzing.md) that a short
+  # run meets again; they still replay their corpus and past findings in make check
+  case " ${FUZZ_SKIP:-} " in
+    *" $name "*) echo "SKIP: $name (FUZZ_SKIP: open finding, doc/fuzzing.md)"; continue ;;
+  esac
   dir=$out/$name
   mkdir -p "$dir/corpus"
   rm -f "$dir"/crash-* "$dir"/leak-* "$dir"/timeout-* "$dir"/oom-* "$dir"/slow-unit-*
