@@ -2,6 +2,8 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
+#include <unistd.h>
 
 #include <mmpipe/mmpipe.h>
 #include <mmpipe/safetensors.h>
@@ -337,6 +339,57 @@ static void check_png_claims_more_than_it_holds(void) {
   mmp_image_clear(&im);
 }
 
+/* A 100-byte PNG whose sPLT chunk claims 0x69696969 bytes (a fuzzing
+ * finding, tests/fixtures/fuzz/fuzz_png/): libpng allocated the claimed
+ * length before reading it. The decoder skips such chunks unread: a clean
+ * error and no 1.7 GiB peak. Chunks it skips do not change the pixels. */
+static long peak_rss_kib(void) {
+  struct rusage ru;
+  return getrusage(RUSAGE_SELF, &ru) == 0 ? ru.ru_maxrss : -1;
+}
+
+static void check_png_corrupt_ancillary_length(void) {
+  char path[4200];
+  snprintf(path, sizeof path, "%s/tests/fixtures/fuzz/fuzz_png/libpng_allocates_1.7GiB_chunk.png", tap_srcdir());
+  uint8_t buf[512];
+  FILE *f = fopen(path, "rb");
+  size_t n = f ? fread(buf, 1, sizeof buf, f) : 0;
+  if (f) fclose(f);
+  if (!ok(n > 4, "read %s", path)) return;
+  mmp_image_t im = {0};
+  long before = peak_rss_kib();
+  int rc = mmp_image_png_decode(buf + 4, n - 4, false, &im);
+  long after = peak_rss_kib();
+  is_int(rc, MMP_EDATA, "a PNG with a corrupt sPLT length is MMP_EDATA (%s)", mmp_error_last());
+  ok(before > 0 && after - before < 64 * 1024, "peak RSS grew by %ld KiB (< 64 MiB)", after - before);
+  mmp_image_clear(&im);
+
+  /* a PNG carrying text chunks (the story task writes some) decodes as before */
+  uint8_t px[4 * 3 * 3];
+  for (size_t i = 0; i < sizeof px; i++) px[i] = (uint8_t)(i * 37 + 11);
+  mmp_image_t src = {.w = 4, .h = 3, .c = 3, .data = px};
+  char out[4300];
+  const char *tmp = getenv("TMPDIR");
+  snprintf(out, sizeof out, "%s/png_text_XXXXXX", tmp && *tmp ? tmp : "/tmp");
+  int fd = mkstemp(out);
+  if (!ok(fd >= 0, "temp file %s", out)) return;
+  close(fd);
+  const char *keys[] = {"caption", "seed"}, *vals[] = {"a frame", "42"};
+  if (ok(mmp_image_png_write_text(&src, out, keys, vals, 2) == 0, "PNG with tEXt chunks written")) {
+    FILE *g = fopen(out, "rb");
+    uint8_t file[4096];
+    size_t m = g ? fread(file, 1, sizeof file, g) : 0;
+    if (g) fclose(g);
+    ok(m > 0 && memmem(file, m, "tEXt", 4) != NULL, "the file has tEXt chunks");
+    mmp_image_t back = {0};
+    is_int(mmp_image_png_decode(file, m, false, &back), 0, "it decodes");
+    ok(back.data && back.w == 4 && back.h == 3 && memcmp(back.data, px, sizeof px) == 0,
+       "with the same pixels");
+    mmp_image_clear(&back);
+  }
+  unlink(out);
+}
+
 /* ---- malformed files ---- */
 static void expect_create_error(const char *file, const char *extra, const char *sub, const char *what) {
   ds_t d;
@@ -461,6 +514,38 @@ static void check_fuzz_findings(void) {
   ok(story_file_read_text(f, 0, &text) == 0 && text && text[0], "and its text");
   free(text);
   story_file_close(f);
+
+  /* a global heap collection whose free-space object has size 0: HDF5 1.10
+   * loops forever loading it (a fuzzing finding); the reader refuses the
+   * elements stored there before HDF5 loads the collection. SIGALRM ends
+   * the test if a regression hangs. */
+  snprintf(path, sizeof path, "%s/tests/fixtures/fuzz/fuzz_story/hdf5_heap_free_space_of_size_zero.h5", tap_srcdir());
+  alarm(120);
+  int refused = 0, read = 0, opened = 0;
+  static const char *const splits[] = {"train", "val", "test"};
+  for (int s = 0; s < 3; s++) {
+    story_file_t *g = story_file_open(path, splits[s], "text");
+    if (!g) continue;
+    opened++;
+    for (int64_t i = 0; i < story_file_count(g); i++) {
+      for (int fr = 0; fr < STORY_FRAMES; fr++) {
+        bytes = NULL;
+        rc = story_file_read_image(g, i, fr, &bytes, &n);
+        if (rc == 0) read++;
+        else if (rc == MMP_EDATA && strstr(mmp_error_last(), "holds an empty object")) refused++;
+        free(bytes);
+      }
+      char *t = NULL;
+      if (story_file_read_text(g, i, &t) == 0) read++;
+      else if (strstr(mmp_error_last(), "holds an empty object")) refused++;
+      free(t);
+    }
+    story_file_close(g);
+  }
+  alarm(0);
+  ok(opened > 0 && refused > 0, "a heap collection with an empty free-space object is refused (%d elements), no hang",
+     refused);
+  ok(read > 0, "the elements stored elsewhere still read (%d)", read);
 }
 
 int main(void) {
@@ -482,6 +567,7 @@ int main(void) {
   }
   check_decode();
   check_png_claims_more_than_it_holds();
+  check_png_corrupt_ancillary_length();
   check_case("flintstones", "flintstones.h5", "val", 0, "visualization", false, 0);
   check_case("flintstones", "flintstones.h5", "val", 0, "visualization", true, 0);
   check_case("flintstones", "flintstones.h5", "val", 1, "continuation", false, 1);

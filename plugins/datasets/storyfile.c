@@ -264,20 +264,43 @@ static int check_heap_object(const story_file_t *f, int64_t pos, int64_t len) {
   if (read_le(f, (int64_t)addr + 8, f->sizeof_size, &csize) < 0) return MMP_EDATA;
   if (csize < (uint64_t)hdr || csize > (uint64_t)f->file_size - addr)
     return mmp_error_set(MMP_EDATA, "its heap collection claims %llu bytes", (unsigned long long)csize);
+  /* Walk the collection as HDF5's loader does (H5HG__cache_heap_deserialize
+   * in 1.10): an object of index 0 is free space whose size includes its
+   * header, any other takes its header plus its size padded to 8 bytes; the
+   * last of several objects with one index wins. HDF5 advances by that
+   * amount without checking it: an amount of zero (a zero-sized free-space
+   * object, or a size that wraps the padding) keeps it loading the heap
+   * forever, and one that overshoots the collection sends it reading
+   * elsewhere. Both are refused here, before HDF5 loads the collection. */
   const int64_t end = (int64_t)(addr + csize);
-  for (int64_t o = (int64_t)addr + hdr; o + ohdr <= end;) {
+  bool found = false;
+  uint64_t found_size = 0;
+  for (int64_t o = (int64_t)addr + hdr; o < end;) {
+    if (o + ohdr > end) break; /* the remainder is free space too small for a header */
     uint64_t oi = 0, osz = 0;
     if (read_le(f, o, 2, &oi) < 0 || read_le(f, o + 8, f->sizeof_size, &osz) < 0) return MMP_EDATA;
-    if (oi == 0) break;
-    if (osz > (uint64_t)(end - o - ohdr))
+    const uint64_t left = (uint64_t)(end - o);
+    uint64_t need;
+    if (oi == 0)
+      need = osz;
+    else
+      need = osz > left ? UINT64_MAX : (uint64_t)ohdr + ((osz + 7) & ~(uint64_t)7);
+    if (need == 0)
+      return mmp_error_set(MMP_EDATA, "its heap collection at %llu holds an empty object at %lld",
+                           (unsigned long long)addr, (long long)o);
+    if (need > left)
       return mmp_error_set(MMP_EDATA, "heap object %llu runs past its collection", (unsigned long long)oi);
-    if (oi == idx) {
-      if ((uint64_t)len > osz)
-        return mmp_error_set(MMP_EDATA, "claims %lld bytes but its heap object holds %llu", (long long)len,
-                             (unsigned long long)osz);
-      return 0;
+    if (oi == idx && oi != 0) {
+      found = true;
+      found_size = osz;
     }
-    o += ohdr + (int64_t)((osz + 7) & ~(uint64_t)7);
+    o += (int64_t)need;
+  }
+  if (found) {
+    if ((uint64_t)len > found_size)
+      return mmp_error_set(MMP_EDATA, "claims %lld bytes but its heap object holds %llu", (long long)len,
+                           (unsigned long long)found_size);
+    return 0;
   }
   return mmp_error_set(MMP_EDATA, "heap object %llu is not in its collection", (unsigned long long)idx);
 }

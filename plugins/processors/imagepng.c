@@ -66,6 +66,15 @@ int mmp_image_png_decode(const uint8_t *buf, size_t n, bool swap_rb, mmp_image_t
   }
   png_set_read_fn(png, &src, read_mem);
   png_set_user_limits(png, MAX_SIDE, MAX_SIDE);
+  /* Ancillary chunks that the pixels do not depend on are skipped unread:
+   * libpng allocates some of them (sPLT, the text chunks, pCAL, sCAL, eXIf)
+   * at the length the file claims before reading them, 1.7 GiB for a
+   * 100-byte file with a corrupt sPLT length, whatever the chunk-size limit
+   * (libpng 1.6.39 reports that limit as a warning for ancillary chunks and
+   * goes on). Skipped, they are read through in small pieces. */
+  static const png_byte skipped[] = "sPLT\0tEXt\0zTXt\0iTXt\0iCCP\0eXIf\0pCAL\0sCAL\0tIME\0hIST\0oFFs\0pHYs\0sTER";
+  png_set_keep_unknown_chunks(png, PNG_HANDLE_CHUNK_NEVER, skipped, (int)(sizeof skipped / 5));
+  png_set_chunk_malloc_max(png, 8u << 20);
   png_read_info(png, info);
   png_uint_32 w = 0, h = 0;
   int depth = 0, color = 0, interlace = 0;
