@@ -8,7 +8,8 @@
 # with SRCDIR/tests/fuzz/dict/NAME.dict when there is one, $FUZZ_ARGS added;
 # the names in $FUZZ_SKIP are not run ("SKIP: NAME").
 # Prints one line per harness, "PASS: NAME (...)" or "FAIL: NAME (...)", with
-# the executions, coverage (edges of mmpipe's code) and features reached; a
+# the wall and CPU seconds (user + system, from the shell's `times`), the
+# executions, coverage (edges of mmpipe's code) and features reached; a
 # crash, leak, sanitizer report, timeout or out-of-memory leaves its input in
 # $FUZZ_OUT/NAME/ and the log in $FUZZ_OUT/NAME/log. Exits 1 if any failed.
 set -u
@@ -16,6 +17,11 @@ src=$1; build=$2; shift 2
 secs=${FUZZ_SECONDS:-60}
 out=${FUZZ_OUT:-$build/fuzz-out}
 failed=0
+# CPU seconds (user + system) of the children so far: the second line of
+# `times`, run in this shell (a command substitution would time its subshell)
+child_cpu() {
+  sed -n 2p "$1" | awk '{ n = 0; for (i = 1; i <= 2; i++) { split($i, a, "m"); sub("s", "", a[2]); n += a[1] * 60 + a[2] } printf "%d\n", n }'
+}
 for h in "$@"; do
   name=$(basename "$h")
   # FUZZ_SKIP: harnesses with an open finding (doc/fuzzing.md) that a short
@@ -30,10 +36,14 @@ for h in "$@"; do
     -artifact_prefix="$dir/"
   [ -f "$src/tests/fuzz/dict/$name.dict" ] && set -- "$@" -dict="$src/tests/fuzz/dict/$name.dict"
   start=$(date +%s)
+  times >"$dir/times"
+  cpu0=$(child_cpu "$dir/times")
   # shellcheck disable=SC2086
   "$build/$h" "$@" ${FUZZ_ARGS:-} "$dir/corpus" "$src/tests/fuzz/corpus/$name" >"$dir/log" 2>&1
   rc=$?
   took=$(($(date +%s) - start))
+  times >"$dir/times"
+  cpu=$(($(child_cpu "$dir/times") - cpu0))
   execs=$(grep -a '^stat::number_of_executed_units:' "$dir/log" | tail -1 | sed 's/.*: *//')
   # the last status line; -fork mode writes "#N: cov: C ft: F corp: K exec/s ..."
   last=$(grep -aE '^#[0-9]+:?[[:space:]].*cov: ' "$dir/log" | tail -1 |
@@ -43,7 +53,7 @@ for h in "$@"; do
   ft=$(echo "$last" | sed -n 's/.* ft: \([0-9]*\).*/\1/p')
   corp=$(echo "$last" | sed -n 's/.* corp: \([0-9]*\)\/.*/\1/p')
   found=$(ls "$dir" | grep -cE '^(crash|leak|timeout|oom)-')
-  info="${took}s, ${execs:-?} execs, cov ${cov:-?}, ft ${ft:-?}, corpus ${corp:-?}"
+  info="${took}s, cpu ${cpu}s, ${execs:-?} execs, cov ${cov:-?}, ft ${ft:-?}, corpus ${corp:-?}"
   if [ "$rc" = 0 ] && [ "$found" = 0 ]; then
     echo "PASS: $name ($info)"
   else
