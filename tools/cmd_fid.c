@@ -36,8 +36,9 @@ static void fid_help(FILE *f) {
           "  -j, --json OUT      also write the result as JSON\n"
           "  -S, --save-stats OUT  write mu, sigma (f64) and count of the one SET given\n"
           "  -k, --skip-bad      skip unreadable images (counted) instead of failing\n"
-          "  -m, --sqrtm M       schur (scipy's sqrtm, pytorch-fid exactly; default) or eigen\n"
-          "                      (symmetric eigenvalues: seconds instead of a minute at 2048-d)\n"
+          "  -m, --sqrtm M       auto (default: eigen, or schur where a feature is constant over\n"
+          "                      a set), eigen (a symmetric eigenproblem: about a second at\n"
+          "                      2048-d) or schur (scipy's sqrtm as pytorch-fid: minutes)\n"
           "  -B, --device NAME   cpu, cuda or auto (default cpu)\n"
           "  -v, --verbose       more log output; -q, --quiet: no progress\n"
           "  -h, --help          this help\n");
@@ -392,7 +393,7 @@ int cmd_fid(int argc, char **argv) {
       {"sqrtm", required_argument, NULL, 'm'},   {"dims", required_argument, NULL, 'd'},
       {NULL, 0, NULL, 0}};
   int block = 3;
-  mmp_sqrtm_method_t method = MMP_SQRTM_SCHUR;
+  mmp_sqrtm_method_t method = MMP_SQRTM_AUTO;
   const char *weights = NULL, *json = NULL, *save = NULL, *backend = "cpu";
   fid_run_t r = {.proto = PROTO_STANDARD, .batch = 50};
   int c;
@@ -428,7 +429,8 @@ int cmd_fid(int argc, char **argv) {
     case 'm':
       if (strcmp(optarg, "schur") == 0) method = MMP_SQRTM_SCHUR;
       else if (strcmp(optarg, "eigen") == 0) method = MMP_SQRTM_EIGEN;
-      else return pipe_usage("fid", "--sqrtm must be schur or eigen, not '%s'", optarg);
+      else if (strcmp(optarg, "auto") == 0) method = MMP_SQRTM_AUTO;
+      else return pipe_usage("fid", "--sqrtm must be auto, eigen or schur, not '%s'", optarg);
       break;
     case 'B': backend = optarg; break;
     default: return pipe_usage("fid", "bad option");
@@ -491,7 +493,7 @@ int cmd_fid(int argc, char **argv) {
                  "\"complex_root\": %s, \"max_imag_diag\": %.6g, \"sqrtm\": \"%s\"",
               fid, r.proto == PROTO_ARLDM ? "arldm" : "standard", (long long)sets[0].dim,
               info.eps_retry ? "true" : "false", info.complex_root ? "true" : "false", info.max_imag_diag,
-              method == MMP_SQRTM_EIGEN ? "eigen" : "schur");
+              info.method == MMP_SQRTM_EIGEN ? "eigen" : "schur");
       static const char *const names[2] = {"real", "gen"};
       for (int i = 0; i < 2; i++) {
         fprintf(f, ", \"%s\": {\"path\": ", names[i]);
