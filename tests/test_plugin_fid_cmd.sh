@@ -26,6 +26,23 @@ while read -r proto real gen want; do
   got=$("$P" fid -q -p "$proto" --dims "$dims" "$F/$real" "$F/$gen" --weights "$W" 2>"$T/err" | sed -n 's/^FID: //p')
   close "$got" "$want"; ok $? "$proto (dims $dims) $real $gen: FID $got vs $want"
 done < "$F/expected.txt"
+# a folder of JPEG files (baseline and progressive) read as PIL reads them (tests/gen_fid_jpeg.py)
+if [ -f "$F/expected_jpeg.txt" ] && "$P" fid -q "$F/images_jpeg" "$F/images2" --weights "$W" >/dev/null 2>"$T/err"; then
+  while read -r proto real gen want; do
+    case "$proto" in \#*) continue ;; esac
+    got=$("$P" fid -q -p "$proto" "$F/$real" "$F/$gen" --weights "$W" 2>"$T/err" | sed -n 's/^FID: //p')
+    close "$got" "$want"; ok $? "$proto $real $gen (JPEG): FID $got vs $want"
+  done < "$F/expected_jpeg.txt"
+elif grep -q "need libjpeg" "$T/err"; then
+  echo "ok $((n = n + 1)) # SKIP built without libjpeg"
+else
+  ok 1 "JPEG folder: $(cat "$T/err")"
+fi
+mkdir -p "$T/tif"
+cp "$F/images/"*.png "$T/tif/"
+printf 'II*' > "$T/tif/x.tif"
+"$P" fid -q "$T/tif" "$F/images2" --weights "$W" >/dev/null 2>"$T/err"
+[ $? -ne 0 ] && grep -q "x.tif: only PNG and JPEG" "$T/err"; ok $? "an image pytorch-fid would read but mmpipe cannot is an error, not left out"
 want=$(awk '$1 == "standard" { print $4 }' "$F/expected.txt")
 for m in eigen schur; do
   got=$("$P" fid -q --sqrtm $m "$F/images" "$F/images2" --weights "$W" --json "$T/m.json" 2>/dev/null | sed -n 's/^FID: //p')

@@ -23,7 +23,7 @@ static void fid_help(FILE *f) {
           "Usage: pipeline fid REAL GEN --weights FILE [options]\n"
           "       pipeline fid SET --weights FILE --save-stats OUT.safetensors\n\n"
           "The Frechet Inception Distance between two image sets, as pytorch-fid and AR-LDM\n"
-          "compute it (doc/evaluation.md). REAL and GEN are each a folder of PNG images\n"
+          "compute it (doc/evaluation.md). REAL and GEN are each a folder of PNG or JPEG images\n"
           "(sorted by name) or a .safetensors file holding statistics (mu, sigma) or features\n"
           "([N, D] 'features'). Prints 'FID: <value>'.\n\n"
           "  -p, --protocol P    standard (pytorch-fid: full-resolution images -> Inception,\n"
@@ -167,7 +167,7 @@ static int load_image(const fid_run_t *r, const char *path, float **out, int *h,
   int rc = read_file(path, &buf, &n);
   if (rc) return rc;
   mmp_image_t im = {0}, small = {0};
-  rc = mmp_image_png_decode(buf, n, false, &im);
+  rc = mmp_image_decode(buf, n, &im); /* PNG or JPEG, by signature */
   free(buf);
   if (rc) return mmp_error_prefix("%s: ", path);
   const mmp_image_t *src = &im;
@@ -257,12 +257,14 @@ static int stats_from_dir(const fid_run_t *r, fid_set_t *s) {
   int rc = 0;
   struct dirent *e;
   while ((e = readdir(d)) != NULL) {
-    if (has_suffix(e->d_name, ".jpg") || has_suffix(e->d_name, ".jpeg")) {
-      rc = mmp_error_set(MMP_EUNSUPPORTED, "%s/%s: JPEG images are not supported yet (PNG only)", s->path,
-                         e->d_name);
-      break;
-    }
-    if (!has_suffix(e->d_name, ".png")) continue;
+    /* pytorch-fid's IMAGE_EXTENSIONS: the ones not decoded here are an
+     * error rather than silently left out of the count */
+    static const char *const other[] = {".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp"};
+    for (size_t k = 0; k < sizeof other / sizeof *other && rc == 0; k++)
+      if (has_suffix(e->d_name, other[k]))
+        rc = mmp_error_set(MMP_EUNSUPPORTED, "%s/%s: only PNG and JPEG images are supported", s->path, e->d_name);
+    if (rc) break;
+    if (!has_suffix(e->d_name, ".png") && !has_suffix(e->d_name, ".jpg") && !has_suffix(e->d_name, ".jpeg")) continue;
     if (n == cap) {
       cap = cap ? 2 * cap : 64;
       char **nn = realloc(names, cap * sizeof *nn);
@@ -279,7 +281,7 @@ static int stats_from_dir(const fid_run_t *r, fid_set_t *s) {
     n++;
   }
   closedir(d);
-  if (rc == 0 && n < 2) rc = mmp_error_set(MMP_EDATA, "%s: fewer than 2 PNG images", s->path);
+  if (rc == 0 && n < 2) rc = mmp_error_set(MMP_EDATA, "%s: fewer than 2 PNG or JPEG images", s->path);
   if (rc == 0) qsort(names, n, sizeof *names, cmp_str);
   float *feat = NULL, *pix = NULL;
   int64_t nfeat = 0, fcap = 0, dim = 0;
