@@ -12,7 +12,7 @@ n=0
 fails=0
 ok() { n=$((n + 1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; fails=$((fails + 1)); fi; }
 [ -x "$P" ] && [ -f "$F/expected.txt" ] || { echo "1..0 # SKIP pipeline or fixtures missing"; exit 0; }
-export MMPIPE_PLUGIN_PATH="$B/plugins/encoders/.libs"
+export MMPIPE_PLUGIN_PATH="$B/plugins/encoders/.libs:$B/plugins/datasets/.libs:$B/plugins/processors/.libs"
 W="$F/inception_w16.safetensors"
 if "$P" fid -q "$F/images" "$F/images2" --weights "$W" 2>&1 | grep -q "without LAPACK"; then
   echo "1..0 # SKIP built without LAPACK"; exit 0
@@ -37,6 +37,33 @@ elif grep -q "need libjpeg" "$T/err"; then
   echo "ok $((n = n + 1)) # SKIP built without libjpeg"
 else
   ok 1 "JPEG folder: $(cat "$T/err")"
+fi
+# a story dataset's test split (AR-LDM's original_images) and a story task's output folder
+# against AR-LDM's FID of the same images (tests/gen_fid_story.py)
+if [ -f "$F/expected_story.txt" ] && [ -f "$B/plugins/datasets/.libs/dataset_pororo.so" ]; then
+  while read -r proto real gen want; do
+    case "$proto" in \#*) continue ;; esac
+    task=${real##*:}
+    printf 'dataset = { name = "pororo"; hdf5_file = "%s"; split = "test"; task = "%s"; frame_index = 0; };\n' \
+      "$S/tests/fixtures/datasets/pororo.h5" "$task" > "$T/$task.cfg"
+    got=$("$P" fid -q -p "$proto" "$T/$task.cfg" "$F/$gen" --weights "$W" 2>"$T/err" | sed -n 's/^FID: //p')
+    close "$got" "$want"; ok $? "$proto pororo test split ($task) vs $gen: FID $got vs AR-LDM's $want"
+  done < "$F/expected_story.txt"
+  mkdir -p "$T/storyout/story00000" "$T/storyout/story00001"
+  for i in 0 1 2; do cp "$F/arldm_gen/000$i.png" "$T/storyout/story00000/frame$i.png"; done
+  for i in 3 4; do cp "$F/arldm_gen/000$i.png" "$T/storyout/story00001/frame$((i - 3)).png"; done
+  cp "$F/images/000.png" "$T/storyout/story00000/strip.png"
+  echo '{}' > "$T/storyout/run.json"
+  want=$(awk '$2 == "dataset:pororo:visualization" { print $4 }' "$F/expected_story.txt")
+  got=$("$P" fid -q -p arldm "$T/visualization.cfg" "$T/storyout" --weights "$W" --json "$T/s.json" 2>"$T/err" | sed -n 's/^FID: //p')
+  close "$got" "$want" && grep -q '"count": 5' "$T/s.json"
+  ok $? "a story task's output folder: its 5 frames (strips and run.json left out), FID $got"
+  printf 'dataset = { name = "pororo"; hdf5_file = "%s"; split = "val"; frame_index = 0; };\n' \
+    "$S/tests/fixtures/datasets/pororo.h5" > "$T/val.cfg"
+  "$P" fid -q -p arldm "$T/val.cfg" "$F/arldm_gen" --weights "$W" >/dev/null 2>"$T/err"
+  [ $? -ne 0 ] && grep -q "test split" "$T/err"; ok $? "a split without uint8 frames is an error: $(cat "$T/err")"
+else
+  echo "ok $((n = n + 1)) # SKIP no pororo dataset plugin (libhdf5) or fixture"
 fi
 mkdir -p "$T/tif"
 cp "$F/images/"*.png "$T/tif/"
