@@ -58,5 +58,5 @@ check_PROGRAMS += tests/test_core_frechet
 TESTS += tests/test_core_frechet
 tests_test_core_frechet_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_core_frechet_LDADD = $(TEST_LDADD)
-EXTRA_DIST += tests/gen_fid.py tests/gen_frechet_large.py tests/gen_fid_jpeg.py tests/gen_fid_story.py tests/fixtures/fid
+EXTRA_DIST += tests/gen_fid.py tests/gen_frechet_large.py tests/gen_fid_jpeg.py tests/gen_fid_story.py tests/gen_fid_pth.py tests/fixtures/fid
 EXTRA_DIST += tests/fixtures/fuzz

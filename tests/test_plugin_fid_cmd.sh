@@ -65,6 +65,13 @@ if [ -f "$F/expected_story.txt" ] && [ -f "$B/plugins/datasets/.libs/dataset_por
 else
   echo "ok $((n = n + 1)) # SKIP no pororo dataset plugin (libhdf5) or fixture"
 fi
+# pytorch-fid's .pth layout (torch.save, legacy format, fc and num_batches_tracked included)
+# through the checkpoint reader: the same weights as the safetensors file, the same number
+if [ -f "$F/inception_w16_legacy.pth" ]; then
+  a=$("$P" fid -q "$F/images" "$F/images2" --weights "$W" 2>/dev/null | sed -n 's/^FID: //p')
+  b=$("$P" fid -q "$F/images" "$F/images2" --weights "$F/inception_w16_legacy.pth" 2>"$T/err" | sed -n 's/^FID: //p')
+  [ -n "$a" ] && [ "$a" = "$b" ]; ok $? "weights from pytorch-fid's .pth layout: FID $b (safetensors: $a)"
+fi
 mkdir -p "$T/tif"
 cp "$F/images/"*.png "$T/tif/"
 printf 'II*' > "$T/tif/x.tif"
