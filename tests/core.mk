@@ -53,10 +53,10 @@ tests_test_core_pool_SOURCES = tests/test_core_pool.c core/pool.c
 tests_test_core_pool_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_core_pool_LDADD = $(TEST_LDADD) -lpthread
 
-# feature statistics and the Frechet distance against scipy (tests/gen_fid.py)
+# feature statistics and the Frechet distance against scipy (tests/gen_fid.py, tests/gen_frechet_large.py)
 check_PROGRAMS += tests/test_core_frechet
 TESTS += tests/test_core_frechet
 tests_test_core_frechet_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_core_frechet_LDADD = $(TEST_LDADD)
-EXTRA_DIST += tests/gen_fid.py tests/fixtures/fid
+EXTRA_DIST += tests/gen_fid.py tests/gen_frechet_large.py tests/gen_fid_jpeg.py tests/gen_fid_story.py tests/gen_fid_pth.py tests/fixtures/fid
 EXTRA_DIST += tests/fixtures/fuzz

@@ -4,6 +4,13 @@ check_PROGRAMS += tests/test_plugin_image_resize
 TESTS += tests/test_plugin_image_resize
 tests_test_plugin_image_resize_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_image_resize_LDADD = $(TEST_LDADD)
+if HAVE_JPEG
+# JPEG decoding against PIL (tests/gen_fid_jpeg.py)
+check_PROGRAMS += tests/test_plugin_image_jpeg
+TESTS += tests/test_plugin_image_jpeg
+tests_test_plugin_image_jpeg_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_plugin_image_jpeg_LDADD = plugins/processors/libimagecommon.la $(TEST_LDADD)
+endif
 if HAVE_HDF5
 check_PROGRAMS += tests/test_plugin_story_datasets
 TESTS += tests/test_plugin_story_datasets

@@ -1,5 +1,6 @@
 /* tests/test_core_frechet.c - feature statistics, sqrtm and the Frechet distance against scipy (tests/gen_fid.py). */
 #include <math.h>
+#include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -112,6 +113,13 @@ static void fd_case(const char *name, double tol, bool abs_tol) {
   double eerr = abs_tol ? fabs(eig - want[0]) : fabs(eig - want[0]) / fabs(want[0]);
   ok(rc == 0 && eerr <= tol, "%s: eigen method FID %.10g: %s err %.3g <= %g", name, eig, abs_tol ? "abs" : "rel",
      eerr, tol);
+  double au = NAN;
+  rc = mmp_frechet_distance_method(mu1, s1, mu2, s2, d, MMP_SQRTM_AUTO, &au, &info);
+  double aerr = abs_tol ? fabs(au - want[0]) : fabs(au - want[0]) / fabs(want[0]);
+  /* zero_feature has constant features: auto takes Schur there */
+  int wm = strcmp(name, "zero_feature") == 0 ? MMP_SQRTM_SCHUR : MMP_SQRTM_EIGEN;
+  ok(rc == 0 && aerr <= tol && info.method == wm, "%s: auto method (%s) FID %.10g: err %.3g <= %g", name,
+     info.method == MMP_SQRTM_SCHUR ? "schur" : "eigen", au, aerr, tol);
   rc = mmp_frechet_distance(mu1, s1, mu2, s2, d, &got, &info);
   if (!ok(rc == 0, "%s: distance", name)) diag("%s", mmp_error_last());
   double err = abs_tol ? fabs(got - want[0]) : fabs(got - want[0]) / fabs(want[0]);
@@ -120,6 +128,77 @@ static void fd_case(const char *name, double tol, bool abs_tol) {
   free(f1);
   free(f2);
   free(want);
+  free(mu1);
+  free(mu2);
+  free(s1);
+  free(s2);
+}
+
+/* The formula-defined feature sets of tests/gen_frechet_large.py. */
+static uint64_t mix64(uint64_t x) {
+  x = (x ^ (x >> 30)) * UINT64_C(0xBF58476D1CE4E5B9);
+  x = (x ^ (x >> 27)) * UINT64_C(0x94D049BB133111EB);
+  return x ^ (x >> 31);
+}
+
+static double uniform(uint64_t seed, uint64_t i, uint64_t j) {
+  return (double)(mix64((seed << 40) ^ (i << 20) ^ j) >> 11) * 0x1p-53;
+}
+
+static float *formula_features(int seed, int64_t n, int64_t d, double scale, double shift) {
+  float *f = malloc((size_t)(n * d) * sizeof *f);
+  for (int64_t i = 0; i < n; i++)
+    for (int64_t j = 0; j < d; j++) {
+      int64_t jn = (j + 1) % d;
+      double g0 = uniform(2 * (uint64_t)seed, (uint64_t)i, (uint64_t)j) +
+                  uniform(2 * (uint64_t)seed + 1, (uint64_t)i, (uint64_t)j) - 1.0;
+      double g1 = uniform(2 * (uint64_t)seed, (uint64_t)i, (uint64_t)jn) +
+                  uniform(2 * (uint64_t)seed + 1, (uint64_t)i, (uint64_t)jn) - 1.0;
+      double s = scale / (1.0 + (double)j / 32.0), m = shift * s;
+      f[i * d + j] = (float)(s * (g0 + 0.6 * g1) + m);
+    }
+  return f;
+}
+
+/* 512-d sets: the fast method (and Schur where @schur) against scipy. */
+static void large_case(mmp_safetensors_t *lg, const char *name, double tol, bool schur) {
+  char k[128];
+  mmp_safetensors_t *keep = st;
+  st = lg;
+  snprintf(k, sizeof k, "%s/params", name);
+  double *p = get_f64(k, NULL, NULL);
+  snprintf(k, sizeof k, "%s/fid", name);
+  double *want = get_f64(k, NULL, NULL);
+  snprintf(k, sizeof k, "%s/check", name);
+  double *chk = get_f64(k, NULL, NULL);
+  st = keep;
+  if (!ok(p && want && chk, "%s: fixture", name)) return;
+  int64_t d = (int64_t)p[0], n1 = (int64_t)p[1], n2 = (int64_t)p[2];
+  float *f1 = formula_features((int)p[3], n1, d, 1.0, 0.0), *f2 = formula_features((int)p[4], n2, d, p[5], p[6]);
+  bool same = true;
+  for (int i = 0; i < 2; i++)
+    for (int j = 0; j < 4; j++) same = same && f1[i * d + j] == (float)chk[i * 4 + j];
+  ok(same, "%s: the features formula gives the generator's values", name);
+  double *mu1 = malloc((size_t)d * sizeof *mu1), *mu2 = malloc((size_t)d * sizeof *mu2);
+  double *s1 = malloc((size_t)(d * d) * sizeof *s1), *s2 = malloc((size_t)(d * d) * sizeof *s2);
+  mmp_feature_stats(f1, n1, d, mu1, s1);
+  mmp_feature_stats(f2, n2, d, mu2, s2);
+  static const mmp_sqrtm_method_t methods[3] = {MMP_SQRTM_AUTO, MMP_SQRTM_EIGEN, MMP_SQRTM_SCHUR};
+  static const char *const mname[3] = {"auto", "eigen", "schur"};
+  for (int m = 0; m < (schur ? 3 : 2); m++) {
+    double got = NAN;
+    mmp_frechet_info_t info;
+    int rc = mmp_frechet_distance_method(mu1, s1, mu2, s2, d, methods[m], &got, &info);
+    double err = fabs(got - want[0]) / fabs(want[0]);
+    ok(rc == 0 && err <= tol && (m == 2 ? info.method == MMP_SQRTM_SCHUR : info.method == MMP_SQRTM_EIGEN),
+       "%s (%lld-d, %lld and %lld rows): %s FID %.12g vs scipy %.12g: rel err %.3g <= %g", name, (long long)d,
+       (long long)n1, (long long)n2, mname[m], got, want[0], err, tol);
+  }
+  free(p);
+  free(want);
+  free(chk);
+  free(f1);
+  free(f2);
   free(mu1);
   free(mu2);
   free(s1);
@@ -143,6 +222,15 @@ int main(void) {
   fd_case("small", 1e-3, false);
   fd_case("tiny", 1e-3, false);
   fd_case("wide", 1e-3, false);
+  snprintf(path, sizeof path, "%s/tests/fixtures/fid/frechet_large.safetensors", tap_srcdir());
+  mmp_safetensors_t *lg = mmp_safetensors_open(path);
+  if (ok(lg != NULL, "512-d fixtures")) {
+    /* full rank; FID 0.84 beside traces of ~100: the distance cancels */
+    large_case(lg, "d512_full", 1e-6, false);
+    /* rank deficient (300 and 250 rows): the noise eigenvalues differ (observed 8e-8) */
+    large_case(lg, "d512_few", 1e-5, true);
+    mmp_safetensors_close(lg);
+  }
 
   /* argument checks */
   float f[2] = {1, 2};
@@ -168,6 +256,11 @@ int main(void) {
     double err = fabs(out - ew[0]) / fabs(ew[0]);
     ok(rc == 0 && info.eps_retry && err <= 1e-6, "eps retry taken: FID %.10g vs scipy %.10g, rel err %.3g <= 1e-6",
        out, ew[0], err);
+    /* sigma1 has a zero variance: auto uses Schur and so retries as scipy */
+    double au = 0;
+    rc = mmp_frechet_distance_method(em1, es1, em2, es2, 3, MMP_SQRTM_AUTO, &au, &info);
+    ok(rc == 0 && info.method == MMP_SQRTM_SCHUR && info.eps_retry && au == out,
+       "auto on a zero variance takes Schur and its eps retry (%.10g)", au);
     bool fin = true, cp = false;
     double re[4], im[4];
     double prod[4] = {0, 1, 0, 0};

@@ -23,9 +23,12 @@ static void fid_help(FILE *f) {
           "Usage: pipeline fid REAL GEN --weights FILE [options]\n"
           "       pipeline fid SET --weights FILE --save-stats OUT.safetensors\n\n"
           "The Frechet Inception Distance between two image sets, as pytorch-fid and AR-LDM\n"
-          "compute it (doc/evaluation.md). REAL and GEN are each a folder of PNG images\n"
-          "(sorted by name) or a .safetensors file holding statistics (mu, sigma) or features\n"
-          "([N, D] 'features'). Prints 'FID: <value>'.\n\n"
+          "compute it (doc/evaluation.md). REAL and GEN are each a folder of PNG or JPEG images\n"
+          "(sorted by name), a story task's output folder (story*/frame*.png), a story dataset\n"
+          "split given by a config file (.cfg with a 'dataset' group, e.g. pororo with\n"
+          "split = \"test\": its target frames, frames 1-4 for continuation) or a .safetensors\n"
+          "file holding statistics (mu, sigma) or features ([N, D] 'features').\n"
+          "Prints 'FID: <value>'.\n\n"
           "  -p, --protocol P    standard (pytorch-fid: full-resolution images -> Inception,\n"
           "                      which resizes to 299) or arldm (AR-LDM: PIL resize to 64x64,\n"
           "                      then Inception at 299); default standard\n"
@@ -36,8 +39,9 @@ static void fid_help(FILE *f) {
           "  -j, --json OUT      also write the result as JSON\n"
           "  -S, --save-stats OUT  write mu, sigma (f64) and count of the one SET given\n"
           "  -k, --skip-bad      skip unreadable images (counted) instead of failing\n"
-          "  -m, --sqrtm M       schur (scipy's sqrtm, pytorch-fid exactly; default) or eigen\n"
-          "                      (symmetric eigenvalues: seconds instead of a minute at 2048-d)\n"
+          "  -m, --sqrtm M       auto (default: eigen, or schur where a feature is constant over\n"
+          "                      a set), eigen (a symmetric eigenproblem: about a second at\n"
+          "                      2048-d) or schur (scipy's sqrtm as pytorch-fid: minutes)\n"
           "  -B, --device NAME   cpu, cuda or auto (default cpu)\n"
           "  -v, --verbose       more log output; -q, --quiet: no progress\n"
           "  -h, --help          this help\n");
@@ -159,25 +163,17 @@ static int read_file(const char *path, uint8_t **buf, size_t *n) {
   return 0;
 }
 
-/* One image as float CHW in [0, 1] after the protocol's preprocessing. */
-static int load_image(const fid_run_t *r, const char *path, float **out, int *h, int *w) {
-  uint8_t *buf = NULL;
-  size_t n = 0;
-  int rc = read_file(path, &buf, &n);
-  if (rc) return rc;
-  mmp_image_t im = {0}, small = {0};
-  rc = mmp_image_png_decode(buf, n, false, &im);
-  free(buf);
-  if (rc) return mmp_error_prefix("%s: ", path);
-  const mmp_image_t *src = &im;
+/* One image as float CHW after the protocol's preprocessing (transfer full
+ * in @out). */
+static int prep_image(const fid_run_t *r, const mmp_image_t *im, float **out, int *h, int *w) {
+  mmp_image_t small = {0};
+  const mmp_image_t *src = im;
   static const float half[3] = {0.5f, 0.5f, 0.5f};
+  int rc = 0;
   if (r->proto == PROTO_ARLDM) {
     /* transforms.Resize([64, 64]) on a PIL image: PIL bilinear with its
      * antialiasing support */
-    if ((rc = mmp_image_resize(&im, 64, 64, MMP_RESAMPLE_BILINEAR, &small)) < 0) {
-      mmp_image_clear(&im);
-      return mmp_error_prefix("%s: ", path);
-    }
+    if ((rc = mmp_image_resize(im, 64, 64, MMP_RESAMPLE_BILINEAR, &small)) < 0) return rc;
     src = &small;
   }
   *h = src->h;
@@ -192,9 +188,22 @@ static int load_image(const fid_run_t *r, const char *path, float **out, int *h,
   } else {
     mmp_image_to_float(src, NULL, NULL, *out);
   }
-  mmp_image_clear(&im);
   mmp_image_clear(&small);
   return rc;
+}
+
+/* One image file (PNG or JPEG, by signature) through prep_image. */
+static int load_image(const fid_run_t *r, const char *path, float **out, int *h, int *w) {
+  uint8_t *buf = NULL;
+  size_t n = 0;
+  int rc = read_file(path, &buf, &n);
+  if (rc) return rc;
+  mmp_image_t im = {0};
+  rc = mmp_image_decode(buf, n, &im);
+  free(buf);
+  if (rc == 0) rc = prep_image(r, &im, out, h, w);
+  mmp_image_clear(&im);
+  return rc ? mmp_error_prefix("%s: ", path) : 0;
 }
 #endif
 
@@ -244,6 +253,142 @@ static void progress(const char *what, int64_t done, int64_t total, double t0) {
   if (done == total) fputc('\n', stderr);
 }
 
+static double mono_now(void) {
+  struct timespec ts;
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
+}
+
+/* Features of a stream of preprocessed images, batched by equal size
+ * (pytorch-fid's loader stacks images of one size). */
+typedef struct feat_acc {
+  const fid_run_t *r;
+  const char *what; /* for the progress line */
+  int64_t total;    /* images expected (progress) */
+  float *feat, *pix;
+  int64_t nfeat, cap, dim;
+  size_t pcap;
+  int bn, bh, bw;
+  double t0;
+} feat_acc_t;
+
+static int acc_flush(feat_acc_t *a) {
+  if (a->bn == 0) return 0;
+  int rc = encode_batch(a->r, a->pix, a->bn, a->bh, a->bw, &a->feat, &a->nfeat, &a->cap, &a->dim);
+  a->bn = 0;
+  progress(a->what, a->nfeat, a->total > a->nfeat ? a->total : a->nfeat, a->t0);
+  return rc;
+}
+
+/* Append one preprocessed image (@img: 3 x h x w floats, not taken). */
+static int acc_add(feat_acc_t *a, const float *img, int h, int w) {
+  int rc = 0;
+  if (a->bn > 0 && (h != a->bh || w != a->bw || a->bn == a->r->batch) && (rc = acc_flush(a)) < 0) return rc;
+  size_t per = (size_t)3 * (size_t)h * (size_t)w;
+  if ((size_t)(a->bn + 1) * per > a->pcap) {
+    size_t nc = (size_t)a->r->batch * per;
+    float *np = realloc(a->pix, nc * sizeof *np);
+    if (!np) return mmp_error_set(MMP_ENOMEM, "out of memory");
+    a->pix = np;
+    a->pcap = nc;
+  }
+  memcpy(a->pix + (size_t)a->bn * per, img, per * sizeof *img);
+  a->bn++;
+  a->bh = h;
+  a->bw = w;
+  return 0;
+}
+
+/* Flush, then the statistics of all features into @s; frees the buffers. */
+static int acc_finish(feat_acc_t *a, fid_set_t *s, int rc) {
+  if (rc == 0) rc = acc_flush(a);
+  if (rc == 0 && a->nfeat < 2) rc = mmp_error_set(MMP_EDATA, "%s: fewer than 2 readable images", s->path);
+  if (rc == 0) {
+    s->count = a->nfeat;
+    s->dim = a->dim;
+    s->mu = malloc((size_t)a->dim * sizeof *s->mu);
+    s->sigma = malloc((size_t)(a->dim * a->dim) * sizeof *s->sigma);
+    rc = s->mu && s->sigma ? mmp_feature_stats(a->feat, a->nfeat, a->dim, s->mu, s->sigma)
+                           : mmp_error_set(MMP_ENOMEM, "out of memory");
+  }
+  free(a->feat);
+  free(a->pix);
+  a->feat = a->pix = NULL;
+  return rc;
+}
+
+/* The image files @paths (n of them, in order) into @s. */
+static int stats_from_files(const fid_run_t *r, fid_set_t *s, char **paths, size_t n) {
+  feat_acc_t a = {.r = r, .what = s->path, .total = (int64_t)n, .t0 = mono_now()};
+  int rc = 0;
+  for (size_t i = 0; rc == 0 && i < n; i++) {
+    float *img = NULL;
+    int h = 0, w = 0;
+    int lr = load_image(r, paths[i], &img, &h, &w);
+    if (lr < 0) {
+      if (!r->skip_bad || lr == MMP_ENOMEM) {
+        rc = lr;
+        break;
+      }
+      MMP_WARN("fid", "skipping %s: %s", paths[i], mmp_error_last());
+      s->skipped++;
+      a.total--;
+      continue;
+    }
+    rc = acc_add(&a, img, h, w);
+    free(img);
+  }
+  return acc_finish(&a, s, rc);
+}
+
+static bool is_image_name(const char *name) {
+  return has_suffix(name, ".png") || has_suffix(name, ".jpg") || has_suffix(name, ".jpeg");
+}
+
+/* Append "dir/name" to a growing list. */
+static int list_push(char ***list, size_t *n, size_t *cap, const char *dir, const char *name) {
+  if (*n == *cap) {
+    size_t nc = *cap ? 2 * *cap : 64;
+    char **nl = realloc(*list, nc * sizeof *nl);
+    if (!nl) return mmp_error_set(MMP_ENOMEM, "out of memory");
+    *list = nl;
+    *cap = nc;
+  }
+  size_t len = strlen(dir) + strlen(name) + 2;
+  if (!((*list)[*n] = malloc(len))) return mmp_error_set(MMP_ENOMEM, "out of memory");
+  snprintf((*list)[*n], len, "%s/%s", dir, name);
+  (*n)++;
+  return 0;
+}
+
+/* A story task's output folder holds story<NNNNN>/frame<F>.png (and
+ * strip.png, index.html, run.json: not frames). */
+static bool is_story_dir_name(const char *name) {
+  if (strncmp(name, "story", 5) != 0 || !name[5]) return false;
+  for (const char *c = name + 5; *c; c++)
+    if (*c < '0' || *c > '9') return false;
+  return true;
+}
+
+static bool is_frame_name(const char *name) {
+  if (strncmp(name, "frame", 5) != 0 || name[5] < '0' || name[5] > '9') return false;
+  const char *c = name + 5;
+  while (*c >= '0' && *c <= '9') c++;
+  return strcmp(c, ".png") == 0;
+}
+
+/* Frame files sort by their number (frame10 after frame9). */
+static int cmp_frame(const void *a, const void *b) {
+  const char *x = strrchr(*(char *const *)a, '/'), *y = strrchr(*(char *const *)b, '/');
+  long fx = strtol(x + 6, NULL, 10), fy = strtol(y + 6, NULL, 10);
+  return fx < fy ? -1 : fx > fy;
+}
+
+static void list_free(char **list, size_t n) {
+  for (size_t i = 0; i < n; i++) free(list[i]);
+  free(list);
+}
+
 static int stats_from_dir(const fid_run_t *r, fid_set_t *s) {
 #ifndef MMP_WITH_PNG
   (void)r;
@@ -251,101 +396,119 @@ static int stats_from_dir(const fid_run_t *r, fid_set_t *s) {
 #else
   DIR *d = opendir(s->path);
   if (!d) return mmp_error_set(MMP_EIO, "%s: %s", s->path, strerror(errno));
-  char **names = NULL;
-  size_t n = 0, cap = 0;
+  char **names = NULL, **stories = NULL;
+  size_t n = 0, cap = 0, ns = 0, scap = 0;
   int rc = 0;
   struct dirent *e;
   while ((e = readdir(d)) != NULL) {
-    if (has_suffix(e->d_name, ".jpg") || has_suffix(e->d_name, ".jpeg")) {
-      rc = mmp_error_set(MMP_EUNSUPPORTED, "%s/%s: JPEG images are not supported yet (PNG only)", s->path,
-                         e->d_name);
-      break;
-    }
-    if (!has_suffix(e->d_name, ".png")) continue;
-    if (n == cap) {
-      cap = cap ? 2 * cap : 64;
-      char **nn = realloc(names, cap * sizeof *nn);
-      if (!nn) {
-        rc = mmp_error_set(MMP_ENOMEM, "out of memory");
-        break;
-      }
-      names = nn;
-    }
-    if (!(names[n] = strdup(e->d_name))) {
-      rc = mmp_error_set(MMP_ENOMEM, "out of memory");
-      break;
-    }
-    n++;
+    /* pytorch-fid's IMAGE_EXTENSIONS: the ones not decoded here are an
+     * error rather than silently left out of the count */
+    static const char *const other[] = {".bmp", ".pgm", ".ppm", ".tif", ".tiff", ".webp"};
+    for (size_t k = 0; k < sizeof other / sizeof *other && rc == 0; k++)
+      if (has_suffix(e->d_name, other[k]))
+        rc = mmp_error_set(MMP_EUNSUPPORTED, "%s/%s: only PNG and JPEG images are supported", s->path, e->d_name);
+    if (rc) break;
+    if (is_story_dir_name(e->d_name)) rc = list_push(&stories, &ns, &scap, s->path, e->d_name);
+    else if (is_image_name(e->d_name)) rc = list_push(&names, &n, &cap, s->path, e->d_name);
+    if (rc) break;
   }
   closedir(d);
-  if (rc == 0 && n < 2) rc = mmp_error_set(MMP_EDATA, "%s: fewer than 2 PNG images", s->path);
-  if (rc == 0) qsort(names, n, sizeof *names, cmp_str);
-  float *feat = NULL, *pix = NULL;
-  int64_t nfeat = 0, fcap = 0, dim = 0;
-  int bn = 0, bh = 0, bw = 0;
-  size_t pcap = 0;
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  double t0 = (double)ts.tv_sec + ts.tv_nsec * 1e-9;
-  for (size_t i = 0; rc == 0 && i < n; i++) {
-    char path[PATH_MAX];
-    snprintf(path, sizeof path, "%s/%s", s->path, names[i]);
-    float *img = NULL;
-    int h = 0, w = 0;
-    int lr = load_image(r, path, &img, &h, &w);
-    if (lr < 0) {
-      if (!r->skip_bad || lr == MMP_ENOMEM) {
-        rc = lr;
+  if (rc == 0 && ns > 0 && n == 0) {
+    /* a story task's output folder: its frames, story by story */
+    qsort(stories, ns, sizeof *stories, cmp_str);
+    for (size_t i = 0; rc == 0 && i < ns; i++) {
+      DIR *sd = opendir(stories[i]);
+      if (!sd) {
+        rc = mmp_error_set(MMP_EIO, "%s: %s", stories[i], strerror(errno));
         break;
       }
-      MMP_WARN("fid", "skipping %s: %s", path, mmp_error_last());
-      s->skipped++;
-      continue;
+      size_t first = n;
+      while (rc == 0 && (e = readdir(sd)) != NULL)
+        if (is_frame_name(e->d_name)) rc = list_push(&names, &n, &cap, stories[i], e->d_name);
+      closedir(sd);
+      qsort(names + first, n - first, sizeof *names, cmp_frame);
     }
-    /* a batch holds images of one size (pytorch-fid's loader stacks them) */
-    if (bn > 0 && (h != bh || w != bw || bn == r->batch)) {
-      rc = encode_batch(r, pix, bn, bh, bw, &feat, &nfeat, &fcap, &dim);
-      bn = 0;
-      progress(s->path, nfeat, (int64_t)n - s->skipped, t0);
-    }
-    size_t per = (size_t)3 * (size_t)h * (size_t)w;
-    if (rc == 0 && (size_t)(bn + 1) * per > pcap) {
-      size_t nc = (size_t)r->batch * per;
-      float *np = realloc(pix, nc * sizeof *np);
-      if (!np) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
-      else {
-        pix = np;
-        pcap = nc;
-      }
-    }
-    if (rc == 0) {
-      memcpy(pix + (size_t)bn * per, img, per * sizeof *img);
-      bn++;
-      bh = h;
-      bw = w;
-    }
-    free(img);
+  } else if (rc == 0) {
+    qsort(names, n, sizeof *names, cmp_str);
   }
-  if (rc == 0 && bn > 0) {
-    rc = encode_batch(r, pix, bn, bh, bw, &feat, &nfeat, &fcap, &dim);
-    progress(s->path, nfeat, nfeat, t0);
-  }
-  for (size_t i = 0; i < n; i++) free(names[i]);
-  free(names);
-  free(pix);
-  if (rc == 0 && nfeat < 2) rc = mmp_error_set(MMP_EDATA, "%s: fewer than 2 readable images", s->path);
-  if (rc == 0) {
-    s->count = nfeat;
-    s->dim = dim;
-    s->mu = malloc((size_t)dim * sizeof *s->mu);
-    s->sigma = malloc((size_t)(dim * dim) * sizeof *s->sigma);
-    rc = s->mu && s->sigma ? mmp_feature_stats(feat, nfeat, dim, s->mu, s->sigma)
-                           : mmp_error_set(MMP_ENOMEM, "out of memory");
-  }
-  free(feat);
+  list_free(stories, ns);
+  if (rc == 0 && n < 2) rc = mmp_error_set(MMP_EDATA, "%s: fewer than 2 PNG or JPEG images", s->path);
+  if (rc == 0) rc = stats_from_files(r, s, names, n);
+  list_free(names, n);
   return rc;
 #endif
 }
+
+#ifdef MMP_WITH_PNG
+/* A story dataset split from a config file (its `dataset` group, e.g.
+ * pororo with split = "test"): every item's target frames, which for the
+ * test split are AR-LDM's uint8 HWC originals (frames 1-4 for
+ * continuation: the dataset leaves out frame 0 as AR-LDM does). */
+static int stats_from_dataset(const fid_run_t *r, fid_set_t *s) {
+  mmp_config_t *cfg = pipe_load_config(s->path, NULL);
+  if (!cfg) return mmp_error_code();
+  int rc = 0;
+  mmp_registry_t *reg = mmp_registry_new();
+  mmp_context_t *ctx = NULL;
+  mmp_component_t *ds = NULL;
+  feat_acc_t a = {.r = r, .what = s->path, .t0 = mono_now()};
+  if (!reg || (rc = mmp_registry_set_search_path(reg, cfg)) < 0 || !(ctx = mmp_context_new(reg, cfg)) ||
+      !(ds = mmp_component_create(ctx, MMP_KIND_DATASET, "dataset"))) {
+    rc = rc ? rc : mmp_error_code();
+    goto out;
+  }
+  const mmp_dataset_ops_t *ops = (const mmp_dataset_ops_t *)ds->plugin;
+  int64_t size = ops->size(ds->self);
+  for (int64_t i = 0; rc == 0 && i < size; i++) {
+    mmp_tensormap_t *m = mmp_tensormap_new();
+    if (!m) {
+      rc = mmp_error_set(MMP_ENOMEM, "out of memory");
+      break;
+    }
+    if ((rc = ops->get(ds->self, i, m)) < 0) {
+      mmp_error_prefix("%s: item %lld: ", s->path, (long long)i);
+      mmp_tensormap_free(m);
+      break;
+    }
+    mmp_tensor_t *t = mmp_tensormap_get(m, "images");
+    if (!t || t->dtype != MMP_U8 || t->ndim != 4 || t->shape[3] != 3 || t->shape[1] < 1 || t->shape[2] < 1 ||
+        t->shape[1] > 32768 || t->shape[2] > 32768) {
+      rc = mmp_error_set(MMP_EDATA,
+                         "%s: item %lld has no uint8 [N, H, W, 3] 'images' (FID needs the test split's frames)",
+                         s->path, (long long)i);
+      mmp_tensormap_free(m);
+      break;
+    }
+    if (a.total == 0) a.total = size * t->shape[0];
+    int64_t nf = t->shape[0], h = t->shape[1], w = t->shape[2];
+    mmp_image_t im = {0};
+    if ((rc = mmp_image_alloc(&im, (int)w, (int)h, 3)) == 0) {
+      /* contiguous host bytes, wherever the dataset put the tensor */
+      uint8_t *host = malloc((size_t)(nf * h * w * 3));
+      if (!host) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
+      else rc = mmp_tensor_to_host(t, host, (size_t)(nf * h * w * 3));
+      const uint8_t *src = host;
+      for (int64_t f = 0; rc == 0 && f < nf; f++) {
+        memcpy(im.data, src + (size_t)(f * h * w * 3), (size_t)(h * w * 3));
+        float *img = NULL;
+        int ph = 0, pw = 0;
+        if ((rc = prep_image(r, &im, &img, &ph, &pw)) == 0) rc = acc_add(&a, img, ph, pw);
+        free(img);
+      }
+      free(host);
+    }
+    mmp_image_clear(&im);
+    mmp_tensormap_free(m);
+  }
+out:
+  rc = acc_finish(&a, s, rc);
+  mmp_component_free(ds);
+  mmp_context_free(ctx);
+  mmp_registry_free(reg);
+  mmp_config_free(cfg);
+  return rc;
+}
+#endif
 
 static int compute_set(const fid_run_t *r, fid_set_t *s) {
   struct stat sb;
@@ -355,7 +518,16 @@ static int compute_set(const fid_run_t *r, fid_set_t *s) {
     return stats_from_dir(r, s);
   }
   if (has_suffix(s->path, ".safetensors")) return stats_from_file(s);
-  return mmp_error_set(MMP_EINVAL, "%s: neither a folder of images nor a .safetensors file", s->path);
+  if (has_suffix(s->path, ".cfg") || has_suffix(s->path, ".conf")) {
+    if (!r->enc) return mmp_error_set(MMP_EINVAL, "%s: a dataset needs --weights", s->path);
+#ifdef MMP_WITH_PNG
+    return stats_from_dataset(r, s);
+#else
+    return mmp_error_set(MMP_EUNSUPPORTED, "%s: datasets need libpng (this build has none)", s->path);
+#endif
+  }
+  return mmp_error_set(MMP_EINVAL, "%s: neither a folder of images, a dataset config (.cfg) nor a .safetensors file",
+                       s->path);
 }
 
 static void json_str(FILE *f, const char *s) {
@@ -392,7 +564,7 @@ int cmd_fid(int argc, char **argv) {
       {"sqrtm", required_argument, NULL, 'm'},   {"dims", required_argument, NULL, 'd'},
       {NULL, 0, NULL, 0}};
   int block = 3;
-  mmp_sqrtm_method_t method = MMP_SQRTM_SCHUR;
+  mmp_sqrtm_method_t method = MMP_SQRTM_AUTO;
   const char *weights = NULL, *json = NULL, *save = NULL, *backend = "cpu";
   fid_run_t r = {.proto = PROTO_STANDARD, .batch = 50};
   int c;
@@ -428,7 +600,8 @@ int cmd_fid(int argc, char **argv) {
     case 'm':
       if (strcmp(optarg, "schur") == 0) method = MMP_SQRTM_SCHUR;
       else if (strcmp(optarg, "eigen") == 0) method = MMP_SQRTM_EIGEN;
-      else return pipe_usage("fid", "--sqrtm must be schur or eigen, not '%s'", optarg);
+      else if (strcmp(optarg, "auto") == 0) method = MMP_SQRTM_AUTO;
+      else return pipe_usage("fid", "--sqrtm must be auto, eigen or schur, not '%s'", optarg);
       break;
     case 'B': backend = optarg; break;
     default: return pipe_usage("fid", "bad option");
@@ -491,7 +664,7 @@ int cmd_fid(int argc, char **argv) {
                  "\"complex_root\": %s, \"max_imag_diag\": %.6g, \"sqrtm\": \"%s\"",
               fid, r.proto == PROTO_ARLDM ? "arldm" : "standard", (long long)sets[0].dim,
               info.eps_retry ? "true" : "false", info.complex_root ? "true" : "false", info.max_imag_diag,
-              method == MMP_SQRTM_EIGEN ? "eigen" : "schur");
+              info.method == MMP_SQRTM_EIGEN ? "eigen" : "schur");
       static const char *const names[2] = {"real", "gen"};
       for (int i = 0; i < 2; i++) {
         fprintf(f, ", \"%s\": {\"path\": ", names[i]);

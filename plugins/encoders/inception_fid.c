@@ -4,6 +4,7 @@
 #include <string.h>
 
 #include <mmpipe/mmpipe.h>
+#include <mmpipe/checkpoint.h>
 #include <mmpipe/safetensors.h>
 
 /* BasicConv2d: conv (no bias) + BatchNorm(eps 0.001) folded into one conv
@@ -112,12 +113,35 @@ static void inception_destroy(void *self) {
   free(m);
 }
 
+/* The weights file: safetensors, or a torch.save checkpoint (pytorch-fid's
+ * pt_inception-2015-12-05-6726825d.pth as it is) through the core's
+ * checkpoint reader. */
+typedef struct wsrc {
+  mmp_safetensors_t *st;
+  mmp_checkpoint_t *ck;
+} wsrc_t;
+
+static size_t wsrc_count(const wsrc_t *w) { return w->ck ? mmp_checkpoint_count(w->ck) : mmp_safetensors_count(w->st); }
+
+static const char *wsrc_name(const wsrc_t *w, size_t i) {
+  return w->ck ? mmp_checkpoint_name(w->ck, i) : mmp_safetensors_name(w->st, i);
+}
+
+static int wsrc_info(const wsrc_t *w, const char *name, int *nd, int64_t *shape) {
+  return w->ck ? mmp_checkpoint_info(w->ck, name, NULL, nd, shape, NULL, NULL)
+               : mmp_safetensors_info(w->st, name, NULL, nd, shape);
+}
+
+static mmp_tensor_t *wsrc_get(wsrc_t *w, const char *name, mmp_backend_t *be) {
+  return w->ck ? mmp_checkpoint_get(w->ck, name, be, MMP_F32) : mmp_safetensors_get(w->st, name, be, MMP_F32);
+}
+
 /* A tensor of the file with its expected rank (transfer full); records it in
  * the state map under its file name. */
-static mmp_tensor_t *take(inception_t *m, mmp_safetensors_t *st, const char *path, const char *name, int ndim) {
+static mmp_tensor_t *take(inception_t *m, wsrc_t *st, const char *path, const char *name, int ndim) {
   int nd = 0;
   int64_t shape[MMP_MAX_DIMS];
-  if (mmp_safetensors_info(st, name, NULL, &nd, shape) < 0) {
+  if (wsrc_info(st, name, &nd, shape) < 0) {
     mmp_error_set(MMP_EDATA, "%s: tensor \"%s\" is missing", path, name);
     return NULL;
   }
@@ -125,7 +149,7 @@ static mmp_tensor_t *take(inception_t *m, mmp_safetensors_t *st, const char *pat
     mmp_error_set(MMP_EDATA, "%s: tensor \"%s\" has %d dims, expected %d", path, name, nd, ndim);
     return NULL;
   }
-  mmp_tensor_t *t = mmp_safetensors_get(st, name, m->be, MMP_F32);
+  mmp_tensor_t *t = wsrc_get(st, name, m->be);
   if (t && mmp_tensormap_set(m->state, name, mmp_tensor_ref(t)) < 0) {
     mmp_tensor_unref(t);
     return NULL;
@@ -135,7 +159,7 @@ static mmp_tensor_t *take(inception_t *m, mmp_safetensors_t *st, const char *pat
 
 /* Load prefix.conv.weight and prefix.bn.* and fold the batch norm:
  * w' = w * g / sqrt(v + eps), b' = beta - mean * g / sqrt(v + eps). */
-static int bconv_load(inception_t *m, mmp_safetensors_t *st, const char *path, const char *prefix,
+static int bconv_load(inception_t *m, wsrc_t *st, const char *path, const char *prefix,
                       const conv_spec_t *s, int64_t in_ch, bconv_t *out) {
   char n[256];
   snprintf(n, sizeof n, "%s.conv.weight", prefix);
@@ -188,7 +212,7 @@ static int64_t out_ch(const bconv_t *c) { return c->w->shape[0]; }
 
 /* Load one Mixed block whose input has @in channels; returns its output
  * channels in *@out (0 on error). */
-static int mixed_load(inception_t *m, mmp_safetensors_t *st, const char *path, int i, int64_t in, int64_t *out) {
+static int mixed_load(inception_t *m, wsrc_t *st, const char *path, int i, int64_t in, int64_t *out) {
   const conv_spec_t *sp = spec_of(mixed[i].kind);
   bconv_t *c = m->mix[i];
   char pre[128];
@@ -228,8 +252,10 @@ static bool ignored(const char *name) {
 }
 
 static int load(inception_t *m, const char *path) {
-  mmp_safetensors_t *st = mmp_safetensors_open(path);
-  if (!st) return mmp_error_code();
+  wsrc_t src = {NULL, NULL}, *st = &src;
+  if (mmp_checkpoint_sniff(path)) src.ck = mmp_checkpoint_open(path, NULL, 0);
+  else src.st = mmp_safetensors_open(path);
+  if (!src.ck && !src.st) return mmp_error_code();
   int rc = 0;
   int64_t ch = 3;
   /* stem: blocks 0 (three convs) and 1 (two convs) */
@@ -242,15 +268,16 @@ static int load(inception_t *m, const char *path) {
   for (int i = 0; i < nmix && rc == 0; i++) rc = mixed_load(m, st, path, i, ch, &ch);
   m->features = ch;
   /* every tensor of the file must be used or known to be unused */
-  for (size_t i = 0; rc == 0 && i < mmp_safetensors_count(st); i++) {
-    const char *n = mmp_safetensors_name(st, i);
+  for (size_t i = 0; rc == 0 && i < wsrc_count(st); i++) {
+    const char *n = wsrc_name(st, i);
     if (!ignored(n) && !mmp_tensormap_get(m->state, n)) {
       /* weights of blocks this instance does not compute */
       bool later = m->last_block < 3 && (strncmp(n, "Mixed_", 6) == 0 || strncmp(n, "Conv2d_", 7) == 0);
       if (!later) rc = mmp_error_set(MMP_EDATA, "%s: unexpected tensor \"%s\" (not a FID Inception weight)", path, n);
     }
   }
-  mmp_safetensors_close(st);
+  mmp_safetensors_close(src.st);
+  mmp_checkpoint_close(src.ck);
   return rc;
 }
 

@@ -1,4 +1,6 @@
 /* plugins/processors/imagecommon.c - PIL-exact resampling, torchvision crops and float conversion. */
+#include "config.h"
+
 #include "plugins/processors/imagecommon.h"
 
 #include <limits.h>
@@ -356,4 +358,16 @@ void mmp_image_to_chw(const mmp_image_t *in, uint8_t *out) {
   const size_t hw = (size_t)in->w * in->h;
   for (int b = 0; b < in->c; b++)
     for (size_t i = 0; i < hw; i++) out[(size_t)b * hw + i] = in->data[i * in->c + b];
+}
+
+int mmp_image_decode(const uint8_t *buf, size_t n, mmp_image_t *out) {
+  if (!buf || !out) return mmp_error_set(MMP_EINVAL, "image: bad arguments");
+  if (n >= 2 && buf[0] == 0xFF && buf[1] == 0xD8) {
+#ifdef HAVE_JPEG
+    return mmp_image_jpeg_decode(buf, n, out);
+#else
+    return mmp_error_set(MMP_EUNSUPPORTED, "JPEG images need libjpeg (this build has none)");
+#endif
+  }
+  return mmp_image_png_decode(buf, n, false, out);
 }

@@ -51,6 +51,18 @@ void mmp_image_clear(mmp_image_t *im);
  * an RGB array store it as BGR, so swap_rb = true gives the original RGB.
  * Errors: MMP_EDATA (not a PNG, truncated, corrupt) with libpng's message. */
 int mmp_image_png_decode(const uint8_t *buf, size_t n, bool swap_rb, mmp_image_t *out);
+/* Decode JPEG bytes (baseline or progressive; YCbCr, RGB or grey) to 8-bit
+ * RGB as PIL's Image.open(f).convert('RGB') does with the same libjpeg:
+ * libjpeg's defaults (integer IDCT, fancy upsampling), grey replicated, no
+ * EXIF rotation. Data ending before the last scan is an error (PIL: "image
+ * file is truncated"); corrupt data libjpeg recovers from is not (PIL goes
+ * on too). Only in builds with libjpeg (HAVE_JPEG in config.h).
+ * Errors: MMP_EDATA (not a JPEG, truncated, corrupt, larger than its bytes
+ * can hold), MMP_EUNSUPPORTED (CMYK, YCCK), MMP_ENOMEM. */
+int mmp_image_jpeg_decode(const uint8_t *buf, size_t n, mmp_image_t *out);
+/* PNG (OpenCV's rules, no swap) or JPEG (PIL's), chosen by the signature.
+ * MMP_EUNSUPPORTED for a JPEG in a build without libjpeg. */
+int mmp_image_decode(const uint8_t *buf, size_t n, mmp_image_t *out);
 /* Write @im (c = 3 RGB or 1 grey) as an ordinary PNG file. MMP_EIO. */
 int mmp_image_png_write(const mmp_image_t *im, const char *path);
 /* Write @im (c = 3) with @n tEXt chunks keys[i] = vals[i], atomically: to a

@@ -129,6 +129,8 @@ def main():
         put("fuzz_png", "%s_%dx%d%s%s.png" % (m, s[0], s[1], "_interlaced" if il else "", "_16bit" if b16 else ""),
             bytes([i | (0x80 if i % 2 else 0), 3 + i, 5 + 2 * i, 2 + i]) + png(m, s, il, b16))
 
+    jpeg_seeds()
+
     # story HDF5 files: the fixtures' layout with tiny frames and real captions
     src = h5py.File(fx("fixtures", "datasets", "flintstones.h5"), "r")
     caps = [bytes(c) if not isinstance(c, str) else c.encode() for c in src["val"]["text"][()]]
@@ -150,6 +152,22 @@ def main():
                     for r in range(n):
                         d[r] = captions[r].decode("utf-8")
         put("fuzz_story", name + ".h5", with_trailer(b.getvalue()))
+
+
+def jpeg_seeds():
+    """JPEGs of the kinds PIL writes (baseline with each subsampling,
+    progressive, optimised tables, grey), with the two option bytes."""
+    r = np.random.RandomState(7)
+    kinds = [("baseline420", "RGB", (9, 7), dict(quality=90)), ("baseline422", "RGB", (16, 5), dict(subsampling=1)),
+             ("baseline444", "RGB", (5, 11), dict(subsampling=0, quality=95)),
+             ("progressive", "RGB", (12, 10), dict(progressive=True, quality=70)),
+             ("optimized", "RGB", (8, 8), dict(optimize=True, quality=30)), ("grey", "L", (7, 6), dict(quality=80)),
+             ("grey_progressive", "L", (17, 3), dict(progressive=True))]
+    for i, (name, mode, size, opts) in enumerate(kinds):
+        im = Image.fromarray(r.randint(0, 256, size=(size[1], size[0], 3)).astype(np.uint8), "RGB").convert(mode)
+        b = io.BytesIO()
+        im.save(b, "JPEG", **opts)
+        put("fuzz_jpeg", name + ".jpg", bytes([i | (0x80 if i % 2 else 0), 2 * i + 1]) + b.getvalue())
 
 
 if __name__ == "__main__":

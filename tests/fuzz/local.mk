@@ -98,6 +98,14 @@ tests_fuzz_fuzz_png_SOURCES = tests/fuzz/fuzz_png.c
 tests_fuzz_fuzz_png_CPPFLAGS = $(FUZZ_CPPFLAGS)
 tests_fuzz_fuzz_png_LDFLAGS = $(FUZZ_LINK_FLAGS)
 tests_fuzz_fuzz_png_LDADD = $(FUZZ_MAIN) plugins/processors/libimagecommon.la $(FUZZ_LIBS)
+if HAVE_JPEG
+# JPEG decoding (PIL's rules, libjpeg) and the FID protocols' resize
+FUZZ_HARNESSES += tests/fuzz/fuzz_jpeg
+tests_fuzz_fuzz_jpeg_SOURCES = tests/fuzz/fuzz_jpeg.c
+tests_fuzz_fuzz_jpeg_CPPFLAGS = $(FUZZ_CPPFLAGS)
+tests_fuzz_fuzz_jpeg_LDFLAGS = $(FUZZ_LINK_FLAGS)
+tests_fuzz_fuzz_jpeg_LDADD = $(FUZZ_MAIN) plugins/processors/libimagecommon.la $(FUZZ_LIBS)
+endif
 if HAVE_HDF5
 # the story HDF5 reader, with a mutator that keeps the HDF5 structure
 FUZZ_HARNESSES += tests/fuzz/fuzz_story
