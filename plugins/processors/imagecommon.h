@@ -51,6 +51,10 @@ void mmp_image_clear(mmp_image_t *im);
  * an RGB array store it as BGR, so swap_rb = true gives the original RGB.
  * Errors: MMP_EDATA (not a PNG, truncated, corrupt) with libpng's message. */
 int mmp_image_png_decode(const uint8_t *buf, size_t n, bool swap_rb, mmp_image_t *out);
+/* Read and decode a PNG file (as mmp_image_png_decode; an ordinary RGB
+ * PNG wants @swap_rb = false, like PIL's Image.open(p).convert("RGB")).
+ * MMP_EIO naming the file, MMP_EDATA prefixed with it. */
+int mmp_image_png_load(const char *path, bool swap_rb, mmp_image_t *out);
 /* Write @im (c = 3 RGB or 1 grey) as an ordinary PNG file. MMP_EIO. */
 int mmp_image_png_write(const mmp_image_t *im, const char *path);
 /* Write @im (c = 3) with @n tEXt chunks keys[i] = vals[i], atomically: to a
