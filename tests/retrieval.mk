@@ -16,3 +16,5 @@ tests_test_plugin_retrieval_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_retrieval_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)
 tests_test_plugin_retrieval_LDADD = $(TEST_LDADD) $(JANSSON_LIBS)
 endif
+TESTS += tests/test_plugin_retrieval_cmd.sh
+EXTRA_DIST += tests/test_plugin_retrieval_cmd.sh
