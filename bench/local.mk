@@ -45,4 +45,4 @@ noinst_PROGRAMS += bench/retrieval
 bench_retrieval_SOURCES = bench/retrieval.c bench/sd_bench.h
 bench_retrieval_LDADD = libmmpipe.la
 endif
-EXTRA_DIST += bench/blip_base
+EXTRA_DIST += bench/blip_base bench/torch_retrieval.py

@@ -4,7 +4,9 @@
  * candidates (MMP_BENCH_CANDIDATES, default 256, batches of 32), and ITC
  * search over 100k stored 256-d embeddings (matmul + full sort, as the
  * retrieval task ranks). Weights: init_seed in-process, or --weights
- * (a BLIP .pth: weights_prefix "model."). doc/performance.md. */
+ * (a BLIP .pth: weights_prefix "model."). --compare-torch runs
+ * bench/torch_retrieval.py (BLIP_Retrieval of salesforce/BLIP) the same way
+ * in the same run. doc/performance.md. */
 #include <mmpipe/rng.h>
 
 #include "bench/sd_bench.h"
@@ -118,5 +120,17 @@ int main(int argc, char **argv) {
   printf("%-22s %8.0f MB\n", "peak RSS", bench_peak_rss_mb());
   mmp_rng_free(g);
   bench_close(&e);
+  if (o.compare_torch) {
+    const char *pp = getenv("MMP_TORCH_PYTHONPATH");
+    char cmd[12000];
+    snprintf(cmd, sizeof cmd,
+             "PYTHONPATH='%s' LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu/openblas-pthread OMP_NUM_THREADS=%d "
+             "/usr/bin/python3 '%s/bench/torch_retrieval.py' '%s' %d %lld",
+             pp ? pp : "/root/refenv/site", o.threads, o.srcdir, o.config, o.threads, (long long)K);
+    printf("-- PyTorch (subprocess) --\n");
+    fflush(stdout);
+    int trc = system(cmd);
+    if (trc != 0) printf("PyTorch comparison failed (exit %d)\n", trc);
+  }
   return rc;
 }
