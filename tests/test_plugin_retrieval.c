@@ -264,6 +264,32 @@ int main(void) {
   ok(run_cfg(keys) != 0 && strstr(mmp_error_last(), "built from other images"),
      "an index of other images is an error naming it");
 
+  /* bad input: clear errors naming the file and the entry */
+  {
+    char bad[4200];
+    snprintf(bad, sizeof bad, "%s/bad.json", tmp);
+    FILE *bf = fopen(bad, "w");
+    fputs("[{\"image\": \"img_00.png\", \"caption\": [\"a dog\"]}, {\"image\": \"img_02.png\"}]", bf);
+    fclose(bf);
+    snprintf(keys, sizeof keys,
+             "mode = \"evaluate\"; annotation = \"%s\"; image_root = \"%s/images\"; output_json = \"%s/b.json\";", bad,
+             fx, tmp);
+    ok(run_cfg(keys) != 0 && strstr(mmp_error_last(), "entry 1") && strstr(mmp_error_last(), "bad.json"),
+       "an annotation entry without captions is an error naming the file and the entry");
+    bf = fopen(bad, "w");
+    fputs("[{\"image\": \"missing.png\", \"caption\": [\"a dog\"]}]", bf);
+    fclose(bf);
+    ok(run_cfg(keys) != 0 && strstr(mmp_error_last(), "missing.png"), "a missing image is an error naming it");
+    bf = fopen(bad, "w");
+    fputs("[{\"image\": \"img_00.png\", \"caption\": [\"a dog\"]},", bf);
+    fclose(bf);
+    ok(run_cfg(keys) != 0 && strstr(mmp_error_last(), "bad.json:1"), "broken JSON is an error with file and line");
+    snprintf(keys, sizeof keys, "mode = \"evaluate\"; image_root = \"%s/images\";", fx);
+    ok(run_cfg(keys) != 0 && strstr(mmp_error_last(), "annotation"), "evaluate without annotation is a config error");
+    snprintf(keys, sizeof keys, "image_dir = \"%s/images\"; k_test = 0;", fx);
+    ok(run_cfg(keys) != 0 && strstr(mmp_error_last(), "k_test"), "k_test = 0 is a config error");
+  }
+
   /* search: the 10 images of images/ (not its val2014/), 2 text queries;
    * 2 image queries against the 100 captions */
   const mmp_tensor_t *t2i = mmp_tensormap_get(io, "score_t2i"), *i2t = mmp_tensormap_get(io, "score_i2t");
