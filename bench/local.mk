@@ -38,3 +38,11 @@ bench_fid_SOURCES = bench/fid.c
 bench_fid_LDADD = libmmpipe.la
 EXTRA_DIST += bench/torch_fid.py
 include bench/cuda.mk
+
+# BLIP retrieval (ViT-B/16 at 384², doc/performance.md)
+if BUILD_PLUGIN_BLIP_RETRIEVAL
+noinst_PROGRAMS += bench/retrieval
+bench_retrieval_SOURCES = bench/retrieval.c bench/sd_bench.h
+bench_retrieval_LDADD = libmmpipe.la
+endif
+EXTRA_DIST += bench/blip_base bench/torch_retrieval.py

@@ -24,4 +24,5 @@ include tests/datasets.mk
 include tests/sd.mk
 include tests/cuda.mk
 include tests/checkpoint.mk
+include tests/retrieval.mk
 include tests/fuzz/local.mk

@@ -122,6 +122,9 @@ int sd_weights_set_prefix(sd_weights_t *w, const char *prefix);
  * prefix + @scope (repeatable): a checkpoint holding more than the parts
  * built (BLIP's projections and momentum towers, a whole AR-LDM) is fine. */
 int sd_weights_add_scope(sd_weights_t *w, const char *scope);
+/* How many stored tensors under prefix + @scope nothing asked for (to name
+ * what a component loads and ignores, e.g. BLIP's momentum towers). */
+int64_t sd_weights_count_unused(sd_weights_t *w, const char *scope);
 /* True when the store holds @name (after prefix and translation); random
  * stores hold nothing. */
 bool sd_weights_has(sd_weights_t *w, const char *name);

@@ -690,6 +690,16 @@ int sd_weights_add_scope(sd_weights_t *w, const char *scope) {
   return 0;
 }
 
+int64_t sd_weights_count_unused(sd_weights_t *w, const char *scope) {
+  char full[1024];
+  snprintf(full, sizeof full, "%s%s", w->prefix ? w->prefix : "", scope);
+  size_t fl = strlen(full);
+  int64_t c = 0;
+  for (size_t i = 0; w->src_open && i < w->n; i++)
+    if (!w->used[i] && strncmp(src_name(w, i), full, fl) == 0) c++;
+  return c;
+}
+
 bool sd_weights_has(sd_weights_t *w, const char *name) {
   char stored[512];
   return w->src_open && resolve(w, name, stored, sizeof stored) >= 0;

@@ -41,6 +41,14 @@ plugins_encoders_encoder_blip_la_LDFLAGS = $(PLUGIN_LDFLAGS)
 plugins_encoders_encoder_blip_la_LIBADD = $(SD_COMMON_LIBADD)
 endif
 
+if BUILD_PLUGIN_BLIP_RETRIEVAL
+pkglib_LTLIBRARIES += plugins/encoders/encoder_blip_retrieval.la
+plugins_encoders_encoder_blip_retrieval_la_SOURCES = plugins/encoders/blip_retrieval.c
+plugins_encoders_encoder_blip_retrieval_la_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)
+plugins_encoders_encoder_blip_retrieval_la_LDFLAGS = $(PLUGIN_LDFLAGS)
+plugins_encoders_encoder_blip_retrieval_la_LIBADD = $(SD_COMMON_LIBADD)
+endif
+
 # ---- evaluation: pytorch-fid's FID Inception-v3
 if BUILD_PLUGIN_INCEPTION_FID
 pkglib_LTLIBRARIES += plugins/encoders/encoder_inception_fid.la

@@ -10,6 +10,7 @@
 #include <mmpipe/plugin.h>
 
 #include "plugins/processors/berttok.h"
+#include "plugins/processors/textcommon.h"
 #include "plugins/processors/tokplugin.h"
 
 #ifndef PATH_MAX
@@ -27,17 +28,26 @@ static const mmp_key_t bert_keys[] = {
     {"tokenize_chinese_chars", MMP_TYPE_BOOL, "true", "put spaces around CJK ideographs", 0, 0},
     {"blip", MMP_TYPE_BOOL, "true", "BLIP's init_tokenizer: add [DEC] (bos) and [ENC]", 0, 0},
     {"new_tokens", MMP_TYPE_LIST, "[]", "tokens to add (transformers' add_tokens)", 0, 0},
+    {"pre_caption", MMP_TYPE_INT, "0",
+     "> 0: clean each text first with BLIP's pre_caption(text, max_words = this); 0: off", 0, 0},
     {NULL, 0, NULL, NULL, 0, 0}};
 
 typedef struct bert_self {
   mmp_berttok_t *tok;
   int64_t max_length;
   bool truncation;
+  int64_t pre_caption; /* max_words of BLIP's pre_caption, 0: off */
 } bert_self_t;
 
 static int bert_encode_cb(const void *engine, const char *text, size_t len, int64_t **ids,
                           size_t *n) {
-  return mmp_berttok_encode((const mmp_berttok_t *)engine, text, len, ids, n);
+  const bert_self_t *self = engine;
+  if (self->pre_caption <= 0) return mmp_berttok_encode(self->tok, text, len, ids, n);
+  char *clean = NULL;
+  int rc = mmp_pre_caption(text, len, self->pre_caption, &clean);
+  if (rc == 0) rc = mmp_berttok_encode(self->tok, clean, strlen(clean), ids, n);
+  free(clean);
+  return rc;
 }
 
 static int bert_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_context_t *ctx,
@@ -45,7 +55,7 @@ static int bert_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
   (void)plugin;
   (void)ctx;
   char vocab[PATH_MAX];
-  int64_t max_length = 512;
+  int64_t max_length = 512, pre_caption = 0;
   bool trunc = true, lower = true, chinese = true, blip = true;
   const char *strip = "auto";
   char **newt = NULL;
@@ -62,6 +72,8 @@ static int bert_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
   if ((rc = mmp_config_get_bool(cfg, "tokenize_chinese_chars", &chinese)) < 0 && rc != MMP_ENOENT)
     return rc;
   if ((rc = mmp_config_get_bool(cfg, "blip", &blip)) < 0 && rc != MMP_ENOENT) return rc;
+  if ((rc = mmp_config_get_int(cfg, "pre_caption", &pre_caption)) < 0 && rc != MMP_ENOENT) return rc;
+  if (pre_caption < 0) return mmp_tokp_cfg_error(cfg, "pre_caption", "must be >= 0 (0: off)");
   if ((rc = mmp_config_get_string(cfg, "strip_accents", &strip)) < 0 && rc != MMP_ENOENT) return rc;
   mmp_error_clear();
   int strip_accents;
@@ -97,6 +109,7 @@ static int bert_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
   self->tok = tok;
   self->max_length = max_length;
   self->truncation = trunc;
+  self->pre_caption = pre_caption;
   *out_self = self;
   return 0;
 }
@@ -109,7 +122,7 @@ static void bert_destroy(void *p) {
 
 static int bert_encode_text(void *p, const char *const *texts, size_t n, mmp_tensormap_t *out) {
   bert_self_t *self = p;
-  int rc = mmp_tokp_encode_batch(self->tok, bert_encode_cb, texts, n, mmp_berttok_cls(self->tok),
+  int rc = mmp_tokp_encode_batch(self, bert_encode_cb, texts, n, mmp_berttok_cls(self->tok),
                                  mmp_berttok_sep(self->tok), mmp_berttok_pad(self->tok),
                                  self->max_length, self->truncation, out);
   return rc < 0 ? mmp_error_prefix("bert_tokenizer: ") : 0;
@@ -118,7 +131,7 @@ static int bert_encode_text(void *p, const char *const *texts, size_t n, mmp_ten
 static int bert_forward(void *p, const char *method, const mmp_tensormap_t *in,
                         mmp_tensormap_t *out) {
   bert_self_t *self = p;
-  return mmp_tokp_forward(self->tok, bert_encode_cb, "bert_tokenizer",
+  return mmp_tokp_forward(self, bert_encode_cb, "bert_tokenizer",
                           mmp_berttok_vocab_size(self->tok), mmp_berttok_cls(self->tok),
                           mmp_berttok_sep(self->tok), mmp_berttok_pad(self->tok),
                           self->max_length, self->truncation, method, in, out);

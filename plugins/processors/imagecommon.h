@@ -63,6 +63,10 @@ int mmp_image_jpeg_decode(const uint8_t *buf, size_t n, mmp_image_t *out);
 /* PNG (OpenCV's rules, no swap) or JPEG (PIL's), chosen by the signature.
  * MMP_EUNSUPPORTED for a JPEG in a build without libjpeg. */
 int mmp_image_decode(const uint8_t *buf, size_t n, mmp_image_t *out);
+/* Read and decode a PNG file (as mmp_image_png_decode; an ordinary RGB
+ * PNG wants @swap_rb = false, like PIL's Image.open(p).convert("RGB")).
+ * MMP_EIO naming the file, MMP_EDATA prefixed with it. */
+int mmp_image_png_load(const char *path, bool swap_rb, mmp_image_t *out);
 /* Write @im (c = 3 RGB or 1 grey) as an ordinary PNG file. MMP_EIO. */
 int mmp_image_png_write(const mmp_image_t *im, const char *path);
 /* Write @im (c = 3) with @n tEXt chunks keys[i] = vals[i], atomically: to a

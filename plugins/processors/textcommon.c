@@ -727,3 +727,46 @@ int mmp_tok_encode_pieces(const mmp_added_t *added, const int32_t *cp, size_t n,
   *n_out = ids.n;
   return 0;
 }
+
+int mmp_pre_caption(const char *text, size_t len, int64_t max_words, char **out) {
+  mmp_ustr_t u = {0}, lo = {0}, v = {0};
+  mmp_bstr_t b = {0};
+  *out = NULL;
+  int rc = mmp_ustr_from_utf8(&u, text, len);
+  if (rc == 0) rc = mmp_py_lower(&lo, u.cp, u.len, true);
+  for (size_t i = 0; rc == 0 && i < lo.len; i++) {
+    int32_t c = lo.cp[i];
+    if (c < 0x80 && strchr(".!\"()*#:;~", (int)c)) c = ' ';
+    lo.cp[i] = c;
+  }
+  /* re.sub(r"\s{2,}", ' '): a single whitespace character stays as it is */
+  for (size_t i = 0; rc == 0 && i < lo.len;) {
+    size_t j = i;
+    while (j < lo.len && mmp_py_isspace(lo.cp[j])) j++;
+    if (j - i >= 2) rc = mmp_ustr_push(&v, ' '), i = j;
+    else rc = mmp_ustr_push(&v, lo.cp[i]), i++;
+  }
+  size_t bgn = 0, end = v.len;
+  while (end > bgn && v.cp[end - 1] == '\n') end--;
+  while (end > bgn && v.cp[end - 1] == ' ') end--;
+  while (bgn < end && v.cp[bgn] == ' ') bgn++;
+  if (rc == 0 && max_words > 0) { /* split(' ') counts empty words too */
+    int64_t words = 1;
+    for (size_t i = bgn; i < end; i++)
+      if (v.cp[i] == ' ' && ++words > max_words) {
+        end = i;
+        break;
+      }
+  }
+  if (rc == 0) rc = mmp_bstr_from_ustr(&b, v.cp + bgn, end - bgn);
+  mmp_ustr_free(&u);
+  mmp_ustr_free(&lo);
+  mmp_ustr_free(&v);
+  if (rc < 0) {
+    mmp_bstr_free(&b);
+    return rc;
+  }
+  if (!b.p && !(b.p = calloc(1, 1))) return mmp_error_set(MMP_ENOMEM, "out of memory");
+  *out = b.p;
+  return 0;
+}

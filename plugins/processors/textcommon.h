@@ -71,6 +71,13 @@ int mmp_u_normalize(mmp_ustr_t *s, const char *form);
 void mmp_py_strip(const int32_t *cp, size_t *b, size_t *e, bool left,
                   bool right);
 
+/* BLIP's pre_caption (data/utils.py): str.lower(); each of . ! " ( ) * # :
+ * ; ~ becomes a space; runs of two or more \s (str.isspace) become one
+ * space; rstrip('\n'); strip(' '); at most @max_words words of split(' ')
+ * (max_words <= 0: no limit). *out: malloc'ed UTF-8 (transfer full);
+ * MMP_EDATA on invalid UTF-8. */
+int mmp_pre_caption(const char *text, size_t len, int64_t max_words, char **out);
+
 /* ---- transformers' Trie (tokenization_utils.Trie, 4.30) ---- */
 typedef struct mmp_trie mmp_trie_t;
 mmp_trie_t *mmp_trie_new(void);

@@ -41,3 +41,21 @@ plugins_tasks_task_story_la_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS) $(LIBPNG_CFL
 plugins_tasks_task_story_la_LDFLAGS = $(PLUGIN_LDFLAGS)
 plugins_tasks_task_story_la_LIBADD = $(SD_COMMON_LIBADD) plugins/processors/libimagecommon.la
 endif
+
+# ---- retrieval: BLIP image-text retrieval and its evaluation
+if BUILD_PLUGIN_RETRIEVAL
+pkglib_LTLIBRARIES += plugins/tasks/task_retrieval.la
+plugins_tasks_task_retrieval_la_SOURCES = plugins/tasks/retrieval.c
+plugins_tasks_task_retrieval_la_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)
+plugins_tasks_task_retrieval_la_LDFLAGS = $(PLUGIN_LDFLAGS)
+plugins_tasks_task_retrieval_la_LIBADD = $(SD_COMMON_LIBADD) plugins/processors/libimagecommon.la
+endif
+
+# ---- features: LAVIS-style extract_features with a BLIP model
+if BUILD_PLUGIN_FEATURES
+pkglib_LTLIBRARIES += plugins/tasks/task_features.la
+plugins_tasks_task_features_la_SOURCES = plugins/tasks/features.c
+plugins_tasks_task_features_la_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)
+plugins_tasks_task_features_la_LDFLAGS = $(PLUGIN_LDFLAGS)
+plugins_tasks_task_features_la_LIBADD = $(SD_COMMON_LIBADD) plugins/processors/libimagecommon.la
+endif
