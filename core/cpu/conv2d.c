@@ -8,6 +8,7 @@
 #include "core/cpu/gemm.h"
 #include "core/cpu/kernels.h"
 #include "mmpipe/error.h"
+#include "mmpipe/tensor.h" /* MMP_F32, MMP_F16, MMP_BF16 */
 
 /* For one image n and group g, Y_g[Og x P] = W_g[Og x Cg*KH*KW] . col[.. x P]
  * with P = OH*OW output pixels. The GEMM's B operand (the im2col matrix) is
@@ -16,7 +17,10 @@
  * from cache. A 1x1, stride-1, unpadded convolution is a plain GEMM on x. */
 typedef struct conv_job {
   const mmp_gemm_kernel_t *g;
-  const float *x, *w, *bias;
+  const float *x, *bias;
+  const char *w; /* weights of wsz bytes each, dtype wdt */
+  int wdt;
+  int64_t wsz;
   float *y;
   int64_t N, C, H, W, O, KH, KW, OH, OW;
   int sh, sw, ph, pw, dh, dw, groups;
@@ -167,12 +171,12 @@ static void conv_worker(int64_t wi, void *user) {
       beta = 1.0f;
     }
     conv_b_t cb = {j, j->x + (n * j->C + gi * j->Cg) * j->H * j->W, p0};
-    const float *A = j->w + (gi * j->Og + m0) * j->Kg;
+    const char *A = j->w + (gi * j->Og + m0) * j->Kg * j->wsz;
     if (j->col)
-      mmp_gemm_serial_pb(g, false, mc, nc, j->Kg, j->col_kc, 1.0f, A, j->Kg, j->col, j->col_ld, p0,
+      mmp_gemm_serial_pb(g, false, mc, nc, j->Kg, j->col_kc, 1.0f, A, j->wdt, j->Kg, j->col, j->col_ld, p0,
                          beta, y, ldy, bufa);
     else
-      mmp_gemm_serial_cb(g, false, mc, nc, j->Kg, 1.0f, A, j->Kg,
+      mmp_gemm_serial_cb(g, false, mc, nc, j->Kg, 1.0f, A, j->wdt, j->Kg,
                          j->pointwise ? pack_pointwise_b : pack_conv_b, &cb, beta, y, ldy, bufa,
                          bufb);
     if (j->span) /* scatter the tile: column c is image (p0+c)/P, pixel (p0+c)%P */
@@ -193,6 +197,14 @@ static void conv_worker(int64_t wi, void *user) {
 int mmp_cpu_conv2d(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, const float *w,
                    int64_t O, int64_t KH, int64_t KW, const float *bias, int sh, int sw, int ph,
                    int pw, int dh, int dw, int groups, float *y) {
+  return mmp_cpu_conv2d_w(x, N, C, H, W, w, MMP_F32, O, KH, KW, bias, sh, sw, ph, pw, dh, dw, groups, y);
+}
+
+int mmp_cpu_conv2d_w(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, const void *w, int wdt,
+                     int64_t O, int64_t KH, int64_t KW, const float *bias, int sh, int sw, int ph, int pw,
+                     int dh, int dw, int groups, float *y) {
+  if (wdt != MMP_F32 && wdt != MMP_F16 && wdt != MMP_BF16)
+    return mmp_error_set(MMP_EDTYPE, "conv2d: weight dtype %d (want f32, f16 or bf16)", wdt);
   if (N < 0 || C <= 0 || H <= 0 || W <= 0 || O <= 0 || KH <= 0 || KW <= 0)
     return mmp_error_set(MMP_EINVAL, "conv2d: bad sizes (C %lld, H %lld, W %lld, O %lld, kernel %lldx%lld)",
                          (long long)C, (long long)H, (long long)W, (long long)O, (long long)KH,
@@ -215,6 +227,8 @@ int mmp_cpu_conv2d(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, c
   j.g = mmp_gemm_kernel();
   j.x = x;
   j.w = w;
+  j.wdt = wdt;
+  j.wsz = wdt == MMP_F32 ? 4 : 2;
   j.bias = bias;
   j.y = y;
   j.N = N;

@@ -258,8 +258,84 @@ AVX512 static void pack_b_avx512(const float *B, int64_t ldb, bool trans, int64_
   }
 }
 
+/* 16 half-precision values (the @m lanes; others 0) as fp32: F16 with
+ * vcvtph2ps, BF16 by widening into the high half of each lane (exact). */
+AVX512 static inline __attribute__((always_inline)) __m512 load_half16(const uint16_t *p, __mmask16 m,
+                                                                        int dt) {
+  __m256i h = _mm256_maskz_loadu_epi16(m, p);
+  if (dt == MMP_BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  return _mm512_cvtph_ps(h);
+}
+
+/* pack_a_avx512 from f16/bf16 (conv2d's weights): ap[k*MR + i] = alpha * op(A)[i0+i][k0+k] */
+AVX512 static void pack_a_h_avx512(const uint16_t *A, int dt, int64_t lda, bool trans, int64_t i0,
+                                   int64_t mc, int64_t k0, int64_t kc, float alpha, float *ap) {
+  const __m512 va = _mm512_set1_ps(alpha);
+  for (int64_t p = 0; p < mc; p += MR) {
+    int mr = (int)(mc - p < MR ? mc - p : MR);
+    if (trans) {
+      __mmask16 m = tail_mask(mr);
+      const uint16_t *s = A + k0 * lda + i0 + p;
+      for (int64_t k = 0; k < kc; ++k) {
+        __m512 v = _mm512_mul_ps(va, load_half16(s + k * lda, m, dt));
+        _mm512_mask_storeu_ps(ap + k * MR, 0x3FFF, v);
+      }
+    } else {
+      const uint16_t *s = A + (i0 + p) * lda + k0;
+      for (int64_t k = 0; k < kc; k += 16) {
+        __mmask16 m = tail_mask(kc - k);
+        __m512 r[16];
+        _Pragma("GCC unroll 16") for (int i = 0; i < MR; ++i)
+          if (i < mr) _mm_prefetch((const char *)(s + i * lda + k + 128), _MM_HINT_T0);
+        _Pragma("GCC unroll 16") for (int i = 0; i < 16; ++i)
+          r[i] = i < mr ? _mm512_mul_ps(va, load_half16(s + i * lda + k, m, dt)) : _mm512_setzero_ps();
+        transpose16(r);
+        int64_t kk = kc - k < 16 ? kc - k : 16;
+        _Pragma("GCC unroll 16") for (int q = 0; q < 16; ++q)
+          if (q < kk) _mm512_mask_storeu_ps(ap + (k + q) * MR, 0x3FFF, r[q]);
+      }
+    }
+    ap += MR * kc;
+  }
+}
+
+/* pack_b_avx512 from f16/bf16 (linear's weights, trans): bp[k*NR + j] = op(B)[k0+k][j0+j] */
+AVX512 static void pack_b_h_avx512(const uint16_t *B, int dt, int64_t ldb, bool trans, int64_t k0,
+                                   int64_t kc, int64_t j0, int64_t nc, float *bp) {
+  for (int64_t p = 0; p < nc; p += NR) {
+    int64_t nr = nc - p < NR ? nc - p : NR;
+    if (!trans) {
+      __mmask16 m0 = tail_mask(nr), m1 = tail_mask(nr > 16 ? nr - 16 : 0);
+      const uint16_t *s = B + k0 * ldb + j0 + p;
+      for (int64_t k = 0; k < kc; ++k) {
+        _mm512_store_ps(bp + k * NR, load_half16(s + k * ldb, m0, dt));
+        _mm512_store_ps(bp + k * NR + 16, load_half16(s + k * ldb + 16, m1, dt));
+      }
+    } else {
+      for (int h = 0; h < 2; ++h) {
+        int64_t jn = nr - 16 * h;
+        const uint16_t *s = B + (j0 + p + 16 * h) * ldb + k0;
+        for (int64_t k = 0; k < kc; k += 16) {
+          __mmask16 m = tail_mask(kc - k);
+          __m512 r[16];
+          _Pragma("GCC unroll 16") for (int j = 0; j < 16; ++j)
+            if (j < jn) _mm_prefetch((const char *)(s + j * ldb + k + 128), _MM_HINT_T0);
+          _Pragma("GCC unroll 16") for (int j = 0; j < 16; ++j)
+            r[j] = j < jn ? load_half16(s + j * ldb + k, m, dt) : _mm512_setzero_ps();
+          transpose16(r);
+          int64_t kk = kc - k < 16 ? kc - k : 16;
+          _Pragma("GCC unroll 16") for (int q = 0; q < 16; ++q)
+            if (q < kk) _mm512_store_ps(bp + (k + q) * NR + 16 * h, r[q]);
+        }
+      }
+    }
+    bp += NR * kc;
+  }
+}
+
 const mmp_gemm_kernel_t mmp_gemm_kernel_avx512 = {
-    "avx512-14x32", MR, NR, MMP_AVX512_KC, MMP_AVX512_MC, MMP_AVX512_KC_NARROW, ukr_14x32, pack_a_avx512, pack_b_avx512};
+    "avx512-14x32", MR, NR, MMP_AVX512_KC, MMP_AVX512_MC, MMP_AVX512_KC_NARROW, ukr_14x32, pack_a_avx512, pack_b_avx512,
+    pack_a_h_avx512, pack_b_h_avx512};
 
 /* ---- exp: Cody-Waite range reduction + degree-6 polynomial (Cephes
  * expf coefficients), about 1 ulp; exp(-inf) = 0, overflow -> inf. */
