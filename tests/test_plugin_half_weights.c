@@ -23,6 +23,18 @@
 
 static const char *const DT[3] = {"f32", "f16", "bf16"};
 
+/* Whether bf16 weights may be multiplied as bf16 pairs (the AVX-512-BF16
+ * path, chosen automatically where the CPU has it: the activations are
+ * rounded to bf16 as well). With MMPIPE_CPU_ISA=avx512 or generic they are
+ * converted to fp32 while packing and the fixture runs must be exact. */
+static bool bf16_dot(void) {
+  const char *e = getenv("MMPIPE_CPU_ISA");
+  return !e || (strcmp(e, "generic") != 0 && strcmp(e, "avx512") != 0);
+}
+/* relative tolerance of bf16 dot products (measured: at most 1.1e-2 on
+ * the fixtures, 1.25e-2 on random weights; doc/tensor.md) */
+#define TOL_BF16_DOT 2.5e-2
+
 /* Build @group (@kind) from @fmt (%s = the fixture dir, %2$s... same), run
  * @method on @in; the output @key (transfer full), or NULL with a failed
  * test. @sd_out (nullable) receives the state_dict. */
@@ -82,14 +94,24 @@ static void check_component(const comp_case_t *k) {
              k->impl, fx, DT[d]);
     mmp_tensormap_t *sd = mmp_tensormap_new();
     mmp_tensor_t *o = run1(k->kind, k->group, text, k->method, in, k->out_key, what, sd);
-    sd_check(o, ref, what);
+    const bool dot = d == 2 && bf16_dot();
+    if (dot) {
+      double r = sd_relerr(o, ref);
+      if (!ok(r >= 0 && r <= TOL_BF16_DOT, "%s (bf16 dot products) within %.1e of the reference", what, TOL_BF16_DOT))
+        diag("  relative error %.3g", r);
+      else
+        diag("  %s: bf16 dot products: %.3g of the reference", what, r);
+    } else {
+      sd_check(o, ref, what);
+    }
     check_held(sd, k->mat_name, DT[d], what);
     check_held(sd, k->norm_name, "f32", what);
     if (d == 0)
       f32 = o;
     else {
       double r = sd_relerr(o, f32);
-      if (!ok(r == 0.0, "%s: identical to the f32 run (the weights are representable)", what))
+      if (!ok(dot ? r <= TOL_BF16_DOT : r == 0.0, "%s: %s the f32 run (the weights are representable)", what,
+              dot ? "close to" : "identical to"))
         diag("  relative difference %.3g", r);
       mmp_tensor_unref(o);
     }
@@ -108,7 +130,7 @@ static void check_component(const comp_case_t *k) {
       f32 = o;
       continue;
     }
-    double r = sd_relerr(o, f32), tol = d == 1 ? k->tol_f16 : k->tol_bf16;
+    double r = sd_relerr(o, f32), tol = d == 1 ? k->tol_f16 : bf16_dot() ? TOL_BF16_DOT : k->tol_bf16;
     if (!ok(r >= 0 && r <= tol, "%s: within %.0e of the f32 run", what, tol)) diag("  relative difference %.3g", r);
     else diag("  %s: max |half - f32| / max |f32| = %.3g", what, r);
     /* a zero difference would mean the weights were not rounded at all */
@@ -178,12 +200,22 @@ static void check_blip(void) {
                fx, src, DT[d]);
       mmp_tensormap_t *sd = d && m == 0 ? mmp_tensormap_new() : NULL;
       mmp_tensor_t *o = run1(MMP_KIND_ENCODER, "encoder", text, modes[m].mode, in, "last_hidden_state", what, sd);
-      bt_check(o, mmp_tensormap_get(bb, modes[m].ref), what);
+      const bool dot = d == 2 && bf16_dot();
+      if (dot) {
+        double r = sd_relerr(o, mmp_tensormap_get(bb, modes[m].ref));
+        if (!ok(r >= 0 && r <= TOL_BF16_DOT, "%s (bf16 dot products) within %.1e of PyTorch", what, TOL_BF16_DOT))
+          diag("  relative error %.3g", r);
+        else
+          diag("  %s: bf16 dot products: %.3g of PyTorch", what, r);
+      } else {
+        bt_check(o, mmp_tensormap_get(bb, modes[m].ref), what);
+      }
       if (d == 0) {
         f32 = o;
       } else {
         double r = sd_relerr(o, f32);
-        if (!ok(r == 0.0, "%s: identical to the f32 run", what)) diag("  relative difference %.3g", r);
+        if (!ok(dot ? r <= TOL_BF16_DOT : r == 0.0, "%s: %s the f32 run", what, dot ? "close to" : "identical to"))
+          diag("  relative difference %.3g", r);
         mmp_tensor_unref(o);
       }
       if (sd) {
@@ -214,7 +246,7 @@ static void check_blip(void) {
         p32 = o;
         continue;
       }
-      double r = sd_relerr(o, p32), tol = modes[m].tol[d];
+      double r = sd_relerr(o, p32), tol = d == 2 && bf16_dot() ? TOL_BF16_DOT : modes[m].tol[d];
       if (!ok(r > 0 && r <= tol, "%s: within %.0e of the f32 run (and not equal)", what, tol))
         diag("  relative difference %.3g", r);
       else
@@ -307,7 +339,8 @@ static void check_txt2img(void) {
     ok(run_txt2img(dir[d], DT[d]) == 0, "txt2img 64x64, 6 steps, random weights, weights_dtype %s", DT[d]);
   }
   /* both images of the batch, half vs f32 */
-  static const int limit[3] = {0, 2, 8}; /* max |difference| in 1/255, measured 0 / 1 / 4 */
+  /* max |difference| in 1/255: measured -, 1, 4 (10 with bf16 dot products) */
+  const int limit[3] = {0, 2, bf16_dot() ? 16 : 8};
   for (int d = 1; d < 3; d++) {
     int maxd = -1;
     double sum = 0;

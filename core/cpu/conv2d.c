@@ -120,7 +120,9 @@ static void fill_col(int64_t wi, void *user) {
   for (int64_t it = wi * items / j->nfill; it < (wi + 1) * items / j->nfill; ++it) {
     int64_t pc = (it / np) * j->col_kc, q = (it % np) * NR;
     int64_t kc = j->Kg - pc < j->col_kc ? j->Kg - pc : j->col_kc;
-    pack_conv_b(&cb, pc, kc, q, cols - q < NR ? cols - q : NR, j->col + pc * j->col_ld + q * kc);
+    float *panel = j->col + pc * j->col_ld + q * kc;
+    pack_conv_b(&cb, pc, kc, q, cols - q < NR ? cols - q : NR, panel);
+    if (j->g->squeeze) j->g->squeeze(panel, kc, (int)NR);
   }
 }
 
@@ -224,7 +226,7 @@ int mmp_cpu_conv2d_w(const float *x, int64_t N, int64_t C, int64_t H, int64_t W,
 
   conv_job_t j;
   memset(&j, 0, sizeof j);
-  j.g = mmp_gemm_kernel();
+  j.g = mmp_gemm_kernel_for(wdt);
   j.x = x;
   j.w = w;
   j.wdt = wdt;

@@ -25,11 +25,13 @@ static int isa_supported(int isa) {
   if (isa == MMP_CPU_ISA_GENERIC) return 1;
 #ifdef MMP_HAVE_X86_DISPATCH
   if (isa == MMP_CPU_ISA_AVX512) return (mmp_cpu_features() & MMP_CPU_AVX512) != 0;
+  if (isa == MMP_CPU_ISA_AVX512_BF16) return (mmp_cpu_features() & MMP_CPU_AVX512BF16) != 0;
 #endif
   return 0;
 }
 
 static int isa_best(void) {
+  if (isa_supported(MMP_CPU_ISA_AVX512_BF16)) return MMP_CPU_ISA_AVX512_BF16;
   if (isa_supported(MMP_CPU_ISA_AVX512)) return MMP_CPU_ISA_AVX512;
   return MMP_CPU_ISA_GENERIC;
 }
@@ -40,10 +42,11 @@ int mmp_cpu_set_isa(int isa) {
     const char *e = getenv("MMPIPE_CPU_ISA");
     v = isa_best();
     if (e && strcmp(e, "generic") == 0) v = MMP_CPU_ISA_GENERIC;
+    if (e && strcmp(e, "avx512") == 0 && v > MMP_CPU_ISA_AVX512) v = MMP_CPU_ISA_AVX512;
   } else {
     v = isa_supported(isa) ? isa : isa_best();
     if (v > isa) v = isa; /* never above what was asked */
-    if (!isa_supported(v)) v = MMP_CPU_ISA_GENERIC;
+    while (v > MMP_CPU_ISA_GENERIC && !isa_supported(v)) v--;
   }
   atomic_store(&g_isa, v);
   return v;
@@ -82,9 +85,17 @@ static int blas_mode(void) {
 
 const mmp_gemm_kernel_t *mmp_gemm_kernel(void) {
 #ifdef MMP_HAVE_X86_DISPATCH
-  if (mmp_cpu_isa() == MMP_CPU_ISA_AVX512) return &mmp_gemm_kernel_avx512;
+  if (mmp_cpu_isa() >= MMP_CPU_ISA_AVX512) return &mmp_gemm_kernel_avx512;
 #endif
   return &mmp_gemm_kernel_generic;
+}
+
+const mmp_gemm_kernel_t *mmp_gemm_kernel_for(int wdt) {
+#ifdef MMP_HAVE_X86_DISPATCH
+  if (wdt == MMP_BF16 && mmp_cpu_isa() == MMP_CPU_ISA_AVX512_BF16) return &mmp_gemm_kernel_avx512_bf16;
+#endif
+  (void)wdt;
+  return mmp_gemm_kernel();
 }
 
 float *mmp_cpu_alloc(int64_t nfloats) {
@@ -311,7 +322,7 @@ static void pack_b_h_generic(const uint16_t *B, int dt, int64_t ldb, bool trans,
 
 const mmp_gemm_kernel_t mmp_gemm_kernel_generic = {
     "generic", GMR, GNR, 256, 96, 0, ukr_generic, pack_a_generic, pack_b_generic,
-    pack_a_h_generic, pack_b_h_generic};
+    pack_a_h_generic, pack_b_h_generic, NULL};
 
 /* ------------------------------------------------------ macro level */
 
@@ -389,6 +400,8 @@ static void gemm_blocks(const mmp_gemm_kernel_t *g, bool ta, int64_t M, int64_t 
     const float *b;
     if (src->pack_b) {
       src->pack_b(src->ctx, pc, kc, 0, N, src->buf);
+      if (g->squeeze)
+        for (int64_t q = 0; q < N; q += g->nr) g->squeeze(src->buf + q * kc, kc, g->nr);
       b = src->buf;
     } else {
       b = src->bp + pc * src->ldbp + src->j0 * kc;
@@ -399,6 +412,8 @@ static void gemm_blocks(const mmp_gemm_kernel_t *g, bool ta, int64_t M, int64_t 
         g->pack_a(A, lda, ta, ic, mc, pc, kc, alpha, bufa);
       else
         g->pack_a_h(A, adt, lda, ta, ic, mc, pc, kc, alpha, bufa);
+      if (g->squeeze)
+        for (int64_t p = 0; p < mc; p += g->mr) g->squeeze(bufa + p * kc, kc, g->mr);
       mmp_gemm_macro(g, mc, N, kc, bufa, b, C + ic * ldc, ldc, b_eff);
     }
   }
@@ -554,7 +569,7 @@ int mmp_cpu_gemm(int64_t batch, bool trans_a, bool trans_b, int64_t M, int64_t N
 #ifdef HAVE_OPENBLAS
   int bm = blas_mode();
   /* OpenBLAS has no mixed-precision sgemm: half operands take the built-in kernels */
-  if (K > 0 && adt == MMP_F32 && bdt == MMP_F32 && (bm == 1 || (bm == 2 && isa != MMP_CPU_ISA_AVX512))) {
+  if (K > 0 && adt == MMP_F32 && bdt == MMP_F32 && (bm == 1 || (bm == 2 && isa < MMP_CPU_ISA_AVX512))) {
     for (int64_t b = 0; b < batch; ++b)
       cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
                   trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, alpha,
@@ -566,7 +581,7 @@ int mmp_cpu_gemm(int64_t batch, bool trans_a, bool trans_b, int64_t M, int64_t N
   (void)isa;
   sgemm_job_t j;
   memset(&j, 0, sizeof j);
-  j.g = mmp_gemm_kernel();
+  j.g = mmp_gemm_kernel_for(adt == MMP_BF16 || bdt == MMP_BF16 ? MMP_BF16 : MMP_F32);
   j.ta = trans_a;
   j.tb = trans_b;
   j.M = M;
@@ -612,7 +627,7 @@ void mmp_vexp_avx512(const float *x, float *y, int64_t n);
 
 void mmp_vexp(const float *x, float *y, int64_t n) {
 #ifdef MMP_HAVE_X86_DISPATCH
-  if (mmp_cpu_isa() == MMP_CPU_ISA_AVX512) {
+  if (mmp_cpu_isa() >= MMP_CPU_ISA_AVX512) {
     mmp_vexp_avx512(x, y, n);
     return;
   }

@@ -42,13 +42,25 @@ typedef struct mmp_gemm_kernel {
                    int64_t k0, int64_t kc, float alpha, float *ap);
   void (*pack_b_h)(const uint16_t *B, int dt, int64_t ldb, bool trans, int64_t k0, int64_t kc,
                    int64_t j0, int64_t nc, float *bp);
+  /* NULL, or (the AVX-512-BF16 kernel) run on every packed panel after its
+   * packer: the panel of @w values per k (w = mr or nr, kc rows of fp32) is
+   * rewritten in place as ceil(kc/2) rows of w bf16 pairs (k even in the
+   * low half, k odd in the high half; a missing last k is 0), the operand
+   * layout of vdpbf16ps. Panels keep their fp32 stride (mr*kc, nr*kc). */
+  void (*squeeze)(float *panel, int64_t kc, int w);
 } mmp_gemm_kernel_t;
 
-/* The kernel for the ISA in use (see mmp_cpu_isa()). */
+/* The kernel for the ISA in use (see mmp_cpu_isa()): fp32 arithmetic. */
 const mmp_gemm_kernel_t *mmp_gemm_kernel(void);
+/* The kernel for a product with weights of dtype @wdt: the AVX-512-BF16
+ * kernel (bf16 dot products, fp32 accumulation; both operands rounded to
+ * bf16 while packing) for bf16 weights when the ISA in use is
+ * MMP_CPU_ISA_AVX512_BF16, else mmp_gemm_kernel(). */
+const mmp_gemm_kernel_t *mmp_gemm_kernel_for(int wdt);
 extern const mmp_gemm_kernel_t mmp_gemm_kernel_generic;
 #ifdef MMP_HAVE_X86_DISPATCH
 extern const mmp_gemm_kernel_t mmp_gemm_kernel_avx512;
+extern const mmp_gemm_kernel_t mmp_gemm_kernel_avx512_bf16;
 #endif
 
 /* C[mc x nc] = beta * C + Ap . Bp over already packed blocks (one thread). */
