@@ -294,10 +294,12 @@ static void bench_linear_bf16(const char *label, int64_t M, int64_t N, int64_t K
   printf("%-42s %8s x%.2f vs fp32 weights\n", "", "", t32 / tc);
   if (mmp_cpu_set_isa(MMP_CPU_ISA_AVX512_BF16) == MMP_CPU_ISA_AVX512_BF16) {
     TIME_BEST(td, mmp_cpu_gemm(1, false, true, M, N, K, 1.0f, A, MMP_F32, K, 0, Wh, MMP_BF16, K, 0, 0.0f, C, N, 0));
-    double gf = 2.0 * M * N * K / td * 1e-9;
+    double gf = 2.0 * M * N * K / td * 1e-9, cpud = g_cpu;
     snprintf(name, sizeof name, "%s bf16 dot products", label);
-    printf("%-42s %8.2f %8.1f %8.1f%% of the bf16 peak (%.1f GFLOP/s); x%.2f vs fp32 weights\n", name, td * 1e3, gf,
-           g_peak > 0 ? 100.0 * gf / (2.0 * g_peak) : 0.0, 2.0 * g_peak, t32 / td);
+    printf("%-42s %8.2f %8.1f %8.1f%% of the bf16 peak (%.1f GFLOP/s)", name, td * 1e3, gf,
+           g_peak > 0 ? 100.0 * gf / (2.0 * g_peak) : 0.0, 2.0 * g_peak);
+    if (g_peak_core > 0 && cpud > 0) printf(", CPU-s eff. %.1f%% of it", 100.0 * 2.0 * M * N * K * 1e-9 / cpud / (2.0 * g_peak_core));
+    printf("; x%.2f vs fp32 weights\n", t32 / td);
   }
   mmp_cpu_set_isa(isa0);
   mmp_cpu_set_openblas(-1);
@@ -486,7 +488,7 @@ static void compare_torch(int threads, bool quick) {
 
 int main(int argc, char **argv) {
   int threads = 0;
-  bool torch = false, quick = false;
+  bool torch = false, quick = false, half_only = false;
   for (int i = 1; i < argc; ++i) {
     if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
       threads = atoi(argv[++i]);
@@ -498,8 +500,10 @@ int main(int argc, char **argv) {
       torch = true;
     else if (strcmp(argv[i], "--quick") == 0)
       quick = true;
+    else if (strcmp(argv[i], "--half") == 0) /* only the linear layers with bf16 weights */
+      half_only = true;
     else {
-      fprintf(stderr, "usage: %s [--threads N] [--reps R] [--min-time S] [--quick] [--compare-torch]\n",
+      fprintf(stderr, "usage: %s [--threads N] [--reps R] [--min-time S] [--quick] [--half] [--compare-torch]\n",
               argv[0]);
       return 2;
     }
@@ -531,6 +535,12 @@ int main(int argc, char **argv) {
          g_reps, g_min_time, l1, l5,
          l15);
   print_header();
+  if (half_only) {
+    bench_linear_bf16("linear 8192x320->1280", 8192, 1280, 320);
+    bench_linear_bf16("linear 2048x640->2560", 2048, 2560, 640);
+    bench_linear_bf16("linear 512x1280->5120", 512, 5120, 1280);
+    return 0;
+  }
   if (!quick) bench_sgemm("mm4096", "sgemm 4096x4096x4096 NN", 4096, 4096, 4096, false);
   bench_sgemm("lin1", "linear [8192x320]x[320x1280] (x W^T)", 8192, 1280, 320, true);
   bench_sgemm("lin2", "linear [8192x1280]x[1280x320]", 8192, 320, 1280, true);
