@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include "core/cpu/kernels.h"
+#include "mmpipe/tensor.h" /* MMP_F32, MMP_BF16 */
 
 #ifdef HAVE_OPENBLAS
 #include <cblas.h>
@@ -268,6 +269,46 @@ static void bench_sgemm(const char *key, const char *label, int64_t M, int64_t N
   free(C);
 }
 
+/* A linear layer with bf16 weights (issue 19): converted to fp32 while the
+ * panels are packed (the AVX-512 kernel), and multiplied as bf16 pairs
+ * (vdpbf16ps: 32 multiply-adds per instruction, so the bf16 peak is taken
+ * as twice the fp32 one) when the CPU has AVX512_BF16. */
+static void bench_linear_bf16(const char *label, int64_t M, int64_t N, int64_t K) {
+  float *A = rnd(M * K), *W = rnd(K * N), *C = rnd(M * N);
+  uint16_t *Wh = malloc((size_t)(K * N) * sizeof *Wh);
+  for (int64_t i = 0; i < K * N; ++i) {
+    uint32_t u;
+    memcpy(&u, &W[i], 4);
+    Wh[i] = (uint16_t)(u >> 16);
+  }
+  double t32, tc, td = 0, cpu;
+  char name[96];
+  int isa0 = mmp_cpu_isa();
+  mmp_cpu_set_openblas(0);
+  mmp_cpu_set_isa(MMP_CPU_ISA_AVX512);
+  TIME_BEST(t32, mmp_cpu_sgemm(1, false, true, M, N, K, 1.0f, A, K, 0, W, K, 0, 0.0f, C, N, 0));
+  TIME_BEST(tc, mmp_cpu_gemm(1, false, true, M, N, K, 1.0f, A, MMP_F32, K, 0, Wh, MMP_BF16, K, 0, 0.0f, C, N, 0));
+  cpu = g_cpu;
+  snprintf(name, sizeof name, "%s bf16 W, fp32 math", label);
+  print_flops(name, 2.0 * M * N * K, tc, cpu, 0, 0);
+  printf("%-42s %8s x%.2f vs fp32 weights\n", "", "", t32 / tc);
+  if (mmp_cpu_set_isa(MMP_CPU_ISA_AVX512_BF16) == MMP_CPU_ISA_AVX512_BF16) {
+    TIME_BEST(td, mmp_cpu_gemm(1, false, true, M, N, K, 1.0f, A, MMP_F32, K, 0, Wh, MMP_BF16, K, 0, 0.0f, C, N, 0));
+    double gf = 2.0 * M * N * K / td * 1e-9, cpud = g_cpu;
+    snprintf(name, sizeof name, "%s bf16 dot products", label);
+    printf("%-42s %8.2f %8.1f %8.1f%% of the bf16 peak (%.1f GFLOP/s)", name, td * 1e3, gf,
+           g_peak > 0 ? 100.0 * gf / (2.0 * g_peak) : 0.0, 2.0 * g_peak);
+    if (g_peak_core > 0 && cpud > 0) printf(", CPU-s eff. %.1f%% of it", 100.0 * 2.0 * M * N * K * 1e-9 / cpud / (2.0 * g_peak_core));
+    printf("; x%.2f vs fp32 weights\n", t32 / td);
+  }
+  mmp_cpu_set_isa(isa0);
+  mmp_cpu_set_openblas(-1);
+  free(A);
+  free(W);
+  free(Wh);
+  free(C);
+}
+
 #ifdef HAVE_OPENBLAS
 /* the classic alternative: explicit im2col + OpenBLAS sgemm, per image */
 static void conv_im2col_blas(const float *x, int64_t N, int64_t C, int64_t H, int64_t W,
@@ -447,7 +488,7 @@ static void compare_torch(int threads, bool quick) {
 
 int main(int argc, char **argv) {
   int threads = 0;
-  bool torch = false, quick = false;
+  bool torch = false, quick = false, half_only = false;
   for (int i = 1; i < argc; ++i) {
     if (strcmp(argv[i], "--threads") == 0 && i + 1 < argc)
       threads = atoi(argv[++i]);
@@ -459,8 +500,10 @@ int main(int argc, char **argv) {
       torch = true;
     else if (strcmp(argv[i], "--quick") == 0)
       quick = true;
+    else if (strcmp(argv[i], "--half") == 0) /* only the linear layers with bf16 weights */
+      half_only = true;
     else {
-      fprintf(stderr, "usage: %s [--threads N] [--reps R] [--min-time S] [--quick] [--compare-torch]\n",
+      fprintf(stderr, "usage: %s [--threads N] [--reps R] [--min-time S] [--quick] [--half] [--compare-torch]\n",
               argv[0]);
       return 2;
     }
@@ -472,7 +515,8 @@ int main(int argc, char **argv) {
   g_peak = g_peak_core * g_threads;
   long cores = sysconf(_SC_NPROCESSORS_ONLN);
   printf("mmpipe bench/ops: %d thread(s) on %ld online core(s); kernels: %s\n", g_threads, cores,
-         mmp_cpu_isa() == MMP_CPU_ISA_AVX512 ? "AVX-512 14x32" : "portable C");
+         mmp_cpu_isa() == MMP_CPU_ISA_AVX512_BF16 ? "AVX-512 14x32 (+ BF16 dot products)"
+         : mmp_cpu_isa() == MMP_CPU_ISA_AVX512 ? "AVX-512 14x32" : "portable C");
   printf("ISA %s, measured clock %.2f GHz, %.0f FMA pipe(s) (%.2f G FMA/s measured): fp32 peak %.1f GFLOP/s per core, "
          "%.1f GFLOP/s for %d thread(s)\n",
          g_isa, g_clock_ghz, g_fma_pipes, g_fma_rate, g_peak_core, g_peak, g_threads);
@@ -491,6 +535,12 @@ int main(int argc, char **argv) {
          g_reps, g_min_time, l1, l5,
          l15);
   print_header();
+  if (half_only) {
+    bench_linear_bf16("linear 8192x320->1280", 8192, 1280, 320);
+    bench_linear_bf16("linear 2048x640->2560", 2048, 2560, 640);
+    bench_linear_bf16("linear 512x1280->5120", 512, 5120, 1280);
+    return 0;
+  }
   if (!quick) bench_sgemm("mm4096", "sgemm 4096x4096x4096 NN", 4096, 4096, 4096, false);
   bench_sgemm("lin1", "linear [8192x320]x[320x1280] (x W^T)", 8192, 1280, 320, true);
   bench_sgemm("lin2", "linear [8192x1280]x[1280x320]", 8192, 320, 1280, true);
@@ -498,6 +548,9 @@ int main(int argc, char **argv) {
   bench_sgemm("lin4", "linear [512x1280]x[1280x5120]", 512, 5120, 1280, true);
   bench_sgemm("lin5", "linear [4096x320]x[320x320]", 4096, 320, 320, true);
   bench_sgemm("lin6", "linear [154x768]x[768x320] (cross K/V)", 154, 320, 768, true);
+  bench_linear_bf16("linear 8192x320->1280", 8192, 1280, 320);
+  bench_linear_bf16("linear 2048x640->2560", 2048, 2560, 640);
+  bench_linear_bf16("linear 512x1280->5120", 512, 5120, 1280);
   bench_conv("conv320", "conv2d 3x3 320->320 64x64 batch 2", 2, 320, 64, 64, 320);
   bench_conv("conv1280", "conv2d 3x3 1280->1280 8x8 batch 2", 2, 1280, 8, 8, 1280);
   bench_attention("attn_self", "attention self 2x8 heads 4096x4096 d40", 2, 8, 4096, 4096, 40);

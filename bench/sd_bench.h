@@ -11,7 +11,9 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/resource.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <mmpipe/mmpipe.h>
 
@@ -21,6 +23,8 @@ typedef struct bench_opts {
   int threads, repeat, warmup;
   bool compare_torch;
   const char *srcdir;
+  const char *dtypes; /* --weights-dtype list ("f32,bf16"), NULL: the default */
+  const char *wdtype; /* this run's weights_dtype, NULL: not set */
 } bench_opts_t;
 
 static inline double bench_now(void) {
@@ -37,18 +41,21 @@ static inline double bench_peak_rss_mb(void) {
 
 static inline void bench_usage(const char *prog, const char *what) {
   printf("Usage: %s [--config PART.json] [--weights W.safetensors] [--threads N] [--repeat N]\n"
-         "          [--warmup N] [--compare-torch]\n\n"
+         "          [--warmup N] [--compare-torch] [--weights-dtype f32,bf16,f16]\n\n"
          "One %s forward at SD-1.5 size (fp32, CPU): seconds per forward and peak RSS.\n"
          "Without --weights the weights are made in-process (init_seed 0); with a file from\n"
          "`pipeline init-weights` they are memory-mapped. --compare-torch runs the same\n"
          "forward in PyTorch (bench/torch_sd.py, PYTHONPATH from MMP_TORCH_PYTHONPATH,\n"
-         "default /root/refenv/site) with the same thread count.\n", prog, what);
+         "default /root/refenv/site) with the same thread count. --weights-dtype runs the\n"
+         "forward once per listed weights_dtype (f32, f16, bf16), each in a child process\n"
+         "so that each reports its own peak RSS, then prints the ratios to the first.\n", prog, what);
 }
 
 static inline int bench_parse(int argc, char **argv, bench_opts_t *o, const char *part, const char *what) {
   static const struct option opts[] = {{"config", required_argument, NULL, 'c'}, {"weights", required_argument, NULL, 'w'},
                                        {"threads", required_argument, NULL, 't'}, {"repeat", required_argument, NULL, 'r'},
                                        {"warmup", required_argument, NULL, 'W'}, {"compare-torch", no_argument, NULL, 'T'},
+                                       {"weights-dtype", required_argument, NULL, 'D'},
                                        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
   static char cfg[4096];
   const char *src = getenv("MMP_BENCH_SRCDIR");
@@ -60,6 +67,7 @@ static inline int bench_parse(int argc, char **argv, bench_opts_t *o, const char
   o->repeat = 1;
   o->warmup = 0;
   o->compare_torch = false;
+  o->dtypes = o->wdtype = NULL;
   int c;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (c) {
@@ -69,6 +77,7 @@ static inline int bench_parse(int argc, char **argv, bench_opts_t *o, const char
     case 'r': o->repeat = atoi(optarg) > 0 ? atoi(optarg) : 1; break;
     case 'W': o->warmup = atoi(optarg); break;
     case 'T': o->compare_torch = true; break;
+    case 'D': o->dtypes = optarg; break;
     case 'h': bench_usage(argv[0], what); exit(0);
     default: bench_usage(argv[0], what); exit(2);
     }
@@ -101,12 +110,14 @@ static inline int bench_open(const bench_opts_t *o, mmp_kind_t kind, const char 
                              const char *extra, const char *prog, bench_env_t *e) {
   char text[12000];
   *e = (bench_env_t){0};
+  char wd[64] = "";
+  if (o->wdtype) snprintf(wd, sizeof wd, "weights_dtype = \"%s\";", o->wdtype);
   if (o->weights)
-    snprintf(text, sizeof text, "%s = { name = \"%s\"; config = \"%s\"; weights = \"%s\"; %s };", group, name,
-             o->config, o->weights, extra);
+    snprintf(text, sizeof text, "%s = { name = \"%s\"; config = \"%s\"; weights = \"%s\"; %s %s };", group, name,
+             o->config, o->weights, extra, wd);
   else
-    snprintf(text, sizeof text, "%s = { name = \"%s\"; config = \"%s\"; init_seed = 0; %s };", group, name,
-             o->config, extra);
+    snprintf(text, sizeof text, "%s = { name = \"%s\"; config = \"%s\"; init_seed = 0; %s %s };", group, name,
+             o->config, extra, wd);
   e->reg = mmp_registry_new();
   e->cfg = mmp_config_parse(text, "bench");
   if (e->reg && e->cfg && mmp_registry_set_search_path(e->reg, e->cfg) == 0) {
@@ -121,6 +132,17 @@ static inline int bench_open(const bench_opts_t *o, mmp_kind_t kind, const char 
   fprintf(stderr, "%s: %s\n", prog, mmp_error_last());
   bench_close(e);
   return -1;
+}
+
+/* In a child of bench_fork_dtypes: hand the parent the seconds per call and
+ * the peak RSS. */
+static inline void bench_report(double secs) {
+  const char *fd = getenv("MMP_BENCH_REPORT_FD");
+  if (!fd) return;
+  FILE *f = fdopen(atoi(fd), "w");
+  if (!f) return;
+  fprintf(f, "%.6f %.1f\n", secs, bench_peak_rss_mb());
+  fclose(f);
 }
 
 /* Time @repeat forwards after @warmup; prints and returns seconds per call. */
@@ -144,7 +166,54 @@ static inline double bench_run(const bench_opts_t *o, mmp_component_t *c, const 
   }
   printf("%-22s %8.2f s  (best of %d: %.2f s, %d threads)\n", label, tot / o->repeat, o->repeat, best, o->threads);
   printf("%-22s %8.0f MB\n", "peak RSS", bench_peak_rss_mb());
+  bench_report(tot / o->repeat);
   return tot / o->repeat;
+}
+
+/* --weights-dtype A,B,...: the rest of main runs once per dtype, each in a
+ * child process (its own peak RSS), one after the other. Returns 0 in each
+ * child (o->wdtype set; it reports over a pipe), and 1 in the parent once
+ * all are done, after printing the seconds and peak RSS of each relative
+ * to the first (the caller then runs only the PyTorch comparison). Returns
+ * 0 without forking when no list was given. */
+static inline int bench_fork_dtypes(bench_opts_t *o) {
+  if (!o->dtypes) return 0;
+  static char list[256];
+  snprintf(list, sizeof list, "%s", o->dtypes);
+  char *names[8];
+  int n = 0;
+  for (char *t = strtok(list, ","); t && n < 8; t = strtok(NULL, ",")) names[n++] = t;
+  double secs[8] = {0}, rss[8] = {0};
+  for (int i = 0; i < n; i++) {
+    int fd[2];
+    if (pipe(fd) != 0) return 1;
+    printf("== weights_dtype %s ==\n", names[i]);
+    fflush(stdout);
+    pid_t pid = fork();
+    if (pid == 0) {
+      close(fd[0]);
+      o->wdtype = names[i];
+      o->compare_torch = false;
+      o->dtypes = NULL;
+      static char fdname[32];
+      snprintf(fdname, sizeof fdname, "%d", fd[1]);
+      setenv("MMP_BENCH_REPORT_FD", fdname, 1);
+      return 0;
+    }
+    close(fd[1]);
+    FILE *f = fdopen(fd[0], "r");
+    if (f) {
+      if (fscanf(f, "%lf %lf", &secs[i], &rss[i]) != 2) secs[i] = rss[i] = 0;
+      fclose(f);
+    }
+    int st = 0;
+    if (pid > 0) waitpid(pid, &st, 0);
+  }
+  printf("== weights_dtype summary (relative to %s) ==\n", names[0]);
+  for (int i = 0; i < n; i++)
+    printf("%-6s %8.2f s (x%.2f speed)  %8.0f MB peak RSS (x%.2f)\n", names[i], secs[i],
+           secs[i] > 0 ? secs[0] / secs[i] : 0.0, rss[i], rss[0] > 0 ? rss[i] / rss[0] : 0.0);
+  return 1;
 }
 
 /* Run bench/torch_sd.py PART CONFIG THREADS and echo its report. */

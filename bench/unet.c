@@ -7,6 +7,10 @@
 int main(int argc, char **argv) {
   bench_opts_t o;
   bench_parse(argc, argv, &o, "unet", "UNet2DConditionModel");
+  if (bench_fork_dtypes(&o)) { /* the parent: each dtype ran in a child */
+    bench_torch(&o, "unet");
+    return 0;
+  }
   bench_env_t e;
   if (bench_open(&o, MMP_KIND_MODEL, "model", "unet2d_condition", "", "bench/unet", &e) < 0) return 1;
   mmp_backend_t *cpu = mmp_backend_get("cpu");

@@ -7,6 +7,10 @@
 int main(int argc, char **argv) {
   bench_opts_t o;
   bench_parse(argc, argv, &o, "vae", "AutoencoderKL decode");
+  if (bench_fork_dtypes(&o)) { /* the parent: each dtype ran in a child */
+    bench_torch(&o, "vae");
+    return 0;
+  }
   bench_env_t e;
   if (bench_open(&o, MMP_KIND_ENCODER, "encoder", "vae", "mode = \"decode\";", "bench/vae", &e) < 0) return 1;
   mmp_rng_t *g = mmp_rng_new(0, MMP_RNG_PHILOX);

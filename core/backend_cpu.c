@@ -654,8 +654,9 @@ static int op_linear(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp_ten
     beta = 1.0f;
   }
   if (in == 0) return bias ? 0 : op_fill(dst, 0.0);
-  return mmp_cpu_sgemm(1, false, true, rows, out, in, 1.0f, mmp__ptr(x), in, 0, mmp__ptr(w), in, 0, beta, y, out,
-                       0);
+  /* an f16/bf16 weight is converted while the GEMM packs its panels */
+  return mmp_cpu_gemm(1, false, true, rows, out, in, 1.0f, mmp__ptr(x), MMP_F32, in, 0, mmp__ptr(w), w->dtype, in,
+                      0, beta, y, out, 0);
 }
 
 /* ============================================================ nn helpers */
@@ -860,6 +861,13 @@ static bool cpu_supports(mmp_backend_t *be, mmp_op_t op, const mmp_tensor_t *con
     return nsrc == 2 && is_f32(srcs[0]) && (srcs[1]->dtype == MMP_I64 || srcs[1]->dtype == MMP_I32) &&
            mmp_tensor_is_contiguous(srcs[1]) && is_f32(dst);
   case MMP_OP_TIMESTEP_EMBEDDING: return nsrc == 1 && srcs[0]->dtype != MMP_BOOL && is_f32(dst);
+  case MMP_OP_LINEAR:
+  case MMP_OP_CONV2D: /* weights (srcs[1]) may be f16/bf16: converted while packing */
+    if (nsrc >= 2 && srcs[1] && (srcs[1]->dtype == MMP_F16 || srcs[1]->dtype == MMP_BF16)) {
+      if (!is_f32(dst) || !is_f32(srcs[0]) || (nsrc > 2 && srcs[2] && !is_f32(srcs[2]))) return false;
+      return true;
+    }
+    break;
   case MMP_OP_ATTENTION:
     if (nsrc == 4 && srcs[3] && srcs[3]->dtype != MMP_U8 && srcs[3]->dtype != MMP_BOOL) return false;
     if (nsrc > 3) nsrc = 3;
@@ -915,8 +923,8 @@ static int cpu_compute(mmp_backend_t *be, mmp_op_t op, const mmp_op_params_t *p,
   case MMP_OP_CONV2D: {
     const mmp_tensor_t *x = s[0], *w = s[1], *b = nsrc > 2 ? s[2] : NULL;
     if (mmp_tensor_numel(dst) == 0) return 0;
-    return mmp_cpu_conv2d(mmp__ptr(x), x->shape[0], x->shape[1], x->shape[2], x->shape[3], mmp__ptr(w),
-                          w->shape[0], w->shape[2], w->shape[3], b ? mmp__ptr(b) : NULL, (int)p->i[0],
+    return mmp_cpu_conv2d_w(mmp__ptr(x), x->shape[0], x->shape[1], x->shape[2], x->shape[3], mmp__ptr(w),
+                          w->dtype, w->shape[0], w->shape[2], w->shape[3], b ? mmp__ptr(b) : NULL, (int)p->i[0],
                           (int)p->i[1], (int)p->i[2], (int)p->i[3], (int)p->i[4], (int)p->i[5], (int)p->i[6],
                           mmp__ptr(dst));
   }

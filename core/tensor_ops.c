@@ -33,6 +33,23 @@ static bool need_f32(const char *op, const char *what, const mmp_tensor_t *t) {
   return false;
 }
 
+/* The weight of linear/conv2d: f32, or f16/bf16 storage (half the memory;
+ * the CPU converts while packing, fp32 arithmetic). */
+static bool need_weight(const char *op, const mmp_tensor_t *w) {
+  if (w->dtype == MMP_F32 || w->dtype == MMP_F16 || w->dtype == MMP_BF16) return true;
+  mmp_error_set(MMP_EDTYPE, "%s: weight is %s but must be f32, f16 or bf16", op, mmp__desc(w));
+  return false;
+}
+
+/* A backend that cannot take a half-precision weight beside f32 operands
+ * (cuBLAS wants one dtype) gets an f32 copy of it for this call. Returns
+ * @wc itself (a new reference on success), or the copy, or NULL. */
+static mmp_tensor_t *weight_for(mmp_backend_t *be, mmp_op_t op, const mmp_tensor_t **srcs, int n,
+                                mmp_tensor_t *dst, mmp_tensor_t *wc) {
+  if (wc->dtype == MMP_F32 || mmp_backend_supports(be, op, srcs, n, dst)) return mmp_tensor_ref(wc);
+  return mmp_convert(wc, MMP_F32);
+}
+
 /* Compute into a fresh dst; frees dst on failure. */
 static mmp_tensor_t *run(mmp_backend_t *be, mmp_op_t op, const mmp_op_params_t *p, const mmp_tensor_t *const *srcs,
                          int n, mmp_tensor_t *dst) {
@@ -244,7 +261,7 @@ mmp_tensor_t *mmp_linear(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp
   if (!x || !w) return NULL;
   const mmp_tensor_t *ts[3] = {x, w, bias};
   mmp_backend_t *be = common_backend("linear", 3, ts);
-  if (!be || !need_f32("linear", "x", x) || !need_f32("linear", "weight", w) || !need_f32("linear", "bias", bias))
+  if (!be || !need_f32("linear", "x", x) || !need_weight("linear", w) || !need_f32("linear", "bias", bias))
     return NULL;
   if (x->ndim < 1 || w->ndim != 2 || x->shape[x->ndim - 1] != w->shape[1] ||
       (bias && (bias->ndim != 1 || bias->shape[0] != w->shape[0]))) {
@@ -264,7 +281,15 @@ mmp_tensor_t *mmp_linear(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp
   if (xc && wc && (!bias || bc)) {
     int64_t so[2] = {rows, out};
     const mmp_tensor_t *srcs[3] = {xc, wc, bc};
-    mmp_tensor_t *y = run(be, MMP_OP_LINEAR, NULL, srcs, bias ? 3 : 2, mmp_tensor_new(be, MMP_F32, 2, so));
+    mmp_tensor_t *y = mmp_tensor_new(be, MMP_F32, 2, so), *wu = y ? weight_for(be, MMP_OP_LINEAR, srcs, bias ? 3 : 2, y, wc) : NULL;
+    srcs[1] = wu;
+    if (!wu) {
+      mmp_tensor_unref(y);
+      y = NULL;
+    } else {
+      y = run(be, MMP_OP_LINEAR, NULL, srcs, bias ? 3 : 2, y);
+    }
+    mmp_tensor_unref(wu);
     if (y) {
       int64_t shape[MMP_MAX_DIMS];
       memcpy(shape, x->shape, sizeof shape);
@@ -287,7 +312,7 @@ mmp_tensor_t *mmp_conv2d(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp
   if (!x || !w) return NULL;
   const mmp_tensor_t *ts[3] = {x, w, bias};
   mmp_backend_t *be = common_backend("conv2d", 3, ts);
-  if (!be || !need_f32("conv2d", "x", x) || !need_f32("conv2d", "weight", w) || !need_f32("conv2d", "bias", bias))
+  if (!be || !need_f32("conv2d", "x", x) || !need_weight("conv2d", w) || !need_f32("conv2d", "bias", bias))
     return NULL;
   if (stride_h < 1 || stride_w < 1 || dil_h < 1 || dil_w < 1 || pad_h < 0 || pad_w < 0 || groups < 1) {
     mmp_error_set(MMP_EINVAL, "conv2d: stride %dx%d, padding %dx%d, dilation %dx%d, groups %d out of range",
@@ -314,7 +339,13 @@ mmp_tensor_t *mmp_conv2d(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp
     int64_t so[4] = {x->shape[0], w->shape[0], OH, OW};
     mmp_op_params_t p = {{0}, {stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups}};
     const mmp_tensor_t *srcs[3] = {xc, wc, bc};
-    r = run(be, MMP_OP_CONV2D, &p, srcs, bias ? 3 : 2, mmp_tensor_new(be, MMP_F32, 4, so));
+    mmp_tensor_t *y = mmp_tensor_new(be, MMP_F32, 4, so), *wu = y ? weight_for(be, MMP_OP_CONV2D, srcs, bias ? 3 : 2, y, wc) : NULL;
+    srcs[1] = wu;
+    if (!wu)
+      mmp_tensor_unref(y);
+    else
+      r = run(be, MMP_OP_CONV2D, &p, srcs, bias ? 3 : 2, y);
+    mmp_tensor_unref(wu);
   }
   mmp_tensor_unref(xc);
   mmp_tensor_unref(wc);

@@ -60,3 +60,14 @@ tests_test_tool_arldm_init_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_tool_arldm_init_LDADD = $(TEST_LDADD)
 TESTS += tests/test_tool_arldm_init_story.sh
 EXTRA_DIST += tests/test_tool_arldm_init_story.sh
+
+# half-precision weights (issue 19): each component and a txt2img run, on the
+# automatic path (AVX-512-BF16 dot products where present), AVX-512 without
+# them, and the portable path
+if HAVE_PNG
+check_PROGRAMS += tests/test_plugin_half_weights
+TESTS += tests/test_plugin_half_weights tests/test_plugin_half_weights_avx512.sh tests/test_plugin_half_weights_generic.sh
+tests_test_plugin_half_weights_CPPFLAGS = $(TEST_CPPFLAGS) $(LIBPNG_CFLAGS)
+tests_test_plugin_half_weights_LDADD = $(TEST_LDADD) $(LIBPNG_LIBS)
+endif
+EXTRA_DIST += tests/test_plugin_half_weights_avx512.sh tests/test_plugin_half_weights_generic.sh

@@ -11,6 +11,7 @@
 #include "core/cpu/gemm.h"
 #include "core/cpu/kernels.h"
 #include "mmpipe/error.h"
+#include "mmpipe/tensor.h"
 #include "tap.h"
 
 /* Every kernel runs on every code path this machine has (the AVX-512
@@ -42,6 +43,9 @@ static float *rand_buf(int64_t n) {
 }
 
 static const char *path_name = "";
+/* the AVX-512-BF16 path: products with bf16 operands round the other
+ * operand to bf16 too (relative error 2^-9 per product) */
+static bool bf16_compute = false;
 
 /* ------------------------------------------------------------- sgemm */
 
@@ -186,6 +190,150 @@ static void test_conv2d(void) {
    * shared by the row-block tasks (columns span images, K > one K block) */
   check_conv(2, 40, 8, 8, 130, 3, 3, 1, 1, 1, 1, 1, 1, 1, true);
   check_conv(3, 30, 7, 5, 100, 3, 3, 2, 1, 1, 1, 1, 1, 1, false); /* strided, odd columns */
+}
+
+/* ------------------------------------------- half-precision operands */
+
+/* Half-precision weights (f16/bf16 storage, converted while packing) give
+ * the fp32 result of the converted values: the same tolerance as sgemm,
+ * against a reference over the exact values. The values are multiples of
+ * 2^-10 (f16) or 2^-7 (bf16) in [-1, 1], so they are exactly representable
+ * and encoded here without rounding. */
+static float *half_buf(int64_t n, int dt, uint16_t **bits) {
+  float *v = rand_buf(n);
+  uint16_t *h = malloc((size_t)(n > 0 ? n : 1) * sizeof *h);
+  const float q = dt == MMP_BF16 ? 128.0f : 1024.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    float f = roundf(v[i] * q) / q;
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    v[i] = f;
+    if (dt == MMP_BF16)
+      h[i] = (uint16_t)(u >> 16);
+    else if (f == 0.0f)
+      h[i] = (uint16_t)((u >> 16) & 0x8000u);
+    else /* normal in f16: rebias the exponent, keep 10 mantissa bits */
+      h[i] = (uint16_t)(((u >> 16) & 0x8000u) | ((((u >> 23) & 0xffu) - 112u) << 10) | ((u >> 13) & 0x3ffu));
+  }
+  *bits = h;
+  return v;
+}
+
+/* which: 0 = A half, 1 = B half, 2 = both */
+static void check_half_gemm(int dt, int which, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float beta) {
+  int64_t lda = ta ? M : K, ldb = tb ? K : N, ldc = N;
+  uint16_t *ha = NULL, *hb = NULL;
+  float *A = which != 1 ? half_buf(M * K, dt, &ha) : rand_buf(M * K);
+  float *B = which != 0 ? half_buf(K * N, dt, &hb) : rand_buf(K * N);
+  float *C = rand_buf(M * N), *C0 = malloc((size_t)(M * N > 0 ? M * N : 1) * sizeof(float));
+  memcpy(C0, C, (size_t)(M * N) * sizeof(float));
+  int rc = mmp_cpu_gemm(1, ta, tb, M, N, K, 1.0f, ha ? (const void *)ha : A, ha ? dt : MMP_F32, lda, 0,
+                        hb ? (const void *)hb : B, hb ? dt : MMP_F32, ldb, 0, beta, C, ldc, 0);
+  int bad = rc != 0;
+  for (int64_t i = 0; i < M && !bad; ++i)
+    for (int64_t j = 0; j < N; ++j) {
+      double acc = 0.0, mag = 0.0;
+      for (int64_t k = 0; k < K; ++k) {
+        double p = (double)(ta ? A[k * lda + i] : A[i * lda + k]) * (tb ? B[j * ldb + k] : B[k * ldb + j]);
+        acc += p;
+        mag += fabs(p);
+      }
+      double ref = acc + beta * (double)C0[i * ldc + j];
+      double rel = bf16_compute && dt == MMP_BF16 ? 4e-3 : 1e-5;
+      if (!(fabs(C[i * ldc + j] - ref) <= rel * mag + 1e-6 * fabs(beta * C0[i * ldc + j]) + 1e-30)) {
+        diag("  [%lld,%lld] got %.9g want %.9g", (long long)i, (long long)j, C[i * ldc + j], ref);
+        bad = 1;
+        break;
+      }
+    }
+  ok(!bad, "%s gemm %s %s %c%c M %lld N %lld K %lld beta %g", path_name, dt == MMP_BF16 ? "bf16" : "f16",
+     which == 0 ? "A" : which == 1 ? "B" : "A+B", ta ? 'T' : 'N', tb ? 'T' : 'N', (long long)M, (long long)N,
+     (long long)K, beta);
+  free(A);
+  free(B);
+  free(C);
+  free(C0);
+  free(ha);
+  free(hb);
+}
+
+static void check_half_conv(int dt, int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int64_t KH, int pad,
+                            int groups) {
+  int64_t OH = H + 2 * pad - KH + 1, OW = W + 2 * pad - KH + 1, Cg = C / groups, Og = O / groups;
+  uint16_t *hw = NULL;
+  float *x = rand_buf(N * C * H * W), *w = half_buf(O * Cg * KH * KH, dt, &hw), *bias = rand_buf(O);
+  float *y = rand_buf(N * O * OH * OW), *y32 = rand_buf(N * O * OH * OW);
+  int rc = mmp_cpu_conv2d_w(x, N, C, H, W, hw, dt, O, KH, KH, bias, 1, 1, pad, pad, 1, 1, groups, y);
+  /* the same weights as f32: the half path must give the fp32 path's numbers */
+  int rc2 = mmp_cpu_conv2d(x, N, C, H, W, w, O, KH, KH, bias, 1, 1, pad, pad, 1, 1, groups, y32);
+  int bad = rc != 0 || rc2 != 0;
+  const bool approx = bf16_compute && dt == MMP_BF16;
+  for (int64_t i = 0; i < N * O * OH * OW && !bad && !approx; ++i)
+    if (y[i] != y32[i]) {
+      diag("  [%lld] got %.9g, f32 weights give %.9g", (long long)i, y[i], y32[i]);
+      bad = 1;
+    }
+  /* bf16 dot products: against a double reference, 4e-3 of sum |x w| */
+  for (int64_t n = 0; n < N && !bad && approx; ++n)
+    for (int64_t o = 0; o < O && !bad; ++o)
+      for (int64_t oh = 0; oh < OH; ++oh)
+        for (int64_t ow = 0; ow < OW; ++ow) {
+          int64_t g = o / Og;
+          double acc = bias[o], mag = fabs(acc);
+          for (int64_t c = 0; c < Cg; ++c)
+            for (int64_t kh = 0; kh < KH; ++kh)
+              for (int64_t kw = 0; kw < KH; ++kw) {
+                int64_t ih = oh - pad + kh, iw = ow - pad + kw;
+                if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
+                double pr = (double)x[((n * C + g * Cg + c) * H + ih) * W + iw] * w[((o * Cg + c) * KH + kh) * KH + kw];
+                acc += pr;
+                mag += fabs(pr);
+              }
+          double got = y[((n * O + o) * OH + oh) * OW + ow];
+          if (!(fabs(got - acc) <= 4e-3 * mag + 1e-30)) {
+            diag("  [%lld,%lld,%lld,%lld] got %.9g want %.9g", (long long)n, (long long)o, (long long)oh,
+                 (long long)ow, got, acc);
+            bad = 1;
+            break;
+          }
+        }
+  if (approx) {
+    bool differs = false;
+    for (int64_t i = 0; i < N * O * OH * OW; ++i) differs |= y[i] != y32[i];
+    ok(differs, "%s conv2d bf16 weights: the dot-product kernel ran (x rounded to bf16)", path_name);
+  }
+  ok(!bad, approx ? "%s conv2d %s weights N%lld C%lld %lldx%lld O%lld k%lld p%d g%d: bf16 dot products within 4e-3"
+                  : "%s conv2d %s weights N%lld C%lld %lldx%lld O%lld k%lld p%d g%d: equal to the f32 weights' result",
+     path_name, dt == MMP_BF16 ? "bf16" : "f16", (long long)N, (long long)C, (long long)H, (long long)W,
+     (long long)O, (long long)KH, pad, groups);
+  free(x);
+  free(w);
+  free(hw);
+  free(bias);
+  free(y);
+  free(y32);
+}
+
+static void test_half(void) {
+  static const int64_t sizes[][3] = {{1, 1, 1}, {3, 17, 5}, {17, 33, 65}, {15, 31, 300}, {200, 70, 257}, {45, 200, 1700}};
+  for (int dt = MMP_F16; dt <= MMP_BF16; ++dt) {
+    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; ++s)
+      for (int t = 0; t < 4; ++t)
+        for (int which = 0; which < 3; ++which)
+          check_half_gemm(dt, which, t & 1, t & 2, sizes[s][0], sizes[s][1], sizes[s][2], (t & 1) ? 1.0f : 0.0f);
+    check_half_gemm(dt, 1, false, true, 300, 200, 100, 0.0f); /* linear's layout, threaded */
+    check_half_conv(dt, 2, 3, 7, 9, 5, 3, 1, 1);
+    check_half_conv(dt, 1, 6, 9, 7, 9, 3, 1, 3);
+    check_half_conv(dt, 2, 17, 6, 5, 33, 1, 0, 1);   /* pointwise, spanning */
+    check_half_conv(dt, 1, 16, 24, 24, 8, 1, 0, 1);  /* pointwise, per image */
+    check_half_conv(dt, 2, 40, 8, 8, 130, 3, 1, 1);  /* shared im2col matrix */
+    check_half_conv(dt, 1, 40, 20, 20, 20, 3, 1, 1); /* K = 360, two K blocks */
+  }
+  uint16_t h = 0;
+  float c = 0;
+  ok(mmp_cpu_gemm(1, false, false, 1, 1, 1, 1.0f, &h, MMP_I32, 1, 0, &h, MMP_F16, 1, 0, 0.0f, &c, 1, 0) ==
+         MMP_EDTYPE,
+     "%s gemm: an integer operand is MMP_EDTYPE", path_name);
 }
 
 /* --------------------------------------------------------- attention */
@@ -521,6 +669,7 @@ static void test_errors(void) {
 
 static void run_all(void) {
   test_sgemm();
+  test_half();
   test_conv2d();
   test_attention();
   test_group_norm();
@@ -574,6 +723,16 @@ int main(void) {
   mmp_cpu_set_threads(2); /* exercise the pool whatever the machine */
   test_errors();
 
+  if (mmp_cpu_set_isa(MMP_CPU_ISA_AVX512_BF16) == MMP_CPU_ISA_AVX512_BF16) {
+    mmp_cpu_set_openblas(0);
+    path_name = "[avx512bf16]";
+    bf16_compute = true;
+    test_half();
+    test_sgemm(); /* f32 products keep the fp32 kernel */
+    bf16_compute = false;
+  } else {
+    diag("no AVX512_BF16 on this CPU: the bf16 dot-product kernel is not tested");
+  }
   if (mmp_cpu_set_isa(MMP_CPU_ISA_AVX512) == MMP_CPU_ISA_AVX512) {
     mmp_cpu_set_openblas(0);
     path_name = "[avx512]";

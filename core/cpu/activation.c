@@ -43,7 +43,7 @@ static void act_block(act_t a, const float *x, float *y, int64_t n) {
         break;
       case ACT_GELU:
 #ifdef MMP_HAVE_X86_DISPATCH
-        if (mmp_cpu_isa() == MMP_CPU_ISA_AVX512) {
+        if (mmp_cpu_isa() >= MMP_CPU_ISA_AVX512) {
           mmp_vgelu_avx512(xs, ys, m);
           continue;
         }

@@ -8,6 +8,7 @@
 #include "core/cpu/gemm.h"
 #include "core/cpu/kernels.h"
 #include "mmpipe/error.h"
+#include "mmpipe/tensor.h" /* MMP_F32, MMP_F16, MMP_BF16 */
 
 /* For one image n and group g, Y_g[Og x P] = W_g[Og x Cg*KH*KW] . col[.. x P]
  * with P = OH*OW output pixels. The GEMM's B operand (the im2col matrix) is
@@ -16,7 +17,10 @@
  * from cache. A 1x1, stride-1, unpadded convolution is a plain GEMM on x. */
 typedef struct conv_job {
   const mmp_gemm_kernel_t *g;
-  const float *x, *w, *bias;
+  const float *x, *bias;
+  const char *w; /* weights of wsz bytes each, dtype wdt */
+  int wdt;
+  int64_t wsz;
   float *y;
   int64_t N, C, H, W, O, KH, KW, OH, OW;
   int sh, sw, ph, pw, dh, dw, groups;
@@ -116,7 +120,9 @@ static void fill_col(int64_t wi, void *user) {
   for (int64_t it = wi * items / j->nfill; it < (wi + 1) * items / j->nfill; ++it) {
     int64_t pc = (it / np) * j->col_kc, q = (it % np) * NR;
     int64_t kc = j->Kg - pc < j->col_kc ? j->Kg - pc : j->col_kc;
-    pack_conv_b(&cb, pc, kc, q, cols - q < NR ? cols - q : NR, j->col + pc * j->col_ld + q * kc);
+    float *panel = j->col + pc * j->col_ld + q * kc;
+    pack_conv_b(&cb, pc, kc, q, cols - q < NR ? cols - q : NR, panel);
+    if (j->g->squeeze) j->g->squeeze(panel, kc, (int)NR);
   }
 }
 
@@ -167,12 +173,12 @@ static void conv_worker(int64_t wi, void *user) {
       beta = 1.0f;
     }
     conv_b_t cb = {j, j->x + (n * j->C + gi * j->Cg) * j->H * j->W, p0};
-    const float *A = j->w + (gi * j->Og + m0) * j->Kg;
+    const char *A = j->w + (gi * j->Og + m0) * j->Kg * j->wsz;
     if (j->col)
-      mmp_gemm_serial_pb(g, false, mc, nc, j->Kg, j->col_kc, 1.0f, A, j->Kg, j->col, j->col_ld, p0,
+      mmp_gemm_serial_pb(g, false, mc, nc, j->Kg, j->col_kc, 1.0f, A, j->wdt, j->Kg, j->col, j->col_ld, p0,
                          beta, y, ldy, bufa);
     else
-      mmp_gemm_serial_cb(g, false, mc, nc, j->Kg, 1.0f, A, j->Kg,
+      mmp_gemm_serial_cb(g, false, mc, nc, j->Kg, 1.0f, A, j->wdt, j->Kg,
                          j->pointwise ? pack_pointwise_b : pack_conv_b, &cb, beta, y, ldy, bufa,
                          bufb);
     if (j->span) /* scatter the tile: column c is image (p0+c)/P, pixel (p0+c)%P */
@@ -193,6 +199,14 @@ static void conv_worker(int64_t wi, void *user) {
 int mmp_cpu_conv2d(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, const float *w,
                    int64_t O, int64_t KH, int64_t KW, const float *bias, int sh, int sw, int ph,
                    int pw, int dh, int dw, int groups, float *y) {
+  return mmp_cpu_conv2d_w(x, N, C, H, W, w, MMP_F32, O, KH, KW, bias, sh, sw, ph, pw, dh, dw, groups, y);
+}
+
+int mmp_cpu_conv2d_w(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, const void *w, int wdt,
+                     int64_t O, int64_t KH, int64_t KW, const float *bias, int sh, int sw, int ph, int pw,
+                     int dh, int dw, int groups, float *y) {
+  if (wdt != MMP_F32 && wdt != MMP_F16 && wdt != MMP_BF16)
+    return mmp_error_set(MMP_EDTYPE, "conv2d: weight dtype %d (want f32, f16 or bf16)", wdt);
   if (N < 0 || C <= 0 || H <= 0 || W <= 0 || O <= 0 || KH <= 0 || KW <= 0)
     return mmp_error_set(MMP_EINVAL, "conv2d: bad sizes (C %lld, H %lld, W %lld, O %lld, kernel %lldx%lld)",
                          (long long)C, (long long)H, (long long)W, (long long)O, (long long)KH,
@@ -212,9 +226,11 @@ int mmp_cpu_conv2d(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, c
 
   conv_job_t j;
   memset(&j, 0, sizeof j);
-  j.g = mmp_gemm_kernel();
+  j.g = mmp_gemm_kernel_for(wdt);
   j.x = x;
   j.w = w;
+  j.wdt = wdt;
+  j.wsz = wdt == MMP_F32 ? 4 : 2;
   j.bias = bias;
   j.y = y;
   j.N = N;

@@ -32,6 +32,12 @@ static int detect(void) {
   if ((b & bit_AVX2) && fma) f |= MMP_CPU_AVX2;
   const unsigned avx512 = bit_AVX512F | bit_AVX512DQ | bit_AVX512BW | bit_AVX512VL;
   if ((x & 0xe6) == 0xe6 && (b & avx512) == avx512 && fma) f |= MMP_CPU_AVX512;
+  /* AVX512_BF16: leaf 7, sub-leaf 1, EAX bit 5 */
+  if ((f & MMP_CPU_AVX512) && a >= 1) {
+    unsigned a1, b1, c1, d1;
+    __cpuid_count(7, 1, a1, b1, c1, d1);
+    if (a1 & (1u << 5)) f |= MMP_CPU_AVX512BF16;
+  }
   return f;
 }
 #else

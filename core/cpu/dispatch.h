@@ -31,7 +31,8 @@
 enum {
   MMP_CPU_AVX2 = 1 << 0,   /* AVX2 and FMA */
   MMP_CPU_AVX512 = 1 << 1, /* AVX-512 F, DQ, BW, VL, and FMA */
-  MMP_CPU_F16C = 1 << 2    /* AVX and F16C */
+  MMP_CPU_F16C = 1 << 2,   /* AVX and F16C */
+  MMP_CPU_AVX512BF16 = 1 << 3 /* AVX-512 (above) and AVX512_BF16 (vdpbf16ps) */
 };
 
 /* The features of this CPU (0 on other architectures). Detected on the

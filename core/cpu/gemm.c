@@ -9,6 +9,7 @@
 
 #include "core/cpu/gemm.h"
 #include "core/cpu/kernels.h"
+#include "core/tensor_impl.h" /* scalar f16/bf16 conversions */
 #include "mmpipe/error.h"
 
 #ifdef HAVE_OPENBLAS
@@ -24,11 +25,13 @@ static int isa_supported(int isa) {
   if (isa == MMP_CPU_ISA_GENERIC) return 1;
 #ifdef MMP_HAVE_X86_DISPATCH
   if (isa == MMP_CPU_ISA_AVX512) return (mmp_cpu_features() & MMP_CPU_AVX512) != 0;
+  if (isa == MMP_CPU_ISA_AVX512_BF16) return (mmp_cpu_features() & MMP_CPU_AVX512BF16) != 0;
 #endif
   return 0;
 }
 
 static int isa_best(void) {
+  if (isa_supported(MMP_CPU_ISA_AVX512_BF16)) return MMP_CPU_ISA_AVX512_BF16;
   if (isa_supported(MMP_CPU_ISA_AVX512)) return MMP_CPU_ISA_AVX512;
   return MMP_CPU_ISA_GENERIC;
 }
@@ -39,10 +42,11 @@ int mmp_cpu_set_isa(int isa) {
     const char *e = getenv("MMPIPE_CPU_ISA");
     v = isa_best();
     if (e && strcmp(e, "generic") == 0) v = MMP_CPU_ISA_GENERIC;
+    if (e && strcmp(e, "avx512") == 0 && v > MMP_CPU_ISA_AVX512) v = MMP_CPU_ISA_AVX512;
   } else {
     v = isa_supported(isa) ? isa : isa_best();
     if (v > isa) v = isa; /* never above what was asked */
-    if (!isa_supported(v)) v = MMP_CPU_ISA_GENERIC;
+    while (v > MMP_CPU_ISA_GENERIC && !isa_supported(v)) v--;
   }
   atomic_store(&g_isa, v);
   return v;
@@ -81,9 +85,17 @@ static int blas_mode(void) {
 
 const mmp_gemm_kernel_t *mmp_gemm_kernel(void) {
 #ifdef MMP_HAVE_X86_DISPATCH
-  if (mmp_cpu_isa() == MMP_CPU_ISA_AVX512) return &mmp_gemm_kernel_avx512;
+  if (mmp_cpu_isa() >= MMP_CPU_ISA_AVX512) return &mmp_gemm_kernel_avx512;
 #endif
   return &mmp_gemm_kernel_generic;
+}
+
+const mmp_gemm_kernel_t *mmp_gemm_kernel_for(int wdt) {
+#ifdef MMP_HAVE_X86_DISPATCH
+  if (wdt == MMP_BF16 && mmp_cpu_isa() == MMP_CPU_ISA_AVX512_BF16) return &mmp_gemm_kernel_avx512_bf16;
+#endif
+  (void)wdt;
+  return mmp_gemm_kernel();
 }
 
 float *mmp_cpu_alloc(int64_t nfloats) {
@@ -264,8 +276,53 @@ static void pack_b_generic(const float *B, int64_t ldb, bool trans, int64_t k0, 
   }
 }
 
+static inline float half_at(const uint16_t *p, int dt) {
+  return dt == MMP_BF16 ? mmp__bf16_to_float(*p) : mmp__half_to_float(*p);
+}
+
+static void pack_a_h_generic(const uint16_t *A, int dt, int64_t lda, bool trans, int64_t i0, int64_t mc,
+                             int64_t k0, int64_t kc, float alpha, float *ap) {
+  for (int64_t p = 0; p < mc; p += GMR) {
+    int mr = (int)(mc - p < GMR ? mc - p : GMR);
+    for (int64_t k = 0; k < kc; ++k) {
+      float *d = ap + k * GMR;
+      int i = 0;
+      if (trans) {
+        const uint16_t *s = A + (k0 + k) * lda + i0 + p;
+        for (; i < mr; ++i) d[i] = alpha * half_at(s + i, dt);
+      } else {
+        const uint16_t *s = A + (i0 + p) * lda + k0 + k;
+        for (; i < mr; ++i) d[i] = alpha * half_at(s + i * lda, dt);
+      }
+      for (; i < GMR; ++i) d[i] = 0.0f;
+    }
+    ap += GMR * kc;
+  }
+}
+
+static void pack_b_h_generic(const uint16_t *B, int dt, int64_t ldb, bool trans, int64_t k0, int64_t kc,
+                             int64_t j0, int64_t nc, float *bp) {
+  for (int64_t p = 0; p < nc; p += GNR) {
+    int nr = (int)(nc - p < GNR ? nc - p : GNR);
+    for (int64_t k = 0; k < kc; ++k) {
+      float *d = bp + k * GNR;
+      int j = 0;
+      if (trans) {
+        const uint16_t *s = B + (j0 + p) * ldb + k0 + k;
+        for (; j < nr; ++j) d[j] = half_at(s + j * ldb, dt);
+      } else {
+        const uint16_t *s = B + (k0 + k) * ldb + j0 + p;
+        for (; j < nr; ++j) d[j] = half_at(s + j, dt);
+      }
+      for (; j < GNR; ++j) d[j] = 0.0f;
+    }
+    bp += GNR * kc;
+  }
+}
+
 const mmp_gemm_kernel_t mmp_gemm_kernel_generic = {
-    "generic", GMR, GNR, 256, 96, 0, ukr_generic, pack_a_generic, pack_b_generic};
+    "generic", GMR, GNR, 256, 96, 0, ukr_generic, pack_a_generic, pack_b_generic,
+    pack_a_h_generic, pack_b_h_generic, NULL};
 
 /* ------------------------------------------------------ macro level */
 
@@ -294,7 +351,8 @@ static void scale_c(float *C, int64_t ldc, int64_t M, int64_t N, float beta) {
 
 typedef struct plain_b {
   const mmp_gemm_kernel_t *g;
-  const float *B;
+  const void *B;
+  int bdt;
   int64_t ldb;
   bool tb;
 } plain_b_t;
@@ -302,7 +360,10 @@ typedef struct plain_b {
 static void pack_plain_b(const void *ctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
                          float *bp) {
   const plain_b_t *p = ctx;
-  p->g->pack_b(p->B, p->ldb, p->tb, k0, kc, j0, nc, bp);
+  if (p->bdt == MMP_F32)
+    p->g->pack_b(p->B, p->ldb, p->tb, k0, kc, j0, nc, bp);
+  else
+    p->g->pack_b_h(p->B, p->bdt, p->ldb, p->tb, k0, kc, j0, nc, bp);
 }
 
 /* equal K blocks (K = 320 -> 2 x 160, not 256 + 64): a short last block
@@ -326,7 +387,7 @@ typedef struct b_source {
 
 /* The serial loops over K blocks of depth KC and row blocks of A. */
 static void gemm_blocks(const mmp_gemm_kernel_t *g, bool ta, int64_t M, int64_t N, int64_t K, int64_t KC,
-                        float alpha, const float *A, int64_t lda, const b_source_t *src, float beta,
+                        float alpha, const void *A, int adt, int64_t lda, const b_source_t *src, float beta,
                         float *C, int64_t ldc, float *bufa) {
   if (M <= 0 || N <= 0) return;
   if (K <= 0 || alpha == 0.0f) {
@@ -339,38 +400,51 @@ static void gemm_blocks(const mmp_gemm_kernel_t *g, bool ta, int64_t M, int64_t 
     const float *b;
     if (src->pack_b) {
       src->pack_b(src->ctx, pc, kc, 0, N, src->buf);
+      if (g->squeeze)
+        for (int64_t q = 0; q < N; q += g->nr) g->squeeze(src->buf + q * kc, kc, g->nr);
       b = src->buf;
     } else {
       b = src->bp + pc * src->ldbp + src->j0 * kc;
     }
     for (int64_t ic = 0; ic < M; ic += g->mc) {
       int64_t mc = M - ic < g->mc ? M - ic : g->mc;
-      g->pack_a(A, lda, ta, ic, mc, pc, kc, alpha, bufa);
+      if (adt == MMP_F32)
+        g->pack_a(A, lda, ta, ic, mc, pc, kc, alpha, bufa);
+      else
+        g->pack_a_h(A, adt, lda, ta, ic, mc, pc, kc, alpha, bufa);
+      if (g->squeeze)
+        for (int64_t p = 0; p < mc; p += g->mr) g->squeeze(bufa + p * kc, kc, g->mr);
       mmp_gemm_macro(g, mc, N, kc, bufa, b, C + ic * ldc, ldc, b_eff);
     }
   }
 }
 
 void mmp_gemm_serial_cb(const mmp_gemm_kernel_t *g, bool ta, int64_t M, int64_t N, int64_t K,
-                        float alpha, const float *A, int64_t lda, mmp_pack_b_cb pack_b,
+                        float alpha, const void *A, int adt, int64_t lda, mmp_pack_b_cb pack_b,
                         const void *ctx, float beta, float *C, int64_t ldc, float *bufa,
                         float *bufb) {
   b_source_t src = {pack_b, ctx, bufb, NULL, 0, 0};
-  gemm_blocks(g, ta, M, N, K, mmp_gemm_kblock(g, K, N), alpha, A, lda, &src, beta, C, ldc, bufa);
+  gemm_blocks(g, ta, M, N, K, mmp_gemm_kblock(g, K, N), alpha, A, adt, lda, &src, beta, C, ldc, bufa);
 }
 
 void mmp_gemm_serial_pb(const mmp_gemm_kernel_t *g, bool ta, int64_t M, int64_t N, int64_t K,
-                        int64_t KC, float alpha, const float *A, int64_t lda, const float *bp,
+                        int64_t KC, float alpha, const void *A, int adt, int64_t lda, const float *bp,
                         int64_t ldbp, int64_t j0, float beta, float *C, int64_t ldc, float *bufa) {
   b_source_t src = {NULL, NULL, NULL, bp, ldbp, j0};
-  gemm_blocks(g, ta, M, N, K, KC, alpha, A, lda, &src, beta, C, ldc, bufa);
+  gemm_blocks(g, ta, M, N, K, KC, alpha, A, adt, lda, &src, beta, C, ldc, bufa);
+}
+
+static void gemm_serial_x(const mmp_gemm_kernel_t *g, bool ta, bool tb, int64_t M, int64_t N, int64_t K,
+                          float alpha, const void *A, int adt, int64_t lda, const void *B, int bdt,
+                          int64_t ldb, float beta, float *C, int64_t ldc, float *bufa, float *bufb) {
+  plain_b_t p = {g, B, bdt, ldb, tb};
+  mmp_gemm_serial_cb(g, ta, M, N, K, alpha, A, adt, lda, pack_plain_b, &p, beta, C, ldc, bufa, bufb);
 }
 
 void mmp_gemm_serial(const mmp_gemm_kernel_t *g, bool ta, bool tb, int64_t M, int64_t N,
                      int64_t K, float alpha, const float *A, int64_t lda, const float *B,
                      int64_t ldb, float beta, float *C, int64_t ldc, float *bufa, float *bufb) {
-  plain_b_t p = {g, B, ldb, tb};
-  mmp_gemm_serial_cb(g, ta, M, N, K, alpha, A, lda, pack_plain_b, &p, beta, C, ldc, bufa, bufb);
+  gemm_serial_x(g, ta, tb, M, N, K, alpha, A, MMP_F32, lda, B, MMP_F32, ldb, beta, C, ldc, bufa, bufb);
 }
 
 /* --------------------------------------------------- threaded sgemm */
@@ -382,7 +456,9 @@ typedef struct sgemm_job {
   bool ta, tb;
   int64_t M, N, K;
   float alpha, beta;
-  const float *A, *B;
+  const char *A, *B; /* elements of asz / bsz bytes (adt / bdt) */
+  int adt, bdt;
+  int64_t asz, bsz;
   float *C;
   int64_t lda, ldb, ldc, sa, sb, sc;
   int64_t ntm, ntn, Mt, Nt, ntasks;
@@ -414,11 +490,11 @@ static void sgemm_worker(int64_t w, void *user) {
     int64_t mc = j->M - m0 < j->Mt ? j->M - m0 : j->Mt;
     int64_t nc = j->N - n0 < j->Nt ? j->N - n0 : j->Nt;
     if (mc <= 0 || nc <= 0) continue;
-    const float *A = j->A + b * j->sa + (j->ta ? m0 : m0 * j->lda);
-    const float *B = j->B + b * j->sb + (j->tb ? n0 * j->ldb : n0);
+    const char *A = j->A + (b * j->sa + (j->ta ? m0 : m0 * j->lda)) * j->asz;
+    const char *B = j->B + (b * j->sb + (j->tb ? n0 * j->ldb : n0)) * j->bsz;
     float *C = j->C + b * j->sc + m0 * j->ldc + n0;
-    mmp_gemm_serial(g, j->ta, j->tb, mc, nc, j->K, j->alpha, A, j->lda, B, j->ldb, j->beta, C,
-                    j->ldc, bufa, bufb);
+    gemm_serial_x(g, j->ta, j->tb, mc, nc, j->K, j->alpha, A, j->adt, j->lda, B, j->bdt, j->ldb, j->beta,
+                  C, j->ldc, bufa, bufb);
   }
   mmp_cpu_scratch_done(MMP_SCRATCH_A);
   mmp_cpu_scratch_done(MMP_SCRATCH_B);
@@ -466,6 +542,17 @@ int mmp_cpu_sgemm(int64_t batch, bool trans_a, bool trans_b, int64_t M, int64_t 
                   float alpha, const float *A, int64_t lda, int64_t stride_a, const float *B,
                   int64_t ldb, int64_t stride_b, float beta, float *C, int64_t ldc,
                   int64_t stride_c) {
+  return mmp_cpu_gemm(batch, trans_a, trans_b, M, N, K, alpha, A, MMP_F32, lda, stride_a, B, MMP_F32, ldb,
+                      stride_b, beta, C, ldc, stride_c);
+}
+
+static bool gemm_dtype_ok(int dt) { return dt == MMP_F32 || dt == MMP_F16 || dt == MMP_BF16; }
+
+int mmp_cpu_gemm(int64_t batch, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                 const void *A, int adt, int64_t lda, int64_t stride_a, const void *B, int bdt, int64_t ldb,
+                 int64_t stride_b, float beta, float *C, int64_t ldc, int64_t stride_c) {
+  if (!gemm_dtype_ok(adt) || !gemm_dtype_ok(bdt))
+    return mmp_error_set(MMP_EDTYPE, "sgemm: operand dtypes %d and %d (want f32, f16 or bf16)", adt, bdt);
   if (batch < 0 || M < 0 || N < 0 || K < 0)
     return mmp_error_set(MMP_EINVAL, "sgemm: negative size (batch %lld, M %lld, N %lld, K %lld)",
                          (long long)batch, (long long)M, (long long)N, (long long)K);
@@ -481,11 +568,12 @@ int mmp_cpu_sgemm(int64_t batch, bool trans_a, bool trans_b, int64_t M, int64_t 
   int isa = mmp_cpu_isa();
 #ifdef HAVE_OPENBLAS
   int bm = blas_mode();
-  if (K > 0 && (bm == 1 || (bm == 2 && isa != MMP_CPU_ISA_AVX512))) {
+  /* OpenBLAS has no mixed-precision sgemm: half operands take the built-in kernels */
+  if (K > 0 && adt == MMP_F32 && bdt == MMP_F32 && (bm == 1 || (bm == 2 && isa < MMP_CPU_ISA_AVX512))) {
     for (int64_t b = 0; b < batch; ++b)
       cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
                   trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, alpha,
-                  A + b * stride_a, (int)lda, B + b * stride_b, (int)ldb, beta,
+                  (const float *)A + b * stride_a, (int)lda, (const float *)B + b * stride_b, (int)ldb, beta,
                   C + b * stride_c, (int)ldc);
     return 0;
   }
@@ -493,7 +581,7 @@ int mmp_cpu_sgemm(int64_t batch, bool trans_a, bool trans_b, int64_t M, int64_t 
   (void)isa;
   sgemm_job_t j;
   memset(&j, 0, sizeof j);
-  j.g = mmp_gemm_kernel();
+  j.g = mmp_gemm_kernel_for(adt == MMP_BF16 || bdt == MMP_BF16 ? MMP_BF16 : MMP_F32);
   j.ta = trans_a;
   j.tb = trans_b;
   j.M = M;
@@ -503,6 +591,10 @@ int mmp_cpu_sgemm(int64_t batch, bool trans_a, bool trans_b, int64_t M, int64_t 
   j.beta = beta;
   j.A = A;
   j.B = B;
+  j.adt = adt;
+  j.bdt = bdt;
+  j.asz = adt == MMP_F32 ? 4 : 2;
+  j.bsz = bdt == MMP_F32 ? 4 : 2;
   j.C = C;
   j.lda = lda;
   j.ldb = ldb;
@@ -535,7 +627,7 @@ void mmp_vexp_avx512(const float *x, float *y, int64_t n);
 
 void mmp_vexp(const float *x, float *y, int64_t n) {
 #ifdef MMP_HAVE_X86_DISPATCH
-  if (mmp_cpu_isa() == MMP_CPU_ISA_AVX512) {
+  if (mmp_cpu_isa() >= MMP_CPU_ISA_AVX512) {
     mmp_vexp_avx512(x, y, n);
     return;
   }

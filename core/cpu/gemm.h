@@ -14,6 +14,7 @@
 #include <stdint.h>
 
 #include "core/cpu/dispatch.h" /* MMP_HAVE_X86_DISPATCH */
+#include "mmpipe/tensor.h"      /* MMP_F32, MMP_F16, MMP_BF16 */
 
 /* C[0:mr, 0:nr] = beta * C + ap . bp (beta == 0: C is not read). The
  * kernel always computes a full MR x NR tile; mr/nr only limit the store. */
@@ -33,13 +34,33 @@ typedef struct mmp_gemm_kernel {
   /* bp <- op(B)[k0:k0+kc, j0:j0+nc]; op(B)[k][j] = trans ? B[j*ldb+k] : B[k*ldb+j] */
   void (*pack_b)(const float *B, int64_t ldb, bool trans, int64_t k0, int64_t kc,
                  int64_t j0, int64_t nc, float *bp);
+  /* The same from half-precision operands (@dt MMP_F16 or MMP_BF16, the
+   * weights of linear and conv2d): converted to fp32 while packing, so the
+   * micro-kernel and its accuracy are the fp32 ones and the weights are
+   * read from memory at half the bytes. */
+  void (*pack_a_h)(const uint16_t *A, int dt, int64_t lda, bool trans, int64_t i0, int64_t mc,
+                   int64_t k0, int64_t kc, float alpha, float *ap);
+  void (*pack_b_h)(const uint16_t *B, int dt, int64_t ldb, bool trans, int64_t k0, int64_t kc,
+                   int64_t j0, int64_t nc, float *bp);
+  /* NULL, or (the AVX-512-BF16 kernel) run on every packed panel after its
+   * packer: the panel of @w values per k (w = mr or nr, kc rows of fp32) is
+   * rewritten in place as ceil(kc/2) rows of w bf16 pairs (k even in the
+   * low half, k odd in the high half; a missing last k is 0), the operand
+   * layout of vdpbf16ps. Panels keep their fp32 stride (mr*kc, nr*kc). */
+  void (*squeeze)(float *panel, int64_t kc, int w);
 } mmp_gemm_kernel_t;
 
-/* The kernel for the ISA in use (see mmp_cpu_isa()). */
+/* The kernel for the ISA in use (see mmp_cpu_isa()): fp32 arithmetic. */
 const mmp_gemm_kernel_t *mmp_gemm_kernel(void);
+/* The kernel for a product with weights of dtype @wdt: the AVX-512-BF16
+ * kernel (bf16 dot products, fp32 accumulation; both operands rounded to
+ * bf16 while packing) for bf16 weights when the ISA in use is
+ * MMP_CPU_ISA_AVX512_BF16, else mmp_gemm_kernel(). */
+const mmp_gemm_kernel_t *mmp_gemm_kernel_for(int wdt);
 extern const mmp_gemm_kernel_t mmp_gemm_kernel_generic;
 #ifdef MMP_HAVE_X86_DISPATCH
 extern const mmp_gemm_kernel_t mmp_gemm_kernel_avx512;
+extern const mmp_gemm_kernel_t mmp_gemm_kernel_avx512_bf16;
 #endif
 
 /* C[mc x nc] = beta * C + Ap . Bp over already packed blocks (one thread). */
@@ -57,8 +78,9 @@ void mmp_gemm_serial(const mmp_gemm_kernel_t *g, bool ta, bool tb, int64_t M, in
  * the kernel's B layout (g->nr columns per panel, zero padded). */
 typedef void (*mmp_pack_b_cb)(const void *ctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
                               float *bp);
+/* @A is fp32 (@adt MMP_F32) or half precision (MMP_F16, MMP_BF16). */
 void mmp_gemm_serial_cb(const mmp_gemm_kernel_t *g, bool ta, int64_t M, int64_t N, int64_t K,
-                        float alpha, const float *A, int64_t lda, mmp_pack_b_cb pack_b,
+                        float alpha, const void *A, int adt, int64_t lda, mmp_pack_b_cb pack_b,
                         const void *ctx, float beta, float *C, int64_t ldc, float *bufa,
                         float *bufb);
 
@@ -73,7 +95,7 @@ int64_t mmp_gemm_kblock(const mmp_gemm_kernel_t *g, int64_t K, int64_t N);
  * product's columns start at column j0 (a multiple of nr) of that matrix.
  * Lets several tasks share one packed B (conv2d's im2col matrix). */
 void mmp_gemm_serial_pb(const mmp_gemm_kernel_t *g, bool ta, int64_t M, int64_t N, int64_t K,
-                        int64_t KC, float alpha, const float *A, int64_t lda, const float *bp,
+                        int64_t KC, float alpha, const void *A, int adt, int64_t lda, const float *bp,
                         int64_t ldbp, int64_t j0, float beta, float *C, int64_t ldc, float *bufa);
 
 /* Vectorised helpers (dispatch on the ISA; y may equal x). */

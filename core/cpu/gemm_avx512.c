@@ -258,8 +258,207 @@ AVX512 static void pack_b_avx512(const float *B, int64_t ldb, bool trans, int64_
   }
 }
 
+/* 16 half-precision values (the @m lanes; others 0) as fp32: F16 with
+ * vcvtph2ps, BF16 by widening into the high half of each lane (exact). */
+AVX512 static inline __attribute__((always_inline)) __m512 load_half16(const uint16_t *p, __mmask16 m,
+                                                                        int dt) {
+  __m256i h = _mm256_maskz_loadu_epi16(m, p);
+  if (dt == MMP_BF16) return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16));
+  return _mm512_cvtph_ps(h);
+}
+
+/* pack_a_avx512 from f16/bf16 (conv2d's weights): ap[k*MR + i] = alpha * op(A)[i0+i][k0+k] */
+AVX512 static void pack_a_h_avx512(const uint16_t *A, int dt, int64_t lda, bool trans, int64_t i0,
+                                   int64_t mc, int64_t k0, int64_t kc, float alpha, float *ap) {
+  const __m512 va = _mm512_set1_ps(alpha);
+  for (int64_t p = 0; p < mc; p += MR) {
+    int mr = (int)(mc - p < MR ? mc - p : MR);
+    if (trans) {
+      __mmask16 m = tail_mask(mr);
+      const uint16_t *s = A + k0 * lda + i0 + p;
+      for (int64_t k = 0; k < kc; ++k) {
+        __m512 v = _mm512_mul_ps(va, load_half16(s + k * lda, m, dt));
+        _mm512_mask_storeu_ps(ap + k * MR, 0x3FFF, v);
+      }
+    } else {
+      const uint16_t *s = A + (i0 + p) * lda + k0;
+      for (int64_t k = 0; k < kc; k += 16) {
+        __mmask16 m = tail_mask(kc - k);
+        __m512 r[16];
+        _Pragma("GCC unroll 16") for (int i = 0; i < MR; ++i)
+          if (i < mr) _mm_prefetch((const char *)(s + i * lda + k + 128), _MM_HINT_T0);
+        _Pragma("GCC unroll 16") for (int i = 0; i < 16; ++i)
+          r[i] = i < mr ? _mm512_mul_ps(va, load_half16(s + i * lda + k, m, dt)) : _mm512_setzero_ps();
+        transpose16(r);
+        int64_t kk = kc - k < 16 ? kc - k : 16;
+        _Pragma("GCC unroll 16") for (int q = 0; q < 16; ++q)
+          if (q < kk) _mm512_mask_storeu_ps(ap + (k + q) * MR, 0x3FFF, r[q]);
+      }
+    }
+    ap += MR * kc;
+  }
+}
+
+/* pack_b_avx512 from f16/bf16 (linear's weights, trans): bp[k*NR + j] = op(B)[k0+k][j0+j] */
+AVX512 static void pack_b_h_avx512(const uint16_t *B, int dt, int64_t ldb, bool trans, int64_t k0,
+                                   int64_t kc, int64_t j0, int64_t nc, float *bp) {
+  for (int64_t p = 0; p < nc; p += NR) {
+    int64_t nr = nc - p < NR ? nc - p : NR;
+    if (!trans) {
+      __mmask16 m0 = tail_mask(nr), m1 = tail_mask(nr > 16 ? nr - 16 : 0);
+      const uint16_t *s = B + k0 * ldb + j0 + p;
+      for (int64_t k = 0; k < kc; ++k) {
+        _mm512_store_ps(bp + k * NR, load_half16(s + k * ldb, m0, dt));
+        _mm512_store_ps(bp + k * NR + 16, load_half16(s + k * ldb + 16, m1, dt));
+      }
+    } else {
+      for (int h = 0; h < 2; ++h) {
+        int64_t jn = nr - 16 * h;
+        const uint16_t *s = B + (j0 + p + 16 * h) * ldb + k0;
+        for (int64_t k = 0; k < kc; k += 16) {
+          __mmask16 m = tail_mask(kc - k);
+          __m512 r[16];
+          _Pragma("GCC unroll 16") for (int j = 0; j < 16; ++j)
+            if (j < jn) _mm_prefetch((const char *)(s + j * ldb + k + 128), _MM_HINT_T0);
+          _Pragma("GCC unroll 16") for (int j = 0; j < 16; ++j)
+            r[j] = j < jn ? load_half16(s + j * ldb + k, m, dt) : _mm512_setzero_ps();
+          transpose16(r);
+          int64_t kk = kc - k < 16 ? kc - k : 16;
+          _Pragma("GCC unroll 16") for (int q = 0; q < 16; ++q)
+            if (q < kk) _mm512_store_ps(bp + (k + q) * NR + 16 * h, r[q]);
+        }
+      }
+    }
+    bp += NR * kc;
+  }
+}
+
 const mmp_gemm_kernel_t mmp_gemm_kernel_avx512 = {
-    "avx512-14x32", MR, NR, MMP_AVX512_KC, MMP_AVX512_MC, MMP_AVX512_KC_NARROW, ukr_14x32, pack_a_avx512, pack_b_avx512};
+    "avx512-14x32", MR, NR, MMP_AVX512_KC, MMP_AVX512_MC, MMP_AVX512_KC_NARROW, ukr_14x32, pack_a_avx512, pack_b_avx512,
+    pack_a_h_avx512, pack_b_h_avx512, NULL};
+
+/* The AVX-512-BF16 kernel: the same 14 x 32 tile and loop, over panels of
+ * bf16 pairs (see the squeeze member of mmp_gemm_kernel_t): each step
+ * broadcasts the pair (a[i][2p], a[i][2p+1]) and vdpbf16ps adds
+ * a[i][2p] b[2p][j] + a[i][2p+1] b[2p+1][j] into the fp32 accumulators, two
+ * k per instruction. A pair row has the byte size of an fp32 row, so the
+ * offsets are those of the fp32 kernel. */
+#define AVX512BF16 __attribute__((target("avx512f,avx512dq,avx512vl,avx512bw,avx512bf16,fma")))
+#define DP_ROW(AO, i, bc, c0, c1)                                                   \
+  "vbroadcastss " #AO "+4*" #i "(%[a]), %%zmm" #bc "\n\t"                            \
+  "vdpbf16ps %%zmm0, %%zmm" #bc ", %%zmm" #c0 "\n\t"                                 \
+  "vdpbf16ps %%zmm1, %%zmm" #bc ", %%zmm" #c1 "\n\t"
+#define KSTEPB(AO, BO)                                                              \
+  "vmovaps " #BO "(%[b]), %%zmm0\n\t" "vmovaps " #BO "+64(%[b]), %%zmm1\n\t"          \
+  DP_ROW(AO, 0, 2, 4, 5) DP_ROW(AO, 1, 3, 6, 7) DP_ROW(AO, 2, 2, 8, 9)               \
+  DP_ROW(AO, 3, 3, 10, 11) DP_ROW(AO, 4, 2, 12, 13) DP_ROW(AO, 5, 3, 14, 15)         \
+  DP_ROW(AO, 6, 2, 16, 17) DP_ROW(AO, 7, 3, 18, 19) DP_ROW(AO, 8, 2, 20, 21)         \
+  DP_ROW(AO, 9, 3, 22, 23) DP_ROW(AO, 10, 2, 24, 25) DP_ROW(AO, 11, 3, 26, 27)       \
+  DP_ROW(AO, 12, 2, 28, 29) DP_ROW(AO, 13, 3, 30, 31)
+
+AVX512BF16 static void ukr_14x32_bf16(int64_t kc, const float *restrict ap, const float *restrict bp,
+                             float *restrict c, int64_t ldc, int mr, int nr, float beta) {
+  float tile[MR * NR] __attribute__((aligned(64)));
+  const float *a = ap, *b = bp;
+  int64_t k = (kc + 1) / 2; /* bf16 pairs */
+  /* full tiles with beta 0 or 1 go straight from the accumulators to C;
+   * edge tiles and other betas through the stack tile (mode 0) */
+  float *cp = c;
+  const int64_t ldcb = ldc * (int64_t)sizeof(float);
+  const int64_t mode = mr == MR && nr == NR ? (beta == 0.0f ? 1 : beta == 1.0f ? 2 : 0) : 0;
+  /* C rows are often 4 KiB-aliased (ldc a multiple of 1024): prefetching
+   * 14 of them into L1 at once only evicts them again. Fetch this tile and
+   * the next one down into L2 instead; their loads at the end hit L2. */
+  if (beta != 0.0f)
+    for (int i = 0; i < mr; ++i) {
+      _mm_prefetch((const char *)(c + i * ldc), PF_C);
+      _mm_prefetch((const char *)(c + i * ldc + 16), PF_C);
+    }
+  for (int i = 0; i < MR; ++i) {
+    _mm_prefetch((const char *)(c + (i + MR) * ldc), _MM_HINT_T2);
+    _mm_prefetch((const char *)(c + (i + MR) * ldc + 16), _MM_HINT_T2);
+  }
+  __asm__ volatile(
+    "vpxord %%zmm4, %%zmm4, %%zmm4\n\t"
+    ZERO4(5, 6, 7, 8) ZERO4(9, 10, 11, 12) ZERO4(13, 14, 15, 16) ZERO4(17, 18, 19, 20)
+    ZERO4(21, 22, 23, 24) ZERO4(25, 26, 27, 28) ZERO1(29) ZERO1(30) ZERO1(31)
+    "cmp $4, %[k4]\n\t"
+    "jl 2f\n\t"
+    "1:\n\t"
+    PF_B(1024) KSTEPB(0, 0) KSTEPB(56, 128)
+    PF_B(1280) KSTEPB(112, 256) KSTEPB(168, 384)
+    "add $224, %[a]\n\t"
+    "add $512, %[b]\n\t"
+    "sub $4, %[k4]\n\t"
+    "cmp $4, %[k4]\n\t"
+    "jge 1b\n\t"
+    "2:\n\t"
+    "test %[k4], %[k4]\n\t"
+    "jz 4f\n\t"
+    "3:\n\t"
+    KSTEPB(0, 0)
+    "add $56, %[a]\n\t"
+    "add $128, %[b]\n\t"
+    "dec %[k4]\n\t"
+    "jnz 3b\n\t"
+    "4:\n\t"
+    "cmp $1, %[mode]\n\t"
+    "je 5f\n\t"
+    "cmp $2, %[mode]\n\t"
+    "je 6f\n\t"
+    ROWS(TILE_ROW)
+    "jmp 9f\n\t"
+    "5:\n\t"
+    ROWS(STORE_ROW)
+    "jmp 9f\n\t"
+    "6:\n\t"
+    ROWS(ADD_ROW)
+    "9:\n\t"
+    : [a] "+r"(a), [b] "+r"(b), [k4] "+r"(k), [c] "+r"(cp)
+    : [t] "r"(tile), [mode] "r"(mode), [ldcb] "r"(ldcb)
+    : "xmm0","xmm1","xmm2","xmm3","xmm4","xmm5","xmm6","xmm7","xmm8","xmm9","xmm10","xmm11","xmm12","xmm13","xmm14","xmm15","xmm16","xmm17","xmm18","xmm19","xmm20","xmm21","xmm22","xmm23","xmm24","xmm25","xmm26","xmm27","xmm28","xmm29","xmm30","xmm31", "memory", "cc");
+
+  if (mode != 0) return;
+  __mmask16 m0 = nr >= 16 ? 0xFFFF : (__mmask16)((1u << nr) - 1);
+  __mmask16 m1 = nr >= 32 ? 0xFFFF : nr <= 16 ? 0 : (__mmask16)((1u << (nr - 16)) - 1);
+  __m512 vb = _mm512_set1_ps(beta);
+  for (int i = 0; i < mr; ++i) {
+    float *ci = c + i * ldc;
+    __m512 x0 = _mm512_load_ps(tile + i * NR), x1 = _mm512_load_ps(tile + i * NR + 16);
+    if (beta == 0.0f) {
+    } else if (beta == 1.0f) {
+      x0 = _mm512_add_ps(x0, _mm512_maskz_loadu_ps(m0, ci));
+      x1 = _mm512_add_ps(x1, _mm512_maskz_loadu_ps(m1, ci + 16));
+    } else {
+      x0 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m0, ci), x0);
+      x1 = _mm512_fmadd_ps(vb, _mm512_maskz_loadu_ps(m1, ci + 16), x1);
+    }
+    _mm512_mask_storeu_ps(ci, m0, x0);
+    _mm512_mask_storeu_ps(ci + 16, m1, x1);
+  }
+}
+
+/* fp32 panel rows (2p, 2p+1) -> one row of bf16 pairs, round to nearest
+ * even (vcvtneps2bf16), in place: row p is written after rows 2p and 2p+1
+ * were read, and never over a row still to be read. */
+AVX512BF16 static void squeeze_bf16(float *panel, int64_t kc, int w) {
+  for (int64_t p = 0; p < (kc + 1) / 2; ++p) {
+    const float *r0 = panel + 2 * p * w, *r1 = r0 + w;
+    uint32_t *d = (uint32_t *)panel + p * w;
+    for (int j = 0; j < w; j += 16) {
+      __mmask16 m = tail_mask(w - j);
+      __m512 x0 = _mm512_maskz_loadu_ps(m, r0 + j);
+      __m512 x1 = 2 * p + 1 < kc ? _mm512_maskz_loadu_ps(m, r1 + j) : _mm512_setzero_ps();
+      __m256bh h0 = _mm512_cvtneps_pbh(x0), h1 = _mm512_cvtneps_pbh(x1);
+      __m512i lo = _mm512_cvtepu16_epi32((__m256i)h0), hi = _mm512_cvtepu16_epi32((__m256i)h1);
+      _mm512_mask_storeu_epi32(d + j, m, _mm512_or_si512(lo, _mm512_slli_epi32(hi, 16)));
+    }
+  }
+}
+
+const mmp_gemm_kernel_t mmp_gemm_kernel_avx512_bf16 = {
+    "avx512bf16-14x32", MR, NR, MMP_AVX512_KC, MMP_AVX512_MC, MMP_AVX512_KC_NARROW, ukr_14x32_bf16,
+    pack_a_avx512, pack_b_avx512, pack_a_h_avx512, pack_b_h_avx512, squeeze_bf16};
 
 /* ---- exp: Cody-Waite range reduction + degree-6 polynomial (Cephes
  * expf coefficients), about 1 ulp; exp(-inf) = 0, overflow -> inf. */

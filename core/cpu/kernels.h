@@ -24,9 +24,11 @@ void mmp_cpu_parallel_for(int64_t n, void (*fn)(int64_t i, void *user), void *us
 /* ---- instruction set and BLAS selection (added by the kernels work) ----
  * The kernels pick the best code path for the CPU at run time. Tests and
  * benchmarks can force the portable path: MMPIPE_CPU_ISA=generic in the
- * environment, or mmp_cpu_set_isa(MMP_CPU_ISA_GENERIC). Both return the
- * ISA in effect (never one the CPU lacks). */
-enum { MMP_CPU_ISA_AUTO = -1, MMP_CPU_ISA_GENERIC = 0, MMP_CPU_ISA_AVX512 = 1 };
+ * environment, or mmp_cpu_set_isa(MMP_CPU_ISA_GENERIC); MMPIPE_CPU_ISA=avx512
+ * keeps AVX-512 but not its BF16 dot products (MMP_CPU_ISA_AVX512_BF16: GEMMs
+ * with bf16 weights multiply bf16 pairs, vdpbf16ps). Both return the ISA in
+ * effect (never one the CPU lacks, never above the one asked for). */
+enum { MMP_CPU_ISA_AUTO = -1, MMP_CPU_ISA_GENERIC = 0, MMP_CPU_ISA_AVX512 = 1, MMP_CPU_ISA_AVX512_BF16 = 2 };
 int mmp_cpu_set_isa(int isa);
 int mmp_cpu_isa(void);
 /* sgemm through OpenBLAS: 1 always (when built with it), 0 never, -1 auto
@@ -45,12 +47,26 @@ int mmp_cpu_sgemm(int64_t batch, bool trans_a, bool trans_b, int64_t M,
                   int64_t stride_b, float beta, float *C, int64_t ldc,
                   int64_t stride_c);
 
+/* The same with operands in any float storage: @adt / @bdt are MMP_F32,
+ * MMP_F16 or MMP_BF16 (mmp_dtype_t values) and A / B point at elements of
+ * that type. Half-precision operands (weights) are converted to fp32 while
+ * their panels are packed; the products accumulate in fp32 (or, on the
+ * AVX-512-BF16 path, multiply bf16 pairs into fp32 accumulators: see
+ * doc/performance.md). MMP_EDTYPE for other dtypes. */
+int mmp_cpu_gemm(int64_t batch, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
+                 const void *A, int adt, int64_t lda, int64_t stride_a, const void *B, int bdt, int64_t ldb,
+                 int64_t stride_b, float beta, float *C, int64_t ldc, int64_t stride_c);
+
 /* ---- conv2d ---- x[N,C,H,W], w[O,C/groups,KH,KW], bias[O] or NULL,
  * y[N,O,OH,OW] with OH = (H + 2ph - dh*(KH-1) - 1)/sh + 1. */
 int mmp_cpu_conv2d(const float *x, int64_t N, int64_t C, int64_t H, int64_t W,
                    const float *w, int64_t O, int64_t KH, int64_t KW,
                    const float *bias, int sh, int sw, int ph, int pw, int dh,
                    int dw, int groups, float *y);
+/* The same with weights @w in @wdt storage (MMP_F32, MMP_F16, MMP_BF16). */
+int mmp_cpu_conv2d_w(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, const void *w, int wdt,
+                     int64_t O, int64_t KH, int64_t KW, const float *bias, int sh, int sw, int ph, int pw,
+                     int dh, int dw, int groups, float *y);
 
 /* ---- normalisation ---- */
 /* x viewed as [N, C, S] (S = spatial size); groups divide C. */

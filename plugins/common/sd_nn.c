@@ -14,7 +14,7 @@
 int sd_linear_load(sd_linear_t *l, sd_weights_t *w, const char *prefix, int64_t in,
                    int64_t out, bool bias) {
   int64_t ws[2] = {out, in}, bs[1] = {out};
-  l->w = sd_w(w, 2, ws, "%s.weight", prefix);
+  l->w = sd_w_mat(w, 2, ws, "%s.weight", prefix);
   l->b = bias ? sd_w(w, 1, bs, "%s.bias", prefix) : NULL;
   return 0;
 }
@@ -22,7 +22,7 @@ int sd_linear_load(sd_linear_t *l, sd_weights_t *w, const char *prefix, int64_t 
 int sd_conv_load(sd_conv_t *c, sd_weights_t *w, const char *prefix, int64_t in, int64_t out,
                  int k, int stride, int pad) {
   int64_t ws[4] = {out, in, k, k}, bs[1] = {out};
-  c->w = sd_w(w, 4, ws, "%s.weight", prefix);
+  c->w = sd_w_mat(w, 4, ws, "%s.weight", prefix);
   c->b = sd_w(w, 1, bs, "%s.bias", prefix);
   c->stride = stride;
   c->pad = pad;
@@ -204,7 +204,7 @@ static void proj_load(sd_linear_t *l, sd_weights_t *w, const char *prefix, int64
     return;
   }
   int64_t ws[4] = {out, in, 1, 1}, bs[1] = {out}, s2[2] = {out, in};
-  mmp_tensor_t *k = sd_w(w, 4, ws, "%s.weight", prefix);
+  mmp_tensor_t *k = sd_w_mat(w, 4, ws, "%s.weight", prefix);
   l->w = k ? mmp_reshape(k, 2, s2) : NULL;
   mmp_tensor_unref(k);
   l->b = sd_w(w, 1, bs, "%s.bias", prefix);

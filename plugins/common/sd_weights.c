@@ -211,14 +211,39 @@ int sd_locate_part(const mmp_config_t *cfg, sd_part_t part, char *config_path,
 
 sd_weights_t *sd_weights_for(const mmp_config_t *cfg, const char *wpath, const sd_ldm_map_t *map,
                              mmp_backend_t *be) {
+  const char *wdt = NULL;
+  mmp_dtype_t dt = MMP_DTYPE_COUNT;
+  if (mmp_config_get_string(cfg, "weights_dtype", &wdt) < 0) wdt = NULL;
+  mmp_error_clear();
+  if (wdt && *wdt) {
+    if (strcmp(wdt, "f32") == 0)
+      dt = MMP_F32;
+    else if (strcmp(wdt, "f16") == 0)
+      dt = MMP_F16;
+    else if (strcmp(wdt, "bf16") == 0)
+      dt = MMP_BF16;
+    else {
+      key_error(cfg, "weights_dtype", "\"%s\" is not one of \"f32\", \"f16\", \"bf16\"", wdt);
+      return NULL;
+    }
+  }
+  /* the default keeps a half-precision file's dtype only on the CPU, whose
+   * GEMM reads it directly; other backends get f32 as before */
+  if (dt == MMP_DTYPE_COUNT && strcmp(mmp_backend_name(be), "cpu") != 0) dt = MMP_F32;
   int64_t seed = -1;
   if (mmp_config_get_int(cfg, "init_seed", &seed) < 0) seed = -1;
   mmp_error_clear();
-  if (seed >= 0) return sd_weights_random(map, be, (uint64_t)seed);
-  const char *prefix = NULL;
-  if (mmp_config_get_string(cfg, "weights_prefix", &prefix) < 0) prefix = NULL;
-  mmp_error_clear();
-  return sd_weights_open(wpath, prefix, map, be);
+  sd_weights_t *w;
+  if (seed >= 0) {
+    w = sd_weights_random(map, be, (uint64_t)seed);
+  } else {
+    const char *prefix = NULL;
+    if (mmp_config_get_string(cfg, "weights_prefix", &prefix) < 0) prefix = NULL;
+    mmp_error_clear();
+    w = sd_weights_open(wpath, prefix, map, be);
+  }
+  if (w) sd_weights_set_dtype(w, dt);
+  return w;
 }
 
 int sd_state_dict(const mmp_tensormap_t *state, mmp_tensormap_t *out) {
@@ -397,6 +422,7 @@ struct sd_weights {
   char *prefix;                /* prepended to every name (nullable) */
   char **scope;                /* finish() checks only names under these */
   size_t nscope;
+  mmp_dtype_t mat_dtype;       /* of sd_w_mat(); MMP_DTYPE_COUNT: the file's (f16/bf16) or f32 */
 };
 
 #define SD_MAX_LISTED 200
@@ -467,6 +493,7 @@ sd_weights_t *sd_weights_open(const char *path, const char *prefix, const sd_ldm
     return NULL;
   }
   w->path = strdup(path);
+  w->mat_dtype = MMP_DTYPE_COUNT;
   w->st = st;
   w->ck = ck;
   w->src_open = true;
@@ -512,6 +539,7 @@ sd_weights_t *sd_weights_random(const sd_ldm_map_t *map, mmp_backend_t *be, uint
     return NULL;
   }
   w->path = strdup("(random)");
+  w->mat_dtype = MMP_DTYPE_COUNT;
   w->be = be;
   w->map = *map;
   w->rng = mmp_rng_new(seed, MMP_RNG_PHILOX);
@@ -618,14 +646,37 @@ int sd_w_info(sd_weights_t *w, const char *name, int *ndim, int64_t *shape) {
   return src_info(w, stored, &dt, ndim, shape);
 }
 
+void sd_weights_set_dtype(sd_weights_t *w, mmp_dtype_t dt) {
+  w->mat_dtype = dt == MMP_F32 || dt == MMP_F16 || dt == MMP_BF16 ? dt : MMP_DTYPE_COUNT;
+}
+
+/* @mat: a linear/conv2d weight, kept in the store's weights dtype (else f32) */
+static mmp_tensor_t *get_weight(sd_weights_t *w, bool mat, int ndim, const int64_t *shape, const char *name);
+
 mmp_tensor_t *sd_w(sd_weights_t *w, int ndim, const int64_t *shape, const char *fmt, ...) {
-  char name[512], stored[512], es[128], fs[128];
+  char name[512];
   va_list ap;
   va_start(ap, fmt);
   vsnprintf(name, sizeof name, fmt, ap);
   va_end(ap);
+  return get_weight(w, false, ndim, shape, name);
+}
+
+mmp_tensor_t *sd_w_mat(sd_weights_t *w, int ndim, const int64_t *shape, const char *fmt, ...) {
+  char name[512];
+  va_list ap;
+  va_start(ap, fmt);
+  vsnprintf(name, sizeof name, fmt, ap);
+  va_end(ap);
+  return get_weight(w, true, ndim, shape, name);
+}
+
+static mmp_tensor_t *get_weight(sd_weights_t *w, bool mat, int ndim, const int64_t *shape, const char *name) {
+  char stored[512], es[128], fs[128];
   if (!w->src_open) {
     mmp_tensor_t *r = random_weight(w, name, ndim, shape);
+    if (r && mat && w->mat_dtype != MMP_DTYPE_COUNT && w->mat_dtype != MMP_F32)
+      r = sd_swap(r, mmp_convert(r, w->mat_dtype));
     if (!r && w->nproblems == 0) add_problem(w, "random init: %s: %s", name, mmp_error_last());
     collect(w, name, r);
     return r;
@@ -657,7 +708,10 @@ mmp_tensor_t *sd_w(sd_weights_t *w, int ndim, const int64_t *shape, const char *
     add_problem(w, "dtype: %s is %s, expected a floating-point type", stored, mmp_dtype_name(dt));
     return NULL;
   }
-  mmp_tensor_t *t = src_get(w, stored, MMP_F32);
+  mmp_dtype_t want = MMP_F32;
+  if (mat) /* half precision as stored (zero copy) or converted once, here */
+    want = w->mat_dtype != MMP_DTYPE_COUNT ? w->mat_dtype : (dt == MMP_F16 || dt == MMP_BF16) ? dt : MMP_F32;
+  mmp_tensor_t *t = src_get(w, stored, want);
   if (!t) {
     add_problem(w, "unreadable: %s: %s", stored, mmp_error_last());
     return NULL;

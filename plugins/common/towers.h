@@ -112,6 +112,7 @@ mmp_tensor_t *sd_input_ids(const mmp_tensor_t *ids, int64_t n_vocab, mmp_backend
   {"prefix", MMP_TYPE_STRING, "\"\"",                                                                      \
    "then the tower's own names begin with this (AR-LDM: \"mm_encoder.\" for blip, \"mm_encoder.visual_encoder.\" for vit)", 0, 0}, \
   {"init_seed", MMP_TYPE_INT, "-1", ">= 0: seeded random weights instead of a file (benchmarks)", 0, 0},    \
+  SD_WEIGHTS_DTYPE_KEY,                                                                                      \
   {"output_hidden_states", MMP_TYPE_BOOL, "false", "also output hidden_states.K (K = 0: embeddings, K: layer K)", 0, 0}
 
 /* Paths of the config.json (empty when none and @need_config is false)
