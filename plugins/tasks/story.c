@@ -30,6 +30,7 @@
 #include <mmpipe/rng.h>
 #include <mmpipe/safetensors.h>
 
+#include "plugins/common/sampling.h"
 #include "plugins/common/sd_common.h"
 #include "plugins/processors/imagecommon.h"
 
@@ -331,66 +332,36 @@ static int save_t(run_t *r, int64_t story, int64_t frame, const char *what, mmp_
   return mmp_tensormap_set(r->saved, name, mmp_tensor_ref(t));
 }
 
-/* Denoise one frame of B stories: guided loop, VAE decode, uint8 [B, H, W, 3]. */
-static int draw_frame(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, mmp_tensor_t *ehs, mmp_tensor_t *mask, int64_t B,
-                      double scaling, int down, int64_t lch, mmp_tensor_t **lat0, mmp_tensor_t **lat1, mmp_tensor_t **img) {
+typedef struct step_noise {
+  mmp_rng_t *gen;
+  mmp_backend_t *be;
+  const int64_t *shape;
+} step_noise_t;
+
+static mmp_tensor_t *draw_step_noise(void *arg) {
+  const step_noise_t *a = arg;
+  return mmp_rng_randn(a->gen, a->be, 4, a->shape);
+}
+
+/* Denoise one frame of B stories (sd_sample, progress bar @label), VAE
+ * decode, uint8 [B, H, W, 3]. */
+static int draw_frame(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, const char *label, mmp_tensor_t *ehs, mmp_tensor_t *mask,
+                      int64_t B, double scaling, int down, int64_t lch, mmp_tensor_t **lat0, mmp_tensor_t **lat1,
+                      mmp_tensor_t **img) {
   story_t *t = r->t;
-  const mmp_scheduler_ops_t *so = (const mmp_scheduler_ops_t *)r->c.sched->plugin;
   int64_t ls[4] = {B, lch, t->height / down, t->width / down};
   mmp_tensor_t *lat = mmp_rng_randn(gen, r->be, 4, ls);
   if (!lat) return mmp_error_code();
   *lat0 = mmp_tensor_ref(lat);
-  int rc;
-  if ((rc = so->set_timesteps(r->c.sched->self, (int)t->steps)) < 0) goto fail;
-  const int64_t *ts = NULL;
-  size_t nts = 0;
-  if ((rc = so->timesteps(r->c.sched->self, &ts, &nts)) < 0) goto fail;
-  for (size_t k = 0; k < nts; k++) {
-    if (mmp_context_cancelled(ctx)) {
-      rc = mmp_error_set(MMP_ECANCELED, "story: canceled");
-      goto fail;
-    }
-    mmp_tensor_t *two[2] = {lat, lat};
-    mmp_tensor_t *x = mmp_concat(two, 2, 0);
-    int64_t tsh[1] = {2 * B};
-    mmp_tensor_t *tt = mmp_tensor_full(r->be, MMP_I64, 1, tsh, (double)ts[k]);
-    mmp_tensor_t *eps = NULL;
-    mmp_tensormap_t *ui = mmp_tensormap_new(), *uo = mmp_tensormap_new();
-    if (x && tt && ui && uo && mmp_tensormap_set(ui, "sample", mmp_tensor_ref(x)) == 0 &&
-        mmp_tensormap_set(ui, "timestep", mmp_tensor_ref(tt)) == 0 &&
-        mmp_tensormap_set(ui, "encoder_hidden_states", mmp_tensor_ref(ehs)) == 0 &&
-        mmp_tensormap_set(ui, "encoder_attention_mask", mmp_tensor_ref(mask)) == 0 && forward(r->c.unet, NULL, ui, uo) == 0) {
-      eps = mmp_tensormap_need(uo, "sample");
-      if (eps) mmp_tensor_ref(eps);
-    }
-    mmp_tensormap_free(ui);
-    mmp_tensormap_free(uo);
-    mmp_tensor_unref(x);
-    mmp_tensor_unref(tt);
-    if (!eps) {
-      rc = mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
-      goto fail;
-    }
-    mmp_tensor_t *h[2] = {NULL, NULL}, *guided = NULL;
-    if (mmp_chunk(eps, 2, 0, h) == 0) {
-      mmp_tensor_t *d = mmp_sub(h[1], h[0]);
-      guided = d ? mmp_axpby(1.0, h[0], t->guidance, d) : NULL;
-      mmp_tensor_unref(d);
-    }
-    mmp_tensor_unref(h[0]);
-    mmp_tensor_unref(h[1]);
-    mmp_tensor_unref(eps);
-    mmp_tensor_t *prev = NULL, *pred = NULL;
-    rc = guided ? so->step(r->c.sched->self, k, guided, lat, NULL, &prev, &pred) : mmp_error_code();
-    mmp_tensor_unref(guided);
-    mmp_tensor_unref(pred);
-    if (rc < 0 || !prev) {
-      rc = rc < 0 ? rc : MMP_ERUNTIME;
-      goto fail;
-    }
-    lat = sd_swap(lat, prev);
-    mmp_context_progress_advance(ctx, 1);
-  }
+  /* a scheduler that asks for step noise draws it from the run's generator,
+   * as AR-LDM's step() draws from the global torch generator (DDIM with
+   * eta = 0 and PNDM never do) */
+  step_noise_t na = {gen, r->be, ls};
+  sd_sampler_t smp = {.unet = r->c.unet, .sched = r->c.sched, .ctx = ctx, .who = "story", .label = label,
+                      .steps = t->steps, .guided = true, .guidance = t->guidance, .context = ehs, .mask = mask,
+                      .noise = draw_step_noise, .noise_arg = &na};
+  int rc = sd_sample(&smp, &lat);
+  if (rc < 0) return rc;
   *lat1 = lat;
   mmp_tensor_t *z = mmp_scale(lat, 1.0 / scaling, 0.0);
   mmp_tensor_t *x = z ? call1(r->c.vae, "decode", "sample", "latents", z, NULL, NULL, NULL, NULL) : NULL;
@@ -417,9 +388,6 @@ static int draw_frame(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, mmp_tensor_t
   }
   free(px);
   free(u);
-  return rc;
-fail:
-  mmp_tensor_unref(lat);
   return rc;
 }
 
@@ -591,7 +559,6 @@ static int draw_stories(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, const mmp_
     double t0 = now_s();
     snprintf(label, sizeof label, "story %lld-%lld frame %lld/%lld", (long long)s0, (long long)(s0 + B - 1),
              (long long)i + 1, (long long)V);
-    mmp_context_progress_begin(ctx, label, r->t->steps);
     mmp_tensor_t *ci = rs(mmp_slice(cond, 1, i, i + 1, 1), 3, (int64_t[]){B, L, r->D});
     mmp_tensor_t *cc = ci ? mmp_contiguous(ci) : NULL;
     mmp_tensor_t *um = frame_mask(r, B, i, NULL, NULL), *cmk = frame_mask(r, B, i, cm, bm);
@@ -599,8 +566,7 @@ static int draw_stories(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, const mmp_
     mmp_tensor_t *ehs = cc ? mmp_concat(two, 2, 0) : NULL, *mask = um && cmk ? mmp_concat(twom, 2, 0) : NULL;
     mmp_tensor_t *l0 = NULL, *l1 = NULL, *img = NULL;
     if (!ehs || !mask) rc = mmp_error_code() ? mmp_error_code() : MMP_ENOMEM;
-    else rc = draw_frame(r, ctx, gen, ehs, mask, B, scaling, down, lch, &l0, &l1, &img);
-    mmp_context_progress_end(ctx);
+    else rc = draw_frame(r, ctx, gen, label, ehs, mask, B, scaling, down, lch, &l0, &l1, &img);
     if (rc == 0) {
       size_t nb = (size_t)mmp_tensor_numel(img);
       if (!(gen_px[i] = malloc(nb))) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
