@@ -19,7 +19,17 @@ main.ARLDM, models/blip_override, models/diffusers_override on diffusers
 - story_{task}_{scheduler}.safetensors: ARLDM.sample() on one story for
   task in (visualization, continuation), scheduler in (ddim, pndm): the
   batch, the UNet's contexts and masks of every frame, the initial and final
-  latents and the uint8 images.
+  latents and the uint8 images;
+- story_ds.h5, tok/ (a tiny CLIP vocab.json + merges.txt and BERT
+  vocab.txt whose ids fit the tiny tables) and
+  story_dataset_{task}.safetensors: two stories in AR-LDM's pororo HDF5
+  layout (test split), read by AR-LDM's own datasets/pororo.py with those
+  tokenizers, collated into one batch (B = 2) and run through ARLDM.sample()
+  with DDIM; also each story's frame 0 resized to 32x32 by PIL (bilinear),
+  what a continuation strip shows as the given frame.
+
+`--dataset` writes only the last group, after checking that the rebuilt
+model is the committed arldm_tiny.safetensors.
 
 Run from the source tree root (diffusers 0.7.2 first on the path):
 
@@ -250,6 +260,112 @@ def make_batch(task, g):
     return (frames, cap, cam, src, bcap, bam), frames, cap, cam, bcap, bam, src_V, V
 
 
+# ---- the tiny story dataset: captions in a vocabulary that fits the tables
+WORDS = ["a", "the", "is", "and", "in", "snow", "house", "playing", "with", "eating", "cake", "looks", "at",
+         "tree", "sky", "red", "blue", "big", "small", "dog", "runs", "to", "friend", "happy", "sad", "sits",
+         "on", "chair", "door", "opens", "sees", "bird", "flies", "ball", "kicks", "smiles", "sleeps", "talks"]
+NAMES = ["pororo", "loopy", "eddy", "crong"]   # the dataset's new_tokens
+BERT_EXTRA = ["pororo", "loopy", "car", "sun", "hat"]  # two names BERT already knows
+DS_CAPTIONS = [
+    ["pororo is playing in the snow", "loopy looks at the big tree", "eddy and crong eating cake",
+     "the red bird flies", "pororo smiles at loopy"],
+    ["crong kicks a blue ball", "the dog runs to eddy", "loopy sits on a chair",
+     "pororo opens the door", "a happy friend sleeps"],
+]
+
+
+def write_tokenizers(d):
+    """CLIP: 38 words + <|startoftext|> (38) + <|endoftext|> (39); every word
+    one BPE token, built by a chain of merges. BERT: [PAD] [CLS] [SEP] [UNK]
+    [MASK] + 43 words (BLIP's init_tokenizer adds [DEC] = 48, [ENC] = 49)."""
+    assert len(WORDS) == CLIP_V0 - 2
+    os.makedirs(d, exist_ok=True)
+    vocab, merges = {}, []
+
+    def bpe(w):  # CLIP's bpe(): merge the best-ranked pair until none applies
+        sym = list(w[:-1]) + [w[-1] + "</w>"]
+        rank = {m: i for i, m in enumerate(merges)}
+        while len(sym) > 1:
+            pairs = [(rank.get(sym[i] + " " + sym[i + 1], 1 << 30), i) for i in range(len(sym) - 1)]
+            r, i = min(pairs)
+            if r == 1 << 30:
+                break
+            sym = sym[:i] + [sym[i] + sym[i + 1]] + sym[i + 2:]
+        return sym
+
+    for w in WORDS:
+        vocab[w + "</w>"] = len(vocab)
+        # a new merge ranks after every earlier one, so it never changes a
+        # word already made whole
+        while len(sym := bpe(w)) > 1:
+            merges.append(sym[0] + " " + sym[1])
+    vocab["<|startoftext|>"] = CLIP_BOS
+    vocab["<|endoftext|>"] = CLIP_EOS
+    with open(os.path.join(d, "vocab.json"), "w") as f:
+        json.dump(vocab, f, indent=0)
+    with open(os.path.join(d, "merges.txt"), "w") as f:
+        f.write("#version: tiny\n" + "\n".join(merges) + "\n")
+    bert = ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"] + WORDS + BERT_EXTRA
+    assert len(bert) == BLIP_V0 - 2 and bert.index("[PAD]") == BERT_PAD and bert.index("[CLS]") == BERT_CLS
+    with open(os.path.join(d, "vocab.txt"), "w") as f:
+        f.write("\n".join(bert) + "\n")
+
+
+def arldm_pororo(d, h5path, task):
+    """AR-LDM's datasets/pororo.StoryDataset('test') with the tiny tokenizers
+    (from_pretrained stand-ins reading tok/; its code runs unchanged)."""
+    import contextlib
+    import importlib.util
+    import io
+    from transformers import CLIPTokenizer
+    from transformers.tokenization_utils_base import AddedToken
+    import gen_datasets as GD
+    AddedToken.__str__ = lambda self: self.content  # see ../shared/REFERENCE.md
+    spec = importlib.util.spec_from_file_location("arldm_pororo", os.path.join(REFSRC, "ARLDM", "datasets", "pororo.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.CLIPTokenizer = types.SimpleNamespace(from_pretrained=lambda *a, **k: CLIPTokenizer(
+        os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt")))
+    mod.init_tokenizer = GD.arldm_init_tokenizer(os.path.join(d, "vocab.txt"))
+    args = Cfg(dataset="pororo", task=task,
+               pororo=Cfg(hdf5_file=h5path, max_length=S, new_tokens=NAMES))
+    with contextlib.redirect_stdout(io.StringIO()):
+        ds = mod.StoryDataset("test", args)
+    assert len(ds.clip_tokenizer) == CLIP_V and len(ds.blip_tokenizer) == BLIP_V, \
+        (len(ds.clip_tokenizer), len(ds.blip_tokenizer))
+    for w in WORDS:
+        assert len(ds.clip_tokenizer(w).input_ids) == 3, w
+    return ds
+
+
+def make_dataset(M, m):
+    import gen_datasets as GD
+    from PIL import Image
+    d = os.path.join(OUT, "tok")
+    write_tokenizers(d)
+    h5 = os.path.join(OUT, "story_ds.h5")
+    kinds = ["gradient", "checker", "rings", "blocks", "checker"]
+    GD.rng = np.random.default_rng(2026)
+    frames = [[GD.frame(kinds[(i + 2 * s) % 5]) for i in range(5)] for s in range(2)]
+    GD.write_story_file(h5, {"test": [(frames[s], {"text": "|".join(DS_CAPTIONS[s])}) for s in range(2)]}, ["text"])
+    for task in ("visualization", "continuation"):
+        ds = arldm_pororo(d, h5, task)
+        items = [ds[k] for k in range(2)]
+        batch = tuple(torch.stack([it[j] for it in items]) for j in range(6))  # DataLoader's collate
+        rec = run_sample(M, m, task, "ddim", batch)
+        out = {"captions": batch[1], "caption_mask": batch[2], "blip_captions": batch[4], "blip_mask": batch[5]}
+        for s in range(2):
+            raw = ds.h5["image0"][s]
+            import cv2
+            f0 = cv2.imdecode(raw, cv2.IMREAD_COLOR)[:128]
+            out["story%d.frame0_32" % s] = torch.from_numpy(np.array(Image.fromarray(f0).resize((IMG, IMG), Image.BILINEAR)))
+        for i, fr in enumerate(rec):
+            for k, v in fr.items():
+                out["frame%d.%s" % (i, k)] = v
+        save("story_dataset_%s.safetensors" % task, out)
+        print("dataset", task, "frames", len(rec), "ids", batch[1][0, 0].tolist(), batch[4][0, 0].tolist())
+
+
 def save(name, d):
     save_file({k: v.detach().contiguous() for k, v in d.items()}, os.path.join(OUT, name))
 
@@ -262,6 +378,13 @@ def main():
     params = {k for k, _ in m.named_parameters()}
     state = {k: (v.to(torch.bfloat16) if k in params else v).detach().clone().contiguous()
              for k, v in m.state_dict().items()}
+    if "--dataset" in sys.argv[1:]:
+        from safetensors.torch import load_file
+        old = load_file(os.path.join(OUT, "arldm_tiny.safetensors"))
+        assert old.keys() == state.keys() and all(torch.equal(old[k], state[k]) for k in old), \
+            "the rebuilt model differs from the committed arldm_tiny.safetensors"
+        make_dataset(M, m)
+        return
     save_file(state, os.path.join(OUT, "arldm_tiny.safetensors"))
     for part, mod in (("unet", m.unet), ("vae", m.vae)):
         os.makedirs(os.path.join(OUT, part), exist_ok=True)
@@ -318,6 +441,7 @@ def main():
                     d["frame%d.%s" % (i, k)] = v
             save("story_%s_%s.safetensors" % (task, sch), d)
             print(task, sch, "frames", len(rec), "image mean %.2f" % rec[-1]["image"].float().mean())
+    make_dataset(M, m)
     print("fixtures written to", OUT)
 
 

@@ -719,8 +719,8 @@ static int host_copy(mmp_tensor_t *t, mmp_dtype_t dt, void *buf, int64_t n, size
  * source_pixels (the items' BLIP-processed source_images, which AR-LDM feeds
  * to BLIP as they are). The items' target images become the ground truth
  * frames (u8 test images as they are, f32 train/val images in [-1, 1] back
- * to u8), resized to width x height; continuation's frame 0 is only given
- * as BLIP pixels, so its ground-truth slot stays black. Checked per item:
+ * to u8), resized to width x height; continuation's frame 0 from the item's
+ * first_image (a dataset without it leaves that slot black). Checked per item:
  * CLIP captions present, V targets (the dataset's task), S, ids inside the
  * checkpoint's token tables. */
 static int load_dataset(run_t *r, mmp_component_t *ds, int64_t s0, int64_t B, mmp_tensormap_t *in) {
@@ -775,26 +775,35 @@ static int load_dataset(run_t *r, mmp_component_t *ds, int64_t s0, int64_t B, mm
                            "(another dataset's tokenizer or new_tokens?)", (long long)k, (long long)(cbad ? ci : bi),
                            cbad ? "CLIP" : "BLIP", (long long)(cbad ? r->clip_rows : r->blip_rows));
     }
-    /* ground truth: V target images, HWC u8 or CHW f32 in [-1, 1] */
+    /* ground truth: V target images, HWC u8 or CHW f32 in [-1, 1]; before
+     * them (continuation) the given frame 0, u8 HWC */
     bool hwc = im && im->ndim == 4 && im->shape[3] == 3, chw = im && im->ndim == 4 && im->shape[1] == 3;
+    mmp_tensor_t *f0 = off ? mmp_tensormap_get(it, "first_image") : NULL;
     if (rc == 0 && im && (im->shape[0] != V || (!hwc && !chw)))
       rc = mmp_error_set(MMP_EDATA, "story: dataset item %lld: images must be [%lld, h, w, 3] or [%lld, 3, h, w]", (long long)k,
                          (long long)V, (long long)V);
-    for (int64_t i = 0; rc == 0 && im && i < V; i++) {
-      int64_t h = hwc ? im->shape[1] : im->shape[2], w = hwc ? im->shape[2] : im->shape[3], np = h * w * 3;
-      mmp_tensor_t *one = mmp_slice(im, 0, i, i + 1, 1), *oc = one ? mmp_contiguous(one) : NULL;
+    if (rc == 0 && f0 && (f0->ndim != 4 || f0->shape[0] != 1 || f0->shape[3] != 3 || f0->dtype != MMP_U8))
+      rc = mmp_error_set(MMP_EDATA, "story: dataset item %lld: first_image must be u8 [1, h, w, 3]", (long long)k);
+    for (int64_t i = f0 ? -1 : 0; rc == 0 && (im || i < 0) && i < V; i++) {
+      /* i = -1: the given frame 0 */
+      mmp_tensor_t *src_t = i < 0 ? f0 : im;
+      bool shwc = i < 0 || hwc;
+      int64_t h = shwc ? src_t->shape[1] : src_t->shape[2], w = shwc ? src_t->shape[2] : src_t->shape[3], np = h * w * 3;
+      mmp_tensor_t *one = mmp_slice(src_t, 0, i < 0 ? 0 : i, i < 0 ? 1 : i + 1, 1), *oc = one ? mmp_contiguous(one) : NULL;
       float *f = malloc((size_t)np * sizeof *f);
       mmp_image_t src = {0}, dst = {0};
       rc = oc && f ? host_copy(oc, MMP_F32, f, np, 4) : mmp_error_code() ? mmp_error_code() : MMP_ENOMEM;
       if (rc == 0) rc = mmp_image_alloc(&src, (int)w, (int)h, 3);
       for (int64_t p = 0; rc == 0 && p < h * w; p++)
         for (int ch = 0; ch < 3; ch++) {
-          float v = hwc ? f[p * 3 + ch] : (f[ch * h * w + p] / 2.0f + 0.5f) * 255.0f;
+          float v = shwc ? f[p * 3 + ch] : (f[ch * h * w + p] / 2.0f + 0.5f) * 255.0f;
           v = v < 0 ? 0 : v > 255 ? 255 : v;
           src.data[p * 3 + ch] = (uint8_t)nearbyintf(v);
         }
       if (rc == 0 && (h != H || w != W)) rc = mmp_image_resize(&src, (int)W, (int)H, MMP_RESAMPLE_BILINEAR, &dst);
-      if (rc == 0) memcpy(frames + (size_t)(b * 5 + off + i) * (size_t)(H * W * 3), dst.data ? dst.data : src.data, (size_t)(H * W * 3));
+      if (rc == 0)
+        memcpy(frames + (size_t)(b * 5 + (i < 0 ? 0 : off + i)) * (size_t)(H * W * 3), dst.data ? dst.data : src.data,
+               (size_t)(H * W * 3));
       mmp_image_clear(&src);
       mmp_image_clear(&dst);
       free(f);
