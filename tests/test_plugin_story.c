@@ -16,12 +16,15 @@ static const char *const SCHED[2] = {
     " skip_prk_steps = true; set_alpha_to_one = false; steps_offset = 0; };"};
 
 static const char *g_extra = ""; /* more keys of the task group */
+static const char *g_arldm = NULL; /* the task's `arldm` file (NULL: the fixture's) */
 
 static int run_story(const char *task, int sched, const char *fixture, const char *outdir, bool replay) {
   char fx[4096], text[16384];
   snprintf(fx, sizeof fx, "%s/tests/fixtures/arldm", tap_srcdir());
+  char arldm[4200];
+  snprintf(arldm, sizeof arldm, "%s/arldm_tiny.safetensors", fx);
   snprintf(text, sizeof text,
-           "task = { name = \"story\"; task = \"%s\"; arldm = \"%s/arldm_tiny.safetensors\";\n"
+           "task = { name = \"story\"; task = \"%s\"; arldm = \"%s\";\n"
            "  story_tensors = \"%s/%s\"; width = 32; height = 32; steps = 4; guidance_scale = 6.0; seed = 7;\n"
            "  save_tensors = true; output_dir = \"%s\"; sample_output_dir = \"%s/samples\"; %s%s%s%s%s %s };\n"
            "text_encoder = { name = \"clip_text\"; config = \"%s/text_encoder/config.json\";"
@@ -34,7 +37,7 @@ static int run_story(const char *task, int sched, const char *fixture, const cha
            " weights_prefix = \"unet.\"; };\n"
            "vae = { name = \"vae\"; config = \"%s/vae/config.json\"; weights = \"%s/arldm_tiny.safetensors\";"
            " weights_prefix = \"vae.\"; };\n%s\n",
-           task, fx, fx, fixture, outdir, outdir, replay ? "writeback_from = \"" : "", replay ? fx : "", replay ? "/" : "",
+           task, g_arldm ? g_arldm : arldm, fx, fixture, outdir, outdir, replay ? "writeback_from = \"" : "", replay ? fx : "", replay ? "/" : "",
            replay ? fixture : "", replay ? "\";" : "", g_extra, fx, fx, fx, fx, fx, fx, fx, fx, SCHED[sched]);
   mmp_registry_t *reg = mmp_registry_new();
   sd_env_add_dirs(reg);
@@ -227,6 +230,50 @@ static void check_bad_input(void) {
     mmp_context_free(ctx);
     mmp_config_free(cfg);
     mmp_registry_free(reg);
+  }
+  char cmd[4400];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  if (system(cmd) != 0) diag("could not remove %s", dir);
+}
+
+/* An AR-LDM file whose extras do not fit: each refused with a message naming
+ * the tensors and their shapes, before any drawing. */
+static void check_bad_tables(void) {
+  static const struct {
+    const char *name;
+    int ndim;
+    int64_t shape[4];
+    mmp_dtype_t dt;
+    const char *want;
+  } cases[] = {
+      {"time_embeddings.weight", 2, {5, 16}, MMP_F32,
+       "time_embeddings.weight is f32[5, 16], expected [>= 5, 32] (the width D of modal_type_embeddings.weight f32[2, 32])"},
+      {"time_embeddings.weight", 2, {4, 32}, MMP_F32, "time_embeddings.weight is f32[4, 32], expected [>= 5, 32]"},
+      {"modal_type_embeddings.weight", 2, {3, 32}, MMP_F32, "modal_type_embeddings.weight is f32[3, 32], expected [2, D]"},
+      {"modal_type_embeddings.weight", 2, {2, 16}, MMP_F32,
+       "time_embeddings.weight is f32[5, 32], expected [>= 5, 16] (the width D of modal_type_embeddings.weight f32[2, 16])"},
+      {"blip_text_null_token", 2, {1, 7}, MMP_I64,
+       "clip_text_null_token is i64[1, 8] and blip_text_null_token i64[1, 7], both must be [1, S]"},
+      {"blip_image_null_token", 3, {3, 224, 224}, MMP_F32, "blip_image_null_token is f32[3, 224, 224], expected [1, 3, H, W]"},
+  };
+  const char *tmp = getenv("TMPDIR");
+  char dir[4096], path[4200], src[4200], outdir[4300];
+  snprintf(dir, sizeof dir, "%s/story_tables_%d", tmp ? tmp : "/tmp", (int)getpid());
+  mkdir(dir, 0777);
+  snprintf(path, sizeof path, "%s/arldm.safetensors", dir);
+  snprintf(outdir, sizeof outdir, "%s/out", dir);
+  snprintf(src, sizeof src, "%s/tests/fixtures/arldm/arldm_tiny.safetensors", tap_srcdir());
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    mmp_tensormap_t *m = mmp_tensormap_new();
+    mmp_safetensors_load_map(src, mmp_backend_get("cpu"), false, m);
+    mmp_tensormap_set(m, cases[k].name, mmp_tensor_full(mmp_backend_get("cpu"), cases[k].dt, cases[k].ndim, cases[k].shape, 0.5));
+    ok(mmp_safetensors_save_map(path, m, NULL) == 0, "bad tables %zu: %s written", k, cases[k].name);
+    mmp_tensormap_free(m);
+    g_arldm = path;
+    ok(run_story("visualization", 0, "story_visualization_ddim.safetensors", outdir, false) < 0, "  refused");
+    g_arldm = NULL;
+    like(mmp_error_last(), cases[k].want, "  naming the tensors and shapes");
+    ok(access(outdir, F_OK) != 0, "  before any output (no output_dir made)");
   }
   char cmd[4400];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
@@ -567,6 +614,7 @@ int main(void) {
   mmp_tensormap_free(probe);
   check_bad_input();
   check_dataset();
+  check_bad_tables();
   for (int replay = 1; replay >= 0; replay--) {
     check_dataset_draw("visualization", replay);
     check_dataset_draw("continuation", replay);

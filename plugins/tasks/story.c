@@ -265,25 +265,59 @@ static int build_null_context(run_t *r) {
     rc = mmp_error_code();
     goto done;
   }
+  /* the shapes first, each message naming the tensors: a width that does
+   * not match would otherwise surface as a broadcast error while adding the
+   * tables to the encoders' outputs */
+  char d1[96], d2[96], d3[96];
+  const char *f = r->t->arldm;
+  if (r->type->ndim != 2 || r->type->shape[0] != 2) {
+    rc = mmp_error_set(MMP_ESHAPE, "story: %s: modal_type_embeddings.weight is %s, expected [2, D]", f,
+                       mmp_tensor_describe(r->type, d1, sizeof d1));
+    goto done;
+  }
   r->D = r->type->shape[1];
-  r->S = cnull->shape[cnull->ndim - 1];
-  if (r->type->ndim != 2 || r->type->shape[0] != 2 || r->time->ndim != 2 || r->time->shape[0] < r->src_V ||
-      r->time->shape[1] != r->D) {
-    rc = mmp_error_set(MMP_EDATA, "story: %s: modal_type_embeddings must be [2, D] and time_embeddings [>= %lld, D]",
-                       r->t->arldm, (long long)r->src_V);
+  if (r->time->ndim != 2 || r->time->shape[0] < r->src_V || r->time->shape[1] != r->D) {
+    rc = mmp_error_set(MMP_ESHAPE, "story: %s: time_embeddings.weight is %s, expected [>= %lld, %lld] (the width D of "
+                       "modal_type_embeddings.weight %s)", f, mmp_tensor_describe(r->time, d1, sizeof d1), (long long)r->src_V,
+                       (long long)r->D, mmp_tensor_describe(r->type, d2, sizeof d2));
+    goto done;
+  }
+  if (cnull->ndim != 2 || cnull->shape[0] != 1 || bnull->ndim != 2 || bnull->shape[0] != 1 ||
+      bnull->shape[1] != cnull->shape[1]) {
+    rc = mmp_error_set(MMP_ESHAPE, "story: %s: clip_text_null_token is %s and blip_text_null_token %s, both must be [1, S]", f,
+                       mmp_tensor_describe(cnull, d1, sizeof d1), mmp_tensor_describe(bnull, d2, sizeof d2));
+    goto done;
+  }
+  r->S = cnull->shape[1];
+  if (inull->ndim != 4 || inull->shape[0] != 1 || inull->shape[1] != 3) {
+    rc = mmp_error_set(MMP_ESHAPE, "story: %s: blip_image_null_token is %s, expected [1, 3, H, W]", f,
+                       mmp_tensor_describe(inull, d1, sizeof d1));
     goto done;
   }
   hc = call1(r->c.clip, NULL, "last_hidden_state", "input_ids", cnull, NULL, NULL, NULL, NULL);
-  hc = sd_swap(hc, add_row(hc, r->type, 0));
+  if (!hc) {
+    rc = mmp_error_prefix("story: null context: text_encoder on clip_text_null_token %s: ", mmp_tensor_describe(cnull, d1, sizeof d1));
+    goto done;
+  }
   hb = call1(r->c.blip, "multimodal", "last_hidden_state", "pixel_values", inull, "input_ids", bnull, NULL, NULL);
+  if (!hb) {
+    rc = mmp_error_prefix("story: null context: mm_encoder on blip_image_null_token %s, blip_text_null_token %s: ",
+                          mmp_tensor_describe(inull, d1, sizeof d1), mmp_tensor_describe(bnull, d2, sizeof d2));
+    goto done;
+  }
+  if (hc->ndim != 3 || hc->shape[2] != r->D || hb->ndim != 3 || hb->shape[2] != r->D || hb->shape[1] != r->S) {
+    rc = mmp_error_set(MMP_ESHAPE, "story: width mismatch between the parts: text_encoder gives %s and mm_encoder %s for the null "
+                       "caption, but %s has modal_type_embeddings.weight %s and time_embeddings.weight %s (all must share the "
+                       "width D; S = %lld tokens per caption)",
+                       mmp_tensor_describe(hc, d1, sizeof d1), mmp_tensor_describe(hb, d2, sizeof d2), f,
+                       mmp_tensor_describe(r->type, d3, sizeof d3), mmp_tensor_describe(r->time, (char[96]){0}, 96),
+                       (long long)r->S);
+    goto done;
+  }
+  hc = sd_swap(hc, add_row(hc, r->type, 0));
   hb = sd_swap(hb, add_row(hb, r->type, 1));
   if (!hc || !hb) {
     rc = mmp_error_prefix("story: null context: ");
-    goto done;
-  }
-  if (hc->shape[2] != r->D || hb->shape[2] != r->D || hb->shape[1] != r->S) {
-    rc = mmp_error_set(MMP_EDATA, "story: the encoders give width %lld and %lld, the AR-LDM tables %lld",
-                       (long long)hc->shape[2], (long long)hb->shape[2], (long long)r->D);
     goto done;
   }
   mmp_tensor_t *parts[6] = {hc};
@@ -361,6 +395,13 @@ static int draw_frame(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, const char *
                       .steps = t->steps, .guided = true, .guidance = t->guidance, .context = ehs, .mask = mask,
                       .noise = draw_step_noise, .noise_arg = &na};
   int rc = sd_sample(&smp, &lat);
+  if (rc < 0 && rc != MMP_ECANCELED) {
+    /* e.g. a UNet whose cross-attention width is not the context's D */
+    char d1[96], d2[96];
+    return mmp_error_prefix("story: denoising on the context %s (mask %s; the UNet's cross_attention_dim must be D = %lld): ",
+                            mmp_tensor_describe(ehs, d1, sizeof d1), mmp_tensor_describe(mask, d2, sizeof d2),
+                            (long long)r->D);
+  }
   if (rc < 0) return rc;
   *lat1 = lat;
   mmp_tensor_t *z = mmp_scale(lat, 1.0 / scaling, 0.0);
