@@ -28,8 +28,16 @@ main.ARLDM, models/blip_override, models/diffusers_override on diffusers
   with DDIM; also each story's frame 0 resized to 32x32 by PIL (bilinear),
   what a continuation strip shows as the given frame.
 
-`--dataset` writes only the last group, after checking that the rebuilt
-model is the committed arldm_tiny.safetensors.
+- arldm_init.safetensors: ARLDM.__init__ itself (mode train) on the tiny
+  SD folder (tests/fixtures/sd/pipe) and BLIP checkpoint
+  (tests/fixtures/blip/blip_base) with S = 85 and tables of 919 / 101 rows:
+  per state-dict entry its shape and statistics, the resized tables' copied
+  and new rows apart, the null buffers (what `pipeline arldm-init` must
+  reproduce; see make_init).
+
+`--dataset` writes only the dataset group, after checking that the rebuilt
+model is the committed arldm_tiny.safetensors; `--init` only
+arldm_init.safetensors.
 
 Run from the source tree root (diffusers 0.7.2 first on the path):
 
@@ -165,6 +173,7 @@ def build_model(task):
     M.CLIPTextModel = types.SimpleNamespace(from_pretrained=lambda *a, **k: CLIPTextModel(clip_cfg))
     M.AutoencoderKL = types.SimpleNamespace(from_pretrained=lambda *a, **k: AutoencoderKL(**VAE_CFG))
     UNet = M.UNet2DConditionModel
+    UNET_CLASS.append(UNet)
     M.UNet2DConditionModel = types.SimpleNamespace(from_pretrained=lambda *a, **k: UNet(**UNET_CFG))
 
     args = Cfg(mode="train", task=task, dataset="tiny", freeze_clip=False, freeze_blip=False,
@@ -366,6 +375,133 @@ def make_dataset(M, m):
         print("dataset", task, "frames", len(rec), "ids", batch[1][0, 0].tolist(), batch[4][0, 0].tolist())
 
 
+# ---- ARLDM.__init__ on the tiny SD and BLIP fixtures (pipeline arldm-init)
+INIT_S, INIT_VCLIP, INIT_VBLIP = 85, 919, 101   # pororo's max_length; + 5 / + 3 rows
+
+
+def tensor_stats(t):
+    """numel, sum, sum of squares, max |x| (f64), of @t as f32 values."""
+    x = t.detach().double().flatten()
+    return torch.tensor([x.numel(), x.sum().item(), (x * x).sum().item(),
+                         x.abs().max().item() if x.numel() else 0.0], dtype=torch.float64)
+
+
+def make_init(M):
+    """ARLDM(args) with mode=train, its from_pretrained calls reading the tiny
+    SD folder (tests/fixtures/sd/pipe) and BLIP's load_checkpoint reading the
+    tiny BLIP fixture (blip_base/model.safetensors, written to a temporary
+    .pth as {'model': state} and loaded by AR-LDM's own load_checkpoint), the
+    BERT tokenizer the tiny tok/vocab.txt through AR-LDM's init_tokenizer.
+    Stand-ins: create_vit builds the tiny ViT on the checkpoint's 32-pixel
+    grid (so interpolate_pos_embed keeps pos_embed, which arldm-init copies
+    as stored); diffusers 0.7.2 cannot read safetensors (and transformers
+    4.30 not one without format metadata), so the text encoder, VAE and UNet
+    are built from their config.json and given the file's tensors (0.19
+    names of the VAE attention mapped to 0.7.2's query/key/value/proj_attn).
+    Written: per state-dict entry its shape and (numel, sum, sum of squares,
+    max |x|); for the resized tables the same over the copied rows and over
+    the new rows; the null buffers as they are (the image per channel)."""
+    import tempfile
+    from safetensors.torch import load_file
+    import gen_datasets as GD
+    import models.blip_override.blip as blip
+    from models.blip_override.vit import VisionTransformer
+    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers.tokenization_utils_base import AddedToken
+    from diffusers import AutoencoderKL
+    AddedToken.__str__ = lambda self: self.content
+    sd = os.path.join(HERE, "fixtures", "sd", "pipe")
+    bfile = os.path.join(HERE, "fixtures", "blip", "blip_base", "model.safetensors")
+    tok = GD.arldm_init_tokenizer(os.path.join(OUT, "tok", "vocab.txt"))
+    M.init_tokenizer = tok
+    blip.init_tokenizer = tok
+    M.CLIPTokenizer = types.SimpleNamespace(
+        from_pretrained=lambda name, subfolder: CLIPTokenizer.from_pretrained(os.path.join(sd, subfolder)))
+    def clip_text(name, subfolder):
+        # transformers 4.30 refuses a safetensors file without format metadata
+        from transformers import CLIPTextConfig
+        model = CLIPTextModel(CLIPTextConfig.from_pretrained(os.path.join(sd, subfolder)))
+        st = {k: v.float() for k, v in load_file(os.path.join(sd, subfolder, "model.safetensors")).items()}
+        msg = model.load_state_dict(st, strict=False)
+        assert not msg.unexpected_keys and set(msg.missing_keys) <= {"text_model.embeddings.position_ids"}, msg
+        return model
+    M.CLIPTextModel = types.SimpleNamespace(from_pretrained=clip_text)
+    bstate = {k[len("mm_encoder."):]: v.float() for k, v in load_file(bfile).items()}
+    # model_large.pth holds BertEmbeddings' position_ids buffer; the tiny
+    # BLIP fixture does not (load_checkpoint asserts no missing key)
+    npos = bstate["text_encoder.embeddings.position_embeddings.weight"].shape[0]
+    bstate["text_encoder.embeddings.position_ids"] = torch.arange(npos).expand((1, -1))
+    vw = bstate["visual_encoder.pos_embed"].shape[-1]
+    grid = int(round((bstate["visual_encoder.pos_embed"].shape[1] - 1) ** 0.5))
+    blip.create_vit = lambda vit, image_size, *a, **k: (VisionTransformer(
+        img_size=grid * 8, patch_size=8, embed_dim=vw, depth=2, num_heads=4, mlp_ratio=2.0), vw)
+    med = json.load(open(os.path.join(HERE, "fixtures", "blip", "blip_base", "med_config.json")))
+    med["vocab_size"] = bstate["text_encoder.embeddings.word_embeddings.weight"].shape[0]  # as model_large's
+    tmp = tempfile.mkdtemp()
+    med_path, ck = os.path.join(tmp, "med_config.json"), os.path.join(tmp, "model_large.pth")
+    json.dump(med, open(med_path, "w"))
+    torch.save({"model": bstate}, ck)
+    fe = blip.blip_feature_extractor
+    M.blip_feature_extractor = lambda pretrained, **kw: fe(pretrained=ck, med_config=med_path, **kw)
+
+    def diffusers_part(cls, sub, rename=None):
+        cfg = json.load(open(os.path.join(sd, sub, "config.json")))
+        model = cls(**{k: v for k, v in cfg.items() if not k.startswith("_") and k in
+                       inspect.signature(cls.__init__).parameters})
+        st = {k: v.float() for k, v in load_file(os.path.join(sd, sub, "diffusion_pytorch_model.safetensors")).items()}
+        if rename:
+            st = {rename(k): v for k, v in st.items()}
+        model.load_state_dict(st, strict=True)
+        return model
+
+    def vae_old_names(k):
+        for new, old in ((".to_q.", ".query."), (".to_k.", ".key."), (".to_v.", ".value."), (".to_out.0.", ".proj_attn.")):
+            if "mid_block.attentions" in k:
+                k = k.replace(new, old)
+        return k
+    import inspect
+    M.AutoencoderKL = types.SimpleNamespace(
+        from_pretrained=lambda name, subfolder: diffusers_part(AutoencoderKL, subfolder, vae_old_names))
+    UNet = M.UNet2DConditionModel if isinstance(M.UNet2DConditionModel, type) else UNET_CLASS[0]
+    M.UNet2DConditionModel = types.SimpleNamespace(
+        from_pretrained=lambda name, subfolder: diffusers_part(UNet, subfolder))
+    args = Cfg(mode="train", task="visualization", dataset="tiny", freeze_clip=False, freeze_blip=False,
+               freeze_resnet=False,
+               tiny=Cfg(max_length=INIT_S, clip_embedding_tokens=INIT_VCLIP, blip_embedding_tokens=INIT_VBLIP))
+    import contextlib
+    import io
+    torch.manual_seed(0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        m = M.ARLDM(args)
+    state = m.state_dict()
+    te = load_file(os.path.join(sd, "text_encoder", "model.safetensors"))
+    old_rows = {"text_encoder.text_model.embeddings.token_embedding.weight":
+                te["text_model.embeddings.token_embedding.weight"].shape[0],
+                "text_encoder.text_model.embeddings.position_embedding.weight":
+                te["text_model.embeddings.position_embedding.weight"].shape[0],
+                "mm_encoder.text_encoder.embeddings.word_embeddings.weight":
+                bstate["text_encoder.embeddings.word_embeddings.weight"].shape[0]}
+    out = {"config": torch.tensor([INIT_S, INIT_VCLIP, INIT_VBLIP], dtype=torch.int64)}
+    for k, v in state.items():
+        out["shape." + k] = torch.tensor(list(v.shape), dtype=torch.int64)
+        out["stat." + k] = tensor_stats(v)
+        if k in old_rows:
+            n = old_rows[k]
+            out["head." + k] = tensor_stats(v[:n])
+            out["tail." + k] = tensor_stats(v[n:])
+    for k in ("clip_text_null_token", "blip_text_null_token"):
+        out[k] = state[k]
+    im = state["blip_image_null_token"]
+    out["blip_image_null_token.channel_min"] = im.amin(dim=(0, 2, 3))
+    out["blip_image_null_token.channel_max"] = im.amax(dim=(0, 2, 3))
+    save("arldm_init.safetensors", out)
+    print("init: %d state-dict entries, null tokens %s / %s" % (len(state), state["clip_text_null_token"][0, :4].tolist(),
+                                                                 state["blip_text_null_token"][0, :4].tolist()))
+
+
+UNET_CLASS = []
+
+
 def save(name, d):
     save_file({k: v.detach().contiguous() for k, v in d.items()}, os.path.join(OUT, name))
 
@@ -378,6 +514,9 @@ def main():
     params = {k for k, _ in m.named_parameters()}
     state = {k: (v.to(torch.bfloat16) if k in params else v).detach().clone().contiguous()
              for k, v in m.state_dict().items()}
+    if "--init" in sys.argv[1:]:
+        make_init(M)
+        return
     if "--dataset" in sys.argv[1:]:
         from safetensors.torch import load_file
         old = load_file(os.path.join(OUT, "arldm_tiny.safetensors"))
@@ -442,6 +581,7 @@ def main():
             save("story_%s_%s.safetensors" % (task, sch), d)
             print(task, sch, "frames", len(rec), "image mean %.2f" % rec[-1]["image"].float().mean())
     make_dataset(M, m)
+    make_init(M)
     print("fixtures written to", OUT)
 
 
