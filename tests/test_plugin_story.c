@@ -17,15 +17,17 @@ static const char *const SCHED[2] = {
 
 static const char *g_extra = ""; /* more keys of the task group */
 static const char *g_arldm = NULL; /* the task's `arldm` file (NULL: the fixture's) */
+static const char *g_input = NULL; /* the task's `story_tensors` file (NULL: the fixture named) */
 
 static int run_story(const char *task, int sched, const char *fixture, const char *outdir, bool replay) {
   char fx[4096], text[16384];
   snprintf(fx, sizeof fx, "%s/tests/fixtures/arldm", tap_srcdir());
-  char arldm[4200];
+  char arldm[4200], input[4400];
   snprintf(arldm, sizeof arldm, "%s/arldm_tiny.safetensors", fx);
+  snprintf(input, sizeof input, "%s/%s", fx, fixture);
   snprintf(text, sizeof text,
            "task = { name = \"story\"; task = \"%s\"; arldm = \"%s\";\n"
-           "  story_tensors = \"%s/%s\"; width = 32; height = 32; steps = 4; guidance_scale = 6.0; seed = 7;\n"
+           "  story_tensors = \"%s\"; width = 32; height = 32; steps = 4; guidance_scale = 6.0; seed = 7;\n"
            "  save_tensors = true; output_dir = \"%s\"; sample_output_dir = \"%s/samples\"; %s%s%s%s%s %s };\n"
            "text_encoder = { name = \"clip_text\"; config = \"%s/text_encoder/config.json\";"
            " weights = \"%s/arldm_tiny.safetensors\"; weights_prefix = \"text_encoder.\"; };\n"
@@ -37,7 +39,7 @@ static int run_story(const char *task, int sched, const char *fixture, const cha
            " weights_prefix = \"unet.\"; };\n"
            "vae = { name = \"vae\"; config = \"%s/vae/config.json\"; weights = \"%s/arldm_tiny.safetensors\";"
            " weights_prefix = \"vae.\"; };\n%s\n",
-           task, g_arldm ? g_arldm : arldm, fx, fixture, outdir, outdir, replay ? "writeback_from = \"" : "", replay ? fx : "", replay ? "/" : "",
+           task, g_arldm ? g_arldm : arldm, g_input ? g_input : input, outdir, outdir, replay ? "writeback_from = \"" : "", replay ? fx : "", replay ? "/" : "",
            replay ? fixture : "", replay ? "\";" : "", g_extra, fx, fx, fx, fx, fx, fx, fx, fx, SCHED[sched]);
   mmp_registry_t *reg = mmp_registry_new();
   sd_env_add_dirs(reg);
@@ -273,6 +275,45 @@ static void check_bad_tables(void) {
     ok(run_story("visualization", 0, "story_visualization_ddim.safetensors", outdir, false) < 0, "  refused");
     g_arldm = NULL;
     like(mmp_error_last(), cases[k].want, "  naming the tensors and shapes");
+    ok(access(outdir, F_OK) != 0, "  before any output (no output_dir made)");
+  }
+  /* stories as tensors with ids the checkpoint's tables cannot take, or
+   * not integers: refused before any model loads, naming story, frame and
+   * token */
+  static const struct {
+    const char *name;
+    int64_t frame, token, id;
+    bool f32;
+    const char *want;
+  } ins[] = {
+      {"captions", 2, 3, 60, false,
+       "captions[story 0, frame 2, token 3] = 60 is outside the checkpoint's CLIP token table of 44 rows"},
+      {"blip_captions", 1, 2, 77, false,
+       "blip_captions[story 0, frame 1, token 2] = 77 is outside the checkpoint's BLIP token table of 52 rows"},
+      {"captions", 0, 0, 0, true, "\"captions\" must hold integer token ids (i64 or i32), not f32"},
+  };
+  snprintf(src, sizeof src, "%s/tests/fixtures/arldm/story_visualization_ddim.safetensors", tap_srcdir());
+  snprintf(path, sizeof path, "%s/stories.safetensors", dir);
+  for (size_t k = 0; k < sizeof ins / sizeof ins[0]; k++) {
+    mmp_tensormap_t *m = mmp_tensormap_new();
+    mmp_safetensors_load_map(src, mmp_backend_get("cpu"), false, m);
+    mmp_tensor_t *t = mmp_tensormap_get(m, ins[k].name);
+    if (t && ins[k].f32) {
+      mmp_tensormap_set(m, ins[k].name, mmp_convert(t, MMP_F32));
+    } else if (t && t->dtype == MMP_I64) { /* story 0 of i64 [1, 5, S]; the file's tensors are read-only */
+      int64_t n = mmp_tensor_numel(t), *ids = malloc((size_t)n * sizeof *ids);
+      if (ids && mmp_tensor_to_host(t, ids, (size_t)n * sizeof *ids) == 0) {
+        ids[ins[k].frame * t->shape[2] + ins[k].token] = ins[k].id;
+        mmp_tensormap_set(m, ins[k].name, mmp_tensor_from_data(mmp_backend_get("cpu"), MMP_I64, t->ndim, t->shape, ids));
+      }
+      free(ids);
+    }
+    ok(t && mmp_safetensors_save_map(path, m, NULL) == 0, "bad story tensors %zu written", k);
+    mmp_tensormap_free(m);
+    g_input = path;
+    ok(run_story("visualization", 0, "story_visualization_ddim.safetensors", outdir, false) < 0, "  refused");
+    g_input = NULL;
+    like(mmp_error_last(), ins[k].want, "  naming the tensor, story, frame and token");
     ok(access(outdir, F_OK) != 0, "  before any output (no output_dir made)");
   }
   char cmd[4400];

@@ -737,6 +737,29 @@ static int check_input(run_t *r, const mmp_tensormap_t *in, int64_t *n) {
       return mmp_error_set(MMP_ESHAPE, "story: %s: \"%s\" must be [N, 5, %s] (five frames per story, S = %lld of the AR-LDM file)",
                            src, names[k], k == 4 ? "H, W, 3" : "S", (long long)r->S);
   }
+  /* token ids: integers inside the checkpoint's tables (the encoders would
+   * refuse them only after every model is loaded, naming a row of their
+   * batch rather than the story) */
+  for (int k = 0; k < 4; k += 2) {
+    mmp_tensor_t *t = mmp_tensormap_get(in, names[k]);
+    int64_t rows = k ? r->blip_rows : r->clip_rows;
+    if (t->dtype != MMP_I64 && t->dtype != MMP_I32)
+      return mmp_error_set(MMP_EDTYPE, "story: %s: \"%s\" must hold integer token ids (i64 or i32), not %s", src, names[k],
+                           mmp_dtype_name(t->dtype));
+    if (rows < 0) continue;
+    int64_t nid = mmp_tensor_numel(t);
+    int64_t *ids = malloc((size_t)nid * sizeof *ids);
+    mmp_tensor_t *c = ids ? mmp_convert(t, MMP_I64) : NULL;
+    int rc = c ? mmp_tensor_to_host(c, ids, (size_t)nid * sizeof *ids) : mmp_error_set(MMP_ENOMEM, "out of memory");
+    mmp_tensor_unref(c);
+    for (int64_t q = 0; rc == 0 && q < nid; q++)
+      if (ids[q] < 0 || ids[q] >= rows)
+        rc = mmp_error_set(MMP_EDATA, "story: %s: %s[story %lld, frame %lld, token %lld] = %lld is outside the checkpoint's %s token "
+                           "table of %lld rows (another dataset's tokenizer or new_tokens?)", src, names[k], (long long)(q / (5 * r->S)),
+                           (long long)(q / r->S % 5), (long long)(q % r->S), (long long)ids[q], k ? "BLIP" : "CLIP", (long long)rows);
+    free(ids);
+    if (rc) return rc;
+  }
   mmp_tensor_t *f = mmp_tensormap_get(in, "frames"), *p = mmp_tensormap_get(in, "source_pixels");
   if (f->dtype != MMP_U8 || f->shape[4] != 3) return mmp_error_set(MMP_EDTYPE, "story: %s: frames must be u8 [N, 5, H, W, 3]", src);
   if (p && (p->dtype != MMP_F32 || p->ndim != 5 || p->shape[0] != f->shape[0] || p->shape[1] != 5 || p->shape[2] != 3))
@@ -1157,11 +1180,12 @@ static int story_run(void *self, mmp_context_t *ctx) {
   }
   if (t->stories[0] && (rc = load_stories_file(&r, ctx, in)) < 0) goto done;
   int64_t n = 0;
+  /* the token tables' sizes, when the AR-LDM file holds them, bound the ids */
+  r.clip_rows = table_rows(t->arldm, "text_encoder.text_model.embeddings.token_embedding.weight");
+  r.blip_rows = table_rows(t->arldm, "mm_encoder.text_encoder.embeddings.word_embeddings.weight");
   if (t->dataset) {
     /* the dataset's first item is checked before any model loads; the
      * others as their batch is read */
-    r.clip_rows = table_rows(t->arldm, "text_encoder.text_model.embeddings.token_embedding.weight");
-    r.blip_rows = table_rows(t->arldm, "mm_encoder.text_encoder.embeddings.word_embeddings.weight");
     int64_t pos = table_rows(t->arldm, "text_encoder.text_model.embeddings.position_embedding.weight");
     if (pos >= 0 && pos < r.S) {
       rc = mmp_error_set(MMP_EDATA, "story: %s: CLIP's position table has %lld rows, S is %lld", t->arldm, (long long)pos,
