@@ -37,6 +37,8 @@ noinst_PROGRAMS += bench/fid
 bench_fid_SOURCES = bench/fid.c
 bench_fid_LDADD = libmmpipe.la
 EXTRA_DIST += bench/torch_fid.py
+# one AR-LDM story by the story task and by ARLDM.sample() in the same run (a script: both sides)
+EXTRA_DIST += bench/arldm.py
 include bench/cuda.mk
 
 # BLIP retrieval (ViT-B/16 at 384², doc/performance.md)

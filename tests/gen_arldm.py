@@ -19,7 +19,25 @@ main.ARLDM, models/blip_override, models/diffusers_override on diffusers
 - story_{task}_{scheduler}.safetensors: ARLDM.sample() on one story for
   task in (visualization, continuation), scheduler in (ddim, pndm): the
   batch, the UNet's contexts and masks of every frame, the initial and final
-  latents and the uint8 images.
+  latents and the uint8 images;
+- story_ds.h5, tok/ (a tiny CLIP vocab.json + merges.txt and BERT
+  vocab.txt whose ids fit the tiny tables) and
+  story_dataset_{task}.safetensors: two stories in AR-LDM's pororo HDF5
+  layout (test split), read by AR-LDM's own datasets/pororo.py with those
+  tokenizers, collated into one batch (B = 2) and run through ARLDM.sample()
+  with DDIM; also each story's frame 0 resized to 32x32 by PIL (bilinear),
+  what a continuation strip shows as the given frame.
+
+- arldm_init.safetensors: ARLDM.__init__ itself (mode train) on the tiny
+  SD folder (tests/fixtures/sd/pipe) and BLIP checkpoint
+  (tests/fixtures/blip/blip_base) with S = 85 and tables of 919 / 101 rows:
+  per state-dict entry its shape and statistics, the resized tables' copied
+  and new rows apart, the null buffers (what `pipeline arldm-init` must
+  reproduce; see make_init).
+
+`--dataset` writes only the dataset group, after checking that the rebuilt
+model is the committed arldm_tiny.safetensors; `--init` only
+arldm_init.safetensors.
 
 Run from the source tree root (diffusers 0.7.2 first on the path):
 
@@ -155,6 +173,7 @@ def build_model(task):
     M.CLIPTextModel = types.SimpleNamespace(from_pretrained=lambda *a, **k: CLIPTextModel(clip_cfg))
     M.AutoencoderKL = types.SimpleNamespace(from_pretrained=lambda *a, **k: AutoencoderKL(**VAE_CFG))
     UNet = M.UNet2DConditionModel
+    UNET_CLASS.append(UNet)
     M.UNet2DConditionModel = types.SimpleNamespace(from_pretrained=lambda *a, **k: UNet(**UNET_CFG))
 
     args = Cfg(mode="train", task=task, dataset="tiny", freeze_clip=False, freeze_blip=False,
@@ -250,6 +269,239 @@ def make_batch(task, g):
     return (frames, cap, cam, src, bcap, bam), frames, cap, cam, bcap, bam, src_V, V
 
 
+# ---- the tiny story dataset: captions in a vocabulary that fits the tables
+WORDS = ["a", "the", "is", "and", "in", "snow", "house", "playing", "with", "eating", "cake", "looks", "at",
+         "tree", "sky", "red", "blue", "big", "small", "dog", "runs", "to", "friend", "happy", "sad", "sits",
+         "on", "chair", "door", "opens", "sees", "bird", "flies", "ball", "kicks", "smiles", "sleeps", "talks"]
+NAMES = ["pororo", "loopy", "eddy", "crong"]   # the dataset's new_tokens
+BERT_EXTRA = ["pororo", "loopy", "car", "sun", "hat"]  # two names BERT already knows
+DS_CAPTIONS = [
+    ["pororo is playing in the snow", "loopy looks at the big tree", "eddy and crong eating cake",
+     "the red bird flies", "pororo smiles at loopy"],
+    ["crong kicks a blue ball", "the dog runs to eddy", "loopy sits on a chair",
+     "pororo opens the door", "a happy friend sleeps"],
+]
+
+
+def write_tokenizers(d):
+    """CLIP: 38 words + <|startoftext|> (38) + <|endoftext|> (39); every word
+    one BPE token, built by a chain of merges. BERT: [PAD] [CLS] [SEP] [UNK]
+    [MASK] + 43 words (BLIP's init_tokenizer adds [DEC] = 48, [ENC] = 49)."""
+    assert len(WORDS) == CLIP_V0 - 2
+    os.makedirs(d, exist_ok=True)
+    vocab, merges = {}, []
+
+    def bpe(w):  # CLIP's bpe(): merge the best-ranked pair until none applies
+        sym = list(w[:-1]) + [w[-1] + "</w>"]
+        rank = {m: i for i, m in enumerate(merges)}
+        while len(sym) > 1:
+            pairs = [(rank.get(sym[i] + " " + sym[i + 1], 1 << 30), i) for i in range(len(sym) - 1)]
+            r, i = min(pairs)
+            if r == 1 << 30:
+                break
+            sym = sym[:i] + [sym[i] + sym[i + 1]] + sym[i + 2:]
+        return sym
+
+    for w in WORDS:
+        vocab[w + "</w>"] = len(vocab)
+        # a new merge ranks after every earlier one, so it never changes a
+        # word already made whole
+        while len(sym := bpe(w)) > 1:
+            merges.append(sym[0] + " " + sym[1])
+    vocab["<|startoftext|>"] = CLIP_BOS
+    vocab["<|endoftext|>"] = CLIP_EOS
+    with open(os.path.join(d, "vocab.json"), "w") as f:
+        json.dump(vocab, f, indent=0)
+    with open(os.path.join(d, "merges.txt"), "w") as f:
+        f.write("#version: tiny\n" + "\n".join(merges) + "\n")
+    bert = ["[PAD]", "[CLS]", "[SEP]", "[UNK]", "[MASK]"] + WORDS + BERT_EXTRA
+    assert len(bert) == BLIP_V0 - 2 and bert.index("[PAD]") == BERT_PAD and bert.index("[CLS]") == BERT_CLS
+    with open(os.path.join(d, "vocab.txt"), "w") as f:
+        f.write("\n".join(bert) + "\n")
+
+
+def arldm_pororo(d, h5path, task):
+    """AR-LDM's datasets/pororo.StoryDataset('test') with the tiny tokenizers
+    (from_pretrained stand-ins reading tok/; its code runs unchanged)."""
+    import contextlib
+    import importlib.util
+    import io
+    from transformers import CLIPTokenizer
+    from transformers.tokenization_utils_base import AddedToken
+    import gen_datasets as GD
+    AddedToken.__str__ = lambda self: self.content  # see ../shared/REFERENCE.md
+    spec = importlib.util.spec_from_file_location("arldm_pororo", os.path.join(REFSRC, "ARLDM", "datasets", "pororo.py"))
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    mod.CLIPTokenizer = types.SimpleNamespace(from_pretrained=lambda *a, **k: CLIPTokenizer(
+        os.path.join(d, "vocab.json"), os.path.join(d, "merges.txt")))
+    mod.init_tokenizer = GD.arldm_init_tokenizer(os.path.join(d, "vocab.txt"))
+    args = Cfg(dataset="pororo", task=task,
+               pororo=Cfg(hdf5_file=h5path, max_length=S, new_tokens=NAMES))
+    with contextlib.redirect_stdout(io.StringIO()):
+        ds = mod.StoryDataset("test", args)
+    assert len(ds.clip_tokenizer) == CLIP_V and len(ds.blip_tokenizer) == BLIP_V, \
+        (len(ds.clip_tokenizer), len(ds.blip_tokenizer))
+    for w in WORDS:
+        assert len(ds.clip_tokenizer(w).input_ids) == 3, w
+    return ds
+
+
+def make_dataset(M, m):
+    import gen_datasets as GD
+    from PIL import Image
+    d = os.path.join(OUT, "tok")
+    write_tokenizers(d)
+    h5 = os.path.join(OUT, "story_ds.h5")
+    kinds = ["gradient", "checker", "rings", "blocks", "checker"]
+    GD.rng = np.random.default_rng(2026)
+    frames = [[GD.frame(kinds[(i + 2 * s) % 5]) for i in range(5)] for s in range(2)]
+    GD.write_story_file(h5, {"test": [(frames[s], {"text": "|".join(DS_CAPTIONS[s])}) for s in range(2)]}, ["text"])
+    for task in ("visualization", "continuation"):
+        ds = arldm_pororo(d, h5, task)
+        items = [ds[k] for k in range(2)]
+        batch = tuple(torch.stack([it[j] for it in items]) for j in range(6))  # DataLoader's collate
+        rec = run_sample(M, m, task, "ddim", batch)
+        out = {"captions": batch[1], "caption_mask": batch[2], "blip_captions": batch[4], "blip_mask": batch[5]}
+        for s in range(2):
+            raw = ds.h5["image0"][s]
+            import cv2
+            f0 = cv2.imdecode(raw, cv2.IMREAD_COLOR)[:128]
+            out["story%d.frame0_32" % s] = torch.from_numpy(np.array(Image.fromarray(f0).resize((IMG, IMG), Image.BILINEAR)))
+        for i, fr in enumerate(rec):
+            for k, v in fr.items():
+                out["frame%d.%s" % (i, k)] = v
+        save("story_dataset_%s.safetensors" % task, out)
+        print("dataset", task, "frames", len(rec), "ids", batch[1][0, 0].tolist(), batch[4][0, 0].tolist())
+
+
+# ---- ARLDM.__init__ on the tiny SD and BLIP fixtures (pipeline arldm-init)
+INIT_S, INIT_VCLIP, INIT_VBLIP = 85, 919, 101   # pororo's max_length; + 5 / + 3 rows
+
+
+def tensor_stats(t):
+    """numel, sum, sum of squares, max |x| (f64), of @t as f32 values."""
+    x = t.detach().double().flatten()
+    return torch.tensor([x.numel(), x.sum().item(), (x * x).sum().item(),
+                         x.abs().max().item() if x.numel() else 0.0], dtype=torch.float64)
+
+
+def make_init(M):
+    """ARLDM(args) with mode=train, its from_pretrained calls reading the tiny
+    SD folder (tests/fixtures/sd/pipe) and BLIP's load_checkpoint reading the
+    tiny BLIP fixture (blip_base/model.safetensors, written to a temporary
+    .pth as {'model': state} and loaded by AR-LDM's own load_checkpoint), the
+    BERT tokenizer the tiny tok/vocab.txt through AR-LDM's init_tokenizer.
+    Stand-ins: create_vit builds the tiny ViT on the checkpoint's 32-pixel
+    grid (so interpolate_pos_embed keeps pos_embed, which arldm-init copies
+    as stored); diffusers 0.7.2 cannot read safetensors (and transformers
+    4.30 not one without format metadata), so the text encoder, VAE and UNet
+    are built from their config.json and given the file's tensors (0.19
+    names of the VAE attention mapped to 0.7.2's query/key/value/proj_attn).
+    Written: per state-dict entry its shape and (numel, sum, sum of squares,
+    max |x|); for the resized tables the same over the copied rows and over
+    the new rows; the null buffers as they are (the image per channel)."""
+    import tempfile
+    from safetensors.torch import load_file
+    import gen_datasets as GD
+    import models.blip_override.blip as blip
+    from models.blip_override.vit import VisionTransformer
+    from transformers import CLIPTextModel, CLIPTokenizer
+    from transformers.tokenization_utils_base import AddedToken
+    from diffusers import AutoencoderKL
+    AddedToken.__str__ = lambda self: self.content
+    sd = os.path.join(HERE, "fixtures", "sd", "pipe")
+    bfile = os.path.join(HERE, "fixtures", "blip", "blip_base", "model.safetensors")
+    tok = GD.arldm_init_tokenizer(os.path.join(OUT, "tok", "vocab.txt"))
+    M.init_tokenizer = tok
+    blip.init_tokenizer = tok
+    M.CLIPTokenizer = types.SimpleNamespace(
+        from_pretrained=lambda name, subfolder: CLIPTokenizer.from_pretrained(os.path.join(sd, subfolder)))
+    def clip_text(name, subfolder):
+        # transformers 4.30 refuses a safetensors file without format metadata
+        from transformers import CLIPTextConfig
+        model = CLIPTextModel(CLIPTextConfig.from_pretrained(os.path.join(sd, subfolder)))
+        st = {k: v.float() for k, v in load_file(os.path.join(sd, subfolder, "model.safetensors")).items()}
+        msg = model.load_state_dict(st, strict=False)
+        assert not msg.unexpected_keys and set(msg.missing_keys) <= {"text_model.embeddings.position_ids"}, msg
+        return model
+    M.CLIPTextModel = types.SimpleNamespace(from_pretrained=clip_text)
+    bstate = {k[len("mm_encoder."):]: v.float() for k, v in load_file(bfile).items()}
+    # model_large.pth holds BertEmbeddings' position_ids buffer; the tiny
+    # BLIP fixture does not (load_checkpoint asserts no missing key)
+    npos = bstate["text_encoder.embeddings.position_embeddings.weight"].shape[0]
+    bstate["text_encoder.embeddings.position_ids"] = torch.arange(npos).expand((1, -1))
+    vw = bstate["visual_encoder.pos_embed"].shape[-1]
+    grid = int(round((bstate["visual_encoder.pos_embed"].shape[1] - 1) ** 0.5))
+    blip.create_vit = lambda vit, image_size, *a, **k: (VisionTransformer(
+        img_size=grid * 8, patch_size=8, embed_dim=vw, depth=2, num_heads=4, mlp_ratio=2.0), vw)
+    med = json.load(open(os.path.join(HERE, "fixtures", "blip", "blip_base", "med_config.json")))
+    med["vocab_size"] = bstate["text_encoder.embeddings.word_embeddings.weight"].shape[0]  # as model_large's
+    tmp = tempfile.mkdtemp()
+    med_path, ck = os.path.join(tmp, "med_config.json"), os.path.join(tmp, "model_large.pth")
+    json.dump(med, open(med_path, "w"))
+    torch.save({"model": bstate}, ck)
+    fe = blip.blip_feature_extractor
+    M.blip_feature_extractor = lambda pretrained, **kw: fe(pretrained=ck, med_config=med_path, **kw)
+
+    def diffusers_part(cls, sub, rename=None):
+        cfg = json.load(open(os.path.join(sd, sub, "config.json")))
+        model = cls(**{k: v for k, v in cfg.items() if not k.startswith("_") and k in
+                       inspect.signature(cls.__init__).parameters})
+        st = {k: v.float() for k, v in load_file(os.path.join(sd, sub, "diffusion_pytorch_model.safetensors")).items()}
+        if rename:
+            st = {rename(k): v for k, v in st.items()}
+        model.load_state_dict(st, strict=True)
+        return model
+
+    def vae_old_names(k):
+        for new, old in ((".to_q.", ".query."), (".to_k.", ".key."), (".to_v.", ".value."), (".to_out.0.", ".proj_attn.")):
+            if "mid_block.attentions" in k:
+                k = k.replace(new, old)
+        return k
+    import inspect
+    M.AutoencoderKL = types.SimpleNamespace(
+        from_pretrained=lambda name, subfolder: diffusers_part(AutoencoderKL, subfolder, vae_old_names))
+    UNet = M.UNet2DConditionModel if isinstance(M.UNet2DConditionModel, type) else UNET_CLASS[0]
+    M.UNet2DConditionModel = types.SimpleNamespace(
+        from_pretrained=lambda name, subfolder: diffusers_part(UNet, subfolder))
+    args = Cfg(mode="train", task="visualization", dataset="tiny", freeze_clip=False, freeze_blip=False,
+               freeze_resnet=False,
+               tiny=Cfg(max_length=INIT_S, clip_embedding_tokens=INIT_VCLIP, blip_embedding_tokens=INIT_VBLIP))
+    import contextlib
+    import io
+    torch.manual_seed(0)
+    with contextlib.redirect_stdout(io.StringIO()):
+        m = M.ARLDM(args)
+    state = m.state_dict()
+    te = load_file(os.path.join(sd, "text_encoder", "model.safetensors"))
+    old_rows = {"text_encoder.text_model.embeddings.token_embedding.weight":
+                te["text_model.embeddings.token_embedding.weight"].shape[0],
+                "text_encoder.text_model.embeddings.position_embedding.weight":
+                te["text_model.embeddings.position_embedding.weight"].shape[0],
+                "mm_encoder.text_encoder.embeddings.word_embeddings.weight":
+                bstate["text_encoder.embeddings.word_embeddings.weight"].shape[0]}
+    out = {"config": torch.tensor([INIT_S, INIT_VCLIP, INIT_VBLIP], dtype=torch.int64)}
+    for k, v in state.items():
+        out["shape." + k] = torch.tensor(list(v.shape), dtype=torch.int64)
+        out["stat." + k] = tensor_stats(v)
+        if k in old_rows:
+            n = old_rows[k]
+            out["head." + k] = tensor_stats(v[:n])
+            out["tail." + k] = tensor_stats(v[n:])
+    for k in ("clip_text_null_token", "blip_text_null_token"):
+        out[k] = state[k]
+    im = state["blip_image_null_token"]
+    out["blip_image_null_token.channel_min"] = im.amin(dim=(0, 2, 3))
+    out["blip_image_null_token.channel_max"] = im.amax(dim=(0, 2, 3))
+    save("arldm_init.safetensors", out)
+    print("init: %d state-dict entries, null tokens %s / %s" % (len(state), state["clip_text_null_token"][0, :4].tolist(),
+                                                                 state["blip_text_null_token"][0, :4].tolist()))
+
+
+UNET_CLASS = []
+
+
 def save(name, d):
     save_file({k: v.detach().contiguous() for k, v in d.items()}, os.path.join(OUT, name))
 
@@ -262,6 +514,16 @@ def main():
     params = {k for k, _ in m.named_parameters()}
     state = {k: (v.to(torch.bfloat16) if k in params else v).detach().clone().contiguous()
              for k, v in m.state_dict().items()}
+    if "--init" in sys.argv[1:]:
+        make_init(M)
+        return
+    if "--dataset" in sys.argv[1:]:
+        from safetensors.torch import load_file
+        old = load_file(os.path.join(OUT, "arldm_tiny.safetensors"))
+        assert old.keys() == state.keys() and all(torch.equal(old[k], state[k]) for k in old), \
+            "the rebuilt model differs from the committed arldm_tiny.safetensors"
+        make_dataset(M, m)
+        return
     save_file(state, os.path.join(OUT, "arldm_tiny.safetensors"))
     for part, mod in (("unet", m.unet), ("vae", m.vae)):
         os.makedirs(os.path.join(OUT, part), exist_ok=True)
@@ -318,6 +580,8 @@ def main():
                     d["frame%d.%s" % (i, k)] = v
             save("story_%s_%s.safetensors" % (task, sch), d)
             print(task, sch, "frames", len(rec), "image mean %.2f" % rec[-1]["image"].float().mean())
+    make_dataset(M, m)
+    make_init(M)
     print("fixtures written to", OUT)
 
 

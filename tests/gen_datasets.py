@@ -180,8 +180,9 @@ class Args:
         return self._ds
 
 
-def arldm_init_tokenizer():
-    """AR-LDM's models/blip_override/blip.py init_tokenizer, run from its source."""
+def arldm_init_tokenizer(vocab=None):
+    """AR-LDM's models/blip_override/blip.py init_tokenizer, run from its source
+    (BERT's vocab.txt from ../shared/data, or @vocab)."""
     import ast
     from transformers import BertTokenizer
     src = open(os.path.join(ARLDM, "models", "blip_override", "blip.py")).read()
@@ -191,7 +192,7 @@ def arldm_init_tokenizer():
         @staticmethod
         def from_pretrained(name):
             assert name == "bert-base-uncased"
-            return BertTokenizer(os.path.join(SHARED, "bert", "vocab.txt"))
+            return BertTokenizer(vocab or os.path.join(SHARED, "bert", "vocab.txt"))
 
     ns = {"BertTokenizer": LocalBert}
     exec(compile(ast.Module(body=[fn], type_ignores=[]), "blip.py", "exec"), ns)

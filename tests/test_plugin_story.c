@@ -7,6 +7,8 @@
 
 #include "sd_test.h"
 
+#include "plugins/processors/imagecommon.h"
+
 static const char *const SCHED[2] = {
     "scheduler = { name = \"ddim\"; beta_start = 0.00085; beta_end = 0.012; beta_schedule = \"scaled_linear\";"
     " clip_sample = false; set_alpha_to_one = true; steps_offset = 0; };",
@@ -14,13 +16,18 @@ static const char *const SCHED[2] = {
     " skip_prk_steps = true; set_alpha_to_one = false; steps_offset = 0; };"};
 
 static const char *g_extra = ""; /* more keys of the task group */
+static const char *g_arldm = NULL; /* the task's `arldm` file (NULL: the fixture's) */
+static const char *g_input = NULL; /* the task's `story_tensors` file (NULL: the fixture named) */
 
 static int run_story(const char *task, int sched, const char *fixture, const char *outdir, bool replay) {
   char fx[4096], text[16384];
   snprintf(fx, sizeof fx, "%s/tests/fixtures/arldm", tap_srcdir());
+  char arldm[4200], input[4400];
+  snprintf(arldm, sizeof arldm, "%s/arldm_tiny.safetensors", fx);
+  snprintf(input, sizeof input, "%s/%s", fx, fixture);
   snprintf(text, sizeof text,
-           "task = { name = \"story\"; task = \"%s\"; arldm = \"%s/arldm_tiny.safetensors\";\n"
-           "  story_tensors = \"%s/%s\"; width = 32; height = 32; steps = 4; guidance_scale = 6.0; seed = 7;\n"
+           "task = { name = \"story\"; task = \"%s\"; arldm = \"%s\";\n"
+           "  story_tensors = \"%s\"; width = 32; height = 32; steps = 4; guidance_scale = 6.0; seed = 7;\n"
            "  save_tensors = true; output_dir = \"%s\"; sample_output_dir = \"%s/samples\"; %s%s%s%s%s %s };\n"
            "text_encoder = { name = \"clip_text\"; config = \"%s/text_encoder/config.json\";"
            " weights = \"%s/arldm_tiny.safetensors\"; weights_prefix = \"text_encoder.\"; };\n"
@@ -32,7 +39,7 @@ static int run_story(const char *task, int sched, const char *fixture, const cha
            " weights_prefix = \"unet.\"; };\n"
            "vae = { name = \"vae\"; config = \"%s/vae/config.json\"; weights = \"%s/arldm_tiny.safetensors\";"
            " weights_prefix = \"vae.\"; };\n%s\n",
-           task, fx, fx, fixture, outdir, outdir, replay ? "writeback_from = \"" : "", replay ? fx : "", replay ? "/" : "",
+           task, g_arldm ? g_arldm : arldm, g_input ? g_input : input, outdir, outdir, replay ? "writeback_from = \"" : "", replay ? fx : "", replay ? "/" : "",
            replay ? fixture : "", replay ? "\";" : "", g_extra, fx, fx, fx, fx, fx, fx, fx, fx, SCHED[sched]);
   mmp_registry_t *reg = mmp_registry_new();
   sd_env_add_dirs(reg);
@@ -231,6 +238,89 @@ static void check_bad_input(void) {
   if (system(cmd) != 0) diag("could not remove %s", dir);
 }
 
+/* An AR-LDM file whose extras do not fit: each refused with a message naming
+ * the tensors and their shapes, before any drawing. */
+static void check_bad_tables(void) {
+  static const struct {
+    const char *name;
+    int ndim;
+    int64_t shape[4];
+    mmp_dtype_t dt;
+    const char *want;
+  } cases[] = {
+      {"time_embeddings.weight", 2, {5, 16}, MMP_F32,
+       "time_embeddings.weight is f32[5, 16], expected [>= 5, 32] (the width D of modal_type_embeddings.weight f32[2, 32])"},
+      {"time_embeddings.weight", 2, {4, 32}, MMP_F32, "time_embeddings.weight is f32[4, 32], expected [>= 5, 32]"},
+      {"modal_type_embeddings.weight", 2, {3, 32}, MMP_F32, "modal_type_embeddings.weight is f32[3, 32], expected [2, D]"},
+      {"modal_type_embeddings.weight", 2, {2, 16}, MMP_F32,
+       "time_embeddings.weight is f32[5, 32], expected [>= 5, 16] (the width D of modal_type_embeddings.weight f32[2, 16])"},
+      {"blip_text_null_token", 2, {1, 7}, MMP_I64,
+       "clip_text_null_token is i64[1, 8] and blip_text_null_token i64[1, 7], both must be [1, S]"},
+      {"blip_image_null_token", 3, {3, 224, 224}, MMP_F32, "blip_image_null_token is f32[3, 224, 224], expected [1, 3, H, W]"},
+  };
+  const char *tmp = getenv("TMPDIR");
+  char dir[4096], path[4200], src[4200], outdir[4300];
+  snprintf(dir, sizeof dir, "%s/story_tables_%d", tmp ? tmp : "/tmp", (int)getpid());
+  mkdir(dir, 0777);
+  snprintf(path, sizeof path, "%s/arldm.safetensors", dir);
+  snprintf(outdir, sizeof outdir, "%s/out", dir);
+  snprintf(src, sizeof src, "%s/tests/fixtures/arldm/arldm_tiny.safetensors", tap_srcdir());
+  for (size_t k = 0; k < sizeof cases / sizeof cases[0]; k++) {
+    mmp_tensormap_t *m = mmp_tensormap_new();
+    mmp_safetensors_load_map(src, mmp_backend_get("cpu"), false, m);
+    mmp_tensormap_set(m, cases[k].name, mmp_tensor_full(mmp_backend_get("cpu"), cases[k].dt, cases[k].ndim, cases[k].shape, 0.5));
+    ok(mmp_safetensors_save_map(path, m, NULL) == 0, "bad tables %zu: %s written", k, cases[k].name);
+    mmp_tensormap_free(m);
+    g_arldm = path;
+    ok(run_story("visualization", 0, "story_visualization_ddim.safetensors", outdir, false) < 0, "  refused");
+    g_arldm = NULL;
+    like(mmp_error_last(), cases[k].want, "  naming the tensors and shapes");
+    ok(access(outdir, F_OK) != 0, "  before any output (no output_dir made)");
+  }
+  /* stories as tensors with ids the checkpoint's tables cannot take, or
+   * not integers: refused before any model loads, naming story, frame and
+   * token */
+  static const struct {
+    const char *name;
+    int64_t frame, token, id;
+    bool f32;
+    const char *want;
+  } ins[] = {
+      {"captions", 2, 3, 60, false,
+       "captions[story 0, frame 2, token 3] = 60 is outside the checkpoint's CLIP token table of 44 rows"},
+      {"blip_captions", 1, 2, 77, false,
+       "blip_captions[story 0, frame 1, token 2] = 77 is outside the checkpoint's BLIP token table of 52 rows"},
+      {"captions", 0, 0, 0, true, "\"captions\" must hold integer token ids (i64 or i32), not f32"},
+  };
+  snprintf(src, sizeof src, "%s/tests/fixtures/arldm/story_visualization_ddim.safetensors", tap_srcdir());
+  snprintf(path, sizeof path, "%s/stories.safetensors", dir);
+  for (size_t k = 0; k < sizeof ins / sizeof ins[0]; k++) {
+    mmp_tensormap_t *m = mmp_tensormap_new();
+    mmp_safetensors_load_map(src, mmp_backend_get("cpu"), false, m);
+    mmp_tensor_t *t = mmp_tensormap_get(m, ins[k].name);
+    if (t && ins[k].f32) {
+      mmp_tensormap_set(m, ins[k].name, mmp_convert(t, MMP_F32));
+    } else if (t && t->dtype == MMP_I64) { /* story 0 of i64 [1, 5, S]; the file's tensors are read-only */
+      int64_t n = mmp_tensor_numel(t), *ids = malloc((size_t)n * sizeof *ids);
+      if (ids && mmp_tensor_to_host(t, ids, (size_t)n * sizeof *ids) == 0) {
+        ids[ins[k].frame * t->shape[2] + ins[k].token] = ins[k].id;
+        mmp_tensormap_set(m, ins[k].name, mmp_tensor_from_data(mmp_backend_get("cpu"), MMP_I64, t->ndim, t->shape, ids));
+      }
+      free(ids);
+    }
+    ok(t && mmp_safetensors_save_map(path, m, NULL) == 0, "bad story tensors %zu written", k);
+    mmp_tensormap_free(m);
+    g_input = path;
+    ok(run_story("visualization", 0, "story_visualization_ddim.safetensors", outdir, false) < 0, "  refused");
+    g_input = NULL;
+    like(mmp_error_last(), ins[k].want, "  naming the tensor, story, frame and token");
+    ok(access(outdir, F_OK) != 0, "  before any output (no output_dir made)");
+  }
+  char cmd[4400];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+  if (system(cmd) != 0) diag("could not remove %s", dir);
+}
+
 /* batch_size = 2 on two copies of the story: frame 0 of story 0 draws the
  * first half of randn([2, ...]), which is torch's randn([1, ...]) (blocks of
  * 16), so it must equal the one-story reference; story 1 shares its context. */
@@ -388,6 +478,171 @@ static void check_dataset(void) {
   like(mmp_error_last(), "max_length 8", "  and the dataset's max_length");
 }
 
+/* rows [a, a + n) of @t as a contiguous tensor (transfer full) */
+static mmp_tensor_t *rows(mmp_tensor_t *t, int64_t a, int64_t n) {
+  mmp_tensor_t *s = t ? mmp_slice(t, 0, a, a + n, 1) : NULL;
+  mmp_tensor_t *c = s ? mmp_contiguous(s) : NULL;
+  mmp_tensor_unref(s);
+  return c;
+}
+
+/* A drawing run from a dataset: the tiny pororo-layout story file of
+ * tests/gen_arldm.py (two stories, captions in a tiny vocabulary that fits
+ * the tiny AR-LDM's tables), read by the pororo plugin with the tiny
+ * tokenizers, two stories in one batch, against ARLDM.sample() on the same
+ * stories read by AR-LDM's own datasets/pororo.py. @replay: the reference
+ * frames written back (every frame held to the strict bounds). */
+static int run_story_dataset(const char *task, const char *outdir, bool replay) {
+  char fx[4096], text[20000];
+  snprintf(fx, sizeof fx, "%s/tests/fixtures/arldm", tap_srcdir());
+  snprintf(text, sizeof text,
+           "task = { name = \"story\"; task = \"%s\"; arldm = \"%s/arldm_tiny.safetensors\";\n"
+           "  width = 32; height = 32; steps = 4; guidance_scale = 6.0; seed = 7; batch_size = 2;\n"
+           "  save_tensors = true; output_dir = \"%s\"; %s%s%s%s };\n"
+           "dataset = { name = \"pororo\"; hdf5_file = \"%s/story_ds.h5\"; split = \"test\"; task = \"%s\"; max_length = 8;\n"
+           "  new_tokens = [\"pororo\", \"loopy\", \"eddy\", \"crong\"]; clip_vocab = \"%s/tok/vocab.json\";\n"
+           "  clip_merges = \"%s/tok/merges.txt\"; bert_vocab = \"%s/tok/vocab.txt\"; };\n"
+           "text_encoder = { name = \"clip_text\"; config = \"%s/text_encoder/config.json\";"
+           " weights = \"%s/arldm_tiny.safetensors\"; weights_prefix = \"text_encoder.\"; };\n"
+           "mm_encoder = { name = \"blip\"; config = \"%s/med_config.json\"; weights = \"%s/arldm_tiny.safetensors\";"
+           " weights_prefix = \"mm_encoder.\"; num_heads = 4; enc_token_id = 51; };\n"
+           "blip_processor = { name = \"image_resize\"; size = [224, 224]; interpolation = \"bilinear\";"
+           " mean = [0.48145466, 0.4578275, 0.40821073]; std = [0.26862954, 0.26130258, 0.27577711]; };\n"
+           "unet = { name = \"unet2d_condition\"; config = \"%s/unet/config.json\"; weights = \"%s/arldm_tiny.safetensors\";"
+           " weights_prefix = \"unet.\"; };\n"
+           "vae = { name = \"vae\"; config = \"%s/vae/config.json\"; weights = \"%s/arldm_tiny.safetensors\";"
+           " weights_prefix = \"vae.\"; };\n%s\n",
+           task, fx, outdir, replay ? "writeback_from = \"" : "", replay ? fx : "",
+           replay ? (strcmp(task, "continuation") ? "/story_dataset_visualization.safetensors" : "/story_dataset_continuation.safetensors") : "",
+           replay ? "\";" : "", fx, task, fx, fx, fx, fx, fx, fx, fx, fx, fx, fx, fx, SCHED[0]);
+  mmp_registry_t *reg = mmp_registry_new();
+  sd_env_add_dirs(reg);
+  add_dataset_dir(reg);
+  mmp_config_t *cfg = mmp_config_parse(text, "story-dataset-test");
+  mmp_context_t *ctx = cfg ? mmp_context_new(reg, cfg) : NULL;
+  if (ctx) mmp_context_set_progress(ctx, false);
+  int rc = ctx ? mmp_context_run_task(ctx) : -1;
+  if (rc < 0) diag("%s", mmp_error_last());
+  mmp_context_free(ctx);
+  mmp_config_free(cfg);
+  mmp_registry_free(reg);
+  return rc;
+}
+
+/* cell (@row, @col) of a 5 x 2 strip of @w x @h frames as u8 [1, h, w, 3]
+ * (transfer full) */
+static mmp_tensor_t *strip_cell(const char *path, int row, int col, int w, int h) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  uint8_t *buf = malloc(1 << 20);
+  size_t n = buf ? fread(buf, 1, 1 << 20, f) : 0;
+  fclose(f);
+  mmp_image_t im = {0};
+  mmp_tensor_t *t = NULL;
+  if (buf && mmp_image_png_decode(buf, n, false, &im) == 0 && im.w == 5 * w && im.h == 2 * h && im.c == 3) {
+    uint8_t *cell = malloc((size_t)(w * h * 3));
+    for (int y = 0; cell && y < h; y++)
+      memcpy(cell + (size_t)y * w * 3, im.data + ((size_t)(row * h + y) * im.w + (size_t)col * w) * 3, (size_t)w * 3);
+    int64_t shape[4] = {1, h, w, 3};
+    if (cell) t = mmp_tensor_from_data(mmp_backend_get("cpu"), MMP_U8, 4, shape, cell);
+    free(cell);
+  }
+  mmp_image_clear(&im);
+  free(buf);
+  return t;
+}
+
+static void check_dataset_draw(const char *task, bool replay) {
+  mmp_registry_t *reg = mmp_registry_new();
+  sd_env_add_dirs(reg);
+  add_dataset_dir(reg);
+  bool have = mmp_registry_find(reg, MMP_KIND_DATASET, "pororo") != NULL;
+  mmp_registry_free(reg);
+  mmp_error_clear();
+  if (!have) {
+    ok(1, "dataset %s # SKIP needs the pororo plugin (libhdf5)", task);
+    return;
+  }
+  char rel[160], outdir[4096], path[4300];
+  snprintf(rel, sizeof rel, "../arldm/story_dataset_%s.safetensors", task);
+  mmp_tensormap_t *ref = sd_load(rel);
+  const char *tmp = getenv("TMPDIR"), *mode = replay ? "replay" : "free";
+  snprintf(outdir, sizeof outdir, "%s/story_dsdraw_%d_%s_%s", tmp ? tmp : "/tmp", (int)getpid(), task, mode);
+  if (!ok(run_story_dataset(task, outdir, replay) == 0, "dataset %s %s: two stories of the pororo plugin drawn in one batch", task,
+          mode) || !ref) {
+    mmp_tensormap_free(ref);
+    return;
+  }
+  snprintf(path, sizeof path, "%s/story_tensors.safetensors", outdir);
+  mmp_tensormap_t *got = mmp_tensormap_new();
+  mmp_safetensors_load_map(path, mmp_backend_get("cpu"), true, got);
+  int V = strcmp(task, "continuation") ? 5 : 4, B = 2;
+  double ectx = 0, emask = 0, elat0 = 0, elat1 = 0, eimg = 0;
+  for (int b = 0; b < B; b++)
+    for (int f = 0; f < V; f++) {
+      char k[96];
+      static const char *const parts[4] = {"uncond_context", "context", "uncond_mask", "mask"};
+      for (int p = 0; p < 4; p++) {
+        snprintf(k, sizeof k, "frame%d.%s", f, p < 2 ? "context" : "mask");
+        mmp_tensor_t *w = rows(mmp_tensormap_get(ref, k), (p % 2) * B + b, 1); /* [uncond B | cond B] */
+        snprintf(k, sizeof k, "story%d.frame%d.%s", b, f, parts[p]);
+        mmp_tensor_t *g = mmp_tensormap_get(got, k);
+        double e = p < 2 ? sd_relerr(g, w) : max_abs_diff(g, w);
+        if (e < 0) e = INFINITY;
+        if (p < 2 && e > ectx && (replay || f == 0)) ectx = e;
+        if (p >= 2 && e > emask) emask = e;
+        mmp_tensor_unref(w);
+      }
+      static const char *const lat[3] = {"latents_initial", "latents_final", "image"};
+      double e[3];
+      for (int q = 0; q < 3; q++) {
+        snprintf(k, sizeof k, "frame%d.%s", f, lat[q]);
+        mmp_tensor_t *w = rows(mmp_tensormap_get(ref, k), b, 1);
+        snprintf(k, sizeof k, "story%d.frame%d.%s", b, f, lat[q]);
+        e[q] = q < 2 ? sd_relerr(mmp_tensormap_get(got, k), w) : max_abs_diff(mmp_tensormap_get(got, k), w);
+        if (e[q] < 0) e[q] = INFINITY;
+        mmp_tensor_unref(w);
+      }
+      if (e[0] > elat0) elat0 = e[0];
+      if ((replay || f == 0) && e[1] > elat1) elat1 = e[1];
+      if (e[2] > eimg) eimg = e[2];
+    }
+  const char *which = replay ? "every frame" : "frame 0";
+  ok(ectx <= 1e-5, "dataset %s %s: contexts (both halves, both stories, %s) within 1e-5 relative", task, mode, which);
+  ok(emask == 0, "dataset %s %s: masks identical", task, mode);
+  ok(elat0 == 0, "dataset %s %s: initial latents identical (randn([2, ...]) frame by frame)", task, mode);
+  ok(elat1 <= 1e-4, "dataset %s %s: final latents (%s) within 1e-4 relative", task, mode, which);
+  ok(eimg <= 2, "dataset %s %s: images (every frame, both stories) within 2/255", task, mode);
+  diag("  dataset %s %s: context %.2g, mask %g, latents %.2g / %.2g, image %g/255", task, mode, ectx, emask, elat0, elat1, eimg);
+  if (!replay) {
+    /* the strips: continuation shows the given frame 0 (PIL's 32x32
+     * bilinear resize of the decoded frame) in both rows; the drawn frames
+     * fill the lower row */
+    for (int b = 0; b < B; b++) {
+      snprintf(path, sizeof path, "%s/story%05d/strip.png", outdir, b);
+      char k[64];
+      snprintf(k, sizeof k, "story%d.frame0_32", b);
+      mmp_tensor_t *want = mmp_tensormap_get(ref, k);
+      mmp_tensor_t *top = strip_cell(path, 0, 0, 32, 32), *low = strip_cell(path, 1, 0, 32, 32);
+      mmp_tensor_t *last = strip_cell(path, 1, 4, 32, 32);
+      snprintf(k, sizeof k, "story%d.frame%d.image", b, V - 1);
+      double et = max_abs_diff(top, want), el = max_abs_diff(low, want), eg = max_abs_diff(last, mmp_tensormap_get(got, k));
+      ok(et >= 0 && et <= 1, "dataset %s: story %d strip: ground-truth frame 0 = the dataset's frame 0 (%g)", task, b, et);
+      if (V == 4)
+        ok(el >= 0 && el <= 1, "dataset continuation: story %d strip: the given frame 0 opens the drawn row (%g)", b, el);
+      ok(eg == 0, "dataset %s: story %d strip: the last drawn frame closes the drawn row", task, b);
+      mmp_tensor_unref(top);
+      mmp_tensor_unref(low);
+      mmp_tensor_unref(last);
+    }
+  }
+  mmp_tensormap_free(got);
+  mmp_tensormap_free(ref);
+  char cmd[4400];
+  snprintf(cmd, sizeof cmd, "rm -rf '%s'", outdir);
+  if (system(cmd) != 0) diag("could not remove %s", outdir);
+}
+
 int main(void) {
   mmp_registry_t *reg = mmp_registry_new();
   sd_env_add_dirs(reg);
@@ -400,6 +655,11 @@ int main(void) {
   mmp_tensormap_free(probe);
   check_bad_input();
   check_dataset();
+  check_bad_tables();
+  for (int replay = 1; replay >= 0; replay--) {
+    check_dataset_draw("visualization", replay);
+    check_dataset_draw("continuation", replay);
+  }
   check_batch();
   for (int replay = 1; replay >= 0; replay--) {
     check("visualization", 0, replay);

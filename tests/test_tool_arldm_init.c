@@ -2,6 +2,7 @@
  * fixtures: copied tensors bit for bit, resized tables, seeded extras, null
  * buffers, errors. */
 #include <math.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -80,6 +81,165 @@ static void check_resized(const mmp_tensormap_t *out, const mmp_tensormap_t *src
   double sd = sqrt(s2 / (double)k);
   mmp_tensor_unref(bf);
   ok(sd > want_std * 0.6 && sd < want_std * 1.4, "%s: new rows (%s) have rms %.4f (want about %.2f)", name, mmp_dtype_name(b->dtype), sd, want_std);
+}
+
+/* numel, sum, sum of squares, max |x| of @t as f32 values, in f64 (as
+ * tests/gen_arldm.py's tensor_stats) */
+static void stats(const mmp_tensor_t *t, int64_t first, int64_t count, double st[4]) {
+  mmp_tensor_t *f = mmp_convert(t, MMP_F32);
+  const float *v = f ? (const float *)mmp_tensor_data(f) + first : NULL;
+  st[0] = (double)count, st[1] = st[2] = st[3] = 0;
+  for (int64_t i = 0; v && i < count; i++) {
+    st[1] += v[i];
+    st[2] += (double)v[i] * v[i];
+    if (fabs(v[i]) > st[3]) st[3] = fabs(v[i]);
+  }
+  mmp_tensor_unref(f);
+}
+
+static bool stats_equal(const double a[4], const double *b) {
+  double tol = 1e-9 * (sqrt(a[0] * a[2]) + 1);
+  return a[0] == b[0] && fabs(a[1] - b[1]) <= tol && fabs(a[2] - b[2]) <= 1e-9 * (a[2] + 1) && a[3] == b[3];
+}
+
+static double stats_std(const double *s) { return s[0] > 0 ? sqrt(s[2] / s[0] - (s[1] / s[0]) * (s[1] / s[0])) : 0; }
+
+/* AR-LDM's name of a tensor -> the name as arldm-init stores it: diffusers
+ * 0.7.2 calls the VAE's mid-block attention query/key/value/proj_attn, the
+ * SD folder (diffusers 0.19) to_q/to_k/to_v/to_out.0 (the vae plugin reads
+ * both). */
+static void stored_name(const char *k, char *buf, size_t n) {
+  snprintf(buf, n, "%s", k);
+  if (strncmp(k, "vae.", 4) != 0 || !strstr(k, "mid_block.attentions")) return;
+  static const char *const from[4] = {".query.", ".key.", ".value.", ".proj_attn."}, *const to[4] = {".to_q.", ".to_k.", ".to_v.", ".to_out.0."};
+  for (int i = 0; i < 4; i++) {
+    char *p = strstr(buf, from[i]);
+    if (!p) continue;
+    char rest[1024];
+    snprintf(rest, sizeof rest, "%s", p + strlen(from[i]));
+    snprintf(p, n - (size_t)(p - buf), "%s%s", to[i], rest);
+  }
+}
+
+/* arldm-init against ARLDM.__init__ itself (tests/gen_arldm.py make_init:
+ * AR-LDM's constructor on the same tiny SD folder and BLIP checkpoint, S =
+ * 85, tables of 919 and 101 rows, 768-wide extras): the same entries with
+ * the same shapes; every copied tensor, the copied rows of the resized
+ * tables, position_ids and the null buffers equal; the new rows and the
+ * extras drawn like AR-LDM's (N(0, 1) for the CLIP tables and the extras,
+ * N(0, 0.02) for BLIP's word table: AR-LDM's own draws come from its run's
+ * generator after all other initialisation, so they are compared by
+ * distribution). */
+static void check_constructor(void) {
+  char fx[8192], out[300], args[4096];
+  snprintf(fx, sizeof fx, "%s/tests/fixtures/arldm/arldm_init.safetensors", src);
+  mmp_tensormap_t *ref = load(fx);
+  if (!ok(ref != NULL, "ARLDM.__init__ fixture")) return;
+  mmp_tensor_t *cfg = mmp_tensormap_get(ref, "config");
+  const int64_t *c = cfg ? (const int64_t *)mmp_tensor_data(cfg) : NULL;
+  snprintf(out, sizeof out, "%s/ctor.safetensors", tmpdir);
+  snprintf(args, sizeof args,
+           "--blip-prefix mm_encoder. --max-length %lld --vocab-clip %lld --vocab-blip %lld --clip-ids 912,913,913 "
+           "--blip-ids 1,2,0 --embed-dim 768 --seed 5 --out '%s'",
+           c ? (long long)c[0] : 0, c ? (long long)c[1] : 0, c ? (long long)c[2] : 0, out);
+  is_int(run(args), 0, "arldm-init with AR-LDM's constructor's settings (S 85, 919 and 101 rows, 768-wide extras)");
+  mmp_tensormap_t *got = load(out);
+  if (!ok(got != NULL, "its output")) {
+    mmp_tensormap_free(ref);
+    return;
+  }
+  static const char *const randomish[] = {"text_encoder.text_model.embeddings.token_embedding.weight",
+                                          "text_encoder.text_model.embeddings.position_embedding.weight",
+                                          "mm_encoder.text_encoder.embeddings.word_embeddings.weight",
+                                          "modal_type_embeddings.weight", "time_embeddings.weight", NULL};
+  size_t n_ref = 0, n_missing = 0, n_shape = 0, n_equal = 0, n_det = 0;
+  for (size_t i = 0; i < mmp_tensormap_size(ref); i++) {
+    const char *rk = mmp_tensormap_name(ref, i);
+    if (strncmp(rk, "shape.", 6) != 0) continue;
+    const char *k = rk + 6;
+    n_ref++;
+    char name[1024], sk[1100];
+    stored_name(k, name, sizeof name);
+    mmp_tensor_t *g = mmp_tensormap_get(got, name), *sh = mmp_tensormap_at(ref, i);
+    if (!g) {
+      /* BertEmbeddings' position_ids buffer: in model_large.pth (and copied
+       * from it), not in the tiny BLIP fixture */
+      if (strcmp(k, "mm_encoder.text_encoder.embeddings.position_ids") != 0) {
+        n_missing++;
+        diag("missing: %s", name);
+      }
+      continue;
+    }
+    bool same_shape = g->ndim == (int)mmp_tensor_numel(sh);
+    for (int d = 0; same_shape && d < g->ndim; d++) same_shape = g->shape[d] == ((const int64_t *)mmp_tensor_data(sh))[d];
+    if (same_shape) n_shape++;
+    else diag("shape differs: %s", name);
+    bool rnd = false;
+    for (const char *const *r = randomish; *r; r++) rnd |= strcmp(*r, k) == 0;
+    if (rnd || !same_shape) continue;
+    n_det++;
+    snprintf(sk, sizeof sk, "stat.%s", k);
+    double st[4];
+    stats(g, 0, mmp_tensor_numel(g), st);
+    mmp_tensor_t *want = mmp_tensormap_get(ref, sk);
+    if (want && stats_equal(st, (const double *)mmp_tensor_data(want))) n_equal++;
+    else diag("values differ: %s", name);
+  }
+  ok(n_ref > 100 && n_missing == 0, "every one of AR-LDM's %zu state-dict entries is in the file (%zu missing)", n_ref, n_missing);
+  ok(mmp_tensormap_size(got) == n_ref - 1, "and nothing else (%zu entries; the BLIP fixture has no BERT position_ids)",
+     mmp_tensormap_size(got));
+  ok(n_shape == n_ref - 1, "with AR-LDM's shapes (%zu of %zu)", n_shape, n_ref - 1);
+  ok(n_det > 100 && n_equal == n_det, "copied tensors, position_ids and null buffers equal AR-LDM's (%zu of %zu)", n_equal, n_det);
+  /* the resized tables: the copied rows exactly, the new ones by distribution */
+  static const struct {
+    const char *name;
+    double std;
+  } tabs[] = {{"text_encoder.text_model.embeddings.token_embedding.weight", 1.0},
+              {"text_encoder.text_model.embeddings.position_embedding.weight", 1.0},
+              {"mm_encoder.text_encoder.embeddings.word_embeddings.weight", 0.02},
+              {"modal_type_embeddings.weight", 1.0},
+              {"time_embeddings.weight", 1.0}};
+  for (int k = 0; k < 5; k++) {
+    char hk[300], tk[300];
+    mmp_tensor_t *g = mmp_tensormap_get(got, tabs[k].name);
+    snprintf(hk, sizeof hk, "head.%s", tabs[k].name);
+    snprintf(tk, sizeof tk, "%s.%s", k < 3 ? "tail" : "stat", tabs[k].name);
+    mmp_tensor_t *h = mmp_tensormap_get(ref, hk), *t = mmp_tensormap_get(ref, tk);
+    if (!ok(g && t && (k >= 3 || h), "%s present", tabs[k].name)) continue;
+    const double *hs = h ? (const double *)mmp_tensor_data(h) : NULL, *ts = (const double *)mmp_tensor_data(t);
+    int64_t head = hs ? (int64_t)hs[0] : 0;
+    double st[4];
+    if (hs) {
+      stats(g, 0, head, st);
+      ok(stats_equal(st, hs), "%s: the first %lld values (the source's rows) equal AR-LDM's", tabs[k].name, (long long)head);
+    }
+    stats(g, head, mmp_tensor_numel(g) - head, st);
+    double s_got = stats_std(st), s_ref = stats_std(ts);
+    ok(st[0] == ts[0] && s_got > 0.75 * s_ref && s_got < 1.33 * s_ref && fabs(st[1] / st[0]) < 4 * tabs[k].std / sqrt(st[0]),
+       "%s: %lld new values, std %.4f (AR-LDM's %.4f, its init %.2f), mean %.4f", tabs[k].name, (long long)st[0], s_got, s_ref,
+       tabs[k].std, st[1] / st[0]);
+  }
+  /* the null buffers */
+  static const char *const toks[2] = {"clip_text_null_token", "blip_text_null_token"};
+  for (int k = 0; k < 2; k++) {
+    mmp_tensor_t *a = mmp_tensormap_get(got, toks[k]), *b = mmp_tensormap_get(ref, toks[k]);
+    ok(a && b && a->dtype == MMP_I64 && b->dtype == MMP_I64 && mmp_tensor_same_shape(a, b) &&
+           memcmp(mmp_tensor_data(a), mmp_tensor_data(b), mmp_tensor_nbytes(a)) == 0,
+       "%s: AR-LDM's tokenizers' empty caption, [1, %lld] i64", toks[k], c ? (long long)c[0] : 0);
+  }
+  mmp_tensor_t *im = mmp_tensormap_get(got, "blip_image_null_token");
+  mmp_tensor_t *lo = mmp_tensormap_get(ref, "blip_image_null_token.channel_min");
+  mmp_tensor_t *hi = mmp_tensormap_get(ref, "blip_image_null_token.channel_max");
+  bool same = im && lo && hi && im->dtype == MMP_F32 && im->ndim == 4 && im->shape[1] == 3;
+  for (int64_t i = 0; same && i < mmp_tensor_numel(im); i++) {
+    int64_t ch = i / (im->shape[2] * im->shape[3]);
+    float v = ((const float *)mmp_tensor_data(im))[i];
+    same = v == ((const float *)mmp_tensor_data(lo))[ch] && v == ((const float *)mmp_tensor_data(hi))[ch];
+  }
+  ok(same, "blip_image_null_token: AR-LDM's processor on a black 224x224 image, every value equal");
+  mmp_tensormap_free(got);
+  mmp_tensormap_free(ref);
+  remove(out);
 }
 
 int main(void) {
@@ -209,6 +369,8 @@ int main(void) {
   is_int(run(args), 5, "a BLIP pad id past the word table: data error (exit 5)");
   snprintf(p, sizeof p, "%s/x.safetensors", tmpdir);
   ok(access(p, F_OK) != 0, "nothing written on errors");
+
+  check_constructor();
 
   mmp_tensormap_free(o1);
   mmp_tensormap_free(o2);

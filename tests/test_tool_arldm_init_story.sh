@@ -36,7 +36,9 @@ done
 rm -rf "$T/out"
 init --embed-dim 16; ok $? "arldm-init with 16-wide extras"
 story; r=$?; [ $r != 0 ]; ok $? "the story task refuses them (exit $r)"
-# (the task finds it while adding the modality row to the null context)
-grep -q "null context: .*f32\[1, 16\]" "$T/log"; r=$?; ok $r "naming the width"; [ $r = 0 ] || sed 's/^/#   /' "$T/log"
+# (checked before any table is added to an encoder's output: a clear width
+# message naming the parts and their shapes, not a broadcast error)
+grep -q "width mismatch between the parts: text_encoder gives f32\[1, 8, 32\].*modal_type_embeddings.weight f32\[2, 16\]" "$T/log"
+r=$?; ok $r "naming the parts and their widths"; [ $r = 0 ] || sed 's/^/#   /' "$T/log"
 echo "1..$n"
 [ $failed = 0 ]

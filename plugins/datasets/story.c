@@ -598,6 +598,9 @@ int story_get(void *self, int64_t index, mmp_tensormap_t *out) {
   if ((rc = put_float(out, "source_images", src, STORY_FRAMES, BLIP_MEAN, BLIP_STD)) < 0) goto out;
 
   int first = s->continuation ? 1 : 0, nt = STORY_FRAMES - first;
+  /* continuation: the given frame 0 as decoded (not in AR-LDM's item, which
+   * keeps it only as BLIP pixels), for displays of the story */
+  if (s->continuation && (rc = put_u8(out, "first_image", frames, 1)) < 0) goto out;
   if (!s->test) {
     for (int f = 0; f < nt; f++)
       if ((rc = transform(s, &frames[first + f], square, s->image_size, s->train, &r, &tgt[f])) < 0)

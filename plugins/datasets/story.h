@@ -8,6 +8,7 @@
  *   captions, attention_mask           i64 [N,L]  (CLIP tokenizer)
  *   source_images          f32 [5,3,B,B] normalized with BLIP's mean/std
  *   source_caption, source_attention_mask  i64 [5,L]  (BERT tokenizer)
+ *   first_image            continuation only: u8 [1,H,W,3], frame 0 as decoded (for displays)
  * with N = 5 (visualization) or 4 (continuation), and the strings "text"
  * (the raw '|'-joined captions) and "caption0".."caption4".
  */

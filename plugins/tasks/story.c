@@ -30,6 +30,7 @@
 #include <mmpipe/rng.h>
 #include <mmpipe/safetensors.h>
 
+#include "plugins/common/sampling.h"
 #include "plugins/common/sd_common.h"
 #include "plugins/processors/imagecommon.h"
 
@@ -264,25 +265,59 @@ static int build_null_context(run_t *r) {
     rc = mmp_error_code();
     goto done;
   }
+  /* the shapes first, each message naming the tensors: a width that does
+   * not match would otherwise surface as a broadcast error while adding the
+   * tables to the encoders' outputs */
+  char d1[96], d2[96], d3[96];
+  const char *f = r->t->arldm;
+  if (r->type->ndim != 2 || r->type->shape[0] != 2) {
+    rc = mmp_error_set(MMP_ESHAPE, "story: %s: modal_type_embeddings.weight is %s, expected [2, D]", f,
+                       mmp_tensor_describe(r->type, d1, sizeof d1));
+    goto done;
+  }
   r->D = r->type->shape[1];
-  r->S = cnull->shape[cnull->ndim - 1];
-  if (r->type->ndim != 2 || r->type->shape[0] != 2 || r->time->ndim != 2 || r->time->shape[0] < r->src_V ||
-      r->time->shape[1] != r->D) {
-    rc = mmp_error_set(MMP_EDATA, "story: %s: modal_type_embeddings must be [2, D] and time_embeddings [>= %lld, D]",
-                       r->t->arldm, (long long)r->src_V);
+  if (r->time->ndim != 2 || r->time->shape[0] < r->src_V || r->time->shape[1] != r->D) {
+    rc = mmp_error_set(MMP_ESHAPE, "story: %s: time_embeddings.weight is %s, expected [>= %lld, %lld] (the width D of "
+                       "modal_type_embeddings.weight %s)", f, mmp_tensor_describe(r->time, d1, sizeof d1), (long long)r->src_V,
+                       (long long)r->D, mmp_tensor_describe(r->type, d2, sizeof d2));
+    goto done;
+  }
+  if (cnull->ndim != 2 || cnull->shape[0] != 1 || bnull->ndim != 2 || bnull->shape[0] != 1 ||
+      bnull->shape[1] != cnull->shape[1]) {
+    rc = mmp_error_set(MMP_ESHAPE, "story: %s: clip_text_null_token is %s and blip_text_null_token %s, both must be [1, S]", f,
+                       mmp_tensor_describe(cnull, d1, sizeof d1), mmp_tensor_describe(bnull, d2, sizeof d2));
+    goto done;
+  }
+  r->S = cnull->shape[1];
+  if (inull->ndim != 4 || inull->shape[0] != 1 || inull->shape[1] != 3) {
+    rc = mmp_error_set(MMP_ESHAPE, "story: %s: blip_image_null_token is %s, expected [1, 3, H, W]", f,
+                       mmp_tensor_describe(inull, d1, sizeof d1));
     goto done;
   }
   hc = call1(r->c.clip, NULL, "last_hidden_state", "input_ids", cnull, NULL, NULL, NULL, NULL);
-  hc = sd_swap(hc, add_row(hc, r->type, 0));
+  if (!hc) {
+    rc = mmp_error_prefix("story: null context: text_encoder on clip_text_null_token %s: ", mmp_tensor_describe(cnull, d1, sizeof d1));
+    goto done;
+  }
   hb = call1(r->c.blip, "multimodal", "last_hidden_state", "pixel_values", inull, "input_ids", bnull, NULL, NULL);
+  if (!hb) {
+    rc = mmp_error_prefix("story: null context: mm_encoder on blip_image_null_token %s, blip_text_null_token %s: ",
+                          mmp_tensor_describe(inull, d1, sizeof d1), mmp_tensor_describe(bnull, d2, sizeof d2));
+    goto done;
+  }
+  if (hc->ndim != 3 || hc->shape[2] != r->D || hb->ndim != 3 || hb->shape[2] != r->D || hb->shape[1] != r->S) {
+    rc = mmp_error_set(MMP_ESHAPE, "story: width mismatch between the parts: text_encoder gives %s and mm_encoder %s for the null "
+                       "caption, but %s has modal_type_embeddings.weight %s and time_embeddings.weight %s (all must share the "
+                       "width D; S = %lld tokens per caption)",
+                       mmp_tensor_describe(hc, d1, sizeof d1), mmp_tensor_describe(hb, d2, sizeof d2), f,
+                       mmp_tensor_describe(r->type, d3, sizeof d3), mmp_tensor_describe(r->time, (char[96]){0}, 96),
+                       (long long)r->S);
+    goto done;
+  }
+  hc = sd_swap(hc, add_row(hc, r->type, 0));
   hb = sd_swap(hb, add_row(hb, r->type, 1));
   if (!hc || !hb) {
     rc = mmp_error_prefix("story: null context: ");
-    goto done;
-  }
-  if (hc->shape[2] != r->D || hb->shape[2] != r->D || hb->shape[1] != r->S) {
-    rc = mmp_error_set(MMP_EDATA, "story: the encoders give width %lld and %lld, the AR-LDM tables %lld",
-                       (long long)hc->shape[2], (long long)hb->shape[2], (long long)r->D);
     goto done;
   }
   mmp_tensor_t *parts[6] = {hc};
@@ -331,66 +366,43 @@ static int save_t(run_t *r, int64_t story, int64_t frame, const char *what, mmp_
   return mmp_tensormap_set(r->saved, name, mmp_tensor_ref(t));
 }
 
-/* Denoise one frame of B stories: guided loop, VAE decode, uint8 [B, H, W, 3]. */
-static int draw_frame(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, mmp_tensor_t *ehs, mmp_tensor_t *mask, int64_t B,
-                      double scaling, int down, int64_t lch, mmp_tensor_t **lat0, mmp_tensor_t **lat1, mmp_tensor_t **img) {
+typedef struct step_noise {
+  mmp_rng_t *gen;
+  mmp_backend_t *be;
+  const int64_t *shape;
+} step_noise_t;
+
+static mmp_tensor_t *draw_step_noise(void *arg) {
+  const step_noise_t *a = arg;
+  return mmp_rng_randn(a->gen, a->be, 4, a->shape);
+}
+
+/* Denoise one frame of B stories (sd_sample, progress bar @label), VAE
+ * decode, uint8 [B, H, W, 3]. */
+static int draw_frame(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, const char *label, mmp_tensor_t *ehs, mmp_tensor_t *mask,
+                      int64_t B, double scaling, int down, int64_t lch, mmp_tensor_t **lat0, mmp_tensor_t **lat1,
+                      mmp_tensor_t **img) {
   story_t *t = r->t;
-  const mmp_scheduler_ops_t *so = (const mmp_scheduler_ops_t *)r->c.sched->plugin;
   int64_t ls[4] = {B, lch, t->height / down, t->width / down};
   mmp_tensor_t *lat = mmp_rng_randn(gen, r->be, 4, ls);
   if (!lat) return mmp_error_code();
   *lat0 = mmp_tensor_ref(lat);
-  int rc;
-  if ((rc = so->set_timesteps(r->c.sched->self, (int)t->steps)) < 0) goto fail;
-  const int64_t *ts = NULL;
-  size_t nts = 0;
-  if ((rc = so->timesteps(r->c.sched->self, &ts, &nts)) < 0) goto fail;
-  for (size_t k = 0; k < nts; k++) {
-    if (mmp_context_cancelled(ctx)) {
-      rc = mmp_error_set(MMP_ECANCELED, "story: canceled");
-      goto fail;
-    }
-    mmp_tensor_t *two[2] = {lat, lat};
-    mmp_tensor_t *x = mmp_concat(two, 2, 0);
-    int64_t tsh[1] = {2 * B};
-    mmp_tensor_t *tt = mmp_tensor_full(r->be, MMP_I64, 1, tsh, (double)ts[k]);
-    mmp_tensor_t *eps = NULL;
-    mmp_tensormap_t *ui = mmp_tensormap_new(), *uo = mmp_tensormap_new();
-    if (x && tt && ui && uo && mmp_tensormap_set(ui, "sample", mmp_tensor_ref(x)) == 0 &&
-        mmp_tensormap_set(ui, "timestep", mmp_tensor_ref(tt)) == 0 &&
-        mmp_tensormap_set(ui, "encoder_hidden_states", mmp_tensor_ref(ehs)) == 0 &&
-        mmp_tensormap_set(ui, "encoder_attention_mask", mmp_tensor_ref(mask)) == 0 && forward(r->c.unet, NULL, ui, uo) == 0) {
-      eps = mmp_tensormap_need(uo, "sample");
-      if (eps) mmp_tensor_ref(eps);
-    }
-    mmp_tensormap_free(ui);
-    mmp_tensormap_free(uo);
-    mmp_tensor_unref(x);
-    mmp_tensor_unref(tt);
-    if (!eps) {
-      rc = mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
-      goto fail;
-    }
-    mmp_tensor_t *h[2] = {NULL, NULL}, *guided = NULL;
-    if (mmp_chunk(eps, 2, 0, h) == 0) {
-      mmp_tensor_t *d = mmp_sub(h[1], h[0]);
-      guided = d ? mmp_axpby(1.0, h[0], t->guidance, d) : NULL;
-      mmp_tensor_unref(d);
-    }
-    mmp_tensor_unref(h[0]);
-    mmp_tensor_unref(h[1]);
-    mmp_tensor_unref(eps);
-    mmp_tensor_t *prev = NULL, *pred = NULL;
-    rc = guided ? so->step(r->c.sched->self, k, guided, lat, NULL, &prev, &pred) : mmp_error_code();
-    mmp_tensor_unref(guided);
-    mmp_tensor_unref(pred);
-    if (rc < 0 || !prev) {
-      rc = rc < 0 ? rc : MMP_ERUNTIME;
-      goto fail;
-    }
-    lat = sd_swap(lat, prev);
-    mmp_context_progress_advance(ctx, 1);
+  /* a scheduler that asks for step noise draws it from the run's generator,
+   * as AR-LDM's step() draws from the global torch generator (DDIM with
+   * eta = 0 and PNDM never do) */
+  step_noise_t na = {gen, r->be, ls};
+  sd_sampler_t smp = {.unet = r->c.unet, .sched = r->c.sched, .ctx = ctx, .who = "story", .label = label,
+                      .steps = t->steps, .guided = true, .guidance = t->guidance, .context = ehs, .mask = mask,
+                      .noise = draw_step_noise, .noise_arg = &na};
+  int rc = sd_sample(&smp, &lat);
+  if (rc < 0 && rc != MMP_ECANCELED) {
+    /* e.g. a UNet whose cross-attention width is not the context's D */
+    char d1[96], d2[96];
+    return mmp_error_prefix("story: denoising on the context %s (mask %s; the UNet's cross_attention_dim must be D = %lld): ",
+                            mmp_tensor_describe(ehs, d1, sizeof d1), mmp_tensor_describe(mask, d2, sizeof d2),
+                            (long long)r->D);
   }
+  if (rc < 0) return rc;
   *lat1 = lat;
   mmp_tensor_t *z = mmp_scale(lat, 1.0 / scaling, 0.0);
   mmp_tensor_t *x = z ? call1(r->c.vae, "decode", "sample", "latents", z, NULL, NULL, NULL, NULL) : NULL;
@@ -417,9 +429,6 @@ static int draw_frame(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, mmp_tensor_t
   }
   free(px);
   free(u);
-  return rc;
-fail:
-  mmp_tensor_unref(lat);
   return rc;
 }
 
@@ -591,7 +600,6 @@ static int draw_stories(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, const mmp_
     double t0 = now_s();
     snprintf(label, sizeof label, "story %lld-%lld frame %lld/%lld", (long long)s0, (long long)(s0 + B - 1),
              (long long)i + 1, (long long)V);
-    mmp_context_progress_begin(ctx, label, r->t->steps);
     mmp_tensor_t *ci = rs(mmp_slice(cond, 1, i, i + 1, 1), 3, (int64_t[]){B, L, r->D});
     mmp_tensor_t *cc = ci ? mmp_contiguous(ci) : NULL;
     mmp_tensor_t *um = frame_mask(r, B, i, NULL, NULL), *cmk = frame_mask(r, B, i, cm, bm);
@@ -599,8 +607,7 @@ static int draw_stories(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, const mmp_
     mmp_tensor_t *ehs = cc ? mmp_concat(two, 2, 0) : NULL, *mask = um && cmk ? mmp_concat(twom, 2, 0) : NULL;
     mmp_tensor_t *l0 = NULL, *l1 = NULL, *img = NULL;
     if (!ehs || !mask) rc = mmp_error_code() ? mmp_error_code() : MMP_ENOMEM;
-    else rc = draw_frame(r, ctx, gen, ehs, mask, B, scaling, down, lch, &l0, &l1, &img);
-    mmp_context_progress_end(ctx);
+    else rc = draw_frame(r, ctx, gen, label, ehs, mask, B, scaling, down, lch, &l0, &l1, &img);
     if (rc == 0) {
       size_t nb = (size_t)mmp_tensor_numel(img);
       if (!(gen_px[i] = malloc(nb))) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
@@ -730,6 +737,29 @@ static int check_input(run_t *r, const mmp_tensormap_t *in, int64_t *n) {
       return mmp_error_set(MMP_ESHAPE, "story: %s: \"%s\" must be [N, 5, %s] (five frames per story, S = %lld of the AR-LDM file)",
                            src, names[k], k == 4 ? "H, W, 3" : "S", (long long)r->S);
   }
+  /* token ids: integers inside the checkpoint's tables (the encoders would
+   * refuse them only after every model is loaded, naming a row of their
+   * batch rather than the story) */
+  for (int k = 0; k < 4; k += 2) {
+    mmp_tensor_t *t = mmp_tensormap_get(in, names[k]);
+    int64_t rows = k ? r->blip_rows : r->clip_rows;
+    if (t->dtype != MMP_I64 && t->dtype != MMP_I32)
+      return mmp_error_set(MMP_EDTYPE, "story: %s: \"%s\" must hold integer token ids (i64 or i32), not %s", src, names[k],
+                           mmp_dtype_name(t->dtype));
+    if (rows < 0) continue;
+    int64_t nid = mmp_tensor_numel(t);
+    int64_t *ids = malloc((size_t)nid * sizeof *ids);
+    mmp_tensor_t *c = ids ? mmp_convert(t, MMP_I64) : NULL;
+    int rc = c ? mmp_tensor_to_host(c, ids, (size_t)nid * sizeof *ids) : mmp_error_set(MMP_ENOMEM, "out of memory");
+    mmp_tensor_unref(c);
+    for (int64_t q = 0; rc == 0 && q < nid; q++)
+      if (ids[q] < 0 || ids[q] >= rows)
+        rc = mmp_error_set(MMP_EDATA, "story: %s: %s[story %lld, frame %lld, token %lld] = %lld is outside the checkpoint's %s token "
+                           "table of %lld rows (another dataset's tokenizer or new_tokens?)", src, names[k], (long long)(q / (5 * r->S)),
+                           (long long)(q / r->S % 5), (long long)(q % r->S), (long long)ids[q], k ? "BLIP" : "CLIP", (long long)rows);
+    free(ids);
+    if (rc) return rc;
+  }
   mmp_tensor_t *f = mmp_tensormap_get(in, "frames"), *p = mmp_tensormap_get(in, "source_pixels");
   if (f->dtype != MMP_U8 || f->shape[4] != 3) return mmp_error_set(MMP_EDTYPE, "story: %s: frames must be u8 [N, 5, H, W, 3]", src);
   if (p && (p->dtype != MMP_F32 || p->ndim != 5 || p->shape[0] != f->shape[0] || p->shape[1] != 5 || p->shape[2] != 3))
@@ -753,8 +783,8 @@ static int host_copy(mmp_tensor_t *t, mmp_dtype_t dt, void *buf, int64_t n, size
  * source_pixels (the items' BLIP-processed source_images, which AR-LDM feeds
  * to BLIP as they are). The items' target images become the ground truth
  * frames (u8 test images as they are, f32 train/val images in [-1, 1] back
- * to u8), resized to width x height; continuation's frame 0 is only given
- * as BLIP pixels, so its ground-truth slot stays black. Checked per item:
+ * to u8), resized to width x height; continuation's frame 0 from the item's
+ * first_image (a dataset without it leaves that slot black). Checked per item:
  * CLIP captions present, V targets (the dataset's task), S, ids inside the
  * checkpoint's token tables. */
 static int load_dataset(run_t *r, mmp_component_t *ds, int64_t s0, int64_t B, mmp_tensormap_t *in) {
@@ -809,26 +839,35 @@ static int load_dataset(run_t *r, mmp_component_t *ds, int64_t s0, int64_t B, mm
                            "(another dataset's tokenizer or new_tokens?)", (long long)k, (long long)(cbad ? ci : bi),
                            cbad ? "CLIP" : "BLIP", (long long)(cbad ? r->clip_rows : r->blip_rows));
     }
-    /* ground truth: V target images, HWC u8 or CHW f32 in [-1, 1] */
+    /* ground truth: V target images, HWC u8 or CHW f32 in [-1, 1]; before
+     * them (continuation) the given frame 0, u8 HWC */
     bool hwc = im && im->ndim == 4 && im->shape[3] == 3, chw = im && im->ndim == 4 && im->shape[1] == 3;
+    mmp_tensor_t *f0 = off ? mmp_tensormap_get(it, "first_image") : NULL;
     if (rc == 0 && im && (im->shape[0] != V || (!hwc && !chw)))
       rc = mmp_error_set(MMP_EDATA, "story: dataset item %lld: images must be [%lld, h, w, 3] or [%lld, 3, h, w]", (long long)k,
                          (long long)V, (long long)V);
-    for (int64_t i = 0; rc == 0 && im && i < V; i++) {
-      int64_t h = hwc ? im->shape[1] : im->shape[2], w = hwc ? im->shape[2] : im->shape[3], np = h * w * 3;
-      mmp_tensor_t *one = mmp_slice(im, 0, i, i + 1, 1), *oc = one ? mmp_contiguous(one) : NULL;
+    if (rc == 0 && f0 && (f0->ndim != 4 || f0->shape[0] != 1 || f0->shape[3] != 3 || f0->dtype != MMP_U8))
+      rc = mmp_error_set(MMP_EDATA, "story: dataset item %lld: first_image must be u8 [1, h, w, 3]", (long long)k);
+    for (int64_t i = f0 ? -1 : 0; rc == 0 && (im || i < 0) && i < V; i++) {
+      /* i = -1: the given frame 0 */
+      mmp_tensor_t *src_t = i < 0 ? f0 : im;
+      bool shwc = i < 0 || hwc;
+      int64_t h = shwc ? src_t->shape[1] : src_t->shape[2], w = shwc ? src_t->shape[2] : src_t->shape[3], np = h * w * 3;
+      mmp_tensor_t *one = mmp_slice(src_t, 0, i < 0 ? 0 : i, i < 0 ? 1 : i + 1, 1), *oc = one ? mmp_contiguous(one) : NULL;
       float *f = malloc((size_t)np * sizeof *f);
       mmp_image_t src = {0}, dst = {0};
       rc = oc && f ? host_copy(oc, MMP_F32, f, np, 4) : mmp_error_code() ? mmp_error_code() : MMP_ENOMEM;
       if (rc == 0) rc = mmp_image_alloc(&src, (int)w, (int)h, 3);
       for (int64_t p = 0; rc == 0 && p < h * w; p++)
         for (int ch = 0; ch < 3; ch++) {
-          float v = hwc ? f[p * 3 + ch] : (f[ch * h * w + p] / 2.0f + 0.5f) * 255.0f;
+          float v = shwc ? f[p * 3 + ch] : (f[ch * h * w + p] / 2.0f + 0.5f) * 255.0f;
           v = v < 0 ? 0 : v > 255 ? 255 : v;
           src.data[p * 3 + ch] = (uint8_t)nearbyintf(v);
         }
       if (rc == 0 && (h != H || w != W)) rc = mmp_image_resize(&src, (int)W, (int)H, MMP_RESAMPLE_BILINEAR, &dst);
-      if (rc == 0) memcpy(frames + (size_t)(b * 5 + off + i) * (size_t)(H * W * 3), dst.data ? dst.data : src.data, (size_t)(H * W * 3));
+      if (rc == 0)
+        memcpy(frames + (size_t)(b * 5 + (i < 0 ? 0 : off + i)) * (size_t)(H * W * 3), dst.data ? dst.data : src.data,
+               (size_t)(H * W * 3));
       mmp_image_clear(&src);
       mmp_image_clear(&dst);
       free(f);
@@ -1141,11 +1180,12 @@ static int story_run(void *self, mmp_context_t *ctx) {
   }
   if (t->stories[0] && (rc = load_stories_file(&r, ctx, in)) < 0) goto done;
   int64_t n = 0;
+  /* the token tables' sizes, when the AR-LDM file holds them, bound the ids */
+  r.clip_rows = table_rows(t->arldm, "text_encoder.text_model.embeddings.token_embedding.weight");
+  r.blip_rows = table_rows(t->arldm, "mm_encoder.text_encoder.embeddings.word_embeddings.weight");
   if (t->dataset) {
     /* the dataset's first item is checked before any model loads; the
      * others as their batch is read */
-    r.clip_rows = table_rows(t->arldm, "text_encoder.text_model.embeddings.token_embedding.weight");
-    r.blip_rows = table_rows(t->arldm, "mm_encoder.text_encoder.embeddings.word_embeddings.weight");
     int64_t pos = table_rows(t->arldm, "text_encoder.text_model.embeddings.position_embedding.weight");
     if (pos >= 0 && pos < r.S) {
       rc = mmp_error_set(MMP_EDATA, "story: %s: CLIP's position table has %lld rows, S is %lld", t->arldm, (long long)pos,

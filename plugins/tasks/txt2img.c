@@ -15,6 +15,7 @@
 #include <mmpipe/rng.h>
 #include <mmpipe/safetensors.h>
 
+#include "plugins/common/sampling.h"
 #include "plugins/common/sd_common.h"
 
 static const mmp_key_t t2i_keys[] = {
@@ -325,6 +326,20 @@ static mmp_tensor_t *draw_noise(const t2i_t *t, mmp_rng_t **gens, mmp_backend_t 
   return r;
 }
 
+/* The step noise of sd_sample: a draw like the initial latents. */
+typedef struct noise_arg {
+  const t2i_t *t;
+  mmp_rng_t **gens;
+  mmp_backend_t *be;
+  size_t first, nb;
+  const int64_t *chw;
+} noise_arg_t;
+
+static mmp_tensor_t *step_noise(void *arg) {
+  const noise_arg_t *a = arg;
+  return draw_noise(a->t, a->gens, a->be, a->first, a->nb, a->chw);
+}
+
 /* Images first..first+nb-1: *images gets the decoded batch in [0, 1] and
  * *latents (nullable) the final latents. The random draws, in diffusers'
  * order: the initial latents (unless init_latents), then at each step whose
@@ -333,13 +348,11 @@ static int denoise_batch(t2i_t *t, comps_t *c, mmp_context_t *ctx, mmp_rng_t **g
                          size_t first, size_t nb, double scaling, int down, int64_t latent_ch,
                          mmp_tensor_t **images, mmp_tensor_t **latents) {
   mmp_backend_t *be = mmp_context_backend(ctx);
-  const mmp_scheduler_ops_t *so = (const mmp_scheduler_ops_t *)c->sched->plugin;
   bool cfg = t->guidance > 1.0;
   int rc = 0;
   mmp_tensor_t *ehs = NULL, *lat = NULL, *cond = NULL, *unc = NULL;
-  mmp_tensormap_t *in = mmp_tensormap_new(), *out = mmp_tensormap_new();
   const char **texts = calloc(nb, sizeof *texts);
-  if (!in || !out || !texts) {
+  if (!texts) {
     rc = mmp_error_set(MMP_ENOMEM, "out of memory");
     goto done;
   }
@@ -367,104 +380,13 @@ static int denoise_batch(t2i_t *t, comps_t *c, mmp_context_t *ctx, mmp_rng_t **g
     lat = draw_noise(t, gens, be, first, nb, ls + 1);
   }
   if (!lat) goto fail;
-  /* as diffusers: the schedule first, then init_noise_sigma (it depends on
-   * the step count for sigma-based schedulers) */
-  if ((rc = so->set_timesteps(c->sched->self, (int)t->steps)) < 0) goto done;
-  double sigma = (so->base.struct_size >= offsetof(mmp_scheduler_ops_t, init_noise_sigma) + sizeof so->init_noise_sigma &&
-                  so->init_noise_sigma) ? so->init_noise_sigma(c->sched->self) : 1.0;
-  if (sigma != 1.0) lat = sd_swap(lat, mmp_scale(lat, sigma, 0.0));
-  if (!lat) goto fail;
-  const int64_t *ts = NULL;
-  size_t nts = 0;
-  if ((rc = so->timesteps(c->sched->self, &ts, &nts)) < 0) goto done;
-  /* fractional schedules (euler with linspace spacing or Karras sigmas) give
-   * the model the exact timestep, as diffusers does */
-  const double *mts = NULL;
-  size_t nmts = 0;
-  if (so->base.struct_size >= offsetof(mmp_scheduler_ops_t, model_timesteps) + sizeof so->model_timesteps &&
-      so->model_timesteps && (so->model_timesteps(c->sched->self, &mts, &nmts) < 0 || nmts != nts))
-    mts = NULL;
-  bool has_scale = so->base.struct_size >= offsetof(mmp_scheduler_ops_t, scale_model_input) + sizeof so->scale_model_input &&
-                   so->scale_model_input;
-  /* a scheduler without step_noise draws nothing (or from its own generator) */
-  bool has_noise = so->base.struct_size >= offsetof(mmp_scheduler_ops_t, step_noise) + sizeof so->step_noise &&
-                   so->step_noise;
   char label[64];
   snprintf(label, sizeof label, "txt2img %zu-%zu/%zu", first + 1, first + nb, t->n_images);
-  mmp_context_progress_begin(ctx, label, (int64_t)nts);
-  for (size_t i = 0; i < nts; i++) {
-    if (mmp_context_cancelled(ctx)) {
-      mmp_context_progress_end(ctx);
-      rc = mmp_error_set(MMP_ECANCELED, "txt2img: canceled");
-      goto done;
-    }
-    mmp_tensor_t *x = NULL;
-    if (cfg) {
-      mmp_tensor_t *two[2] = {lat, lat};
-      x = mmp_concat(two, 2, 0);
-    } else {
-      x = mmp_tensor_ref(lat);
-    }
-    if (x && has_scale) {
-      mmp_tensor_t *y = NULL;
-      if (so->scale_model_input(c->sched->self, i, x, &y) < 0) y = NULL;
-      x = sd_swap(x, y);
-    }
-    int64_t nbt = cfg ? 2 * (int64_t)nb : (int64_t)nb;
-    int64_t tsh[1] = {nbt};
-    mmp_tensor_t *tt = mts ? mmp_tensor_full(be, MMP_F32, 1, tsh, mts[i])
-                           : mmp_tensor_full(be, MMP_I64, 1, tsh, (double)ts[i]);
-    if (!x || !tt) {
-      mmp_tensor_unref(x);
-      mmp_tensor_unref(tt);
-      mmp_context_progress_end(ctx);
-      goto fail;
-    }
-    mmp_tensormap_set(in, "sample", x);
-    mmp_tensormap_set(in, "timestep", tt);
-    mmp_tensormap_set(in, "encoder_hidden_states", mmp_tensor_ref(ehs));
-    mmp_tensormap_t *o = mmp_tensormap_new();
-    if (!o || forward(c->unet, NULL, in, o) < 0) {
-      mmp_tensormap_free(o);
-      mmp_context_progress_end(ctx);
-      goto fail;
-    }
-    mmp_tensor_t *eps = mmp_tensormap_need(o, "sample");
-    mmp_tensor_t *guided = NULL;
-    if (eps && cfg) {
-      mmp_tensor_t *h[2];
-      if (mmp_chunk(eps, 2, 0, h) == 0) {
-        /* uncond + g * (cond - uncond) */
-        mmp_tensor_t *d = mmp_sub(h[1], h[0]);
-        guided = d ? mmp_axpby(1.0, h[0], t->guidance, d) : NULL;
-        mmp_tensor_unref(d);
-        mmp_tensor_unref(h[0]);
-        mmp_tensor_unref(h[1]);
-      }
-    } else if (eps) {
-      guided = mmp_tensor_ref(eps);
-    }
-    mmp_tensormap_free(o);
-    /* the step's noise, drawn when diffusers' step() would draw it */
-    mmp_tensor_t *prev = NULL, *pred = NULL, *noise = NULL;
-    int want = guided && has_noise ? so->step_noise(c->sched->self, i) : 0;
-    if (want > 0) noise = draw_noise(t, gens, be, first, nb, ls + 1);
-    if (guided && want >= 0 && (want == 0 || noise) &&
-        so->step(c->sched->self, i, guided, lat, noise, &prev, &pred) == 0) {
-      mmp_tensor_unref(pred);
-      lat = sd_swap(lat, prev);
-    } else {
-      lat = sd_swap(lat, NULL);
-    }
-    mmp_tensor_unref(noise);
-    mmp_tensor_unref(guided);
-    if (!lat) {
-      mmp_context_progress_end(ctx);
-      goto fail;
-    }
-    mmp_context_progress_advance(ctx, 1);
-  }
-  mmp_context_progress_end(ctx);
+  noise_arg_t na = {t, gens, be, first, nb, ls + 1};
+  sd_sampler_t smp = {.unet = c->unet, .sched = c->sched, .ctx = ctx, .who = "txt2img", .label = label,
+                      .steps = t->steps, .guided = cfg, .guidance = t->guidance, .context = ehs,
+                      .noise = step_noise, .noise_arg = &na};
+  if ((rc = sd_sample(&smp, &lat)) < 0) goto done;
   if (latents) *latents = mmp_tensor_ref(lat);
   /* decode: latents / scaling_factor -> [-1, 1] -> [0, 1] */
   {
@@ -495,8 +417,6 @@ fail:
   rc = mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
 done:
   free(texts);
-  mmp_tensormap_free(in);
-  mmp_tensormap_free(out);
   mmp_tensor_unref(ehs);
   mmp_tensor_unref(lat);
   mmp_tensor_unref(cond);
