@@ -38,3 +38,7 @@ bench_fid_SOURCES = bench/fid.c
 bench_fid_LDADD = libmmpipe.la
 EXTRA_DIST += bench/torch_fid.py
 include bench/cuda.mk
+# forward vs backward time of the training ops (doc/training.md)
+noinst_PROGRAMS += bench/grad
+bench_grad_SOURCES = bench/grad.c
+bench_grad_LDADD = libmmpipe.la

@@ -24,6 +24,7 @@
 #include <mmpipe/grad.h>
 #include <mmpipe/log.h>
 #include <mmpipe/optim.h>
+#include <mmpipe/rng.h>
 #include <mmpipe/safetensors.h>
 #include <mmpipe/tensor.h>
 
@@ -508,6 +509,74 @@ static void test_edges(void) {
   for (size_t i = 0; i < sizeof list2 / sizeof list2[0]; i++) mmp_tensor_unref(list2[i]);
 }
 
+/* The documented claim: gradients do not depend on the thread count (every
+ * accumulation runs in one fixed order). Every case's gradients with 1 and
+ * with 4 threads must be bit-identical. */
+static void test_threads(void) {
+  int saved = mmp_threads_get(), cases = 0, diffs = 0;
+  for (size_t ci = 0; ci < mmp_safetensors_metadata_count(st); ci++) {
+    const char *cname = mmp_safetensors_metadata_key(st, ci);
+    const char *desc = mmp_safetensors_metadata(st, cname);
+    char op[64];
+    sscanf(desc, "%63s", op);
+    if (!strcmp(op, "adamw") || !strcmp(op, "schedule") || !strcmp(op, "mlp")) continue;
+    io_t in = {{0}}, d1, d4;
+    for (int i = 0; i < NIN; i++) in.t[i] = fix(cname, in_names[i]);
+    mmp_tensor_t *g = fix(cname, "g"), *y = forward(op, desc, &in);
+    mmp_threads_set(1);
+    int rc1 = backward(op, desc, &in, g, y, &d1);
+    mmp_threads_set(4);
+    int rc4 = backward(op, desc, &in, g, y, &d4);
+    cases++;
+    for (int i = 0; i < NIN; i++) {
+      if (rc1 || rc4) {
+        diffs++;
+        break;
+      }
+      if (!d1.t[i]) continue;
+      double err, scale;
+      if (compare(d4.t[i], d1.t[i], &err, &scale) < 0 || err != 0) {
+        diag("  %s: d%s differs by %g between 1 and 4 threads", cname, in_names[i], err);
+        diffs++;
+      }
+    }
+    io_free(&d1);
+    io_free(&d4);
+    io_free(&in);
+    mmp_tensor_unref(g);
+    mmp_tensor_unref(y);
+  }
+  /* and sizes where sgemm and the kernels do split work between threads */
+  mmp_rng_t *r = mmp_rng_new(5, MMP_RNG_PHILOX);
+  int64_t sx[4] = {2, 32, 24, 24}, sw[4] = {48, 32, 3, 3}, sq[4] = {2, 4, 200, 32};
+  mmp_tensor_t *x = mmp_rng_randn(r, cpu, 4, sx), *w = mmp_rng_randn(r, cpu, 4, sw);
+  mmp_tensor_t *q = mmp_rng_randn(r, cpu, 4, sq), *k = mmp_rng_randn(r, cpu, 4, sq), *v = mmp_rng_randn(r, cpu, 4, sq);
+  mmp_tensor_t *yc = mmp_conv2d(x, w, NULL, 2, 2, 1, 1, 1, 1, 1), *gc = mmp_rng_randn(r, cpu, 4, yc->shape);
+  mmp_tensor_t *ya = mmp_attention(q, k, v, NULL, true, 0), *ga = mmp_rng_randn(r, cpu, 4, sq);
+  mmp_tensor_t *o1[5], *o4[5];
+  for (int pass = 0; pass < 2; pass++) {
+    mmp_tensor_t **o = pass ? o4 : o1;
+    mmp_threads_set(pass ? 4 : 1);
+    mmp_conv2d_backward(gc, x, w, 2, 2, 1, 1, 1, 1, 1, &o[0], &o[1], NULL);
+    mmp_attention_backward(ga, q, k, v, ya, NULL, true, 0, &o[2], &o[3], &o[4]);
+  }
+  for (int i = 0; i < 5; i++) {
+    double err, scale;
+    cases++;
+    if (compare(o4[i], o1[i], &err, &scale) < 0 || err != 0) {
+      diag("  large case %d differs by %g between 1 and 4 threads", i, err);
+      diffs++;
+    }
+    mmp_tensor_unref(o1[i]);
+    mmp_tensor_unref(o4[i]);
+  }
+  mmp_tensor_t *tmp[] = {x, w, q, k, v, yc, gc, ya, ga};
+  for (size_t i = 0; i < sizeof tmp / sizeof tmp[0]; i++) mmp_tensor_unref(tmp[i]);
+  mmp_rng_free(r);
+  mmp_threads_set(saved);
+  ok(cases > 30 && diffs == 0, "%d cases: gradients with 1 and 4 threads are bit-identical (%d differ)", cases, diffs);
+}
+
 int main(void) {
   char path[1024];
   mmp_log_set_level(MMP_LOG_ERROR);
@@ -524,6 +593,7 @@ int main(void) {
   test_freeze();
   test_mlp();
   test_edges();
+  test_threads();
   mmp_safetensors_close(st);
   return done_testing();
 }

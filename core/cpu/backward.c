@@ -408,7 +408,10 @@ static void attb_head(int64_t bh, void *user) {
         for (int64_t c = 0; c < kn; ++c) mx = s[i * ATT_KB + c] > mx ? s[i * ATT_KB + c] : mx;
         if (mx == -INFINITY) continue;
         double acc = l[i] * exp(m[i] - mx);
-        for (int64_t c = 0; c < kn; ++c) acc += exp((double)s[i * ATT_KB + c] - mx);
+        const float mf = (float)mx;
+        float part = 0.0f;
+        for (int64_t c = 0; c < kn; ++c) part += expf(s[i * ATT_KB + c] - mf);
+        acc += part;
         m[i] = mx;
         l[i] = acc;
       }
