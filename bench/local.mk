@@ -48,3 +48,7 @@ bench_retrieval_SOURCES = bench/retrieval.c bench/sd_bench.h
 bench_retrieval_LDADD = libmmpipe.la
 endif
 EXTRA_DIST += bench/blip_base bench/torch_retrieval.py
+# forward vs backward time of the training ops (doc/training.md)
+noinst_PROGRAMS += bench/grad
+bench_grad_SOURCES = bench/grad.c
+bench_grad_LDADD = libmmpipe.la

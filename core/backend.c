@@ -56,6 +56,15 @@ static const char *const op_names[MMP_OP_COUNT] = {
     [MMP_OP_EMBEDDING] = "embedding",
     [MMP_OP_TIMESTEP_EMBEDDING] = "timestep_embedding",
     [MMP_OP_RESIZE_BILINEAR] = "resize_bilinear",
+    [MMP_OP_ACT_BACKWARD] = "act_backward",
+    [MMP_OP_GEGLU_BACKWARD] = "geglu_backward",
+    [MMP_OP_LAYER_NORM_BACKWARD] = "layer_norm_backward",
+    [MMP_OP_GROUP_NORM_BACKWARD] = "group_norm_backward",
+    [MMP_OP_EMBEDDING_BACKWARD] = "embedding_backward",
+    [MMP_OP_CONV2D_BACKWARD_INPUT] = "conv2d_backward_input",
+    [MMP_OP_CONV2D_BACKWARD_WEIGHT] = "conv2d_backward_weight",
+    [MMP_OP_ATTENTION_BACKWARD] = "attention_backward",
+    [MMP_OP_ADAMW] = "adamw",
 };
 
 /* ops whose operands must all be contiguous (backend.h's comments) */
@@ -64,6 +73,10 @@ static const bool contiguous_srcs[MMP_OP_COUNT] = {
     [MMP_OP_GROUP_NORM] = true, [MMP_OP_GROUP_NORM_SILU] = true, [MMP_OP_LAYER_NORM] = true,
     [MMP_OP_ATTENTION] = true,  [MMP_OP_UPSAMPLE_NEAREST2X] = true, [MMP_OP_AVG_POOL2D] = true,
     [MMP_OP_MAX_POOL2D] = true, [MMP_OP_EMBEDDING] = true, [MMP_OP_RESIZE_BILINEAR] = true,
+    [MMP_OP_ACT_BACKWARD] = true, [MMP_OP_GEGLU_BACKWARD] = true, [MMP_OP_LAYER_NORM_BACKWARD] = true,
+    [MMP_OP_GROUP_NORM_BACKWARD] = true, [MMP_OP_EMBEDDING_BACKWARD] = true,
+    [MMP_OP_CONV2D_BACKWARD_INPUT] = true, [MMP_OP_CONV2D_BACKWARD_WEIGHT] = true,
+    [MMP_OP_ATTENTION_BACKWARD] = true, [MMP_OP_ADAMW] = true,
 };
 
 int mmp__backend_check(const char *who, mmp_op_t op, const mmp_tensor_t *const *srcs, int nsrc,

@@ -853,6 +853,7 @@ static bool is_f32(const mmp_tensor_t *t) { return t->dtype == MMP_F32; }
 static bool cpu_supports(mmp_backend_t *be, mmp_op_t op, const mmp_tensor_t *const *srcs, int nsrc,
                          const mmp_tensor_t *dst) {
   (void)be;
+  if (op >= MMP_OP_ACT_BACKWARD && op <= MMP_OP_ADAMW) return mmp__cpu_supports_backward(op, srcs, nsrc, dst);
   switch (op) {
   case MMP_OP_COPY:
   case MMP_OP_FILL: return true;
@@ -970,6 +971,15 @@ static int cpu_compute(mmp_backend_t *be, mmp_op_t op, const mmp_op_params_t *p,
   case MMP_OP_EMBEDDING: return op_embedding(s[0], s[1], dst);
   case MMP_OP_TIMESTEP_EMBEDDING: return op_timestep_embedding(p, s[0], dst);
   case MMP_OP_RESIZE_BILINEAR: return op_resize_bilinear(s[0], p->i[0] != 0, dst);
+  case MMP_OP_ACT_BACKWARD:
+  case MMP_OP_GEGLU_BACKWARD:
+  case MMP_OP_LAYER_NORM_BACKWARD:
+  case MMP_OP_GROUP_NORM_BACKWARD:
+  case MMP_OP_EMBEDDING_BACKWARD:
+  case MMP_OP_CONV2D_BACKWARD_INPUT:
+  case MMP_OP_CONV2D_BACKWARD_WEIGHT:
+  case MMP_OP_ATTENTION_BACKWARD:
+  case MMP_OP_ADAMW: return mmp__cpu_compute_backward(op, p, s, nsrc, dst);
   default: return mmp_error_set(MMP_EUNSUPPORTED, "cpu: op %s not implemented", mmp_op_name(op));
   }
 }

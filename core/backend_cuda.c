@@ -539,6 +539,15 @@ static bool cuda_supports(mmp_backend_t *be, mmp_op_t op, const mmp_tensor_t *co
     if (srcs[0]->ndim != 4 || srcs[2]->ndim != 4) return false;
     if (srcs[0]->shape[3] > mmpk_attention_max_dim() || srcs[2]->shape[3] > mmpk_attention_max_dim()) return false;
     return gemm_types_ok(srcs, 3, NULL, dst);
+  case MMP_OP_ACT_BACKWARD: /* the backward ops have CPU kernels only so far (doc/training.md) */
+  case MMP_OP_GEGLU_BACKWARD:
+  case MMP_OP_LAYER_NORM_BACKWARD:
+  case MMP_OP_GROUP_NORM_BACKWARD:
+  case MMP_OP_EMBEDDING_BACKWARD:
+  case MMP_OP_CONV2D_BACKWARD_INPUT:
+  case MMP_OP_CONV2D_BACKWARD_WEIGHT:
+  case MMP_OP_ATTENTION_BACKWARD:
+  case MMP_OP_ADAMW: return false;
   default: break;
   }
   if (dst->dtype != MMP_F32) return false;

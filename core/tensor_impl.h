@@ -160,4 +160,10 @@ void mmp__header_stats(uint64_t *os_allocs, uint64_t *requests);
 mmp_tensor_t *mmp__header_alloc(void);
 void mmp__header_free(mmp_tensor_t *t);
 
+/* ---- backend_cpu_grad.c: the CPU backend's backward ops (MMP_OP_ACT_BACKWARD..) ---- */
+bool mmp__cpu_supports_backward(mmp_op_t op, const mmp_tensor_t *const *srcs, int nsrc,
+                                const mmp_tensor_t *dst);
+int mmp__cpu_compute_backward(mmp_op_t op, const mmp_op_params_t *p, const mmp_tensor_t *const *srcs,
+                              int nsrc, mmp_tensor_t *dst);
+
 #endif

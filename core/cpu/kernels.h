@@ -102,4 +102,52 @@ void mmp_cpu_quick_gelu(const float *x, float *y, int64_t n);
 /* x[rows, 2D] -> y[rows, D] = x[:, :D] * gelu(x[:, D:]); y must not overlap x. */
 void mmp_cpu_geglu(const float *x, float *y, int64_t rows, int64_t D);
 
+/* ---- backward kernels and the optimizer update (core/cpu/backward.c) ----
+ * Gradients of the forward kernels above; same layouts. See
+ * doc/training.md for the formulas and include/mmpipe/grad.h for the ops. */
+enum {
+  MMP_CPU_ACT_SILU = 0,
+  MMP_CPU_ACT_GELU,       /* erf form */
+  MMP_CPU_ACT_GELU_TANH,
+  MMP_CPU_ACT_QUICK_GELU,
+  MMP_CPU_ACT_SIGMOID,
+  MMP_CPU_ACT_TANH,
+  MMP_CPU_ACT_RELU,
+  MMP_CPU_ACT_COUNT
+};
+/* dx = g * act'(x), n elements. */
+int mmp_cpu_act_backward(int act, const float *x, const float *g, float *dx, int64_t n);
+/* x[rows, 2D] (forward input), g[rows, D] -> dx[rows, 2D]. */
+void mmp_cpu_geglu_backward(const float *x, const float *g, float *dx, int64_t rows, int64_t D);
+/* dx of layer_norm over [rows, D]; gamma [D] or NULL (statistics recomputed). */
+int mmp_cpu_layer_norm_backward(const float *x, const float *g, const float *gamma, int64_t rows,
+                                int64_t D, float eps, float *dx);
+/* dx of group_norm over x[N, C, S]; gamma [C] or NULL. */
+int mmp_cpu_group_norm_backward(const float *x, const float *g, const float *gamma, int64_t N,
+                                int64_t C, int64_t S, int groups, float eps, float *dx);
+/* dtable[V, D] = sum of g rows per id (zeroed first; rows of padding_idx,
+ * when >= 0, stay 0). ids out of [0, V): MMP_EINVAL before any write. */
+int mmp_cpu_embedding_backward(const void *ids, bool ids_i64, int64_t n, const float *g, int64_t V,
+                               int64_t D, int64_t padding_idx, float *dtable);
+/* conv2d of x[N,C,H,W] with w[O,C/groups,KH,KW] -> g[N,O,OH,OW]:
+ * dx[N,C,H,W] and dw[O,C/groups,KH,KW] (column matrix + sgemm). */
+int mmp_cpu_conv2d_backward_input(const float *g, const float *w, int64_t N, int64_t C, int64_t H,
+                                  int64_t W, int64_t O, int64_t KH, int64_t KW, int sh, int sw,
+                                  int ph, int pw, int dh, int dw, int groups, float *dx);
+int mmp_cpu_conv2d_backward_weight(const float *x, const float *g, int64_t N, int64_t C, int64_t H,
+                                   int64_t W, int64_t O, int64_t KH, int64_t KW, int sh, int sw,
+                                   int ph, int pw, int dh, int dw, int groups, float *dw_out);
+/* Gradients of mmp_cpu_attention given its output @out and the output's
+ * gradient @gout; score blocks are recomputed (memory O(block) per
+ * thread). dq/dk/dv take q/k/v's shapes. */
+int mmp_cpu_attention_backward(const float *q, const float *k, const float *v, const float *out,
+                               const float *gout, int64_t B, int64_t H, int64_t Lq, int64_t Lk,
+                               int64_t D, int64_t Dv, const uint8_t *key_mask, bool causal,
+                               float scale, float *dq, float *dk, float *dv);
+/* One AdamW update in place (torch 1.13 single-tensor order of operations):
+ * p *= decay; m = m*b1 + (1-b1)*g; v = v*b2 + (1-b2)*g*g;
+ * p += -step_size * m / (sqrt(v) / bc2_sqrt + eps). */
+void mmp_cpu_adamw(float *p, const float *g, float *m, float *v, int64_t n, float decay, double beta1,
+                   double beta2, float step_size, float bc2_sqrt, float eps);
+
 #endif

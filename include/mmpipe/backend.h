@@ -97,6 +97,35 @@ typedef enum mmp_op {
   MMP_OP_RESIZE_BILINEAR, /* src0 contiguous [N, C, H, W] -> dst [N, C, OH, OW];
                         i[0] = align_corners (torch F.interpolate bilinear,
                         no antialiasing) */
+  /* ---- backward ops (training; doc/training.md). Inputs are the forward
+   * op's inputs and the gradient g of its output; dst is one input's
+   * gradient. */
+  MMP_OP_ACT_BACKWARD, /* src0 x (the forward input), src1 g, same shape,
+                        contiguous -> dst dx; i[0] = the forward op:
+                        MMP_OP_SILU/GELU/GELU_TANH/QUICK_GELU/SIGMOID/TANH/RELU */
+  MMP_OP_GEGLU_BACKWARD, /* src0 x [rows, 2D], src1 g [rows, D], contiguous
+                        -> dst [rows, 2D] */
+  MMP_OP_LAYER_NORM_BACKWARD, /* src0 x, src1 g, src2 gamma (nullable), all
+                        contiguous -> dst dx; f[0] = eps */
+  MMP_OP_GROUP_NORM_BACKWARD, /* src0 x [N, C, ...], src1 g, src2 gamma
+                        (nullable), contiguous -> dst dx; i[0] = groups, f[0] = eps */
+  MMP_OP_EMBEDDING_BACKWARD, /* src0 ids i64/i32 contiguous, src1 g
+                        [numel(ids), D] contiguous -> dst [V, D];
+                        i[0] = padding_idx (-1: none); ids out of range: MMP_EINVAL */
+  MMP_OP_CONV2D_BACKWARD_INPUT, /* src0 g [N, O, OH, OW], src1 w, contiguous
+                        -> dst dx [N, C, H, W] (its shape gives H, W); i[] as CONV2D */
+  MMP_OP_CONV2D_BACKWARD_WEIGHT, /* src0 x, src1 g, contiguous -> dst dw
+                        [O, C/groups, KH, KW]; i[] as CONV2D */
+  MMP_OP_ATTENTION_BACKWARD, /* srcs q, k, v, out, gout, mask (nullable u8
+                        [B, Lk]), dk, dv; all contiguous; dst = dq. srcs 6 and 7
+                        are OUTPUTS (freshly allocated, written by compute).
+                        i[0] = causal, f[0] = scale. Score blocks are
+                        recomputed: never Lq x Lk per head held */
+  MMP_OP_ADAMW,      /* IN PLACE: dst = the parameter, src0 grad, src1 exp_avg,
+                        src2 exp_avg_sq (updated too), same shape, contiguous.
+                        f[0] = 1 - lr * weight_decay, f[1] = step size
+                        lr / (1 - beta1^t), f[2] = sqrt(1 - beta2^t), f[3] = eps;
+                        i[0], i[1] = the IEEE-754 bits of the doubles beta1, beta2 */
   MMP_OP_COUNT
 } mmp_op_t;
 
