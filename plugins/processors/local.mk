@@ -39,6 +39,10 @@ plugins_processors_libimagecommon_la_SOURCES = \
 	plugins/processors/imagecommon.c plugins/processors/imagecommon.h plugins/processors/imagepng.c
 plugins_processors_libimagecommon_la_CFLAGS = $(AM_CFLAGS) $(LIBPNG_CFLAGS)
 plugins_processors_libimagecommon_la_LIBADD = $(LIBPNG_LIBS) -lm
+# JPEG decoding (without libjpeg: a stub that says so)
+plugins_processors_libimagecommon_la_SOURCES += plugins/processors/imagejpeg.c
+plugins_processors_libimagecommon_la_CFLAGS += $(LIBJPEG_CFLAGS)
+plugins_processors_libimagecommon_la_LIBADD += $(LIBJPEG_LIBS)
 endif
 if BUILD_PLUGIN_IMAGE_RESIZE
 pkglib_LTLIBRARIES += plugins/processors/processor_image_resize.la
