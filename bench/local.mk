@@ -38,3 +38,5 @@ bench_fid_SOURCES = bench/fid.c
 bench_fid_LDADD = libmmpipe.la
 EXTRA_DIST += bench/torch_fid.py
 include bench/cuda.mk
+# bench/dataset-build.sh: stories/s of `pipeline dataset build` against AR-LDM's data scripts
+EXTRA_DIST += bench/dataset-build.sh

@@ -189,6 +189,38 @@ def vist(root):
             json.dump({"annotations": data, "images": [], "albums": [], "info": {}, "type": "dii"}, f)
 
 
+def fuzz_seeds():
+    """Seeds of tests/fuzz/fuzz_{jpeg,npy,dataset_raw} from the trees above."""
+    corpus = os.path.join(HERE, "fuzz", "corpus")
+    for name in ("fuzz_jpeg", "fuzz_npy", "fuzz_dataset_raw"):
+        clean(os.path.join(corpus, name))
+        os.makedirs(os.path.join(corpus, name))
+    img = os.path.join(OUT, "vist", "images")
+    for i, f in enumerate(sorted(os.listdir(img))[:5]):
+        with open(os.path.join(img, f), "rb") as src, open(os.path.join(corpus, "fuzz_jpeg", f), "wb") as dst:
+            dst.write(bytes([i & 1]) + src.read())
+    frames_dir = os.path.join(OUT, "flintstones", "video_frames_sampled")
+    shutil.copy(os.path.join(frames_dir, sorted(os.listdir(frames_dir))[0]), os.path.join(corpus, "fuzz_npy", "frames.npy"))
+    # object arrays as PororoSV's index files are (np.save pickles them)
+    np.save(os.path.join(corpus, "fuzz_npy", "object_dict.npy"), np.array({"a_1": ["x"], "b_2": ["y z"]}), allow_pickle=True)
+    ids = np.empty(2, dtype=object)
+    ids[0], ids[1] = np.arange(3), np.arange(2)
+    np.save(os.path.join(corpus, "fuzz_npy", "object_ids.npy"), ids, allow_pickle=True)
+    np.save(os.path.join(corpus, "fuzz_npy", "bytes.npy"), np.array([b"a/b.png", b"c/d.png"]))
+    sep = b"\n%%\n"
+    fl = os.path.join(OUT, "flintstones")
+    parts = [open(os.path.join(fl, n), "rb").read() for n in
+             ("train-val-test_split.json", "following_cache4.pkl", "flintstones_annotations_v1-0.json")]
+    with open(os.path.join(corpus, "fuzz_dataset_raw", "flintstones"), "wb") as f:
+        f.write(b"\0" + sep.join(parts))
+    vi = os.path.join(OUT, "vist")
+    parts = [open(os.path.join(vi, "sis", s + ".story-in-sequence.json"), "rb").read() for s in ("train", "val", "test")]
+    parts += [open(os.path.join(vi, "dii", s + ".description-in-isolation.json"), "rb").read() for s in ("train", "val", "test")]
+    parts.append(open(os.path.join(vi, "images", "1000.jpg"), "rb").read())
+    with open(os.path.join(corpus, "fuzz_dataset_raw", "vist"), "wb") as f:
+        f.write(b"\1" + sep.join(parts))
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     fl = os.path.join(OUT, "flintstones")
@@ -203,6 +235,7 @@ def main():
     clean(h5)
     run_arldm("vist_hdf5.py", ["--sis_json_dir", os.path.join(vi, "sis"), "--dii_json_dir", os.path.join(vi, "dii"),
                                "--img_dir", os.path.join(vi, "images"), "--save_path", h5])
+    fuzz_seeds()
     total = 0
     for dp, _, fs in os.walk(OUT):
         total += sum(os.path.getsize(os.path.join(dp, f)) for f in fs)

@@ -62,10 +62,12 @@ grep -q '"note": "dii holds 4 distinct captions' "$T/vi.h5.report.json"; ok $? "
 [ $r != 0 ] && grep -q "pororo_hdf5.py" "$T/out"; ok $? "pororo: a clear refusal naming the converter"
 
 # ---- interruption and resume ----
-MMPIPE_BUILD_STORY_DELAY_MS=300 "$P" dataset build flintstones --raw "$R/flintstones" --out "$T/int.h5" -j 1 \
+MMPIPE_BUILD_STORY_DELAY_MS=400 "$P" dataset build flintstones --raw "$R/flintstones" --out "$T/int.h5" -j 1 \
   --no-progress >"$T/out1" 2>&1 &
 pid=$!
-sleep 1.5
+# the partial file appears when writing starts (startup may be slow on a busy machine)
+i=0; while [ ! -e "$T/int.h5.partial" ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done
+sleep 1.2
 kill -INT $pid
 wait $pid; r=$?
 [ $r = 130 ] && [ -f "$T/int.h5.partial" ] && [ ! -e "$T/int.h5" ]; ok $? "SIGINT stops the build (exit $r), the partial file stays"

@@ -196,6 +196,7 @@ typedef struct mmp_scheduler_ops {
  * a dataset reads a member only if struct_size covers it. */
 #define MMP_DATASET_BUILD_NO_RESUME 0x1u /* discard an interrupted build's work */
 #define MMP_DATASET_BUILD_TRUE_RGB 0x2u  /* PNGs hold RGB, not AR-LDM's swapped BGR */
+#define MMP_DATASET_BUILD_QUIET 0x4u     /* no summary on stdout (the report file only) */
 typedef struct mmp_dataset_build {
   uint32_t struct_size;        /* sizeof(mmp_dataset_build_t) of the caller */
   const char *raw_dir;         /* the unpacked raw release */
@@ -232,7 +233,8 @@ typedef struct mmp_dataset_ops {
   /* optional (NULL: cannot be built): make the stored file from the raw
    * release as @req says. Long work: reports progress and stops at
    * mmp_context_cancelled(@ctx) with MMP_ECANCELED, leaving what a later
-   * call resumes from. Prints its summary to stdout. */
+   * call resumes from. Prints its summary to stdout (unless
+   * MMP_DATASET_BUILD_QUIET). @ctx may be NULL (no progress, no cancel). */
   int (*build)(const mmp_plugin_t *plugin, const mmp_dataset_build_t *req, mmp_context_t *ctx);
 } mmp_dataset_ops_t;
 

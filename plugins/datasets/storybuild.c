@@ -1036,7 +1036,7 @@ int story_build_run(story_plan_t *p, const mmp_dataset_build_t *req, mmp_context
   story_h5_unlock();
   if (rc < 0) goto out;
   if ((rc = write_report(p, &o, report, req->out_path, written)) < 0) goto out;
-  print_summary(p, &o, written, req->out_path, report);
+  if (!(req->flags & MMP_DATASET_BUILD_QUIET)) print_summary(p, &o, written, req->out_path, report);
   story_h5_lock();
   out_close(&o);
   story_h5_unlock();
