@@ -52,3 +52,5 @@ EXTRA_DIST += bench/blip_base bench/torch_retrieval.py
 noinst_PROGRAMS += bench/grad
 bench_grad_SOURCES = bench/grad.c
 bench_grad_LDADD = libmmpipe.la
+# bench/dataset-build.sh: stories/s of `pipeline dataset build` against AR-LDM's data scripts
+EXTRA_DIST += bench/dataset-build.sh

@@ -25,3 +25,6 @@ tests_test_core_loader_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_core_loader_LDADD = $(TEST_LDADD)
 TESTS += tests/test_plugin_dataset_cmd.sh
 EXTRA_DIST += tests/test_plugin_dataset_cmd.sh
+# `pipeline dataset build` against AR-LDM's data_script/*_hdf5.py (tests/gen_dataset_raw.py)
+TESTS += tests/test_plugin_dataset_build.sh
+EXTRA_DIST += tests/test_plugin_dataset_build.sh tests/gen_dataset_raw.py tests/fixtures/dataset_raw

@@ -1,4 +1,4 @@
-/* tools/cmd_dataset.c - `pipeline dataset info|show|dump`: look into AR-LDM story files and dataset items. */
+/* tools/cmd_dataset.c - `pipeline dataset info|verify|build|show|dump`: datasets through the registry and their vtables. */
 #include <getopt.h>
 #include <math.h>
 #include <stdio.h>
@@ -10,94 +10,157 @@
 
 #include "tools/commands.h"
 
-#ifdef MMP_WITH_STORY
-#include "plugins/datasets/storyfile.h"
+#ifdef MMP_WITH_PNG
 #include "plugins/processors/imagecommon.h"
 #endif
 
+#define ITEM_FRAMES 5
+
 static void dataset_help(FILE *f) {
   fprintf(f,
-          "Usage: pipeline dataset info FILE.h5\n"
+          "Usage: pipeline dataset info FILE [--dataset NAME]\n"
+          "       pipeline dataset verify FILE [--dataset NAME] [--digest]\n"
+          "       pipeline dataset build NAME --raw DIR --out FILE [-O KEY=VALUE]... [options]\n"
           "       pipeline dataset show CONFIG.cfg --index N [--output STRIP.png] [-s KEY=VALUE]...\n"
           "       pipeline dataset dump CONFIG.cfg --index N --output ITEM.safetensors [-s KEY=VALUE]...\n\n"
-          "info: the groups of an AR-LDM story file, stories per split, the text datasets\n"
-          "      present and the image sizes seen (first 50 stories of each split).\n"
-          "show: build the dataset of CONFIG.cfg's `dataset = { name = ...; };` group, print\n"
-          "      item N's captions and token ids, and write its target frames side by side\n"
-          "      as a PNG (--output).\n"
-          "dump: write item N's tensors under AR-LDM's names (images, captions,\n"
-          "      attention_mask, source_images, source_caption, source_attention_mask)\n"
-          "      with the captions in the file's metadata.\n\n"
+          "info:   the layout of a dataset's stored file (AR-LDM story files: groups, stories\n"
+          "        per split, text datasets, image sizes of the first 50 stories).\n"
+          "verify: read and decode everything in the file; a summary table; exit 5 on any\n"
+          "        fault. --digest prints one content digest per split instead (decoded\n"
+          "        pixels and strings: equal digests, equal content).\n"
+          "        Without --dataset, the dataset plugin that recognises FILE best is used.\n"
+          "build:  make dataset NAME's stored file from its raw release (doc/datasets.md):\n"
+          "        worker threads, progress with ETA, FILE.partial renamed when complete;\n"
+          "        an interrupted build (Ctrl-C) resumes when run again; every dropped\n"
+          "        story is listed with its reason in FILE.report.json.\n"
+          "show:   build the dataset of CONFIG.cfg's `dataset = { name = ...; };` group, print\n"
+          "        item N's captions and token ids, and write its target frames side by side\n"
+          "        as a PNG (--output).\n"
+          "dump:   write item N's tensors under AR-LDM's names (images, captions,\n"
+          "        attention_mask, source_images, source_caption, source_attention_mask)\n"
+          "        with the captions in the file's metadata.\n\n"
+          "  -d, --dataset NAME   the dataset plugin (info, verify)\n"
+          "  -r, --raw DIR        build: the unpacked raw release\n"
+          "      --out FILE       build: the file to write\n"
+          "  -O, --option K=V     build: a dataset's build option (e.g. VIST's resize=512)\n"
+          "  -j, --threads N      build: worker threads (default: MMPIPE_THREADS or CPUs)\n"
+          "      --true-rgb       build: PNGs in R, G, B (mmpipe only; AR-LDM's files hold B, G, R)\n"
+          "      --restart        build: discard an interrupted build instead of resuming it\n"
+          "      --limit N        build: at most N stories per split (trials)\n"
+          "      --report FILE    build: the JSON report (default FILE.report.json)\n"
+          "      --no-progress    build: no progress display\n"
+          "      --digest         verify: print content digests\n"
           "  -i, --index N        item index (after on_bad_story = skip)\n"
           "  -o, --output FILE    output file\n"
           "  -s, --set KEY=VALUE  override a value, e.g. -s dataset.split=val\n"
           "  -h, --help           this help\n");
 }
 
-#ifdef MMP_WITH_STORY
-
-/* Width and height from a PNG's IHDR without decoding. */
-static int png_size(const uint8_t *b, size_t n, int *w, int *h) {
-  static const uint8_t sig[8] = {0x89, 'P', 'N', 'G', '\r', '\n', 0x1a, '\n'};
-  if (n < 24 || memcmp(b, sig, 8) != 0 || memcmp(b + 12, "IHDR", 4) != 0) return -1;
-  *w = (int)((uint32_t)b[16] << 24 | (uint32_t)b[17] << 16 | (uint32_t)b[18] << 8 | b[19]);
-  *h = (int)((uint32_t)b[20] << 24 | (uint32_t)b[21] << 16 | (uint32_t)b[22] << 8 | b[23]);
-  return 0;
-}
-
-typedef struct size_count {
-  int w, h;
-  long n;
-} size_count_t;
-
-static int do_info(const char *path) {
-  int rc = story_file_info(path, stdout);
-  if (rc < 0) return pipe_fail("dataset", rc);
-  static const char *const splits[] = {"train", "val", "test"};
-  for (int s = 0; s < 3; s++) {
-    mmp_error_clear();
-    story_file_t *f = story_file_open(path, splits[s], NULL);
-    if (!f) {
-      printf("  %s: not readable as story images: %s\n", splits[s], mmp_error_last());
-      continue;
-    }
-    int64_t n = story_file_count(f);
-    static const char *const texts[] = {"text", "sis", "dii"};
-    printf("  %s: %lld stories; text datasets:", splits[s], (long long)n);
-    for (int t = 0; t < 3; t++) {
-      story_file_t *ft = story_file_open(path, splits[s], texts[t]);
-      if (ft) printf(" %s", texts[t]);
-      story_file_close(ft);
-    }
-    printf("\n");
-    size_count_t seen[16];
-    int nseen = 0, bad = 0;
-    for (int64_t i = 0; i < n && i < 50; i++)
-      for (int fr = 0; fr < STORY_FRAMES; fr++) {
-        uint8_t *b = NULL;
-        size_t len = 0;
-        int w, h;
-        if (story_file_read_image(f, i, fr, &b, &len) < 0 || png_size(b, len, &w, &h) < 0) {
-          bad++;
-          free(b);
-          continue;
-        }
-        free(b);
-        int k;
-        for (k = 0; k < nseen; k++)
-          if (seen[k].w == w && seen[k].h == h) break;
-        if (k < nseen) seen[k].n++;
-        else if (nseen < 16) seen[nseen++] = (size_count_t){w, h, 1};
-      }
-    printf("    image sizes seen (WxH: frames):");
-    for (int k = 0; k < nseen; k++) printf(" %dx%d: %ld", seen[k].w, seen[k].h, seen[k].n);
-    if (bad) printf(" (unreadable or not PNG: %d)", bad);
-    printf("\n");
-    story_file_close(f);
+/* A registry over the plugin search path (no configuration file). */
+static mmp_registry_t *open_registry(void) {
+  mmp_registry_t *reg = mmp_registry_new();
+  if (reg && mmp_registry_set_search_path(reg, NULL) < 0) {
+    mmp_registry_free(reg);
+    return NULL;
   }
-  return PIPE_EXIT_OK;
+  return reg;
 }
 
+/* The dataset plugin @name, or (@name NULL) the one whose inspect() scores
+ * @path highest. (transfer none) NULL + message. */
+static const mmp_dataset_ops_t *find_dataset(mmp_registry_t *reg, const char *name, const char *path) {
+  if (name) {
+    const mmp_plugin_t *p = mmp_registry_find(reg, MMP_KIND_DATASET, name);
+    return p ? (const mmp_dataset_ops_t *)p : NULL;
+  }
+  mmp_registry_load_all(reg, NULL);
+  const mmp_dataset_ops_t *best = NULL;
+  int best_score = 0, last_rc = 0;
+  char last_msg[1024] = "";
+  for (size_t i = 0; i < mmp_registry_count(reg); i++) {
+    const mmp_plugin_t *p = mmp_registry_at(reg, i);
+    if (p->kind != MMP_KIND_DATASET) continue;
+    const mmp_dataset_ops_t *ops = (const mmp_dataset_ops_t *)p;
+    if (!MMP_OPS_HAS(ops, mmp_dataset_ops_t, inspect)) continue;
+    mmp_error_clear();
+    int score = ops->inspect(p, path, MMP_DATASET_PROBE, NULL);
+    if (score < 0) {
+      last_rc = score;
+      snprintf(last_msg, sizeof last_msg, "%s", mmp_error_last());
+    } else if (score > best_score) {
+      best = ops;
+      best_score = score;
+    }
+  }
+  if (!best) {
+    if (last_rc < 0) mmp_error_set(last_rc, "%s", last_msg);
+    else mmp_error_set(MMP_EDATA, "%s: no dataset plugin recognises this file (give --dataset NAME)", path);
+  }
+  return best;
+}
+
+static int do_inspect(const char *path, const char *name, mmp_dataset_inspect_t mode) {
+  mmp_registry_t *reg = open_registry();
+  const mmp_dataset_ops_t *ops = reg ? find_dataset(reg, name, path) : NULL;
+  int code = PIPE_EXIT_OK;
+  if (!ops) {
+    code = pipe_fail("dataset", mmp_error_code());
+  } else if (!MMP_OPS_HAS(ops, mmp_dataset_ops_t, inspect)) {
+    mmp_error_set(MMP_EUNSUPPORTED, "dataset '%s' keeps no files of its own (no inspect entry)", ops->base.name);
+    code = pipe_fail("dataset", MMP_EUNSUPPORTED);
+  } else {
+    if (!name && mode != MMP_DATASET_DIGEST && !pipe_quiet)
+      fprintf(stderr, "pipeline dataset: reading %s as '%s'\n", path, ops->base.name);
+    int rc = ops->inspect(&ops->base, path, mode, stdout);
+    fflush(stdout);
+    if (rc < 0) code = pipe_fail("dataset", rc);
+  }
+  mmp_registry_free(reg);
+  return code;
+}
+
+typedef struct build_args {
+  const char *raw, *out, *report;
+  const char **options;
+  size_t noptions;
+  int threads;
+  unsigned flags;
+  long long limit;
+  int progress;
+} build_args_t;
+
+static int do_build(const char *name, const build_args_t *a) {
+  mmp_registry_t *reg = open_registry();
+  mmp_config_t *cfg = mmp_config_new();
+  mmp_context_t *ctx = NULL;
+  const mmp_plugin_t *p = reg ? mmp_registry_find(reg, MMP_KIND_DATASET, name) : NULL;
+  const mmp_dataset_ops_t *ops = (const mmp_dataset_ops_t *)p;
+  int code = PIPE_EXIT_OK, rc;
+  if (!p || !cfg || !(ctx = mmp_context_new(reg, cfg))) {
+    code = pipe_fail("dataset", mmp_error_code());
+    goto out;
+  }
+  if (!MMP_OPS_HAS(ops, mmp_dataset_ops_t, build)) {
+    mmp_error_set(MMP_EUNSUPPORTED, "dataset '%s' cannot be built from raw data (no build entry)", name);
+    code = pipe_fail("dataset", MMP_EUNSUPPORTED);
+    goto out;
+  }
+  mmp_dataset_build_t req = {.struct_size = sizeof req, .raw_dir = a->raw, .out_path = a->out,
+                             .report_path = a->report, .options = a->options, .threads = a->threads,
+                             .flags = a->flags, .limit = a->limit};
+  mmp_context_set_progress(ctx, a->progress && !pipe_quiet);
+  pipe_catch_sigint(ctx);
+  rc = ops->build(p, &req, ctx);
+  pipe_catch_sigint(NULL);
+  if (rc < 0) code = pipe_fail("dataset", rc);
+out:
+  mmp_context_free(ctx);
+  mmp_config_free(cfg);
+  mmp_registry_free(reg);
+  return code;
+}
+
+#ifdef MMP_WITH_PNG
 /* Frames of an item's "images" as RGB images (f32 in [-1,1] or u8 CHW/HWC). */
 static int item_frames(const mmp_tensor_t *t, mmp_image_t *out, int max, int *n) {
   if (!t || t->ndim != 4) return mmp_error_set(MMP_ESHAPE, "item has no 4-D 'images'");
@@ -118,6 +181,8 @@ static int item_frames(const mmp_tensor_t *t, mmp_image_t *out, int max, int *n)
   }
   return 0;
 }
+
+#endif
 
 static void print_ids(const mmp_tensormap_t *m, const char *ids_name, const char *mask_name) {
   mmp_tensor_t *ids = mmp_tensormap_get(m, ids_name), *mask = mmp_tensormap_get(m, mask_name);
@@ -177,7 +242,7 @@ static int do_item(const char *verb, const char *cfgpath, long long index, const
   }
   /* show */
   printf("item %lld of %lld\n", index, (long long)size);
-  for (int i = 0; i < STORY_FRAMES; i++) {
+  for (int i = 0; i < ITEM_FRAMES; i++) {
     char key[16];
     snprintf(key, sizeof key, "caption%d", i);
     const char *s = mmp_tensormap_get_string(m, key);
@@ -190,9 +255,14 @@ static int do_item(const char *verb, const char *cfgpath, long long index, const
   print_ids(m, "captions", "attention_mask");
   print_ids(m, "source_caption", "source_attention_mask");
   if (output) {
-    mmp_image_t fr[STORY_FRAMES] = {{0}}, strip = {0};
+#ifndef MMP_WITH_PNG
+    mmp_error_set(MMP_EUNSUPPORTED, "built without libpng: cannot write %s", output);
+    code = pipe_fail("dataset", MMP_EUNSUPPORTED);
+  }
+#else
+    mmp_image_t fr[ITEM_FRAMES] = {{0}}, strip = {0};
     int n = 0;
-    rc = item_frames(mmp_tensormap_get(m, "images"), fr, STORY_FRAMES, &n);
+    rc = item_frames(mmp_tensormap_get(m, "images"), fr, ITEM_FRAMES, &n);
     if (rc == 0 && n > 0) rc = mmp_image_alloc(&strip, fr[0].w * n, fr[0].h, 3);
     for (int i = 0; rc == 0 && i < n; i++)
       for (int y = 0; y < fr[0].h; y++)
@@ -201,9 +271,10 @@ static int do_item(const char *verb, const char *cfgpath, long long index, const
     if (rc == 0) rc = mmp_image_png_write(&strip, output);
     if (rc < 0) code = pipe_fail("dataset", rc);
     else if (!pipe_quiet) fprintf(stderr, "pipeline dataset: wrote %d frames to %s\n", n, output);
-    for (int i = 0; i < STORY_FRAMES; i++) mmp_image_clear(&fr[i]);
+    for (int i = 0; i < ITEM_FRAMES; i++) mmp_image_clear(&fr[i]);
     mmp_image_clear(&strip);
   }
+#endif
 out:
   mmp_tensormap_free(m);
   mmp_component_free(ds);
@@ -212,66 +283,106 @@ out:
   mmp_config_free(cfg);
   return code;
 }
-#endif /* MMP_WITH_STORY */
 
 int cmd_dataset(int argc, char **argv) {
+  enum { OPT_OUT = 1000, OPT_TRUE_RGB, OPT_RESTART, OPT_LIMIT, OPT_REPORT, OPT_NO_PROGRESS, OPT_DIGEST };
   static const struct option opts[] = {{"help", no_argument, NULL, 'h'},
                                        {"verbose", no_argument, NULL, 'v'},
                                        {"quiet", no_argument, NULL, 'q'},
                                        {"index", required_argument, NULL, 'i'},
                                        {"output", required_argument, NULL, 'o'},
                                        {"set", required_argument, NULL, 's'},
+                                       {"dataset", required_argument, NULL, 'd'},
+                                       {"raw", required_argument, NULL, 'r'},
+                                       {"option", required_argument, NULL, 'O'},
+                                       {"threads", required_argument, NULL, 'j'},
+                                       {"out", required_argument, NULL, OPT_OUT},
+                                       {"true-rgb", no_argument, NULL, OPT_TRUE_RGB},
+                                       {"restart", no_argument, NULL, OPT_RESTART},
+                                       {"limit", required_argument, NULL, OPT_LIMIT},
+                                       {"report", required_argument, NULL, OPT_REPORT},
+                                       {"no-progress", no_argument, NULL, OPT_NO_PROGRESS},
+                                       {"digest", no_argument, NULL, OPT_DIGEST},
                                        {NULL, 0, NULL, 0}};
   pipe_sets_t sets = {0};
-  const char *output = NULL, *args[2] = {NULL, NULL};
+  const char *output = NULL, *args[2] = {NULL, NULL}, *dataset = NULL;
+  build_args_t b = {.progress = 1};
   long long index = -1;
-  int nargs = 0, c;
+  int nargs = 0, c, digest = 0, code;
+  b.options = calloc((size_t)argc + 1, sizeof *b.options);
+  if (!b.options) return pipe_fail("dataset", mmp_error_set(MMP_ENOMEM, "out of memory"));
   optind = 1;
   for (;;) {
-    c = getopt_long(argc, argv, "+hvqi:o:s:", opts, NULL);
+    c = getopt_long(argc, argv, "+hvqi:o:s:d:r:O:j:", opts, NULL);
     if (c == -1) {
       if (optind >= argc) break;
       if (nargs < 2) args[nargs++] = argv[optind++];
       else {
-        pipe_sets_free(&sets);
-        return pipe_usage("dataset", "unexpected argument '%s'", argv[optind]);
+        code = pipe_usage("dataset", "unexpected argument '%s'", argv[optind]);
+        goto out;
       }
       continue;
     }
     if (pipe_common_option(c)) continue;
+    char *end = NULL;
     switch (c) {
-    case 'h': dataset_help(stdout); pipe_sets_free(&sets); return PIPE_EXIT_OK;
-    case 'i': {
-      char *end;
+    case 'h': dataset_help(stdout); code = PIPE_EXIT_OK; goto out;
+    case 'i':
       index = strtoll(optarg, &end, 10);
       if (*end || end == optarg) {
-        pipe_sets_free(&sets);
-        return pipe_usage("dataset", "--index wants an integer, not '%s'", optarg);
+        code = pipe_usage("dataset", "--index wants an integer, not '%s'", optarg);
+        goto out;
       }
       break;
-    }
     case 'o': output = optarg; break;
     case 's': pipe_sets_add(&sets, optarg); break;
-    default: pipe_sets_free(&sets); return pipe_usage("dataset", "bad option");
+    case 'd': dataset = optarg; break;
+    case 'r': b.raw = optarg; break;
+    case 'O': b.options[b.noptions++] = optarg; break;
+    case 'j':
+      b.threads = (int)strtol(optarg, &end, 10);
+      if (*end || end == optarg || b.threads < 1 || b.threads > 256) {
+        code = pipe_usage("dataset", "--threads wants 1..256, not '%s'", optarg);
+        goto out;
+      }
+      break;
+    case OPT_OUT: b.out = optarg; break;
+    case OPT_TRUE_RGB: b.flags |= MMP_DATASET_BUILD_TRUE_RGB; break;
+    case OPT_RESTART: b.flags |= MMP_DATASET_BUILD_NO_RESUME; break;
+    case OPT_LIMIT:
+      b.limit = strtoll(optarg, &end, 10);
+      if (*end || end == optarg || b.limit < 1) {
+        code = pipe_usage("dataset", "--limit wants a positive integer, not '%s'", optarg);
+        goto out;
+      }
+      break;
+    case OPT_REPORT: b.report = optarg; break;
+    case OPT_NO_PROGRESS: b.progress = 0; break;
+    case OPT_DIGEST: digest = 1; break;
+    default: code = pipe_usage("dataset", "bad option"); goto out;
     }
   }
-  int code;
+  const char *verb = args[0];
   if (nargs < 2) {
-    code = pipe_usage("dataset", "usage: pipeline dataset info FILE.h5 | show|dump CONFIG.cfg --index N");
-  } else if (strcmp(args[0], "info") && strcmp(args[0], "show") && strcmp(args[0], "dump")) {
-    code = pipe_usage("dataset", "unknown sub-command '%s' (info, show, dump)", args[0]);
-  } else if (strcmp(args[0], "info") && index < 0) {
-    code = pipe_usage("dataset", "%s needs --index N", args[0]);
-  } else if (!strcmp(args[0], "dump") && !output) {
+    code = pipe_usage("dataset", "usage: pipeline dataset info|verify FILE | build NAME --raw DIR --out FILE | "
+                                 "show|dump CONFIG.cfg --index N");
+  } else if (!strcmp(verb, "info") || !strcmp(verb, "verify")) {
+    code = do_inspect(args[1], dataset,
+                      !strcmp(verb, "info") ? MMP_DATASET_INFO : digest ? MMP_DATASET_DIGEST : MMP_DATASET_VERIFY);
+  } else if (!strcmp(verb, "build")) {
+    if (!b.raw || !b.out) code = pipe_usage("dataset", "build needs --raw DIR and --out FILE");
+    else code = do_build(args[1], &b);
+  } else if (strcmp(verb, "show") && strcmp(verb, "dump")) {
+    code = pipe_usage("dataset", "unknown sub-command '%s' (info, verify, build, show, dump)", verb);
+  } else if (index < 0) {
+    code = pipe_usage("dataset", "%s needs --index N", verb);
+  } else if (!strcmp(verb, "dump") && !output) {
     code = pipe_usage("dataset", "dump needs --output ITEM.safetensors");
   } else {
-#ifdef MMP_WITH_STORY
-    code = !strcmp(args[0], "info") ? do_info(args[1]) : do_item(args[0], args[1], index, output, &sets);
-#else
-    mmp_error_set(MMP_EUNSUPPORTED, "built without libhdf5 and libpng: story datasets are not available");
-    code = pipe_fail("dataset", MMP_EUNSUPPORTED);
-#endif
+    code = do_item(verb, args[1], index, output, &sets);
   }
+out:
+  free(b.options);
   pipe_sets_free(&sets);
   return code;
 }

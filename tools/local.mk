@@ -12,11 +12,9 @@ tools_pipeline_SOURCES += tools/forward_scheduler.c
 # it can be built with the story readers when libhdf5 and libpng are there.
 noinst_LTLIBRARIES += tools/libcmddataset.la
 tools_libcmddataset_la_SOURCES = tools/cmd_dataset.c
-if HAVE_HDF5
 if HAVE_PNG
-tools_libcmddataset_la_CPPFLAGS = $(AM_CPPFLAGS) -DMMP_WITH_STORY
-tools_libcmddataset_la_LIBADD = plugins/datasets/libstorycommon.la
-endif
+tools_libcmddataset_la_CPPFLAGS = $(AM_CPPFLAGS) -DMMP_WITH_PNG
+tools_libcmddataset_la_LIBADD = plugins/processors/libimagecommon.la
 endif
 tools_pipeline_LDADD += tools/libcmddataset.la
 

@@ -27,6 +27,7 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 
 #include <mmpipe/config.h>
 #include <mmpipe/tensor.h>
@@ -182,6 +183,39 @@ typedef struct mmp_scheduler_ops {
   int (*step_noise)(void *self, size_t index);
 } mmp_scheduler_ops_t;
 
+/* Whether the vtable @ops (a pointer to a kind-specific vtable of type
+ * @type) has a non-NULL @member that its struct_size covers: how callers
+ * reach optional members added at the end (a module built before they
+ * existed has a smaller struct_size). */
+#define MMP_OPS_HAS(ops, type, member)                                            \
+  ((ops)->base.struct_size >= offsetof(type, member) + sizeof(((type *)0)->member) && \
+   (ops)->member != NULL)
+
+/* What `pipeline dataset build` asks of a dataset: make its stored form
+ * (e.g. AR-LDM's HDF5 file) from the raw release. Grows only at the end;
+ * a dataset reads a member only if struct_size covers it. */
+#define MMP_DATASET_BUILD_NO_RESUME 0x1u /* discard an interrupted build's work */
+#define MMP_DATASET_BUILD_TRUE_RGB 0x2u  /* PNGs hold RGB, not AR-LDM's swapped BGR */
+#define MMP_DATASET_BUILD_QUIET 0x4u     /* no summary on stdout (the report file only) */
+typedef struct mmp_dataset_build {
+  uint32_t struct_size;        /* sizeof(mmp_dataset_build_t) of the caller */
+  const char *raw_dir;         /* the unpacked raw release */
+  const char *out_path;        /* the file to write (replaced when complete) */
+  const char *report_path;     /* nullable: JSON report (default: out_path + ".report.json") */
+  const char *const *options;  /* nullable, NULL-terminated "key=value" dataset options */
+  int threads;                 /* worker threads (<= 0: MMPIPE_THREADS or the CPU count) */
+  unsigned flags;              /* MMP_DATASET_BUILD_* */
+  int64_t limit;               /* > 0: stop after this many stories per split (trials, benches) */
+} mmp_dataset_build_t;
+
+/* What inspect() does with a stored file. */
+typedef enum mmp_dataset_inspect {
+  MMP_DATASET_PROBE = 0, /* returns 0 (not this dataset's format) .. 100 (surely its) */
+  MMP_DATASET_INFO,      /* a quick look: layout, counts, sizes of the first items */
+  MMP_DATASET_VERIFY,    /* read and decode everything; a summary table; < 0 on any fault */
+  MMP_DATASET_DIGEST     /* one content digest per part (decoded, encoder-independent) */
+} mmp_dataset_inspect_t;
+
 /* A dataset item: named tensors plus named strings (captions). */
 typedef struct mmp_dataset_ops {
   mmp_plugin_t base;
@@ -189,6 +223,19 @@ typedef struct mmp_dataset_ops {
   /* required: item @index into @out (tensors transfer full into the map).
    * Must be safe to call from several threads on one instance. */
   int (*get)(void *self, int64_t index, mmp_tensormap_t *out);
+  /* optional (NULL: the dataset keeps no files of its own; added at the
+   * end, read through MMP_OPS_HAS): look at a stored file @path without an
+   * instance, writing what @mode asks for to @out. Returns a negative
+   * MMP_E* code when the file cannot be read (and, in VERIFY, when anything
+   * in it is faulty), else 0 (PROBE: the score). */
+  int (*inspect)(const mmp_plugin_t *plugin, const char *path, mmp_dataset_inspect_t mode,
+                 FILE *out);
+  /* optional (NULL: cannot be built): make the stored file from the raw
+   * release as @req says. Long work: reports progress and stops at
+   * mmp_context_cancelled(@ctx) with MMP_ECANCELED, leaving what a later
+   * call resumes from. Prints its summary to stdout (unless
+   * MMP_DATASET_BUILD_QUIET). @ctx may be NULL (no progress, no cancel). */
+  int (*build)(const mmp_plugin_t *plugin, const mmp_dataset_build_t *req, mmp_context_t *ctx);
 } mmp_dataset_ops_t;
 
 typedef struct mmp_task_ops {

@@ -8,8 +8,14 @@ noinst_LTLIBRARIES += plugins/datasets/libstorycommon.la
 plugins_datasets_libstorycommon_la_SOURCES = \
 	plugins/datasets/storyfile.c plugins/datasets/storyfile.h \
 	plugins/datasets/story.c plugins/datasets/story.h
-plugins_datasets_libstorycommon_la_CFLAGS = $(AM_CFLAGS) $(HDF5_CFLAGS) $(LIBPNG_CFLAGS)
-plugins_datasets_libstorycommon_la_LIBADD = plugins/processors/libimagecommon.la $(HDF5_LIBS) -lpthread
+# inspect() and build(): verify files, write them from the raw releases
+plugins_datasets_libstorycommon_la_SOURCES += \
+	plugins/datasets/storyinspect.c \
+	plugins/datasets/storybuild.c plugins/datasets/storybuild.h \
+	plugins/datasets/npy.c plugins/datasets/npy.h \
+	plugins/datasets/rawflintstones.c plugins/datasets/rawvist.c plugins/datasets/rawpororo.c
+plugins_datasets_libstorycommon_la_CFLAGS = $(AM_CFLAGS) $(HDF5_CFLAGS) $(LIBPNG_CFLAGS) $(JANSSON_CFLAGS)
+plugins_datasets_libstorycommon_la_LIBADD = plugins/processors/libimagecommon.la $(HDF5_LIBS) $(JANSSON_LIBS) -lpthread
 endif
 endif
 if BUILD_PLUGIN_FLINTSTONES

@@ -484,7 +484,7 @@ static int load_frame(story_t *s, int64_t si, int f, item_rng_t *r, mmp_image_t 
   int rc = story_file_read_image(s->file, si, f, &bytes, &n);
   if (rc < 0) return rc;
   mmp_image_t full = {0};
-  rc = mmp_image_png_decode(bytes, n, true, &full);
+  rc = mmp_image_png_decode(bytes, n, story_file_png_bgr(s->file), &full);
   free(bytes);
   if (rc < 0)
     return mmp_error_prefix("%s: story %lld: image%d: ", story_file_path(s->file), (long long)si, f);

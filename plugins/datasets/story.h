@@ -46,6 +46,17 @@ void story_destroy(void *self);
 int64_t story_size(void *self);
 int story_get(void *self, int64_t index, mmp_tensormap_t *out);
 
+/* The inspect() entry shared by the story datasets (storyinspect.c):
+ * probe, info, verify and digest of an AR-LDM file read as @d's text
+ * dataset. */
+int story_inspect(const story_desc_t *d, const char *path, mmp_dataset_inspect_t mode, FILE *out);
+
+/* The build() entries: AR-LDM's data_script/<name>_hdf5.py from the raw
+ * releases (rawflintstones.c, rawvist.c, rawpororo.c). */
+int story_build_flintstones(const story_desc_t *d, const mmp_dataset_build_t *req, mmp_context_t *ctx);
+int story_build_vist(const story_desc_t *d, const mmp_dataset_build_t *req, mmp_context_t *ctx);
+int story_build_pororo(const story_desc_t *d, const mmp_dataset_build_t *req, mmp_context_t *ctx);
+
 /* Keys every story dataset reads; @maxlen and @tokens are literals. */
 #define STORY_KEYS(maxlen, tokens)                                                              \
   {"hdf5_file", MMP_TYPE_STRING, NULL, "the AR-LDM HDF5 file", MMP_KEY_REQUIRED | MMP_KEY_PATH, 0}, \

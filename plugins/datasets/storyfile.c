@@ -28,6 +28,7 @@ struct story_file {
   int64_t file_size;
   int64_t vlen_esz;   /* bytes of one stored vlen element: length, heap address, index */
   int sizeof_addr, sizeof_size; /* the file's address and length widths */
+  bool png_bgr;       /* PNGs hold B, G, R (unless mmpipe_png_order = "RGB") */
 };
 
 /* Largest element accepted: a frame's PNG bytes, a story's text. */
@@ -171,6 +172,23 @@ static int open_locked(story_file_t *f) {
   }
   H5Pclose(fcpl);
   f->vlen_esz = 4 + (int64_t)sizeof_addr + 4;
+  f->png_bgr = true;
+  if (H5Aexists(f->file, "mmpipe_png_order") > 0) {
+    hid_t a = H5Aopen(f->file, "mmpipe_png_order", H5P_DEFAULT);
+    hid_t at = a >= 0 ? H5Aget_type(a) : -1;
+    char buf[8] = "";
+    if (at >= 0 && H5Tget_class(at) == H5T_STRING && H5Tis_variable_str(at) <= 0 && H5Tget_size(at) < sizeof buf) {
+      hid_t mt = H5Tcopy(H5T_C_S1);
+      H5Tset_size(mt, sizeof buf);
+      if (H5Aread(a, mt, buf) >= 0) {
+        buf[sizeof buf - 1] = 0;
+        f->png_bgr = strcmp(buf, "RGB") != 0;
+      }
+      H5Tclose(mt);
+    }
+    if (at >= 0) H5Tclose(at);
+    if (a >= 0) H5Aclose(a);
+  }
   f->sizeof_addr = (int)sizeof_addr;
   f->sizeof_size = (int)sizeof_size;
   if (H5Lexists(f->file, f->split, H5P_DEFAULT) <= 0) {
@@ -237,6 +255,9 @@ story_file_t *story_file_open(const char *path, const char *split, const char *t
 }
 
 int64_t story_file_count(const story_file_t *f) { return f->count; }
+bool story_file_png_bgr(const story_file_t *f) { return f->png_bgr; }
+void story_h5_lock(void) { pthread_mutex_lock(&h5_lock); }
+void story_h5_unlock(void) { pthread_mutex_unlock(&h5_lock); }
 const char *story_file_path(const story_file_t *f) { return f->path; }
 
 /* Little-endian unsigned of @n <= 8 bytes at file offset @pos. */

@@ -55,6 +55,15 @@ int story_file_info(const char *path, void *out /* FILE* */);
  * exceed @max: only the first @max are stored). */
 int story_split_captions(const char *text, char **storage, const char **pieces, int max);
 
+/* Whether the file's PNGs hold B, G, R (AR-LDM's files: cv2.imencode of
+ * RGB arrays), i.e. unless the root attribute mmpipe_png_order is "RGB"
+ * (`pipeline dataset build --true-rgb`). Decode with swap_rb = this. */
+bool story_file_png_bgr(const story_file_t *f);
+
+/* The process-wide HDF5 lock, for other HDF5 users of libstorycommon. */
+void story_h5_lock(void);
+void story_h5_unlock(void);
+
 /* Strict UTF-8 check; returns the offset of the first bad byte or -1. */
 int64_t story_utf8_invalid_at(const char *s, size_t n);
 

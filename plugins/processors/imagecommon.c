@@ -360,6 +360,23 @@ void mmp_image_to_chw(const mmp_image_t *in, uint8_t *out) {
     for (size_t i = 0; i < hw; i++) out[(size_t)b * hw + i] = in->data[i * in->c + b];
 }
 
+bool mmp_image_jpeg_available(void) {
+#ifdef HAVE_JPEG
+  return true;
+#else
+  return false;
+#endif
+}
+
+#ifndef HAVE_JPEG
+int mmp_image_jpeg_decode(const uint8_t *buf, size_t n, mmp_image_t *out) {
+  (void)buf;
+  (void)n;
+  (void)out;
+  return mmp_error_set(MMP_EUNSUPPORTED, "JPEG images need libjpeg (this build has none)");
+}
+#endif
+
 int mmp_image_decode(const uint8_t *buf, size_t n, mmp_image_t *out) {
   if (!buf || !out) return mmp_error_set(MMP_EINVAL, "image: bad arguments");
   if (n >= 2 && buf[0] == 0xFF && buf[1] == 0xD8) {

@@ -75,6 +75,17 @@ int mmp_image_png_write(const mmp_image_t *im, const char *path);
 int mmp_image_png_write_text(const mmp_image_t *im, const char *path, const char *const *keys,
                              const char *const *vals, int n);
 
+/* Encode @im (c = 3) as PNG bytes in memory with zlib level @level (-1:
+ * OpenCV's imencode default, 1, with its RLE strategy). @swap_rb stores
+ * the channels as B, G, R: what cv2.imencode writes for an RGB array (the
+ * layout of AR-LDM's HDF5 files). (transfer full: free(*bytes)) */
+int mmp_image_png_encode(const mmp_image_t *im, bool swap_rb, int level, uint8_t **bytes,
+                         size_t *n);
+
+/* Whether this build decodes JPEG (libjpeg found by configure); without
+ * it mmp_image_jpeg_decode() is MMP_EUNSUPPORTED for every call. */
+bool mmp_image_jpeg_available(void);
+
 /* PIL's Image.resize(size=(w, h), resample) for 8-bit images: separable
  * convolution whose support grows with the downscale factor (antialiasing),
  * 22-bit fixed-point coefficients, horizontal pass first and an 8-bit

@@ -213,3 +213,64 @@ int mmp_image_png_load(const char *path, bool swap_rb, mmp_image_t *out) {
   if (rc < 0 && !rd_err) mmp_error_prefix("%s: ", path);
   return rc;
 }
+
+/* ---- encoding to memory ---- */
+
+typedef struct png_sink {
+  uint8_t *buf;
+  size_t n, cap;
+  int failed;
+} png_sink_t;
+
+static void write_mem(png_structp png, png_bytep data, png_size_t len) {
+  png_sink_t *s = png_get_io_ptr(png);
+  if (len > s->cap - s->n) {
+    size_t cap = s->cap ? s->cap : 4096;
+    while (cap - s->n < len) {
+      if (cap > SIZE_MAX / 2) png_error(png, "PNG too large");
+      cap *= 2;
+    }
+    uint8_t *b = realloc(s->buf, cap);
+    if (!b) png_error(png, "out of memory");
+    s->buf = b;
+    s->cap = cap;
+  }
+  memcpy(s->buf + s->n, data, len);
+  s->n += len;
+}
+
+static void flush_mem(png_structp png) { (void)png; }
+
+int mmp_image_png_encode(const mmp_image_t *im, bool swap_rb, int level, uint8_t **bytes,
+                         size_t *n) {
+  if (!im || !im->data || im->c != 3 || im->w <= 0 || im->h <= 0 || !bytes || !n)
+    return mmp_error_set(MMP_EINVAL, "png: cannot encode this image");
+  png_src_t err = {.msg = ""};
+  png_sink_t sink = {0};
+  png_sink_t *volatile sp = &sink;
+  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, &err, on_png_error, on_png_warning);
+  png_infop info = png ? png_create_info_struct(png) : NULL;
+  if (!info) {
+    if (png) png_destroy_write_struct(&png, NULL);
+    return mmp_error_set(MMP_ENOMEM, "png: out of memory");
+  }
+  if (setjmp(png_jmpbuf(png))) {
+    free(sp->buf);
+    png_destroy_write_struct(&png, &info);
+    return mmp_error_set(MMP_ENOMEM, "cannot encode PNG: %s", err.msg[0] ? err.msg : "error");
+  }
+  png_set_write_fn(png, sp, write_mem, flush_mem);
+  /* OpenCV's imencode('.png') defaults: zlib level 1 with the RLE strategy */
+  png_set_compression_level(png, level < 0 ? 1 : level > 9 ? 9 : level);
+  png_set_compression_strategy(png, 3 /* Z_RLE */);
+  png_set_IHDR(png, info, (png_uint_32)im->w, (png_uint_32)im->h, 8, PNG_COLOR_TYPE_RGB,
+               PNG_INTERLACE_NONE, PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
+  png_write_info(png, info);
+  if (swap_rb) png_set_bgr(png);
+  for (int y = 0; y < im->h; y++) png_write_row(png, im->data + (size_t)y * im->w * 3);
+  png_write_end(png, info);
+  png_destroy_write_struct(&png, &info);
+  *bytes = sink.buf;
+  *n = sink.n;
+  return 0;
+}

@@ -105,6 +105,12 @@ tests_fuzz_fuzz_jpeg_SOURCES = tests/fuzz/fuzz_jpeg.c
 tests_fuzz_fuzz_jpeg_CPPFLAGS = $(FUZZ_CPPFLAGS)
 tests_fuzz_fuzz_jpeg_LDFLAGS = $(FUZZ_LINK_FLAGS)
 tests_fuzz_fuzz_jpeg_LDADD = $(FUZZ_MAIN) plugins/processors/libimagecommon.la $(FUZZ_LIBS)
+# JPEG decoding, then the PNG encoding of `pipeline dataset build` round-tripped
+FUZZ_HARNESSES += tests/fuzz/fuzz_jpeg_png
+tests_fuzz_fuzz_jpeg_png_SOURCES = tests/fuzz/fuzz_jpeg_png.c
+tests_fuzz_fuzz_jpeg_png_CPPFLAGS = $(FUZZ_CPPFLAGS)
+tests_fuzz_fuzz_jpeg_png_LDFLAGS = $(FUZZ_LINK_FLAGS)
+tests_fuzz_fuzz_jpeg_png_LDADD = $(FUZZ_MAIN) plugins/processors/libimagecommon.la $(FUZZ_LIBS)
 endif
 if HAVE_HDF5
 # the story HDF5 reader, with a mutator that keeps the HDF5 structure
@@ -113,5 +119,22 @@ tests_fuzz_fuzz_story_SOURCES = tests/fuzz/fuzz_story.c
 tests_fuzz_fuzz_story_CPPFLAGS = $(FUZZ_CPPFLAGS) $(HDF5_CFLAGS)
 tests_fuzz_fuzz_story_LDFLAGS = $(FUZZ_LINK_FLAGS)
 tests_fuzz_fuzz_story_LDADD = $(FUZZ_MAIN) plugins/datasets/libstorycommon.la $(FUZZ_LIBS) $(HDF5_LIBS)
+endif
+endif
+
+if HAVE_PNG
+if HAVE_HDF5
+# .npy files (header, data bounds, object arrays through the plain-value pickle reader)
+FUZZ_HARNESSES += tests/fuzz/fuzz_npy
+tests_fuzz_fuzz_npy_SOURCES = tests/fuzz/fuzz_npy.c
+tests_fuzz_fuzz_npy_CPPFLAGS = $(FUZZ_CPPFLAGS)
+tests_fuzz_fuzz_npy_LDFLAGS = $(FUZZ_LINK_FLAGS)
+tests_fuzz_fuzz_npy_LDADD = $(FUZZ_MAIN) plugins/datasets/libstorycommon.la $(FUZZ_LIBS)
+# the raw releases through `pipeline dataset build` (JSON, pickle, JPEG, the HDF5 writer)
+FUZZ_HARNESSES += tests/fuzz/fuzz_dataset_raw
+tests_fuzz_fuzz_dataset_raw_SOURCES = tests/fuzz/fuzz_dataset_raw.c
+tests_fuzz_fuzz_dataset_raw_CPPFLAGS = $(FUZZ_CPPFLAGS) $(HDF5_CFLAGS)
+tests_fuzz_fuzz_dataset_raw_LDFLAGS = $(FUZZ_LINK_FLAGS)
+tests_fuzz_fuzz_dataset_raw_LDADD = $(FUZZ_MAIN) plugins/datasets/libstorycommon.la $(FUZZ_LIBS) $(HDF5_LIBS)
 endif
 endif

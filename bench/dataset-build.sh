@@ -1,0 +1,65 @@
+#!/bin/sh
+# bench/dataset-build.sh - stories/s of `pipeline dataset build` against AR-LDM's data_script/*_hdf5.py
+# on the same machine, at real frame sizes (FlintstonesSV: 5 x 128 x 128 x 3 per clip; VIST:
+# 500 x 375 JPEGs), on synthetic raw trees written by tests/gen_dataset_raw.py's writers.
+#
+#   bench/dataset-build.sh [STORIES] [THREADS]      (defaults 200, 2; run from the source tree root
+#                                                     of a built tree; needs the reference Python)
+# Prints one line per dataset and tool: stories, seconds, stories/s, and mmpipe's speed-up.
+set -eu
+N=${1:-200}
+J=${2:-2}
+PY=${MMP_REF_PYTHON:-/usr/bin/python3}
+ARLDM=${ARLDM:-/root/refsrc/ARLDM}
+B=${MMP_BENCH_BUILDDIR:-.}
+T=$(mktemp -d /tmp/mmp-bench-dsbuild-XXXXXX)
+trap 'rm -rf "$T"' EXIT
+export MMPIPE_PLUGIN_PATH="$B/plugins/datasets/.libs:$B/plugins/processors/.libs"
+PYTHONPATH=/root/refenv/site "$PY" - "$T" "$N" <<'PYEOF'
+import json, os, pickle, sys
+import numpy as np
+from PIL import Image
+root, n = sys.argv[1], int(sys.argv[2])
+rng = np.random.default_rng(1)
+fl = os.path.join(root, "fl"); os.makedirs(os.path.join(fl, "video_frames_sampled"))
+clips = ["c%05d" % i for i in range(n + 4)]
+base = rng.integers(0, 256, (5, 128, 128, 3), dtype=np.uint8)
+for i, c in enumerate(clips):
+    np.save(os.path.join(fl, "video_frames_sampled", c + ".npy"), np.roll(base, i, axis=2))
+json.dump({"train": clips[:n], "val": [], "test": []}, open(os.path.join(fl, "train-val-test_split.json"), "w"))
+pickle.dump({c: clips[i + 1:i + 5] for i, c in enumerate(clips[:n])}, open(os.path.join(fl, "following_cache4.pkl"), "wb"))
+json.dump([{"globalID": c, "description": "Fred talks to Barney %d." % i} for i, c in enumerate(clips)],
+          open(os.path.join(fl, "flintstones_annotations_v1-0.json"), "w"))
+vi = os.path.join(root, "vist")
+for d in ("sis", "dii", "images"): os.makedirs(os.path.join(vi, d))
+y, x = np.mgrid[0:375, 0:500]
+sis = {"train": [], "val": [], "test": []}
+dii = {"train": [], "val": [], "test": []}
+for s in range(n):
+    for k in range(5):
+        pid = str(100000 + 5 * s + k)
+        a = np.stack([(x + s * 7 + k) % 256, (y * 2 + k * 11) % 256, (x * y // 97 + s) % 256], -1)
+        a = np.clip(a + rng.integers(0, 30, a.shape), 0, 255).astype(np.uint8)
+        Image.fromarray(a).save(os.path.join(vi, "images", pid + ".jpg"), quality=90)
+        sis["train"].append([{"story_id": str(s), "photo_flickr_id": pid, "original_text": "story %d photo %d" % (s, k)}])
+        dii["train"].append([{"photo_flickr_id": pid, "original_text": "a photo %s" % pid}])
+for sp in sis:
+    json.dump({"annotations": sis[sp]}, open(os.path.join(vi, "sis", sp + ".story-in-sequence.json"), "w"))
+    json.dump({"annotations": dii[sp]}, open(os.path.join(vi, "dii", sp + ".description-in-isolation.json"), "w"))
+PYEOF
+now() { date +%s.%N; }
+rate() { awk -v n="$N" -v t="$1" 'BEGIN { printf "%d stories in %.2f s: %.1f stories/s", n, t, n / t }'; }
+t0=$(now); PYTHONPATH=/root/refenv/site "$PY" "$ARLDM/data_script/flintstones_hdf5.py" --data_dir "$T/fl" --save_path "$T/fl_ref.h5" >/dev/null 2>&1; t1=$(now)
+"$B/tools/pipeline" -q dataset build flintstones --raw "$T/fl" --out "$T/fl.h5" -j "$J" --no-progress >/dev/null; t2=$(now)
+ref=$(echo "$t1 - $t0" | bc); ours=$(echo "$t2 - $t1" | bc)
+echo "flintstones  AR-LDM: $(rate "$ref")   mmpipe -j $J: $(rate "$ours")   x$(echo "scale=2; $ref / $ours" | bc)"
+t0=$(now); PYTHONPATH=/root/refenv/site "$PY" "$ARLDM/data_script/vist_hdf5.py" --sis_json_dir "$T/vist/sis" --dii_json_dir "$T/vist/dii" \
+  --img_dir "$T/vist/images" --save_path "$T/vi_ref.h5" >/dev/null 2>&1; t1=$(now)
+"$B/tools/pipeline" -q dataset build vistsis --raw "$T/vist" --out "$T/vi.h5" -j "$J" --no-progress >/dev/null; t2=$(now)
+ref=$(echo "$t1 - $t0" | bc); ours=$(echo "$t2 - $t1" | bc)
+echo "vist         AR-LDM: $(rate "$ref")   mmpipe -j $J: $(rate "$ours")   x$(echo "scale=2; $ref / $ours" | bc)"
+for d in flintstones vistsis; do
+  f=$T/fl; [ $d = vistsis ] && f=$T/vi
+  a=$("$B/tools/pipeline" dataset verify --digest "${f}.h5" --dataset $d); b=$("$B/tools/pipeline" dataset verify --digest "${f}_ref.h5" --dataset $d)
+  [ "$a" = "$b" ] && echo "$d: the same content as AR-LDM's file" || echo "$d: CONTENT DIFFERS from AR-LDM's file"
+done
