@@ -8,7 +8,7 @@ tests_test_plugin_blip_retrieval_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_blip_retrieval_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)
 tests_test_plugin_blip_retrieval_LDADD = plugins/processors/libtextcommon.la $(TEST_LDADD) $(JANSSON_LIBS)
 endif
-EXTRA_DIST += tests/gen_blip_retrieval.py tests/fixtures/blip_retrieval
+EXTRA_DIST += tests/gen_blip_retrieval.py tests/gen_blip_retrieval_jpeg.py tests/fixtures/blip_retrieval
 if HAVE_PNG
 check_PROGRAMS += tests/test_plugin_retrieval
 TESTS += tests/test_plugin_retrieval

@@ -5,7 +5,10 @@
  * (pre_caption, tokenizer, PIL bicubic, CLIP normalisation all in the
  * path); --itc-only; the index is reused and resumed; search mode ranks
  * text and image queries with the same scores and writes JSON and HTML;
- * the features task gives BLIP's image, text and multimodal embeddings. */
+ * the features task gives BLIP's image, text and multimodal embeddings;
+ * JPEG files (features, evaluation, search) give BLIP's features of them. */
+#include "config.h"
+
 #include <dirent.h>
 #include <jansson.h>
 #include <sys/stat.h>
@@ -188,6 +191,112 @@ static int64_t image_index(const char *name) {
   const char *p = strstr(name, "img_");
   return p ? atoll(p + 4) : -1;
 }
+
+#ifdef HAVE_JPEG
+/* s[i][j] of @got [r, c] is feat[i] . text_feat[tidx[j]] (BLIP's ITC of
+ * JPEG image i and caption tidx[j]) within 1e-5. */
+static bool same_itc(const float *got, int r, int c, const float *feat, const float *text_feat, const int64_t *tidx) {
+  bool same = true;
+  for (int i = 0; i < r; i++)
+    for (int j = 0; j < c; j++) {
+      double d = 0;
+      for (int k = 0; k < 16; k++) d += (double)feat[i * 16 + k] * text_feat[tidx[j] * 16 + k];
+      if (fabs(got[i * c + j] - d) > 1e-5) {
+        diag("image %d text %lld: %g, BLIP %g", i, (long long)tidx[j], got[i * c + j], d);
+        same = false;
+      }
+    }
+  return same;
+}
+
+/* JPEG input (tests/gen_blip_retrieval_jpeg.py): the features task, an
+ * evaluation image root and a search folder of JPEGs give what BLIP's code
+ * gives for the same files (PIL's decoding, then its transform). */
+static void test_jpeg(const mmp_tensormap_t *io, const json_t *ann) {
+  char p[4200], keys[8192];
+  snprintf(p, sizeof p, "%s/jpeg.safetensors", fx);
+  mmp_tensormap_t *want = load(p);
+  if (!ok(want != NULL, "JPEG fixtures")) return;
+  snprintf(keys, sizeof keys,
+           "name = \"features\"; images = [\"%s/jpeg/img_00.jpg\", \"%s/jpeg/img_03.jpg\", \"%s/jpeg/img_04.jpg\"];"
+           " batch_size = 2; output = \"%s/features_jpeg.safetensors\";",
+           fx, fx, fx, tmp);
+  ok(run_cfg(keys) == 0, "features: 3 JPEGs (4:2:0, progressive 4:4:4, grey)");
+  snprintf(p, sizeof p, "%s/features_jpeg.safetensors", tmp);
+  mmp_tensormap_t *m = load(p);
+  if (m) {
+    bt_check(mmp_tensormap_get(m, "image_embeds"), mmp_tensormap_get(want, "jpeg.image_embeds"),
+             "JPEG image_embeds (PIL's decoding, then BLIP's transform and ViT)");
+    bt_check(mmp_tensormap_get(m, "image_feat"), mmp_tensormap_get(want, "jpeg.image_feat"), "JPEG image_feat");
+    mmp_tensormap_free(m);
+  } else {
+    ok(false, "JPEG features written");
+  }
+  float *feat = host(mmp_tensormap_get(want, "jpeg.image_feat"));
+  float *tf = host(mmp_tensormap_get(io, "text_feat"));
+
+  /* evaluate with an image root of JPEGs: the ITC matrix */
+  static const int64_t src[3] = {0, 3, 4};
+  int64_t tidx[15];
+  json_t *jann = json_array();
+  for (int i = 0; i < 3; i++) {
+    char name[32];
+    snprintf(name, sizeof name, "img_%02d.jpg", (int)src[i]);
+    json_t *caps = json_deep_copy(json_object_get(json_array_get(ann, (size_t)src[i]), "caption"));
+    json_array_append_new(jann, json_pack("{s:s, s:o}", "image", name, "caption", caps));
+    for (int k = 0; k < 5; k++) tidx[i * 5 + k] = src[i] * 5 + k;
+  }
+  snprintf(p, sizeof p, "%s/jpeg.json", tmp);
+  json_dump_file(jann, p, 0);
+  json_decref(jann);
+  snprintf(keys, sizeof keys,
+           "mode = \"evaluate\"; annotation = \"%s\"; image_root = \"%s/jpeg\"; itc_only = true;"
+           " output_json = \"%s/jpeg_eval.json\"; save_scores = \"%s/jpeg_scores.safetensors\";",
+           p, fx, tmp, tmp);
+  ok(run_cfg(keys) == 0, "evaluate: an image root of JPEGs");
+  snprintf(p, sizeof p, "%s/jpeg_scores.safetensors", tmp);
+  m = load(p);
+  const mmp_tensor_t *sims = m ? mmp_tensormap_get(m, "sims") : NULL;
+  float *S = sims && mmp_tensor_numel(sims) == 45 ? host(sims) : NULL;
+  ok(S && same_itc(S, 3, 15, feat, tf, tidx), "JPEG evaluation: BLIP's ITC matrix [3, 15]");
+  free(S);
+  mmp_tensormap_free(m);
+
+  /* search: a folder of JPEGs indexed, a JPEG image query */
+  char q[512];
+  cfg_escape(caption(ann, 3, 1), q, sizeof q);
+  snprintf(keys, sizeof keys,
+           "image_dir = \"%s/jpeg\"; queries = [\"%s\"]; top_k = 3; query_images = [\"%s/jpeg/img_03.jpg\"];"
+           " captions = \"%s/captions.txt\"; output_json = \"%s/jpeg_search.json\";",
+           fx, q, fx, tmp, tmp);
+  ok(run_cfg(keys) == 0, "search: a folder of JPEGs, a JPEG image query");
+  snprintf(p, sizeof p, "%s/jpeg_search.json", tmp);
+  json_t *res = json_load_file(p, 0, NULL);
+  json_t *r = json_object_get(json_array_get(json_object_get(res, "text_queries"), 0), "results");
+  bool good = json_array_size(r) == 3;
+  for (size_t k = 0; good && k < 3; k++) {
+    json_t *e = json_array_get(r, k);
+    const char *name = json_string_value(json_object_get(e, "image"));
+    int64_t im = name ? image_index(name) : -1, row = im == 0 ? 0 : im == 3 ? 1 : im == 4 ? 2 : -1;
+    float itc = (float)json_number_value(json_object_get(e, "itc"));
+    good = row >= 0 && strstr(name, ".jpg") && same_itc(&itc, 1, 1, feat + row * 16, tf, (const int64_t[]){16});
+  }
+  ok(good, "text query over the JPEG folder: 3 .jpg results with BLIP's ITC");
+  r = json_object_get(json_array_get(json_object_get(res, "image_queries"), 0), "results");
+  good = json_array_size(r) == 3;
+  for (size_t k = 0; good && k < 3; k++) {
+    json_t *e = json_array_get(r, k);
+    int64_t tx = json_integer_value(json_object_get(e, "index"));
+    float itc = (float)json_number_value(json_object_get(e, "itc"));
+    good = tx >= 0 && tx < 100 && same_itc(&itc, 1, 1, feat + 16, tf, &tx);
+  }
+  ok(good, "JPEG image query: the captions' ITC is BLIP's");
+  json_decref(res);
+  free(feat);
+  free(tf);
+  mmp_tensormap_free(want);
+}
+#endif
 
 int main(void) {
   snprintf(fx, sizeof fx, "%s/tests/fixtures/blip_retrieval", tap_srcdir());
@@ -384,6 +493,11 @@ int main(void) {
      "the HTML page links the thumbnails");
   free(html);
   test_features(io, ann);
+#ifdef HAVE_JPEG
+  test_jpeg(io, ann);
+#else
+  diag("built without libjpeg: JPEG input not tested");
+#endif
   json_decref(res);
   json_decref(ann);
   free(T2I);

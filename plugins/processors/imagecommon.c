@@ -3,10 +3,13 @@
 
 #include "plugins/processors/imagecommon.h"
 
+#include <errno.h>
 #include <limits.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 
 #include <mmpipe/error.h>
 
@@ -387,4 +390,66 @@ int mmp_image_decode(const uint8_t *buf, size_t n, mmp_image_t *out) {
 #endif
   }
   return mmp_image_png_decode(buf, n, false, out);
+}
+
+/* The whole of @path into a buffer grown as bytes arrive, never to a size
+ * the file claims. (transfer full) *buf */
+static int read_file(const char *path, uint8_t **buf, size_t *n) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return mmp_error_set(MMP_EIO, "%s: %s", path, strerror(errno));
+  uint8_t *b = NULL;
+  size_t len = 0, cap = 0, got;
+  do {
+    if (len == cap) {
+      uint8_t *p = realloc(b, cap = cap ? cap * 2 : 65536);
+      if (!p) {
+        free(b);
+        fclose(f);
+        return mmp_error_set(MMP_ENOMEM, "out of memory reading %s", path);
+      }
+      b = p;
+    }
+    got = fread(b + len, 1, cap - len, f);
+    len += got;
+  } while (got > 0);
+  int rd_err = ferror(f);
+  fclose(f);
+  if (rd_err) {
+    free(b);
+    return mmp_error_set(MMP_EIO, "%s: read error", path);
+  }
+  *buf = b;
+  *n = len;
+  return 0;
+}
+
+int mmp_image_png_load(const char *path, bool swap_rb, mmp_image_t *out) {
+  uint8_t *buf = NULL;
+  size_t n = 0;
+  int rc = read_file(path, &buf, &n);
+  if (rc) return rc;
+  rc = mmp_image_png_decode(buf, n, swap_rb, out);
+  free(buf);
+  return rc < 0 ? mmp_error_prefix("%s: ", path) : 0;
+}
+
+int mmp_image_load(const char *path, mmp_image_t *out) {
+  if (!path || !out) return mmp_error_set(MMP_EINVAL, "image: bad arguments");
+  uint8_t *buf = NULL;
+  size_t n = 0;
+  int rc = read_file(path, &buf, &n);
+  if (rc) return rc;
+  rc = mmp_image_decode(buf, n, out);
+  free(buf);
+  return rc < 0 ? mmp_error_prefix("%s: ", path) : 0;
+}
+
+bool mmp_image_name_known(const char *name) {
+  static const char *const ext[] = {".png", ".jpg", ".jpeg"};
+  size_t l = strlen(name);
+  for (size_t i = 0; i < sizeof ext / sizeof *ext; i++) {
+    size_t e = strlen(ext[i]);
+    if (l > e && !strcasecmp(name + l - e, ext[i])) return true;
+  }
+  return false;
 }

@@ -1,7 +1,7 @@
 /* plugins/processors/imagecommon.h - uint8 RGB images: PNG I/O and PIL/torchvision-exact transforms.
  *
- * Shared by the image_resize processor, the story datasets and the
- * `pipeline dataset` command through the noinst convenience library
+ * Shared by the image_resize processor, the story datasets, the retrieval
+ * and features tasks and the `pipeline dataset` command through the noinst convenience library
  * plugins/processors/libimagecommon.la (not installed, not part of the ABI).
  *
  *   mmp_image_t im = {0}, small = {0};
@@ -67,6 +67,14 @@ int mmp_image_decode(const uint8_t *buf, size_t n, mmp_image_t *out);
  * PNG wants @swap_rb = false, like PIL's Image.open(p).convert("RGB")).
  * MMP_EIO naming the file, MMP_EDATA prefixed with it. */
 int mmp_image_png_load(const char *path, bool swap_rb, mmp_image_t *out);
+/* Read and decode a PNG or JPEG file, chosen by its signature (as
+ * mmp_image_decode): the pixels of PIL's Image.open(p).convert("RGB") for
+ * ordinary RGB, grey or palette PNGs and for JPEGs. MMP_EIO naming the file;
+ * the decoder's errors (MMP_EDATA, MMP_EUNSUPPORTED) prefixed with it. */
+int mmp_image_load(const char *path, mmp_image_t *out);
+/* Whether @name ends in .png, .jpg or .jpeg (any case): the files an image
+ * folder is listed for. */
+bool mmp_image_name_known(const char *name);
 /* Write @im (c = 3 RGB or 1 grey) as an ordinary PNG file. MMP_EIO. */
 int mmp_image_png_write(const mmp_image_t *im, const char *path);
 /* Write @im (c = 3) with @n tEXt chunks keys[i] = vals[i], atomically: to a

@@ -187,33 +187,6 @@ int mmp_image_png_write_text(const mmp_image_t *im, const char *path, const char
   return rc;
 }
 
-int mmp_image_png_load(const char *path, bool swap_rb, mmp_image_t *out) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return mmp_error_set(MMP_EIO, "%s: %s", path, strerror(errno));
-  uint8_t *buf = NULL;
-  size_t n = 0, cap = 0, got;
-  /* grown as bytes arrive, never to a size the file claims */
-  do {
-    if (n == cap) {
-      uint8_t *p = realloc(buf, cap = cap ? cap * 2 : 65536);
-      if (!p) {
-        free(buf);
-        fclose(f);
-        return mmp_error_set(MMP_ENOMEM, "out of memory");
-      }
-      buf = p;
-    }
-    got = fread(buf + n, 1, cap - n, f);
-    n += got;
-  } while (got > 0);
-  int rd_err = ferror(f);
-  fclose(f);
-  int rc = rd_err ? mmp_error_set(MMP_EIO, "%s: read error", path) : mmp_image_png_decode(buf, n, swap_rb, out);
-  free(buf);
-  if (rc < 0 && !rd_err) mmp_error_prefix("%s: ", path);
-  return rc;
-}
-
 /* ---- encoding to memory ---- */
 
 typedef struct png_sink {

@@ -20,8 +20,8 @@
 #include "plugins/processors/imagecommon.h"
 
 static const mmp_key_t ft_keys[] = {
-    {"images", MMP_TYPE_LIST, "[]", "image files (PNG; relative to the working directory)", 0, 0},
-    {"image_dir", MMP_TYPE_STRING, "\"\"", "also every *.png of this folder, sorted by name", MMP_KEY_PATH, 0},
+    {"images", MMP_TYPE_LIST, "[]", "image files (PNG or JPEG; relative to the working directory)", 0, 0},
+    {"image_dir", MMP_TYPE_STRING, "\"\"", "also every *.png, *.jpg, *.jpeg of this folder, sorted by name", MMP_KEY_PATH, 0},
     {"texts", MMP_TYPE_LIST, "[]", "texts", 0, 0},
     {"text_file", MMP_TYPE_STRING, "\"\"", "also one text per line of this file (empty lines skipped)", MMP_KEY_PATH,
      0},
@@ -101,8 +101,7 @@ static int ft_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_co
     size_t nn = 0;
     struct dirent *e;
     while (rc == 0 && (e = readdir(d))) {
-      size_t l = strlen(e->d_name);
-      if (l > 4 && !strcasecmp(e->d_name + l - 4, ".png")) rc = add(&names, &nn, e->d_name);
+      if (mmp_image_name_known(e->d_name)) rc = add(&names, &nn, e->d_name);
     }
     closedir(d);
     if (nn) qsort(names, nn, sizeof *names, cmp_str);
@@ -184,7 +183,7 @@ static void acc_free(acc_t *a) {
 
 static mmp_tensor_t *load_pixels(mmp_component_t *improc, const char *path) {
   mmp_image_t im = {0};
-  if (mmp_image_png_load(path, false, &im) < 0) {
+  if (mmp_image_load(path, &im) < 0) {
     mmp_error_prefix("features: ");
     return NULL;
   }

@@ -26,7 +26,7 @@ static const mmp_key_t rt_keys[] = {
      "search (queries against an image folder) or evaluate (annotation "
      "recalls)",
      0, 0},
-    {"image_dir", MMP_TYPE_STRING, "\"\"", "search: the folder of images to index (*.png, sorted by name)",
+    {"image_dir", MMP_TYPE_STRING, "\"\"", "search: the folder of images to index (*.png, *.jpg, *.jpeg, sorted by name)",
      MMP_KEY_PATH, 0},
     {"annotation", MMP_TYPE_STRING, "\"\"", "evaluate: BLIP's Karpathy-split JSON ([{image, caption: [...]}])",
      MMP_KEY_PATH, 0},
@@ -216,7 +216,7 @@ static int to_host_f32(const mmp_tensor_t *t, float *dst, int64_t n) {
 /* One image file through the image processor: [1, 3, S, S] f32. */
 static mmp_tensor_t *load_pixels(comps_t *c, const char *path) {
   mmp_image_t im = {0};
-  if (mmp_image_png_load(path, false, &im) < 0) {
+  if (mmp_image_load(path, &im) < 0) {
     mmp_error_prefix("retrieval: ");
     return NULL;
   }
@@ -466,16 +466,38 @@ static int iv_desc(const void *a, const void *b) {
   return x->i < y->i ? -1 : x->i > y->i;
 }
 
-/* row[0..n) (strided by @stride) sorted largest first (ties by index);
- * callers take the first k, as torch.topk's set. */
-static iv_t *sorted_desc(const float *row, int64_t n, int64_t stride) {
-  iv_t *a = malloc((size_t)n * sizeof *a);
+/* The first @k of row[0..n) (strided by @stride) sorted largest first, ties
+ * by index (the set torch.topk takes): a bounded heap whose root is the
+ * last of the k kept, O(n log k), then the k sorted. iv_desc is a strict
+ * total order, so this is exactly the head of a full sort. */
+static iv_t *top_desc(const float *row, int64_t n, int64_t stride, int64_t k) {
+  if (k > n) k = n;
+  iv_t *a = malloc((size_t)(k > 0 ? k : 1) * sizeof *a);
   if (!a) {
     mmp_error_set(MMP_ENOMEM, "out of memory");
     return NULL;
   }
-  for (int64_t i = 0; i < n; i++) a[i].v = row[i * stride], a[i].i = i;
-  qsort(a, (size_t)n, sizeof *a, iv_desc);
+  int64_t m = 0;
+  for (int64_t i = 0; i < n && k > 0; i++) {
+    iv_t e = {row[i * stride], i};
+    int64_t p;
+    if (m < k) { /* sift up: a parent sorts after its children */
+      for (p = m++; p > 0 && iv_desc(&e, &a[(p - 1) / 2]) > 0; p = (p - 1) / 2) a[p] = a[(p - 1) / 2];
+    } else if (iv_desc(&e, &a[0]) < 0) { /* before the last kept: replace it, sift down */
+      for (p = 0;;) {
+        int64_t ch = 2 * p + 1;
+        if (ch >= k) break;
+        if (ch + 1 < k && iv_desc(&a[ch + 1], &a[ch]) > 0) ch++;
+        if (iv_desc(&a[ch], &e) <= 0) break;
+        a[p] = a[ch];
+        p = ch;
+      }
+    } else {
+      continue;
+    }
+    a[p] = e;
+  }
+  qsort(a, (size_t)k, sizeof *a, iv_desc);
   return a;
 }
 
@@ -535,7 +557,7 @@ static int score_matrices(comps_t *c, const rt_t *t, const gallery_t *g, const t
     int64_t ki = t->k_test < nt ? t->k_test : nt, kt = t->k_test < ni ? t->k_test : ni;
     mmp_context_progress_begin(c->ctx, "ITM re-ranking", ni + nt);
     for (int64_t i = 0; rc == 0 && i < ni; i++) {
-      iv_t *top = sorted_desc(sims + i * nt, nt, 1);
+      iv_t *top = top_desc(sims + i * nt, nt, 1, ki);
       if (!top) rc = mmp_error_code();
       if (rc == 0) rc = itm_batch(c, t, g, x, i, -1, top, ki, itm);
       for (int64_t k = 0; rc == 0 && k < ki; k++) i2t[i * nt + top[k].i] = itm[k] + top[k].v;
@@ -543,7 +565,7 @@ static int score_matrices(comps_t *c, const rt_t *t, const gallery_t *g, const t
       mmp_context_progress_advance(c->ctx, 1);
     }
     for (int64_t j = 0; rc == 0 && j < nt; j++) {
-      iv_t *top = sorted_desc(sims + j, ni, nt);
+      iv_t *top = top_desc(sims + j, ni, nt, kt);
       if (!top) rc = mmp_error_code();
       if (rc == 0) rc = itm_batch(c, t, g, x, -1, j, top, kt, itm);
       for (int64_t k = 0; rc == 0 && k < kt; k++) t2i[j * ni + top[k].i] = itm[k] + top[k].v;
@@ -704,8 +726,7 @@ static int list_images(const char *dir, strs_t *paths, strs_t *names) {
   struct dirent *e;
   int rc = 0;
   while (rc == 0 && (e = readdir(d))) {
-    size_t l = strlen(e->d_name);
-    if (l > 4 && !strcasecmp(e->d_name + l - 4, ".png")) rc = strs_add(names, e->d_name);
+    if (mmp_image_name_known(e->d_name)) rc = strs_add(names, e->d_name);
   }
   closedir(d);
   if (rc == 0 && names->n) qsort(names->v, names->n, sizeof *names->v, cmp_str);
@@ -714,7 +735,7 @@ static int list_images(const char *dir, strs_t *paths, strs_t *names) {
     snprintf(p, sizeof p, "%s/%s", dir, names->v[i]);
     rc = strs_add(paths, p);
   }
-  if (rc == 0 && !names->n) rc = mmp_error_set(MMP_EDATA, "retrieval: image_dir %s holds no .png files", dir);
+  if (rc == 0 && !names->n) rc = mmp_error_set(MMP_EDATA, "retrieval: image_dir %s holds no .png, .jpg or .jpeg files", dir);
   return rc;
 }
 
@@ -741,7 +762,7 @@ static int rank_query(comps_t *c, const rt_t *t, const gallery_t *g, const texts
                       const float *row, int64_t nc, int64_t stride, char *const *labels, const char *label_key,
                       json_t *arr) {
   int64_t k = t->k_test < nc ? t->k_test : nc;
-  iv_t *top = sorted_desc(row, nc, stride);
+  iv_t *top = top_desc(row, nc, stride, k);
   float *itm = top ? malloc((size_t)k * sizeof *itm) : NULL;
   int rc = top && itm ? 0 : mmp_error_set(MMP_ENOMEM, "out of memory");
   iv_t *fin = rc == 0 ? malloc((size_t)k * sizeof *fin) : NULL;
