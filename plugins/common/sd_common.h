@@ -80,12 +80,13 @@ int sd_locate_part(const mmp_config_t *cfg, sd_part_t part, char *config_path,
   SD_WEIGHTS_DTYPE_KEY
 
 /* The storage of the weights of linear and conv2d layers: "f32", "f16" or
- * "bf16" ("": as the file stores them on the CPU, f32 elsewhere). Norms,
- * biases and embedding tables stay f32. doc/tensor.md. */
+ * "bf16" ("": f32, converted at load, as diffusers and transformers load a
+ * half-precision file by default). Norms, biases and embedding tables stay
+ * f32. doc/tensor.md. */
 #define SD_WEIGHTS_DTYPE_KEY                                                                       \
   {"weights_dtype", MMP_TYPE_STRING, "\"\"",                                                     \
-   "storage of the linear/conv weights: \"f32\", \"f16\" or \"bf16\" (\"\": the file's own on the CPU, f32 " \
-   "elsewhere); norms, biases, embeddings stay f32", 0, 0}
+   "storage of the linear/conv weights: \"f32\", \"f16\" or \"bf16\" (\"\": f32, converted at load, as " \
+   "diffusers and transformers do); norms, biases, embeddings stay f32", 0, 0}
 
 /* ---- weights ---- */
 typedef struct sd_weights sd_weights_t;
