@@ -41,8 +41,10 @@ int mmp_cpu_set_isa(int isa) {
   if (isa == MMP_CPU_ISA_AUTO) {
     const char *e = getenv("MMPIPE_CPU_ISA");
     v = isa_best();
+    /* bf16 dot products round the activations too: opt-in only (the
+     * compute dtype is asked for, never implied by the weights' dtype) */
+    if (v > MMP_CPU_ISA_AVX512 && !(e && strcmp(e, "avx512bf16") == 0)) v = MMP_CPU_ISA_AVX512;
     if (e && strcmp(e, "generic") == 0) v = MMP_CPU_ISA_GENERIC;
-    if (e && strcmp(e, "avx512") == 0 && v > MMP_CPU_ISA_AVX512) v = MMP_CPU_ISA_AVX512;
   } else {
     v = isa_supported(isa) ? isa : isa_best();
     if (v > isa) v = isa; /* never above what was asked */

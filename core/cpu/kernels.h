@@ -24,9 +24,9 @@ void mmp_cpu_parallel_for(int64_t n, void (*fn)(int64_t i, void *user), void *us
 /* ---- instruction set and BLAS selection (added by the kernels work) ----
  * The kernels pick the best code path for the CPU at run time. Tests and
  * benchmarks can force the portable path: MMPIPE_CPU_ISA=generic in the
- * environment, or mmp_cpu_set_isa(MMP_CPU_ISA_GENERIC); MMPIPE_CPU_ISA=avx512
- * keeps AVX-512 but not its BF16 dot products (MMP_CPU_ISA_AVX512_BF16: GEMMs
- * with bf16 weights multiply bf16 pairs, vdpbf16ps). Both return the ISA in
+ * environment, or mmp_cpu_set_isa(MMP_CPU_ISA_GENERIC). MMPIPE_CPU_ISA=avx512bf16
+ * or mmp_cpu_set_isa(MMP_CPU_ISA_AVX512_BF16) opts in to the BF16 dot products
+ * (GEMMs with bf16 weights multiply bf16 pairs, vdpbf16ps); never automatic. Both return the ISA in
  * effect (never one the CPU lacks, never above the one asked for). */
 enum { MMP_CPU_ISA_AUTO = -1, MMP_CPU_ISA_GENERIC = 0, MMP_CPU_ISA_AVX512 = 1, MMP_CPU_ISA_AVX512_BF16 = 2 };
 int mmp_cpu_set_isa(int isa);
