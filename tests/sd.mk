@@ -28,7 +28,13 @@ tests_test_plugin_bert_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_bert_LDADD = $(TEST_LDADD)
 tests_test_plugin_blip_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_blip_LDADD = $(TEST_LDADD)
+# the vit encoder's CLIP kind against transformers 4.30 (tests/gen_clip_vision.py)
+check_PROGRAMS += tests/test_plugin_clip_vision
+TESTS += tests/test_plugin_clip_vision
+tests_test_plugin_clip_vision_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_plugin_clip_vision_LDADD = $(TEST_LDADD)
 EXTRA_DIST += tests/gen_blip.py tests/fixtures/blip
+EXTRA_DIST += tests/gen_clip_vision.py
 TESTS += tests/test_plugin_blip_forward.sh
 EXTRA_DIST += tests/test_plugin_blip_forward.sh
 

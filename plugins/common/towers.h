@@ -18,19 +18,25 @@
 typedef enum sd_vit_kind {
   SD_VIT_HF = 0,   /* transformers ViTModel ("vit") */
   SD_VIT_BLIP_HF,  /* transformers BlipVisionModel ("blip_vision_model") */
-  SD_VIT_BLIP      /* BLIP's models/vit.py VisionTransformer */
+  SD_VIT_BLIP,     /* BLIP's models/vit.py VisionTransformer */
+  SD_VIT_CLIP_HF   /* transformers CLIPVisionModel ("clip_vision_model"): patch
+                    * conv without bias, pre_layrnorm, the config's hidden_act
+                    * (quick_gelu), post_layernorm on the pooled CLS only, no
+                    * position interpolation */
 } sd_vit_kind_t;
 
 typedef struct sd_vit {
   sd_vit_kind_t kind;
   int64_t dim, heads, layers, inter, patch, chans;
   double eps;
+  sd_act_t act;             /* the MLP's activation (gelu except CLIP) */
   sd_conv_t patch_embed;
   mmp_tensor_t *cls;        /* [1, 1, D] */
   mmp_tensor_t *pos;        /* [1, 1 + g*g, D] as stored */
   int64_t grid;             /* g: the stored grid side */
   sd_block_t *blocks;
   sd_norm_t norm;
+  sd_norm_t pre_norm;       /* CLIP's pre_layrnorm (w NULL for the other kinds) */
   sd_linear_t pooler;       /* ViTModel's dense + tanh (w NULL when absent) */
   mmp_tensor_t *pos_cache;  /* the table interpolated for cache_gh x cache_gw */
   int64_t cache_gh, cache_gw;
@@ -50,11 +56,14 @@ int sd_vit_load(sd_vit_t *v, sd_vit_kind_t kind, const json_t *j, const char *cp
                 const char *prefix);
 void sd_vit_free(sd_vit_t *v);
 /* pixel_values [B, C, H, W] (H, W multiples of the patch) -> last_hidden_state
- * [B, 1 + N, D] (transfer full). Position embeddings are interpolated
+ * [B, 1 + N, D] (transfer full; for SD_VIT_CLIP_HF the encoder output
+ * without post_layernorm, as CLIPVisionModel returns it). Position embeddings are interpolated
  * bicubically (BLIP's interpolate_pos_embed) when the grid differs from the
- * stored one; the table is cached for the last grid. @hidden (nullable):
+ * stored one (CLIP: an MMP_ESHAPE error instead, as transformers 4.30
+ * has no interpolation); the table is cached for the last grid. @hidden (nullable):
  * layers + 1 entries receive the embeddings and each layer's output;
- * @pooled (nullable): the pooler output where the kind has one, else NULL. */
+ * @pooled (nullable): the pooler output where the kind has one, else NULL
+ * (CLIP: post_layernorm of the CLS row). */
 mmp_tensor_t *sd_vit(sd_vit_t *v, const mmp_tensor_t *pixels, mmp_tensor_t **hidden, mmp_tensor_t **pooled);
 
 /* ---- BERT ---- */

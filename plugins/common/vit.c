@@ -1,5 +1,6 @@
 /* plugins/common/vit.c - the Vision Transformer tower (ViTModel,
- * BlipVisionModel, BLIP's VisionTransformer) through the core tensor API. */
+ * BlipVisionModel, CLIPVisionModel, BLIP's VisionTransformer) through the
+ * core tensor API. */
 #include "plugins/common/towers.h"
 
 #include <math.h>
@@ -44,17 +45,75 @@ static int blip_dims(sd_vit_t *v, sd_weights_t *w, const char *P) {
 
 static int hf_dims(sd_vit_t *v, const json_t *j, const char *cpath) {
   int rc;
-  const char *act = sd_json_str(j, "hidden_act", "gelu");
+  bool clip = v->kind == SD_VIT_CLIP_HF;
+  const char *act = sd_json_str(j, "hidden_act", clip ? "quick_gelu" : "gelu");
   sd_act_t a;
   if ((rc = sd_json_int(j, "hidden_size", 768, &v->dim)) || (rc = sd_json_int(j, "num_hidden_layers", 12, &v->layers)) ||
       (rc = sd_json_int(j, "num_attention_heads", 12, &v->heads)) ||
       (rc = sd_json_int(j, "intermediate_size", 3072, &v->inter)) ||
-      (rc = sd_json_int(j, "patch_size", 16, &v->patch)) || (rc = sd_json_int(j, "num_channels", 3, &v->chans)) ||
+      (rc = sd_json_int(j, "patch_size", clip ? 32 : 16, &v->patch)) || (rc = sd_json_int(j, "num_channels", 3, &v->chans)) ||
       (rc = sd_json_float(j, "layer_norm_eps", v->kind == SD_VIT_HF ? 1e-12 : 1e-5, &v->eps)) ||
       (rc = sd_act_parse(act, &a)))
     return mmp_error_prefix("%s: ", cpath);
-  if (a != SD_ACT_GELU)
+  if (a != SD_ACT_GELU && !clip)
     return mmp_error_set(MMP_EUNSUPPORTED, "%s: vit: hidden_act %s (only gelu is wired)", cpath, act);
+  v->act = a;
+  return 0;
+}
+
+/* The checks on a tower's dimensions shared by every kind. */
+static int check_dims(const sd_vit_t *v, const char *cpath) {
+  /* Bounds well above any real tower keep random-weight sizes sane. */
+  if (v->dim <= 0 || v->dim > 65536 || v->heads <= 0 || v->dim % v->heads || v->layers < 0 || v->layers > 1000 ||
+      v->patch <= 0 || v->patch > 1024 || v->inter <= 0 || v->inter > 262144 || v->chans <= 0 || v->chans > 64)
+    return mmp_error_set(MMP_EDATA, "%s: vit: width %lld, %lld heads, %lld layers, patch %lld do not make a tower",
+                         cpath ? cpath : "vit", (long long)v->dim, (long long)v->heads, (long long)v->layers,
+                         (long long)v->patch);
+  return 0;
+}
+
+/* transformers' CLIPVisionTransformer: class_embedding [D], position_embedding
+ * an nn.Embedding [N, D], q/k/v/out projections, pre- and post-layernorm. */
+static int clip_load(sd_vit_t *v, const json_t *j, const char *cpath, sd_weights_t *w, const char *P) {
+  int rc;
+  char n[512], n2[512];
+  int64_t img;
+  if ((rc = hf_dims(v, j, cpath)) || (rc = check_dims(v, cpath))) return rc;
+  if ((rc = sd_json_int(j, "image_size", 224, &img))) return mmp_error_prefix("%s: ", cpath);
+  if (img < v->patch || img > 16384)
+    return mmp_error_set(MMP_EDATA, "%s: image_size %lld out of range", cpath, (long long)img);
+  v->grid = img / v->patch;
+  int64_t npos = v->grid * v->grid + 1;
+  int64_t cs[1] = {v->dim}, ps[2] = {npos, v->dim}, ws[4] = {v->dim, v->chans, v->patch, v->patch};
+  int64_t cs3[3] = {1, 1, v->dim}, ps3[3] = {1, npos, v->dim};
+  mmp_tensor_t *t = sd_w(w, 1, cs, "%sembeddings.class_embedding", P);
+  v->cls = t ? sd_swap(t, mmp_reshape(t, 3, cs3)) : NULL;
+  t = sd_w(w, 2, ps, "%sembeddings.position_embedding.weight", P);
+  v->pos = t ? sd_swap(t, mmp_reshape(t, 3, ps3)) : NULL;
+  v->patch_embed.w = sd_w_mat(w, 4, ws, "%sembeddings.patch_embedding.weight", P);
+  v->patch_embed.b = NULL;
+  v->patch_embed.stride = (int)v->patch;
+  v->patch_embed.pad = 0;
+  snprintf(n, sizeof n, "%spre_layrnorm", P); /* sic: transformers' name */
+  sd_norm_load(&v->pre_norm, w, n, v->dim, 0, v->eps);
+  v->blocks = calloc((size_t)(v->layers ? v->layers : 1), sizeof *v->blocks);
+  if (!v->blocks) return mmp_error_set(MMP_ENOMEM, "out of memory");
+  static const char *const names[4] = {"q_proj", "k_proj", "v_proj", "out_proj"};
+  for (int64_t i = 0; i < v->layers; i++) {
+    sd_block_t *b = &v->blocks[i];
+    long long li = (long long)i;
+    snprintf(n, sizeof n, "%sencoder.layers.%lld.layer_norm1", P, li);
+    sd_norm_load(&b->ln_attn, w, n, v->dim, 0, v->eps);
+    snprintf(n, sizeof n, "%sencoder.layers.%lld.self_attn", P, li);
+    sd_attn_load(&b->attn, w, n, names, v->dim, v->dim, v->dim, (int)v->heads, true);
+    snprintf(n, sizeof n, "%sencoder.layers.%lld.layer_norm2", P, li);
+    sd_norm_load(&b->ln_mlp, w, n, v->dim, 0, v->eps);
+    snprintf(n, sizeof n, "%sencoder.layers.%lld.mlp.fc1", P, li);
+    snprintf(n2, sizeof n2, "%sencoder.layers.%lld.mlp.fc2", P, li);
+    sd_mlp_load(&b->mlp, w, n, n2, v->dim, v->inter, v->act);
+  }
+  snprintf(n, sizeof n, "%spost_layernorm", P);
+  sd_norm_load(&v->norm, w, n, v->dim, 0, v->eps);
   return 0;
 }
 
@@ -63,18 +122,15 @@ int sd_vit_load(sd_vit_t *v, sd_vit_kind_t kind, const json_t *j, const char *cp
   int rc;
   char n[512], n2[512];
   v->kind = kind;
+  v->act = SD_ACT_GELU;
+  if (kind == SD_VIT_CLIP_HF) return clip_load(v, j, cpath, w, P);
   if (kind == SD_VIT_BLIP) {
     v->eps = 1e-6;
     if ((rc = blip_dims(v, w, P))) return rc;
   } else if ((rc = hf_dims(v, j, cpath))) {
     return rc;
   }
-  /* Bounds well above any real tower keep random-weight sizes sane. */
-  if (v->dim <= 0 || v->dim > 65536 || v->heads <= 0 || v->dim % v->heads || v->layers < 0 || v->layers > 1000 ||
-      v->patch <= 0 || v->patch > 1024 || v->inter <= 0 || v->inter > 262144 || v->chans <= 0 || v->chans > 64)
-    return mmp_error_set(MMP_EDATA, "%s: vit: width %lld, %lld heads, %lld layers, patch %lld do not make a tower",
-                         cpath ? cpath : "vit", (long long)v->dim, (long long)v->heads, (long long)v->layers,
-                         (long long)v->patch);
+  if ((rc = check_dims(v, cpath))) return rc;
   const char *cls_n = kind == SD_VIT_HF ? "embeddings.cls_token" :
                       kind == SD_VIT_BLIP_HF ? "embeddings.class_embedding" : "cls_token";
   const char *pos_n = kind == SD_VIT_HF ? "embeddings.position_embeddings" :
@@ -131,7 +187,7 @@ int sd_vit_load(sd_vit_t *v, sd_vit_kind_t kind, const json_t *j, const char *cp
       snprintf(n, sizeof n, "%s%s.%lld.mlp.fc1", P, L, li);
       snprintf(n2, sizeof n2, "%s%s.%lld.mlp.fc2", P, L, li);
     }
-    sd_mlp_load(&b->mlp, w, n, n2, v->dim, v->inter, SD_ACT_GELU);
+    sd_mlp_load(&b->mlp, w, n, n2, v->dim, v->inter, v->act);
   }
   snprintf(n, sizeof n, "%s%s", P, kind == SD_VIT_HF ? "layernorm" : kind == SD_VIT_BLIP_HF ? "post_layernorm" : "norm");
   sd_norm_load(&v->norm, w, n, v->dim, 0, v->eps);
@@ -152,6 +208,7 @@ void sd_vit_free(sd_vit_t *v) {
   for (int64_t i = 0; v->blocks && i < v->layers; i++) sd_block_free(&v->blocks[i]);
   free(v->blocks);
   sd_norm_free(&v->norm);
+  sd_norm_free(&v->pre_norm);
   sd_linear_free(&v->pooler);
   memset(v, 0, sizeof *v);
 }
@@ -199,6 +256,13 @@ mmp_tensor_t *sd_vit(sd_vit_t *v, const mmp_tensor_t *px, mmp_tensor_t **hidden,
     return NULL;
   }
   int64_t B = px->shape[0], gh = px->shape[2] / v->patch, gw = px->shape[3] / v->patch, D = v->dim;
+  if (v->kind == SD_VIT_CLIP_HF && (gh != v->grid || gw != v->grid)) {
+    char d[96];
+    mmp_error_set(MMP_ESHAPE, "vit: CLIP pixel_values %s must be %lld x %lld (the config's image_size)",
+                  mmp_tensor_describe(px, d, sizeof d), (long long)(v->grid * v->patch),
+                  (long long)(v->grid * v->patch));
+    return NULL;
+  }
   mmp_tensor_t *x = sd_conv(&v->patch_embed, px); /* [B, D, gh, gw] */
   int64_t s3[3] = {B, D, gh * gw};
   x = sd_swap(x, x ? mmp_reshape(x, 3, s3) : NULL);
@@ -214,24 +278,26 @@ mmp_tensor_t *sd_vit(sd_vit_t *v, const mmp_tensor_t *px, mmp_tensor_t **hidden,
   mmp_tensor_t *pos = h ? pos_table(v, gh, gw) : NULL;
   h = sd_swap(h, pos ? mmp_add(h, pos) : NULL);
   mmp_tensor_unref(pos);
+  if (v->pre_norm.w) h = sd_swap(h, sd_layer_norm(&v->pre_norm, h));
   for (int64_t i = 0; i < v->layers && h; i++) {
     if (hidden) hidden[i] = mmp_tensor_ref(h);
     h = sd_swap(h, sd_block(&v->blocks[i], h, NULL, false, NULL, NULL));
   }
   if (hidden && h) hidden[v->layers] = mmp_tensor_ref(h);
-  h = sd_swap(h, sd_layer_norm(&v->norm, h));
+  if (v->kind != SD_VIT_CLIP_HF) h = sd_swap(h, sd_layer_norm(&v->norm, h));
   if (!h || !pooled || v->kind == SD_VIT_BLIP) return h;
   mmp_tensor_t *first = mmp_slice(h, 1, 0, 1, 1);
   int64_t s2[2] = {B, D};
   first = sd_swap(first, first ? mmp_reshape(first, 2, s2) : NULL);
-  if (v->kind == SD_VIT_BLIP_HF) {
-    *pooled = sd_layer_norm(&v->norm, first); /* BlipVisionModel normalises the CLS row again */
+  if (v->kind == SD_VIT_BLIP_HF || v->kind == SD_VIT_CLIP_HF) {
+    /* BlipVisionModel normalises the CLS row again; CLIP only there */
+    *pooled = sd_layer_norm(&v->norm, first);
   } else if (v->pooler.w) {
     mmp_tensor_t *p = sd_linear(&v->pooler, first);
     *pooled = sd_swap(p, p ? mmp_tanh(p) : NULL);
   }
   mmp_tensor_unref(first);
-  if ((v->kind == SD_VIT_BLIP_HF || v->pooler.w) && !*pooled) {
+  if ((v->kind == SD_VIT_BLIP_HF || v->kind == SD_VIT_CLIP_HF || v->pooler.w) && !*pooled) {
     mmp_tensor_unref(h);
     return NULL;
   }

@@ -1,6 +1,7 @@
-/* plugins/encoders/clip_text.c - transformers' CLIPTextModel: token ids ->
- * last_hidden_state and pooler_output, with resizable token and position
- * tables (AR-LDM extends both). */
+/* plugins/encoders/clip_text.c - transformers' CLIPTextModel(WithProjection)
+ * and the text half of a CLIPModel: token ids -> last_hidden_state,
+ * pooler_output and (with text_projection.weight) text_embeds, with
+ * resizable token and position tables (AR-LDM extends both). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -15,6 +16,7 @@ typedef struct clip {
   mmp_tensor_t *tok, *pos;
   sd_block_t *layers;
   sd_norm_t final_ln;
+  sd_linear_t proj; /* text_projection (w NULL when the checkpoint has none) */
   mmp_tensormap_t *state;
 } clip_t;
 
@@ -33,6 +35,7 @@ static void clip_destroy(void *self) {
   for (int64_t i = 0; c->layers && i < c->n_layers; i++) sd_block_free(&c->layers[i]);
   free(c->layers);
   sd_norm_free(&c->final_ln);
+  sd_linear_free(&c->proj);
   mmp_tensormap_free(c->state);
   free(c);
 }
@@ -146,7 +149,19 @@ static int clip_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
     return mmp_error_code();
   }
   sd_weights_ignore_suffix(w, "embeddings.position_ids");
-  rc = clip_build(c, j, w, cpath, cfg);
+  /* A CLIPModel folder: the text_config part; its vision tensors are not ours. */
+  const json_t *tj = j;
+  if (!strcmp(sd_json_str(j, "model_type", ""), "clip")) {
+    tj = json_object_get(j, "text_config");
+    if (!json_is_object(tj)) rc = mmp_error_set(MMP_EDATA, "%s: no text_config object", cpath);
+    else if ((rc = sd_weights_add_scope(w, "text_model.")) == 0) rc = sd_weights_add_scope(w, "text_projection.");
+  }
+  if (rc == 0) rc = clip_build(c, tj, w, cpath, cfg);
+  if (rc == 0 && sd_weights_has(w, "text_projection.weight")) {
+    int64_t pd; /* CLIPTextConfig and CLIPConfig both hold projection_dim at their top */
+    if ((rc = sd_json_int_range(j, "projection_dim", 512, 1, SD_MAX_WIDTH, &pd))) rc = mmp_error_prefix("%s: ", cpath);
+    else sd_linear_load(&c->proj, w, "text_projection", c->hidden, pd, false);
+  }
   json_decref(j);
   if (rc) {
     sd_weights_free(w);
@@ -244,15 +259,21 @@ static int clip_forward(void *self, const char *method, const mmp_tensormap_t *i
     mmp_tensor_unref(h);
     return mmp_error_prefix("clip_text: ");
   }
-  int rc = mmp_tensormap_set(out, "last_hidden_state", h);
+  mmp_tensor_t *embeds = c->proj.w ? sd_linear(&c->proj, pooled) : NULL;
+  int rc = c->proj.w && !embeds ? mmp_error_prefix("clip_text: ") : 0;
+  if (rc == 0) rc = mmp_tensormap_set(out, "last_hidden_state", h);
+  else mmp_tensor_unref(h);
   if (rc == 0) rc = mmp_tensormap_set(out, "pooler_output", pooled);
   else mmp_tensor_unref(pooled);
+  if (embeds && rc == 0) rc = mmp_tensormap_set(out, "text_embeds", embeds);
+  else mmp_tensor_unref(embeds);
   return rc;
 }
 
 static const mmp_encoder_ops_t clip_ops = {
     .base = MMP_PLUGIN_BASE(MMP_KIND_ENCODER, mmp_encoder_ops_t, "clip_text", "1.0",
-                            "transformers CLIPTextModel: token ids -> last_hidden_state, pooler_output",
+                            "transformers CLIPTextModel(WithProjection): token ids -> last_hidden_state, "
+                            "pooler_output, text_embeds",
                             clip_keys, clip_create, clip_destroy),
     .forward = clip_forward,
 };

@@ -1,7 +1,7 @@
 /* plugins/encoders/vit.c - the Vision Transformer as an encoder: transformers'
- * ViTModel and BlipVisionModel, BLIP's original VisionTransformer
- * (plugins/common/vit.c). pixel_values -> last_hidden_state, pooler_output,
- * hidden_states.K. */
+ * ViTModel, BlipVisionModel and CLIPVisionModel(WithProjection), BLIP's
+ * original VisionTransformer (plugins/common/vit.c). pixel_values ->
+ * last_hidden_state, pooler_output, image_embeds (CLIP), hidden_states.K. */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -11,6 +11,7 @@
 typedef struct vitp {
   mmp_backend_t *be;
   sd_vit_t v;
+  sd_linear_t proj; /* CLIP's visual_projection (w NULL when absent) */
   bool out_hidden;
   mmp_tensormap_t *state;
 } vitp_t;
@@ -26,6 +27,7 @@ static void vit_destroy(void *self) {
   vitp_t *p = self;
   if (!p) return;
   sd_vit_free(&p->v);
+  sd_linear_free(&p->proj);
   mmp_tensormap_free(p->state);
   free(p);
 }
@@ -49,8 +51,15 @@ static int pick_kind(const json_t *j, const char *cpath, sd_vit_kind_t *kind, co
     *part = json_object_get(j, "vision_config");
     *def_prefix = "vision_model.";
     if (!json_is_object(*part)) return mmp_error_set(MMP_EDATA, "%s: no vision_config object", cpath);
+  } else if (!strcmp(mt, "clip_vision_model")) {
+    *kind = SD_VIT_CLIP_HF;
+  } else if (!strcmp(mt, "clip")) { /* a CLIPModel folder: its vision part */
+    *kind = SD_VIT_CLIP_HF;
+    *part = json_object_get(j, "vision_config");
+    if (!json_is_object(*part)) return mmp_error_set(MMP_EDATA, "%s: no vision_config object", cpath);
   } else {
-    return mmp_error_set(MMP_EUNSUPPORTED, "%s: vit: model_type \"%s\" (vit, blip_vision_model, blip)", cpath, mt);
+    return mmp_error_set(MMP_EUNSUPPORTED, "%s: vit: model_type \"%s\" (vit, blip_vision_model, blip, clip_vision_model, clip)",
+                         cpath, mt);
   }
   return 0;
 }
@@ -73,7 +82,7 @@ static int vit_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_c
     rc = mmp_error_code();
     goto fail;
   }
-  sd_vit_kind_t kind;
+  sd_vit_kind_t kind = SD_VIT_BLIP;
   const json_t *part;
   const char *def_prefix;
   if ((rc = pick_kind(j, cpath, &kind, &part, &def_prefix))) goto fail;
@@ -97,7 +106,30 @@ static int vit_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_c
     rc = mmp_error_code();
     goto fail;
   }
-  if ((rc = sd_vit_load(&p->v, kind, part, cpath, w, ""))) goto fail;
+  if (kind == SD_VIT_CLIP_HF) {
+    /* CLIPVisionModelWithProjection and CLIPModel both name the tower
+     * vision_model.* and the projection visual_projection.weight; the text
+     * half of a CLIPModel file is not this component's. */
+    sd_weights_ignore_suffix(w, "position_ids");
+    if ((rc = sd_weights_add_scope(w, "vision_model.")) || (rc = sd_weights_add_scope(w, "visual_projection.")) ||
+        (rc = sd_vit_load(&p->v, kind, part, cpath, w, "vision_model.")))
+      goto fail;
+    if (sd_weights_has(w, "visual_projection.weight")) {
+      int64_t pd;
+      const json_t *pj = j; /* both configs hold projection_dim at their top */
+      if ((rc = sd_json_int(pj, "projection_dim", 512, &pd))) {
+        rc = mmp_error_prefix("%s: ", cpath);
+        goto fail;
+      }
+      if (pd <= 0 || pd > 65536) {
+        rc = mmp_error_set(MMP_EDATA, "%s: projection_dim %lld out of range", cpath, (long long)pd);
+        goto fail;
+      }
+      sd_linear_load(&p->proj, w, "visual_projection", p->v.dim, pd, false);
+    }
+  } else if ((rc = sd_vit_load(&p->v, kind, part, cpath, w, ""))) {
+    goto fail;
+  }
   p->state = sd_weights_take_collected(w);
   rc = sd_weights_finish(w, "vit");
   w = NULL;
@@ -125,8 +157,12 @@ static int vit_forward(void *self, const char *method, const mmp_tensormap_t *in
   mmp_tensor_t *h = sd_vit(&p->v, x, hidden, &pooled);
   mmp_tensor_unref(x);
   int rc = h ? mmp_tensormap_set(out, "last_hidden_state", h) : mmp_error_prefix("vit: ");
+  mmp_tensor_t *embeds = NULL;
+  if (pooled && rc == 0 && p->proj.w && !(embeds = sd_linear(&p->proj, pooled))) rc = mmp_error_prefix("vit: ");
   if (pooled && rc == 0) rc = mmp_tensormap_set(out, "pooler_output", pooled);
   else mmp_tensor_unref(pooled);
+  if (embeds && rc == 0) rc = mmp_tensormap_set(out, "image_embeds", embeds);
+  else mmp_tensor_unref(embeds);
   if (hidden) {
     if (rc == 0) rc = sd_put_hidden(out, hidden, p->v.layers + 1);
     for (int64_t k = 0; k <= p->v.layers; k++) mmp_tensor_unref(hidden[k]);
@@ -137,8 +173,8 @@ static int vit_forward(void *self, const char *method, const mmp_tensormap_t *in
 
 static const mmp_encoder_ops_t vit_ops = {
     .base = MMP_PLUGIN_BASE(MMP_KIND_ENCODER, mmp_encoder_ops_t, "vit", "1.0",
-                            "Vision Transformer (ViTModel, BlipVisionModel, BLIP's VisionTransformer): "
-                            "pixel_values -> last_hidden_state, pooler_output",
+                            "Vision Transformer (ViTModel, BlipVisionModel, CLIPVisionModel(WithProjection), "
+                            "BLIP's VisionTransformer): pixel_values -> last_hidden_state, pooler_output, image_embeds",
                             vit_keys, vit_create, vit_destroy),
     .forward = vit_forward,
 };
