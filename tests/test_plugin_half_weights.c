@@ -385,7 +385,9 @@ static void check_txt2img(void) {
 }
 
 int main(void) {
-  if (!sd_load("unet_io.safetensors")) skip_all("fixtures missing");
+  mmp_tensormap_t *probe = sd_load("unet_io.safetensors");
+  if (!probe) skip_all("fixtures missing");
+  mmp_tensormap_free(probe);
   static const char *const unet_in[] = {"sample", "timestep", "encoder_hidden_states", NULL};
   static const char *const vae_in[] = {"latents", NULL};
   static const char *const clip_in[] = {"input_ids", NULL};
