@@ -382,13 +382,8 @@ int mmp_image_jpeg_decode(const uint8_t *buf, size_t n, mmp_image_t *out) {
 
 int mmp_image_decode(const uint8_t *buf, size_t n, mmp_image_t *out) {
   if (!buf || !out) return mmp_error_set(MMP_EINVAL, "image: bad arguments");
-  if (n >= 2 && buf[0] == 0xFF && buf[1] == 0xD8) {
-#ifdef HAVE_JPEG
-    return mmp_image_jpeg_decode(buf, n, out);
-#else
-    return mmp_error_set(MMP_EUNSUPPORTED, "JPEG images need libjpeg (this build has none)");
-#endif
-  }
+  /* without libjpeg, mmp_image_jpeg_decode() is the stub above (MMP_EUNSUPPORTED) */
+  if (n >= 2 && buf[0] == 0xFF && buf[1] == 0xD8) return mmp_image_jpeg_decode(buf, n, out);
   return mmp_image_png_decode(buf, n, false, out);
 }
 
