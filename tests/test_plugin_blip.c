@@ -64,6 +64,22 @@ int main(void) {
     o = run("", "multimodal", in, NULL, err, sizeof err);
     mmp_tensormap_free(o);
     ok(err[0] == 0, "the checkpoint's other tensors (none here) do not matter");
+    /* input errors name the plugin once ("blip: blip: ..." before) */
+    mmp_tensormap_t *bad = sd_pick(bb, all);
+    int64_t one[2] = {1, 1};
+    mmp_tensormap_set(bad, "attention_mask", mmp_tensor_full(mmp_backend_get("cpu"), MMP_I64, 2, one, 1));
+    o = run("", "multimodal", bad, NULL, err, sizeof err);
+    like(err, "blip: attention_mask must be [B, L]", "a mask of the wrong shape is refused");
+    ok(strstr(err, "blip: blip:") == NULL, "the message names the plugin once: %s", err);
+    mmp_tensormap_free(o);
+    mmp_tensormap_free(bad);
+    static const char *const no_ids[] = {"pixel_values", "attention_mask", NULL};
+    bad = sd_pick(bb, no_ids);
+    o = run("", "multimodal", bad, NULL, err, sizeof err);
+    like(err, "input_ids", "missing input_ids are named");
+    like(err, "blip: ", "... with the plugin's name");
+    mmp_tensormap_free(o);
+    mmp_tensormap_free(bad);
   }
   mmp_tensormap_free(in);
 

@@ -151,6 +151,7 @@ static int blip_forward(void *self, const char *method, const mmp_tensormap_t *i
     const mmp_tensor_t *ids = mmp_tensormap_need(in, "input_ids"), *am = mmp_tensormap_get(in, "attention_mask");
     /* BLIP writes [ENC] into the caller's ids; a copy takes it here. */
     mmp_tensor_t *dids = ids ? sd_input_ids(ids, p->text.n_vocab, p->be, "blip", mode == MODE_MULTIMODAL ? p->enc_id : -1) : NULL;
+    if (!ids) mmp_error_prefix("blip: ");
     if (dids && img && img->shape[0] != ids->shape[0]) {
       mmp_error_set(MMP_ESHAPE, "blip: %lld images for %lld texts", (long long)img->shape[0], (long long)ids->shape[0]);
       mmp_tensor_unref(dids);
@@ -162,11 +163,14 @@ static int blip_forward(void *self, const char *method, const mmp_tensormap_t *i
       dids = NULL;
     }
     mmp_tensor_t *mask = dids && am ? sd_input_mask(am, p->be, true) : NULL;
-    if (dids && (!am || mask))
+    if (dids && (!am || mask)) {
+      /* only the tower's errors lack the plugin's name; the input checks above carry it */
       h = sd_bert(&p->text, dids, mask, NULL, false, img, NULL, hidden, NULL);
+      if (!h) mmp_error_prefix("blip: ");
+    }
     mmp_tensor_unref(dids);
     mmp_tensor_unref(mask);
-    if (!h) rc = mmp_error_prefix("blip: ");
+    if (!h) rc = mmp_error_code() ? mmp_error_code() : MMP_EINVAL;
   }
   mmp_tensor_unref(img);
   if (rc == 0) rc = mmp_tensormap_set(out, "last_hidden_state", h);
