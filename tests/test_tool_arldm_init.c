@@ -53,6 +53,17 @@ static void check_part(const mmp_tensormap_t *out, const char *file, const char 
     const char *name = mmp_tensormap_name(p, i) + strlen(strip);
     char key[1024];
     snprintf(key, sizeof key, "%s%s", prefix, name);
+    if (!strcmp(prefix, "vae.")) { /* stored under diffusers 0.7.2's attention names, as AR-LDM has them */
+      static const char *const from[4][2] = {{"to_q.", "query."}, {"to_k.", "key."}, {"to_v.", "value."},
+                                            {"to_out.0.", "proj_attn."}};
+      char *at = strstr(key, "mid_block.attentions.0.");
+      for (int f = 0; at && f < 4; f++)
+        if (!strncmp(at + 23, from[f][0], strlen(from[f][0]))) {
+          char rest[512];
+          snprintf(rest, sizeof rest, "%s", at + 23 + strlen(from[f][0]));
+          snprintf(at + 23, sizeof key - (size_t)(at + 23 - key), "%s%s", from[f][1], rest);
+        }
+    }
     int skip = 0;
     for (const char *const *r = resized; *r; r++) skip |= strcmp(*r, key) == 0;
     if (skip) continue;
@@ -104,23 +115,6 @@ static bool stats_equal(const double a[4], const double *b) {
 
 static double stats_std(const double *s) { return s[0] > 0 ? sqrt(s[2] / s[0] - (s[1] / s[0]) * (s[1] / s[0])) : 0; }
 
-/* AR-LDM's name of a tensor -> the name as arldm-init stores it: diffusers
- * 0.7.2 calls the VAE's mid-block attention query/key/value/proj_attn, the
- * SD folder (diffusers 0.19) to_q/to_k/to_v/to_out.0 (the vae plugin reads
- * both). */
-static void stored_name(const char *k, char *buf, size_t n) {
-  snprintf(buf, n, "%s", k);
-  if (strncmp(k, "vae.", 4) != 0 || !strstr(k, "mid_block.attentions")) return;
-  static const char *const from[4] = {".query.", ".key.", ".value.", ".proj_attn."}, *const to[4] = {".to_q.", ".to_k.", ".to_v.", ".to_out.0."};
-  for (int i = 0; i < 4; i++) {
-    char *p = strstr(buf, from[i]);
-    if (!p) continue;
-    char rest[1024];
-    snprintf(rest, sizeof rest, "%s", p + strlen(from[i]));
-    snprintf(p, n - (size_t)(p - buf), "%s%s", to[i], rest);
-  }
-}
-
 /* arldm-init against ARLDM.__init__ itself (tests/gen_arldm.py make_init:
  * AR-LDM's constructor on the same tiny SD folder and BLIP checkpoint, S =
  * 85, tables of 919 and 101 rows, 768-wide extras): the same entries with
@@ -158,8 +152,10 @@ static void check_constructor(void) {
     if (strncmp(rk, "shape.", 6) != 0) continue;
     const char *k = rk + 6;
     n_ref++;
+    /* the same names: the VAE attention under diffusers 0.7.2's
+     * query/key/value/proj_attn although the SD folder says to_q/... */
     char name[1024], sk[1100];
-    stored_name(k, name, sizeof name);
+    snprintf(name, sizeof name, "%s", k);
     mmp_tensor_t *g = mmp_tensormap_get(got, name), *sh = mmp_tensormap_at(ref, i);
     if (!g) {
       /* BertEmbeddings' position_ids buffer: in model_large.pth (and copied

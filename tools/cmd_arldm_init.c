@@ -78,8 +78,26 @@ static int exists(const char *p) {
  * @add + (name without @strip), values and dtypes as stored; with @keep
  * (NULL-terminated), only the names (without @strip) starting with one of
  * them. */
+/* AR-LDM pins diffusers 0.7.2, whose VAE attention block names its
+ * projections query/key/value/proj_attn; diffusers >= 0.14 files (the SD
+ * folders people download now) say to_q/to_k/to_v/to_out.0. @name is
+ * rewritten in place to 0.7.2's names, so that AR-LDM's own load_state_dict
+ * (strict) takes the file; names already old are left alone. */
+static void vae_072_name(char *name, size_t len) {
+  static const char *const from[4] = {".to_q.", ".to_k.", ".to_v.", ".to_out.0."};
+  static const char *const to[4] = {".query.", ".key.", ".value.", ".proj_attn."};
+  if (!strstr(name, ".attentions.")) return;
+  for (int i = 0; i < 4; i++) {
+    char *p = strstr(name, from[i]);
+    if (!p) continue;
+    char rest[1024];
+    snprintf(rest, sizeof rest, "%s", p + strlen(from[i]));
+    snprintf(p, len - (size_t)(p - name), "%s%s", to[i], rest); /* shorter or equal: fits */
+  }
+}
+
 static int add_part(const char *path, const char *strip, const char *add, const char *const *keep,
-                    mmp_tensormap_t *out) {
+                    void (*rename)(char *, size_t), mmp_tensormap_t *out) {
   mmp_backend_t *cpu = mmp_backend_get("cpu");
   mmp_tensormap_t *m = mmp_tensormap_new();
   if (!m) return mmp_error_set(MMP_ENOMEM, "out of memory");
@@ -97,6 +115,7 @@ static int add_part(const char *path, const char *strip, const char *add, const 
       rc = mmp_error_set(MMP_EDATA, "%s: tensor name too long: %s", path, name);
       break;
     }
+    if (rename) rename(key, sizeof key);
     if (mmp_tensormap_get(out, key)) {
       rc = mmp_error_set(MMP_EDATA, "%s: %s: name given twice", path, key);
       break;
@@ -243,18 +262,18 @@ int cmd_arldm_init(int argc, char **argv) {
   char path[4096];
   int rc = m && g ? 0 : mmp_error_set(MMP_ENOMEM, "out of memory");
   if (rc >= 0 && (rc = find_file(path, sizeof path, sd, "text_encoder", "model.safetensors", "pytorch_model.bin")) >= 0)
-    rc = add_part(path, "", "text_encoder.", NULL, m);
+    rc = add_part(path, "", "text_encoder.", NULL, NULL, m);
   /* BLIP_Base has only these two modules; a BLIP checkpoint (model_large.pth)
    * also holds decoder, heads and momentum copies, which load_checkpoint
    * (strict=False) leaves out. */
   static const char *const blip_keep[] = {"visual_encoder.", "text_encoder.", NULL};
-  if (rc >= 0) rc = add_part(blip, prefix, "mm_encoder.", blip_keep, m);
+  if (rc >= 0) rc = add_part(blip, prefix, "mm_encoder.", blip_keep, NULL, m);
   if (rc >= 0 && (rc = find_file(path, sizeof path, sd, "unet", "diffusion_pytorch_model.safetensors",
                                  "diffusion_pytorch_model.bin")) >= 0)
-    rc = add_part(path, "", "unet.", NULL, m);
+    rc = add_part(path, "", "unet.", NULL, NULL, m);
   if (rc >= 0 && (rc = find_file(path, sizeof path, sd, "vae", "diffusion_pytorch_model.safetensors",
                                  "diffusion_pytorch_model.bin")) >= 0)
-    rc = add_part(path, "", "vae.", NULL, m);
+    rc = add_part(path, "", "vae.", NULL, vae_072_name, m);
   if (rc < 0) goto done;
 
   /* AR-LDM: resize_token_embeddings, then _get_resized_embeddings of the
