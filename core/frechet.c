@@ -137,11 +137,57 @@ out:
  * (or C^T C's, the smaller) eigenvalues (dsyevd without vectors); negative
  * ones, rounding noise, count 0. About 3 d^3 flops + one tridiagonalisation
  * for full ranks, less when the sets are smaller than d. */
+/* The full-rank case with one factorisation: P^T s1 P = L L^T (dpstrf), so
+ * s1 s2 has the eigenvalues of L^T (P^T s2 P) L, two triangular products
+ * (2 d^3 flops, against 3.3 d^3 for the second factor, C and C C^T). *done
+ * false (and nothing computed) when s1 is rank deficient. */
+static int trace_sqrt_tri(const double *s1, const double *s2, int n, double *tr, bool *neg, bool *done) {
+  size_t nn = (size_t)n * (size_t)n;
+  double *a = malloc(nn * sizeof *a), *m = malloc(nn * sizeof *m), *work = malloc((size_t)n * 2 * sizeof *work);
+  double *w = malloc((size_t)n * sizeof *w);
+  int *piv = malloc((size_t)n * sizeof *piv), info = 0, r = 0, rc = 0;
+  const double tol = -1; /* LAPACK's default */
+  *done = false;
+  if (!a || !m || !work || !w || !piv) {
+    rc = mmp_error_set(MMP_ENOMEM, "frechet_distance: out of memory for %d x %d", n, n);
+    goto out;
+  }
+  memcpy(a, s1, nn * sizeof *a);
+  dpstrf_("L", &n, a, &n, piv, &r, &tol, work, &info, 1);
+  if (info < 0) {
+    rc = mmp_error_set(MMP_ERUNTIME, "frechet_distance: LAPACK dpstrf failed (info %d)", info);
+    goto out;
+  }
+  if (r < n) goto out; /* info 1: rank deficient; the caller factors both */
+  for (int j = 0; j < n; j++)
+    for (int i = 0; i < n; i++) AT(m, i, j, n) = AT(s2, piv[i] - 1, piv[j] - 1, n);
+  /* only the lower triangle of a is read: L */
+  cblas_dtrmm(CblasColMajor, CblasRight, CblasLower, CblasNoTrans, CblasNonUnit, n, n, 1.0, a, n, m, n);
+  cblas_dtrmm(CblasColMajor, CblasLeft, CblasLower, CblasTrans, CblasNonUnit, n, n, 1.0, a, n, m, n);
+  if ((rc = eigh(m, n, w, false))) goto out;
+  double acc = 0;
+  for (int i = 0; i < n; i++) {
+    if (w[i] > 0) acc += sqrt(w[i]);
+    else if (w[i] < 0) *neg = true;
+  }
+  *tr = acc;
+  *done = true;
+out:
+  free(a);
+  free(m);
+  free(work);
+  free(w);
+  free(piv);
+  return rc;
+}
+
 static int trace_sqrt_eigen(const double *s1, const double *s2, int n, double *tr, bool *neg) {
   double *f1 = NULL, *f2 = NULL, *c = NULL, *g = NULL, *w = NULL;
   int r1 = 0, r2 = 0, rc;
+  bool done = false;
   *tr = 0;
   *neg = false;
+  if ((rc = trace_sqrt_tri(s1, s2, n, tr, neg, &done)) || done) return rc;
   if ((rc = psd_factor(s1, n, &f1, &r1)) || (rc = psd_factor(s2, n, &f2, &r2))) goto out;
   if (r1 == 0 || r2 == 0) goto out; /* a zero covariance: s1 s2 = 0 */
   int r = r1 < r2 ? r1 : r2;
