@@ -46,6 +46,14 @@ tests_test_plugin_inception_fid_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_inception_fid_LDADD = $(TEST_LDADD) plugins/processors/libimagecommon.la
 endif
 EXTRA_DIST += tests/test_plugin_fid_cmd.sh
+# `pipeline clipscore` against transformers 4.30's CLIPModel (tests/gen_clipscore.py)
+if HAVE_PNG
+check_PROGRAMS += tests/test_plugin_clipscore
+TESTS += tests/test_plugin_clipscore
+tests_test_plugin_clipscore_CPPFLAGS = $(TEST_CPPFLAGS) $(JANSSON_CFLAGS)
+tests_test_plugin_clipscore_LDADD = $(TEST_LDADD) plugins/processors/libimagecommon.la $(JANSSON_LIBS)
+endif
+EXTRA_DIST += tests/gen_clipscore.py tests/fixtures/clipscore
 # AR-LDM's parts read by prefix out of one AR-LDM state dict (tests/gen_arldm.py)
 check_PROGRAMS += tests/test_plugin_arldm_parts
 TESTS += tests/test_plugin_arldm_parts
