@@ -23,7 +23,7 @@ noinst_LTLIBRARIES += tools/libcmdfid.la
 tools_libcmdfid_la_SOURCES = tools/cmd_fid.c
 if HAVE_PNG
 tools_libcmdfid_la_CPPFLAGS = $(AM_CPPFLAGS) -DMMP_WITH_PNG
-tools_libcmdfid_la_LIBADD = plugins/processors/libimagecommon.la
+tools_libcmdfid_la_LIBADD = plugins/common/libfidfeat.la
 endif
 tools_pipeline_LDADD += tools/libcmdfid.la
 
