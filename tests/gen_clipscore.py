@@ -6,7 +6,8 @@ sizes.
 Run in the reference environment (see ../shared/REFERENCE.md):
   PYTHONPATH=/root/refenv/site /usr/bin/python3 tests/gen_clipscore.py
 Writes tests/fixtures/clipscore/:
-- clip/: a CLIPModel folder (config.json, model.safetensors) with the tiny
+- clip/: a CLIPModel folder (config.json, model.safetensors; clip_bin/ the
+  same with pytorch_model.bin) with the tiny
   CLIP tokenizer of tests/fixtures/arldm/tok (vocab.json, merges.txt: 38
   words, <|endoftext|> the largest id, as in CLIP's vocabulary);
 - out/: a story task's output folder (story00000, story00001, frame<F>.png of
@@ -101,6 +102,12 @@ def main():
         json.dump(d, f, indent=1, sort_keys=True)
     st = {k: v.detach().float().contiguous() for k, v in m.state_dict().items() if not k.endswith("position_ids")}
     save_file(st, os.path.join(mdir, "model.safetensors"))
+    # the same model as transformers' torch.save file (pytorch_model.bin)
+    bdir = os.path.join(OUT, "clip_bin")
+    os.makedirs(bdir, exist_ok=True)
+    for f in ("config.json", "vocab.json", "merges.txt"):
+        shutil.copy(os.path.join(mdir, f), os.path.join(bdir, f))
+    torch.save(m.state_dict(), os.path.join(bdir, "pytorch_model.bin"))
 
     proc = CLIPImageProcessor(size={"shortest_edge": 32}, crop_size={"height": 32, "width": 32})
     rng = np.random.default_rng(1516)

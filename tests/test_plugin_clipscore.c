@@ -171,6 +171,15 @@ int main(void) {
   check_scores(j, e, 1, "story output folder");
   json_decref(j);
 
+  /* the same model as pytorch_model.bin (transformers' torch.save file) */
+  snprintf(args, sizeof args, "%s/out --model %s/clip_bin --captions %s/out/stories.json --json %s/bin.json", fx, fx, fx,
+           tmp);
+  st = run(args, err, sizeof err);
+  if (!ok(st == 0, "clipscore with pytorch_model.bin")) diag("%s", err);
+  j = load_json("bin.json");
+  check_scores(j, e, 1, "pytorch_model.bin");
+  json_decref(j);
+
   /* the same frames as an image folder with one caption each, x100 */
   snprintf(args, sizeof args,
            "%s/flat --model %s/clip --captions %s/flat/captions.json --frames "
