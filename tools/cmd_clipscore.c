@@ -313,12 +313,18 @@ static int list_input(cs_run_t *r, const char *input, const char *captions,
         rc = mmp_error_set(MMP_EIO, "%s: %s", sd, strerror(errno));
         break;
       }
-      long fr[256];
+      long fr[256], f;
       size_t nf = 0;
-      while ((e = readdir(dd)) != NULL && nf < 256)
-        if (frame_number(e->d_name, &fr[nf]))
-          nf++;
+      while (rc == 0 && (e = readdir(dd)) != NULL)
+        if (frame_number(e->d_name, &f)) {
+          if (nf == sizeof fr / sizeof *fr)
+            rc = mmp_error_set(MMP_EDATA, "%s: more than %zu frames", sd, sizeof fr / sizeof *fr);
+          else
+            fr[nf++] = f;
+        }
       closedir(dd);
+      if (rc)
+        break;
       qsort(fr, nf, sizeof *fr, cmp_long);
       if ((rc = add_story(r, stories.v[s])) < 0)
         break;
