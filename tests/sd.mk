@@ -46,6 +46,14 @@ tests_test_plugin_inception_fid_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_inception_fid_LDADD = $(TEST_LDADD) plugins/processors/libimagecommon.la
 endif
 EXTRA_DIST += tests/test_plugin_fid_cmd.sh
+# `pipeline clipscore` against transformers 4.30's CLIPModel (tests/gen_clipscore.py)
+if HAVE_PNG
+check_PROGRAMS += tests/test_plugin_clipscore
+TESTS += tests/test_plugin_clipscore
+tests_test_plugin_clipscore_CPPFLAGS = $(TEST_CPPFLAGS) $(JANSSON_CFLAGS)
+tests_test_plugin_clipscore_LDADD = $(TEST_LDADD) plugins/processors/libimagecommon.la $(JANSSON_LIBS)
+endif
+EXTRA_DIST += tests/gen_clipscore.py tests/fixtures/clipscore
 # AR-LDM's parts read by prefix out of one AR-LDM state dict (tests/gen_arldm.py)
 check_PROGRAMS += tests/test_plugin_arldm_parts
 TESTS += tests/test_plugin_arldm_parts
@@ -62,6 +70,9 @@ tests_test_plugin_story_LDADD = $(TEST_LDADD) plugins/processors/libimagecommon.
 endif
 TESTS += tests/test_plugin_story_demo.sh
 EXTRA_DIST += tests/test_plugin_story_demo.sh
+# calculate_fid: the story task's FID equals pipeline fid's on the same image sets
+TESTS += tests/test_plugin_story_fid.sh
+EXTRA_DIST += tests/test_plugin_story_fid.sh
 # `pipeline arldm-init`: an AR-LDM state dict from the tiny SD and BLIP fixtures
 check_PROGRAMS += tests/test_tool_arldm_init
 TESTS += tests/test_tool_arldm_init

@@ -15,7 +15,7 @@
 #include "tools/commands.h"
 
 #ifdef MMP_WITH_PNG
-#include "plugins/processors/imagecommon.h"
+#include "plugins/common/fidfeat.h"
 #endif
 
 static void fid_help(FILE *f) {
@@ -47,7 +47,9 @@ static void fid_help(FILE *f) {
           "  -h, --help          this help\n");
 }
 
-typedef enum { PROTO_STANDARD, PROTO_ARLDM } proto_t;
+/* the protocols of plugins/common/fidfeat.h (without libpng only
+ * statistics files are read) */
+enum { PROTO_STANDARD = 0, PROTO_ARLDM = 1 };
 
 typedef struct fid_set {
   const char *path;
@@ -58,7 +60,7 @@ typedef struct fid_set {
 typedef struct fid_run {
   mmp_component_t *enc;
   mmp_backend_t *be;
-  proto_t proto;
+  int proto; /* mmp_fid_protocol_t */
   int batch;
   bool skip_bad;
 } fid_run_t;
@@ -143,115 +145,12 @@ out:
 }
 
 #ifdef MMP_WITH_PNG
-static int read_file(const char *path, uint8_t **buf, size_t *n) {
-  FILE *f = fopen(path, "rb");
-  if (!f) return mmp_error_set(MMP_EIO, "%s: %s", path, strerror(errno));
-  struct stat sb;
-  if (fstat(fileno(f), &sb) < 0 || sb.st_size <= 0 || sb.st_size > ((off_t)1 << 31)) {
-    fclose(f);
-    return mmp_error_set(MMP_EDATA, "%s: empty or too large", path);
-  }
-  *n = (size_t)sb.st_size;
-  *buf = malloc(*n);
-  if (!*buf || fread(*buf, 1, *n, f) != *n) {
-    fclose(f);
-    free(*buf);
-    *buf = NULL;
-    return mmp_error_set(MMP_EIO, "%s: read failed", path);
-  }
-  fclose(f);
-  return 0;
-}
-
-/* One image as float CHW after the protocol's preprocessing (transfer full
- * in @out). */
-static int prep_image(const fid_run_t *r, const mmp_image_t *im, float **out, int *h, int *w) {
-  mmp_image_t small = {0};
-  const mmp_image_t *src = im;
-  static const float half[3] = {0.5f, 0.5f, 0.5f};
-  int rc = 0;
-  if (r->proto == PROTO_ARLDM) {
-    /* transforms.Resize([64, 64]) on a PIL image: PIL bilinear with its
-     * antialiasing support */
-    if ((rc = mmp_image_resize(im, 64, 64, MMP_RESAMPLE_BILINEAR, &small)) < 0) return rc;
-    src = &small;
-  }
-  *h = src->h;
-  *w = src->w;
-  *out = malloc((size_t)3 * (size_t)src->h * (size_t)src->w * sizeof **out);
-  if (!*out) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
-  else if (r->proto == PROTO_ARLDM) {
-    /* ToTensor, Normalize(0.5, 0.5), then (x + 1) / 2 in float */
-    size_t m = (size_t)3 * (size_t)src->h * (size_t)src->w;
-    mmp_image_to_float(src, half, half, *out);
-    for (size_t i = 0; i < m; i++) (*out)[i] = ((*out)[i] + 1.0f) / 2.0f;
-  } else {
-    mmp_image_to_float(src, NULL, NULL, *out);
-  }
-  mmp_image_clear(&small);
-  return rc;
-}
-
-/* One image file (PNG or JPEG, by signature) through prep_image. */
-static int load_image(const fid_run_t *r, const char *path, float **out, int *h, int *w) {
-  uint8_t *buf = NULL;
-  size_t n = 0;
-  int rc = read_file(path, &buf, &n);
-  if (rc) return rc;
-  mmp_image_t im = {0};
-  rc = mmp_image_decode(buf, n, &im);
-  free(buf);
-  if (rc == 0) rc = prep_image(r, &im, out, h, w);
-  mmp_image_clear(&im);
-  return rc ? mmp_error_prefix("%s: ", path) : 0;
-}
-#endif
-
-/* Run the encoder on @n images of one size; append features to @feat. */
-static int encode_batch(const fid_run_t *r, float *pix, int n, int h, int w, float **feat, int64_t *nfeat,
-                        int64_t *cap, int64_t *dim) {
-  int64_t shape[4] = {n, 3, h, w};
-  mmp_tensor_t *x = mmp_tensor_from_data(mmp_backend_get("cpu"), MMP_F32, 4, shape, pix);
-  if (!x) return mmp_error_code();
-  mmp_tensormap_t *in = mmp_tensormap_new(), *out = mmp_tensormap_new();
-  int rc = mmp_tensormap_set(in, "sample", x);
-  const mmp_encoder_ops_t *ops = (const mmp_encoder_ops_t *)r->enc->plugin;
-  if (rc == 0) rc = ops->forward(r->enc->self, "encode", in, out);
-  mmp_tensor_t *f = rc == 0 ? mmp_tensormap_get(out, "features") : NULL;
-  if (rc == 0 && (!f || f->ndim != 2 || f->shape[0] != n))
-    rc = mmp_error_set(MMP_EDATA, "fid: the encoder gave no [N, D] 'features'");
-  if (rc == 0) {
-    if (*dim == 0) *dim = f->shape[1];
-    if (*nfeat + n > *cap) {
-      int64_t nc = (*cap ? *cap * 2 : 256);
-      while (nc < *nfeat + n) nc *= 2;
-      float *nf = realloc(*feat, (size_t)(nc * *dim) * sizeof *nf);
-      if (!nf) rc = mmp_error_set(MMP_ENOMEM, "out of memory for %lld features", (long long)nc);
-      else {
-        *feat = nf;
-        *cap = nc;
-      }
-    }
-    if (rc == 0) {
-      rc = mmp_tensor_to_host(f, *feat + *nfeat * *dim, (size_t)(n * *dim) * sizeof(float));
-      *nfeat += n;
-    }
-  }
-  mmp_tensormap_free(in);
-  mmp_tensormap_free(out);
-  return rc;
-}
-
-static void progress(const char *what, int64_t done, int64_t total, double t0) {
-  if (pipe_quiet) return;
-  struct timespec ts;
-  clock_gettime(CLOCK_MONOTONIC, &ts);
-  double el = (double)ts.tv_sec + ts.tv_nsec * 1e-9 - t0, rate = el > 0 ? (double)done / el : 0;
-  double eta = rate > 0 ? (double)(total - done) / rate : 0;
-  fprintf(stderr, "\rfid: %s %lld/%lld images, %.1f img/s, ETA %.0f s   ", what, (long long)done, (long long)total,
-          rate, eta);
-  if (done == total) fputc('\n', stderr);
-}
+/* The progress line of one set (stderr). */
+typedef struct prog {
+  const char *what;
+  int64_t total; /* images expected */
+  double t0;
+} prog_t;
 
 static double mono_now(void) {
   struct timespec ts;
@@ -259,72 +158,41 @@ static double mono_now(void) {
   return (double)ts.tv_sec + ts.tv_nsec * 1e-9;
 }
 
-/* Features of a stream of preprocessed images, batched by equal size
- * (pytorch-fid's loader stacks images of one size). */
-typedef struct feat_acc {
-  const fid_run_t *r;
-  const char *what; /* for the progress line */
-  int64_t total;    /* images expected (progress) */
-  float *feat, *pix;
-  int64_t nfeat, cap, dim;
-  size_t pcap;
-  int bn, bh, bw;
-  double t0;
-} feat_acc_t;
-
-static int acc_flush(feat_acc_t *a) {
-  if (a->bn == 0) return 0;
-  int rc = encode_batch(a->r, a->pix, a->bn, a->bh, a->bw, &a->feat, &a->nfeat, &a->cap, &a->dim);
-  a->bn = 0;
-  progress(a->what, a->nfeat, a->total > a->nfeat ? a->total : a->nfeat, a->t0);
-  return rc;
+static void progress(void *user, int64_t done) {
+  const prog_t *p = user;
+  if (pipe_quiet) return;
+  int64_t total = p->total > done ? p->total : done;
+  double el = mono_now() - p->t0, rate = el > 0 ? (double)done / el : 0;
+  double eta = rate > 0 ? (double)(total - done) / rate : 0;
+  fprintf(stderr, "\rfid: %s %lld/%lld images, %.1f img/s, ETA %.0f s   ", p->what, (long long)done, (long long)total,
+          rate, eta);
+  if (done == total) fputc('\n', stderr);
 }
 
-/* Append one preprocessed image (@img: 3 x h x w floats, not taken). */
-static int acc_add(feat_acc_t *a, const float *img, int h, int w) {
-  int rc = 0;
-  if (a->bn > 0 && (h != a->bh || w != a->bw || a->bn == a->r->batch) && (rc = acc_flush(a)) < 0) return rc;
-  size_t per = (size_t)3 * (size_t)h * (size_t)w;
-  if ((size_t)(a->bn + 1) * per > a->pcap) {
-    size_t nc = (size_t)a->r->batch * per;
-    float *np = realloc(a->pix, nc * sizeof *np);
-    if (!np) return mmp_error_set(MMP_ENOMEM, "out of memory");
-    a->pix = np;
-    a->pcap = nc;
-  }
-  memcpy(a->pix + (size_t)a->bn * per, img, per * sizeof *img);
-  a->bn++;
-  a->bh = h;
-  a->bw = w;
-  return 0;
-}
-
-/* Flush, then the statistics of all features into @s; frees the buffers. */
-static int acc_finish(feat_acc_t *a, fid_set_t *s, int rc) {
-  if (rc == 0) rc = acc_flush(a);
-  if (rc == 0 && a->nfeat < 2) rc = mmp_error_set(MMP_EDATA, "%s: fewer than 2 readable images", s->path);
+/* The accumulated features' statistics into @s; frees @a. */
+static int acc_finish(mmp_fid_acc_t *a, fid_set_t *s, int rc) {
+  mmp_fid_stats_t st = {0};
+  if (rc == 0 && (rc = mmp_fid_acc_finish(a, &st)) < 0) mmp_error_prefix("%s: ", s->path);
+  mmp_fid_acc_free(a);
   if (rc == 0) {
-    s->count = a->nfeat;
-    s->dim = a->dim;
-    s->mu = malloc((size_t)a->dim * sizeof *s->mu);
-    s->sigma = malloc((size_t)(a->dim * a->dim) * sizeof *s->sigma);
-    rc = s->mu && s->sigma ? mmp_feature_stats(a->feat, a->nfeat, a->dim, s->mu, s->sigma)
-                           : mmp_error_set(MMP_ENOMEM, "out of memory");
+    s->count = st.count;
+    s->dim = st.dim;
+    s->mu = st.mu;
+    s->sigma = st.sigma;
   }
-  free(a->feat);
-  free(a->pix);
-  a->feat = a->pix = NULL;
   return rc;
 }
 
-/* The image files @paths (n of them, in order) into @s. */
+/* The image files @paths (n of them, in order; PNG or JPEG by signature,
+ * mmp_image_load) into @s. */
 static int stats_from_files(const fid_run_t *r, fid_set_t *s, char **paths, size_t n) {
-  feat_acc_t a = {.r = r, .what = s->path, .total = (int64_t)n, .t0 = mono_now()};
+  prog_t pr = {.what = s->path, .total = (int64_t)n, .t0 = mono_now()};
+  mmp_fid_acc_t *a = mmp_fid_acc_new(r->enc, r->proto, r->batch, progress, &pr);
+  if (!a) return mmp_error_code();
   int rc = 0;
   for (size_t i = 0; rc == 0 && i < n; i++) {
-    float *img = NULL;
-    int h = 0, w = 0;
-    int lr = load_image(r, paths[i], &img, &h, &w);
+    mmp_image_t im = {0};
+    int lr = mmp_image_load(paths[i], &im);
     if (lr < 0) {
       if (!r->skip_bad || lr == MMP_ENOMEM) {
         rc = lr;
@@ -332,14 +200,15 @@ static int stats_from_files(const fid_run_t *r, fid_set_t *s, char **paths, size
       }
       MMP_WARN("fid", "skipping %s: %s", paths[i], mmp_error_last());
       s->skipped++;
-      a.total--;
+      pr.total--;
       continue;
     }
-    rc = acc_add(&a, img, h, w);
-    free(img);
+    if ((rc = mmp_fid_acc_add(a, &im)) < 0) mmp_error_prefix("%s: ", paths[i]);
+    mmp_image_clear(&im);
   }
-  return acc_finish(&a, s, rc);
+  return acc_finish(a, s, rc);
 }
+#endif
 
 static bool is_image_name(const char *name) {
   return has_suffix(name, ".png") || has_suffix(name, ".jpg") || has_suffix(name, ".jpeg");
@@ -451,8 +320,10 @@ static int stats_from_dataset(const fid_run_t *r, fid_set_t *s) {
   mmp_registry_t *reg = mmp_registry_new();
   mmp_context_t *ctx = NULL;
   mmp_component_t *ds = NULL;
-  feat_acc_t a = {.r = r, .what = s->path, .t0 = mono_now()};
-  if (!reg || (rc = mmp_registry_set_search_path(reg, cfg)) < 0 || !(ctx = mmp_context_new(reg, cfg)) ||
+  prog_t pr = {.what = s->path, .t0 = mono_now()};
+  mmp_fid_acc_t *a = mmp_fid_acc_new(r->enc, r->proto, r->batch, progress, &pr);
+  if (!a) rc = mmp_error_code();
+  if (rc || !reg || (rc = mmp_registry_set_search_path(reg, cfg)) < 0 || !(ctx = mmp_context_new(reg, cfg)) ||
       !(ds = mmp_component_create(ctx, MMP_KIND_DATASET, "dataset"))) {
     rc = rc ? rc : mmp_error_code();
     goto out;
@@ -479,7 +350,7 @@ static int stats_from_dataset(const fid_run_t *r, fid_set_t *s) {
       mmp_tensormap_free(m);
       break;
     }
-    if (a.total == 0) a.total = size * t->shape[0];
+    if (pr.total == 0) pr.total = size * t->shape[0];
     int64_t nf = t->shape[0], h = t->shape[1], w = t->shape[2];
     mmp_image_t im = {0};
     if ((rc = mmp_image_alloc(&im, (int)w, (int)h, 3)) == 0) {
@@ -490,10 +361,7 @@ static int stats_from_dataset(const fid_run_t *r, fid_set_t *s) {
       const uint8_t *src = host;
       for (int64_t f = 0; rc == 0 && f < nf; f++) {
         memcpy(im.data, src + (size_t)(f * h * w * 3), (size_t)(h * w * 3));
-        float *img = NULL;
-        int ph = 0, pw = 0;
-        if ((rc = prep_image(r, &im, &img, &ph, &pw)) == 0) rc = acc_add(&a, img, ph, pw);
-        free(img);
+        rc = mmp_fid_acc_add(a, &im);
       }
       free(host);
     }
@@ -501,7 +369,7 @@ static int stats_from_dataset(const fid_run_t *r, fid_set_t *s) {
     mmp_tensormap_free(m);
   }
 out:
-  rc = acc_finish(&a, s, rc);
+  rc = a ? acc_finish(a, s, rc) : rc;
   mmp_component_free(ds);
   mmp_context_free(ctx);
   mmp_registry_free(reg);

@@ -65,6 +65,7 @@ int cmd_dataset(int argc, char **argv);   /* tools/cmd_dataset.c */
 int cmd_init_weights(int argc, char **argv); /* tools/cmd_init_weights.c */
 int cmd_arldm_init(int argc, char **argv); /* tools/cmd_arldm_init.c */
 int cmd_fid(int argc, char **argv);       /* tools/cmd_fid.c */
+int cmd_clipscore(int argc, char **argv); /* tools/cmd_clipscore.c */
 int cmd_convert(int argc, char **argv);   /* tools/cmd_convert.c */
 
 /* Run a scheduler over given model outputs for `pipeline forward`

@@ -23,6 +23,17 @@ noinst_LTLIBRARIES += tools/libcmdfid.la
 tools_libcmdfid_la_SOURCES = tools/cmd_fid.c
 if HAVE_PNG
 tools_libcmdfid_la_CPPFLAGS = $(AM_CPPFLAGS) -DMMP_WITH_PNG
-tools_libcmdfid_la_LIBADD = plugins/processors/libimagecommon.la
+tools_libcmdfid_la_LIBADD = plugins/common/libfidfeat.la
 endif
 tools_pipeline_LDADD += tools/libcmdfid.la
+
+# `pipeline clipscore`: CLIP-T / CLIP-I of image folders (libpng, jansson)
+noinst_LTLIBRARIES += tools/libcmdclipscore.la
+tools_libcmdclipscore_la_SOURCES = tools/cmd_clipscore.c
+tools_libcmdclipscore_la_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)
+tools_libcmdclipscore_la_LIBADD = $(JANSSON_LIBS) -lm
+if HAVE_PNG
+tools_libcmdclipscore_la_CPPFLAGS = $(AM_CPPFLAGS) -DMMP_WITH_PNG
+tools_libcmdclipscore_la_LIBADD += plugins/processors/libimagecommon.la
+endif
+tools_pipeline_LDADD += tools/libcmdclipscore.la

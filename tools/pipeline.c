@@ -21,6 +21,7 @@ static const pipe_cmd_t commands[] = {
     {"init-weights", "write seeded random weights for a unet/vae/text-encoder config.json", cmd_init_weights},
     {"arldm-init", "assemble an AR-LDM state dict from SD, BLIP and seeded extras (.safetensors)", cmd_arldm_init},
     {"fid", "Frechet Inception Distance of two image sets (pytorch-fid / AR-LDM)", cmd_fid},
+    {"clipscore", "CLIP-T and CLIP-I of generated stories (a CLIPModel checkpoint)", cmd_clipscore},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 

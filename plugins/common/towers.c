@@ -63,9 +63,11 @@ int sd_tower_locate(const mmp_config_t *cfg, bool need_config, char *cpath, size
   if (dir[0]) {
     snprintf(tmp, sizeof tmp, "%s/config.json", dir);
     if (is_file(tmp)) snprintf(cpath, cplen, "%s", tmp);
+    /* transformers' file names: safetensors first, else the torch.save one */
     snprintf(tmp, sizeof tmp, "%s/model.safetensors", dir);
+    if (!is_file(tmp)) snprintf(tmp, sizeof tmp, "%s/pytorch_model.bin", dir);
     if (is_file(tmp)) snprintf(wpath, wplen, "%s", tmp);
-    else if (seed < 0) return sd_cfg_bad(cfg, "model_dir", "no model.safetensors in this folder");
+    else if (seed < 0) return sd_cfg_bad(cfg, "model_dir", "no model.safetensors (nor pytorch_model.bin) in this folder");
   }
   if (mmp_config_get_path(cfg, "config", tmp, sizeof tmp) == 0 && tmp[0]) snprintf(cpath, cplen, "%s", tmp);
   if (mmp_config_get_path(cfg, "weights", tmp, sizeof tmp) == 0 && tmp[0]) snprintf(wpath, wplen, "%s", tmp);

@@ -109,7 +109,7 @@ mmp_tensor_t *sd_input_ids(const mmp_tensor_t *ids, int64_t n_vocab, mmp_backend
 /* ---- what the tower plugins share ---- */
 /* Key-table rows of the vit, bert and blip plugins. */
 #define SD_TOWER_KEYS                                                                                        \
-  {"model_dir", MMP_TYPE_STRING, "\"\"", "a transformers folder: config.json + model.safetensors",         \
+  {"model_dir", MMP_TYPE_STRING, "\"\"", "a transformers folder: config.json + model.safetensors (or pytorch_model.bin)", \
    MMP_KEY_PATH, 0},                                                                                         \
   {"config", MMP_TYPE_STRING, "\"\"", "config.json (transformers, or BLIP's med_config.json) instead of model_dir", \
    MMP_KEY_PATH, 0},                                                                                         \

@@ -16,6 +16,9 @@ static const mmp_key_t keys[] = {
      "resize: [h, w] exactly, or one int for the shorter side (torchvision Resize); [] none", 0, 0},
     {"interpolation", MMP_TYPE_STRING, "\"bilinear\"", "bilinear, bicubic, box, hamming or lanczos (PIL)", 0, 0},
     {"center_crop", MMP_TYPE_LIST, "[]", "center crop [h, w] or one int (zero padding if larger); [] none", 0, 0},
+    {"crop_offset", MMP_TYPE_STRING, "\"round\"",
+     "center_crop's offsets: round (torchvision CenterCrop: round((in - out) / 2), half to even) or floor "
+     "(transformers' image processors, e.g. CLIPImageProcessor: (in - out) // 2)", 0, 0},
     {"random_crop", MMP_TYPE_LIST, "[]", "random crop [h, w] or one int; [] none", 0, 0},
     {"seed", MMP_TYPE_INT, "0", "seed of random_crop", 0, 0},
     {"to_float", MMP_TYPE_STRING, "\"unit\"",
@@ -30,6 +33,7 @@ typedef struct resize {
   int size[2]; /* h, w; size[1] == 0: shorter side = size[0]; size[0] == 0: none */
   int center[2], random[2];
   mmp_resample_t interp;
+  bool crop_floor; /* center_crop offsets (in - out) // 2, as transformers' center_crop */
   to_float_t to_float;
   bool normalize;
   float mean[3], std[3];
@@ -76,7 +80,7 @@ static int resize_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mm
   resize_t *r = calloc(1, sizeof *r);
   if (!r) return mmp_error_set(MMP_ENOMEM, "out of memory");
   pthread_mutex_init(&r->lock, NULL);
-  const char *interp = NULL, *tf = NULL;
+  const char *interp = NULL, *tf = NULL, *co = NULL;
   int64_t seed = 0;
   size_t nm = 0, ns = 0;
   int rc;
@@ -85,12 +89,19 @@ static int resize_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mm
       (rc = get_size(cfg, "random_crop", false, r->random)) < 0 ||
       (rc = mmp_config_get_string(cfg, "interpolation", &interp)) < 0 ||
       (rc = mmp_config_get_string(cfg, "to_float", &tf)) < 0 ||
+      (rc = mmp_config_get_string(cfg, "crop_offset", &co)) < 0 ||
       (rc = mmp_config_get_int(cfg, "seed", &seed)) < 0 ||
       (rc = mmp_config_get_list_size(cfg, "mean", &nm)) < 0 ||
       (rc = mmp_config_get_list_size(cfg, "std", &ns)) < 0)
     goto fail;
   if (mmp_resample_parse(interp, &r->interp) < 0) {
     rc = cfg_error(cfg, "interpolation", "expected bilinear, bicubic, box, hamming or lanczos");
+    goto fail;
+  }
+  if (strcmp(co, "round") == 0) r->crop_floor = false;
+  else if (strcmp(co, "floor") == 0) r->crop_floor = true;
+  else {
+    rc = cfg_error(cfg, "crop_offset", "expected round or floor");
     goto fail;
   }
   if (r->center[0] && r->random[0]) {
@@ -155,7 +166,14 @@ static int apply(resize_t *r, const mmp_image_t *in, mmp_image_t *out) {
   }
   if (r->center[0]) {
     int x, y;
-    mmp_image_center_offsets(cur->w, cur->h, r->center[1], r->center[0], &x, &y);
+    if (r->crop_floor) {
+      /* transformers' center_crop: (in - out) // 2, or, for an image
+       * smaller than the crop, zero padding of (out - in) // 2 before it */
+      x = cur->w >= r->center[1] ? (cur->w - r->center[1]) / 2 : -((r->center[1] - cur->w) / 2);
+      y = cur->h >= r->center[0] ? (cur->h - r->center[0]) / 2 : -((r->center[0] - cur->h) / 2);
+    } else {
+      mmp_image_center_offsets(cur->w, cur->h, r->center[1], r->center[0], &x, &y);
+    }
     if ((rc = mmp_image_crop(cur, x, y, r->center[1], r->center[0], &b)) < 0) goto out;
     cur = &b;
   } else if (r->random[0]) {

@@ -44,6 +44,12 @@ plugins_processors_libimagecommon_la_SOURCES += plugins/processors/imagejpeg.c
 plugins_processors_libimagecommon_la_CFLAGS += $(LIBJPEG_CFLAGS)
 plugins_processors_libimagecommon_la_LIBADD += $(LIBJPEG_LIBS)
 endif
+# libfidfeat: FID features and statistics of uint8 images through an
+# inception_fid encoder, shared by `pipeline fid` and the story task.
+noinst_LTLIBRARIES += plugins/common/libfidfeat.la
+plugins_common_libfidfeat_la_SOURCES = plugins/common/fidfeat.c plugins/common/fidfeat.h
+plugins_common_libfidfeat_la_CFLAGS = $(AM_CFLAGS) $(LIBPNG_CFLAGS)
+plugins_common_libfidfeat_la_LIBADD = plugins/processors/libimagecommon.la
 endif
 if BUILD_PLUGIN_IMAGE_RESIZE
 pkglib_LTLIBRARIES += plugins/processors/processor_image_resize.la

@@ -39,7 +39,7 @@ pkglib_LTLIBRARIES += plugins/tasks/task_story.la
 plugins_tasks_task_story_la_SOURCES = plugins/tasks/story.c
 plugins_tasks_task_story_la_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS) $(LIBPNG_CFLAGS)
 plugins_tasks_task_story_la_LDFLAGS = $(PLUGIN_LDFLAGS)
-plugins_tasks_task_story_la_LIBADD = $(SD_COMMON_LIBADD) plugins/processors/libimagecommon.la
+plugins_tasks_task_story_la_LIBADD = $(SD_COMMON_LIBADD) plugins/common/libfidfeat.la
 endif
 
 # ---- retrieval: BLIP image-text retrieval and its evaluation

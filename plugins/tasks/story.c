@@ -32,7 +32,10 @@
 
 #include "plugins/common/sampling.h"
 #include "plugins/common/sd_common.h"
+#include "plugins/common/fidfeat.h"
 #include "plugins/processors/imagecommon.h"
+
+#include <mmpipe/frechet.h>
 
 #ifdef PACKAGE_VERSION
 #define STORY_MMPIPE_VERSION PACKAGE_VERSION
@@ -77,6 +80,13 @@ static const mmp_key_t story_keys[] = {
      "verification: write back the frames frame{F}.image (u8 [B, H, W, 3], the stories of one batch) of this file instead of the drawn ones, "
      "to compare frame by frame with a reference run (a 1/255 rounding flip in a fed-back frame otherwise moves all later frames)",
      MMP_KEY_PATH, 0},
+    {"calculate_fid", MMP_TYPE_BOOL, "false",
+     "at the end of the run, the FID (AR-LDM's 64x64 protocol) of the frames drawn against the ground-truth frames of the "
+     "same stories (frames 1-4 for continuation): printed as 'FID: <value>' and written to run.json",
+     0, 0},
+    {"fid_encoder", MMP_TYPE_COMPONENT, NULL,
+     "calculate_fid (required with it): the FID Inception, e.g. { name = \"inception_fid\"; weights = \"pt_inception.pth\"; }",
+     0, MMP_KIND_ENCODER},
     {"text_encoder", MMP_TYPE_COMPONENT, "\"clip_text\"", "the caption encoder group (AR-LDM: prefix text_encoder.)", 0, MMP_KIND_ENCODER},
     {"mm_encoder", MMP_TYPE_COMPONENT, "\"blip\"", "the multimodal encoder group (AR-LDM: prefix mm_encoder.)", 0, MMP_KIND_ENCODER},
     {"blip_processor", MMP_TYPE_COMPONENT, "\"image_resize\"", "frames -> BLIP input (224 bilinear, CLIP normalisation)", 0, MMP_KIND_PROCESSOR},
@@ -91,6 +101,7 @@ typedef struct story {
   int64_t width, height, steps, seed, batch;
   int64_t first, last; /* stories [first, last); last < 0: to the end */
   bool save_tensors;
+  bool calc_fid; /* calculate_fid */
   bool dataset; /* a `dataset` group is configured */
   mmp_rng_mode_t rng_mode;
   char arldm[4096], input[4096], out_dir[4096], writeback[4096], sample_dir[4096], stories[4096];
@@ -115,6 +126,7 @@ static int story_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp
       (rc = mmp_config_get_int(cfg, "steps", &t->steps)) || (rc = mmp_config_get_int(cfg, "seed", &t->seed)) ||
       (rc = mmp_config_get_int(cfg, "batch_size", &t->batch)) || (rc = mmp_config_get_string(cfg, "rng", &rng)) ||
       (rc = mmp_config_get_bool(cfg, "save_tensors", &t->save_tensors)) ||
+      (rc = mmp_config_get_bool(cfg, "calculate_fid", &t->calc_fid)) ||
       (rc = mmp_config_get_string(cfg, "stories", &range)) ||
       (rc = mmp_config_get_path(cfg, "arldm", t->arldm, sizeof t->arldm)) ||
       (rc = mmp_config_get_path(cfg, "story_tensors", t->input, sizeof t->input)) ||
@@ -153,6 +165,14 @@ static int story_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp
     goto fail;
   }
   if (!t->out_dir[0]) { rc = cfg_error(cfg, "output_dir", "must not be empty"); goto fail; }
+  if (t->calc_fid && !(ctx && mmp_config_lookup(mmp_context_config(ctx), "fid_encoder"))) {
+    rc = cfg_error(cfg, "calculate_fid", "needs an fid_encoder group ({ name = \"inception_fid\"; weights = ...; })");
+    goto fail;
+  }
+  if (t->calc_fid && t->stories[0]) {
+    rc = cfg_error(cfg, "calculate_fid", "needs ground-truth frames: story_tensors or a dataset (a stories_file has none)");
+    goto fail;
+  }
   *out_self = t;
   return 0;
 fail:
@@ -180,6 +200,11 @@ typedef struct run {
   const char *sched_name;
   const mmp_config_t *cfg_root;   /* for run.json */
   double *frame_secs;             /* [n stories * V] seconds, -1 = skipped (resumed) */
+  mmp_component_t *fid_enc;       /* calculate_fid: the FID Inception */
+  mmp_fid_acc_t *fid_gen, *fid_gt; /* features of the drawn and the ground-truth frames */
+  bool fid_ds_gt; /* a dataset batch being loaded: its original target frames go to fid_gt */
+  bool have_fid;
+  double fid;
 } run_t;
 
 static int forward(mmp_component_t *c, const char *method, const mmp_tensormap_t *in, mmp_tensormap_t *out) {
@@ -691,6 +716,14 @@ static int draw_stories(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, const mmp_
       const uint8_t *g[5];
       for (int64_t i = 0; i < V; i++) g[i] = gen_px[i] + (size_t)b * H * W * 3;
       rc = write_story(r, s0 + b, g, H, W, gt + (size_t)b * 5 * gh * gw * 3, gh, gw);
+      /* calculate_fid: the drawn frames and the ground truth of the same
+       * targets (frames 5 - V .. 4) */
+      for (int64_t i = 0; rc == 0 && r->fid_gen && i < V; i++) {
+        mmp_image_t gi = {(int)W, (int)H, 3, (uint8_t *)g[i]};
+        mmp_image_t ti = {(int)gw, (int)gh, 3, gt + ((size_t)b * 5 + (size_t)(i + 5 - V)) * (size_t)(gh * gw * 3)};
+        if ((rc = mmp_fid_acc_add(r->fid_gen, &gi)) == 0 && !r->t->dataset) rc = mmp_fid_acc_add(r->fid_gt, &ti);
+        if (rc) mmp_error_prefix("story: calculate_fid: ");
+      }
     }
     free(gt);
     mmp_tensor_unref(fc);
@@ -864,6 +897,10 @@ static int load_dataset(run_t *r, mmp_component_t *ds, int64_t s0, int64_t B, mm
           v = v < 0 ? 0 : v > 255 ? 255 : v;
           src.data[p * 3 + ch] = (uint8_t)nearbyintf(v);
         }
+      /* calculate_fid: the dataset's target frames as they are (what
+       * pipeline fid reads of the split), not resized to the output size */
+      if (rc == 0 && i >= 0 && r->fid_ds_gt && (rc = mmp_fid_acc_add(r->fid_gt, &src)) < 0)
+        mmp_error_prefix("story: calculate_fid: ");
       if (rc == 0 && (h != H || w != W)) rc = mmp_image_resize(&src, (int)W, (int)H, MMP_RESAMPLE_BILINEAR, &dst);
       if (rc == 0)
         memcpy(frames + (size_t)(b * 5 + (i < 0 ? 0 : off + i)) * (size_t)(H * W * 3), dst.data ? dst.data : src.data,
@@ -1109,6 +1146,7 @@ static void json_str(FILE *f, const char *s) {
 
 /* run.json: settings, versions, seconds per frame (null: resumed). */
 static int write_run_json(run_t *r, int64_t n, double secs) {
+  char fidv[64] = "";
   story_t *t = r->t;
   char path[4200], tmp[4300];
   snprintf(path, sizeof path, "%s/run.json", t->out_dir);
@@ -1141,12 +1179,52 @@ static int write_run_json(run_t *r, int64_t n, double secs) {
     }
     fprintf(f, "]");
   }
-  fprintf(f, "\n  ]\n}\n");
+  fprintf(f, "\n  ]");
+  if (t->calc_fid) {
+    if (r->have_fid) snprintf(fidv, sizeof fidv, "%.17g", r->fid);
+    fprintf(f, ",\n  \"fid\": %s,\n  \"fid_protocol\": \"arldm\",\n  \"fid_images\": %lld", r->have_fid ? fidv : "null",
+            (long long)(r->fid_gen ? mmp_fid_acc_count(r->fid_gen) : 0));
+  }
+  fprintf(f, "\n}\n");
   if (fclose(f) != 0 || rename(tmp, path) != 0) {
     unlink(tmp);
     return mmp_error_set(MMP_EIO, "story: cannot write %s", path);
   }
   return 0;
+}
+
+/* calculate_fid: the Frechet distance of the drawn frames' features to the
+ * ground truth's (pipeline fid's numbers: the same accumulator, protocol
+ * arldm, the automatic square root). Stories not drawn in this run
+ * (resumed, outside `stories`) are not in it. */
+static int finish_fid(run_t *r, int64_t n) {
+  int64_t drawn = mmp_fid_acc_count(r->fid_gen);
+  if (drawn < n * r->V)
+    MMP_WARN("story", "calculate_fid: %lld of %lld frames were drawn in this run (the others resumed or outside "
+                      "`stories`): the FID covers those %lld",
+             (long long)drawn, (long long)(n * r->V), (long long)drawn);
+  if (drawn < 2) {
+    MMP_WARN("story", "calculate_fid: fewer than 2 frames drawn in this run: no FID");
+    return 0;
+  }
+  mmp_fid_stats_t g = {0}, t = {0};
+  mmp_frechet_info_t info;
+  int rc = mmp_fid_acc_finish(r->fid_gen, &g);
+  if (rc == 0) rc = mmp_fid_acc_finish(r->fid_gt, &t);
+  if (rc == 0)
+    rc = mmp_frechet_distance_method(t.mu, t.sigma, g.mu, g.sigma, g.dim, MMP_SQRTM_AUTO, &r->fid, &info);
+  if (rc == 0) {
+    r->have_fid = true;
+    if (info.eps_retry)
+      MMP_WARN("story", "fid calculation produces singular product; adding 1e-06 to diagonal of cov estimates");
+    printf("FID: %.17g\n", r->fid);
+    fflush(stdout);
+  } else {
+    mmp_error_prefix("story: calculate_fid: ");
+  }
+  mmp_fid_stats_clear(&g);
+  mmp_fid_stats_clear(&t);
+  return rc;
 }
 
 static int story_run(void *self, mmp_context_t *ctx) {
@@ -1213,6 +1291,17 @@ static int story_run(void *self, mmp_context_t *ctx) {
       !(r.c.sched = mmp_component_create(ctx, MMP_KIND_SCHEDULER, "scheduler"))) {
     rc = mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
     goto done;
+  }
+  if (t->calc_fid) {
+    if (!(r.fid_enc = mmp_component_create(ctx, MMP_KIND_ENCODER, "fid_encoder"))) {
+      rc = mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
+      goto done;
+    }
+    if (!(r.fid_gen = mmp_fid_acc_new(r.fid_enc, MMP_FID_ARLDM, 50, NULL, NULL)) ||
+        !(r.fid_gt = mmp_fid_acc_new(r.fid_enc, MMP_FID_ARLDM, 50, NULL, NULL))) {
+      rc = mmp_error_code();
+      goto done;
+    }
   }
   if ((rc = build_null_context(&r)) < 0) goto done;
   mmp_tensormap_t *ii = mmp_tensormap_new(), *info = mmp_tensormap_new();
@@ -1287,7 +1376,12 @@ static int story_run(void *self, mmp_context_t *ctx) {
       /* one batch of items at a time: a dataset's split need not fit in memory */
       mmp_tensormap_free(in);
       if (!(in = mmp_tensormap_new())) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
-      else if ((rc = load_dataset(&r, ds, s0, B, in)) == 0) {
+      else {
+        r.fid_ds_gt = r.fid_gt != NULL;
+        rc = load_dataset(&r, ds, s0, B, in);
+        r.fid_ds_gt = false;
+      }
+      if (rc == 0) {
         int64_t nb = 0;
         rc = check_input(&r, in, &nb);
       }
@@ -1301,6 +1395,7 @@ static int story_run(void *self, mmp_context_t *ctx) {
                el / (double)(s0 + B) * (double)left);
   }
   if (rc == 0) rc = write_index(&r, n);
+  if (rc == 0 && r.fid_gen) rc = finish_fid(&r, n);
   if (rc == 0) rc = write_run_json(&r, n, now_s() - run0);
   if (rc == 0 && r.saved && mmp_tensormap_size(r.saved) > 0) { /* a fully resumed run keeps the earlier file */
     char path[4200], tmp[4300];
@@ -1310,6 +1405,9 @@ static int story_run(void *self, mmp_context_t *ctx) {
       rc = mmp_error_set(MMP_EIO, "story: rename to %s: %s", path, strerror(errno));
   }
 done:
+  mmp_fid_acc_free(r.fid_gen);
+  mmp_fid_acc_free(r.fid_gt);
+  mmp_component_free(r.fid_enc);
   mmp_tensormap_free(r.saved);
   mmp_tensormap_free(r.replay);
   free(r.frame_secs);
