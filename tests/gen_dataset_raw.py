@@ -231,9 +231,11 @@ def save_py2_object(path, obj):
     arr[()] = obj
     buf = io.BytesIO()
     Py2Pickler(buf, protocol=2).dump(arr)
-    with open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, {"descr": "|O", "fortran_order": False, "shape": ()})
-        f.write(buf.getvalue())
+    f = open(path, "wb") if isinstance(path, str) else path
+    np.lib.format.write_array_header_1_0(f, {"descr": "|O", "fortran_order": False, "shape": ()})
+    f.write(buf.getvalue())
+    if isinstance(path, str):
+        f.close()
 
 
 def strip_png(path, k, seed, mode):
@@ -329,6 +331,10 @@ def fuzz_seeds():
     ids[0], ids[1] = np.arange(3), np.arange(2)
     np.save(os.path.join(corpus, "fuzz_npy", "object_ids.npy"), ids, allow_pickle=True)
     np.save(os.path.join(corpus, "fuzz_npy", "bytes.npy"), np.array([b"a/b.png", b"c/d.png"]))
+    # PororoSV's index files as the builder reads them (the pickled ndarrays)
+    po = os.path.join(OUT, "pororo")
+    for n in ("descriptions.npy", "train_seen_unseen_ids.npy"):
+        shutil.copy(os.path.join(po, n), os.path.join(corpus, "fuzz_npy", "pororo_" + n))
     sep = b"\n%%\n"
     fl = os.path.join(OUT, "flintstones")
     parts = [open(os.path.join(fl, n), "rb").read() for n in
@@ -341,6 +347,21 @@ def fuzz_seeds():
     parts.append(open(os.path.join(vi, "images", "1000.jpg"), "rb").read())
     with open(os.path.join(corpus, "fuzz_dataset_raw", "vist"), "wb") as f:
         f.write(b"\1" + sep.join(parts))
+    # pororo: the frames are all one file (0.png) in the harness's flat directory
+    names = [b"0.png", b"0.png", b"0.png"]
+
+    def npy(arr, **kw):
+        b = io.BytesIO()
+        np.save(b, arr, **kw)
+        return b.getvalue()
+    desc = io.BytesIO()
+    save_py2_object(desc, {Py2Str(b"0"): [Py2Str(b"Pororo\tand Crong.")]})
+    ids = np.empty(3, dtype=object)
+    ids[0], ids[1], ids[2] = np.array([1, 0], np.int64), np.array([2], np.int64), np.array([-1], np.int64)
+    parts = [desc.getvalue(), npy(np.array(names)), npy(np.array([[n] * 4 for n in names])),
+             npy(ids, allow_pickle=True), open(os.path.join(po, "Pororo_ENGLISH1_1_ep1", "0.png"), "rb").read()]
+    with open(os.path.join(corpus, "fuzz_dataset_raw", "pororo"), "wb") as f:
+        f.write(b"\2" + sep.join(parts))
 
 
 def main():
