@@ -28,3 +28,6 @@ EXTRA_DIST += tests/test_plugin_dataset_cmd.sh
 # `pipeline dataset build` against AR-LDM's data_script/*_hdf5.py (tests/gen_dataset_raw.py)
 TESTS += tests/test_plugin_dataset_build.sh
 EXTRA_DIST += tests/test_plugin_dataset_build.sh tests/gen_dataset_raw.py tests/fixtures/dataset_raw
+# AR-LDM's own StoryDataset classes read mmpipe's built files (skipped without the reference environment)
+TESTS += tests/test_plugin_dataset_arldm_read.sh
+EXTRA_DIST += tests/test_plugin_dataset_arldm_read.sh tests/check_arldm_reads_built.py
