@@ -24,9 +24,12 @@ Writes, under tests/fixtures/dataset_raw/:
   pororo_bad/    the same with faults AR-LDM's script cannot survive (a
                  missing .png, a missing and an empty description, an id
                  past the end): mmpipe drops those stories and says why
+  pororo.numpy.json  what NumPy's np.load reads from pororo/'s pickled
+                 index files (tests/test_plugin_npy_pickle.c compares)
   unsafe/        index files naming paths outside the raw directory (an
                  absolute path, a '..' component), one tree per builder:
-                 refused
+                 refused; pororo_evil/, a descriptions.npy whose pickle
+                 calls os.system: refused, never run
 
 AR-LDM's scripts (xichenpan/ARLDM at 9d8feeb, default /root/refsrc/ARLDM)
 run unchanged, in a subprocess, with their paths given by their own
@@ -290,6 +293,25 @@ def pororo(root, bad=False):
     np.save(os.path.join(root, "train_seen_unseen_ids.npy"), ids, allow_pickle=True)
 
 
+def pororo_expected(root, path):
+    """What NumPy itself reads from the tree's pickled index files (AR-LDM's np.load calls):
+    the C test of plugins/datasets/npy.c compares with it."""
+    desc = np.load(os.path.join(root, "descriptions.npy"), allow_pickle=True, encoding="latin1").item()
+    ids = np.load(os.path.join(root, "train_seen_unseen_ids.npy"), allow_pickle=True)
+    out = {"descriptions": {k: v for k, v in sorted(desc.items())},
+           "ids": [[int(x) for x in a] for a in ids],
+           "ids_dtype": [a.dtype.str for a in ids]}
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1, ensure_ascii=False)
+
+
+class Evil:
+    """An object whose unpickling would run a command: a pickle that must be refused."""
+
+    def __reduce__(self):
+        return (os.system, ("echo this must never run",))
+
+
 def unsafe(root):
     """Index files that name paths outside the raw directory: each builder refuses them."""
     clean(root)
@@ -314,6 +336,14 @@ def unsafe(root):
     ids = np.empty(3, dtype=object)
     ids[0], ids[1], ids[2] = np.array([0, 1]), np.array([], np.int64), np.array([], np.int64)
     np.save(os.path.join(po, "train_seen_unseen_ids.npy"), ids, allow_pickle=True)
+    # descriptions.npy whose pickle calls os.system (the loader must refuse it, naming the global)
+    ev = os.path.join(root, "pororo_evil")
+    os.makedirs(ev)
+    for n in ("img_cache4.npy", "following_cache4.npy", "train_seen_unseen_ids.npy"):
+        shutil.copy(os.path.join(po, n), ev)
+    d = np.empty((), dtype=object)
+    d[()] = {"a/0": [Evil()]}
+    np.save(os.path.join(ev, "descriptions.npy"), d, allow_pickle=True)
 
 
 def fuzz_seeds():
@@ -384,6 +414,7 @@ def main():
     h5 = os.path.join(OUT, "pororo.arldm.h5")
     clean(h5)
     run_arldm("pororo_hdf5.py", ["--data_dir", po, "--save_path", h5])
+    pororo_expected(po, os.path.join(OUT, "pororo.numpy.json"))
     unsafe(os.path.join(OUT, "unsafe"))
     fuzz_seeds()
     total = 0

@@ -81,6 +81,8 @@ grep -q '"val": {"written": 1, "dropped": 2}' "$T/pob.h5.report.json"; ok $? "re
 [ $r = 5 ] && [ ! -e "$T/u2.h5" ] && grep -q "train.story-in-sequence.json: annotations\[0\].photo_flickr_id: path '/etc/passwd' is absolute" "$T/out"; ok $? "vist: an absolute photo id is refused (exit $r)"
 "$P" dataset build pororo --raw "$R/unsafe/pororo" --out "$T/u3.h5" >"$T/out" 2>&1; r=$?
 [ $r = 5 ] && [ ! -e "$T/u3.h5" ] && grep -q "img_cache4.npy: entry 1: path 'a/../../secret.png' is outside" "$T/out"; ok $? "pororo: a '..' in img_cache4.npy is refused (exit $r)"
+"$P" dataset build pororo --raw "$R/unsafe/pororo_evil" --out "$T/u4.h5" >"$T/out" 2>&1; r=$?
+[ $r = 5 ] && [ ! -e "$T/u4.h5" ] && grep -q "descriptions.npy: .*global 'posix.system' is not on the allow-list" "$T/out"; ok $? "pororo: a pickle that calls os.system is refused, never run (exit $r)"
 
 # ---- interruption and resume ----
 MMPIPE_BUILD_STORY_DELAY_MS=400 "$P" dataset build flintstones --raw "$R/flintstones" --out "$T/int.h5" -j 1 \
