@@ -87,7 +87,8 @@ int main(void) {
     json_t *ws = json_array_get(wi, s);
     rc = npy_from_pickle(mmp_pickle_item(a.items, s), "ids", &b);
     ok(rc == 0, "split %zu: a pickled array (%s)", s, rc ? mmp_error_last() : "");
-    is_str(b.descr, json_string_value(json_array_get(json_object_get(want, "ids_dtype"), s)), "split %zu: NumPy's dtype", s);
+    const char *wdt = json_string_value(json_array_get(json_object_get(want, "ids_dtype"), s));
+    is_str(b.descr, wdt, "split %zu: NumPy's dtype", s);
     is_int(b.count, json_array_size(ws), "split %zu: NumPy's length", s);
     int same = 0;
     for (int64_t i = 0; i < b.count && i < (int64_t)json_array_size(ws); i++)

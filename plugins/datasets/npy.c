@@ -249,8 +249,8 @@ int npy_from_pickle(const mmp_pickle_value_t *v, const char *label, npy_t *out) 
                          mmp_pickle_global(v) ? mmp_pickle_global(v) : "a plain value");
   const mmp_pickle_value_t *args = part(v, 1), *state = part(v, 2);
   const char *cls = mmp_pickle_global(mmp_pickle_item(args, 0));
-  if (mmp_pickle_len(v) != 3 || mmp_pickle_kind(args) != MMP_PICKLE_TUPLE || !cls || strcmp(cls, "numpy.ndarray") != 0 ||
-      mmp_pickle_kind(state) != MMP_PICKLE_TUPLE)
+  if (mmp_pickle_len(v) != 3 || mmp_pickle_kind(args) != MMP_PICKLE_TUPLE || !cls ||
+      strcmp(cls, "numpy.ndarray") != 0 || mmp_pickle_kind(state) != MMP_PICKLE_TUPLE)
     return mmp_error_set(MMP_EDATA, "%s: a pickled array is not _reconstruct(numpy.ndarray, ...) with one state",
                          label);
   /* (version, shape, dtype, is_fortran, data), or without the version (old NumPy) */
@@ -270,7 +270,8 @@ int npy_from_pickle(const mmp_pickle_value_t *v, const char *label, npy_t *out) 
   for (int i = 0; i < out->ndim; i++) {
     if (mmp_pickle_int(mmp_pickle_item(shape, (size_t)i), &out->shape[i]) < 0 || out->shape[i] < 0)
       return mmp_error_set(MMP_EDATA, "%s: a pickled array's shape holds a negative or non-integer size", label);
-    if (out->shape[i] && count > INT64_MAX / out->shape[i]) return mmp_error_set(MMP_EDATA, "%s: shape overflows", label);
+    if (out->shape[i] && count > INT64_MAX / out->shape[i])
+      return mmp_error_set(MMP_EDATA, "%s: shape overflows", label);
     count *= out->shape[i];
   }
   out->count = count;

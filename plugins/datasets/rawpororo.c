@@ -192,7 +192,8 @@ static char *first_caption(const mmp_pickle_value_t *v, const char **why) {
     first = mmp_pickle_item(v, 0);
   } else if (npy_is_pickled_array(v)) {
     npy_t a;
-    if (npy_from_pickle(v, "descriptions.npy", &a) == 0 && a.kind == 'O' && a.count > 0) first = mmp_pickle_item(a.items, 0);
+    if (npy_from_pickle(v, "descriptions.npy", &a) == 0 && a.kind == 'O' && a.count > 0)
+      first = mmp_pickle_item(a.items, 0);
     mmp_error_clear();
   } else {
     *why = "is not a list of captions";

@@ -292,8 +292,9 @@ int story_path_check(const char *rel, const char *file, const char *entry) {
   for (const char *c = rel; *c && !bad; c = strchr(c, '/') ? strchr(c, '/') + 1 : c + strlen(c))
     bad = c[0] == '.' && c[1] == '.' && (c[2] == '/' || c[2] == 0);
   if (!bad) return 0;
-  return mmp_error_set(MMP_EDATA, "%s: %s: path '%s' is %s; refused (the raw data may only name files under its "
-                                  "directory)", file, entry, rel, rel[0] == '/' ? "absolute" : "outside (a '..' component)");
+  return mmp_error_set(MMP_EDATA,
+                       "%s: %s: path '%s' is %s; refused (the raw data may only name files under its directory)",
+                       file, entry, rel, rel[0] == '/' ? "absolute" : "outside (a '..' component)");
 }
 
 #define MAX_IMAGE_BYTES ((size_t)256 << 20)
