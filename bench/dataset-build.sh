@@ -1,7 +1,8 @@
 #!/bin/sh
 # bench/dataset-build.sh - stories/s of `pipeline dataset build` against AR-LDM's data_script/*_hdf5.py
 # on the same machine, at real frame sizes (FlintstonesSV: 5 x 128 x 128 x 3 per clip; VIST:
-# 500 x 375 JPEGs), on synthetic raw trees written by tests/gen_dataset_raw.py's writers.
+# 500 x 375 JPEGs; PororoSV: PNG strips of three 128 x 128 frames, pickled index files), on
+# synthetic raw trees in the layouts tests/gen_dataset_raw.py writes.
 #
 #   bench/dataset-build.sh [STORIES] [THREADS]      (defaults 200, 2; run from the source tree root
 #                                                     of a built tree; needs the reference Python)
@@ -46,6 +47,21 @@ for s in range(n):
 for sp in sis:
     json.dump({"annotations": sis[sp]}, open(os.path.join(vi, "sis", sp + ".story-in-sequence.json"), "w"))
     json.dump({"annotations": dii[sp]}, open(os.path.join(vi, "dii", sp + ".description-in-isolation.json"), "w"))
+po = os.path.join(root, "po"); os.makedirs(os.path.join(po, "ep"))
+names = ["ep/%d.png" % i for i in range(n + 4)]
+y, x = np.mgrid[0:384, 0:128]
+for i, nm in enumerate(names):
+    a = np.stack([(x * 2 + i) % 256, (y + i * 3) % 256, (x * y // 51 + i) % 256], -1)
+    a = np.clip(a + rng.integers(0, 20, a.shape), 0, 255).astype(np.uint8)
+    Image.fromarray(a).save(os.path.join(po, nm))
+d = np.empty((), dtype=object)
+d[()] = {nm[:-4]: ["Pororo and Crong play %d." % i, "x"] for i, nm in enumerate(names)}
+np.save(os.path.join(po, "descriptions.npy"), d, allow_pickle=True)
+np.save(os.path.join(po, "img_cache4.npy"), np.array([nm.encode() for nm in names]))
+np.save(os.path.join(po, "following_cache4.npy"), np.array([[names[min(i + j, n + 3)].encode() for j in range(1, 5)] for i in range(n + 4)]))
+ids = np.empty(3, dtype=object)
+ids[0], ids[1], ids[2] = np.arange(n), np.array([], np.int64), np.array([], np.int64)
+np.save(os.path.join(po, "train_seen_unseen_ids.npy"), ids, allow_pickle=True)
 PYEOF
 now() { date +%s.%N; }
 rate() { awk -v n="$N" -v t="$1" 'BEGIN { printf "%d stories in %.2f s: %.1f stories/s", n, t, n / t }'; }
@@ -58,8 +74,12 @@ t0=$(now); PYTHONPATH=/root/refenv/site "$PY" "$ARLDM/data_script/vist_hdf5.py" 
 "$B/tools/pipeline" -q dataset build vistsis --raw "$T/vist" --out "$T/vi.h5" -j "$J" --no-progress >/dev/null; t2=$(now)
 ref=$(echo "$t1 - $t0" | bc); ours=$(echo "$t2 - $t1" | bc)
 echo "vist         AR-LDM: $(rate "$ref")   mmpipe -j $J: $(rate "$ours")   x$(echo "scale=2; $ref / $ours" | bc)"
-for d in flintstones vistsis; do
-  f=$T/fl; [ $d = vistsis ] && f=$T/vi
+t0=$(now); PYTHONPATH=/root/refenv/site "$PY" "$ARLDM/data_script/pororo_hdf5.py" --data_dir "$T/po" --save_path "$T/po_ref.h5" >/dev/null 2>&1; t1=$(now)
+"$B/tools/pipeline" -q dataset build pororo --raw "$T/po" --out "$T/po.h5" -j "$J" --no-progress >/dev/null; t2=$(now)
+ref=$(echo "$t1 - $t0" | bc); ours=$(echo "$t2 - $t1" | bc)
+echo "pororo       AR-LDM: $(rate "$ref")   mmpipe -j $J: $(rate "$ours")   x$(echo "scale=2; $ref / $ours" | bc)"
+for d in flintstones vistsis pororo; do
+  f=$T/fl; [ $d = vistsis ] && f=$T/vi; [ $d = pororo ] && f=$T/po
   a=$("$B/tools/pipeline" dataset verify --digest "${f}.h5" --dataset $d); b=$("$B/tools/pipeline" dataset verify --digest "${f}_ref.h5" --dataset $d)
   [ "$a" = "$b" ] && echo "$d: the same content as AR-LDM's file" || echo "$d: CONTENT DIFFERS from AR-LDM's file"
 done

@@ -88,6 +88,7 @@ struct pk_value {
   pk_kind_t kind;
   uint8_t mark;  /* walker: inside this node */
   uint8_t holds; /* pk_holds_tensor's answer: 0 not known, 1 no, 2 yes */
+  uint8_t py2;   /* PK_STR from a Python 2 str (BINSTRING, SHORT_BINSTRING): bytes as stored */
   size_t pos;    /* offset of the opcode that made it */
   union {
     bool b;
@@ -116,6 +117,10 @@ typedef struct pk_machine pk_t;
 
 /* (transfer full) NULL + MMP_ENOMEM. @strict: unknown globals are errors. */
 pk_t *pk_new(bool strict);
+/* In strict mode, also let NumPy's array globals through as opaque values
+ * (numpy[._]core.multiarray._reconstruct / .scalar, numpy.ndarray,
+ * numpy.dtype): an .npy object array's pickle, read as data. */
+void pk_allow_numpy(pk_t *pk);
 void pk_free(pk_t *pk); /* NULL ok */
 /* Run one pickle in data[*pos, n) to its STOP; advances *pos past it.
  * (transfer none: the value lives in @pk) NULL + MMP_EDATA message with

@@ -25,6 +25,7 @@ mmp_pickle_t *mmp_pickle_load(const void *data, size_t n, const char *label, uns
     mmp_error_set(MMP_ENOMEM, "out of memory");
     return NULL;
   }
+  if (flags & MMP_PICKLE_NUMPY) pk_allow_numpy(p->pk);
   size_t pos = 0;
   p->root = pk_load(p->pk, data, n, &pos, label ? label : "pickle");
   if (!p->root) {
@@ -68,6 +69,8 @@ const char *mmp_pickle_str(const mmp_pickle_value_t *v, size_t *len) {
   if (len) *len = v->u.str.len;
   return v->u.str.s;
 }
+
+bool mmp_pickle_str_py2(const mmp_pickle_value_t *v) { return v && v->kind == PK_STR && v->py2; }
 
 int mmp_pickle_int(const mmp_pickle_value_t *v, int64_t *out) {
   if (v && v->kind == PK_INT) *out = v->u.i;

@@ -16,6 +16,11 @@ check_PROGRAMS += tests/test_plugin_story_datasets
 TESTS += tests/test_plugin_story_datasets
 tests_test_plugin_story_datasets_CPPFLAGS = $(TEST_CPPFLAGS) $(HDF5_CFLAGS)
 tests_test_plugin_story_datasets_LDADD = plugins/datasets/libstorycommon.la $(TEST_LDADD)
+# PororoSV's pickled .npy index files against NumPy's np.load (tests/gen_dataset_raw.py)
+check_PROGRAMS += tests/test_plugin_npy_pickle
+TESTS += tests/test_plugin_npy_pickle
+tests_test_plugin_npy_pickle_CPPFLAGS = $(TEST_CPPFLAGS) $(JANSSON_CFLAGS)
+tests_test_plugin_npy_pickle_LDADD = plugins/datasets/libstorycommon.la $(JANSSON_LIBS) $(TEST_LDADD)
 endif
 endif
 EXTRA_DIST += tests/gen_datasets.py tests/fixtures/datasets
@@ -28,3 +33,6 @@ EXTRA_DIST += tests/test_plugin_dataset_cmd.sh
 # `pipeline dataset build` against AR-LDM's data_script/*_hdf5.py (tests/gen_dataset_raw.py)
 TESTS += tests/test_plugin_dataset_build.sh
 EXTRA_DIST += tests/test_plugin_dataset_build.sh tests/gen_dataset_raw.py tests/fixtures/dataset_raw
+# AR-LDM's own StoryDataset classes read mmpipe's built files (skipped without the reference environment)
+TESTS += tests/test_plugin_dataset_arldm_read.sh
+EXTRA_DIST += tests/test_plugin_dataset_arldm_read.sh tests/check_arldm_reads_built.py

@@ -1,5 +1,5 @@
 #!/usr/bin/python3
-"""tests/gen_dataset_raw.py - tiny raw releases of FlintstonesSV and VIST, and the HDF5 files AR-LDM makes of them.
+"""tests/gen_dataset_raw.py - tiny raw releases of FlintstonesSV, VIST and PororoSV, and the HDF5 files AR-LDM makes of them.
 
 Writes, under tests/fixtures/dataset_raw/:
   flintstones/   train-val-test_split.json, following_cache4.pkl (pickle
@@ -13,6 +13,23 @@ Writes, under tests/fixtures/dataset_raw/:
                  dii/<split>.description-in-isolation.json, images/<id>.jpg
                  (baseline, progressive, 4:2:0 with odd sizes, greyscale)
   vist.arldm.h5  what data_script/vist_hdf5.py makes of it
+  pororo/        descriptions.npy (a dict {frame id: [captions]} in a 0-d
+                 object array, pickled as Python 2 wrote it: py2 str,
+                 read with encoding='latin1'), img_cache4.npy ('|S' [N]),
+                 following_cache4.npy ('|S' [N, 4]),
+                 train_seen_unseen_ids.npy (np.save of an object array of
+                 three int64 arrays), <episode>/<n>.png strips of 128-row
+                 frames (RGB, RGBA, palette, grey)
+  pororo.arldm.h5  what data_script/pororo_hdf5.py makes of it
+  pororo_bad/    the same with faults AR-LDM's script cannot survive (a
+                 missing .png, a missing and an empty description, an id
+                 past the end): mmpipe drops those stories and says why
+  pororo.numpy.json  what NumPy's np.load reads from pororo/'s pickled
+                 index files (tests/test_plugin_npy_pickle.c compares)
+  unsafe/        index files naming paths outside the raw directory (an
+                 absolute path, a '..' component), one tree per builder:
+                 refused; pororo_evil/, a descriptions.npy whose pickle
+                 calls os.system: refused, never run
 
 AR-LDM's scripts (xichenpan/ARLDM at 9d8feeb, default /root/refsrc/ARLDM)
 run unchanged, in a subprocess, with their paths given by their own
@@ -27,6 +44,7 @@ import json
 import os
 import pickle
 import shutil
+import struct
 import subprocess
 import sys
 
@@ -189,16 +207,152 @@ def vist(root):
             json.dump({"annotations": data, "images": [], "albums": [], "info": {}, "type": "dii"}, f)
 
 
+class Py2Str(bytes):
+    """A Python 2 str: pickled as SHORT_BINSTRING/BINSTRING (bytes as stored)."""
+
+
+class Py2Pickler(pickle._Pickler):
+    """Protocol 2 as Python 2 wrote it: every str and bytes a py2 str."""
+    dispatch = dict(pickle._Pickler.dispatch)
+
+    def save_py2(self, obj):
+        b = bytes(obj) if isinstance(obj, bytes) else obj.encode("latin1")
+        if len(b) < 256:
+            self.write(b"U" + bytes([len(b)]) + b)
+        else:
+            self.write(b"T" + struct.pack("<i", len(b)) + b)
+        self.memoize(obj)
+
+    dispatch[Py2Str] = save_py2
+    dispatch[bytes] = save_py2
+    dispatch[str] = save_py2
+
+
+def save_py2_object(path, obj):
+    """np.save of a 0-d object array holding @obj, as NumPy under Python 2 wrote it."""
+    arr = np.empty((), dtype=object)
+    arr[()] = obj
+    buf = io.BytesIO()
+    Py2Pickler(buf, protocol=2).dump(arr)
+    f = open(path, "wb") if isinstance(path, str) else path
+    np.lib.format.write_array_header_1_0(f, {"descr": "|O", "fortran_order": False, "shape": ()})
+    f.write(buf.getvalue())
+    if isinstance(path, str):
+        f.close()
+
+
+def strip_png(path, k, seed, mode):
+    """k frames of 128 rows (12 columns), stacked vertically, saved in PIL mode @mode."""
+    y, x = np.mgrid[0:128 * k, 0:12]
+    a = np.zeros((128 * k, 12, 3), np.int32)
+    a[..., 0] = (x * 9 + y + seed * 31) % 256
+    a[..., 1] = (y * 2 + seed * 7) % 256
+    a[..., 2] = (x * 5 + (y // 128) * 60 + seed * 5) % 256
+    a[::7, ::5] += np.random.default_rng(seed).integers(0, 60, a[::7, ::5].shape)
+    im = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+    if mode == "RGBA":
+        im.putalpha(Image.fromarray(((x * 10 + y) % 256).astype(np.uint8)))
+    elif mode == "P":
+        im = im.quantize(64)
+    elif mode != "RGB":
+        im = im.convert(mode)
+    im.save(path, "PNG")
+
+
+def pororo(root, bad=False):
+    clean(root)
+    eps = ["Pororo_ENGLISH1_1_ep1", "Pororo_ENGLISH2_3_ep12"]
+    for e in eps:
+        os.makedirs(os.path.join(root, e))
+    names = ["%s/%d.png" % (eps[i // 8], i % 8) for i in range(16)]
+    modes = ["RGB", "RGB", "RGBA", "P", "L", "RGB", "LA", "RGB"]
+    for i, n in enumerate(names):
+        strip_png(os.path.join(root, n), 1 + i % 2, i, modes[i % len(modes)])
+    caps = ["Pororo is in the snow with Crong.", "  Loopy\tbakes cookies \n in the kitchen.  ",
+            "Eddy shows his new machine \u2014 it flies.", "Poby\u00a0and Harry sing.\u3000",
+            "caf\u00e9 time for Petty.", "Crong laughs.", "Rody is a robot.", "Tongtong casts a spell."]
+    desc = {}
+    for i, n in enumerate(names):
+        key = n.replace(".png", "")
+        # Python 2 str: UTF-8 bytes, which encoding='latin1' reads one code point per byte
+        desc[Py2Str(key.encode())] = [Py2Str(caps[i % len(caps)].encode("utf-8") + (b" %d" % i)),
+                                     Py2Str(b"another caption")]
+    follow = [[names[(i // 8) * 8 + (i % 8 + j) % 8] for j in range(1, 5)] for i in range(16)]
+    ids = np.empty(3, dtype=object)
+    ids[0] = np.array([5, 0, 12, 3, 9], np.int64)  # np.sort orders them
+    ids[1] = np.array([7, 2], np.int64)
+    ids[2] = np.array([14, -1], np.int64)          # -1: NumPy indexing, the last entry
+    if bad:
+        os.remove(os.path.join(root, names[4]))    # stories 0, 2, 3 (frames 1..4 after them)
+        del desc[Py2Str(names[10].replace(".png", "").encode())]  # stories 9, 7?
+        desc[Py2Str(names[13].replace(".png", "").encode())] = []
+        ids[1] = np.array([7, 2, 40], np.int64)
+    save_py2_object(os.path.join(root, "descriptions.npy"), desc)
+    np.save(os.path.join(root, "img_cache4.npy"), np.array([n.encode() for n in names]))
+    np.save(os.path.join(root, "following_cache4.npy"), np.array([[n.encode() for n in f] for f in follow]))
+    np.save(os.path.join(root, "train_seen_unseen_ids.npy"), ids, allow_pickle=True)
+
+
+def pororo_expected(root, path):
+    """What NumPy itself reads from the tree's pickled index files (AR-LDM's np.load calls):
+    the C test of plugins/datasets/npy.c compares with it."""
+    desc = np.load(os.path.join(root, "descriptions.npy"), allow_pickle=True, encoding="latin1").item()
+    ids = np.load(os.path.join(root, "train_seen_unseen_ids.npy"), allow_pickle=True)
+    out = {"descriptions": {k: v for k, v in sorted(desc.items())},
+           "ids": [[int(x) for x in a] for a in ids],
+           "ids_dtype": [a.dtype.str for a in ids]}
+    with open(path, "w") as f:
+        json.dump(out, f, indent=1, ensure_ascii=False)
+
+
+class Evil:
+    """An object whose unpickling would run a command: a pickle that must be refused."""
+
+    def __reduce__(self):
+        return (os.system, ("echo this must never run",))
+
+
+def unsafe(root):
+    """Index files that name paths outside the raw directory: each builder refuses them."""
+    clean(root)
+    fl = os.path.join(root, "flintstones")
+    os.makedirs(fl)
+    with open(os.path.join(fl, "train-val-test_split.json"), "w") as f:
+        json.dump({"train": ["s_01"], "val": [], "test": []}, f)
+    with open(os.path.join(fl, "following_cache4.pkl"), "wb") as f:
+        pickle.dump({"s_01": ["s_02", "s_03/../../../etc", "s_04", "s_05"]}, f, protocol=4)
+    with open(os.path.join(fl, "flintstones_annotations_v1-0.json"), "w") as f:
+        json.dump([], f)
+    vi = os.path.join(root, "vist", "sis")
+    os.makedirs(vi)
+    ann = [[{"story_id": "1", "photo_flickr_id": "/etc/passwd", "original_text": "x"}]]
+    with open(os.path.join(vi, "train.story-in-sequence.json"), "w") as f:
+        json.dump({"annotations": ann}, f)
+    po = os.path.join(root, "pororo")
+    os.makedirs(po)
+    save_py2_object(os.path.join(po, "descriptions.npy"), {Py2Str(b"a/0"): [Py2Str(b"x")]})
+    np.save(os.path.join(po, "img_cache4.npy"), np.array([b"a/0.png", b"a/../../secret.png"]))
+    np.save(os.path.join(po, "following_cache4.npy"), np.array([[b"a/0.png"] * 4] * 2))
+    ids = np.empty(3, dtype=object)
+    ids[0], ids[1], ids[2] = np.array([0, 1]), np.array([], np.int64), np.array([], np.int64)
+    np.save(os.path.join(po, "train_seen_unseen_ids.npy"), ids, allow_pickle=True)
+    # descriptions.npy whose pickle calls os.system (the loader must refuse it, naming the global)
+    ev = os.path.join(root, "pororo_evil")
+    os.makedirs(ev)
+    for n in ("img_cache4.npy", "following_cache4.npy", "train_seen_unseen_ids.npy"):
+        shutil.copy(os.path.join(po, n), ev)
+    d = np.empty((), dtype=object)
+    d[()] = {"a/0": [Evil()]}
+    np.save(os.path.join(ev, "descriptions.npy"), d, allow_pickle=True)
+
+
 def fuzz_seeds():
-    """Seeds of tests/fuzz/fuzz_{jpeg,npy,dataset_raw} from the trees above."""
+    """Seeds of tests/fuzz/fuzz_{npy,dataset_raw} from the trees above."""
     corpus = os.path.join(HERE, "fuzz", "corpus")
-    for name in ("fuzz_jpeg", "fuzz_npy", "fuzz_dataset_raw"):
+    # fuzz_jpeg's seeds are tests/gen_fid_jpeg.py's (tests/fuzz/gen_corpus.py)
+    for name in ("fuzz_npy", "fuzz_dataset_raw"):
         clean(os.path.join(corpus, name))
         os.makedirs(os.path.join(corpus, name))
-    img = os.path.join(OUT, "vist", "images")
-    for i, f in enumerate(sorted(os.listdir(img))[:5]):
-        with open(os.path.join(img, f), "rb") as src, open(os.path.join(corpus, "fuzz_jpeg", f), "wb") as dst:
-            dst.write(bytes([i & 1]) + src.read())
     frames_dir = os.path.join(OUT, "flintstones", "video_frames_sampled")
     shutil.copy(os.path.join(frames_dir, sorted(os.listdir(frames_dir))[0]), os.path.join(corpus, "fuzz_npy", "frames.npy"))
     # object arrays as PororoSV's index files are (np.save pickles them)
@@ -207,6 +361,10 @@ def fuzz_seeds():
     ids[0], ids[1] = np.arange(3), np.arange(2)
     np.save(os.path.join(corpus, "fuzz_npy", "object_ids.npy"), ids, allow_pickle=True)
     np.save(os.path.join(corpus, "fuzz_npy", "bytes.npy"), np.array([b"a/b.png", b"c/d.png"]))
+    # PororoSV's index files as the builder reads them (the pickled ndarrays)
+    po = os.path.join(OUT, "pororo")
+    for n in ("descriptions.npy", "train_seen_unseen_ids.npy"):
+        shutil.copy(os.path.join(po, n), os.path.join(corpus, "fuzz_npy", "pororo_" + n))
     sep = b"\n%%\n"
     fl = os.path.join(OUT, "flintstones")
     parts = [open(os.path.join(fl, n), "rb").read() for n in
@@ -219,6 +377,21 @@ def fuzz_seeds():
     parts.append(open(os.path.join(vi, "images", "1000.jpg"), "rb").read())
     with open(os.path.join(corpus, "fuzz_dataset_raw", "vist"), "wb") as f:
         f.write(b"\1" + sep.join(parts))
+    # pororo: the frames are all one file (0.png) in the harness's flat directory
+    names = [b"0.png", b"0.png", b"0.png"]
+
+    def npy(arr, **kw):
+        b = io.BytesIO()
+        np.save(b, arr, **kw)
+        return b.getvalue()
+    desc = io.BytesIO()
+    save_py2_object(desc, {Py2Str(b"0"): [Py2Str(b"Pororo\tand Crong.")]})
+    ids = np.empty(3, dtype=object)
+    ids[0], ids[1], ids[2] = np.array([1, 0], np.int64), np.array([2], np.int64), np.array([-1], np.int64)
+    parts = [desc.getvalue(), npy(np.array(names)), npy(np.array([[n] * 4 for n in names])),
+             npy(ids, allow_pickle=True), open(os.path.join(po, "Pororo_ENGLISH1_1_ep1", "0.png"), "rb").read()]
+    with open(os.path.join(corpus, "fuzz_dataset_raw", "pororo"), "wb") as f:
+        f.write(b"\2" + sep.join(parts))
 
 
 def main():
@@ -235,6 +408,14 @@ def main():
     clean(h5)
     run_arldm("vist_hdf5.py", ["--sis_json_dir", os.path.join(vi, "sis"), "--dii_json_dir", os.path.join(vi, "dii"),
                                "--img_dir", os.path.join(vi, "images"), "--save_path", h5])
+    po = os.path.join(OUT, "pororo")
+    pororo(po)
+    pororo(os.path.join(OUT, "pororo_bad"), bad=True)
+    h5 = os.path.join(OUT, "pororo.arldm.h5")
+    clean(h5)
+    run_arldm("pororo_hdf5.py", ["--data_dir", po, "--save_path", h5])
+    pororo_expected(po, os.path.join(OUT, "pororo.numpy.json"))
+    unsafe(os.path.join(OUT, "unsafe"))
     fuzz_seeds()
     total = 0
     for dp, _, fs in os.walk(OUT):

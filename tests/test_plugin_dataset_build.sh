@@ -1,6 +1,6 @@
 #!/bin/sh
 # tests/test_plugin_dataset_build.sh - `pipeline dataset build` against AR-LDM's own data_script/*_hdf5.py
-# (fixtures of tests/gen_dataset_raw.py), drop reports, --true-rgb, interruption and resume, verify.
+# (fixtures of tests/gen_dataset_raw.py), drop reports, unsafe paths, --true-rgb, interruption and resume, verify.
 set -u
 B=${MMP_TEST_BUILDDIR:-.}
 S=${MMP_TEST_SRCDIR:-.}
@@ -58,8 +58,31 @@ grep -q '"note": "dii holds 4 distinct captions' "$T/vi.h5.report.json"; ok $? "
 [ $r = 3 ] && grep -q "resize=big" "$T/out"; ok $? "a bad build option is a configuration error (exit $r)"
 "$P" dataset build vistsis --raw "$R/vist" --out "$T/x.h5" -O colour=1 >"$T/out" 2>&1; r=$?
 [ $r = 3 ] && grep -q "unknown build option 'colour' (known: sis_dir, dii_dir, img_dir, resize)" "$T/out"; ok $? "an unknown build option is refused"
+
+# ---- PororoSV (pickled NumPy index files, PNG strips) ----
+"$P" dataset build pororo --raw "$R/pororo" --out "$T/po.h5" --no-progress >"$T/out" 2>&1; ok $? "build pororo"
+digest "$T/po.h5" pororo >"$T/d1"; digest "$R/pororo.arldm.h5" pororo >"$T/d2"
+cmp -s "$T/d1" "$T/d2"; ok $? "same stories, order, decoded pixels and captions as pororo_hdf5.py"
+grep -q "^train 5 " "$T/d1" && grep -q "^test 2 " "$T/d1"; ok $? "ids sorted, a negative id read as NumPy indexes"
+"$P" dataset verify "$T/po.h5" --dataset pororo >"$T/out" 2>&1; ok $? "verify the built file"
+"$P" dataset build pororo --raw "$R/pororo_bad" --out "$T/pob.h5" --no-progress >"$T/out" 2>&1; ok $? "build the faulty pororo tree"
+grep -q '"story": "0", "reason": "missing image Pororo_ENGLISH1_1_ep1/4.png"' "$T/pob.h5.report.json"; ok $? "report: a missing frame file"
+grep -q '"story": "9", "reason": "no description for Pororo_ENGLISH2_3_ep12/2 in descriptions.npy"' "$T/pob.h5.report.json"; ok $? "report: a missing description"
+grep -q '"story": "12", "reason": "the description of Pororo_ENGLISH2_3_ep12/5 in descriptions.npy is an empty list"' "$T/pob.h5.report.json"; ok $? "report: an empty description"
+grep -q '"story": "40", "reason": "index 40 outside img_cache4.npy (16 entries)' "$T/pob.h5.report.json"; ok $? "report: an id past the end"
+grep -q '"val": {"written": 1, "dropped": 2}' "$T/pob.h5.report.json"; ok $? "report: per-split counts"
 "$P" dataset build pororo --raw "$R/vist" --out "$T/x.h5" >"$T/out" 2>&1; r=$?
-[ $r != 0 ] && grep -q "pororo_hdf5.py" "$T/out"; ok $? "pororo: a clear refusal naming the converter"
+[ $r = 5 ] && grep -q "vist/descriptions.npy" "$T/out" && [ ! -e "$T/x.h5" ]; ok $? "pororo: no index files, a clear error naming the file (exit $r)"
+
+# ---- paths from the raw data that leave its directory are refused ----
+"$P" dataset build flintstones --raw "$R/unsafe/flintstones" --out "$T/u1.h5" >"$T/out" 2>&1; r=$?
+[ $r = 5 ] && [ ! -e "$T/u1.h5" ] && grep -q "following_cache4.pkl: the following clips of 's_01', item 1: path 's_03/../../../etc' is outside" "$T/out"; ok $? "flintstones: a '..' in following_cache4.pkl is refused (exit $r)"
+"$P" dataset build vistsis --raw "$R/unsafe/vist" --out "$T/u2.h5" >"$T/out" 2>&1; r=$?
+[ $r = 5 ] && [ ! -e "$T/u2.h5" ] && grep -q "train.story-in-sequence.json: annotations\[0\].photo_flickr_id: path '/etc/passwd' is absolute" "$T/out"; ok $? "vist: an absolute photo id is refused (exit $r)"
+"$P" dataset build pororo --raw "$R/unsafe/pororo" --out "$T/u3.h5" >"$T/out" 2>&1; r=$?
+[ $r = 5 ] && [ ! -e "$T/u3.h5" ] && grep -q "img_cache4.npy: entry 1: path 'a/../../secret.png' is outside" "$T/out"; ok $? "pororo: a '..' in img_cache4.npy is refused (exit $r)"
+"$P" dataset build pororo --raw "$R/unsafe/pororo_evil" --out "$T/u4.h5" >"$T/out" 2>&1; r=$?
+[ $r = 5 ] && [ ! -e "$T/u4.h5" ] && grep -q "descriptions.npy: .*global 'posix.system' is not on the allow-list" "$T/out"; ok $? "pororo: a pickle that calls os.system is refused, never run (exit $r)"
 
 # ---- interruption and resume ----
 MMPIPE_BUILD_STORY_DELAY_MS=400 "$P" dataset build flintstones --raw "$R/flintstones" --out "$T/int.h5" -j 1 \

@@ -49,6 +49,11 @@ typedef enum mmp_pickle_kind {
 } mmp_pickle_kind_t;
 
 #define MMP_PICKLE_STRICT 0x1u /* a global not on the allow-list is an error */
+/* With STRICT: NumPy's array globals (numpy.core.multiarray._reconstruct and
+ * .scalar, numpy.ndarray, numpy.dtype; numpy._core too) are let through as
+ * OPAQUE values, never called: an .npy object array's pickle, whose parts a
+ * caller reads as data (plugins/datasets/npy.c). Any other global is an error. */
+#define MMP_PICKLE_NUMPY 0x2u
 
 /* Run the pickle in @data[0, n) (to its STOP; bytes after it are ignored).
  * @data is copied from as needed and may be freed afterwards. @label names
@@ -65,6 +70,10 @@ mmp_pickle_kind_t mmp_pickle_kind(const mmp_pickle_value_t *v);
 /* STR (UTF-8 as stored) and BYTES: the bytes, NUL-terminated; *len
  * (nullable) their count. NULL for other kinds. */
 const char *mmp_pickle_str(const mmp_pickle_value_t *v, size_t *len);
+/* A STR that a Python 2 pickle wrote (BINSTRING): its bytes are as stored,
+ * not UTF-8; Python 3 reads them with the encoding given to pickle.load
+ * (numpy.load(..., encoding='latin1')). false for other values. */
+bool mmp_pickle_str_py2(const mmp_pickle_value_t *v);
 /* INT and BOOL: 0 and *out; MMP_EDATA otherwise. */
 int mmp_pickle_int(const mmp_pickle_value_t *v, int64_t *out);
 /* FLOAT, INT, BOOL: 0 and *out; MMP_EDATA otherwise. */

@@ -131,6 +131,9 @@ int story_build_flintstones(const story_desc_t *d, const mmp_dataset_build_t *re
                            SPL[s], i);
         break;
       }
+      char entry[64];
+      snprintf(entry, sizeof entry, "%s[%zu]", SPL[s], i);
+      if ((rc = story_path_check(id, "train-val-test_split.json", entry)) < 0) break;
       const mmp_pickle_value_t *fl = story_map_get(follow, id);
       if (!fl) {
         rc = story_plan_drop(plan, s, id, "not in following_cache4.pkl");
@@ -149,6 +152,11 @@ int story_build_flintstones(const story_desc_t *d, const mmp_dataset_build_t *re
           rc = story_plan_drop(plan, s, id, "following clip %d is not a string", j);
           ok = false;
         }
+      for (int j = 0; j < 4 && ok && rc == 0; j++) {
+        char e[600];
+        snprintf(e, sizeof e, "the following clips of '%.500s', item %d", id, j);
+        rc = story_path_check(gids[j + 1], "following_cache4.pkl", e);
+      }
       char *frames[STORY_FRAMES] = {0}, *caps[STORY_FRAMES] = {0};
       size_t tlen = 0;
       for (int j = 0; j < STORY_FRAMES && ok && rc == 0; j++) {

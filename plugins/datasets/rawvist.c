@@ -11,22 +11,6 @@
 #include "plugins/datasets/story.h"
 #include "plugins/datasets/storybuild.h"
 
-#define MAX_IMAGE_BYTES ((size_t)256 << 20)
-
-/* <img_dir>/<flickr_id>.jpg as PIL's Image.open(...).convert('RGB'):
- * JPEG, or a PNG saved under that name. */
-static int load_photo(void *user, const char *src, mmp_image_t *out) {
-  (void)user;
-  uint8_t *buf = NULL;
-  size_t n = 0;
-  int rc = npy_read_file(src, MAX_IMAGE_BYTES, &buf, &n);
-  if (rc < 0) return rc;
-  if (n >= 8 && memcmp(buf, "\x89PNG", 4) == 0) rc = mmp_image_png_decode(buf, n, false, out);
-  else rc = mmp_image_jpeg_decode(buf, n, out);
-  free(buf);
-  return rc;
-}
-
 typedef struct album {
   char *id;
   char *flickr[STORY_FRAMES];
@@ -89,6 +73,9 @@ static int read_sis(const char *path, json_t **root, album_t **albums, size_t *n
                          path, i);
       break;
     }
+    char entry[64];
+    snprintf(entry, sizeof entry, "annotations[%zu].photo_flickr_id", i);
+    if ((rc = story_path_check(fid, path, entry)) < 0) break;
     size_t k = (size_t)(uintptr_t)story_map_get(byid, sid);
     if (!k) {
       if (*nalb == cap) {
@@ -176,7 +163,7 @@ int story_build_vist(const story_desc_t *d, const mmp_dataset_build_t *req, mmp_
   size_t nalb[3] = {0};
   story_map_t *dii = story_map_new();
   const char *tn[] = {"sis", "dii"};
-  story_plan_t *plan = story_plan_new(d->name, 2, tn, load_photo, NULL);
+  story_plan_t *plan = story_plan_new(d->name, 2, tn, story_load_image, NULL);
   if (!dii || !plan) {
     rc = mmp_error_code();
     goto out;

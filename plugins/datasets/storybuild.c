@@ -16,6 +16,8 @@
 #include <mmpipe/error.h>
 #include <mmpipe/log.h>
 
+#include "plugins/datasets/npy.h"
+
 static const char *const SPLIT_NAMES[STORY_SPLITS] = {"train", "val", "test"};
 
 #define MAX_TEXTS 2
@@ -281,6 +283,32 @@ size_t story_utf8_len(const char *s) {
   size_t n = 0;
   for (; *s; s++) n += ((unsigned char)*s & 0xC0) != 0x80;
   return n;
+}
+
+/* ---- paths and images from the raw data ---- */
+
+int story_path_check(const char *rel, const char *file, const char *entry) {
+  bool bad = rel[0] == '/';
+  for (const char *c = rel; *c && !bad; c = strchr(c, '/') ? strchr(c, '/') + 1 : c + strlen(c))
+    bad = c[0] == '.' && c[1] == '.' && (c[2] == '/' || c[2] == 0);
+  if (!bad) return 0;
+  return mmp_error_set(MMP_EDATA,
+                       "%s: %s: path '%s' is %s; refused (the raw data may only name files under its directory)",
+                       file, entry, rel, rel[0] == '/' ? "absolute" : "outside (a '..' component)");
+}
+
+#define MAX_IMAGE_BYTES ((size_t)256 << 20)
+
+int story_load_image(void *user, const char *src, mmp_image_t *out) {
+  (void)user;
+  uint8_t *buf = NULL;
+  size_t n = 0;
+  int rc = npy_read_file(src, MAX_IMAGE_BYTES, &buf, &n);
+  if (rc < 0) return rc;
+  if (n >= 8 && memcmp(buf, "\x89PNG", 4) == 0) rc = mmp_image_png_decode(buf, n, false, out);
+  else rc = mmp_image_jpeg_decode(buf, n, out);
+  free(buf);
+  return rc;
 }
 
 /* ---- the plan's fingerprint (what a resume must match) ---- */

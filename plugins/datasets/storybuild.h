@@ -70,6 +70,15 @@ char *story_clean_caption(const char *s);
 /* Code points of UTF-8 @s (Python's len()). */
 size_t story_utf8_len(const char *s);
 
+/* A path (or path part) @rel taken from the raw data, refused when it is
+ * absolute or has a '..' component: MMP_EDATA "FILE: ENTRY: path 'REL' ...",
+ * naming the raw file @file and the entry @entry it came from. 0 when safe. */
+int story_path_check(const char *rel, const char *file, const char *entry);
+/* A story_load_cb: an image file as PIL's Image.open(src).convert('RGB')
+ * gives it (PNG, or JPEG, by content; alpha dropped, grey and palette
+ * expanded to RGB). */
+int story_load_image(void *user, const char *src, mmp_image_t *out);
+
 
 /* A string-keyed hash map (keys copied, values borrowed) for the raw
  * readers' lookups (ids to records). */
