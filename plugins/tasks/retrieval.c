@@ -456,29 +456,56 @@ static float *similarity(const gallery_t *g, const texts_t *x) {
   return r;
 }
 
+/* The model's cross-attention keys and values of image @img (its
+ * cross_kv method), which every ITM pair of that image reuses. (transfer
+ * full) */
+static mmp_tensormap_t *image_kv(comps_t *c, const gallery_t *g, int64_t img) {
+  int64_t es[3] = {1, g->T, g->D};
+  mmp_tensormap_t *in = mmp_tensormap_new(), *kv = mmp_tensormap_new();
+  int rc = in && kv ? 0 : mmp_error_set(MMP_ENOMEM, "out of memory");
+  if (rc == 0 && (rc = mmp_tensormap_set(in, "image_embeds", mmp_tensor_from_data(mmp_backend_get("cpu"), MMP_F32, 3,
+                                                                               es, g->embeds + img * g->T * g->D))) == 0)
+    rc = fwd(c->model, "cross_kv", in, kv);
+  mmp_tensormap_free(in);
+  if (rc) {
+    mmp_tensormap_free(kv);
+    return NULL;
+  }
+  return kv;
+}
+
 /* ITM scores (itm_logits[:, 1]) of image @img against texts @tix (or,
- * with @one_text >= 0, of that text against images @tix) into @out. */
+ * with @one_text >= 0, of that text against images @tix) into @out. One
+ * image: its cross-attention keys and values are computed once and each
+ * batch of captions attends to them (BLIP recomputes them per pair); one
+ * text: the batch carries each candidate's image tokens. */
 static int itm_batch(comps_t *c, const rt_t *t, const gallery_t *g, const texts_t *x, int64_t img, int64_t one_text,
                      const sd_iv_t *cand, int64_t k, float *out) {
   int rc = 0;
   mmp_backend_t *cpu = mmp_backend_get("cpu");
   int64_t TD = g->T * g->D;
+  mmp_tensormap_t *kv = NULL;
+  if (one_text < 0 && k > 0 && !(kv = image_kv(c, g, img))) return mmp_error_code();
   for (int64_t b = 0; rc == 0 && b < k; b += t->batch) {
     int64_t nb = k - b < t->batch ? k - b : t->batch;
-    float *emb = malloc((size_t)(nb * TD) * sizeof *emb);
+    float *emb = kv ? NULL : malloc((size_t)(nb * TD) * sizeof *emb);
     mmp_tensor_t **ir = calloc((size_t)nb, sizeof *ir), **mr = calloc((size_t)nb, sizeof *mr);
-    if (!emb || !ir || !mr) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
+    if ((!kv && !emb) || !ir || !mr) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
     for (int64_t i = 0; rc == 0 && i < nb; i++) {
-      int64_t im = one_text >= 0 ? cand[b + i].i : img, tx = one_text >= 0 ? one_text : cand[b + i].i;
-      memcpy(emb + i * TD, g->embeds + im * TD, (size_t)TD * sizeof *emb);
+      int64_t tx = one_text >= 0 ? one_text : cand[b + i].i;
+      if (emb) memcpy(emb + i * TD, g->embeds + cand[b + i].i * TD, (size_t)TD * sizeof *emb);
       ir[i] = mmp_slice(x->ids, 0, tx, tx + 1, 1);
       mr[i] = mmp_slice(x->mask, 0, tx, tx + 1, 1);
       if (!ir[i] || !mr[i]) rc = mmp_error_code();
     }
     int64_t es[3] = {nb, g->T, g->D};
     mmp_tensormap_t *in = mmp_tensormap_new(), *o = mmp_tensormap_new();
-    if (rc == 0 && (rc = mmp_tensormap_set(in, "image_embeds", mmp_tensor_from_data(cpu, MMP_F32, 3, es, emb))) == 0 &&
-        (rc = mmp_tensormap_set(in, "input_ids", mmp_concat(ir, (int)nb, 0))) == 0 &&
+    if (!in || !o) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
+    for (size_t e = 0; rc == 0 && kv && e < mmp_tensormap_size(kv); e++)
+      rc = mmp_tensormap_set(in, mmp_tensormap_name(kv, e), mmp_tensor_ref(mmp_tensormap_at(kv, e)));
+    if (rc == 0 && emb)
+      rc = mmp_tensormap_set(in, "image_embeds", mmp_tensor_from_data(cpu, MMP_F32, 3, es, emb));
+    if (rc == 0 && (rc = mmp_tensormap_set(in, "input_ids", mmp_concat(ir, (int)nb, 0))) == 0 &&
         (rc = mmp_tensormap_set(in, "attention_mask", mmp_concat(mr, (int)nb, 0))) == 0)
       rc = fwd(c->model, "itm", in, o);
     const mmp_tensor_t *s = rc == 0 ? mmp_tensormap_need(o, "itm_score") : NULL;
@@ -491,6 +518,7 @@ static int itm_batch(comps_t *c, const rt_t *t, const gallery_t *g, const texts_
     mmp_tensormap_free(in);
     mmp_tensormap_free(o);
   }
+  mmp_tensormap_free(kv);
   return rc;
 }
 
