@@ -173,9 +173,13 @@ static mmp_tensor_t *split_heads(mmp_tensor_t *x, int heads) {
   return sd_swap(r, r ? mmp_permute(r, perm) : NULL);
 }
 
+/* Contiguous, as mmp_attention needs them: cached keys and values are then
+ * not copied again by every call that attends to them. */
 int sd_attn_kv(const sd_attn_t *a, const mmp_tensor_t *ctx, mmp_tensor_t **k, mmp_tensor_t **v) {
   *k = split_heads(sd_linear(&a->k, ctx), a->heads);
+  *k = sd_swap(*k, *k ? mmp_contiguous(*k) : NULL);
   *v = *k ? split_heads(sd_linear(&a->v, ctx), a->heads) : NULL;
+  *v = sd_swap(*v, *v ? mmp_contiguous(*v) : NULL);
   if (*k && *v) return 0;
   mmp_tensor_unref(*k);
   *k = NULL;
