@@ -45,7 +45,8 @@ include bench/cuda.mk
 if BUILD_PLUGIN_BLIP_RETRIEVAL
 noinst_PROGRAMS += bench/retrieval
 bench_retrieval_SOURCES = bench/retrieval.c bench/sd_bench.h
-bench_retrieval_LDADD = libmmpipe.la
+bench_retrieval_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)
+bench_retrieval_LDADD = plugins/common/libsdcommon.la libmmpipe.la $(JANSSON_LIBS) -lm
 endif
 EXTRA_DIST += bench/blip_base bench/torch_retrieval.py
 # forward vs backward time of the training ops (doc/training.md)

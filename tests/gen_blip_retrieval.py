@@ -15,7 +15,8 @@ itm_eval(). Written to tests/fixtures/blip_retrieval/:
   coco_karpathy_test.json (BLIP's format: image path + 5 captions each, some
   with punctuation, capitals, runs of spaces, over 30 words);
 - io.safetensors: pixel_values (BLIP's test transform), input_ids /
-  attention_mask (pre_caption(max_words=30) + the tokenizer, max_length 35),
+  attention_mask (pre_caption(max_words=30) + the tokenizer, max_length 35;
+  stored as int32 to keep the file small, the values are BLIP's),
   image_embeds, image_feat, text_embeds, text_feat, per-token projections,
   multimodal embeddings and ITM logits of some pairs, the ITC similarity
   matrix and evaluation()'s score matrices (k_test = 16); the image features
@@ -23,6 +24,11 @@ itm_eval(). Written to tests/fixtures/blip_retrieval/:
   the position grid);
 - expected.json: the cleaned captions, itm_eval() of the ITM and ITC-only
   scores, and each query's top-10 order.
+
+Sizes: vision width 24 (2 layers, 4 heads, patch 8, 32x32 images), text
+width 16 (2 layers, 4 heads, intermediate 37), 16-d joint space; the text
+width is the smallest that keeps 4 heads, since the checkpoint holds each
+tower twice (the momentum copies).
 
 Random weights: norm weights 1 + noise, biases noise (gen_blip.perturb).
 Ties are avoided by construction: the seed is advanced until every score gap
@@ -56,7 +62,7 @@ import gen_blip  # noqa: E402
 
 torch.set_grad_enabled(False)
 
-VW, TW, EMBED, PATCH, SIZE, K_TEST = 24, 32, 16, 8, 32, 16
+VW, TW, EMBED, PATCH, SIZE, K_TEST = 24, 16, 16, 8, 32, 16
 
 WORDS = ("a an the two three one red blue green yellow black white small big old young dog cat man woman "
          "child bird horse car bus boat train ball tree street beach field road table kitchen park water "
@@ -239,7 +245,7 @@ def main():
     # every image's and text's projected features; the full embeddings of
     # the first few only (size)
     io = {
-        "pixel_values": px[:4], "input_ids": tok.input_ids, "attention_mask": tok.attention_mask,
+        "pixel_values": px[:4], "input_ids": tok.input_ids.int(), "attention_mask": tok.attention_mask.int(),
         "image_embeds": img_emb[:4], "image_feat": image_feat,
         "text_embeds": t_out.last_hidden_state[:6], "text_feat": text_feat,
         "image_embeds_proj": F.normalize(model.vision_proj(img_emb[:4]), dim=-1),

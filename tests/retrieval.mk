@@ -18,3 +18,6 @@ tests_test_plugin_retrieval_LDADD = $(TEST_LDADD) $(JANSSON_LIBS)
 endif
 TESTS += tests/test_plugin_retrieval_cmd.sh
 EXTRA_DIST += tests/test_plugin_retrieval_cmd.sh
+# the search page rendered by headless Chromium (skips without it)
+TESTS += tests/test_plugin_retrieval_html.sh
+EXTRA_DIST += tests/test_plugin_retrieval_html.sh

@@ -68,6 +68,102 @@ static void check_out(const mmp_tensormap_t *o, const char *name, const mmp_tens
   bt_check(mmp_tensormap_get(o, name), mmp_tensormap_get(io, key), what);
 }
 
+/* ITM of one image against several captions through the image's cached
+ * cross-attention keys and values (cross_kv, then itm with them; and itm
+ * with the one image and several texts, which caches within the call)
+ * gives the numbers of the uncached pairs. */
+static void test_itm_cache(const mmp_tensormap_t *io) {
+  char cfg[8192];
+  snprintf(cfg, sizeof cfg,
+           "encoder = { name = \"blip_retrieval\"; config = \"%s/med_config.json\"; weights = \"%s/model.pth\";"
+           " weights_prefix = \"model.\"; num_heads = 4; enc_token_id = %lld; };",
+           fxdir, fxdir, (long long)enc_id);
+  sd_env_t e;
+  mmp_component_t *c = NULL;
+  if (sd_env_open(&e, cfg) == 0) c = mmp_component_create(e.ctx, MMP_KIND_ENCODER, "encoder");
+  if (!ok(c != NULL, "ITM cache: create")) {
+    diag("%s", mmp_error_last());
+    sd_env_close(&e);
+    return;
+  }
+  enum { NT = 7 }; /* captions 3 .. 9: padding of several lengths */
+  mmp_tensor_t *img1 = mmp_slice(mmp_tensormap_get(io, "pairs.image_embeds"), 0, 2, 3, 1), *imgs[NT];
+  for (int i = 0; i < NT; i++) imgs[i] = img1;
+  mmp_tensor_t *ids = mmp_slice(mmp_tensormap_get(io, "input_ids"), 0, 3, 3 + NT, 1);
+  mmp_tensor_t *am = mmp_slice(mmp_tensormap_get(io, "attention_mask"), 0, 3, 3 + NT, 1);
+  /* uncached: the image repeated, one per caption */
+  mmp_tensormap_t *in = mmp_tensormap_new(), *ref = mmp_tensormap_new(), *kv = mmp_tensormap_new(),
+                  *got = mmp_tensormap_new(), *one = mmp_tensormap_new();
+  mmp_tensormap_set(in, "image_embeds", mmp_concat(imgs, NT, 0));
+  mmp_tensormap_set(in, "input_ids", mmp_tensor_ref(ids));
+  mmp_tensormap_set(in, "attention_mask", mmp_tensor_ref(am));
+  int rc = sd_forward(c, "itm", in, ref);
+  mmp_tensormap_free(in);
+  /* cached: the image's keys and values once, then the captions */
+  in = mmp_tensormap_new();
+  mmp_tensormap_set(in, "image_embeds", mmp_tensor_ref(img1));
+  if (rc == 0) rc = sd_forward(c, "cross_kv", in, kv);
+  mmp_tensormap_free(in);
+  if (!ok(rc == 0 && mmp_tensormap_size(kv) == 4, "cross_kv gives a key and a value per layer (2 layers)"))
+    diag("%s", mmp_error_last());
+  const mmp_tensor_t *k0 = mmp_tensormap_get(kv, "cross_key.0");
+  ok(k0 && k0->ndim == 4 && k0->shape[0] == 1 && k0->shape[1] == 4 && k0->shape[2] == img1->shape[1],
+     "cross_key.0 is [1, heads, image tokens, head width]");
+  in = mmp_tensormap_new();
+  for (size_t i = 0; i < mmp_tensormap_size(kv); i++)
+    mmp_tensormap_set(in, mmp_tensormap_name(kv, i), mmp_tensor_ref(mmp_tensormap_at(kv, i)));
+  mmp_tensormap_set(in, "input_ids", mmp_tensor_ref(ids));
+  mmp_tensormap_set(in, "attention_mask", mmp_tensor_ref(am));
+  rc = sd_forward(c, "itm", in, got);
+  if (!ok(rc == 0, "itm with the cached keys and values of one image for %d captions", NT))
+    diag("%s", mmp_error_last());
+  double r1 = sd_relerr(mmp_tensormap_get(got, "itm_logits"), mmp_tensormap_get(ref, "itm_logits"));
+  double r2 = sd_relerr(mmp_tensormap_get(got, "multimodal_embeds"), mmp_tensormap_get(ref, "multimodal_embeds"));
+  ok(r1 >= 0 && r1 <= 1e-6 && r2 >= 0 && r2 <= 1e-6,
+     "cached: itm_logits (%.2g) and multimodal_embeds (%.2g) equal the uncached to 1e-6", r1, r2);
+  /* a missing layer is named */
+  {
+    mmp_tensormap_t *bad = mmp_tensormap_new(), *o = mmp_tensormap_new();
+    mmp_tensormap_set(bad, "cross_key.0", mmp_tensor_ref(mmp_tensormap_get(kv, "cross_key.0")));
+    mmp_tensormap_set(bad, "cross_value.0", mmp_tensor_ref(mmp_tensormap_get(kv, "cross_value.0")));
+    mmp_tensormap_set(bad, "input_ids", mmp_tensor_ref(ids));
+    rc = sd_forward(c, "itm", bad, o);
+    ok(rc != 0, "itm with the keys of layer 0 only fails");
+    like(rc ? mmp_error_last() : "", "cross_key.1 missing", "and names the missing tensor");
+    mmp_tensormap_free(bad);
+    mmp_tensormap_free(o);
+  }
+  /* one image in image_embeds, several captions: cached within the call */
+  mmp_tensormap_free(in);
+  in = mmp_tensormap_new();
+  mmp_tensormap_set(in, "image_embeds", mmp_tensor_ref(img1));
+  mmp_tensormap_set(in, "input_ids", mmp_tensor_ref(ids));
+  mmp_tensormap_set(in, "attention_mask", mmp_tensor_ref(am));
+  rc = sd_forward(c, "itm", in, one);
+  if (!ok(rc == 0, "itm of one image_embeds against %d captions", NT)) diag("%s", mmp_error_last());
+  r1 = sd_relerr(mmp_tensormap_get(one, "itm_logits"), mmp_tensormap_get(ref, "itm_logits"));
+  ok(r1 >= 0 && r1 <= 1e-6, "one image broadcast: itm_logits equal the uncached to 1e-6 (%.2g)", r1);
+  mmp_tensormap_free(in);
+  /* two images for seven captions is neither one nor one each */
+  in = mmp_tensormap_new();
+  mmp_tensormap_set(in, "image_embeds", mmp_slice(mmp_tensormap_get(io, "pairs.image_embeds"), 0, 0, 2, 1));
+  mmp_tensormap_set(in, "input_ids", mmp_tensor_ref(ids));
+  mmp_tensormap_free(one);
+  one = mmp_tensormap_new();
+  rc = sd_forward(c, "itm", in, one);
+  like(rc ? mmp_error_last() : "", "2 images for 7 texts", "2 images for 7 captions are refused");
+  mmp_tensormap_free(in);
+  mmp_tensormap_free(one);
+  mmp_tensormap_free(got);
+  mmp_tensormap_free(kv);
+  mmp_tensormap_free(ref);
+  mmp_tensor_unref(img1);
+  mmp_tensor_unref(ids);
+  mmp_tensor_unref(am);
+  mmp_component_free(c);
+  sd_env_close(&e);
+}
+
 static void test_tokenizer(const mmp_tensormap_t *io) {
   char p[4200], cfg[8192];
   snprintf(p, sizeof p, "%s/annotation/coco_karpathy_test.json", fxdir);
@@ -211,6 +307,7 @@ int main(void) {
     mmp_tensormap_free(o);
   }
   mmp_tensormap_free(in);
+  test_itm_cache(io);
   test_tokenizer(io);
   mmp_tensormap_free(io);
   return done_testing();

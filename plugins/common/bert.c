@@ -149,15 +149,49 @@ mmp_tensor_t *sd_input_ids(const mmp_tensor_t *ids, int64_t n_vocab, mmp_backend
   return r;
 }
 
-mmp_tensor_t *sd_bert(const sd_bert_t *b, const mmp_tensor_t *ids, const mmp_tensor_t *mask,
-                      const mmp_tensor_t *types, bool causal, const mmp_tensor_t *ctx,
-                      const mmp_tensor_t *ctx_mask, mmp_tensor_t **hidden, mmp_tensor_t **pooled) {
+int sd_bert_cross_kv(const sd_bert_t *b, const mmp_tensor_t *ctx, mmp_tensor_t **kv) {
+  if (!b->cross) return mmp_error_set(MMP_EINVAL, "bert: the layers have no cross-attention");
+  if (ctx->ndim != 3 || ctx->shape[2] != b->enc_width) {
+    char d[96];
+    return mmp_error_set(MMP_ESHAPE, "bert: encoder_hidden_states %s must be [B, Lc, %lld]",
+                         mmp_tensor_describe(ctx, d, sizeof d), (long long)b->enc_width);
+  }
+  for (int64_t i = 0; i < b->layers; i++) {
+    int rc = sd_attn_kv(&b->blocks[i].cross, ctx, &kv[2 * i], &kv[2 * i + 1]);
+    if (rc) {
+      for (int64_t k = 0; k < 2 * i; k++) mmp_tensor_unref(kv[k]), kv[k] = NULL;
+      return rc;
+    }
+  }
+  return 0;
+}
+
+/* sd_bert and sd_bert_cached: cross-attention to @ctx, or to @kv. */
+static mmp_tensor_t *bert_run(const sd_bert_t *b, const mmp_tensor_t *ids, const mmp_tensor_t *mask,
+                              const mmp_tensor_t *types, bool causal, const mmp_tensor_t *ctx,
+                              const mmp_tensor_t *const *kv, const mmp_tensor_t *ctx_mask, mmp_tensor_t **hidden,
+                              mmp_tensor_t **pooled) {
   if (pooled) *pooled = NULL;
   if (!ids) return NULL;
   int64_t B = ids->shape[0], L = ids->shape[1];
   if (L > b->n_pos) {
     mmp_error_set(MMP_ESHAPE, "bert: %lld tokens but only %lld positions", (long long)L, (long long)b->n_pos);
     return NULL;
+  }
+  if (kv && !b->cross) {
+    mmp_error_set(MMP_EINVAL, "bert: cross-attention keys given but the layers have no cross-attention");
+    return NULL;
+  }
+  for (int64_t i = 0; kv && i < 2 * b->layers; i++) {
+    const mmp_tensor_t *t = kv[i];
+    if (!t || t->ndim != 4 || (t->shape[0] != B && t->shape[0] != 1) || t->shape[1] != b->heads ||
+        t->shape[3] != b->dim / b->heads || t->shape[2] != kv[0]->shape[2]) {
+      char d[96];
+      mmp_error_set(MMP_ESHAPE, "bert: cross-attention %s of layer %lld: %s must be [%lld or 1, %lld, Lc, %lld]",
+                    i % 2 ? "values" : "keys", (long long)(i / 2), t ? mmp_tensor_describe(t, d, sizeof d) : "none",
+                    (long long)B, (long long)b->heads, (long long)(b->dim / b->heads));
+      return NULL;
+    }
   }
   if (ctx && (ctx->ndim != 3 || ctx->shape[0] != B || ctx->shape[2] != b->enc_width)) {
     char d[96];
@@ -187,7 +221,10 @@ mmp_tensor_t *sd_bert(const sd_bert_t *b, const mmp_tensor_t *ids, const mmp_ten
   h = sd_swap(h, sd_layer_norm(&b->emb_ln, h));
   for (int64_t i = 0; i < b->layers && h; i++) {
     if (hidden) hidden[i] = mmp_tensor_ref(h);
-    h = sd_swap(h, sd_block(&b->blocks[i], h, mask, causal, ctx, ctx_mask));
+    if (kv)
+      h = sd_swap(h, sd_block_cached(&b->blocks[i], h, mask, causal, kv[2 * i], kv[2 * i + 1], ctx_mask));
+    else
+      h = sd_swap(h, sd_block(&b->blocks[i], h, mask, causal, ctx, ctx_mask));
   }
   if (hidden && h) hidden[b->layers] = mmp_tensor_ref(h);
   if (!h || !pooled || !b->pooler.w) return h;
@@ -201,4 +238,21 @@ mmp_tensor_t *sd_bert(const sd_bert_t *b, const mmp_tensor_t *ids, const mmp_ten
     return NULL;
   }
   return h;
+}
+
+mmp_tensor_t *sd_bert(const sd_bert_t *b, const mmp_tensor_t *ids, const mmp_tensor_t *mask,
+                      const mmp_tensor_t *types, bool causal, const mmp_tensor_t *ctx,
+                      const mmp_tensor_t *ctx_mask, mmp_tensor_t **hidden, mmp_tensor_t **pooled) {
+  return bert_run(b, ids, mask, types, causal, ctx, NULL, ctx_mask, hidden, pooled);
+}
+
+mmp_tensor_t *sd_bert_cached(const sd_bert_t *b, const mmp_tensor_t *ids, const mmp_tensor_t *mask,
+                             const mmp_tensor_t *types, bool causal, const mmp_tensor_t *const *kv,
+                             const mmp_tensor_t *ctx_mask, mmp_tensor_t **hidden, mmp_tensor_t **pooled) {
+  if (pooled) *pooled = NULL;
+  if (!kv) {
+    mmp_error_set(MMP_EINVAL, "bert: no cached cross-attention keys");
+    return NULL;
+  }
+  return bert_run(b, ids, mask, types, causal, NULL, kv, ctx_mask, hidden, pooled);
 }

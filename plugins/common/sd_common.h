@@ -231,6 +231,17 @@ void sd_attn_free(sd_attn_t *a);
 mmp_tensor_t *sd_attn(const sd_attn_t *a, const mmp_tensor_t *x,
                       const mmp_tensor_t *ctx, const mmp_tensor_t *key_mask,
                       bool causal);
+/* The keys and values of @ctx [B, Lk, kvdim] split into heads, @k and @v
+ * [B, H, Lk, inner/H] (transfer full), for sd_attn_cached: a context that
+ * several calls attend to is projected once. 0 or an error code (then both
+ * NULL). */
+int sd_attn_kv(const sd_attn_t *a, const mmp_tensor_t *ctx, mmp_tensor_t **k, mmp_tensor_t **v);
+/* sd_attn with the keys and values of sd_attn_kv. Their batch is x's B, or
+ * 1 for one context shared by all B sequences of @x (broadcast: the B*L
+ * query rows attend to the one K/V; then @causal must be false and
+ * @key_mask, nullable, [1, Lk]). Same numbers as sd_attn(x, ctx). */
+mmp_tensor_t *sd_attn_cached(const sd_attn_t *a, const mmp_tensor_t *x, const mmp_tensor_t *k,
+                             const mmp_tensor_t *v, const mmp_tensor_t *key_mask, bool causal);
 
 /* Load q/k/v from one fused [3*dim, dim] projection @qkv (BLIP's and
  * transformers' BLIP vision attention), sliced into row views, and the
@@ -273,6 +284,12 @@ void sd_block_free(sd_block_t *b);
  * is skipped) with ctx_mask [B, Lc] (nullable). (transfer full) */
 mmp_tensor_t *sd_block(const sd_block_t *b, const mmp_tensor_t *x, const mmp_tensor_t *mask,
                        bool causal, const mmp_tensor_t *ctx, const mmp_tensor_t *ctx_mask);
+/* sd_block with the cross-attention's keys and values precomputed
+ * (sd_attn_kv of the layer's cross attention; batch B or 1 as in
+ * sd_attn_cached). MMP_EINVAL when the layer has no cross-attention. */
+mmp_tensor_t *sd_block_cached(const sd_block_t *b, const mmp_tensor_t *x, const mmp_tensor_t *mask,
+                              bool causal, const mmp_tensor_t *ck, const mmp_tensor_t *cv,
+                              const mmp_tensor_t *ctx_mask);
 
 /* Transformer2DModel (continuous input) with BasicTransformerBlocks. */
 typedef struct sd_tblock {

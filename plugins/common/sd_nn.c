@@ -173,27 +173,60 @@ static mmp_tensor_t *split_heads(mmp_tensor_t *x, int heads) {
   return sd_swap(r, r ? mmp_permute(r, perm) : NULL);
 }
 
-mmp_tensor_t *sd_attn(const sd_attn_t *a, const mmp_tensor_t *x, const mmp_tensor_t *ctx,
-                      const mmp_tensor_t *key_mask, bool causal) {
-  if (!x) return NULL;
-  if (!ctx) ctx = x;
-  mmp_tensor_t *q = split_heads(sd_linear(&a->q, x), a->heads);
-  mmp_tensor_t *k = split_heads(sd_linear(&a->k, ctx), a->heads);
-  mmp_tensor_t *v = split_heads(sd_linear(&a->v, ctx), a->heads);
-  mmp_tensor_t *o = NULL;
-  if (q && k && v) o = mmp_attention(q, k, v, key_mask, causal, 0.0);
+/* Contiguous, as mmp_attention needs them: cached keys and values are then
+ * not copied again by every call that attends to them. */
+int sd_attn_kv(const sd_attn_t *a, const mmp_tensor_t *ctx, mmp_tensor_t **k, mmp_tensor_t **v) {
+  *k = split_heads(sd_linear(&a->k, ctx), a->heads);
+  *k = sd_swap(*k, *k ? mmp_contiguous(*k) : NULL);
+  *v = *k ? split_heads(sd_linear(&a->v, ctx), a->heads) : NULL;
+  *v = sd_swap(*v, *v ? mmp_contiguous(*v) : NULL);
+  if (*k && *v) return 0;
+  mmp_tensor_unref(*k);
+  *k = NULL;
+  return mmp_error_code() ? mmp_error_code() : MMP_ENOMEM;
+}
+
+mmp_tensor_t *sd_attn_cached(const sd_attn_t *a, const mmp_tensor_t *x, const mmp_tensor_t *k,
+                             const mmp_tensor_t *v, const mmp_tensor_t *key_mask, bool causal) {
+  if (!x || !k || !v) return NULL;
+  int64_t B = x->shape[0], L = x->shape[1];
+  /* One context for B query sequences: without a causal mask every query
+   * row attends on its own, so the B sequences are one of B*L rows against
+   * the single K/V (a broadcast that copies nothing). */
+  bool fold = k->shape[0] == 1 && B > 1;
+  if (fold && (causal || (key_mask && key_mask->shape[0] != 1))) {
+    mmp_error_set(MMP_ESHAPE, "attention: one cached key/value for %lld queries needs no causal mask and a "
+                  "[1, Lk] key mask", (long long)B);
+    return NULL;
+  }
+  mmp_tensor_t *q = sd_linear(&a->q, x);
+  if (fold && q) {
+    int64_t s[3] = {1, B * L, q->shape[2]};
+    q = sd_swap(q, mmp_reshape(q, 3, s));
+  }
+  q = split_heads(q, a->heads);
+  mmp_tensor_t *o = q ? mmp_attention(q, k, v, key_mask, causal, 0.0) : NULL;
   mmp_tensor_unref(q);
-  mmp_tensor_unref(k);
-  mmp_tensor_unref(v);
   if (!o) return NULL;
   /* [B, H, L, D] -> [B, L, H*D] */
   static const int perm[4] = {0, 2, 1, 3};
   o = sd_swap(o, mmp_permute(o, perm));
   if (o) {
-    int64_t s[3] = {o->shape[0], o->shape[1], o->shape[2] * o->shape[3]};
+    int64_t s[3] = {B, L, o->shape[2] * o->shape[3]};
     o = sd_swap(o, mmp_reshape(o, 3, s));
   }
   return sd_swap(o, sd_linear(&a->o, o));
+}
+
+mmp_tensor_t *sd_attn(const sd_attn_t *a, const mmp_tensor_t *x, const mmp_tensor_t *ctx,
+                      const mmp_tensor_t *key_mask, bool causal) {
+  if (!x) return NULL;
+  mmp_tensor_t *k, *v;
+  if (sd_attn_kv(a, ctx ? ctx : x, &k, &v)) return NULL;
+  mmp_tensor_t *o = sd_attn_cached(a, x, k, v, key_mask, causal);
+  mmp_tensor_unref(k);
+  mmp_tensor_unref(v);
+  return o;
 }
 
 /* ---------------------------------------------------------------- transformer */
@@ -549,14 +582,17 @@ void sd_block_free(sd_block_t *b) {
 }
 
 /* One sub-layer: x + f(ln(x)) (pre-norm) or ln(x + f(x)) (post-norm).
- * Consumes @x. */
+ * The cross-attention reads @ctx, or its keys and values @ck, @cv when
+ * given. Consumes @x. */
 typedef enum { SUB_ATTN, SUB_CROSS, SUB_MLP } sub_t;
 static mmp_tensor_t *sublayer(const sd_block_t *b, sub_t which, mmp_tensor_t *x, const mmp_tensor_t *mask,
-                              bool causal, const mmp_tensor_t *ctx, const mmp_tensor_t *ctx_mask) {
+                              bool causal, const mmp_tensor_t *ctx, const mmp_tensor_t *ck, const mmp_tensor_t *cv,
+                              const mmp_tensor_t *ctx_mask) {
   if (!x) return NULL;
   const sd_norm_t *ln = which == SUB_ATTN ? &b->ln_attn : which == SUB_CROSS ? &b->ln_cross : &b->ln_mlp;
   mmp_tensor_t *in = b->post_norm ? mmp_tensor_ref(x) : sd_layer_norm(ln, x), *f;
   if (which == SUB_ATTN) f = sd_attn(&b->attn, in, NULL, mask, causal);
+  else if (which == SUB_CROSS && ck) f = sd_attn_cached(&b->cross, in, ck, cv, ctx_mask, false);
   else if (which == SUB_CROSS) f = sd_attn(&b->cross, in, ctx, ctx_mask, false);
   else f = sd_mlp(&b->mlp, in);
   mmp_tensor_unref(in);
@@ -569,7 +605,19 @@ static mmp_tensor_t *sublayer(const sd_block_t *b, sub_t which, mmp_tensor_t *x,
 mmp_tensor_t *sd_block(const sd_block_t *b, const mmp_tensor_t *x, const mmp_tensor_t *mask, bool causal,
                        const mmp_tensor_t *ctx, const mmp_tensor_t *ctx_mask) {
   if (!x) return NULL;
-  mmp_tensor_t *h = sublayer(b, SUB_ATTN, mmp_tensor_ref((mmp_tensor_t *)x), mask, causal, NULL, NULL);
-  if (ctx && b->cross.q.w) h = sublayer(b, SUB_CROSS, h, NULL, false, ctx, ctx_mask);
-  return sublayer(b, SUB_MLP, h, NULL, false, NULL, NULL);
+  mmp_tensor_t *h = sublayer(b, SUB_ATTN, mmp_tensor_ref((mmp_tensor_t *)x), mask, causal, NULL, NULL, NULL, NULL);
+  if (ctx && b->cross.q.w) h = sublayer(b, SUB_CROSS, h, NULL, false, ctx, NULL, NULL, ctx_mask);
+  return sublayer(b, SUB_MLP, h, NULL, false, NULL, NULL, NULL, NULL);
+}
+
+mmp_tensor_t *sd_block_cached(const sd_block_t *b, const mmp_tensor_t *x, const mmp_tensor_t *mask, bool causal,
+                              const mmp_tensor_t *ck, const mmp_tensor_t *cv, const mmp_tensor_t *ctx_mask) {
+  if (!x) return NULL;
+  if (!b->cross.q.w) {
+    mmp_error_set(MMP_EINVAL, "cached cross-attention keys for a layer without cross-attention");
+    return NULL;
+  }
+  mmp_tensor_t *h = sublayer(b, SUB_ATTN, mmp_tensor_ref((mmp_tensor_t *)x), mask, causal, NULL, NULL, NULL, NULL);
+  h = sublayer(b, SUB_CROSS, h, NULL, false, NULL, ck, cv, ctx_mask);
+  return sublayer(b, SUB_MLP, h, NULL, false, NULL, NULL, NULL, NULL);
 }

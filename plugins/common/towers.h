@@ -99,6 +99,22 @@ mmp_tensor_t *sd_bert(const sd_bert_t *b, const mmp_tensor_t *ids, const mmp_ten
                       const mmp_tensor_t *types, bool causal, const mmp_tensor_t *ctx,
                       const mmp_tensor_t *ctx_mask, mmp_tensor_t **hidden, mmp_tensor_t **pooled);
 
+/* The cross-attention keys and values of @ctx [Bc, Lc, enc_width] in every
+ * layer, for sd_bert_cached: @kv receives 2 * layers tensors (key, value of
+ * layer 0, then layer 1, ...), each [Bc, heads, Lc, dim / heads] (transfer
+ * full each). One image attended by many captions (BLIP's ITM over k_test
+ * candidates) is projected once instead of once per pair. 0, or an error
+ * code with nothing left in @kv. */
+int sd_bert_cross_kv(const sd_bert_t *b, const mmp_tensor_t *ctx, mmp_tensor_t **kv);
+/* sd_bert with the cross-attention keys and values of sd_bert_cross_kv in
+ * place of ctx: their batch is B, or 1 for one context shared by all B
+ * sequences (broadcast, not copied: the B*L query rows attend to it
+ * together; @ctx_mask then nullable [1, Lc]). The same numbers as sd_bert
+ * with ctx. (transfer full) */
+mmp_tensor_t *sd_bert_cached(const sd_bert_t *b, const mmp_tensor_t *ids, const mmp_tensor_t *mask,
+                             const mmp_tensor_t *types, bool causal, const mmp_tensor_t *const *kv,
+                             const mmp_tensor_t *ctx_mask, mmp_tensor_t **hidden, mmp_tensor_t **pooled);
+
 /* Token ids of an encoder input (i64 or i32 [B, L]) as a new i64 tensor
  * on @be after checking every id against @n_vocab (MMP_EINVAL naming the
  * id and its position). @first_id >= 0 replaces column 0 of the copy

@@ -191,17 +191,22 @@ static mmp_tensor_t *image_embeds(blipr_t *p, const mmp_tensormap_t *in) {
 }
 
 /* The text tower on input_ids / attention_mask: mode text ([CLS], no
- * image) when @img is NULL, else ITM ([ENC] first, every image token). */
-static mmp_tensor_t *text_tower(blipr_t *p, const mmp_tensormap_t *in, const mmp_tensor_t *img) {
+ * image) when @img and @kv are NULL, else ITM ([ENC] first, every image
+ * token): cross-attention to @img [B, N, D], or to the image's cached keys
+ * and values @kv (2 * layers tensors of batch B or 1). */
+static mmp_tensor_t *text_tower(blipr_t *p, const mmp_tensormap_t *in, const mmp_tensor_t *img,
+                                const mmp_tensor_t *const *kv) {
   const mmp_tensor_t *ids = mmp_tensormap_need(in, "input_ids"), *am = mmp_tensormap_get(in, "attention_mask");
   if (!ids) {
     mmp_error_prefix("blip_retrieval: ");
     return NULL;
   }
-  mmp_tensor_t *dids = sd_input_ids(ids, p->text.n_vocab, p->be, "blip_retrieval", img ? p->enc_id : -1);
-  if (dids && img && img->shape[0] != ids->shape[0]) {
-    mmp_error_set(MMP_ESHAPE, "blip_retrieval: %lld images for %lld texts", (long long)img->shape[0],
-                  (long long)ids->shape[0]);
+  bool itm = img || kv;
+  mmp_tensor_t *dids = sd_input_ids(ids, p->text.n_vocab, p->be, "blip_retrieval", itm ? p->enc_id : -1);
+  int64_t nimg = img ? img->shape[0] : kv ? kv[0]->shape[0] : 0;
+  if (dids && itm && nimg != ids->shape[0] && nimg != 1) {
+    mmp_error_set(MMP_ESHAPE, "blip_retrieval: %lld images for %lld texts (give one, or one per text)",
+                  (long long)nimg, (long long)ids->shape[0]);
     dids = sd_swap(dids, NULL);
   }
   if (dids && am && (am->ndim != 2 || am->shape[0] != ids->shape[0] || am->shape[1] != ids->shape[1])) {
@@ -209,18 +214,64 @@ static mmp_tensor_t *text_tower(blipr_t *p, const mmp_tensormap_t *in, const mmp
     dids = sd_swap(dids, NULL);
   }
   mmp_tensor_t *mask = dids && am ? sd_input_mask(am, p->be, true) : NULL, *h = NULL;
-  if (dids && (!am || mask)) h = sd_bert(&p->text, dids, mask, NULL, false, img, NULL, NULL, NULL);
+  if (dids && (!am || mask)) {
+    if (kv)
+      h = sd_bert_cached(&p->text, dids, mask, NULL, false, kv, NULL, NULL, NULL);
+    else if (img && nimg != ids->shape[0]) { /* one image, several texts: its keys and values once */
+      mmp_tensor_t **own = calloc((size_t)(2 * p->text.layers + 1), sizeof *own);
+      if (!own)
+        mmp_error_set(MMP_ENOMEM, "out of memory");
+      else if (sd_bert_cross_kv(&p->text, img, own) == 0)
+        h = sd_bert_cached(&p->text, dids, mask, NULL, false, (const mmp_tensor_t *const *)own, NULL, NULL, NULL);
+      for (int64_t i = 0; own && i < 2 * p->text.layers; i++) mmp_tensor_unref(own[i]);
+      free(own);
+    } else {
+      h = sd_bert(&p->text, dids, mask, NULL, false, img, NULL, NULL, NULL);
+    }
+  }
   mmp_tensor_unref(dids);
   mmp_tensor_unref(mask);
   if (!h) mmp_error_prefix("blip_retrieval: ");
   return h;
 }
 
+/* image_embeds [B, N, D] from an earlier "image" call, else pixel_values
+ * through the ViT. (transfer full) */
+static mmp_tensor_t *itm_image(blipr_t *p, const mmp_tensormap_t *in) {
+  const mmp_tensor_t *ie = mmp_tensormap_get(in, "image_embeds");
+  mmp_tensor_t *img = ie ? sd_input_f32(ie, p->be) : image_embeds(p, in);
+  if (img && (img->ndim != 3 || img->shape[2] != p->vit.dim)) {
+    char d[96];
+    mmp_error_set(MMP_ESHAPE, "blip_retrieval: image_embeds %s must be [B, N, %lld]",
+                  mmp_tensor_describe(img, d, sizeof d), (long long)p->vit.dim);
+    img = sd_swap(img, NULL);
+  }
+  return img;
+}
+
+/* The "cross_key.K" / "cross_value.K" inputs of a cached ITM, in layer
+ * order into @kv (transfer none); 0 when there are none (*have false). */
+static int cached_kv(const blipr_t *p, const mmp_tensormap_t *in, const mmp_tensor_t **kv, bool *have) {
+  char n[64];
+  *have = mmp_tensormap_get(in, "cross_key.0") != NULL;
+  for (int64_t i = 0; *have && i < p->text.layers; i++)
+    for (int j = 0; j < 2; j++) {
+      snprintf(n, sizeof n, "%s.%lld", j ? "cross_value" : "cross_key", (long long)i);
+      if (!(kv[2 * i + j] = mmp_tensormap_get(in, n)))
+        return mmp_error_set(MMP_EINVAL, "blip_retrieval: %s missing (the text tower has %lld layers; give every "
+                             "output of the cross_kv method)", n, (long long)p->text.layers);
+      if (mmp_tensor_backend(kv[2 * i + j]) != p->be || kv[2 * i + j]->dtype != MMP_F32)
+        return mmp_error_set(MMP_EINVAL, "blip_retrieval: %s must be f32 on the model's backend (as cross_kv "
+                             "gives it)", n);
+    }
+  return 0;
+}
+
 static int blipr_forward(void *self, const char *method, const mmp_tensormap_t *in, mmp_tensormap_t *out) {
   blipr_t *p = self;
   int rc = 0;
   if (!method || !*method || !strcmp(method, "forward"))
-    return mmp_error_set(MMP_EINVAL, "blip_retrieval: give a method: image, text, itm, temp or state_dict");
+    return mmp_error_set(MMP_EINVAL, "blip_retrieval: give a method: image, text, itm, cross_kv, temp or state_dict");
   if (!strcmp(method, "state_dict")) return sd_state_dict(p->state, out);
   if (!strcmp(method, "temp")) {
     if (!p->temp) return mmp_error_set(MMP_ENOENT, "blip_retrieval: the checkpoint has no temp");
@@ -237,7 +288,7 @@ static int blipr_forward(void *self, const char *method, const mmp_tensormap_t *
     return rc;
   }
   if (!strcmp(method, "text")) {
-    mmp_tensor_t *h = text_tower(p, in, NULL);
+    mmp_tensor_t *h = text_tower(p, in, NULL, NULL);
     if (!h) return mmp_error_code();
     rc = project(&p->text_proj, h, out, "text_feat", "text_embeds_proj");
     if (rc == 0) return mmp_tensormap_set(out, "text_embeds", h);
@@ -245,19 +296,15 @@ static int blipr_forward(void *self, const char *method, const mmp_tensormap_t *
     return rc;
   }
   if (!strcmp(method, "itm") || !strcmp(method, "multimodal")) {
-    /* image_embeds from an earlier "image" call, else pixel_values */
-    const mmp_tensor_t *ie = mmp_tensormap_get(in, "image_embeds");
-    mmp_tensor_t *img = ie ? sd_input_f32(ie, p->be) : image_embeds(p, in);
-    if (!img) return mmp_error_code();
-    if (img->ndim != 3 || img->shape[2] != p->vit.dim) {
-      char d[96];
-      mmp_tensor_unref(img);
-      return mmp_error_set(MMP_ESHAPE, "blip_retrieval: image_embeds %s must be [B, N, %lld]",
-                           mmp_tensor_describe(ie, d, sizeof d), (long long)p->vit.dim);
-    }
-    mmp_tensor_t *h = text_tower(p, in, img);
+    const mmp_tensor_t **kv = calloc((size_t)(2 * p->text.layers + 1), sizeof *kv);
+    bool have = false;
+    if (!kv) return mmp_error_set(MMP_ENOMEM, "out of memory");
+    mmp_tensor_t *img = NULL, *h = NULL;
+    if ((rc = cached_kv(p, in, kv, &have)) == 0 && (have || (img = itm_image(p, in))))
+      h = text_tower(p, in, img, have ? kv : NULL);
     mmp_tensor_unref(img);
-    if (!h) return mmp_error_code();
+    free(kv);
+    if (!h) return rc ? rc : mmp_error_code();
     mmp_tensor_t *f = first_token(h);
     mmp_tensor_t *logits = f ? sd_linear(&p->itm_head, f) : NULL;
     mmp_tensor_unref(f);
@@ -280,9 +327,26 @@ static int blipr_forward(void *self, const char *method, const mmp_tensormap_t *
       mmp_tensor_unref(score);
     return rc;
   }
+  if (!strcmp(method, "cross_kv")) {
+    mmp_tensor_t *img = itm_image(p, in);
+    if (!img) return mmp_error_code();
+    mmp_tensor_t **kv = calloc((size_t)(2 * p->text.layers + 1), sizeof *kv);
+    rc = kv ? sd_bert_cross_kv(&p->text, img, kv) : mmp_error_set(MMP_ENOMEM, "out of memory");
+    mmp_tensor_unref(img);
+    char n[64];
+    for (int64_t i = 0; kv && i < 2 * p->text.layers; i++) {
+      snprintf(n, sizeof n, "%s.%lld", i % 2 ? "cross_value" : "cross_key", (long long)(i / 2));
+      if (rc == 0)
+        rc = mmp_tensormap_set(out, n, kv[i]);
+      else
+        mmp_tensor_unref(kv[i]);
+    }
+    free(kv);
+    return rc ? mmp_error_prefix("blip_retrieval: ") : 0;
+  }
   return mmp_error_set(MMP_EINVAL,
                        "blip_retrieval: unknown method \"%s\" (image, text, "
-                       "itm, temp, state_dict)",
+                       "itm, cross_kv, temp, state_dict)",
                        method);
 }
 

@@ -19,6 +19,7 @@
 #include <mmpipe/safetensors.h>
 
 #include "plugins/common/sd_common.h"
+#include "plugins/common/topk.h"
 #include "plugins/processors/imagecommon.h"
 
 static const mmp_key_t rt_keys[] = {
@@ -455,75 +456,56 @@ static float *similarity(const gallery_t *g, const texts_t *x) {
   return r;
 }
 
-typedef struct iv {
-  float v;
-  int64_t i;
-} iv_t;
-
-static int iv_desc(const void *a, const void *b) {
-  const iv_t *x = a, *y = b;
-  if (x->v != y->v) return x->v < y->v ? 1 : -1;
-  return x->i < y->i ? -1 : x->i > y->i;
-}
-
-/* The first @k of row[0..n) (strided by @stride) sorted largest first, ties
- * by index (the set torch.topk takes): a bounded heap whose root is the
- * last of the k kept, O(n log k), then the k sorted. iv_desc is a strict
- * total order, so this is exactly the head of a full sort. */
-static iv_t *top_desc(const float *row, int64_t n, int64_t stride, int64_t k) {
-  if (k > n) k = n;
-  iv_t *a = malloc((size_t)(k > 0 ? k : 1) * sizeof *a);
-  if (!a) {
-    mmp_error_set(MMP_ENOMEM, "out of memory");
+/* The model's cross-attention keys and values of image @img (its
+ * cross_kv method), which every ITM pair of that image reuses. (transfer
+ * full) */
+static mmp_tensormap_t *image_kv(comps_t *c, const gallery_t *g, int64_t img) {
+  int64_t es[3] = {1, g->T, g->D};
+  mmp_tensormap_t *in = mmp_tensormap_new(), *kv = mmp_tensormap_new();
+  int rc = in && kv ? 0 : mmp_error_set(MMP_ENOMEM, "out of memory");
+  if (rc == 0 && (rc = mmp_tensormap_set(in, "image_embeds", mmp_tensor_from_data(mmp_backend_get("cpu"), MMP_F32, 3,
+                                                                               es, g->embeds + img * g->T * g->D))) == 0)
+    rc = fwd(c->model, "cross_kv", in, kv);
+  mmp_tensormap_free(in);
+  if (rc) {
+    mmp_tensormap_free(kv);
     return NULL;
   }
-  int64_t m = 0;
-  for (int64_t i = 0; i < n && k > 0; i++) {
-    iv_t e = {row[i * stride], i};
-    int64_t p;
-    if (m < k) { /* sift up: a parent sorts after its children */
-      for (p = m++; p > 0 && iv_desc(&e, &a[(p - 1) / 2]) > 0; p = (p - 1) / 2) a[p] = a[(p - 1) / 2];
-    } else if (iv_desc(&e, &a[0]) < 0) { /* before the last kept: replace it, sift down */
-      for (p = 0;;) {
-        int64_t ch = 2 * p + 1;
-        if (ch >= k) break;
-        if (ch + 1 < k && iv_desc(&a[ch + 1], &a[ch]) > 0) ch++;
-        if (iv_desc(&a[ch], &e) <= 0) break;
-        a[p] = a[ch];
-        p = ch;
-      }
-    } else {
-      continue;
-    }
-    a[p] = e;
-  }
-  qsort(a, (size_t)k, sizeof *a, iv_desc);
-  return a;
+  return kv;
 }
 
 /* ITM scores (itm_logits[:, 1]) of image @img against texts @tix (or,
- * with @one_text >= 0, of that text against images @tix) into @out. */
+ * with @one_text >= 0, of that text against images @tix) into @out. One
+ * image: its cross-attention keys and values are computed once and each
+ * batch of captions attends to them (BLIP recomputes them per pair); one
+ * text: the batch carries each candidate's image tokens. */
 static int itm_batch(comps_t *c, const rt_t *t, const gallery_t *g, const texts_t *x, int64_t img, int64_t one_text,
-                     const iv_t *cand, int64_t k, float *out) {
+                     const sd_iv_t *cand, int64_t k, float *out) {
   int rc = 0;
   mmp_backend_t *cpu = mmp_backend_get("cpu");
   int64_t TD = g->T * g->D;
+  mmp_tensormap_t *kv = NULL;
+  if (one_text < 0 && k > 0 && !(kv = image_kv(c, g, img))) return mmp_error_code();
   for (int64_t b = 0; rc == 0 && b < k; b += t->batch) {
     int64_t nb = k - b < t->batch ? k - b : t->batch;
-    float *emb = malloc((size_t)(nb * TD) * sizeof *emb);
+    float *emb = kv ? NULL : malloc((size_t)(nb * TD) * sizeof *emb);
     mmp_tensor_t **ir = calloc((size_t)nb, sizeof *ir), **mr = calloc((size_t)nb, sizeof *mr);
-    if (!emb || !ir || !mr) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
+    if ((!kv && !emb) || !ir || !mr) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
     for (int64_t i = 0; rc == 0 && i < nb; i++) {
-      int64_t im = one_text >= 0 ? cand[b + i].i : img, tx = one_text >= 0 ? one_text : cand[b + i].i;
-      memcpy(emb + i * TD, g->embeds + im * TD, (size_t)TD * sizeof *emb);
+      int64_t tx = one_text >= 0 ? one_text : cand[b + i].i;
+      if (emb) memcpy(emb + i * TD, g->embeds + cand[b + i].i * TD, (size_t)TD * sizeof *emb);
       ir[i] = mmp_slice(x->ids, 0, tx, tx + 1, 1);
       mr[i] = mmp_slice(x->mask, 0, tx, tx + 1, 1);
       if (!ir[i] || !mr[i]) rc = mmp_error_code();
     }
     int64_t es[3] = {nb, g->T, g->D};
     mmp_tensormap_t *in = mmp_tensormap_new(), *o = mmp_tensormap_new();
-    if (rc == 0 && (rc = mmp_tensormap_set(in, "image_embeds", mmp_tensor_from_data(cpu, MMP_F32, 3, es, emb))) == 0 &&
-        (rc = mmp_tensormap_set(in, "input_ids", mmp_concat(ir, (int)nb, 0))) == 0 &&
+    if (!in || !o) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
+    for (size_t e = 0; rc == 0 && kv && e < mmp_tensormap_size(kv); e++)
+      rc = mmp_tensormap_set(in, mmp_tensormap_name(kv, e), mmp_tensor_ref(mmp_tensormap_at(kv, e)));
+    if (rc == 0 && emb)
+      rc = mmp_tensormap_set(in, "image_embeds", mmp_tensor_from_data(cpu, MMP_F32, 3, es, emb));
+    if (rc == 0 && (rc = mmp_tensormap_set(in, "input_ids", mmp_concat(ir, (int)nb, 0))) == 0 &&
         (rc = mmp_tensormap_set(in, "attention_mask", mmp_concat(mr, (int)nb, 0))) == 0)
       rc = fwd(c->model, "itm", in, o);
     const mmp_tensor_t *s = rc == 0 ? mmp_tensormap_need(o, "itm_score") : NULL;
@@ -536,6 +518,7 @@ static int itm_batch(comps_t *c, const rt_t *t, const gallery_t *g, const texts_
     mmp_tensormap_free(in);
     mmp_tensormap_free(o);
   }
+  mmp_tensormap_free(kv);
   return rc;
 }
 
@@ -557,7 +540,7 @@ static int score_matrices(comps_t *c, const rt_t *t, const gallery_t *g, const t
     int64_t ki = t->k_test < nt ? t->k_test : nt, kt = t->k_test < ni ? t->k_test : ni;
     mmp_context_progress_begin(c->ctx, "ITM re-ranking", ni + nt);
     for (int64_t i = 0; rc == 0 && i < ni; i++) {
-      iv_t *top = top_desc(sims + i * nt, nt, 1, ki);
+      sd_iv_t *top = sd_top_desc(sims + i * nt, nt, 1, ki);
       if (!top) rc = mmp_error_code();
       if (rc == 0) rc = itm_batch(c, t, g, x, i, -1, top, ki, itm);
       for (int64_t k = 0; rc == 0 && k < ki; k++) i2t[i * nt + top[k].i] = itm[k] + top[k].v;
@@ -565,7 +548,7 @@ static int score_matrices(comps_t *c, const rt_t *t, const gallery_t *g, const t
       mmp_context_progress_advance(c->ctx, 1);
     }
     for (int64_t j = 0; rc == 0 && j < nt; j++) {
-      iv_t *top = top_desc(sims + j, ni, nt, kt);
+      sd_iv_t *top = sd_top_desc(sims + j, ni, nt, kt);
       if (!top) rc = mmp_error_code();
       if (rc == 0) rc = itm_batch(c, t, g, x, -1, j, top, kt, itm);
       for (int64_t k = 0; rc == 0 && k < kt; k++) t2i[j * ni + top[k].i] = itm[k] + top[k].v;
@@ -762,16 +745,16 @@ static int rank_query(comps_t *c, const rt_t *t, const gallery_t *g, const texts
                       const float *row, int64_t nc, int64_t stride, char *const *labels, const char *label_key,
                       json_t *arr) {
   int64_t k = t->k_test < nc ? t->k_test : nc;
-  iv_t *top = top_desc(row, nc, stride, k);
+  sd_iv_t *top = sd_top_desc(row, nc, stride, k);
   float *itm = top ? malloc((size_t)k * sizeof *itm) : NULL;
   int rc = top && itm ? 0 : mmp_error_set(MMP_ENOMEM, "out of memory");
-  iv_t *fin = rc == 0 ? malloc((size_t)k * sizeof *fin) : NULL;
+  sd_iv_t *fin = rc == 0 ? malloc((size_t)k * sizeof *fin) : NULL;
   if (rc == 0 && !fin) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
   if (rc == 0 && !t->itc_only) rc = itm_batch(c, t, g, x, img, text, top, k, itm);
   for (int64_t i = 0; rc == 0 && i < k; i++) fin[i].i = i, fin[i].v = t->itc_only ? top[i].v : itm[i] + top[i].v;
-  if (rc == 0) qsort(fin, (size_t)k, sizeof *fin, iv_desc);
+  if (rc == 0) qsort(fin, (size_t)k, sizeof *fin, sd_iv_desc);
   for (int64_t r = 0; rc == 0 && r < k && r < t->top_k; r++) {
-    const iv_t *cand = &top[fin[r].i];
+    const sd_iv_t *cand = &top[fin[r].i];
     json_t *o = json_pack("{s:s,s:I,s:f,s:f}", label_key, labels[cand->i], "index", (json_int_t)cand->i, "score",
                           (double)fin[r].v, "itc", (double)cand->v);
     if (o && !t->itc_only) json_object_set_new(o, "itm", json_real((double)itm[fin[r].i]));
