@@ -43,7 +43,7 @@ int main(void) {
   abi.base.name = "abi";
   abi.base.abi_major = MMP_ABI_MAJOR + 1;
   is_int(mmp_registry_add(reg, &abi.base), MMP_EABI, "another ABI major is refused");
-  like(mmp_error_last(), "built for plugin ABI 2.0", "ABI message names both versions");
+  like(mmp_error_last(), "built for plugin ABI 2.1", "ABI message names both versions");
   abi.base.abi_major = MMP_ABI_MAJOR;
   abi.base.abi_minor = MMP_ABI_MINOR + 1;
   is_int(mmp_registry_add(reg, &abi.base), MMP_EABI, "a newer ABI minor is refused");
@@ -91,7 +91,7 @@ int main(void) {
   ok(mmp_registry_find(reg, MMP_KIND_ENCODER, "good_helper") != NULL, "second implementation of the module");
   like(mmp_registry_module_of(reg, mmp_registry_find(reg, MMP_KIND_TASK, "good")), "task_good.so", "module recorded");
   is_int(load(reg, "task_badabi"), MMP_EABI, "wrong ABI module");
-  like(mmp_error_last(), "task_badabi.so: plugin 'badabi' was built for plugin ABI 2.0", "ABI error names file");
+  like(mmp_error_last(), "task_badabi.so: plugin 'badabi' was built for plugin ABI 2.1", "ABI error names file");
   is_int(load(reg, "task_noversion"), MMP_EPLUGIN, "module with a missing field");
   like(mmp_error_last(), "task_noversion.so: plugin descriptor 'noversion' has no version", "names file and field");
   is_int(load(reg, "task_dup"), MMP_EEXIST, "module registering a taken name");

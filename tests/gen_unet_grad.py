@@ -1,0 +1,91 @@
+#!/usr/bin/python3
+"""tests/gen_unet_grad.py - the tape's proof on a whole model (issue 16).
+
+Loads the tiny UNet2DConditionModel of tests/fixtures/sd/pipe/unet (written
+by gen_sd.py; its values are exact in f16, so the f32 model equals the file)
+into diffusers 0.19.3 in f32, runs one forward with a cross-attention key
+mask, an MSE loss against a random target, loss.backward(), and writes the
+inputs, the loss and the gradients of the inputs and of a set of named
+parameters to tests/fixtures/grad/unet_grad.safetensors. Run from the source
+tree root:
+
+  PYTHONPATH=/root/refenv/site /usr/bin/python3 tests/gen_unet_grad.py
+"""
+import json
+import os
+
+import torch
+from safetensors.torch import load_file, save_file
+from diffusers import UNet2DConditionModel
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+UNET = os.path.join(HERE, "fixtures", "sd", "pipe", "unet")
+OUT = os.path.join(HERE, "fixtures", "grad", "unet_grad.safetensors")
+
+# one of each kind of layer, in each part of the network
+PARAMS = [
+    "conv_in.weight",
+    "conv_in.bias",
+    "time_embedding.linear_1.weight",
+    "time_embedding.linear_2.bias",
+    "down_blocks.0.resnets.0.norm1.weight",
+    "down_blocks.0.resnets.0.conv1.weight",
+    "down_blocks.0.resnets.1.time_emb_proj.weight",
+    "down_blocks.0.attentions.0.norm.weight",
+    "down_blocks.0.attentions.0.proj_in.weight",
+    "down_blocks.0.attentions.0.transformer_blocks.0.norm1.weight",
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn1.to_q.weight",
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_k.weight",
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_v.weight",
+    "down_blocks.0.attentions.0.transformer_blocks.0.attn2.to_out.0.bias",
+    "down_blocks.0.attentions.0.transformer_blocks.0.ff.net.0.proj.weight",
+    "down_blocks.0.attentions.0.transformer_blocks.0.norm3.bias",
+    "down_blocks.0.downsamplers.0.conv.weight",
+    "down_blocks.1.resnets.0.conv_shortcut.weight",
+    "mid_block.resnets.1.norm2.bias",
+    "mid_block.attentions.0.transformer_blocks.0.attn1.to_out.0.weight",
+    "mid_block.attentions.0.proj_out.bias",
+    "up_blocks.0.resnets.2.conv2.weight",
+    "up_blocks.0.upsamplers.0.conv.weight",
+    "up_blocks.1.attentions.2.transformer_blocks.0.ff.net.2.weight",
+    "up_blocks.1.resnets.0.conv_shortcut.bias",
+    "conv_norm_out.weight",
+    "conv_out.weight",
+    "conv_out.bias",
+]
+
+
+def main():
+    torch.manual_seed(0)
+    with open(os.path.join(UNET, "config.json")) as f:
+        cfg = {k: v for k, v in json.load(f).items() if not k.startswith("_")}
+    unet = UNet2DConditionModel(**cfg).eval()
+    sd = load_file(os.path.join(UNET, "diffusion_pytorch_model.safetensors"))
+    unet.load_state_dict({k: v.float() for k, v in sd.items()})
+    g = torch.Generator().manual_seed(16)
+    s = torch.randn(2, 4, 8, 8, generator=g).requires_grad_(True)
+    t = torch.tensor([10, 621], dtype=torch.int64)
+    ehs = torch.randn(2, 7, 32, generator=g).requires_grad_(True)
+    mask = torch.zeros(2, 7, dtype=torch.bool)  # True = do not attend (AR-LDM)
+    mask[0, 5:] = True
+    mask[1, 1] = True
+    target = torch.randn(2, 4, 8, 8, generator=g)
+    # diffusers 0.19: 1 = keep, (1 - m) * -10000 added to the scores
+    # (exp(-10000) is 0 in f32: the same as masking the keys out)
+    out = unet(s, t, ehs, encoder_attention_mask=(~mask).float()).sample
+    loss = torch.nn.functional.mse_loss(out, target)
+    loss.backward()
+    params = dict(unet.named_parameters())
+    d = {"sample": s.detach(), "timestep": t, "encoder_hidden_states": ehs.detach(),
+         "encoder_attention_mask": mask.to(torch.uint8), "target": target,
+         "out_sample": out.detach(), "loss": loss.detach().reshape(1),
+         "grad.sample": s.grad, "grad.encoder_hidden_states": ehs.grad}
+    for n in PARAMS:
+        d["grad." + n] = params[n].grad
+    os.makedirs(os.path.dirname(OUT), exist_ok=True)
+    save_file({k: v.contiguous() for k, v in d.items()}, OUT)
+    print("loss %.6g, %d parameter gradients, %d bytes" % (loss.item(), len(PARAMS), os.path.getsize(OUT)))
+
+
+if __name__ == "__main__":
+    main()
