@@ -6,8 +6,13 @@ by gen_sd.py; its values are exact in f16, so the f32 model equals the file)
 into diffusers 0.19.3 in f32, runs one forward with a cross-attention key
 mask, an MSE loss against a random target, loss.backward(), and writes the
 inputs, the loss and the gradients of the inputs and of a set of named
-parameters to tests/fixtures/grad/unet_grad.safetensors. Run from the source
-tree root:
+parameters to tests/fixtures/grad/unet_grad.safetensors. Then, from the same
+weights, ADAMW_STEPS steps of torch.optim.AdamW on the same batch: the loss
+of each step and the final values of the named parameters that are small
+(adamw.*). eps is 1e-5 rather than torch's 1e-8: the first Adam step moves
+each weight by about lr * sign(g), so a gradient that is 0 up to rounding
+(|g| < 1e-8) would make the comparison a coin toss; with eps = 1e-5 the update
+is a smooth function of the gradient. Run from the source tree root:
 
   PYTHONPATH=/root/refenv/site /usr/bin/python3 tests/gen_unet_grad.py
 """
@@ -55,13 +60,23 @@ PARAMS = [
 ]
 
 
-def main():
-    torch.manual_seed(0)
+ADAMW_STEPS = 3
+ADAMW = dict(lr=1e-3, betas=(0.9, 0.999), eps=1e-5, weight_decay=0.01)
+ADAMW_MAX_NUMEL = 2048  # final values kept for the smaller named parameters
+
+
+def load_unet():
     with open(os.path.join(UNET, "config.json")) as f:
         cfg = {k: v for k, v in json.load(f).items() if not k.startswith("_")}
     unet = UNet2DConditionModel(**cfg).eval()
     sd = load_file(os.path.join(UNET, "diffusion_pytorch_model.safetensors"))
     unet.load_state_dict({k: v.float() for k, v in sd.items()})
+    return unet
+
+
+def main():
+    torch.manual_seed(0)
+    unet = load_unet()
     g = torch.Generator().manual_seed(16)
     s = torch.randn(2, 4, 8, 8, generator=g).requires_grad_(True)
     t = torch.tensor([10, 621], dtype=torch.int64)
@@ -82,9 +97,26 @@ def main():
          "grad.sample": s.grad, "grad.encoder_hidden_states": ehs.grad}
     for n in PARAMS:
         d["grad." + n] = params[n].grad
+    # AdamW steps from the same weights on the same batch
+    unet = load_unet()
+    opt = torch.optim.AdamW(unet.parameters(), **ADAMW)
+    losses = []
+    for _ in range(ADAMW_STEPS):
+        opt.zero_grad()
+        o = unet(s.detach(), t, ehs.detach(), encoder_attention_mask=(~mask).float()).sample
+        l = torch.nn.functional.mse_loss(o, target)
+        l.backward()
+        opt.step()
+        losses.append(l.item())
+    d["adamw.loss"] = torch.tensor(losses, dtype=torch.float32)
+    params = dict(unet.named_parameters())
+    for n in PARAMS:
+        if params[n].numel() <= ADAMW_MAX_NUMEL:
+            d["adamw." + n] = params[n].detach()
     os.makedirs(os.path.dirname(OUT), exist_ok=True)
     save_file({k: v.contiguous() for k, v in d.items()}, OUT)
-    print("loss %.6g, %d parameter gradients, %d bytes" % (loss.item(), len(PARAMS), os.path.getsize(OUT)))
+    print("loss %.6g, %d parameter gradients, AdamW losses %s, %d bytes" %
+          (loss.item(), len(PARAMS), losses, os.path.getsize(OUT)))
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
  * (tests/gen_unet_grad.py, diffusers 0.19.3 UNet2DConditionModel in f32). */
 #include <mmpipe/autograd.h>
 #include <mmpipe/grad.h>
+#include <mmpipe/optim.h>
 
 #include "sd_test.h"
 
@@ -119,11 +120,62 @@ int main(void) {
   diag("largest relative error of a gradient: %.3g", worst);
 
   mmp_tensor_unref(loss);
+  mmp_tensormap_free(grads);
+  mmp_tensormap_free(out);
+
+  /* AdamW steps on the same batch (gen_unet_grad.py: lr 1e-3, eps 1e-5,
+   * weight decay 0.01): every step's loss and the final weights */
+  mmp_tensor_t *want_losses = mmp_tensormap_get(fx, "adamw.loss");
+  int64_t nsteps = want_losses ? want_losses->shape[0] : 0;
+  mmp_adamw_params_t hp;
+  mmp_adamw_defaults(&hp);
+  hp.lr = 1e-3;
+  hp.eps = 1e-5;
+  hp.weight_decay = 0.01;
+  mmp_adamw_t *opt = mmp_adamw_new(&hp);
+  for (size_t i = 0; i < mmp_tensormap_size(w.params); i++)
+    mmp_adamw_add_param(opt, mmp_tensormap_name(w.params, i), mmp_tensormap_at(w.params, i));
+  ok(mmp_adamw_size(opt) == (size_t)w.n, "AdamW over every parameter");
+  double worst_loss = 0;
+  for (int64_t step = 0; step < nsteps; step++) {
+    watch_ctx_t ws = {tape, mmp_tensormap_new(), 0, 0};
+    int wrc = ops->parameters(c->self, watch_param, &ws);
+    mmp_tensormap_t *o = mmp_tensormap_new(), *g = mmp_tensormap_new();
+    prev = mmp_tape_set_current(tape);
+    int frc = ops->forward(c->self, NULL, in, o);
+    mmp_tensor_t *l = frc == 0 ? mmp_mse_loss(mmp_tensormap_get(o, "sample"), mmp_tensormap_get(fx, "target")) : NULL;
+    mmp_tape_set_current(prev);
+    int brc = l ? mmp_tape_backward(tape, l, NULL, g) : -1;
+    int src = brc == 0 ? mmp_adamw_step(opt, g) : -1;
+    if (!ok(wrc == 0 && brc == 0 && src == 0, "AdamW step %lld", (long long)step)) diag("%s", mmp_error_last());
+    int64_t ix[1] = {step};
+    double got = l ? mmp_tensor_get(l, NULL) : NAN, want = mmp_tensor_get(want_losses, ix);
+    double r = fabs(got - want) / fabs(want);
+    if (!(r <= worst_loss)) worst_loss = r;
+    mmp_tensor_unref(l);
+    mmp_tensormap_free(o);
+    mmp_tensormap_free(g);
+    mmp_tensormap_free(ws.params);
+  }
+  ok(nsteps == 3 && worst_loss <= SD_TOL, "the loss of each of %lld AdamW steps within 1e-4 relative (%.3g)",
+     (long long)nsteps, worst_loss);
+  int nfinal = 0;
+  worst = 0;
+  for (size_t i = 0; i < mmp_tensormap_size(fx); i++) {
+    const char *name = mmp_tensormap_name(fx, i);
+    if (strncmp(name, "adamw.", 6) != 0 || strcmp(name, "adamw.loss") == 0) continue;
+    char what[256];
+    snprintf(what, sizeof what, "%s after the AdamW steps", name + 6);
+    check_grad(mmp_tensormap_get(w.params, name + 6), mmp_tensormap_at(fx, i), what);
+    nfinal++;
+  }
+  ok(nfinal >= 10, "%d parameters compared after the AdamW steps", nfinal);
+  diag("largest relative error of a parameter after the AdamW steps: %.3g", worst);
+  mmp_adamw_free(opt);
+
   mmp_tensor_unref(sample);
   mmp_tensor_unref(ehs);
-  mmp_tensormap_free(grads);
   mmp_tensormap_free(in);
-  mmp_tensormap_free(out);
   mmp_tensormap_free(w.params);
   mmp_tape_free(tape);
   mmp_component_free(c);
