@@ -400,21 +400,22 @@ static int node_backward(const tnode_t *n, const mmp_tensor_t *g, mmp_tensor_t *
   return rc;
 }
 
-/* Add a finished gradient to the caller's map under @name. */
-static int deliver(mmp_tensormap_t *grads, const char *name, mmp_tensor_t *g) {
-  mmp_tensor_t *c = mmp_contiguous(g);
-  if (!c) return fail_code();
+/* Add the finished gradient *@gp to the caller's map under @name. A
+ * gradient nothing else refers to is handed over (*@gp becomes NULL);
+ * one that shares its storage (a view of another gradient) is copied, so
+ * that in-place work on the map (clipping) touches each gradient once. */
+static int deliver(mmp_tensormap_t *grads, const char *name, mmp_tensor_t **gp) {
+  mmp_tensor_t *g = *gp, *c;
   mmp_tensor_t *old = mmp_tensormap_get(grads, name);
   if (old) {
-    mmp_tensor_t *s = mmp_add(old, c);
-    mmp_tensor_unref(c);
-    if (!s) return fail_code();
-    c = s;
-  } else if (c == g) { /* a fresh tensor: the map must not share it with later sums */
-    mmp_tensor_unref(c);
+    c = mmp_add(old, g);
+  } else if (g->refcount == 1 && g->storage->refcount == 1 && mmp_tensor_is_contiguous(g)) {
+    c = g;
+    *gp = NULL;
+  } else {
     c = mmp_clone(g);
-    if (!c) return fail_code();
   }
+  if (!c) return fail_code();
   return mmp_tensormap_set(grads, name, c);
 }
 
@@ -467,7 +468,7 @@ static int backward_walk(mmp_tape_t *t, mmp_tensor_t *out, const mmp_tensor_t *g
   for (size_t k = 0; k < t->nvals; k++) {
     tvalue_t *v = &t->vals[k];
     if (!v->name || !v->grad) continue;
-    int rc = deliver(grads, v->name, v->grad);
+    int rc = deliver(grads, v->name, &v->grad);
     if (rc < 0) return rc;
   }
   return 0;
