@@ -395,8 +395,8 @@ static int node_backward(const tnode_t *n, const mmp_tensor_t *g, mmp_tensor_t *
   default:
     return mmp_error_set(MMP_EINVAL, "tape: node kind %d unknown", (int)n->kind);
   }
-  for (int k = 0; k < n->nin; k++)
-    if (WANT(k) && !o[k]) return fail_code();
+  for (int k = 0; k < n->nin; k++) /* (integer ids have no gradient) */
+    if (WANT(k) && !o[k] && !(n->kind == MMP__TK_EMBEDDING && k == 1)) return fail_code();
   return rc;
 }
 
