@@ -533,7 +533,7 @@ int mmp_attention_backward(const mmp_tensor_t *g, const mmp_tensor_t *q, const m
 
 /* ------------------------------------------------------------------- losses */
 
-mmp_tensor_t *mmp_mse_loss(const mmp_tensor_t *a, const mmp_tensor_t *b) {
+static mmp_tensor_t *mse_loss_impl(const mmp_tensor_t *a, const mmp_tensor_t *b) {
   if (!a || !b) return NULL;
   if (!shape_is("mse_loss", "the target", b, a->ndim, a->shape)) return NULL;
   int64_t n = -1;
@@ -545,6 +545,16 @@ mmp_tensor_t *mmp_mse_loss(const mmp_tensor_t *a, const mmp_tensor_t *b) {
   mmp_tensor_unref(d2);
   mmp_tensor_unref(f);
   return m;
+}
+
+/* Recorded as one node (torch's formula), not as its sub/mul/mean. */
+mmp_tensor_t *mmp_mse_loss(const mmp_tensor_t *a, const mmp_tensor_t *b) {
+  mmp_tape_t *tp = mmp__tape_enter();
+  mmp_tensor_t *r = mse_loss_impl(a, b);
+  if (!tp) return r;
+  const mmp_tensor_t *in[2] = {a, b};
+  mmp__tape_rec_t rc = {.kind = MMP__TK_MSE, .name = "mse_loss", .nin = 2, .in = in};
+  return mmp__tape_leave(tp, r, &rc);
 }
 
 int mmp_mse_loss_backward(double g, const mmp_tensor_t *a, const mmp_tensor_t *b, mmp_tensor_t **ga,

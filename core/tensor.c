@@ -574,7 +574,7 @@ static bool view_strides(int on, const int64_t *os, const int64_t *ost, int nn,
   return vd == -1;
 }
 
-mmp_tensor_t *mmp_reshape(mmp_tensor_t *t, int ndim, const int64_t *shape) {
+static mmp_tensor_t *reshape_impl(mmp_tensor_t *t, int ndim, const int64_t *shape) {
   if (!t) return NULL;
   if (ndim < 0 || ndim > MMP_MAX_DIMS || (ndim && !shape)) {
     mmp_error_set(MMP_ESHAPE, "reshape: bad target rank %d", ndim);
@@ -624,9 +624,9 @@ mmp_tensor_t *mmp_reshape(mmp_tensor_t *t, int ndim, const int64_t *shape) {
   return r;
 }
 
-mmp_tensor_t *mmp_permute(mmp_tensor_t *t, const int *perm) {
+static mmp_tensor_t *permute_impl(mmp_tensor_t *t, const int *perm) {
   if (!t) return NULL;
-  int64_t ns[MMP_MAX_DIMS], nst[MMP_MAX_DIMS];
+  int64_t ns[MMP_MAX_DIMS] = {0}, nst[MMP_MAX_DIMS] = {0};
   bool seen[MMP_MAX_DIMS] = {false};
   if (t->ndim && !perm) {
     mmp_error_set(MMP_EINVAL, "permute: NULL perm");
@@ -656,7 +656,7 @@ mmp_tensor_t *mmp_transpose(mmp_tensor_t *t, int d0, int d1) {
   return mmp_permute(t, perm);
 }
 
-mmp_tensor_t *mmp_slice(mmp_tensor_t *t, int dim, int64_t start, int64_t end, int64_t step) {
+static mmp_tensor_t *slice_impl(mmp_tensor_t *t, int dim, int64_t start, int64_t end, int64_t step, int64_t *norm) {
   if (!t) return NULL;
   int d = norm_dim(dim, t->ndim, "slice", t);
   if (d < 0) return NULL;
@@ -676,10 +676,13 @@ mmp_tensor_t *mmp_slice(mmp_tensor_t *t, int dim, int64_t start, int64_t end, in
   memcpy(nst, t->stride, sizeof nst);
   ns[d] = (end - start + step - 1) / step;
   nst[d] = t->stride[d] * step;
+  norm[0] = d;
+  norm[1] = start;
+  norm[2] = end;
   return mmp__tensor_view(t, t->ndim, ns, nst, t->offset + start * t->stride[d]);
 }
 
-mmp_tensor_t *mmp_broadcast_to(mmp_tensor_t *t, int ndim, const int64_t *shape) {
+static mmp_tensor_t *broadcast_to_impl(mmp_tensor_t *t, int ndim, const int64_t *shape) {
   if (!t) return NULL;
   char b1[160];
   if (ndim < t->ndim || ndim > MMP_MAX_DIMS) {
@@ -708,7 +711,7 @@ mmp_tensor_t *mmp_broadcast_to(mmp_tensor_t *t, int ndim, const int64_t *shape) 
   return mmp__tensor_view(t, ndim, ns, nst, t->offset);
 }
 
-mmp_tensor_t *mmp_unsqueeze(mmp_tensor_t *t, int dim) {
+static mmp_tensor_t *unsqueeze_impl(mmp_tensor_t *t, int dim) {
   if (!t) return NULL;
   if (t->ndim >= MMP_MAX_DIMS) {
     mmp_error_set(MMP_ESHAPE, "unsqueeze of %s: already %d dims", mmp__desc(t), MMP_MAX_DIMS);
@@ -733,7 +736,7 @@ mmp_tensor_t *mmp_unsqueeze(mmp_tensor_t *t, int dim) {
   return mmp__tensor_view(t, t->ndim + 1, ns, nst, t->offset);
 }
 
-mmp_tensor_t *mmp_squeeze(mmp_tensor_t *t, int dim) {
+static mmp_tensor_t *squeeze_impl(mmp_tensor_t *t, int dim) {
   if (!t) return NULL;
   int d = norm_dim(dim, t->ndim, "squeeze", t);
   if (d < 0) return NULL;
@@ -797,6 +800,11 @@ int mmp_copy_into(mmp_tensor_t *dst, const mmp_tensor_t *src) {
                          mmp__desc(src));
   if (dst->flags & MMP_TF_READONLY)
     return mmp_error_set(MMP_EINVAL, "copy: destination %s is read-only (a mapped weight)", mmp__desc(dst));
+  /* an in-place write cannot be undone by the tape (ops copying inside run
+   * with it suspended, so this sees only the caller's own copies) */
+  if (mmp__tape_tls && (mmp__tape_tracked(mmp__tape_tls, dst) || mmp__tape_tracked(mmp__tape_tls, src)))
+    return mmp_error_set(MMP_EUNSUPPORTED, "copy: %s into %s while a tape tracks them: in-place writes are not "
+                         "differentiable (build the result with mmp_concat instead)", mmp__desc(src), mmp__desc(dst));
   if (dst->storage->be != src->storage->be)
     return mmp_error_set(MMP_EDEVICE, "copy: destination on %s, source on %s (use mmp_to_backend)",
                          mmp_backend_name(dst->storage->be), mmp_backend_name(src->storage->be));
@@ -814,18 +822,18 @@ static mmp_tensor_t *copy_as(const mmp_tensor_t *t, mmp_dtype_t dt) {
   return r;
 }
 
-mmp_tensor_t *mmp_contiguous(mmp_tensor_t *t) {
+static mmp_tensor_t *contiguous_impl(mmp_tensor_t *t) {
   if (!t) return NULL;
   if (mmp_tensor_is_contiguous(t)) return mmp_tensor_ref(t);
   return copy_as(t, t->dtype);
 }
 
-mmp_tensor_t *mmp_clone(const mmp_tensor_t *t) {
+static mmp_tensor_t *clone_impl(const mmp_tensor_t *t) {
   if (!t) return NULL;
   return copy_as(t, t->dtype);
 }
 
-mmp_tensor_t *mmp_convert(const mmp_tensor_t *t, mmp_dtype_t dt) {
+static mmp_tensor_t *convert_impl(const mmp_tensor_t *t, mmp_dtype_t dt) {
   if (!t) return NULL;
   if ((unsigned)dt >= MMP_DTYPE_COUNT) {
     mmp_error_set(MMP_EDTYPE, "convert: invalid dtype %d", (int)dt);
@@ -835,7 +843,7 @@ mmp_tensor_t *mmp_convert(const mmp_tensor_t *t, mmp_dtype_t dt) {
   return copy_as(t, dt);
 }
 
-mmp_tensor_t *mmp_to_backend(const mmp_tensor_t *t, mmp_backend_t *be) {
+static mmp_tensor_t *to_backend_impl(const mmp_tensor_t *t, mmp_backend_t *be) {
   if (!t) return NULL;
   if (!be) {
     mmp_error_set(MMP_EINVAL, "to_backend: NULL backend");
@@ -868,7 +876,7 @@ mmp_tensor_t *mmp_to_backend(const mmp_tensor_t *t, mmp_backend_t *be) {
   return r;
 }
 
-mmp_tensor_t *mmp_concat(mmp_tensor_t *const *ts, int n, int dim) {
+static mmp_tensor_t *concat_impl(mmp_tensor_t *const *ts, int n, int dim) {
   if (!ts || n < 1) {
     mmp_error_set(MMP_EINVAL, "concat: no tensors");
     return NULL;
@@ -917,4 +925,73 @@ mmp_tensor_t *mmp_concat(mmp_tensor_t *const *ts, int n, int dim) {
     start += ts[i]->shape[d];
   }
   return r;
+}
+
+/* ------------------------------------------------------------ the tape hook */
+
+/* The views and copies, recorded like the ops of tensor_ops.c: each keeps
+ * the elements in order (VIEW), permutes, slices, broadcasts or
+ * concatenates them. mmp_transpose, mmp_split and mmp_chunk are made of
+ * these and need no hook of their own. */
+static mmp_tensor_t *rec1(mmp_tape_t *tp, mmp_tensor_t *r, mmp__tk_t kind, const char *name, const mmp_tensor_t *a,
+                          int niv, const int64_t *iv) {
+  const mmp_tensor_t *in[1] = {a};
+  mmp__tape_rec_t rc = {.kind = kind, .name = name, .nin = 1, .in = in};
+  for (int k = 0; k < niv && k < 8; k++) rc.i[k] = iv[k];
+  return mmp__tape_leave(tp, r, &rc);
+}
+
+#define VIEW_HOOK(name, call) \
+  mmp_tape_t *tp = mmp__tape_enter(); \
+  mmp_tensor_t *r = call; \
+  return tp ? rec1(tp, r, MMP__TK_VIEW, name, t, 0, NULL) : r
+
+mmp_tensor_t *mmp_reshape(mmp_tensor_t *t, int ndim, const int64_t *shape) {
+  VIEW_HOOK("reshape", reshape_impl(t, ndim, shape));
+}
+mmp_tensor_t *mmp_unsqueeze(mmp_tensor_t *t, int dim) { VIEW_HOOK("unsqueeze", unsqueeze_impl(t, dim)); }
+mmp_tensor_t *mmp_squeeze(mmp_tensor_t *t, int dim) { VIEW_HOOK("squeeze", squeeze_impl(t, dim)); }
+mmp_tensor_t *mmp_contiguous(mmp_tensor_t *t) { VIEW_HOOK("contiguous", contiguous_impl(t)); }
+mmp_tensor_t *mmp_clone(const mmp_tensor_t *t) { VIEW_HOOK("clone", clone_impl(t)); }
+mmp_tensor_t *mmp_convert(const mmp_tensor_t *t, mmp_dtype_t dt) { VIEW_HOOK("convert", convert_impl(t, dt)); }
+
+mmp_tensor_t *mmp_to_backend(const mmp_tensor_t *t, mmp_backend_t *be) {
+  mmp_tape_t *tp = mmp__tape_enter();
+  mmp_tensor_t *r = to_backend_impl(t, be);
+  if (!tp) return r;
+  /* the gradient would have to travel back: not supported across backends */
+  return rec1(tp, r, r && r->storage->be == t->storage->be ? MMP__TK_VIEW : MMP__TK_NONE, "to_backend", t, 0, NULL);
+}
+
+mmp_tensor_t *mmp_permute(mmp_tensor_t *t, const int *perm) {
+  mmp_tape_t *tp = mmp__tape_enter();
+  mmp_tensor_t *r = permute_impl(t, perm);
+  if (!tp) return r;
+  int64_t iv[MMP_MAX_DIMS] = {0};
+  for (int i = 0; r && i < t->ndim; i++) iv[i] = perm[i] < 0 ? perm[i] + t->ndim : perm[i];
+  return rec1(tp, r, MMP__TK_PERMUTE, "permute", t, MMP_MAX_DIMS, iv);
+}
+
+mmp_tensor_t *mmp_slice(mmp_tensor_t *t, int dim, int64_t start, int64_t end, int64_t step) {
+  mmp_tape_t *tp = mmp__tape_enter();
+  int64_t iv[4] = {0, 0, 0, step};
+  mmp_tensor_t *r = slice_impl(t, dim, start, end, step, iv);
+  return tp ? rec1(tp, r, MMP__TK_SLICE, "slice", t, 4, iv) : r;
+}
+
+mmp_tensor_t *mmp_broadcast_to(mmp_tensor_t *t, int ndim, const int64_t *shape) {
+  mmp_tape_t *tp = mmp__tape_enter();
+  mmp_tensor_t *r = broadcast_to_impl(t, ndim, shape);
+  return tp ? rec1(tp, r, MMP__TK_BROADCAST, "broadcast_to", t, 0, NULL) : r;
+}
+
+mmp_tensor_t *mmp_concat(mmp_tensor_t *const *ts, int n, int dim) {
+  mmp_tape_t *tp = mmp__tape_enter();
+  mmp_tensor_t *r = concat_impl(ts, n, dim);
+  if (!tp) return r;
+  if (!r) return mmp__tape_leave(tp, r, NULL);
+  int64_t d = dim < 0 ? dim + r->ndim : dim;
+  mmp__tape_rec_t rc = {.kind = MMP__TK_CONCAT, .name = "concat", .nin = n, .in = (const mmp_tensor_t *const *)ts,
+                        .i = {d}};
+  return mmp__tape_leave(tp, r, &rc);
 }

@@ -18,6 +18,51 @@
 #include <mmpipe/tensor.h>
 #pragma GCC visibility pop
 
+/* ---- autograd.c: the hook of the op front-end (doc/training.md) ----
+ * Every public op that computes opens with mmp__tape_enter(), which is one
+ * thread-local load when no tape is current and otherwise suspends the tape
+ * (so the ops the op calls inside record nothing), and closes with
+ * mmp__tape_leave(), which restores the tape and records one node when an
+ * input is tracked. */
+typedef struct mmp_tape mmp_tape_t;
+extern _Thread_local mmp_tape_t *mmp__tape_tls;
+typedef enum mmp__tk {
+  MMP__TK_NONE = 0, /* no backward: fails if a gradient reaches it */
+  MMP__TK_ADD, MMP__TK_SUB, MMP__TK_MUL, MMP__TK_DIV, MMP__TK_SCALE, MMP__TK_AXPBY,
+  MMP__TK_SQRT, MMP__TK_EXP,
+  MMP__TK_SILU, MMP__TK_GELU, MMP__TK_GELU_TANH, MMP__TK_QUICK_GELU, MMP__TK_SIGMOID, MMP__TK_TANH,
+  MMP__TK_RELU, MMP__TK_GEGLU, MMP__TK_SOFTMAX,
+  MMP__TK_SUM, MMP__TK_MEAN,
+  MMP__TK_MATMUL, MMP__TK_LINEAR, MMP__TK_CONV2D,
+  MMP__TK_GROUP_NORM, MMP__TK_GROUP_NORM_SILU, MMP__TK_LAYER_NORM,
+  MMP__TK_ATTENTION, MMP__TK_UPSAMPLE, MMP__TK_EMBEDDING,
+  MMP__TK_VIEW,      /* reshape/squeeze/unsqueeze/contiguous/clone/convert: same elements, same order */
+  MMP__TK_PERMUTE, MMP__TK_SLICE, MMP__TK_BROADCAST, MMP__TK_CONCAT, MMP__TK_MSE,
+  MMP__TK_COUNT
+} mmp__tk_t;
+/* What one op hands the tape: its kind, name (for messages), operands (NULL
+ * entries allowed: optional operands) and scalar parameters. */
+typedef struct mmp__tape_rec {
+  mmp__tk_t kind;
+  const char *name;
+  int nin;
+  const mmp_tensor_t *const *in;
+  double f[3];
+  int64_t i[8];
+} mmp__tape_rec_t;
+static inline mmp_tape_t *mmp__tape_enter(void) {
+  mmp_tape_t *t = mmp__tape_tls;
+  if (__builtin_expect(t != NULL, 0)) mmp__tape_tls = NULL;
+  return t;
+}
+/* Restore @t as current and record @rec with output @r (NULL: failed op,
+ * nothing recorded). Returns @r, or NULL (and @r released) when the node
+ * could not be recorded. */
+mmp_tensor_t *mmp__tape_leave(mmp_tape_t *t, mmp_tensor_t *r, const mmp__tape_rec_t *rec);
+/* Whether @x is tracked by the tape current on this thread or suspended as
+ * @t (mmp_copy_into refuses such writes). */
+bool mmp__tape_tracked(const mmp_tape_t *t, const mmp_tensor_t *x);
+
 /* Reference-counted device memory. Either from the backend's allocator
  * (release == NULL) or wrapped host memory (release called with user). */
 struct mmp_storage {

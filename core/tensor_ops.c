@@ -103,12 +103,12 @@ static mmp_tensor_t *binary(mmp_op_t op, const mmp_tensor_t *a, const mmp_tensor
   return r;
 }
 
-mmp_tensor_t *mmp_add(const mmp_tensor_t *a, const mmp_tensor_t *b) { return binary(MMP_OP_ADD, a, b, 0, 0, true); }
-mmp_tensor_t *mmp_sub(const mmp_tensor_t *a, const mmp_tensor_t *b) { return binary(MMP_OP_SUB, a, b, 0, 0, true); }
-mmp_tensor_t *mmp_mul(const mmp_tensor_t *a, const mmp_tensor_t *b) { return binary(MMP_OP_MUL, a, b, 0, 0, true); }
-mmp_tensor_t *mmp_div(const mmp_tensor_t *a, const mmp_tensor_t *b) { return binary(MMP_OP_DIV, a, b, 0, 0, true); }
+static mmp_tensor_t *add_impl(const mmp_tensor_t *a, const mmp_tensor_t *b) { return binary(MMP_OP_ADD, a, b, 0, 0, true); }
+static mmp_tensor_t *sub_impl(const mmp_tensor_t *a, const mmp_tensor_t *b) { return binary(MMP_OP_SUB, a, b, 0, 0, true); }
+static mmp_tensor_t *mul_impl(const mmp_tensor_t *a, const mmp_tensor_t *b) { return binary(MMP_OP_MUL, a, b, 0, 0, true); }
+static mmp_tensor_t *div_impl(const mmp_tensor_t *a, const mmp_tensor_t *b) { return binary(MMP_OP_DIV, a, b, 0, 0, true); }
 
-mmp_tensor_t *mmp_axpby(double alpha, const mmp_tensor_t *a, double beta, const mmp_tensor_t *b) {
+static mmp_tensor_t *axpby_impl(double alpha, const mmp_tensor_t *a, double beta, const mmp_tensor_t *b) {
   return binary(MMP_OP_AXPBY, a, b, alpha, beta, false);
 }
 
@@ -122,28 +122,28 @@ static mmp_tensor_t *unary(mmp_op_t op, const mmp_tensor_t *a, double f0, double
   return run(be, op, &p, srcs, 1, mmp_tensor_new(be, MMP_F32, a->ndim, a->shape));
 }
 
-mmp_tensor_t *mmp_scale(const mmp_tensor_t *a, double alpha, double beta) {
+static mmp_tensor_t *scale_impl(const mmp_tensor_t *a, double alpha, double beta) {
   return unary(MMP_OP_SCALE, a, alpha, beta);
 }
-mmp_tensor_t *mmp_clamp(const mmp_tensor_t *a, double lo, double hi) {
+static mmp_tensor_t *clamp_impl(const mmp_tensor_t *a, double lo, double hi) {
   if (a && lo > hi) {
     mmp_error_set(MMP_EINVAL, "clamp: lo %g > hi %g", lo, hi);
     return NULL;
   }
   return unary(MMP_OP_CLAMP, a, lo, hi);
 }
-mmp_tensor_t *mmp_sqrt(const mmp_tensor_t *a) { return unary(MMP_OP_SQRT, a, 0, 0); }
-mmp_tensor_t *mmp_exp(const mmp_tensor_t *a) { return unary(MMP_OP_EXP, a, 0, 0); }
-mmp_tensor_t *mmp_abs(const mmp_tensor_t *a) { return unary(MMP_OP_ABS, a, 0, 0); }
-mmp_tensor_t *mmp_silu(const mmp_tensor_t *a) { return unary(MMP_OP_SILU, a, 0, 0); }
-mmp_tensor_t *mmp_gelu(const mmp_tensor_t *a) { return unary(MMP_OP_GELU, a, 0, 0); }
-mmp_tensor_t *mmp_gelu_tanh(const mmp_tensor_t *a) { return unary(MMP_OP_GELU_TANH, a, 0, 0); }
-mmp_tensor_t *mmp_quick_gelu(const mmp_tensor_t *a) { return unary(MMP_OP_QUICK_GELU, a, 0, 0); }
-mmp_tensor_t *mmp_sigmoid(const mmp_tensor_t *a) { return unary(MMP_OP_SIGMOID, a, 0, 0); }
-mmp_tensor_t *mmp_tanh(const mmp_tensor_t *a) { return unary(MMP_OP_TANH, a, 0, 0); }
-mmp_tensor_t *mmp_relu(const mmp_tensor_t *a) { return unary(MMP_OP_RELU, a, 0, 0); }
+static mmp_tensor_t *sqrt_impl(const mmp_tensor_t *a) { return unary(MMP_OP_SQRT, a, 0, 0); }
+static mmp_tensor_t *exp_impl(const mmp_tensor_t *a) { return unary(MMP_OP_EXP, a, 0, 0); }
+static mmp_tensor_t *abs_impl(const mmp_tensor_t *a) { return unary(MMP_OP_ABS, a, 0, 0); }
+static mmp_tensor_t *silu_impl(const mmp_tensor_t *a) { return unary(MMP_OP_SILU, a, 0, 0); }
+static mmp_tensor_t *gelu_impl(const mmp_tensor_t *a) { return unary(MMP_OP_GELU, a, 0, 0); }
+static mmp_tensor_t *gelu_tanh_impl(const mmp_tensor_t *a) { return unary(MMP_OP_GELU_TANH, a, 0, 0); }
+static mmp_tensor_t *quick_gelu_impl(const mmp_tensor_t *a) { return unary(MMP_OP_QUICK_GELU, a, 0, 0); }
+static mmp_tensor_t *sigmoid_impl(const mmp_tensor_t *a) { return unary(MMP_OP_SIGMOID, a, 0, 0); }
+static mmp_tensor_t *tanh_impl(const mmp_tensor_t *a) { return unary(MMP_OP_TANH, a, 0, 0); }
+static mmp_tensor_t *relu_impl(const mmp_tensor_t *a) { return unary(MMP_OP_RELU, a, 0, 0); }
 
-mmp_tensor_t *mmp_geglu(const mmp_tensor_t *a) {
+static mmp_tensor_t *geglu_impl(const mmp_tensor_t *a) {
   if (!a) return NULL;
   if (!need_f32("geglu", "input", a)) return NULL;
   if (a->ndim < 1 || a->shape[a->ndim - 1] % 2) {
@@ -189,9 +189,9 @@ static mmp_tensor_t *reduce(mmp_op_t op, const mmp_tensor_t *a, int dim, bool ke
   return s;
 }
 
-mmp_tensor_t *mmp_sum(const mmp_tensor_t *a, int dim, bool keepdim) { return reduce(MMP_OP_SUM, a, dim, keepdim); }
-mmp_tensor_t *mmp_mean(const mmp_tensor_t *a, int dim, bool keepdim) { return reduce(MMP_OP_MEAN, a, dim, keepdim); }
-mmp_tensor_t *mmp_max(const mmp_tensor_t *a, int dim, bool keepdim) { return reduce(MMP_OP_MAX, a, dim, keepdim); }
+static mmp_tensor_t *sum_impl(const mmp_tensor_t *a, int dim, bool keepdim) { return reduce(MMP_OP_SUM, a, dim, keepdim); }
+static mmp_tensor_t *mean_impl(const mmp_tensor_t *a, int dim, bool keepdim) { return reduce(MMP_OP_MEAN, a, dim, keepdim); }
+static mmp_tensor_t *max_impl(const mmp_tensor_t *a, int dim, bool keepdim) { return reduce(MMP_OP_MAX, a, dim, keepdim); }
 
 mmp_tensor_t *mmp_argmax(const mmp_tensor_t *a) {
   if (!a) return NULL;
@@ -207,7 +207,7 @@ mmp_tensor_t *mmp_argmax(const mmp_tensor_t *a) {
 
 /* ------------------------------------------------------------------ matmul */
 
-mmp_tensor_t *mmp_matmul(const mmp_tensor_t *a, const mmp_tensor_t *b, bool trans_a, bool trans_b) {
+static mmp_tensor_t *matmul_impl(const mmp_tensor_t *a, const mmp_tensor_t *b, bool trans_a, bool trans_b) {
   if (!a || !b) return NULL;
   const mmp_tensor_t *ts[2] = {a, b};
   mmp_backend_t *be = common_backend("matmul", 2, ts);
@@ -257,7 +257,7 @@ out:
   return r;
 }
 
-mmp_tensor_t *mmp_linear(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp_tensor_t *bias) {
+static mmp_tensor_t *linear_impl(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp_tensor_t *bias) {
   if (!x || !w) return NULL;
   const mmp_tensor_t *ts[3] = {x, w, bias};
   mmp_backend_t *be = common_backend("linear", 3, ts);
@@ -307,7 +307,7 @@ mmp_tensor_t *mmp_linear(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp
 
 /* --------------------------------------------------------------- nn ops */
 
-mmp_tensor_t *mmp_conv2d(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp_tensor_t *bias, int stride_h,
+static mmp_tensor_t *conv2d_impl(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp_tensor_t *bias, int stride_h,
                          int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups) {
   if (!x || !w) return NULL;
   const mmp_tensor_t *ts[3] = {x, w, bias};
@@ -397,25 +397,25 @@ static mmp_tensor_t *norm_op(mmp_op_t op, const mmp_tensor_t *x, int groups, con
   return r;
 }
 
-mmp_tensor_t *mmp_group_norm(const mmp_tensor_t *x, int groups, const mmp_tensor_t *weight,
+static mmp_tensor_t *group_norm_impl(const mmp_tensor_t *x, int groups, const mmp_tensor_t *weight,
                              const mmp_tensor_t *bias, double eps) {
   if (!x) return NULL;
   return norm_op(MMP_OP_GROUP_NORM, x, groups, weight, bias, eps);
 }
 
-mmp_tensor_t *mmp_group_norm_silu(const mmp_tensor_t *x, int groups, const mmp_tensor_t *weight,
+static mmp_tensor_t *group_norm_silu_impl(const mmp_tensor_t *x, int groups, const mmp_tensor_t *weight,
                                   const mmp_tensor_t *bias, double eps) {
   if (!x) return NULL;
   return norm_op(MMP_OP_GROUP_NORM_SILU, x, groups, weight, bias, eps);
 }
 
-mmp_tensor_t *mmp_layer_norm(const mmp_tensor_t *x, const mmp_tensor_t *weight, const mmp_tensor_t *bias,
+static mmp_tensor_t *layer_norm_impl(const mmp_tensor_t *x, const mmp_tensor_t *weight, const mmp_tensor_t *bias,
                              double eps) {
   if (!x) return NULL;
   return norm_op(MMP_OP_LAYER_NORM, x, 1, weight, bias, eps);
 }
 
-mmp_tensor_t *mmp_softmax(const mmp_tensor_t *x, int dim) {
+static mmp_tensor_t *softmax_impl(const mmp_tensor_t *x, int dim) {
   if (!x) return NULL;
   if (!need_f32("softmax", "x", x)) return NULL;
   int d = dim < 0 ? dim + x->ndim : dim;
@@ -429,7 +429,7 @@ mmp_tensor_t *mmp_softmax(const mmp_tensor_t *x, int dim) {
   return run(be, MMP_OP_SOFTMAX, &p, srcs, 1, mmp_tensor_new(be, MMP_F32, x->ndim, x->shape));
 }
 
-mmp_tensor_t *mmp_attention(const mmp_tensor_t *q, const mmp_tensor_t *k, const mmp_tensor_t *v,
+static mmp_tensor_t *attention_impl(const mmp_tensor_t *q, const mmp_tensor_t *k, const mmp_tensor_t *v,
                             const mmp_tensor_t *key_mask, bool causal, double scale) {
   if (!q || !k || !v) return NULL;
   const mmp_tensor_t *ts[4] = {q, k, v, key_mask};
@@ -499,20 +499,20 @@ static mmp_tensor_t *spatial_op(mmp_op_t op, const mmp_tensor_t *x, int kernel, 
   return r;
 }
 
-mmp_tensor_t *mmp_upsample_nearest2x(const mmp_tensor_t *x) {
+static mmp_tensor_t *upsample_nearest2x_impl(const mmp_tensor_t *x) {
   return spatial_op(MMP_OP_UPSAMPLE_NEAREST2X, x, 0, 0, 0, false);
 }
-mmp_tensor_t *mmp_avg_pool2d(const mmp_tensor_t *x, int kernel, int stride, int pad) {
+static mmp_tensor_t *avg_pool2d_impl(const mmp_tensor_t *x, int kernel, int stride, int pad) {
   return spatial_op(MMP_OP_AVG_POOL2D, x, kernel, stride, pad, false);
 }
-mmp_tensor_t *mmp_avg_pool2d_ex(const mmp_tensor_t *x, int kernel, int stride, int pad, bool count_include_pad) {
+static mmp_tensor_t *avg_pool2d_ex_impl(const mmp_tensor_t *x, int kernel, int stride, int pad, bool count_include_pad) {
   return spatial_op(MMP_OP_AVG_POOL2D, x, kernel, stride, pad, !count_include_pad);
 }
-mmp_tensor_t *mmp_max_pool2d(const mmp_tensor_t *x, int kernel, int stride, int pad) {
+static mmp_tensor_t *max_pool2d_impl(const mmp_tensor_t *x, int kernel, int stride, int pad) {
   return spatial_op(MMP_OP_MAX_POOL2D, x, kernel, stride, pad, false);
 }
 
-mmp_tensor_t *mmp_resize_bilinear(const mmp_tensor_t *x, int64_t out_h, int64_t out_w, bool align_corners) {
+static mmp_tensor_t *resize_bilinear_impl(const mmp_tensor_t *x, int64_t out_h, int64_t out_w, bool align_corners) {
   if (!x) return NULL;
   if (!need_f32("resize_bilinear", "x", x)) return NULL;
   if (x->ndim != 4) {
@@ -535,7 +535,7 @@ mmp_tensor_t *mmp_resize_bilinear(const mmp_tensor_t *x, int64_t out_h, int64_t 
   return r;
 }
 
-mmp_tensor_t *mmp_embedding(const mmp_tensor_t *table, const mmp_tensor_t *ids) {
+static mmp_tensor_t *embedding_impl(const mmp_tensor_t *table, const mmp_tensor_t *ids) {
   if (!table || !ids) return NULL;
   const mmp_tensor_t *ts[2] = {table, ids};
   mmp_backend_t *be = common_backend("embedding", 2, ts);
@@ -570,7 +570,7 @@ mmp_tensor_t *mmp_embedding(const mmp_tensor_t *table, const mmp_tensor_t *ids) 
   return r;
 }
 
-mmp_tensor_t *mmp_timestep_embedding(const mmp_tensor_t *t, int dim, bool flip_sin_to_cos,
+static mmp_tensor_t *timestep_embedding_impl(const mmp_tensor_t *t, int dim, bool flip_sin_to_cos,
                                      double downscale_freq_shift, double scale, double max_period) {
   if (!t) return NULL;
   if (t->ndim != 1) {
@@ -622,7 +622,7 @@ static void cubic_axis(int64_t in, int64_t out, int64_t *first, double *w) {
 
 static int64_t clampi(int64_t v, int64_t n) { return v < 0 ? 0 : v >= n ? n - 1 : v; }
 
-mmp_tensor_t *mmp_resize_bicubic(const mmp_tensor_t *x, int64_t oh, int64_t ow) {
+static mmp_tensor_t *resize_bicubic_impl(const mmp_tensor_t *x, int64_t oh, int64_t ow) {
   if (!x) return NULL;
   if (!need_f32("resize_bicubic", "x", x)) return NULL;
   if (x->ndim != 4) {
@@ -671,4 +671,170 @@ mmp_tensor_t *mmp_resize_bicubic(const mmp_tensor_t *x, int64_t oh, int64_t ow) 
   free(fy);
   free(wy);
   return r;
+}
+
+/* ------------------------------------------------------------ the tape hook */
+
+/* The public ops: each runs its implementation with the tape (if any)
+ * suspended, then hands the tape the node (doc/training.md). With no tape
+ * current this costs one thread-local load. */
+static mmp_tensor_t *rec(mmp_tape_t *tp, mmp_tensor_t *r, mmp__tk_t kind, const char *name, int nin,
+                         const mmp_tensor_t *a, const mmp_tensor_t *b, const mmp_tensor_t *c,
+                         const mmp_tensor_t *d, double f0, double f1, int niv, const int64_t *iv) {
+  const mmp_tensor_t *in[4] = {a, b, c, d};
+  mmp__tape_rec_t rc = {.kind = kind, .name = name, .nin = nin, .in = in, .f = {f0, f1, 0}};
+  for (int k = 0; k < niv && k < 8; k++) rc.i[k] = iv[k];
+  return mmp__tape_leave(tp, r, &rc);
+}
+
+#define REC1(kind, name, a) rec(tp, r, kind, name, 1, a, NULL, NULL, NULL, 0, 0, 0, NULL)
+#define REC2(kind, name, a, b) rec(tp, r, kind, name, 2, a, b, NULL, NULL, 0, 0, 0, NULL)
+
+#define BINARY_OP(fn, kind)                                                   \
+  mmp_tensor_t *mmp_##fn(const mmp_tensor_t *a, const mmp_tensor_t *b) {      \
+    mmp_tape_t *tp = mmp__tape_enter();                                       \
+    mmp_tensor_t *r = fn##_impl(a, b);                                        \
+    return tp ? REC2(kind, #fn, a, b) : r;                                    \
+  }
+BINARY_OP(add, MMP__TK_ADD)
+BINARY_OP(sub, MMP__TK_SUB)
+BINARY_OP(mul, MMP__TK_MUL)
+BINARY_OP(div, MMP__TK_DIV)
+
+mmp_tensor_t *mmp_axpby(double alpha, const mmp_tensor_t *a, double beta, const mmp_tensor_t *b) {
+  mmp_tape_t *tp = mmp__tape_enter();
+  mmp_tensor_t *r = axpby_impl(alpha, a, beta, b);
+  return tp ? rec(tp, r, MMP__TK_AXPBY, "axpby", 2, a, b, NULL, NULL, alpha, beta, 0, NULL) : r;
+}
+
+mmp_tensor_t *mmp_scale(const mmp_tensor_t *a, double alpha, double beta) {
+  mmp_tape_t *tp = mmp__tape_enter();
+  mmp_tensor_t *r = scale_impl(a, alpha, beta);
+  return tp ? rec(tp, r, MMP__TK_SCALE, "scale", 1, a, NULL, NULL, NULL, alpha, beta, 0, NULL) : r;
+}
+
+mmp_tensor_t *mmp_clamp(const mmp_tensor_t *a, double lo, double hi) {
+  mmp_tape_t *tp = mmp__tape_enter();
+  mmp_tensor_t *r = clamp_impl(a, lo, hi);
+  return tp ? REC1(MMP__TK_NONE, "clamp", a) : r;
+}
+
+#define UNARY_OP(fn, kind)                                                    \
+  mmp_tensor_t *mmp_##fn(const mmp_tensor_t *a) {                             \
+    mmp_tape_t *tp = mmp__tape_enter();                                       \
+    mmp_tensor_t *r = fn##_impl(a);                                           \
+    return tp ? REC1(kind, #fn, a) : r;                                       \
+  }
+UNARY_OP(sqrt, MMP__TK_SQRT)
+UNARY_OP(exp, MMP__TK_EXP)
+UNARY_OP(abs, MMP__TK_NONE)
+UNARY_OP(silu, MMP__TK_SILU)
+UNARY_OP(gelu, MMP__TK_GELU)
+UNARY_OP(gelu_tanh, MMP__TK_GELU_TANH)
+UNARY_OP(quick_gelu, MMP__TK_QUICK_GELU)
+UNARY_OP(sigmoid, MMP__TK_SIGMOID)
+UNARY_OP(tanh, MMP__TK_TANH)
+UNARY_OP(relu, MMP__TK_RELU)
+UNARY_OP(geglu, MMP__TK_GEGLU)
+UNARY_OP(upsample_nearest2x, MMP__TK_UPSAMPLE)
+
+#define REDUCE_OP(fn, kind)                                                          \
+  mmp_tensor_t *mmp_##fn(const mmp_tensor_t *a, int dim, bool keepdim) {             \
+    mmp_tape_t *tp = mmp__tape_enter();                                              \
+    mmp_tensor_t *r = fn##_impl(a, dim, keepdim);                                    \
+    if (!tp) return r;                                                               \
+    int64_t iv[2] = {r && dim < 0 ? dim + a->ndim : dim, keepdim};                   \
+    return rec(tp, r, kind, #fn, 1, a, NULL, NULL, NULL, 0, 0, 2, iv);               \
+  }
+REDUCE_OP(sum, MMP__TK_SUM)
+REDUCE_OP(mean, MMP__TK_MEAN)
+REDUCE_OP(max, MMP__TK_NONE)
+
+mmp_tensor_t *mmp_matmul(const mmp_tensor_t *a, const mmp_tensor_t *b, bool trans_a, bool trans_b) {
+  mmp_tape_t *tp = mmp__tape_enter();
+  mmp_tensor_t *r = matmul_impl(a, b, trans_a, trans_b);
+  if (!tp) return r;
+  int64_t iv[2] = {trans_a, trans_b};
+  return rec(tp, r, MMP__TK_MATMUL, "matmul", 2, a, b, NULL, NULL, 0, 0, 2, iv);
+}
+
+mmp_tensor_t *mmp_linear(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp_tensor_t *bias) {
+  mmp_tape_t *tp = mmp__tape_enter();
+  mmp_tensor_t *r = linear_impl(x, w, bias);
+  return tp ? rec(tp, r, MMP__TK_LINEAR, "linear", 3, x, w, bias, NULL, 0, 0, 0, NULL) : r;
+}
+
+mmp_tensor_t *mmp_conv2d(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp_tensor_t *bias, int stride_h,
+                         int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups) {
+  mmp_tape_t *tp = mmp__tape_enter();
+  mmp_tensor_t *r = conv2d_impl(x, w, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups);
+  if (!tp) return r;
+  int64_t iv[7] = {stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups};
+  return rec(tp, r, MMP__TK_CONV2D, "conv2d", 3, x, w, bias, NULL, 0, 0, 7, iv);
+}
+
+#define NORM_OP(fn, kind)                                                                              \
+  mmp_tensor_t *mmp_##fn(const mmp_tensor_t *x, int groups, const mmp_tensor_t *weight,                \
+                         const mmp_tensor_t *bias, double eps) {                                       \
+    mmp_tape_t *tp = mmp__tape_enter();                                                                \
+    mmp_tensor_t *r = fn##_impl(x, groups, weight, bias, eps);                                         \
+    if (!tp) return r;                                                                                 \
+    int64_t iv[1] = {groups};                                                                          \
+    return rec(tp, r, kind, #fn, 3, x, weight, bias, NULL, eps, 0, 1, iv);                             \
+  }
+NORM_OP(group_norm, MMP__TK_GROUP_NORM)
+NORM_OP(group_norm_silu, MMP__TK_GROUP_NORM_SILU)
+
+mmp_tensor_t *mmp_layer_norm(const mmp_tensor_t *x, const mmp_tensor_t *weight, const mmp_tensor_t *bias,
+                             double eps) {
+  mmp_tape_t *tp = mmp__tape_enter();
+  mmp_tensor_t *r = layer_norm_impl(x, weight, bias, eps);
+  return tp ? rec(tp, r, MMP__TK_LAYER_NORM, "layer_norm", 3, x, weight, bias, NULL, eps, 0, 0, NULL) : r;
+}
+
+mmp_tensor_t *mmp_softmax(const mmp_tensor_t *x, int dim) {
+  mmp_tape_t *tp = mmp__tape_enter();
+  mmp_tensor_t *r = softmax_impl(x, dim);
+  if (!tp) return r;
+  int64_t iv[1] = {r && dim < 0 ? dim + x->ndim : dim};
+  return rec(tp, r, MMP__TK_SOFTMAX, "softmax", 1, x, NULL, NULL, NULL, 0, 0, 1, iv);
+}
+
+mmp_tensor_t *mmp_attention(const mmp_tensor_t *q, const mmp_tensor_t *k, const mmp_tensor_t *v,
+                            const mmp_tensor_t *key_mask, bool causal, double scale) {
+  mmp_tape_t *tp = mmp__tape_enter();
+  mmp_tensor_t *r = attention_impl(q, k, v, key_mask, causal, scale);
+  if (!tp) return r;
+  int64_t iv[1] = {causal};
+  return rec(tp, r, MMP__TK_ATTENTION, "attention", 4, q, k, v, key_mask, scale, 0, 1, iv);
+}
+
+#define POOL_OP(fn, ...)                                                                   \
+  {                                                                                        \
+    mmp_tape_t *tp = mmp__tape_enter();                                                    \
+    mmp_tensor_t *r = fn##_impl(__VA_ARGS__);                                              \
+    return tp ? REC1(MMP__TK_NONE, #fn, x) : r;                                            \
+  }
+mmp_tensor_t *mmp_avg_pool2d(const mmp_tensor_t *x, int kernel, int stride, int pad)
+    POOL_OP(avg_pool2d, x, kernel, stride, pad)
+mmp_tensor_t *mmp_avg_pool2d_ex(const mmp_tensor_t *x, int kernel, int stride, int pad, bool count_include_pad)
+    POOL_OP(avg_pool2d_ex, x, kernel, stride, pad, count_include_pad)
+mmp_tensor_t *mmp_max_pool2d(const mmp_tensor_t *x, int kernel, int stride, int pad)
+    POOL_OP(max_pool2d, x, kernel, stride, pad)
+mmp_tensor_t *mmp_resize_bilinear(const mmp_tensor_t *x, int64_t out_h, int64_t out_w, bool align_corners)
+    POOL_OP(resize_bilinear, x, out_h, out_w, align_corners)
+mmp_tensor_t *mmp_resize_bicubic(const mmp_tensor_t *x, int64_t oh, int64_t ow)
+    POOL_OP(resize_bicubic, x, oh, ow)
+
+mmp_tensor_t *mmp_embedding(const mmp_tensor_t *table, const mmp_tensor_t *ids) {
+  mmp_tape_t *tp = mmp__tape_enter();
+  mmp_tensor_t *r = embedding_impl(table, ids);
+  return tp ? REC2(MMP__TK_EMBEDDING, "embedding", table, ids) : r;
+}
+
+mmp_tensor_t *mmp_timestep_embedding(const mmp_tensor_t *t, int dim, bool flip_sin_to_cos,
+                                     double downscale_freq_shift, double scale, double max_period) {
+  mmp_tape_t *tp = mmp__tape_enter();
+  mmp_tensor_t *r = timestep_embedding_impl(t, dim, flip_sin_to_cos, downscale_freq_shift, scale, max_period);
+  return tp ? REC1(MMP__TK_NONE, "timestep_embedding", t) : r;
 }

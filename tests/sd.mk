@@ -91,3 +91,14 @@ tests_test_plugin_half_weights_CPPFLAGS = $(TEST_CPPFLAGS) $(LIBPNG_CFLAGS)
 tests_test_plugin_half_weights_LDADD = $(TEST_LDADD) $(LIBPNG_LIBS)
 endif
 EXTRA_DIST += tests/test_plugin_half_weights_avx512.sh tests/test_plugin_half_weights_generic.sh
+# the tape through the whole tiny UNet against PyTorch (tests/gen_unet_grad.py)
+check_PROGRAMS += tests/test_plugin_unet_grad
+TESTS += tests/test_plugin_unet_grad
+tests_test_plugin_unet_grad_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_plugin_unet_grad_LDADD = $(TEST_LDADD)
+EXTRA_DIST += tests/gen_unet_grad.py tests/fixtures/grad/unet_grad.safetensors
+check_PROGRAMS += tests/test_plugin_clip_grad
+TESTS += tests/test_plugin_clip_grad
+tests_test_plugin_clip_grad_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_plugin_clip_grad_LDADD = $(TEST_LDADD)
+EXTRA_DIST += tests/gen_clip_grad.py tests/fixtures/grad/clip_grad.safetensors

@@ -19,3 +19,7 @@ TESTS += tests/test_core_grad
 tests_test_core_grad_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_core_grad_LDADD = $(TEST_LDADD)
 EXTRA_DIST += tests/gen_grad.py tests/fixtures/grad/grad.safetensors
+check_PROGRAMS += tests/test_core_autograd
+TESTS += tests/test_core_autograd
+tests_test_core_autograd_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_core_autograd_LDADD = $(TEST_LDADD)

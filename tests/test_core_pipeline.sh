@@ -76,7 +76,7 @@ grep -q "^task " "$T/out"; [ $? != 0 ]; ok $? "the task is filtered out"
 expect_rc 2 "plugins with a bad kind" "$P" plugins schedulerz
 cp "$B/tests/plugins/.libs/task_badabi.so" "$T/plugins/"
 expect_rc 4 "plugins with a broken module exits 4" "$P" plugins
-grep_err "task_badabi.so: plugin 'badabi' was built for plugin ABI 2.0"
+grep_err "task_badabi.so: plugin 'badabi' was built for plugin ABI 2.1"
 grep_out "good_helper"
 rm "$T/plugins/task_badabi.so"
 

@@ -1,5 +1,6 @@
 /* tests/test_core_registry.c - registration rules, the module loader and its
  * error for each kind of broken module, lazy loading, components and runs. */
+#include <stddef.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -18,6 +19,11 @@ static int create(const mmp_plugin_t *p, const mmp_config_t *c, mmp_context_t *x
 static void destroy(void *s) { free(s); }
 static int run(void *s, mmp_context_t *c) { (void)s; (void)c; return 0; }
 static int set_ts(void *s, int n) { (void)s; (void)n; return 0; }
+static int fwd(void *s, const char *m, const mmp_tensormap_t *in, mmp_tensormap_t *out) {
+  (void)s; (void)m; (void)in; (void)out;
+  return 0;
+}
+static int params(void *s, mmp_param_cb cb, void *user) { (void)s; (void)cb; (void)user; return 0; }
 
 static char plugdir[4096];
 
@@ -43,7 +49,7 @@ int main(void) {
   abi.base.name = "abi";
   abi.base.abi_major = MMP_ABI_MAJOR + 1;
   is_int(mmp_registry_add(reg, &abi.base), MMP_EABI, "another ABI major is refused");
-  like(mmp_error_last(), "built for plugin ABI 2.0", "ABI message names both versions");
+  like(mmp_error_last(), "built for plugin ABI 2.1", "ABI message names both versions");
   abi.base.abi_major = MMP_ABI_MAJOR;
   abi.base.abi_minor = MMP_ABI_MINOR + 1;
   is_int(mmp_registry_add(reg, &abi.base), MMP_EABI, "a newer ABI minor is refused");
@@ -65,6 +71,23 @@ int main(void) {
   old.base.name = "old";
   old.base.struct_size = sizeof(mmp_plugin_t); /* built before run() existed */
   is_int(mmp_registry_add(reg, &old.base), MMP_EPLUGIN, "struct_size not covering a required member is refused");
+  /* ABI 1.1 added parameters() at the end of the model and encoder vtables:
+   * a module built for 1.0 (struct_size without it) registers, and callers
+   * see the member as absent */
+  mmp_model_ops_t m10 = {.base = MMP_PLUGIN_BASE(MMP_KIND_MODEL, mmp_model_ops_t, "m10", "1", "d", nokeys, create, destroy),
+                         .forward = fwd, .parameters = params};
+  m10.base.abi_minor = 0;
+  m10.base.struct_size = (uint32_t)offsetof(mmp_model_ops_t, parameters);
+  is_int(mmp_registry_add(reg, &m10.base), 0, "a model built for ABI 1.0 registers");
+  ok(!MMP_OPS_HAS(&m10, mmp_model_ops_t, parameters), "its parameters() is absent to callers");
+  mmp_encoder_ops_t e11 = {.base = MMP_PLUGIN_BASE(MMP_KIND_ENCODER, mmp_encoder_ops_t, "e11", "1", "d", nokeys, create,
+                                                   destroy),
+                           .forward = fwd, .parameters = params};
+  is_int(mmp_registry_add(reg, &e11.base), 0, "an encoder with parameters() registers");
+  ok(MMP_OPS_HAS(&e11, mmp_encoder_ops_t, parameters), "and offers it");
+  ok(offsetof(mmp_model_ops_t, parameters) == sizeof(mmp_plugin_t) + sizeof(mmp_forward_cb) &&
+     offsetof(mmp_encoder_ops_t, parameters) == offsetof(mmp_model_ops_t, parameters),
+     "parameters() follows forward() in both vtables (layout of ABI 1.1)");
   mmp_task_ops_t caps = t;
   caps.base.name = "Bad Name";
   is_int(mmp_registry_add(reg, &caps.base), MMP_EPLUGIN, "names must be lower-case identifiers");
@@ -91,7 +114,7 @@ int main(void) {
   ok(mmp_registry_find(reg, MMP_KIND_ENCODER, "good_helper") != NULL, "second implementation of the module");
   like(mmp_registry_module_of(reg, mmp_registry_find(reg, MMP_KIND_TASK, "good")), "task_good.so", "module recorded");
   is_int(load(reg, "task_badabi"), MMP_EABI, "wrong ABI module");
-  like(mmp_error_last(), "task_badabi.so: plugin 'badabi' was built for plugin ABI 2.0", "ABI error names file");
+  like(mmp_error_last(), "task_badabi.so: plugin 'badabi' was built for plugin ABI 2.1", "ABI error names file");
   is_int(load(reg, "task_noversion"), MMP_EPLUGIN, "module with a missing field");
   like(mmp_error_last(), "task_noversion.so: plugin descriptor 'noversion' has no version", "names file and field");
   is_int(load(reg, "task_dup"), MMP_EEXIST, "module registering a taken name");

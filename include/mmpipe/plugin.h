@@ -37,7 +37,7 @@ extern "C" {
 #endif
 
 #define MMP_ABI_MAJOR 1 /* bumped on any incompatible change */
-#define MMP_ABI_MINOR 0 /* bumped when members are added at the end */
+#define MMP_ABI_MINOR 1 /* bumped when members are added at the end (1: parameters) */
 
 #if defined(__GNUC__)
 #define MMP_EXPORT __attribute__((visibility("default")))
@@ -122,14 +122,27 @@ typedef struct mmp_plugin {
 typedef int (*mmp_forward_cb)(void *self, const char *method,
                               const mmp_tensormap_t *in, mmp_tensormap_t *out);
 
+/* One trainable tensor of an instance, by state-dict name (transfer none:
+ * the instance's own tensor, which an optimizer updates in place). A
+ * non-zero return stops the listing and is returned by parameters(). */
+typedef int (*mmp_param_cb)(void *user, const char *name, mmp_tensor_t *param);
+
 typedef struct mmp_encoder_ops {
   mmp_plugin_t base;
   mmp_forward_cb forward; /* required */
+  /* optional (ABI 1.1, read through MMP_OPS_HAS): call @cb for every
+   * trainable tensor of the instance, by state-dict name, in a fixed order.
+   * The tensors are writable f32 only when the instance was created for
+   * training (e.g. the `trainable = true` key of the SD part plugins);
+   * otherwise an MMP_EINVAL error says so. doc/training.md. */
+  int (*parameters)(void *self, mmp_param_cb cb, void *user);
 } mmp_encoder_ops_t;
 
 typedef struct mmp_model_ops {
   mmp_plugin_t base;
   mmp_forward_cb forward; /* required */
+  /* optional (ABI 1.1): as mmp_encoder_ops_t's parameters */
+  int (*parameters)(void *self, mmp_param_cb cb, void *user);
 } mmp_model_ops_t;
 
 typedef struct mmp_processor_ops {

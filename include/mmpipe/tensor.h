@@ -57,6 +57,7 @@ typedef struct mmp_tensor {
   mmp_storage_t *storage;
   int refcount;
   uint32_t flags;                 /* core-private */
+  uint64_t tape_id;               /* core-private: the tape tracking it (autograd.h) */
 } mmp_tensor_t;
 
 /* ---- dtypes ---- */

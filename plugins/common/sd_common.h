@@ -129,6 +129,15 @@ mmp_tensor_t *sd_w_mat(sd_weights_t *w, int ndim, const int64_t *shape,
  * MMP_BF16, or MMP_DTYPE_COUNT (the default: f16/bf16 as the file stores
  * them, anything else as f32). */
 void sd_weights_set_dtype(sd_weights_t *w, mmp_dtype_t dt);
+/* Training: every weight handed out from now on is an owned, writable f32
+ * copy (never a read-only mapping of the file, never half precision), which
+ * an optimizer may update in place. sd_weights_for() sets it from the
+ * group's `trainable` key (SD_TRAINABLE_KEY) when the plugin declares it. */
+void sd_weights_set_trainable(sd_weights_t *w, bool on);
+#define SD_TRAINABLE_KEY                                                                           \
+  {"trainable", MMP_TYPE_BOOL, "false",                                                            \
+   "load the weights as owned, writable f32 copies (not a read-only mapping of the file) so that " \
+   "training can update them in place; the `parameters` entry point needs it", 0, 0}
 /* Shape of a weight as stored (after name translation), to size tables
  * that may be resized. MMP_ENOENT when absent. */
 int sd_w_info(sd_weights_t *w, const char *name, int *ndim, int64_t *shape);
@@ -181,6 +190,11 @@ static inline mmp_tensor_t *sd_swap(mmp_tensor_t *old, mmp_tensor_t *neu) {
 mmp_tensor_t *sd_grow_rows(mmp_tensor_t *t, int64_t rows, double std, uint64_t seed);
 
 /* ---- building blocks ---- */
+/* sd_linear's w is [out, in], or a 1x1 conv's [out, in, 1, 1] (the
+ * transformers' proj_in/proj_out of SD-1.x), viewed as [out, in] per call.
+ * Modules keep the very tensors the weight store handed out (never a view
+ * made at load time): parameters() lists those, and a tape watching them
+ * must see every use. */
 typedef struct sd_linear { mmp_tensor_t *w, *b; } sd_linear_t;
 typedef struct sd_conv { mmp_tensor_t *w, *b; int stride, pad; } sd_conv_t;
 typedef struct sd_norm { mmp_tensor_t *w, *b; int groups; double eps; } sd_norm_t;

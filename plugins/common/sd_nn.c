@@ -5,6 +5,7 @@
 
 #include <math.h>
 
+#include <mmpipe/autograd.h>
 #include <mmpipe/rng.h>
 #include <stdlib.h>
 #include <string.h>
@@ -57,6 +58,13 @@ void sd_norm_free(sd_norm_t *n) {
 
 mmp_tensor_t *sd_linear(const sd_linear_t *l, const mmp_tensor_t *x) {
   if (!x) return NULL;
+  if (l->w && l->w->ndim == 4) { /* a 1x1 conv's [O, I, 1, 1] (proj_load) */
+    int64_t s2[2] = {l->w->shape[0], l->w->shape[1]};
+    mmp_tensor_t *w2 = mmp_reshape(l->w, 2, s2);
+    mmp_tensor_t *r = w2 ? mmp_linear(x, w2, l->b) : NULL;
+    mmp_tensor_unref(w2);
+    return r;
+  }
   return mmp_linear(x, l->w, l->b);
 }
 
@@ -236,10 +244,10 @@ static void proj_load(sd_linear_t *l, sd_weights_t *w, const char *prefix, int64
     sd_linear_load(l, w, prefix, in, out, true);
     return;
   }
-  int64_t ws[4] = {out, in, 1, 1}, bs[1] = {out}, s2[2] = {out, in};
-  mmp_tensor_t *k = sd_w_mat(w, 4, ws, "%s.weight", prefix);
-  l->w = k ? mmp_reshape(k, 2, s2) : NULL;
-  mmp_tensor_unref(k);
+  /* kept as the state-dict tensor itself (sd_linear views it as [O, I] per
+   * call), so that a tape watching the parameter sees its uses */
+  int64_t ws[4] = {out, in, 1, 1}, bs[1] = {out};
+  l->w = sd_w_mat(w, 4, ws, "%s.weight", prefix);
   l->b = sd_w(w, 1, bs, "%s.bias", prefix);
 }
 
@@ -328,6 +336,8 @@ static mmp_tensor_t *feed_forward(const sd_tblock_t *b, const mmp_tensor_t *x, i
   } else if (step < 0) {
     step = rows;
   }
+  /* the blocks are written in place, which a tape cannot differentiate */
+  if (mmp_tape_current()) step = rows;
   if (rows <= step) {
     mmp_tensor_t *f = sd_linear(&b->ff_in, x);
     f = sd_swap(f, f ? mmp_geglu(f) : NULL);

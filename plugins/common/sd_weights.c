@@ -243,7 +243,20 @@ sd_weights_t *sd_weights_for(const mmp_config_t *cfg, const char *wpath, const s
     mmp_error_clear();
     w = sd_weights_open(wpath, prefix, map, be);
   }
-  if (w) sd_weights_set_dtype(w, dt);
+  if (!w) return NULL;
+  sd_weights_set_dtype(w, dt);
+  /* `trainable` is declared only by the plugins that can be trained */
+  bool trainable = false;
+  if (mmp_config_get_bool(cfg, "trainable", &trainable) < 0) trainable = false;
+  mmp_error_clear();
+  if (trainable) {
+    if (dt != MMP_F32) {
+      key_error(cfg, "weights_dtype", "%s", "trainable weights are f32: leave weights_dtype unset or \"f32\"");
+      sd_weights_free(w);
+      return NULL;
+    }
+    sd_weights_set_trainable(w, true);
+  }
   return w;
 }
 
@@ -424,6 +437,7 @@ struct sd_weights {
   char **scope;                /* finish() checks only names under these */
   size_t nscope;
   mmp_dtype_t mat_dtype;       /* of sd_w_mat(); MMP_DTYPE_COUNT: the file's (f16/bf16) or f32 */
+  bool trainable;              /* every weight an owned, writable f32 copy */
 };
 
 #define SD_MAX_LISTED 200
@@ -647,6 +661,8 @@ int sd_w_info(sd_weights_t *w, const char *name, int *ndim, int64_t *shape) {
   return src_info(w, stored, &dt, ndim, shape);
 }
 
+void sd_weights_set_trainable(sd_weights_t *w, bool on) { w->trainable = on; }
+
 void sd_weights_set_dtype(sd_weights_t *w, mmp_dtype_t dt) {
   w->mat_dtype = dt == MMP_F32 || dt == MMP_F16 || dt == MMP_BF16 ? dt : MMP_DTYPE_COUNT;
 }
@@ -676,7 +692,7 @@ static mmp_tensor_t *get_weight(sd_weights_t *w, bool mat, int ndim, const int64
   char stored[512], es[128], fs[128];
   if (!w->src_open) {
     mmp_tensor_t *r = random_weight(w, name, ndim, shape);
-    if (r && mat && w->mat_dtype != MMP_DTYPE_COUNT && w->mat_dtype != MMP_F32)
+    if (r && mat && !w->trainable && w->mat_dtype != MMP_DTYPE_COUNT && w->mat_dtype != MMP_F32)
       r = sd_swap(r, mmp_convert(r, w->mat_dtype));
     if (!r && w->nproblems == 0) add_problem(w, "random init: %s: %s", name, mmp_error_last());
     collect(w, name, r);
@@ -712,7 +728,11 @@ static mmp_tensor_t *get_weight(sd_weights_t *w, bool mat, int ndim, const int64
   mmp_dtype_t want = MMP_F32;
   if (mat) /* half precision as stored (zero copy) or converted once, here */
     want = w->mat_dtype != MMP_DTYPE_COUNT ? w->mat_dtype : (dt == MMP_F16 || dt == MMP_BF16) ? dt : MMP_F32;
+  if (w->trainable) want = MMP_F32;
   mmp_tensor_t *t = src_get(w, stored, want);
+  /* a weight read without conversion is a read-only mapping of the file:
+   * training updates an owned copy in place */
+  if (t && w->trainable) t = sd_swap(t, mmp_clone(t));
   if (!t) {
     add_problem(w, "unreadable: %s: %s", stored, mmp_error_last());
     return NULL;

@@ -18,6 +18,7 @@ typedef struct clip {
   sd_norm_t final_ln;
   sd_linear_t proj; /* text_projection (w NULL when the checkpoint has none) */
   mmp_tensormap_t *state;
+  bool trainable; /* created with trainable = true: owned f32 weights */
 } clip_t;
 
 static const mmp_key_t clip_keys[] = {
@@ -25,6 +26,7 @@ static const mmp_key_t clip_keys[] = {
     {"max_position_embeddings", MMP_TYPE_INT, "0", "resize the position table to this many rows (0: as stored)", 0, 0},
     {"vocab_size", MMP_TYPE_INT, "0", "resize the token table to this many rows (0: as stored)", 0, 0},
     {"resize_seed", MMP_TYPE_INT, "0", "seed (philox) of the rows added by a resize: normal(0, initializer_range * initializer_factor)", 0, 0},
+    SD_TRAINABLE_KEY,
     {NULL, 0, NULL, NULL, 0, 0}};
 
 static void clip_destroy(void *self) {
@@ -169,6 +171,10 @@ static int clip_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
     return rc;
   }
   c->state = sd_weights_take_collected(w);
+  bool trainable = false;
+  if (mmp_config_get_bool(cfg, "trainable", &trainable) < 0) trainable = false;
+  mmp_error_clear();
+  c->trainable = trainable;
   if ((rc = sd_weights_finish(w, "clip_text"))) {
     clip_destroy(c);
     return rc;
@@ -270,12 +276,33 @@ static int clip_forward(void *self, const char *method, const mmp_tensormap_t *i
   return rc;
 }
 
+/* Every weight by its transformers name. The token and position tables
+ * are the (possibly resized) ones the forward uses, not the stored ones. */
+static int clip_parameters(void *self, mmp_param_cb cb, void *user) {
+  clip_t *c = self;
+  if (!c->trainable)
+    return mmp_error_set(MMP_EINVAL, "clip_text: parameters need an instance created with trainable = true "
+                                     "(the weights are otherwise a read-only mapping of the file)");
+  for (size_t i = 0; i < mmp_tensormap_size(c->state); i++) {
+    const char *name = mmp_tensormap_name(c->state, i);
+    mmp_tensor_t *t = mmp_tensormap_at(c->state, i);
+    size_t l = strlen(name);
+    static const char tok[] = "embeddings.token_embedding.weight", pos[] = "embeddings.position_embedding.weight";
+    if (l >= sizeof tok - 1 && strcmp(name + l - (sizeof tok - 1), tok) == 0) t = c->tok;
+    else if (l >= sizeof pos - 1 && strcmp(name + l - (sizeof pos - 1), pos) == 0) t = c->pos;
+    int rc = cb(user, name, t);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
 static const mmp_encoder_ops_t clip_ops = {
     .base = MMP_PLUGIN_BASE(MMP_KIND_ENCODER, mmp_encoder_ops_t, "clip_text", "1.0",
                             "transformers CLIPTextModel(WithProjection): token ids -> last_hidden_state, "
                             "pooler_output, text_embeds",
                             clip_keys, clip_create, clip_destroy),
     .forward = clip_forward,
+    .parameters = clip_parameters,
 };
 
 MMP_EXPORT int mmp_plugin_encoder_clip_text_init(mmp_registry_t *reg);

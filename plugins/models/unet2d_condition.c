@@ -30,6 +30,7 @@ typedef struct unet {
   sd_transformer_t mid_attn;
   bool mid_has_attn;
   mmp_tensormap_t *state; /* every weight by diffusers name */
+  bool trainable;         /* created with trainable = true: owned f32 weights */
 } unet_t;
 
 static const mmp_key_t unet_keys[] = {
@@ -37,6 +38,7 @@ static const mmp_key_t unet_keys[] = {
     {"ff_chunk_rows", MMP_TYPE_INT, "0",
      "rows per block of the transformers' feed-forward: 0 = automatic (about 16 MB of activation "
      "per block), -1 = all rows at once (as diffusers by default: more memory, same numbers)", 0, 0},
+    SD_TRAINABLE_KEY,
     {NULL, 0, NULL, NULL, 0, 0}};
 
 static void ublock_free(ublock_t *b) {
@@ -270,6 +272,10 @@ static int unet_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
     }
   u->mid_attn.ff_chunk_rows = chunk;
   u->state = sd_weights_take_collected(w);
+  bool trainable = false;
+  if (mmp_config_get_bool(cfg, "trainable", &trainable) < 0) trainable = false;
+  mmp_error_clear();
+  u->trainable = trainable;
   if ((rc = sd_weights_finish(w, "unet2d_condition"))) {
     unet_destroy(u);
     return rc;
@@ -375,11 +381,28 @@ static int unet_forward(void *self, const char *method, const mmp_tensormap_t *i
   return mmp_tensormap_set(out, "sample", h);
 }
 
+/* Every weight is trainable (diffusers' named_parameters, by the same
+ * names; the transformers' 1x1 proj_in/proj_out are [out, in] here, as
+ * when use_linear_projection is set). The tensors are the very ones the
+ * modules compute with, so a tape watching them sees every use. */
+static int unet_parameters(void *self, mmp_param_cb cb, void *user) {
+  unet_t *u = self;
+  if (!u->trainable)
+    return mmp_error_set(MMP_EINVAL, "unet2d_condition: parameters need an instance created with trainable = true "
+                                     "(the weights are otherwise a read-only mapping of the file)");
+  for (size_t i = 0; i < mmp_tensormap_size(u->state); i++) {
+    int rc = cb(user, mmp_tensormap_name(u->state, i), mmp_tensormap_at(u->state, i));
+    if (rc) return rc;
+  }
+  return 0;
+}
+
 static const mmp_model_ops_t unet_ops = {
     .base = MMP_PLUGIN_BASE(MMP_KIND_MODEL, mmp_model_ops_t, "unet2d_condition", "1.0",
                             "diffusers UNet2DConditionModel (SD-1.x/2.x) with optional cross-attention mask",
                             unet_keys, unet_create, unet_destroy),
     .forward = unet_forward,
+    .parameters = unet_parameters,
 };
 
 MMP_EXPORT int mmp_plugin_model_unet2d_condition_init(mmp_registry_t *reg);

@@ -1,0 +1,485 @@
+/* core/autograd.c - the tape: nodes recorded by the op front-end, replayed backwards through grad.h. */
+#include <stdlib.h>
+#include <string.h>
+
+#include "core/tensor_impl.h"
+#pragma GCC visibility push(default)
+#include <mmpipe/autograd.h>
+#include <mmpipe/grad.h>
+#pragma GCC visibility pop
+
+_Thread_local mmp_tape_t *mmp__tape_tls;
+
+/* A tracked tensor carries (serial << 32) | (value id + 1) in tape_id; the
+ * serial is unique per tape and per backward, so tensors left over from a
+ * freed or already replayed tape are simply untracked. */
+static uint32_t serial_next = 1;
+
+typedef struct tvalue {
+  int ndim;
+  int64_t shape[MMP_MAX_DIMS];
+  mmp_tensor_t *grad; /* accumulated during the reverse pass */
+  char *name;         /* watched leaves only */
+} tvalue_t;
+
+typedef struct tnode {
+  mmp__tk_t kind;
+  const char *name;
+  int nin;
+  int64_t *in_id;     /* [nin] value ids, -1 untracked */
+  mmp_tensor_t **in;  /* [nin] references kept for the backward (NULL when not needed) */
+  int64_t (*in_shape)[MMP_MAX_DIMS + 1]; /* [nin] ndim, then the shape */
+  mmp_tensor_t *out;  /* softmax, attention, sqrt, exp: the forward's output */
+  int64_t out_id;
+  double f[3];
+  int64_t i[8];
+} tnode_t;
+
+struct mmp_tape {
+  uint32_t serial;
+  tvalue_t *vals;
+  size_t nvals, capvals;
+  tnode_t *nodes;
+  size_t nnodes, capnodes;
+};
+
+static int64_t value_of(const mmp_tape_t *t, const mmp_tensor_t *x) {
+  if (!t || !x || (uint32_t)(x->tape_id >> 32) != t->serial) return -1;
+  int64_t id = (int64_t)(x->tape_id & 0xffffffffu) - 1;
+  return id >= 0 && (size_t)id < t->nvals ? id : -1;
+}
+
+bool mmp_tape_tracks(const mmp_tape_t *t, const mmp_tensor_t *x) { return value_of(t, x) >= 0; }
+
+bool mmp__tape_tracked(const mmp_tape_t *t, const mmp_tensor_t *x) { return value_of(t, x) >= 0; }
+
+mmp_tape_t *mmp_tape_new(void) {
+  mmp_tape_t *t = calloc(1, sizeof *t);
+  if (!t) {
+    mmp_error_set(MMP_ENOMEM, "tape: out of memory");
+    return NULL;
+  }
+  t->serial = __atomic_fetch_add(&serial_next, 1, __ATOMIC_RELAXED);
+  return t;
+}
+
+static void node_clear(tnode_t *n) {
+  for (int k = 0; k < n->nin; k++) mmp_tensor_unref(n->in[k]);
+  mmp_tensor_unref(n->out);
+  free(n->in_id);
+  free(n->in);
+  free(n->in_shape);
+  memset(n, 0, sizeof *n);
+}
+
+/* Drop everything and take a new serial (the tape is empty and reusable). */
+static void tape_clear(mmp_tape_t *t) {
+  for (size_t k = 0; k < t->nnodes; k++) node_clear(&t->nodes[k]);
+  for (size_t k = 0; k < t->nvals; k++) {
+    mmp_tensor_unref(t->vals[k].grad);
+    free(t->vals[k].name);
+  }
+  t->nnodes = t->nvals = 0;
+  t->serial = __atomic_fetch_add(&serial_next, 1, __ATOMIC_RELAXED);
+}
+
+void mmp_tape_free(mmp_tape_t *t) {
+  if (!t) return;
+  if (mmp__tape_tls == t) mmp__tape_tls = NULL;
+  tape_clear(t);
+  free(t->vals);
+  free(t->nodes);
+  free(t);
+}
+
+size_t mmp_tape_size(const mmp_tape_t *t) { return t ? t->nnodes : 0; }
+
+mmp_tape_t *mmp_tape_set_current(mmp_tape_t *t) {
+  mmp_tape_t *prev = mmp__tape_tls;
+  mmp__tape_tls = t;
+  return prev;
+}
+
+mmp_tape_t *mmp_tape_current(void) { return mmp__tape_tls; }
+
+/* A new value of @x's shape; marks @x. Returns its id or -1 (ENOMEM). */
+static int64_t value_add(mmp_tape_t *t, mmp_tensor_t *x) {
+  if (t->nvals == t->capvals) {
+    size_t cap = t->capvals ? 2 * t->capvals : 64;
+    tvalue_t *v = realloc(t->vals, cap * sizeof *v);
+    if (!v) return mmp_error_set(MMP_ENOMEM, "tape: out of memory"), -1;
+    t->vals = v;
+    t->capvals = cap;
+  }
+  if (t->nvals >= 0xffffffffu - 1) return mmp_error_set(MMP_ENOMEM, "tape: too many values"), -1;
+  tvalue_t *v = &t->vals[t->nvals];
+  memset(v, 0, sizeof *v);
+  v->ndim = x->ndim;
+  memcpy(v->shape, x->shape, sizeof v->shape);
+  x->tape_id = ((uint64_t)t->serial << 32) | (uint64_t)(t->nvals + 1);
+  return (int64_t)t->nvals++;
+}
+
+int mmp_tape_watch(mmp_tape_t *t, const char *name, mmp_tensor_t *x) {
+  if (!t || !name || !x) return mmp_error_set(MMP_EINVAL, "tape_watch: NULL argument");
+  if (x->dtype != MMP_F32)
+    return mmp_error_set(MMP_EINVAL, "tape_watch: %s is %s; only f32 tensors get gradients (load trainable weights as f32)",
+                         name, mmp__desc(x));
+  int64_t id = value_of(t, x);
+  if (id >= 0)
+    return mmp_error_set(MMP_EINVAL, "tape_watch: %s %s is already tracked by this tape%s%s", name, mmp__desc(x),
+                         t->vals[id].name ? " as " : "", t->vals[id].name ? t->vals[id].name : " (an op's output)");
+  char *nm = strdup(name);
+  if (!nm) return mmp_error_set(MMP_ENOMEM, "tape_watch: out of memory");
+  if ((id = value_add(t, x)) < 0) {
+    free(nm);
+    return MMP_ENOMEM;
+  }
+  t->vals[id].name = nm;
+  return 0;
+}
+
+/* Which operands (bit k) and whether the output a kind's backward reads. */
+static unsigned needs_inputs(mmp__tk_t k) {
+  switch (k) {
+  case MMP__TK_ADD: case MMP__TK_SUB: case MMP__TK_SCALE: case MMP__TK_AXPBY: case MMP__TK_SQRT: case MMP__TK_EXP:
+  case MMP__TK_SOFTMAX: case MMP__TK_SUM: case MMP__TK_MEAN: case MMP__TK_UPSAMPLE: case MMP__TK_VIEW:
+  case MMP__TK_PERMUTE: case MMP__TK_SLICE: case MMP__TK_BROADCAST: case MMP__TK_CONCAT: case MMP__TK_NONE:
+    return 0;
+  case MMP__TK_EMBEDDING: return 2u; /* the ids */
+  case MMP__TK_LINEAR: case MMP__TK_CONV2D: case MMP__TK_GROUP_NORM: case MMP__TK_LAYER_NORM: return 3u; /* x, w */
+  case MMP__TK_ATTENTION: return 15u; /* q, k, v, mask */
+  default: return ~0u;
+  }
+}
+
+static bool needs_output(mmp__tk_t k) {
+  return k == MMP__TK_SOFTMAX || k == MMP__TK_ATTENTION || k == MMP__TK_SQRT || k == MMP__TK_EXP;
+}
+
+mmp_tensor_t *mmp__tape_leave(mmp_tape_t *t, mmp_tensor_t *r, const mmp__tape_rec_t *rec) {
+  mmp__tape_tls = t;
+  if (!r) return NULL;
+  bool any = false;
+  for (int k = 0; k < rec->nin; k++)
+    if (value_of(t, rec->in[k]) >= 0) any = true;
+  if (!any) return r;
+  /* an op that handed back its (tracked) input itself, e.g. mmp_contiguous
+   * of a contiguous tensor, is the identity: nothing to record */
+  for (int k = 0; k < rec->nin; k++)
+    if (rec->in[k] == r) return r;
+  if (t->nnodes == t->capnodes) {
+    size_t cap = t->capnodes ? 2 * t->capnodes : 256;
+    tnode_t *nn = realloc(t->nodes, cap * sizeof *nn);
+    if (!nn) goto oom;
+    t->nodes = nn;
+    t->capnodes = cap;
+  }
+  tnode_t *n = &t->nodes[t->nnodes];
+  memset(n, 0, sizeof *n);
+  n->in_id = calloc((size_t)rec->nin, sizeof *n->in_id);
+  n->in = calloc((size_t)rec->nin, sizeof *n->in);
+  n->in_shape = calloc((size_t)rec->nin, sizeof *n->in_shape);
+  if (!n->in_id || !n->in || !n->in_shape) {
+    node_clear(n);
+    goto oom;
+  }
+  n->kind = rec->kind;
+  n->name = rec->name;
+  n->nin = rec->nin;
+  memcpy(n->f, rec->f, sizeof n->f);
+  memcpy(n->i, rec->i, sizeof n->i);
+  unsigned need = needs_inputs(rec->kind);
+  for (int k = 0; k < rec->nin; k++) {
+    const mmp_tensor_t *x = rec->in[k];
+    n->in_id[k] = value_of(t, x);
+    if (!x) continue;
+    n->in_shape[k][0] = x->ndim;
+    memcpy(&n->in_shape[k][1], x->shape, sizeof x->shape);
+    if (k < 32 && (need >> k) & 1u) n->in[k] = mmp_tensor_ref((mmp_tensor_t *)x);
+  }
+  if (needs_output(rec->kind)) n->out = mmp_tensor_ref(r);
+  if ((n->out_id = value_add(t, r)) < 0) {
+    node_clear(n);
+    goto oom;
+  }
+  t->nnodes++;
+  return r;
+oom:
+  mmp_error_set(MMP_ENOMEM, "tape: out of memory recording %s", rec->name);
+  mmp_tensor_unref(r);
+  return NULL;
+}
+
+/* ---------------------------------------------------------- reverse pass */
+
+static int fail_code(void) {
+  int c = mmp_error_code();
+  return c < 0 ? c : MMP_EINVAL;
+}
+
+/* grads[id] += g (consumes g). */
+static int accumulate(mmp_tape_t *t, int64_t id, mmp_tensor_t *g) {
+  if (id < 0) {
+    mmp_tensor_unref(g);
+    return 0;
+  }
+  if (!g) return fail_code();
+  tvalue_t *v = &t->vals[id];
+  if (!v->grad) {
+    v->grad = g;
+    return 0;
+  }
+  mmp_tensor_t *s = mmp_add(v->grad, g);
+  mmp_tensor_unref(g);
+  if (!s) return fail_code();
+  mmp_tensor_unref(v->grad);
+  v->grad = s;
+  return 0;
+}
+
+#define WANT(k) (n->in_id[k] >= 0)
+#define OUTP(k) (WANT(k) ? &o[k] : NULL)
+#define SHAPE_ND(k) ((int)n->in_shape[k][0])
+#define SHAPE(k) (&n->in_shape[k][1])
+
+/* An f32 version of an operand a backward op reads (weights may be stored
+ * in f16/bf16). (transfer full) */
+static mmp_tensor_t *as_f32(const mmp_tensor_t *x) {
+  return x && x->dtype != MMP_F32 ? mmp_convert(x, MMP_F32) : mmp_tensor_ref((mmp_tensor_t *)x);
+}
+
+/* Run node @n's backward with output gradient @g into o[0..nin). */
+static int node_backward(const tnode_t *n, const mmp_tensor_t *g, mmp_tensor_t **o) {
+  int rc = 0;
+  switch (n->kind) {
+  case MMP__TK_NONE:
+    return mmp_error_set(MMP_EUNSUPPORTED, "tape: %s has no backward, but the gradient flows through it", n->name);
+  case MMP__TK_ADD:
+  case MMP__TK_SUB:
+    if (WANT(0)) o[0] = mmp_sum_to_shape(g, SHAPE_ND(0), SHAPE(0));
+    if (WANT(1)) {
+      mmp_tensor_t *s = mmp_sum_to_shape(g, SHAPE_ND(1), SHAPE(1));
+      o[1] = n->kind == MMP__TK_SUB && s ? mmp_scale(s, -1.0, 0.0) : mmp_tensor_ref(s);
+      mmp_tensor_unref(s);
+    }
+    break;
+  case MMP__TK_MUL:
+    return mmp_mul_backward(g, n->in[0], n->in[1], OUTP(0), OUTP(1));
+  case MMP__TK_DIV: { /* a / b: ga = g / b, gb = -g a / b^2 */
+    const mmp_tensor_t *a = n->in[0], *b = n->in[1];
+    if (WANT(0)) {
+      mmp_tensor_t *q = mmp_div(g, b);
+      o[0] = mmp_sum_to_shape(q, SHAPE_ND(0), SHAPE(0));
+      mmp_tensor_unref(q);
+    }
+    if (WANT(1)) {
+      mmp_tensor_t *q = mmp_div(g, b), *qa = mmp_mul(q, a), *qab = mmp_div(qa, b);
+      mmp_tensor_t *neg = qab ? mmp_scale(qab, -1.0, 0.0) : NULL;
+      o[1] = mmp_sum_to_shape(neg, SHAPE_ND(1), SHAPE(1));
+      mmp_tensor_unref(q);
+      mmp_tensor_unref(qa);
+      mmp_tensor_unref(qab);
+      mmp_tensor_unref(neg);
+    }
+    break;
+  }
+  case MMP__TK_SCALE:
+    o[0] = mmp_scale_backward(g, n->f[0]);
+    break;
+  case MMP__TK_AXPBY:
+    if (WANT(0)) o[0] = mmp_scale(g, n->f[0], 0.0);
+    if (WANT(1)) o[1] = mmp_scale(g, n->f[1], 0.0);
+    break;
+  case MMP__TK_SQRT: { /* g / (2 y) */
+    mmp_tensor_t *h = mmp_scale(g, 0.5, 0.0);
+    o[0] = mmp_div(h, n->out);
+    mmp_tensor_unref(h);
+    break;
+  }
+  case MMP__TK_EXP:
+    o[0] = mmp_mul(g, n->out);
+    break;
+  case MMP__TK_SILU: o[0] = mmp_silu_backward(g, n->in[0]); break;
+  case MMP__TK_GELU: o[0] = mmp_gelu_backward(g, n->in[0]); break;
+  case MMP__TK_GELU_TANH: o[0] = mmp_gelu_tanh_backward(g, n->in[0]); break;
+  case MMP__TK_QUICK_GELU: o[0] = mmp_quick_gelu_backward(g, n->in[0]); break;
+  case MMP__TK_SIGMOID: o[0] = mmp_sigmoid_backward(g, n->in[0]); break;
+  case MMP__TK_TANH: o[0] = mmp_tanh_backward(g, n->in[0]); break;
+  case MMP__TK_RELU: o[0] = mmp_relu_backward(g, n->in[0]); break;
+  case MMP__TK_GEGLU: o[0] = mmp_geglu_backward(g, n->in[0]); break;
+  case MMP__TK_SOFTMAX: o[0] = mmp_softmax_backward(g, n->out, (int)n->i[0]); break;
+  case MMP__TK_SUM:
+  case MMP__TK_MEAN: { /* i[0] = dim (normalised), i[1] = keepdim */
+    int nd = SHAPE_ND(0), d = (int)n->i[0];
+    int64_t ks[MMP_MAX_DIMS];
+    memcpy(ks, SHAPE(0), sizeof ks);
+    ks[d] = 1;
+    mmp_tensor_t *gk = mmp_reshape((mmp_tensor_t *)g, nd, ks);
+    mmp_tensor_t *gs = gk && n->kind == MMP__TK_MEAN
+                           ? mmp_scale(gk, SHAPE(0)[d] ? 1.0 / (double)SHAPE(0)[d] : 0.0, 0.0)
+                           : mmp_tensor_ref(gk);
+    mmp_tensor_t *gb = mmp_broadcast_to(gs, nd, SHAPE(0));
+    o[0] = mmp_contiguous(gb);
+    mmp_tensor_unref(gk);
+    mmp_tensor_unref(gs);
+    mmp_tensor_unref(gb);
+    break;
+  }
+  case MMP__TK_MATMUL:
+    return mmp_matmul_backward(g, n->in[0], n->in[1], n->i[0] != 0, n->i[1] != 0, OUTP(0), OUTP(1));
+  case MMP__TK_LINEAR: {
+    mmp_tensor_t *w = as_f32(n->in[1]);
+    rc = w ? mmp_linear_backward(g, n->in[0], w, OUTP(0), OUTP(1), n->nin > 2 ? OUTP(2) : NULL) : fail_code();
+    mmp_tensor_unref(w);
+    return rc;
+  }
+  case MMP__TK_CONV2D: {
+    mmp_tensor_t *w = as_f32(n->in[1]);
+    rc = w ? mmp_conv2d_backward(g, n->in[0], w, (int)n->i[0], (int)n->i[1], (int)n->i[2], (int)n->i[3], (int)n->i[4],
+                                 (int)n->i[5], (int)n->i[6], OUTP(0), OUTP(1), n->nin > 2 ? OUTP(2) : NULL)
+           : fail_code();
+    mmp_tensor_unref(w);
+    return rc;
+  }
+  case MMP__TK_GROUP_NORM:
+    return mmp_group_norm_backward(g, n->in[0], (int)n->i[0], n->in[1], n->f[0], OUTP(0), OUTP(1), OUTP(2));
+  case MMP__TK_GROUP_NORM_SILU:
+    return mmp_group_norm_silu_backward(g, n->in[0], (int)n->i[0], n->in[1], n->in[2], n->f[0], OUTP(0), OUTP(1),
+                                        OUTP(2));
+  case MMP__TK_LAYER_NORM:
+    return mmp_layer_norm_backward(g, n->in[0], n->in[1], n->f[0], OUTP(0), OUTP(1), OUTP(2));
+  case MMP__TK_ATTENTION:
+    return mmp_attention_backward(g, n->in[0], n->in[1], n->in[2], n->out, n->nin > 3 ? n->in[3] : NULL,
+                                  n->i[0] != 0, n->f[0], OUTP(0), OUTP(1), OUTP(2));
+  case MMP__TK_UPSAMPLE: o[0] = mmp_upsample_nearest2x_backward(g); break;
+  case MMP__TK_EMBEDDING: o[0] = mmp_embedding_backward(g, n->in[1], SHAPE(0)[0], -1); break;
+  case MMP__TK_VIEW: {
+    mmp_tensor_t *r = mmp_reshape_backward(g, SHAPE_ND(0), SHAPE(0));
+    o[0] = r;
+    break;
+  }
+  case MMP__TK_PERMUTE: {
+    int perm[MMP_MAX_DIMS];
+    for (int d = 0; d < SHAPE_ND(0); d++) perm[d] = (int)n->i[d];
+    o[0] = mmp_permute_backward(g, perm);
+    break;
+  }
+  case MMP__TK_SLICE:
+    o[0] = mmp_slice_backward(g, SHAPE_ND(0), SHAPE(0), (int)n->i[0], n->i[1], n->i[2], n->i[3]);
+    break;
+  case MMP__TK_BROADCAST: o[0] = mmp_sum_to_shape(g, SHAPE_ND(0), SHAPE(0)); break;
+  case MMP__TK_CONCAT: {
+    int64_t *sizes = malloc((size_t)n->nin * sizeof *sizes);
+    mmp_tensor_t **all = calloc((size_t)n->nin, sizeof *all);
+    if (!sizes || !all) {
+      free(sizes);
+      free(all);
+      return mmp_error_set(MMP_ENOMEM, "tape: out of memory");
+    }
+    int d = (int)n->i[0];
+    for (int k = 0; k < n->nin; k++) sizes[k] = SHAPE(k)[d];
+    rc = mmp_concat_backward(g, n->nin, sizes, d, all);
+    for (int k = 0; k < n->nin; k++) {
+      if (WANT(k)) o[k] = all[k];
+      else mmp_tensor_unref(all[k]);
+    }
+    free(sizes);
+    free(all);
+    return rc;
+  }
+  case MMP__TK_MSE: {
+    double gv = mmp_tensor_get(g, NULL);
+    return mmp_mse_loss_backward(gv, n->in[0], n->in[1], OUTP(0), OUTP(1));
+  }
+  default:
+    return mmp_error_set(MMP_EINVAL, "tape: node kind %d unknown", (int)n->kind);
+  }
+  for (int k = 0; k < n->nin; k++) /* (integer ids have no gradient) */
+    if (WANT(k) && !o[k] && !(n->kind == MMP__TK_EMBEDDING && k == 1)) return fail_code();
+  return rc;
+}
+
+/* Add the finished gradient *@gp to the caller's map under @name. A
+ * gradient nothing else refers to is handed over (*@gp becomes NULL);
+ * one that shares its storage (a view of another gradient) is copied, so
+ * that in-place work on the map (clipping) touches each gradient once. */
+static int deliver(mmp_tensormap_t *grads, const char *name, mmp_tensor_t **gp) {
+  mmp_tensor_t *g = *gp, *c;
+  mmp_tensor_t *old = mmp_tensormap_get(grads, name);
+  if (old) {
+    c = mmp_add(old, g);
+  } else if (g->refcount == 1 && g->storage->refcount == 1 && mmp_tensor_is_contiguous(g)) {
+    c = g;
+    *gp = NULL;
+  } else {
+    c = mmp_clone(g);
+  }
+  if (!c) return fail_code();
+  return mmp_tensormap_set(grads, name, c);
+}
+
+static int backward_walk(mmp_tape_t *t, mmp_tensor_t *out, const mmp_tensor_t *grad, mmp_tensormap_t *grads) {
+  int64_t oid = value_of(t, out);
+  if (oid < 0)
+    return mmp_error_set(MMP_EINVAL, "tape_backward: %s was not computed from a watched tensor on this tape",
+                         mmp__desc(out));
+  mmp_tensor_t *seed;
+  if (grad) {
+    if (!mmp_tensor_same_shape(grad, out))
+      return mmp_error_set(MMP_EINVAL, "tape_backward: seed %s does not match the output %s", mmp__desc(grad),
+                           mmp__desc(out));
+    seed = mmp_contiguous((mmp_tensor_t *)grad);
+  } else {
+    if (mmp_tensor_numel(out) != 1)
+      return mmp_error_set(MMP_EINVAL, "tape_backward: output %s has %lld elements; pass a seed gradient",
+                           mmp__desc(out), (long long)mmp_tensor_numel(out));
+    seed = mmp_tensor_full(mmp_tensor_backend(out), MMP_F32, out->ndim, out->shape, 1.0);
+  }
+  if (!seed) return fail_code();
+  t->vals[oid].grad = seed;
+  mmp_tensor_t *o[64];
+  for (size_t k = t->nnodes; k-- > 0;) {
+    tnode_t *n = &t->nodes[k];
+    mmp_tensor_t *g = t->vals[n->out_id].grad;
+    t->vals[n->out_id].grad = NULL;
+    if (g) {
+      mmp_tensor_t **outs = n->nin <= 64 ? o : calloc((size_t)n->nin, sizeof *outs);
+      if (!outs) {
+        mmp_tensor_unref(g);
+        return mmp_error_set(MMP_ENOMEM, "tape: out of memory");
+      }
+      memset(outs, 0, (size_t)n->nin * sizeof *outs);
+      int rc = node_backward(n, g, outs);
+      mmp_tensor_unref(g);
+      for (int j = 0; j < n->nin && rc == 0; j++) {
+        rc = accumulate(t, n->in_id[j], outs[j]);
+        outs[j] = NULL;
+      }
+      for (int j = 0; j < n->nin; j++) mmp_tensor_unref(outs[j]);
+      if (outs != o) free(outs);
+      if (rc < 0) {
+        mmp_error_prefix("tape_backward: through %s: ", n->name);
+        return rc;
+      }
+    }
+    node_clear(n); /* memory falls as the walk goes */
+  }
+  for (size_t k = 0; k < t->nvals; k++) {
+    tvalue_t *v = &t->vals[k];
+    if (!v->name || !v->grad) continue;
+    int rc = deliver(grads, v->name, &v->grad);
+    if (rc < 0) return rc;
+  }
+  return 0;
+}
+
+int mmp_tape_backward(mmp_tape_t *t, mmp_tensor_t *out, const mmp_tensor_t *grad, mmp_tensormap_t *grads) {
+  if (!t || !out || !grads) return mmp_error_set(MMP_EINVAL, "tape_backward: NULL argument");
+  mmp_tape_t *prev = mmp__tape_tls;
+  mmp__tape_tls = NULL;
+  int rc = backward_walk(t, out, grad, grads);
+  tape_clear(t);
+  mmp__tape_tls = prev;
+  return rc;
+}

@@ -1,0 +1,90 @@
+/* mmpipe/autograd.h - the tape: reverse-mode automatic differentiation of any forward made of core ops.
+ *
+ * While a tape is current on a thread, every op of tensor.h (and
+ * mmp_mse_loss) that takes a tracked tensor records a node; its output
+ * becomes tracked. Watched tensors (parameters, inputs) are the leaves.
+ * mmp_tape_backward() walks the nodes in reverse, calls the backward ops of
+ * grad.h and adds the gradient of every watched leaf to a tensormap under
+ * the leaf's name, which is what the optimizer (optim.h) takes.
+ *
+ *   mmp_tape_t *tape = mmp_tape_new();
+ *   mmp_tape_watch(tape, "fc.weight", w);
+ *   mmp_tape_t *prev = mmp_tape_set_current(tape);
+ *   mmp_tensor_t *y = mmp_linear(x, w, NULL);
+ *   mmp_tensor_t *loss = mmp_mse_loss(y, target);
+ *   mmp_tape_set_current(prev);
+ *   mmp_tensormap_t *grads = mmp_tensormap_new();
+ *   mmp_tape_backward(tape, loss, NULL, grads);   // grads["fc.weight"]
+ *   mmp_tape_free(tape);
+ *
+ * Rules (doc/training.md):
+ * - ops on untracked tensors record nothing: frozen weights and data cost
+ *   nothing, and with no tape current an op pays one thread-local load;
+ * - a node keeps references to what its backward needs (inputs, and the
+ *   output of softmax and attention); they are dropped as the reverse pass
+ *   goes, and a tape is used for one backward (it is empty afterwards;
+ *   watch again for the next step);
+ * - several uses of one tensor sum their gradients; broadcasting is undone
+ *   with mmp_sum_to_shape;
+ * - in-place writes are not differentiable: mmp_copy_into into or from a
+ *   tracked tensor while its tape is current is an MMP_EUNSUPPORTED error;
+ *   ops without a backward (clamp, abs, max, pools, resizes, ...) record a
+ *   node that fails with MMP_EUNSUPPORTED if a gradient reaches it;
+ * - mmp_embedding has no padding index: every row of the table gets its
+ *   gradient (CLIP's embeddings have none; BERT's padding_idx row would
+ *   need masking by the caller).
+ */
+#ifndef MMPIPE_AUTOGRAD_H
+#define MMPIPE_AUTOGRAD_H
+
+#include <mmpipe/plugin.h> /* mmp_tensormap_t */
+#include <mmpipe/tensor.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef struct mmp_tape mmp_tape_t;
+
+/* An empty tape. (transfer full) NULL + MMP_ENOMEM. */
+mmp_tape_t *mmp_tape_new(void);
+/* Drops every reference the tape holds; a tape that is current on this
+ * thread stops being current. NULL is a no-op. */
+void mmp_tape_free(mmp_tape_t *t);
+
+/* Track @x (transfer none: the tape does not keep it) as a leaf whose
+ * gradient is wanted, under @name (copied): a parameter's state-dict name,
+ * or an input such as "latents". Errors: MMP_EINVAL for NULL arguments, a
+ * non-f32 @x, or an @x this tape already tracks (watched twice, or the
+ * output of a recorded op). */
+int mmp_tape_watch(mmp_tape_t *t, const char *name, mmp_tensor_t *x);
+
+/* Ops called on this thread record into @t from now on (NULL stops).
+ * Returns the previous current tape (transfer none), to restore later. */
+mmp_tape_t *mmp_tape_set_current(mmp_tape_t *t);
+/* (transfer none, nullable) The current tape of this thread. */
+mmp_tape_t *mmp_tape_current(void);
+/* Whether @x is tracked by @t (watched or computed from a watched tensor
+ * while @t was current). */
+bool mmp_tape_tracks(const mmp_tape_t *t, const mmp_tensor_t *x);
+
+/* Reverse pass from @out with seed @grad (NULL: 1, for a loss with one
+ * element; else @out's shape). The gradient of every watched tensor that
+ * @out depends on is added to @grads under its name (set when absent,
+ * summed with the tensor there when present: accumulation by calling
+ * again). Gradients are contiguous f32 of the leaf's shape (transfer full
+ * into the map). Recording is suspended on this thread meanwhile. The
+ * tape is empty afterwards, whether or not it succeeded.
+ * Errors: MMP_EINVAL (@out not tracked by @t, seed of the wrong shape),
+ * MMP_EUNSUPPORTED (a gradient reached an op without a backward, named),
+ * or the error of a backward op; @grads then holds what was added before. */
+int mmp_tape_backward(mmp_tape_t *t, mmp_tensor_t *out, const mmp_tensor_t *grad, mmp_tensormap_t *grads);
+
+/* Nodes recorded so far (tests, and to check that frozen parts record
+ * nothing). */
+size_t mmp_tape_size(const mmp_tape_t *t);
+
+#ifdef __cplusplus
+}
+#endif
+#endif
