@@ -13,6 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
+#include <unistd.h>
 
 #include <jansson.h>
 
@@ -21,6 +22,23 @@
 #include "plugins/common/sd_common.h"
 #include "plugins/common/topk.h"
 #include "plugins/processors/imagecommon.h"
+
+/* Output files appear whole or not at all: written to PATH.tmp, renamed. */
+static int tmp_path(char *buf, size_t len, const char *path) {
+  if ((size_t)snprintf(buf, len, "%s.tmp", path) >= len)
+    return mmp_error_set(MMP_EINVAL, "retrieval: path too long: %s", path);
+  return 0;
+}
+
+static int json_write_atomic(json_t *j, const char *path, size_t flags) {
+  char tmp[PATH_MAX + 8];
+  int rc = tmp_path(tmp, sizeof tmp, path);
+  if (rc == 0 && (json_dump_file(j, tmp, flags) != 0 || rename(tmp, path) != 0)) {
+    rc = mmp_error_set(MMP_EIO, "retrieval: cannot write %s: %s", path, strerror(errno));
+    unlink(tmp);
+  }
+  return rc;
+}
 
 static const mmp_key_t rt_keys[] = {
     {"mode", MMP_TYPE_STRING, "\"search\"",
@@ -667,9 +685,9 @@ static int run_evaluate(comps_t *c, const rt_t *t) {
                           "txt_r10", T[2], "txt_r_mean", tm, "img_r1", I[0], "img_r5", I[1], "img_r10", I[2],
                           "img_r_mean", im, "r_mean", (tm + im) / 2, "n_images", (json_int_t)ni, "n_texts",
                           (json_int_t)nt, "k_test", (json_int_t)t->k_test, "itc_only", t->itc_only);
-    if (!o || json_dump_file(o, t->out_json, JSON_INDENT(1) | JSON_REAL_PRECISION(17)) != 0)
-      rc = mmp_error_set(MMP_EIO, "retrieval: cannot write %s", t->out_json);
-    else
+    if (!o) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
+    else rc = json_write_atomic(o, t->out_json, JSON_INDENT(1) | JSON_REAL_PRECISION(17));
+    if (rc == 0)
       MMP_INFO("retrieval",
                "txt_r1 %.2f txt_r5 %.2f txt_r10 %.2f img_r1 %.2f img_r5 %.2f "
                "img_r10 %.2f r_mean %.2f -> %s",
@@ -795,8 +813,11 @@ static void html_url(FILE *f, const char *path) {
 }
 
 static int write_html(const rt_t *t, json_t *res, char *const *paths) {
-  FILE *f = fopen(t->out_html, "w");
-  if (!f) return mmp_error_set(MMP_EIO, "retrieval: %s: %s", t->out_html, strerror(errno));
+  char tmp[PATH_MAX + 8];
+  int trc = tmp_path(tmp, sizeof tmp, t->out_html);
+  if (trc) return trc;
+  FILE *f = fopen(tmp, "w");
+  if (!f) return mmp_error_set(MMP_EIO, "retrieval: %s: %s", tmp, strerror(errno));
   fputs(
       "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>mmpipe "
       "retrieval</title>\n<style>"
@@ -845,7 +866,10 @@ static int write_html(const rt_t *t, json_t *res, char *const *paths) {
     fputs("</table></section>\n", f);
   }
   fputs("</body></html>\n", f);
-  if (fclose(f) != 0) return mmp_error_set(MMP_EIO, "retrieval: %s: write failed", t->out_html);
+  if (ferror(f) | fclose(f) || rename(tmp, t->out_html) != 0) {
+    unlink(tmp);
+    return mmp_error_set(MMP_EIO, "retrieval: %s: write failed", t->out_html);
+  }
   return 0;
 }
 
@@ -884,9 +908,7 @@ static int run_search(comps_t *c, const rt_t *t) {
   if (rc == 0) {
     json_object_set_new(res, "k_test", json_integer(t->k_test));
     json_object_set_new(res, "itc_only", json_boolean(t->itc_only));
-    if (json_dump_file(res, t->out_json, JSON_INDENT(1) | JSON_REAL_PRECISION(9)) != 0)
-      rc = mmp_error_set(MMP_EIO, "retrieval: cannot write %s", t->out_json);
-    else
+    if ((rc = json_write_atomic(res, t->out_json, JSON_INDENT(1) | JSON_REAL_PRECISION(9))) == 0)
       MMP_INFO("retrieval", "%zu text and %zu image queries -> %s", t->queries.n, t->qimages.n, t->out_json);
   }
   if (rc == 0 && t->out_html[0]) rc = write_html(t, res, paths.v);
