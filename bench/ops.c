@@ -270,9 +270,10 @@ static void bench_sgemm(const char *key, const char *label, int64_t M, int64_t N
 }
 
 /* A linear layer with bf16 weights (issue 19): converted to fp32 while the
- * panels are packed (the AVX-512 kernel), and multiplied as bf16 pairs
- * (vdpbf16ps: 32 multiply-adds per instruction, so the bf16 peak is taken
- * as twice the fp32 one) when the CPU has AVX512_BF16. */
+ * panels are packed (the AVX-512 kernel, compute dtype f32), and multiplied
+ * as bf16 pairs (compute dtype bf16: vdpbf16ps, 32 multiply-adds per
+ * instruction, so the bf16 peak is taken as twice the fp32 one) when the
+ * CPU has AVX512_BF16. */
 static void bench_linear_bf16(const char *label, int64_t M, int64_t N, int64_t K) {
   float *A = rnd(M * K), *W = rnd(K * N), *C = rnd(M * N);
   uint16_t *Wh = malloc((size_t)(K * N) * sizeof *Wh);
@@ -287,13 +288,13 @@ static void bench_linear_bf16(const char *label, int64_t M, int64_t N, int64_t K
   mmp_cpu_set_openblas(0);
   mmp_cpu_set_isa(MMP_CPU_ISA_AVX512);
   TIME_BEST(t32, mmp_cpu_sgemm(1, false, true, M, N, K, 1.0f, A, K, 0, W, K, 0, 0.0f, C, N, 0));
-  TIME_BEST(tc, mmp_cpu_gemm(1, false, true, M, N, K, 1.0f, A, MMP_F32, K, 0, Wh, MMP_BF16, K, 0, 0.0f, C, N, 0));
+  TIME_BEST(tc, mmp_cpu_gemm(1, false, true, M, N, K, 1.0f, A, MMP_F32, K, 0, Wh, MMP_BF16, K, 0, 0.0f, C, N, 0, MMP_F32));
   cpu = g_cpu;
   snprintf(name, sizeof name, "%s bf16 W, fp32 math", label);
   print_flops(name, 2.0 * M * N * K, tc, cpu, 0, 0);
   printf("%-42s %8s x%.2f vs fp32 weights\n", "", "", t32 / tc);
   if (mmp_cpu_set_isa(MMP_CPU_ISA_AVX512_BF16) == MMP_CPU_ISA_AVX512_BF16) {
-    TIME_BEST(td, mmp_cpu_gemm(1, false, true, M, N, K, 1.0f, A, MMP_F32, K, 0, Wh, MMP_BF16, K, 0, 0.0f, C, N, 0));
+    TIME_BEST(td, mmp_cpu_gemm(1, false, true, M, N, K, 1.0f, A, MMP_F32, K, 0, Wh, MMP_BF16, K, 0, 0.0f, C, N, 0, MMP_BF16));
     double gf = 2.0 * M * N * K / td * 1e-9, cpud = g_cpu;
     snprintf(name, sizeof name, "%s bf16 dot products", label);
     printf("%-42s %8.2f %8.1f %8.1f%% of the bf16 peak (%.1f GFLOP/s)", name, td * 1e3, gf,
@@ -515,7 +516,7 @@ int main(int argc, char **argv) {
   g_peak = g_peak_core * g_threads;
   long cores = sysconf(_SC_NPROCESSORS_ONLN);
   printf("mmpipe bench/ops: %d thread(s) on %ld online core(s); kernels: %s\n", g_threads, cores,
-         mmp_cpu_isa() == MMP_CPU_ISA_AVX512_BF16 ? "AVX-512 14x32 (+ BF16 dot products)"
+         mmp_cpu_isa() == MMP_CPU_ISA_AVX512_BF16 ? "AVX-512 14x32 (+ BF16 dot products for compute dtype bf16)"
          : mmp_cpu_isa() == MMP_CPU_ISA_AVX512 ? "AVX-512 14x32" : "portable C");
   printf("ISA %s, measured clock %.2f GHz, %.0f FMA pipe(s) (%.2f G FMA/s measured): fp32 peak %.1f GFLOP/s per core, "
          "%.1f GFLOP/s for %d thread(s)\n",

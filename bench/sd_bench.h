@@ -25,6 +25,7 @@ typedef struct bench_opts {
   const char *srcdir;
   const char *dtypes; /* --weights-dtype list ("f32,bf16"), NULL: the default */
   const char *wdtype; /* this run's weights_dtype, NULL: not set */
+  const char *cdtype; /* --compute-dtype (every run's compute_dtype), NULL: not set */
 } bench_opts_t;
 
 static inline double bench_now(void) {
@@ -41,14 +42,18 @@ static inline double bench_peak_rss_mb(void) {
 
 static inline void bench_usage(const char *prog, const char *what) {
   printf("Usage: %s [--config PART.json] [--weights W.safetensors] [--threads N] [--repeat N]\n"
-         "          [--warmup N] [--compare-torch] [--weights-dtype f32,bf16,f16]\n\n"
+         "          [--warmup N] [--compare-torch] [--weights-dtype f32,bf16,f16]\n"
+         "          [--compute-dtype f32|bf16]\n\n"
          "One %s forward at SD-1.5 size (fp32, CPU): seconds per forward and peak RSS.\n"
          "Without --weights the weights are made in-process (init_seed 0); with a file from\n"
          "`pipeline init-weights` they are memory-mapped. --compare-torch runs the same\n"
          "forward in PyTorch (bench/torch_sd.py, PYTHONPATH from MMP_TORCH_PYTHONPATH,\n"
          "default /root/refenv/site) with the same thread count. --weights-dtype runs the\n"
          "forward once per listed weights_dtype (f32, f16, bf16), each in a child process\n"
-         "so that each reports its own peak RSS, then prints the ratios to the first.\n", prog, what);
+         "so that each reports its own peak RSS, then prints the ratios to the first.\n"
+         "--compute-dtype sets compute_dtype for every run: bf16 rounds the layer inputs\n"
+         "to bf16 too and takes the AVX-512-BF16 dot products where the CPU has them\n"
+         "(MMPIPE_CPU_ISA=avx512 or generic narrows the kernels; doc/tensor.md).\n", prog, what);
 }
 
 static inline int bench_parse(int argc, char **argv, bench_opts_t *o, const char *part, const char *what) {
@@ -56,6 +61,7 @@ static inline int bench_parse(int argc, char **argv, bench_opts_t *o, const char
                                        {"threads", required_argument, NULL, 't'}, {"repeat", required_argument, NULL, 'r'},
                                        {"warmup", required_argument, NULL, 'W'}, {"compare-torch", no_argument, NULL, 'T'},
                                        {"weights-dtype", required_argument, NULL, 'D'},
+                                       {"compute-dtype", required_argument, NULL, 'C'},
                                        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
   static char cfg[4096];
   const char *src = getenv("MMP_BENCH_SRCDIR");
@@ -67,7 +73,7 @@ static inline int bench_parse(int argc, char **argv, bench_opts_t *o, const char
   o->repeat = 1;
   o->warmup = 0;
   o->compare_torch = false;
-  o->dtypes = o->wdtype = NULL;
+  o->dtypes = o->wdtype = o->cdtype = NULL;
   int c;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (c) {
@@ -78,6 +84,7 @@ static inline int bench_parse(int argc, char **argv, bench_opts_t *o, const char
     case 'W': o->warmup = atoi(optarg); break;
     case 'T': o->compare_torch = true; break;
     case 'D': o->dtypes = optarg; break;
+    case 'C': o->cdtype = optarg; break;
     case 'h': bench_usage(argv[0], what); exit(0);
     default: bench_usage(argv[0], what); exit(2);
     }
@@ -110,8 +117,9 @@ static inline int bench_open(const bench_opts_t *o, mmp_kind_t kind, const char 
                              const char *extra, const char *prog, bench_env_t *e) {
   char text[12000];
   *e = (bench_env_t){0};
-  char wd[64] = "";
+  char wd[160] = "";
   if (o->wdtype) snprintf(wd, sizeof wd, "weights_dtype = \"%s\";", o->wdtype);
+  if (o->cdtype) snprintf(wd + strlen(wd), sizeof wd - strlen(wd), " compute_dtype = \"%s\";", o->cdtype);
   if (o->weights)
     snprintf(text, sizeof text, "%s = { name = \"%s\"; config = \"%s\"; weights = \"%s\"; %s %s };", group, name,
              o->config, o->weights, extra, wd);
@@ -187,7 +195,7 @@ static inline int bench_fork_dtypes(bench_opts_t *o) {
   for (int i = 0; i < n; i++) {
     int fd[2];
     if (pipe(fd) != 0) return 1;
-    printf("== weights_dtype %s ==\n", names[i]);
+    printf("== weights_dtype %s%s%s ==\n", names[i], o->cdtype ? ", compute_dtype " : "", o->cdtype ? o->cdtype : "");
     fflush(stdout);
     pid_t pid = fork();
     if (pid == 0) {
@@ -209,7 +217,8 @@ static inline int bench_fork_dtypes(bench_opts_t *o) {
     int st = 0;
     if (pid > 0) waitpid(pid, &st, 0);
   }
-  printf("== weights_dtype summary (relative to %s) ==\n", names[0]);
+  printf("== weights_dtype summary (relative to %s%s%s) ==\n", names[0], o->cdtype ? ", compute_dtype " : "",
+         o->cdtype ? o->cdtype : "");
   for (int i = 0; i < n; i++)
     printf("%-6s %8.2f s (x%.2f speed)  %8.0f MB peak RSS (x%.2f)\n", names[i], secs[i],
            secs[i] > 0 ? secs[0] / secs[i] : 0.0, rss[i], rss[0] > 0 ? rss[i] / rss[0] : 0.0);

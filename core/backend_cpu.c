@@ -643,7 +643,7 @@ static int op_matmul(const mmp_tensor_t *a0, const mmp_tensor_t *b0, mmp_tensor_
   return rc;
 }
 
-static int op_linear(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp_tensor_t *bias, mmp_tensor_t *dst) {
+static int op_linear(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp_tensor_t *bias, int cdt, mmp_tensor_t *dst) {
   int64_t rows = x->shape[0], in = x->shape[1], out = w->shape[0];
   float *y = mmp__ptr(dst);
   if (rows == 0 || out == 0) return 0;
@@ -656,7 +656,7 @@ static int op_linear(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp_ten
   if (in == 0) return bias ? 0 : op_fill(dst, 0.0);
   /* an f16/bf16 weight is converted while the GEMM packs its panels */
   return mmp_cpu_gemm(1, false, true, rows, out, in, 1.0f, mmp__ptr(x), MMP_F32, in, 0, mmp__ptr(w), w->dtype, in,
-                      0, beta, y, out, 0);
+                      0, beta, y, out, 0, cdt);
 }
 
 /* ============================================================ nn helpers */
@@ -920,14 +920,14 @@ static int cpu_compute(mmp_backend_t *be, mmp_op_t op, const mmp_op_params_t *p,
   case MMP_OP_MAX: return op_reduce(op, (int)p->i[0], s[0], dst);
   case MMP_OP_ARGMAX: return op_reduce(op, s[0]->ndim - 1, s[0], dst);
   case MMP_OP_MATMUL: return op_matmul(s[0], s[1], dst);
-  case MMP_OP_LINEAR: return op_linear(s[0], s[1], nsrc > 2 ? s[2] : NULL, dst);
+  case MMP_OP_LINEAR: return op_linear(s[0], s[1], nsrc > 2 ? s[2] : NULL, p && p->i[0] == MMP_BF16 ? MMP_BF16 : MMP_F32, dst);
   case MMP_OP_CONV2D: {
     const mmp_tensor_t *x = s[0], *w = s[1], *b = nsrc > 2 ? s[2] : NULL;
     if (mmp_tensor_numel(dst) == 0) return 0;
     return mmp_cpu_conv2d_w(mmp__ptr(x), x->shape[0], x->shape[1], x->shape[2], x->shape[3], mmp__ptr(w),
                           w->dtype, w->shape[0], w->shape[2], w->shape[3], b ? mmp__ptr(b) : NULL, (int)p->i[0],
                           (int)p->i[1], (int)p->i[2], (int)p->i[3], (int)p->i[4], (int)p->i[5], (int)p->i[6],
-                          mmp__ptr(dst));
+                          mmp__ptr(dst), p->i[7] == MMP_BF16 ? MMP_BF16 : MMP_F32);
   }
   case MMP_OP_GROUP_NORM:
   case MMP_OP_GROUP_NORM_SILU: {

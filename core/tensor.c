@@ -464,6 +464,22 @@ bool mmp_tensor_is_contiguous(const mmp_tensor_t *t) {
   return true;
 }
 
+int mmp_tensor_set_compute_dtype(mmp_tensor_t *t, mmp_dtype_t cdt) {
+  if (!t || (t->dtype != MMP_F32 && t->dtype != MMP_F16 && t->dtype != MMP_BF16))
+    return mmp_error_set(MMP_EDTYPE, "compute dtype: %s is not a floating-point weight", mmp__desc(t));
+  if (cdt != MMP_F32 && cdt != MMP_BF16)
+    return mmp_error_set(MMP_EDTYPE, "compute dtype: %s is not one of f32, bf16", mmp_dtype_name(cdt));
+  if (cdt == MMP_BF16)
+    t->flags |= MMP_TF_COMPUTE_BF16;
+  else
+    t->flags &= ~MMP_TF_COMPUTE_BF16;
+  return 0;
+}
+
+mmp_dtype_t mmp_tensor_compute_dtype(const mmp_tensor_t *t) {
+  return t && (t->flags & MMP_TF_COMPUTE_BF16) ? MMP_BF16 : MMP_F32;
+}
+
 bool mmp_tensor_same_shape(const mmp_tensor_t *a, const mmp_tensor_t *b) {
   if (!a || !b || a->ndim != b->ndim) return false;
   for (int i = 0; i < a->ndim; i++)

@@ -77,6 +77,7 @@ struct mmp_storage {
 
 /* Tensor flags (core-private). */
 #define MMP_TF_READONLY 0x1u /* storage is a read-only mapping */
+#define MMP_TF_COMPUTE_BF16 0x2u /* linear/conv2d weight: products in bf16 (mmp_tensor_set_compute_dtype) */
 
 /* ---- tensor.c ---- */
 /* A new header on @st (takes a reference to @st). shape/stride copied. */

@@ -287,7 +287,8 @@ static mmp_tensor_t *linear_impl(const mmp_tensor_t *x, const mmp_tensor_t *w, c
       mmp_tensor_unref(y);
       y = NULL;
     } else {
-      y = run(be, MMP_OP_LINEAR, NULL, srcs, bias ? 3 : 2, y);
+      mmp_op_params_t p = {{0}, {mmp_tensor_compute_dtype(w)}};
+      y = run(be, MMP_OP_LINEAR, &p, srcs, bias ? 3 : 2, y);
     }
     mmp_tensor_unref(wu);
     if (y) {
@@ -337,7 +338,7 @@ static mmp_tensor_t *conv2d_impl(const mmp_tensor_t *x, const mmp_tensor_t *w, c
   mmp_tensor_t *bc = bias ? mmp_contiguous((mmp_tensor_t *)bias) : NULL, *r = NULL;
   if (xc && wc && (!bias || bc)) {
     int64_t so[4] = {x->shape[0], w->shape[0], OH, OW};
-    mmp_op_params_t p = {{0}, {stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups}};
+    mmp_op_params_t p = {{0}, {stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, mmp_tensor_compute_dtype(w)}};
     const mmp_tensor_t *srcs[3] = {xc, wc, bc};
     mmp_tensor_t *y = mmp_tensor_new(be, MMP_F32, 4, so), *wu = y ? weight_for(be, MMP_OP_CONV2D, srcs, bias ? 3 : 2, y, wc) : NULL;
     srcs[1] = wu;

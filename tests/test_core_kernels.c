@@ -43,9 +43,6 @@ static float *rand_buf(int64_t n) {
 }
 
 static const char *path_name = "";
-/* the AVX-512-BF16 path: products with bf16 operands round the other
- * operand to bf16 too (relative error 2^-9 per product) */
-static bool bf16_compute = false;
 
 /* ------------------------------------------------------------- sgemm */
 
@@ -219,8 +216,22 @@ static float *half_buf(int64_t n, int dt, uint16_t **bits) {
   return v;
 }
 
-/* which: 0 = A half, 1 = B half, 2 = both */
-static void check_half_gemm(int dt, int which, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float beta) {
+/* x rounded to bf16 (nearest even) and back: the bf16 compute dtype's
+ * rounding of both operands, for the double references (no denormals or
+ * NaN among the test values) */
+static double bf16r(float f) {
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  x = (x + 0x7fffu + ((x >> 16) & 1u)) & 0xffff0000u;
+  memcpy(&f, &x, 4);
+  return f;
+}
+
+/* which: 0 = A half, 1 = B half, 2 = both. cdt: the compute dtype; with
+ * MMP_BF16 the reference rounds both operands to bf16 and only the fp32
+ * summation may differ from it (1e-5 of sum |a b|, as for fp32) */
+static void check_half_gemm(int dt, int which, bool ta, bool tb, int64_t M, int64_t N, int64_t K, float beta,
+                            int cdt) {
   int64_t lda = ta ? M : K, ldb = tb ? K : N, ldc = N;
   uint16_t *ha = NULL, *hb = NULL;
   float *A = which != 1 ? half_buf(M * K, dt, &ha) : rand_buf(M * K);
@@ -228,27 +239,28 @@ static void check_half_gemm(int dt, int which, bool ta, bool tb, int64_t M, int6
   float *C = rand_buf(M * N), *C0 = malloc((size_t)(M * N > 0 ? M * N : 1) * sizeof(float));
   memcpy(C0, C, (size_t)(M * N) * sizeof(float));
   int rc = mmp_cpu_gemm(1, ta, tb, M, N, K, 1.0f, ha ? (const void *)ha : A, ha ? dt : MMP_F32, lda, 0,
-                        hb ? (const void *)hb : B, hb ? dt : MMP_F32, ldb, 0, beta, C, ldc, 0);
+                        hb ? (const void *)hb : B, hb ? dt : MMP_F32, ldb, 0, beta, C, ldc, 0, cdt);
   int bad = rc != 0;
+  const bool r16 = cdt == MMP_BF16;
   for (int64_t i = 0; i < M && !bad; ++i)
     for (int64_t j = 0; j < N; ++j) {
       double acc = 0.0, mag = 0.0;
       for (int64_t k = 0; k < K; ++k) {
-        double p = (double)(ta ? A[k * lda + i] : A[i * lda + k]) * (tb ? B[j * ldb + k] : B[k * ldb + j]);
+        float a = ta ? A[k * lda + i] : A[i * lda + k], b = tb ? B[j * ldb + k] : B[k * ldb + j];
+        double p = r16 ? bf16r(a) * bf16r(b) : (double)a * b;
         acc += p;
         mag += fabs(p);
       }
       double ref = acc + beta * (double)C0[i * ldc + j];
-      double rel = bf16_compute && dt == MMP_BF16 ? 4e-3 : 1e-5;
-      if (!(fabs(C[i * ldc + j] - ref) <= rel * mag + 1e-6 * fabs(beta * C0[i * ldc + j]) + 1e-30)) {
+      if (!(fabs(C[i * ldc + j] - ref) <= 1e-5 * mag + 1e-6 * fabs(beta * C0[i * ldc + j]) + 1e-30)) {
         diag("  [%lld,%lld] got %.9g want %.9g", (long long)i, (long long)j, C[i * ldc + j], ref);
         bad = 1;
         break;
       }
     }
-  ok(!bad, "%s gemm %s %s %c%c M %lld N %lld K %lld beta %g", path_name, dt == MMP_BF16 ? "bf16" : "f16",
+  ok(!bad, "%s gemm %s %s %c%c M %lld N %lld K %lld beta %g compute %s", path_name, dt == MMP_BF16 ? "bf16" : "f16",
      which == 0 ? "A" : which == 1 ? "B" : "A+B", ta ? 'T' : 'N', tb ? 'T' : 'N', (long long)M, (long long)N,
-     (long long)K, beta);
+     (long long)K, beta, r16 ? "bf16" : "f32");
   free(A);
   free(B);
   free(C);
@@ -257,24 +269,25 @@ static void check_half_gemm(int dt, int which, bool ta, bool tb, int64_t M, int6
   free(hb);
 }
 
+/* conv2d with half weights: compute f32 must equal the f32 weights' result;
+ * compute bf16 must be the double result of x and w rounded to bf16 up to
+ * the fp32 summation (1e-5 of sum |x w|) */
 static void check_half_conv(int dt, int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int64_t KH, int pad,
-                            int groups) {
+                            int groups, int cdt) {
   int64_t OH = H + 2 * pad - KH + 1, OW = W + 2 * pad - KH + 1, Cg = C / groups, Og = O / groups;
   uint16_t *hw = NULL;
   float *x = rand_buf(N * C * H * W), *w = half_buf(O * Cg * KH * KH, dt, &hw), *bias = rand_buf(O);
   float *y = rand_buf(N * O * OH * OW), *y32 = rand_buf(N * O * OH * OW);
-  int rc = mmp_cpu_conv2d_w(x, N, C, H, W, hw, dt, O, KH, KH, bias, 1, 1, pad, pad, 1, 1, groups, y);
-  /* the same weights as f32: the half path must give the fp32 path's numbers */
+  int rc = mmp_cpu_conv2d_w(x, N, C, H, W, hw, dt, O, KH, KH, bias, 1, 1, pad, pad, 1, 1, groups, y, cdt);
   int rc2 = mmp_cpu_conv2d(x, N, C, H, W, w, O, KH, KH, bias, 1, 1, pad, pad, 1, 1, groups, y32);
   int bad = rc != 0 || rc2 != 0;
-  const bool approx = bf16_compute && dt == MMP_BF16;
-  for (int64_t i = 0; i < N * O * OH * OW && !bad && !approx; ++i)
+  const bool r16 = cdt == MMP_BF16;
+  for (int64_t i = 0; i < N * O * OH * OW && !bad && !r16; ++i)
     if (y[i] != y32[i]) {
       diag("  [%lld] got %.9g, f32 weights give %.9g", (long long)i, y[i], y32[i]);
       bad = 1;
     }
-  /* bf16 dot products: against a double reference, 4e-3 of sum |x w| */
-  for (int64_t n = 0; n < N && !bad && approx; ++n)
+  for (int64_t n = 0; n < N && !bad && r16; ++n)
     for (int64_t o = 0; o < O && !bad; ++o)
       for (int64_t oh = 0; oh < OH; ++oh)
         for (int64_t ow = 0; ow < OW; ++ow) {
@@ -285,25 +298,21 @@ static void check_half_conv(int dt, int64_t N, int64_t C, int64_t H, int64_t W, 
               for (int64_t kw = 0; kw < KH; ++kw) {
                 int64_t ih = oh - pad + kh, iw = ow - pad + kw;
                 if (ih < 0 || ih >= H || iw < 0 || iw >= W) continue;
-                double pr = (double)x[((n * C + g * Cg + c) * H + ih) * W + iw] * w[((o * Cg + c) * KH + kh) * KH + kw];
+                double pr = bf16r(x[((n * C + g * Cg + c) * H + ih) * W + iw]) * bf16r(w[((o * Cg + c) * KH + kh) * KH + kw]);
                 acc += pr;
                 mag += fabs(pr);
               }
           double got = y[((n * O + o) * OH + oh) * OW + ow];
-          if (!(fabs(got - acc) <= 4e-3 * mag + 1e-30)) {
+          if (!(fabs(got - acc) <= 1e-5 * mag + 1e-30)) {
             diag("  [%lld,%lld,%lld,%lld] got %.9g want %.9g", (long long)n, (long long)o, (long long)oh,
                  (long long)ow, got, acc);
             bad = 1;
             break;
           }
         }
-  if (approx) {
-    bool differs = false;
-    for (int64_t i = 0; i < N * O * OH * OW; ++i) differs |= y[i] != y32[i];
-    ok(differs, "%s conv2d bf16 weights: the dot-product kernel ran (x rounded to bf16)", path_name);
-  }
-  ok(!bad, approx ? "%s conv2d %s weights N%lld C%lld %lldx%lld O%lld k%lld p%d g%d: bf16 dot products within 4e-3"
-                  : "%s conv2d %s weights N%lld C%lld %lldx%lld O%lld k%lld p%d g%d: equal to the f32 weights' result",
+  ok(!bad, r16 ? "%s conv2d %s weights N%lld C%lld %lldx%lld O%lld k%lld p%d g%d, compute bf16: the bf16-rounded "
+                 "operands' result"
+               : "%s conv2d %s weights N%lld C%lld %lldx%lld O%lld k%lld p%d g%d: equal to the f32 weights' result",
      path_name, dt == MMP_BF16 ? "bf16" : "f16", (long long)N, (long long)C, (long long)H, (long long)W,
      (long long)O, (long long)KH, pad, groups);
   free(x);
@@ -316,24 +325,109 @@ static void check_half_conv(int dt, int64_t N, int64_t C, int64_t H, int64_t W, 
 
 static void test_half(void) {
   static const int64_t sizes[][3] = {{1, 1, 1}, {3, 17, 5}, {17, 33, 65}, {15, 31, 300}, {200, 70, 257}, {45, 200, 1700}};
-  for (int dt = MMP_F16; dt <= MMP_BF16; ++dt) {
-    for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; ++s)
-      for (int t = 0; t < 4; ++t)
-        for (int which = 0; which < 3; ++which)
-          check_half_gemm(dt, which, t & 1, t & 2, sizes[s][0], sizes[s][1], sizes[s][2], (t & 1) ? 1.0f : 0.0f);
-    check_half_gemm(dt, 1, false, true, 300, 200, 100, 0.0f); /* linear's layout, threaded */
-    check_half_conv(dt, 2, 3, 7, 9, 5, 3, 1, 1);
-    check_half_conv(dt, 1, 6, 9, 7, 9, 3, 1, 3);
-    check_half_conv(dt, 2, 17, 6, 5, 33, 1, 0, 1);   /* pointwise, spanning */
-    check_half_conv(dt, 1, 16, 24, 24, 8, 1, 0, 1);  /* pointwise, per image */
-    check_half_conv(dt, 2, 40, 8, 8, 130, 3, 1, 1);  /* shared im2col matrix */
-    check_half_conv(dt, 1, 40, 20, 20, 20, 3, 1, 1); /* K = 360, two K blocks */
+  for (int cdt = MMP_F32; cdt <= MMP_BF16; cdt += MMP_BF16 - MMP_F32)
+    for (int dt = MMP_F16; dt <= MMP_BF16; ++dt) {
+      for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; ++s)
+        for (int t = 0; t < 4; ++t)
+          for (int which = 0; which < 3; ++which)
+            check_half_gemm(dt, which, t & 1, t & 2, sizes[s][0], sizes[s][1], sizes[s][2], (t & 1) ? 1.0f : 0.0f,
+                            cdt);
+      check_half_gemm(dt, 1, false, true, 300, 200, 100, 0.0f, cdt); /* linear's layout, threaded */
+      check_half_conv(dt, 2, 3, 7, 9, 5, 3, 1, 1, cdt);
+      check_half_conv(dt, 1, 6, 9, 7, 9, 3, 1, 3, cdt);
+      check_half_conv(dt, 2, 17, 6, 5, 33, 1, 0, 1, cdt);   /* pointwise, spanning */
+      check_half_conv(dt, 1, 16, 24, 24, 8, 1, 0, 1, cdt);  /* pointwise, per image */
+      check_half_conv(dt, 2, 40, 8, 8, 130, 3, 1, 1, cdt);  /* shared im2col matrix */
+      check_half_conv(dt, 1, 40, 20, 20, 20, 3, 1, 1, cdt); /* K = 360, two K blocks */
+    }
+  /* compute bf16 with f32 operands: both rounded as well */
+  {
+    float *A = rand_buf(17 * 65), *B = rand_buf(65 * 33), *C = rand_buf(17 * 33);
+    int rc = mmp_cpu_gemm(1, false, false, 17, 33, 65, 1.0f, A, MMP_F32, 65, 0, B, MMP_F32, 33, 0, 0.0f, C, 33, 0,
+                          MMP_BF16);
+    int bad = rc != 0;
+    for (int64_t i = 0; i < 17 && !bad; ++i)
+      for (int64_t j = 0; j < 33 && !bad; ++j) {
+        double acc = 0, mag = 0;
+        for (int64_t k = 0; k < 65; ++k) {
+          double p = bf16r(A[i * 65 + k]) * bf16r(B[k * 33 + j]);
+          acc += p;
+          mag += fabs(p);
+        }
+        bad = !(fabs(C[i * 33 + j] - acc) <= 1e-5 * mag);
+      }
+    ok(!bad, "%s gemm f32 x f32, compute bf16: the bf16-rounded operands' result", path_name);
+    free(A);
+    free(B);
+    free(C);
   }
   uint16_t h = 0;
   float c = 0;
-  ok(mmp_cpu_gemm(1, false, false, 1, 1, 1, 1.0f, &h, MMP_I32, 1, 0, &h, MMP_F16, 1, 0, 0.0f, &c, 1, 0) ==
+  ok(mmp_cpu_gemm(1, false, false, 1, 1, 1, 1.0f, &h, MMP_I32, 1, 0, &h, MMP_F16, 1, 0, 0.0f, &c, 1, 0, MMP_F32) ==
          MMP_EDTYPE,
      "%s gemm: an integer operand is MMP_EDTYPE", path_name);
+  ok(mmp_cpu_gemm(1, false, false, 1, 1, 1, 1.0f, &h, MMP_F16, 1, 0, &h, MMP_F16, 1, 0, 0.0f, &c, 1, 0, MMP_F16) ==
+         MMP_EDTYPE,
+     "%s gemm: compute dtype f16 is MMP_EDTYPE", path_name);
+}
+
+/* The vdpbf16ps kernel and the AVX-512 fp32 kernel with the rounding
+ * squeeze: the same roundings, the same order of fp32 additions, the same
+ * blocking: bit-identical results (gemm and conv2d, edge tiles, odd K). */
+static void test_bf16_paths_agree(void) {
+  static const int64_t sizes[][3] = {{1, 1, 1}, {3, 17, 5}, {17, 33, 65}, {29, 70, 801}, {200, 70, 257}};
+  for (size_t s = 0; s < sizeof sizes / sizeof sizes[0]; ++s) {
+    int64_t M = sizes[s][0], N = sizes[s][1], K = sizes[s][2];
+    uint16_t *hb = NULL;
+    float *A = rand_buf(M * K), *B = half_buf(K * N, MMP_BF16, &hb), *C0 = rand_buf(M * N);
+    float *C1 = malloc((size_t)(M * N) * sizeof(float)), *C2 = malloc((size_t)(M * N) * sizeof(float));
+    for (int beta = 0; beta < 2; ++beta) {
+      memcpy(C1, C0, (size_t)(M * N) * sizeof(float));
+      memcpy(C2, C0, (size_t)(M * N) * sizeof(float));
+      mmp_cpu_set_isa(MMP_CPU_ISA_AVX512_BF16);
+      int rc = mmp_cpu_gemm(1, false, true, M, N, K, 1.0f, A, MMP_F32, K, 0, hb, MMP_BF16, K, 0, (float)beta, C1, N, 0,
+                            MMP_BF16);
+      mmp_cpu_set_isa(MMP_CPU_ISA_AVX512);
+      int rc2 = mmp_cpu_gemm(1, false, true, M, N, K, 1.0f, A, MMP_F32, K, 0, hb, MMP_BF16, K, 0, (float)beta, C2, N,
+                             0, MMP_BF16);
+      ok(rc == 0 && rc2 == 0 && memcmp(C1, C2, (size_t)(M * N) * sizeof(float)) == 0,
+         "compute bf16: vdpbf16ps and the rounding AVX-512 kernel agree bit for bit (linear M %lld N %lld K %lld beta "
+         "%d)",
+         (long long)M, (long long)N, (long long)K, beta);
+    }
+    free(A);
+    free(B);
+    free(hb);
+    free(C0);
+    free(C1);
+    free(C2);
+  }
+  static const int64_t convs[][7] = {/* N C H W O k pad */
+                                     {2, 3, 7, 9, 5, 3, 1}, {2, 17, 6, 5, 33, 1, 0}, {1, 16, 24, 24, 8, 1, 0},
+                                     {2, 40, 8, 8, 130, 3, 1}, {1, 40, 20, 20, 20, 3, 1}};
+  for (size_t s = 0; s < sizeof convs / sizeof convs[0]; ++s) {
+    const int64_t *v = convs[s];
+    int64_t OH = v[2] + 2 * v[6] - v[5] + 1, OW = v[3] + 2 * v[6] - v[5] + 1, ny = v[0] * v[4] * OH * OW;
+    uint16_t *hw = NULL;
+    float *x = rand_buf(v[0] * v[1] * v[2] * v[3]), *w = half_buf(v[4] * v[1] * v[5] * v[5], MMP_BF16, &hw);
+    float *bias = rand_buf(v[4]), *y1 = rand_buf(ny), *y2 = rand_buf(ny);
+    mmp_cpu_set_isa(MMP_CPU_ISA_AVX512_BF16);
+    int rc = mmp_cpu_conv2d_w(x, v[0], v[1], v[2], v[3], hw, MMP_BF16, v[4], v[5], v[5], bias, 1, 1, (int)v[6],
+                              (int)v[6], 1, 1, 1, y1, MMP_BF16);
+    mmp_cpu_set_isa(MMP_CPU_ISA_AVX512);
+    int rc2 = mmp_cpu_conv2d_w(x, v[0], v[1], v[2], v[3], hw, MMP_BF16, v[4], v[5], v[5], bias, 1, 1, (int)v[6],
+                               (int)v[6], 1, 1, 1, y2, MMP_BF16);
+    ok(rc == 0 && rc2 == 0 && memcmp(y1, y2, (size_t)ny * sizeof(float)) == 0,
+       "compute bf16: vdpbf16ps and the rounding AVX-512 kernel agree bit for bit (conv2d N%lld C%lld %lldx%lld "
+       "O%lld k%lld)",
+       (long long)v[0], (long long)v[1], (long long)v[2], (long long)v[3], (long long)v[4], (long long)v[5]);
+    free(x);
+    free(w);
+    free(hw);
+    free(bias);
+    free(y1);
+    free(y2);
+  }
 }
 
 /* --------------------------------------------------------- attention */
@@ -726,10 +820,10 @@ int main(void) {
   if (mmp_cpu_set_isa(MMP_CPU_ISA_AVX512_BF16) == MMP_CPU_ISA_AVX512_BF16) {
     mmp_cpu_set_openblas(0);
     path_name = "[avx512bf16]";
-    bf16_compute = true;
     test_half();
     test_sgemm(); /* f32 products keep the fp32 kernel */
-    bf16_compute = false;
+    test_conv2d();
+    test_bf16_paths_agree();
   } else {
     diag("no AVX512_BF16 on this CPU: the bf16 dot-product kernel is not tested");
   }

@@ -199,14 +199,16 @@ static void conv_worker(int64_t wi, void *user) {
 int mmp_cpu_conv2d(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, const float *w,
                    int64_t O, int64_t KH, int64_t KW, const float *bias, int sh, int sw, int ph,
                    int pw, int dh, int dw, int groups, float *y) {
-  return mmp_cpu_conv2d_w(x, N, C, H, W, w, MMP_F32, O, KH, KW, bias, sh, sw, ph, pw, dh, dw, groups, y);
+  return mmp_cpu_conv2d_w(x, N, C, H, W, w, MMP_F32, O, KH, KW, bias, sh, sw, ph, pw, dh, dw, groups, y, MMP_F32);
 }
 
 int mmp_cpu_conv2d_w(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, const void *w, int wdt,
                      int64_t O, int64_t KH, int64_t KW, const float *bias, int sh, int sw, int ph, int pw,
-                     int dh, int dw, int groups, float *y) {
+                     int dh, int dw, int groups, float *y, int cdt) {
   if (wdt != MMP_F32 && wdt != MMP_F16 && wdt != MMP_BF16)
     return mmp_error_set(MMP_EDTYPE, "conv2d: weight dtype %d (want f32, f16 or bf16)", wdt);
+  if (cdt != MMP_F32 && cdt != MMP_BF16)
+    return mmp_error_set(MMP_EDTYPE, "conv2d: compute dtype %d (want f32 or bf16)", cdt);
   if (N < 0 || C <= 0 || H <= 0 || W <= 0 || O <= 0 || KH <= 0 || KW <= 0)
     return mmp_error_set(MMP_EINVAL, "conv2d: bad sizes (C %lld, H %lld, W %lld, O %lld, kernel %lldx%lld)",
                          (long long)C, (long long)H, (long long)W, (long long)O, (long long)KH,
@@ -226,7 +228,7 @@ int mmp_cpu_conv2d_w(const float *x, int64_t N, int64_t C, int64_t H, int64_t W,
 
   conv_job_t j;
   memset(&j, 0, sizeof j);
-  j.g = mmp_gemm_kernel_for(wdt);
+  j.g = mmp_gemm_kernel_for(cdt);
   j.x = x;
   j.w = w;
   j.wdt = wdt;

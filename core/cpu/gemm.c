@@ -39,12 +39,15 @@ static int isa_best(void) {
 int mmp_cpu_set_isa(int isa) {
   int v;
   if (isa == MMP_CPU_ISA_AUTO) {
+    /* the bf16 dot products only serve products whose compute dtype is
+     * bf16 (asked for per weight), so the best ISA is the default; the
+     * variable only narrows the choice (tests, benchmarks) */
     const char *e = getenv("MMPIPE_CPU_ISA");
     v = isa_best();
-    /* bf16 dot products round the activations too: opt-in only (the
-     * compute dtype is asked for, never implied by the weights' dtype) */
-    if (v > MMP_CPU_ISA_AVX512 && !(e && strcmp(e, "avx512bf16") == 0)) v = MMP_CPU_ISA_AVX512;
-    if (e && strcmp(e, "generic") == 0) v = MMP_CPU_ISA_GENERIC;
+    if (e && strcmp(e, "generic") == 0)
+      v = MMP_CPU_ISA_GENERIC;
+    else if (e && strcmp(e, "avx512") == 0 && v > MMP_CPU_ISA_AVX512)
+      v = MMP_CPU_ISA_AVX512;
   } else {
     v = isa_supported(isa) ? isa : isa_best();
     if (v > isa) v = isa; /* never above what was asked */
@@ -92,12 +95,14 @@ const mmp_gemm_kernel_t *mmp_gemm_kernel(void) {
   return &mmp_gemm_kernel_generic;
 }
 
-const mmp_gemm_kernel_t *mmp_gemm_kernel_for(int wdt) {
+const mmp_gemm_kernel_t *mmp_gemm_kernel_for(int cdt) {
+  if (cdt != MMP_BF16) return mmp_gemm_kernel();
 #ifdef MMP_HAVE_X86_DISPATCH
-  if (wdt == MMP_BF16 && mmp_cpu_isa() == MMP_CPU_ISA_AVX512_BF16) return &mmp_gemm_kernel_avx512_bf16;
+  int isa = mmp_cpu_isa();
+  if (isa == MMP_CPU_ISA_AVX512_BF16) return &mmp_gemm_kernel_avx512_bf16;
+  if (isa >= MMP_CPU_ISA_AVX512) return &mmp_gemm_kernel_avx512_bf16round;
 #endif
-  (void)wdt;
-  return mmp_gemm_kernel();
+  return &mmp_gemm_kernel_generic_bf16round;
 }
 
 float *mmp_cpu_alloc(int64_t nfloats) {
@@ -326,6 +331,40 @@ const mmp_gemm_kernel_t mmp_gemm_kernel_generic = {
     "generic", GMR, GNR, 256, 96, 0, ukr_generic, pack_a_generic, pack_b_generic,
     pack_a_h_generic, pack_b_h_generic, NULL};
 
+/* fp32 -> bf16 -> fp32 as vcvtneps2bf16 rounds: to nearest even (overflow
+ * to inf), an fp32 denormal to a signed zero, NaN stays a quiet NaN */
+static inline float round_bf16(float f) {
+  uint32_t x;
+  memcpy(&x, &f, 4);
+  uint32_t ax = x & 0x7fffffffu;
+  if (ax > 0x7f800000u)
+    x = (x | 0x00400000u) & 0xffff0000u;
+  else if (ax < 0x00800000u)
+    x &= 0x80000000u;
+  else
+    x = (x + 0x7fffu + ((x >> 16) & 1u)) & 0xffff0000u;
+  memcpy(&f, &x, 4);
+  return f;
+}
+
+void mmp_gemm_round_bf16(float *panel, int64_t kc, int w) {
+  for (int64_t k = 0; k + 1 < kc; k += 2) {
+    float *r0 = panel + k * w, *r1 = r0 + w;
+    for (int j = 0; j < w; ++j) {
+      float t = round_bf16(r0[j]);
+      r0[j] = round_bf16(r1[j]);
+      r1[j] = t;
+    }
+  }
+  if (kc & 1)
+    for (int j = 0; j < w; ++j) panel[(kc - 1) * w + j] = round_bf16(panel[(kc - 1) * w + j]);
+}
+
+/* the bf16 compute path on the portable kernel */
+const mmp_gemm_kernel_t mmp_gemm_kernel_generic_bf16round = {
+    "generic+bf16-round", GMR, GNR, 256, 96, 0, ukr_generic, pack_a_generic, pack_b_generic,
+    pack_a_h_generic, pack_b_h_generic, mmp_gemm_round_bf16};
+
 /* ------------------------------------------------------ macro level */
 
 void mmp_gemm_macro(const mmp_gemm_kernel_t *g, int64_t mc, int64_t nc, int64_t kc,
@@ -545,16 +584,18 @@ int mmp_cpu_sgemm(int64_t batch, bool trans_a, bool trans_b, int64_t M, int64_t 
                   int64_t ldb, int64_t stride_b, float beta, float *C, int64_t ldc,
                   int64_t stride_c) {
   return mmp_cpu_gemm(batch, trans_a, trans_b, M, N, K, alpha, A, MMP_F32, lda, stride_a, B, MMP_F32, ldb,
-                      stride_b, beta, C, ldc, stride_c);
+                      stride_b, beta, C, ldc, stride_c, MMP_F32);
 }
 
 static bool gemm_dtype_ok(int dt) { return dt == MMP_F32 || dt == MMP_F16 || dt == MMP_BF16; }
 
 int mmp_cpu_gemm(int64_t batch, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                  const void *A, int adt, int64_t lda, int64_t stride_a, const void *B, int bdt, int64_t ldb,
-                 int64_t stride_b, float beta, float *C, int64_t ldc, int64_t stride_c) {
+                 int64_t stride_b, float beta, float *C, int64_t ldc, int64_t stride_c, int cdt) {
   if (!gemm_dtype_ok(adt) || !gemm_dtype_ok(bdt))
     return mmp_error_set(MMP_EDTYPE, "sgemm: operand dtypes %d and %d (want f32, f16 or bf16)", adt, bdt);
+  if (cdt != MMP_F32 && cdt != MMP_BF16)
+    return mmp_error_set(MMP_EDTYPE, "sgemm: compute dtype %d (want f32 or bf16)", cdt);
   if (batch < 0 || M < 0 || N < 0 || K < 0)
     return mmp_error_set(MMP_EINVAL, "sgemm: negative size (batch %lld, M %lld, N %lld, K %lld)",
                          (long long)batch, (long long)M, (long long)N, (long long)K);
@@ -571,7 +612,7 @@ int mmp_cpu_gemm(int64_t batch, bool trans_a, bool trans_b, int64_t M, int64_t N
 #ifdef HAVE_OPENBLAS
   int bm = blas_mode();
   /* OpenBLAS has no mixed-precision sgemm: half operands take the built-in kernels */
-  if (K > 0 && adt == MMP_F32 && bdt == MMP_F32 && (bm == 1 || (bm == 2 && isa < MMP_CPU_ISA_AVX512))) {
+  if (K > 0 && adt == MMP_F32 && bdt == MMP_F32 && cdt == MMP_F32 && (bm == 1 || (bm == 2 && isa < MMP_CPU_ISA_AVX512))) {
     for (int64_t b = 0; b < batch; ++b)
       cblas_sgemm(CblasRowMajor, trans_a ? CblasTrans : CblasNoTrans,
                   trans_b ? CblasTrans : CblasNoTrans, (int)M, (int)N, (int)K, alpha,
@@ -583,7 +624,7 @@ int mmp_cpu_gemm(int64_t batch, bool trans_a, bool trans_b, int64_t M, int64_t N
   (void)isa;
   sgemm_job_t j;
   memset(&j, 0, sizeof j);
-  j.g = mmp_gemm_kernel_for(adt == MMP_BF16 || bdt == MMP_BF16 ? MMP_BF16 : MMP_F32);
+  j.g = mmp_gemm_kernel_for(cdt);
   j.ta = trans_a;
   j.tb = trans_b;
   j.M = M;

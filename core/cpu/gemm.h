@@ -42,24 +42,38 @@ typedef struct mmp_gemm_kernel {
                    int64_t k0, int64_t kc, float alpha, float *ap);
   void (*pack_b_h)(const uint16_t *B, int dt, int64_t ldb, bool trans, int64_t k0, int64_t kc,
                    int64_t j0, int64_t nc, float *bp);
-  /* NULL, or (the AVX-512-BF16 kernel) run on every packed panel after its
-   * packer: the panel of @w values per k (w = mr or nr, kc rows of fp32) is
-   * rewritten in place as ceil(kc/2) rows of w bf16 pairs (k even in the
-   * low half, k odd in the high half; a missing last k is 0), the operand
-   * layout of vdpbf16ps. Panels keep their fp32 stride (mr*kc, nr*kc). */
+  /* NULL (fp32 products), or the bf16 compute path (compute dtype bf16): run
+   * on every packed panel after its packer, rounding both operands to bf16
+   * (round to nearest even, as vcvtneps2bf16: an fp32 denormal becomes a
+   * signed zero). The AVX-512-BF16 kernel's rewrites the panel of @w values
+   * per k (w = mr or nr, kc rows of fp32) in place as ceil(kc/2) rows of w
+   * bf16 pairs (k even in the low half, k odd in the high half; a missing
+   * last k is 0), the operand layout of vdpbf16ps; panels keep their fp32
+   * stride (mr*kc, nr*kc). The fp32 kernels' (mmp_gemm_round_bf16) keeps
+   * fp32 rows, rounded, with rows 2p and 2p+1 swapped: the fp32 kernel then
+   * adds the products in vdpbf16ps's order (odd k, then even k), each
+   * product exact in fp32. */
   void (*squeeze)(float *panel, int64_t kc, int w);
 } mmp_gemm_kernel_t;
 
 /* The kernel for the ISA in use (see mmp_cpu_isa()): fp32 arithmetic. */
 const mmp_gemm_kernel_t *mmp_gemm_kernel(void);
-/* The kernel for a product with weights of dtype @wdt: the AVX-512-BF16
- * kernel (bf16 dot products, fp32 accumulation; both operands rounded to
- * bf16 while packing) for bf16 weights when the ISA in use is
- * MMP_CPU_ISA_AVX512_BF16, else mmp_gemm_kernel(). */
-const mmp_gemm_kernel_t *mmp_gemm_kernel_for(int wdt);
+/* The kernel for a product in compute dtype @cdt: mmp_gemm_kernel() for
+ * MMP_F32; for MMP_BF16 (both operands rounded to bf16 while packing, fp32
+ * accumulation) the AVX-512-BF16 kernel (vdpbf16ps) when the ISA in use is
+ * MMP_CPU_ISA_AVX512_BF16, else the ISA's fp32 kernel with
+ * mmp_gemm_round_bf16 as its squeeze: the same roundings and the same order
+ * of fp32 additions, so the AVX-512 kernels agree bit for bit (up to
+ * vdpbf16ps flushing results below 2^-126 to zero) and the portable one up
+ * to its K blocking. */
+const mmp_gemm_kernel_t *mmp_gemm_kernel_for(int cdt);
+/* The squeeze of the fp32 kernels' bf16 compute path (see the member). */
+void mmp_gemm_round_bf16(float *panel, int64_t kc, int w);
 extern const mmp_gemm_kernel_t mmp_gemm_kernel_generic;
+extern const mmp_gemm_kernel_t mmp_gemm_kernel_generic_bf16round;
 #ifdef MMP_HAVE_X86_DISPATCH
 extern const mmp_gemm_kernel_t mmp_gemm_kernel_avx512;
+extern const mmp_gemm_kernel_t mmp_gemm_kernel_avx512_bf16round;
 extern const mmp_gemm_kernel_t mmp_gemm_kernel_avx512_bf16;
 #endif
 

@@ -336,6 +336,10 @@ AVX512 static void pack_b_h_avx512(const uint16_t *B, int dt, int64_t ldb, bool 
 const mmp_gemm_kernel_t mmp_gemm_kernel_avx512 = {
     "avx512-14x32", MR, NR, MMP_AVX512_KC, MMP_AVX512_MC, MMP_AVX512_KC_NARROW, ukr_14x32, pack_a_avx512, pack_b_avx512,
     pack_a_h_avx512, pack_b_h_avx512, NULL};
+/* the bf16 compute path without AVX512_BF16 (or with MMPIPE_CPU_ISA=avx512) */
+const mmp_gemm_kernel_t mmp_gemm_kernel_avx512_bf16round = {
+    "avx512-14x32+bf16-round", MR, NR, MMP_AVX512_KC, MMP_AVX512_MC, MMP_AVX512_KC_NARROW, ukr_14x32, pack_a_avx512,
+    pack_b_avx512, pack_a_h_avx512, pack_b_h_avx512, mmp_gemm_round_bf16};
 
 /* The AVX-512-BF16 kernel: the same 14 x 32 tile and loop, over panels of
  * bf16 pairs (see the squeeze member of mmp_gemm_kernel_t): each step

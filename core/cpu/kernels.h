@@ -23,11 +23,14 @@ void mmp_cpu_parallel_for(int64_t n, void (*fn)(int64_t i, void *user), void *us
 
 /* ---- instruction set and BLAS selection (added by the kernels work) ----
  * The kernels pick the best code path for the CPU at run time. Tests and
- * benchmarks can force the portable path: MMPIPE_CPU_ISA=generic in the
- * environment, or mmp_cpu_set_isa(MMP_CPU_ISA_GENERIC). MMPIPE_CPU_ISA=avx512bf16
- * or mmp_cpu_set_isa(MMP_CPU_ISA_AVX512_BF16) opts in to the BF16 dot products
- * (GEMMs with bf16 weights multiply bf16 pairs, vdpbf16ps); never automatic. Both return the ISA in
- * effect (never one the CPU lacks, never above the one asked for). */
+ * benchmarks can narrow the choice: MMPIPE_CPU_ISA=generic (the portable
+ * path) or MMPIPE_CPU_ISA=avx512 (AVX-512 without the BF16 dot products) in
+ * the environment, or mmp_cpu_set_isa(). The ISA only selects kernels: what
+ * a product computes is set per call by its compute dtype (mmp_cpu_gemm's
+ * @cdt; for layers, the weight's, mmp_tensor_set_compute_dtype()), and the
+ * bf16 compute dtype rounds the same way on every path (core/cpu/gemm.h,
+ * mmp_gemm_kernel_for). Both return the ISA in effect (never one the CPU
+ * lacks, never above the one asked for). */
 enum { MMP_CPU_ISA_AUTO = -1, MMP_CPU_ISA_GENERIC = 0, MMP_CPU_ISA_AVX512 = 1, MMP_CPU_ISA_AVX512_BF16 = 2 };
 int mmp_cpu_set_isa(int isa);
 int mmp_cpu_isa(void);
@@ -50,12 +53,14 @@ int mmp_cpu_sgemm(int64_t batch, bool trans_a, bool trans_b, int64_t M,
 /* The same with operands in any float storage: @adt / @bdt are MMP_F32,
  * MMP_F16 or MMP_BF16 (mmp_dtype_t values) and A / B point at elements of
  * that type. Half-precision operands (weights) are converted to fp32 while
- * their panels are packed; the products accumulate in fp32 (or, on the
- * AVX-512-BF16 path, multiply bf16 pairs into fp32 accumulators: see
- * doc/performance.md). MMP_EDTYPE for other dtypes. */
+ * their panels are packed. @cdt is the compute dtype: MMP_F32 (fp32
+ * products and sums), or MMP_BF16: both operands rounded to bf16 (nearest
+ * even) while packing, the products (exact in fp32) summed in fp32; the
+ * vdpbf16ps kernel where the CPU has AVX512_BF16, the same roundings on
+ * the other paths (core/cpu/gemm.h). MMP_EDTYPE for other dtypes. */
 int mmp_cpu_gemm(int64_t batch, bool trans_a, bool trans_b, int64_t M, int64_t N, int64_t K, float alpha,
                  const void *A, int adt, int64_t lda, int64_t stride_a, const void *B, int bdt, int64_t ldb,
-                 int64_t stride_b, float beta, float *C, int64_t ldc, int64_t stride_c);
+                 int64_t stride_b, float beta, float *C, int64_t ldc, int64_t stride_c, int cdt);
 
 /* ---- conv2d ---- x[N,C,H,W], w[O,C/groups,KH,KW], bias[O] or NULL,
  * y[N,O,OH,OW] with OH = (H + 2ph - dh*(KH-1) - 1)/sh + 1. */
@@ -63,10 +68,12 @@ int mmp_cpu_conv2d(const float *x, int64_t N, int64_t C, int64_t H, int64_t W,
                    const float *w, int64_t O, int64_t KH, int64_t KW,
                    const float *bias, int sh, int sw, int ph, int pw, int dh,
                    int dw, int groups, float *y);
-/* The same with weights @w in @wdt storage (MMP_F32, MMP_F16, MMP_BF16). */
+/* The same with weights @w in @wdt storage (MMP_F32, MMP_F16, MMP_BF16)
+ * and the products in compute dtype @cdt (MMP_F32 or MMP_BF16, as
+ * mmp_cpu_gemm's). */
 int mmp_cpu_conv2d_w(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, const void *w, int wdt,
                      int64_t O, int64_t KH, int64_t KW, const float *bias, int sh, int sw, int ph, int pw,
-                     int dh, int dw, int groups, float *y);
+                     int dh, int dw, int groups, float *y, int cdt);
 
 /* ---- normalisation ---- */
 /* x viewed as [N, C, S] (S = spatial size); groups divide C. */

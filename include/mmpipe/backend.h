@@ -73,9 +73,13 @@ typedef enum mmp_op {
                         broadcast to dst's; any strides (a transposed view
                         is read without copying) */
   MMP_OP_LINEAR,     /* src0 contiguous [rows, in], src1 contiguous [out, in],
-                        src2 (nullable) contiguous [out] -> dst [rows, out] */
+                        src2 (nullable) contiguous [out] -> dst [rows, out];
+                        i[0] = compute dtype (MMP_F32, or MMP_BF16: see
+                        mmp_tensor_set_compute_dtype; a backend may compute
+                        in fp32 instead) */
   MMP_OP_CONV2D,     /* src0 x, src1 w, src2 bias (nullable), all contiguous;
-                        i[0..7] = sh, sw, ph, pw, dh, dw, groups */
+                        i[0..6] = sh, sw, ph, pw, dh, dw, groups; i[7] =
+                        compute dtype (as for MMP_OP_LINEAR) */
   MMP_OP_GROUP_NORM, /* src0 contiguous [N, C, ...]; src1/src2 (nullable)
                         [C]; i[0] = groups; f[0] = eps */
   MMP_OP_LAYER_NORM, /* over the last dim; src1/src2 nullable; f[0] = eps */

@@ -113,6 +113,19 @@ int mmp_tensor_to_host(const mmp_tensor_t *t, void *dst, size_t nbytes);
 /* Read one element as double (slow; for tests and small tensors). */
 double mmp_tensor_get(const mmp_tensor_t *t, const int64_t *index);
 
+/* ---- compute dtype (of a layer's weight) ----
+ * What the products of mmp_linear / mmp_conv2d with the weight @t are
+ * computed in: MMP_F32 (the default: fp32 products and sums, whatever the
+ * weight's storage) or MMP_BF16 (the layer's input and the weight rounded to
+ * bf16, nearest even; the products summed in fp32: the AVX-512-BF16 dot
+ * products where the CPU has them, the same roundings elsewhere). The CPU
+ * backend honours it; CUDA computes in fp32 (doc/tensor.md). Views taken
+ * from @t afterwards carry the setting; copies and conversions do not.
+ * Weight loaders set it from a component's `compute_dtype`. Returns 0, or
+ * MMP_EDTYPE for another dtype (or a NULL / non-float @t). */
+int mmp_tensor_set_compute_dtype(mmp_tensor_t *t, mmp_dtype_t cdt);
+mmp_dtype_t mmp_tensor_compute_dtype(const mmp_tensor_t *t); /* MMP_F32 for NULL */
+
 /* ---- views (no copy; transfer full of a new header sharing storage) ---- */
 mmp_tensor_t *mmp_reshape(mmp_tensor_t *t, int ndim, const int64_t *shape); /* -1 infers one dim; copies if not viewable */
 mmp_tensor_t *mmp_permute(mmp_tensor_t *t, const int *perm);

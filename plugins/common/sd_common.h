@@ -79,14 +79,22 @@ int sd_locate_part(const mmp_config_t *cfg, sd_part_t part, char *config_path,
    ">= 0: seeded random weights instead of a file (pipeline init-weights, benchmarks)", 0, 0},       \
   SD_WEIGHTS_DTYPE_KEY
 
-/* The storage of the weights of linear and conv2d layers: "f32", "f16" or
- * "bf16" ("": f32, converted at load, as diffusers and transformers load a
- * half-precision file by default). Norms, biases and embedding tables stay
- * f32. doc/tensor.md. */
+/* The storage of the weights of linear and conv2d layers: "f32", "f16",
+ * "bf16", or "file" (f16/bf16 as the file stores them, no conversion; f32
+ * stays f32); "" is f32, converted at load, as diffusers and transformers
+ * load a half-precision file by default. Norms, biases and embedding tables
+ * stay f32. And the dtype their products are computed in: "f32", or
+ * "bf16" (the layer's input and weight rounded to bf16, fp32 sums; the
+ * AVX-512-BF16 dot products where the CPU has them). doc/tensor.md. */
 #define SD_WEIGHTS_DTYPE_KEY                                                                       \
   {"weights_dtype", MMP_TYPE_STRING, "\"\"",                                                     \
-   "storage of the linear/conv weights: \"f32\", \"f16\" or \"bf16\" (\"\": f32, converted at load, as " \
-   "diffusers and transformers do); norms, biases, embeddings stay f32", 0, 0}
+   "storage of the linear/conv weights: \"f32\", \"f16\", \"bf16\" or \"file\" (as stored: f16/bf16 kept, " \
+   "no conversion) (\"\": f32, converted at load, as diffusers and transformers do); norms, biases, "  \
+   "embeddings stay f32", 0, 0},                                                                   \
+  {"compute_dtype", MMP_TYPE_STRING, "\"\"",                                                     \
+   "what the linear/conv products are computed in: \"f32\" (\"\") or \"bf16\" (input and weight "    \
+   "rounded to bf16, fp32 sums; the AVX-512-BF16 dot products where the CPU has them; CPU backend "  \
+   "only)", 0, 0}
 
 /* ---- weights ---- */
 typedef struct sd_weights sd_weights_t;
@@ -121,14 +129,11 @@ mmp_tensormap_t *sd_weights_take_collected(sd_weights_t *w);
 mmp_tensor_t *sd_w(sd_weights_t *w, int ndim, const int64_t *shape,
                    const char *fmt, ...) __attribute__((format(printf, 4, 5)));
 /* The same for the weight of a linear or conv2d layer: stored in the
- * store's weights dtype (sd_weights_set_dtype), read without conversion
- * when the file holds that dtype. (transfer full) */
+ * store's weights dtype (f32 unless the group's `weights_dtype` says
+ * otherwise, sd_weights_for), read without conversion when the file holds
+ * that dtype, and marked with the group's `compute_dtype`. (transfer full) */
 mmp_tensor_t *sd_w_mat(sd_weights_t *w, int ndim, const int64_t *shape,
                        const char *fmt, ...) __attribute__((format(printf, 4, 5)));
-/* The dtype of the weights sd_w_mat() hands out: MMP_F32, MMP_F16,
- * MMP_BF16, or MMP_DTYPE_COUNT (the default: f16/bf16 as the file stores
- * them, anything else as f32). */
-void sd_weights_set_dtype(sd_weights_t *w, mmp_dtype_t dt);
 /* Training: every weight handed out from now on is an owned, writable f32
  * copy (never a read-only mapping of the file, never half precision), which
  * an optimizer may update in place. sd_weights_for() sets it from the
@@ -166,8 +171,9 @@ bool sd_weights_is_single_file(sd_weights_t *w);
 /* The weight store of a component group: seeded random weights when the
  * group's `init_seed` is >= 0, else the file at @wpath, its names read
  * under the group's `weights_prefix` (when set); the group's
- * `weights_dtype` (SD_WEIGHTS_DTYPE_KEY) sets the dtype of sd_w_mat(). An
- * unknown dtype is MMP_ECONFIG naming the file and line. */
+ * `weights_dtype` and `compute_dtype` (SD_WEIGHTS_DTYPE_KEY) set the dtype
+ * of sd_w_mat()'s weights and of their products. An unknown dtype is
+ * MMP_ECONFIG naming the file and line. */
 sd_weights_t *sd_weights_for(const mmp_config_t *cfg, const char *wpath, const sd_ldm_map_t *map,
                              mmp_backend_t *be);
 /* Copy the references of @state into @out (the "state_dict" method). */

@@ -209,28 +209,40 @@ int sd_locate_part(const mmp_config_t *cfg, sd_part_t part, char *config_path,
   return 0;
 }
 
+static void set_dtypes(sd_weights_t *w, mmp_dtype_t mat, mmp_dtype_t compute);
+
+/* @key's value among @names (NULL-terminated; "" is the first), its index
+ * in *@out; a config error naming the file and line otherwise */
+static int dtype_key(const mmp_config_t *cfg, const char *key, const char *const *names, const char *choices,
+                     int *out) {
+  const char *v = NULL;
+  if (mmp_config_get_string(cfg, key, &v) < 0) v = NULL;
+  mmp_error_clear();
+  *out = 0;
+  if (!v || !*v) return 0;
+  for (int i = 0; names[i]; i++)
+    if (strcmp(v, names[i]) == 0) {
+      *out = i;
+      return 0;
+    }
+  char fmt[256];
+  snprintf(fmt, sizeof fmt, "\"%%s\" is not one of %s", choices);
+  return key_error(cfg, key, fmt, v);
+}
+
 sd_weights_t *sd_weights_for(const mmp_config_t *cfg, const char *wpath, const sd_ldm_map_t *map,
                              mmp_backend_t *be) {
-  const char *wdt = NULL;
-  mmp_dtype_t dt = MMP_DTYPE_COUNT;
-  if (mmp_config_get_string(cfg, "weights_dtype", &wdt) < 0) wdt = NULL;
-  mmp_error_clear();
-  if (wdt && *wdt) {
-    if (strcmp(wdt, "f32") == 0)
-      dt = MMP_F32;
-    else if (strcmp(wdt, "f16") == 0)
-      dt = MMP_F16;
-    else if (strcmp(wdt, "bf16") == 0)
-      dt = MMP_BF16;
-    else {
-      key_error(cfg, "weights_dtype", "\"%s\" is not one of \"f32\", \"f16\", \"bf16\"", wdt);
-      return NULL;
-    }
-  }
   /* the default is f32, converted at load, as diffusers and transformers
    * load a half-precision file by default (the parity fixtures' setting);
-   * half-precision weights are asked for by name (doc/tensor.md) */
-  if (dt == MMP_DTYPE_COUNT) dt = MMP_F32;
+   * half-precision weights are asked for by name, or "file": as stored
+   * (doc/tensor.md) */
+  static const char *const wnames[] = {"f32", "f16", "bf16", "file", NULL};
+  static const mmp_dtype_t wdts[] = {MMP_F32, MMP_F16, MMP_BF16, MMP_DTYPE_COUNT};
+  static const char *const cnames[] = {"f32", "bf16", NULL};
+  int wi, ci;
+  if (dtype_key(cfg, "weights_dtype", wnames, "\"f32\", \"f16\", \"bf16\", \"file\"", &wi) < 0 ||
+      dtype_key(cfg, "compute_dtype", cnames, "\"f32\", \"bf16\"", &ci) < 0)
+    return NULL;
   int64_t seed = -1;
   if (mmp_config_get_int(cfg, "init_seed", &seed) < 0) seed = -1;
   mmp_error_clear();
@@ -244,14 +256,15 @@ sd_weights_t *sd_weights_for(const mmp_config_t *cfg, const char *wpath, const s
     w = sd_weights_open(wpath, prefix, map, be);
   }
   if (!w) return NULL;
-  sd_weights_set_dtype(w, dt);
+  set_dtypes(w, wdts[wi], ci == 1 ? MMP_BF16 : MMP_F32);
   /* `trainable` is declared only by the plugins that can be trained */
   bool trainable = false;
   if (mmp_config_get_bool(cfg, "trainable", &trainable) < 0) trainable = false;
   mmp_error_clear();
   if (trainable) {
-    if (dt != MMP_F32) {
-      key_error(cfg, "weights_dtype", "%s", "trainable weights are f32: leave weights_dtype unset or \"f32\"");
+    if (wdts[wi] != MMP_F32 || ci != 0) {
+      key_error(cfg, wdts[wi] != MMP_F32 ? "weights_dtype" : "compute_dtype", "%s",
+                "trainable weights are f32: leave weights_dtype and compute_dtype unset or \"f32\"");
       sd_weights_free(w);
       return NULL;
     }
@@ -436,7 +449,9 @@ struct sd_weights {
   char *prefix;                /* prepended to every name (nullable) */
   char **scope;                /* finish() checks only names under these */
   size_t nscope;
-  mmp_dtype_t mat_dtype;       /* of sd_w_mat(); MMP_DTYPE_COUNT: the file's (f16/bf16) or f32 */
+  mmp_dtype_t mat_dtype;       /* of sd_w_mat(): f32, f16, bf16, or MMP_DTYPE_COUNT: as the file
+                                * stores it (f16/bf16; anything else f32) */
+  mmp_dtype_t compute_dtype;   /* of sd_w_mat()'s weights (mmp_tensor_set_compute_dtype) */
   bool trainable;              /* every weight an owned, writable f32 copy */
 };
 
@@ -508,7 +523,8 @@ sd_weights_t *sd_weights_open(const char *path, const char *prefix, const sd_ldm
     return NULL;
   }
   w->path = strdup(path);
-  w->mat_dtype = MMP_DTYPE_COUNT;
+  w->mat_dtype = MMP_F32;
+  w->compute_dtype = MMP_F32;
   w->st = st;
   w->ck = ck;
   w->src_open = true;
@@ -554,7 +570,8 @@ sd_weights_t *sd_weights_random(const sd_ldm_map_t *map, mmp_backend_t *be, uint
     return NULL;
   }
   w->path = strdup("(random)");
-  w->mat_dtype = MMP_DTYPE_COUNT;
+  w->mat_dtype = MMP_F32;
+  w->compute_dtype = MMP_F32;
   w->be = be;
   w->map = *map;
   w->rng = mmp_rng_new(seed, MMP_RNG_PHILOX);
@@ -663,11 +680,13 @@ int sd_w_info(sd_weights_t *w, const char *name, int *ndim, int64_t *shape) {
 
 void sd_weights_set_trainable(sd_weights_t *w, bool on) { w->trainable = on; }
 
-void sd_weights_set_dtype(sd_weights_t *w, mmp_dtype_t dt) {
-  w->mat_dtype = dt == MMP_F32 || dt == MMP_F16 || dt == MMP_BF16 ? dt : MMP_DTYPE_COUNT;
+static void set_dtypes(sd_weights_t *w, mmp_dtype_t mat, mmp_dtype_t compute) {
+  w->mat_dtype = mat;
+  w->compute_dtype = compute;
 }
 
-/* @mat: a linear/conv2d weight, kept in the store's weights dtype (else f32) */
+/* @mat: a linear/conv2d weight, kept in the store's weights dtype and
+ * marked with its compute dtype */
 static mmp_tensor_t *get_weight(sd_weights_t *w, bool mat, int ndim, const int64_t *shape, const char *name);
 
 mmp_tensor_t *sd_w(sd_weights_t *w, int ndim, const int64_t *shape, const char *fmt, ...) {
@@ -692,8 +711,11 @@ static mmp_tensor_t *get_weight(sd_weights_t *w, bool mat, int ndim, const int64
   char stored[512], es[128], fs[128];
   if (!w->src_open) {
     mmp_tensor_t *r = random_weight(w, name, ndim, shape);
+    /* random weights are f32: "file" keeps them so */
     if (r && mat && !w->trainable && w->mat_dtype != MMP_DTYPE_COUNT && w->mat_dtype != MMP_F32)
       r = sd_swap(r, mmp_convert(r, w->mat_dtype));
+    if (r && mat && w->compute_dtype != MMP_F32 && mmp_tensor_set_compute_dtype(r, w->compute_dtype) < 0)
+      r = sd_swap(r, NULL);
     if (!r && w->nproblems == 0) add_problem(w, "random init: %s: %s", name, mmp_error_last());
     collect(w, name, r);
     return r;
@@ -742,6 +764,10 @@ static mmp_tensor_t *get_weight(sd_weights_t *w, bool mat, int ndim, const int64
     for (int i = 0; i < ndim; i++) s[i] = shape[i] >= 0 ? shape[i] : fsh[i];
     t = sd_swap(t, mmp_reshape(t, ndim, s));
     if (!t) add_problem(w, "reshape: %s: %s", stored, mmp_error_last());
+  }
+  if (t && mat && w->compute_dtype != MMP_F32 && mmp_tensor_set_compute_dtype(t, w->compute_dtype) < 0) {
+    add_problem(w, "compute dtype: %s: %s", stored, mmp_error_last());
+    t = sd_swap(t, NULL);
   }
   collect(w, name, t);
   return t;
