@@ -307,8 +307,9 @@ mmp_tensor_t *mmp_linear(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp
 
 /* --------------------------------------------------------------- nn ops */
 
-mmp_tensor_t *mmp_conv2d(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp_tensor_t *bias, int stride_h,
-                         int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups) {
+/* @act: 0, or MMP_OP_RELU fused as the epilogue (params i[7]) */
+static mmp_tensor_t *conv2d_op(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp_tensor_t *bias, int stride_h,
+                               int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups, int act) {
   if (!x || !w) return NULL;
   const mmp_tensor_t *ts[3] = {x, w, bias};
   mmp_backend_t *be = common_backend("conv2d", 3, ts);
@@ -337,7 +338,7 @@ mmp_tensor_t *mmp_conv2d(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp
   mmp_tensor_t *bc = bias ? mmp_contiguous((mmp_tensor_t *)bias) : NULL, *r = NULL;
   if (xc && wc && (!bias || bc)) {
     int64_t so[4] = {x->shape[0], w->shape[0], OH, OW};
-    mmp_op_params_t p = {{0}, {stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups}};
+    mmp_op_params_t p = {{0}, {stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, act}};
     const mmp_tensor_t *srcs[3] = {xc, wc, bc};
     mmp_tensor_t *y = mmp_tensor_new(be, MMP_F32, 4, so), *wu = y ? weight_for(be, MMP_OP_CONV2D, srcs, bias ? 3 : 2, y, wc) : NULL;
     srcs[1] = wu;
@@ -351,6 +352,16 @@ mmp_tensor_t *mmp_conv2d(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp
   mmp_tensor_unref(wc);
   mmp_tensor_unref(bc);
   return r;
+}
+
+mmp_tensor_t *mmp_conv2d(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp_tensor_t *bias, int stride_h,
+                         int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups) {
+  return conv2d_op(x, w, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, 0);
+}
+
+mmp_tensor_t *mmp_conv2d_relu(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp_tensor_t *bias, int stride_h,
+                              int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups) {
+  return conv2d_op(x, w, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, MMP_OP_RELU);
 }
 
 static mmp_tensor_t *norm_op(mmp_op_t op, const mmp_tensor_t *x, int groups, const mmp_tensor_t *weight,

@@ -75,7 +75,8 @@ typedef enum mmp_op {
   MMP_OP_LINEAR,     /* src0 contiguous [rows, in], src1 contiguous [out, in],
                         src2 (nullable) contiguous [out] -> dst [rows, out] */
   MMP_OP_CONV2D,     /* src0 x, src1 w, src2 bias (nullable), all contiguous;
-                        i[0..7] = sh, sw, ph, pw, dh, dw, groups */
+                        i[0..6] = sh, sw, ph, pw, dh, dw, groups;
+                        i[7] = 0, or MMP_OP_RELU: relu(y) fused */
   MMP_OP_GROUP_NORM, /* src0 contiguous [N, C, ...]; src1/src2 (nullable)
                         [C]; i[0] = groups; f[0] = eps */
   MMP_OP_LAYER_NORM, /* over the last dim; src1/src2 nullable; f[0] = eps */
