@@ -716,7 +716,7 @@ static void pool_range(int64_t s0, int64_t e0, void *user) {
   pool_ctx_t *c = user;
   /* the separable kernel (core/cpu/pool2d.c); the direct loop below only
    * where its scratch rows cannot be had */
-  float *rows = c->p <= c->k / 2 ? malloc((size_t)mmp_cpu_pool2d_scratch(c->H, c->OW) * sizeof *rows) : NULL;
+  float *rows = c->p <= c->k / 2 ? malloc((size_t)mmp_cpu_pool2d_scratch(c->H, c->W, c->OW) * sizeof *rows) : NULL;
   if (rows) {
     mmp_cpu_pool2d(c->x + s0 * c->H * c->W, c->y + s0 * c->OH * c->OW, e0 - s0, c->H, c->W, c->OH, c->OW, c->k,
                    c->s, c->p, c->is_max, c->exclude_pad, rows);

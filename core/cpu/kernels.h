@@ -91,8 +91,8 @@ int mmp_cpu_softmax(const float *x, int64_t rows, int64_t D, float *y);
 /* Average (is_max false) or max pooling of @planes [H, W] planes into
  * [OH, OW] ones: window k, stride s, padding p (at most k/2); the average
  * divides by k*k, or with exclude_pad by the in-image count. @scratch holds
- * mmp_cpu_pool2d_scratch(H, OW) floats. Serial (the caller splits planes). */
-int64_t mmp_cpu_pool2d_scratch(int64_t H, int64_t OW);
+ * mmp_cpu_pool2d_scratch(H, W, OW) floats. Serial (the caller splits planes). */
+int64_t mmp_cpu_pool2d_scratch(int64_t H, int64_t W, int64_t OW);
 void mmp_cpu_pool2d(const float *x, float *y, int64_t planes, int64_t H, int64_t W, int64_t OH, int64_t OW, int k,
                     int s, int p, bool is_max, bool exclude_pad, float *scratch);
 

@@ -19,7 +19,10 @@
 #define BODY static inline MMP_ALWAYS_INLINE
 
 /* NaN-propagating max: once a NaN is taken it stays */
-BODY float pmax(float a, float v) { return (v > a || v != v) ? v : a; }
+BODY float pmax(float a, float v) {
+  float m = v > a ? v : a; /* two selects (no branch) so the blocks vectorise */
+  return v != v ? v : m;
+}
 
 /* rows of one input row @xr over the window columns, output columns
  * [lo, hi) whose windows lie inside the row; @s is a literal at the call
@@ -45,16 +48,29 @@ BODY void row_inner_body(const float *xr, float *hr, int64_t lo, int64_t hi, int
   }
 }
 
-BODY void row_inner_s_body(const float *xr, float *hr, int64_t lo, int64_t hi, int k, int s, int p, bool is_max) {
-  if (s == 1)
-    row_inner_body(xr, hr, lo, hi, k, 1, p, is_max);
-  else if (s == 2)
-    row_inner_body(xr, hr, lo, hi, k, 2, p, is_max);
+/* Strided windows: every window start of stride 1 over the span the
+ * strided ones cover (vectorised), then every s-th of them into @hr
+ * (gathers of stride 2 do not vectorise). @tmp holds W floats. */
+BODY void row_inner_s_body(const float *xr, float *hr, int64_t lo, int64_t hi, int k, int s, int p, bool is_max,
+                           float *tmp) {
+  if (lo >= hi) return;
+  if (s == 1) {
+    if (k == 3)
+      row_inner_body(xr, hr, lo, hi, 3, 1, p, is_max);
+    else
+      row_inner_body(xr, hr, lo, hi, k, 1, p, is_max);
+    return;
+  }
+  int64_t base = lo * s - p, n = (hi - 1 - lo) * s + 1;
+  if (k == 3)
+    row_inner_body(xr + base, tmp, 0, n, 3, 1, 0, is_max);
   else
-    row_inner_body(xr, hr, lo, hi, k, s, p, is_max);
+    row_inner_body(xr + base, tmp, 0, n, k, 1, 0, is_max);
+  for (int64_t ow = lo; ow < hi; ++ow) hr[ow] = tmp[(ow - lo) * s];
 }
-MMP_VARIANTS_VOID(row_inner_s, (const float *xr, float *hr, int64_t lo, int64_t hi, int k, int s, int p, bool is_max),
-                  (xr, hr, lo, hi, k, s, p, is_max))
+MMP_VARIANTS_VOID(row_inner_s,
+                  (const float *xr, float *hr, int64_t lo, int64_t hi, int k, int s, int p, bool is_max, float *tmp),
+                  (xr, hr, lo, hi, k, s, p, is_max, tmp))
 
 /* y[ow] = reduce over @nr rows r of hr[r][ow] (rows @OW apart), then the
  * average's divisor: k*k, or the in-image count nr * cols[ow] */
@@ -86,11 +102,11 @@ MMP_VARIANTS_VOID(col_pass, (const float *hr, int nr, int64_t OW, float *y, cons
                              bool exclude_pad),
                   (hr, nr, OW, y, cols, kk, is_max, exclude_pad))
 
-int64_t mmp_cpu_pool2d_scratch(int64_t H, int64_t OW) { return H * OW + OW; }
+int64_t mmp_cpu_pool2d_scratch(int64_t H, int64_t W, int64_t OW) { return H * OW + OW + W; }
 
 void mmp_cpu_pool2d(const float *x, float *y, int64_t planes, int64_t H, int64_t W, int64_t OH, int64_t OW, int k,
                     int s, int p, bool is_max, bool exclude_pad, float *scratch) {
-  float *rows = scratch, *cols = scratch + H * OW;
+  float *rows = scratch, *cols = scratch + H * OW, *tmp = cols + OW;
   /* output columns whose window lies inside the row: [lo, hi) */
   int64_t lo = (p + s - 1) / s, hi = W - k + p >= 0 ? (W - k + p) / s + 1 : 0;
   if (hi > OW) hi = OW;
@@ -107,7 +123,7 @@ void mmp_cpu_pool2d(const float *x, float *y, int64_t planes, int64_t H, int64_t
       float *hr = rows + h * OW;
       for (int64_t ow = 0; ow < OW; ++ow) {
         if (ow == lo) {
-          row_inner_s(xr, hr, lo, hi, k, s, p, is_max);
+          row_inner_s(xr, hr, lo, hi, k, s, p, is_max, tmp);
           ow = hi;
           if (ow >= OW) break;
         }
