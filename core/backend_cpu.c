@@ -714,6 +714,15 @@ typedef struct pool_ctx {
 
 static void pool_range(int64_t s0, int64_t e0, void *user) {
   pool_ctx_t *c = user;
+  /* the separable kernel (core/cpu/pool2d.c); the direct loop below only
+   * where its scratch rows cannot be had */
+  float *rows = c->p <= c->k / 2 ? malloc((size_t)mmp_cpu_pool2d_scratch(c->H, c->W, c->OW) * sizeof *rows) : NULL;
+  if (rows) {
+    mmp_cpu_pool2d(c->x + s0 * c->H * c->W, c->y + s0 * c->OH * c->OW, e0 - s0, c->H, c->W, c->OH, c->OW, c->k,
+                   c->s, c->p, c->is_max, c->exclude_pad, rows);
+    free(rows);
+    return;
+  }
   for (int64_t pl = s0; pl < e0; pl++) {
     const float *x = c->x + pl * c->H * c->W;
     float *y = c->y + pl * c->OH * c->OW;
@@ -924,10 +933,14 @@ static int cpu_compute(mmp_backend_t *be, mmp_op_t op, const mmp_op_params_t *p,
   case MMP_OP_CONV2D: {
     const mmp_tensor_t *x = s[0], *w = s[1], *b = nsrc > 2 ? s[2] : NULL;
     if (mmp_tensor_numel(dst) == 0) return 0;
-    return mmp_cpu_conv2d_w(mmp__ptr(x), x->shape[0], x->shape[1], x->shape[2], x->shape[3], mmp__ptr(w),
-                          w->dtype, w->shape[0], w->shape[2], w->shape[3], b ? mmp__ptr(b) : NULL, (int)p->i[0],
-                          (int)p->i[1], (int)p->i[2], (int)p->i[3], (int)p->i[4], (int)p->i[5], (int)p->i[6],
-                          mmp__ptr(dst), p->i[7] == MMP_BF16 ? MMP_BF16 : MMP_F32);
+    int64_t cdt = p->i[7] & 255, act = p->i[7] >> 8;
+    if (act != 0 && act != MMP_OP_RELU)
+      return mmp_error_set(MMP_EINVAL, "conv2d: fused activation %lld (want none or relu)", (long long)act);
+    return mmp_cpu_conv2d_act(mmp__ptr(x), x->shape[0], x->shape[1], x->shape[2], x->shape[3], mmp__ptr(w),
+                              w->dtype, w->shape[0], w->shape[2], w->shape[3], b ? mmp__ptr(b) : NULL, (int)p->i[0],
+                              (int)p->i[1], (int)p->i[2], (int)p->i[3], (int)p->i[4], (int)p->i[5], (int)p->i[6],
+                              act == MMP_OP_RELU ? MMP_CPU_ACT_RELU : -1, mmp__ptr(dst),
+                              cdt == MMP_BF16 ? MMP_BF16 : MMP_F32);
   }
   case MMP_OP_GROUP_NORM:
   case MMP_OP_GROUP_NORM_SILU: {

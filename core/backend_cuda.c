@@ -614,7 +614,20 @@ static int compute_locked(mmp_backend_t *be, mmp_op_t op, const mmp_op_params_t 
   }
   case MMP_OP_MATMUL: return op_matmul(be, s[0], s[1], dst);
   case MMP_OP_LINEAR: return op_linear(be, s[0], s[1], nsrc > 2 ? s[2] : NULL, dst);
-  case MMP_OP_CONV2D: return op_conv2d(be, p, s[0], s[1], nsrc > 2 ? s[2] : NULL, dst);
+  case MMP_OP_CONV2D: {
+    /* i[7]: compute dtype (fp32 here whatever it asks) + 256 x the fused activation */
+    const int64_t act = p->i[7] >> 8;
+    if (act != 0 && act != MMP_OP_RELU)
+      return mmp_error_set(MMP_EINVAL, "cuda conv2d: fused activation %lld (want none or relu)", (long long)act);
+    int rc = op_conv2d(be, p, s[0], s[1], nsrc > 2 ? s[2] : NULL, dst);
+    if (rc == 0 && act == MMP_OP_RELU && mmp_tensor_numel(dst) > 0) { /* then ReLU in place, same stream */
+      mmpk_iter_t it;
+      const mmp_tensor_t *ts[2] = {dst, dst};
+      make_iter(&it, 2, ts);
+      CU_TRY(mmpk_unary(st, MMPK_RELU, &it, mmp__ptr(dst), mmp__ptr(dst), 0.0f, 0.0f));
+    }
+    return rc;
+  }
   case MMP_OP_GROUP_NORM:
   case MMP_OP_GROUP_NORM_SILU: {
     const mmp_tensor_t *x = s[0];

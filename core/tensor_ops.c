@@ -308,8 +308,9 @@ static mmp_tensor_t *linear_impl(const mmp_tensor_t *x, const mmp_tensor_t *w, c
 
 /* --------------------------------------------------------------- nn ops */
 
+/* @act: 0, or MMP_OP_RELU fused as the epilogue (params i[7] / 256) */
 static mmp_tensor_t *conv2d_impl(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp_tensor_t *bias, int stride_h,
-                         int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups) {
+                                 int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups, int act) {
   if (!x || !w) return NULL;
   const mmp_tensor_t *ts[3] = {x, w, bias};
   mmp_backend_t *be = common_backend("conv2d", 3, ts);
@@ -338,7 +339,8 @@ static mmp_tensor_t *conv2d_impl(const mmp_tensor_t *x, const mmp_tensor_t *w, c
   mmp_tensor_t *bc = bias ? mmp_contiguous((mmp_tensor_t *)bias) : NULL, *r = NULL;
   if (xc && wc && (!bias || bc)) {
     int64_t so[4] = {x->shape[0], w->shape[0], OH, OW};
-    mmp_op_params_t p = {{0}, {stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, mmp_tensor_compute_dtype(w)}};
+    mmp_op_params_t p = {{0}, {stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups,
+                               (int64_t)mmp_tensor_compute_dtype(w) + 256 * (int64_t)act}};
     const mmp_tensor_t *srcs[3] = {xc, wc, bc};
     mmp_tensor_t *y = mmp_tensor_new(be, MMP_F32, 4, so), *wu = y ? weight_for(be, MMP_OP_CONV2D, srcs, bias ? 3 : 2, y, wc) : NULL;
     srcs[1] = wu;
@@ -768,10 +770,21 @@ mmp_tensor_t *mmp_linear(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp
 mmp_tensor_t *mmp_conv2d(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp_tensor_t *bias, int stride_h,
                          int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups) {
   mmp_tape_t *tp = mmp__tape_enter();
-  mmp_tensor_t *r = conv2d_impl(x, w, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups);
+  mmp_tensor_t *r = conv2d_impl(x, w, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, 0);
   if (!tp) return r;
   int64_t iv[7] = {stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups};
   return rec(tp, r, MMP__TK_CONV2D, "conv2d", 3, x, w, bias, NULL, 0, 0, 7, iv);
+}
+
+mmp_tensor_t *mmp_conv2d_relu(const mmp_tensor_t *x, const mmp_tensor_t *w, const mmp_tensor_t *bias, int stride_h,
+                              int stride_w, int pad_h, int pad_w, int dil_h, int dil_w, int groups) {
+  if (__builtin_expect(mmp__tape_tls != NULL, 0)) { /* recorded as the two ops, which have backwards */
+    mmp_tensor_t *c = mmp_conv2d(x, w, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups);
+    mmp_tensor_t *r = c ? mmp_relu(c) : NULL;
+    mmp_tensor_unref(c);
+    return r;
+  }
+  return conv2d_impl(x, w, bias, stride_h, stride_w, pad_h, pad_w, dil_h, dil_w, groups, MMP_OP_RELU);
 }
 
 #define NORM_OP(fn, kind)                                                                              \

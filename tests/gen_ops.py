@@ -253,6 +253,23 @@ case("resize_bilinear_299", "resize_bilinear", [x], F.interpolate(x, size=(299, 
                                                                      align_corners=False), size=(299, 299),
      align_corners=False)
 
+# ---- planes wide enough for the pools' vector blocks (16 columns) and their
+# edges, and conv2d with the fused ReLU (appended: earlier cases keep their draws)
+x = rnd(1, 2, 9, 37)
+case("avg_pool_wide_k3s1p1_excl", "avg_pool2d", [x], F.avg_pool2d(x, 3, 1, 1, count_include_pad=False), kernel=3,
+     stride=1, pad=1, exclude_pad=1)
+case("avg_pool_wide_k3s1p1", "avg_pool2d", [x], F.avg_pool2d(x, 3, 1, 1), kernel=3, stride=1, pad=1)
+case("avg_pool_wide_k3s2p1_excl", "avg_pool2d", [x], F.avg_pool2d(x, 3, 2, 1, count_include_pad=False), kernel=3,
+     stride=2, pad=1, exclude_pad=1)
+case("max_pool_wide_k3s1p1", "max_pool2d", [x], F.max_pool2d(x, 3, 1, 1), kernel=3, stride=1, pad=1)
+case("max_pool_wide_k3s2", "max_pool2d", [x], F.max_pool2d(x, 3, 2), kernel=3, stride=2, pad=0)
+x, w, bb = rnd(2, 3, 7, 9), rnd(4, 3, 3, 3) * 0.3, rnd(4)
+case("conv2d_relu_3x3", "conv2d_relu", [x, w, bb], F.relu(F.conv2d(x, w, bb, 1, 1)), stride=(1, 1), pad=(1, 1),
+     dil=(1, 1), groups=1, bias=1)
+x, w, bb = rnd(3, 5, 6, 5), rnd(7, 5, 1, 1) * 0.3, rnd(7)
+case("conv2d_relu_1x1", "conv2d_relu", [x, w, bb], F.relu(F.conv2d(x, w, bb)), stride=(1, 1), pad=(0, 0),
+     dil=(1, 1), groups=1, bias=1)
+
 save_file(tensors, os.path.join(OUT, "ops.safetensors"), metadata=meta)
 
 # ---- RNG

@@ -430,6 +430,41 @@ static void test_bf16_paths_agree(void) {
   }
 }
 
+/* The fused ReLU epilogue gives exactly relu(conv) on every task layout. */
+static void check_conv_relu(int64_t N, int64_t C, int64_t H, int64_t W, int64_t O, int64_t KH, int pad) {
+  int64_t OH = H + 2 * pad - KH + 1, OW = W + 2 * pad - KH + 1, n = N * O * OH * OW;
+  float *x = rand_buf(N * C * H * W), *w = rand_buf(O * C * KH * KH), *bias = rand_buf(O);
+  float *y = rand_buf(n), *y0 = rand_buf(n);
+  int rc = mmp_cpu_conv2d_act(x, N, C, H, W, w, MMP_F32, O, KH, KH, bias, 1, 1, pad, pad, 1, 1, 1, MMP_CPU_ACT_RELU, y, MMP_F32);
+  int rc0 = mmp_cpu_conv2d(x, N, C, H, W, w, O, KH, KH, bias, 1, 1, pad, pad, 1, 1, 1, y0);
+  int bad = rc != 0 || rc0 != 0, neg = 0;
+  for (int64_t i = 0; i < n && !bad; ++i) {
+    float r = y0[i] > 0.0f ? y0[i] : 0.0f;
+    neg += y0[i] < 0.0f;
+    if (y[i] != r) {
+      diag("  [%lld] got %.9g, relu(conv) %.9g", (long long)i, y[i], r);
+      bad = 1;
+    }
+  }
+  ok(!bad && neg > 0, "%s conv2d + relu epilogue N %lld C %lld %lldx%lld O %lld k %lld: exactly relu(conv2d)",
+     path_name, (long long)N, (long long)C, (long long)H, (long long)W, (long long)O, (long long)KH);
+  free(x);
+  free(w);
+  free(bias);
+  free(y);
+  free(y0);
+}
+
+static void test_conv_relu(void) {
+  check_conv_relu(1, 5, 24, 24, 7, 3, 1);  /* per image */
+  check_conv_relu(2, 3, 7, 9, 5, 3, 1);    /* columns across images */
+  check_conv_relu(2, 40, 8, 8, 130, 3, 1); /* shared im2col matrix */
+  check_conv_relu(1, 16, 24, 24, 8, 1, 0); /* pointwise */
+  float a[4] = {0}, b[4] = {0}, c[4];
+  is_int(mmp_cpu_conv2d_act(a, 1, 1, 2, 2, b, MMP_F32, 1, 1, 1, NULL, 1, 1, 0, 0, 1, 1, 1, MMP_CPU_ACT_SILU, c, MMP_F32),
+         MMP_EINVAL, "%s conv2d: an activation other than relu is MMP_EINVAL", path_name);
+}
+
 /* --------------------------------------------------------- attention */
 
 static void check_attention(int64_t B, int64_t H, int64_t Lq, int64_t Lk, int64_t D, int64_t Dv,
@@ -765,6 +800,7 @@ static void run_all(void) {
   test_sgemm();
   test_half();
   test_conv2d();
+  test_conv_relu();
   test_attention();
   test_group_norm();
   test_layer_norm();

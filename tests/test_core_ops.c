@@ -95,11 +95,12 @@ static mmp_tensor_t *run_op(const char *op, const char *desc, mmp_tensor_t **in,
   if (!strcmp(op, "argmax")) return mmp_argmax(a);
   if (!strcmp(op, "matmul")) return mmp_matmul(a, b, param(desc, "trans_a", 0) != 0, param(desc, "trans_b", 0) != 0);
   if (!strcmp(op, "linear")) return mmp_linear(a, b, c);
-  if (!strcmp(op, "conv2d")) {
+  if (!strcmp(op, "conv2d") || !strcmp(op, "conv2d_relu")) {
     int sh, sw, ph, pw, dh, dw;
     param2(desc, "stride", &sh, &sw);
     param2(desc, "pad", &ph, &pw);
     param2(desc, "dil", &dh, &dw);
+    if (!strcmp(op, "conv2d_relu")) return mmp_conv2d_relu(a, b, c, sh, sw, ph, pw, dh, dw, (int)param(desc, "groups", 1));
     return mmp_conv2d(a, b, c, sh, sw, ph, pw, dh, dw, (int)param(desc, "groups", 1));
   }
   if (!strcmp(op, "group_norm")) return mmp_group_norm(a, (int)param(desc, "groups", 1), b, c, param(desc, "eps", 1e-5));

@@ -5,6 +5,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "core/cpu/dispatch.h"
 #include "core/cpu/gemm.h"
 #include "core/cpu/kernels.h"
 #include "mmpipe/error.h"
@@ -27,6 +28,7 @@ typedef struct conv_job {
   int64_t Cg, Og, Kg, P;
   int64_t Mt, Nt, tm, tn, ntasks;
   bool pointwise;
+  bool relu;  /* the epilogue: y = max(y, 0) on each finished tile, while it is in cache */
   bool span;  /* columns run over all images (small images): tasks write a scratch tile */
   float *col; /* span, groups 1: the im2col matrix, built and packed once */
   int64_t col_ld, col_kc, nfill;
@@ -39,6 +41,18 @@ typedef struct conv_b {
   const float *x;  /* x[n, g*Cg] */
   int64_t p0;      /* first output pixel of this task (may run into later images) */
 } conv_b_t;
+
+/* torch.relu on a finished output tile: NaN stays NaN */
+static inline MMP_ALWAYS_INLINE void relu_rows_body(float *y, int64_t rows, int64_t n, int64_t ld) {
+  for (int64_t r = 0; r < rows; ++r) {
+    float *v = y + r * ld;
+    int64_t i = 0;
+    for (; i + 16 <= n; i += 16)
+      for (int t = 0; t < 16; ++t) v[i + t] = v[i + t] > 0.0f ? v[i + t] : (v[i + t] == v[i + t] ? 0.0f : v[i + t]);
+    for (; i < n; ++i) v[i] = v[i] > 0.0f ? v[i] : (v[i] == v[i] ? 0.0f : v[i]);
+  }
+}
+MMP_VARIANTS_VOID(relu_rows, (float *y, int64_t rows, int64_t n, int64_t ld), (y, rows, n, ld))
 
 /* bp[panel][k][t] = x[c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw] for
  * row k0+k = (c, kh, kw) and column j0+t = pixel (oh, ow); 0 outside. */
@@ -181,6 +195,7 @@ static void conv_worker(int64_t wi, void *user) {
       mmp_gemm_serial_cb(g, false, mc, nc, j->Kg, 1.0f, A, j->wdt, j->Kg,
                          j->pointwise ? pack_pointwise_b : pack_conv_b, &cb, beta, y, ldy, bufa,
                          bufb);
+    if (j->relu) relu_rows(y, mc, nc, ldy);
     if (j->span) /* scatter the tile: column c is image (p0+c)/P, pixel (p0+c)%P */
       for (int64_t c = 0; c < nc;) {
         int64_t img = (p0 + c) / j->P, pix = (p0 + c) % j->P;
@@ -205,6 +220,14 @@ int mmp_cpu_conv2d(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, c
 int mmp_cpu_conv2d_w(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, const void *w, int wdt,
                      int64_t O, int64_t KH, int64_t KW, const float *bias, int sh, int sw, int ph, int pw,
                      int dh, int dw, int groups, float *y, int cdt) {
+  return mmp_cpu_conv2d_act(x, N, C, H, W, w, wdt, O, KH, KW, bias, sh, sw, ph, pw, dh, dw, groups, -1, y, cdt);
+}
+
+int mmp_cpu_conv2d_act(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, const void *w, int wdt,
+                       int64_t O, int64_t KH, int64_t KW, const float *bias, int sh, int sw, int ph, int pw,
+                       int dh, int dw, int groups, int act, float *y, int cdt) {
+  if (act != -1 && act != MMP_CPU_ACT_RELU)
+    return mmp_error_set(MMP_EINVAL, "conv2d: activation %d (want none or relu)", act);
   if (wdt != MMP_F32 && wdt != MMP_F16 && wdt != MMP_BF16)
     return mmp_error_set(MMP_EDTYPE, "conv2d: weight dtype %d (want f32, f16 or bf16)", wdt);
   if (cdt != MMP_F32 && cdt != MMP_BF16)
@@ -234,6 +257,7 @@ int mmp_cpu_conv2d_w(const float *x, int64_t N, int64_t C, int64_t H, int64_t W,
   j.wdt = wdt;
   j.wsz = wdt == MMP_F32 ? 4 : 2;
   j.bias = bias;
+  j.relu = act == MMP_CPU_ACT_RELU;
   j.y = y;
   j.N = N;
   j.C = C;

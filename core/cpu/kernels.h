@@ -74,6 +74,12 @@ int mmp_cpu_conv2d(const float *x, int64_t N, int64_t C, int64_t H, int64_t W,
 int mmp_cpu_conv2d_w(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, const void *w, int wdt,
                      int64_t O, int64_t KH, int64_t KW, const float *bias, int sh, int sw, int ph, int pw,
                      int dh, int dw, int groups, float *y, int cdt);
+/* The same, then the activation @act on y: -1 (none) or MMP_CPU_ACT_RELU
+ * (torch.relu; the enum below), applied to each output tile as it is
+ * finished. */
+int mmp_cpu_conv2d_act(const float *x, int64_t N, int64_t C, int64_t H, int64_t W, const void *w, int wdt,
+                       int64_t O, int64_t KH, int64_t KW, const float *bias, int sh, int sw, int ph, int pw,
+                       int dh, int dw, int groups, int act, float *y, int cdt);
 
 /* ---- normalisation ---- */
 /* x viewed as [N, C, S] (S = spatial size); groups divide C. */
@@ -89,6 +95,13 @@ int mmp_cpu_layer_norm(const float *x, int64_t rows, int64_t D,
                        float *y);
 /* softmax over the last dim of [rows, D]. */
 int mmp_cpu_softmax(const float *x, int64_t rows, int64_t D, float *y);
+/* Average (is_max false) or max pooling of @planes [H, W] planes into
+ * [OH, OW] ones: window k, stride s, padding p (at most k/2); the average
+ * divides by k*k, or with exclude_pad by the in-image count. @scratch holds
+ * mmp_cpu_pool2d_scratch(H, W, OW) floats. Serial (the caller splits planes). */
+int64_t mmp_cpu_pool2d_scratch(int64_t H, int64_t W, int64_t OW);
+void mmp_cpu_pool2d(const float *x, float *y, int64_t planes, int64_t H, int64_t W, int64_t OH, int64_t OW, int k,
+                    int s, int p, bool is_max, bool exclude_pad, float *scratch);
 
 /* ---- attention ----
  * q[B,H,Lq,D], k[B,H,Lk,D], v[B,H,Lk,Dv] contiguous; out[B,H,Lq,Dv].

@@ -79,7 +79,8 @@ typedef enum mmp_op {
                         in fp32 instead) */
   MMP_OP_CONV2D,     /* src0 x, src1 w, src2 bias (nullable), all contiguous;
                         i[0..6] = sh, sw, ph, pw, dh, dw, groups; i[7] =
-                        compute dtype (as for MMP_OP_LINEAR) */
+                        compute dtype (as for MMP_OP_LINEAR) + 256 x the
+                        fused activation: 0 none, or MMP_OP_RELU (relu(y)) */
   MMP_OP_GROUP_NORM, /* src0 contiguous [N, C, ...]; src1/src2 (nullable)
                         [C]; i[0] = groups; f[0] = eps */
   MMP_OP_LAYER_NORM, /* over the last dim; src1/src2 nullable; f[0] = eps */

@@ -191,6 +191,12 @@ mmp_tensor_t *mmp_linear(const mmp_tensor_t *x, const mmp_tensor_t *w,
 mmp_tensor_t *mmp_conv2d(const mmp_tensor_t *x, const mmp_tensor_t *w,
                          const mmp_tensor_t *bias, int stride_h, int stride_w,
                          int pad_h, int pad_w, int dil_h, int dil_w, int groups);
+/* relu(conv2d(x, ...)) in one pass: the ReLU is applied to each output tile
+ * as the convolution finishes it (the Inception / VGG pattern); the same
+ * numbers as mmp_relu(mmp_conv2d(...)) without the second sweep. */
+mmp_tensor_t *mmp_conv2d_relu(const mmp_tensor_t *x, const mmp_tensor_t *w,
+                              const mmp_tensor_t *bias, int stride_h, int stride_w,
+                              int pad_h, int pad_w, int dil_h, int dil_w, int groups);
 /* x[N,C,...]; weight/bias [C] nullable. */
 mmp_tensor_t *mmp_group_norm(const mmp_tensor_t *x, int groups,
                              const mmp_tensor_t *weight,

@@ -332,8 +332,7 @@ static mmp_tensor_t *swap(mmp_tensor_t *old, mmp_tensor_t *neu) {
 }
 
 static mmp_tensor_t *bconv(const bconv_t *c, const mmp_tensor_t *x) {
-  mmp_tensor_t *y = mmp_conv2d(x, c->w, c->b, c->sh, c->sw, c->ph, c->pw, 1, 1, 1);
-  return swap(y, mmp_relu(y));
+  return mmp_conv2d_relu(x, c->w, c->b, c->sh, c->sw, c->ph, c->pw, 1, 1, 1);
 }
 
 /* A chain of convs from @x: c[from..to]. */
