@@ -40,20 +40,28 @@ static inline double bench_peak_rss_mb(void) {
   return (double)ru.ru_maxrss / 1024.0;
 }
 
-static inline void bench_usage(const char *prog, const char *what) {
+/* @part: "unet", "vae", "text_encoder" (SD-1.5 size, bench/torch_sd.py),
+ * "blip" (bench/torch_blip.py) or "retrieval" (bench/torch_retrieval.py). */
+static inline void bench_usage(const char *prog, const char *part, const char *what) {
+  const bool sd = strcmp(part, "blip") != 0 && strcmp(part, "retrieval") != 0;
+  const char *script = sd ? "torch_sd.py" : !strcmp(part, "blip") ? "torch_blip.py" : "torch_retrieval.py";
   printf("Usage: %s [--config PART.json] [--weights W.safetensors] [--threads N] [--repeat N]\n"
          "          [--warmup N] [--compare-torch] [--weights-dtype f32,bf16,f16]\n"
          "          [--compute-dtype f32|bf16]\n\n"
-         "One %s forward at SD-1.5 size (fp32, CPU): seconds per forward and peak RSS.\n"
+         "%s %s,\n"
+         "on CPU (fp32 unless --weights-dtype/--compute-dtype say otherwise): seconds and peak RSS.\n"
          "Without --weights the weights are made in-process (init_seed 0); with a file from\n"
          "`pipeline init-weights` they are memory-mapped. --compare-torch runs the same\n"
-         "forward in PyTorch (bench/torch_sd.py, PYTHONPATH from MMP_TORCH_PYTHONPATH,\n"
+         "in PyTorch (bench/%s, PYTHONPATH from MMP_TORCH_PYTHONPATH,\n"
          "default /root/refenv/site) with the same thread count. --weights-dtype runs the\n"
-         "forward once per listed weights_dtype (f32, f16, bf16), each in a child process\n"
+         "bench once per listed weights_dtype (f32, f16, bf16), each in a child process\n"
          "so that each reports its own peak RSS, then prints the ratios to the first.\n"
          "--compute-dtype sets compute_dtype for every run: bf16 rounds the layer inputs\n"
          "to bf16 too and takes the AVX-512-BF16 dot products where the CPU has them\n"
-         "(MMPIPE_CPU_ISA=avx512 or generic narrows the kernels; doc/tensor.md).\n", prog, what);
+         "(MMPIPE_CPU_ISA=avx512 or generic narrows the kernels; doc/tensor.md).\n%s",
+         prog, sd ? "One forward at SD-1.5 size of" : "The measures of doc/performance.md for", what, script,
+         strcmp(part, "retrieval") ? ""
+                                   : "MMP_BENCH_CANDIDATES (default 256) sets the ITM candidates per query.\n");
 }
 
 static inline int bench_parse(int argc, char **argv, bench_opts_t *o, const char *part, const char *what) {
@@ -85,8 +93,8 @@ static inline int bench_parse(int argc, char **argv, bench_opts_t *o, const char
     case 'T': o->compare_torch = true; break;
     case 'D': o->dtypes = optarg; break;
     case 'C': o->cdtype = optarg; break;
-    case 'h': bench_usage(argv[0], what); exit(0);
-    default: bench_usage(argv[0], what); exit(2);
+    case 'h': bench_usage(argv[0], part, what); exit(0);
+    default: bench_usage(argv[0], part, what); exit(2);
     }
   }
   mmp_threads_set(o->threads);
