@@ -45,7 +45,8 @@ digest "$T/rgb.h5" flintstones >"$T/d4"; cmp -s "$T/d4" "$T/d2"; ok $? "read bac
 "$P" dataset info "$T/rgb.h5" 2>/dev/null | grep -q "PNG channel order: R, G, B"; ok $? "info names the channel order"
 
 # ---- VIST (SIS + DII, JPEG) ----
-"$P" dataset build vistsis --raw "$R/vist" --out "$T/vi.h5" --no-progress >"$T/out" 2>&1; ok $? "build vist"
+"$P" dataset build vistsis --raw "$R/vist" --out "$T/vi.h5" --no-progress >"$T/out" 2>&1; r=$?
+ok $r "build vist"; [ $r = 0 ] || { echo "#   exit $r"; sed 's/^/#   /' "$T/out"; } # seen failing once in CI (no output kept)
 for ds in vistsis vistdii; do
   digest "$T/vi.h5" $ds >"$T/d1"; digest "$R/vist.arldm.h5" $ds >"$T/d2"
   cmp -s "$T/d1" "$T/d2"; ok $? "$ds: same stories, order, decoded JPEG pixels and captions as vist_hdf5.py"
