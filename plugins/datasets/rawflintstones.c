@@ -158,7 +158,6 @@ int story_build_flintstones(const story_desc_t *d, const mmp_dataset_build_t *re
         rc = story_path_check(gids[j + 1], "following_cache4.pkl", e);
       }
       char *frames[STORY_FRAMES] = {0}, *caps[STORY_FRAMES] = {0};
-      size_t tlen = 0;
       for (int j = 0; j < STORY_FRAMES && ok && rc == 0; j++) {
         const char *dsc = story_map_get(desc, gids[j]);
         if (!dsc) {
@@ -175,21 +174,13 @@ int story_build_flintstones(const story_desc_t *d, const mmp_dataset_build_t *re
         frames[j] = strdup(path);
         caps[j] = story_clean_caption(dsc);
         if (!frames[j] || !caps[j]) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
-        else tlen += strlen(caps[j]) + 1;
       }
       if (ok && rc == 0) {
-        char *text = malloc(tlen);
-        if (!text) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
-        else {
-          text[0] = 0;
-          for (int j = 0; j < STORY_FRAMES; j++) {
-            if (j) strcat(text, "|");
-            strcat(text, caps[j]);
-          }
-          const char *texts[1] = {text};
-          rc = story_plan_add(plan, s, id, (const char *const *)frames, texts);
-          free(text);
-        }
+        char *text = story_join_captions(caps, STORY_FRAMES);
+        const char *texts[1] = {text};
+        rc = text ? story_plan_add(plan, s, id, (const char *const *)frames, texts)
+                  : mmp_error_set(MMP_ENOMEM, "out of memory");
+        free(text);
       }
       for (int j = 0; j < STORY_FRAMES; j++) {
         free(frames[j]);

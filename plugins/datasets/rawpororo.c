@@ -247,7 +247,6 @@ int story_build_pororo(const story_desc_t *d, const mmp_dataset_build_t *req, mm
       }
       char *paths[STORY_FRAMES] = {0}, *caps[STORY_FRAMES] = {0}, *frames[STORY_FRAMES] = {0};
       bool ok = true;
-      size_t tlen = 0;
       for (int j = 0; j < STORY_FRAMES && rc == 0; j++) {
         const uint8_t *p = j == 0 ? imgs.data + (size_t)ii * imgs.itemsize
                                   : fol.data + ((size_t)fi * (size_t)fol.shape[1] + (size_t)(j - 1)) * fol.itemsize;
@@ -285,22 +284,13 @@ int story_build_pororo(const story_desc_t *d, const mmp_dataset_build_t *req, mm
         caps[j] = story_clean_caption(t);
         free(t);
         if (!caps[j]) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
-        else tlen += strlen(caps[j]) + 1;
       }
       if (ok && rc == 0) {
-        char *text = malloc(tlen);
-        if (!text) {
-          rc = mmp_error_set(MMP_ENOMEM, "out of memory");
-        } else {
-          text[0] = 0;
-          for (int j = 0; j < STORY_FRAMES; j++) {
-            if (j) strcat(text, "|");
-            strcat(text, caps[j]);
-          }
-          const char *texts[1] = {text};
-          rc = story_plan_add(plan, s, id, (const char *const *)frames, texts);
-          free(text);
-        }
+        char *text = story_join_captions(caps, STORY_FRAMES);
+        const char *texts[1] = {text};
+        rc = text ? story_plan_add(plan, s, id, (const char *const *)frames, texts)
+                  : mmp_error_set(MMP_ENOMEM, "out of memory");
+        free(text);
       }
       for (int j = 0; j < STORY_FRAMES; j++) {
         free(paths[j]);

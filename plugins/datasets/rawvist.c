@@ -32,19 +32,6 @@ static int json_fail(const char *path, const json_error_t *e) {
   return mmp_error_set(MMP_EDATA, "%s:%d:%d: %s", path, e->line, e->column, e->text);
 }
 
-static char *join(char **parts, int n) {
-  size_t len = 1;
-  for (int i = 0; i < n; i++) len += strlen(parts[i]) + 1;
-  char *t = malloc(len);
-  if (!t) return NULL;
-  t[0] = 0;
-  for (int i = 0; i < n; i++) {
-    if (i) strcat(t, "|");
-    strcat(t, parts[i]);
-  }
-  return t;
-}
-
 static const char *const SPL[] = {"train", "val", "test"};
 
 /* Albums of one SIS file: stories by story_id in order of appearance. */
@@ -220,7 +207,7 @@ int story_build_vist(const story_desc_t *d, const mmp_dataset_build_t *req, mmp_
           for (k = 0; k < nu && strcmp(uniq[k], dc[f]) != 0; k++) {}
           if (k == nu) uniq[nu++] = dc[f];
         }
-        char *ts = join(sis, STORY_FRAMES), *td = join(uniq, nu);
+        char *ts = story_join_captions(sis, STORY_FRAMES), *td = story_join_captions(uniq, nu);
         if (!ts || !td) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
         else {
           const char *texts[2] = {ts, td};

@@ -105,6 +105,21 @@ void story_plan_free(story_plan_t *p) {
   free(p);
 }
 
+char *story_join_captions(char *const *parts, int n) {
+  size_t len = 1;
+  for (int i = 0; i < n; i++) len += strlen(parts[i]) + 1;
+  char *t = malloc(len), *e = t;
+  if (!t) return NULL;
+  for (int i = 0; i < n; i++) {
+    size_t l = strlen(parts[i]);
+    if (i) *e++ = '|';
+    memcpy(e, parts[i], l);
+    e += l;
+  }
+  *e = 0;
+  return t;
+}
+
 int story_plan_add(story_plan_t *p, int split, const char *id, const char *const frames[STORY_FRAMES],
                    const char *const *texts) {
   /* AR-LDM joins with '|' and splits on it: a '|' inside a caption makes

@@ -43,6 +43,9 @@ void story_plan_free(story_plan_t *p); /* NULL ok */
 /* Append a story to split @split (0 train, 1 val, 2 test); strings copied. */
 int story_plan_add(story_plan_t *p, int split, const char *id, const char *const frames[STORY_FRAMES],
                    const char *const *texts);
+/* @n captions joined with '|' as AR-LDM's scripts store them. (transfer
+ * full) NULL when out of memory. */
+char *story_join_captions(char *const *parts, int n);
 /* Record a dropped story and why. */
 int story_plan_drop(story_plan_t *p, int split, const char *id, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
