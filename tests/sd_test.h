@@ -117,6 +117,22 @@ static inline void sd_check(const mmp_tensor_t *got, const mmp_tensor_t *want, c
     diag("  relative error %.3g%s", r, r < 0 ? " (missing or shape mismatch)" : "");
 }
 
+/* Every fixture tensor "grad.NAME" of @fx against @grads' NAME, by @check
+ * (sd_check when NULL). Returns how many were compared. */
+static inline int sd_check_fixture_grads(const mmp_tensormap_t *grads, const mmp_tensormap_t *fx,
+                                         void (*check)(const mmp_tensor_t *, const mmp_tensor_t *, const char *)) {
+  int n = 0;
+  for (size_t i = 0; i < mmp_tensormap_size(fx); i++) {
+    const char *name = mmp_tensormap_name(fx, i);
+    if (strncmp(name, "grad.", 5) != 0) continue;
+    char what[256];
+    snprintf(what, sizeof what, "d loss / d %s", name + 5);
+    (check ? check : sd_check)(mmp_tensormap_get(grads, name + 5), mmp_tensormap_at(fx, i), what);
+    n++;
+  }
+  return n;
+}
+
 /* Copy the named tensors of @src into a new map under new names
  * ("from=to" pairs or plain names). (transfer full) */
 static inline mmp_tensormap_t *sd_pick(const mmp_tensormap_t *src, const char *const *names) {

@@ -107,15 +107,7 @@ int main(void) {
   if (!ok(rc == 0, "backward")) diag("%s", mmp_error_last());
   ok(mmp_tensormap_size(grads) == (size_t)w.n + 2, "a gradient for every parameter and both inputs (%zu)",
      mmp_tensormap_size(grads));
-  int nchecked = 0;
-  for (size_t i = 0; i < mmp_tensormap_size(fx); i++) {
-    const char *name = mmp_tensormap_name(fx, i);
-    if (strncmp(name, "grad.", 5) != 0) continue;
-    char what[256];
-    snprintf(what, sizeof what, "d loss / d %s", name + 5);
-    check_grad(mmp_tensormap_get(grads, name + 5), mmp_tensormap_at(fx, i), what);
-    nchecked++;
-  }
+  int nchecked = sd_check_fixture_grads(grads, fx, check_grad);
   ok(nchecked == 30, "%d gradients compared", nchecked);
   diag("largest relative error of a gradient: %.3g", worst);
 
