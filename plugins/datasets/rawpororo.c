@@ -285,13 +285,7 @@ int story_build_pororo(const story_desc_t *d, const mmp_dataset_build_t *req, mm
         free(t);
         if (!caps[j]) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
       }
-      if (ok && rc == 0) {
-        char *text = story_join_captions(caps, STORY_FRAMES);
-        const char *texts[1] = {text};
-        rc = text ? story_plan_add(plan, s, id, (const char *const *)frames, texts)
-                  : mmp_error_set(MMP_ENOMEM, "out of memory");
-        free(text);
-      }
+      if (ok && rc == 0) rc = story_plan_add_captions(plan, s, id, (const char *const *)frames, caps);
       for (int j = 0; j < STORY_FRAMES; j++) {
         free(paths[j]);
         free(caps[j]);

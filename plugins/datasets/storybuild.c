@@ -120,6 +120,16 @@ char *story_join_captions(char *const *parts, int n) {
   return t;
 }
 
+int story_plan_add_captions(story_plan_t *p, int split, const char *id, const char *const frames[STORY_FRAMES],
+                            char *const caps[STORY_FRAMES]) {
+  char *text = story_join_captions(caps, STORY_FRAMES);
+  if (!text) return mmp_error_set(MMP_ENOMEM, "out of memory");
+  const char *texts[1] = {text};
+  int rc = story_plan_add(p, split, id, frames, texts);
+  free(text);
+  return rc;
+}
+
 int story_plan_add(story_plan_t *p, int split, const char *id, const char *const frames[STORY_FRAMES],
                    const char *const *texts) {
   /* AR-LDM joins with '|' and splits on it: a '|' inside a caption makes

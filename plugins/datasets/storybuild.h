@@ -46,6 +46,10 @@ int story_plan_add(story_plan_t *p, int split, const char *id, const char *const
 /* @n captions joined with '|' as AR-LDM's scripts store them. (transfer
  * full) NULL when out of memory. */
 char *story_join_captions(char *const *parts, int n);
+/* story_plan_add() of a story with one text: its STORY_FRAMES @caps joined
+ * by story_join_captions(). */
+int story_plan_add_captions(story_plan_t *p, int split, const char *id, const char *const frames[STORY_FRAMES],
+                            char *const caps[STORY_FRAMES]);
 /* Record a dropped story and why. */
 int story_plan_drop(story_plan_t *p, int split, const char *id, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
