@@ -2,7 +2,8 @@
 lib_LTLIBRARIES += libmmpipe.la
 libmmpipe_la_SOURCES = \
 	core/error.c core/log.c core/config.c core/registry.c \
-	core/context.c core/context.h core/tensormap.c core/component.c core/util.c core/util.h
+	core/context.c core/context.h core/tensormap.c core/component.c core/util.c core/util.h \
+	core/file.c
 libmmpipe_la_CFLAGS = $(AM_CFLAGS) -fvisibility=default $(LIBCONFIG_CFLAGS) $(JANSSON_CFLAGS) $(OPENBLAS_CFLAGS) $(ZLIB_CFLAGS) $(LIBZIP_CFLAGS)
 libmmpipe_la_LIBADD = $(LTDL_LIBS) $(LIBCONFIG_LIBS) $(JANSSON_LIBS) $(OPENBLAS_LIBS) $(ZLIB_LIBS) $(LIBZIP_LIBS) -lm -lpthread
 libmmpipe_la_LDFLAGS = -version-info 0:0:0 -export-symbols-regex '^mmp_[a-z]' $(MMP_SAN_CFLAGS)
@@ -10,7 +11,7 @@ nobase_include_HEADERS += \
 	include/mmpipe/mmpipe.h include/mmpipe/error.h include/mmpipe/log.h \
 	include/mmpipe/config.h include/mmpipe/plugin.h include/mmpipe/tensor.h \
 	include/mmpipe/core.h include/mmpipe/safetensors.h include/mmpipe/rng.h \
-	include/mmpipe/checkpoint.h
+	include/mmpipe/checkpoint.h include/mmpipe/file.h
 include core/tensor.mk
 include core/cpu/local.mk
 

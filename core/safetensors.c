@@ -14,6 +14,7 @@
 #include "core/tensor_impl.h"
 
 #pragma GCC visibility push(default)
+#include <mmpipe/file.h>
 #include <mmpipe/plugin.h>
 #include <mmpipe/safetensors.h>
 #pragma GCC visibility pop
@@ -407,20 +408,6 @@ int mmp_safetensors_load_map(const char *path, mmp_backend_t *be, bool f64_to_f3
 
 /* ------------------------------------------------------------------ writer */
 
-static int write_all(int fd, const void *buf, size_t n) {
-  const char *p = buf;
-  while (n) {
-    ssize_t w = write(fd, p, n);
-    if (w < 0) {
-      if (errno == EINTR) continue;
-      return -1;
-    }
-    p += w;
-    n -= (size_t)w;
-  }
-  return 0;
-}
-
 typedef struct wentry {
   const char *name;
   const mmp_tensor_t *t;
@@ -480,26 +467,18 @@ int mmp_safetensors_save_map(const char *path, const mmp_tensormap_t *m, const c
     return rc ? rc : mmp_error_set(MMP_ENOMEM, "%s: cannot encode the header", path);
   }
   size_t hl = strlen(hdr), padded = (hl + 7) & ~(size_t)7;
-  char *tmp = malloc(strlen(path) + 16);
-  if (!tmp) {
+  mmp_afile_t *af = mmp_afile_open(path);
+  if (!af) {
     free(hdr);
     free(ws);
-    return mmp_error_set(MMP_ENOMEM, "%s: out of memory", path);
+    return mmp_error_code();
   }
-  sprintf(tmp, "%s.tmp.XXXXXX", path);
-  int fd = mkstemp(tmp);
-  if (fd < 0) {
-    rc = mmp_error_set(MMP_EIO, "%s: cannot create a temporary file: %s", path, strerror(errno));
-    goto out;
-  }
-  mode_t um = umask(0); /* mkstemp makes 0600; give the file the usual mode */
-  umask(um);
-  fchmod(fd, 0666 & ~um);
+  FILE *f = mmp_afile_stream(af);
   unsigned char lenb[8];
   for (int i = 0; i < 8; i++) lenb[i] = (unsigned char)((uint64_t)padded >> (8 * i));
   static const char spaces[8] = "        ";
-  if (write_all(fd, lenb, 8) < 0 || write_all(fd, hdr, hl) < 0 || write_all(fd, spaces, padded - hl) < 0)
-    rc = mmp_error_set(MMP_EIO, "%s: write failed: %s", tmp, strerror(errno));
+  if (fwrite(lenb, 1, 8, f) != 8 || fwrite(hdr, 1, hl, f) != hl || fwrite(spaces, 1, padded - hl, f) != padded - hl)
+    rc = mmp_error_set(MMP_EIO, "%s: write failed: %s", path, strerror(errno));
   void *buf = NULL;
   size_t bufcap = 0;
   for (size_t i = 0; i < n && rc == 0; i++) {
@@ -515,15 +494,11 @@ int mmp_safetensors_save_map(const char *path, const mmp_tensormap_t *m, const c
       bufcap = nb;
     }
     rc = mmp_tensor_to_host(ws[i].t, buf, nb);
-    if (rc == 0 && write_all(fd, buf, nb) < 0) rc = mmp_error_set(MMP_EIO, "%s: write failed: %s", tmp, strerror(errno));
+    if (rc == 0 && fwrite(buf, 1, nb, f) != nb) rc = mmp_error_set(MMP_EIO, "%s: write failed: %s", path, strerror(errno));
   }
   free(buf);
-  if (rc == 0 && fsync(fd) < 0) rc = mmp_error_set(MMP_EIO, "%s: fsync failed: %s", tmp, strerror(errno));
-  if (close(fd) < 0 && rc == 0) rc = mmp_error_set(MMP_EIO, "%s: close failed: %s", tmp, strerror(errno));
-  if (rc == 0 && rename(tmp, path) < 0) rc = mmp_error_set(MMP_EIO, "%s: rename failed: %s", path, strerror(errno));
-  if (rc < 0) unlink(tmp);
-out:
-  free(tmp);
+  if (rc == 0) rc = mmp_afile_commit(af);
+  else mmp_afile_abort(af);
   free(hdr);
   free(ws);
   return rc;

@@ -23,3 +23,8 @@ check_PROGRAMS += tests/test_core_autograd
 TESTS += tests/test_core_autograd
 tests_test_core_autograd_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_core_autograd_LDADD = $(TEST_LDADD)
+# atomic output files (mmpipe/file.h)
+check_PROGRAMS += tests/test_core_file
+TESTS += tests/test_core_file
+tests_test_core_file_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_core_file_LDADD = $(TEST_LDADD)

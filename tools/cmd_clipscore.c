@@ -12,6 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <mmpipe/file.h>
 #include <mmpipe/safetensors.h>
 
 #include "tools/commands.h"
@@ -602,15 +603,14 @@ static int write_json(const char *path, const cs_run_t *r, double tm, double im,
                                 input, "model", model, "scale", scale, "images",
                                 (json_int_t)r->n, "dims", (json_int_t)r->P,
                                 "stories", st ? st : json_null()));
-  char tmp[PATH_MAX];
-  snprintf(tmp, sizeof tmp, "%s.tmp%ld", path, (long)getpid());
-  int rc = json_dump_file(root, tmp,
-                          JSON_INDENT(1) | JSON_REAL_PRECISION(17)) == 0 &&
-                   rename(tmp, path) == 0
-               ? 0
-               : mmp_error_set(MMP_EIO, "%s: cannot write", path);
-  if (rc)
-    unlink(tmp);
+  mmp_afile_t *af = mmp_afile_open(path);
+  int rc = af ? 0 : mmp_error_code();
+  if (af && json_dumpf(root, mmp_afile_stream(af),
+                       JSON_INDENT(1) | JSON_REAL_PRECISION(17)) != 0) {
+    mmp_afile_abort(af);
+    rc = mmp_error_set(MMP_EIO, "%s: cannot write", path);
+  } else if (af)
+    rc = mmp_afile_commit(af);
   json_decref(root);
   return rc;
 }
@@ -630,13 +630,8 @@ static int save_embeddings(const char *path, const cs_run_t *r) {
       "format",
       "mmpipe clipscore: image_embeds, text_embeds [N, P] (not normalised)",
       NULL};
-  char tmp[PATH_MAX];
-  snprintf(tmp, sizeof tmp, "%s.tmp%ld", path, (long)getpid());
-  if (rc == 0 && (rc = mmp_safetensors_save_map(tmp, m, meta)) == 0 &&
-      rename(tmp, path) != 0)
-    rc = mmp_error_set(MMP_EIO, "%s: %s", path, strerror(errno));
-  if (rc)
-    unlink(tmp);
+  if (rc == 0)
+    rc = mmp_safetensors_save_map(path, m, meta); /* atomic */
   mmp_tensormap_free(m);
   return rc;
 }

@@ -9,6 +9,7 @@
 #include <sys/stat.h>
 #include <time.h>
 
+#include <mmpipe/file.h>
 #include <mmpipe/frechet.h>
 #include <mmpipe/safetensors.h>
 
@@ -523,11 +524,12 @@ int cmd_fid(int argc, char **argv) {
     for (int i = 0; i < 2; i++)
       if (sets[i].skipped) printf("skipped %lld unreadable images of %s\n", (long long)sets[i].skipped, sets[i].path);
     if (json) {
-      FILE *f = fopen(json, "w");
-      if (!f) {
-        rc = mmp_error_set(MMP_EIO, "%s: %s", json, strerror(errno));
+      mmp_afile_t *af = mmp_afile_open(json);
+      if (!af) {
+        rc = mmp_error_code();
         goto fail;
       }
+      FILE *f = mmp_afile_stream(af);
       fprintf(f, "{\"fid\": %.17g, \"protocol\": \"%s\", \"features\": %lld, \"eps_retry\": %s, "
                  "\"complex_root\": %s, \"max_imag_diag\": %.6g, \"sqrtm\": \"%s\"",
               fid, r.proto == PROTO_ARLDM ? "arldm" : "standard", (long long)sets[0].dim,
@@ -540,10 +542,7 @@ int cmd_fid(int argc, char **argv) {
         fprintf(f, ", \"count\": %lld, \"skipped\": %lld}", (long long)sets[i].count, (long long)sets[i].skipped);
       }
       fprintf(f, "}\n");
-      if (fclose(f) != 0) {
-        rc = mmp_error_set(MMP_EIO, "%s: write failed", json);
-        goto fail;
-      }
+      if ((rc = mmp_afile_commit(af)) < 0) goto fail;
     }
   }
   set_free(&sets[0]);

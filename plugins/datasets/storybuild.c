@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <mmpipe/file.h>
 #include <mmpipe/core.h>
 #include <mmpipe/error.h>
 #include <mmpipe/log.h>
@@ -890,10 +891,9 @@ static void json_str(FILE *f, const char *s) {
 
 static int write_report(const story_plan_t *p, const out_file_t *o, const char *path, const char *out,
                         const int64_t *written) {
-  char tmp[4200];
-  snprintf(tmp, sizeof tmp, "%s.tmp", path);
-  FILE *f = fopen(tmp, "w");
-  if (!f) return mmp_error_set(MMP_EIO, "cannot write %s: %s", tmp, strerror(errno));
+  mmp_afile_t *af = mmp_afile_open(path);
+  if (!af) return mmp_error_code();
+  FILE *f = mmp_afile_stream(af);
   fprintf(f, "{\n  \"dataset\": ");
   json_str(f, p->dataset);
   fprintf(f, ",\n  \"output\": ");
@@ -937,11 +937,7 @@ static int write_report(const story_plan_t *p, const out_file_t *o, const char *
     fprintf(f, "}");
   }
   fprintf(f, "%s]\n}\n", p->notes.n ? "\n  " : "");
-  if (fclose(f) != 0 || rename(tmp, path) != 0) {
-    unlink(tmp);
-    return mmp_error_set(MMP_EIO, "cannot write %s", path);
-  }
-  return 0;
+  return mmp_afile_commit(af);
 }
 
 /* Group reasons by their text up to the first ':' or digit-free prefix:

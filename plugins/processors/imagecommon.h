@@ -75,7 +75,7 @@ int mmp_image_load(const char *path, mmp_image_t *out);
 /* Whether @name ends in .png, .jpg or .jpeg (any case): the files an image
  * folder is listed for. */
 bool mmp_image_name_known(const char *name);
-/* Write @im (c = 3 RGB or 1 grey) as an ordinary PNG file. MMP_EIO. */
+/* Write @im (c = 3 RGB or 1 grey) as an ordinary PNG file, atomically (mmpipe/file.h). MMP_EIO. */
 int mmp_image_png_write(const mmp_image_t *im, const char *path);
 /* Write @im (c = 3) with @n tEXt chunks keys[i] = vals[i], atomically: to a
  * temporary file beside @path, then renamed (an interrupted run leaves no

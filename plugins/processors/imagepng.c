@@ -10,6 +10,7 @@
 #include <unistd.h>
 
 #include <mmpipe/error.h>
+#include <mmpipe/file.h>
 
 /* Largest accepted side. */
 #define MAX_SIDE 32768
@@ -122,35 +123,28 @@ int mmp_image_png_decode(const uint8_t *buf, size_t n, bool swap_rb, mmp_image_t
 int mmp_image_png_write(const mmp_image_t *im, const char *path) {
   if (!im || !im->data || (im->c != 3 && im->c != 1))
     return mmp_error_set(MMP_EINVAL, "png: cannot write this image");
+  mmp_afile_t *af = mmp_afile_open(path);
+  if (!af) return mmp_error_code();
   png_image p;
   memset(&p, 0, sizeof p);
   p.version = PNG_IMAGE_VERSION;
   p.width = (png_uint_32)im->w;
   p.height = (png_uint_32)im->h;
   p.format = im->c == 3 ? PNG_FORMAT_RGB : PNG_FORMAT_GRAY;
-  if (!png_image_write_to_file(&p, path, 0, im->data, 0, NULL)) {
+  if (!png_image_write_to_stdio(&p, mmp_afile_stream(af), 0, im->data, 0, NULL)) {
     int rc = mmp_error_set(MMP_EIO, "cannot write PNG %s: %s", path, p.message);
     png_image_free(&p);
+    mmp_afile_abort(af);
     return rc;
   }
-  return 0;
+  return mmp_afile_commit(af);
 }
 
 int mmp_image_png_write_text(const mmp_image_t *im, const char *path, const char *const *keys,
                              const char *const *vals, int n) {
   if (!im || !im->data || im->c != 3 || n < 0 || n > 32) return mmp_error_set(MMP_EINVAL, "png: cannot write this image");
-  size_t len = strlen(path);
-  char *tmp = malloc(len + 16);
-  if (!tmp) return mmp_error_set(MMP_ENOMEM, "out of memory");
-  const char *slash = strrchr(path, '/');
-  size_t dir = slash ? (size_t)(slash - path + 1) : 0;
-  snprintf(tmp, len + 16, "%.*s.%s.tmp", (int)dir, path, path + dir);
-  FILE *f = fopen(tmp, "wb");
-  if (!f) {
-    int rc = mmp_error_set(MMP_EIO, "cannot write PNG %s", tmp);
-    free(tmp);
-    return rc;
-  }
+  mmp_afile_t *af = mmp_afile_open(path);
+  if (!af) return mmp_error_code();
   png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
   png_infop info = png ? png_create_info_struct(png) : NULL;
   png_bytep *volatile rows = NULL;
@@ -158,9 +152,9 @@ int mmp_image_png_write_text(const mmp_image_t *im, const char *path, const char
   if (!png || !info) {
     rc = mmp_error_set(MMP_ENOMEM, "png: out of memory");
   } else if (setjmp(png_jmpbuf(png))) {
-    rc = mmp_error_set(MMP_EIO, "png: libpng failed writing %s", tmp);
+    rc = mmp_error_set(MMP_EIO, "png: libpng failed writing %s", path);
   } else {
-    png_init_io(png, f);
+    png_init_io(png, mmp_afile_stream(af));
     png_set_IHDR(png, info, (png_uint_32)im->w, (png_uint_32)im->h, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
                  PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
     png_text text[32];
@@ -180,11 +174,11 @@ int mmp_image_png_write_text(const mmp_image_t *im, const char *path, const char
   }
   png_destroy_write_struct(png ? &png : NULL, info ? &info : NULL);
   free(rows);
-  if (fclose(f) != 0 && rc == 0) rc = mmp_error_set(MMP_EIO, "cannot write PNG %s", tmp);
-  if (rc == 0 && rename(tmp, path) != 0) rc = mmp_error_set(MMP_EIO, "cannot rename %s to %s", tmp, path);
-  if (rc) unlink(tmp);
-  free(tmp);
-  return rc;
+  if (rc) {
+    mmp_afile_abort(af);
+    return rc;
+  }
+  return mmp_afile_commit(af);
 }
 
 /* ---- encoding to memory ---- */

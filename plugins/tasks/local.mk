@@ -4,9 +4,9 @@
 if BUILD_PLUGIN_TXT2IMG
 pkglib_LTLIBRARIES += plugins/tasks/task_txt2img.la
 plugins_tasks_task_txt2img_la_SOURCES = plugins/tasks/txt2img.c
-plugins_tasks_task_txt2img_la_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS) $(LIBPNG_CFLAGS)
+plugins_tasks_task_txt2img_la_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)
 plugins_tasks_task_txt2img_la_LDFLAGS = $(PLUGIN_LDFLAGS)
-plugins_tasks_task_txt2img_la_LIBADD = $(SD_COMMON_LIBADD) $(LIBPNG_LIBS)
+plugins_tasks_task_txt2img_la_LIBADD = $(SD_COMMON_LIBADD) plugins/processors/libimagecommon.la
 endif
 
 # The demo's tiny random weights (examples/txt2img-tiny.cfg), made at build

@@ -17,27 +17,22 @@
 
 #include <jansson.h>
 
+#include <mmpipe/file.h>
 #include <mmpipe/safetensors.h>
 
 #include "plugins/common/sd_common.h"
 #include "plugins/common/topk.h"
 #include "plugins/processors/imagecommon.h"
 
-/* Output files appear whole or not at all: written to PATH.tmp, renamed. */
-static int tmp_path(char *buf, size_t len, const char *path) {
-  if ((size_t)snprintf(buf, len, "%s.tmp", path) >= len)
-    return mmp_error_set(MMP_EINVAL, "retrieval: path too long: %s", path);
-  return 0;
-}
-
+/* Output files appear whole or not at all (mmpipe/file.h). */
 static int json_write_atomic(json_t *j, const char *path, size_t flags) {
-  char tmp[PATH_MAX + 8];
-  int rc = tmp_path(tmp, sizeof tmp, path);
-  if (rc == 0 && (json_dump_file(j, tmp, flags) != 0 || rename(tmp, path) != 0)) {
-    rc = mmp_error_set(MMP_EIO, "retrieval: cannot write %s: %s", path, strerror(errno));
-    unlink(tmp);
+  mmp_afile_t *af = mmp_afile_open(path);
+  if (!af) return mmp_error_prefix("retrieval: ");
+  if (json_dumpf(j, mmp_afile_stream(af), flags) != 0) {
+    mmp_afile_abort(af);
+    return mmp_error_set(MMP_EIO, "retrieval: cannot write %s", path);
   }
-  return rc;
+  return mmp_afile_commit(af) < 0 ? mmp_error_prefix("retrieval: ") : 0;
 }
 
 static const mmp_key_t rt_keys[] = {
@@ -813,11 +808,9 @@ static void html_url(FILE *f, const char *path) {
 }
 
 static int write_html(const rt_t *t, json_t *res, char *const *paths) {
-  char tmp[PATH_MAX + 8];
-  int trc = tmp_path(tmp, sizeof tmp, t->out_html);
-  if (trc) return trc;
-  FILE *f = fopen(tmp, "w");
-  if (!f) return mmp_error_set(MMP_EIO, "retrieval: %s: %s", tmp, strerror(errno));
+  mmp_afile_t *af = mmp_afile_open(t->out_html);
+  if (!af) return mmp_error_prefix("retrieval: ");
+  FILE *f = mmp_afile_stream(af);
   fputs(
       "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>mmpipe "
       "retrieval</title>\n<style>"
@@ -866,11 +859,7 @@ static int write_html(const rt_t *t, json_t *res, char *const *paths) {
     fputs("</table></section>\n", f);
   }
   fputs("</body></html>\n", f);
-  if (ferror(f) | fclose(f) || rename(tmp, t->out_html) != 0) {
-    unlink(tmp);
-    return mmp_error_set(MMP_EIO, "retrieval: %s: write failed", t->out_html);
-  }
-  return 0;
+  return mmp_afile_commit(af) < 0 ? mmp_error_prefix("retrieval: ") : 0;
 }
 
 static int run_search(comps_t *c, const rt_t *t) {

@@ -27,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <mmpipe/file.h>
 #include <mmpipe/rng.h>
 #include <mmpipe/safetensors.h>
 
@@ -1107,11 +1108,11 @@ done:
 /* index.html: one row per complete story, frames with their story and
  * frame number under them. */
 static int write_index(run_t *r, int64_t n) {
-  char path[4200], tmp[4300];
+  char path[4200];
   snprintf(path, sizeof path, "%s/index.html", r->t->out_dir);
-  snprintf(tmp, sizeof tmp, "%s/.index.html.tmp", r->t->out_dir);
-  FILE *f = fopen(tmp, "w");
-  if (!f) return mmp_error_set(MMP_EIO, "story: %s: %s", tmp, strerror(errno));
+  mmp_afile_t *af = mmp_afile_open(path);
+  if (!af) return mmp_error_prefix("story: ");
+  FILE *f = mmp_afile_stream(af);
   fprintf(f, "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>mmpipe stories</title>\n"
              "<style>td{text-align:center;font:12px sans-serif;padding:4px}</style></head><body>\n"
              "<h1>AR-LDM %s</h1>\n<table>\n", r->t->continuation ? "continuation" : "visualization");
@@ -1126,11 +1127,7 @@ static int write_index(run_t *r, int64_t n) {
     fprintf(f, "<td><a href=\"story%05lld/strip.png\">strip</a></td></tr>\n", (long long)s);
   }
   fprintf(f, "</table></body></html>\n");
-  if (fclose(f) != 0 || rename(tmp, path) != 0) {
-    unlink(tmp);
-    return mmp_error_set(MMP_EIO, "story: cannot write %s", path);
-  }
-  return 0;
+  return mmp_afile_commit(af) < 0 ? mmp_error_prefix("story: ") : 0;
 }
 
 static void json_str(FILE *f, const char *s) {
@@ -1148,11 +1145,11 @@ static void json_str(FILE *f, const char *s) {
 static int write_run_json(run_t *r, int64_t n, double secs) {
   char fidv[64] = "";
   story_t *t = r->t;
-  char path[4200], tmp[4300];
+  char path[4200];
   snprintf(path, sizeof path, "%s/run.json", t->out_dir);
-  snprintf(tmp, sizeof tmp, "%s/.run.json.tmp", t->out_dir);
-  FILE *f = fopen(tmp, "w");
-  if (!f) return mmp_error_set(MMP_EIO, "story: %s: %s", tmp, strerror(errno));
+  mmp_afile_t *af = mmp_afile_open(path);
+  if (!af) return mmp_error_prefix("story: ");
+  FILE *f = mmp_afile_stream(af);
   fprintf(f, "{\n  \"task\": \"%s\",\n  \"checkpoint\": ", t->continuation ? "continuation" : "visualization");
   json_str(f, t->arldm);
   fprintf(f, ",\n  \"%s\": ", t->input[0] ? "story_tensors" : t->stories[0] ? "stories_file" : "dataset");
@@ -1186,11 +1183,7 @@ static int write_run_json(run_t *r, int64_t n, double secs) {
             (long long)(r->fid_gen ? mmp_fid_acc_count(r->fid_gen) : 0));
   }
   fprintf(f, "\n}\n");
-  if (fclose(f) != 0 || rename(tmp, path) != 0) {
-    unlink(tmp);
-    return mmp_error_set(MMP_EIO, "story: cannot write %s", path);
-  }
-  return 0;
+  return mmp_afile_commit(af) < 0 ? mmp_error_prefix("story: ") : 0;
 }
 
 /* calculate_fid: the Frechet distance of the drawn frames' features to the
@@ -1398,11 +1391,9 @@ static int story_run(void *self, mmp_context_t *ctx) {
   if (rc == 0 && r.fid_gen) rc = finish_fid(&r, n);
   if (rc == 0) rc = write_run_json(&r, n, now_s() - run0);
   if (rc == 0 && r.saved && mmp_tensormap_size(r.saved) > 0) { /* a fully resumed run keeps the earlier file */
-    char path[4200], tmp[4300];
+    char path[4200];
     snprintf(path, sizeof path, "%s/story_tensors.safetensors", t->out_dir);
-    snprintf(tmp, sizeof tmp, "%s/.story_tensors.safetensors.tmp", t->out_dir);
-    if ((rc = mmp_safetensors_save_map(tmp, r.saved, NULL)) == 0 && rename(tmp, path) != 0)
-      rc = mmp_error_set(MMP_EIO, "story: rename to %s: %s", path, strerror(errno));
+    rc = mmp_safetensors_save_map(path, r.saved, NULL); /* atomic */
   }
 done:
   mmp_fid_acc_free(r.fid_gen);

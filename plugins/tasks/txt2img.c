@@ -10,12 +10,12 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#include <png.h>
 
 #include <mmpipe/rng.h>
 #include <mmpipe/safetensors.h>
 
 #include "plugins/common/sampling.h"
+#include "plugins/processors/imagecommon.h"
 #include "plugins/common/sd_common.h"
 
 static const mmp_key_t t2i_keys[] = {
@@ -197,59 +197,6 @@ typedef struct png_meta {
   const char *vals[8];
   int n;
 } png_meta_t;
-
-static int write_png(const char *path, const uint8_t *rgb, int64_t w, int64_t h, const png_meta_t *meta) {
-  char tmp[4200];
-  const char *slash = strrchr(path, '/');
-  snprintf(tmp, sizeof tmp, "%.*s.%s.tmp", slash ? (int)(slash - path + 1) : 0, path, slash ? slash + 1 : path);
-  FILE *f = fopen(tmp, "wb");
-  if (!f) return mmp_error_set(MMP_EIO, "txt2img: %s: %s", tmp, strerror(errno));
-  png_structp png = png_create_write_struct(PNG_LIBPNG_VER_STRING, NULL, NULL, NULL);
-  png_infop info = png ? png_create_info_struct(png) : NULL;
-  png_bytep *rows = NULL;
-  if (!png || !info) {
-    png_destroy_write_struct(png ? &png : NULL, NULL);
-    fclose(f);
-    unlink(tmp);
-    return mmp_error_set(MMP_ENOMEM, "txt2img: libpng: out of memory");
-  }
-  if (setjmp(png_jmpbuf(png))) {
-    png_destroy_write_struct(&png, &info);
-    free(rows);
-    fclose(f);
-    unlink(tmp);
-    return mmp_error_set(MMP_EIO, "txt2img: libpng failed writing %s", tmp);
-  }
-  png_init_io(png, f);
-  png_set_IHDR(png, info, (png_uint_32)w, (png_uint_32)h, 8, PNG_COLOR_TYPE_RGB, PNG_INTERLACE_NONE,
-               PNG_COMPRESSION_TYPE_DEFAULT, PNG_FILTER_TYPE_DEFAULT);
-  png_text text[8];
-  memset(text, 0, sizeof text);
-  for (int i = 0; i < meta->n; i++) {
-    text[i].compression = PNG_TEXT_COMPRESSION_NONE;
-    text[i].key = (png_charp)meta->keys[i];
-    text[i].text = (png_charp)meta->vals[i];
-  }
-  png_set_text(png, info, text, meta->n);
-  png_write_info(png, info);
-  rows = malloc((size_t)h * sizeof *rows);
-  if (!rows) png_error(png, "out of memory");
-  for (int64_t y = 0; y < h; y++) rows[y] = (png_bytep)(rgb + y * w * 3);
-  png_write_image(png, rows);
-  png_write_end(png, info);
-  png_destroy_write_struct(&png, &info);
-  free(rows);
-  if (fclose(f) != 0) {
-    unlink(tmp);
-    return mmp_error_set(MMP_EIO, "txt2img: %s: %s", tmp, strerror(errno));
-  }
-  if (rename(tmp, path) != 0) {
-    int e = errno;
-    unlink(tmp);
-    return mmp_error_set(MMP_EIO, "txt2img: rename to %s: %s", path, strerror(e));
-  }
-  return 0;
-}
 
 /* ---------------------------------------------------------------- run */
 
@@ -463,7 +410,8 @@ static int save_images(t2i_t *t, mmp_context_t *ctx, mmp_tensor_t *img, size_t f
     meta.keys[meta.n] = "Software", meta.vals[meta.n++] = "mmpipe txt2img";
     char path[4200];
     snprintf(path, sizeof path, "%s/%05zu.png", t->out_dir, first + (size_t)b);
-    rc = write_png(path, rgb, W, H, &meta);
+    mmp_image_t im = {.data = rgb, .w = (int)W, .h = (int)H, .c = 3};
+    rc = mmp_image_png_write_text(&im, path, meta.keys, meta.vals, meta.n);
     if (rc == 0) MMP_INFO("txt2img", "wrote %s", path);
   }
   free(px);
