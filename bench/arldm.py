@@ -6,6 +6,7 @@ RSS of each, and the ratios.
 
   PYTHONPATH=/root/refsrc/diffusers-0.7.2/src:/root/refenv/site:/root/refenv/site-ftfy \\
       /usr/bin/python3 bench/arldm.py --size tiny|sd15 [--steps N] [--res R] [--threads T]
+      [--task visualization|continuation --mmpipe-only] [--set KEY=VALUE ...]
 
 Run from the source tree root after `make` (mmpipe: tools/pipeline with the
 plugins of the build tree). Sizes:
@@ -23,6 +24,12 @@ of tests/gen_arldm.py; its diffusion() is given RxR instead of its fixed
 mode builds it. mmpipe runs first, as a child process (its peak RSS is the
 child's ru_maxrss); PyTorch then runs in this process (its peak includes the
 interpreter and the imports; the model build is not timed).
+
+--mmpipe-only runs mmpipe alone (e.g. a whole story at AR-LDM's step count);
+--task continuation (4 frames drawn after the first, given one) is mmpipe
+alone too: the PyTorch side builds visualization only. The single guided
+step and the BLIP re-encode beside PyTorch are bench/unet --arldm S and
+bench/blip --frames 1 --tokens S (doc/performance.md, "AR-LDM stories").
 """
 import argparse
 import json
@@ -60,7 +67,7 @@ def run_mmpipe(cfg, sets, threads):
     with open(os.path.join(out, "run.json")) as f:
         run = json.load(f)
     frames = sum(run["frame_seconds"][0])
-    return dict(wall=wall, frames=frames, cpu=(r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime),
+    return dict(wall=wall, frames=frames, frame_list=run["frame_seconds"][0], cpu=(r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime),
                 rss=r1.ru_maxrss / 1024, out=out)
 
 
@@ -167,20 +174,38 @@ def main():
     ap.add_argument("--steps", type=int, default=None, help="DDIM steps per frame (tiny 50, sd15 2)")
     ap.add_argument("--res", type=int, default=None, help="frame side (tiny 32, sd15 256)")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--task", choices=["visualization", "continuation"], default="visualization",
+                    help="continuation: 4 frames after the given first (needs --mmpipe-only)")
+    ap.add_argument("--mmpipe-only", action="store_true", help="run mmpipe's side alone")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="a config setting for mmpipe's run (tools/pipeline -s), e.g. unet.weights_dtype=bf16")
     a = ap.parse_args()
+    if a.task == "continuation" and not a.mmpipe_only:
+        ap.error("--task continuation needs --mmpipe-only (the PyTorch side builds visualization)")
     steps = a.steps or (50 if a.size == "tiny" else 2)
     res = a.res or (32 if a.size == "tiny" else 256)
     torch.set_num_threads(a.threads)
     G.install_standins()
+    nv = 5 if a.task == "visualization" else 4
     if a.size == "tiny":
         cfg = os.path.join(TOP, "examples", "story-tiny.cfg")
-        mm = run_mmpipe(cfg, ["task.steps=%d" % steps, "task.width=%d" % res, "task.height=%d" % res], a.threads)
-        M, m = G.build_model("visualization")
-        batch = G.make_batch("visualization", torch.Generator().manual_seed(5))[0]
+        mm = run_mmpipe(cfg, ["task.steps=%d" % steps, "task.width=%d" % res, "task.height=%d" % res,
+                              "task.task=" + a.task] + a.set, a.threads)
     else:
         d = tempfile.mkdtemp(prefix="bench-arldm-sd15-")
         cfg, story = sd15_files(d, res, np.random.default_rng(11))
-        mm = run_mmpipe(cfg, ["task.steps=%d" % steps], a.threads)
+        mm = run_mmpipe(cfg, ["task.steps=%d" % steps, "task.task=" + a.task] + a.set, a.threads)
+    if a.mmpipe_only:
+        print("AR-LDM story (%s, %d frames), size %s, %dx%d, %d DDIM steps/frame, %d threads, mmpipe alone"
+              % (a.task, nv, a.size, res, res, steps, a.threads))
+        print("%-8s %10s %10s %10s %10s" % ("", "wall s", "CPU s", "RSS MB", "frames s"))
+        print("%-8s %10.2f %10.2f %10.0f %10.2f" % ("mmpipe", mm["wall"], mm["cpu"], mm["rss"], mm["frames"]))
+        print("per frame: " + ", ".join("%.2f s" % f for f in mm["frame_list"]))
+        return
+    if a.size == "tiny":
+        M, m = G.build_model("visualization")
+        batch = G.make_batch("visualization", torch.Generator().manual_seed(5))[0]
+    else:
         sys.path.insert(0, os.path.join(G.REFSRC, "ARLDM"))
         import main as M
         m = build_sd15(M)

@@ -26,6 +26,8 @@ typedef struct bench_opts {
   const char *dtypes; /* --weights-dtype list ("f32,bf16"), NULL: the default */
   const char *wdtype; /* this run's weights_dtype, NULL: not set */
   const char *cdtype; /* --compute-dtype (every run's compute_dtype), NULL: not set */
+  int arldm_s;        /* bench/unet --arldm S: AR-LDM's 6 S-token context and key mask, 0: off */
+  int frames, tokens; /* bench/blip --frames N --tokens S (default 5 x 91) */
 } bench_opts_t;
 
 static inline double bench_now(void) {
@@ -47,7 +49,7 @@ static inline void bench_usage(const char *prog, const char *part, const char *w
   const char *script = sd ? "torch_sd.py" : !strcmp(part, "blip") ? "torch_blip.py" : "torch_retrieval.py";
   printf("Usage: %s [--config PART.json] [--weights W.safetensors] [--threads N] [--repeat N]\n"
          "          [--warmup N] [--compare-torch] [--weights-dtype f32,bf16,f16]\n"
-         "          [--compute-dtype f32|bf16]\n\n"
+         "          [--compute-dtype f32|bf16]%s\n\n"
          "%s %s,\n"
          "on CPU (fp32 unless --weights-dtype/--compute-dtype say otherwise): seconds and peak RSS.\n"
          "Without --weights the weights are made in-process (init_seed 0); with a file from\n"
@@ -59,9 +61,20 @@ static inline void bench_usage(const char *prog, const char *part, const char *w
          "--compute-dtype sets compute_dtype for every run: bf16 rounds the layer inputs\n"
          "to bf16 too and takes the AVX-512-BF16 dot products where the CPU has them\n"
          "(MMPIPE_CPU_ISA=avx512 or generic narrows the kernels; doc/tensor.md).\n%s",
-         prog, sd ? "One forward at SD-1.5 size of" : "The measures of doc/performance.md for", what, script,
-         strcmp(part, "retrieval") ? ""
-                                   : "MMP_BENCH_CANDIDATES (default 256) sets the ITM candidates per query.\n");
+         prog, !strcmp(part, "unet") ? " [--arldm S]" : !strcmp(part, "blip") ? " [--frames N] [--tokens S]" : "",
+         sd ? "One forward at SD-1.5 size of" : "The measures of doc/performance.md for", what, script,
+         !strcmp(part, "retrieval") ? "MMP_BENCH_CANDIDATES (default 256) sets the ITM candidates per query.\n"
+         : !strcmp(part, "unet")
+             ? "--arldm S: one guided AR-LDM step instead: the context is AR-LDM's 6 x S tokens (caption +\n"
+               "5 frames, visualization) with its cross-attention key mask (`encoder_attention_mask`) of\n"
+               "target frame 2, batch 2 = [uncond, cond] (doc/performance.md, \"AR-LDM stories\");\n"
+               "--compare-torch then runs AR-LDM's override UNet on diffusers 0.7.2 (default\n"
+               "PYTHONPATH /root/refsrc/diffusers-0.7.2/src:/root/refenv/site; REFSRC, default\n"
+               "/root/refsrc, holds ARLDM) on the same context and mask.\n"
+         : !strcmp(part, "blip")
+             ? "--frames N --tokens S: N frames (default 5) and S text tokens (default 91); AR-LDM's\n"
+               "re-encode of a drawn frame is --frames 1 --tokens S.\n"
+             : "");
 }
 
 static inline int bench_parse(int argc, char **argv, bench_opts_t *o, const char *part, const char *what) {
@@ -70,6 +83,8 @@ static inline int bench_parse(int argc, char **argv, bench_opts_t *o, const char
                                        {"warmup", required_argument, NULL, 'W'}, {"compare-torch", no_argument, NULL, 'T'},
                                        {"weights-dtype", required_argument, NULL, 'D'},
                                        {"compute-dtype", required_argument, NULL, 'C'},
+                                       {"arldm", required_argument, NULL, 'A'},  {"frames", required_argument, NULL, 'F'},
+                                       {"tokens", required_argument, NULL, 'K'},
                                        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
   static char cfg[4096];
   const char *src = getenv("MMP_BENCH_SRCDIR");
@@ -82,6 +97,10 @@ static inline int bench_parse(int argc, char **argv, bench_opts_t *o, const char
   o->warmup = 0;
   o->compare_torch = false;
   o->dtypes = o->wdtype = o->cdtype = NULL;
+  o->arldm_s = 0;
+  o->frames = 5;
+  o->tokens = 91;
+  bool bad = false;
   int c;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (c) {
@@ -93,9 +112,17 @@ static inline int bench_parse(int argc, char **argv, bench_opts_t *o, const char
     case 'T': o->compare_torch = true; break;
     case 'D': o->dtypes = optarg; break;
     case 'C': o->cdtype = optarg; break;
+    case 'A': o->arldm_s = atoi(optarg); bad |= strcmp(part, "unet") != 0 || o->arldm_s < 1; break;
+    case 'F': o->frames = atoi(optarg); bad |= strcmp(part, "blip") != 0 || o->frames < 1; break;
+    case 'K': o->tokens = atoi(optarg); bad |= strcmp(part, "blip") != 0 || o->tokens < 2; break;
     case 'h': bench_usage(argv[0], part, what); exit(0);
     default: bench_usage(argv[0], part, what); exit(2);
     }
+  }
+  if (bad || optind < argc) {
+    fprintf(stderr, "%s: --arldm is for bench/unet (S >= 1), --frames and --tokens for bench/blip (N >= 1, S >= 2); "
+                    "no operands\n", argv[0]);
+    exit(2);
   }
   mmp_threads_set(o->threads);
   o->threads = mmp_threads_get();
@@ -150,22 +177,31 @@ static inline int bench_open(const bench_opts_t *o, mmp_kind_t kind, const char 
   return -1;
 }
 
-/* In a child of bench_fork_dtypes: hand the parent the seconds per call and
- * the peak RSS. */
-static inline void bench_report(double secs) {
+/* User + system CPU seconds of this process so far. */
+static inline double bench_cpu_s(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e-6;
+}
+
+/* In a child of bench_fork_dtypes: hand the parent the seconds per call,
+ * the peak RSS and the CPU seconds per call. */
+static inline void bench_report(double secs, double cpu) {
   const char *fd = getenv("MMP_BENCH_REPORT_FD");
   if (!fd) return;
   FILE *f = fdopen(atoi(fd), "w");
   if (!f) return;
-  fprintf(f, "%.6f %.1f\n", secs, bench_peak_rss_mb());
+  fprintf(f, "%.6f %.1f %.6f\n", secs, bench_peak_rss_mb(), cpu);
   fclose(f);
 }
 
-/* Time @repeat forwards after @warmup; prints and returns seconds per call. */
+/* Time @repeat forwards after @warmup; prints and returns seconds per call.
+ * Also prints the CPU seconds (user + system) per call, the warm-up
+ * included: on a shared machine they are what compares. */
 static inline double bench_run(const bench_opts_t *o, mmp_component_t *c, const char *method, const mmp_tensormap_t *in,
                                const char *label) {
   const mmp_encoder_ops_t *ops = (const mmp_encoder_ops_t *)c->plugin;
-  double best = 1e30, tot = 0;
+  double best = 1e30, tot = 0, cpu0 = bench_cpu_s();
   for (int i = 0; i < o->warmup + o->repeat; i++) {
     mmp_tensormap_t *out = mmp_tensormap_new();
     double t0 = bench_now();
@@ -181,8 +217,10 @@ static inline double bench_run(const bench_opts_t *o, mmp_component_t *c, const 
     if (dt < best) best = dt;
   }
   printf("%-22s %8.2f s  (best of %d: %.2f s, %d threads)\n", label, tot / o->repeat, o->repeat, best, o->threads);
+  double cpu = (bench_cpu_s() - cpu0) / (o->warmup + o->repeat);
+  printf("%-22s %8.2f s  (user + system per forward, %d forwards)\n", "cpu time", cpu, o->warmup + o->repeat);
   printf("%-22s %8.0f MB\n", "peak RSS", bench_peak_rss_mb());
-  bench_report(tot / o->repeat);
+  bench_report(tot / o->repeat, cpu);
   return tot / o->repeat;
 }
 
@@ -196,10 +234,11 @@ static inline int bench_fork_dtypes(bench_opts_t *o) {
   if (!o->dtypes) return 0;
   static char list[256];
   snprintf(list, sizeof list, "%s", o->dtypes);
-  char *names[8];
+  char *names[8] = {0};
   int n = 0;
   for (char *t = strtok(list, ","); t && n < 8; t = strtok(NULL, ",")) names[n++] = t;
-  double secs[8] = {0}, rss[8] = {0};
+  if (n == 0) return 0; /* an empty list: the default weights_dtype, in this process */
+  double secs[8] = {0}, rss[8] = {0}, cpu[8] = {0};
   for (int i = 0; i < n; i++) {
     int fd[2];
     if (pipe(fd) != 0) return 1;
@@ -219,7 +258,7 @@ static inline int bench_fork_dtypes(bench_opts_t *o) {
     close(fd[1]);
     FILE *f = fdopen(fd[0], "r");
     if (f) {
-      if (fscanf(f, "%lf %lf", &secs[i], &rss[i]) != 2) secs[i] = rss[i] = 0;
+      if (fscanf(f, "%lf %lf %lf", &secs[i], &rss[i], &cpu[i]) != 3) secs[i] = rss[i] = cpu[i] = 0;
       fclose(f);
     }
     int st = 0;
@@ -228,20 +267,24 @@ static inline int bench_fork_dtypes(bench_opts_t *o) {
   printf("== weights_dtype summary (relative to %s%s%s) ==\n", names[0], o->cdtype ? ", compute_dtype " : "",
          o->cdtype ? o->cdtype : "");
   for (int i = 0; i < n; i++)
-    printf("%-6s %8.2f s (x%.2f speed)  %8.0f MB peak RSS (x%.2f)\n", names[i], secs[i],
-           secs[i] > 0 ? secs[0] / secs[i] : 0.0, rss[i], rss[0] > 0 ? rss[i] / rss[0] : 0.0);
+    printf("%-6s %8.2f s (x%.2f speed)  %8.2f CPU s (x%.2f)  %8.0f MB peak RSS (x%.2f)\n", names[i], secs[i],
+           secs[i] > 0 ? secs[0] / secs[i] : 0.0, cpu[i], cpu[i] > 0 ? cpu[0] / cpu[i] : 0.0, rss[i],
+           rss[0] > 0 ? rss[i] / rss[0] : 0.0);
   return 1;
 }
 
-/* Run bench/torch_sd.py PART CONFIG THREADS and echo its report. */
+/* Run bench/torch_sd.py PART CONFIG THREADS [ARLDM_S] and echo its report
+ * (--arldm: AR-LDM's override UNet, diffusers 0.7.2 first on the path). */
 static inline void bench_torch(const bench_opts_t *o, const char *part) {
   if (!o->compare_torch) return;
   const char *pp = getenv("MMP_TORCH_PYTHONPATH");
-  char cmd[12000];
+  if (!pp) pp = o->arldm_s ? "/root/refsrc/diffusers-0.7.2/src:/root/refenv/site" : "/root/refenv/site";
+  char cmd[12000], s[32] = "";
+  if (o->arldm_s) snprintf(s, sizeof s, " %d", o->arldm_s);
   snprintf(cmd, sizeof cmd,
            "PYTHONPATH='%s' LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu/openblas-pthread OMP_NUM_THREADS=%d "
-           "/usr/bin/python3 '%s/bench/torch_sd.py' %s '%s' %d",
-           pp ? pp : "/root/refenv/site", o->threads, o->srcdir, part, o->config, o->threads);
+           "/usr/bin/python3 '%s/bench/torch_sd.py' %s '%s' %d%s",
+           pp, o->threads, o->srcdir, part, o->config, o->threads, s);
   printf("-- PyTorch (subprocess) --\n");
   fflush(stdout);
   int rc = system(cmd);
