@@ -24,7 +24,7 @@ libmmpipe_la_SOURCES += core/loader.c
 nobase_include_HEADERS += include/mmpipe/loader.h
 
 # PyTorch checkpoints: the restricted pickle machine and the zip/legacy containers
-libmmpipe_la_SOURCES += core/pickle.c core/pickle.h core/checkpoint.c
+libmmpipe_la_SOURCES += core/pickle.c core/pickle.h core/checkpoint.c core/checkpoint_write.c
 # plain pickled values for data files (include/mmpipe/pickle.h)
 libmmpipe_la_SOURCES += core/pickle_api.c
 nobase_include_HEADERS += include/mmpipe/pickle.h

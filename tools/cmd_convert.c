@@ -11,12 +11,15 @@
 
 static void convert_help(FILE *f) {
   fprintf(f,
-          "Usage: pipeline convert IN OUT.safetensors [--select PATH] [--strip-prefix P]\n"
-          "                        [--dtype f32|f16|bf16]\n\n"
+          "Usage: pipeline convert IN OUT [--select PATH] [--strip-prefix P]\n"
+          "                        [--dtype f32|f16|bf16] [--to safetensors|torch|lightning]\n\n"
           "Write the tensors of IN, a PyTorch checkpoint (.ckpt, .pth, .pt, .bin; read\n"
           "without running anything it names, see doc/checkpoint.md) or a .safetensors\n"
-          "file, to OUT.safetensors. OUT is written to a temporary name and renamed into\n"
-          "place, so an interrupted run never leaves a truncated file.\n\n"
+          "file, to OUT: a .safetensors file, or a torch.save file that torch.load reads\n"
+          "(an OrderedDict of the tensors; for a .ckpt OUT, Lightning's layout with the\n"
+          "tensors under state_dict, as AR-LDM's last.ckpt). OUT is written to a\n"
+          "temporary name and renamed into place, so an interrupted run never leaves a\n"
+          "truncated file.\n\n"
           "Without options every tensor of IN is written under its dotted path (dict keys\n"
           "and list/tuple indices joined by '.': state_dict.unet.conv_in.weight,\n"
           "optimizer_states.0.state.3.exp_avg) in its own dtype (bf16 stays bf16; i16 and\n"
@@ -29,6 +32,11 @@ static void convert_help(FILE *f) {
           "                       --strip-prefix unet. gives a diffusers UNet file)\n"
           "  --dtype T            convert floating-point tensors to T (f32, f16 or bf16);\n"
           "                       integer and bool tensors are written as they are\n"
+          "  --to F               OUT's format: safetensors, torch (torch.save of the\n"
+          "                       tensors' OrderedDict) or lightning (the same under\n"
+          "                       \"state_dict\" with epoch, global_step and\n"
+          "                       pytorch-lightning_version); default by OUT's extension:\n"
+          "                       .ckpt lightning, .pt/.pth/.bin torch, else safetensors\n"
           "  -v, --verbose        more log output; -q, --quiet: errors only\n"
           "  -h, --help           this help\n");
 }
@@ -38,13 +46,14 @@ static bool is_float(mmp_dtype_t d) { return d == MMP_F32 || d == MMP_F16 || d =
 int cmd_convert(int argc, char **argv) {
   static const struct option opts[] = {{"help", no_argument, NULL, 'h'},
                                        {"select", required_argument, NULL, 's'},
+                                       {"to", required_argument, NULL, 'o'},
                                        {"strip-prefix", required_argument, NULL, 'p'},
                                        {"dtype", required_argument, NULL, 't'},
                                        {"verbose", no_argument, NULL, 'v'},
                                        {"quiet", no_argument, NULL, 'q'},
                                        {NULL, 0, NULL, 0}};
   int c;
-  const char *select = NULL, *strip = "", *dts = NULL;
+  const char *select = NULL, *strip = "", *dts = NULL, *to = NULL;
   optind = 1;
   while ((c = getopt_long(argc, argv, "hvq", opts, NULL)) != -1) {
     if (pipe_common_option(c)) continue;
@@ -53,11 +62,21 @@ int cmd_convert(int argc, char **argv) {
     case 's': select = optarg; break;
     case 'p': strip = optarg; break;
     case 't': dts = optarg; break;
+    case 'o': to = optarg; break;
     default: return pipe_usage("convert", "bad option");
     }
   }
-  if (optind != argc - 2) return pipe_usage("convert", "expected IN and OUT.safetensors");
+  if (optind != argc - 2) return pipe_usage("convert", "expected IN and OUT");
   const char *in = argv[optind], *out = argv[optind + 1];
+  if (!to) {
+    const char *dot = strrchr(out, '.');
+    to = !dot ? "safetensors"
+         : !strcmp(dot, ".ckpt") ? "lightning"
+         : (!strcmp(dot, ".pt") || !strcmp(dot, ".pth") || !strcmp(dot, ".bin")) ? "torch"
+                                                                                : "safetensors";
+  }
+  if (strcmp(to, "safetensors") && strcmp(to, "torch") && strcmp(to, "lightning"))
+    return pipe_usage("convert", "--to must be safetensors, torch or lightning, not '%s'", to);
   mmp_dtype_t want = MMP_DTYPE_COUNT;
   if (dts) {
     if (strcmp(dts, "f32") != 0 && strcmp(dts, "f16") != 0 && strcmp(dts, "bf16") != 0)
@@ -102,7 +121,8 @@ int cmd_convert(int argc, char **argv) {
   if (rc == 0 && mmp_tensormap_size(m) == 0)
     rc = mmp_error_set(MMP_ENOENT, "%s: no tensor%s%s", in, prefix[0] ? " under " : "", prefix);
   static const char *const meta[] = {"format", "pt", NULL};
-  if (rc == 0) rc = mmp_safetensors_save_map(out, m, meta);
+  if (rc == 0 && !strcmp(to, "safetensors")) rc = mmp_safetensors_save_map(out, m, meta);
+  else if (rc == 0) rc = mmp_checkpoint_save_map(out, m, !strcmp(to, "lightning") ? MMP_CKPT_LIGHTNING : 0);
   size_t n = mmp_tensormap_size(m);
   mmp_tensormap_free(m);
   mmp_checkpoint_close(ck);

@@ -89,6 +89,19 @@ const char *mmp_checkpoint_value_text(const mmp_checkpoint_t *ck, size_t i);
 int mmp_checkpoint_load_map(const char *path, const char *prefix, mmp_backend_t *be, bool f64_to_f32,
                             mmp_tensormap_t *out);
 
+/* ---- writing ---- */
+
+#define MMP_CKPT_LIGHTNING 0x2u /* save: the dict under "state_dict" of a Lightning checkpoint */
+
+/* Write the tensors of @m as a torch.save file (the zip format of PyTorch >= 1.6) that
+ * torch.load reads: an OrderedDict of name -> contiguous CPU tensor in the map's order, each
+ * with its own storage (f32, f16, bf16, f64, i64, i32, u8, bool). With MMP_CKPT_LIGHTNING the
+ * OrderedDict is the "state_dict" of a dict that also holds epoch = 0, global_step = 0 and
+ * pytorch-lightning_version, the keys Lightning's load_from_checkpoint() reads (AR-LDM's
+ * last.ckpt layout). Records are 64-byte aligned; zip64 past 4 GiB; written atomically
+ * (mmpipe/file.h). Tensors on another backend are copied to the host one at a time. */
+int mmp_checkpoint_save_map(const char *path, const mmp_tensormap_t *m, unsigned flags);
+
 #ifdef __cplusplus
 }
 #endif
