@@ -108,3 +108,9 @@ TESTS += tests/test_plugin_arldm_train
 tests_test_plugin_arldm_train_CPPFLAGS = $(TEST_CPPFLAGS) $(JANSSON_CFLAGS)
 tests_test_plugin_arldm_train_LDADD = plugins/common/libsdcommon.la $(TEST_LDADD) $(JANSSON_LIBS)
 EXTRA_DIST += tests/gen_arldm_train.py tests/fixtures/arldm/train_step.safetensors
+# the tape through the blip encoder against BLIP's code (tests/gen_blip_grad.py)
+check_PROGRAMS += tests/test_plugin_blip_grad
+TESTS += tests/test_plugin_blip_grad
+tests_test_plugin_blip_grad_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_plugin_blip_grad_LDADD = $(TEST_LDADD)
+EXTRA_DIST += tests/gen_blip_grad.py tests/fixtures/grad/blip_grad.safetensors tests/fixtures/grad/blip_grad_med_config.json
