@@ -7,6 +7,7 @@
  * and freeze_blip (the freezing done by name patterns, mmp_param_trainable). */
 #include <mmpipe/autograd.h>
 #include <mmpipe/optim.h>
+#include <mmpipe/rng.h>
 
 #include "plugins/common/arldm.h"
 #include "sd_test.h"
@@ -107,8 +108,8 @@ static int load_extras(arldm_parts_t *p) {
   return p->type && p->time && p->clip_null && p->blip_null && p->image_null ? 0 : -1;
 }
 
-static void run_case(const char *c, const mmp_tensormap_t *fx, const char *const *freeze, const char *const *train,
-                     bool blip_trainable) {
+static void run_case(const char *c, int seed, const mmp_tensormap_t *fx, const char *const *freeze,
+                     const char *const *train, bool blip_trainable) {
   sd_env_t e;
   char text[8192], fxdir[4096];
   snprintf(fxdir, sizeof fxdir, "%s/tests/fixtures/sd", tap_srcdir());
@@ -169,11 +170,33 @@ static void run_case(const char *c, const mmp_tensormap_t *fx, const char *const
     check_grad(mmp_tensormap_get(grads, pn), mmp_tensormap_at(fx, i), what);
     checked++;
   }
-  ok(checked >= 8, "%s: %d gradients compared (%d of BLIP skipped: its plugin lists no parameters)", c, checked, skipped);
+  ok(checked >= 8, "%s: %d gradients compared (%d of BLIP skipped: no blip parameters)", c, checked, skipped);
   mmp_tensor_unref(loss);
   mmp_tensormap_free(grads);
   mmp_tape_free(tape);
   arldm_draws_clear(&d);
+
+  /* the draws made by the step: with the CFG uniforms given (AR-LDM draws
+   * them from numpy), a torch generator seeded as the fixture's global one
+   * draws the posterior noise, the noise and t as ARLDM.forward did */
+  mmp_rng_t *g = mmp_rng_new((uint64_t)seed, MMP_RNG_TORCH);
+  arldm_draws_t d2 = {.cfg_uniform = mmp_tensor_ref(fx_get(fx, c, "cfg_uniform"))};
+  mmp_tensor_t *loss2 = NULL;
+  rc = arldm_train_step(&p, &b, g, &d2, &loss2);
+  if (!ok(rc == 0 && loss2, "%s: the step drawing from a torch generator seeded %d", c, seed)) diag("%s", mmp_error_last());
+  ok(d2.posterior_noise && sd_relerr(d2.posterior_noise, fx_get(fx, c, "posterior_noise")) == 0,
+     "%s: posterior noise = the VAE posterior's torch.randn", c);
+  ok(d2.noise && sd_relerr(d2.noise, fx_get(fx, c, "noise")) == 0, "%s: noise = torch.randn", c);
+  bool same_t = d2.timesteps && mmp_tensor_numel(d2.timesteps) == mmp_tensor_numel(fx_get(fx, c, "timesteps"));
+  for (int64_t k = 0; same_t && k < mmp_tensor_numel(d2.timesteps); k++)
+    same_t = mmp_tensor_get(d2.timesteps, &k) == mmp_tensor_get(fx_get(fx, c, "timesteps"), &k);
+  ok(same_t, "%s: timesteps = torch.randint(0, 1000)", c);
+  l1 = loss2 ? mmp_reshape(loss2, 1, &one) : NULL;
+  sd_check(l1, fx_get(fx, c, "loss"), "loss with the drawn noise");
+  mmp_tensor_unref(l1);
+  mmp_tensor_unref(loss2);
+  arldm_draws_clear(&d2);
+  mmp_rng_free(g);
   mmp_tensor_unref(src);
 done:
   mmp_tensor_unref(p.type);
@@ -202,8 +225,8 @@ int main(void) {
   static const char *const none[] = {NULL};
   static const char *const freeze_cb[] = {"text_encoder.*", "mm_encoder.*", "vae.*", NULL};
   static const char *const train_cb[] = {"*.token_embedding.*", "*.word_embeddings.*", NULL};
-  run_case("vis", fx, none, none, true);
-  run_case("cont", fx, freeze_cb, train_cb, true);
+  run_case("vis", 111, fx, none, none, true); /* gen_arldm_train.py: torch.manual_seed(100 + 11) */
+  run_case("cont", 112, fx, freeze_cb, train_cb, true);
   diag("largest relative error of a gradient: %.3g", worst);
   mmp_tensormap_free(fx);
   return done_testing();

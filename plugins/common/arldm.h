@@ -87,11 +87,13 @@ typedef struct arldm_batch {
   mmp_tensor_t *source_mask;     /* [B, src_V, S] */
 } arldm_batch_t;
 
-/* The random draws of one step (n = B * V rows). NULL members are drawn by
- * arldm_train_step from its generator, in ARLDM.forward's order, and stored
- * here (transfer full: free with arldm_draws_clear); given members are used
- * as they are (transfer none... but arldm_draws_clear unrefs them too: give
- * a reference). */
+/* The random draws of one step (n = B * V rows). The struct owns its
+ * members (arldm_draws_clear releases them): given ones (a reference handed
+ * over) are used as they are; NULL ones are drawn by arldm_train_step from
+ * its generator, in ARLDM.forward's order, and stored here. With
+ * cfg_uniform given, a torch-mode generator seeded as torch's global one
+ * draws exactly AR-LDM's posterior noise, noise and t
+ * (tests/test_plugin_arldm_train). */
 typedef struct arldm_draws {
   mmp_tensor_t *cfg_uniform;     /* [n] in [0, 1): row dropped when < 0.1. AR-LDM draws np.random.rand(n);
                                     drawn here: mmp_rng_uniform n times (not numpy's stream) */
