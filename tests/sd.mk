@@ -102,3 +102,15 @@ TESTS += tests/test_plugin_clip_grad
 tests_test_plugin_clip_grad_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_clip_grad_LDADD = $(TEST_LDADD)
 EXTRA_DIST += tests/gen_clip_grad.py tests/fixtures/grad/clip_grad.safetensors
+# AR-LDM's training step (plugins/common/arldm.c) against ARLDM.forward (tests/gen_arldm_train.py)
+check_PROGRAMS += tests/test_plugin_arldm_train
+TESTS += tests/test_plugin_arldm_train
+tests_test_plugin_arldm_train_CPPFLAGS = $(TEST_CPPFLAGS) $(JANSSON_CFLAGS)
+tests_test_plugin_arldm_train_LDADD = plugins/common/libsdcommon.la $(TEST_LDADD) $(JANSSON_LIBS)
+EXTRA_DIST += tests/gen_arldm_train.py tests/fixtures/arldm/train_step.safetensors
+# the tape through the blip encoder against BLIP's code (tests/gen_blip_grad.py)
+check_PROGRAMS += tests/test_plugin_blip_grad
+TESTS += tests/test_plugin_blip_grad
+tests_test_plugin_blip_grad_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_plugin_blip_grad_LDADD = $(TEST_LDADD)
+EXTRA_DIST += tests/gen_blip_grad.py tests/fixtures/grad/blip_grad.safetensors tests/fixtures/grad/blip_grad_med_config.json

@@ -3,6 +3,8 @@
  * text encoders, through the core tensor API. */
 #include "plugins/common/towers.h"
 
+#include <mmpipe/autograd.h>
+
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -23,7 +25,7 @@ int sd_bert_load(sd_bert_t *b, const json_t *j, const char *cpath, sd_weights_t 
       (rc = sd_json_int(j, "intermediate_size", 3072, &b->inter)) ||
       (rc = sd_json_int(j, "vocab_size", blip_hf ? 30524 : 30522, &b->n_vocab)) ||
       (rc = sd_json_int(j, "max_position_embeddings", 512, &b->n_pos)) ||
-      (rc = sd_json_int(j, "type_vocab_size", 2, &n_types)) ||
+      (rc = sd_json_int(j, "type_vocab_size", 2, &n_types)) || (rc = sd_json_int(j, "pad_token_id", 0, &b->pad_id)) ||
       (rc = sd_json_float(j, "layer_norm_eps", 1e-12, &b->eps)) ||
       (rc = sd_json_bool(j, "is_decoder", blip_hf, &b->is_decoder)) ||
       (rc = sd_json_bool(j, "add_cross_attention", false, &add_cross)) ||
@@ -47,7 +49,12 @@ int sd_bert_load(sd_bert_t *b, const json_t *j, const char *cpath, sd_weights_t 
   int64_t s[MMP_MAX_DIMS];
   /* The word table as stored (AR-LDM's is resized past its config). */
   snprintf(n, sizeof n, "%sembeddings.word_embeddings.weight", P);
-  if (sd_w_info(w, n, &nd, s) == 0 && nd == 2) b->n_vocab = s[0];
+  if (sd_w_info(w, n, &nd, s) == 0 && nd == 2) {
+    /* a table resized past the config was made by transformers'
+     * resize_token_embeddings: a new nn.Embedding without padding_idx */
+    if (s[0] != b->n_vocab) b->pad_id = -1;
+    b->n_vocab = s[0];
+  }
   int64_t ws[2] = {b->n_vocab, b->dim}, ps[2] = {b->n_pos, b->dim}, ts[2] = {n_types, b->dim};
   /* The cross-attention key width as stored: BLIP_Base sets encoder_width
    * to the vision width at run time, whatever med_config.json says. */
@@ -110,6 +117,7 @@ int sd_bert_resize_vocab(sd_bert_t *b, int64_t rows, uint64_t seed) {
   b->word = sd_grow_rows(b->word, rows, 0.02, seed);
   if (!b->word) return mmp_error_code();
   b->n_vocab = rows;
+  b->pad_id = -1; /* as resize_token_embeddings: the new table has no padding_idx */
   return 0;
 }
 
@@ -166,6 +174,31 @@ int sd_bert_cross_kv(const sd_bert_t *b, const mmp_tensor_t *ctx, mmp_tensor_t *
   return 0;
 }
 
+/* The word table the embedding reads. Under a tape that tracks it, torch's
+ * padding_idx is honoured: the pad row is a copy the tape does not track
+ * (the same values), so that row gets no gradient, as in BERT's
+ * nn.Embedding(..., padding_idx = pad_token_id). (transfer full) */
+static mmp_tensor_t *word_table(const sd_bert_t *b) {
+  mmp_tape_t *tape = mmp_tape_current();
+  int64_t V = b->word->shape[0], p = b->pad_id;
+  if (!tape || p < 0 || p >= V || !mmp_tape_tracks(tape, b->word)) return mmp_tensor_ref(b->word);
+  mmp_tape_t *prev = mmp_tape_set_current(NULL);
+  mmp_tensor_t *rv = mmp_slice(b->word, 0, p, p + 1, 1);
+  mmp_tensor_t *row = rv ? mmp_clone(rv) : NULL;
+  mmp_tensor_unref(rv);
+  mmp_tape_set_current(prev);
+  mmp_tensor_t *parts[3], *r = NULL;
+  int n = 0;
+  if (p > 0) parts[n++] = mmp_slice(b->word, 0, 0, p, 1);
+  parts[n++] = row;
+  if (p + 1 < V) parts[n++] = mmp_slice(b->word, 0, p + 1, V, 1);
+  bool all = true;
+  for (int i = 0; i < n; i++) all = all && parts[i];
+  if (all) r = mmp_concat(parts, n, 0);
+  for (int i = 0; i < n; i++) mmp_tensor_unref(parts[i]);
+  return r;
+}
+
 /* sd_bert and sd_bert_cached: cross-attention to @ctx, or to @kv. */
 static mmp_tensor_t *bert_run(const sd_bert_t *b, const mmp_tensor_t *ids, const mmp_tensor_t *mask,
                               const mmp_tensor_t *types, bool causal, const mmp_tensor_t *ctx,
@@ -203,7 +236,9 @@ static mmp_tensor_t *bert_run(const sd_bert_t *b, const mmp_tensor_t *ids, const
     mmp_error_set(MMP_EINVAL, "bert: encoder_hidden_states given but the layers have no cross-attention");
     return NULL;
   }
-  mmp_tensor_t *h = mmp_embedding(b->word, ids);
+  mmp_tensor_t *word = word_table(b);
+  mmp_tensor_t *h = word ? mmp_embedding(word, ids) : NULL;
+  mmp_tensor_unref(word);
   if (b->type) {
     mmp_tensor_t *t;
     if (types) {

@@ -240,6 +240,11 @@ mmp_tensor_t *sd_resnet(const sd_resnet_t *r, const mmp_tensor_t *x,
 typedef struct sd_attn {
   sd_linear_t q, k, v, o;
   int heads;
+  /* BLIP's fused [3 inner, dim] qkv as stored (sd_attn_load_fused; else
+   * NULL): q, k, v are row views of it made at load time; while a tape
+   * tracks it (trainable weights watched) they are sliced again per call,
+   * so that the tape sees the uses of the parameter itself */
+  sd_linear_t qkv;
 } sd_attn_t;
 /* q/k/v/o names are given (e.g. "to_q", "to_k", "to_v", "to_out.0"). */
 int sd_attn_load(sd_attn_t *a, sd_weights_t *w, const char *prefix,

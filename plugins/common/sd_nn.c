@@ -165,6 +165,7 @@ int sd_attn_load(sd_attn_t *a, sd_weights_t *w, const char *prefix, const char *
 }
 
 void sd_attn_free(sd_attn_t *a) {
+  sd_linear_free(&a->qkv);
   sd_linear_free(&a->q);
   sd_linear_free(&a->k);
   sd_linear_free(&a->v);
@@ -181,12 +182,27 @@ static mmp_tensor_t *split_heads(mmp_tensor_t *x, int heads) {
   return sd_swap(r, r ? mmp_permute(r, perm) : NULL);
 }
 
+/* Projection @i (0 q, 1 k, 2 v) of @a applied to @x. A fused qkv that the
+ * current tape tracks is sliced here (recorded views of the watched
+ * tensor); otherwise the load-time views serve (the same numbers). */
+static mmp_tensor_t *qkv_linear(const sd_attn_t *a, int i, const mmp_tensor_t *x) {
+  const sd_linear_t *l = i == 0 ? &a->q : i == 1 ? &a->k : &a->v;
+  mmp_tape_t *tape = a->qkv.w ? mmp_tape_current() : NULL;
+  if (!x || !tape || !(mmp_tape_tracks(tape, a->qkv.w) || (a->qkv.b && mmp_tape_tracks(tape, a->qkv.b))))
+    return sd_linear(l, x);
+  int64_t d = a->qkv.w->shape[0] / 3;
+  sd_linear_t s = {mmp_slice(a->qkv.w, 0, i * d, (i + 1) * d, 1), a->qkv.b ? mmp_slice(a->qkv.b, 0, i * d, (i + 1) * d, 1) : NULL};
+  mmp_tensor_t *r = s.w && (s.b || !a->qkv.b) ? sd_linear(&s, x) : NULL;
+  sd_linear_free(&s);
+  return r;
+}
+
 /* Contiguous, as mmp_attention needs them: cached keys and values are then
  * not copied again by every call that attends to them. */
 int sd_attn_kv(const sd_attn_t *a, const mmp_tensor_t *ctx, mmp_tensor_t **k, mmp_tensor_t **v) {
-  *k = split_heads(sd_linear(&a->k, ctx), a->heads);
+  *k = split_heads(qkv_linear(a, 1, ctx), a->heads);
   *k = sd_swap(*k, *k ? mmp_contiguous(*k) : NULL);
-  *v = *k ? split_heads(sd_linear(&a->v, ctx), a->heads) : NULL;
+  *v = *k ? split_heads(qkv_linear(a, 2, ctx), a->heads) : NULL;
   *v = sd_swap(*v, *v ? mmp_contiguous(*v) : NULL);
   if (*k && *v) return 0;
   mmp_tensor_unref(*k);
@@ -207,7 +223,7 @@ mmp_tensor_t *sd_attn_cached(const sd_attn_t *a, const mmp_tensor_t *x, const mm
                   "[1, Lk] key mask", (long long)B);
     return NULL;
   }
-  mmp_tensor_t *q = sd_linear(&a->q, x);
+  mmp_tensor_t *q = qkv_linear(a, 0, x);
   if (fold && q) {
     int64_t s[3] = {1, B * L, q->shape[2]};
     q = sd_swap(q, mmp_reshape(q, 3, s));
@@ -536,7 +552,7 @@ int sd_attn_load_fused(sd_attn_t *a, sd_weights_t *w, const char *qkv, const cha
     dst[i]->w = f.w ? mmp_slice(f.w, 0, i * dim, (i + 1) * dim, 1) : NULL;
     dst[i]->b = f.b ? mmp_slice(f.b, 0, i * dim, (i + 1) * dim, 1) : NULL;
   }
-  sd_linear_free(&f);
+  a->qkv = f; /* the parameter itself, for a tape (qkv_linear) */
   sd_linear_load(&a->o, w, out, dim, dim, true);
   a->heads = heads;
   return 0;

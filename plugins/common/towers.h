@@ -77,6 +77,9 @@ typedef struct sd_bert {
   sd_linear_t pooler;              /* dense + tanh on the first token (w NULL when absent) */
   bool cross;                      /* layers have cross-attention */
   bool is_decoder;                 /* the config's default for causal self-attention */
+  int64_t pad_id;                  /* torch's padding_idx of the word table (its row gets no gradient under a
+                                    * tape): pad_token_id, or -1 (none) when the table was resized past the
+                                    * config's vocab_size (transformers' resize_token_embeddings drops it) */
 } sd_bert_t;
 
 /* Load from a transformers BertConfig / BlipTextConfig / BLIP med_config

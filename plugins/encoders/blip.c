@@ -16,6 +16,7 @@ typedef struct blipp {
   int64_t enc_id;
   blip_mode_t mode;
   bool out_hidden;
+  bool trainable; /* created with trainable = true: owned f32 weights */
   mmp_tensormap_t *state;
 } blipp_t;
 
@@ -27,6 +28,7 @@ static const mmp_key_t blip_keys[] = {
     {"resize_seed", MMP_TYPE_INT, "0", "seed (philox) of rows added by vocab_size: normal(0, 0.02)", 0, 0},
     {"enc_token_id", MMP_TYPE_INT, "30523", "the tokenizer's [ENC] id, put first in multimodal mode", 0, 0},
     {"mode", MMP_TYPE_STRING, "\"multimodal\"", "the default method: image, text or multimodal", 0, 0},
+    SD_TRAINABLE_KEY,
     {NULL, 0, NULL, NULL, 0, 0}};
 
 static void blip_destroy(void *self) {
@@ -61,7 +63,8 @@ static int blip_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
       (rc = sd_cfg_str(cfg, "mode", "multimodal", &mode)) || (rc = sd_cfg_int(cfg, "num_heads", 0, &heads)) ||
       (rc = sd_cfg_int(cfg, "vocab_size", 0, &vocab)) || (rc = sd_cfg_int(cfg, "resize_seed", 0, &seed)) ||
       (rc = sd_cfg_int(cfg, "enc_token_id", 30523, &p->enc_id)) ||
-      (rc = sd_cfg_bool(cfg, "output_hidden_states", false, &p->out_hidden)))
+      (rc = sd_cfg_bool(cfg, "output_hidden_states", false, &p->out_hidden)) ||
+      (rc = sd_cfg_bool(cfg, "trainable", false, &p->trainable)))
     goto fail;
   if (parse_mode(mode, &p->mode)) {
     rc = sd_cfg_bad(cfg, "mode", "must be image, text or multimodal");
@@ -183,11 +186,33 @@ static int blip_forward(void *self, const char *method, const mmp_tensormap_t *i
   return rc;
 }
 
+/* Every weight by the checkpoint's names (visual_encoder.*, text_encoder.*,
+ * after `prefix`), the fused qkv of the vision blocks as stored (a tape
+ * sees its uses: sd_attn's qkv), the word table the forward uses (grown by
+ * vocab_size). */
+static int blip_parameters(void *self, mmp_param_cb cb, void *user) {
+  blipp_t *p = self;
+  if (!p->trainable)
+    return mmp_error_set(MMP_EINVAL, "blip: parameters need an instance created with trainable = true "
+                                     "(the weights are otherwise a read-only mapping of the file)");
+  static const char word[] = "embeddings.word_embeddings.weight";
+  for (size_t i = 0; i < mmp_tensormap_size(p->state); i++) {
+    const char *name = mmp_tensormap_name(p->state, i);
+    mmp_tensor_t *t = mmp_tensormap_at(p->state, i);
+    size_t l = strlen(name);
+    if (l >= sizeof word - 1 && !strcmp(name + l - (sizeof word - 1), word)) t = p->text.word;
+    int rc = cb(user, name, t);
+    if (rc) return rc;
+  }
+  return 0;
+}
+
 static const mmp_encoder_ops_t blip_ops = {
     .base = MMP_PLUGIN_BASE(MMP_KIND_ENCODER, mmp_encoder_ops_t, "blip", "1.0",
                             "BLIP feature extractor (BLIP_Base): image, text and multimodal features",
                             blip_keys, blip_create, blip_destroy),
     .forward = blip_forward,
+    .parameters = blip_parameters,
 };
 
 MMP_EXPORT int mmp_plugin_encoder_blip_init(mmp_registry_t *reg);

@@ -8,6 +8,7 @@ plugins_common_libsdcommon_la_SOURCES = plugins/common/sd_common.h \
 	plugins/common/sd_weights.c plugins/common/sd_nn.c \
 	plugins/common/towers.h plugins/common/towers.c plugins/common/vit.c plugins/common/bert.c \
 	plugins/common/sampling.h plugins/common/sampling.c \
+	plugins/common/arldm.h plugins/common/arldm.c \
 	plugins/common/topk.h plugins/common/topk.c
 plugins_common_libsdcommon_la_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)
 SD_COMMON_LIBADD = plugins/common/libsdcommon.la $(PLUGIN_LIBADD) $(JANSSON_LIBS) -lm

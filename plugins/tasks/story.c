@@ -31,6 +31,7 @@
 #include <mmpipe/rng.h>
 #include <mmpipe/safetensors.h>
 
+#include "plugins/common/arldm.h"
 #include "plugins/common/sampling.h"
 #include "plugins/common/sd_common.h"
 #include "plugins/common/fidfeat.h"
@@ -213,22 +214,6 @@ static int forward(mmp_component_t *c, const char *method, const mmp_tensormap_t
   return ops->forward(c->self, method, in, out);
 }
 
-/* One output of @c for the named inputs (transfer full). */
-static mmp_tensor_t *call1(mmp_component_t *c, const char *method, const char *out_name, const char *n1, mmp_tensor_t *t1,
-                           const char *n2, mmp_tensor_t *t2, const char *n3, mmp_tensor_t *t3) {
-  mmp_tensormap_t *in = mmp_tensormap_new(), *out = mmp_tensormap_new();
-  mmp_tensor_t *r = NULL;
-  if (in && out && (!n1 || mmp_tensormap_set(in, n1, mmp_tensor_ref(t1)) == 0) &&
-      (!n2 || mmp_tensormap_set(in, n2, mmp_tensor_ref(t2)) == 0) &&
-      (!n3 || mmp_tensormap_set(in, n3, mmp_tensor_ref(t3)) == 0) && forward(c, method, in, out) == 0) {
-    r = mmp_tensormap_need(out, out_name);
-    if (r) mmp_tensor_ref(r);
-  }
-  mmp_tensormap_free(in);
-  mmp_tensormap_free(out);
-  return r;
-}
-
 /* reshape of a fresh view, the view released (transfer full) */
 static mmp_tensor_t *rs(mmp_tensor_t *t, int nd, const int64_t *shape) {
   mmp_tensor_t *r = t ? mmp_reshape(t, nd, shape) : NULL;
@@ -236,36 +221,24 @@ static mmp_tensor_t *rs(mmp_tensor_t *t, int nd, const int64_t *shape) {
   return r;
 }
 
-/* @x [N, L, D] + row @k of @table, broadcast over N and L (transfer full). */
-static mmp_tensor_t *add_row(mmp_tensor_t *x, mmp_tensor_t *table, int64_t k) {
-  if (!x) return NULL;
-  mmp_tensor_t *row = mmp_slice(table, 0, k, k + 1, 1);
-  mmp_tensor_t *b = row ? mmp_broadcast_to(row, x->ndim, x->shape) : NULL;
-  mmp_tensor_t *c = b ? mmp_contiguous(b) : NULL;
-  mmp_tensor_t *r = c ? mmp_add(x, c) : NULL;
-  mmp_tensor_unref(row);
-  mmp_tensor_unref(b);
-  mmp_tensor_unref(c);
-  return r;
+/* The shared AR-LDM pieces (plugins/common/arldm.h) of this run. */
+static arldm_parts_t parts_of(const run_t *r) {
+  return (arldm_parts_t){.clip = r->c.clip, .blip = r->c.blip, .type = r->type, .time = r->time};
 }
 
 /* BLIP multimodal of frames (u8 [N, H, W, 3]) with their captions, + type 1
  * + time @j: [N, S, D] (transfer full). */
 static mmp_tensor_t *blip_pixels(run_t *r, mmp_tensor_t *px, mmp_tensor_t *ids, mmp_tensor_t *mask, int64_t j) {
-  mmp_tensor_t *h = call1(r->c.blip, "multimodal", "last_hidden_state", "pixel_values", px, "input_ids", ids,
-                          mask ? "attention_mask" : NULL, mask);
-  h = sd_swap(h, add_row(h, r->type, 1));
-  return sd_swap(h, add_row(h, r->time, j));
+  arldm_parts_t p = parts_of(r);
+  return arldm_blip_context(&p, px, ids, mask, j);
 }
 
 static mmp_tensor_t *blip_frames(run_t *r, mmp_tensor_t *frames, mmp_tensor_t *ids, mmp_tensor_t *mask, int64_t j) {
-  mmp_tensor_t *px = call1(r->c.proc, NULL, "images", "images", frames, NULL, NULL, NULL, NULL);
+  mmp_tensor_t *px = arldm_call1(r->c.proc, NULL, "images", "images", frames, NULL, NULL, NULL, NULL);
   if (!px) return NULL;
-  mmp_tensor_t *h = call1(r->c.blip, "multimodal", "last_hidden_state", "pixel_values", px, "input_ids", ids,
-                          mask ? "attention_mask" : NULL, mask);
+  mmp_tensor_t *h = blip_pixels(r, px, ids, mask, j);
   mmp_tensor_unref(px);
-  h = sd_swap(h, add_row(h, r->type, 1));
-  return sd_swap(h, add_row(h, r->time, j));
+  return h;
 }
 
 /* The tables live on the run's backend (they are added to encoder outputs);
@@ -320,12 +293,12 @@ static int build_null_context(run_t *r) {
                        mmp_tensor_describe(inull, d1, sizeof d1));
     goto done;
   }
-  hc = call1(r->c.clip, NULL, "last_hidden_state", "input_ids", cnull, NULL, NULL, NULL, NULL);
+  hc = arldm_call1(r->c.clip, NULL, "last_hidden_state", "input_ids", cnull, NULL, NULL, NULL, NULL);
   if (!hc) {
     rc = mmp_error_prefix("story: null context: text_encoder on clip_text_null_token %s: ", mmp_tensor_describe(cnull, d1, sizeof d1));
     goto done;
   }
-  hb = call1(r->c.blip, "multimodal", "last_hidden_state", "pixel_values", inull, "input_ids", bnull, NULL, NULL);
+  hb = arldm_call1(r->c.blip, "multimodal", "last_hidden_state", "pixel_values", inull, "input_ids", bnull, NULL, NULL);
   if (!hb) {
     rc = mmp_error_prefix("story: null context: mm_encoder on blip_image_null_token %s, blip_text_null_token %s: ",
                           mmp_tensor_describe(inull, d1, sizeof d1), mmp_tensor_describe(bnull, d2, sizeof d2));
@@ -340,17 +313,9 @@ static int build_null_context(run_t *r) {
                        (long long)r->S);
     goto done;
   }
-  hc = sd_swap(hc, add_row(hc, r->type, 0));
-  hb = sd_swap(hb, add_row(hb, r->type, 1));
-  if (!hc || !hb) {
-    rc = mmp_error_prefix("story: null context: ");
-    goto done;
-  }
-  mmp_tensor_t *parts[6] = {hc};
-  for (int64_t j = 0; j < r->src_V; j++) parts[j + 1] = add_row(hb, r->time, j);
-  r->uncond = mmp_concat(parts, (int)r->src_V + 1, 1);
-  for (int64_t j = 0; j < r->src_V; j++) mmp_tensor_unref(parts[j + 1]);
-  if (!r->uncond) rc = mmp_error_code();
+  arldm_parts_t ap = parts_of(r);
+  r->uncond = arldm_null_context(&ap, hc, hb, r->src_V);
+  if (!r->uncond) rc = mmp_error_prefix("story: null context: ");
 done:
   mmp_tensor_unref(cnull);
   mmp_tensor_unref(bnull);
@@ -368,17 +333,9 @@ static mmp_tensor_t *frame_mask(run_t *r, int64_t B, int64_t i, const float *cma
   int64_t S = r->S, L = (r->src_V + 1) * S, off = 5 - r->V; /* caption of target i is caption i + off */
   uint8_t *m = calloc((size_t)(B * L), 1);
   if (!m) return NULL;
-  for (int64_t b = 0; b < B; b++) {
-    uint8_t *row = m + b * L;
-    if (cmask) {
-      for (int64_t s = 0; s < S; s++) row[s] = cmask[(b * 5 + i + off) * S + s] == 0;
-      for (int64_t j = 0; j < r->src_V; j++)
-        for (int64_t s = 0; s < S; s++) row[(j + 1) * S + s] = bmask[(b * 5 + j) * S + s] == 0;
-    }
-    /* upper-triangular (diagonal included) over the last V blocks */
-    for (int64_t k = i; k < r->V; k++)
-      for (int64_t s = 0; s < S; s++) row[L - r->V * S + k * S + s] = 1;
-  }
+  for (int64_t b = 0; b < B; b++)
+    arldm_mask_row(m + b * L, r->V, r->src_V, S, i, cmask ? cmask + (b * 5 + i + off) * S : NULL,
+                   cmask ? bmask + b * 5 * S : NULL);
   int64_t shape[2] = {B, L};
   mmp_tensor_t *t = mmp_tensor_from_data(mmp_backend_get("cpu"), MMP_U8, 2, shape, m);
   free(m);
@@ -431,7 +388,7 @@ static int draw_frame(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, const char *
   if (rc < 0) return rc;
   *lat1 = lat;
   mmp_tensor_t *z = mmp_scale(lat, 1.0 / scaling, 0.0);
-  mmp_tensor_t *x = z ? call1(r->c.vae, "decode", "sample", "latents", z, NULL, NULL, NULL, NULL) : NULL;
+  mmp_tensor_t *x = z ? arldm_call1(r->c.vae, "decode", "sample", "latents", z, NULL, NULL, NULL, NULL) : NULL;
   mmp_tensor_unref(z);
   if (!x) return mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
   /* (x / 2 + 0.5).clamp(0, 1) * 255, rounded (numpy_to_pil), HWC */
@@ -571,8 +528,8 @@ static int draw_stories(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, const mmp_
     /* captions of the V targets: [B V, S] -> CLIP + type 0 */
     mmp_tensor_t *ids = rs(mmp_slice(cap, 1, off, 5, 1), 2, (int64_t[]){B * V, S});
     mmp_tensor_t *am = rs(mmp_slice(cam, 1, off, 5, 1), 2, (int64_t[]){B * V, S});
-    mmp_tensor_t *hc = ids && am ? call1(r->c.clip, NULL, "last_hidden_state", "input_ids", ids, "attention_mask", am, NULL, NULL) : NULL;
-    hc = sd_swap(hc, add_row(hc, r->type, 0));
+    mmp_tensor_t *hc = ids && am ? arldm_call1(r->c.clip, NULL, "last_hidden_state", "input_ids", ids, "attention_mask", am, NULL, NULL) : NULL;
+    hc = sd_swap(hc, arldm_add_row(hc, r->type, 0));
     mmp_tensor_unref(ids);
     mmp_tensor_unref(am);
     /* source frames: BLIP of each frame j with caption j, + type 1 + time j */
