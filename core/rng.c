@@ -410,7 +410,8 @@ int mmp_rng_set_state(mmp_rng_t *g, const void *buf, size_t len) {
   if (mode != (uint64_t)g->mode)
     return mmp_error_set(MMP_EINVAL, "rng_set_state: the state is of mode %llu, the generator's is %d",
                          (unsigned long long)mode, (int)g->mode);
-  if ((int32_t)left < 1 || (int32_t)left > MT_N || next >= MT_N || has > 1)
+  /* the mt19937 part is unused (all zero) in philox mode */
+  if (has > 1 || (g->mode == MMP_RNG_TORCH && ((int32_t)left < 1 || (int32_t)left > MT_N || next >= MT_N)))
     return mmp_error_set(MMP_EINVAL, "rng_set_state: invalid state (position %lld/%lld)", (long long)(int32_t)left,
                          (long long)next);
   g->seed = seed;

@@ -25,6 +25,7 @@
 #include <mmpipe/safetensors.h>
 
 #include "plugins/common/sd_common.h"
+#include "plugins/common/train_data.h"
 #include "plugins/common/train_step.h"
 #include "plugins/processors/imagecommon.h"
 
@@ -62,15 +63,6 @@ static const mmp_key_t train_keys[] = {
     {"vae", MMP_TYPE_COMPONENT, "\"vae\"", "the autoencoder group (frozen)", 0, MMP_KIND_ENCODER},
     {"scheduler", MMP_TYPE_COMPONENT, "\"ddpm\"", "the noise schedule group (its add_noise)", 0, MMP_KIND_SCHEDULER},
     {NULL, 0, NULL, NULL, 0, 0}};
-
-typedef struct item {
-  char *path, *caption;
-} item_t;
-
-typedef struct dataset {
-  item_t *items;
-  int64_t n, cap;
-} dataset_t;
 
 typedef struct train {
   const train_step_ops_t *mode;
@@ -190,67 +182,10 @@ fail:
 
 /* ---------------------------------------------------------------- data */
 
-static void dataset_clear(dataset_t *d) {
-  for (int64_t i = 0; i < d->n; i++) {
-    free(d->items[i].path);
-    free(d->items[i].caption);
-  }
-  free(d->items);
-  memset(d, 0, sizeof *d);
-}
-
-/* `image<TAB>caption` lines; the image relative to @dir. Errors name the
- * file and line. */
-static int dataset_load(dataset_t *d, const char *dir, const char *captions) {
-  FILE *f = fopen(captions, "r");
-  if (!f) return mmp_error_set(MMP_EIO, "train: %s: %s", captions, strerror(errno));
-  char *line = NULL;
-  size_t cap = 0;
-  ssize_t len;
-  int rc = 0, lineno = 0;
-  while (rc == 0 && (len = getline(&line, &cap, f)) >= 0) {
-    lineno++;
-    while (len > 0 && (line[len - 1] == '\n' || line[len - 1] == '\r')) line[--len] = '\0';
-    if (len == 0) continue;
-    char *tab = strchr(line, '\t');
-    if (!tab || tab == line) {
-      rc = mmp_error_set(MMP_EDATA, "train: %s:%d: expected `image<TAB>caption`", captions, lineno);
-      break;
-    }
-    *tab = '\0';
-    if (d->n == d->cap) {
-      int64_t nc = d->cap ? 2 * d->cap : 64;
-      item_t *ni = realloc(d->items, (size_t)nc * sizeof *ni);
-      if (!ni) {
-        rc = mmp_error_set(MMP_ENOMEM, "out of memory");
-        break;
-      }
-      d->items = ni;
-      d->cap = nc;
-    }
-    size_t pl = strlen(dir) + strlen(line) + 2;
-    item_t *it = &d->items[d->n];
-    it->path = malloc(pl);
-    it->caption = strdup(tab + 1);
-    if (!it->path || !it->caption) {
-      free(it->path);
-      free(it->caption);
-      rc = mmp_error_set(MMP_ENOMEM, "out of memory");
-      break;
-    }
-    snprintf(it->path, pl, "%s/%s", dir, line);
-    d->n++;
-  }
-  free(line);
-  fclose(f);
-  if (rc == 0 && d->n == 0) rc = mmp_error_set(MMP_EDATA, "train: %s lists no images", captions);
-  return rc;
-}
-
 /* Items @idx[0..n) as f32 [n, 3, H, W] in [-1, 1]: torchvision's ToTensor
  * then Normalize([0.5], [0.5]), i.e. (x / 255 - 0.5) / 0.5 in float.
  * (transfer full) */
-static mmp_tensor_t *load_pixels(const dataset_t *d, const int64_t *idx, int64_t n, mmp_backend_t *be) {
+static mmp_tensor_t *load_pixels(const train_data_t *d, const int64_t *idx, int64_t n, mmp_backend_t *be) {
   float *buf = NULL;
   int64_t H = 0, W = 0;
   mmp_tensor_t *out = NULL;
@@ -298,7 +233,7 @@ typedef struct run {
   train_t *t;
   mmp_context_t *ctx;
   train_parts_t parts;
-  dataset_t data, val;
+  train_data_t data, val;
   param_t *ps; /* the trained parameters, in the optimizer's order */
   size_t nps, cps;
   mmp_adamw_t *opt;
@@ -691,7 +626,7 @@ static int write_plot(const run_t *r) {
 /* ---------------------------------------------------------------- steps */
 
 /* The loss of items @idx[0..n) of @d, the tape (nullable) current. */
-static int micro_loss(run_t *r, const dataset_t *d, const int64_t *idx, int64_t n, mmp_rng_t *rng, mmp_tape_t *tape,
+static int micro_loss(run_t *r, const train_data_t *d, const int64_t *idx, int64_t n, mmp_rng_t *rng, mmp_tape_t *tape,
                       mmp_tensor_t **loss) {
   *loss = NULL;
   if (n < 1) return mmp_error_set(MMP_EINVAL, "train: empty batch");
@@ -865,8 +800,8 @@ static int train_run(void *self, mmp_context_t *ctx) {
   }
   MMP_INFO("train", "%zu parameter tensors trained (text_encoder lists %zu, unet %zu)", r.nps, lt, lu);
 
-  if ((rc = dataset_load(&r.data, t->data_dir, t->captions)) < 0) goto done;
-  if (t->val_dir[0] && (rc = dataset_load(&r.val, t->val_dir, t->val_captions)) < 0) goto done;
+  if ((rc = train_data_load(&r.data, t->data_dir, t->captions)) < 0) goto done;
+  if (t->val_dir[0] && (rc = train_data_load(&r.val, t->val_dir, t->val_captions)) < 0) goto done;
   r.steps_per_epoch = r.data.n / t->batch / t->accum;
   if (r.steps_per_epoch < 1) {
     rc = mmp_error_set(MMP_ECONFIG, "train: %lld items make no optimizer step of batch_size %lld x grad_accum %lld",
@@ -941,8 +876,8 @@ done:
   mmp_rng_free(r.rng);
   mmp_rng_free(r.data_rng);
   mmp_adamw_free(r.opt);
-  dataset_clear(&r.data);
-  dataset_clear(&r.val);
+  train_data_clear(&r.data);
+  train_data_clear(&r.val);
   mmp_component_free(r.parts.scheduler);
   mmp_component_free(r.parts.vae);
   mmp_component_free(r.parts.unet);
