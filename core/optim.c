@@ -151,6 +151,13 @@ int mmp_adamw_state(const mmp_adamw_t *o, size_t i, const char **name, mmp_tenso
   return 0;
 }
 
+int mmp_adamw_set_step(mmp_adamw_t *o, size_t i, int64_t step) {
+  if (!o || i >= o->n || step < 0)
+    return mmp_error_set(MMP_EINVAL, "adamw_set_step: index %zu or step %lld out of range", i, (long long)step);
+  o->ps[i].step = step;
+  return 0;
+}
+
 /* --------------------------------------------------------------- schedule */
 
 int mmp_lr_warmup_cosine_init(mmp_lr_warmup_cosine_t *s, double base_lr, int64_t warmup_steps, int64_t max_steps,

@@ -355,3 +355,71 @@ double mmp_rng_uniform(mmp_rng_t *g) {
   if (g->mode == MMP_RNG_TORCH) return torch_uniform_d(g);
   return (double)(philox_u64(g->seed, g->offset++) >> 11) * (1.0 / 9007199254740992.0);
 }
+
+/* ------------------------------------------------------------ state I/O */
+/* mode u32, seed u64, offset u64, mt[624] u32, mt_left i32, mt_next i32,
+ * has_next_normal u32, next_normal f64 bits u64: 4 + 8 + 8 + 2496 + 4 + 4 + 4
+ * + 8 = 2536 bytes, each field little-endian. */
+static uint8_t *put_le(uint8_t *p, uint64_t v, int n) {
+  for (int i = 0; i < n; i++) p[i] = (uint8_t)(v >> (8 * i));
+  return p + n;
+}
+
+static const uint8_t *get_le(const uint8_t *p, uint64_t *v, int n) {
+  *v = 0;
+  for (int i = 0; i < n; i++) *v |= (uint64_t)p[i] << (8 * i);
+  return p + n;
+}
+
+int mmp_rng_get_state(const mmp_rng_t *g, void *buf, size_t len) {
+  if (!g || !buf || len < MMP_RNG_STATE_SIZE)
+    return mmp_error_set(MMP_EINVAL, "rng_get_state: need a generator and %d bytes", MMP_RNG_STATE_SIZE);
+  uint8_t *p = buf;
+  uint64_t nn;
+  memcpy(&nn, &g->next_normal, sizeof nn);
+  p = put_le(p, (uint64_t)g->mode, 4);
+  p = put_le(p, g->seed, 8);
+  p = put_le(p, g->offset, 8);
+  for (int i = 0; i < MT_N; i++) p = put_le(p, g->mt[i], 4);
+  p = put_le(p, (uint32_t)g->mt_left, 4);
+  p = put_le(p, (uint32_t)g->mt_next, 4);
+  p = put_le(p, g->has_next_normal ? 1u : 0u, 4);
+  put_le(p, nn, 8);
+  return 0;
+}
+
+int mmp_rng_set_state(mmp_rng_t *g, const void *buf, size_t len) {
+  if (!g || !buf || len != MMP_RNG_STATE_SIZE)
+    return mmp_error_set(MMP_EINVAL, "rng_set_state: the state is %zu bytes, expected %d", buf ? len : 0,
+                         MMP_RNG_STATE_SIZE);
+  const uint8_t *p = buf;
+  uint64_t mode, seed, offset, left, next, has, nn;
+  uint32_t mt[MT_N];
+  p = get_le(p, &mode, 4);
+  p = get_le(p, &seed, 8);
+  p = get_le(p, &offset, 8);
+  for (int i = 0; i < MT_N; i++) {
+    uint64_t v;
+    p = get_le(p, &v, 4);
+    mt[i] = (uint32_t)v;
+  }
+  p = get_le(p, &left, 4);
+  p = get_le(p, &next, 4);
+  p = get_le(p, &has, 4);
+  get_le(p, &nn, 8);
+  if (mode != (uint64_t)g->mode)
+    return mmp_error_set(MMP_EINVAL, "rng_set_state: the state is of mode %llu, the generator's is %d",
+                         (unsigned long long)mode, (int)g->mode);
+  /* the mt19937 part is unused (all zero) in philox mode */
+  if (has > 1 || (g->mode == MMP_RNG_TORCH && ((int32_t)left < 1 || (int32_t)left > MT_N || next >= MT_N)))
+    return mmp_error_set(MMP_EINVAL, "rng_set_state: invalid state (position %lld/%lld)", (long long)(int32_t)left,
+                         (long long)next);
+  g->seed = seed;
+  g->offset = offset;
+  memcpy(g->mt, mt, sizeof mt);
+  g->mt_left = (int)(int32_t)left;
+  g->mt_next = (int)next;
+  g->has_next_normal = has != 0;
+  memcpy(&g->next_normal, &nn, sizeof nn);
+  return 0;
+}

@@ -24,4 +24,5 @@ MMP_PLUGIN([models], [unet2d_condition], [true], [], [conditional UNet of Stable
 MMP_PLUGIN([tasks], [txt2img], [test "x$have_png" = xyes], [libpng not found (apt-get install libpng-dev)], [text-to-image with a latent-diffusion model])
 MMP_PLUGIN([tasks], [story], [test "x$have_png" = xyes], [libpng not found (apt-get install libpng-dev)], [AR-LDM story visualization and continuation])
 MMP_PLUGIN([tasks], [retrieval], [test "x$have_png" = xyes], [libpng not found (apt-get install libpng-dev)], [BLIP image-text retrieval and itm_eval recalls])
+MMP_PLUGIN([tasks], [train], [test "x$have_png" = xyes], [libpng not found (apt-get install libpng-dev)], [training: Stable Diffusion fine-tuning with checkpoints and resume])
 MMP_PLUGIN([tasks], [features], [test "x$have_png" = xyes], [libpng not found (apt-get install libpng-dev)], [image, text and multimodal embeddings (LAVIS extract_features)])

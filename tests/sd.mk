@@ -114,3 +114,12 @@ TESTS += tests/test_plugin_blip_grad
 tests_test_plugin_blip_grad_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_blip_grad_LDADD = $(TEST_LDADD)
 EXTRA_DIST += tests/gen_blip_grad.py tests/fixtures/grad/blip_grad.safetensors tests/fixtures/grad/blip_grad_med_config.json
+# the train task: SD fine-tuning against PyTorch (tests/gen_train_sd.py),
+# checkpoint + resume bit for bit, SIGINT
+if BUILD_PLUGIN_TRAIN
+check_PROGRAMS += tests/test_plugin_train
+TESTS += tests/test_plugin_train tests/test_plugin_train_sigint.sh
+tests_test_plugin_train_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_plugin_train_LDADD = $(TEST_LDADD)
+endif
+EXTRA_DIST += tests/gen_train_sd.py tests/fixtures/train tests/test_plugin_train_sigint.sh

@@ -154,10 +154,44 @@ static void test_philox(void) {
   mmp_rng_free(c);
 }
 
+/* A saved state continues the stream exactly (train checkpoints), in both
+ * modes, including torch's cached second normal; bad states are refused. */
+static void test_state(void) {
+  for (int mode = 0; mode < 2; mode++) {
+    mmp_rng_t *g = mmp_rng_new(11, (mmp_rng_mode_t)mode), *h = mmp_rng_new(99, (mmp_rng_mode_t)mode);
+    int64_t s1[1] = {5}, s2[1] = {700};
+    mmp_tensor_t *a = mmp_rng_randn(g, mmp_backend_get("cpu"), 1, s1); /* < 16: leaves a cached normal */
+    mmp_tensor_unref(a);
+    (void)mmp_rng_uniform(g);
+    uint8_t st[MMP_RNG_STATE_SIZE];
+    int rc = mmp_rng_get_state(g, st, sizeof st);
+    mmp_tensor_t *x = mmp_rng_randn(g, mmp_backend_get("cpu"), 1, s2);
+    mmp_tensor_t *xi = mmp_rng_randint(g, mmp_backend_get("cpu"), 0, 1000, 1, s2);
+    int rc2 = mmp_rng_set_state(h, st, sizeof st);
+    mmp_tensor_t *y = mmp_rng_randn(h, mmp_backend_get("cpu"), 1, s2);
+    mmp_tensor_t *yi = mmp_rng_randint(h, mmp_backend_get("cpu"), 0, 1000, 1, s2);
+    ok(rc == 0 && rc2 == 0 && x && y && memcmp(mmp_tensor_data(x), mmp_tensor_data(y), 700 * 4) == 0 &&
+           memcmp(mmp_tensor_data(xi), mmp_tensor_data(yi), 700 * 8) == 0,
+       "%s: a restored state draws the same numbers", mode ? "torch" : "philox");
+    mmp_rng_t *other = mmp_rng_new(1, mode ? MMP_RNG_PHILOX : MMP_RNG_TORCH);
+    ok(mmp_rng_set_state(other, st, sizeof st) == MMP_EINVAL, "%s: a state of the other mode is refused: %s",
+       mode ? "torch" : "philox", mmp_error_last());
+    ok(mmp_rng_set_state(h, st, sizeof st - 1) == MMP_EINVAL, "a short state is refused");
+    mmp_rng_free(other);
+    mmp_tensor_unref(x);
+    mmp_tensor_unref(y);
+    mmp_tensor_unref(xi);
+    mmp_tensor_unref(yi);
+    mmp_rng_free(g);
+    mmp_rng_free(h);
+  }
+}
+
 int main(void) {
   mmp_log_set_level(MMP_LOG_ERROR);
   cpu = mmp_backend_get("cpu");
   test_torch_fixtures();
   test_philox();
+  test_state();
   return done_testing();
 }

@@ -69,6 +69,11 @@ int mmp_adamw_step(mmp_adamw_t *o, const mmp_tensormap_t *grads);
 int mmp_adamw_state(const mmp_adamw_t *o, size_t i, const char **name, mmp_tensor_t **param,
                     mmp_tensor_t **exp_avg, mmp_tensor_t **exp_avg_sq, int64_t *step);
 
+/* Set the step count of parameter @i (restoring a checkpoint: copy the
+ * moments into the tensors mmp_adamw_state hands out, then set the count).
+ * MMP_EINVAL if @i is out of range or @step < 0. */
+int mmp_adamw_set_step(mmp_adamw_t *o, size_t i, int64_t step);
+
 /* ---- LinearWarmupCosineAnnealingLR (pl_bolts), stepped per optimizer step ----
  * The state lives in the caller's struct (it is what a checkpoint stores).
  * After init, @lr is the rate of optimizer step 0 (warmup_start_lr, as

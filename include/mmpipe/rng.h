@@ -13,6 +13,7 @@
 #ifndef MMPIPE_RNG_H
 #define MMPIPE_RNG_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include <mmpipe/tensor.h>
@@ -39,6 +40,19 @@ mmp_tensor_t *mmp_rng_randint(mmp_rng_t *g, mmp_backend_t *be, int64_t low,
 /* Scalar draws for host-side choices (frame choice, shuffling). */
 uint64_t mmp_rng_u64(mmp_rng_t *g);
 double mmp_rng_uniform(mmp_rng_t *g); /* [0, 1) */
+
+/* The whole state of a generator as bytes (checkpoints: a run resumed from
+ * them draws exactly what the uninterrupted run would have drawn). The
+ * layout is fixed (little-endian fields, MMP_RNG_STATE_SIZE bytes) and
+ * independent of the build. */
+#define MMP_RNG_STATE_SIZE 2536
+/* Write the state of @g into @buf (@len >= MMP_RNG_STATE_SIZE).
+ * MMP_EINVAL for a NULL argument or a short buffer. */
+int mmp_rng_get_state(const mmp_rng_t *g, void *buf, size_t len);
+/* Replace the state of @g with one from mmp_rng_get_state (its mode must be
+ * @g's). MMP_EINVAL for a wrong length, a mode mismatch or an invalid
+ * state; @g is unchanged then. */
+int mmp_rng_set_state(mmp_rng_t *g, const void *buf, size_t len);
 
 #ifdef __cplusplus
 }

@@ -59,3 +59,15 @@ plugins_tasks_task_features_la_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)
 plugins_tasks_task_features_la_LDFLAGS = $(PLUGIN_LDFLAGS)
 plugins_tasks_task_features_la_LIBADD = $(SD_COMMON_LIBADD) plugins/processors/libimagecommon.la
 endif
+
+# ---- train: training (Stable Diffusion fine-tuning; doc/training.md)
+if BUILD_PLUGIN_TRAIN
+# the caption list parser, shared with tests/fuzz/fuzz_train
+noinst_LTLIBRARIES += plugins/common/libtraindata.la
+plugins_common_libtraindata_la_SOURCES = plugins/common/train_data.c plugins/common/train_data.h
+pkglib_LTLIBRARIES += plugins/tasks/task_train.la
+plugins_tasks_task_train_la_SOURCES = plugins/tasks/train.c plugins/common/train_sd.c plugins/common/train_step.h
+plugins_tasks_task_train_la_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS) $(LIBPNG_CFLAGS)
+plugins_tasks_task_train_la_LDFLAGS = $(PLUGIN_LDFLAGS)
+plugins_tasks_task_train_la_LIBADD = $(SD_COMMON_LIBADD) plugins/processors/libimagecommon.la plugins/common/libtraindata.la
+endif

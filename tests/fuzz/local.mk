@@ -122,6 +122,14 @@ tests_fuzz_fuzz_story_LDADD = $(FUZZ_MAIN) plugins/datasets/libstorycommon.la $(
 endif
 endif
 
+if BUILD_PLUGIN_TRAIN
+# the train task's caption list and a checkpoint's generator state
+FUZZ_HARNESSES += tests/fuzz/fuzz_train
+tests_fuzz_fuzz_train_SOURCES = tests/fuzz/fuzz_train.c
+tests_fuzz_fuzz_train_CPPFLAGS = $(FUZZ_CPPFLAGS)
+tests_fuzz_fuzz_train_LDFLAGS = $(FUZZ_LINK_FLAGS)
+tests_fuzz_fuzz_train_LDADD = $(FUZZ_MAIN) plugins/common/libtraindata.la $(FUZZ_LIBS)
+endif
 if HAVE_PNG
 if HAVE_HDF5
 # .npy files (header, data bounds, object arrays through the plain-value pickle reader)

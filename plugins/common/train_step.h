@@ -1,0 +1,60 @@
+/* plugins/common/train_step.h - the model side of one training step, pluggable into the train task.
+ *
+ * The train task (plugins/tasks/train.c) owns the loop: data order, the
+ * tape, accumulation, clipping, AdamW, the schedule, checkpoints. What a
+ * step computes is a train_step_ops_t chosen by the task's `mode` key:
+ * given the components, a batch and the run's generator, it returns the
+ * loss, computed with the caller's tape current so that every watched
+ * parameter it touches gets its gradient. It draws its random numbers from
+ * @rng only, always in the same order, so a run is a function of the seed
+ * and a resumed run draws what the uninterrupted one would have.
+ *
+ *   static const train_step_ops_t *const modes[] = {&train_step_sd, NULL};
+ *   mmp_tensor_t *loss = NULL;
+ *   rc = modes[0]->loss(&parts, &batch, rng, &loss);   // under the tape
+ *
+ * Not part of the ABI: compiled into the task module.
+ */
+#ifndef MMPIPE_PLUGINS_TRAIN_STEP_H
+#define MMPIPE_PLUGINS_TRAIN_STEP_H
+
+#include <mmpipe/mmpipe.h>
+#include <mmpipe/rng.h>
+
+/* One micro-batch. */
+typedef struct train_batch {
+  int64_t n;                   /* items */
+  mmp_tensor_t *pixels;        /* f32 [n, 3, H, W] in [-1, 1] (transfer none) */
+  const char *const *captions; /* n captions (transfer none) */
+  const mmp_tensormap_t *extra; /* nullable: further fields of the items (dataset-specific) */
+} train_batch_t;
+
+/* The task's components (transfer none); a member is NULL when its group
+ * is not configured. */
+typedef struct train_parts {
+  mmp_context_t *ctx;
+  mmp_component_t *tokenizer, *text_encoder, *unet, *vae, *scheduler;
+  double scaling;              /* the VAE's scaling_factor (0.18215 for SD 1.x) */
+  int64_t num_train_timesteps; /* timesteps are drawn in [0, this) */
+} train_parts_t;
+
+typedef struct train_step_ops {
+  const char *mode; /* the task's `mode` value */
+  /* Components this mode needs, NULL-terminated group names (checked before
+   * the run starts). */
+  const char *const *needs;
+  /* The loss of @batch: a one-element f32 tensor computed with the caller's
+   * tape current (transfer full into *loss). Returns 0 or a negative
+   * MMP_E* code with the message set and *loss NULL. */
+  int (*loss)(const train_parts_t *parts, const train_batch_t *batch, mmp_rng_t *rng, mmp_tensor_t **loss);
+} train_step_ops_t;
+
+/* Stable Diffusion fine-tuning (diffusers' train_text_to_image.py step):
+ * latents = VAE encode (frozen, outside the tape) -> latent_dist.sample()
+ * x scaling; noise ~ N(0, 1); t ~ U{0 .. T-1}; noisy = add_noise(latents,
+ * noise, t) by the scheduler; MSE(unet(noisy, t, text_encoder(tokens)),
+ * noise). Draws: the latent sample's noise, the noise, the timesteps, in
+ * that order, each as torch.randn/torch.randint with one generator. */
+extern const train_step_ops_t train_step_sd;
+
+#endif
