@@ -26,6 +26,7 @@ typedef struct bench_opts {
   const char *dtypes; /* --weights-dtype list ("f32,bf16"), NULL: the default */
   const char *wdtype; /* this run's weights_dtype, NULL: not set */
   const char *cdtype; /* --compute-dtype (every run's compute_dtype), NULL: not set */
+  int tiled;          /* bench/vae --tiled[=N]: tile_sample_size N (0: untiled) */
 } bench_opts_t;
 
 static inline double bench_now(void) {
@@ -47,7 +48,7 @@ static inline void bench_usage(const char *prog, const char *part, const char *w
   const char *script = sd ? "torch_sd.py" : !strcmp(part, "blip") ? "torch_blip.py" : "torch_retrieval.py";
   printf("Usage: %s [--config PART.json] [--weights W.safetensors] [--threads N] [--repeat N]\n"
          "          [--warmup N] [--compare-torch] [--weights-dtype f32,bf16,f16]\n"
-         "          [--compute-dtype f32|bf16]\n\n"
+         "          [--compute-dtype f32|bf16]%s\n\n"
          "%s %s,\n"
          "on CPU (fp32 unless --weights-dtype/--compute-dtype say otherwise): seconds and peak RSS.\n"
          "Without --weights the weights are made in-process (init_seed 0); with a file from\n"
@@ -59,9 +60,14 @@ static inline void bench_usage(const char *prog, const char *part, const char *w
          "--compute-dtype sets compute_dtype for every run: bf16 rounds the layer inputs\n"
          "to bf16 too and takes the AVX-512-BF16 dot products where the CPU has them\n"
          "(MMPIPE_CPU_ISA=avx512 or generic narrows the kernels; doc/tensor.md).\n%s",
-         prog, sd ? "One forward at SD-1.5 size of" : "The measures of doc/performance.md for", what, script,
-         strcmp(part, "retrieval") ? ""
-                                   : "MMP_BENCH_CANDIDATES (default 256) sets the ITM candidates per query.\n");
+         prog, strcmp(part, "vae") ? "" : " [--tiled[=N]]", sd ? "One forward at SD-1.5 size of" : "The measures of doc/performance.md for", what, script,
+         !strcmp(part, "retrieval") ? "MMP_BENCH_CANDIDATES (default 256) sets the ITM candidates per query.\n"
+         : !strcmp(part, "vae")
+             ? "--tiled[=N] decodes in tiles of N pixels (tiled = true, tile_sample_size = N;\n"
+               "default 256: the config's sample_size 512 would not tile a 64x64 latent); with\n"
+               "--compare-torch PyTorch decodes untiled (the reference) and then with\n"
+               "enable_tiling() at the same tile size, each in its own process.\n"
+             : "");
 }
 
 static inline int bench_parse(int argc, char **argv, bench_opts_t *o, const char *part, const char *what) {
@@ -70,6 +76,7 @@ static inline int bench_parse(int argc, char **argv, bench_opts_t *o, const char
                                        {"warmup", required_argument, NULL, 'W'}, {"compare-torch", no_argument, NULL, 'T'},
                                        {"weights-dtype", required_argument, NULL, 'D'},
                                        {"compute-dtype", required_argument, NULL, 'C'},
+                                       {"tiled", optional_argument, NULL, 'L'},
                                        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
   static char cfg[4096];
   const char *src = getenv("MMP_BENCH_SRCDIR");
@@ -82,6 +89,7 @@ static inline int bench_parse(int argc, char **argv, bench_opts_t *o, const char
   o->warmup = 0;
   o->compare_torch = false;
   o->dtypes = o->wdtype = o->cdtype = NULL;
+  o->tiled = 0;
   int c;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
     switch (c) {
@@ -93,6 +101,13 @@ static inline int bench_parse(int argc, char **argv, bench_opts_t *o, const char
     case 'T': o->compare_torch = true; break;
     case 'D': o->dtypes = optarg; break;
     case 'C': o->cdtype = optarg; break;
+    case 'L':
+      if (strcmp(part, "vae")) {
+        bench_usage(argv[0], part, what);
+        exit(2);
+      }
+      o->tiled = optarg ? atoi(optarg) : 256;
+      break;
     case 'h': bench_usage(argv[0], part, what); exit(0);
     default: bench_usage(argv[0], part, what); exit(2);
     }
@@ -233,19 +248,22 @@ static inline int bench_fork_dtypes(bench_opts_t *o) {
   return 1;
 }
 
-/* Run bench/torch_sd.py PART CONFIG THREADS and echo its report. */
+/* Run bench/torch_sd.py PART CONFIG THREADS [TILE] and echo its report;
+ * with --tiled, twice: untiled (the reference) and tiled. */
 static inline void bench_torch(const bench_opts_t *o, const char *part) {
   if (!o->compare_torch) return;
   const char *pp = getenv("MMP_TORCH_PYTHONPATH");
-  char cmd[12000];
-  snprintf(cmd, sizeof cmd,
-           "PYTHONPATH='%s' LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu/openblas-pthread OMP_NUM_THREADS=%d "
-           "/usr/bin/python3 '%s/bench/torch_sd.py' %s '%s' %d",
-           pp ? pp : "/root/refenv/site", o->threads, o->srcdir, part, o->config, o->threads);
-  printf("-- PyTorch (subprocess) --\n");
-  fflush(stdout);
-  int rc = system(cmd);
-  if (rc != 0) printf("PyTorch comparison failed (exit %d)\n", rc);
+  for (int pass = 0; pass < (o->tiled ? 2 : 1); pass++) {
+    char cmd[12000];
+    snprintf(cmd, sizeof cmd,
+             "PYTHONPATH='%s' LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu/openblas-pthread OMP_NUM_THREADS=%d "
+             "/usr/bin/python3 '%s/bench/torch_sd.py' %s '%s' %d %d",
+             pp ? pp : "/root/refenv/site", o->threads, o->srcdir, part, o->config, o->threads, pass ? o->tiled : 0);
+    printf("-- PyTorch (subprocess%s) --\n", pass ? ", enable_tiling()" : "");
+    fflush(stdout);
+    int rc = system(cmd);
+    if (rc != 0) printf("PyTorch comparison failed (exit %d)\n", rc);
+  }
 }
 
 #endif
