@@ -35,6 +35,14 @@ static inline double bench_now(void) {
   return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
 }
 
+/* CPU seconds (user + system) of this process so far */
+static inline double bench_cpu_s(void) {
+  struct rusage ru;
+  getrusage(RUSAGE_SELF, &ru);
+  return (double)ru.ru_utime.tv_sec + (double)ru.ru_stime.tv_sec +
+         ((double)ru.ru_utime.tv_usec + (double)ru.ru_stime.tv_usec) * 1e-6;
+}
+
 static inline double bench_peak_rss_mb(void) {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
@@ -180,12 +188,12 @@ static inline void bench_report(double secs) {
 static inline double bench_run(const bench_opts_t *o, mmp_component_t *c, const char *method, const mmp_tensormap_t *in,
                                const char *label) {
   const mmp_encoder_ops_t *ops = (const mmp_encoder_ops_t *)c->plugin;
-  double best = 1e30, tot = 0;
+  double best = 1e30, tot = 0, cpu = 0;
   for (int i = 0; i < o->warmup + o->repeat; i++) {
     mmp_tensormap_t *out = mmp_tensormap_new();
-    double t0 = bench_now();
+    double t0 = bench_now(), c0 = bench_cpu_s();
     int rc = ops->forward(c->self, method, in, out);
-    double dt = bench_now() - t0;
+    double dt = bench_now() - t0, dc = bench_cpu_s() - c0;
     mmp_tensormap_free(out);
     if (rc < 0) {
       fprintf(stderr, "forward failed: %s\n", mmp_error_last());
@@ -193,9 +201,11 @@ static inline double bench_run(const bench_opts_t *o, mmp_component_t *c, const 
     }
     if (i < o->warmup) continue;
     tot += dt;
+    cpu += dc;
     if (dt < best) best = dt;
   }
-  printf("%-22s %8.2f s  (best of %d: %.2f s, %d threads)\n", label, tot / o->repeat, o->repeat, best, o->threads);
+  printf("%-22s %8.2f s  (best of %d: %.2f s, %d threads; %.2f CPU-s)\n", label, tot / o->repeat, o->repeat, best,
+         o->threads, cpu / o->repeat);
   printf("%-22s %8.0f MB\n", "peak RSS", bench_peak_rss_mb());
   bench_report(tot / o->repeat);
   return tot / o->repeat;

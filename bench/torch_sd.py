@@ -40,7 +40,8 @@ else:
     ids = torch.randint(0, 49406, (2, 77))
     run = lambda: m(input_ids=ids).last_hidden_state
 print("%-22s %8.2f s  (random init)" % ("torch load", time.time() - t0))
-t0 = time.time()
+t0, c0 = time.time(), time.process_time()
 run()
-print("%-22s %8.2f s  (%d threads)" % ("torch forward", time.time() - t0, torch.get_num_threads()))
+print("%-22s %8.2f s  (%d threads; %.2f CPU-s)" % ("torch forward", time.time() - t0, torch.get_num_threads(),
+                                                   time.process_time() - c0))
 print("%-22s %8.0f MB" % ("torch peak RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
