@@ -220,9 +220,12 @@ static int vae_config_tiles(vae_t *v, const mmp_config_t *cfg, const json_t *j, 
   v->tile_latent = (int64_t)((double)ts / (double)(1 << (v->nb - 1)));
   /* diffusers steps through the latent by int(tile_latent * (1 - overlap)):
    * a step of 0 would never advance */
-  if (v->tiled && (int64_t)((double)v->tile_latent * (1.0 - v->tile_overlap)) < 1)
-    return mmp_error_set(MMP_ECONFIG, "vae: tile_sample_size %lld with tile_overlap_factor %g leaves no step between "
-                         "tiles (the latent tile is %lld)", (long long)ts, v->tile_overlap, (long long)v->tile_latent);
+  if (v->tiled && (int64_t)((double)v->tile_latent * (1.0 - v->tile_overlap)) < 1) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "%lld with tile_overlap_factor %g leaves no step between tiles (the latent tile is %lld)",
+             (long long)ts, v->tile_overlap, (long long)v->tile_latent);
+    return vae_key_error(cfg, "tile_sample_size", msg);
+  }
   return 0;
 }
 
