@@ -68,7 +68,8 @@ static inline void bench_usage(const char *prog, const char *part, const char *w
          "--compute-dtype sets compute_dtype for every run: bf16 rounds the layer inputs\n"
          "to bf16 too and takes the AVX-512-BF16 dot products where the CPU has them\n"
          "(MMPIPE_CPU_ISA=avx512 or generic narrows the kernels; doc/tensor.md).\n%s",
-         prog, strcmp(part, "vae") ? "" : " [--tiled[=N]]", sd ? "One forward at SD-1.5 size of" : "The measures of doc/performance.md for", what, script,
+         prog, strcmp(part, "vae") ? "" : " [--tiled[=N]]",
+         sd ? "One forward at SD-1.5 size of" : "The measures of doc/performance.md for", what, script,
          !strcmp(part, "retrieval") ? "MMP_BENCH_CANDIDATES (default 256) sets the ITM candidates per query.\n"
          : !strcmp(part, "vae")
              ? "--tiled[=N] decodes in tiles of N pixels (tiled = true, tile_sample_size = N;\n"

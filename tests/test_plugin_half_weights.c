@@ -3,8 +3,9 @@
  * weights against the reference fixtures and against its own f32 run, the
  * dtype the weights are held in, and a whole txt2img run's pixels against
  * the f32 run; with bf16 weights also compute_dtype = "bf16" (the UNet, VAE,
- * CLIP text and BLIP against the references, txt2img against f32). The measured errors and the tolerances are in doc/tensor.md
- * ("Half-precision weights").
+ * CLIP text and BLIP against the references, txt2img against f32). The
+ * measured errors and the tolerances are in doc/tensor.md ("Half-precision
+ * weights").
  *
  * Two kinds of weights:
  * - the fixture files (tests/gen_sd.py, tests/gen_blip.py). The SD fixture

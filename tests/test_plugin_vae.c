@@ -111,7 +111,8 @@ int main(void) {
     };
     for (size_t i = 0; tio && i < sizeof tc / sizeof tc[0]; i++) {
       char cfg[512], key[32];
-      snprintf(cfg, sizeof cfg, "encoder = { name = \"vae\"; mode = \"decode\"; model_dir = \"%%s/pipe\"; tiled = true; %s };",
+      snprintf(cfg, sizeof cfg,
+               "encoder = { name = \"vae\"; mode = \"decode\"; model_dir = \"%%s/pipe\"; tiled = true; %s };",
                tc[i].keys);
       snprintf(key, sizeof key, "%s.latents", tc[i].name);
       mmp_tensormap_t *tin = mmp_tensormap_new(), *to = mmp_tensormap_new();

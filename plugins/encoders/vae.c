@@ -51,7 +51,8 @@ static const mmp_key_t vae_keys[] = {
      "enable_tiling() (less memory, a slightly different image)", 0, 0},
     {"tile_sample_size", MMP_TYPE_INT, "0",
      "with tiled: a tile's size in image pixels (diffusers' tile_sample_min_size); 0: config.json's sample_size", 0, 0},
-    {"tile_overlap_factor", MMP_TYPE_FLOAT, "0.25", "with tiled: the share of a tile that overlaps its neighbours", 0, 0},
+    {"tile_overlap_factor", MMP_TYPE_FLOAT, "0.25", "with tiled: the share of a tile that overlaps its neighbours", 0,
+     0},
     {NULL, 0, NULL, NULL, 0, 0}};
 
 static void vblock_free(vblock_t *b) {
