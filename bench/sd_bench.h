@@ -28,6 +28,7 @@ typedef struct bench_opts {
   const char *cdtype; /* --compute-dtype (every run's compute_dtype), NULL: not set */
   int arldm_s;        /* bench/unet --arldm S: AR-LDM's 6 S-token context and key mask, 0: off */
   int frames, tokens; /* bench/blip --frames N --tokens S (default 5 x 91) */
+  int tiled;          /* bench/vae --tiled[=N]: tile_sample_size N (0: untiled) */
 } bench_opts_t;
 
 static inline double bench_now(void) {
@@ -61,7 +62,11 @@ static inline void bench_usage(const char *prog, const char *part, const char *w
          "--compute-dtype sets compute_dtype for every run: bf16 rounds the layer inputs\n"
          "to bf16 too and takes the AVX-512-BF16 dot products where the CPU has them\n"
          "(MMPIPE_CPU_ISA=avx512 or generic narrows the kernels; doc/tensor.md).\n%s",
-         prog, !strcmp(part, "unet") ? " [--arldm S]" : !strcmp(part, "blip") ? " [--frames N] [--tokens S]" : "",
+         prog,
+         !strcmp(part, "unet")   ? " [--arldm S]"
+         : !strcmp(part, "blip") ? " [--frames N] [--tokens S]"
+         : !strcmp(part, "vae")  ? " [--tiled[=N]]"
+                                 : "",
          sd ? "One forward at SD-1.5 size of" : "The measures of doc/performance.md for", what, script,
          !strcmp(part, "retrieval") ? "MMP_BENCH_CANDIDATES (default 256) sets the ITM candidates per query.\n"
          : !strcmp(part, "unet")
@@ -74,6 +79,11 @@ static inline void bench_usage(const char *prog, const char *part, const char *w
          : !strcmp(part, "blip")
              ? "--frames N --tokens S: N frames (default 5) and S text tokens (default 91); AR-LDM's\n"
                "re-encode of a drawn frame is --frames 1 --tokens S.\n"
+         : !strcmp(part, "vae")
+             ? "--tiled[=N] decodes in tiles of N pixels (tiled = true, tile_sample_size = N;\n"
+               "default 256: the config's sample_size 512 would not tile a 64x64 latent); with\n"
+               "--compare-torch PyTorch decodes untiled (the reference) and then with\n"
+               "enable_tiling() at the same tile size, each in its own process.\n"
              : "");
 }
 
@@ -85,6 +95,7 @@ static inline int bench_parse(int argc, char **argv, bench_opts_t *o, const char
                                        {"compute-dtype", required_argument, NULL, 'C'},
                                        {"arldm", required_argument, NULL, 'A'},  {"frames", required_argument, NULL, 'F'},
                                        {"tokens", required_argument, NULL, 'K'},
+                                       {"tiled", optional_argument, NULL, 'L'},
                                        {"help", no_argument, NULL, 'h'},         {NULL, 0, NULL, 0}};
   static char cfg[4096];
   const char *src = getenv("MMP_BENCH_SRCDIR");
@@ -100,6 +111,7 @@ static inline int bench_parse(int argc, char **argv, bench_opts_t *o, const char
   o->arldm_s = 0;
   o->frames = 5;
   o->tokens = 91;
+  o->tiled = 0;
   bool bad = false;
   int c;
   while ((c = getopt_long(argc, argv, "h", opts, NULL)) != -1) {
@@ -115,12 +127,14 @@ static inline int bench_parse(int argc, char **argv, bench_opts_t *o, const char
     case 'A': o->arldm_s = atoi(optarg); bad |= strcmp(part, "unet") != 0 || o->arldm_s < 1; break;
     case 'F': o->frames = atoi(optarg); bad |= strcmp(part, "blip") != 0 || o->frames < 1; break;
     case 'K': o->tokens = atoi(optarg); bad |= strcmp(part, "blip") != 0 || o->tokens < 2; break;
+    case 'L': o->tiled = optarg ? atoi(optarg) : 256; bad |= strcmp(part, "vae") != 0 || o->tiled < 1; break;
     case 'h': bench_usage(argv[0], part, what); exit(0);
     default: bench_usage(argv[0], part, what); exit(2);
     }
   }
   if (bad || optind < argc) {
-    fprintf(stderr, "%s: --arldm is for bench/unet (S >= 1), --frames and --tokens for bench/blip (N >= 1, S >= 2); "
+    fprintf(stderr, "%s: --arldm is for bench/unet (S >= 1), --frames and --tokens for bench/blip (N >= 1, S >= 2), "
+                    "--tiled for bench/vae (N >= 1); "
                     "no operands\n", argv[0]);
     exit(2);
   }
@@ -273,22 +287,26 @@ static inline int bench_fork_dtypes(bench_opts_t *o) {
   return 1;
 }
 
-/* Run bench/torch_sd.py PART CONFIG THREADS [ARLDM_S] and echo its report
- * (--arldm: AR-LDM's override UNet, diffusers 0.7.2 first on the path). */
+/* Run bench/torch_sd.py PART CONFIG THREADS [ARLDM_S | TILE] and echo its report
+ * (--arldm: AR-LDM's override UNet, diffusers 0.7.2 first on the path; --tiled: twice,
+ * untiled (the reference) and tiled). */
 static inline void bench_torch(const bench_opts_t *o, const char *part) {
   if (!o->compare_torch) return;
   const char *pp = getenv("MMP_TORCH_PYTHONPATH");
   if (!pp) pp = o->arldm_s ? "/root/refsrc/diffusers-0.7.2/src:/root/refenv/site" : "/root/refenv/site";
-  char cmd[12000], s[32] = "";
-  if (o->arldm_s) snprintf(s, sizeof s, " %d", o->arldm_s);
-  snprintf(cmd, sizeof cmd,
-           "PYTHONPATH='%s' LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu/openblas-pthread OMP_NUM_THREADS=%d "
-           "/usr/bin/python3 '%s/bench/torch_sd.py' %s '%s' %d%s",
-           pp, o->threads, o->srcdir, part, o->config, o->threads, s);
-  printf("-- PyTorch (subprocess) --\n");
-  fflush(stdout);
-  int rc = system(cmd);
-  if (rc != 0) printf("PyTorch comparison failed (exit %d)\n", rc);
+  for (int pass = 0; pass < (o->tiled ? 2 : 1); pass++) {
+    char cmd[12000], s[32] = "";
+    if (o->arldm_s) snprintf(s, sizeof s, " %d", o->arldm_s);
+    if (pass) snprintf(s, sizeof s, " %d", o->tiled);
+    snprintf(cmd, sizeof cmd,
+             "PYTHONPATH='%s' LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu/openblas-pthread OMP_NUM_THREADS=%d "
+             "/usr/bin/python3 '%s/bench/torch_sd.py' %s '%s' %d%s",
+             pp, o->threads, o->srcdir, part, o->config, o->threads, s);
+    printf("-- PyTorch (subprocess%s) --\n", pass ? ", enable_tiling()" : "");
+    fflush(stdout);
+    int rc = system(cmd);
+    if (rc != 0) printf("PyTorch comparison failed (exit %d)\n", rc);
+  }
 }
 
 #endif

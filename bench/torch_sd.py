@@ -2,7 +2,9 @@
 """bench/torch_sd.py - the PyTorch side of bench/{unet,vae,clip}: the same
 forward with diffusers 0.19.3 / transformers 4.30.0 on random weights.
 
-  torch_sd.py unet|vae|text_encoder CONFIG.json THREADS [ARLDM_S]
+  torch_sd.py unet|vae|text_encoder CONFIG.json THREADS [ARLDM_S | TILE]
+
+TILE > 0 (vae): decode with enable_tiling() in tiles of TILE pixels.
 
 With ARLDM_S (bench/unet --arldm S): AR-LDM's override UNet
 (models/diffusers_override of ARLDM under REFSRC, default /root/refsrc) on
@@ -20,7 +22,9 @@ import time
 import torch
 
 part, cfg_path, threads = sys.argv[1], sys.argv[2], int(sys.argv[3])
-arldm_s = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+extra = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+arldm_s = extra if part == "unet" else 0
+tile = extra if part == "vae" else 0
 if threads > 0:
     torch.set_num_threads(threads)
 torch.set_grad_enabled(False)
@@ -58,6 +62,10 @@ elif part == "unet":
 elif part == "vae":
     from diffusers import AutoencoderKL
     m = AutoencoderKL.from_config(cfg).eval()
+    if tile > 0:
+        m.enable_tiling()
+        m.tile_sample_min_size = tile
+        m.tile_latent_min_size = int(tile / (2 ** (len(cfg["block_out_channels"]) - 1)))
     z = torch.randn(1, 4, 64, 64)
     run = lambda: m.decode(z).sample
 else:

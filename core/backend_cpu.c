@@ -818,14 +818,20 @@ static int op_resize_bilinear(const mmp_tensor_t *x, bool align, mmp_tensor_t *d
 
 static int op_embedding(const mmp_tensor_t *table, const mmp_tensor_t *ids, mmp_tensor_t *dst) {
   int64_t V = table->shape[0], D = table->shape[1], n = mmp_tensor_numel(ids);
-  const float *tb = mmp__ptr(table);
   float *y = mmp__ptr(dst);
   for (int64_t i = 0; i < n; i++) {
     int64_t id = ids->dtype == MMP_I64 ? ((const int64_t *)mmp__ptr(ids))[i] : ((const int32_t *)mmp__ptr(ids))[i];
     if (id < 0 || id >= V)
       return mmp_error_set(MMP_EINVAL, "embedding: id %lld at position %lld is outside the table of %lld rows",
                            (long long)id, (long long)i, (long long)V);
-    memcpy(y + i * D, tb + id * D, (size_t)D * sizeof(float));
+    if (table->dtype == MMP_F32) {
+      memcpy(y + i * D, (const float *)mmp__ptr(table) + id * D, (size_t)D * sizeof(float));
+      continue;
+    }
+    /* a half-precision table (weights_dtype): the row widened to f32 */
+    const uint16_t *row = (const uint16_t *)mmp__ptr(table) + id * D;
+    for (int64_t d = 0; d < D; d++)
+      y[i * D + d] = table->dtype == MMP_BF16 ? mmp__bf16_to_float(row[d]) : mmp__half_to_float(row[d]);
   }
   return 0;
 }
@@ -868,7 +874,9 @@ static bool cpu_supports(mmp_backend_t *be, mmp_op_t op, const mmp_tensor_t *con
   case MMP_OP_FILL: return true;
   case MMP_OP_ARGMAX: return nsrc == 1 && is_f32(srcs[0]) && dst->dtype == MMP_I64;
   case MMP_OP_EMBEDDING:
-    return nsrc == 2 && is_f32(srcs[0]) && (srcs[1]->dtype == MMP_I64 || srcs[1]->dtype == MMP_I32) &&
+    return nsrc == 2 &&
+           (is_f32(srcs[0]) || srcs[0]->dtype == MMP_F16 || srcs[0]->dtype == MMP_BF16) &&
+           mmp_tensor_is_contiguous(srcs[0]) && (srcs[1]->dtype == MMP_I64 || srcs[1]->dtype == MMP_I32) &&
            mmp_tensor_is_contiguous(srcs[1]) && is_f32(dst);
   case MMP_OP_TIMESTEP_EMBEDDING: return nsrc == 1 && srcs[0]->dtype != MMP_BOOL && is_f32(dst);
   case MMP_OP_LINEAR:

@@ -542,7 +542,9 @@ static mmp_tensor_t *embedding_impl(const mmp_tensor_t *table, const mmp_tensor_
   if (!table || !ids) return NULL;
   const mmp_tensor_t *ts[2] = {table, ids};
   mmp_backend_t *be = common_backend("embedding", 2, ts);
-  if (!be || !need_f32("embedding", "table", table)) return NULL;
+  /* a half-precision table (weights_dtype) is gathered row by row into f32 */
+  const bool half = table->dtype == MMP_F16 || table->dtype == MMP_BF16;
+  if (!be || (!half && !need_f32("embedding", "table", table))) return NULL;
   if (table->ndim != 2) {
     mmp_error_set(MMP_ESHAPE, "embedding: table %s must be [V, D]", mmp__desc(table));
     return NULL;
@@ -558,8 +560,20 @@ static mmp_tensor_t *embedding_impl(const mmp_tensor_t *table, const mmp_tensor_
   mmp_tensor_t *tc = mmp_contiguous((mmp_tensor_t *)table), *ic = mmp_contiguous((mmp_tensor_t *)ids), *r = NULL;
   if (tc && ic) {
     int64_t so[2] = {mmp_tensor_numel(ids), table->shape[1]};
+    mmp_tensor_t *y = mmp_tensor_new(be, MMP_F32, 2, so);
     const mmp_tensor_t *srcs[2] = {tc, ic};
-    mmp_tensor_t *y = run(be, MMP_OP_EMBEDDING, NULL, srcs, 2, mmp_tensor_new(be, MMP_F32, 2, so));
+    /* a backend without half tables (CUDA) gathers from an f32 copy */
+    if (y && half && !mmp_backend_supports(be, MMP_OP_EMBEDDING, srcs, 2, y)) {
+      mmp_tensor_t *f = mmp_convert(tc, MMP_F32);
+      mmp_tensor_unref(tc);
+      srcs[0] = tc = f;
+    }
+    if (tc) {
+      y = run(be, MMP_OP_EMBEDDING, NULL, srcs, 2, y);
+    } else {
+      mmp_tensor_unref(y);
+      y = NULL;
+    }
     if (y) {
       int64_t shape[MMP_MAX_DIMS];
       memcpy(shape, ids->shape, sizeof(int64_t) * (size_t)ids->ndim);

@@ -9,7 +9,7 @@ tests_test_plugin_vae_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_vae_LDADD = $(TEST_LDADD)
 tests_test_plugin_clip_text_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_clip_text_LDADD = $(TEST_LDADD)
-EXTRA_DIST += tests/gen_sd.py tests/gen_txt2img_noise.py tests/fixtures/sd
+EXTRA_DIST += tests/gen_sd.py tests/gen_txt2img_noise.py tests/gen_vae_tiled.py tests/fixtures/sd
 if HAVE_PNG
 check_PROGRAMS += tests/test_plugin_txt2img
 TESTS += tests/test_plugin_txt2img

@@ -300,6 +300,38 @@ static void test_group_norm_silu(mmp_backend_t *be) {
   mmp_rng_free(g);
 }
 
+/* A half-precision table (weights_dtype): its rows widened to f32 are the
+ * rows of the table converted to f32, on every backend (CUDA gathers from
+ * an f32 copy). */
+static void test_embedding_half(mmp_backend_t *be) {
+  mmp_rng_t *g = mmp_rng_new(5, MMP_RNG_PHILOX);
+  int64_t ts[2] = {37, 24}, is[2] = {2, 3}, idv[6] = {0, 36, 5, 5, 17, 2};
+  mmp_tensor_t *tab = mmp_rng_randn(g, be, 2, ts);
+  mmp_tensor_t *ids_c = mmp_tensor_from_data(mmp_backend_get("cpu"), MMP_I64, 2, is, idv);
+  mmp_tensor_t *ids = mmp_to_backend(ids_c, be);
+  static const mmp_dtype_t dts[2] = {MMP_BF16, MMP_F16};
+  for (int i = 0; i < 2; i++) {
+    mmp_tensor_t *h = mmp_convert(tab, dts[i]), *hf = h ? mmp_convert(h, MMP_F32) : NULL;
+    mmp_tensor_t *got = mmp_embedding(h, ids), *want = mmp_embedding(hf, ids);
+    ok(got && want && got->dtype == MMP_F32 && got->ndim == 3 && got->shape[2] == 24,
+       "embedding of a %s table on %s: f32 [2, 3, 24]", mmp_dtype_name(dts[i]), mmp_backend_name(be));
+    mmp_tensor_t *gc = got ? mmp_to_backend(got, mmp_backend_get("cpu")) : NULL;
+    mmp_tensor_t *wc = want ? mmp_to_backend(want, mmp_backend_get("cpu")) : NULL;
+    ok(gc && wc && memcmp(mmp_tensor_data(gc), mmp_tensor_data(wc), 6 * 24 * sizeof(float)) == 0,
+       "  equal to the rows of the table converted to f32");
+    mmp_tensor_unref(gc);
+    mmp_tensor_unref(wc);
+    mmp_tensor_unref(got);
+    mmp_tensor_unref(want);
+    mmp_tensor_unref(h);
+    mmp_tensor_unref(hf);
+  }
+  mmp_tensor_unref(tab);
+  mmp_tensor_unref(ids);
+  mmp_tensor_unref(ids_c);
+  mmp_rng_free(g);
+}
+
 int main(void) {
   char path[1024];
   mmp_log_set_level(MMP_LOG_ERROR);
@@ -338,6 +370,8 @@ int main(void) {
 
   test_group_norm_silu(cpu);
   if (cuda) test_group_norm_silu(cuda);
+  test_embedding_half(cpu);
+  if (cuda) test_embedding_half(cuda);
   test_errors();
   return done_testing();
 }

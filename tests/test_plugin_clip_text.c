@@ -57,6 +57,14 @@ int main(void) {
                              " max_position_embeddings = 100; resize_seed = 3; };", in, "resized tables");
   is_close(sd_relerr(mmp_tensormap_get(orz, "last_hidden_state"), mmp_tensormap_get(o, "last_hidden_state")), 0.0,
            0.0, "resizing keeps the stored rows");
+  /* the token table held in bf16 (weights_dtype) grows in f32 and is rounded
+   * back: the stored rows are bf16-exact, so the result is the f32 run's */
+  mmp_tensormap_t *orb = run("encoder = { name = \"clip_text\"; model_dir = \"%s/pipe\"; vocab_size = 1000;"
+                             " max_position_embeddings = 100; resize_seed = 3; weights_dtype = \"bf16\"; };", in,
+                             "resized tables, weights_dtype bf16");
+  is_close(sd_relerr(mmp_tensormap_get(orb, "last_hidden_state"), mmp_tensormap_get(o, "last_hidden_state")), 0.0,
+           0.0, "  a bf16 token table resized keeps the stored rows");
+  mmp_tensormap_free(orb);
   mmp_tensormap_t *og_in = sd_pick(iog, ids);
   mmp_tensormap_t *og = run("encoder = { name = \"clip_text\"; model_dir = \"%s/clip_gelu\"; };", og_in, "gelu, f32 file");
   sd_check(mmp_tensormap_get(og, "last_hidden_state"), mmp_tensormap_get(iog, "last_hidden_state"), "gelu last_hidden_state");

@@ -1,6 +1,7 @@
 /* tests/test_plugin_vae.c - AutoencoderKL against diffusers 0.19.3 (fixtures
  * from tests/gen_sd.py): encode (mean, logvar, sample from noise), decode,
- * single-file layout, an SD .ckpt, the pre-0.14 attention names, info. */
+ * single-file layout, an SD .ckpt, the pre-0.14 attention names, info; the
+ * tiled decode against diffusers' tiled_decode (tests/gen_vae_tiled.py). */
 #include "sd_test.h"
 
 static int run(const char *cfg, const char *method, const mmp_tensormap_t *in, mmp_tensormap_t *out,
@@ -99,6 +100,51 @@ int main(void) {
   is_close(sf ? mmp_tensor_get(sf, z) : -1, 0.18215, 1e-7, "scaling_factor from config.json");
   is_close(df ? mmp_tensor_get(df, z) : -1, 2.0, 0.0, "downscale_factor 2^(blocks-1)");
   mmp_tensormap_free(o);
+
+  /* tiled decode: diffusers' enable_tiling() with its tile sizes set */
+  {
+    mmp_tensormap_t *tio = sd_load("vae_tiled_io.safetensors");
+    static const struct { const char *name, *keys, *what; } tc[] = {
+        {"a", "tile_sample_size = 16;", "tiled, batch 2, 4 x 3 tiles, a last column 1 latent wide"},
+        {"b", "tile_sample_size = 20; tile_overlap_factor = 0.5;", "tiled, overlap 0.5, 4 x 5 tiles"},
+        {"c", "", "tiled, latent no larger than config.json's sample_size: not tiled"},
+    };
+    for (size_t i = 0; tio && i < sizeof tc / sizeof tc[0]; i++) {
+      char cfg[512], key[32];
+      snprintf(cfg, sizeof cfg,
+               "encoder = { name = \"vae\"; mode = \"decode\"; model_dir = \"%%s/pipe\"; tiled = true; %s };",
+               tc[i].keys);
+      snprintf(key, sizeof key, "%s.latents", tc[i].name);
+      mmp_tensormap_t *tin = mmp_tensormap_new(), *to = mmp_tensormap_new();
+      mmp_tensormap_set(tin, "latents", mmp_tensor_ref(mmp_tensormap_get(tio, key)));
+      run(cfg, NULL, tin, to, tc[i].what);
+      snprintf(key, sizeof key, "%s.tiled", tc[i].name);
+      sd_check(mmp_tensormap_get(to, "sample"), mmp_tensormap_get(tio, key), tc[i].what);
+      if (tc[i].keys[0]) { /* the tiles do change the image: the check above is not the untiled decode's */
+        snprintf(key, sizeof key, "%s.untiled", tc[i].name);
+        double d = sd_relerr(mmp_tensormap_get(to, "sample"), mmp_tensormap_get(tio, key));
+        if (!ok(d > 100 * SD_TOL, "  and differs from the untiled decode")) diag("  relative difference %.3g", d);
+      }
+      mmp_tensormap_free(to);
+      to = mmp_tensormap_new();
+      run("encoder = { name = \"vae\"; mode = \"decode\"; model_dir = \"%s/pipe\"; };", NULL, tin, to,
+          "the same latents untiled (the default)");
+      snprintf(key, sizeof key, "%s.untiled", tc[i].name);
+      sd_check(mmp_tensormap_get(to, "sample"), mmp_tensormap_get(tio, key), "  untiled decode");
+      mmp_tensormap_free(to);
+      mmp_tensormap_free(tin);
+    }
+    if (!tio) ok(0, "vae_tiled_io.safetensors");
+    mmp_tensormap_free(tio);
+    char fxd[4200];
+    snprintf(fxd, sizeof fxd, "%s/tests/fixtures/sd", tap_srcdir());
+    sd_refused(MMP_KIND_ENCODER, "encoder",
+               "encoder = { name = \"vae\"; model_dir = \"%s/pipe\"; tiled = true; tile_overlap_factor = 1.0; };",
+               fxd, "tile_overlap_factor", "tile_overlap_factor 1.0 is refused, naming the key");
+    sd_refused(MMP_KIND_ENCODER, "encoder",
+               "encoder = { name = \"vae\"; model_dir = \"%s/pipe\"; tiled = true; tile_sample_size = 2; };",
+               fxd, "no step between tiles", "a tile of 1 latent with overlap 0.25 is refused");
+  }
 
   /* a bad mode value names the key */
   {

@@ -524,6 +524,10 @@ mmp_tensor_t *sd_grow_rows(mmp_tensor_t *t, int64_t rows, double std, uint64_t s
     return NULL;
   }
   if (rows == t->shape[0]) return t;
+  /* a half-precision table (weights_dtype) grows in f32 and is rounded back */
+  const mmp_dtype_t dt = t->dtype;
+  if (dt != MMP_F32) t = sd_swap(t, mmp_convert(t, MMP_F32));
+  if (!t) return NULL;
   int64_t s[2] = {rows - t->shape[0], t->shape[1]};
   mmp_rng_t *g = mmp_rng_new(seed, MMP_RNG_PHILOX);
   mmp_tensor_t *r = g ? mmp_rng_randn(g, mmp_tensor_backend(t), 2, s) : NULL;
@@ -536,6 +540,7 @@ mmp_tensor_t *sd_grow_rows(mmp_tensor_t *t, int64_t rows, double std, uint64_t s
   }
   mmp_tensor_unref(r);
   mmp_tensor_unref(t);
+  if (out && dt != MMP_F32) out = sd_swap(out, mmp_convert(out, dt));
   return out;
 }
 

@@ -92,7 +92,10 @@ static int clip_build(clip_t *c, const json_t *j, sd_weights_t *w, const char *c
   int64_t st[2] = {cfg_vocab, c->hidden}, sp[2] = {cfg_pos, c->hidden};
   if (sd_w_info(w, "text_model.embeddings.token_embedding.weight", &fnd, fs) == 0 && fnd == 2) st[0] = fs[0];
   if (sd_w_info(w, "text_model.embeddings.position_embedding.weight", &fnd, fs) == 0 && fnd == 2) sp[0] = fs[0];
-  c->tok = sd_w(w, 2, st, "%sembeddings.token_embedding.weight", P);
+  /* the token table (38 M of ViT-L/14's 123 M parameters) is held in
+   * weights_dtype like a linear weight: the embedding op widens the rows it
+   * gathers to f32 */
+  c->tok = sd_w_mat(w, 2, st, "%sembeddings.token_embedding.weight", P);
   c->pos = sd_w(w, 2, sp, "%sembeddings.position_embedding.weight", P);
   double std = init_range * init_factor;
   if (c->tok && want_vocab) {

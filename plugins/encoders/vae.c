@@ -25,6 +25,11 @@ typedef struct vae {
   char mode[16];
   int64_t nb, in_ch, out_ch, latent;
   double scaling;
+  /* tiled decode (diffusers' enable_tiling): tile_sample is its
+   * tile_sample_min_size, tile_latent its tile_latent_min_size */
+  bool tiled;
+  int64_t tile_sample, tile_latent;
+  double tile_overlap;
   /* encoder */
   sd_conv_t e_conv_in, e_conv_out, quant;
   vblock_t e_down[MAXB];
@@ -41,6 +46,13 @@ typedef struct vae {
 static const mmp_key_t vae_keys[] = {
     SD_PART_KEYS("vae"),
     {"mode", MMP_TYPE_STRING, "\"encode\"", "default method: \"encode\" (sample -> latent_mean, latent_logvar) or \"decode\" (latents -> sample)", 0, 0},
+    {"tiled", MMP_TYPE_BOOL, "false",
+     "decode latents wider or taller than a tile in overlapping tiles blended together, as diffusers' "
+     "enable_tiling() (less memory, a slightly different image)", 0, 0},
+    {"tile_sample_size", MMP_TYPE_INT, "0",
+     "with tiled: a tile's size in image pixels (diffusers' tile_sample_min_size); 0: config.json's sample_size", 0, 0},
+    {"tile_overlap_factor", MMP_TYPE_FLOAT, "0.25", "with tiled: the share of a tile that overlaps its neighbours", 0,
+     0},
     {NULL, 0, NULL, NULL, 0, 0}};
 
 static void vblock_free(vblock_t *b) {
@@ -177,6 +189,47 @@ static int vae_build(vae_t *v, const json_t *j, sd_weights_t *w, const char *cpa
   return 0;
 }
 
+static int vae_key_error(const mmp_config_t *cfg, const char *key, const char *msg) {
+  const mmp_config_t *n = mmp_config_lookup(cfg, key);
+  const char *f = n ? mmp_config_file(n) : NULL;
+  return mmp_error_set(MMP_ECONFIG, "%s:%d: %s: %s", f ? f : "(config)", n ? mmp_config_line(n) : 0, key, msg);
+}
+
+/* The tiled-decode keys; the tile's default size is config.json's
+ * sample_size (diffusers' default 32 when absent; its first item when a
+ * list), and the latent tile int(sample / 2^(blocks-1)) as diffusers'. */
+static int vae_config_tiles(vae_t *v, const mmp_config_t *cfg, const json_t *j, const char *cpath) {
+  int rc;
+  int64_t ts = 0;
+  v->tile_overlap = 0.25;
+  if ((rc = mmp_config_get_bool(cfg, "tiled", &v->tiled)) < 0 && rc != MMP_ENOENT) return rc;
+  if ((rc = mmp_config_get_int(cfg, "tile_sample_size", &ts)) < 0 && rc != MMP_ENOENT) return rc;
+  if ((rc = mmp_config_get_float(cfg, "tile_overlap_factor", &v->tile_overlap)) < 0 && rc != MMP_ENOENT) return rc;
+  mmp_error_clear();
+  if (ts == 0) {
+    size_t n = sd_json_list_size(j, "sample_size");
+    int64_t ss[2] = {32, 32};
+    if ((rc = n == 1 || n == 2 ? sd_json_int_list_range(j, "sample_size", 32, 1, SD_MAX_WIDTH, n, ss)
+                               : sd_json_int_range(j, "sample_size", 32, 1, SD_MAX_WIDTH, ss)))
+      return mmp_error_prefix("%s: ", cpath);
+    ts = ss[0];
+  }
+  if (ts < 1 || ts > SD_MAX_WIDTH) return vae_key_error(cfg, "tile_sample_size", "must be 1..65536 (0: sample_size)");
+  if (!(v->tile_overlap >= 0.0 && v->tile_overlap < 1.0))
+    return vae_key_error(cfg, "tile_overlap_factor", "must be in [0, 1)");
+  v->tile_sample = ts;
+  v->tile_latent = (int64_t)((double)ts / (double)(1 << (v->nb - 1)));
+  /* diffusers steps through the latent by int(tile_latent * (1 - overlap)):
+   * a step of 0 would never advance */
+  if (v->tiled && (int64_t)((double)v->tile_latent * (1.0 - v->tile_overlap)) < 1) {
+    char msg[160];
+    snprintf(msg, sizeof msg, "%lld with tile_overlap_factor %g leaves no step between tiles (the latent tile is %lld)",
+             (long long)ts, v->tile_overlap, (long long)v->tile_latent);
+    return vae_key_error(cfg, "tile_sample_size", msg);
+  }
+  return 0;
+}
+
 static int vae_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_context_t *ctx, void **out_self) {
   const char *mode = "encode";
   if (mmp_config_get_string(cfg, "mode", &mode) < 0 && mmp_error_code() != MMP_ENOENT) return mmp_error_code();
@@ -211,6 +264,7 @@ static int vae_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_c
     return mmp_error_code();
   }
   rc = vae_build(v, j, w, cpath);
+  if (rc == 0) rc = vae_config_tiles(v, cfg, j, cpath);
   json_decref(j);
   if (rc) {
     sd_weights_free(w);
@@ -289,12 +343,9 @@ static int vae_encode(vae_t *v, const mmp_tensormap_t *in, mmp_tensormap_t *out)
   return rc;
 }
 
-static int vae_decode(vae_t *v, const mmp_tensormap_t *in, mmp_tensormap_t *out) {
-  const mmp_tensor_t *zs = mmp_tensormap_need(in, "latents");
-  if (!zs) return mmp_error_prefix("vae decode: ");
-  if (zs->ndim != 4 || zs->shape[1] != v->latent)
-    return mmp_error_set(MMP_ESHAPE, "vae decode: latents must be [B, %lld, h, w]", (long long)v->latent);
-  mmp_tensor_t *h = sd_input_f32(zs, v->be);
+/* The decoder proper (post_quant_conv included) on an f32 latent; consumes
+ * @h. */
+static mmp_tensor_t *vae_decoder(vae_t *v, mmp_tensor_t *h) {
   h = sd_swap(h, sd_conv(&v->post_quant, h));
   h = sd_swap(h, sd_conv(&v->d_conv_in, h));
   h = vmid(&v->d_mid, h);
@@ -304,7 +355,135 @@ static int vae_decode(vae_t *v, const mmp_tensormap_t *in, mmp_tensormap_t *out)
     if (b->has_resample) h = sd_swap(h, sd_upsample(&b->resample, h));
   }
   h = sd_swap(h, sd_group_norm_silu(&v->d_norm_out, h));
-  h = sd_swap(h, sd_conv(&v->d_conv_out, h));
+  return sd_swap(h, sd_conv(&v->d_conv_out, h));
+}
+
+/* diffusers' blend_v (@dim 2) / blend_h (@dim 3), in place on @b: its first
+ * e = min(a, b, @extent) rows (columns) become a's last e * (1 - y/e) + b's
+ * * (y/e), each product rounded to f32 as torch's. */
+static int vae_blend(const mmp_tensor_t *a, mmp_tensor_t *b, int dim, int64_t extent) {
+  int64_t e = extent;
+  if (a->shape[dim] < e) e = a->shape[dim];
+  if (b->shape[dim] < e) e = b->shape[dim];
+  if (e <= 0) return 0;
+  int64_t ws[4] = {1, 1, 1, 1};
+  ws[dim] = e;
+  mmp_tensor_t *wa = mmp_tensor_new(mmp_backend_get("cpu"), MMP_F32, 4, ws);
+  mmp_tensor_t *wb = mmp_tensor_new(mmp_backend_get("cpu"), MMP_F32, 4, ws);
+  if (!wa || !wb) {
+    mmp_tensor_unref(wa);
+    mmp_tensor_unref(wb);
+    return mmp_error_code();
+  }
+  float *pa = mmp_tensor_data(wa), *pb = mmp_tensor_data(wb);
+  for (int64_t y = 0; y < e; y++) {
+    pa[y] = (float)(1.0 - (double)y / (double)e);
+    pb[y] = (float)((double)y / (double)e);
+  }
+  mmp_backend_t *be = mmp_tensor_backend(b);
+  mmp_tensor_t *wa_be = mmp_to_backend(wa, be), *wb_be = mmp_to_backend(wb, be);
+  mmp_tensor_t *as = mmp_slice((mmp_tensor_t *)a, dim, a->shape[dim] - e, a->shape[dim], 1);
+  mmp_tensor_t *bs = mmp_slice(b, dim, 0, e, 1);
+  mmp_tensor_t *x = as && wa_be ? mmp_mul(as, wa_be) : NULL;
+  mmp_tensor_t *y = bs && wb_be ? mmp_mul(bs, wb_be) : NULL;
+  mmp_tensor_t *s = x && y ? mmp_add(x, y) : NULL;
+  int rc = s ? mmp_copy_into(bs, s) : mmp_error_code();
+  mmp_tensor_unref(s);
+  mmp_tensor_unref(x);
+  mmp_tensor_unref(y);
+  mmp_tensor_unref(as);
+  mmp_tensor_unref(bs);
+  mmp_tensor_unref(wa_be);
+  mmp_tensor_unref(wb_be);
+  mmp_tensor_unref(wa);
+  mmp_tensor_unref(wb);
+  return rc < 0 ? rc : 0;
+}
+
+/* diffusers' AutoencoderKL.tiled_decode: latent tiles of tile_latent
+ * starting every int(tile_latent * (1 - overlap)), each decoded alone,
+ * blended with the (already blended) tile above and the one to the left
+ * over int(tile_sample * overlap) pixels, and cropped to tile_sample minus
+ * that. Only the previous row's tiles are kept; each tile's activations
+ * come from the backend's pool and are back in it before the next tile. */
+static mmp_tensor_t *vae_tiled_decode(vae_t *v, mmp_tensor_t *z) {
+  const int64_t H = z->shape[2], W = z->shape[3], f = (int64_t)1 << (v->nb - 1);
+  const int64_t step = (int64_t)((double)v->tile_latent * (1.0 - v->tile_overlap));
+  const int64_t blend = (int64_t)((double)v->tile_sample * v->tile_overlap);
+  const int64_t limit = v->tile_sample - blend;
+  const int64_t nr = (H + step - 1) / step, nc = (W + step - 1) / step;
+  /* the output: the sum of the cropped tiles' sizes (a tile of h latent
+   * rows decodes to h * f) */
+  int64_t oh = 0, ow = 0;
+  for (int64_t i = 0; i < nr; i++) {
+    int64_t th = f * (H - i * step < v->tile_latent ? H - i * step : v->tile_latent);
+    oh += th < limit ? th : limit;
+  }
+  for (int64_t j = 0; j < nc; j++) {
+    int64_t tw = f * (W - j * step < v->tile_latent ? W - j * step : v->tile_latent);
+    ow += tw < limit ? tw : limit;
+  }
+  int64_t os[4] = {z->shape[0], v->out_ch, oh, ow};
+  mmp_tensor_t *out = mmp_tensor_new(mmp_tensor_backend(z), MMP_F32, 4, os);
+  mmp_tensor_t **prev = calloc((size_t)nc, sizeof *prev), **cur = calloc((size_t)nc, sizeof *cur);
+  int rc = out && prev && cur ? 0 : (out ? mmp_error_set(MMP_ENOMEM, "out of memory") : mmp_error_code());
+  int64_t y0 = 0;
+  for (int64_t i = 0; i < nr && rc == 0; i++) {
+    int64_t x0 = 0, rh = 0;
+    for (int64_t j = 0; j < nc && rc == 0; j++) {
+      mmp_tensor_t *t = mmp_slice(z, 2, i * step, i * step + v->tile_latent < H ? i * step + v->tile_latent : H, 1);
+      t = sd_swap(t, t ? mmp_slice(t, 3, j * step, j * step + v->tile_latent < W ? j * step + v->tile_latent : W, 1)
+                       : NULL);
+      t = sd_swap(t, t ? mmp_contiguous(t) : NULL);
+      t = t ? vae_decoder(v, t) : NULL;
+      if (!t || (i > 0 && (rc = vae_blend(prev[j], t, 2, blend)) < 0) ||
+          (j > 0 && (rc = vae_blend(cur[j - 1], t, 3, blend)) < 0)) {
+        if (!t) rc = mmp_error_code();
+        mmp_tensor_unref(t);
+        break;
+      }
+      cur[j] = t;
+      int64_t ch = t->shape[2] < limit ? t->shape[2] : limit, cw = t->shape[3] < limit ? t->shape[3] : limit;
+      mmp_tensor_t *src = mmp_slice(t, 2, 0, ch, 1);
+      src = sd_swap(src, src ? mmp_slice(src, 3, 0, cw, 1) : NULL);
+      mmp_tensor_t *dst = mmp_slice(out, 2, y0, y0 + ch, 1);
+      dst = sd_swap(dst, dst ? mmp_slice(dst, 3, x0, x0 + cw, 1) : NULL);
+      rc = src && dst ? mmp_copy_into(dst, src) : mmp_error_code();
+      if (rc > 0) rc = 0;
+      mmp_tensor_unref(src);
+      mmp_tensor_unref(dst);
+      x0 += cw;
+      rh = ch;
+    }
+    y0 += rh;
+    for (int64_t j = 0; j < nc; j++) {
+      mmp_tensor_unref(prev[j]);
+      prev[j] = cur[j];
+      cur[j] = NULL;
+    }
+  }
+  for (int64_t j = 0; prev && j < nc; j++) mmp_tensor_unref(prev[j]);
+  for (int64_t j = 0; cur && j < nc; j++) mmp_tensor_unref(cur[j]);
+  free(prev);
+  free(cur);
+  if (rc < 0) {
+    mmp_tensor_unref(out);
+    return NULL;
+  }
+  return out;
+}
+
+static int vae_decode(vae_t *v, const mmp_tensormap_t *in, mmp_tensormap_t *out) {
+  const mmp_tensor_t *zs = mmp_tensormap_need(in, "latents");
+  if (!zs) return mmp_error_prefix("vae decode: ");
+  if (zs->ndim != 4 || zs->shape[1] != v->latent)
+    return mmp_error_set(MMP_ESHAPE, "vae decode: latents must be [B, %lld, h, w]", (long long)v->latent);
+  mmp_tensor_t *h = sd_input_f32(zs, v->be);
+  /* diffusers tiles only latents larger than one tile */
+  if (h && v->tiled && (h->shape[2] > v->tile_latent || h->shape[3] > v->tile_latent))
+    h = sd_swap(h, vae_tiled_decode(v, h));
+  else if (h)
+    h = vae_decoder(v, h);
   if (!h) return mmp_error_prefix("vae decode: ");
   return mmp_tensormap_set(out, "sample", h);
 }
