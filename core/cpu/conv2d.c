@@ -65,24 +65,28 @@ typedef struct conv_seg {
 } conv_seg_t;
 enum { CONV_MAX_NR = 64 }; /* the widest micro-kernel panel (nr) */
 
-/* d[0:n] = s[0:n] (s NULL: zeros) in blocks of 16 and 8 that the compiler
- * turns into single vector moves; runs are short (8 to a few dozen floats),
- * where a memcpy call or a plain loop (left scalar) cost more than the copy */
-static inline MMP_ALWAYS_INLINE void copy_run(float *restrict d, const float *restrict s, int64_t n) {
+/* d[0:n] = s[0:n] (s NULL: zeros) in blocks of 16 and 8 floats as GCC
+ * vector types, so that each block is one vector move of the variant's
+ * target (a plain loop is left scalar or turned back into a memmove call);
+ * runs are short (8 to a few dozen floats), where a memcpy call or a scalar
+ * loop cost more than the copy */
+typedef float conv_v16_t __attribute__((vector_size(64), aligned(4), may_alias));
+typedef float conv_v8_t __attribute__((vector_size(32), aligned(4), may_alias));
+static inline MMP_ALWAYS_INLINE void copy_run(float *d, const float *s, int64_t n) {
   int64_t u = 0;
   if (s) {
-    for (; u + 16 <= n; u += 16)
-      for (int t = 0; t < 16; ++t) d[u + t] = s[u + t];
+    for (; u + 16 <= n; u += 16) *(conv_v16_t *)(d + u) = *(const conv_v16_t *)(s + u);
     if (u + 8 <= n) {
-      for (int t = 0; t < 8; ++t) d[u + t] = s[u + t];
+      *(conv_v8_t *)(d + u) = *(const conv_v8_t *)(s + u);
       u += 8;
     }
     for (; u < n; ++u) d[u] = s[u];
   } else {
-    for (; u + 16 <= n; u += 16)
-      for (int t = 0; t < 16; ++t) d[u + t] = 0.0f;
+    const conv_v16_t z16 = {0};
+    const conv_v8_t z8 = {0};
+    for (; u + 16 <= n; u += 16) *(conv_v16_t *)(d + u) = z16;
     if (u + 8 <= n) {
-      for (int t = 0; t < 8; ++t) d[u + t] = 0.0f;
+      *(conv_v8_t *)(d + u) = z8;
       u += 8;
     }
     for (; u < n; ++u) d[u] = 0.0f;
