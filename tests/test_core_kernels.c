@@ -187,6 +187,11 @@ static void test_conv2d(void) {
    * shared by the row-block tasks (columns span images, K > one K block) */
   check_conv(2, 40, 8, 8, 130, 3, 3, 1, 1, 1, 1, 1, 1, 1, true);
   check_conv(3, 30, 7, 5, 100, 3, 3, 2, 1, 1, 1, 1, 1, 1, false); /* strided, odd columns */
+  /* Inception's 17x17 shapes: 1x7 and 7x1 runs of 17 across images, a 1x1
+   * spanning images with K over one K block and a dilation it ignores */
+  check_conv(3, 12, 17, 17, 16, 1, 7, 1, 1, 0, 3, 1, 1, 1, true);
+  check_conv(3, 12, 17, 17, 16, 7, 1, 1, 1, 3, 0, 1, 1, 1, true);
+  check_conv(3, 300, 8, 8, 24, 1, 1, 1, 1, 0, 0, 2, 2, 1, true);
 }
 
 /* ------------------------------------------- half-precision operands */

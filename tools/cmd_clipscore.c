@@ -15,6 +15,7 @@
 #include <mmpipe/file.h>
 #include <mmpipe/safetensors.h>
 
+#include "tools/clipscore_captions.h"
 #include "tools/commands.h"
 
 #ifdef MMP_WITH_PNG
@@ -145,50 +146,6 @@ static int add_item(cs_run_t *r, const char *dir, const char *name,
   return 0;
 }
 
-/* The captions file as a list of stories (nested) or of captions (flat):
- * the story task's stories_file, [[...], ...] or [...]. (transfer full) */
-static json_t *load_captions(const char *path, bool *nested) {
-  json_error_t err;
-  json_t *j = json_load_file(path, 0, &err);
-  if (!j) {
-    if (err.line > 0)
-      mmp_error_set(MMP_EDATA, "%s:%d: %s", path, err.line, err.text);
-    else
-      mmp_error_set(MMP_EIO, "%s", err.text);
-    return NULL;
-  }
-  if (!json_is_array(j) || json_array_size(j) == 0) {
-    json_decref(j);
-    mmp_error_set(MMP_EDATA, "%s: captions must be a non-empty JSON list",
-                  path);
-    return NULL;
-  }
-  json_t *out = json_array();
-  *nested = !json_is_string(json_array_get(j, 0));
-  for (size_t i = 0; out && i < json_array_size(j); i++) {
-    json_t *e = json_array_get(j, i),
-           *caps = json_is_object(e) ? json_object_get(e, "captions") : e;
-    bool okk = *nested ? json_is_array(caps) : json_is_string(e);
-    for (size_t k = 0; okk && *nested && k < json_array_size(caps); k++)
-      okk = json_is_string(json_array_get(caps, k));
-    if (!okk) {
-      mmp_error_set(
-          MMP_EDATA, "%s: entry %zu: %s", path, i,
-          *nested ? "a story needs a list of caption strings (or an object "
-                    "with \"captions\")"
-                  : "every entry of a flat list must be a caption string");
-      json_decref(out);
-      out = NULL;
-      break;
-    }
-    json_array_append(out, caps);
-  }
-  json_decref(j);
-  if (!out && mmp_error_code() == 0)
-    mmp_error_set(MMP_ENOMEM, "out of memory");
-  return out;
-}
-
 static bool is_story_dir_name(const char *name) {
   if (strncmp(name, "story", 5) != 0 || !name[5])
     return false;
@@ -290,7 +247,7 @@ static int list_input(cs_run_t *r, const char *input, const char *captions,
   if (rc == 0 && !captions)
     rc = mmp_error_set(MMP_EINVAL, "%s: an image folder needs --captions",
                        input);
-  if (rc == 0 && !(caps = load_captions(captions, &nested)))
+  if (rc == 0 && !(caps = cs_captions_load(captions, &nested)))
     rc = mmp_error_code();
   if (rc == 0 && story_mode) {
     if (!nested)
@@ -302,7 +259,7 @@ static int list_input(cs_run_t *r, const char *input, const char *captions,
       char sd[PATH_MAX];
       snprintf(sd, sizeof sd, "%s/%s", input, stories.v[s]);
       long idx = strtol(stories.v[s] + 5, NULL, 10);
-      json_t *sc = json_array_get(caps, (size_t)idx);
+      const json_t *sc = cs_captions_story(caps, idx);
       if (!sc) {
         rc = mmp_error_set(MMP_EDATA,
                            "%s: story %ld has no captions in %s (%zu stories)",
@@ -330,7 +287,7 @@ static int list_input(cs_run_t *r, const char *input, const char *captions,
       if ((rc = add_story(r, stories.v[s])) < 0)
         break;
       for (size_t k = 0; rc == 0 && k < nf; k++) {
-        const char *c = json_string_value(json_array_get(sc, (size_t)fr[k]));
+        const char *c = cs_captions_caption(sc, fr[k]);
         char fname[64];
         snprintf(fname, sizeof fname, "frame%ld.png", fr[k]);
         if (!c)
@@ -345,15 +302,7 @@ static int list_input(cs_run_t *r, const char *input, const char *captions,
     }
   } else if (rc == 0) {
     /* an image folder: one caption per image, in name order */
-    json_t *flat = json_array();
-    for (size_t i = 0; flat && i < json_array_size(caps); i++) {
-      json_t *c = json_array_get(caps, i);
-      if (json_is_string(c))
-        json_array_append(flat, c);
-      else
-        for (size_t k = 0; k < json_array_size(c); k++)
-          json_array_append(flat, json_array_get(c, k));
-    }
+    json_t *flat = cs_captions_flatten(caps);
     qsort(images.v, images.n, sizeof *images.v, cmp_str);
     if (!flat)
       rc = mmp_error_set(MMP_ENOMEM, "out of memory");

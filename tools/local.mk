@@ -27,11 +27,16 @@ tools_libcmdfid_la_LIBADD = plugins/common/libfidfeat.la
 endif
 tools_pipeline_LDADD += tools/libcmdfid.la
 
-# `pipeline clipscore`: CLIP-T / CLIP-I of image folders (libpng, jansson)
+# `pipeline clipscore`: CLIP-T / CLIP-I of image folders (libpng, jansson);
+# the captions file's walk in its own library for tests/fuzz/fuzz_clipscore_captions
+noinst_LTLIBRARIES += tools/libclipscorecaps.la
+tools_libclipscorecaps_la_SOURCES = tools/clipscore_captions.c tools/clipscore_captions.h
+tools_libclipscorecaps_la_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)
+tools_libclipscorecaps_la_LIBADD = $(JANSSON_LIBS)
 noinst_LTLIBRARIES += tools/libcmdclipscore.la
 tools_libcmdclipscore_la_SOURCES = tools/cmd_clipscore.c
 tools_libcmdclipscore_la_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)
-tools_libcmdclipscore_la_LIBADD = $(JANSSON_LIBS) -lm
+tools_libcmdclipscore_la_LIBADD = tools/libclipscorecaps.la $(JANSSON_LIBS) -lm
 if HAVE_PNG
 tools_libcmdclipscore_la_CPPFLAGS = $(AM_CPPFLAGS) -DMMP_WITH_PNG
 tools_libcmdclipscore_la_LIBADD += plugins/processors/libimagecommon.la

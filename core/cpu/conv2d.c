@@ -54,68 +54,131 @@ static inline MMP_ALWAYS_INLINE void relu_rows_body(float *y, int64_t rows, int6
 }
 MMP_VARIANTS_VOID(relu_rows, (float *y, int64_t rows, int64_t n, int64_t ld), (y, rows, n, ld))
 
+/* A run of a B panel's columns along one output row (or, for a 1x1
+ * stride-1 unpadded kernel, along a whole image): panel columns t..t+len-1
+ * read input row ih0 + kh*dh, columns iw0 + kw*dw + u*sw, of the image whose
+ * channel 0 starts at xi. */
+typedef struct conv_seg {
+  const float *xi;
+  int64_t ih0, iw0;
+  int t, len;
+} conv_seg_t;
+enum { CONV_MAX_NR = 64 }; /* the widest micro-kernel panel (nr) */
+
+/* d[0:n] = s[0:n] (s NULL: zeros) in blocks of 16 and 8 floats as GCC
+ * vector types, so that each block is one vector move of the variant's
+ * target (a plain loop is left scalar or turned back into a memmove call);
+ * runs are short (8 to a few dozen floats), where a memcpy call or a scalar
+ * loop cost more than the copy */
+typedef float conv_v16_t __attribute__((vector_size(64), aligned(4), may_alias));
+typedef float conv_v8_t __attribute__((vector_size(32), aligned(4), may_alias));
+static inline MMP_ALWAYS_INLINE void copy_run(float *d, const float *s, int64_t n) {
+  int64_t u = 0;
+  if (s) {
+    for (; u + 16 <= n; u += 16) *(conv_v16_t *)(d + u) = *(const conv_v16_t *)(s + u);
+    if (u + 8 <= n) {
+      *(conv_v8_t *)(d + u) = *(const conv_v8_t *)(s + u);
+      u += 8;
+    }
+    for (; u < n; ++u) d[u] = s[u];
+  } else {
+    const conv_v16_t z16 = {0};
+    const conv_v8_t z8 = {0};
+    for (; u + 16 <= n; u += 16) *(conv_v16_t *)(d + u) = z16;
+    if (u + 8 <= n) {
+      *(conv_v8_t *)(d + u) = z8;
+      u += 8;
+    }
+    for (; u < n; ++u) d[u] = 0.0f;
+  }
+}
+
 /* bp[panel][k][t] = x[c, oh*sh - ph + kh*dh, ow*sw - pw + kw*dw] for
- * row k0+k = (c, kh, kw) and column j0+t = pixel (oh, ow); 0 outside. */
-static void pack_conv_b(const void *ctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
-                        float *bp) {
+ * row k0+k = (c, kh, kw) and column j0+t = pixel (oh, ow); 0 outside.
+ * A panel's runs (segments) are found once and reused for its kc rows, and
+ * (c, kh, kw) steps along k without divisions: Inception's 17x17 and 8x8
+ * maps give runs of 17 and 8 floats, where the per-row bookkeeping cost as
+ * much as the copy. */
+static inline MMP_ALWAYS_INLINE void pack_conv_b_body(const void *ctx, int64_t k0, int64_t kc, int64_t j0,
+                                                      int64_t nc, float *bp) {
   const conv_b_t *cb = ctx;
   const conv_job_t *j = cb->j;
   const int NR = j->g->nr;
-  const int64_t H = j->H, W = j->W, OW = j->OW, KHW = j->KH * j->KW;
+  const int64_t HW = j->H * j->W, KH = j->KH, KW = j->KW, KHW = KH * KW, sw = j->sw;
+  const int64_t dh = j->dh, dw = j->dw;
+  /* 1x1, stride 1, unpadded: each channel of an image is one run of P pixels */
+  const bool flat = KHW == 1 && j->sh == 1 && sw == 1 && j->ph == 0 && j->pw == 0;
+  const int64_t OWr = flat ? j->P : j->OW, OHr = flat ? 1 : j->OH;
+  const int64_t Hr = flat ? 1 : j->H, Wr = flat ? HW : j->W;
+  conv_seg_t seg[CONV_MAX_NR];
   for (int64_t q = 0; q < nc; q += NR) {
-    int64_t nr = nc - q < NR ? nc - q : NR;
-    int64_t pix0 = cb->p0 + j0 + q;
-    for (int64_t k = 0; k < kc; ++k) {
-      int64_t row = k0 + k;
-      int64_t c = row / KHW, r = row % KHW;
-      int64_t kh = r / j->KW, kw = r % j->KW;
-      int64_t img = pix0 / j->P, pix = pix0 % j->P;
-      const float *xc = cb->x + img * j->C * H * W + c * H * W;
-      float *d = bp + k * NR;
-      int64_t t = 0;
-      int64_t oh = pix / OW, ow = pix % OW;
-      while (t < nr) {
-        int64_t run = OW - ow; /* pixels left in this output row */
-        if (run > nr - t) run = nr - t;
-        int64_t ih = oh * j->sh - j->ph + kh * j->dh;
-        if (ih < 0 || ih >= H) {
-          memset(d + t, 0, (size_t)run * sizeof(float));
-        } else {
-          const float *xr = xc + ih * W;
-          int64_t iw0 = ow * j->sw - j->pw + kw * j->dw;
-          if (j->sw == 1) {
-            /* contiguous: zeros, a copied run, zeros */
-            int64_t lo = iw0 < 0 ? -iw0 : 0;
-            if (lo > run) lo = run;
-            int64_t hi = W - iw0; /* first t' with iw >= W */
-            if (hi > run) hi = run;
-            if (hi < lo) hi = lo;
-            if (lo > 0) memset(d + t, 0, (size_t)lo * sizeof(float));
-            if (hi > lo) memcpy(d + t + lo, xr + iw0 + lo, (size_t)(hi - lo) * sizeof(float));
-            if (run > hi) memset(d + t + hi, 0, (size_t)(run - hi) * sizeof(float));
-          } else {
-            for (int64_t u = 0; u < run; ++u) {
-              int64_t iw = iw0 + u * j->sw;
-              d[t + u] = (iw >= 0 && iw < W) ? xr[iw] : 0.0f;
-            }
-          }
+    const int nr = (int)(nc - q < NR ? nc - q : NR);
+    const int64_t pix0 = cb->p0 + j0 + q, pix = pix0 % j->P;
+    const float *xi = cb->x + (pix0 / j->P) * j->C * HW;
+    int64_t oh = pix / OWr, ow = pix % OWr;
+    int ns = 0;
+    for (int t = 0; t < nr;) {
+      int run = (int)(OWr - ow < nr - t ? OWr - ow : nr - t);
+      seg[ns].xi = xi;
+      seg[ns].ih0 = flat ? 0 : oh * j->sh - j->ph;
+      seg[ns].iw0 = flat ? ow : ow * sw - j->pw;
+      seg[ns].t = t;
+      seg[ns].len = run;
+      ns++;
+      t += run;
+      ow += run;
+      if (ow == OWr) {
+        ow = 0;
+        if (++oh == OHr) { /* next image (columns span images) */
+          oh = 0;
+          xi += j->C * HW;
         }
-        t += run;
-        ow += run;
-        if (ow == OW) {
-          ow = 0;
-          if (++oh == j->OH) { /* next image (columns span images) */
-            oh = 0;
-            xc += j->C * H * W;
+      }
+    }
+    int64_t c = k0 / KHW, r = k0 % KHW, kh = r / KW, kw = r % KW;
+    for (int64_t k = 0; k < kc; ++k) {
+      float *d = bp + k * NR;
+      const int64_t coff = c * HW, dih = kh * dh, diw = kw * dw;
+      for (int s = 0; s < ns; ++s) {
+        float *dd = d + seg[s].t;
+        const int64_t len = seg[s].len, ih = seg[s].ih0 + dih;
+        if (ih < 0 || ih >= Hr) {
+          copy_run(dd, NULL, len);
+          continue;
+        }
+        const float *xr = seg[s].xi + coff + ih * Wr;
+        const int64_t iw0 = seg[s].iw0 + diw;
+        if (sw == 1) {
+          /* contiguous: zeros, a copied run, zeros */
+          int64_t lo = iw0 < 0 ? -iw0 : 0;
+          if (lo > len) lo = len;
+          int64_t hi = Wr - iw0; /* first u with iw >= W */
+          if (hi > len) hi = len;
+          if (hi < lo) hi = lo;
+          if (lo > 0) copy_run(dd, NULL, lo);
+          copy_run(dd + lo, xr + iw0 + lo, hi - lo);
+          if (len > hi) copy_run(dd + hi, NULL, len - hi);
+        } else {
+          for (int64_t u = 0; u < len; ++u) {
+            int64_t iw = iw0 + u * sw;
+            dd[u] = (iw >= 0 && iw < Wr) ? xr[iw] : 0.0f;
           }
         }
       }
-      for (; t < NR; ++t) d[t] = 0.0f;
+      for (int t = nr; t < NR; ++t) d[t] = 0.0f;
+      if (++kw == KW) {
+        kw = 0;
+        if (++kh == KH) {
+          kh = 0;
+          ++c;
+        }
+      }
     }
     bp += NR * kc;
   }
 }
-
+MMP_VARIANTS_VOID(pack_conv_b, (const void *ctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc, float *bp),
+                  (ctx, k0, kc, j0, nc, bp))
 
 static void pack_pointwise_b(const void *ctx, int64_t k0, int64_t kc, int64_t j0, int64_t nc,
                              float *bp) {
@@ -252,6 +315,7 @@ int mmp_cpu_conv2d_act(const float *x, int64_t N, int64_t C, int64_t H, int64_t 
   conv_job_t j;
   memset(&j, 0, sizeof j);
   j.g = mmp_gemm_kernel_for(cdt);
+  if (j.g->nr > CONV_MAX_NR) return mmp_error_set(MMP_EINVAL, "conv2d: micro-kernel panel of %d columns", j.g->nr);
   j.x = x;
   j.w = w;
   j.wdt = wdt;

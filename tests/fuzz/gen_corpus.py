@@ -153,6 +153,14 @@ def main():
                         d[r] = captions[r].decode("utf-8")
         put("fuzz_story", name + ".h5", with_trailer(b.getvalue()))
 
+    # clipscore captions files: the fixtures' story task stories_file and flat
+    # list, a list of lists, and errors the walk must report
+    put("fuzz_clipscore_captions", "stories.json", read(fx("fixtures", "clipscore", "out", "stories.json")))
+    put("fuzz_clipscore_captions", "flat.json", read(fx("fixtures", "clipscore", "flat", "captions.json")))
+    put("fuzz_clipscore_captions", "lists.json", b'[["a dog", "the red bird"], [], ["a \\u00e9t\\u00e9 \\ud83d\\ude00"]]')
+    put("fuzz_clipscore_captions", "mixed.json", b'[{"captions": ["a"]}, ["b", "c"], {"id": "s2"}]')
+    put("fuzz_clipscore_captions", "flat_then_list.json", b'["a dog", ["b"]]')
+
 
 def jpeg_seeds():
     """JPEGs of the kinds PIL writes (baseline with each subsampling,

@@ -75,6 +75,13 @@ tests_fuzz_fuzz_model_config_CPPFLAGS = $(FUZZ_CPPFLAGS)
 tests_fuzz_fuzz_model_config_LDFLAGS = $(FUZZ_LINK_FLAGS)
 tests_fuzz_fuzz_model_config_LDADD = $(FUZZ_MAIN) $(FUZZ_LIBS)
 
+# `pipeline clipscore`'s captions file (tools/clipscore_captions.c; jansson)
+FUZZ_HARNESSES += tests/fuzz/fuzz_clipscore_captions
+tests_fuzz_fuzz_clipscore_captions_SOURCES = tests/fuzz/fuzz_clipscore_captions.c
+tests_fuzz_fuzz_clipscore_captions_CPPFLAGS = $(FUZZ_CPPFLAGS) $(JANSSON_CFLAGS)
+tests_fuzz_fuzz_clipscore_captions_LDFLAGS = $(FUZZ_LINK_FLAGS)
+tests_fuzz_fuzz_clipscore_captions_LDADD = $(FUZZ_MAIN) tools/libclipscorecaps.la $(FUZZ_LIBS) $(JANSSON_LIBS)
+
 if HAVE_UTF8PROC
 # tokenizer inputs: texts through the CLIP BPE and BERT WordPiece engines
 FUZZ_HARNESSES += tests/fuzz/fuzz_tokenizer_text
