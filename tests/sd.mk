@@ -102,3 +102,9 @@ TESTS += tests/test_plugin_clip_grad
 tests_test_plugin_clip_grad_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_clip_grad_LDADD = $(TEST_LDADD)
 EXTRA_DIST += tests/gen_clip_grad.py tests/fixtures/grad/clip_grad.safetensors
+# data parallelism (include/mmpipe/dist.h): 2 ranks under mpirun train the tiny UNet like one process
+check_PROGRAMS += tests/test_core_dist
+TESTS += tests/test_core_dist.sh
+tests_test_core_dist_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_core_dist_LDADD = $(TEST_LDADD)
+EXTRA_DIST += tests/test_core_dist.sh tests/lsan-mpi.supp
