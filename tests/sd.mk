@@ -107,4 +107,4 @@ check_PROGRAMS += tests/test_core_dist
 TESTS += tests/test_core_dist.sh
 tests_test_core_dist_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_core_dist_LDADD = $(TEST_LDADD)
-EXTRA_DIST += tests/test_core_dist.sh tests/lsan-mpi.supp
+EXTRA_DIST += tests/test_core_dist.sh
