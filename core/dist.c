@@ -175,6 +175,15 @@ void mmp_dist_finalize(mmp_dist_t *d) {
   free(d);
 }
 
+void mmp_dist_abort(mmp_dist_t *d, int code) {
+#ifdef HAVE_MPI
+  if (d && d->size > 1) MPI_Abort(d->comm, code);
+#else
+  (void)d;
+  (void)code;
+#endif
+}
+
 int mmp_dist_barrier(mmp_dist_t *d) {
 #ifdef HAVE_MPI
   if (d && d->size > 1) MPI_TRY(MPI_Barrier(d->comm));

@@ -78,6 +78,11 @@ bool mmp_dist_is_root(const mmp_dist_t *d); /* rank 0 (true for NULL) */
 void mmp_dist_set_bucket_bytes(mmp_dist_t *d, size_t bytes);
 void mmp_dist_set_reduce(mmp_dist_t *d, mmp_dist_reduce_t mode);
 
+/* End every rank with exit status @code (MPI_Abort) after a failure on
+ * this one: the others would otherwise wait forever in their next
+ * collective. A group of one: returns (the caller exits as usual). */
+void mmp_dist_abort(mmp_dist_t *d, int code);
+
 /* Wait for every rank. 0 or MMP_ERUNTIME. */
 int mmp_dist_barrier(mmp_dist_t *d);
 
