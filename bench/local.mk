@@ -15,6 +15,10 @@ if BUILD_PLUGIN_UNET2D_CONDITION
 noinst_PROGRAMS += bench/unet
 bench_unet_SOURCES = bench/unet.c bench/sd_bench.h
 bench_unet_LDADD = libmmpipe.la
+# training steps alone or data-parallel under mpirun (include/mmpipe/dist.h)
+noinst_PROGRAMS += bench/dist
+bench_dist_SOURCES = bench/dist.c
+bench_dist_LDADD = libmmpipe.la
 endif
 if BUILD_PLUGIN_VAE
 noinst_PROGRAMS += bench/vae

@@ -41,6 +41,8 @@ struct mmp_tape {
   size_t nvals, capvals;
   tnode_t *nodes;
   size_t nnodes, capnodes;
+  mmp_grad_ready_cb ready; /* (nullable) told of each leaf's gradient once final */
+  void *ready_user;
 };
 
 static int64_t value_of(const mmp_tape_t *t, const mmp_tensor_t *x) {
@@ -101,6 +103,12 @@ mmp_tape_t *mmp_tape_set_current(mmp_tape_t *t) {
 }
 
 mmp_tape_t *mmp_tape_current(void) { return mmp__tape_tls; }
+
+void mmp_tape_on_grad_ready(mmp_tape_t *t, mmp_grad_ready_cb cb, void *user) {
+  if (!t) return;
+  t->ready = cb;
+  t->ready_user = cb ? user : NULL;
+}
 
 /* A new value of @x's shape; marks @x. Returns its id or -1 (ENOMEM). */
 static int64_t value_add(mmp_tape_t *t, mmp_tensor_t *x) {
@@ -419,7 +427,39 @@ static int deliver(mmp_tensormap_t *grads, const char *name, mmp_tensor_t **gp) 
   return mmp_tensormap_set(grads, name, c);
 }
 
-static int backward_walk(mmp_tape_t *t, mmp_tensor_t *out, const mmp_tensor_t *grad, mmp_tensormap_t *grads) {
+/* Deliver leaf @v's gradient now and tell the grad-ready hook; the value
+ * keeps no gradient afterwards (a leaf used twice by one node is told once). */
+static int deliver_ready(mmp_tape_t *t, mmp_tensormap_t *grads, tvalue_t *v) {
+  int rc = deliver(grads, v->name, &v->grad);
+  mmp_tensor_unref(v->grad);
+  v->grad = NULL;
+  if (rc < 0) return rc;
+  rc = t->ready(t->ready_user, v->name, mmp_tensormap_get(grads, v->name));
+  if (rc < 0) mmp_error_prefix("tape_backward: grad-ready hook for %s: ", v->name);
+  return rc;
+}
+
+/* With a grad-ready hook: for each watched leaf, the index of the first
+ * node (in recording order) that reads it, -1 for none; the reverse walk
+ * passes that node last, so the leaf's gradient is final right after it.
+ * Without a hook: *@out stays NULL. */
+static int first_uses(const mmp_tape_t *t, int64_t **out) {
+  *out = NULL;
+  if (!t->ready || !t->nvals) return 0;
+  int64_t *f = malloc(t->nvals * sizeof *f);
+  if (!f) return mmp_error_set(MMP_ENOMEM, "tape: out of memory");
+  for (size_t k = 0; k < t->nvals; k++) f[k] = -1;
+  for (size_t k = 0; k < t->nnodes; k++)
+    for (int j = 0; j < t->nodes[k].nin; j++) {
+      int64_t id = t->nodes[k].in_id[j];
+      if (id >= 0 && t->vals[id].name && f[id] < 0) f[id] = (int64_t)k;
+    }
+  *out = f;
+  return 0;
+}
+
+static int backward_walk(mmp_tape_t *t, mmp_tensor_t *out, const mmp_tensor_t *grad, mmp_tensormap_t *grads,
+                         const int64_t *first_use) {
   int64_t oid = value_of(t, out);
   if (oid < 0)
     return mmp_error_set(MMP_EINVAL, "tape_backward: %s was not computed from a watched tensor on this tape",
@@ -463,12 +503,19 @@ static int backward_walk(mmp_tape_t *t, mmp_tensor_t *out, const mmp_tensor_t *g
         return rc;
       }
     }
+    /* a watched leaf whose earliest use was this node has its final gradient */
+    for (int j = 0; first_use && j < n->nin; j++) {
+      int64_t id = n->in_id[j];
+      if (id < 0 || first_use[id] != (int64_t)k || !t->vals[id].grad) continue;
+      int rc = deliver_ready(t, grads, &t->vals[id]);
+      if (rc < 0) return rc;
+    }
     node_clear(n); /* memory falls as the walk goes */
   }
   for (size_t k = 0; k < t->nvals; k++) {
     tvalue_t *v = &t->vals[k];
     if (!v->name || !v->grad) continue;
-    int rc = deliver(grads, v->name, &v->grad);
+    int rc = t->ready ? deliver_ready(t, grads, v) : deliver(grads, v->name, &v->grad);
     if (rc < 0) return rc;
   }
   return 0;
@@ -478,7 +525,10 @@ int mmp_tape_backward(mmp_tape_t *t, mmp_tensor_t *out, const mmp_tensor_t *grad
   if (!t || !out || !grads) return mmp_error_set(MMP_EINVAL, "tape_backward: NULL argument");
   mmp_tape_t *prev = mmp__tape_tls;
   mmp__tape_tls = NULL;
-  int rc = backward_walk(t, out, grad, grads);
+  int64_t *first_use;
+  int rc = first_uses(t, &first_use);
+  if (rc == 0) rc = backward_walk(t, out, grad, grads, first_use);
+  free(first_use);
   tape_clear(t);
   mmp__tape_tls = prev;
   return rc;

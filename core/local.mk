@@ -28,3 +28,11 @@ libmmpipe_la_SOURCES += core/pickle.c core/pickle.h core/checkpoint.c core/check
 # plain pickled values for data files (include/mmpipe/pickle.h)
 libmmpipe_la_SOURCES += core/pickle_api.c
 nobase_include_HEADERS += include/mmpipe/pickle.h
+
+# data parallelism: MPI when configured (--with-mpi), else a group of one (include/mmpipe/dist.h)
+libmmpipe_la_SOURCES += core/dist.c
+nobase_include_HEADERS += include/mmpipe/dist.h
+if HAVE_MPI
+libmmpipe_la_CFLAGS += $(MPI_CFLAGS)
+libmmpipe_la_LIBADD += $(MPI_LIBS)
+endif

@@ -4,6 +4,7 @@ set -eu
 PKGS="build-essential autoconf automake libtool pkg-config \
  libltdl-dev libconfig-dev libhdf5-dev zlib1g-dev libopenblas-dev libjansson-dev \
  libpng-dev libjpeg-dev libutf8proc-dev libzip-dev \
+ libopenmpi-dev openmpi-bin \
  libjpeg62-turbo-dev \
  clang libclang-rt-14-dev"
 SUDO=

@@ -8,6 +8,7 @@ AM_TESTS_ENVIRONMENT = \
 	MMP_TEST_BUILDDIR='$(abs_top_builddir)'; export MMP_TEST_BUILDDIR; \
 	MMP_SHARED_DATA="$${MMP_SHARED_DATA:-$(abs_top_srcdir)/../shared/data}"; export MMP_SHARED_DATA; \
 	MMPIPE_PLUGIN_PATH=; export MMPIPE_PLUGIN_PATH; \
+	MMP_MPIRUN='$(MPIRUN)'; export MMP_MPIRUN; \
 	MMPIPE_THREADS="$${MMPIPE_THREADS:-2}"; export MMPIPE_THREADS; \
 	ASAN_OPTIONS="$${ASAN_OPTIONS:-detect_leaks=1:abort_on_error=0}"; export ASAN_OPTIONS; \
 	UBSAN_OPTIONS="$${UBSAN_OPTIONS:-print_stacktrace=1:halt_on_error=1}"; export UBSAN_OPTIONS;

@@ -123,3 +123,9 @@ tests_test_plugin_train_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_train_LDADD = $(TEST_LDADD)
 endif
 EXTRA_DIST += tests/gen_train_sd.py tests/fixtures/train tests/test_plugin_train_sigint.sh
+# data parallelism (include/mmpipe/dist.h): 2 ranks under mpirun train the tiny UNet like one process
+check_PROGRAMS += tests/test_core_dist
+TESTS += tests/test_core_dist.sh
+tests_test_core_dist_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_core_dist_LDADD = $(TEST_LDADD)
+EXTRA_DIST += tests/test_core_dist.sh

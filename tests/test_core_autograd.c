@@ -357,10 +357,92 @@ static void test_rules(void) {
   mmp_tensor_unref(t);
 }
 
+/* The grad-ready hook: each leaf told once, as soon as its gradient is
+ * final (a leaf read only late in the forward is told first), with what a
+ * backward without the hook delivers; an error from the hook stops it. */
+typedef struct ready_log {
+  int n, fail_at;
+  char names[8][8];
+  mmp_tensormap_t *got; /* clones of what the hook saw */
+} ready_log_t;
+
+static int on_ready(void *user, const char *name, mmp_tensor_t *g) {
+  ready_log_t *r = user;
+  if (r->n < 8) snprintf(r->names[r->n], sizeof r->names[r->n], "%s", name);
+  r->n++;
+  if (r->fail_at && r->n == r->fail_at) return mmp_error_set(MMP_ECANCELED, "stop here");
+  return mmp_tensormap_set(r->got, name, mmp_clone(g));
+}
+
+static void ready_graph(mmp_tape_t *tape, mmp_tensor_t *const *v, mmp_tensormap_t *grads, int *rc) {
+  static const char *const names[4] = {"x", "w1", "b", "w2"};
+  for (int i = 0; i < 4; i++) mmp_tape_watch(tape, names[i], v[i]);
+  mmp_tape_t *prev = mmp_tape_set_current(tape);
+  /* x, w1, b first read by node 0; w2 by node 2; w1 again by node 3 */
+  mmp_tensor_t *y1 = mmp_linear(v[0], v[1], v[2]), *a = mmp_gelu(y1), *y2 = mmp_linear(a, v[3], NULL);
+  mmp_tensor_t *y3 = mmp_linear(y2, v[1], NULL), *loss = mmp_mse_loss(y3, v[4]);
+  mmp_tape_set_current(prev);
+  *rc = mmp_tape_backward(tape, loss, NULL, grads);
+  mmp_tensor_t *all[] = {y1, a, y2, y3, loss};
+  for (size_t i = 0; i < sizeof all / sizeof *all; i++) mmp_tensor_unref(all[i]);
+}
+
+static void test_grad_ready(void) {
+  int64_t sx[2] = {3, 4}, sw[2] = {4, 4}, sb[1] = {4};
+  mmp_tensor_t *v[5] = {rnd(2, sx, 1.0), rnd(2, sw, 0.5), rnd(1, sb, 0.5), rnd(2, sw, 0.5), rnd(2, sx, 0.5)};
+  mmp_tape_t *tape = mmp_tape_new();
+  mmp_tensormap_t *want = mmp_tensormap_new(), *grads = mmp_tensormap_new();
+  int rc;
+  ready_graph(tape, v, want, &rc);
+  ready_log_t r = {0, 0, {{0}}, mmp_tensormap_new()};
+  mmp_tape_on_grad_ready(tape, on_ready, &r);
+  ready_graph(tape, v, grads, &rc);
+  ok(rc == 0 && r.n == 4, "backward with the hook: 4 leaves told (%d)", r.n);
+  ok(!strcmp(r.names[0], "w2") && !strcmp(r.names[1], "x") && !strcmp(r.names[2], "w1") && !strcmp(r.names[3], "b"),
+     "in the order they became final: w2 (first read by the 3rd op) before x, w1, b (%s %s %s %s)", r.names[0],
+     r.names[1], r.names[2], r.names[3]);
+  int same = 0;
+  for (size_t i = 0; i < mmp_tensormap_size(want); i++) {
+    const char *nm = mmp_tensormap_name(want, i);
+    same += equal(mmp_tensormap_get(r.got, nm), mmp_tensormap_at(want, i)) &&
+            equal(mmp_tensormap_get(grads, nm), mmp_tensormap_at(want, i));
+  }
+  ok(same == 4 && mmp_tensormap_size(grads) == 4, "the hook saw, and the map holds, the hook-less gradients bit for bit");
+  mmp_tensormap_free(r.got);
+
+  /* a leaf read twice by one op is told once; an error of the hook stops the backward */
+  mmp_tensor_t *x = v[0];
+  for (int fail = 0; fail < 2; fail++) {
+    ready_log_t q = {0, fail, {{0}}, mmp_tensormap_new()};
+    mmp_tape_on_grad_ready(tape, on_ready, &q);
+    mmp_tape_watch(tape, "x", x);
+    mmp_tape_t *prev = mmp_tape_set_current(tape);
+    mmp_tensor_t *y = mmp_mul(x, x), *loss = mmp_mse_loss(y, v[4]);
+    mmp_tape_set_current(prev);
+    mmp_tensormap_t *g = mmp_tensormap_new();
+    rc = mmp_tape_backward(tape, loss, NULL, g);
+    if (!fail)
+      ok(rc == 0 && q.n == 1, "x * x: x told once (%d)", q.n);
+    else
+      ok(rc == MMP_ECANCELED && strstr(mmp_error_last(), "grad-ready hook for x: stop here"),
+         "the hook's error stops the backward: %s", mmp_error_last());
+    mmp_tensor_unref(y);
+    mmp_tensor_unref(loss);
+    mmp_tensormap_free(g);
+    mmp_tensormap_free(q.got);
+  }
+  mmp_tape_on_grad_ready(tape, NULL, NULL);
+  mmp_tensormap_free(want);
+  mmp_tensormap_free(grads);
+  mmp_tape_free(tape);
+  for (int i = 0; i < 5; i++) mmp_tensor_unref(v[i]);
+}
+
 int main(void) {
   cpu = mmp_backend_get("cpu");
   test_compositions();
   test_vs_grad_h();
   test_rules();
+  test_grad_ready();
   return done_testing();
 }

@@ -80,6 +80,23 @@ bool mmp_tape_tracks(const mmp_tape_t *t, const mmp_tensor_t *x);
  * or the error of a backward op; @grads then holds what was added before. */
 int mmp_tape_backward(mmp_tape_t *t, mmp_tensor_t *out, const mmp_tensor_t *grad, mmp_tensormap_t *grads);
 
+/* Told, during mmp_tape_backward, that the gradient of the watched leaf
+ * @name is final: it has just been added to the caller's map and @grad is
+ * that map entry (transfer none; contiguous f32, summed with what the map
+ * held before). Return 0, or a negative MMP_E* code to stop the backward
+ * with that error. */
+typedef int (*mmp_grad_ready_cb)(void *user, const char *name, mmp_tensor_t *grad);
+/* Install (@cb NULL: remove) the grad-ready hook of @t; it stays for later
+ * backwards of @t. A leaf's gradient is final once the reverse walk has
+ * passed the first recorded op that read the leaf, so the hook is called
+ * as soon as that op's backward ran, while the walk continues with earlier
+ * ops: data-parallel training (dist.h) sends gradient buckets from it,
+ * overlapping communication with the rest of the backward. Each delivered
+ * gradient is reported once, in the order the walk finishes them (the
+ * same order for the same forward); with a hook, the map's insertion order
+ * is that order (without one, it is the watching order). */
+void mmp_tape_on_grad_ready(mmp_tape_t *t, mmp_grad_ready_cb cb, void *user);
+
 /* Nodes recorded so far (tests, and to check that frozen parts record
  * nothing). */
 size_t mmp_tape_size(const mmp_tape_t *t);

@@ -27,6 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <mmpipe/checkpoint.h>
 #include <mmpipe/file.h>
 #include <mmpipe/rng.h>
 #include <mmpipe/safetensors.h>
@@ -47,7 +48,9 @@
 
 static const mmp_key_t story_keys[] = {
     {"task", MMP_TYPE_STRING, "\"visualization\"", "visualization (5 frames from 5 captions) or continuation (4 frames after the first)", 0, 0},
-    {"arldm", MMP_TYPE_STRING, "\"\"", "the AR-LDM state dict (.safetensors): modal_type_embeddings, time_embeddings and the null buffers are read from it", MMP_KEY_PATH, 0},
+    {"arldm", MMP_TYPE_STRING, "\"\"", "the AR-LDM state dict: a .safetensors file with AR-LDM's names, or a torch.save file (Lightning's last.ckpt: the "
+     "names under state_dict.; or a bare state dict); modal_type_embeddings, time_embeddings and the null buffers are read "
+     "from it", MMP_KEY_PATH, 0},
     {"story_tensors", MMP_TYPE_STRING, "\"\"",
      "stories as tensors: captions, caption_mask (CLIP ids [N, 5, S]), blip_captions, blip_mask (BLIP ids [N, 5, S]), frames (u8 [N, 5, H, W, 3])",
      MMP_KEY_PATH, 0},
@@ -189,8 +192,14 @@ typedef struct comps {
 } comps_t;
 
 /* What a run holds: the AR-LDM extras and the null context. */
+typedef struct arldm_src {
+  mmp_safetensors_t *st;
+  mmp_checkpoint_t *ck;
+} arldm_src_t;
+
 typedef struct run {
   story_t *t;
+  arldm_src_t src;                /* the `arldm` file, open for the whole run */
   comps_t c;
   mmp_backend_t *be;
   int64_t V, src_V, S, D;
@@ -241,18 +250,44 @@ static mmp_tensor_t *blip_frames(run_t *r, mmp_tensor_t *frames, mmp_tensor_t *i
   return h;
 }
 
+/* The AR-LDM state dict (`arldm`): a .safetensors file with AR-LDM's names, or a torch.save
+ * file — Lightning's last.ckpt (the names under "state_dict.") or a bare state dict — read in
+ * place, without loading the tensors the parts read themselves. */
+static int src_open(arldm_src_t *a, const char *path) {
+  memset(a, 0, sizeof *a);
+  if (mmp_checkpoint_sniff(path)) {
+    a->ck = mmp_checkpoint_open(path, "state_dict.", 0);
+    if (!a->ck && mmp_error_code() == MMP_ENOENT) a->ck = mmp_checkpoint_open(path, NULL, 0);
+    return a->ck ? 0 : mmp_error_prefix("story: ");
+  }
+  a->st = mmp_safetensors_open(path);
+  return a->st ? 0 : mmp_error_prefix("story: ");
+}
+
+static void src_close(arldm_src_t *a) {
+  mmp_safetensors_close(a->st);
+  mmp_checkpoint_close(a->ck);
+  memset(a, 0, sizeof *a);
+}
+
+static int src_info(const arldm_src_t *a, const char *name, int *nd, int64_t *shape) {
+  mmp_dtype_t dt;
+  if (a->ck) return mmp_checkpoint_info(a->ck, name, &dt, nd, shape, NULL, NULL);
+  if (a->st) return mmp_safetensors_info(a->st, name, &dt, nd, shape);
+  return MMP_ENOENT;
+}
+
 /* The tables live on the run's backend (they are added to encoder outputs);
  * the null ids and image are inputs the encoders convert themselves. */
-static mmp_tensor_t *load_extra(mmp_safetensors_t *st, const char *name, mmp_dtype_t dt, mmp_backend_t *be) {
-  mmp_tensor_t *t = mmp_safetensors_get(st, name, be, dt);
+static mmp_tensor_t *load_extra(arldm_src_t *a, const char *name, mmp_dtype_t dt, mmp_backend_t *be) {
+  mmp_tensor_t *t = a->ck ? mmp_checkpoint_get(a->ck, name, be, dt) : mmp_safetensors_get(a->st, name, be, dt);
   if (!t) mmp_error_prefix("story: AR-LDM state dict: ");
   return t;
 }
 
 /* The unconditional context, from the null buffers of the AR-LDM file. */
 static int build_null_context(run_t *r) {
-  mmp_safetensors_t *st = mmp_safetensors_open(r->t->arldm);
-  if (!st) return mmp_error_prefix("story: ");
+  arldm_src_t *st = &r->src;
   int rc = 0;
   mmp_tensor_t *cnull = NULL, *bnull = NULL, *inull = NULL, *hc = NULL, *hb = NULL;
   mmp_backend_t *cpu = mmp_backend_get("cpu");
@@ -322,7 +357,6 @@ done:
   mmp_tensor_unref(inull);
   mmp_tensor_unref(hc);
   mmp_tensor_unref(hb);
-  mmp_safetensors_close(st);
   return rc;
 }
 
@@ -894,19 +928,16 @@ static int load_dataset(run_t *r, mmp_component_t *ds, int64_t s0, int64_t B, mm
 /* ---------------------------------------------------------------- stories_file */
 
 /* Rows of the token table @name in the AR-LDM file, or -1 when absent. */
-static int64_t table_rows(const char *path, const char *name) {
-  mmp_safetensors_t *st = mmp_safetensors_open(path);
-  mmp_dtype_t dt;
+static int64_t table_rows(const arldm_src_t *a, const char *name) {
   int nd = 0;
   int64_t sh[MMP_MAX_DIMS], rows = -1;
-  if (st && mmp_safetensors_info(st, name, &dt, &nd, sh) == 0 && nd == 2) rows = sh[0];
-  mmp_safetensors_close(st);
+  if (src_info(a, name, &nd, sh) == 0 && nd == 2) rows = sh[0];
   mmp_error_clear();
   return rows;
 }
 
 static int tokenize(mmp_context_t *ctx, const char *group, const char *const *texts, size_t n, int64_t S,
-                    const char *arldm, const char *table, mmp_tensor_t **ids, mmp_tensor_t **mask) {
+                    const arldm_src_t *arldm, const char *table, mmp_tensor_t **ids, mmp_tensor_t **mask) {
   mmp_component_t *c = mmp_component_create(ctx, MMP_KIND_PROCESSOR, group);
   if (!c) return mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
   const mmp_processor_ops_t *ops = (const mmp_processor_ops_t *)c->plugin;
@@ -1036,10 +1067,10 @@ static int load_stories_file(run_t *r, mmp_context_t *ctx, mmp_tensormap_t *in) 
   }
   mmp_tensor_t *ci = NULL, *cm = NULL, *bi = NULL, *bm = NULL;
   if (rc == 0)
-    rc = tokenize(ctx, "clip_tokenizer", texts, n * 5, r->S, t->arldm,
+    rc = tokenize(ctx, "clip_tokenizer", texts, n * 5, r->S, &r->src,
                   "text_encoder.text_model.embeddings.token_embedding.weight", &ci, &cm);
   if (rc == 0)
-    rc = tokenize(ctx, "blip_tokenizer", texts, n * 5, r->S, t->arldm,
+    rc = tokenize(ctx, "blip_tokenizer", texts, n * 5, r->S, &r->src,
                   "mm_encoder.text_encoder.embeddings.word_embeddings.weight", &bi, &bm);
   if (rc == 0) {
     int64_t s3[3] = {(int64_t)n, 5, r->S}, s5[5] = {(int64_t)n, 5, H, W, 3};
@@ -1193,28 +1224,24 @@ static int story_run(void *self, mmp_context_t *ctx) {
   }
   {
     /* S from the AR-LDM file, to check the stories before loading any model */
-    mmp_safetensors_t *st = mmp_safetensors_open(t->arldm);
-    mmp_dtype_t dt;
     int nd = 0;
     int64_t sh[MMP_MAX_DIMS];
-    if (!st || mmp_safetensors_info(st, "clip_text_null_token", &dt, &nd, sh) < 0 || nd < 1) {
-      rc = st ? mmp_error_set(MMP_EDATA, "story: %s: no clip_text_null_token (is this an AR-LDM state dict?)", t->arldm)
-              : mmp_error_prefix("story: ");
-      mmp_safetensors_close(st);
+    if ((rc = src_open(&r.src, t->arldm)) < 0) goto done;
+    if (src_info(&r.src, "clip_text_null_token", &nd, sh) < 0 || nd < 1) {
+      rc = mmp_error_set(MMP_EDATA, "story: %s: no clip_text_null_token (is this an AR-LDM state dict?)", t->arldm);
       goto done;
     }
     r.S = sh[nd - 1];
-    mmp_safetensors_close(st);
   }
   if (t->stories[0] && (rc = load_stories_file(&r, ctx, in)) < 0) goto done;
   int64_t n = 0;
   /* the token tables' sizes, when the AR-LDM file holds them, bound the ids */
-  r.clip_rows = table_rows(t->arldm, "text_encoder.text_model.embeddings.token_embedding.weight");
-  r.blip_rows = table_rows(t->arldm, "mm_encoder.text_encoder.embeddings.word_embeddings.weight");
+  r.clip_rows = table_rows(&r.src, "text_encoder.text_model.embeddings.token_embedding.weight");
+  r.blip_rows = table_rows(&r.src, "mm_encoder.text_encoder.embeddings.word_embeddings.weight");
   if (t->dataset) {
     /* the dataset's first item is checked before any model loads; the
      * others as their batch is read */
-    int64_t pos = table_rows(t->arldm, "text_encoder.text_model.embeddings.position_embedding.weight");
+    int64_t pos = table_rows(&r.src, "text_encoder.text_model.embeddings.position_embedding.weight");
     if (pos >= 0 && pos < r.S) {
       rc = mmp_error_set(MMP_EDATA, "story: %s: CLIP's position table has %lld rows, S is %lld", t->arldm, (long long)pos,
                          (long long)r.S);
@@ -1363,6 +1390,7 @@ done:
   mmp_tensor_unref(r.type);
   mmp_tensor_unref(r.time);
   mmp_tensor_unref(r.uncond);
+  src_close(&r.src);
   mmp_rng_free(gen);
   mmp_component_free(r.c.sched);
   mmp_component_free(r.c.vae);
