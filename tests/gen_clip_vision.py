@@ -13,24 +13,11 @@ import os
 
 import torch
 from safetensors.torch import save_file
+from genutil import perturb_clip as perturb
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "blip")
 torch.manual_seed(1515)
 torch.set_grad_enabled(False)
-
-
-def perturb(model):
-    """Weights far from the init so that every parameter matters."""
-    for name, p in model.named_parameters():
-        if name.endswith("bias"):
-            v = 0.1 * torch.randn_like(p)
-        elif p.ndim == 1 and "class_embedding" not in name:
-            v = 1.0 + 0.2 * torch.randn_like(p)
-        elif "embedding" in name:
-            v = 0.5 * torch.randn_like(p)
-        else:
-            v = 0.2 * torch.randn_like(p)
-        p.copy_(v)
 
 
 def save_dir(folder, config, state):

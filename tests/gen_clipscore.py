@@ -32,6 +32,7 @@ import shutil
 
 import numpy as np
 import torch
+from genutil import perturb_clip as perturb
 from PIL import Image
 from safetensors.torch import save_file
 
@@ -51,20 +52,6 @@ CAPTIONS = [
 # several (an odd crop margin: transformers' floor vs torchvision's round)
 SIZES = [[(64, 71), (32, 35), (48, 48), (71, 64), (40, 30)],
          [(35, 32), (50, 64), (33, 45), (64, 64), (90, 40)]]
-
-
-def perturb(model):
-    """Weights far from the init: no norm weight 1, no bias 0."""
-    for name, p in model.named_parameters():
-        if name.endswith("bias"):
-            v = 0.1 * torch.randn_like(p)
-        elif p.ndim == 1 and "class_embedding" not in name:
-            v = 1.0 + 0.2 * torch.randn_like(p)
-        elif "embedding" in name:
-            v = 0.5 * torch.randn_like(p)
-        else:
-            v = 0.2 * torch.randn_like(p)
-        p.copy_(v)
 
 
 def picture(rng, w, h):

@@ -34,6 +34,7 @@ import os
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
+from genutil import Schedule
 
 OUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "fixtures", "grad")
 torch.manual_seed(20261202)
@@ -176,30 +177,6 @@ tensors["adamw/p"] = p.detach().clone()
 tensors["adamw/m"] = opt.state[p]["exp_avg"].clone()
 tensors["adamw/v"] = opt.state[p]["exp_avg_sq"].clone()
 meta["adamw"] = "adamw lr=0.01 wd=0.1 steps=3"
-
-
-# ---- the schedule
-class Schedule(torch.optim.lr_scheduler._LRScheduler):
-    """LinearWarmupCosineAnnealingLR's recursive rule (pl_bolts), warmup_start_lr = eta_min = 0 by default."""
-
-    def __init__(self, optimizer, warmup, total, start=0.0, eta_min=0.0):
-        self.warmup, self.total, self.start, self.eta_min = warmup, total, start, eta_min
-        super().__init__(optimizer)
-
-    def get_lr(self):
-        e, W, M = self.last_epoch, self.warmup, self.total
-        prev = [g["lr"] for g in self.optimizer.param_groups]
-        if e == 0:
-            return [self.start for _ in self.base_lrs]
-        if e < W:
-            return [lr + (base - self.start) / (W - 1) for base, lr in zip(self.base_lrs, prev)]
-        if e == W:
-            return list(self.base_lrs)
-        if (e - 1 - M) % (2 * (M - W)) == 0:
-            return [lr + (base - self.eta_min) * (1 - math.cos(math.pi / (M - W))) / 2
-                    for base, lr in zip(self.base_lrs, prev)]
-        return [(1 + math.cos(math.pi * (e - W) / (M - W))) / (1 + math.cos(math.pi * (e - W - 1) / (M - W)))
-                * (lr - self.eta_min) + self.eta_min for lr in prev]
 
 
 opt = torch.optim.AdamW([torch.zeros(1, requires_grad=True)], lr=1e-3)

@@ -37,6 +37,7 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+from genutil import Schedule
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 PIPE = os.path.join(HERE, "fixtures", "sd", "pipe")
@@ -61,29 +62,6 @@ PARAMS = [
     "unet.conv_out.bias",
     "text_encoder.text_model.embeddings.token_embedding.weight",
 ]
-
-
-class Schedule(torch.optim.lr_scheduler._LRScheduler):
-    """LinearWarmupCosineAnnealingLR's recursive rule (pl_bolts), warmup_start_lr = eta_min = 0 (gen_grad.py's)."""
-
-    def __init__(self, optimizer, warmup, total, start=0.0, eta_min=0.0):
-        self.warmup, self.total, self.start, self.eta_min = warmup, total, start, eta_min
-        super().__init__(optimizer)
-
-    def get_lr(self):
-        e, W, M = self.last_epoch, self.warmup, self.total
-        prev = [g["lr"] for g in self.optimizer.param_groups]
-        if e == 0:
-            return [self.start for _ in self.base_lrs]
-        if e < W:
-            return [lr + (base - self.start) / (W - 1) for base, lr in zip(self.base_lrs, prev)]
-        if e == W:
-            return list(self.base_lrs)
-        if (e - 1 - M) % (2 * (M - W)) == 0:
-            return [lr + (base - self.eta_min) * (1 - math.cos(math.pi / (M - W))) / 2
-                    for base, lr in zip(self.base_lrs, prev)]
-        return [(1 + math.cos(math.pi * (e - W) / (M - W))) / (1 + math.cos(math.pi * (e - W - 1) / (M - W)))
-                * (lr - self.eta_min) + self.eta_min for lr in prev]
 
 
 def config(part):
