@@ -54,6 +54,24 @@ static inline void sd_env_close(sd_env_t *e) {
   memset(e, 0, sizeof *e);
 }
 
+/* Run the task of the configuration @text (@label names it in parse errors) with the build
+ * tree's plugins, plus @extra_dir's when not NULL, progress off. The task's return code;
+ * a failure's message goes to a diag line (and stays in mmp_error_last()). */
+static inline int sd_run_task(const char *text, const char *label, const char *extra_dir) {
+  mmp_registry_t *reg = mmp_registry_new();
+  sd_env_add_dirs(reg);
+  if (extra_dir) mmp_registry_add_dir(reg, extra_dir);
+  mmp_config_t *cfg = mmp_config_parse(text, label);
+  mmp_context_t *ctx = cfg ? mmp_context_new(reg, cfg) : NULL;
+  if (ctx) mmp_context_set_progress(ctx, false);
+  int rc = ctx ? mmp_context_run_task(ctx) : -1;
+  if (rc < 0) diag("  %s", mmp_error_last());
+  mmp_context_free(ctx);
+  mmp_config_free(cfg);
+  mmp_registry_free(reg);
+  return rc;
+}
+
 /* Build the component of group @group in a config made of @fmt with the
  * fixture directory substituted for every %s. (transfer full) */
 static inline mmp_component_t *sd_component(sd_env_t *e, mmp_kind_t kind, const char *group,

@@ -409,17 +409,7 @@ static int run_txt2img(const char *outdir, const char *dt, const char *cdt) {
            "vae = { name = \"vae\"; config = \"%s/pipe/vae/config.json\"; init_seed = 3; weights_dtype = \"%s\";"
            " compute_dtype = \"%s\"; };\n",
            fx, outdir, fx, fx, dt, cdt, fx, dt, cdt, fx, dt, cdt);
-  mmp_registry_t *reg = mmp_registry_new();
-  sd_env_add_dirs(reg);
-  mmp_config_t *cfg = mmp_config_parse(text, "half-txt2img");
-  mmp_context_t *ctx = cfg ? mmp_context_new(reg, cfg) : NULL;
-  if (ctx) mmp_context_set_progress(ctx, false);
-  int rc = ctx ? mmp_context_run_task(ctx) : -1;
-  if (rc < 0) diag("  %s", mmp_error_last());
-  mmp_context_free(ctx);
-  mmp_config_free(cfg);
-  mmp_registry_free(reg);
-  return rc;
+  return sd_run_task(text, "half-txt2img", NULL);
 }
 
 static void check_txt2img(void) {

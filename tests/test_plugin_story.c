@@ -41,17 +41,7 @@ static int run_story(const char *task, int sched, const char *fixture, const cha
            " weights_prefix = \"vae.\"; };\n%s\n",
            task, g_arldm ? g_arldm : arldm, g_input ? g_input : input, outdir, outdir, replay ? "writeback_from = \"" : "", replay ? fx : "", replay ? "/" : "",
            replay ? fixture : "", replay ? "\";" : "", g_extra, fx, fx, fx, fx, fx, fx, fx, fx, SCHED[sched]);
-  mmp_registry_t *reg = mmp_registry_new();
-  sd_env_add_dirs(reg);
-  mmp_config_t *cfg = mmp_config_parse(text, "story-test");
-  mmp_context_t *ctx = cfg ? mmp_context_new(reg, cfg) : NULL;
-  if (ctx) mmp_context_set_progress(ctx, false);
-  int rc = ctx ? mmp_context_run_task(ctx) : -1;
-  if (rc < 0) diag("%s", mmp_error_last());
-  mmp_context_free(ctx);
-  mmp_config_free(cfg);
-  mmp_registry_free(reg);
-  return rc;
+  return sd_run_task(text, "story-test", NULL);
 }
 
 /* row @b of @t [2, ...] as a tensor [1, ...] (transfer full) */
@@ -402,11 +392,12 @@ static void check_batch(void) {
  * fixtures hold real captions tokenized with the real CLIP/BERT vocabularies
  * (ids up to 49416, S = 85), which the tiny AR-LDM (S = 8, tables of 44 and
  * 52 rows) cannot take: these runs must stop with the messages below. */
-static void add_dataset_dir(mmp_registry_t *reg) {
+/* the build tree's dataset plugins */
+static const char *dataset_dir(void) {
+  static char d[4200];
   const char *b = getenv("MMP_TEST_BUILDDIR");
-  char d[4200];
   snprintf(d, sizeof d, "%s/plugins/datasets/.libs", b ? b : ".");
-  mmp_registry_add_dir(reg, d);
+  return d;
 }
 
 static int run_story_ds(const char *task, const char *ds) {
@@ -416,23 +407,13 @@ static int run_story_ds(const char *task, const char *ds) {
            "task = { name = \"story\"; task = \"%s\"; arldm = \"%s/arldm_tiny.safetensors\"; width = 32; height = 32;"
            " steps = 1; output_dir = \"/nonexistent/story_ds_never_written\"; %s };\n%s\n",
            task, fx, g_extra, ds);
-  mmp_registry_t *reg = mmp_registry_new();
-  sd_env_add_dirs(reg);
-  add_dataset_dir(reg);
-  mmp_config_t *cfg = mmp_config_parse(text, "story-ds-test");
-  mmp_context_t *ctx = cfg ? mmp_context_new(reg, cfg) : NULL;
-  if (ctx) mmp_context_set_progress(ctx, false);
-  int rc = ctx ? mmp_context_run_task(ctx) : -1;
-  mmp_context_free(ctx);
-  mmp_config_free(cfg);
-  mmp_registry_free(reg);
-  return rc;
+  return sd_run_task(text, "story-ds-test", dataset_dir());
 }
 
 static void check_dataset(void) {
   mmp_registry_t *reg = mmp_registry_new();
   sd_env_add_dirs(reg);
-  add_dataset_dir(reg);
+  mmp_registry_add_dir(reg, dataset_dir());
   bool have = mmp_registry_find(reg, MMP_KIND_DATASET, "pororo") != NULL;
   mmp_registry_free(reg);
   mmp_error_clear();
@@ -515,18 +496,7 @@ static int run_story_dataset(const char *task, const char *outdir, bool replay) 
            task, fx, outdir, replay ? "writeback_from = \"" : "", replay ? fx : "",
            replay ? (strcmp(task, "continuation") ? "/story_dataset_visualization.safetensors" : "/story_dataset_continuation.safetensors") : "",
            replay ? "\";" : "", fx, task, fx, fx, fx, fx, fx, fx, fx, fx, fx, fx, fx, SCHED[0]);
-  mmp_registry_t *reg = mmp_registry_new();
-  sd_env_add_dirs(reg);
-  add_dataset_dir(reg);
-  mmp_config_t *cfg = mmp_config_parse(text, "story-dataset-test");
-  mmp_context_t *ctx = cfg ? mmp_context_new(reg, cfg) : NULL;
-  if (ctx) mmp_context_set_progress(ctx, false);
-  int rc = ctx ? mmp_context_run_task(ctx) : -1;
-  if (rc < 0) diag("%s", mmp_error_last());
-  mmp_context_free(ctx);
-  mmp_config_free(cfg);
-  mmp_registry_free(reg);
-  return rc;
+  return sd_run_task(text, "story-dataset-test", dataset_dir());
 }
 
 /* cell (@row, @col) of a 5 x 2 strip of @w x @h frames as u8 [1, h, w, 3]
@@ -555,7 +525,7 @@ static mmp_tensor_t *strip_cell(const char *path, int row, int col, int w, int h
 static void check_dataset_draw(const char *task, bool replay) {
   mmp_registry_t *reg = mmp_registry_new();
   sd_env_add_dirs(reg);
-  add_dataset_dir(reg);
+  mmp_registry_add_dir(reg, dataset_dir());
   bool have = mmp_registry_find(reg, MMP_KIND_DATASET, "pororo") != NULL;
   mmp_registry_free(reg);
   mmp_error_clear();

@@ -28,16 +28,7 @@ static int run_cfg(const char *out, const char *extra) {
   char fx[4096], text[16384];
   snprintf(fx, sizeof fx, "%s/tests/fixtures", tap_srcdir());
   snprintf(text, sizeof text, CFG, fx, out, extra);
-  mmp_registry_t *reg = mmp_registry_new();
-  sd_env_add_dirs(reg);
-  mmp_config_t *cfg = mmp_config_parse(text, "train-test");
-  mmp_context_t *ctx = cfg ? mmp_context_new(reg, cfg) : NULL;
-  if (ctx) mmp_context_set_progress(ctx, false);
-  int rc = ctx ? mmp_context_run_task(ctx) : -1;
-  mmp_context_free(ctx);
-  mmp_config_free(cfg);
-  mmp_registry_free(reg);
-  return rc;
+  return sd_run_task(text, "train-test", NULL);
 }
 
 /* The metrics lines with a "loss": losses[i], lrs[i], norms[i]; returns

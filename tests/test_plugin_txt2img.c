@@ -58,17 +58,7 @@ static uint8_t *read_png(const char *path, int *w, int *h, char *prompt, size_t 
 }
 
 static int run_text(const char *text) {
-  mmp_registry_t *reg = mmp_registry_new();
-  sd_env_add_dirs(reg);
-  mmp_config_t *cfg = mmp_config_parse(text, "txt2img-test");
-  mmp_context_t *ctx = cfg ? mmp_context_new(reg, cfg) : NULL;
-  if (ctx) mmp_context_set_progress(ctx, false);
-  int rc = ctx ? mmp_context_run_task(ctx) : -1;
-  if (rc < 0) diag("%s", mmp_error_last());
-  mmp_context_free(ctx);
-  mmp_config_free(cfg);
-  mmp_registry_free(reg);
-  return rc;
+  return sd_run_task(text, "txt2img-test", NULL);
 }
 
 static int run_task(const char *outdir, bool single, bool seeded) {
