@@ -295,7 +295,7 @@ static int collect(run_t *r, mmp_component_t *c, const char *prefix, size_t *lis
     mmp_error_clear();
     return 0; /* not created for training: frozen */
   }
-  return rc < 0 ? mmp_error_prefix(prefix) : 0;
+  return rc < 0 ? mmp_error_prefix("%s", prefix) : 0;
 }
 
 static int mkdir_p(const char *dir) {
