@@ -19,6 +19,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include <mmpipe/file.h>
 #include <mmpipe/autograd.h>
 #include <mmpipe/optim.h>
 #include <mmpipe/rng.h>
@@ -740,6 +741,40 @@ static void metric_json(run_t *r, const char *fmt, ...) {
   fflush(r->metrics);
 }
 
+/* A resumed run continues metrics.jsonl from its checkpoint: lines of later steps (written
+ * after the checkpoint by a run that then died without one) are dropped, atomically, so the
+ * file never holds a step twice. */
+static int trim_metrics(const char *mpath, int64_t step) {
+  FILE *in = fopen(mpath, "r");
+  if (!in) return errno == ENOENT ? 0 : mmp_error_set(MMP_EIO, "train: %s: %s", mpath, strerror(errno));
+  mmp_afile_t *af = mmp_afile_open(mpath);
+  if (!af) {
+    fclose(in);
+    return mmp_error_prefix("train: ");
+  }
+  char *line = NULL;
+  size_t cap = 0;
+  int64_t dropped = 0;
+  while (getline(&line, &cap, in) > 0) {
+    const char *st = strstr(line, "\"step\": ");
+    if (st && strtoll(st + 8, NULL, 10) > step) {
+      dropped++;
+      continue;
+    }
+    fputs(line, mmp_afile_stream(af));
+  }
+  free(line);
+  int rd = ferror(in);
+  fclose(in);
+  if (rd) {
+    mmp_afile_abort(af);
+    return mmp_error_set(MMP_EIO, "train: %s: read failed", mpath);
+  }
+  if (dropped) MMP_INFO("train", "%s: dropped %lld lines after step %lld (the checkpoint's)", mpath, (long long)dropped,
+                        (long long)step);
+  return mmp_afile_commit(af) < 0 ? mmp_error_prefix("train: ") : 0;
+}
+
 static double info_scalar(mmp_component_t *vae, const char *name, double def) {
   mmp_tensormap_t *in = mmp_tensormap_new(), *out = mmp_tensormap_new();
   double v = def;
@@ -823,6 +858,7 @@ static int train_run(void *self, mmp_context_t *ctx) {
   if ((rc = mkdir_p(t->out_dir)) < 0) goto done;
   char mpath[4200];
   snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", t->out_dir);
+  if (t->resume[0] && (rc = trim_metrics(mpath, r.step)) < 0) goto done;
   if (!(r.metrics = fopen(mpath, t->resume[0] ? "a" : "w"))) {
     rc = mmp_error_set(MMP_EIO, "train: %s: %s", mpath, strerror(errno));
     goto done;
