@@ -118,11 +118,11 @@ EXTRA_DIST += tests/gen_blip_grad.py tests/fixtures/grad/blip_grad.safetensors t
 # checkpoint + resume bit for bit, SIGINT
 if BUILD_PLUGIN_TRAIN
 check_PROGRAMS += tests/test_plugin_train
-TESTS += tests/test_plugin_train tests/test_plugin_train_sigint.sh
+TESTS += tests/test_plugin_train tests/test_plugin_train_sigint.sh tests/test_plugin_train_mpi.sh
 tests_test_plugin_train_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_train_LDADD = $(TEST_LDADD)
 endif
-EXTRA_DIST += tests/gen_train_sd.py tests/fixtures/train tests/test_plugin_train_sigint.sh
+EXTRA_DIST += tests/gen_train_sd.py tests/fixtures/train tests/test_plugin_train_sigint.sh tests/test_plugin_train_mpi.sh
 # data parallelism (include/mmpipe/dist.h): 2 ranks under mpirun train the tiny UNet like one process
 check_PROGRAMS += tests/test_core_dist
 TESTS += tests/test_core_dist.sh

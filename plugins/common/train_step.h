@@ -27,7 +27,18 @@ typedef struct train_batch {
   mmp_tensor_t *pixels;        /* f32 [n, 3, H, W] in [-1, 1] (transfer none) */
   const char *const *captions; /* n captions (transfer none) */
   const mmp_tensormap_t *extra; /* nullable: further fields of the items (dataset-specific) */
+  /* Data parallelism: the random draws are made for @draw_n items (0: n) and this batch
+   * takes their rows [draw_off, draw_off + n), so that N ranks, each given its share of a
+   * batch, draw exactly what one process given the whole batch draws (train_batch_rows). */
+  int64_t draw_n, draw_off;
 } train_batch_t;
+
+/* Draw helpers for steps: randn / randint of @shape whose first dimension is the batch,
+ * drawn for the batch's draw_n rows and cut to its own (transfer full; NULL + message). */
+mmp_tensor_t *train_batch_randn(const train_batch_t *b, mmp_rng_t *rng, mmp_backend_t *be, int ndim,
+                                const int64_t *shape);
+mmp_tensor_t *train_batch_randint(const train_batch_t *b, mmp_rng_t *rng, mmp_backend_t *be, int64_t low,
+                                  int64_t high);
 
 /* The task's components (transfer none); a member is NULL when its group
  * is not configured. */

@@ -21,6 +21,7 @@
 
 #include <mmpipe/file.h>
 #include <mmpipe/autograd.h>
+#include <mmpipe/dist.h>
 #include <mmpipe/optim.h>
 #include <mmpipe/rng.h>
 #include <mmpipe/safetensors.h>
@@ -244,6 +245,8 @@ typedef struct run {
   int64_t step, steps_per_epoch, max_steps;
   FILE *metrics;
   double t0;
+  mmp_dist_t *dist; /* the process group (mpirun -np N; a group of one otherwise) */
+  int rank, world;
 } run_t;
 
 static double now_s(void) {
@@ -350,7 +353,7 @@ static int save_checkpoint(run_t *r) {
       (rc = put(m, "rng.step", "", u8_tensor(st, sizeof st))) == 0)
     rc = put(m, "rng.data", "", u8_tensor(sd, sizeof sd));
   free(steps);
-  char v[8][64];
+  char v[9][64];
   snprintf(v[0], sizeof v[0], "%lld", (long long)r->step);
   snprintf(v[1], sizeof v[1], "%lld", (long long)r->sched.last_step);
   snprintf(v[2], sizeof v[2], "%.17g", r->sched.lr);
@@ -359,9 +362,10 @@ static int save_checkpoint(run_t *r) {
   snprintf(v[5], sizeof v[5], "%lld", (long long)r->t->accum);
   snprintf(v[6], sizeof v[6], "%lld", (long long)r->max_steps);
   snprintf(v[7], sizeof v[7], "%lld", (long long)r->data.n);
+  snprintf(v[8], sizeof v[8], "%d", r->world);
   const char *md[] = {"format", "mmpipe-train-1", "mode", r->t->mode->mode, "step", v[0], "sched_last_step", v[1],
                       "sched_lr", v[2], "seed", v[3], "batch_size", v[4], "grad_accum", v[5], "max_steps", v[6],
-                      "data_size", v[7], NULL};
+                      "data_size", v[7], "processes", v[8], NULL};
   char path[4200];
   snprintf(path, sizeof path, "%s/checkpoint.safetensors", r->t->out_dir);
   if (rc == 0 && (rc = mmp_safetensors_save_map(path, m, md)) < 0) rc = mmp_error_prefix("train: checkpoint: ");
@@ -427,6 +431,17 @@ static int load_checkpoint(run_t *r, const char *path) {
       (rc = md_int(st, "data_size", r->data.n, path)) || (rc = md_int(st, "step", -1, path)) ||
       (rc = md_int(st, "sched_last_step", -1, path)))
     goto done;
+  {
+    /* the data order and the draws depend on the number of processes (a checkpoint without
+     * the key comes from one process) */
+    const char *np = mmp_safetensors_metadata(st, "processes");
+    long long have = np ? strtoll(np, NULL, 10) : 1;
+    if (have != r->world) {
+      rc = mmp_error_set(MMP_ECONFIG, "train: resume %s: the checkpoint's run had %lld processes, this one has %d "
+                         "(the data order and the random draws depend on it)", path, have, r->world);
+      goto done;
+    }
+  }
   for (size_t i = 0; i < r->nps; i++) {
     mmp_tensor_t *p, *ma, *va;
     char name[600];
@@ -627,8 +642,8 @@ static int write_plot(const run_t *r) {
 /* ---------------------------------------------------------------- steps */
 
 /* The loss of items @idx[0..n) of @d, the tape (nullable) current. */
-static int micro_loss(run_t *r, const train_data_t *d, const int64_t *idx, int64_t n, mmp_rng_t *rng, mmp_tape_t *tape,
-                      mmp_tensor_t **loss) {
+static int micro_loss(run_t *r, const train_data_t *d, const int64_t *idx, int64_t n, int64_t draw_n, int64_t draw_off,
+                      mmp_rng_t *rng, mmp_tape_t *tape, mmp_tensor_t **loss) {
   *loss = NULL;
   if (n < 1) return mmp_error_set(MMP_EINVAL, "train: empty batch");
   mmp_tensor_t *px = load_pixels(d, idx, n, mmp_context_backend(r->ctx));
@@ -639,7 +654,7 @@ static int micro_loss(run_t *r, const train_data_t *d, const int64_t *idx, int64
     goto done;
   }
   for (int64_t i = 0; i < n; i++) caps[i] = d->items[idx[i]].caption;
-  train_batch_t b = {n, px, caps, NULL};
+  train_batch_t b = {n, px, caps, NULL, draw_n, draw_off};
   mmp_tape_t *prev = mmp_tape_set_current(tape);
   rc = r->t->mode->loss(&r->parts, &b, rng, loss);
   mmp_tape_set_current(prev);
@@ -663,8 +678,11 @@ static int train_step(run_t *r, double *loss_out, double *norm_out) {
   double sum = 0;
   int rc = 0;
   mmp_adamw_set_lr(r->opt, t->cosine ? r->sched.lr : t->lr);
+  /* With N ranks a micro-batch is N x batch_size items of the epoch's order; rank k takes
+   * items [k b, (k + 1) b) and its rows of draws made for all N b (train_batch_t). */
+  int64_t b = t->batch, W = r->world;
   for (int64_t k = 0; rc == 0 && k < t->accum; k++) {
-    int64_t first = (pos * t->accum + k) * t->batch;
+    int64_t first = (pos * t->accum + k) * b * W + r->rank * b;
     mmp_tape_t *tape = mmp_tape_new();
     mmp_tensor_t *loss = NULL, *scaled = NULL;
     if (!tape) {
@@ -672,14 +690,22 @@ static int train_step(run_t *r, double *loss_out, double *norm_out) {
       break;
     }
     for (size_t i = 0; rc == 0 && i < r->nps; i++) rc = mmp_tape_watch(tape, r->ps[i].name, r->ps[i].t);
-    if (rc == 0) rc = micro_loss(r, &r->data, r->order + first, t->batch, r->rng, tape, &loss);
+    if (rc == 0) rc = micro_loss(r, &r->data, r->order + first, b, b * W, r->rank * b, r->rng, tape, &loss);
     if (rc == 0) {
       sum += scalar(loss);
       /* Lightning's accumulate_grad_batches: loss / k */
       mmp_tape_t *prev = mmp_tape_set_current(tape);
       scaled = t->accum > 1 ? mmp_scale(loss, 1.0 / (double)t->accum, 0.0) : mmp_tensor_ref(loss);
       mmp_tape_set_current(prev);
-      rc = scaled ? mmp_tape_backward(tape, scaled, NULL, grads) : mmp_error_code();
+      /* the last micro-batch's backward sends the (accumulated) gradients as they are final */
+      bool last = k == t->accum - 1;
+      if (!scaled) rc = mmp_error_code();
+      if (rc == 0 && last) rc = mmp_dist_grads_begin(r->dist, tape);
+      if (rc == 0) rc = mmp_tape_backward(tape, scaled, NULL, grads);
+      if (last) {
+        int rc2 = mmp_dist_grads_end(r->dist, grads);
+        if (rc == 0) rc = rc2;
+      }
     }
     mmp_tensor_unref(scaled);
     mmp_tensor_unref(loss);
@@ -690,18 +716,22 @@ static int train_step(run_t *r, double *loss_out, double *norm_out) {
   if (rc == 0) rc = mmp_adamw_step(r->opt, grads);
   if (rc == 0 && t->cosine) mmp_lr_warmup_cosine_step(&r->sched);
   mmp_tensormap_free(grads);
+  double mean = sum / (double)t->accum;
+  if (rc == 0) rc = mmp_dist_average(r->dist, &mean, 1); /* the loss of all N b items */
   if (rc == 0) {
     r->step++;
-    *loss_out = sum / (double)t->accum;
+    *loss_out = mean;
     *norm_out = norm;
   }
   return rc;
 }
 
-/* Mean loss over the validation items, batch_size at a time, with a fresh
+/* Mean loss over the validation items, batch_size at a time (times the number of processes:
+ * rank 0 validates alone, as one process with the whole batch would), with a fresh
  * generator seeded with seed (the same draws every epoch), no tape. */
 static int validate(run_t *r, double *out) {
-  int64_t nb = r->val.n / r->t->batch, *idx = malloc((size_t)r->val.n * sizeof *idx);
+  int64_t B = r->t->batch * r->world;
+  int64_t nb = r->val.n / B, *idx = malloc((size_t)r->val.n * sizeof *idx);
   mmp_rng_t *g = mmp_rng_new((uint64_t)r->t->seed, r->t->rng_mode);
   double sum = 0;
   int rc = 0;
@@ -709,7 +739,7 @@ static int validate(run_t *r, double *out) {
   for (int64_t i = 0; rc == 0 && i < r->val.n; i++) idx[i] = i;
   for (int64_t b = 0; rc == 0 && b < nb; b++) {
     mmp_tensor_t *loss = NULL;
-    rc = micro_loss(r, &r->val, idx + b * r->t->batch, r->t->batch, g, NULL, &loss);
+    rc = micro_loss(r, &r->val, idx + b * B, B, 0, 0, g, NULL, &loss);
     if (rc == 0) sum += scalar(loss);
     mmp_tensor_unref(loss);
   }
@@ -793,6 +823,10 @@ static int train_run(void *self, mmp_context_t *ctx) {
   run_t r = {.t = t, .ctx = ctx};
   r.parts.ctx = ctx;
   int rc = 0;
+  if (!(r.dist = mmp_dist_init())) return mmp_error_prefix("train: ");
+  r.rank = mmp_dist_rank(r.dist);
+  r.world = mmp_dist_size(r.dist);
+  if (r.world > 1) MMP_INFO("train", "rank %d of %d", r.rank, r.world);
   const mmp_config_t *root = mmp_context_config(ctx);
   static const struct {
     const char *group;
@@ -834,13 +868,16 @@ static int train_run(void *self, mmp_context_t *ctx) {
     goto done;
   }
   MMP_INFO("train", "%zu parameter tensors trained (text_encoder lists %zu, unet %zu)", r.nps, lt, lu);
+  /* every rank starts from rank 0's weights */
+  for (size_t i = 0; rc == 0 && r.world > 1 && i < r.nps; i++) rc = mmp_dist_broadcast(r.dist, r.ps[i].t);
+  if (rc < 0) goto done;
 
   if ((rc = train_data_load(&r.data, t->data_dir, t->captions)) < 0) goto done;
   if (t->val_dir[0] && (rc = train_data_load(&r.val, t->val_dir, t->val_captions)) < 0) goto done;
-  r.steps_per_epoch = r.data.n / t->batch / t->accum;
+  r.steps_per_epoch = r.data.n / t->batch / t->accum / r.world;
   if (r.steps_per_epoch < 1) {
-    rc = mmp_error_set(MMP_ECONFIG, "train: %lld items make no optimizer step of batch_size %lld x grad_accum %lld",
-                       (long long)r.data.n, (long long)t->batch, (long long)t->accum);
+    rc = mmp_error_set(MMP_ECONFIG, "train: %lld items make no optimizer step of batch_size %lld x grad_accum %lld x %d "
+                       "processes", (long long)r.data.n, (long long)t->batch, (long long)t->accum, r.world);
     goto done;
   }
   r.max_steps = t->max_steps > 0 ? t->max_steps : t->epochs * r.steps_per_epoch;
@@ -858,12 +895,13 @@ static int train_run(void *self, mmp_context_t *ctx) {
   if ((rc = mkdir_p(t->out_dir)) < 0) goto done;
   char mpath[4200];
   snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", t->out_dir);
-  if (t->resume[0] && (rc = trim_metrics(mpath, r.step)) < 0) goto done;
-  if (!(r.metrics = fopen(mpath, t->resume[0] ? "a" : "w"))) {
+  if (r.rank == 0 && t->resume[0] && (rc = trim_metrics(mpath, r.step)) < 0) goto done;
+  if (r.rank == 0 && !(r.metrics = fopen(mpath, t->resume[0] ? "a" : "w"))) {
     rc = mmp_error_set(MMP_EIO, "train: %s: %s", mpath, strerror(errno));
     goto done;
   }
   int64_t stop = t->run_steps > 0 && r.step + t->run_steps < r.max_steps ? r.step + t->run_steps : r.max_steps;
+  if (r.rank != 0) mmp_context_set_progress(ctx, false); /* rank 0 reports for the group */
   mmp_context_progress_begin(ctx, "train", stop - r.step);
   r.t0 = now_s();
   bool saved = false;
@@ -878,30 +916,41 @@ static int train_run(void *self, mmp_context_t *ctx) {
     if (isfinite(norm)) metric_json(&r, ", \"grad_norm\": %.9g", norm);
     metric_json(&r, ", \"elapsed_s\": %.3f}\n", now_s() - r.t0);
     mmp_context_progress_advance(ctx, 1);
-    if (r.val.n > 0 && r.step % r.steps_per_epoch == 0) {
+    if (r.rank == 0 && r.val.n > 0 && r.step % r.steps_per_epoch == 0) {
       double vl = NAN;
       if ((rc = validate(&r, &vl)) < 0) goto done;
       metric_json(&r, "{\"step\": %lld, \"epoch\": %lld, \"val_loss\": %.9g}\n", (long long)r.step, (long long)epoch, vl);
       MMP_INFO("train", "epoch %lld: validation loss %.6g", (long long)epoch, vl);
     }
     if (t->ckpt_every > 0 && r.step % t->ckpt_every == 0) {
-      if ((rc = save_checkpoint(&r)) < 0) goto done;
+      if (r.rank == 0 && (rc = save_checkpoint(&r)) < 0) goto done;
       saved = true;
     }
-    if (mmp_context_cancelled(ctx)) {
+    /* Ctrl-C reaches every rank, not at the same step: they agree to stop after the step
+     * where any of them saw it (the average of the flags is then > 0) */
+    double stop_now = mmp_context_cancelled(ctx) ? 1.0 : 0.0;
+    if ((rc = mmp_dist_average(r.dist, &stop_now, 1)) < 0) goto done;
+    if (stop_now > 0) {
       mmp_context_progress_end(ctx);
-      if (!saved && (rc = save_checkpoint(&r)) < 0) goto done;
+      if (r.rank == 0 && !saved && (rc = save_checkpoint(&r)) < 0) goto done;
       rc = mmp_error_set(MMP_ECANCELED, "train: interrupted at step %lld; checkpoint written, resume with resume = "
                                         "\"%s/checkpoint.safetensors\"", (long long)r.step, t->out_dir);
       goto done;
     }
   }
   mmp_context_progress_end(ctx);
-  if (!saved && (rc = save_checkpoint(&r)) < 0) goto done;
-  if ((rc = export_part(&r, r.parts.unet, "unet", "diffusion_pytorch_model.safetensors")) < 0 ||
-      (rc = export_part(&r, r.parts.text_encoder, "text_encoder", "model.safetensors")) < 0)
+  if (r.rank == 0 && !saved && (rc = save_checkpoint(&r)) < 0) goto done;
+  if (r.rank == 0 && ((rc = export_part(&r, r.parts.unet, "unet", "diffusion_pytorch_model.safetensors")) < 0 ||
+                      (rc = export_part(&r, r.parts.text_encoder, "text_encoder", "model.safetensors")) < 0))
     goto done;
+  rc = mmp_dist_barrier(r.dist); /* the others wait for rank 0's files */
 done:
+  /* a failing rank ends the group: the others would wait forever in the next collective */
+  if (rc < 0 && rc != MMP_ECANCELED && r.world > 1) {
+    mmp_log(MMP_LOG_ERROR, "train", "rank %d: %s", r.rank, mmp_error_last());
+    mmp_dist_abort(r.dist, 1);
+  }
+  mmp_dist_finalize(r.dist);
   if (r.metrics) fclose(r.metrics);
   for (size_t i = 0; i < r.nps; i++) {
     free(r.ps[i].name);
