@@ -18,8 +18,6 @@
 #include <string.h>
 #include <zlib.h>
 
-#include "core/tensor_impl.h"
-
 #include <mmpipe/checkpoint.h>
 #include <mmpipe/error.h>
 #include <mmpipe/file.h>
@@ -49,9 +47,13 @@ static void put(buf_t *b, const void *d, size_t n) {
   b->n += n;
 }
 static void op(buf_t *b, uint8_t c) { put(b, &c, 1); }
+/* @v as @n little-endian bytes into @x (pickle and zip fields alike) */
+static void le_bytes(uint8_t *x, uint64_t v, int n) {
+  for (int i = 0; i < n; i++) x[i] = (uint8_t)(v >> (8 * i));
+}
 static void le(buf_t *b, uint64_t v, int n) {
   uint8_t x[8];
-  for (int i = 0; i < n; i++) x[i] = (uint8_t)(v >> (8 * i));
+  le_bytes(x, v, n);
   put(b, x, (size_t)n);
 }
 
@@ -156,7 +158,7 @@ static void zput(zw_t *z, const void *d, size_t n) {
 }
 static void zle(zw_t *z, uint64_t v, int n) {
   uint8_t x[8];
-  for (int i = 0; i < n; i++) x[i] = (uint8_t)(v >> (8 * i));
+  le_bytes(x, v, n);
   zput(z, x, (size_t)n);
 }
 
@@ -270,12 +272,6 @@ static void zfinish(zw_t *z) {
   zle(z, 0, 2);
 }
 
-static int zrecord(zw_t *z, const char *name, const void *data, size_t n) {
-  int rc = zbegin(z, name, n, (uint32_t)crc32(0L, data, (uInt)n));
-  if (rc == 0) zput(z, data, n);
-  return rc;
-}
-
 /* crc32 over more than 4 GiB in uInt-sized pieces */
 static uint32_t crc_big(const uint8_t *p, size_t n) {
   uLong c = crc32(0L, Z_NULL, 0);
@@ -287,6 +283,13 @@ static uint32_t crc_big(const uint8_t *p, size_t n) {
   }
   return (uint32_t)c;
 }
+
+static int zrecord(zw_t *z, const char *name, const void *data, size_t n) {
+  int rc = zbegin(z, name, n, crc_big(data, n));
+  if (rc == 0) zput(z, data, n);
+  return rc;
+}
+
 
 int mmp_checkpoint_save_map(const char *path, const mmp_tensormap_t *m, unsigned flags) {
   size_t n = mmp_tensormap_size(m);
