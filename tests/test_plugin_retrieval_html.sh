@@ -9,7 +9,8 @@
 # through its percent-encoded file:// URL, the count must equal the
 # results of output_json plus the query images, the query text must stay
 # text, and the page must log nothing to the console. Skips (TAP) when
-# Chromium is not installed (CHROMIUM=path picks one). TAP output.
+# Chromium is not installed (CHROMIUM=path picks one; tests/browser.sh).
+# TAP output.
 set -u
 B=${MMP_TEST_BUILDDIR:-.}
 S=${MMP_TEST_SRCDIR:-.}
@@ -17,13 +18,8 @@ P="$B/tools/pipeline"
 F=$(cd "$S/tests/fixtures/blip_retrieval" && pwd)
 n=0; failed=0
 ok() { n=$((n+1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=$((failed+1)); fi; }
-CH=${CHROMIUM:-}
-if [ -z "$CH" ]; then
-  for c in chromium chromium-browser google-chrome; do
-    if command -v "$c" >/dev/null 2>&1; then CH=$(command -v "$c"); break; fi
-  done
-fi
-if [ -z "$CH" ]; then echo "1..0 # SKIP no Chromium (apt-get install chromium, or set CHROMIUM)"; exit 0; fi
+. "$S/tests/browser.sh"
+browser_find || { echo "1..0 # SKIP no Chromium (apt-get install chromium, or set CHROMIUM)"; exit 0; }
 if [ ! -f "$B/plugins/tasks/.libs/task_retrieval.so" ]; then echo "1..0 # SKIP the retrieval task is not built"; exit 0; fi
 for k in tasks encoders processors; do MMPIPE_PLUGIN_PATH="${MMPIPE_PLUGIN_PATH:+$MMPIPE_PLUGIN_PATH:}$B/plugins/$k/.libs"; done
 export MMPIPE_PLUGIN_PATH
@@ -56,11 +52,8 @@ ok $rc "pipeline run (search, 2 text and 2 image queries) exits 0 ($rc)"
 [ $rc = 0 ] || sed 's/^/#   /' "$T/err"
 # thumbnails on the page: one per text-query result, one per image query
 want=$(($(grep -c '"image": "' "$T/search.json" 2>/dev/null || echo 0) + 2))
-CHROME_FLAGS="--headless --disable-gpu --no-sandbox --no-first-run --disable-extensions --user-data-dir=$T/profile"
 # 1. the page itself, console logging on
-# shellcheck disable=SC2086
-timeout 120 "$CH" $CHROME_FLAGS --enable-logging=stderr --v=0 --dump-dom "file://$T/search.html" \
-  >"$T/dom.html" 2>"$T/chrome.err"
+browser_dom "$T" "$T/search.html" "$T/dom.html" "$T/chrome.err"
 rc=$?
 ok $rc "chromium --headless --dump-dom of the page exits 0 ($rc)"
 [ $rc = 0 ] || grep -v dbus "$T/chrome.err" | tail -5 | sed 's/^/#   /'
@@ -73,22 +66,7 @@ grep 'CONSOLE' "$T/chrome.err" | head -5 | sed 's/^/#   /'
 grep -q '&lt;b&gt;bold&lt;/b&gt; "dog" &amp; cat' "$T/dom.html" && ! grep -q '<b>bold' "$T/dom.html"
 ok $? "the query's markup characters stay text (no <b> element)"
 # 2. which thumbnails decoded: a parent page reads the result page in an iframe
-cat >"$T/check.html" <<'HTML'
-<!DOCTYPE html><html><head><meta charset="utf-8"><script>
-window.addEventListener("load", function () {
-  var r = document.getElementById("r"), d = document.getElementById("f").contentDocument;
-  if (!d) { r.textContent = "RESULT no-access"; return; }
-  var im = d.images, good = 0, bad = [];
-  for (var i = 0; i < im.length; i++)
-    if (im[i].complete && im[i].naturalWidth > 0) good++; else bad.push(im[i].getAttribute("src"));
-  r.textContent = "RESULT imgs=" + im.length + " loaded=" + good + " broken=" + bad.join(" ");
-});
-</script></head><body><iframe id="f" src="search.html"></iframe><pre id="r">RESULT none</pre></body></html>
-HTML
-# shellcheck disable=SC2086
-timeout 120 "$CH" $CHROME_FLAGS --allow-file-access-from-files --dump-dom "file://$T/check.html" \
-  >"$T/check.out" 2>"$T/check.err"
-res=$(grep -o 'RESULT [^<]*' "$T/check.out" | tail -1)
+res=$(browser_images "$T" search.html)
 [ "$res" = "RESULT imgs=$want loaded=$want broken=" ]
 ok $? "every thumbnail loads and decodes in the browser ($res)"
 echo "1..$n"

@@ -522,6 +522,83 @@ static mmp_tensor_t *strip_cell(const char *path, int row, int col, int w, int h
   return t;
 }
 
+/* The whole text of file @path (transfer full; NULL when unreadable). */
+static char *slurp(const char *path) {
+  FILE *f = fopen(path, "rb");
+  if (!f) return NULL;
+  char *buf = malloc(1 << 20);
+  size_t n = buf ? fread(buf, 1, (1 << 20) - 1, f) : 0;
+  fclose(f);
+  if (buf) buf[n] = '\0';
+  return buf;
+}
+
+/* After a dataset run into @outdir: each frame's PNG records its caption (the
+ * one the pororo plugin gives for that story and frame), the contact sheet
+ * shows it under the frame, and a caption with markup characters and UTF-8
+ * (written into a frame's PNG as iTXt) is shown as text by the next run's
+ * contact sheet, which a resumed run rewrites from the frames on disk. */
+static void check_captions(const char *task, const char *outdir, int V, int B) {
+  char text[4096], path[4400];
+  snprintf(text, sizeof text,
+           "dataset = { name = \"pororo\"; hdf5_file = \"%s/tests/fixtures/arldm/story_ds.h5\"; split = \"test\"; task = \"%s\"; };\n",
+           tap_srcdir(), task);
+  sd_env_t e;
+  mmp_component_t *ds = NULL;
+  if (sd_env_open(&e, text) == 0) {
+    mmp_registry_add_dir(e.reg, dataset_dir());
+    ds = mmp_component_create(e.ctx, MMP_KIND_DATASET, "dataset");
+  }
+  char *index = NULL;
+  snprintf(path, sizeof path, "%s/index.html", outdir);
+  index = slurp(path);
+  int good = 0, shown = 0;
+  for (int b = 0; ds && b < B; b++) {
+    mmp_tensormap_t *it = mmp_tensormap_new();
+    if (((const mmp_dataset_ops_t *)ds->plugin)->get(ds->self, b, it) == 0)
+      for (int f = 5 - V; f < 5; f++) {
+        char key[16], *cap = NULL;
+        snprintf(key, sizeof key, "caption%d", f);
+        const char *want = mmp_tensormap_get_string(it, key);
+        snprintf(path, sizeof path, "%s/story%05d/frame%d.png", outdir, b, f);
+        if (mmp_image_png_file_text(path, "caption", &cap) == 1 && want && strcmp(cap, want) == 0) good++;
+        else diag("  story %d frame %d: PNG caption '%s', the dataset's '%s'", b, f, cap ? cap : "(none)", want ? want : "(none)");
+        if (want && index && strstr(index, want)) shown++;
+        free(cap);
+      }
+    mmp_tensormap_free(it);
+  }
+  ok(good == B * V, "dataset %s: every frame's PNG records the dataset's caption of that frame (%d of %d)", task, good, B * V);
+  ok(shown == B * V, "dataset %s: index.html shows every caption (%d of %d)", task, shown, B * V);
+  free(index);
+  mmp_component_free(ds);
+  sd_env_close(&e);
+  /* a caption with markup and UTF-8: into the last frame of story 1, then a
+   * resumed run (every story complete) rewrites the contact sheet */
+  static const char odd[] = "a <b>bold</b> \"dog\" & caf\xc3\xa9's friend";
+  snprintf(path, sizeof path, "%s/story00001/frame4.png", outdir);
+  char *back = NULL;
+  FILE *f = fopen(path, "rb");
+  size_t n = 0;
+  uint8_t *bytes = malloc(1 << 20);
+  if (f && bytes) n = fread(bytes, 1, 1 << 20, f);
+  if (f) fclose(f);
+  mmp_image_t im = {0};
+  const char *keys[1] = {"caption"}, *vals[1] = {odd};
+  ok(bytes && mmp_image_png_decode(bytes, n, false, &im) == 0 && mmp_image_png_write_text(&im, path, keys, vals, 1) == 0 &&
+         mmp_image_png_file_text(path, "caption", &back) == 1 && strcmp(back, odd) == 0,
+     "a UTF-8 caption with markup characters round-trips through a PNG text chunk");
+  free(back);
+  free(bytes);
+  mmp_image_clear(&im);
+  ok(run_story_dataset(task, outdir, false) == 0, "dataset %s: a rerun (every story complete) succeeds", task);
+  snprintf(path, sizeof path, "%s/index.html", outdir);
+  index = slurp(path);
+  ok(index && strstr(index, "a &lt;b&gt;bold&lt;/b&gt; &quot;dog&quot; &amp; caf\xc3\xa9&#39;s friend") && !strstr(index, "<b>bold"),
+     "dataset %s: the resumed run's contact sheet shows that caption as text, escaped", task);
+  free(index);
+}
+
 static void check_dataset_draw(const char *task, bool replay) {
   mmp_registry_t *reg = mmp_registry_new();
   sd_env_add_dirs(reg);
@@ -605,6 +682,7 @@ static void check_dataset_draw(const char *task, bool replay) {
       mmp_tensor_unref(low);
       mmp_tensor_unref(last);
     }
+    check_captions(task, outdir, V, B);
   }
   mmp_tensormap_free(got);
   mmp_tensormap_free(ref);

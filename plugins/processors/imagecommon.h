@@ -77,11 +77,21 @@ int mmp_image_load(const char *path, mmp_image_t *out);
 bool mmp_image_name_known(const char *name);
 /* Write @im (c = 3 RGB or 1 grey) as an ordinary PNG file, atomically (mmpipe/file.h). MMP_EIO. */
 int mmp_image_png_write(const mmp_image_t *im, const char *path);
-/* Write @im (c = 3) with @n tEXt chunks keys[i] = vals[i], atomically: to a
- * temporary file beside @path, then renamed (an interrupted run leaves no
- * partial file under @path). MMP_EIO. */
+/* Write @im (c = 3) with @n text chunks keys[i] = vals[i] (tEXt for ASCII
+ * values, uncompressed iTXt for UTF-8 ones), before the pixel data,
+ * atomically: to a temporary file beside @path, then renamed (an interrupted
+ * run leaves no partial file under @path). MMP_EIO. */
 int mmp_image_png_write_text(const mmp_image_t *im, const char *path, const char *const *keys,
                              const char *const *vals, int n);
+
+/* The value of text chunk @key among the chunks before the first IDAT of
+ * the PNG bytes @buf (tEXt Latin-1 converted to UTF-8, or uncompressed
+ * iTXt; compressed chunks are passed over): 1 and *@out (transfer full:
+ * free), 0 when there is none (*@out NULL), MMP_EDATA for a bad signature or
+ * a chunk running past the end. mmp_image_png_file_text reads the chunks
+ * before the first IDAT of a file (at most 4 MiB; MMP_EIO naming it). */
+int mmp_image_png_text(const uint8_t *buf, size_t n, const char *key, char **out);
+int mmp_image_png_file_text(const char *path, const char *key, char **out);
 
 /* Encode @im (c = 3) as PNG bytes in memory with zlib level @level (-1:
  * OpenCV's imencode default, 1, with its RLE strategy). @swap_rb stores

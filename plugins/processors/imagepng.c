@@ -160,9 +160,14 @@ int mmp_image_png_write_text(const mmp_image_t *im, const char *path, const char
     png_text text[32];
     memset(text, 0, sizeof text);
     for (int i = 0; i < n; i++) {
-      text[i].compression = PNG_TEXT_COMPRESSION_NONE;
+      /* tEXt holds Latin-1: a value with other bytes (UTF-8) goes in an iTXt chunk */
+      bool ascii = true;
+      for (const char *c = vals[i]; *c; c++) ascii &= (unsigned char)*c < 0x80;
+      text[i].compression = ascii ? PNG_TEXT_COMPRESSION_NONE : PNG_ITXT_COMPRESSION_NONE;
       text[i].key = (png_charp)keys[i];
       text[i].text = (png_charp)vals[i];
+      text[i].lang = (png_charp)"";
+      text[i].lang_key = (png_charp)"";
     }
     if (n) png_set_text(png, info, text, n);
     png_write_info(png, info);
@@ -240,4 +245,106 @@ int mmp_image_png_encode(const mmp_image_t *im, bool swap_rb, int level, uint8_t
   *bytes = sink.buf;
   *n = sink.n;
   return 0;
+}
+
+/* ---- text chunks ---- */
+
+static uint32_t be32(const uint8_t *p) {
+  return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+
+/* Latin-1 bytes as UTF-8 (a tEXt value); @n bytes (transfer full). */
+static char *latin1_to_utf8(const uint8_t *s, size_t n) {
+  char *o = malloc(2 * n + 1), *p = o;
+  if (!o) return NULL;
+  for (size_t i = 0; i < n; i++) {
+    if (s[i] < 0x80) {
+      *p++ = (char)s[i];
+    } else {
+      *p++ = (char)(0xC0 | s[i] >> 6);
+      *p++ = (char)(0x80 | (s[i] & 0x3F));
+    }
+  }
+  *p = '\0';
+  return o;
+}
+
+int mmp_image_png_text(const uint8_t *buf, size_t n, const char *key, char **out) {
+  if (!buf || !key || !out) return mmp_error_set(MMP_EINVAL, "png: bad arguments");
+  *out = NULL;
+  if (n < 8 || png_sig_cmp(buf, 0, 8) != 0) return mmp_error_set(MMP_EDATA, "not a PNG image (bad signature)");
+  size_t kl = strlen(key), pos = 8;
+  while (n - pos >= 8) {
+    uint32_t len = be32(buf + pos);
+    const uint8_t *type = buf + pos + 4, *d = buf + pos + 8;
+    if (len > n - pos - 8) return mmp_error_set(MMP_EDATA, "truncated PNG chunk (%u bytes claimed, %zu left)", len, n - pos - 8);
+    if (!memcmp(type, "IDAT", 4) || !memcmp(type, "IEND", 4)) break;
+    /* key, NUL, then the value: tEXt Latin-1; iTXt uncompressed UTF-8 after the
+     * compression flag and method, the language tag and the translated key */
+    bool t = !memcmp(type, "tEXt", 4), it = !memcmp(type, "iTXt", 4);
+    if ((t || it) && len > kl && memcmp(d, key, kl) == 0 && d[kl] == 0) {
+      const uint8_t *v = d + kl + 1, *end = d + len;
+      if (t) {
+        if (!(*out = latin1_to_utf8(v, (size_t)(end - v)))) return mmp_error_set(MMP_ENOMEM, "out of memory");
+        return 1;
+      }
+      if (end - v >= 2 && v[0] == 0) { /* compressed values are not written by mmpipe: looked past */
+        const uint8_t *lang = v + 2, *z1 = memchr(lang, 0, (size_t)(end - lang));
+        const uint8_t *z2 = z1 ? memchr(z1 + 1, 0, (size_t)(end - z1 - 1)) : NULL;
+        if (z2) {
+          size_t vl = (size_t)(end - z2 - 1);
+          if (!(*out = malloc(vl + 1))) return mmp_error_set(MMP_ENOMEM, "out of memory");
+          memcpy(*out, z2 + 1, vl);
+          (*out)[vl] = '\0';
+          return 1;
+        }
+      }
+    }
+    if (n - pos - 8 - len < 4) break; /* no CRC */
+    pos += 12 + (size_t)len;
+  }
+  return 0;
+}
+
+int mmp_image_png_file_text(const char *path, const char *key, char **out) {
+  if (!path || !out) return mmp_error_set(MMP_EINVAL, "png: bad arguments");
+  *out = NULL;
+  FILE *f = fopen(path, "rb");
+  if (!f) return mmp_error_set(MMP_EIO, "%s: %s", path, strerror(errno));
+  /* the chunks before the first IDAT (where mmpipe writes its text), at most 4 MiB */
+  size_t n = 0, cap = 1 << 16, limit = 4u << 20;
+  uint8_t *buf = malloc(cap);
+  int rc = buf ? 0 : mmp_error_set(MMP_ENOMEM, "out of memory");
+  if (rc == 0 && fread(buf, 1, 8, f) != 8) rc = mmp_error_set(MMP_EDATA, "%s: not a PNG image (too short)", path);
+  n = 8;
+  while (rc == 0) {
+    uint8_t h[8];
+    if (fread(h, 1, 8, f) != 8) break;
+    uint32_t len = be32(h);
+    bool stop = !memcmp(h + 4, "IDAT", 4) || !memcmp(h + 4, "IEND", 4);
+    size_t need = 8 + (stop ? 0 : (size_t)len + 4);
+    if (n + need > limit) break;
+    if (n + need > cap) {
+      while (n + need > cap) cap *= 2;
+      uint8_t *nb = realloc(buf, cap);
+      if (!nb) {
+        rc = mmp_error_set(MMP_ENOMEM, "out of memory");
+        break;
+      }
+      buf = nb;
+    }
+    memcpy(buf + n, h, 8);
+    n += 8;
+    if (stop) break;
+    size_t got = fread(buf + n, 1, need - 8, f);
+    if (got != need - 8) { /* a truncated file: the complete chunks before it */
+      n -= 8;
+      break;
+    }
+    n += got;
+  }
+  fclose(f);
+  if (rc == 0 && (rc = mmp_image_png_text(buf, n, key, out)) < 0) mmp_error_prefix("%s: ", path);
+  free(buf);
+  return rc;
 }

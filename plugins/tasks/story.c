@@ -480,11 +480,25 @@ static bool story_done(const run_t *r, int64_t story) {
 
 static int mkdir_p(const char *dir);
 
+/* The text of caption @j of story @k of @in (counted from the story @in
+ * starts at), or NULL when the input gave only token ids. */
+static const char *caption_of(const mmp_tensormap_t *in, int64_t k, int j) {
+  char key[48];
+  snprintf(key, sizeof key, "caption.%lld", (long long)(k * 5 + j));
+  return mmp_tensormap_get_string(in, key);
+}
+
+static int set_caption(mmp_tensormap_t *in, int64_t k, int j, const char *text) {
+  char key[48];
+  snprintf(key, sizeof key, "caption.%lld", (long long)(k * 5 + j));
+  return text ? mmp_tensormap_set_string(in, key, text) : 0;
+}
+
 /* Frames (PNG with text chunks), AR-LDM's numbering, then the strip:
  * ground truth above the drawn frames (continuation: the given first frame
  * opens the lower row). @gen[i] is frame i of story @story, H x W x 3. */
 static int write_story(run_t *r, int64_t story, const uint8_t *const *gen, int64_t H, int64_t W, const uint8_t *gt,
-                       int64_t gh, int64_t gw) {
+                       int64_t gh, int64_t gw, const char *const *caps) {
   story_t *t = r->t;
   char d[4200], path[4400], sv[32], fv[32], seed[32], steps[32], gs[32];
   story_dir(r, story, d, sizeof d);
@@ -494,17 +508,19 @@ static int write_story(run_t *r, int64_t story, const uint8_t *const *gen, int64
   snprintf(seed, sizeof seed, "%lld", (long long)t->seed);
   snprintf(steps, sizeof steps, "%lld", (long long)t->steps);
   snprintf(gs, sizeof gs, "%g", t->guidance);
-  const char *keys[8] = {"story", "frame", "task", "seed", "scheduler", "steps", "guidance_scale", "checkpoint"};
-  const char *vals[8] = {sv, fv, t->continuation ? "continuation" : "visualization", seed, r->sched_name, steps, gs, t->arldm};
+  const char *keys[9] = {"story", "frame", "task", "seed", "scheduler", "steps", "guidance_scale", "checkpoint", "caption"};
+  const char *vals[9] = {sv, fv, t->continuation ? "continuation" : "visualization", seed, r->sched_name, steps, gs, t->arldm, NULL};
   for (int64_t i = 0; rc == 0 && i < r->V; i++) {
     int64_t frame = i + 5 - r->V;
     snprintf(fv, sizeof fv, "%lld", (long long)frame);
     mmp_image_t im = {(int)W, (int)H, 3, (uint8_t *)gen[i]};
+    vals[8] = caps ? caps[frame] : NULL; /* the caption, when the input has its text */
+    int nk = vals[8] ? 9 : 8;
     snprintf(path, sizeof path, "%s/frame%lld.png", d, (long long)frame);
-    rc = mmp_image_png_write_text(&im, path, keys, vals, 8);
+    rc = mmp_image_png_write_text(&im, path, keys, vals, nk);
     if (rc == 0 && t->sample_dir[0]) {
       snprintf(path, sizeof path, "%s/%04lld.png", t->sample_dir, (long long)(story * r->V + i));
-      rc = mmp_image_png_write_text(&im, path, keys, vals, 8);
+      rc = mmp_image_png_write_text(&im, path, keys, vals, nk);
     }
   }
   if (rc) return rc;
@@ -707,7 +723,9 @@ static int draw_stories(run_t *r, mmp_context_t *ctx, mmp_rng_t *gen, const mmp_
     for (int64_t b = 0; rc == 0 && b < B; b++) {
       const uint8_t *g[5];
       for (int64_t i = 0; i < V; i++) g[i] = gen_px[i] + (size_t)b * H * W * 3;
-      rc = write_story(r, s0 + b, g, H, W, gt + (size_t)b * 5 * gh * gw * 3, gh, gw);
+      const char *caps[5];
+      for (int j = 0; j < 5; j++) caps[j] = caption_of(in, s0 + b - at, j);
+      rc = write_story(r, s0 + b, g, H, W, gt + (size_t)b * 5 * gh * gw * 3, gh, gw, caps);
       /* calculate_fid: the drawn frames and the ground truth of the same
        * targets (frames 5 - V .. 4) */
       for (int64_t i = 0; rc == 0 && r->fid_gen && i < V; i++) {
@@ -831,6 +849,11 @@ static int load_dataset(run_t *r, mmp_component_t *ds, int64_t s0, int64_t B, mm
     mmp_tensor_t *c = mmp_tensormap_get(it, "captions"), *cm = mmp_tensormap_get(it, "attention_mask");
     mmp_tensor_t *bc = mmp_tensormap_get(it, "source_caption"), *bm = mmp_tensormap_get(it, "source_attention_mask");
     mmp_tensor_t *si = mmp_tensormap_get(it, "source_images"), *im = mmp_tensormap_get(it, "images");
+    for (int j = 0; j < 5 && rc == 0; j++) {
+      char key[16];
+      snprintf(key, sizeof key, "caption%d", j);
+      rc = set_caption(in, b, j, mmp_tensormap_get_string(it, key));
+    }
     if (!c || !cm || !bc || !bm)
       rc = mmp_error_set(MMP_EDATA, "story: dataset item %lld has no %s (give the dataset its tokenizer vocabularies: clip_vocab and "
                          "clip_merges or clip_bpe, bert_vocab)", (long long)k, !c || !cm ? "CLIP captions" : "BLIP captions");
@@ -1081,6 +1104,7 @@ static int load_stories_file(run_t *r, mmp_context_t *ctx, mmp_tensormap_t *in) 
         mmp_tensormap_set(in, "blip_captions", mmp_reshape(bi, 3, s3)) < 0 ||
         mmp_tensormap_set(in, "blip_mask", mmp_reshape(bm, 3, s3)) < 0)
       rc = mmp_error_code() ? mmp_error_code() : MMP_ENOMEM;
+    for (size_t k = 0; rc == 0 && k < n * 5; k++) rc = set_caption(in, (int64_t)(k / 5), (int)(k % 5), texts[k]);
   }
   mmp_tensor_unref(ci);
   mmp_tensor_unref(cm);
@@ -1093,8 +1117,22 @@ done:
   return rc;
 }
 
-/* index.html: one row per complete story, frames with their story and
- * frame number under them. */
+/* @s as HTML text: markup characters escaped, bytes as they are (UTF-8). */
+static void html_text(FILE *f, const char *s) {
+  for (; *s; s++) {
+    switch (*s) {
+      case '<': fputs("&lt;", f); break;
+      case '>': fputs("&gt;", f); break;
+      case '&': fputs("&amp;", f); break;
+      case '"': fputs("&quot;", f); break;
+      case '\'': fputs("&#39;", f); break;
+      default: fputc(*s, f);
+    }
+  }
+}
+
+/* index.html: one row per complete story, frames with their story, frame
+ * number and caption under them. */
 static int write_index(run_t *r, int64_t n) {
   char path[4200];
   snprintf(path, sizeof path, "%s/index.html", r->t->out_dir);
@@ -1102,15 +1140,28 @@ static int write_index(run_t *r, int64_t n) {
   if (!af) return mmp_error_prefix("story: ");
   FILE *f = mmp_afile_stream(af);
   fprintf(f, "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\"><title>mmpipe stories</title>\n"
-             "<style>td{text-align:center;font:12px sans-serif;padding:4px}</style></head><body>\n"
+             "<style>td{text-align:center;vertical-align:top;font:12px sans-serif;padding:4px;max-width:170px}"
+             ".cap{color:#333}</style></head><body>\n"
              "<h1>AR-LDM %s</h1>\n<table>\n", r->t->continuation ? "continuation" : "visualization");
   for (int64_t s = 0; s < n; s++) {
     if (!story_done(r, s)) continue;
     fprintf(f, "<tr><th>story %lld</th>", (long long)s);
     for (int64_t i = 0; i < r->V; i++) {
       int64_t fr = i + 5 - r->V;
-      fprintf(f, "<td><img src=\"story%05lld/frame%lld.png\" width=\"160\"><br>frame %lld</td>", (long long)s,
-              (long long)fr, (long long)fr);
+      fprintf(f, "<td><img src=\"story%05lld/frame%lld.png\" width=\"160\" alt=\"story %lld frame %lld\"><br>frame %lld",
+              (long long)s, (long long)fr, (long long)s, (long long)fr, (long long)fr);
+      /* the caption the frame was drawn from, as its PNG records it (also for
+       * the stories an earlier run drew) */
+      char fpath[4400], *cap = NULL;
+      snprintf(fpath, sizeof fpath, "%s/story%05lld/frame%lld.png", r->t->out_dir, (long long)s, (long long)fr);
+      if (mmp_image_png_file_text(fpath, "caption", &cap) > 0) {
+        fputs("<br><span class=\"cap\">", f);
+        html_text(f, cap);
+        fputs("</span>", f);
+      }
+      mmp_error_clear();
+      free(cap);
+      fputs("</td>", f);
     }
     fprintf(f, "<td><a href=\"story%05lld/strip.png\">strip</a></td></tr>\n", (long long)s);
   }

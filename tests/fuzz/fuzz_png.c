@@ -1,7 +1,8 @@
 /* tests/fuzz/fuzz_png.c - libFuzzer harness: PNG decoding (OpenCV's rules,
  * plugins/processors/imagepng.c) and the transforms image_resize and the
  * story datasets apply to the result (imagecommon.c): PIL resize with each
- * filter, short-side resize, centre crop with padding, to float and CHW.
+ * filter, short-side resize, centre crop with padding, to float and CHW;
+ * and the text-chunk reader (mmp_image_png_text: tEXt / iTXt before IDAT).
  *
  * Input: four option bytes (filter and swap_rb; target width; height;
  * crop side), then the PNG file. */
@@ -18,6 +19,11 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
   if (size < 4) return 0;
   mmp_image_t im = {0}, out = {0}, crop = {0};
   mmp_resample_t filter = (mmp_resample_t)(data[0] % 5);
+  char *text = NULL;
+  int found = mmp_image_png_text(data + 4, size - 4, (data[1] & 1) ? "caption" : "story", &text);
+  if ((found == 1) != (text != NULL)) abort(); /* a value exactly when found */
+  if (text) (void)strlen(text);              /* NUL-terminated */
+  free(text);
   if (mmp_image_png_decode(data + 4, size - 4, data[0] & 0x80, &im) == 0) {
     if (im.w < 1 || im.h < 1 || im.c != 3 || !im.data) abort(); /* a decoded image is usable */
     int w = 1 + data[1] % 64, h = 1 + data[2] % 64, side = 1 + data[3] % 48;
