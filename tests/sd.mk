@@ -73,8 +73,8 @@ EXTRA_DIST += tests/test_plugin_story_demo.sh
 # calculate_fid: the story task's FID equals pipeline fid's on the same image sets
 TESTS += tests/test_plugin_story_fid.sh
 EXTRA_DIST += tests/test_plugin_story_fid.sh
-TESTS += tests/test_plugin_story_html.sh
-EXTRA_DIST += tests/test_plugin_story_html.sh tests/browser.sh
+TESTS += tests/test_plugin_story_html.sh tests/test_plugin_story_sigint.sh
+EXTRA_DIST += tests/test_plugin_story_html.sh tests/browser.sh tests/test_plugin_story_sigint.sh
 # `pipeline arldm-init`: an AR-LDM state dict from the tiny SD and BLIP fixtures
 check_PROGRAMS += tests/test_tool_arldm_init
 TESTS += tests/test_tool_arldm_init
