@@ -65,7 +65,7 @@ int mmp_cpu_gemm(int64_t batch, bool trans_a, bool trans_b, int64_t M, int64_t N
 /* @n half-precision values (@dt MMP_F16 or MMP_BF16) at @s as fp32 at @d,
  * exactly (a NaN stays a NaN). @path: MMP_CPU_HALF_BEST, or for tests one
  * of the others, which the CPU must have (AVX-512: vcvtph2ps 16 wide;
- * F16C: 8 wide, bf16 by the scalar shift; scalar: one element at a time).
+ * F16C: 8 wide (bf16 interleaved above zero bits); scalar: one at a time).
  * The portable GEMM packers convert runs with it. Returns the path used,
  * MMP_EDTYPE for another dtype, MMP_EINVAL for a path the CPU lacks. */
 enum { MMP_CPU_HALF_BEST = -1, MMP_CPU_HALF_SCALAR = 0, MMP_CPU_HALF_F16C = 1, MMP_CPU_HALF_AVX512 = 2 };
