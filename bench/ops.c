@@ -569,7 +569,7 @@ int main(int argc, char **argv) {
       torch = true;
     else if (strcmp(argv[i], "--quick") == 0)
       quick = true;
-    else if (strcmp(argv[i], "--half") == 0) /* only the linear layers with bf16 weights */
+    else if (strcmp(argv[i], "--half") == 0) /* only the products with half-precision weights */
       half_only = true;
     else {
       fprintf(stderr, "usage: %s [--threads N] [--reps R] [--min-time S] [--quick] [--half] [--compare-torch]\n",
