@@ -270,13 +270,12 @@ static void bench_sgemm(const char *key, const char *label, int64_t M, int64_t N
   free(C);
 }
 
-/* A linear layer with bf16 weights (issue 19): converted to fp32 while the
- * panels are packed (the AVX-512 kernel, compute dtype f32), and multiplied
- * as bf16 pairs (compute dtype bf16: vdpbf16ps, 32 multiply-adds per
- * instruction, so the bf16 peak is taken as twice the fp32 one) when the
- * CPU has AVX512_BF16. */
-/* One product of the half-precision benchmark: a linear layer x W^T
- * (x M x K, W N x K) or a 3x3 convolution (n images of c x h x w, o outputs). */
+/* Products with half-precision weights (issue 19): converted to fp32 while
+ * the panels are packed (compute dtype f32), and multiplied as bf16 pairs
+ * (compute dtype bf16: vdpbf16ps, 32 multiply-adds per instruction, so the
+ * bf16 peak is taken as twice the fp32 one) when the CPU has AVX512_BF16.
+ * One product: a linear layer x W^T (x M x K, W N x K) or a 3x3
+ * convolution (n images of c x h x w, o outputs). */
 typedef struct half_op {
   bool conv;
   int64_t M, N, K;
