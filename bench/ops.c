@@ -10,7 +10,8 @@
 #include <unistd.h>
 
 #include "core/cpu/kernels.h"
-#include "mmpipe/tensor.h" /* MMP_F32, MMP_BF16 */
+#include "mmpipe/error.h"
+#include "mmpipe/tensor.h" /* MMP_F32, MMP_BF16, the half weights */
 
 #ifdef HAVE_OPENBLAS
 #include <cblas.h>
@@ -269,45 +270,111 @@ static void bench_sgemm(const char *key, const char *label, int64_t M, int64_t N
   free(C);
 }
 
-/* A linear layer with bf16 weights (issue 19): converted to fp32 while the
- * panels are packed (the AVX-512 kernel, compute dtype f32), and multiplied
- * as bf16 pairs (compute dtype bf16: vdpbf16ps, 32 multiply-adds per
- * instruction, so the bf16 peak is taken as twice the fp32 one) when the
- * CPU has AVX512_BF16. */
-static void bench_linear_bf16(const char *label, int64_t M, int64_t N, int64_t K) {
-  float *A = rnd(M * K), *W = rnd(K * N), *C = rnd(M * N);
-  uint16_t *Wh = malloc((size_t)(K * N) * sizeof *Wh);
-  for (int64_t i = 0; i < K * N; ++i) {
-    uint32_t u;
-    memcpy(&u, &W[i], 4);
-    Wh[i] = (uint16_t)(u >> 16);
+/* Products with half-precision weights (issue 19): converted to fp32 while
+ * the panels are packed (compute dtype f32), and multiplied as bf16 pairs
+ * (compute dtype bf16: vdpbf16ps, 32 multiply-adds per instruction, so the
+ * bf16 peak is taken as twice the fp32 one) when the CPU has AVX512_BF16.
+ * One product: a linear layer x W^T (x M x K, W N x K) or a 3x3
+ * convolution (n images of c x h x w, o outputs). */
+typedef struct half_op {
+  bool conv;
+  int64_t M, N, K;
+  int64_t n, c, h, w, o;
+} half_op_t;
+
+/* @n floats as @dt (round to nearest even), through the tensor API */
+static void half_weights(const float *w, int64_t n, int dt, uint16_t *out) {
+  mmp_tensor_t *t = mmp_tensor_from_data(mmp_backend_get("cpu"), MMP_F32, 1, &n, w);
+  mmp_tensor_t *h = t ? mmp_convert(t, (mmp_dtype_t)dt) : NULL;
+  if (!h || mmp_tensor_to_host(h, out, (size_t)n * sizeof *out) < 0) {
+    fprintf(stderr, "half_weights: %s\n", mmp_error_last());
+    exit(1);
   }
-  double t32, tc, td = 0, cpu;
-  char name[96];
-  int isa0 = mmp_cpu_isa();
+  mmp_tensor_unref(h);
+  mmp_tensor_unref(t);
+}
+
+static double half_flops(const half_op_t *op) {
+  return op->conv ? 2.0 * op->n * op->o * op->h * op->w * op->c * 9 : 2.0 * op->M * op->N * op->K;
+}
+
+static int half_run(const half_op_t *op, const float *x, const void *w, int wdt, float *y, int cdt) {
+  if (op->conv)
+    return mmp_cpu_conv2d_w(x, op->n, op->c, op->h, op->w, w, wdt, op->o, 3, 3, NULL, 1, 1, 1, 1, 1, 1, 1, y, cdt);
+  return mmp_cpu_gemm(1, false, true, op->M, op->N, op->K, 1.0f, x, MMP_F32, op->K, 0, w, wdt, op->K, 0, 0.0f, y,
+                      op->N, 0, cdt);
+}
+
+/* The op with f32, bf16 and f16 weights (fp32 math), on the AVX-512 path
+ * and on the portable one (MMPIPE_CPU_ISA=generic), then with the bf16 dot
+ * products where the CPU has them; each line's ratio is to the f32 weights
+ * on the same path. */
+static void bench_half(const char *label, const half_op_t *op) {
+  int64_t nx = op->conv ? op->n * op->c * op->h * op->w : op->M * op->K;
+  int64_t nw = op->conv ? op->o * op->c * 9 : op->N * op->K;
+  int64_t ny = op->conv ? op->n * op->o * op->h * op->w : op->M * op->N;
+  float *x = rnd(nx), *W = rnd(nw), *y = rnd(ny);
+  uint16_t *Wb = malloc((size_t)nw * sizeof *Wb), *Wf = malloc((size_t)nw * sizeof *Wf);
+  if (!Wb || !Wf) {
+    fprintf(stderr, "out of memory\n");
+    exit(1);
+  }
+  half_weights(W, nw, MMP_BF16, Wb);
+  half_weights(W, nw, MMP_F16, Wf);
+  const double flops = half_flops(op);
+  const int isa0 = mmp_cpu_isa();
   mmp_cpu_set_openblas(0);
-  mmp_cpu_set_isa(MMP_CPU_ISA_AVX512);
-  TIME_BEST(t32, mmp_cpu_sgemm(1, false, true, M, N, K, 1.0f, A, K, 0, W, K, 0, 0.0f, C, N, 0));
-  TIME_BEST(tc, mmp_cpu_gemm(1, false, true, M, N, K, 1.0f, A, MMP_F32, K, 0, Wh, MMP_BF16, K, 0, 0.0f, C, N, 0, MMP_F32));
-  cpu = g_cpu;
-  snprintf(name, sizeof name, "%s bf16 W, fp32 math", label);
-  print_flops(name, 2.0 * M * N * K, tc, cpu, 0, 0);
-  printf("%-42s %8s x%.2f vs fp32 weights\n", "", "", t32 / tc);
-  if (mmp_cpu_set_isa(MMP_CPU_ISA_AVX512_BF16) == MMP_CPU_ISA_AVX512_BF16) {
-    TIME_BEST(td, mmp_cpu_gemm(1, false, true, M, N, K, 1.0f, A, MMP_F32, K, 0, Wh, MMP_BF16, K, 0, 0.0f, C, N, 0, MMP_BF16));
-    double gf = 2.0 * M * N * K / td * 1e-9, cpud = g_cpu;
-    snprintf(name, sizeof name, "%s bf16 dot products", label);
-    printf("%-42s %8.2f %8.1f %8.1f%% of the bf16 peak (%.1f GFLOP/s)", name, td * 1e3, gf,
-           g_peak > 0 ? 100.0 * gf / (2.0 * g_peak) : 0.0, 2.0 * g_peak);
-    if (g_peak_core > 0 && cpud > 0) printf(", CPU-s eff. %.1f%% of it", 100.0 * 2.0 * M * N * K * 1e-9 / cpud / (2.0 * g_peak_core));
-    printf("; x%.2f vs fp32 weights\n", t32 / td);
+  static const int isas[] = {MMP_CPU_ISA_AVX512, MMP_CPU_ISA_GENERIC};
+  static const char *const isa_names[] = {"avx512", "generic"};
+  char name[128];
+  for (int q = 0; q < 2; ++q) {
+    if (mmp_cpu_set_isa(isas[q]) != isas[q]) continue;
+    double t32, t, cpu;
+    TIME_BEST(t32, half_run(op, x, W, MMP_F32, y, MMP_F32));
+    snprintf(name, sizeof name, "%s [%s] f32 W", label, isa_names[q]);
+    print_flops(name, flops, t32, g_cpu, 0, 0);
+    const void *ws[2] = {Wb, Wf};
+    static const int wdts[2] = {MMP_BF16, MMP_F16};
+    static const char *const wn[2] = {"bf16", "f16"};
+    for (int d = 0; d < 2; ++d) {
+      TIME_BEST(t, half_run(op, x, ws[d], wdts[d], y, MMP_F32));
+      cpu = g_cpu;
+      snprintf(name, sizeof name, "%s [%s] %s W, fp32 math", label, isa_names[q], wn[d]);
+      print_flops(name, flops, t, cpu, 0, 0);
+      printf("%-42s %8s x%.2f vs f32 weights\n", "", "", t32 / t);
+    }
+    if (isas[q] == MMP_CPU_ISA_AVX512 && mmp_cpu_set_isa(MMP_CPU_ISA_AVX512_BF16) == MMP_CPU_ISA_AVX512_BF16) {
+      TIME_BEST(t, half_run(op, x, Wb, MMP_BF16, y, MMP_BF16));
+      double gf = flops / t * 1e-9;
+      cpu = g_cpu;
+      snprintf(name, sizeof name, "%s bf16 dot products", label);
+      printf("%-42s %8.2f %8.1f %8.1f%% of the bf16 peak (%.1f GFLOP/s)", name, t * 1e3, gf,
+             g_peak > 0 ? 100.0 * gf / (2.0 * g_peak) : 0.0, 2.0 * g_peak);
+      if (g_peak_core > 0 && cpu > 0) printf(", CPU-s eff. %.1f%% of it", 100.0 * flops * 1e-9 / cpu / (2.0 * g_peak_core));
+      printf("; x%.2f vs f32 weights\n", t32 / t);
+    }
   }
   mmp_cpu_set_isa(isa0);
   mmp_cpu_set_openblas(-1);
-  free(A);
+  free(x);
   free(W);
-  free(Wh);
-  free(C);
+  free(Wb);
+  free(Wf);
+  free(y);
+}
+
+static void bench_halves(void) {
+  static const struct {
+    const char *label;
+    half_op_t op;
+  } cases[] = {
+      {"linear 8192x320->1280", {false, 8192, 1280, 320, 0, 0, 0, 0, 0}},
+      {"linear 2048x640->2560", {false, 2048, 2560, 640, 0, 0, 0, 0, 0}},
+      {"linear 512x1280->5120", {false, 512, 5120, 1280, 0, 0, 0, 0, 0}},
+      {"conv 320->320 64x64 b2", {true, 0, 0, 0, 2, 320, 64, 64, 320}},
+      {"conv 1280->1280 8x8 b2", {true, 0, 0, 0, 2, 1280, 8, 8, 1280}},
+  };
+  for (size_t i = 0; i < sizeof cases / sizeof cases[0]; ++i) bench_half(cases[i].label, &cases[i].op);
 }
 
 #ifdef HAVE_OPENBLAS
@@ -501,7 +568,7 @@ int main(int argc, char **argv) {
       torch = true;
     else if (strcmp(argv[i], "--quick") == 0)
       quick = true;
-    else if (strcmp(argv[i], "--half") == 0) /* only the linear layers with bf16 weights */
+    else if (strcmp(argv[i], "--half") == 0) /* only the products with half-precision weights */
       half_only = true;
     else {
       fprintf(stderr, "usage: %s [--threads N] [--reps R] [--min-time S] [--quick] [--half] [--compare-torch]\n",
@@ -537,9 +604,7 @@ int main(int argc, char **argv) {
          l15);
   print_header();
   if (half_only) {
-    bench_linear_bf16("linear 8192x320->1280", 8192, 1280, 320);
-    bench_linear_bf16("linear 2048x640->2560", 2048, 2560, 640);
-    bench_linear_bf16("linear 512x1280->5120", 512, 5120, 1280);
+    bench_halves();
     return 0;
   }
   if (!quick) bench_sgemm("mm4096", "sgemm 4096x4096x4096 NN", 4096, 4096, 4096, false);
@@ -549,9 +614,7 @@ int main(int argc, char **argv) {
   bench_sgemm("lin4", "linear [512x1280]x[1280x5120]", 512, 5120, 1280, true);
   bench_sgemm("lin5", "linear [4096x320]x[320x320]", 4096, 320, 320, true);
   bench_sgemm("lin6", "linear [154x768]x[768x320] (cross K/V)", 154, 320, 768, true);
-  bench_linear_bf16("linear 8192x320->1280", 8192, 1280, 320);
-  bench_linear_bf16("linear 2048x640->2560", 2048, 2560, 640);
-  bench_linear_bf16("linear 512x1280->5120", 512, 5120, 1280);
+  bench_halves();
   bench_conv("conv320", "conv2d 3x3 320->320 64x64 batch 2", 2, 320, 64, 64, 320);
   bench_conv("conv1280", "conv2d 3x3 1280->1280 8x8 batch 2", 2, 1280, 8, 8, 1280);
   bench_attention("attn_self", "attention self 2x8 heads 4096x4096 d40", 2, 8, 4096, 4096, 40);

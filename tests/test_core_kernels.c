@@ -232,6 +232,63 @@ static double bf16r(float f) {
   return f;
 }
 
+/* An f16 bit pattern decoded here, independently of the library */
+static float f16_ref(uint16_t h) {
+  const int e = (h >> 10) & 31, m = h & 1023;
+  if (e == 31) return m ? NAN : (h & 0x8000u) ? -INFINITY : INFINITY;
+  double v = e == 0 ? ldexp(m, -24) : ldexp(1024 + m, e - 25);
+  return (float)((h & 0x8000u) ? -v : v);
+}
+
+static float half_ref(uint16_t h, int dt) {
+  if (dt == MMP_F16) return f16_ref(h);
+  uint32_t u = (uint32_t)h << 16;
+  float f;
+  memcpy(&f, &u, 4);
+  return f;
+}
+
+/* same bits, or both NaN */
+static bool same_float(float a, float b) { return (isnan(a) && isnan(b)) || memcmp(&a, &b, 4) == 0; }
+
+/* mmp_cpu_half_to_f32 on every path this CPU has: all 65536 patterns of
+ * each dtype (zeros, subnormals, infinities, NaNs), then every length 0..40
+ * at unaligned starts, with sentinels after the run. */
+static void test_half_convert(void) {
+  uint16_t *h = malloc((65536 + 64) * sizeof *h);
+  float *d = malloc((65536 + 64) * sizeof *d);
+  for (int64_t i = 0; i < 65536 + 64; ++i) h[i] = (uint16_t)(i * 40503u);
+  for (int path = MMP_CPU_HALF_SCALAR; path <= MMP_CPU_HALF_AVX512; ++path) {
+    if (mmp_cpu_half_to_f32(h, MMP_F16, 1, d, path) != path) {
+      diag("half_to_f32 path %d: not on this CPU", path);
+      continue;
+    }
+    for (int dt = MMP_F16; dt <= MMP_BF16; ++dt) {
+      const char *dn = dt == MMP_BF16 ? "bf16" : "f16";
+      uint16_t *all = malloc(65536 * sizeof *all);
+      for (int i = 0; i < 65536; ++i) all[i] = (uint16_t)i;
+      int64_t bad = 0;
+      is_int(mmp_cpu_half_to_f32(all, dt, 65536, d, path), path, "half_to_f32 path %d %s: 65536 values", path, dn);
+      for (int i = 0; i < 65536; ++i) bad += !same_float(d[i], half_ref((uint16_t)i, dt));
+      ok(bad == 0, "  every value exact (%lld wrong)", (long long)bad);
+      free(all);
+      bad = 0;
+      for (int off = 0; off < 4; ++off)
+        for (int64_t n = 0; n <= 40; ++n) {
+          for (int64_t i = 0; i < n + 20; ++i) d[i] = -7777.0f;
+          mmp_cpu_half_to_f32(h + off, dt, n, d, path);
+          for (int64_t i = 0; i < n; ++i) bad += !same_float(d[i], half_ref(h[off + i], dt));
+          for (int64_t i = n; i < n + 20; ++i) bad += d[i] != -7777.0f;
+        }
+      ok(bad == 0, "  runs of 0..40 at unaligned starts, nothing written past them (%lld wrong)", (long long)bad);
+    }
+  }
+  is_int(mmp_cpu_half_to_f32(h, MMP_F32, 1, d, MMP_CPU_HALF_BEST), MMP_EDTYPE, "half_to_f32 rejects f32");
+  is_int(mmp_cpu_half_to_f32(h, MMP_F16, 1, d, 7), MMP_EINVAL, "half_to_f32 rejects an unknown path");
+  free(h);
+  free(d);
+}
+
 /* which: 0 = A half, 1 = B half, 2 = both. cdt: the compute dtype; with
  * MMP_BF16 the reference rounds both operands to bf16 and only the fp32
  * summation may differ from it (1e-5 of sum |a b|, as for fp32) */
@@ -880,6 +937,15 @@ int main(void) {
   mmp_cpu_set_openblas(0);
   path_name = "[generic]";
   run_all();
+  /* the portable packers' conversions, each path this CPU has */
+  test_half_convert();
+  static const char *const half_paths[] = {"[generic, scalar half]", "[generic, F16C half]", "[generic, AVX-512 half]"};
+  for (int p = MMP_CPU_HALF_SCALAR; p <= MMP_CPU_HALF_AVX512; ++p)
+    if (mmp_cpu_set_half_path(p) == p) {
+      path_name = half_paths[p];
+      test_half();
+    }
+  mmp_cpu_set_half_path(MMP_CPU_HALF_BEST);
   if (mmp_cpu_set_openblas(1) == 1) {
     path_name = "[openblas]";
     test_sgemm();

@@ -283,48 +283,163 @@ static void pack_b_generic(const float *B, int64_t ldb, bool trans, int64_t k0, 
   }
 }
 
-static inline float half_at(const uint16_t *p, int dt) {
-  return dt == MMP_BF16 ? mmp__bf16_to_float(*p) : mmp__half_to_float(*p);
+/* ------------------------------------- half precision to fp32 runs */
+
+/* The portable packers convert contiguous runs, not single elements: they
+ * are the kernels of every x86 machine without AVX-512 (whose f16 weights
+ * went through the branchy scalar conversion one element at a time, the
+ * f16 path then slower than bf16's shift), so a run takes vcvtph2ps where
+ * the CPU has it. Every path gives the same bits (a NaN stays a NaN). */
+static void half_to_f32_scalar(const uint16_t *s, int dt, int64_t n, float *d) {
+  if (dt == MMP_BF16)
+    for (int64_t i = 0; i < n; ++i) d[i] = mmp__bf16_to_float(s[i]);
+  else
+    for (int64_t i = 0; i < n; ++i) d[i] = mmp__half_to_float(s[i]);
+}
+
+#ifdef MMP_HAVE_X86_DISPATCH
+#include <immintrin.h>
+/* F16C (AVX machines): 8 f16 per vcvtph2ps, the tail through a padded
+ * copy; 8 bf16 by interleaving them above 16 zero bits */
+__attribute__((target("avx,f16c"))) static void half_to_f32_f16c(const uint16_t *s, int dt, int64_t n, float *d) {
+  int64_t i = 0;
+  if (dt == MMP_BF16) {
+    const __m128i z = _mm_setzero_si128();
+    for (; i + 8 <= n; i += 8) {
+      __m128i h = _mm_loadu_si128((const __m128i *)(s + i));
+      _mm_storeu_si128((__m128i *)(d + i), _mm_unpacklo_epi16(z, h));
+      _mm_storeu_si128((__m128i *)(d + i + 4), _mm_unpackhi_epi16(z, h));
+    }
+    half_to_f32_scalar(s + i, dt, n - i, d + i);
+    return;
+  }
+  for (; i + 8 <= n; i += 8) _mm256_storeu_ps(d + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(s + i))));
+  if (i < n) {
+    uint16_t h[8] = {0};
+    float f[8];
+    memcpy(h, s + i, (size_t)(n - i) * sizeof *h);
+    _mm256_storeu_ps(f, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)h)));
+    memcpy(d + i, f, (size_t)(n - i) * sizeof *f);
+  }
+}
+
+/* AVX-512: 16 per instruction, the tail masked */
+__attribute__((target("avx512f,avx512bw,avx512vl"))) static void half_to_f32_avx512(const uint16_t *s, int dt,
+                                                                                     int64_t n, float *d) {
+  for (int64_t i = 0; i < n; i += 16) {
+    __mmask16 m = n - i >= 16 ? (__mmask16)0xFFFF : (__mmask16)((1u << (n - i)) - 1);
+    __m256i h = _mm256_maskz_loadu_epi16(m, s + i);
+    __m512 v = dt == MMP_BF16 ? _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(h), 16))
+                              : _mm512_cvtph_ps(h);
+    _mm512_mask_storeu_ps(d + i, m, v);
+  }
+}
+#endif
+
+static bool half_path_ok(int path) {
+  if (path == MMP_CPU_HALF_SCALAR) return true;
+#ifdef MMP_HAVE_X86_DISPATCH
+  if (path == MMP_CPU_HALF_F16C) return (mmp_cpu_features() & MMP_CPU_F16C) != 0;
+  if (path == MMP_CPU_HALF_AVX512) return (mmp_cpu_features() & MMP_CPU_AVX512) != 0;
+#endif
+  return false;
+}
+
+static atomic_int g_half_path = MMP_CPU_HALF_BEST;
+
+int mmp_cpu_set_half_path(int path) {
+  if (path < MMP_CPU_HALF_SCALAR || path > MMP_CPU_HALF_AVX512) path = MMP_CPU_HALF_BEST;
+  while (path > MMP_CPU_HALF_SCALAR && !half_path_ok(path)) path--;
+  atomic_store(&g_half_path, path);
+  return path < 0 ? mmp_cpu_half_path() : path;
+}
+
+int mmp_cpu_half_path(void) {
+  int p = atomic_load(&g_half_path);
+  if (p >= 0) return p;
+#ifdef MMP_HAVE_X86_DISPATCH
+  const int f = mmp_cpu_features();
+  if (f & MMP_CPU_AVX512) return MMP_CPU_HALF_AVX512;
+  if (f & MMP_CPU_F16C) return MMP_CPU_HALF_F16C;
+#endif
+  return MMP_CPU_HALF_SCALAR;
+}
+
+int mmp_cpu_half_to_f32(const uint16_t *s, int dt, int64_t n, float *d, int path) {
+  if (dt != MMP_F16 && dt != MMP_BF16)
+    return mmp_error_set(MMP_EDTYPE, "half_to_f32: dtype %d (want f16 or bf16)", dt);
+  if (path == MMP_CPU_HALF_BEST) path = mmp_cpu_half_path();
+  if (!half_path_ok(path))
+    return mmp_error_set(MMP_EINVAL, "half_to_f32: conversion path %d not available on this CPU", path);
+  if (n <= 0) return path;
+#ifdef MMP_HAVE_X86_DISPATCH
+  if (path == MMP_CPU_HALF_AVX512) {
+    half_to_f32_avx512(s, dt, n, d);
+    return path;
+  }
+  if (path == MMP_CPU_HALF_F16C) {
+    half_to_f32_f16c(s, dt, n, d);
+    return path;
+  }
+#endif
+  half_to_f32_scalar(s, dt, n, d);
+  return path;
+}
+
+/* Pack an R x kc block of half-precision values into panels of @w rows
+ * (dst[(r / w) * w * kc + k * w + r % w] = alpha * x(r, k), the last
+ * panel's missing rows 0); x(r, k) = X[r * sr + k * sk], one of the two
+ * strides being 1: lines along it are converted a chunk at a time and
+ * scattered into the panels. */
+#define HALF_CHUNK 256
+static void pack_h_panels(const uint16_t *X, int dt, int64_t sr, int64_t sk, int64_t R, int64_t kc, int w,
+                          float alpha, float *dst) {
+  float buf[HALF_CHUNK];
+  const int path = mmp_cpu_half_path();
+  if (sr == 1) { /* line k: rows r contiguous; chunks of whole panels */
+    const int64_t chunk = HALF_CHUNK / w * w;
+    for (int64_t k = 0; k < kc; ++k)
+      for (int64_t r0 = 0; r0 < R; r0 += chunk) {
+        const int64_t n = R - r0 < chunk ? R - r0 : chunk;
+        mmp_cpu_half_to_f32(X + k * sk + r0, dt, n, buf, path);
+        for (int64_t c0 = 0; c0 < n; c0 += w) {
+          float *d = dst + (r0 + c0) * kc + k * w; /* panel (r0 + c0) / w */
+          const int64_t m = n - c0 < w ? n - c0 : w;
+          for (int64_t q = 0; q < m; ++q) d[q] = alpha * buf[c0 + q];
+        }
+      }
+  } else { /* line r: k contiguous */
+    for (int64_t r = 0; r < R; ++r) {
+      float *d = dst + (r / w) * w * kc + r % w;
+      for (int64_t k0 = 0; k0 < kc; k0 += HALF_CHUNK) {
+        const int64_t n = kc - k0 < HALF_CHUNK ? kc - k0 : HALF_CHUNK;
+        mmp_cpu_half_to_f32(X + r * sr + k0, dt, n, buf, path);
+        for (int64_t c = 0; c < n; ++c) d[(k0 + c) * w] = alpha * buf[c];
+      }
+    }
+  }
+  const int64_t rem = R % w;
+  if (rem) {
+    float *last = dst + (R / w) * w * kc;
+    for (int64_t k = 0; k < kc; ++k)
+      for (int64_t r = rem; r < w; ++r) last[k * w + r] = 0.0f;
+  }
 }
 
 static void pack_a_h_generic(const uint16_t *A, int dt, int64_t lda, bool trans, int64_t i0, int64_t mc,
                              int64_t k0, int64_t kc, float alpha, float *ap) {
-  for (int64_t p = 0; p < mc; p += GMR) {
-    int mr = (int)(mc - p < GMR ? mc - p : GMR);
-    for (int64_t k = 0; k < kc; ++k) {
-      float *d = ap + k * GMR;
-      int i = 0;
-      if (trans) {
-        const uint16_t *s = A + (k0 + k) * lda + i0 + p;
-        for (; i < mr; ++i) d[i] = alpha * half_at(s + i, dt);
-      } else {
-        const uint16_t *s = A + (i0 + p) * lda + k0 + k;
-        for (; i < mr; ++i) d[i] = alpha * half_at(s + i * lda, dt);
-      }
-      for (; i < GMR; ++i) d[i] = 0.0f;
-    }
-    ap += GMR * kc;
-  }
+  if (trans) /* op(A)[i][k] = A[k][i] */
+    pack_h_panels(A + k0 * lda + i0, dt, 1, lda, mc, kc, GMR, alpha, ap);
+  else
+    pack_h_panels(A + i0 * lda + k0, dt, lda, 1, mc, kc, GMR, alpha, ap);
 }
 
 static void pack_b_h_generic(const uint16_t *B, int dt, int64_t ldb, bool trans, int64_t k0, int64_t kc,
                              int64_t j0, int64_t nc, float *bp) {
-  for (int64_t p = 0; p < nc; p += GNR) {
-    int nr = (int)(nc - p < GNR ? nc - p : GNR);
-    for (int64_t k = 0; k < kc; ++k) {
-      float *d = bp + k * GNR;
-      int j = 0;
-      if (trans) {
-        const uint16_t *s = B + (j0 + p) * ldb + k0 + k;
-        for (; j < nr; ++j) d[j] = half_at(s + j * ldb, dt);
-      } else {
-        const uint16_t *s = B + (k0 + k) * ldb + j0 + p;
-        for (; j < nr; ++j) d[j] = half_at(s + j, dt);
-      }
-      for (; j < GNR; ++j) d[j] = 0.0f;
-    }
-    bp += GNR * kc;
-  }
+  if (trans) /* op(B)[k][j] = B[j][k] */
+    pack_h_panels(B + j0 * ldb + k0, dt, ldb, 1, nc, kc, GNR, 1.0f, bp);
+  else
+    pack_h_panels(B + k0 * ldb + j0, dt, 1, ldb, nc, kc, GNR, 1.0f, bp);
 }
 
 const mmp_gemm_kernel_t mmp_gemm_kernel_generic = {

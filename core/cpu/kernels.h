@@ -62,6 +62,21 @@ int mmp_cpu_gemm(int64_t batch, bool trans_a, bool trans_b, int64_t M, int64_t N
                  const void *A, int adt, int64_t lda, int64_t stride_a, const void *B, int bdt, int64_t ldb,
                  int64_t stride_b, float beta, float *C, int64_t ldc, int64_t stride_c, int cdt);
 
+/* @n half-precision values (@dt MMP_F16 or MMP_BF16) at @s as fp32 at @d,
+ * exactly (a NaN stays a NaN). @path: MMP_CPU_HALF_BEST, or for tests one
+ * of the others, which the CPU must have (AVX-512: vcvtph2ps 16 wide;
+ * F16C: 8 wide (bf16 interleaved above zero bits); scalar: one at a time).
+ * The portable GEMM packers convert runs with it. Returns the path used,
+ * MMP_EDTYPE for another dtype, MMP_EINVAL for a path the CPU lacks. */
+enum { MMP_CPU_HALF_BEST = -1, MMP_CPU_HALF_SCALAR = 0, MMP_CPU_HALF_F16C = 1, MMP_CPU_HALF_AVX512 = 2 };
+int mmp_cpu_half_to_f32(const uint16_t *s, int dt, int64_t n, float *d, int path);
+/* The path MMP_CPU_HALF_BEST means (the best the CPU has unless narrowed):
+ * mmp_cpu_set_half_path() narrows it (tests: each conversion under the
+ * portable packers) and returns the path in effect, never one the CPU
+ * lacks; MMP_CPU_HALF_BEST restores the default. */
+int mmp_cpu_set_half_path(int path);
+int mmp_cpu_half_path(void);
+
 /* ---- conv2d ---- x[N,C,H,W], w[O,C/groups,KH,KW], bias[O] or NULL,
  * y[N,O,OH,OW] with OH = (H + 2ph - dh*(KH-1) - 1)/sh + 1. */
 int mmp_cpu_conv2d(const float *x, int64_t N, int64_t C, int64_t H, int64_t W,
