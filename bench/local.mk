@@ -15,6 +15,10 @@ if BUILD_PLUGIN_UNET2D_CONDITION
 noinst_PROGRAMS += bench/unet
 bench_unet_SOURCES = bench/unet.c bench/sd_bench.h
 bench_unet_LDADD = libmmpipe.la
+# one SD-1.5 UNet training step beside PyTorch's (bench/torch_train.py)
+noinst_PROGRAMS += bench/train
+bench_train_SOURCES = bench/train.c
+bench_train_LDADD = libmmpipe.la
 # training steps alone or data-parallel under mpirun (include/mmpipe/dist.h)
 noinst_PROGRAMS += bench/dist
 bench_dist_SOURCES = bench/dist.c
@@ -35,7 +39,7 @@ noinst_PROGRAMS += bench/blip
 bench_blip_SOURCES = bench/blip.c bench/sd_bench.h
 bench_blip_LDADD = libmmpipe.la
 endif
-EXTRA_DIST += bench/sd15 bench/torch_sd.py bench/blip_large bench/torch_blip.py
+EXTRA_DIST += bench/sd15 bench/torch_sd.py bench/torch_train.py bench/blip_large bench/torch_blip.py
 # FID: features/s of the 64x64 protocol and the distance for 2048-d statistics (bench/torch_fid.py beside)
 noinst_PROGRAMS += bench/fid
 bench_fid_SOURCES = bench/fid.c

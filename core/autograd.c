@@ -6,6 +6,7 @@
 #pragma GCC visibility push(default)
 #include <mmpipe/autograd.h>
 #include <mmpipe/grad.h>
+#include <mmpipe/rng.h>
 #pragma GCC visibility pop
 
 _Thread_local mmp_tape_t *mmp__tape_tls;
@@ -20,7 +21,19 @@ typedef struct tvalue {
   int64_t shape[MMP_MAX_DIMS];
   mmp_tensor_t *grad; /* accumulated during the reverse pass */
   char *name;         /* watched leaves only */
+  int64_t parent_id;  /* a nested tape's leaf standing for this value of the parent tape, else -1 */
 } tvalue_t;
+
+/* What a checkpoint node keeps to run its region again (mmp_tape_checkpoint). */
+typedef struct tckpt {
+  mmp_checkpoint_fn fn;
+  void *user;      /* the caller's pointer, or our copy of user_size bytes */
+  bool user_owned; /* user is our copy */
+  int nin;
+  mmp_tensor_t **in; /* [nin] references (NULL entries allowed) */
+  mmp_rng_t *rng;    /* (nullable) the caller's generator, replayed from state */
+  unsigned char *rng_state;
+} tckpt_t;
 
 typedef struct tnode {
   mmp__tk_t kind;
@@ -33,6 +46,8 @@ typedef struct tnode {
   int64_t out_id;
   double f[3];
   int64_t i[8];
+  size_t bytes; /* of the tensors referenced (mmp_tape_saved_bytes) */
+  tckpt_t *ck;  /* a checkpoint region (kind MMP__TK_COUNT), else NULL */
 } tnode_t;
 
 struct mmp_tape {
@@ -43,17 +58,53 @@ struct mmp_tape {
   size_t nnodes, capnodes;
   mmp_grad_ready_cb ready; /* (nullable) told of each leaf's gradient once final */
   void *ready_user;
+  /* Nested tapes of checkpoint regions. A tensor tracked by the parent is
+   * tracked here too: recording maps it to a leaf of this tape (map[parent
+   * id] = id here) whose gradient goes back to the parent's value. A
+   * collecting tape (the region's first run) records nothing and notes
+   * which of the parent's values the region reads. */
+  mmp_tape_t *parent;
+  int64_t *map;
+  size_t capmap;
+  bool collect;
+  int64_t *seen; /* collect: parent value ids read, in order, with repeats */
+  size_t nseen, capseen;
+  size_t saved, peak; /* bytes referenced by nodes (with nested tapes), and its maximum */
 };
 
-static int64_t value_of(const mmp_tape_t *t, const mmp_tensor_t *x) {
+static int64_t own_value(const mmp_tape_t *t, const mmp_tensor_t *x) {
   if (!t || !x || (uint32_t)(x->tape_id >> 32) != t->serial) return -1;
   int64_t id = (int64_t)(x->tape_id & 0xffffffffu) - 1;
   return id >= 0 && (size_t)id < t->nvals ? id : -1;
 }
 
-bool mmp_tape_tracks(const mmp_tape_t *t, const mmp_tensor_t *x) { return value_of(t, x) >= 0; }
+static bool tracked(const mmp_tape_t *t, const mmp_tensor_t *x) {
+  for (; t; t = t->parent)
+    if (own_value(t, x) >= 0) return true;
+  return false;
+}
 
-bool mmp__tape_tracked(const mmp_tape_t *t, const mmp_tensor_t *x) { return value_of(t, x) >= 0; }
+/* The id of @x on @t, or -1 (untracked, or, for a tensor of an ancestor
+ * tape, not mapped yet). */
+static int64_t value_of(const mmp_tape_t *t, const mmp_tensor_t *x) {
+  int64_t id = own_value(t, x);
+  if (id >= 0 || !t || !t->parent) return id;
+  int64_t pid = value_of(t->parent, x);
+  return pid >= 0 && (size_t)pid < t->capmap ? t->map[pid] : -1;
+}
+
+bool mmp_tape_tracks(const mmp_tape_t *t, const mmp_tensor_t *x) { return tracked(t, x); }
+
+bool mmp__tape_tracked(const mmp_tape_t *t, const mmp_tensor_t *x) { return tracked(t, x); }
+
+static void saved_add(mmp_tape_t *t, size_t add, size_t sub) {
+  for (; t; t = t->parent) {
+    t->saved = t->saved + add - sub;
+    if (t->saved > t->peak) t->peak = t->saved;
+  }
+}
+
+static size_t ref_bytes(const mmp_tensor_t *x) { return x ? mmp_tensor_nbytes(x) : 0; }
 
 mmp_tape_t *mmp_tape_new(void) {
   mmp_tape_t *t = calloc(1, sizeof *t);
@@ -65,9 +116,20 @@ mmp_tape_t *mmp_tape_new(void) {
   return t;
 }
 
-static void node_clear(tnode_t *n) {
+static void ckpt_free(tckpt_t *c) {
+  if (!c) return;
+  for (int k = 0; k < c->nin; k++) mmp_tensor_unref(c->in[k]);
+  free(c->in);
+  if (c->user_owned) free(c->user);
+  free(c->rng_state);
+  free(c);
+}
+
+static void node_clear(mmp_tape_t *t, tnode_t *n) {
+  saved_add(t, 0, n->bytes);
   for (int k = 0; k < n->nin; k++) mmp_tensor_unref(n->in[k]);
   mmp_tensor_unref(n->out);
+  ckpt_free(n->ck);
   free(n->in_id);
   free(n->in);
   free(n->in_shape);
@@ -76,7 +138,7 @@ static void node_clear(tnode_t *n) {
 
 /* Drop everything and take a new serial (the tape is empty and reusable). */
 static void tape_clear(mmp_tape_t *t) {
-  for (size_t k = 0; k < t->nnodes; k++) node_clear(&t->nodes[k]);
+  for (size_t k = 0; k < t->nnodes; k++) node_clear(t, &t->nodes[k]);
   for (size_t k = 0; k < t->nvals; k++) {
     mmp_tensor_unref(t->vals[k].grad);
     free(t->vals[k].name);
@@ -91,10 +153,16 @@ void mmp_tape_free(mmp_tape_t *t) {
   tape_clear(t);
   free(t->vals);
   free(t->nodes);
+  free(t->map);
+  free(t->seen);
   free(t);
 }
 
 size_t mmp_tape_size(const mmp_tape_t *t) { return t ? t->nnodes : 0; }
+
+size_t mmp_tape_saved_bytes(const mmp_tape_t *t) { return t ? t->saved : 0; }
+
+size_t mmp_tape_peak_bytes(const mmp_tape_t *t) { return t ? t->peak : 0; }
 
 mmp_tape_t *mmp_tape_set_current(mmp_tape_t *t) {
   mmp_tape_t *prev = mmp__tape_tls;
@@ -110,8 +178,9 @@ void mmp_tape_on_grad_ready(mmp_tape_t *t, mmp_grad_ready_cb cb, void *user) {
   t->ready_user = cb ? user : NULL;
 }
 
-/* A new value of @x's shape; marks @x. Returns its id or -1 (ENOMEM). */
-static int64_t value_add(mmp_tape_t *t, mmp_tensor_t *x) {
+/* A new value of @x's shape; marks @x unless @mark is false (a nested
+ * tape's leaf for an ancestor's tensor). Returns its id or -1 (ENOMEM). */
+static int64_t value_new(mmp_tape_t *t, mmp_tensor_t *x, bool mark) {
   if (t->nvals == t->capvals) {
     size_t cap = t->capvals ? 2 * t->capvals : 64;
     tvalue_t *v = realloc(t->vals, cap * sizeof *v);
@@ -122,10 +191,35 @@ static int64_t value_add(mmp_tape_t *t, mmp_tensor_t *x) {
   if (t->nvals >= 0xffffffffu - 1) return mmp_error_set(MMP_ENOMEM, "tape: too many values"), -1;
   tvalue_t *v = &t->vals[t->nvals];
   memset(v, 0, sizeof *v);
+  v->parent_id = -1;
   v->ndim = x->ndim;
   memcpy(v->shape, x->shape, sizeof v->shape);
-  x->tape_id = ((uint64_t)t->serial << 32) | (uint64_t)(t->nvals + 1);
+  if (mark) x->tape_id = ((uint64_t)t->serial << 32) | (uint64_t)(t->nvals + 1);
   return (int64_t)t->nvals++;
+}
+
+static int64_t value_add(mmp_tape_t *t, mmp_tensor_t *x) { return value_new(t, x, true); }
+
+/* The id of @x on @t; a tensor of an ancestor tape gets a leaf of @t on its
+ * first use. -1: untracked; -2: out of memory (message set). */
+static int64_t resolve(mmp_tape_t *t, const mmp_tensor_t *x) {
+  int64_t id = own_value(t, x);
+  if (id >= 0 || !t->parent || !x) return id;
+  int64_t pid = resolve(t->parent, x);
+  if (pid < 0) return pid;
+  if ((size_t)pid >= t->capmap) {
+    size_t cap = t->parent->nvals > (size_t)pid ? t->parent->nvals : (size_t)pid + 1;
+    int64_t *m = realloc(t->map, cap * sizeof *m);
+    if (!m) return mmp_error_set(MMP_ENOMEM, "tape: out of memory"), -2;
+    for (size_t k = t->capmap; k < cap; k++) m[k] = -1;
+    t->map = m;
+    t->capmap = cap;
+  }
+  if (t->map[pid] >= 0) return t->map[pid];
+  if ((id = value_new(t, (mmp_tensor_t *)x, false)) < 0) return -2;
+  t->vals[id].parent_id = pid;
+  t->map[pid] = id;
+  return id;
 }
 
 int mmp_tape_watch(mmp_tape_t *t, const char *name, mmp_tensor_t *x) {
@@ -170,12 +264,28 @@ mmp_tensor_t *mmp__tape_leave(mmp_tape_t *t, mmp_tensor_t *r, const mmp__tape_re
   if (!r) return NULL;
   bool any = false;
   for (int k = 0; k < rec->nin; k++)
-    if (value_of(t, rec->in[k]) >= 0) any = true;
+    if (tracked(t, rec->in[k])) any = true;
   if (!any) return r;
   /* an op that handed back its (tracked) input itself, e.g. mmp_contiguous
    * of a contiguous tensor, is the identity: nothing to record */
   for (int k = 0; k < rec->nin; k++)
     if (rec->in[k] == r) return r;
+  if (t->collect) { /* a region's first run: note what it reads of the parent */
+    for (int k = 0; k < rec->nin; k++) {
+      if (!tracked(t->parent, rec->in[k])) continue;
+      int64_t pid = resolve(t->parent, rec->in[k]);
+      if (pid < -1) goto oom;
+      if (t->nseen == t->capseen) {
+        size_t cap = t->capseen ? 2 * t->capseen : 64;
+        int64_t *sn = realloc(t->seen, cap * sizeof *sn);
+        if (!sn) goto oom;
+        t->seen = sn;
+        t->capseen = cap;
+      }
+      t->seen[t->nseen++] = pid;
+    }
+    return r;
+  }
   if (t->nnodes == t->capnodes) {
     size_t cap = t->capnodes ? 2 * t->capnodes : 256;
     tnode_t *nn = realloc(t->nodes, cap * sizeof *nn);
@@ -189,7 +299,7 @@ mmp_tensor_t *mmp__tape_leave(mmp_tape_t *t, mmp_tensor_t *r, const mmp__tape_re
   n->in = calloc((size_t)rec->nin, sizeof *n->in);
   n->in_shape = calloc((size_t)rec->nin, sizeof *n->in_shape);
   if (!n->in_id || !n->in || !n->in_shape) {
-    node_clear(n);
+    node_clear(t, n);
     goto oom;
   }
   n->kind = rec->kind;
@@ -200,15 +310,26 @@ mmp_tensor_t *mmp__tape_leave(mmp_tape_t *t, mmp_tensor_t *r, const mmp__tape_re
   unsigned need = needs_inputs(rec->kind);
   for (int k = 0; k < rec->nin; k++) {
     const mmp_tensor_t *x = rec->in[k];
-    n->in_id[k] = value_of(t, x);
+    if ((n->in_id[k] = x ? resolve(t, x) : -1) < -1) {
+      n->bytes = 0; /* not added yet */
+      node_clear(t, n);
+      goto oom;
+    }
     if (!x) continue;
     n->in_shape[k][0] = x->ndim;
     memcpy(&n->in_shape[k][1], x->shape, sizeof x->shape);
-    if (k < 32 && (need >> k) & 1u) n->in[k] = mmp_tensor_ref((mmp_tensor_t *)x);
+    if (k < 32 && (need >> k) & 1u) {
+      n->in[k] = mmp_tensor_ref((mmp_tensor_t *)x);
+      n->bytes += ref_bytes(x);
+    }
   }
-  if (needs_output(rec->kind)) n->out = mmp_tensor_ref(r);
+  if (needs_output(rec->kind)) {
+    n->out = mmp_tensor_ref(r);
+    n->bytes += ref_bytes(r);
+  }
+  saved_add(t, n->bytes, 0);
   if ((n->out_id = value_add(t, r)) < 0) {
-    node_clear(n);
+    node_clear(t, n);
     goto oom;
   }
   t->nnodes++;
@@ -459,6 +580,56 @@ static int first_uses(const mmp_tape_t *t, int64_t **out) {
 }
 
 static int backward_walk(mmp_tape_t *t, mmp_tensor_t *out, const mmp_tensor_t *grad, mmp_tensormap_t *grads,
+                         const int64_t *first_use);
+
+/* The reverse step of checkpoint node @n of @t with output gradient @g:
+ * run the region again under a nested tape (its generator, if any, set to
+ * the state of the first run and put back afterwards), walk that tape
+ * back from @g, and add the gradients of the nested leaves to the values
+ * of @t they stand for. */
+static int ckpt_backward(mmp_tape_t *t, tnode_t *n, const mmp_tensor_t *g) {
+  tckpt_t *c = n->ck;
+  mmp_tape_t *in = mmp_tape_new();
+  if (!in) return MMP_ENOMEM;
+  in->parent = t;
+  unsigned char *now = NULL;
+  int rc = 0;
+  if (c->rng) {
+    now = malloc(MMP_RNG_STATE_SIZE);
+    if (!now) rc = mmp_error_set(MMP_ENOMEM, "tape: out of memory");
+    if (rc == 0) rc = mmp_rng_get_state(c->rng, now, MMP_RNG_STATE_SIZE);
+    if (rc == 0) rc = mmp_rng_set_state(c->rng, c->rng_state, MMP_RNG_STATE_SIZE);
+  }
+  mmp_tensor_t *r = NULL;
+  if (rc == 0) {
+    mmp_tape_t *prev = mmp__tape_tls;
+    mmp__tape_tls = in;
+    r = c->fn(c->user, c->nin, c->in);
+    mmp__tape_tls = prev;
+    if (!r) rc = fail_code();
+  }
+  if (now) {
+    int src = mmp_rng_set_state(c->rng, now, MMP_RNG_STATE_SIZE);
+    if (rc == 0) rc = src;
+    free(now);
+  }
+  if (rc == 0 && own_value(in, r) < 0)
+    rc = mmp_error_set(MMP_EINVAL, "checkpoint: the replay of the region computed %s from nothing tracked, but its "
+                       "first run read tracked tensors (a region must compute the same way each time)",
+                       mmp__desc(r));
+  if (rc == 0) rc = backward_walk(in, r, g, NULL, NULL);
+  for (size_t k = 0; rc == 0 && k < in->nvals; k++) {
+    tvalue_t *v = &in->vals[k];
+    if (v->parent_id < 0 || !v->grad) continue;
+    rc = accumulate(t, v->parent_id, v->grad);
+    v->grad = NULL;
+  }
+  mmp_tensor_unref(r);
+  mmp_tape_free(in);
+  return rc;
+}
+
+static int backward_walk(mmp_tape_t *t, mmp_tensor_t *out, const mmp_tensor_t *grad, mmp_tensormap_t *grads,
                          const int64_t *first_use) {
   int64_t oid = value_of(t, out);
   if (oid < 0)
@@ -483,7 +654,14 @@ static int backward_walk(mmp_tape_t *t, mmp_tensor_t *out, const mmp_tensor_t *g
     tnode_t *n = &t->nodes[k];
     mmp_tensor_t *g = t->vals[n->out_id].grad;
     t->vals[n->out_id].grad = NULL;
-    if (g) {
+    if (g && n->ck) {
+      int rc = ckpt_backward(t, n, g);
+      mmp_tensor_unref(g);
+      if (rc < 0) {
+        mmp_error_prefix("tape_backward: through a checkpoint region: ");
+        return rc;
+      }
+    } else if (g) {
       mmp_tensor_t **outs = n->nin <= 64 ? o : calloc((size_t)n->nin, sizeof *outs);
       if (!outs) {
         mmp_tensor_unref(g);
@@ -510,7 +688,7 @@ static int backward_walk(mmp_tape_t *t, mmp_tensor_t *out, const mmp_tensor_t *g
       int rc = deliver_ready(t, grads, &t->vals[id]);
       if (rc < 0) return rc;
     }
-    node_clear(n); /* memory falls as the walk goes */
+    node_clear(t, n); /* memory falls as the walk goes */
   }
   for (size_t k = 0; k < t->nvals; k++) {
     tvalue_t *v = &t->vals[k];
@@ -532,4 +710,105 @@ int mmp_tape_backward(mmp_tape_t *t, mmp_tensor_t *out, const mmp_tensor_t *grad
   tape_clear(t);
   mmp__tape_tls = prev;
   return rc;
+}
+
+/* ------------------------------------------------------ checkpoint regions */
+
+static int cmp_id(const void *a, const void *b) {
+  int64_t x = *(const int64_t *)a, y = *(const int64_t *)b;
+  return x < y ? -1 : x > y;
+}
+
+mmp_tensor_t *mmp_tape_checkpoint(mmp_checkpoint_fn fn, void *user, size_t user_size, int nin,
+                                  mmp_tensor_t *const *in, mmp_rng_t *rng) {
+  if (!fn || nin < 0 || (nin > 0 && !in) || (user_size > 0 && !user)) {
+    mmp_error_set(MMP_EINVAL, "tape_checkpoint: NULL function, or inputs or user data missing");
+    return NULL;
+  }
+  mmp_tape_t *t = mmp__tape_tls;
+  /* no tape, or inside a region's first run (whose collecting tape sees
+   * what this region reads too): run it plainly */
+  if (!t || t->collect) return fn(user, nin, in);
+  tckpt_t *c = calloc(1, sizeof *c);
+  if (!c) goto oom;
+  c->fn = fn;
+  c->nin = nin;
+  if (user_size > 0) {
+    if (!(c->user = malloc(user_size))) goto oom;
+    memcpy(c->user, user, user_size);
+    c->user_owned = true;
+  } else {
+    c->user = user;
+  }
+  if (nin > 0 && !(c->in = calloc((size_t)nin, sizeof *c->in))) goto oom;
+  if (rng) {
+    c->rng = rng;
+    if (!(c->rng_state = malloc(MMP_RNG_STATE_SIZE))) goto oom;
+    if (mmp_rng_get_state(rng, c->rng_state, MMP_RNG_STATE_SIZE) < 0) {
+      ckpt_free(c);
+      return NULL;
+    }
+  }
+  mmp_tape_t col = {.parent = t, .collect = true};
+  mmp__tape_tls = &col;
+  mmp_tensor_t *r = fn(c->user, nin, in);
+  mmp__tape_tls = t;
+  int64_t *seen = col.seen;
+  size_t nseen = col.nseen;
+  if (!r || tracked(t, r) || nseen == 0) {
+    /* failed; or the region handed back a tracked tensor unchanged, or read
+     * nothing tracked: nothing to record */
+    free(seen);
+    ckpt_free(c);
+    return r;
+  }
+  qsort(seen, nseen, sizeof *seen, cmp_id);
+  size_t nid = 0;
+  for (size_t k = 0; k < nseen; k++)
+    if (nid == 0 || seen[k] != seen[nid - 1]) seen[nid++] = seen[k];
+  if (nid > (size_t)INT32_MAX) {
+    free(seen);
+    goto oom_r;
+  }
+  if (t->nnodes == t->capnodes) {
+    size_t cap = t->capnodes ? 2 * t->capnodes : 256;
+    tnode_t *nn = realloc(t->nodes, cap * sizeof *nn);
+    if (!nn) {
+      free(seen);
+      goto oom_r;
+    }
+    t->nodes = nn;
+    t->capnodes = cap;
+  }
+  tnode_t *n = &t->nodes[t->nnodes];
+  memset(n, 0, sizeof *n);
+  n->kind = MMP__TK_NONE;
+  n->name = "checkpoint";
+  n->nin = (int)nid;
+  n->in_id = seen; /* (taken) */
+  n->in = calloc(nid, sizeof *n->in);
+  n->in_shape = calloc(nid, sizeof *n->in_shape);
+  if (!n->in || !n->in_shape) {
+    node_clear(t, n);
+    goto oom_r;
+  }
+  for (int k = 0; k < nin; k++) {
+    c->in[k] = in[k] ? mmp_tensor_ref(in[k]) : NULL;
+    n->bytes += ref_bytes(in[k]);
+  }
+  n->ck = c;
+  saved_add(t, n->bytes, 0);
+  if ((n->out_id = value_add(t, r)) < 0) {
+    c = NULL; /* freed with the node */
+    node_clear(t, n);
+    goto oom_r;
+  }
+  t->nnodes++;
+  return r;
+oom_r:
+  mmp_tensor_unref(r);
+oom:
+  ckpt_free(c);
+  mmp_error_set(MMP_ENOMEM, "tape_checkpoint: out of memory");
+  return NULL;
 }

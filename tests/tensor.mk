@@ -23,6 +23,11 @@ check_PROGRAMS += tests/test_core_autograd
 TESTS += tests/test_core_autograd
 tests_test_core_autograd_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_core_autograd_LDADD = $(TEST_LDADD)
+# checkpoint regions of the tape (mmp_tape_checkpoint)
+check_PROGRAMS += tests/test_core_tape_checkpoint
+TESTS += tests/test_core_tape_checkpoint
+tests_test_core_tape_checkpoint_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_core_tape_checkpoint_LDADD = $(TEST_LDADD)
 # atomic output files (mmpipe/file.h)
 check_PROGRAMS += tests/test_core_file
 TESTS += tests/test_core_file

@@ -38,6 +38,7 @@
 #define MMPIPE_AUTOGRAD_H
 
 #include <mmpipe/plugin.h> /* mmp_tensormap_t */
+#include <mmpipe/rng.h>
 #include <mmpipe/tensor.h>
 
 #ifdef __cplusplus
@@ -100,6 +101,65 @@ void mmp_tape_on_grad_ready(mmp_tape_t *t, mmp_grad_ready_cb cb, void *user);
 /* Nodes recorded so far (tests, and to check that frozen parts record
  * nothing). */
 size_t mmp_tape_size(const mmp_tape_t *t);
+
+/* Bytes of the tensors that @t's nodes hold for their backward now (the
+ * activations a training step keeps; a tensor held by two nodes counts
+ * twice; weights count where an op keeps them, though they live anyway),
+ * including the nested tapes of checkpoint regions being replayed under
+ * it; and the most it held since mmp_tape_new() (forward and backward
+ * together). 0 for NULL. */
+size_t mmp_tape_saved_bytes(const mmp_tape_t *t);
+size_t mmp_tape_peak_bytes(const mmp_tape_t *t);
+
+/* ---- gradient checkpointing (torch.utils.checkpoint) ----
+ *
+ * A region is a function of some tensors that returns one new tensor. Run
+ * through mmp_tape_checkpoint() while a tape is current, it records one
+ * node that keeps only the region's inputs instead of the activations of
+ * every op inside it: activation memory becomes the regions' inputs plus
+ * the inside of one region. When the reverse pass reaches the node, the
+ * region runs again under a nested tape and its gradient is walked back
+ * through that tape, which is then dropped: each checkpointed op runs its
+ * forward twice. Any tensor the current tape tracks that the region reads
+ * (its inputs, captured tensors, the parameters) gets its gradient, summed
+ * with its other uses as usual.
+ *
+ *   static mmp_tensor_t *block(void *user, int nin, mmp_tensor_t *const *in) {
+ *     const my_block_t *b = *(const my_block_t *const *)user;
+ *     return my_block_forward(b, in[0], in[1]);   // (transfer full)
+ *   }
+ *   ...
+ *   mmp_tensor_t *args[2] = {h, emb};
+ *   mmp_tensor_t *y = mmp_tape_checkpoint(block, &b, sizeof b, 2, args, NULL);
+ *
+ * Rules:
+ * - @fn must compute the same way each time: the same ops on the same
+ *   tensors. Random draws replay when they come from @rng: its state is
+ *   saved at the first run, set back for the replay, and restored after
+ *   it, so the caller's later draws are unaffected (torch's preserve_rng_state);
+ *   a region must not draw from a generator it was not given;
+ * - @fn must read tensors only from @in and from objects that live until
+ *   the backward (a model's weights): the node keeps references to @in,
+ *   not to anything else @user points to;
+ * - the output's gradient reaches the region's inputs only through @fn's
+ *   return value: one output per region (a block of a network);
+ * - regions nest: a region run inside another runs plainly in the first
+ *   run and as a region of the nested tape in the replay;
+ * - without a current tape (inference), or when @fn reads nothing tracked,
+ *   this is @fn(@user, @nin, @in) and records nothing.
+ */
+typedef mmp_tensor_t *(*mmp_checkpoint_fn)(void *user, int nin, mmp_tensor_t *const *in);
+
+/* Run region @fn on @in (transfer none; NULL entries allowed) with @user:
+ * when @user_size > 0 the @user_size bytes at @user are copied and @fn gets
+ * the copy at both runs; with 0, @user itself, which must then live until
+ * the backward. @rng (nullable): the generator the region draws from.
+ * Returns @fn's result (transfer full), tracked by the current tape when
+ * the region read a tracked tensor. NULL on failure: @fn's error, or
+ * MMP_EINVAL / MMP_ENOMEM. An error of the replay surfaces from
+ * mmp_tape_backward(). */
+mmp_tensor_t *mmp_tape_checkpoint(mmp_checkpoint_fn fn, void *user, size_t user_size, int nin,
+                                  mmp_tensor_t *const *in, mmp_rng_t *rng);
 
 #ifdef __cplusplus
 }

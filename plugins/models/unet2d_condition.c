@@ -4,6 +4,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <mmpipe/autograd.h>
+
 #include "plugins/common/sd_common.h"
 
 #define MAXB 8
@@ -31,6 +33,7 @@ typedef struct unet {
   bool mid_has_attn;
   mmp_tensormap_t *state; /* every weight by diffusers name */
   bool trainable;         /* created with trainable = true: owned f32 weights */
+  bool checkpointing;     /* gradient_checkpointing = true: each resnet and transformer is a region */
 } unet_t;
 
 static const mmp_key_t unet_keys[] = {
@@ -39,6 +42,10 @@ static const mmp_key_t unet_keys[] = {
      "rows per block of the transformers' feed-forward: 0 = automatic (about 16 MB of activation "
      "per block), -1 = all rows at once (as diffusers by default: more memory, same numbers)", 0, 0},
     SD_TRAINABLE_KEY,
+    {"gradient_checkpointing", MMP_TYPE_BOOL, "false",
+     "under a tape (training), run each resnet and transformer as a checkpoint region "
+     "(mmp_tape_checkpoint): their activations are not kept but computed again during the "
+     "backward; less memory, one more forward of each block; no effect on inference", 0, 0},
     {NULL, 0, NULL, NULL, 0, 0}};
 
 static void ublock_free(ublock_t *b) {
@@ -274,8 +281,11 @@ static int unet_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
   u->state = sd_weights_take_collected(w);
   bool trainable = false;
   if (mmp_config_get_bool(cfg, "trainable", &trainable) < 0) trainable = false;
+  bool ckpt = false;
+  if (mmp_config_get_bool(cfg, "gradient_checkpointing", &ckpt) < 0) ckpt = false;
   mmp_error_clear();
   u->trainable = trainable;
+  u->checkpointing = ckpt;
   if ((rc = sd_weights_finish(w, "unet2d_condition"))) {
     unet_destroy(u);
     return rc;
@@ -284,10 +294,38 @@ static int unet_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
   return 0;
 }
 
-static mmp_tensor_t *run_block_res(const ublock_t *b, int jj, mmp_tensor_t *h, const mmp_tensor_t *emb,
-                                   const mmp_tensor_t *ctx, const mmp_tensor_t *mask) {
-  h = sd_swap(h, sd_resnet(&b->res[jj], h, emb));
-  if (b->attn) h = sd_swap(h, sd_transformer(&b->tr[jj], h, ctx, mask));
+/* A checkpoint region: one resnet (in: h, emb) or one transformer (in: h,
+ * ctx, mask), as diffusers' gradient checkpointing cuts the blocks. */
+typedef struct region {
+  const sd_resnet_t *res;
+  const sd_transformer_t *tr;
+} region_t;
+
+static mmp_tensor_t *region_run(void *user, int nin, mmp_tensor_t *const *in) {
+  const region_t *r = user;
+  (void)nin;
+  return r->res ? sd_resnet(r->res, in[0], in[1]) : sd_transformer(r->tr, in[0], in[1], in[2]);
+}
+
+static mmp_tensor_t *resnet(const unet_t *u, const sd_resnet_t *res, mmp_tensor_t *h, const mmp_tensor_t *emb) {
+  if (!u->checkpointing || !mmp_tape_current()) return sd_resnet(res, h, emb);
+  region_t r = {res, NULL};
+  mmp_tensor_t *in[2] = {h, (mmp_tensor_t *)emb};
+  return mmp_tape_checkpoint(region_run, &r, sizeof r, 2, in, NULL);
+}
+
+static mmp_tensor_t *transformer(const unet_t *u, const sd_transformer_t *tr, mmp_tensor_t *h, const mmp_tensor_t *ctx,
+                                 const mmp_tensor_t *mask) {
+  if (!u->checkpointing || !mmp_tape_current()) return sd_transformer(tr, h, ctx, mask);
+  region_t r = {NULL, tr};
+  mmp_tensor_t *in[3] = {h, (mmp_tensor_t *)ctx, (mmp_tensor_t *)mask};
+  return mmp_tape_checkpoint(region_run, &r, sizeof r, 3, in, NULL);
+}
+
+static mmp_tensor_t *run_block_res(const unet_t *u, const ublock_t *b, int jj, mmp_tensor_t *h,
+                                   const mmp_tensor_t *emb, const mmp_tensor_t *ctx, const mmp_tensor_t *mask) {
+  h = sd_swap(h, resnet(u, &b->res[jj], h, emb));
+  if (b->attn) h = sd_swap(h, transformer(u, &b->tr[jj], h, ctx, mask));
   return h;
 }
 
@@ -345,7 +383,7 @@ static int unet_forward(void *self, const char *method, const mmp_tensormap_t *i
   for (int64_t i = 0; i < nb; i++) {
     const ublock_t *b = &u->down[i];
     for (int jj = 0; jj < b->n; jj++) {
-      h = run_block_res(b, jj, h, emb, ctx, mask);
+      h = run_block_res(u, b, jj, h, emb, ctx, mask);
       stack[sp++] = h ? mmp_tensor_ref(h) : NULL;
     }
     if (b->has_resample) {
@@ -353,9 +391,9 @@ static int unet_forward(void *self, const char *method, const mmp_tensormap_t *i
       stack[sp++] = h ? mmp_tensor_ref(h) : NULL;
     }
   }
-  h = sd_swap(h, sd_resnet(&u->mid_res[0], h, emb));
-  h = sd_swap(h, sd_transformer(&u->mid_attn, h, ctx, mask));
-  h = sd_swap(h, sd_resnet(&u->mid_res[1], h, emb));
+  h = sd_swap(h, resnet(u, &u->mid_res[0], h, emb));
+  h = sd_swap(h, transformer(u, &u->mid_attn, h, ctx, mask));
+  h = sd_swap(h, resnet(u, &u->mid_res[1], h, emb));
   for (int64_t i = 0; i < nb; i++) {
     const ublock_t *b = &u->up[i];
     for (int jj = 0; jj < b->n; jj++) {
@@ -367,7 +405,7 @@ static int unet_forward(void *self, const char *method, const mmp_tensormap_t *i
         h = sd_swap(h, NULL);
       }
       mmp_tensor_unref(skip);
-      h = run_block_res(b, jj, h, emb, ctx, mask);
+      h = run_block_res(u, b, jj, h, emb, ctx, mask);
     }
     if (b->has_resample) h = sd_swap(h, sd_upsample(&b->resample, h));
   }
