@@ -227,7 +227,11 @@ int mmp_image_png_encode(const mmp_image_t *im, bool swap_rb, int level, uint8_t
     return mmp_error_set(MMP_ENOMEM, "cannot encode PNG: %s", err.msg[0] ? err.msg : "error");
   }
   png_set_write_fn(png, sp, write_mem, flush_mem);
-  /* OpenCV's imencode('.png') defaults: zlib level 1 with the RLE strategy */
+  /* OpenCV's imencode('.png') defaults (grfmt_png.cpp, no IMWRITE_PNG_COMPRESSION given): the Sub
+   * filter on every row, zlib level 1 (Z_BEST_SPEED) with the RLE strategy. One fixed filter also
+   * spares libpng's adaptive choice, which tries all five filters on every row (most of the
+   * encoding time). */
+  png_set_filter(png, PNG_FILTER_TYPE_BASE, PNG_FILTER_SUB);
   png_set_compression_level(png, level < 0 ? 1 : level > 9 ? 9 : level);
   png_set_compression_strategy(png, 3 /* Z_RLE */);
   png_set_IHDR(png, info, (png_uint_32)im->w, (png_uint_32)im->h, 8, PNG_COLOR_TYPE_RGB,
