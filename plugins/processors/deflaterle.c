@@ -48,13 +48,9 @@ static void align(bits_t *b) {
 
 /* ---- Huffman codes ---- */
 
-static void sort_u64(uint64_t *v, int n) {
-  for (int i = 1; i < n; i++) {
-    uint64_t x = v[i];
-    int j = i;
-    for (; j > 0 && v[j - 1] > x; j--) v[j] = v[j - 1];
-    v[j] = x;
-  }
+static int cmp_u64(const void *a, const void *b) {
+  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+  return (x > y) - (x < y);
 }
 
 /* Code lengths of at most @limit bits for @n (<= NLIT) symbols of
@@ -76,7 +72,7 @@ static void huff_lengths(const uint32_t *freq_in, int n, int limit, uint8_t *len
     int m = 0;
     for (int i = 0; i < n; i++)
       if (freq[i]) key[m++] = (uint64_t)freq[i] << 9 | (unsigned)i;
-    sort_u64(key, m);
+    qsort(key, (size_t)m, sizeof *key, cmp_u64);
     for (int k = 0; k < m; k++) weight[k] = key[k] >> 9;
     /* two queues: the sorted leaves, and the inner nodes, made in order of weight */
     int li = 0, ii = m;

@@ -1,4 +1,4 @@
-/* plugins/processors/imagepng.c - PNG decoding as OpenCV's imdecode does it, and PNG writing (libpng). */
+/* plugins/processors/imagepng.c - PNG decoding as OpenCV's imdecode does it, and PNG writing (libpng, or the fast encoder). */
 #include "plugins/processors/imagecommon.h"
 
 #include <png.h>
