@@ -6,7 +6,8 @@
 #
 #   bench/dataset-build.sh [STORIES] [THREADS]      (defaults 200, 2; run from the source tree root
 #                                                     of a built tree; needs the reference Python)
-# Prints one line per dataset and tool: stories, seconds, stories/s, and mmpipe's speed-up.
+# Prints one line per dataset: stories, seconds, stories/s of each side, mmpipe's speed-up, and the
+# CPU seconds (user + sys) of each side with their ratio.
 set -eu
 N=${1:-200}
 J=${2:-2}
@@ -63,21 +64,27 @@ ids = np.empty(3, dtype=object)
 ids[0], ids[1], ids[2] = np.arange(n), np.array([], np.int64), np.array([], np.int64)
 np.save(os.path.join(po, "train_seen_unseen_ids.npy"), ids, allow_pickle=True)
 PYEOF
-now() { date +%s.%N; }
-rate() { awk -v n="$N" -v t="$1" 'BEGIN { printf "%d stories in %.2f s: %.1f stories/s", n, t, n / t }'; }
-t0=$(now); PYTHONPATH=/root/refenv/site "$PY" "$ARLDM/data_script/flintstones_hdf5.py" --data_dir "$T/fl" --save_path "$T/fl_ref.h5" >/dev/null 2>&1; t1=$(now)
-"$B/tools/pipeline" -q dataset build flintstones --raw "$T/fl" --out "$T/fl.h5" -j "$J" --no-progress >/dev/null; t2=$(now)
-ref=$(echo "$t1 - $t0" | bc); ours=$(echo "$t2 - $t1" | bc)
-echo "flintstones  AR-LDM: $(rate "$ref")   mmpipe -j $J: $(rate "$ours")   x$(echo "scale=2; $ref / $ours" | bc)"
-t0=$(now); PYTHONPATH=/root/refenv/site "$PY" "$ARLDM/data_script/vist_hdf5.py" --sis_json_dir "$T/vist/sis" --dii_json_dir "$T/vist/dii" \
-  --img_dir "$T/vist/images" --save_path "$T/vi_ref.h5" >/dev/null 2>&1; t1=$(now)
-"$B/tools/pipeline" -q dataset build vistsis --raw "$T/vist" --out "$T/vi.h5" -j "$J" --no-progress >/dev/null; t2=$(now)
-ref=$(echo "$t1 - $t0" | bc); ours=$(echo "$t2 - $t1" | bc)
-echo "vist         AR-LDM: $(rate "$ref")   mmpipe -j $J: $(rate "$ours")   x$(echo "scale=2; $ref / $ours" | bc)"
-t0=$(now); PYTHONPATH=/root/refenv/site "$PY" "$ARLDM/data_script/pororo_hdf5.py" --data_dir "$T/po" --save_path "$T/po_ref.h5" >/dev/null 2>&1; t1=$(now)
-"$B/tools/pipeline" -q dataset build pororo --raw "$T/po" --out "$T/po.h5" -j "$J" --no-progress >/dev/null; t2=$(now)
-ref=$(echo "$t1 - $t0" | bc); ours=$(echo "$t2 - $t1" | bc)
-echo "pororo       AR-LDM: $(rate "$ref")   mmpipe -j $J: $(rate "$ours")   x$(echo "scale=2; $ref / $ours" | bc)"
+# timed OUT CMD...: run CMD (its output dropped); OUT gets "wall user sys" in seconds
+timed() { o=$1; shift; /usr/bin/time -f "%e %U %S" -o "$o" "$@" >/dev/null 2>&1 || { echo "failed: $*" >&2; exit 1; }; }
+# report LABEL: stories/s of both sides from $T/ref.t and $T/ours.t, the speed-up, and the CPU
+# seconds (user + sys) each side spent: the work ratio, which a loaded machine disturbs less
+report() {
+  awk -v n="$N" -v j="$J" -v label="$1" -v r="$(cat "$T/ref.t")" -v o="$(cat "$T/ours.t")" 'BEGIN {
+    split(r, a, " "); split(o, b, " "); ca = a[2] + a[3]; cb = b[2] + b[3]
+    printf "%-12s AR-LDM: %d stories in %.2f s: %.1f stories/s   mmpipe -j %d: %.2f s: %.1f stories/s   x%.2f" \
+           "   CPU: %.2f s vs %.2f s (x%.2f)\n", label, n, a[1], n / a[1], j, b[1], n / b[1], a[1] / b[1], ca, cb, ca / cb }'
+}
+export PYTHONPATH=/root/refenv/site
+timed "$T/ref.t" "$PY" "$ARLDM/data_script/flintstones_hdf5.py" --data_dir "$T/fl" --save_path "$T/fl_ref.h5"
+timed "$T/ours.t" "$B/tools/pipeline" -q dataset build flintstones --raw "$T/fl" --out "$T/fl.h5" -j "$J" --no-progress
+report flintstones
+timed "$T/ref.t" "$PY" "$ARLDM/data_script/vist_hdf5.py" --sis_json_dir "$T/vist/sis" --dii_json_dir "$T/vist/dii" \
+  --img_dir "$T/vist/images" --save_path "$T/vi_ref.h5"
+timed "$T/ours.t" "$B/tools/pipeline" -q dataset build vistsis --raw "$T/vist" --out "$T/vi.h5" -j "$J" --no-progress
+report vist
+timed "$T/ref.t" "$PY" "$ARLDM/data_script/pororo_hdf5.py" --data_dir "$T/po" --save_path "$T/po_ref.h5"
+timed "$T/ours.t" "$B/tools/pipeline" -q dataset build pororo --raw "$T/po" --out "$T/po.h5" -j "$J" --no-progress
+report pororo
 for d in flintstones vistsis pororo; do
   f=$T/fl; [ $d = vistsis ] && f=$T/vi; [ $d = pororo ] && f=$T/po
   a=$("$B/tools/pipeline" dataset verify --digest "${f}.h5" --dataset $d); b=$("$B/tools/pipeline" dataset verify --digest "${f}_ref.h5" --dataset $d)

@@ -4,6 +4,11 @@ check_PROGRAMS += tests/test_plugin_image_resize
 TESTS += tests/test_plugin_image_resize
 tests_test_plugin_image_resize_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_image_resize_LDADD = $(TEST_LDADD)
+# PNG writing: the fast run-length encoder against libpng's reading and zlib's inflate
+check_PROGRAMS += tests/test_plugin_png_encode
+TESTS += tests/test_plugin_png_encode
+tests_test_plugin_png_encode_CPPFLAGS = $(TEST_CPPFLAGS) $(ZLIB_CFLAGS)
+tests_test_plugin_png_encode_LDADD = plugins/processors/libimagecommon.la $(TEST_LDADD) $(ZLIB_LIBS)
 if HAVE_JPEG
 # JPEG decoding against PIL (tests/gen_fid_jpeg.py)
 check_PROGRAMS += tests/test_plugin_image_jpeg

@@ -93,8 +93,11 @@ int mmp_image_png_write_text(const mmp_image_t *im, const char *path, const char
 int mmp_image_png_text(const uint8_t *buf, size_t n, const char *key, char **out);
 int mmp_image_png_file_text(const char *path, const char *key, char **out);
 
-/* Encode @im (c = 3) as PNG bytes in memory with zlib level @level (-1:
- * OpenCV's imencode default, 1, with its RLE strategy). @swap_rb stores
+/* Encode @im (c = 3) as PNG bytes in memory with OpenCV's imencode
+ * defaults: the Sub filter on every row, zlib's run-length matching
+ * (Z_RLE). @level -1: mmpipe's fast encoder (deflaterle.h; other bytes than
+ * OpenCV's, the same pixels); 0-9: libpng and zlib at that level (level 1:
+ * the bytes of cv2.imencode with the same zlib). @swap_rb stores
  * the channels as B, G, R: what cv2.imencode writes for an RGB array (the
  * layout of AR-LDM's HDF5 files). (transfer full: free(*bytes)) */
 int mmp_image_png_encode(const mmp_image_t *im, bool swap_rb, int level, uint8_t **bytes,

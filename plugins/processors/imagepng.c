@@ -1,4 +1,4 @@
-/* plugins/processors/imagepng.c - PNG decoding as OpenCV's imdecode does it, and PNG writing (libpng). */
+/* plugins/processors/imagepng.c - PNG decoding as OpenCV's imdecode does it, and PNG writing (libpng, or the fast encoder). */
 #include "plugins/processors/imagecommon.h"
 
 #include <png.h>
@@ -8,9 +8,12 @@
 #include <errno.h>
 #include <string.h>
 #include <unistd.h>
+#include <zlib.h>
 
 #include <mmpipe/error.h>
 #include <mmpipe/file.h>
+
+#include "plugins/processors/deflaterle.h"
 
 /* Largest accepted side. */
 #define MAX_SIDE 32768
@@ -213,10 +216,74 @@ static void write_mem(png_structp png, png_bytep data, png_size_t len) {
 
 static void flush_mem(png_structp png) { (void)png; }
 
+static void put_be32(uint8_t *p, uint32_t v) {
+  p[0] = (uint8_t)(v >> 24);
+  p[1] = (uint8_t)(v >> 16);
+  p[2] = (uint8_t)(v >> 8);
+  p[3] = (uint8_t)v;
+}
+
+/* The chunk whose @len data bytes follow its length and type at @p: the
+ * length and the CRC written. Returns the bytes after it. */
+static uint8_t *chunk_close(uint8_t *p, const char *type, size_t len) {
+  put_be32(p, (uint32_t)len);
+  memcpy(p + 4, type, 4);
+  put_be32(p + 8 + len, (uint32_t)crc32(crc32(0L, Z_NULL, 0), p + 4, (uInt)(len + 4)));
+  return p + 12 + len;
+}
+
+/* OpenCV's settings (the Sub filter, run-length matching) with the fast
+ * encoder of deflaterle.c, the chunks written here: IHDR, one IDAT, IEND. */
+static int png_encode_rle(const mmp_image_t *im, bool swap_rb, uint8_t **bytes, size_t *n) {
+  size_t stride = (size_t)im->w * 3 + 1, raw = stride * (size_t)im->h;
+  size_t cap = 8 + 25 + 12 + deflate_rle_bound(raw) + 12;
+  uint8_t *f = malloc(raw), *out = malloc(cap);
+  if (!f || !out) {
+    free(f);
+    free(out);
+    return mmp_error_set(MMP_ENOMEM, "png: out of memory");
+  }
+  const int r = swap_rb ? 2 : 0, b = swap_rb ? 0 : 2;
+  for (int y = 0; y < im->h; y++) {
+    const uint8_t *s = im->data + (size_t)y * im->w * 3;
+    uint8_t *o = f + (size_t)y * stride, pr = 0, pg = 0, pb = 0;
+    *o++ = 1; /* PNG_FILTER_VALUE_SUB */
+    for (int x = 0; x < im->w; x++, s += 3, o += 3) {
+      o[0] = (uint8_t)(s[r] - pr);
+      o[1] = (uint8_t)(s[1] - pg);
+      o[2] = (uint8_t)(s[b] - pb);
+      pr = s[r];
+      pg = s[1];
+      pb = s[b];
+    }
+  }
+  uint8_t *p = out;
+  memcpy(p, "\x89PNG\r\n\x1a\n", 8);
+  p += 8;
+  put_be32(p + 8, (uint32_t)im->w);
+  put_be32(p + 12, (uint32_t)im->h);
+  memcpy(p + 16, "\x08\x02\x00\x00\x00", 5); /* 8 bits, RGB, deflate, adaptive filters, no interlace */
+  p = chunk_close(p, "IHDR", 13);
+  size_t zn = deflate_rle_zlib(f, raw, p + 8, cap - (size_t)(p - out) - 8 - 4 - 12);
+  free(f);
+  if (zn == 0) {
+    free(out);
+    return mmp_error_set(MMP_ENOMEM, "png: out of memory");
+  }
+  p = chunk_close(p, "IDAT", zn);
+  p = chunk_close(p, "IEND", 0);
+  *bytes = out;
+  *n = (size_t)(p - out);
+  return 0;
+}
+
 int mmp_image_png_encode(const mmp_image_t *im, bool swap_rb, int level, uint8_t **bytes,
                          size_t *n) {
   if (!im || !im->data || im->c != 3 || im->w <= 0 || im->h <= 0 || !bytes || !n)
     return mmp_error_set(MMP_EINVAL, "png: cannot encode this image");
+  /* one IDAT chunk holds at most 2^31 - 1 bytes; larger images go through libpng */
+  if (level < 0 && (size_t)im->h * ((size_t)im->w * 3 + 1) < ((size_t)1 << 30))
+    return png_encode_rle(im, swap_rb, bytes, n);
   png_src_t err = {.msg = ""};
   png_sink_t sink = {0};
   png_sink_t *volatile sp = &sink;
@@ -232,7 +299,11 @@ int mmp_image_png_encode(const mmp_image_t *im, bool swap_rb, int level, uint8_t
     return mmp_error_set(MMP_ENOMEM, "cannot encode PNG: %s", err.msg[0] ? err.msg : "error");
   }
   png_set_write_fn(png, sp, write_mem, flush_mem);
-  /* OpenCV's imencode('.png') defaults: zlib level 1 with the RLE strategy */
+  /* OpenCV's imencode('.png') defaults (grfmt_png.cpp, no IMWRITE_PNG_COMPRESSION given): the Sub
+   * filter on every row, zlib level 1 (Z_BEST_SPEED) with the RLE strategy. One fixed filter also
+   * spares libpng's adaptive choice, which tries all five filters on every row (most of the
+   * encoding time). */
+  png_set_filter(png, PNG_FILTER_TYPE_BASE, PNG_FILTER_SUB);
   png_set_compression_level(png, level < 0 ? 1 : level > 9 ? 9 : level);
   png_set_compression_strategy(png, 3 /* Z_RLE */);
   png_set_IHDR(png, info, (png_uint_32)im->w, (png_uint_32)im->h, 8, PNG_COLOR_TYPE_RGB,

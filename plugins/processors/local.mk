@@ -36,9 +36,10 @@ endif
 if HAVE_PNG
 noinst_LTLIBRARIES += plugins/processors/libimagecommon.la
 plugins_processors_libimagecommon_la_SOURCES = \
-	plugins/processors/imagecommon.c plugins/processors/imagecommon.h plugins/processors/imagepng.c
-plugins_processors_libimagecommon_la_CFLAGS = $(AM_CFLAGS) $(LIBPNG_CFLAGS)
-plugins_processors_libimagecommon_la_LIBADD = $(LIBPNG_LIBS) -lm
+	plugins/processors/imagecommon.c plugins/processors/imagecommon.h plugins/processors/imagepng.c \
+	plugins/processors/deflaterle.c plugins/processors/deflaterle.h
+plugins_processors_libimagecommon_la_CFLAGS = $(AM_CFLAGS) $(LIBPNG_CFLAGS) $(ZLIB_CFLAGS)
+plugins_processors_libimagecommon_la_LIBADD = $(LIBPNG_LIBS) $(ZLIB_LIBS) -lm
 if HAVE_JPEG
 plugins_processors_libimagecommon_la_SOURCES += plugins/processors/imagejpeg.c
 plugins_processors_libimagecommon_la_CFLAGS += $(LIBJPEG_CFLAGS)

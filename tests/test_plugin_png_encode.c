@@ -1,0 +1,108 @@
+/* tests/test_plugin_png_encode.c - PNG writing (libimagecommon): the fast run-length encoder read back by libpng and zlib. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <zlib.h>
+
+#include <mmpipe/error.h>
+
+#include "plugins/processors/deflaterle.h"
+#include "plugins/processors/imagecommon.h"
+#include "tap.h"
+
+static uint32_t rng = 12345;
+static uint32_t next(void) {
+  rng ^= rng << 13;
+  rng ^= rng >> 17;
+  rng ^= rng << 5;
+  return rng;
+}
+
+enum kind { NOISE, PHOTO, FLAT, RUNS, STRIPES };
+static const char *const KIND[] = {"noise", "photo-like", "flat", "runs of 1-300", "stripes"};
+
+static void fill(mmp_image_t *im, enum kind k) {
+  size_t n = (size_t)im->w * im->h * 3;
+  for (size_t i = 0; i < n;) {
+    size_t x = (i / 3) % (size_t)im->w, y = i / 3 / (size_t)im->w;
+    switch (k) {
+    case NOISE: im->data[i++] = (uint8_t)next(); break;
+    case PHOTO: im->data[i] = (uint8_t)(x * (i % 3 + 1) + y + next() % 30); i++; break;
+    case FLAT: im->data[i++] = 77; break;
+    case RUNS: {
+      size_t run = 1 + next() % 300;
+      uint8_t v = (uint8_t)(next() % 4);
+      for (; run > 0 && i < n; run--) im->data[i++] = v;
+      break;
+    }
+    case STRIPES: im->data[i] = (uint8_t)((x / (1 + y % 4)) % 2 ? 200 : 10); i++; break;
+    }
+  }
+}
+
+/* The zlib stream of a PNG written by the fast path: IHDR, one IDAT, IEND. */
+static int idat_rows_sub(const uint8_t *png, size_t n, int w, int h) {
+  if (n < 33 + 12 || memcmp(png + 37, "IDAT", 4) != 0) return 0;
+  uLong zn = (uLong)png[33] << 24 | (uLong)png[34] << 16 | (uLong)png[35] << 8 | png[36];
+  uLongf raw = (uLongf)h * (uLongf)(3 * w + 1);
+  uint8_t *f = malloc(raw + 1);
+  uLongf got = raw + 1;
+  int good = f && uncompress(f, &got, png + 41, zn) == Z_OK && got == raw;
+  for (int y = 0; good && y < h; y++) good = f[(size_t)y * (3 * (size_t)w + 1)] == 1;
+  free(f);
+  return good;
+}
+
+static void check(int w, int h, enum kind k, bool swap_rb) {
+  mmp_image_t im = {0}, back = {0}, ref = {0};
+  if (mmp_image_alloc(&im, w, h, 3) < 0) {
+    ok(0, "alloc %dx%d", w, h);
+    return;
+  }
+  fill(&im, k);
+  uint8_t *fast = NULL, *slow = NULL;
+  size_t nfast = 0, nslow = 0;
+  int rc = mmp_image_png_encode(&im, swap_rb, -1, &fast, &nfast);
+  int rc2 = mmp_image_png_encode(&im, swap_rb, 1, &slow, &nslow); /* libpng + zlib, OpenCV's settings */
+  ok(rc == 0 && rc2 == 0, "%dx%d %s%s: encoded (%zu bytes; libpng and zlib: %zu)", w, h, KIND[k],
+     swap_rb ? " as BGR" : "", nfast, nslow);
+  ok(rc == 0 && mmp_image_png_decode(fast, nfast, swap_rb, &back) == 0 && back.w == w && back.h == h &&
+         memcmp(back.data, im.data, (size_t)w * h * 3) == 0,
+     "  libpng decodes the same pixels");
+  ok(rc2 == 0 && mmp_image_png_decode(slow, nslow, swap_rb, &ref) == 0 && memcmp(ref.data, im.data, (size_t)w * h * 3) == 0,
+     "  and those of the libpng path");
+  ok(rc == 0 && idat_rows_sub(fast, nfast, w, h), "  one zlib stream, every row Sub-filtered as OpenCV's");
+  ok(rc == 0 && rc2 == 0 && nfast <= nslow + nslow / 20 + 64, "  compressed about as well as zlib's Z_RLE (%zu vs %zu)",
+     nfast, nslow);
+  free(fast);
+  free(slow);
+  mmp_image_clear(&im);
+  mmp_image_clear(&back);
+  mmp_image_clear(&ref);
+}
+
+int main(void) {
+  /* bare streams: empty, one byte, runs across the 64 KiB blocks */
+  size_t sizes[] = {0, 1, 2, 3, 65535, 65536, 200000};
+  for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++) {
+    size_t n = sizes[s], cap = deflate_rle_bound(n);
+    uint8_t *in = malloc(n + 1), *z = malloc(cap), *back = malloc(n + 1);
+    for (size_t i = 0; i < n; i++) in[i] = (uint8_t)(i % 1000 < 500 ? 9 : next() % 3);
+    size_t zn = deflate_rle_zlib(in, n, z, cap);
+    uLongf got = (uLongf)n + 1;
+    ok(zn > 0 && uncompress(back, &got, z, (uLong)zn) == Z_OK && got == n && memcmp(in, back, n) == 0,
+       "deflate_rle_zlib of %zu bytes inflates back (%zu bytes)", n, zn);
+    ok(deflate_rle_zlib(in, n, z, cap - 1) == 0, "  a buffer below the bound is refused");
+    free(in);
+    free(z);
+    free(back);
+  }
+  check(1, 1, NOISE, true);
+  check(3, 2, NOISE, false);
+  check(128, 640, NOISE, true);     /* a FlintstonesSV strip */
+  check(500, 375, PHOTO, true);     /* a VIST photo */
+  check(700, 200, FLAT, false);     /* runs of 258 over several blocks */
+  check(257, 129, RUNS, true);
+  check(97, 61, STRIPES, false);
+  return done_testing();
+}
