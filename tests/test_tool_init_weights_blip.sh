@@ -63,6 +63,23 @@ EOF
 done
 "$P" tensors --stats "$T/o-multimodal.safetensors" 2>&1 | tr -s ' ' | grep -E '^last_hidden_state ' | grep -q 'f32 *\[2, 7, 32\].*std [1-9]'
 ok $? "multimodal features [2, 7, 32], finite, spread"
+# the vision keys describing the fixture's tower give the features of the tower
+# sized by the fixture's weights (gen_blip.py's reference inputs)
+FA=$(cd "$F" && pwd)
+for c in med_config.json vsized.json; do
+  h=""
+  [ $c = vsized.json ] && cp "$F/blip_base/med_config.json" "$T/vsized.json" && h="num_heads = 4;"
+  cat >"$T/c.cfg" <<EOF
+encoder = { name = "blip"; config = "$T/$c"; weights = "$FA/blip_base/model.safetensors"; prefix = "mm_encoder.";
+            enc_token_id = 97; $h };
+EOF
+  "$P" -q forward "$T/c.cfg" --input "$F/blip_base_io.safetensors" --output "$T/f-$c.safetensors" >"$T/log" 2>&1 ||
+    sed 's/^/#   /' "$T/log"
+done
+d1=$("$P" tensors --digest "$T/f-med_config.json.safetensors" 2>/dev/null | grep last_hidden)
+d2=$("$P" tensors --digest "$T/f-vsized.json.safetensors" 2>/dev/null | grep last_hidden)
+[ -n "$d1" ] && [ "$d1" = "$d2" ]
+ok $? "the fixture's checkpoint with its tower in vision_* keys: the features of the tower sized by its tensors"
 # arldm-init takes it as --blip
 "$P" -q arldm-init --sd "$S/tests/fixtures/sd/pipe" --blip "$T/a.safetensors" --max-length 8 --image-size 32 \
   --clip-ids 38,39,39 --blip-ids 1,2,0 --seed 1 --out "$T/arldm.safetensors" >"$T/log" 2>&1
