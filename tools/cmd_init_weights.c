@@ -39,8 +39,9 @@ static void init_weights_help(FILE *f) {
           "  -h, --help     this help\n");
 }
 
-/* The implementation for a config.json, from its text (no JSON library
- * needed: the class names are distinctive). */
+/* The implementation for a config.json: the diffusers/transformers class
+ * names are distinctive enough to be found in the text; BLIP's med_config.json
+ * names only BertModel, so it is recognised by its keys. */
 static int detect_part(const char *path, const char **kind, const char **name) {
   FILE *f = fopen(path, "rb");
   if (!f) return mmp_error_set(MMP_EIO, "%s: %s", path, strerror(errno));
