@@ -11,7 +11,7 @@ RSS of each, and the ratios.
 Run from the source tree root after `make` (mmpipe: tools/pipeline with the
 plugins of the build tree). Sizes:
 - tiny: the test fixture's AR-LDM (tests/gen_arldm.py: random weights from
-  AR-LDM's classes, width 32, S = 8) on its story, examples/story-tiny.cfg;
+  AR-LDM's classes, width 32, S = 8) on its story, tests/fixtures/arldm/story.cfg;
 - sd15: AR-LDM's real sizes with random weights: SD-1.5's UNet and VAE
   (bench/sd15), CLIP ViT-L/14 text with the pororo tables (49416 tokens,
   S = 85), BLIP-large (ViT-L/16 at 224, bench/blip_large/med_config.json),
@@ -188,7 +188,7 @@ def main():
     G.install_standins()
     nv = 5 if a.task == "visualization" else 4
     if a.size == "tiny":
-        cfg = os.path.join(TOP, "examples", "story-tiny.cfg")
+        cfg = os.path.join(TOP, "tests", "fixtures", "arldm", "story.cfg")
         mm = run_mmpipe(cfg, ["task.steps=%d" % steps, "task.width=%d" % res, "task.height=%d" % res,
                               "task.task=" + a.task] + a.set, a.threads)
     else:

@@ -82,6 +82,9 @@ tests_test_tool_arldm_init_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_tool_arldm_init_LDADD = $(TEST_LDADD)
 TESTS += tests/test_tool_arldm_init_story.sh
 EXTRA_DIST += tests/test_tool_arldm_init_story.sh
+# `pipeline init-weights` on BLIP's med_config.json (the story demo's BLIP)
+TESTS += tests/test_tool_init_weights_blip.sh
+EXTRA_DIST += tests/test_tool_init_weights_blip.sh
 
 # half-precision weights (issue 19): each component and a txt2img run, on the
 # automatic path (AVX-512-BF16 dot products where present), AVX-512 without

@@ -65,21 +65,21 @@ sed -i 's/out-continuation/out-bad/' "$T/bad.cfg"
 "$P" -q run "$T/bad.cfg" >"$T/log" 2>&1
 r=$?; [ $r != 0 ] && [ ! -e "$T/out-bad/story00000" ]
 ok $? "calculate_fid without the FID Inception's weights fails before drawing ($(head -c 200 "$T/log"))"
-# story_tensors input (examples/story-tiny.cfg): its frames are the ground truth
+# story_tensors input (tests/fixtures/arldm/story.cfg): its frames are the ground truth
 FW="$(cd "$S/tests/fixtures/fid" && pwd)/inception_w16.safetensors"
-(cd "$S/examples" && "$P" -q run story-tiny.cfg -s task.output_dir="$T/tiny" -s task.calculate_fid=true \
+(cd "$S/tests/fixtures/arldm" && "$P" -q run story.cfg -s task.output_dir="$T/tiny" -s task.calculate_fid=true \
   -s fid_encoder.name='"inception_fid"' -s fid_encoder.weights="\"$FW\"") >"$T/log" 2>&1
 got=$(sed -n 's/^FID: //p' "$T/log")
 json=$(sed -n 's/^  "fid": \([^,]*\),*$/\1/p' "$T/tiny/run.json")
 close "$got" "$json"; ok $? "story_tensors input: FID $got printed and in run.json"
 # a stories_file has no ground truth
-(cd "$S/examples" && "$P" -q run story-tiny.cfg -s task.output_dir="$T/tiny2" -s task.calculate_fid=true \
+(cd "$S/tests/fixtures/arldm" && "$P" -q run story.cfg -s task.output_dir="$T/tiny2" -s task.calculate_fid=true \
   -s task.story_tensors='""' -s task.stories_file='"none.json"' -s fid_encoder.name='"inception_fid"' \
   -s fid_encoder.weights="\"$FW\"") >"$T/log" 2>&1
 r=$?; [ $r != 0 ] && grep -q "calculate_fid: needs ground-truth frames" "$T/log"
 ok $? "calculate_fid with a stories_file is a configuration error ($(head -c 160 "$T/log"))"
 # calculate_fid without an fid_encoder group
-(cd "$S/examples" && "$P" -q run story-tiny.cfg -s task.output_dir="$T/tiny3" -s task.calculate_fid=true) >"$T/log" 2>&1
+(cd "$S/tests/fixtures/arldm" && "$P" -q run story.cfg -s task.output_dir="$T/tiny3" -s task.calculate_fid=true) >"$T/log" 2>&1
 r=$?; [ $r != 0 ] && grep -q "needs an fid_encoder group" "$T/log" && [ ! -e "$T/tiny3/story00000" ]
 ok $? "calculate_fid without an fid_encoder group is a configuration error"
 echo "1..$n"

@@ -1,6 +1,6 @@
 #!/bin/sh
 # tests/test_tool_arldm_init_story.sh - the story task runs on a file made by
-# `pipeline arldm-init` from the tiny SD and BLIP fixtures (examples/story-tiny.cfg
+# `pipeline arldm-init` from the tiny SD and BLIP fixtures (tests/fixtures/arldm/story.cfg
 # with its parts pointed at that file), and its weight checks refuse extras of
 # the wrong width.
 set -u
@@ -20,7 +20,7 @@ init() {
     --out "$T/a.safetensors" "$@" >"$T/log" 2>&1
 }
 story() {
-  (cd "$S/examples" && "$B/tools/pipeline" -q run story-tiny.cfg -s task.output_dir="$T/out" \
+  (cd "$F/arldm" && "$B/tools/pipeline" -q run story.cfg -s task.output_dir="$T/out" \
     -s task.arldm="$T/a.safetensors" -s task.steps=2 \
     -s text_encoder.config="$F/sd/pipe/text_encoder/config.json" -s text_encoder.weights="$T/a.safetensors" \
     -s mm_encoder.config="$F/blip/blip_base/med_config.json" -s mm_encoder.weights="$T/a.safetensors" \

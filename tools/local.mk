@@ -5,7 +5,8 @@ tools_pipeline_SOURCES += tools/cmd_tensors.c tools/cmd_randn.c
 tools_pipeline_SOURCES += tools/cmd_init_weights.c
 tools_pipeline_SOURCES += tools/cmd_arldm_init.c
 tools_pipeline_SOURCES += tools/cmd_convert.c
-tools_pipeline_LDADD = libmmpipe.la
+tools_pipeline_LDADD = libmmpipe.la $(JANSSON_LIBS)
+tools_pipeline_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS)
 tools_pipeline_SOURCES += tools/forward_scheduler.c
 
 # `pipeline dataset` (datasets helper): its own convenience library so that

@@ -48,6 +48,31 @@ static int parse_mode(const char *s, blip_mode_t *m) {
   return 0;
 }
 
+/* BLIP's VisionTransformer as med_config.json may describe it (mmpipe's
+ * keys: BLIP takes the tower from its yaml's `vit` and `image_size`, which
+ * only name ViT-B/16 and ViT-L/16): vision_width (absent: nothing to do),
+ * vision_depth, vision_heads, vision_patch_size, vision_mlp_ratio, ViT-B's
+ * values by default; image_size is read by sd_vit_load when no weights
+ * give the grid. transformers and BLIP ignore these keys. */
+static int vision_from_json(const json_t *j, const char *cpath, sd_vit_t *v) {
+  int64_t width;
+  double ratio;
+  int rc;
+  if ((rc = sd_json_int_range(j, "vision_width", 0, 0, 65536, &width))) return mmp_error_prefix("%s: ", cpath);
+  if (!width) return 0;
+  if ((rc = sd_json_int_range(j, "vision_depth", 12, 0, 1000, &v->layers)) ||
+      (rc = sd_json_int_range(j, "vision_heads", 12, 1, 4096, &v->heads)) ||
+      (rc = sd_json_int_range(j, "vision_patch_size", 16, 1, 1024, &v->patch)) ||
+      (rc = sd_json_float(j, "vision_mlp_ratio", 4.0, &ratio)))
+    return mmp_error_prefix("%s: ", cpath);
+  /* timm's int(embed_dim * mlp_ratio) */
+  if (!(ratio > 0.0 && ratio * (double)width <= 262144.0) || (int64_t)(ratio * (double)width) < 1)
+    return mmp_error_set(MMP_EDATA, "%s: vision_mlp_ratio %g with vision_width %lld: want a hidden size in [1, 262144]",
+                         cpath, ratio, (long long)width);
+  v->dim = width, v->inter = (int64_t)(ratio * (double)width), v->chans = 3;
+  return 0;
+}
+
 static int blip_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_context_t *ctx, void **out_self) {
   (void)plugin;
   char cpath[4096], wpath[4096];
@@ -78,7 +103,6 @@ static int blip_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
     rc = sd_cfg_bad(cfg, heads < 0 || heads > 4096 ? "num_heads" : "vocab_size", "out of range");
     goto fail;
   }
-  if (heads) p->vit.heads = heads;
   if (!(j = sd_json_load(cpath))) {
     rc = mmp_error_code();
     goto fail;
@@ -92,6 +116,8 @@ static int blip_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
     rc = mmp_error_set(MMP_EDATA, "%s: a BLIP config needs vision_config and text_config objects", cpath);
     goto fail;
   }
+  if (!hf && !preset[0] && (rc = vision_from_json(j, cpath, &p->vit))) goto fail;
+  if (heads) p->vit.heads = heads;
   const char *vp = hf ? "vision_model." : "visual_encoder.", *tp = "text_encoder.";
   p->be = ctx ? mmp_context_backend(ctx) : mmp_backend_get("cpu");
   sd_ldm_map_t map = {.part = SD_PART_PLAIN};
@@ -101,7 +127,8 @@ static int blip_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
     goto fail;
   }
   sd_weights_ignore_suffix(w, "embeddings.position_ids");
-  if ((rc = sd_vit_load(&p->vit, hf ? SD_VIT_BLIP_HF : SD_VIT_BLIP, vj, cpath, w, vp))) goto fail;
+  /* (BLIP's kind reads only image_size of @j: random weights' grid) */
+  if ((rc = sd_vit_load(&p->vit, hf ? SD_VIT_BLIP_HF : SD_VIT_BLIP, hf ? vj : j, cpath, w, vp))) goto fail;
   p->text.enc_width = p->vit.dim; /* as BLIP_Base sets med_config.encoder_width */
   if ((rc = sd_bert_load(&p->text, tj, cpath, w, tp))) goto fail;
   p->state = sd_weights_take_collected(w);

@@ -94,6 +94,13 @@ def main():
     # every model's config.json with the part byte of fuzz_model_config.c
     for i, p in enumerate(["pipe/unet", "pipe/vae", "pipe/text_encoder", "unet_v2", "clip_gelu"]):
         put("fuzz_model_config", p.replace("/", "_"), bytes([i]) + read(fx("fixtures", "sd", p, "config.json")))
+    # part 5, blip: BLIP's med_config.json, the vision tower sized by the
+    # weights; the same with mmpipe's vision_* keys (gen_blip.py's tiny_vit)
+    med = read(fx("fixtures", "blip", "blip_base", "med_config.json"))
+    put("fuzz_model_config", "blip_base", bytes([5]) + med)
+    put("fuzz_model_config", "blip_base_vision", bytes([5]) + med.replace(
+        b"{", b'{"vision_width": 48, "vision_depth": 2, "vision_heads": 4, "vision_patch_size": 8, '
+        b'"vision_mlp_ratio": 2.0, "image_size": 32,', 1))
 
     # tokenizer texts (engine byte: 0, 1 CLIP; 2, 3, 4 BERT)
     texts = ["a photo of an astronaut riding a horse on mars",
