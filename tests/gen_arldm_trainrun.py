@@ -23,13 +23,11 @@ are trainable (AR-LDM's names), and n_trainable.
 
 Stand-ins besides gen_arldm.py's: the dataset's train augment resizes to
 32x32 (Resize([512, 512]) in AR-LDM; the train task's image_size = 32);
-every nn.Dropout gets p = 0 (mmpipe has none); the CFG drop's
-np.random.rand(B*V) is replaced by torch.rand(B*V, dtype=float64) of torch's
-global generator, which is what the train task's mmp_rng_uniform draws from
-its one generator (rng = "torch", seed: torch.manual_seed(seed) here), so the
-posterior noise, noise and timesteps that follow are torch's draws of the same
-stream. The comparison thus covers the CFG drop's effect with the task's
-draws, not numpy's stream.
+every nn.Dropout gets p = 0 (mmpipe has none). The draws are AR-LDM's own:
+torch.manual_seed(SEED) and np.random.seed(SEED) as pl.seed_everything does, the
+CFG drop's np.random.rand(B*V) from numpy's stream, the posterior noise, noise
+and timesteps from torch's (the train task: rng = "torch", seed = SEED, whose
+numpy-mode generator replays numpy's stream).
 
 Run from the source tree root:
 
@@ -101,11 +99,11 @@ def run_steps():
     ds.augment = transforms.Compose([transforms.ToPILImage(), transforms.Resize([32, 32]), transforms.ToTensor(),
                                      transforms.Normalize([0.5], [0.5])])
     opt = torch.optim.AdamW(m.parameters(), lr=LR, weight_decay=1e-4)
+    # pl.seed_everything(SEED): torch's generator and numpy's (the CFG drop's np.random.rand)
     torch.manual_seed(SEED)
+    np.random.seed(SEED)
     out = {}
-    orig_rand = np.random.rand
-    np.random.rand = lambda *shape: torch.rand(*shape, dtype=torch.float64).numpy()
-    try:
+    if True:
         for k in range(K):
             items = [ds[i] for i in range(k * BATCH, (k + 1) * BATCH)]
             batch = tuple(torch.stack([it[j] for it in items]) for j in range(6))  # DataLoader's collate
@@ -115,8 +113,6 @@ def run_steps():
             opt.step()
             out["step%d.loss" % k] = loss.detach().reshape(1)
             print("step", k, "loss %.6f" % loss.item())
-    finally:
-        np.random.rand = orig_rand
     named = dict(m.named_parameters())
     n = 0
     for name in GT.GRADS:

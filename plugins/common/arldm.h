@@ -130,7 +130,8 @@ typedef struct arldm_batch {
  * (tests/test_plugin_arldm_train). */
 typedef struct arldm_draws {
   mmp_tensor_t *cfg_uniform;     /* [n] in [0, 1): row dropped when < 0.1. AR-LDM draws np.random.rand(n);
-                                    drawn here: mmp_rng_uniform n times (not numpy's stream) */
+                                    drawn here: mmp_rng_uniform n times of @rng (the train task gives
+                                    them from an MMP_RNG_NUMPY generator: numpy's stream) */
   mmp_tensor_t *posterior_noise; /* f32 [n, C, h, w]: the VAE posterior's sample() noise (randn) */
   mmp_tensor_t *noise;           /* f32 [n, C, h, w] (randn) */
   mmp_tensor_t *timesteps;       /* i64 [n] in [0, 1000) (randint) */

@@ -48,14 +48,14 @@ static int arldm_loss(const train_parts_t *p, const train_batch_t *b, mmp_rng_t 
    * order, cut to this batch's rows */
   int64_t V = ab.captions->shape[1];
   int64_t dn = b->draw_n > 0 ? b->draw_n : b->n, doff = b->draw_n > 0 ? b->draw_off : 0;
-  train_batch_t rows = {b->n * V, NULL, NULL, NULL, dn * V, doff * V};
+  train_batch_t rows = {b->n * V, NULL, NULL, NULL, dn * V, doff * V, NULL};
   arldm_draws_t d = {0};
   mmp_backend_t *be = mmp_context_backend(p->ctx), *cpu = mmp_backend_get("cpu");
   int64_t ls[4];
   int rc = 0;
   double *u = malloc((size_t)(dn * V) * sizeof *u);
   if (!u) return mmp_error_set(MMP_ENOMEM, "out of memory");
-  for (int64_t k = 0; k < dn * V; k++) u[k] = mmp_rng_uniform(rng);
+  for (int64_t k = 0; k < dn * V; k++) u[k] = mmp_rng_uniform(b->np_rng ? b->np_rng : rng);
   int64_t own = b->n * V;
   d.cfg_uniform = mmp_tensor_from_data(cpu, MMP_F64, 1, &own, u + doff * V);
   free(u);

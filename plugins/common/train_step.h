@@ -32,6 +32,9 @@ typedef struct train_batch {
    * takes their rows [draw_off, draw_off + n), so that N ranks, each given its share of a
    * batch, draw exactly what one process given the whole batch draws (train_batch_rows). */
   int64_t draw_n, draw_off;
+  /* nullable: numpy's stream (MMP_RNG_NUMPY), for the draws the upstream step makes with
+   * numpy (arldm: the CFG drop); NULL: those come from the step's generator too */
+  mmp_rng_t *np_rng;
 } train_batch_t;
 
 /* Draw helpers for steps: randn / randint of @shape whose first dimension is the batch,
@@ -80,8 +83,9 @@ extern const train_step_ops_t train_step_sd;
  * (BLIP pixels), source_caption and source_attention_mask [n, src_V, S]
  * (BLIP); src_V = V is visualization, V + 1 continuation. Draws, each made
  * for draw_n items (V rows each) and cut to the batch's rows: the CFG drop's
- * uniforms (mmp_rng_uniform, B V of them; AR-LDM: np.random.rand), the VAE
- * posterior's noise, the noise, the timesteps, in that order. */
+ * uniforms (B V of them, np.random.rand: from np_rng when given, else from
+ * the generator), then from the generator the VAE posterior's noise, the
+ * noise, the timesteps, in that order. */
 extern const train_step_ops_t train_step_arldm;
 
 #endif

@@ -55,7 +55,7 @@ static const mmp_key_t train_keys[] = {
     {"warmup_steps", MMP_TYPE_INT, "0", "warmup of the cosine schedule, in optimizer steps", 0, 0},
     {"clip_norm", MMP_TYPE_FLOAT, "0", "> 0: clip the gradients' total 2-norm to this (clip_grad_norm_)", 0, 0},
     {"seed", MMP_TYPE_INT, "0", "seed of the step generator (latent sample, noise, timesteps) and of the data order", 0, 0},
-    {"rng", MMP_TYPE_STRING, "\"torch\"", "random numbers: torch (torch.Generator().manual_seed(seed) on CPU) or philox", 0, 0},
+    {"rng", MMP_TYPE_STRING, "\"torch\"", "random numbers: torch (torch.Generator().manual_seed(seed) on CPU; arldm's CFG drop: numpy's np.random.seed(seed) stream) or philox", 0, 0},
     {"freeze", MMP_TYPE_LIST, "[]", "glob patterns of parameters not trained (\"text_encoder.*\")", 0, 0},
     {"train", MMP_TYPE_LIST, "[]", "exceptions to freeze (\"*.token_embedding.*\")", 0, 0},
     {"checkpoint_every", MMP_TYPE_INT, "0", "> 0: a checkpoint every this many optimizer steps (always one at the end and on SIGINT)", 0, 0},
@@ -315,6 +315,7 @@ typedef struct run {
   mmp_adamw_t *opt;
   mmp_lr_warmup_cosine_t sched;
   mmp_rng_t *rng, *data_rng;
+  mmp_rng_t *np_rng; /* arldm with rng = torch: numpy's stream of the CFG drop (np.random.seed(seed)) */
   int64_t *order; /* the current epoch's item order */
   int64_t step, steps_per_epoch, max_steps;
   FILE *metrics;
@@ -450,6 +451,8 @@ static int save_checkpoint(run_t *r) {
       (rc = mmp_rng_get_state(r->data_rng, sd, sizeof sd)) == 0 &&
       (rc = put(m, "rng.step", "", u8_tensor(st, sizeof st))) == 0)
     rc = put(m, "rng.data", "", u8_tensor(sd, sizeof sd));
+  if (rc == 0 && r->np_rng && (rc = mmp_rng_get_state(r->np_rng, st, sizeof st)) == 0)
+    rc = put(m, "rng.numpy", "", u8_tensor(st, sizeof st));
   free(steps);
   char v[9][64];
   snprintf(v[0], sizeof v[0], "%lld", (long long)r->step);
@@ -581,7 +584,9 @@ static int load_checkpoint(run_t *r, const char *path) {
   uint8_t buf[MMP_RNG_STATE_SIZE];
   if ((rc = load_bytes(st, "rng.step", buf, sizeof buf, path)) < 0 || (rc = mmp_rng_set_state(r->rng, buf, sizeof buf)) < 0 ||
       (rc = load_bytes(st, "rng.data", buf, sizeof buf, path)) < 0 ||
-      (rc = mmp_rng_set_state(r->data_rng, buf, sizeof buf)) < 0)
+      (rc = mmp_rng_set_state(r->data_rng, buf, sizeof buf)) < 0 ||
+      (r->np_rng && ((rc = load_bytes(st, "rng.numpy", buf, sizeof buf, path)) < 0 ||
+                     (rc = mmp_rng_set_state(r->np_rng, buf, sizeof buf)) < 0)))
     goto done;
   r->step = strtoll(mmp_safetensors_metadata(st, "step"), NULL, 10);
   r->sched.last_step = strtoll(mmp_safetensors_metadata(st, "sched_last_step"), NULL, 10);
@@ -830,13 +835,13 @@ static int write_plot(const run_t *r) {
 
 /* The loss of items @idx[0..n) of @d, the tape (nullable) current. */
 static int micro_loss(run_t *r, const source_t *d, const int64_t *idx, int64_t n, int64_t draw_n, int64_t draw_off,
-                      mmp_rng_t *rng, mmp_tape_t *tape, mmp_tensor_t **loss) {
+                      mmp_rng_t *rng, mmp_rng_t *np_rng, mmp_tape_t *tape, mmp_tensor_t **loss) {
   *loss = NULL;
   if (n < 1) return mmp_error_set(MMP_EINVAL, "train: empty batch");
   if (d->ds) {
     mmp_tensormap_t *items = load_items(d, idx, n);
     if (!items) return mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
-    train_batch_t b = {n, NULL, NULL, items, draw_n, draw_off};
+    train_batch_t b = {n, NULL, NULL, items, draw_n, draw_off, np_rng};
     mmp_tape_t *prev = mmp_tape_set_current(tape);
     int rc = r->t->mode->loss(&r->parts, &b, rng, loss);
     mmp_tape_set_current(prev);
@@ -851,7 +856,7 @@ static int micro_loss(run_t *r, const source_t *d, const int64_t *idx, int64_t n
     goto done;
   }
   for (int64_t i = 0; i < n; i++) caps[i] = d->list.items[idx[i]].caption;
-  train_batch_t b = {n, px, caps, NULL, draw_n, draw_off};
+  train_batch_t b = {n, px, caps, NULL, draw_n, draw_off, np_rng};
   mmp_tape_t *prev = mmp_tape_set_current(tape);
   rc = r->t->mode->loss(&r->parts, &b, rng, loss);
   mmp_tape_set_current(prev);
@@ -887,7 +892,7 @@ static int train_step(run_t *r, double *loss_out, double *norm_out) {
       break;
     }
     for (size_t i = 0; rc == 0 && i < r->nps; i++) rc = mmp_tape_watch(tape, r->ps[i].name, r->ps[i].t);
-    if (rc == 0) rc = micro_loss(r, &r->data, r->order + first, b, b * W, r->rank * b, r->rng, tape, &loss);
+    if (rc == 0) rc = micro_loss(r, &r->data, r->order + first, b, b * W, r->rank * b, r->rng, r->np_rng, tape, &loss);
     if (rc == 0) {
       sum += scalar(loss);
       /* Lightning's accumulate_grad_batches: loss / k */
@@ -930,18 +935,20 @@ static int validate(run_t *r, double *out) {
   int64_t B = r->t->batch * r->world;
   int64_t nb = r->val.n / B, *idx = malloc((size_t)r->val.n * sizeof *idx);
   mmp_rng_t *g = mmp_rng_new((uint64_t)r->t->seed, r->t->rng_mode);
+  mmp_rng_t *np = r->np_rng ? mmp_rng_new((uint64_t)r->t->seed, MMP_RNG_NUMPY) : NULL;
   double sum = 0;
   int rc = 0;
-  if (!idx || !g) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
+  if (!idx || !g || (r->np_rng && !np)) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
   for (int64_t i = 0; rc == 0 && i < r->val.n; i++) idx[i] = i;
   for (int64_t b = 0; rc == 0 && b < nb; b++) {
     mmp_tensor_t *loss = NULL;
-    rc = micro_loss(r, &r->val, idx + b * B, B, 0, 0, g, NULL, &loss);
+    rc = micro_loss(r, &r->val, idx + b * B, B, 0, 0, g, np, NULL, &loss);
     if (rc == 0) sum += scalar(loss);
     mmp_tensor_unref(loss);
   }
   free(idx);
   mmp_rng_free(g);
+  mmp_rng_free(np);
   if (rc == 0) *out = nb > 0 ? sum / (double)nb : NAN;
   return rc;
 }
@@ -1088,6 +1095,12 @@ static int train_run(void *self, mmp_context_t *ctx) {
     rc = mmp_error_prefix("train: ");
     goto done;
   }
+  /* AR-LDM draws its CFG drop from numpy (pl.seed_everything seeds it with the seed too) */
+  if (t->mode == &train_step_arldm && t->rng_mode == MMP_RNG_TORCH &&
+      !(r.np_rng = mmp_rng_new((uint64_t)t->seed, MMP_RNG_NUMPY))) {
+    rc = mmp_error_code();
+    goto done;
+  }
   if (!(r.rng = mmp_rng_new((uint64_t)t->seed, t->rng_mode)) || !(r.data_rng = mmp_rng_new((uint64_t)t->seed, t->rng_mode)) ||
       !(r.order = calloc((size_t)r.data.n, sizeof *r.order))) {
     rc = mmp_error_code() ? mmp_error_code() : mmp_error_set(MMP_ENOMEM, "out of memory");
@@ -1165,6 +1178,7 @@ done:
   free(r.order);
   mmp_rng_free(r.rng);
   mmp_rng_free(r.data_rng);
+  mmp_rng_free(r.np_rng);
   mmp_adamw_free(r.opt);
   source_close(&r.data);
   source_close(&r.val);
