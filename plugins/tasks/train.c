@@ -126,7 +126,6 @@ static int get_strv(const mmp_config_t *cfg, const char *key, char ***out) {
 
 static int train_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_context_t *ctx, void **out_self) {
   (void)plugin;
-  (void)ctx;
   train_t *t = calloc(1, sizeof *t);
   if (!t) return mmp_error_set(MMP_ENOMEM, "out of memory");
   const char *mode = "sd", *rng = "torch", *sched = "cosine";
