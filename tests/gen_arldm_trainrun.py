@@ -19,7 +19,8 @@ batches of 2 train stories in file order ([0, 1], [2, 3]), each item read
 by AR-LDM's own datasets/pororo.py StoryDataset('train') from story_train.h5
 with the tiny tokenizers (tok/). Stored: step<k>.loss and, after the K
 steps, param.<name> for the named tensors of gen_arldm_train.py's list that
-are trainable (AR-LDM's names), and n_trainable.
+are trainable (AR-LDM's names), n_trainable, and n_trainable_resnet (the
+count ARLDM.__init__ leaves trainable with freeze_resnet added).
 
 Stand-ins besides gen_arldm.py's: the dataset's train augment resizes to
 32x32 (Resize([512, 512]) in AR-LDM; the train task's image_size = 32);
@@ -77,9 +78,10 @@ def run_steps():
     import main as M
     importlib.reload(M)
     orig_init = M.ARLDM.__init__
+    flags = dict(freeze_clip=True, freeze_blip=True, freeze_resnet=False)
 
     def init(self, args, *a, **k):
-        args.update(dict(freeze_clip=True, freeze_blip=True, freeze_resnet=False))
+        args.update(flags)
         orig_init(self, args, *a, **k)
     M.ARLDM.__init__ = init
     torch.set_grad_enabled(False)
@@ -120,6 +122,15 @@ def run_steps():
             out["param." + name] = named[name].detach().clone()
             n += 1
     out["n_trainable"] = torch.tensor([sum(1 for q in m.parameters() if q.requires_grad)], dtype=torch.int64)
+    # freeze_resnet as well: what ARLDM.__init__ leaves trainable then (count only)
+    flags["freeze_resnet"] = True
+    G.UNET_CLASS.clear()
+    importlib.reload(M)
+    M.ARLDM.__init__ = init
+    torch.set_grad_enabled(False)
+    _, m3 = G.build_model("visualization")
+    out["n_trainable_resnet"] = torch.tensor([sum(1 for q in m3.parameters() if q.requires_grad)], dtype=torch.int64)
+    print("trainable tensors:", int(out["n_trainable"]), "and with freeze_resnet", int(out["n_trainable_resnet"]))
     path = os.path.join(OUT, "train_run.safetensors")
     save_file({k: v.contiguous() for k, v in out.items()}, path)
     print("written", path, os.path.getsize(path), "bytes,", n, "parameters")

@@ -256,6 +256,30 @@ static void test_freeze(void) {
      (long long)n, want ? (long long)mmp_tensor_get(want, &zero) : -1LL);
   ok(tok && word && !layer, "the token and word tables trained, the encoder layers frozen");
   mmp_tensormap_free(ck);
+  /* freeze_resnet too: only UNet names containing "attentions" (tests/gen_arldm_trainrun.py's count) */
+  snprintf(out, sizeof out, "%s/freeze3", tmpdir);
+  rc = run_cfg(out, "batch_size = 2; max_steps = 1; lr = 1e-3; freeze = [\"text_encoder.*\", \"mm_encoder.*\", \"unet.*\"]; "
+               "train = [\"text_encoder.text_model.embeddings.token_embedding.*\", "
+               "\"mm_encoder.text_encoder.embeddings.word_embeddings.*\", \"unet.*attentions*\"];", "trainable = true;");
+  if (!ok(rc == 0, "a step with freeze_clip, freeze_blip and freeze_resnet as patterns")) diag("%s", mmp_error_last());
+  snprintf(p, sizeof p, "%s/checkpoint.safetensors", out);
+  ck = load(p);
+  snprintf(p, sizeof p, "%s/train_run.safetensors", fxdir());
+  mmp_tensormap_t *fr = load(p);
+  want = fr ? mmp_tensormap_get(fr, "n_trainable_resnet") : NULL;
+  n = 0;
+  bool resnet = false;
+  for (size_t i = 0; ck && i < mmp_tensormap_size(ck); i++) {
+    const char *name = mmp_tensormap_name(ck, i);
+    if (strncmp(name, "param.", 6) != 0) continue;
+    n++;
+    resnet |= strncmp(name, "param.unet.", 11) == 0 && !strstr(name, "attentions");
+  }
+  ok(want && n == (int64_t)mmp_tensor_get(want, &zero) && !resnet,
+     "%lld tensors trained, ARLDM.__init__ leaves %lld trainable with freeze_resnet; no UNet tensor outside the attentions",
+     (long long)n, want ? (long long)mmp_tensor_get(want, &zero) : -1LL);
+  mmp_tensormap_free(ck);
+  mmp_tensormap_free(fr);
   mmp_tensormap_free(fx);
 }
 
