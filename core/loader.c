@@ -274,8 +274,8 @@ static int next_item(mmp_loader_t *l, mmp_tensormap_t **out) {
   }
 }
 
-/* Stack the tensors of @items (same names, shapes) along a new dim 0. */
-static int stack(mmp_tensormap_t **items, int n, mmp_tensormap_t **out) {
+int mmp_loader_stack(mmp_tensormap_t *const *items, int n, mmp_tensormap_t **out) {
+  if (!items || n < 1 || !out) return mmp_error_set(MMP_EINVAL, "loader: stack: no items");
   mmp_tensormap_t *b = mmp_tensormap_new();
   if (!b) return mmp_error_code();
   mmp_tensor_t **parts = calloc((size_t)n, sizeof *parts);
@@ -322,7 +322,7 @@ int mmp_loader_next(mmp_loader_t *l, mmp_tensormap_t **out) {
     if ((rc = next_item(l, &it)) < 0 || !it) break;
     items[n++] = it;
   }
-  if (rc == 0 && n > 0 && (n == l->o.batch_size || !l->o.drop_last)) rc = stack(items, n, out);
+  if (rc == 0 && n > 0 && (n == l->o.batch_size || !l->o.drop_last)) rc = mmp_loader_stack(items, n, out);
   for (int i = 0; i < n; i++) mmp_tensormap_free(items[i]);
   free(items);
   return rc;

@@ -1,4 +1,4 @@
-/* core/rng.c - seeded generators: Philox4x32-10, and a bit-exact replica of torch's CPU generator. */
+/* core/rng.c - seeded generators: Philox4x32-10, bit-exact replicas of torch's CPU generator and numpy's RandomState. */
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -83,6 +83,12 @@ static inline float torch_uniform_f(mmp_rng_t *g) {
 /* uniform_real_distribution<double>(0, 1) */
 static inline double torch_uniform_d(mmp_rng_t *g) {
   return (double)(mt_u64(g) & ((UINT64_C(1) << 53) - 1)) * (1.0 / (double)(UINT64_C(1) << 53));
+}
+
+/* numpy's random_sample() of the legacy RandomState (mt19937_next_double) */
+static inline double numpy_uniform_d(mmp_rng_t *g) {
+  uint32_t a = mt_u32(g) >> 5, b = mt_u32(g) >> 6;
+  return ((double)a * 67108864.0 + (double)b) / 9007199254740992.0;
 }
 
 /* normal_distribution<double>(0, 1), with the cached second sample */
@@ -238,7 +244,7 @@ static inline uint64_t philox_u64(uint64_t seed, uint64_t i) {
 /* ------------------------------------------------------------------- API */
 
 mmp_rng_t *mmp_rng_new(uint64_t seed, mmp_rng_mode_t mode) {
-  if (mode != MMP_RNG_PHILOX && mode != MMP_RNG_TORCH) {
+  if (mode != MMP_RNG_PHILOX && mode != MMP_RNG_TORCH && mode != MMP_RNG_NUMPY) {
     mmp_error_set(MMP_EINVAL, "rng: unknown mode %d", (int)mode);
     return NULL;
   }
@@ -249,7 +255,8 @@ mmp_rng_t *mmp_rng_new(uint64_t seed, mmp_rng_mode_t mode) {
   }
   g->mode = mode;
   g->seed = seed;
-  if (mode == MMP_RNG_TORCH) mt_seed(g, seed);
+  /* numpy's _legacy_seeding of an int: mt19937_seed(seed & 0xffffffff), the same init_genrand */
+  if (mode == MMP_RNG_TORCH || mode == MMP_RNG_NUMPY) mt_seed(g, seed);
   return g;
 }
 
@@ -287,6 +294,10 @@ mmp_tensor_t *mmp_rng_randn(mmp_rng_t *g, mmp_backend_t *be, int ndim, const int
     mmp_error_set(MMP_EINVAL, "rng_randn: NULL generator");
     return NULL;
   }
+  if (g->mode == MMP_RNG_NUMPY) {
+    mmp_error_set(MMP_EUNSUPPORTED, "rng_randn: a numpy-mode generator draws only uniform doubles");
+    return NULL;
+  }
   mmp_tensor_t *t = host_tensor(be, MMP_F32, ndim, shape);
   if (!t) return NULL;
   float *d = mmp_tensor_data(t);
@@ -303,6 +314,10 @@ mmp_tensor_t *mmp_rng_randn(mmp_rng_t *g, mmp_backend_t *be, int ndim, const int
 mmp_tensor_t *mmp_rng_rand(mmp_rng_t *g, mmp_backend_t *be, int ndim, const int64_t *shape) {
   if (!g) {
     mmp_error_set(MMP_EINVAL, "rng_rand: NULL generator");
+    return NULL;
+  }
+  if (g->mode == MMP_RNG_NUMPY) {
+    mmp_error_set(MMP_EUNSUPPORTED, "rng_rand: a numpy-mode generator draws only uniform doubles");
     return NULL;
   }
   mmp_tensor_t *t = host_tensor(be, MMP_F32, ndim, shape);
@@ -322,6 +337,10 @@ mmp_tensor_t *mmp_rng_randint(mmp_rng_t *g, mmp_backend_t *be, int64_t low, int6
                               const int64_t *shape) {
   if (!g) {
     mmp_error_set(MMP_EINVAL, "rng_randint: NULL generator");
+    return NULL;
+  }
+  if (g->mode == MMP_RNG_NUMPY) {
+    mmp_error_set(MMP_EUNSUPPORTED, "rng_randint: a numpy-mode generator draws only uniform doubles");
     return NULL;
   }
   if (high <= low) {
@@ -346,13 +365,14 @@ mmp_tensor_t *mmp_rng_randint(mmp_rng_t *g, mmp_backend_t *be, int64_t low, int6
 
 uint64_t mmp_rng_u64(mmp_rng_t *g) {
   if (!g) return 0;
-  if (g->mode == MMP_RNG_TORCH) return mt_u64(g);
+  if (g->mode == MMP_RNG_TORCH || g->mode == MMP_RNG_NUMPY) return mt_u64(g);
   return philox_u64(g->seed, g->offset++);
 }
 
 double mmp_rng_uniform(mmp_rng_t *g) {
   if (!g) return 0;
   if (g->mode == MMP_RNG_TORCH) return torch_uniform_d(g);
+  if (g->mode == MMP_RNG_NUMPY) return numpy_uniform_d(g);
   return (double)(philox_u64(g->seed, g->offset++) >> 11) * (1.0 / 9007199254740992.0);
 }
 
@@ -411,7 +431,7 @@ int mmp_rng_set_state(mmp_rng_t *g, const void *buf, size_t len) {
     return mmp_error_set(MMP_EINVAL, "rng_set_state: the state is of mode %llu, the generator's is %d",
                          (unsigned long long)mode, (int)g->mode);
   /* the mt19937 part is unused (all zero) in philox mode */
-  if (has > 1 || (g->mode == MMP_RNG_TORCH && ((int32_t)left < 1 || (int32_t)left > MT_N || next >= MT_N)))
+  if (has > 1 || (g->mode != MMP_RNG_PHILOX && ((int32_t)left < 1 || (int32_t)left > MT_N || next >= MT_N)))
     return mmp_error_set(MMP_EINVAL, "rng_set_state: invalid state (position %lld/%lld)", (long long)(int32_t)left,
                          (long long)next);
   g->seed = seed;

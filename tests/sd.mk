@@ -131,7 +131,17 @@ check_PROGRAMS += tests/test_plugin_train
 TESTS += tests/test_plugin_train tests/test_plugin_train_sigint.sh tests/test_plugin_train_mpi.sh
 tests_test_plugin_train_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_train_LDADD = $(TEST_LDADD)
+# mode = "arldm": the tiny AR-LDM on the tiny story file (tests/gen_arldm_trainrun.py)
+if HAVE_HDF5
+if HAVE_PNG
+check_PROGRAMS += tests/test_plugin_train_arldm
+TESTS += tests/test_plugin_train_arldm
+tests_test_plugin_train_arldm_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_plugin_train_arldm_LDADD = $(TEST_LDADD)
 endif
+endif
+endif
+EXTRA_DIST += tests/gen_arldm_trainrun.py tests/fixtures/arldm/story_train.h5
 EXTRA_DIST += tests/gen_train_sd.py tests/fixtures/train tests/test_plugin_train_sigint.sh tests/test_plugin_train_mpi.sh
 # data parallelism (include/mmpipe/dist.h): 2 ranks under mpirun train the tiny UNet like one process
 check_PROGRAMS += tests/test_core_dist

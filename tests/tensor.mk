@@ -13,6 +13,7 @@ tests_test_core_ops_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_core_ops_LDADD = $(TEST_LDADD)
 tests_test_core_rng_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_core_rng_LDADD = $(TEST_LDADD)
+EXTRA_DIST += tests/gen_rng_numpy.py tests/fixtures/rng/numpy_rand.safetensors
 EXTRA_DIST += tests/gen_ops.py tests/fixtures/ops/ops.safetensors tests/fixtures/ops/rng.safetensors
 check_PROGRAMS += tests/test_core_grad
 TESTS += tests/test_core_grad

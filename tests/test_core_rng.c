@@ -1,4 +1,5 @@
-/* tests/test_core_rng.c - torch mode bit-exact against torch (fixtures by tests/gen_ops.py); Philox determinism. */
+/* tests/test_core_rng.c - torch mode bit-exact against torch (fixtures by tests/gen_ops.py); numpy mode against
+ * numpy's RandomState (tests/gen_rng_numpy.py); Philox determinism. */
 #include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -187,11 +188,67 @@ static void test_state(void) {
   }
 }
 
+/* numpy mode: n uniforms = np.random.seed(seed); np.random.rand(n), bit for bit, and the stream
+ * continues (rand(5) after rand(1000)); its state saved and restored; tensor draws refused */
+static void test_numpy(void) {
+  char path[1024];
+  snprintf(path, sizeof path, "%s/tests/fixtures/rng/numpy_rand.safetensors", tap_srcdir());
+  mmp_safetensors_t *st = mmp_safetensors_open(path);
+  if (!st) {
+    ok(0, "open %s: %s", path, mmp_error_last());
+    return;
+  }
+  static const uint64_t seeds[] = {0, 5, 42, 4294967295u};
+  for (int i = 0; i < 4; i++) {
+    char name[64];
+    snprintf(name, sizeof name, "seed%llu", (unsigned long long)seeds[i]);
+    mmp_tensor_t *want = mmp_safetensors_get(st, name, cpu, MMP_F64);
+    snprintf(name, sizeof name, "seed%llu.after_rand", (unsigned long long)seeds[i]);
+    mmp_tensor_t *after = mmp_safetensors_get(st, name, cpu, MMP_F64);
+    mmp_rng_t *g = mmp_rng_new(seeds[i], MMP_RNG_NUMPY);
+    int64_t n = want ? mmp_tensor_numel(want) : 0, bad = -1;
+    const double *w = want ? mmp_tensor_data(want) : NULL, *a = after ? mmp_tensor_data(after) : NULL;
+    for (int64_t k = 0; g && w && k < n; k++) {
+      double u = mmp_rng_uniform(g);
+      if (memcmp(&u, &w[k], sizeof u) && bad < 0) bad = k;
+    }
+    ok(n == 1000 && bad < 0, "numpy seed %llu: 1000 uniforms are np.random.rand(1000) bit for bit (first diff %lld)",
+       (unsigned long long)seeds[i], (long long)bad);
+    uint8_t state[MMP_RNG_STATE_SIZE];
+    mmp_rng_t *h = mmp_rng_new(1, MMP_RNG_NUMPY);
+    int rc = mmp_rng_get_state(g, state, sizeof state), rc2 = mmp_rng_set_state(h, state, sizeof state);
+    bool cont = a && after && mmp_tensor_numel(after) == 5 && rc == 0 && rc2 == 0;
+    for (int k = 0; cont && k < 5; k++) {
+      double u = mmp_rng_uniform(g), v = mmp_rng_uniform(h);
+      cont = memcmp(&u, &a[k], sizeof u) == 0 && memcmp(&v, &a[k], sizeof v) == 0;
+    }
+    ok(cont, "numpy seed %llu: the stream continues as rand(5) after, also from a restored state",
+       (unsigned long long)seeds[i]);
+    mmp_rng_free(g);
+    mmp_rng_free(h);
+    mmp_tensor_unref(want);
+    mmp_tensor_unref(after);
+  }
+  mmp_safetensors_close(st);
+  mmp_rng_t *g = mmp_rng_new(0, MMP_RNG_NUMPY);
+  int64_t s1[1] = {3};
+  mmp_tensor_t *t = mmp_rng_randn(g, cpu, 1, s1);
+  ok(!t && mmp_error_code() == MMP_EUNSUPPORTED, "numpy mode: a tensor draw is refused: %s", mmp_error_last());
+  mmp_tensor_unref(t);
+  mmp_rng_t *torch = mmp_rng_new(0, MMP_RNG_TORCH);
+  uint8_t state[MMP_RNG_STATE_SIZE];
+  mmp_rng_get_state(torch, state, sizeof state);
+  ok(mmp_rng_set_state(g, state, sizeof state) == MMP_EINVAL, "numpy mode: a torch state is refused");
+  mmp_rng_free(torch);
+  mmp_rng_free(g);
+}
+
 int main(void) {
   mmp_log_set_level(MMP_LOG_ERROR);
   cpu = mmp_backend_get("cpu");
   test_torch_fixtures();
   test_philox();
   test_state();
+  test_numpy();
   return done_testing();
 }

@@ -3,7 +3,9 @@
 # batch_size 1 per rank equals one process with batch_size 2 (losses, gradient norms, the
 # validation loss, the exported weights' statistics within 1e-5 relative); rank 0 alone writes
 # the files; an interrupted two-rank run resumes to the same result; a resume with another
-# number of processes is refused. Skipped (77) in a build without MPI or without mpirun.
+# number of processes is refused. The same for mode = "arldm" (examples/train-arldm-tiny.cfg: the
+# tiny AR-LDM on stories): 2 ranks of batch 1 equal one process of batch 2 within 1e-5.
+# Skipped (77) in a build without MPI or without mpirun.
 set -u
 B=${MMP_TEST_BUILDDIR:-.}
 S=${MMP_TEST_SRCDIR:-.}
@@ -25,9 +27,10 @@ env=
 for v in MMPIPE_PLUGIN_PATH ASAN_OPTIONS UBSAN_OPTIONS; do
   eval "[ -n \"\${$v+x}\" ]" && env="$env -x $v"
 done
+CFG="$S/examples/train-tiny.cfg"
 mpi2() {
   "$MPIRUN" -np 2 --oversubscribe $root --bind-to none --mca mpi_yield_when_idle 1 \
-    --mca btl_vader_single_copy_mechanism none -x MMPIPE_THREADS=1 $env "$P" -q run "$S/examples/train-tiny.cfg" "$@"
+    --mca btl_vader_single_copy_mechanism none -x MMPIPE_THREADS=1 $env "$P" -q run "$CFG" "$@"
 }
 # shuffled, two accumulated micro-batches, an epoch boundary, validation each epoch
 K="-s task.grad_accum=2 -s task.max_steps=3 -s task.shuffle=true -s task.checkpoint_every=1"
@@ -71,5 +74,21 @@ cmp -s "$T/a" "$T/b"; ok $? "the resumed run's metrics equal the uninterrupted r
   -s task.resume="$T/res/checkpoint.safetensors" $K >"$T/log" 2>&1
 r=$?; [ $r != 0 ] && grep -q "2 processes, this one has 1" "$T/log"; ok $? "a one-process resume of a two-rank checkpoint is refused"
 [ $r != 0 ] && grep -q "2 processes, this one has 1" "$T/log" || sed 's/^/#   /' "$T/log"
+
+# mode = "arldm": the tiny AR-LDM on the 4 train stories, shuffled, an epoch boundary, validation
+CFG="$S/examples/train-arldm-tiny.cfg"
+K="-s task.max_steps=3 -s task.shuffle=true -s task.clip_norm=1.0"
+"$P" -q run "$CFG" -s task.output_dir="$T/aone" -s task.batch_size=2 $K >"$T/log" 2>&1
+r=$?; ok $r "arldm: one process, batch_size 2"
+[ $r = 0 ] || sed 's/^/#   /' "$T/log"
+mpi2 -s task.output_dir="$T/atwo" -s task.batch_size=1 $K >"$T/log" 2>&1
+r=$?; ok $r "arldm: two ranks under mpirun, batch_size 1 each"
+[ $r = 0 ] || sed 's/^/#   /' "$T/log"
+vals "$T/aone/metrics.jsonl" >"$T/a"; vals "$T/atwo/metrics.jsonl" >"$T/b"
+[ "$(grep -c '^loss' "$T/a")" = 3 ] && [ "$(grep -c '^val_loss' "$T/a")" -ge 1 ]; ok $? "arldm: 3 losses and a validation loss logged"
+close "$T/a" "$T/b"; ok $? "arldm: the same losses, gradient norms and validation loss (1e-5)"
+"$P" tensors --stats "$T/aone/export/arldm.safetensors" >"$T/a" 2>&1
+"$P" tensors --stats "$T/atwo/export/arldm.safetensors" >"$T/b" 2>&1
+[ -s "$T/a" ] && close "$T/a" "$T/b"; ok $? "arldm: the exported AR-LDM state dicts agree (min, max, mean, std of every tensor, 1e-5)"
 echo "1..$n"
 [ $failed = 0 ]

@@ -59,6 +59,13 @@ int64_t mmp_loader_items(const mmp_loader_t *l);
  * it); the loader then stays at the end of the epoch. */
 int mmp_loader_next(mmp_loader_t *l, mmp_tensormap_t **out);
 
+/* A batch of @items [0, n) (n >= 1) as mmp_loader_next makes it, for callers
+ * that order items themselves (the train task): each tensor of items[0]
+ * stacked along a new dim 0 ("index" concatenated), no strings; into *@out
+ * (transfer full). MMP_ESHAPE naming the tensor when the items differ in its
+ * shape or lack it. */
+int mmp_loader_stack(mmp_tensormap_t *const *items, int n, mmp_tensormap_t **out);
+
 /* Restart at the beginning of @epoch (a new permutation when shuffling). */
 int mmp_loader_set_epoch(mmp_loader_t *l, int64_t epoch);
 

@@ -5,6 +5,11 @@
  * MMP_RNG_TORCH: reproduces torch.randn/rand on CPU with
  * torch.Generator().manual_seed(seed) bit for bit (float32), so a seed gives
  * the same initial latents as PyTorch pipelines.
+ * MMP_RNG_NUMPY: numpy's legacy RandomState after np.random.seed(seed)
+ * (MT19937 seeded by init_genrand(seed mod 2^32)): mmp_rng_uniform is
+ * random_sample(), so n calls give np.random.rand(n) (AR-LDM's CFG drop);
+ * mmp_rng_u64 is two raw 32-bit words (high first). The tensor draws are not
+ * numpy's and fail with MMP_EUNSUPPORTED. Not offered by mmp_rng_mode_parse.
  *
  *   mmp_rng_t *g = mmp_rng_new(42, MMP_RNG_TORCH);
  *   int64_t shape[4] = {1, 4, 64, 64};
@@ -22,7 +27,7 @@
 extern "C" {
 #endif
 
-typedef enum mmp_rng_mode { MMP_RNG_PHILOX = 0, MMP_RNG_TORCH = 1 } mmp_rng_mode_t;
+typedef enum mmp_rng_mode { MMP_RNG_PHILOX = 0, MMP_RNG_TORCH = 1, MMP_RNG_NUMPY = 2 } mmp_rng_mode_t;
 typedef struct mmp_rng mmp_rng_t;
 
 mmp_rng_t *mmp_rng_new(uint64_t seed, mmp_rng_mode_t mode); /* (transfer full) */

@@ -80,6 +80,108 @@ void arldm_mask_row(uint8_t *row, int64_t V, int64_t src_V, int64_t S, int64_t i
     for (int64_t s = 0; s < S; s++) row[L - V * S + k * S + s] = 1;
 }
 
+/* ---------------------------------------------------------------- the file */
+
+int arldm_file_open(arldm_file_t *a, const char *path) {
+  memset(a, 0, sizeof *a);
+  if (mmp_checkpoint_sniff(path)) {
+    a->ck = mmp_checkpoint_open(path, "state_dict.", 0);
+    if (!a->ck && mmp_error_code() == MMP_ENOENT) a->ck = mmp_checkpoint_open(path, NULL, 0);
+    return a->ck ? 0 : mmp_error_code();
+  }
+  a->st = mmp_safetensors_open(path);
+  return a->st ? 0 : mmp_error_code();
+}
+
+void arldm_file_close(arldm_file_t *a) {
+  if (!a) return;
+  mmp_safetensors_close(a->st);
+  mmp_checkpoint_close(a->ck);
+  memset(a, 0, sizeof *a);
+}
+
+size_t arldm_file_count(const arldm_file_t *a) {
+  return a->ck ? mmp_checkpoint_count(a->ck) : a->st ? mmp_safetensors_count(a->st) : 0;
+}
+
+const char *arldm_file_name(const arldm_file_t *a, size_t i) {
+  return a->ck ? mmp_checkpoint_name(a->ck, i) : a->st ? mmp_safetensors_name(a->st, i) : NULL;
+}
+
+int arldm_file_info(const arldm_file_t *a, const char *name, mmp_dtype_t *dtype, int *nd, int64_t *shape) {
+  mmp_dtype_t dt;
+  if (!dtype) dtype = &dt;
+  if (a->ck) return mmp_checkpoint_info(a->ck, name, dtype, nd, shape, NULL, NULL);
+  if (a->st) return mmp_safetensors_info(a->st, name, dtype, nd, shape);
+  return MMP_ENOENT;
+}
+
+mmp_tensor_t *arldm_file_get(arldm_file_t *a, const char *name, mmp_dtype_t dt, mmp_backend_t *be) {
+  if (a->ck) return mmp_checkpoint_get(a->ck, name, be, dt);
+  if (a->st) return mmp_safetensors_get(a->st, name, be, dt);
+  mmp_error_set(MMP_EINVAL, "arldm: no file open");
+  return NULL;
+}
+
+int arldm_extras_load(arldm_file_t *a, const char *label, mmp_backend_t *be, int64_t src_V, arldm_parts_t *p, int64_t *S,
+                      int64_t *D) {
+  mmp_backend_t *cpu = mmp_backend_get("cpu");
+  mmp_tensor_t *type = NULL, *time = NULL, *cnull = NULL, *bnull = NULL, *inull = NULL;
+  int rc = 0;
+  /* the tables live on the run's backend (they are added to encoder
+   * outputs); the null ids and image are inputs the encoders convert */
+  if (!(type = arldm_file_get(a, "modal_type_embeddings.weight", MMP_F32, be)) ||
+      !(time = arldm_file_get(a, "time_embeddings.weight", MMP_F32, be)) ||
+      !(cnull = arldm_file_get(a, "clip_text_null_token", MMP_I64, cpu)) ||
+      !(bnull = arldm_file_get(a, "blip_text_null_token", MMP_I64, cpu)) ||
+      !(inull = arldm_file_get(a, "blip_image_null_token", MMP_F32, cpu))) {
+    rc = mmp_error_prefix("AR-LDM state dict: ");
+    goto fail;
+  }
+  /* the shapes first, each message naming the tensors: a width that does
+   * not match would otherwise surface as a broadcast error while adding the
+   * tables to the encoders' outputs */
+  char d1[96], d2[96];
+  if (type->ndim != 2 || type->shape[0] != 2) {
+    rc = mmp_error_set(MMP_ESHAPE, "%s: modal_type_embeddings.weight is %s, expected [2, D]", label,
+                       mmp_tensor_describe(type, d1, sizeof d1));
+    goto fail;
+  }
+  int64_t w = type->shape[1];
+  if (time->ndim != 2 || time->shape[0] < src_V || time->shape[1] != w) {
+    rc = mmp_error_set(MMP_ESHAPE, "%s: time_embeddings.weight is %s, expected [>= %lld, %lld] (the width D of "
+                       "modal_type_embeddings.weight %s)", label, mmp_tensor_describe(time, d1, sizeof d1), (long long)src_V,
+                       (long long)w, mmp_tensor_describe(type, d2, sizeof d2));
+    goto fail;
+  }
+  if (cnull->ndim != 2 || cnull->shape[0] != 1 || bnull->ndim != 2 || bnull->shape[0] != 1 ||
+      bnull->shape[1] != cnull->shape[1]) {
+    rc = mmp_error_set(MMP_ESHAPE, "%s: clip_text_null_token is %s and blip_text_null_token %s, both must be [1, S]", label,
+                       mmp_tensor_describe(cnull, d1, sizeof d1), mmp_tensor_describe(bnull, d2, sizeof d2));
+    goto fail;
+  }
+  if (inull->ndim != 4 || inull->shape[0] != 1 || inull->shape[1] != 3) {
+    rc = mmp_error_set(MMP_ESHAPE, "%s: blip_image_null_token is %s, expected [1, 3, H, W]", label,
+                       mmp_tensor_describe(inull, d1, sizeof d1));
+    goto fail;
+  }
+  if (S) *S = cnull->shape[1];
+  if (D) *D = w;
+  p->type = type;
+  p->time = time;
+  p->clip_null = cnull;
+  p->blip_null = bnull;
+  p->image_null = inull;
+  return 0;
+fail:
+  mmp_tensor_unref(type);
+  mmp_tensor_unref(time);
+  mmp_tensor_unref(cnull);
+  mmp_tensor_unref(bnull);
+  mmp_tensor_unref(inull);
+  return rc < 0 ? rc : MMP_ERUNTIME;
+}
+
 void arldm_draws_clear(arldm_draws_t *d) {
   if (!d) return;
   mmp_tensor_unref(d->cfg_uniform);

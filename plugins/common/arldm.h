@@ -33,7 +33,9 @@
 #include <stdint.h>
 
 #include <mmpipe/mmpipe.h>
+#include <mmpipe/checkpoint.h>
 #include <mmpipe/rng.h>
+#include <mmpipe/safetensors.h>
 
 /* The parts (all transfer none; members a caller does not need may be NULL:
  * the contexts need clip, blip, type, time; the null context also the three
@@ -50,6 +52,38 @@ typedef struct arldm_parts {
   mmp_tensor_t *blip_null; /* blip_text_null_token [1, S] */
   mmp_tensor_t *image_null; /* blip_image_null_token f32 [1, 3, h, w] */
 } arldm_parts_t;
+
+/* The AR-LDM state dict file (the story task's and the train task's `arldm`):
+ * a .safetensors file with AR-LDM's names, or a torch.save file (Lightning's
+ * last.ckpt: the names under "state_dict."; or a bare state dict), read in
+ * place: tensors are read one by one, on demand. */
+typedef struct arldm_file {
+  mmp_safetensors_t *st;
+  mmp_checkpoint_t *ck;
+} arldm_file_t;
+
+/* Open @path into @a (zeroed first). Returns 0 or a negative MMP_E* code
+ * with the message naming the file. */
+int arldm_file_open(arldm_file_t *a, const char *path);
+/* Close; safe on a zeroed or closed @a. */
+void arldm_file_close(arldm_file_t *a);
+/* Tensors of the file: how many, the name of the @i-th (transfer none). */
+size_t arldm_file_count(const arldm_file_t *a);
+const char *arldm_file_name(const arldm_file_t *a, size_t i);
+/* Dtype (nullable), rank and shape of tensor @name; MMP_ENOENT if absent. */
+int arldm_file_info(const arldm_file_t *a, const char *name, mmp_dtype_t *dtype, int *nd, int64_t *shape);
+/* Tensor @name converted to @dt on @be (transfer full; NULL + message). */
+mmp_tensor_t *arldm_file_get(arldm_file_t *a, const char *name, mmp_dtype_t dt, mmp_backend_t *be);
+
+/* AR-LDM's own tensors of @a into @p: modal_type_embeddings.weight f32
+ * [2, D] and time_embeddings.weight f32 [>= src_V, D] on @be, the null
+ * buffers clip_text_null_token, blip_text_null_token (i64 [1, S]) and
+ * blip_image_null_token (f32 [1, 3, h, w]) on the CPU (all transfer full
+ * into @p; the caller releases them). Shapes are checked, the messages
+ * naming @label (the file) and the tensors; *@S and *@D (nullable) get the
+ * token count and the width. On error nothing is left in @p. */
+int arldm_extras_load(arldm_file_t *a, const char *label, mmp_backend_t *be, int64_t src_V, arldm_parts_t *p, int64_t *S,
+                      int64_t *D);
 
 /* One output @out_name of component @c's forward(@method) for up to three
  * named inputs (a NULL name ends the list) (transfer full; NULL + error). */
@@ -96,7 +130,8 @@ typedef struct arldm_batch {
  * (tests/test_plugin_arldm_train). */
 typedef struct arldm_draws {
   mmp_tensor_t *cfg_uniform;     /* [n] in [0, 1): row dropped when < 0.1. AR-LDM draws np.random.rand(n);
-                                    drawn here: mmp_rng_uniform n times (not numpy's stream) */
+                                    drawn here: mmp_rng_uniform n times of @rng (the train task gives
+                                    them from an MMP_RNG_NUMPY generator: numpy's stream) */
   mmp_tensor_t *posterior_noise; /* f32 [n, C, h, w]: the VAE posterior's sample() noise (randn) */
   mmp_tensor_t *noise;           /* f32 [n, C, h, w] (randn) */
   mmp_tensor_t *timesteps;       /* i64 [n] in [0, 1000) (randint) */

@@ -21,16 +21,20 @@
 #include <mmpipe/mmpipe.h>
 #include <mmpipe/rng.h>
 
-/* One micro-batch. */
+/* One micro-batch: image-caption items (mode sd: pixels + captions) or the
+ * items of a dataset plugin collated (mode arldm: extra). */
 typedef struct train_batch {
   int64_t n;                   /* items */
-  mmp_tensor_t *pixels;        /* f32 [n, 3, H, W] in [-1, 1] (transfer none) */
-  const char *const *captions; /* n captions (transfer none) */
-  const mmp_tensormap_t *extra; /* nullable: further fields of the items (dataset-specific) */
+  mmp_tensor_t *pixels;        /* nullable: f32 [n, 3, H, W] in [-1, 1] (transfer none) */
+  const char *const *captions; /* nullable: n captions (transfer none) */
+  const mmp_tensormap_t *extra; /* nullable: the items' tensors stacked, [n, ...] each (train_data_collate) */
   /* Data parallelism: the random draws are made for @draw_n items (0: n) and this batch
    * takes their rows [draw_off, draw_off + n), so that N ranks, each given its share of a
    * batch, draw exactly what one process given the whole batch draws (train_batch_rows). */
   int64_t draw_n, draw_off;
+  /* nullable: numpy's stream (MMP_RNG_NUMPY), for the draws the upstream step makes with
+   * numpy (arldm: the CFG drop); NULL: those come from the step's generator too */
+  mmp_rng_t *np_rng;
 } train_batch_t;
 
 /* Draw helpers for steps: randn / randint of @shape whose first dimension is the batch,
@@ -41,12 +45,16 @@ mmp_tensor_t *train_batch_randint(const train_batch_t *b, mmp_rng_t *rng, mmp_ba
                                   int64_t high);
 
 /* The task's components (transfer none); a member is NULL when its group
- * is not configured. */
+ * is not configured or the mode does not need it. */
 typedef struct train_parts {
   mmp_context_t *ctx;
   mmp_component_t *tokenizer, *text_encoder, *unet, *vae, *scheduler;
   double scaling;              /* the VAE's scaling_factor (0.18215 for SD 1.x) */
   int64_t num_train_timesteps; /* timesteps are drawn in [0, this) */
+  mmp_component_t *mm_encoder; /* arldm: BLIP (the mm_encoder group) */
+  /* arldm: AR-LDM's own tensors from the `arldm` file: the modal-type and
+   * time tables (trained unless frozen by the patterns) and the null buffers */
+  mmp_tensor_t *type, *time, *clip_null, *blip_null, *image_null;
 } train_parts_t;
 
 typedef struct train_step_ops {
@@ -67,5 +75,17 @@ typedef struct train_step_ops {
  * noise). Draws: the latent sample's noise, the noise, the timesteps, in
  * that order, each as torch.randn/torch.randint with one generator. */
 extern const train_step_ops_t train_step_sd;
+
+/* AR-LDM training (ARLDM.forward at 9d8feeb, arldm_train_step): the batch's
+ * extra holds a story dataset's items collated, AR-LDM's tuple by the
+ * dataset's names: images f32 [n, V, 3, H, W] in [-1, 1], captions and
+ * attention_mask [n, V, S] (CLIP), source_images f32 [n, src_V, 3, h, w]
+ * (BLIP pixels), source_caption and source_attention_mask [n, src_V, S]
+ * (BLIP); src_V = V is visualization, V + 1 continuation. Draws, each made
+ * for draw_n items (V rows each) and cut to the batch's rows: the CFG drop's
+ * uniforms (B V of them, np.random.rand: from np_rng when given, else from
+ * the generator), then from the generator the VAE posterior's noise, the
+ * noise, the timesteps, in that order. */
+extern const train_step_ops_t train_step_arldm;
 
 #endif

@@ -108,7 +108,7 @@ if BUILD_PLUGIN_TRAIN
 noinst_LTLIBRARIES += plugins/common/libtraindata.la
 plugins_common_libtraindata_la_SOURCES = plugins/common/train_data.c plugins/common/train_data.h
 pkglib_LTLIBRARIES += plugins/tasks/task_train.la
-plugins_tasks_task_train_la_SOURCES = plugins/tasks/train.c plugins/common/train_sd.c plugins/common/train_step.h
+plugins_tasks_task_train_la_SOURCES = plugins/tasks/train.c plugins/common/train_sd.c plugins/common/train_arldm.c plugins/common/train_step.h
 plugins_tasks_task_train_la_CFLAGS = $(AM_CFLAGS) $(JANSSON_CFLAGS) $(LIBPNG_CFLAGS)
 plugins_tasks_task_train_la_LDFLAGS = $(PLUGIN_LDFLAGS)
 plugins_tasks_task_train_la_LIBADD = $(SD_COMMON_LIBADD) plugins/processors/libimagecommon.la plugins/common/libtraindata.la

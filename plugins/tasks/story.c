@@ -192,14 +192,9 @@ typedef struct comps {
 } comps_t;
 
 /* What a run holds: the AR-LDM extras and the null context. */
-typedef struct arldm_src {
-  mmp_safetensors_t *st;
-  mmp_checkpoint_t *ck;
-} arldm_src_t;
-
 typedef struct run {
   story_t *t;
-  arldm_src_t src;                /* the `arldm` file, open for the whole run */
+  arldm_file_t src;               /* the `arldm` file, open for the whole run */
   comps_t c;
   mmp_backend_t *be;
   int64_t V, src_V, S, D;
@@ -250,84 +245,22 @@ static mmp_tensor_t *blip_frames(run_t *r, mmp_tensor_t *frames, mmp_tensor_t *i
   return h;
 }
 
-/* The AR-LDM state dict (`arldm`): a .safetensors file with AR-LDM's names, or a torch.save
- * file — Lightning's last.ckpt (the names under "state_dict.") or a bare state dict — read in
- * place, without loading the tensors the parts read themselves. */
-static int src_open(arldm_src_t *a, const char *path) {
-  memset(a, 0, sizeof *a);
-  if (mmp_checkpoint_sniff(path)) {
-    a->ck = mmp_checkpoint_open(path, "state_dict.", 0);
-    if (!a->ck && mmp_error_code() == MMP_ENOENT) a->ck = mmp_checkpoint_open(path, NULL, 0);
-    return a->ck ? 0 : mmp_error_prefix("story: ");
-  }
-  a->st = mmp_safetensors_open(path);
-  return a->st ? 0 : mmp_error_prefix("story: ");
-}
-
-static void src_close(arldm_src_t *a) {
-  mmp_safetensors_close(a->st);
-  mmp_checkpoint_close(a->ck);
-  memset(a, 0, sizeof *a);
-}
-
-static int src_info(const arldm_src_t *a, const char *name, int *nd, int64_t *shape) {
-  mmp_dtype_t dt;
-  if (a->ck) return mmp_checkpoint_info(a->ck, name, &dt, nd, shape, NULL, NULL);
-  if (a->st) return mmp_safetensors_info(a->st, name, &dt, nd, shape);
-  return MMP_ENOENT;
-}
-
-/* The tables live on the run's backend (they are added to encoder outputs);
- * the null ids and image are inputs the encoders convert themselves. */
-static mmp_tensor_t *load_extra(arldm_src_t *a, const char *name, mmp_dtype_t dt, mmp_backend_t *be) {
-  mmp_tensor_t *t = a->ck ? mmp_checkpoint_get(a->ck, name, be, dt) : mmp_safetensors_get(a->st, name, be, dt);
-  if (!t) mmp_error_prefix("story: AR-LDM state dict: ");
-  return t;
-}
-
 /* The unconditional context, from the null buffers of the AR-LDM file. */
 static int build_null_context(run_t *r) {
-  arldm_src_t *st = &r->src;
   int rc = 0;
   mmp_tensor_t *cnull = NULL, *bnull = NULL, *inull = NULL, *hc = NULL, *hb = NULL;
-  mmp_backend_t *cpu = mmp_backend_get("cpu");
-  if (!(r->type = load_extra(st, "modal_type_embeddings.weight", MMP_F32, r->be)) ||
-      !(r->time = load_extra(st, "time_embeddings.weight", MMP_F32, r->be)) ||
-      !(cnull = load_extra(st, "clip_text_null_token", MMP_I64, cpu)) ||
-      !(bnull = load_extra(st, "blip_text_null_token", MMP_I64, cpu)) ||
-      !(inull = load_extra(st, "blip_image_null_token", MMP_F32, cpu))) {
-    rc = mmp_error_code();
-    goto done;
-  }
-  /* the shapes first, each message naming the tensors: a width that does
-   * not match would otherwise surface as a broadcast error while adding the
-   * tables to the encoders' outputs */
+  arldm_parts_t ex = {0};
   char d1[96], d2[96], d3[96];
   const char *f = r->t->arldm;
-  if (r->type->ndim != 2 || r->type->shape[0] != 2) {
-    rc = mmp_error_set(MMP_ESHAPE, "story: %s: modal_type_embeddings.weight is %s, expected [2, D]", f,
-                       mmp_tensor_describe(r->type, d1, sizeof d1));
+  if ((rc = arldm_extras_load(&r->src, f, r->be, r->src_V, &ex, &r->S, &r->D)) < 0) {
+    rc = mmp_error_prefix("story: ");
     goto done;
   }
-  r->D = r->type->shape[1];
-  if (r->time->ndim != 2 || r->time->shape[0] < r->src_V || r->time->shape[1] != r->D) {
-    rc = mmp_error_set(MMP_ESHAPE, "story: %s: time_embeddings.weight is %s, expected [>= %lld, %lld] (the width D of "
-                       "modal_type_embeddings.weight %s)", f, mmp_tensor_describe(r->time, d1, sizeof d1), (long long)r->src_V,
-                       (long long)r->D, mmp_tensor_describe(r->type, d2, sizeof d2));
-    goto done;
-  }
-  if (cnull->ndim != 2 || cnull->shape[0] != 1 || bnull->ndim != 2 || bnull->shape[0] != 1 ||
-      bnull->shape[1] != cnull->shape[1]) {
-    rc = mmp_error_set(MMP_ESHAPE, "story: %s: clip_text_null_token is %s and blip_text_null_token %s, both must be [1, S]", f,
-                       mmp_tensor_describe(cnull, d1, sizeof d1), mmp_tensor_describe(bnull, d2, sizeof d2));
-    goto done;
-  }
-  r->S = cnull->shape[1];
-  if (inull->ndim != 4 || inull->shape[0] != 1 || inull->shape[1] != 3) {
-    rc = mmp_error_set(MMP_ESHAPE, "story: %s: blip_image_null_token is %s, expected [1, 3, H, W]", f,
-                       mmp_tensor_describe(inull, d1, sizeof d1));
-    goto done;
-  }
+  r->type = ex.type;
+  r->time = ex.time;
+  cnull = ex.clip_null;
+  bnull = ex.blip_null;
+  inull = ex.image_null;
   hc = arldm_call1(r->c.clip, NULL, "last_hidden_state", "input_ids", cnull, NULL, NULL, NULL, NULL);
   if (!hc) {
     rc = mmp_error_prefix("story: null context: text_encoder on clip_text_null_token %s: ", mmp_tensor_describe(cnull, d1, sizeof d1));
@@ -951,16 +884,16 @@ static int load_dataset(run_t *r, mmp_component_t *ds, int64_t s0, int64_t B, mm
 /* ---------------------------------------------------------------- stories_file */
 
 /* Rows of the token table @name in the AR-LDM file, or -1 when absent. */
-static int64_t table_rows(const arldm_src_t *a, const char *name) {
+static int64_t table_rows(const arldm_file_t *a, const char *name) {
   int nd = 0;
   int64_t sh[MMP_MAX_DIMS], rows = -1;
-  if (src_info(a, name, &nd, sh) == 0 && nd == 2) rows = sh[0];
+  if (arldm_file_info(a, name, NULL, &nd, sh) == 0 && nd == 2) rows = sh[0];
   mmp_error_clear();
   return rows;
 }
 
 static int tokenize(mmp_context_t *ctx, const char *group, const char *const *texts, size_t n, int64_t S,
-                    const arldm_src_t *arldm, const char *table, mmp_tensor_t **ids, mmp_tensor_t **mask) {
+                    const arldm_file_t *arldm, const char *table, mmp_tensor_t **ids, mmp_tensor_t **mask) {
   mmp_component_t *c = mmp_component_create(ctx, MMP_KIND_PROCESSOR, group);
   if (!c) return mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
   const mmp_processor_ops_t *ops = (const mmp_processor_ops_t *)c->plugin;
@@ -1277,8 +1210,11 @@ static int story_run(void *self, mmp_context_t *ctx) {
     /* S from the AR-LDM file, to check the stories before loading any model */
     int nd = 0;
     int64_t sh[MMP_MAX_DIMS];
-    if ((rc = src_open(&r.src, t->arldm)) < 0) goto done;
-    if (src_info(&r.src, "clip_text_null_token", &nd, sh) < 0 || nd < 1) {
+    if ((rc = arldm_file_open(&r.src, t->arldm)) < 0) {
+      rc = mmp_error_prefix("story: ");
+      goto done;
+    }
+    if (arldm_file_info(&r.src, "clip_text_null_token", NULL, &nd, sh) < 0 || nd < 1) {
       rc = mmp_error_set(MMP_EDATA, "story: %s: no clip_text_null_token (is this an AR-LDM state dict?)", t->arldm);
       goto done;
     }
@@ -1441,7 +1377,7 @@ done:
   mmp_tensor_unref(r.type);
   mmp_tensor_unref(r.time);
   mmp_tensor_unref(r.uncond);
-  src_close(&r.src);
+  arldm_file_close(&r.src);
   mmp_rng_free(gen);
   mmp_component_free(r.c.sched);
   mmp_component_free(r.c.vae);

@@ -1,4 +1,4 @@
-/* plugins/tasks/train.c - the training task: Stable Diffusion fine-tuning on image-caption pairs (issue 16).
+/* plugins/tasks/train.c - the training task: Stable Diffusion fine-tuning on image-caption pairs, AR-LDM on stories (issue 16).
  *
  * The loop (doc/training.md): data order per epoch, one tape per
  * micro-batch around the mode's step (plugins/common/train_step.h),
@@ -22,20 +22,22 @@
 #include <mmpipe/file.h>
 #include <mmpipe/autograd.h>
 #include <mmpipe/dist.h>
+#include <mmpipe/loader.h>
 #include <mmpipe/optim.h>
 #include <mmpipe/rng.h>
 #include <mmpipe/safetensors.h>
 
+#include "plugins/common/arldm.h"
 #include "plugins/common/sd_common.h"
 #include "plugins/common/train_data.h"
 #include "plugins/common/train_step.h"
 #include "plugins/processors/imagecommon.h"
 
-static const train_step_ops_t *const train_modes[] = {&train_step_sd, NULL};
+static const train_step_ops_t *const train_modes[] = {&train_step_sd, &train_step_arldm, NULL};
 
 static const mmp_key_t train_keys[] = {
-    {"mode", MMP_TYPE_STRING, "\"sd\"", "what a step computes: sd (Stable Diffusion fine-tuning)", 0, 0},
-    {"data_dir", MMP_TYPE_STRING, NULL, "folder of the training images (PNG or JPEG, all of one size)", MMP_KEY_PATH | MMP_KEY_REQUIRED, 0},
+    {"mode", MMP_TYPE_STRING, "\"sd\"", "what a step computes: sd (Stable Diffusion fine-tuning) or arldm (AR-LDM on stories)", 0, 0},
+    {"data_dir", MMP_TYPE_STRING, "\"\"", "sd (required): folder of the training images (PNG or JPEG, all of one size)", MMP_KEY_PATH, 0},
     {"captions", MMP_TYPE_STRING, "\"\"", "file of `image<TAB>caption` lines (default: data_dir/captions.txt)", MMP_KEY_PATH, 0},
     {"val_data_dir", MMP_TYPE_STRING, "\"\"", "optional validation images: their mean loss after every epoch", MMP_KEY_PATH, 0},
     {"val_captions", MMP_TYPE_STRING, "\"\"", "captions of the validation images (default: val_data_dir/captions.txt)", MMP_KEY_PATH, 0},
@@ -53,14 +55,22 @@ static const mmp_key_t train_keys[] = {
     {"warmup_steps", MMP_TYPE_INT, "0", "warmup of the cosine schedule, in optimizer steps", 0, 0},
     {"clip_norm", MMP_TYPE_FLOAT, "0", "> 0: clip the gradients' total 2-norm to this (clip_grad_norm_)", 0, 0},
     {"seed", MMP_TYPE_INT, "0", "seed of the step generator (latent sample, noise, timesteps) and of the data order", 0, 0},
-    {"rng", MMP_TYPE_STRING, "\"torch\"", "random numbers: torch (torch.Generator().manual_seed(seed) on CPU) or philox", 0, 0},
+    {"rng", MMP_TYPE_STRING, "\"torch\"", "random numbers: torch (torch.Generator().manual_seed(seed) on CPU; arldm's CFG drop: numpy's np.random.seed(seed) stream) or philox", 0, 0},
     {"freeze", MMP_TYPE_LIST, "[]", "glob patterns of parameters not trained (\"text_encoder.*\")", 0, 0},
     {"train", MMP_TYPE_LIST, "[]", "exceptions to freeze (\"*.token_embedding.*\")", 0, 0},
     {"checkpoint_every", MMP_TYPE_INT, "0", "> 0: a checkpoint every this many optimizer steps (always one at the end and on SIGINT)", 0, 0},
     {"output_dir", MMP_TYPE_STRING, "\"train-out\"", "checkpoint.safetensors, metrics.jsonl and export/ go here", MMP_KEY_PATH, 0},
     {"resume", MMP_TYPE_STRING, "\"\"", "a checkpoint to continue from (the same data, batch_size, grad_accum, max_steps, seed)", MMP_KEY_PATH, 0},
-    {"tokenizer", MMP_TYPE_COMPONENT, "\"clip_tokenizer\"", "the tokenizer (processor) group", 0, MMP_KIND_PROCESSOR},
+    {"arldm", MMP_TYPE_STRING, "\"\"", "arldm (required): the AR-LDM state dict (.safetensors with AR-LDM's names, or a torch.save "
+     "file) whose modal_type_embeddings, time_embeddings (trained) and null buffers are read; the exported file copies "
+     "its other tensors (the VAE)", MMP_KEY_PATH, 0},
+    {"dataset", MMP_TYPE_COMPONENT, NULL, "arldm (required): the story dataset group (e.g. pororo with split = \"train\", "
+     "the tokenizer vocabularies, max_length = S, image_size, task)", 0, MMP_KIND_DATASET},
+    {"val_dataset", MMP_TYPE_COMPONENT, NULL, "arldm: optional validation stories (the same dataset with split = \"val\"): "
+     "their mean loss after every epoch", 0, MMP_KIND_DATASET},
+    {"tokenizer", MMP_TYPE_COMPONENT, "\"clip_tokenizer\"", "sd: the tokenizer (processor) group", 0, MMP_KIND_PROCESSOR},
     {"text_encoder", MMP_TYPE_COMPONENT, "\"clip_text\"", "the text encoder group (trainable = true to train it)", 0, MMP_KIND_ENCODER},
+    {"mm_encoder", MMP_TYPE_COMPONENT, "\"blip\"", "arldm: BLIP, the multimodal encoder group (trainable = true to train it)", 0, MMP_KIND_ENCODER},
     {"unet", MMP_TYPE_COMPONENT, "\"unet2d_condition\"", "the denoising model group (trainable = true)", 0, MMP_KIND_MODEL},
     {"vae", MMP_TYPE_COMPONENT, "\"vae\"", "the autoencoder group (frozen)", 0, MMP_KIND_ENCODER},
     {"scheduler", MMP_TYPE_COMPONENT, "\"ddpm\"", "the noise schedule group (its add_noise)", 0, MMP_KIND_SCHEDULER},
@@ -69,7 +79,8 @@ static const mmp_key_t train_keys[] = {
 typedef struct train {
   const train_step_ops_t *mode;
   char data_dir[4096], captions[4096], val_dir[4096], val_captions[4096];
-  char out_dir[4096], resume[4096];
+  char out_dir[4096], resume[4096], arldm[4096];
+  bool has_val_ds; /* a val_dataset group is configured */
   bool shuffle, cosine;
   int64_t batch, accum, max_steps, epochs, run_steps, warmup, seed, ckpt_every;
   double lr, wd, beta1, beta2, eps, clip;
@@ -115,7 +126,6 @@ static int get_strv(const mmp_config_t *cfg, const char *key, char ***out) {
 
 static int train_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_context_t *ctx, void **out_self) {
   (void)plugin;
-  (void)ctx;
   train_t *t = calloc(1, sizeof *t);
   if (!t) return mmp_error_set(MMP_ENOMEM, "out of memory");
   const char *mode = "sd", *rng = "torch", *sched = "cosine";
@@ -129,6 +139,7 @@ static int train_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp
       (rc = mmp_config_get_path(cfg, "val_captions", t->val_captions, sizeof t->val_captions)) ||
       (rc = mmp_config_get_path(cfg, "output_dir", t->out_dir, sizeof t->out_dir)) ||
       (rc = mmp_config_get_path(cfg, "resume", t->resume, sizeof t->resume)) ||
+      (rc = mmp_config_get_path(cfg, "arldm", t->arldm, sizeof t->arldm)) ||
       (rc = mmp_config_get_bool(cfg, "shuffle", &t->shuffle)) ||
       (rc = mmp_config_get_int(cfg, "batch_size", &t->batch)) ||
       (rc = mmp_config_get_int(cfg, "grad_accum", &t->accum)) ||
@@ -145,7 +156,20 @@ static int train_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp
     goto fail;
   for (int i = 0; train_modes[i]; i++)
     if (strcmp(train_modes[i]->mode, mode) == 0) t->mode = train_modes[i];
-  if (!t->mode) { rc = cfg_error(cfg, "mode", "unknown mode (known: sd)"); goto fail; }
+  if (!t->mode) { rc = cfg_error(cfg, "mode", "unknown mode (known: sd, arldm)"); goto fail; }
+  const mmp_config_t *root = ctx ? mmp_context_config(ctx) : NULL;
+  if (t->mode == &train_step_arldm) {
+    if (!t->arldm[0]) { rc = cfg_error(cfg, "arldm", "mode = \"arldm\" needs the AR-LDM state dict"); goto fail; }
+    if (root && !mmp_config_lookup(root, "dataset")) {
+      rc = cfg_error(cfg, "mode", "mode = \"arldm\" reads stories from a `dataset` group (a story dataset plugin)");
+      goto fail;
+    }
+    if (t->data_dir[0] || t->val_dir[0]) { rc = cfg_error(cfg, "data_dir", "mode = \"arldm\" reads the dataset group, not data_dir"); goto fail; }
+    t->has_val_ds = root && mmp_config_lookup(root, "val_dataset") != NULL;
+  } else if (!t->data_dir[0]) {
+    rc = cfg_error(cfg, "data_dir", "mode = \"sd\" needs the folder of training images");
+    goto fail;
+  }
   if (mmp_rng_mode_parse(rng, &t->rng_mode) < 0) { rc = cfg_error(cfg, "rng", "must be \"torch\" or \"philox\""); goto fail; }
   if (strcmp(sched, "cosine") && strcmp(sched, "constant")) {
     rc = cfg_error(cfg, "lr_schedule", "must be \"cosine\" or \"constant\"");
@@ -167,7 +191,7 @@ static int train_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp
   if (t->ckpt_every < 0) { rc = cfg_error(cfg, "checkpoint_every", "must be >= 0"); goto fail; }
   if (!(t->clip >= 0)) { rc = cfg_error(cfg, "clip_norm", "must be >= 0"); goto fail; }
   if (!t->out_dir[0]) { rc = cfg_error(cfg, "output_dir", "must not be empty"); goto fail; }
-  if (!t->captions[0]) snprintf(t->captions, sizeof t->captions, "%.4000s/captions.txt", t->data_dir);
+  if (t->data_dir[0] && !t->captions[0]) snprintf(t->captions, sizeof t->captions, "%.4000s/captions.txt", t->data_dir);
   if (t->val_dir[0] && !t->val_captions[0])
     snprintf(t->val_captions, sizeof t->val_captions, "%.4000s/captions.txt", t->val_dir);
   /* torch's own checks, before any work */
@@ -224,6 +248,55 @@ fail:
   return out;
 }
 
+/* The items of a run: image-caption lines (mode sd) or a dataset plugin's
+ * items (mode arldm: the `dataset` / `val_dataset` group). One order,
+ * sharding and batching for both: a micro-batch is the items at positions
+ * of the epoch's order, loaded by micro_loss. */
+typedef struct source {
+  train_data_t list;
+  mmp_component_t *ds;
+  int64_t n;
+} source_t;
+
+static int source_open(source_t *s, mmp_context_t *ctx, const char *group, const char *dir, const char *captions) {
+  if (!group) {
+    int rc = train_data_load(&s->list, dir, captions);
+    s->n = s->list.n;
+    return rc;
+  }
+  if (!(s->ds = mmp_component_create(ctx, MMP_KIND_DATASET, group))) return mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
+  s->n = ((const mmp_dataset_ops_t *)s->ds->plugin)->size(s->ds->self);
+  if (s->n <= 0) return mmp_error_set(MMP_EDATA, "train: the %s group's dataset has no items", group);
+  return 0;
+}
+
+static void source_close(source_t *s) {
+  train_data_clear(&s->list);
+  mmp_component_free(s->ds);
+  memset(s, 0, sizeof *s);
+}
+
+/* Items @idx[0..n) of a dataset, their tensors stacked (transfer full). */
+static mmp_tensormap_t *load_items(const source_t *d, const int64_t *idx, int64_t n) {
+  const mmp_dataset_ops_t *ops = (const mmp_dataset_ops_t *)d->ds->plugin;
+  mmp_tensormap_t **items = calloc((size_t)n, sizeof *items), *batch = NULL;
+  bool fine = items != NULL;
+  if (!items) mmp_error_set(MMP_ENOMEM, "out of memory");
+  for (int64_t i = 0; fine && i < n; i++) {
+    if (!(items[i] = mmp_tensormap_new())) {
+      mmp_error_set(MMP_ENOMEM, "out of memory");
+      fine = false;
+    } else if (ops->get(d->ds->self, idx[i], items[i]) < 0) {
+      mmp_error_prefix("train: dataset item %lld: ", (long long)idx[i]);
+      fine = false;
+    }
+  }
+  if (fine && mmp_loader_stack(items, (int)n, &batch) < 0) mmp_error_prefix("train: ");
+  for (int64_t i = 0; items && i < n; i++) mmp_tensormap_free(items[i]);
+  free(items);
+  return batch;
+}
+
 /* ---------------------------------------------------------------- state */
 
 typedef struct param {
@@ -235,12 +308,13 @@ typedef struct run {
   train_t *t;
   mmp_context_t *ctx;
   train_parts_t parts;
-  train_data_t data, val;
+  source_t data, val;
   param_t *ps; /* the trained parameters, in the optimizer's order */
   size_t nps, cps;
   mmp_adamw_t *opt;
   mmp_lr_warmup_cosine_t sched;
   mmp_rng_t *rng, *data_rng;
+  mmp_rng_t *np_rng; /* arldm with rng = torch: numpy's stream of the CFG drop (np.random.seed(seed)) */
   int64_t *order; /* the current epoch's item order */
   int64_t step, steps_per_epoch, max_steps;
   FILE *metrics;
@@ -302,6 +376,30 @@ static int collect(run_t *r, mmp_component_t *c, const char *prefix, size_t *lis
   return rc < 0 ? mmp_error_prefix("%s", prefix) : 0;
 }
 
+/* mode arldm: AR-LDM's own tensors from the `arldm` file; the modal-type
+ * and time tables are owned copies, trained unless the patterns freeze them
+ * (AR-LDM always trains them). */
+static int load_arldm_extras(run_t *r) {
+  arldm_file_t f = {0};
+  arldm_parts_t ex = {0};
+  int rc = arldm_file_open(&f, r->t->arldm);
+  if (rc == 0) rc = arldm_extras_load(&f, r->t->arldm, mmp_context_backend(r->ctx), 0, &ex, NULL, NULL);
+  arldm_file_close(&f);
+  if (rc < 0) return mmp_error_prefix("train: ");
+  r->parts.type = mmp_clone(ex.type);
+  r->parts.time = mmp_clone(ex.time);
+  r->parts.clip_null = ex.clip_null;
+  r->parts.blip_null = ex.blip_null;
+  r->parts.image_null = ex.image_null;
+  mmp_tensor_unref(ex.type);
+  mmp_tensor_unref(ex.time);
+  if (!r->parts.type || !r->parts.time) return mmp_error_code() ? mmp_error_code() : MMP_ENOMEM;
+  collect_t ct = {r, "modal_type_embeddings", 0}, cm = {r, "time_embeddings", 0};
+  if ((rc = collect_param(&ct, "weight", r->parts.type)) < 0 || (rc = collect_param(&cm, "weight", r->parts.time)) < 0)
+    return rc;
+  return 0;
+}
+
 static int mkdir_p(const char *dir) {
   char buf[4096];
   snprintf(buf, sizeof buf, "%s", dir);
@@ -352,6 +450,8 @@ static int save_checkpoint(run_t *r) {
       (rc = mmp_rng_get_state(r->data_rng, sd, sizeof sd)) == 0 &&
       (rc = put(m, "rng.step", "", u8_tensor(st, sizeof st))) == 0)
     rc = put(m, "rng.data", "", u8_tensor(sd, sizeof sd));
+  if (rc == 0 && r->np_rng && (rc = mmp_rng_get_state(r->np_rng, st, sizeof st)) == 0)
+    rc = put(m, "rng.numpy", "", u8_tensor(st, sizeof st));
   free(steps);
   char v[9][64];
   snprintf(v[0], sizeof v[0], "%lld", (long long)r->step);
@@ -483,7 +583,9 @@ static int load_checkpoint(run_t *r, const char *path) {
   uint8_t buf[MMP_RNG_STATE_SIZE];
   if ((rc = load_bytes(st, "rng.step", buf, sizeof buf, path)) < 0 || (rc = mmp_rng_set_state(r->rng, buf, sizeof buf)) < 0 ||
       (rc = load_bytes(st, "rng.data", buf, sizeof buf, path)) < 0 ||
-      (rc = mmp_rng_set_state(r->data_rng, buf, sizeof buf)) < 0)
+      (rc = mmp_rng_set_state(r->data_rng, buf, sizeof buf)) < 0 ||
+      (r->np_rng && ((rc = load_bytes(st, "rng.numpy", buf, sizeof buf, path)) < 0 ||
+                     (rc = mmp_rng_set_state(r->np_rng, buf, sizeof buf)) < 0)))
     goto done;
   r->step = strtoll(mmp_safetensors_metadata(st, "step"), NULL, 10);
   r->sched.last_step = strtoll(mmp_safetensors_metadata(st, "sched_last_step"), NULL, 10);
@@ -531,6 +633,95 @@ static int export_part(run_t *r, mmp_component_t *c, const char *prefix, const c
   if (rc == 0 && (rc = mmp_safetensors_save_map(path, e.m, md)) < 0) rc = mmp_error_prefix("train: export: ");
   if (rc == 0) MMP_INFO("train", "exported %s", path);
   mmp_tensormap_free(e.m);
+  return rc;
+}
+
+/* mode arldm: one AR-LDM state dict, export/arldm.safetensors, that the
+ * story task's `arldm` and the parts' weights + weights_prefix read: every
+ * tensor of the `arldm` file (the frozen VAE, the null buffers, parts not
+ * created trainable, in their stored dtype) with the tensors the trainable
+ * parts list (text_encoder.*, mm_encoder.*, unet.*, f32) and the
+ * modal-type and time tables in place of the stored ones. A listed name the
+ * file lacks is an error: the parts must read their weights from it. */
+typedef struct export_pref {
+  mmp_tensormap_t *m;
+  const char *prefix;
+} export_pref_t;
+
+static int export_prefixed(void *user, const char *name, mmp_tensor_t *p) {
+  export_pref_t *e = user;
+  char full[600];
+  snprintf(full, sizeof full, "%s%s", e->prefix, name);
+  return mmp_tensormap_set(e->m, full, mmp_tensor_ref(p));
+}
+
+static int export_arldm(run_t *r) {
+  mmp_tensormap_t *cur = mmp_tensormap_new(), *m = mmp_tensormap_new();
+  arldm_file_t f = {0};
+  int rc = cur && m ? 0 : mmp_error_set(MMP_ENOMEM, "out of memory");
+  struct {
+    mmp_component_t *c;
+    const char *prefix;
+  } parts[3] = {{r->parts.text_encoder, "text_encoder."}, {r->parts.mm_encoder, "mm_encoder."}, {r->parts.unet, "unet."}};
+  for (int i = 0; rc == 0 && i < 3; i++) {
+    const mmp_model_ops_t *ops = (const mmp_model_ops_t *)parts[i].c->plugin;
+    if (!MMP_OPS_HAS(ops, mmp_model_ops_t, parameters) || !ops->parameters) continue;
+    export_pref_t e = {cur, parts[i].prefix};
+    size_t before = mmp_tensormap_size(cur);
+    rc = ops->parameters(parts[i].c->self, export_prefixed, &e);
+    if (rc == MMP_EINVAL && mmp_tensormap_size(cur) == before) {
+      mmp_error_clear();
+      rc = 0; /* not created for training: its stored tensors are copied */
+    }
+  }
+  if (rc == 0 && ((rc = mmp_tensormap_set(cur, "modal_type_embeddings.weight", mmp_tensor_ref(r->parts.type))) < 0 ||
+                  (rc = mmp_tensormap_set(cur, "time_embeddings.weight", mmp_tensor_ref(r->parts.time))) < 0))
+    goto done;
+  if (rc == 0 && (rc = arldm_file_open(&f, r->t->arldm)) < 0) goto done;
+  for (size_t i = 0; rc == 0 && i < mmp_tensormap_size(cur); i++) {
+    const char *name = mmp_tensormap_name(cur, i);
+    int nd = 0;
+    int64_t sh[MMP_MAX_DIMS];
+    mmp_tensor_t *t = mmp_tensormap_at(cur, i);
+    int64_t numel = 1;
+    bool have = arldm_file_info(&f, name, NULL, &nd, sh) == 0;
+    for (int k = 0; have && k < nd; k++) numel *= sh[k];
+    if (!have || mmp_tensor_numel(t) != numel)
+      rc = mmp_error_set(MMP_EDATA, "train: export: %s (a trained part's tensor) is not in %s with its size: give the parts "
+                         "the `arldm` file as weights (weights_prefix = \"text_encoder.\", ...)", name, r->t->arldm);
+  }
+  for (size_t i = 0; rc == 0 && i < arldm_file_count(&f); i++) {
+    const char *name = arldm_file_name(&f, i);
+    mmp_tensor_t *t = mmp_tensormap_get(cur, name);
+    if (t) {
+      int nd = 0;
+      int64_t sh[MMP_MAX_DIMS];
+      arldm_file_info(&f, name, NULL, &nd, sh);
+      mmp_tensor_t *h = mmp_to_backend(t, mmp_backend_get("cpu")), *c = h ? mmp_contiguous(h) : NULL;
+      /* the stored shape (1x1 convs may be [O, I] in the part, [O, I, 1, 1] in torch) */
+      mmp_tensor_t *v = c ? mmp_reshape(c, nd, sh) : NULL;
+      mmp_tensor_unref(h);
+      mmp_tensor_unref(c);
+      rc = v ? mmp_tensormap_set(m, name, v) : mmp_error_code();
+    } else {
+      mmp_dtype_t dt;
+      int nd = 0;
+      int64_t sh[MMP_MAX_DIMS];
+      mmp_tensor_t *v = arldm_file_info(&f, name, &dt, &nd, sh) == 0 ? arldm_file_get(&f, name, dt, mmp_backend_get("cpu")) : NULL;
+      rc = v ? mmp_tensormap_set(m, name, v) : mmp_error_prefix("train: export: %s: ", r->t->arldm);
+    }
+  }
+  char dir[4200], path[4400];
+  snprintf(dir, sizeof dir, "%s/export", r->t->out_dir);
+  snprintf(path, sizeof path, "%s/arldm.safetensors", dir);
+  static const char *const md[] = {"format", "pt", NULL};
+  if (rc == 0) rc = mkdir_p(dir);
+  if (rc == 0 && (rc = mmp_safetensors_save_map(path, m, md)) < 0) rc = mmp_error_prefix("train: export: ");
+  if (rc == 0) MMP_INFO("train", "exported %s (%zu tensors)", path, mmp_tensormap_size(m));
+done:
+  arldm_file_close(&f);
+  mmp_tensormap_free(cur);
+  mmp_tensormap_free(m);
   return rc;
 }
 
@@ -642,19 +833,29 @@ static int write_plot(const run_t *r) {
 /* ---------------------------------------------------------------- steps */
 
 /* The loss of items @idx[0..n) of @d, the tape (nullable) current. */
-static int micro_loss(run_t *r, const train_data_t *d, const int64_t *idx, int64_t n, int64_t draw_n, int64_t draw_off,
-                      mmp_rng_t *rng, mmp_tape_t *tape, mmp_tensor_t **loss) {
+static int micro_loss(run_t *r, const source_t *d, const int64_t *idx, int64_t n, int64_t draw_n, int64_t draw_off,
+                      mmp_rng_t *rng, mmp_rng_t *np_rng, mmp_tape_t *tape, mmp_tensor_t **loss) {
   *loss = NULL;
   if (n < 1) return mmp_error_set(MMP_EINVAL, "train: empty batch");
-  mmp_tensor_t *px = load_pixels(d, idx, n, mmp_context_backend(r->ctx));
+  if (d->ds) {
+    mmp_tensormap_t *items = load_items(d, idx, n);
+    if (!items) return mmp_error_code() ? mmp_error_code() : MMP_ERUNTIME;
+    train_batch_t b = {n, NULL, NULL, items, draw_n, draw_off, np_rng};
+    mmp_tape_t *prev = mmp_tape_set_current(tape);
+    int rc = r->t->mode->loss(&r->parts, &b, rng, loss);
+    mmp_tape_set_current(prev);
+    mmp_tensormap_free(items);
+    return rc;
+  }
+  mmp_tensor_t *px = load_pixels(&d->list, idx, n, mmp_context_backend(r->ctx));
   const char **caps = calloc((size_t)n, sizeof *caps);
   int rc = 0;
   if (!px || !caps) {
     rc = px ? mmp_error_set(MMP_ENOMEM, "out of memory") : mmp_error_code();
     goto done;
   }
-  for (int64_t i = 0; i < n; i++) caps[i] = d->items[idx[i]].caption;
-  train_batch_t b = {n, px, caps, NULL, draw_n, draw_off};
+  for (int64_t i = 0; i < n; i++) caps[i] = d->list.items[idx[i]].caption;
+  train_batch_t b = {n, px, caps, NULL, draw_n, draw_off, np_rng};
   mmp_tape_t *prev = mmp_tape_set_current(tape);
   rc = r->t->mode->loss(&r->parts, &b, rng, loss);
   mmp_tape_set_current(prev);
@@ -690,7 +891,7 @@ static int train_step(run_t *r, double *loss_out, double *norm_out) {
       break;
     }
     for (size_t i = 0; rc == 0 && i < r->nps; i++) rc = mmp_tape_watch(tape, r->ps[i].name, r->ps[i].t);
-    if (rc == 0) rc = micro_loss(r, &r->data, r->order + first, b, b * W, r->rank * b, r->rng, tape, &loss);
+    if (rc == 0) rc = micro_loss(r, &r->data, r->order + first, b, b * W, r->rank * b, r->rng, r->np_rng, tape, &loss);
     if (rc == 0) {
       sum += scalar(loss);
       /* Lightning's accumulate_grad_batches: loss / k */
@@ -733,18 +934,20 @@ static int validate(run_t *r, double *out) {
   int64_t B = r->t->batch * r->world;
   int64_t nb = r->val.n / B, *idx = malloc((size_t)r->val.n * sizeof *idx);
   mmp_rng_t *g = mmp_rng_new((uint64_t)r->t->seed, r->t->rng_mode);
+  mmp_rng_t *np = r->np_rng ? mmp_rng_new((uint64_t)r->t->seed, MMP_RNG_NUMPY) : NULL;
   double sum = 0;
   int rc = 0;
-  if (!idx || !g) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
+  if (!idx || !g || (r->np_rng && !np)) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
   for (int64_t i = 0; rc == 0 && i < r->val.n; i++) idx[i] = i;
   for (int64_t b = 0; rc == 0 && b < nb; b++) {
     mmp_tensor_t *loss = NULL;
-    rc = micro_loss(r, &r->val, idx + b * B, B, 0, 0, g, NULL, &loss);
+    rc = micro_loss(r, &r->val, idx + b * B, B, 0, 0, g, np, NULL, &loss);
     if (rc == 0) sum += scalar(loss);
     mmp_tensor_unref(loss);
   }
   free(idx);
   mmp_rng_free(g);
+  mmp_rng_free(np);
   if (rc == 0) *out = nb > 0 ? sum / (double)nb : NAN;
   return rc;
 }
@@ -834,6 +1037,7 @@ static int train_run(void *self, mmp_context_t *ctx) {
     size_t off;
   } comps[] = {{"tokenizer", MMP_KIND_PROCESSOR, offsetof(train_parts_t, tokenizer)},
                {"text_encoder", MMP_KIND_ENCODER, offsetof(train_parts_t, text_encoder)},
+               {"mm_encoder", MMP_KIND_ENCODER, offsetof(train_parts_t, mm_encoder)},
                {"unet", MMP_KIND_MODEL, offsetof(train_parts_t, unet)},
                {"vae", MMP_KIND_ENCODER, offsetof(train_parts_t, vae)},
                {"scheduler", MMP_KIND_SCHEDULER, offsetof(train_parts_t, scheduler)}};
@@ -859,21 +1063,26 @@ static int train_run(void *self, mmp_context_t *ctx) {
     rc = mmp_error_code();
     goto done;
   }
-  size_t lt = 0, lu = 0;
-  if ((rc = collect(&r, r.parts.text_encoder, "text_encoder", &lt)) < 0 || (rc = collect(&r, r.parts.unet, "unet", &lu)) < 0)
+  size_t lt = 0, lu = 0, lm = 0;
+  if ((rc = collect(&r, r.parts.text_encoder, "text_encoder", &lt)) < 0 ||
+      (rc = collect(&r, r.parts.mm_encoder, "mm_encoder", &lm)) < 0 || (rc = collect(&r, r.parts.unet, "unet", &lu)) < 0)
     goto done;
+  if (t->mode == &train_step_arldm && (rc = load_arldm_extras(&r)) < 0) goto done;
   if (r.nps == 0) {
     rc = mmp_error_set(MMP_ECONFIG, "train: nothing to train: give the unet (or text_encoder) group `trainable = true` "
                                     "and check the freeze patterns (%zu + %zu parameters listed)", lt, lu);
     goto done;
   }
-  MMP_INFO("train", "%zu parameter tensors trained (text_encoder lists %zu, unet %zu)", r.nps, lt, lu);
+  MMP_INFO("train", "%zu parameter tensors trained (text_encoder lists %zu, mm_encoder %zu, unet %zu)", r.nps, lt, lm, lu);
   /* every rank starts from rank 0's weights */
   for (size_t i = 0; rc == 0 && r.world > 1 && i < r.nps; i++) rc = mmp_dist_broadcast(r.dist, r.ps[i].t);
   if (rc < 0) goto done;
 
-  if ((rc = train_data_load(&r.data, t->data_dir, t->captions)) < 0) goto done;
-  if (t->val_dir[0] && (rc = train_data_load(&r.val, t->val_dir, t->val_captions)) < 0) goto done;
+  bool ds = t->mode == &train_step_arldm;
+  if ((rc = source_open(&r.data, ctx, ds ? "dataset" : NULL, t->data_dir, t->captions)) < 0) goto done;
+  if ((ds ? t->has_val_ds : t->val_dir[0] != 0) &&
+      (rc = source_open(&r.val, ctx, ds ? "val_dataset" : NULL, t->val_dir, t->val_captions)) < 0)
+    goto done;
   r.steps_per_epoch = r.data.n / t->batch / t->accum / r.world;
   if (r.steps_per_epoch < 1) {
     rc = mmp_error_set(MMP_ECONFIG, "train: %lld items make no optimizer step of batch_size %lld x grad_accum %lld x %d "
@@ -883,6 +1092,12 @@ static int train_run(void *self, mmp_context_t *ctx) {
   r.max_steps = t->max_steps > 0 ? t->max_steps : t->epochs * r.steps_per_epoch;
   if (t->cosine && (rc = mmp_lr_warmup_cosine_init(&r.sched, t->lr, t->warmup, r.max_steps, 0.0, 0.0)) < 0) {
     rc = mmp_error_prefix("train: ");
+    goto done;
+  }
+  /* AR-LDM draws its CFG drop from numpy (pl.seed_everything seeds it with the seed too) */
+  if (t->mode == &train_step_arldm && t->rng_mode == MMP_RNG_TORCH &&
+      !(r.np_rng = mmp_rng_new((uint64_t)t->seed, MMP_RNG_NUMPY))) {
+    rc = mmp_error_code();
     goto done;
   }
   if (!(r.rng = mmp_rng_new((uint64_t)t->seed, t->rng_mode)) || !(r.data_rng = mmp_rng_new((uint64_t)t->seed, t->rng_mode)) ||
@@ -940,8 +1155,10 @@ static int train_run(void *self, mmp_context_t *ctx) {
   }
   mmp_context_progress_end(ctx);
   if (r.rank == 0 && !saved && (rc = save_checkpoint(&r)) < 0) goto done;
-  if (r.rank == 0 && ((rc = export_part(&r, r.parts.unet, "unet", "diffusion_pytorch_model.safetensors")) < 0 ||
-                      (rc = export_part(&r, r.parts.text_encoder, "text_encoder", "model.safetensors")) < 0))
+  if (r.rank == 0 && t->mode == &train_step_arldm && (rc = export_arldm(&r)) < 0) goto done;
+  if (r.rank == 0 && t->mode != &train_step_arldm &&
+      ((rc = export_part(&r, r.parts.unet, "unet", "diffusion_pytorch_model.safetensors")) < 0 ||
+       (rc = export_part(&r, r.parts.text_encoder, "text_encoder", "model.safetensors")) < 0))
     goto done;
   rc = mmp_dist_barrier(r.dist); /* the others wait for rank 0's files */
 done:
@@ -960,9 +1177,16 @@ done:
   free(r.order);
   mmp_rng_free(r.rng);
   mmp_rng_free(r.data_rng);
+  mmp_rng_free(r.np_rng);
   mmp_adamw_free(r.opt);
-  train_data_clear(&r.data);
-  train_data_clear(&r.val);
+  source_close(&r.data);
+  source_close(&r.val);
+  mmp_tensor_unref(r.parts.type);
+  mmp_tensor_unref(r.parts.time);
+  mmp_tensor_unref(r.parts.clip_null);
+  mmp_tensor_unref(r.parts.blip_null);
+  mmp_tensor_unref(r.parts.image_null);
+  mmp_component_free(r.parts.mm_encoder);
   mmp_component_free(r.parts.scheduler);
   mmp_component_free(r.parts.vae);
   mmp_component_free(r.parts.unet);
