@@ -74,7 +74,7 @@ EXTRA_DIST += tests/test_plugin_story_demo.sh
 TESTS += tests/test_plugin_story_fid.sh
 EXTRA_DIST += tests/test_plugin_story_fid.sh
 TESTS += tests/test_plugin_story_html.sh tests/test_plugin_story_sigint.sh
-EXTRA_DIST += tests/test_plugin_story_html.sh tests/browser.sh tests/test_plugin_story_sigint.sh
+EXTRA_DIST += tests/test_plugin_story_html.sh tests/browser.sh tests/test_plugin_story_sigint.sh tests/story_tiny.sh
 # `pipeline arldm-init`: an AR-LDM state dict from the tiny SD and BLIP fixtures
 check_PROGRAMS += tests/test_tool_arldm_init
 TESTS += tests/test_tool_arldm_init

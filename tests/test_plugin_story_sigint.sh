@@ -7,36 +7,13 @@
 set -u
 B=${MMP_TEST_BUILDDIR:-.}
 S=${MMP_TEST_SRCDIR:-.}
-A=$(cd "$S/tests/fixtures/arldm" && pwd)
-P="$B/tools/pipeline"
 n=0; failed=0
 ok() { n=$((n+1)); if [ "$1" = 0 ]; then echo "ok $n - $2"; else echo "not ok $n - $2"; failed=$((failed+1)); fi; }
-[ -x "$P" ] && [ -e "$A/arldm_tiny.safetensors" ] && [ -e "$B/plugins/tasks/.libs/task_story.so" ] &&
-  [ -e "$B/plugins/datasets/.libs/dataset_pororo.so" ] || { echo "1..0 # SKIP pipeline, plugins or fixtures missing"; exit 0; }
-MMPIPE_PLUGIN_PATH=
-for k in tasks models encoders processors schedulers datasets; do MMPIPE_PLUGIN_PATH="$MMPIPE_PLUGIN_PATH${MMPIPE_PLUGIN_PATH:+:}$B/plugins/$k/.libs"; done
-export MMPIPE_PLUGIN_PATH
+. "$S/tests/story_tiny.sh"
+story_tiny_setup || { echo "1..0 # SKIP pipeline, plugins or fixtures missing"; exit 0; }
 T=$(mktemp -d /tmp/mmp-story-sigint-XXXXXX)
 trap 'rm -rf "$T"' EXIT
-cat > "$T/story.cfg" <<CFG
-task = { name = "story"; task = "visualization"; arldm = "$A/arldm_tiny.safetensors";
-  width = 32; height = 32; steps = 150; guidance_scale = 6.0; seed = 7; batch_size = 1; output_dir = "$T/out";
-  sample_output_dir = "$T/samples"; };
-dataset = { name = "pororo"; hdf5_file = "$A/story_ds.h5"; split = "test"; task = "visualization"; max_length = 8;
-  new_tokens = ["pororo", "loopy", "eddy", "crong"]; clip_vocab = "$A/tok/vocab.json";
-  clip_merges = "$A/tok/merges.txt"; bert_vocab = "$A/tok/vocab.txt"; };
-text_encoder = { name = "clip_text"; config = "$A/text_encoder/config.json"; weights = "$A/arldm_tiny.safetensors";
-  weights_prefix = "text_encoder."; };
-mm_encoder = { name = "blip"; config = "$A/med_config.json"; weights = "$A/arldm_tiny.safetensors";
-  weights_prefix = "mm_encoder."; num_heads = 4; enc_token_id = 51; };
-blip_processor = { name = "image_resize"; size = [224, 224]; interpolation = "bilinear";
-  mean = [0.48145466, 0.4578275, 0.40821073]; std = [0.26862954, 0.26130258, 0.27577711]; };
-unet = { name = "unet2d_condition"; config = "$A/unet/config.json"; weights = "$A/arldm_tiny.safetensors";
-  weights_prefix = "unet."; };
-vae = { name = "vae"; config = "$A/vae/config.json"; weights = "$A/arldm_tiny.safetensors"; weights_prefix = "vae."; };
-scheduler = { name = "ddim"; beta_start = 0.00085; beta_end = 0.012; beta_schedule = "scaled_linear";
-  clip_sample = false; set_alpha_to_one = true; steps_offset = 0; };
-CFG
+story_tiny_cfg visualization "$T/out" 150 'sample_output_dir = "'"$T/samples"'";' >"$T/story.cfg"
 # the uninterrupted run
 "$P" -q run "$T/story.cfg" -s task.output_dir="$T/ref" -s task.sample_output_dir="$T/refsamples" >"$T/log" 2>&1
 r=$?; ok $r "an uninterrupted run draws both stories"
