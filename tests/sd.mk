@@ -1,6 +1,6 @@
 # tests/sd.mk - tests of this area (included from tests/local.mk)
 # Component tests against diffusers/transformers fixtures (tests/gen_sd.py).
-noinst_HEADERS += tests/sd_test.h
+noinst_HEADERS += tests/sd_test.h tests/train_test.h
 check_PROGRAMS += tests/test_plugin_unet2d_condition tests/test_plugin_vae tests/test_plugin_clip_text
 TESTS += tests/test_plugin_unet2d_condition tests/test_plugin_vae tests/test_plugin_clip_text
 tests_test_plugin_unet2d_condition_CPPFLAGS = $(TEST_CPPFLAGS)

@@ -4,6 +4,7 @@
 #include <sys/stat.h>
 
 #include "sd_test.h"
+#include "train_test.h"
 
 /* The settings of gen_train_sd.py; %1$s the fixture root, %2$s the output
  * folder, %3$s extra task keys. */
@@ -60,33 +61,6 @@ static int read_metrics(const char *out, double *losses, double *lrs, double *no
   return n;
 }
 
-static mmp_tensormap_t *load(const char *path) {
-  mmp_tensormap_t *m = mmp_tensormap_new();
-  if (mmp_safetensors_load_map(path, mmp_backend_get("cpu"), false, m) < 0) {
-    diag("%s: %s", path, mmp_error_last());
-    mmp_tensormap_free(m);
-    return NULL;
-  }
-  return m;
-}
-
-/* Whether two files' tensors are bit-identical (same names, shapes, bytes). */
-static bool same_tensors(const char *a, const char *b, char *why, size_t wlen) {
-  mmp_tensormap_t *ma = load(a), *mb = load(b);
-  bool same = ma && mb && mmp_tensormap_size(ma) == mmp_tensormap_size(mb);
-  snprintf(why, wlen, "%s", same ? "" : "different tensor counts");
-  for (size_t i = 0; same && i < mmp_tensormap_size(ma); i++) {
-    const char *name = mmp_tensormap_name(ma, i);
-    mmp_tensor_t *x = mmp_tensormap_at(ma, i), *y = mmp_tensormap_get(mb, name);
-    same = y && x->dtype == y->dtype && mmp_tensor_same_shape(x, y) &&
-           memcmp(mmp_tensor_data(x), mmp_tensor_data(y), mmp_tensor_nbytes(x)) == 0;
-    if (!same) snprintf(why, wlen, "%s differs", name);
-  }
-  mmp_tensormap_free(ma);
-  mmp_tensormap_free(mb);
-  return same;
-}
-
 static int count_tmp(const char *dir) {
   DIR *d = opendir(dir);
   int n = 0;
@@ -97,12 +71,6 @@ static int count_tmp(const char *dir) {
   return n;
 }
 
-static void rm_rf(const char *path) {
-  char cmd[4400];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
-  if (system(cmd) != 0) diag("could not remove %s", path);
-}
-
 static void test_reference(void) {
   char out[4400], p[4600];
   snprintf(out, sizeof out, "%s/ref", tmpdir);
@@ -110,7 +78,7 @@ static void test_reference(void) {
   if (!ok(rc == 0, "3 optimizer steps of the tiny SD model")) diag("%s", mmp_error_last());
   char fxp[4200];
   snprintf(fxp, sizeof fxp, "%s/tests/fixtures/train/train_sd.safetensors", tap_srcdir());
-  mmp_tensormap_t *fx = load(fxp);
+  mmp_tensormap_t *fx = train_test_load(fxp);
   if (!fx) return;
   double losses[8], lrs[8], norms[8];
   int n = read_metrics(out, losses, lrs, norms, 8, NULL, 0);
@@ -129,9 +97,9 @@ static void test_reference(void) {
   ok(n == 3 && en <= SD_TOL, "the gradient norms before clipping equal torch's (%.3g)", en);
   /* the final weights, from the export (diffusers' / transformers' names) */
   snprintf(p, sizeof p, "%s/export/unet/diffusion_pytorch_model.safetensors", out);
-  mmp_tensormap_t *eu = load(p);
+  mmp_tensormap_t *eu = train_test_load(p);
   snprintf(p, sizeof p, "%s/export/text_encoder/model.safetensors", out);
-  mmp_tensormap_t *et = load(p);
+  mmp_tensormap_t *et = train_test_load(p);
   ok(eu && et, "export/unet and export/text_encoder written");
   int nparams = 0;
   double worst = 0;

@@ -5,6 +5,7 @@
 #include <sys/stat.h>
 
 #include "sd_test.h"
+#include "train_test.h"
 
 /* %1$s the fixture folder tests/fixtures/arldm, %2$s the output folder, %3$s extra task keys,
  * %4$s extra mm_encoder keys */
@@ -73,38 +74,6 @@ static int read_metrics(const char *out, char *all, size_t alen, int *nval) {
   return n;
 }
 
-static mmp_tensormap_t *load(const char *path) {
-  mmp_tensormap_t *m = mmp_tensormap_new();
-  if (mmp_safetensors_load_map(path, mmp_backend_get("cpu"), false, m) < 0) {
-    diag("%s: %s", path, mmp_error_last());
-    mmp_tensormap_free(m);
-    return NULL;
-  }
-  return m;
-}
-
-static bool same_tensors(const char *a, const char *b, char *why, size_t wlen) {
-  mmp_tensormap_t *ma = load(a), *mb = load(b);
-  bool same = ma && mb && mmp_tensormap_size(ma) == mmp_tensormap_size(mb);
-  snprintf(why, wlen, "%s", same ? "" : "different tensor counts");
-  for (size_t i = 0; same && i < mmp_tensormap_size(ma); i++) {
-    const char *name = mmp_tensormap_name(ma, i);
-    mmp_tensor_t *x = mmp_tensormap_at(ma, i), *y = mmp_tensormap_get(mb, name);
-    same = y && x->dtype == y->dtype && mmp_tensor_same_shape(x, y) &&
-           memcmp(mmp_tensor_data(x), mmp_tensor_data(y), mmp_tensor_nbytes(x)) == 0;
-    if (!same) snprintf(why, wlen, "%s differs", name);
-  }
-  mmp_tensormap_free(ma);
-  mmp_tensormap_free(mb);
-  return same;
-}
-
-static void rm_rf(const char *path) {
-  char cmd[4400];
-  snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
-  if (system(cmd) != 0) diag("could not remove %s", path);
-}
-
 /* 4 steps at once vs 2, then a resume for 2 more (batch 2 of 4 stories: an
  * epoch boundary and a reshuffle crossed, a validation after each epoch). */
 static void test_resume(void) {
@@ -138,7 +107,7 @@ static void test_resume(void) {
   /* the export has AR-LDM's names: those of the AR-LDM file, every one */
   char orig[4400];
   snprintf(orig, sizeof orig, "%s/arldm_tiny.safetensors", fxdir());
-  mmp_tensormap_t *e = load(ca), *o = load(orig);
+  mmp_tensormap_t *e = train_test_load(ca), *o = train_test_load(orig);
   bool names = e && o && mmp_tensormap_size(e) == mmp_tensormap_size(o);
   for (size_t i = 0; names && i < mmp_tensormap_size(o); i++) {
     mmp_tensor_t *x = mmp_tensormap_at(o, i), *y = mmp_tensormap_get(e, mmp_tensormap_name(o, i));
@@ -169,9 +138,9 @@ static void test_reference(void) {
                    "trainable = true;");
   if (!ok(rc == 0, "2 steps as gen_arldm_trainrun.py's")) diag("%s", mmp_error_last());
   snprintf(p, sizeof p, "%s/train_run.safetensors", fxdir());
-  mmp_tensormap_t *fx = load(p);
+  mmp_tensormap_t *fx = train_test_load(p);
   snprintf(p, sizeof p, "%s/checkpoint.safetensors", out);
-  mmp_tensormap_t *ck = load(p);
+  mmp_tensormap_t *ck = train_test_load(p);
   if (!fx || !ck) {
     ok(0, "fixture and checkpoint read");
     mmp_tensormap_free(fx);
@@ -199,7 +168,7 @@ static void test_reference(void) {
   ok(k == 2 && worst <= SD_TOL, "the 2 losses equal AR-LDM's within 1e-4 relative (%.3g)", worst);
   /* the weights, and their change from the AR-LDM file's (what the two steps did) */
   snprintf(p, sizeof p, "%s/arldm_tiny.safetensors", fxdir());
-  mmp_tensormap_t *init = load(p);
+  mmp_tensormap_t *init = train_test_load(p);
   int n = 0;
   double worst_d = 0;
   worst = 0;
@@ -238,9 +207,9 @@ static void test_freeze(void) {
   int rc = run_cfg(out, "batch_size = 2; max_steps = 1; lr = 1e-3; " FREEZE_CB, "trainable = true;");
   if (!ok(rc == 0, "a step with freeze_clip and freeze_blip as patterns")) diag("%s", mmp_error_last());
   snprintf(p, sizeof p, "%s/checkpoint.safetensors", out);
-  mmp_tensormap_t *ck = load(p);
+  mmp_tensormap_t *ck = train_test_load(p);
   snprintf(p, sizeof p, "%s/train_step.safetensors", fxdir());
-  mmp_tensormap_t *fx = load(p);
+  mmp_tensormap_t *fx = train_test_load(p);
   mmp_tensor_t *want = fx ? mmp_tensormap_get(fx, "cont.n_trainable") : NULL;
   int64_t n = 0, zero = 0;
   bool tok = false, word = false, layer = false;
@@ -263,9 +232,9 @@ static void test_freeze(void) {
                "\"mm_encoder.text_encoder.embeddings.word_embeddings.*\", \"unet.*attentions*\"];", "trainable = true;");
   if (!ok(rc == 0, "a step with freeze_clip, freeze_blip and freeze_resnet as patterns")) diag("%s", mmp_error_last());
   snprintf(p, sizeof p, "%s/checkpoint.safetensors", out);
-  ck = load(p);
+  ck = train_test_load(p);
   snprintf(p, sizeof p, "%s/train_run.safetensors", fxdir());
-  mmp_tensormap_t *fr = load(p);
+  mmp_tensormap_t *fr = train_test_load(p);
   want = fr ? mmp_tensormap_get(fr, "n_trainable_resnet") : NULL;
   n = 0;
   bool resnet = false;
