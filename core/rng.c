@@ -431,7 +431,10 @@ int mmp_rng_set_state(mmp_rng_t *g, const void *buf, size_t len) {
     return mmp_error_set(MMP_EINVAL, "rng_set_state: the state is of mode %llu, the generator's is %d",
                          (unsigned long long)mode, (int)g->mode);
   /* the mt19937 part is unused (all zero) in philox mode */
-  if (has > 1 || (g->mode != MMP_RNG_PHILOX && ((int32_t)left < 1 || (int32_t)left > MT_N || next >= MT_N)))
+  /* mt_u32 reads mt[next] for the left - 1 draws before the next twist:
+   * next + left - 1 must not pass the end of the table */
+  if (has > 1 || (g->mode != MMP_RNG_PHILOX &&
+                  ((int32_t)left < 1 || (int32_t)left > MT_N || next >= MT_N || next + left > MT_N + 1)))
     return mmp_error_set(MMP_EINVAL, "rng_set_state: invalid state (position %lld/%lld)", (long long)(int32_t)left,
                          (long long)next);
   g->seed = seed;

@@ -178,6 +178,19 @@ static void test_state(void) {
     ok(mmp_rng_set_state(other, st, sizeof st) == MMP_EINVAL, "%s: a state of the other mode is refused: %s",
        mode ? "torch" : "philox", mmp_error_last());
     ok(mmp_rng_set_state(h, st, sizeof st - 1) == MMP_EINVAL, "a short state is refused");
+    if (mode == 1) {
+      /* mt_left (offset 2516) and mt_next (2520) that would read past the
+       * table before the next twist (found by fuzz_train): refused, and a
+       * consistent pair right at the edge is taken */
+      uint8_t bad[MMP_RNG_STATE_SIZE];
+      memcpy(bad, st, sizeof bad);
+      bad[2516] = 100, bad[2517] = 0, bad[2520] = 0x0d, bad[2521] = 0x02; /* left 100, next 525: reads up to mt[623] */
+      ok(mmp_rng_set_state(h, bad, sizeof bad) == 0, "torch: position 525 with 100 draws left is taken: %s",
+         mmp_error_last());
+      bad[2520] = 0x0e; /* next 526: the 99th draw would read mt[624] */
+      ok(mmp_rng_set_state(h, bad, sizeof bad) == MMP_EINVAL, "torch: position 526 with 100 draws left is refused: %s",
+         mmp_error_last());
+    }
     mmp_rng_free(other);
     mmp_tensor_unref(x);
     mmp_tensor_unref(y);
