@@ -97,6 +97,47 @@ int main(void) {
     free(z);
     free(back);
   }
+  /* the run finder's 16-byte steps and the bit writer's flushes: every
+   * length to 40, runs starting at each offset of a step, at the end of the
+   * input (3 left, 2 left), and runs that a block boundary (16384 symbols)
+   * cuts, in blocks stored (noise) and coded */
+  int good = 1, tried = 0;
+  for (size_t n = 1; n <= 40; n++)
+    for (size_t at = 0; at < n; at++)
+      for (int len = 1; len <= 5 && at + (size_t)len <= n; len += 2) {
+        uint8_t in[40], z[256], back[41];
+        for (size_t i = 0; i < n; i++) in[i] = (uint8_t)(7 + i * 13);
+        memset(in + at, in[at], (size_t)len); /* len equal bytes: a match from at + 1 when len >= 4 */
+        size_t zn = deflate_rle_zlib(in, n, z, deflate_rle_bound(n));
+        uLongf got = sizeof back;
+        good &= zn > 0 && uncompress(back, &got, z, (uLong)zn) == Z_OK && got == n && memcmp(in, back, n) == 0;
+        tried++;
+      }
+  ok(good, "deflate_rle_zlib: %d short inputs with runs at every offset inflate back", tried);
+  {
+    /* 16383 literals then runs: the block boundary falls on a run; then
+     * noise (a stored block) and a run of 1000 across the next boundary */
+    size_t n = 16383 + 3 * 300 + 70000 + 1000 + 5, cap = deflate_rle_bound(n), i = 0;
+    uint8_t *in = malloc(n), *z = malloc(cap), *back = malloc(n + 1);
+    for (; i < 16383; i++) in[i] = (uint8_t)(i % 251 + (i / 251) % 2);
+    for (int r = 0; r < 300; r++, i += 3) memset(in + i, r % 5, 3); /* runs of 2-3 after a literal */
+    for (size_t k = 0; k < 70000; k++, i++) in[i] = (uint8_t)next();
+    memset(in + i, 42, 1000);
+    i += 1000;
+    for (; i < n; i++) in[i] = 42;
+    size_t zn = deflate_rle_zlib(in, n, z, cap);
+    uLongf got = (uLongf)n + 1;
+    ok(zn > 0 && uncompress(back, &got, z, (uLong)zn) == Z_OK && got == n && memcmp(in, back, n) == 0,
+       "deflate_rle_zlib: runs on block boundaries, stored and coded blocks, a long run at the end (%zu -> %zu bytes)", n, zn);
+    free(in);
+    free(z);
+    free(back);
+  }
+  /* the row filter's 16-byte steps and 8-pixel swaps: every width to 20 */
+  for (int w = 1; w <= 20; w++) {
+    check(w, 2, PHOTO, w % 2 == 0);
+    check(w, 3, NOISE, w % 2 == 1);
+  }
   check(1, 1, NOISE, true);
   check(3, 2, NOISE, false);
   check(128, 640, NOISE, true);     /* a FlintstonesSV strip */

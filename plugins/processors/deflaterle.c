@@ -4,7 +4,9 @@
 #include <stdbool.h>
 #include <stdlib.h>
 #include <string.h>
-#include <zlib.h>
+#if defined(__SSE2__)
+#include <emmintrin.h>
+#endif
 
 #define BLOCK_TOKENS 16384u /* symbols per block, as zlib's default memLevel 8 */
 #define STORED_MAX 65535u   /* bytes per stored block */
@@ -15,51 +17,80 @@
 
 /* ---- bits, least significant first ---- */
 
+/* The bit writer keeps whole bytes out of its accumulator by storing all
+ * eight of them after each group of codes and advancing by the whole bytes
+ * only (the bytes past them are written again by the next store): no
+ * branch per code. Callers add at most 56 bits between flushes; the output
+ * needs 8 bytes of slack past the stream's end (deflate_rle_bound). */
 typedef struct bits {
   uint8_t *p;
-  uint64_t acc;
-  int n;
+  uint64_t acc; /* pending bits, the oldest lowest; none above n */
+  unsigned n;   /* pending bits: below 8 after a flush */
 } bits_t;
 
-static inline void put(bits_t *b, uint32_t v, int len) {
-  b->acc |= (uint64_t)v << b->n;
+static inline void store_le64(uint8_t *p, uint64_t v) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+  v = __builtin_bswap64(v);
+#endif
+  memcpy(p, &v, 8);
+}
+
+/* @v: @len bits, none set above them */
+static inline void add(bits_t *b, uint64_t v, unsigned len) {
+  b->acc |= v << b->n;
   b->n += len;
-  if (b->n >= 32) {
-    b->p[0] = (uint8_t)b->acc;
-    b->p[1] = (uint8_t)(b->acc >> 8);
-    b->p[2] = (uint8_t)(b->acc >> 16);
-    b->p[3] = (uint8_t)(b->acc >> 24);
-    b->p += 4;
-    b->acc >>= 32;
-    b->n -= 32;
-  }
+}
+
+static inline void flush(bits_t *b) {
+  store_le64(b->p, b->acc);
+  b->p += b->n >> 3;
+  b->acc >>= b->n & ~7u;
+  b->n &= 7;
+}
+
+static inline void put(bits_t *b, uint32_t v, unsigned len) {
+  add(b, v, len);
+  flush(b);
 }
 
 /* Out to the next byte boundary (zero bits padded). */
 static void align(bits_t *b) {
-  while (b->n > 0) {
-    *b->p++ = (uint8_t)b->acc;
-    b->acc >>= 8;
-    b->n -= 8;
-  }
+  flush(b);
+  if (b->n) *b->p++ = (uint8_t)b->acc;
   b->acc = 0;
   b->n = 0;
 }
 
 /* ---- Huffman codes ---- */
 
-static int cmp_u64(const void *a, const void *b) {
-  uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
-  return (x > y) - (x < y);
+/* The used symbols of @freq (@n <= NLIT, frequencies below 2^16) in order
+ * of (frequency, symbol) into @order: a stable two-pass radix sort by
+ * frequency of the symbols taken in order. Returns their count. */
+static int sort_by_freq(const uint32_t *freq, int n, uint16_t *order) {
+  uint16_t tmp[NLIT];
+  int m = 0;
+  for (int i = 0; i < n; i++)
+    if (freq[i]) tmp[m++] = (uint16_t)i;
+  for (int shift = 0; shift < 16; shift += 8) {
+    const uint16_t *from = shift ? order : tmp;
+    uint16_t *to = shift ? tmp : order;
+    int count[257] = {0};
+    for (int k = 0; k < m; k++) count[1 + (freq[from[k]] >> shift & 255)]++;
+    for (int d = 1; d < 257; d++) count[d] += count[d - 1];
+    for (int k = 0; k < m; k++) to[count[freq[from[k]] >> shift & 255]++] = from[k];
+  }
+  memcpy(order, tmp, (size_t)m * sizeof *order);
+  return m;
 }
 
 /* Code lengths of at most @limit bits for @n (<= NLIT) symbols of
- * frequencies @freq_in: a Huffman code, built again from flattened
- * frequencies while it is too deep. At least two symbols get a code: a
- * code of one symbol would be incomplete, which inflaters refuse. */
+ * frequencies @freq_in (below 2^16): a Huffman code, built again from
+ * flattened frequencies while it is too deep. At least two symbols get a
+ * code: a code of one symbol would be incomplete, which inflaters refuse. */
 static void huff_lengths(const uint32_t *freq_in, int n, int limit, uint8_t *len) {
   uint32_t freq[NLIT];
-  uint64_t key[NLIT], weight[2 * NLIT];
+  uint16_t sym[NLIT];
+  uint64_t weight[2 * NLIT];
   int parent[2 * NLIT], depth[2 * NLIT];
   int used = 0;
   for (int i = 0; i < n; i++) used += (freq[i] = freq_in[i]) != 0;
@@ -69,11 +100,8 @@ static void huff_lengths(const uint32_t *freq_in, int n, int limit, uint8_t *len
       used++;
     }
   for (;;) {
-    int m = 0;
-    for (int i = 0; i < n; i++)
-      if (freq[i]) key[m++] = (uint64_t)freq[i] << 9 | (unsigned)i;
-    qsort(key, (size_t)m, sizeof *key, cmp_u64);
-    for (int k = 0; k < m; k++) weight[k] = key[k] >> 9;
+    int m = sort_by_freq(freq, n, sym);
+    for (int k = 0; k < m; k++) weight[k] = freq[sym[k]];
     /* two queues: the sorted leaves, and the inner nodes, made in order of weight */
     int li = 0, ii = m;
     for (int next = m; next < 2 * m - 1; next++) {
@@ -88,7 +116,7 @@ static void huff_lengths(const uint32_t *freq_in, int n, int limit, uint8_t *len
     memset(len, 0, (size_t)n);
     int deepest = 0;
     for (int k = 0; k < m; k++) {
-      len[key[k] & 511] = (uint8_t)depth[k];
+      len[sym[k]] = (uint8_t)depth[k];
       if (depth[k] > deepest) deepest = depth[k];
     }
     if (deepest <= limit) return;
@@ -106,9 +134,12 @@ static void huff_codes(const uint8_t *len, int n, uint16_t *code) {
   for (int b = 1; b < 16; b++) next[b] = c = (c + count[b - 1]) << 1;
   for (int i = 0; i < n; i++) {
     if (!len[i]) continue;
-    unsigned v = (unsigned)next[len[i]]++, r = 0;
-    for (int b = 0; b < len[i]; b++, v >>= 1) r = r << 1 | (v & 1);
-    code[i] = (uint16_t)r;
+    unsigned v = (unsigned)next[len[i]]++;
+    v = (v >> 1 & 0x5555) | (v & 0x5555) << 1;
+    v = (v >> 2 & 0x3333) | (v & 0x3333) << 2;
+    v = (v >> 4 & 0x0F0F) | (v & 0x0F0F) << 4;
+    v = (v >> 8 & 0x00FF) | (v & 0x00FF) << 8;
+    code[i] = (uint16_t)(v >> (16 - len[i]));
   }
 }
 
@@ -164,12 +195,28 @@ static int cl_tokens(const uint8_t *lens, int total, uint16_t *out, uint32_t *fr
 
 static const uint8_t CL_EXTRA[NCL] = {[16] = 2, [17] = 3, [18] = 7};
 
-/* Tokens: a literal byte (< 256) or a run of length L at distance 1 (256 + L). */
-static void write_block(bits_t *b, const uint8_t *in, size_t start, size_t end, const uint16_t *tok, size_t ntok,
+/* A block's symbols as items: the count of literals (the input bytes in
+ * order) before a run, << 9, | the run's length (3-258: a match at
+ * distance 1), or | 0 for the literals that end the block. */
+#define ITEM(lits, run) ((uint32_t)(lits) << 9 | (uint32_t)(run))
+
+/* The literals @s[0..@k), three codes (at most 45 bits) per flush; @lit:
+ * each byte's code | its length << 16. */
+static inline void put_literals(bits_t *b, const uint8_t *s, size_t k, const uint32_t *lit) {
+  for (; k >= 3; k -= 3, s += 3) {
+    uint32_t x = lit[s[0]], y = lit[s[1]], z = lit[s[2]];
+    unsigned lx = x >> 16, ly = y >> 16;
+    add(b, (x & 0xFFFF) | (uint64_t)(y & 0xFFFF) << lx | (uint64_t)(z & 0xFFFF) << (lx + ly), lx + ly + (z >> 16));
+    flush(b);
+  }
+  for (; k > 0; k--, s++) put(b, lit[*s] & 0xFFFF, lit[*s] >> 16);
+}
+
+static void write_block(bits_t *b, const uint8_t *in, size_t start, size_t end, const uint32_t *items, size_t nitems,
                         const uint32_t *lfreq, uint32_t dmatches, const lencode_t *lc, bool final) {
   uint8_t llen[NLIT], dlen[NDIST], cllen[NCL];
   uint16_t lcode[NLIT], dcode[NDIST], clcode[NCL], cl[NLIT + NDIST];
-  uint32_t dfreq[NDIST] = {dmatches}, clfreq[NCL] = {0};
+  uint32_t dfreq[NDIST] = {dmatches}, clfreq[NCL] = {0}, lit[256];
   huff_lengths(lfreq, NLIT, 15, llen);
   huff_lengths(dfreq, NDIST, 15, dlen);
   int nlit = NLIT, ndist = NDIST;
@@ -215,28 +262,138 @@ static void write_block(bits_t *b, const uint8_t *in, size_t start, size_t end, 
     put(b, clcode[s], cllen[s]);
     if (CL_EXTRA[s]) put(b, cl[k] >> 5, CL_EXTRA[s]);
   }
-  for (size_t k = 0; k < ntok; k++) {
-    unsigned t = tok[k];
-    if (t < 256) {
-      put(b, lcode[t], llen[t]);
-    } else {
-      unsigned l = t - 256, s = lc->sym[l];
-      put(b, lcode[s], llen[s]);
-      if (lc->extra[l]) put(b, lc->value[l], lc->extra[l]);
-      put(b, dcode[0], dlen[0]);
+  for (int c = 0; c < 256; c++) lit[c] = lcode[c] | (uint32_t)llen[c] << 16;
+  const uint8_t *s = in + start;
+  for (size_t k = 0; k < nitems; k++) {
+    size_t lits = items[k] >> 9;
+    unsigned l = items[k] & 511;
+    put_literals(b, s, lits, lit);
+    s += lits;
+    if (l) { /* at most 15 + 5 + 15 bits */
+      unsigned sym = lc->sym[l];
+      add(b, lcode[sym], llen[sym]);
+      add(b, lc->value[l], lc->extra[l]);
+      add(b, dcode[0], dlen[0]);
+      flush(b);
+      s += l;
     }
   }
   put(b, lcode[256], llen[256]);
 }
 
+/* The first j in [@i, @limit) (1 <= @i, @limit <= @n) where zlib's
+ * deflate_rle takes a run: in[j-1] == in[j] == in[j+1] == in[j+2], j + 2 < @n;
+ * @limit when there is none. */
+static size_t next_run(const uint8_t *in, size_t n, size_t i, size_t limit) {
+  size_t j = i;
+#if defined(__SSE2__)
+  for (; j < limit && j + 18 <= n; j += 16) {
+    __m128i a = _mm_loadu_si128((const __m128i *)(const void *)(in + j - 1));
+    __m128i b = _mm_loadu_si128((const __m128i *)(const void *)(in + j));
+    __m128i c = _mm_loadu_si128((const __m128i *)(const void *)(in + j + 1));
+    __m128i d = _mm_loadu_si128((const __m128i *)(const void *)(in + j + 2));
+    __m128i e = _mm_and_si128(_mm_and_si128(_mm_cmpeq_epi8(a, b), _mm_cmpeq_epi8(b, c)), _mm_cmpeq_epi8(c, d));
+    unsigned m = (unsigned)_mm_movemask_epi8(e);
+    if (m) {
+      j += (size_t)__builtin_ctz(m);
+      return j < limit ? j : limit;
+    }
+  }
+#endif
+  for (; j < limit; j++)
+    if (j + 2 < n && in[j - 1] == in[j] && in[j] == in[j + 1] && in[j + 1] == in[j + 2]) return j;
+  return limit;
+}
+
+/* The length of the run of @v from @p (at least 3 known), at most @lim. */
+static size_t run_length(const uint8_t *p, uint8_t v, size_t lim) {
+  size_t l = 3;
+  uint64_t vv = v * 0x0101010101010101ull;
+  for (; l + 8 <= lim; l += 8) {
+    uint64_t w;
+    memcpy(&w, p + l, 8);
+    if ((w ^= vv) != 0) {
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+      return l + (size_t)(__builtin_clzll(w) >> 3);
+#else
+      return l + (size_t)(__builtin_ctzll(w) >> 3);
+#endif
+    }
+  }
+  while (l < lim && p[l] == v) l++;
+  return l;
+}
+
+/* Byte counts in four tables (no store waiting on the one before). */
+static void count_bytes(const uint8_t *s, size_t k, uint32_t (*h)[256]) {
+  for (; k >= 4; k -= 4, s += 4) {
+    h[0][s[0]]++;
+    h[1][s[1]]++;
+    h[2][s[2]]++;
+    h[3][s[3]]++;
+  }
+  for (; k > 0; k--) h[0][*s++]++;
+}
+
+#define ADLER_BASE 65521u
+#define ADLER_NMAX 5552u /* the most bytes before the sums must be reduced (zlib's NMAX) */
+
+/* Adler-32 (RFC 1950) of @n bytes. */
+static uint32_t adler32_of(const uint8_t *p, size_t n) {
+  uint32_t a = 1, b = 0;
+#if defined(__SSE2__)
+  /* 16 bytes a step: a += their sum; b += 16 a + (16, 15, ..., 1) . bytes */
+  const __m128i zero = _mm_setzero_si128();
+  const __m128i w_lo = _mm_setr_epi16(16, 15, 14, 13, 12, 11, 10, 9), w_hi = _mm_setr_epi16(8, 7, 6, 5, 4, 3, 2, 1);
+  while (n >= 16) {
+    size_t steps = n / 16 < ADLER_NMAX / 16 ? n / 16 : ADLER_NMAX / 16;
+    __m128i vs1 = zero, vs1_sum = zero, vs2 = zero;
+    for (size_t k = 0; k < steps; k++, p += 16) {
+      __m128i v = _mm_loadu_si128((const __m128i *)(const void *)p);
+      vs1_sum = _mm_add_epi32(vs1_sum, vs1); /* a before each step, counted 16 times below */
+      vs1 = _mm_add_epi32(vs1, _mm_sad_epu8(v, zero));
+      vs2 = _mm_add_epi32(vs2, _mm_madd_epi16(_mm_unpacklo_epi8(v, zero), w_lo));
+      vs2 = _mm_add_epi32(vs2, _mm_madd_epi16(_mm_unpackhi_epi8(v, zero), w_hi));
+    }
+    uint32_t t1[4], t1s[4], t2[4];
+    _mm_storeu_si128((__m128i *)(void *)t1, vs1);
+    _mm_storeu_si128((__m128i *)(void *)t1s, vs1_sum);
+    _mm_storeu_si128((__m128i *)(void *)t2, vs2);
+    uint64_t s1 = (uint64_t)t1[0] + t1[1] + t1[2] + t1[3];
+    uint64_t s1s = (uint64_t)t1s[0] + t1s[1] + t1s[2] + t1s[3];
+    uint64_t s2 = (uint64_t)t2[0] + t2[1] + t2[2] + t2[3];
+    b = (uint32_t)(((uint64_t)b + (uint64_t)a * 16 * steps + 16 * s1s + s2) % ADLER_BASE);
+    a = (uint32_t)((a + s1) % ADLER_BASE);
+    n -= 16 * steps;
+  }
+#endif
+  while (n > 0) {
+    size_t k = n < ADLER_NMAX ? n : ADLER_NMAX;
+    n -= k;
+    for (; k > 0; k--) {
+      a += *p++;
+      b += a;
+    }
+    a %= ADLER_BASE;
+    b %= ADLER_BASE;
+  }
+  return b << 16 | a;
+}
+
 /* Each block at most its stored size: 5 bytes per 64 KiB piece; a block
- * but the last holds BLOCK_TOKENS symbols, so at least as many bytes. */
+ * but the last holds BLOCK_TOKENS symbols, so at least as many bytes. The
+ * bit writer's stores reach 8 bytes past its output. */
 size_t deflate_rle_bound(size_t n) { return n + 5 * (n / STORED_MAX + n / BLOCK_TOKENS + 2) + 2 + 4 + 8; }
 
 size_t deflate_rle_zlib(const uint8_t *in, size_t n, uint8_t *out, size_t cap) {
   if (cap < deflate_rle_bound(n)) return 0;
-  uint16_t *tok = malloc(BLOCK_TOKENS * sizeof *tok);
-  if (!tok) return 0;
+  uint32_t *items = malloc((BLOCK_TOKENS + 1) * sizeof *items);
+  uint32_t(*hist)[256] = malloc(4 * sizeof *hist);
+  if (!items || !hist) {
+    free(items);
+    free(hist);
+    return 0;
+  }
   lencode_t lc;
   lencode_init(&lc);
   out[0] = 0x78; /* deflate, 32 KiB window */
@@ -244,41 +401,39 @@ size_t deflate_rle_zlib(const uint8_t *in, size_t n, uint8_t *out, size_t cap) {
   bits_t b = {out + 2, 0, 0};
   size_t pos = 0;
   do {
-    size_t i = pos, ntok = 0;
+    /* zlib's deflate_rle: a run of the byte before, 3 to 258 long, or a literal */
+    size_t i = pos, lit0 = pos, ntok = 0, nitems = 0;
     uint32_t lfreq[NLIT] = {0}, dmatches = 0;
     lfreq[256] = 1;
-    /* zlib's deflate_rle: a run of the byte before, 3 to 258 long, or a literal */
+    memset(hist, 0, 4 * sizeof *hist);
     while (i < n && ntok < BLOCK_TOKENS) {
-      if (i > 0 && in[i] == in[i - 1]) {
-        uint8_t v = in[i - 1];
-        size_t lim = n - i < MAX_RUN ? n - i : MAX_RUN, l = 1;
-        while (l < lim && in[i + l] == v) l++;
-        if (l >= 3) {
-          tok[ntok++] = (uint16_t)(256 + l);
-          lfreq[lc.sym[l]]++;
-          dmatches++;
-          i += l;
-          continue;
-        }
-      }
-      tok[ntok++] = in[i];
-      lfreq[in[i]]++;
-      i++;
+      size_t limit = n - i < BLOCK_TOKENS - ntok ? n : i + (BLOCK_TOKENS - ntok);
+      size_t j = next_run(in, n, i ? i : 1, limit);
+      ntok += j - i;
+      i = j;
+      if (i >= limit) break;
+      size_t l = run_length(in + i, in[i - 1], n - i < MAX_RUN ? n - i : MAX_RUN);
+      count_bytes(in + lit0, i - lit0, hist);
+      items[nitems++] = ITEM(i - lit0, l);
+      lfreq[lc.sym[l]]++;
+      dmatches++;
+      ntok++;
+      i += l;
+      lit0 = i;
     }
-    write_block(&b, in, pos, i, tok, ntok, lfreq, dmatches, &lc, i == n);
+    count_bytes(in + lit0, i - lit0, hist);
+    items[nitems++] = ITEM(i - lit0, 0);
+    for (int c = 0; c < 256; c++) lfreq[c] = hist[0][c] + hist[1][c] + hist[2][c] + hist[3][c];
+    write_block(&b, in, pos, i, items, nitems, lfreq, dmatches, &lc, i == n);
     pos = i;
   } while (pos < n);
   align(&b);
-  uLong a = adler32(0L, Z_NULL, 0);
-  for (size_t done = 0; done < n;) { /* uInt lengths */
-    size_t k = n - done > (1u << 30) ? (1u << 30) : n - done;
-    a = adler32(a, in + done, (uInt)k);
-    done += k;
-  }
+  uint32_t a = adler32_of(in, n);
   b.p[0] = (uint8_t)(a >> 24);
   b.p[1] = (uint8_t)(a >> 16);
   b.p[2] = (uint8_t)(a >> 8);
   b.p[3] = (uint8_t)a;
-  free(tok);
+  free(items);
+  free(hist);
   return (size_t)(b.p + 4 - out);
 }

@@ -5,8 +5,9 @@
  * 258 bytes) and codes each block of 16384 symbols with its own Huffman
  * codes (stored blocks where that is smaller), writing bits 64 at
  * a time. About the compression of zlib level 1 with Z_RLE on filtered
- * image rows, in a fraction of zlib's time; other bytes than zlib's, which
- * any inflater reads back to the same data.
+ * image rows, in a fraction of zlib's time (runs looked for 16 bytes a
+ * step, SSE2 where the compiler targets it); other bytes than zlib's,
+ * which any inflater reads back to the same data.
  *
  *   size_t cap = deflate_rle_bound(n);
  *   uint8_t *z = malloc(cap);

@@ -232,6 +232,51 @@ static uint8_t *chunk_close(uint8_t *p, const char *type, size_t len) {
   return p + 12 + len;
 }
 
+typedef uint8_t v16u8 __attribute__((vector_size(16), aligned(1)));
+
+/* One row of @n bytes (RGB pixels) with PNG's Sub filter (each byte less
+ * the one a pixel before) into @o, after its filter type byte; with
+ * @swap_rb in B, G, R: the differences of swapped pixels are the swapped
+ * differences, so the filter runs 16 bytes a step and then swaps R and B
+ * in place, 8 pixels (three 64-bit words) a step. */
+static void sub_filter_row(const uint8_t *s, size_t n, bool swap_rb, uint8_t *o) {
+  *o++ = 1; /* PNG_FILTER_VALUE_SUB */
+  size_t k = 0;
+  for (; k < 3 && k < n; k++) o[k] = s[k];
+  for (; k + 16 <= n; k += 16) {
+    v16u8 a, b;
+    memcpy(&a, s + k, 16);
+    memcpy(&b, s + k - 3, 16);
+    a -= b;
+    memcpy(o + k, &a, 16);
+  }
+  for (; k < n; k++) o[k] = (uint8_t)(s[k] - s[k - 3]);
+  if (!swap_rb) return;
+  k = 0;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+  /* byte i of 24 holds channel i % 3: R takes the byte two above (the
+   * 192 bits shifted down 16), B the byte two below, G stays */
+  const uint64_t C0 = 0x00ff0000ff0000ffull, C1 = 0xff0000ff0000ff00ull, C2 = 0x0000ff0000ff0000ull;
+  for (; k + 24 <= n; k += 24) {
+    uint64_t w0, w1, w2;
+    memcpy(&w0, o + k, 8);
+    memcpy(&w1, o + k + 8, 8);
+    memcpy(&w2, o + k + 16, 8);
+    uint64_t r0 = ((w0 >> 16 | w1 << 48) & C0) | (w0 & C1) | (w0 << 16 & C2);
+    uint64_t r1 = ((w1 >> 16 | w2 << 48) & C1) | (w1 & C2) | ((w1 << 16 | w0 >> 48) & C0);
+    uint64_t r2 = (w2 >> 16 & C2) | (w2 & C0) | ((w2 << 16 | w1 >> 48) & C1);
+    memcpy(o + k, &r0, 8);
+    memcpy(o + k + 8, &r1, 8);
+    memcpy(o + k + 16, &r2, 8);
+  }
+#endif
+  for (; k + 3 <= n; k += 3) {
+    uint8_t t = o[k];
+    o[k] = o[k + 2];
+    o[k + 2] = t;
+  }
+}
+
 /* OpenCV's settings (the Sub filter, run-length matching) with the fast
  * encoder of deflaterle.c, the chunks written here: IHDR, one IDAT, IEND. */
 static int png_encode_rle(const mmp_image_t *im, bool swap_rb, uint8_t **bytes, size_t *n) {
@@ -243,20 +288,8 @@ static int png_encode_rle(const mmp_image_t *im, bool swap_rb, uint8_t **bytes, 
     free(out);
     return mmp_error_set(MMP_ENOMEM, "png: out of memory");
   }
-  const int r = swap_rb ? 2 : 0, b = swap_rb ? 0 : 2;
-  for (int y = 0; y < im->h; y++) {
-    const uint8_t *s = im->data + (size_t)y * im->w * 3;
-    uint8_t *o = f + (size_t)y * stride, pr = 0, pg = 0, pb = 0;
-    *o++ = 1; /* PNG_FILTER_VALUE_SUB */
-    for (int x = 0; x < im->w; x++, s += 3, o += 3) {
-      o[0] = (uint8_t)(s[r] - pr);
-      o[1] = (uint8_t)(s[1] - pg);
-      o[2] = (uint8_t)(s[b] - pb);
-      pr = s[r];
-      pg = s[1];
-      pb = s[b];
-    }
-  }
+  for (int y = 0; y < im->h; y++) sub_filter_row(im->data + (size_t)y * im->w * 3, (size_t)im->w * 3, swap_rb,
+                                                  f + (size_t)y * stride);
   uint8_t *p = out;
   memcpy(p, "\x89PNG\r\n\x1a\n", 8);
   p += 8;
