@@ -485,7 +485,8 @@ int arldm_train_step(const arldm_parts_t *p, const arldm_batch_t *b, mmp_rng_t *
       rc = mmp_error_set(MMP_EINVAL, "arldm step: no timesteps and no generator");
       goto fail;
     }
-    if (!(d->timesteps = mmp_rng_randint(rng, cpu, 0, 1000, 1, &n))) goto fail;
+    if (!(d->timesteps = mmp_rng_randint(rng, cpu, 0, p->num_train_timesteps > 0 ? p->num_train_timesteps : 1000, 1, &n)))
+      goto fail;
   }
   if (!mmp_tensor_same_shape(d->noise, z) || mmp_tensor_numel(d->timesteps) != n) {
     rc = mmp_error_set(MMP_ESHAPE, "arldm step: noise %s must be shaped like the latents %s, with %lld timesteps",

@@ -54,6 +54,7 @@ typedef struct arldm_parts {
   mmp_rng_t *blip_dropout;  /* (nullable) training only: BLIP in train mode (AR-LDM without freeze_blip), its BERT's
                                dropout drawn from this generator (AR-LDM's: torch's global one) at the BLIP calls of
                                arldm_train_step; NULL: eval mode, no draws */
+  int64_t num_train_timesteps; /* training: the timesteps arldm_train_step draws lie in [0, this) (0: 1000, AR-LDM's) */
 } arldm_parts_t;
 
 /* The AR-LDM state dict file (the story task's and the train task's `arldm`):

@@ -43,10 +43,12 @@ int sd_bert_load(sd_bert_t *b, const json_t *j, const char *cpath, sd_weights_t 
   /* Bounds well above any real tower keep random-weight sizes sane. */
   if (b->dim <= 0 || b->dim > 65536 || b->heads <= 0 || b->dim % b->heads || b->layers < 0 || b->layers > 1000 ||
       b->inter <= 0 || b->inter > 262144 || b->n_pos <= 0 || b->n_pos > 1048576 || b->enc_width <= 0 ||
-      b->enc_width > 65536 || b->n_vocab <= 0 || b->n_vocab > 16777216 || n_types < 0 || n_types > 65536 ||
-      !(b->hidden_dropout >= 0 && b->hidden_dropout <= 1) || !(b->attn_dropout >= 0 && b->attn_dropout <= 1))
+      b->enc_width > 65536 || b->n_vocab <= 0 || b->n_vocab > 16777216 || n_types < 0 || n_types > 65536)
     return mmp_error_set(MMP_EDATA, "%s: bert: hidden_size %lld, %lld heads, %lld layers do not make a tower", cpath,
                          (long long)b->dim, (long long)b->heads, (long long)b->layers);
+  if (!(b->hidden_dropout >= 0 && b->hidden_dropout <= 1) || !(b->attn_dropout >= 0 && b->attn_dropout <= 1))
+    return mmp_error_set(MMP_EDATA, "%s: bert: hidden_dropout_prob %g and attention_probs_dropout_prob %g must lie in [0, 1]",
+                         cpath, b->hidden_dropout, b->attn_dropout);
   char n[512], n2[512];
   int nd;
   int64_t s[MMP_MAX_DIMS];

@@ -43,7 +43,7 @@ static int arldm_loss(const train_parts_t *p, const train_batch_t *b, mmp_rng_t 
     return mmp_error_code();
   arldm_parts_t ap = {.clip = p->text_encoder, .blip = p->mm_encoder, .unet = p->unet, .vae = p->vae, .sched = p->scheduler,
                       .type = p->type, .time = p->time, .clip_null = p->clip_null, .blip_null = p->blip_null,
-                      .image_null = p->image_null};
+                      .image_null = p->image_null, .num_train_timesteps = p->num_train_timesteps};
   /* the draws of all draw_n items' rows (V per item), in ARLDM.forward's
    * order, cut to this batch's rows */
   int64_t V = ab.captions->shape[1];
