@@ -376,6 +376,43 @@ double mmp_rng_uniform(mmp_rng_t *g) {
   return (double)(philox_u64(g->seed, g->offset++) >> 11) * (1.0 / 9007199254740992.0);
 }
 
+/* -------------------------------------------------------------- dropout */
+mmp_tensor_t *mmp_rng_dropout_mask(mmp_rng_t *g, mmp_backend_t *be, double p, int ndim, const int64_t *shape) {
+  if (!g || !(p > 0.0 && p < 1.0)) {
+    mmp_error_set(MMP_EINVAL, "rng_dropout_mask: %s", g ? "the probability must lie in (0, 1)" : "NULL generator");
+    return NULL;
+  }
+  mmp_tensor_t *t = host_tensor(be, MMP_F32, ndim, shape);
+  if (!t) return NULL;
+  float *d = mmp_tensor_data(t);
+  int64_t n = mmp_tensor_numel(t);
+  /* bernoulli_(1 - p): u < 1 - p in double; div_(1 - p): the scalar
+   * becomes a float before the division (torch's type promotion) */
+  double keep = 1.0 - p;
+  float scale = 1.0f / (float)keep;
+  for (int64_t i = 0; i < n; i++) d[i] = mmp_rng_uniform(g) < keep ? scale : 0.0f;
+  return finish(t, be);
+}
+
+mmp_tensor_t *mmp_dropout(mmp_rng_t *g, mmp_tensor_t *x, double p) {
+  if (!g || !x || !(p >= 0.0 && p <= 1.0) || x->dtype != MMP_F32) {
+    mmp_error_set(MMP_EINVAL, "dropout: %s", !g || !x ? "NULL generator or tensor"
+                                             : x->dtype != MMP_F32 ? "the tensor must be f32"
+                                                                   : "the probability must lie in [0, 1]");
+    return NULL;
+  }
+  if (p == 0.0 || mmp_tensor_numel(x) == 0) return mmp_tensor_ref(x);
+  mmp_tensor_t *noise;
+  if (p == 1.0) /* torch: x * zeros({}) */
+    noise = mmp_tensor_zeros(mmp_tensor_backend(x), MMP_F32, 0, NULL);
+  else
+    noise = mmp_rng_dropout_mask(g, mmp_tensor_backend(x), p, x->ndim, x->shape);
+  if (!noise) return NULL;
+  mmp_tensor_t *y = mmp_mul(x, noise);
+  mmp_tensor_unref(noise);
+  return y;
+}
+
 /* ------------------------------------------------------------ state I/O */
 /* mode u32, seed u64, offset u64, mt[624] u32, mt_left i32, mt_next i32,
  * has_next_normal u32, next_normal f64 bits u64: 4 + 8 + 8 + 2496 + 4 + 4 + 4

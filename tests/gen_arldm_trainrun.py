@@ -22,9 +22,19 @@ steps, param.<name> for the named tensors of gen_arldm_train.py's list that
 are trainable (AR-LDM's names), n_trainable, and n_trainable_resnet (the
 count ARLDM.__init__ leaves trainable with freeze_resnet added).
 
+With --steps-dropout it writes tests/fixtures/arldm/train_run_dropout.safetensors
+instead: the same run with freeze_clip only (freeze_blip false, AR-LDM's default),
+so that BLIP trains and ARLDM.forward leaves mm_encoder in train mode: its BERT's
+nn.Dropout modules (p = 0.1 from med_config.json: embeddings, attention
+probabilities, self/cross-attention outputs, layer outputs) draw from torch's
+global generator in both BLIP calls of each step (the source frames, then the
+null caption), before the posterior noise. No other module draws (checked: every
+other nn.Dropout has p = 0, the tiny ViT of depth 1 has no DropPath).
+
 Stand-ins besides gen_arldm.py's: the dataset's train augment resizes to
 32x32 (Resize([512, 512]) in AR-LDM; the train task's image_size = 32);
-every nn.Dropout gets p = 0 (mmpipe has none). The draws are AR-LDM's own:
+--steps sets every nn.Dropout to p = 0 (the fixture of BLIP in eval mode; BLIP is
+in eval mode there anyway, freeze_blip). The draws are AR-LDM's own:
 torch.manual_seed(SEED) and np.random.seed(SEED) as pl.seed_everything does, the
 CFG drop's np.random.rand(B*V) from numpy's stream, the posterior noise, noise
 and timesteps from torch's (the train task: rng = "torch", seed = SEED, whose
@@ -34,6 +44,7 @@ Run from the source tree root:
 
   PYTHONPATH=/root/refenv/site /usr/bin/python3 tests/gen_arldm_trainrun.py
   PYTHONPATH=/root/refsrc/diffusers-0.7.2/src:/root/refenv/site /usr/bin/python3 tests/gen_arldm_trainrun.py --steps
+  PYTHONPATH=/root/refsrc/diffusers-0.7.2/src:/root/refenv/site /usr/bin/python3 tests/gen_arldm_trainrun.py --steps-dropout
 """
 import os
 import sys
@@ -64,7 +75,7 @@ SEED = 5
 LR = 1e-3
 
 
-def run_steps():
+def run_steps(dropout=False):
     import torch
     import torch.nn as nn
     from safetensors.torch import load_file, save_file
@@ -78,7 +89,7 @@ def run_steps():
     import main as M
     importlib.reload(M)
     orig_init = M.ARLDM.__init__
-    flags = dict(freeze_clip=True, freeze_blip=True, freeze_resnet=False)
+    flags = dict(freeze_clip=True, freeze_blip=not dropout, freeze_resnet=False)
 
     def init(self, args, *a, **k):
         args.update(flags)
@@ -92,9 +103,15 @@ def run_steps():
         "the rebuilt model differs from the committed arldm_tiny.safetensors"
     torch.set_grad_enabled(True)
     m.train()
-    for mod in m.modules():
-        if isinstance(mod, nn.Dropout):
-            mod.p = 0.0
+    if dropout:
+        # the only modules that draw: BLIP's BERT dropouts (p = 0.1)
+        drawing = [n for n, mod in m.named_modules() if isinstance(mod, nn.Dropout) and mod.p > 0]
+        assert drawing and all(n.startswith("mm_encoder.text_encoder.") for n in drawing), drawing
+        assert not any(type(mod).__name__ == "DropPath" for mod in m.modules())
+    else:
+        for mod in m.modules():
+            if isinstance(mod, nn.Dropout):
+                mod.p = 0.0
     m.task = "visualization"
     ds = G.arldm_pororo(os.path.join(OUT, "tok"), os.path.join(OUT, "story_train.h5"), "visualization")
     ds.subset = "train"
@@ -131,14 +148,14 @@ def run_steps():
     _, m3 = G.build_model("visualization")
     out["n_trainable_resnet"] = torch.tensor([sum(1 for q in m3.parameters() if q.requires_grad)], dtype=torch.int64)
     print("trainable tensors:", int(out["n_trainable"]), "and with freeze_resnet", int(out["n_trainable_resnet"]))
-    path = os.path.join(OUT, "train_run.safetensors")
+    path = os.path.join(OUT, "train_run_dropout.safetensors" if dropout else "train_run.safetensors")
     save_file({k: v.contiguous() for k, v in out.items()}, path)
     print("written", path, os.path.getsize(path), "bytes,", n, "parameters")
 
 
 def main():
-    if "--steps" in sys.argv[1:]:
-        run_steps()
+    if "--steps" in sys.argv[1:] or "--steps-dropout" in sys.argv[1:]:
+        run_steps(dropout="--steps-dropout" in sys.argv[1:])
         return
     r = np.random.default_rng(2027)
     GD.rng = np.random.default_rng(2028)

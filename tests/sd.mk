@@ -124,6 +124,12 @@ TESTS += tests/test_plugin_blip_grad
 tests_test_plugin_blip_grad_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_plugin_blip_grad_LDADD = $(TEST_LDADD)
 EXTRA_DIST += tests/gen_blip_grad.py tests/fixtures/grad/blip_grad.safetensors tests/fixtures/grad/blip_grad_med_config.json
+# the blip encoder in train mode (BERT dropout) against BLIP's code (tests/gen_blip_dropout.py)
+check_PROGRAMS += tests/test_plugin_blip_dropout
+TESTS += tests/test_plugin_blip_dropout
+tests_test_plugin_blip_dropout_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_plugin_blip_dropout_LDADD = $(TEST_LDADD)
+EXTRA_DIST += tests/gen_blip_dropout.py tests/fixtures/grad/blip_dropout.safetensors
 # the train task: SD fine-tuning against PyTorch (tests/gen_train_sd.py),
 # checkpoint + resume bit for bit, SIGINT
 if BUILD_PLUGIN_TRAIN

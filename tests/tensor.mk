@@ -34,3 +34,9 @@ check_PROGRAMS += tests/test_core_file
 TESTS += tests/test_core_file
 tests_test_core_file_CPPFLAGS = $(TEST_CPPFLAGS)
 tests_test_core_file_LDADD = $(TEST_LDADD)
+# dropout (mmp_dropout) against torch's F.dropout
+check_PROGRAMS += tests/test_core_dropout
+TESTS += tests/test_core_dropout
+tests_test_core_dropout_CPPFLAGS = $(TEST_CPPFLAGS)
+tests_test_core_dropout_LDADD = $(TEST_LDADD)
+EXTRA_DIST += tests/gen_dropout.py tests/fixtures/rng/dropout.safetensors

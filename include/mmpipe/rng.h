@@ -14,6 +14,7 @@
  *   mmp_rng_t *g = mmp_rng_new(42, MMP_RNG_TORCH);
  *   int64_t shape[4] = {1, 4, 64, 64};
  *   mmp_tensor_t *x = mmp_rng_randn(g, mmp_backend_get("cpu"), 4, shape);
+ *   mmp_tensor_t *y = mmp_dropout(g, x, 0.1);   // F.dropout(x, 0.1, True)
  */
 #ifndef MMPIPE_RNG_H
 #define MMPIPE_RNG_H
@@ -45,6 +46,36 @@ mmp_tensor_t *mmp_rng_randint(mmp_rng_t *g, mmp_backend_t *be, int64_t low,
 /* Scalar draws for host-side choices (frame choice, shuffling). */
 uint64_t mmp_rng_u64(mmp_rng_t *g);
 double mmp_rng_uniform(mmp_rng_t *g); /* [0, 1) */
+
+/* ---- dropout (torch.nn.functional.dropout with training=True) ----
+ *
+ * torch 1.13 on the CPU (no MKL, as Debian's build; doc/training.md):
+ * F.dropout(x, p, True) is `noise = empty_like(x).bernoulli_(1 - p);
+ * noise.div_(1 - p); x * noise`. bernoulli_ draws one
+ * uniform_real_distribution<double> per element of x in row-major order
+ * (random64() masked to 53 bits times 2^-53: mmp_rng_uniform of an
+ * MMP_RNG_TORCH generator) and keeps the element when u < 1 - p; div_
+ * rounds 1 - p to float first, so a kept element of the noise is
+ * 1.0f / (float)(1 - p); the product is a float product. p = 0, p = 1 and an
+ * empty x draw nothing. With the other modes the same recipe runs on their
+ * mmp_rng_uniform stream (Philox: the same on every backend). */
+
+/* torch's noise tensor for an x of @ndim/@shape: f32 on @be holding 0 or
+ * 1.0f / (float)(1 - @p), drawn as above (row-major, one uniform per
+ * element). @p in (0, 1). (transfer full) NULL + MMP_EINVAL for a NULL
+ * generator or @p outside (0, 1); MMP_ENOMEM. */
+mmp_tensor_t *mmp_rng_dropout_mask(mmp_rng_t *g, mmp_backend_t *be, double p, int ndim, const int64_t *shape);
+
+/* F.dropout(@x, @p, training=True) of f32 @x (any layout, any backend: the
+ * noise is drawn on the host and moved to @x's backend): @x * noise, one
+ * mmp_mul, so a current tape records it and the backward multiplies the
+ * upstream gradient by the same saved noise (torch's gradient), and a
+ * checkpoint region given @g replays the same draws
+ * (mmp_tape_checkpoint). @p = 0 or an empty @x: a new reference to @x, no
+ * draws (as eval mode); @p = 1: @x * 0, no draws. (transfer full) NULL +
+ * MMP_EINVAL (NULL argument, @p outside [0, 1], a non-f32 @x) or the
+ * error of the multiplication. */
+mmp_tensor_t *mmp_dropout(mmp_rng_t *g, mmp_tensor_t *x, double p);
 
 /* The whole state of a generator as bytes (checkpoints: a run resumed from
  * them draws exactly what the uninterrupted run would have drawn). The

@@ -30,6 +30,39 @@ mmp_tensor_t *arldm_call1(mmp_component_t *c, const char *method, const char *ou
   return r;
 }
 
+/* BLIP multimodal (last_hidden_state). With p->blip_dropout, in train mode:
+ * the generator's state goes in as "rng_state" and comes back advanced by
+ * the dropout draws (the plugin boundary carries tensors only). */
+static mmp_tensor_t *blip_call(const arldm_parts_t *p, mmp_tensor_t *px, mmp_tensor_t *ids, mmp_tensor_t *mask) {
+  if (!p->blip_dropout)
+    return arldm_call1(p->blip, "multimodal", "last_hidden_state", "pixel_values", px, "input_ids", ids,
+                       mask ? "attention_mask" : NULL, mask);
+  unsigned char st[MMP_RNG_STATE_SIZE];
+  int64_t ns = MMP_RNG_STATE_SIZE;
+  if (mmp_rng_get_state(p->blip_dropout, st, sizeof st) < 0) return NULL;
+  mmp_tensormap_t *in = mmp_tensormap_new(), *out = mmp_tensormap_new();
+  mmp_tensor_t *r = NULL, *rs = mmp_tensor_from_data(mmp_backend_get("cpu"), MMP_U8, 1, &ns, st);
+  if (in && out && rs && mmp_tensormap_set(in, "rng_state", rs) == 0 &&
+      mmp_tensormap_set(in, "pixel_values", mmp_tensor_ref(px)) == 0 &&
+      mmp_tensormap_set(in, "input_ids", mmp_tensor_ref(ids)) == 0 &&
+      (!mask || mmp_tensormap_set(in, "attention_mask", mmp_tensor_ref(mask)) == 0) &&
+      fwd(p->blip, "multimodal", in, out) == 0) {
+    const mmp_tensor_t *back = mmp_tensormap_get(out, "rng_state");
+    r = mmp_tensormap_need(out, "last_hidden_state");
+    if (r && (!back || mmp_tensor_to_host(back, st, sizeof st) < 0 || mmp_rng_set_state(p->blip_dropout, st, sizeof st) < 0)) {
+      mmp_error_set(MMP_EPLUGIN, "the mm_encoder returned no generator state (rng_state): it does not run in train "
+                                 "mode (a blip plugin)");
+      r = NULL;
+    }
+    if (r) mmp_tensor_ref(r);
+  } else if (!in || !out) {
+    mmp_tensor_unref(rs); /* never handed to the map (which owns it once set, even when setting fails) */
+  }
+  mmp_tensormap_free(in);
+  mmp_tensormap_free(out);
+  return r;
+}
+
 mmp_tensor_t *arldm_add_row(mmp_tensor_t *x, mmp_tensor_t *table, int64_t k) {
   if (!x) return NULL;
   mmp_tensor_t *row = mmp_slice(table, 0, k, k + 1, 1);
@@ -259,8 +292,7 @@ static mmp_tensor_t *train_context(const arldm_parts_t *p, const arldm_batch_t *
   const mmp_tensor_t *si = b->source_images;
   mmp_tensor_t *px = view(b->source_images, 4, B * src_V, si->shape[2], si->shape[3], si->shape[4], 0);
   mmp_tensor_t *sids = view(b->source_captions, 2, B * src_V, S, 0, 0, 0), *sam = view(b->source_mask, 2, B * src_V, S, 0, 0, 0);
-  mmp_tensor_t *hs = px && sids && sam ? arldm_call1(p->blip, "multimodal", "last_hidden_state", "pixel_values", px, "input_ids",
-                                                     sids, "attention_mask", sam) : NULL;
+  mmp_tensor_t *hs = px && sids && sam ? blip_call(p, px, sids, sam) : NULL;
   mmp_tensor_unref(px);
   mmp_tensor_unref(sids);
   mmp_tensor_unref(sam);
@@ -270,7 +302,8 @@ static mmp_tensor_t *train_context(const arldm_parts_t *p, const arldm_batch_t *
   }
   int64_t D = hc->shape[2];
   /* the null encodings, as ARLDM.forward computes them (only when a row
-   * uses them: otherwise they get no gradient and change nothing) */
+   * uses them: otherwise they get no gradient and change nothing; but with
+   * BLIP in train mode its dropout draws happen every step) */
   mmp_tensor_t *nc = NULL, *nb = NULL, *nsrc = NULL, *ctx = NULL;
   mmp_tensor_t **rows = calloc((size_t)n, sizeof *rows), **srows = calloc((size_t)(n > src_V ? n : src_V), sizeof *srows);
   mmp_tensor_t *cap = NULL, *src = NULL;
@@ -278,14 +311,15 @@ static mmp_tensor_t *train_context(const arldm_parts_t *p, const arldm_batch_t *
     mmp_error_set(MMP_ENOMEM, "out of memory");
     goto done;
   }
-  if (any) {
+  if (any || p->blip_dropout) {
     nc = arldm_call1(p->clip, NULL, "last_hidden_state", "input_ids", p->clip_null, NULL, NULL, NULL, NULL);
-    nb = nc ? arldm_call1(p->blip, "multimodal", "last_hidden_state", "pixel_values", p->image_null, "input_ids", p->blip_null,
-                          NULL, NULL) : NULL;
+    nb = nc ? blip_call(p, p->image_null, p->blip_null, NULL) : NULL;
     if (!nc || !nb) {
       mmp_error_prefix("arldm step: the null context: ");
       goto done;
     }
+  }
+  if (any) {
     for (int64_t j = 0; j < src_V; j++) srows[j] = nb;
     nsrc = mmp_concat(srows, (int)src_V, 1); /* BLIP(null)[0].repeat(src_V, 1) */
     memset(srows, 0, (size_t)src_V * sizeof *srows);
@@ -451,7 +485,8 @@ int arldm_train_step(const arldm_parts_t *p, const arldm_batch_t *b, mmp_rng_t *
       rc = mmp_error_set(MMP_EINVAL, "arldm step: no timesteps and no generator");
       goto fail;
     }
-    if (!(d->timesteps = mmp_rng_randint(rng, cpu, 0, 1000, 1, &n))) goto fail;
+    if (!(d->timesteps = mmp_rng_randint(rng, cpu, 0, p->num_train_timesteps > 0 ? p->num_train_timesteps : 1000, 1, &n)))
+      goto fail;
   }
   if (!mmp_tensor_same_shape(d->noise, z) || mmp_tensor_numel(d->timesteps) != n) {
     rc = mmp_error_set(MMP_ESHAPE, "arldm step: noise %s must be shaped like the latents %s, with %lld timesteps",

@@ -51,6 +51,10 @@ typedef struct arldm_parts {
   mmp_tensor_t *clip_null; /* clip_text_null_token [1, S] */
   mmp_tensor_t *blip_null; /* blip_text_null_token [1, S] */
   mmp_tensor_t *image_null; /* blip_image_null_token f32 [1, 3, h, w] */
+  mmp_rng_t *blip_dropout;  /* (nullable) training only: BLIP in train mode (AR-LDM without freeze_blip), its BERT's
+                               dropout drawn from this generator (AR-LDM's: torch's global one) at the BLIP calls of
+                               arldm_train_step; NULL: eval mode, no draws */
+  int64_t num_train_timesteps; /* training: the timesteps arldm_train_step draws lie in [0, this) (0: 1000, AR-LDM's) */
 } arldm_parts_t;
 
 /* The AR-LDM state dict file (the story task's and the train task's `arldm`):

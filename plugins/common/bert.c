@@ -27,6 +27,8 @@ int sd_bert_load(sd_bert_t *b, const json_t *j, const char *cpath, sd_weights_t 
       (rc = sd_json_int(j, "max_position_embeddings", 512, &b->n_pos)) ||
       (rc = sd_json_int(j, "type_vocab_size", 2, &n_types)) || (rc = sd_json_int(j, "pad_token_id", 0, &b->pad_id)) ||
       (rc = sd_json_float(j, "layer_norm_eps", 1e-12, &b->eps)) ||
+      (rc = sd_json_float(j, "hidden_dropout_prob", 0.1, &b->hidden_dropout)) ||
+      (rc = sd_json_float(j, "attention_probs_dropout_prob", 0.1, &b->attn_dropout)) ||
       (rc = sd_json_bool(j, "is_decoder", blip_hf, &b->is_decoder)) ||
       (rc = sd_json_bool(j, "add_cross_attention", false, &add_cross)) ||
       (rc = sd_json_int(j, blip_hf ? "encoder_hidden_size" : "encoder_width", blip_hf ? 768 : -1, &b->enc_width)) ||
@@ -44,6 +46,9 @@ int sd_bert_load(sd_bert_t *b, const json_t *j, const char *cpath, sd_weights_t 
       b->enc_width > 65536 || b->n_vocab <= 0 || b->n_vocab > 16777216 || n_types < 0 || n_types > 65536)
     return mmp_error_set(MMP_EDATA, "%s: bert: hidden_size %lld, %lld heads, %lld layers do not make a tower", cpath,
                          (long long)b->dim, (long long)b->heads, (long long)b->layers);
+  if (!(b->hidden_dropout >= 0 && b->hidden_dropout <= 1) || !(b->attn_dropout >= 0 && b->attn_dropout <= 1))
+    return mmp_error_set(MMP_EDATA, "%s: bert: hidden_dropout_prob %g and attention_probs_dropout_prob %g must lie in [0, 1]",
+                         cpath, b->hidden_dropout, b->attn_dropout);
   char n[512], n2[512];
   int nd;
   int64_t s[MMP_MAX_DIMS];
@@ -199,8 +204,9 @@ static mmp_tensor_t *word_table(const sd_bert_t *b) {
   return r;
 }
 
-/* sd_bert and sd_bert_cached: cross-attention to @ctx, or to @kv. */
-static mmp_tensor_t *bert_run(const sd_bert_t *b, const mmp_tensor_t *ids, const mmp_tensor_t *mask,
+/* sd_bert, sd_bert_cached and sd_bert_dropout: cross-attention to @ctx, or
+ * to @kv; dropout drawn from @rng (nullable: none). */
+static mmp_tensor_t *bert_run(const sd_bert_t *b, mmp_rng_t *rng, const mmp_tensor_t *ids, const mmp_tensor_t *mask,
                               const mmp_tensor_t *types, bool causal, const mmp_tensor_t *ctx,
                               const mmp_tensor_t *const *kv, const mmp_tensor_t *ctx_mask, mmp_tensor_t **hidden,
                               mmp_tensor_t **pooled) {
@@ -254,9 +260,15 @@ static mmp_tensor_t *bert_run(const sd_bert_t *b, const mmp_tensor_t *ids, const
   h = sd_swap(h, h && pos ? mmp_add(h, pos) : NULL);
   mmp_tensor_unref(pos);
   h = sd_swap(h, sd_layer_norm(&b->emb_ln, h));
+  /* med.py in train mode: BertEmbeddings' dropout, then each layer's */
+  sd_dropout_t dp = {rng, b->hidden_dropout, b->attn_dropout};
+  if (rng) h = sd_swap(h, h ? mmp_dropout(rng, h, b->hidden_dropout) : NULL);
   for (int64_t i = 0; i < b->layers && h; i++) {
     if (hidden) hidden[i] = mmp_tensor_ref(h);
-    if (kv)
+    if (rng)
+      h = sd_swap(h, sd_block_dropout(&b->blocks[i], h, mask, causal, kv ? NULL : ctx, kv ? kv[2 * i] : NULL,
+                                      kv ? kv[2 * i + 1] : NULL, ctx_mask, &dp));
+    else if (kv)
       h = sd_swap(h, sd_block_cached(&b->blocks[i], h, mask, causal, kv[2 * i], kv[2 * i + 1], ctx_mask));
     else
       h = sd_swap(h, sd_block(&b->blocks[i], h, mask, causal, ctx, ctx_mask));
@@ -278,7 +290,18 @@ static mmp_tensor_t *bert_run(const sd_bert_t *b, const mmp_tensor_t *ids, const
 mmp_tensor_t *sd_bert(const sd_bert_t *b, const mmp_tensor_t *ids, const mmp_tensor_t *mask,
                       const mmp_tensor_t *types, bool causal, const mmp_tensor_t *ctx,
                       const mmp_tensor_t *ctx_mask, mmp_tensor_t **hidden, mmp_tensor_t **pooled) {
-  return bert_run(b, ids, mask, types, causal, ctx, NULL, ctx_mask, hidden, pooled);
+  return bert_run(b, NULL, ids, mask, types, causal, ctx, NULL, ctx_mask, hidden, pooled);
+}
+
+mmp_tensor_t *sd_bert_dropout(const sd_bert_t *b, mmp_rng_t *rng, const mmp_tensor_t *ids, const mmp_tensor_t *mask,
+                              const mmp_tensor_t *types, bool causal, const mmp_tensor_t *ctx,
+                              const mmp_tensor_t *ctx_mask, mmp_tensor_t **hidden, mmp_tensor_t **pooled) {
+  if (pooled) *pooled = NULL;
+  if (!rng) {
+    mmp_error_set(MMP_EINVAL, "bert: dropout needs a generator");
+    return NULL;
+  }
+  return bert_run(b, rng, ids, mask, types, causal, ctx, NULL, ctx_mask, hidden, pooled);
 }
 
 mmp_tensor_t *sd_bert_cached(const sd_bert_t *b, const mmp_tensor_t *ids, const mmp_tensor_t *mask,
@@ -289,5 +312,5 @@ mmp_tensor_t *sd_bert_cached(const sd_bert_t *b, const mmp_tensor_t *ids, const 
     mmp_error_set(MMP_EINVAL, "bert: no cached cross-attention keys");
     return NULL;
   }
-  return bert_run(b, ids, mask, types, causal, NULL, kv, ctx_mask, hidden, pooled);
+  return bert_run(b, NULL, ids, mask, types, causal, NULL, kv, ctx_mask, hidden, pooled);
 }

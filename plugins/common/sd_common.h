@@ -24,6 +24,7 @@
 #include <jansson.h>
 
 #include <mmpipe/mmpipe.h>
+#include <mmpipe/rng.h>
 #include <mmpipe/checkpoint.h>
 #include <mmpipe/safetensors.h>
 
@@ -304,11 +305,29 @@ typedef struct sd_block {
   sd_mlp_t mlp;
 } sd_block_t;
 void sd_block_free(sd_block_t *b);
+/* Dropout of a training forward, as torch's nn.Dropout modules in train
+ * mode (BERT's: med.py, transformers' BertModel): @rng NULL means none (eval
+ * mode; the inference functions). p = 0 draws nothing (mmp_dropout). */
+typedef struct sd_dropout {
+  mmp_rng_t *rng; /* (transfer none) the generator drawn from, torch's order */
+  double hidden;  /* hidden_dropout_prob: each sub-layer's output before its residual (and the embeddings) */
+  double attn;    /* attention_probs_dropout_prob: the attention probabilities */
+} sd_dropout_t;
 /* x [B, L, D]; mask [B, L] u8 nonzero = padding (nullable); causal: the
  * decoder's self-attention; ctx [B, Lc, Dc] (nullable: the cross-attention
  * is skipped) with ctx_mask [B, Lc] (nullable). (transfer full) */
 mmp_tensor_t *sd_block(const sd_block_t *b, const mmp_tensor_t *x, const mmp_tensor_t *mask,
                        bool causal, const mmp_tensor_t *ctx, const mmp_tensor_t *ctx_mask);
+/* sd_block for training with dropout @dp (nullable or rng NULL: none, the
+ * numbers of sd_block): post-norm (BERT) layers only, MMP_EUNSUPPORTED for
+ * the others; draws in med.py's order: self-attention probabilities [B, H,
+ * L, L], its output, then the cross-attention's two, then the MLP's output.
+ * With dropout the attention is computed unfused (scores materialised) with
+ * med.py's additive -10000 mask; causal is refused. The cross-attention reads
+ * @ctx, or @ck, @cv (sd_attn_kv) when given. (transfer full) */
+mmp_tensor_t *sd_block_dropout(const sd_block_t *b, const mmp_tensor_t *x, const mmp_tensor_t *mask, bool causal,
+                               const mmp_tensor_t *ctx, const mmp_tensor_t *ck, const mmp_tensor_t *cv,
+                               const mmp_tensor_t *ctx_mask, const sd_dropout_t *dp);
 /* sd_block with the cross-attention's keys and values precomputed
  * (sd_attn_kv of the layer's cross attention; batch B or 1 as in
  * sd_attn_cached). MMP_EINVAL when the layer has no cross-attention. */

@@ -210,14 +210,43 @@ int sd_attn_kv(const sd_attn_t *a, const mmp_tensor_t *ctx, mmp_tensor_t **k, mm
   return mmp_error_code() ? mmp_error_code() : MMP_ENOMEM;
 }
 
-mmp_tensor_t *sd_attn_cached(const sd_attn_t *a, const mmp_tensor_t *x, const mmp_tensor_t *k,
-                             const mmp_tensor_t *v, const mmp_tensor_t *key_mask, bool causal) {
+/* Attention with its probabilities materialised and dropped out, as
+ * med.py's BertSelfAttention in train mode: softmax(q k^T / sqrt(D) +
+ * (key masked) * -10000) (med.py's extended mask), then F.dropout of the
+ * probabilities [B, H, Lq, Lk] (one draw per element in that order, masked
+ * keys included), then times v. q [B, H, Lq, D]; k, v [B or 1, H, Lk, D]. */
+static mmp_tensor_t *attention_dropped(const mmp_tensor_t *q, const mmp_tensor_t *k, const mmp_tensor_t *v,
+                                       const mmp_tensor_t *key_mask, const sd_dropout_t *dp) {
+  mmp_tensor_t *s = mmp_matmul(q, k, false, true);
+  s = sd_swap(s, s ? mmp_scale(s, 1.0 / sqrt((double)q->shape[3]), 0.0) : NULL);
+  if (s && key_mask) {
+    mmp_tensor_t *m = mmp_convert(key_mask, MMP_F32);
+    int64_t bs[4] = {key_mask->shape[0], 1, 1, key_mask->shape[1]};
+    m = sd_swap(m, m ? mmp_reshape(m, 4, bs) : NULL);
+    m = sd_swap(m, m ? mmp_scale(m, -10000.0, 0.0) : NULL);
+    s = sd_swap(s, m ? mmp_add(s, m) : NULL);
+    mmp_tensor_unref(m);
+  }
+  s = sd_swap(s, s ? mmp_softmax(s, 3) : NULL);
+  s = sd_swap(s, s ? mmp_dropout(dp->rng, s, dp->attn) : NULL);
+  return sd_swap(s, s ? mmp_matmul(s, v, false, false) : NULL);
+}
+
+/* sd_attn_cached, with dropout when @dp is given. */
+static mmp_tensor_t *attn_run(const sd_attn_t *a, const mmp_tensor_t *x, const mmp_tensor_t *k, const mmp_tensor_t *v,
+                              const mmp_tensor_t *key_mask, bool causal, const sd_dropout_t *dp) {
   if (!x || !k || !v) return NULL;
+  if (dp && causal) {
+    mmp_error_set(MMP_EUNSUPPORTED, "attention: dropout with a causal mask");
+    return NULL;
+  }
   int64_t B = x->shape[0], L = x->shape[1];
   /* One context for B query sequences: without a causal mask every query
    * row attends on its own, so the B sequences are one of B*L rows against
-   * the single K/V (a broadcast that copies nothing). */
-  bool fold = k->shape[0] == 1 && B > 1;
+   * the single K/V (a broadcast that copies nothing). With dropout the
+   * probabilities keep torch's [B, H, Lq, Lk] order instead (the matmul
+   * broadcasts the K/V). */
+  bool fold = k->shape[0] == 1 && B > 1 && !dp;
   if (fold && (causal || (key_mask && key_mask->shape[0] != 1))) {
     mmp_error_set(MMP_ESHAPE, "attention: one cached key/value for %lld queries needs no causal mask and a "
                   "[1, Lk] key mask", (long long)B);
@@ -229,7 +258,7 @@ mmp_tensor_t *sd_attn_cached(const sd_attn_t *a, const mmp_tensor_t *x, const mm
     q = sd_swap(q, mmp_reshape(q, 3, s));
   }
   q = split_heads(q, a->heads);
-  mmp_tensor_t *o = q ? mmp_attention(q, k, v, key_mask, causal, 0.0) : NULL;
+  mmp_tensor_t *o = !q ? NULL : dp ? attention_dropped(q, k, v, key_mask, dp) : mmp_attention(q, k, v, key_mask, causal, 0.0);
   mmp_tensor_unref(q);
   if (!o) return NULL;
   /* [B, H, L, D] -> [B, L, H*D] */
@@ -242,15 +271,25 @@ mmp_tensor_t *sd_attn_cached(const sd_attn_t *a, const mmp_tensor_t *x, const mm
   return sd_swap(o, sd_linear(&a->o, o));
 }
 
-mmp_tensor_t *sd_attn(const sd_attn_t *a, const mmp_tensor_t *x, const mmp_tensor_t *ctx,
-                      const mmp_tensor_t *key_mask, bool causal) {
+mmp_tensor_t *sd_attn_cached(const sd_attn_t *a, const mmp_tensor_t *x, const mmp_tensor_t *k,
+                             const mmp_tensor_t *v, const mmp_tensor_t *key_mask, bool causal) {
+  return attn_run(a, x, k, v, key_mask, causal, NULL);
+}
+
+static mmp_tensor_t *attn_full(const sd_attn_t *a, const mmp_tensor_t *x, const mmp_tensor_t *ctx,
+                               const mmp_tensor_t *key_mask, bool causal, const sd_dropout_t *dp) {
   if (!x) return NULL;
   mmp_tensor_t *k, *v;
   if (sd_attn_kv(a, ctx ? ctx : x, &k, &v)) return NULL;
-  mmp_tensor_t *o = sd_attn_cached(a, x, k, v, key_mask, causal);
+  mmp_tensor_t *o = attn_run(a, x, k, v, key_mask, causal, dp);
   mmp_tensor_unref(k);
   mmp_tensor_unref(v);
   return o;
+}
+
+mmp_tensor_t *sd_attn(const sd_attn_t *a, const mmp_tensor_t *x, const mmp_tensor_t *ctx,
+                      const mmp_tensor_t *key_mask, bool causal) {
+  return attn_full(a, x, ctx, key_mask, causal, NULL);
 }
 
 /* ---------------------------------------------------------------- transformer */
@@ -612,33 +651,52 @@ void sd_block_free(sd_block_t *b) {
   sd_mlp_free(&b->mlp);
 }
 
-/* One sub-layer: x + f(ln(x)) (pre-norm) or ln(x + f(x)) (post-norm).
+/* One sub-layer: x + f(ln(x)) (pre-norm) or ln(x + f(x)) (post-norm);
+ * with @dp (post-norm only): ln(x + dropout(f(x))), f's attention
+ * probabilities dropped out too (BertSelfOutput, BertOutput in train mode).
  * The cross-attention reads @ctx, or its keys and values @ck, @cv when
  * given. Consumes @x. */
 typedef enum { SUB_ATTN, SUB_CROSS, SUB_MLP } sub_t;
 static mmp_tensor_t *sublayer(const sd_block_t *b, sub_t which, mmp_tensor_t *x, const mmp_tensor_t *mask,
                               bool causal, const mmp_tensor_t *ctx, const mmp_tensor_t *ck, const mmp_tensor_t *cv,
-                              const mmp_tensor_t *ctx_mask) {
+                              const mmp_tensor_t *ctx_mask, const sd_dropout_t *dp) {
   if (!x) return NULL;
+  if (dp && !b->post_norm) {
+    mmp_tensor_unref(x);
+    mmp_error_set(MMP_EUNSUPPORTED, "transformer block: dropout is implemented for post-norm (BERT) layers only");
+    return NULL;
+  }
   const sd_norm_t *ln = which == SUB_ATTN ? &b->ln_attn : which == SUB_CROSS ? &b->ln_cross : &b->ln_mlp;
   mmp_tensor_t *in = b->post_norm ? mmp_tensor_ref(x) : sd_layer_norm(ln, x), *f;
-  if (which == SUB_ATTN) f = sd_attn(&b->attn, in, NULL, mask, causal);
-  else if (which == SUB_CROSS && ck) f = sd_attn_cached(&b->cross, in, ck, cv, ctx_mask, false);
-  else if (which == SUB_CROSS) f = sd_attn(&b->cross, in, ctx, ctx_mask, false);
+  if (which == SUB_ATTN) f = attn_full(&b->attn, in, NULL, mask, causal, dp);
+  else if (which == SUB_CROSS && ck) f = attn_run(&b->cross, in, ck, cv, ctx_mask, false, dp);
+  else if (which == SUB_CROSS) f = attn_full(&b->cross, in, ctx, ctx_mask, false, dp);
   else f = sd_mlp(&b->mlp, in);
   mmp_tensor_unref(in);
+  if (dp && f) f = sd_swap(f, mmp_dropout(dp->rng, f, dp->hidden));
   mmp_tensor_t *h = f ? mmp_add(x, f) : NULL;
   mmp_tensor_unref(f);
   mmp_tensor_unref(x);
   return b->post_norm ? sd_swap(h, sd_layer_norm(ln, h)) : h;
 }
 
+mmp_tensor_t *sd_block_dropout(const sd_block_t *b, const mmp_tensor_t *x, const mmp_tensor_t *mask, bool causal,
+                               const mmp_tensor_t *ctx, const mmp_tensor_t *ck, const mmp_tensor_t *cv,
+                               const mmp_tensor_t *ctx_mask, const sd_dropout_t *dp) {
+  if (!x) return NULL;
+  if ((ck || cv) && (!ck || !cv || !b->cross.q.w)) {
+    mmp_error_set(MMP_EINVAL, "cached cross-attention keys for a layer without cross-attention");
+    return NULL;
+  }
+  if (dp && !dp->rng) dp = NULL;
+  mmp_tensor_t *h = sublayer(b, SUB_ATTN, mmp_tensor_ref((mmp_tensor_t *)x), mask, causal, NULL, NULL, NULL, NULL, dp);
+  if ((ctx || ck) && b->cross.q.w) h = sublayer(b, SUB_CROSS, h, NULL, false, ctx, ck, cv, ctx_mask, dp);
+  return sublayer(b, SUB_MLP, h, NULL, false, NULL, NULL, NULL, NULL, dp);
+}
+
 mmp_tensor_t *sd_block(const sd_block_t *b, const mmp_tensor_t *x, const mmp_tensor_t *mask, bool causal,
                        const mmp_tensor_t *ctx, const mmp_tensor_t *ctx_mask) {
-  if (!x) return NULL;
-  mmp_tensor_t *h = sublayer(b, SUB_ATTN, mmp_tensor_ref((mmp_tensor_t *)x), mask, causal, NULL, NULL, NULL, NULL);
-  if (ctx && b->cross.q.w) h = sublayer(b, SUB_CROSS, h, NULL, false, ctx, NULL, NULL, ctx_mask);
-  return sublayer(b, SUB_MLP, h, NULL, false, NULL, NULL, NULL, NULL);
+  return sd_block_dropout(b, x, mask, causal, ctx, NULL, NULL, ctx_mask, NULL);
 }
 
 mmp_tensor_t *sd_block_cached(const sd_block_t *b, const mmp_tensor_t *x, const mmp_tensor_t *mask, bool causal,
@@ -648,7 +706,5 @@ mmp_tensor_t *sd_block_cached(const sd_block_t *b, const mmp_tensor_t *x, const 
     mmp_error_set(MMP_EINVAL, "cached cross-attention keys for a layer without cross-attention");
     return NULL;
   }
-  mmp_tensor_t *h = sublayer(b, SUB_ATTN, mmp_tensor_ref((mmp_tensor_t *)x), mask, causal, NULL, NULL, NULL, NULL);
-  h = sublayer(b, SUB_CROSS, h, NULL, false, NULL, ck, cv, ctx_mask);
-  return sublayer(b, SUB_MLP, h, NULL, false, NULL, NULL, NULL, NULL);
+  return sd_block_dropout(b, x, mask, causal, NULL, ck, cv, ctx_mask, NULL);
 }

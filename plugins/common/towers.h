@@ -80,6 +80,8 @@ typedef struct sd_bert {
   int64_t pad_id;                  /* torch's padding_idx of the word table (its row gets no gradient under a
                                     * tape): pad_token_id, or -1 (none) when the table was resized past the
                                     * config's vocab_size (transformers' resize_token_embeddings drops it) */
+  double hidden_dropout;           /* hidden_dropout_prob (0.1): for sd_bert_dropout only */
+  double attn_dropout;             /* attention_probs_dropout_prob (0.1): for sd_bert_dropout only */
 } sd_bert_t;
 
 /* Load from a transformers BertConfig / BlipTextConfig / BLIP med_config
@@ -101,6 +103,16 @@ int sd_bert_resize_vocab(sd_bert_t *b, int64_t rows, uint64_t seed);
 mmp_tensor_t *sd_bert(const sd_bert_t *b, const mmp_tensor_t *ids, const mmp_tensor_t *mask,
                       const mmp_tensor_t *types, bool causal, const mmp_tensor_t *ctx,
                       const mmp_tensor_t *ctx_mask, mmp_tensor_t **hidden, mmp_tensor_t **pooled);
+/* sd_bert in train mode (med.py's BertModel after .train()): dropout drawn
+ * from @rng (required) in torch's order, the embeddings' (p =
+ * hidden_dropout_prob) after their LayerNorm, then per layer the attention
+ * probabilities (attention_probs_dropout_prob) and the output before the
+ * residual (hidden_dropout_prob) of the self-attention, of the
+ * cross-attention, and the output of the MLP (sd_block_dropout). Not causal.
+ * Under a tape its backward uses the same masks. (transfer full) */
+mmp_tensor_t *sd_bert_dropout(const sd_bert_t *b, mmp_rng_t *rng, const mmp_tensor_t *ids, const mmp_tensor_t *mask,
+                              const mmp_tensor_t *types, bool causal, const mmp_tensor_t *ctx,
+                              const mmp_tensor_t *ctx_mask, mmp_tensor_t **hidden, mmp_tensor_t **pooled);
 
 /* The cross-attention keys and values of @ctx [Bc, Lc, enc_width] in every
  * layer, for sd_bert_cached: @kv receives 2 * layers tensors (key, value of

@@ -43,13 +43,16 @@ static int arldm_loss(const train_parts_t *p, const train_batch_t *b, mmp_rng_t 
     return mmp_error_code();
   arldm_parts_t ap = {.clip = p->text_encoder, .blip = p->mm_encoder, .unet = p->unet, .vae = p->vae, .sched = p->scheduler,
                       .type = p->type, .time = p->time, .clip_null = p->clip_null, .blip_null = p->blip_null,
-                      .image_null = p->image_null};
+                      .image_null = p->image_null, .num_train_timesteps = p->num_train_timesteps};
   /* the draws of all draw_n items' rows (V per item), in ARLDM.forward's
    * order, cut to this batch's rows */
   int64_t V = ab.captions->shape[1];
   int64_t dn = b->draw_n > 0 ? b->draw_n : b->n, doff = b->draw_n > 0 ? b->draw_off : 0;
   train_batch_t rows = {b->n * V, NULL, NULL, NULL, dn * V, doff * V, NULL};
   arldm_draws_t d = {0};
+  if (p->blip_dropout && dn != b->n)
+    return mmp_error_set(MMP_EUNSUPPORTED, "train: arldm: BLIP's dropout (blip_dropout) with data parallelism: each rank "
+                         "would need the draws of the whole batch; set blip_dropout = \"off\" or run one process");
   mmp_backend_t *be = mmp_context_backend(p->ctx), *cpu = mmp_backend_get("cpu");
   int64_t ls[4];
   int rc = 0;
@@ -59,14 +62,18 @@ static int arldm_loss(const train_parts_t *p, const train_batch_t *b, mmp_rng_t 
   int64_t own = b->n * V;
   d.cfg_uniform = mmp_tensor_from_data(cpu, MMP_F64, 1, &own, u + doff * V);
   free(u);
-  if (!d.cfg_uniform || (rc = latent_shape(p, ab.images, own, ls)) < 0 ||
+  /* With BLIP's dropout its draws come first (in the forward), so the step
+   * draws the rest itself, after them (draw_n = n then: nothing to cut). */
+  if (p->blip_dropout) ap.blip_dropout = rng;
+  if (!d.cfg_uniform || (!p->blip_dropout &&
+      ((rc = latent_shape(p, ab.images, own, ls)) < 0 ||
       !(d.posterior_noise = train_batch_randn(&rows, rng, be, 4, ls)) || !(d.noise = train_batch_randn(&rows, rng, be, 4, ls)) ||
-      !(d.timesteps = train_batch_randint(&rows, rng, cpu, 0, p->num_train_timesteps))) {
+      !(d.timesteps = train_batch_randint(&rows, rng, cpu, 0, p->num_train_timesteps))))) {
     rc = rc < 0 ? rc : mmp_error_code() ? mmp_error_code() : MMP_ENOMEM;
     arldm_draws_clear(&d);
     return rc;
   }
-  rc = arldm_train_step(&ap, &ab, NULL, &d, loss);
+  rc = arldm_train_step(&ap, &ab, p->blip_dropout ? rng : NULL, &d, loss);
   arldm_draws_clear(&d);
   if (rc < 0) mmp_error_prefix("train: ");
   return rc;

@@ -55,6 +55,9 @@ typedef struct train_parts {
   /* arldm: AR-LDM's own tensors from the `arldm` file: the modal-type and
    * time tables (trained unless frozen by the patterns) and the null buffers */
   mmp_tensor_t *type, *time, *clip_null, *blip_null, *image_null;
+  /* arldm: BLIP in train mode (AR-LDM without freeze_blip): its BERT's
+   * dropout drawn from the step's generator (the task's `blip_dropout`) */
+  bool blip_dropout;
 } train_parts_t;
 
 typedef struct train_step_ops {
@@ -84,8 +87,10 @@ extern const train_step_ops_t train_step_sd;
  * (BLIP); src_V = V is visualization, V + 1 continuation. Draws, each made
  * for draw_n items (V rows each) and cut to the batch's rows: the CFG drop's
  * uniforms (B V of them, np.random.rand: from np_rng when given, else from
- * the generator), then from the generator the VAE posterior's noise, the
- * noise, the timesteps, in that order. */
+ * the generator), then from the generator (with parts->blip_dropout: BLIP's
+ * dropout in its two calls, sources then null caption) the VAE posterior's
+ * noise, the noise, the timesteps, in that order. BLIP's dropout needs
+ * draw_n = n (one process): MMP_EUNSUPPORTED otherwise. */
 extern const train_step_ops_t train_step_arldm;
 
 #endif

@@ -158,6 +158,37 @@ fail:
   return rc ? rc : mmp_error_code();
 }
 
+/* The generator of a train-mode forward from the input "rng_state" (u8
+ * [MMP_RNG_STATE_SIZE], mmp_rng_get_state's bytes; its mode is the first
+ * little-endian u32): *@g stays NULL without one (eval mode). */
+static int train_rng(const mmp_tensormap_t *in, mmp_rng_t **g) {
+  *g = NULL;
+  const mmp_tensor_t *t = mmp_tensormap_get(in, "rng_state");
+  if (!t) return 0;
+  unsigned char buf[MMP_RNG_STATE_SIZE];
+  if (t->dtype != MMP_U8 || mmp_tensor_numel(t) != MMP_RNG_STATE_SIZE || mmp_tensor_to_host(t, buf, sizeof buf) < 0) {
+    char d[96];
+    return mmp_error_set(MMP_EINVAL, "blip: rng_state %s must be u8 [%d] (mmp_rng_get_state)", mmp_tensor_describe(t, d, sizeof d),
+                         MMP_RNG_STATE_SIZE);
+  }
+  uint32_t mode = (uint32_t)buf[0] | (uint32_t)buf[1] << 8 | (uint32_t)buf[2] << 16 | (uint32_t)buf[3] << 24;
+  if (mode > MMP_RNG_NUMPY || !(*g = mmp_rng_new(0, (mmp_rng_mode_t)mode)) || mmp_rng_set_state(*g, buf, sizeof buf) < 0) {
+    mmp_rng_free(*g);
+    *g = NULL;
+    return mmp_error_prefix("blip: rng_state: ");
+  }
+  return 0;
+}
+
+/* The advanced state of @g as the output "rng_state". */
+static int put_rng(mmp_tensormap_t *out, const mmp_rng_t *g) {
+  unsigned char buf[MMP_RNG_STATE_SIZE];
+  int64_t n = MMP_RNG_STATE_SIZE;
+  int rc = mmp_rng_get_state(g, buf, sizeof buf);
+  mmp_tensor_t *t = rc < 0 ? NULL : mmp_tensor_from_data(mmp_backend_get("cpu"), MMP_U8, 1, &n, buf);
+  return t ? mmp_tensormap_set(out, "rng_state", t) : mmp_error_code() ? mmp_error_code() : MMP_ENOMEM;
+}
+
 static int blip_forward(void *self, const char *method, const mmp_tensormap_t *in, mmp_tensormap_t *out) {
   blipp_t *p = self;
   if (method && !strcmp(method, "state_dict")) return sd_state_dict(p->state, out);
@@ -166,9 +197,14 @@ static int blip_forward(void *self, const char *method, const mmp_tensormap_t *i
     return mmp_error_set(MMP_EINVAL, "blip: unknown method \"%s\" (image, text, multimodal, forward, state_dict)",
                          method);
   int64_t nh = (mode == MODE_IMAGE ? p->vit.layers : p->text.layers) + 1;
+  mmp_rng_t *g = NULL;
+  int rc = train_rng(in, &g);
+  if (rc < 0) return rc;
   mmp_tensor_t **hidden = p->out_hidden ? calloc((size_t)nh, sizeof *hidden) : NULL, *h = NULL, *img = NULL;
-  if (p->out_hidden && !hidden) return mmp_error_set(MMP_ENOMEM, "out of memory");
-  int rc = 0;
+  if (p->out_hidden && !hidden) {
+    mmp_rng_free(g);
+    return mmp_error_set(MMP_ENOMEM, "out of memory");
+  }
   if (mode != MODE_TEXT) {
     const mmp_tensor_t *px = mmp_tensormap_need(in, "pixel_values");
     mmp_tensor_t *x = px ? sd_input_f32(px, p->be) : NULL;
@@ -195,7 +231,8 @@ static int blip_forward(void *self, const char *method, const mmp_tensormap_t *i
     mmp_tensor_t *mask = dids && am ? sd_input_mask(am, p->be, true) : NULL;
     if (dids && (!am || mask)) {
       /* only the tower's errors lack the plugin's name; the input checks above carry it */
-      h = sd_bert(&p->text, dids, mask, NULL, false, img, NULL, hidden, NULL);
+      h = g ? sd_bert_dropout(&p->text, g, dids, mask, NULL, false, img, NULL, hidden, NULL)
+            : sd_bert(&p->text, dids, mask, NULL, false, img, NULL, hidden, NULL);
       if (!h) mmp_error_prefix("blip: ");
     }
     mmp_tensor_unref(dids);
@@ -205,6 +242,8 @@ static int blip_forward(void *self, const char *method, const mmp_tensormap_t *i
   mmp_tensor_unref(img);
   if (rc == 0) rc = mmp_tensormap_set(out, "last_hidden_state", h);
   else mmp_tensor_unref(h);
+  if (rc == 0 && g) rc = put_rng(out, g);
+  mmp_rng_free(g);
   if (hidden) {
     if (rc == 0) rc = sd_put_hidden(out, hidden, nh);
     for (int64_t k = 0; k < nh; k++) mmp_tensor_unref(hidden[k]);

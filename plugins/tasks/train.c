@@ -71,6 +71,8 @@ static const mmp_key_t train_keys[] = {
     {"tokenizer", MMP_TYPE_COMPONENT, "\"clip_tokenizer\"", "sd: the tokenizer (processor) group", 0, MMP_KIND_PROCESSOR},
     {"text_encoder", MMP_TYPE_COMPONENT, "\"clip_text\"", "the text encoder group (trainable = true to train it)", 0, MMP_KIND_ENCODER},
     {"mm_encoder", MMP_TYPE_COMPONENT, "\"blip\"", "arldm: BLIP, the multimodal encoder group (trainable = true to train it)", 0, MMP_KIND_ENCODER},
+    {"blip_dropout", MMP_TYPE_STRING, "\"auto\"", "arldm: BLIP's BERT dropout (AR-LDM's train mode): auto (on when BLIP trains "
+     "beyond its word table, as AR-LDM without freeze_blip), on or off", 0, 0},
     {"unet", MMP_TYPE_COMPONENT, "\"unet2d_condition\"", "the denoising model group (trainable = true)", 0, MMP_KIND_MODEL},
     {"vae", MMP_TYPE_COMPONENT, "\"vae\"", "the autoencoder group (frozen)", 0, MMP_KIND_ENCODER},
     {"scheduler", MMP_TYPE_COMPONENT, "\"ddpm\"", "the noise schedule group (its add_noise)", 0, MMP_KIND_SCHEDULER},
@@ -85,6 +87,7 @@ typedef struct train {
   int64_t batch, accum, max_steps, epochs, run_steps, warmup, seed, ckpt_every;
   double lr, wd, beta1, beta2, eps, clip;
   mmp_rng_mode_t rng_mode;
+  int blip_dropout; /* -1 auto, 0 off, 1 on */
   char **freeze, **train; /* NULL-terminated */
 } train_t;
 
@@ -128,10 +131,11 @@ static int train_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp
   (void)plugin;
   train_t *t = calloc(1, sizeof *t);
   if (!t) return mmp_error_set(MMP_ENOMEM, "out of memory");
-  const char *mode = "sd", *rng = "torch", *sched = "cosine";
+  const char *mode = "sd", *rng = "torch", *sched = "cosine", *bd = "auto";
   size_t nb = 0;
   int rc;
   if ((rc = mmp_config_get_string(cfg, "mode", &mode)) || (rc = mmp_config_get_string(cfg, "rng", &rng)) ||
+      (rc = mmp_config_get_string(cfg, "blip_dropout", &bd)) ||
       (rc = mmp_config_get_string(cfg, "lr_schedule", &sched)) ||
       (rc = mmp_config_get_path(cfg, "data_dir", t->data_dir, sizeof t->data_dir)) ||
       (rc = mmp_config_get_path(cfg, "captions", t->captions, sizeof t->captions)) ||
@@ -171,6 +175,8 @@ static int train_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp
     goto fail;
   }
   if (mmp_rng_mode_parse(rng, &t->rng_mode) < 0) { rc = cfg_error(cfg, "rng", "must be \"torch\" or \"philox\""); goto fail; }
+  t->blip_dropout = !strcmp(bd, "auto") ? -1 : !strcmp(bd, "on") ? 1 : !strcmp(bd, "off") ? 0 : -2;
+  if (t->blip_dropout == -2) { rc = cfg_error(cfg, "blip_dropout", "must be \"auto\", \"on\" or \"off\""); goto fail; }
   if (strcmp(sched, "cosine") && strcmp(sched, "constant")) {
     rc = cfg_error(cfg, "lr_schedule", "must be \"cosine\" or \"constant\"");
     goto fail;
@@ -939,12 +945,15 @@ static int validate(run_t *r, double *out) {
   int rc = 0;
   if (!idx || !g || (r->np_rng && !np)) rc = mmp_error_set(MMP_ENOMEM, "out of memory");
   for (int64_t i = 0; rc == 0 && i < r->val.n; i++) idx[i] = i;
+  bool bd = r->parts.blip_dropout;
+  r->parts.blip_dropout = false; /* eval mode, as Lightning's validation */
   for (int64_t b = 0; rc == 0 && b < nb; b++) {
     mmp_tensor_t *loss = NULL;
     rc = micro_loss(r, &r->val, idx + b * B, B, 0, 0, g, np, NULL, &loss);
     if (rc == 0) sum += scalar(loss);
     mmp_tensor_unref(loss);
   }
+  r->parts.blip_dropout = bd;
   free(idx);
   mmp_rng_free(g);
   mmp_rng_free(np);
@@ -1068,6 +1077,15 @@ static int train_run(void *self, mmp_context_t *ctx) {
       (rc = collect(&r, r.parts.mm_encoder, "mm_encoder", &lm)) < 0 || (rc = collect(&r, r.parts.unet, "unet", &lu)) < 0)
     goto done;
   if (t->mode == &train_step_arldm && (rc = load_arldm_extras(&r)) < 0) goto done;
+  if (t->mode == &train_step_arldm) {
+    /* BLIP in train mode as AR-LDM: mm_encoder.eval() only with freeze_blip,
+     * which leaves its word table alone trainable */
+    bool beyond = false;
+    for (size_t i = 0; i < r.nps && !beyond; i++)
+      beyond = !strncmp(r.ps[i].name, "mm_encoder.", 11) && !strstr(r.ps[i].name, ".word_embeddings.");
+    r.parts.blip_dropout = t->blip_dropout < 0 ? beyond : t->blip_dropout == 1;
+    MMP_INFO("train", "BLIP's dropout %s", r.parts.blip_dropout ? "on (train mode)" : "off (eval mode)");
+  }
   if (r.nps == 0) {
     rc = mmp_error_set(MMP_ECONFIG, "train: nothing to train: give the unet (or text_encoder) group `trainable = true` "
                                     "and check the freeze patterns (%zu + %zu parameters listed)", lt, lu);

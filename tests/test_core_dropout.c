@@ -1,0 +1,181 @@
+/* tests/test_core_dropout.c - mmp_dropout bit-exact against torch's F.dropout on the CPU (fixtures by
+ * tests/gen_dropout.py): outputs, the stream across calls, the backward on a tape, checkpoint replay. */
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <mmpipe/autograd.h>
+#include <mmpipe/error.h>
+#include <mmpipe/rng.h>
+#include <mmpipe/safetensors.h>
+#include <mmpipe/tensor.h>
+
+#include "tap.h"
+
+static mmp_backend_t *cpu;
+static mmp_safetensors_t *st;
+
+static mmp_tensor_t *get(const char *fmt, int k) {
+  char name[64];
+  snprintf(name, sizeof name, fmt, k);
+  return mmp_safetensors_get(st, name, cpu, MMP_DTYPE_COUNT);
+}
+
+/* Bitwise equality of two f32 tensors of one shape (any layout). */
+static bool same(const mmp_tensor_t *a, const mmp_tensor_t *b) {
+  if (!a || !b || !mmp_tensor_same_shape(a, b)) return false;
+  mmp_tensor_t *ca = mmp_contiguous((mmp_tensor_t *)a), *cb = mmp_contiguous((mmp_tensor_t *)b);
+  bool eq = ca && cb && !memcmp(mmp_tensor_data(ca), mmp_tensor_data(cb), mmp_tensor_nbytes(ca));
+  mmp_tensor_unref(ca);
+  mmp_tensor_unref(cb);
+  return eq;
+}
+
+static double scalar(mmp_tensor_t *t) {
+  int64_t z[1] = {0};
+  double v = t ? mmp_tensor_get(t, z) : -1;
+  mmp_tensor_unref(t);
+  return v;
+}
+
+/* The cases in order on one generator seeded as torch.manual_seed(11),
+ * each on a tape: y and the gradient of x match torch's bit for bit. */
+static void test_fixture(void) {
+  mmp_rng_t *g = mmp_rng_new(11, MMP_RNG_TORCH);
+  int k;
+  for (k = 0;; k++) {
+    mmp_tensor_t *x = get("case%d.x", k);
+    if (!x) break;
+    double p = scalar(get("case%d.p", k));
+    bool t = scalar(get("case%d.t", k)) != 0;
+    mmp_tensor_t *y_want = get("case%d.y", k), *gy = get("case%d.g", k), *gx_want = get("case%d.gx", k);
+    mmp_tape_t *tape = mmp_tape_new();
+    mmp_tape_watch(tape, "x", x);
+    mmp_tape_t *prev = mmp_tape_set_current(tape);
+    mmp_tensor_t *xv = t ? mmp_transpose(x, 0, 1) : mmp_tensor_ref(x);
+    mmp_tensor_t *y = mmp_dropout(g, xv, p);
+    mmp_tape_set_current(prev);
+    if (!ok(same(y, y_want), "case %d: F.dropout(x%s [%lld...], p = %g) bit for bit", k, t ? ".t()" : "",
+            (long long)x->shape[0], p))
+      diag("%s", y ? "values differ" : mmp_error_last());
+    mmp_tensormap_t *grads = mmp_tensormap_new();
+    int rc = y ? mmp_tape_backward(tape, y, gy, grads) : -1;
+    mmp_tensor_t *gx = mmp_tensormap_get(grads, "x");
+    if (!ok(rc == 0 && same(gx, gx_want), "case %d: the gradient of x is torch's (upstream times the saved noise)", k))
+      diag("%s", rc ? mmp_error_last() : "values differ");
+    mmp_tensormap_free(grads);
+    mmp_tape_free(tape);
+    mmp_tensor_unref(xv);
+    mmp_tensor_unref(y);
+    mmp_tensor_unref(x);
+    mmp_tensor_unref(y_want);
+    mmp_tensor_unref(gy);
+    mmp_tensor_unref(gx_want);
+  }
+  ok(k >= 8, "%d cases read", k);
+  int64_t four = 4;
+  mmp_tensor_t *after = mmp_rng_rand(g, cpu, 1, &four), *want = mmp_safetensors_get(st, "after", cpu, MMP_DTYPE_COUNT);
+  ok(same(after, want), "the stream continues after the cases exactly where torch's does");
+  mmp_tensor_unref(after);
+  mmp_tensor_unref(want);
+  mmp_rng_free(g);
+}
+
+/* mmp_rng_dropout_mask draws the noise of mmp_dropout (one uniform per element). */
+static void test_mask(void) {
+  mmp_rng_t *a = mmp_rng_new(7, MMP_RNG_TORCH), *b = mmp_rng_new(7, MMP_RNG_TORCH);
+  int64_t shape[2] = {3, 11};
+  mmp_tensor_t *ones = mmp_tensor_full(cpu, MMP_F32, 2, shape, 1.0);
+  mmp_tensor_t *m = mmp_rng_dropout_mask(a, cpu, 0.25, 2, shape), *y = mmp_dropout(b, ones, 0.25);
+  ok(same(m, y), "the mask is dropout of ones");
+  bool vals = m != NULL;
+  const float *d = m ? mmp_tensor_data(m) : NULL;
+  for (int64_t i = 0; vals && i < 33; i++) vals = d[i] == 0.0f || d[i] == 1.0f / 0.75f;
+  ok(vals, "the mask holds 0 or 1 / (1 - p)");
+  ok(mmp_rng_uniform(a) == mmp_rng_uniform(b), "both streams advanced by the same count");
+  mmp_tensor_unref(m);
+  mmp_tensor_unref(y);
+  mmp_tensor_unref(ones);
+  mmp_rng_free(a);
+  mmp_rng_free(b);
+}
+
+static void test_errors(void) {
+  mmp_rng_t *g = mmp_rng_new(1, MMP_RNG_TORCH);
+  int64_t s[1] = {4};
+  mmp_tensor_t *x = mmp_tensor_full(cpu, MMP_F32, 1, s, 2.0), *xi = mmp_tensor_zeros(cpu, MMP_I64, 1, s);
+  mmp_tensor_t *r;
+  ok(!(r = mmp_dropout(g, x, 1.5)) && mmp_error_code() == MMP_EINVAL, "p > 1 refused: %s", mmp_error_last());
+  ok(!(r = mmp_dropout(g, x, -0.1)) && mmp_error_code() == MMP_EINVAL, "p < 0 refused");
+  ok(!(r = mmp_dropout(NULL, x, 0.1)) && mmp_error_code() == MMP_EINVAL, "NULL generator refused");
+  ok(!(r = mmp_dropout(g, xi, 0.1)) && mmp_error_code() == MMP_EINVAL, "an i64 tensor refused: %s", mmp_error_last());
+  ok(!(r = mmp_rng_dropout_mask(g, cpu, 0.0, 1, s)) && mmp_error_code() == MMP_EINVAL, "a mask with p = 0 refused");
+  r = mmp_dropout(g, x, 0.0);
+  ok(r == x, "p = 0 gives x itself");
+  mmp_tensor_unref(r);
+  mmp_tensor_unref(x);
+  mmp_tensor_unref(xi);
+  mmp_rng_free(g);
+}
+
+/* A checkpoint region that drops out: the replay draws the same noise, so
+ * the gradient equals the plain tape's and the caller's stream is untouched. */
+static mmp_tensor_t *region(void *user, int nin, mmp_tensor_t *const *in) {
+  (void)nin;
+  mmp_rng_t *g = *(mmp_rng_t **)user;
+  mmp_tensor_t *h = mmp_dropout(g, in[0], 0.4);
+  mmp_tensor_t *y = h ? mmp_mul(h, in[0]) : NULL;
+  mmp_tensor_unref(h);
+  return y;
+}
+
+static mmp_tensor_t *grad_of(mmp_rng_t *g, mmp_tensor_t *x, bool ckpt, double *next) {
+  mmp_tape_t *tape = mmp_tape_new();
+  mmp_tape_watch(tape, "x", x);
+  mmp_tape_t *prev = mmp_tape_set_current(tape);
+  mmp_tensor_t *in[1] = {x};
+  mmp_tensor_t *y = ckpt ? mmp_tape_checkpoint(region, &g, sizeof g, 1, in, g) : region(&g, 1, in);
+  mmp_tape_set_current(prev);
+  mmp_tensormap_t *grads = mmp_tensormap_new();
+  mmp_tensor_t *gy = y ? mmp_tensor_full(cpu, MMP_F32, x->ndim, x->shape, 1.0) : NULL;
+  mmp_tensor_t *gx = NULL;
+  if (y && mmp_tape_backward(tape, y, gy, grads) == 0) gx = mmp_tensor_ref(mmp_tensormap_get(grads, "x"));
+  *next = mmp_rng_uniform(g);
+  mmp_tensor_unref(gy);
+  mmp_tensor_unref(y);
+  mmp_tensormap_free(grads);
+  mmp_tape_free(tape);
+  return gx;
+}
+
+static void test_checkpoint(void) {
+  int64_t s[2] = {6, 10};
+  mmp_rng_t *data = mmp_rng_new(3, MMP_RNG_TORCH), *g1 = mmp_rng_new(9, MMP_RNG_TORCH), *g2 = mmp_rng_new(9, MMP_RNG_TORCH);
+  mmp_tensor_t *x = mmp_rng_randn(data, cpu, 2, s);
+  double n1, n2;
+  mmp_tensor_t *a = grad_of(g1, x, false, &n1), *b = grad_of(g2, x, true, &n2);
+  if (!ok(a && b && same(a, b), "a checkpointed dropout replays its draws: the same gradient")) diag("%s", mmp_error_last());
+  ok(n1 == n2, "the caller's stream after the backward is the plain run's");
+  mmp_tensor_unref(a);
+  mmp_tensor_unref(b);
+  mmp_tensor_unref(x);
+  mmp_rng_free(data);
+  mmp_rng_free(g1);
+  mmp_rng_free(g2);
+}
+
+int main(void) {
+  cpu = mmp_backend_get("cpu");
+  char path[1024];
+  snprintf(path, sizeof path, "%s/tests/fixtures/rng/dropout.safetensors", tap_srcdir());
+  if (!(st = mmp_safetensors_open(path))) {
+    ok(0, "open %s: %s", path, mmp_error_last());
+    return done_testing();
+  }
+  test_fixture();
+  test_mask();
+  test_errors();
+  test_checkpoint();
+  mmp_safetensors_close(st);
+  return done_testing();
+}
