@@ -105,38 +105,58 @@ void mmp_adamw_set_lr(mmp_adamw_t *o, double lr) {
 }
 double mmp_adamw_lr(const mmp_adamw_t *o) { return o ? o->hp.lr : 0.0; }
 
+/* Whether @g fits parameter @e (shape, dtype, backend); MMP_ESHAPE with a message if not. */
+static int check_grad(const adam_param_t *e, const char *name, const mmp_tensor_t *g, const char *fn) {
+  if (!g || g->dtype != MMP_F32 || !mmp_tensor_same_shape(g, e->p) || g->storage->be != e->p->storage->be)
+    return mmp_error_set(MMP_ESHAPE, "%s: gradient %s %s does not fit its parameter %s", fn, name,
+                         g ? mmp__desc(g) : "(null)", mmp__desc(e->p));
+  return 0;
+}
+
+/* The update of one parameter from its (checked) gradient: the one place of
+ * AdamW's per-parameter math, for mmp_adamw_step and mmp_adamw_step_one. */
+static int update(const mmp_adamw_params_t *hp, adam_param_t *e, const mmp_tensor_t *g, const char *fn) {
+  mmp_tensor_t *gc = mmp_contiguous((mmp_tensor_t *)g);
+  if (!gc) return mmp_error_code();
+  e->step++;
+  /* the scalars as torch 1.13 forms them in Python (double) */
+  double bc1 = 1.0 - pow(hp->beta1, (double)e->step), bc2 = 1.0 - pow(hp->beta2, (double)e->step);
+  int64_t b1, b2;
+  memcpy(&b1, &hp->beta1, sizeof b1);
+  memcpy(&b2, &hp->beta2, sizeof b2);
+  mmp_op_params_t p = {{1.0 - hp->lr * hp->weight_decay, hp->lr / bc1, sqrt(bc2), hp->eps}, {b1, b2}};
+  const mmp_tensor_t *s[3] = {gc, e->m, e->v};
+  int rc = mmp_backend_compute(e->p->storage->be, MMP_OP_ADAMW, &p, s, 3, e->p);
+  mmp_tensor_unref(gc);
+  return rc < 0 ? mmp_error_prefix("%s: %s: ", fn, e->name) : 0;
+}
+
 int mmp_adamw_step(mmp_adamw_t *o, const mmp_tensormap_t *grads) {
   if (!o || !grads) return mmp_error_set(MMP_EINVAL, "adamw_step: NULL argument");
   /* check everything first so a bad map changes nothing */
   for (size_t i = 0; i < mmp_tensormap_size(grads); i++) {
     const char *name = mmp_tensormap_name(grads, i);
-    mmp_tensor_t *g = mmp_tensormap_at(grads, i);
     adam_param_t *e = find(o, name);
     if (!e) return mmp_error_set(MMP_ENOENT, "adamw_step: gradient %s belongs to no parameter", name);
-    if (!g || g->dtype != MMP_F32 || !mmp_tensor_same_shape(g, e->p) || g->storage->be != e->p->storage->be)
-      return mmp_error_set(MMP_ESHAPE, "adamw_step: gradient %s %s does not fit its parameter %s", name,
-                           g ? mmp__desc(g) : "(null)", mmp__desc(e->p));
+    int rc = check_grad(e, name, mmp_tensormap_at(grads, i), "adamw_step");
+    if (rc < 0) return rc;
   }
-  const mmp_adamw_params_t *hp = &o->hp;
   for (size_t i = 0; i < o->n; i++) {
     adam_param_t *e = &o->ps[i];
     mmp_tensor_t *g = mmp_tensormap_get(grads, e->name);
     if (!g) continue;
-    mmp_tensor_t *gc = mmp_contiguous(g);
-    if (!gc) return mmp_error_code();
-    e->step++;
-    /* the scalars as torch 1.13 forms them in Python (double) */
-    double bc1 = 1.0 - pow(hp->beta1, (double)e->step), bc2 = 1.0 - pow(hp->beta2, (double)e->step);
-    int64_t b1, b2;
-    memcpy(&b1, &hp->beta1, sizeof b1);
-    memcpy(&b2, &hp->beta2, sizeof b2);
-    mmp_op_params_t p = {{1.0 - hp->lr * hp->weight_decay, hp->lr / bc1, sqrt(bc2), hp->eps}, {b1, b2}};
-    const mmp_tensor_t *s[3] = {gc, e->m, e->v};
-    int rc = mmp_backend_compute(e->p->storage->be, MMP_OP_ADAMW, &p, s, 3, e->p);
-    mmp_tensor_unref(gc);
-    if (rc < 0) return mmp_error_prefix("adamw_step: %s: ", e->name);
+    int rc = update(&o->hp, e, g, "adamw_step");
+    if (rc < 0) return rc;
   }
   return 0;
+}
+
+int mmp_adamw_step_one(mmp_adamw_t *o, const char *name, const mmp_tensor_t *grad) {
+  if (!o || !name || !grad) return mmp_error_set(MMP_EINVAL, "adamw_step_one: NULL argument");
+  adam_param_t *e = find(o, name);
+  if (!e) return mmp_error_set(MMP_ENOENT, "adamw_step_one: gradient %s belongs to no parameter", name);
+  int rc = check_grad(e, name, grad, "adamw_step_one");
+  return rc < 0 ? rc : update(&o->hp, e, grad, "adamw_step_one");
 }
 
 int mmp_adamw_state(const mmp_adamw_t *o, size_t i, const char **name, mmp_tensor_t **param, mmp_tensor_t **exp_avg,

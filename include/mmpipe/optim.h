@@ -63,6 +63,17 @@ double mmp_adamw_lr(const mmp_adamw_t *o);
  * stays). A gradient whose shape differs from its parameter, or a name that
  * is no parameter, is an error reported before anything is updated. */
 int mmp_adamw_step(mmp_adamw_t *o, const mmp_tensormap_t *grads);
+/* The update of one parameter, @name, from its gradient @grad (transfer
+ * none; f32 of the parameter's shape, on its backend): exactly what
+ * mmp_adamw_step does for that entry (the same code), at the current lr,
+ * and the parameter's step count advances. For the optimizer step inside
+ * the backward: called from a grad-ready hook (autograd.h) as each
+ * gradient is final, it updates every parameter as mmp_adamw_step would
+ * after the backward, bit for bit, while the gradients never all exist at
+ * once (doc/training.md, "Optimizer in the backward"). Errors: MMP_EINVAL
+ * (NULL), MMP_ENOENT (no such parameter), MMP_ESHAPE (a gradient that
+ * does not fit); nothing is updated then. */
+int mmp_adamw_step_one(mmp_adamw_t *o, const char *name, const mmp_tensor_t *grad);
 /* The state of parameter @i (in the order added), for checkpoints: name,
  * parameter, first and second moments (transfer none) and its step count.
  * Any pointer may be NULL. MMP_EINVAL if @i is out of range. */
