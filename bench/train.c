@@ -18,7 +18,7 @@
 typedef struct opts {
   const char *config, *weights, *srcdir;
   int threads, steps, hw, tokens;
-  bool checkpointing, compare_torch, torch_only;
+  bool checkpointing, compare_torch, torch_only, in_backward;
 } opts_t;
 
 static double now_s(void) {
@@ -41,7 +41,8 @@ static double peak_rss_mb(void) {
 
 static void usage(const char *prog) {
   printf("Usage: %s [--config UNET.json] [--weights W.safetensors] [--threads N] [--steps N]\n"
-         "          [--hw H] [--tokens S] [--small] [--checkpointing] [--compare-torch] [--torch-only]\n\n"
+         "          [--hw H] [--tokens S] [--small] [--checkpointing] [--optimizer-in-backward]\n"
+         "          [--compare-torch] [--torch-only]\n\n"
          "Training steps of the UNet (default bench/sd15/unet, SD-1.5 size) on CPU in fp32: forward at\n"
          "batch 1 on HxH latents (default 64), MSE against the noise, backward, one AdamW step over\n"
          "every weight. The context is AR-LDM's 6 x S tokens (default S = 91: 546 tokens, 768 wide)\n"
@@ -50,6 +51,10 @@ static void usage(const char *prog) {
          "Prints seconds of each part per step, CPU seconds (user + system) and peak RSS.\n"
          "Without --weights the weights are made in-process (init_seed 0, trainable copies).\n"
          "--checkpointing: gradient_checkpointing = true (doc/plugins/unet2d_condition.md).\n"
+         "--optimizer-in-backward: each weight's AdamW update runs from the tape's grad-ready hook\n"
+         "as soon as its gradient is final, and the gradient is freed at once (the train task's\n"
+         "optimizer_in_backward): the gradients never all exist; AdamW's time is then part of the\n"
+         "backward's. PyTorch keeps its ordinary step.\n"
          "--small: the tiny test UNet (tests/fixtures/sd/pipe/unet), 16x16, S = 4: a quick check.\n"
          "--compare-torch: afterwards the same steps in diffusers 0.19.3 (bench/torch_train.py,\n"
          "/usr/bin/python3, PYTHONPATH from MMP_TORCH_PYTHONPATH, default /root/refenv/site) in\n"
@@ -96,6 +101,19 @@ static mmp_tensor_t *frame_mask(mmp_backend_t *be, int64_t S) {
 
 static int add_param(void *user, const char *name, mmp_tensor_t *p) { return mmp_adamw_add_param(user, name, p); }
 static int watch_param(void *user, const char *name, mmp_tensor_t *p) { return mmp_tape_watch(user, name, p); }
+
+/* --optimizer-in-backward: the grad-ready hook */
+typedef struct in_backward {
+  mmp_adamw_t *opt;
+  mmp_tensormap_t *grads;
+} in_backward_t;
+
+static int step_in_backward(void *user, const char *name, mmp_tensor_t *grad) {
+  in_backward_t *ib = user;
+  int rc = mmp_adamw_step_one(ib->opt, name, grad);
+  mmp_tensormap_remove(ib->grads, name);
+  return rc;
+}
 
 static int run_mmpipe(const opts_t *o) {
   char text[8192];
@@ -145,15 +163,17 @@ static int run_mmpipe(const opts_t *o) {
     mmp_tensormap_free(out);
     double t2 = now_s();
     size_t peak = mmp_tape_peak_bytes(tape);
+    in_backward_t ib = {opt, grads};
+    if (o->in_backward) mmp_tape_on_grad_ready(tape, step_in_backward, &ib);
     if (rc == 0) rc = mmp_tape_backward(tape, loss, NULL, grads);
     double t3 = now_s();
-    if (rc == 0) rc = mmp_adamw_step(opt, grads);
+    if (rc == 0 && !o->in_backward) rc = mmp_adamw_step(opt, grads);
     double t4 = now_s(), c1 = cpu_s();
     if (rc == 0) {
-      printf("step %d: loss %.6f, forward %.2f s, backward %.2f s, AdamW %.2f s, total %.2f s, %.2f CPU s; "
+      printf("step %d: loss %.6f, forward %.2f s, backward %.2f s%s, AdamW %.2f s, total %.2f s, %.2f CPU s; "
              "tape held %.0f MB after the forward, %.0f MB at its peak\n",
-             step, mmp_tensor_get(loss, NULL), t2 - t1, t3 - t2, t4 - t3, t4 - t1, c1 - c0, (double)peak / 1048576.0,
-             (double)mmp_tape_peak_bytes(tape) / 1048576.0);
+             step, mmp_tensor_get(loss, NULL), t2 - t1, t3 - t2, o->in_backward ? " (with AdamW)" : "", t4 - t3,
+             t4 - t1, c1 - c0, (double)peak / 1048576.0, (double)mmp_tape_peak_bytes(tape) / 1048576.0);
       fflush(stdout);
       if (step > 0 || o->steps == 1) {
         tf += t2 - t1;
@@ -207,7 +227,8 @@ int main(int argc, char **argv) {
       {"config", 1, 0, 'c'},        {"weights", 1, 0, 'w'},       {"threads", 1, 0, 't'},
       {"steps", 1, 0, 's'},         {"hw", 1, 0, 'H'},            {"tokens", 1, 0, 'S'},
       {"small", 0, 0, 'm'},         {"checkpointing", 0, 0, 'k'}, {"compare-torch", 0, 0, 'T'},
-      {"torch-only", 0, 0, 'O'},    {"help", 0, 0, 'h'},          {0, 0, 0, 0}};
+      {"torch-only", 0, 0, 'O'},    {"optimizer-in-backward", 0, 0, 'B'},
+      {"help", 0, 0, 'h'},          {0, 0, 0, 0}};
   static char cfg[4096];
   opts_t o = {.threads = 2, .steps = 1, .hw = 64, .tokens = 91};
   const char *src = getenv("MMP_BENCH_SRCDIR");
@@ -225,6 +246,7 @@ int main(int argc, char **argv) {
     case 'k': o.checkpointing = true; break;
     case 'T': o.compare_torch = true; break;
     case 'O': o.compare_torch = o.torch_only = true; break;
+    case 'B': o.in_backward = true; break;
     case 'h': usage(argv[0]); return 0;
     default: usage(argv[0]); return 2;
     }
@@ -246,8 +268,8 @@ int main(int argc, char **argv) {
     return 2;
   }
   printf("UNet training step: %s, latent %dx%d, batch 1, context 6 x %d tokens, fp32, %d threads, "
-         "gradient checkpointing %s\n",
-         o.config, o.hw, o.hw, o.tokens, o.threads, o.checkpointing ? "on" : "off");
+         "gradient checkpointing %s, optimizer %s the backward\n",
+         o.config, o.hw, o.hw, o.tokens, o.threads, o.checkpointing ? "on" : "off", o.in_backward ? "in" : "after");
   fflush(stdout);
   int rc = 0;
   /* each side in its own process, one after the other: each peak RSS is its own */
