@@ -77,7 +77,7 @@ r=$?; [ $r != 0 ] && grep -q "2 processes, this one has 1" "$T/log"; ok $? "a on
 
 # optimizer_in_backward: each gradient averaged over the ranks and taken by its AdamW update in
 # the backward equals the two-rank step after the backward, bit for bit (same ordered reduction)
-KB="-s task.max_steps=3 -s task.shuffle=true -s task.batch_size=1"
+KB="-s task.max_steps=3 -s task.shuffle=true -s task.batch_size=1 -s task.grad_accum=1 -s task.clip_norm=0.0"
 mpi2 -s task.output_dir="$T/ib0" $KB >"$T/log" 2>&1
 r=$?; ok $r "two ranks, grad_accum 1, the optimizer after the backward"
 [ $r = 0 ] || sed 's/^/#   /' "$T/log"
