@@ -3,6 +3,7 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <mmpipe/autograd.h>
 #include <mmpipe/grad.h>
@@ -508,27 +509,38 @@ static int sib_step(sib_params_t *p, mmp_adamw_t *opt, const mmp_tensor_t *x, co
 static void test_step_in_backward(void) {
   int64_t sx[2] = {3, 4}, sw[2] = {4, 4}, sb[1] = {4};
   mmp_tensor_t *x = rnd(2, sx, 1.0), *target = rnd(2, sx, 0.5);
-  sib_params_t a, b;
+  sib_params_t a, b, c;
   a.w[0] = rnd(2, sw, 0.5);
   a.w[1] = rnd(1, sb, 0.5);
   a.w[2] = rnd(2, sw, 0.5);
   a.w[3] = rnd(2, sw, 0.5);
-  for (int i = 0; i < 4; i++) b.w[i] = mmp_clone(a.w[i]);
+  for (int i = 0; i < 4; i++) {
+    b.w[i] = mmp_clone(a.w[i]);
+    c.w[i] = mmp_clone(a.w[i]);
+  }
   mmp_adamw_params_t hp;
   mmp_adamw_defaults(&hp);
   hp.lr = 0.05; /* large steps: a weight read after its update would show */
-  mmp_adamw_t *oa = mmp_adamw_new(&hp), *ob = mmp_adamw_new(&hp);
+  mmp_adamw_t *oa = mmp_adamw_new(&hp), *ob = mmp_adamw_new(&hp), *oc = mmp_adamw_new(&hp);
   static const char *const names[4] = {"w1", "b", "w2", "w3"};
   for (int i = 0; i < 4; i++) {
     mmp_adamw_add_param(oa, names[i], a.w[i]);
     mmp_adamw_add_param(ob, names[i], b.w[i]);
+    mmp_adamw_add_param(oc, names[i], c.w[i]);
   }
-  sib_hook_t h = {ob, NULL, 0, 0};
-  int rc = 0;
+  sib_hook_t h = {ob, NULL, 0, 0}, hc = {oc, NULL, 0, 0};
+  /* c: in the backward too, its moments moved to a file after the first step */
+  char dir[64] = "/tmp/mmp-adamw-XXXXXX";
+  const char *tmp = getenv("TMPDIR");
+  if (tmp && *tmp && strlen(tmp) < 40) snprintf(dir, sizeof dir, "%s/mmp-adamw-XXXXXX", tmp);
+  int rc = mkdtemp(dir) ? 0 : -1, rcf = 0;
   for (int step = 0; step < 3 && rc == 0; step++) {
     rc = sib_step(&a, oa, x, target, false, NULL);
     if (rc == 0) rc = sib_step(&b, ob, x, target, true, &h);
+    if (rc == 0 && step == 1 && (rcf = mmp_adamw_moments_to_file(oc, dir)) < 0) diag("%s", mmp_error_last());
+    if (rc == 0) rc = sib_step(&c, oc, x, target, true, &hc);
   }
+  ok(rcf == 0, "the moments moved to a file after a step");
   ok(rc == 0 && h.calls == 12, "3 steps each way; the hook updated 4 parameters a step (%d)", h.calls);
   ok(h.most == 1, "the map never held more than the gradient being used (%zu)", h.most);
   int same = 0;
@@ -541,6 +553,18 @@ static void test_step_in_backward(void) {
   }
   ok(same == 4, "parameters, moments and step counts bit-identical to mmp_adamw_step after the backward (%d of 4)",
      same);
+  same = 0;
+  for (size_t i = 0; i < 4; i++) {
+    mmp_tensor_t *ma, *va, *mc, *vc;
+    mmp_adamw_state(oa, i, NULL, NULL, &ma, &va, NULL);
+    mmp_adamw_state(oc, i, NULL, NULL, &mc, &vc, NULL);
+    same += equal(a.w[i], c.w[i]) && equal(ma, mc) && equal(va, vc);
+  }
+  ok(same == 4 && mmp_adamw_release_moments(oc) == 0,
+     "with the moments in a file (read back through the mapping): the same bits (%d of 4)", same);
+  ok(mmp_adamw_add_param(oc, "late", x) == MMP_EINVAL, "no parameter added after the moments went to a file: %s",
+     mmp_error_last());
+  ok(rmdir(dir) == 0, "the moments' file was unlinked at once (%s is empty)", dir);
   /* one parameter's update: the errors leave everything as it was */
   mmp_tensor_t *w0 = mmp_clone(b.w[0]);
   rc = mmp_adamw_step_one(ob, "nope", x);
@@ -551,9 +575,11 @@ static void test_step_in_backward(void) {
   mmp_tensor_unref(w0);
   mmp_adamw_free(oa);
   mmp_adamw_free(ob);
+  mmp_adamw_free(oc);
   for (int i = 0; i < 4; i++) {
     mmp_tensor_unref(a.w[i]);
     mmp_tensor_unref(b.w[i]);
+    mmp_tensor_unref(c.w[i]);
   }
   mmp_tensor_unref(x);
   mmp_tensor_unref(target);

@@ -70,15 +70,18 @@ static int read_metrics(const char *out, double *losses, double *lrs, double *no
   return n;
 }
 
-static int count_tmp(const char *dir) {
+/* files of @dir whose name holds @part */
+static int count_named(const char *dir, const char *part) {
   DIR *d = opendir(dir);
   int n = 0;
   struct dirent *e;
   while (d && (e = readdir(d)))
-    if (strstr(e->d_name, "tmp")) n++;
+    if (strstr(e->d_name, part)) n++;
   if (d) closedir(d);
   return n;
 }
+
+static int count_tmp(const char *dir) { return count_named(dir, "tmp"); }
 
 static void test_reference(void) {
   char out[4400], p[4600];
@@ -209,11 +212,12 @@ static void test_resume(void) {
  * gradients are not final yet), the text encoder's token table trained too; then 2 steps in
  * the backward resumed for 2 more without, and 2 without resumed with: the same bits again. */
 static void test_in_backward(void) {
-  char a[4400], b[4400], c[4400], d[4400], extra[4800];
+  char a[4400], b[4400], c[4400], d[4400], e[4400], extra[4800];
   snprintf(a, sizeof a, "%s/ib-a", tmpdir);
   snprintf(b, sizeof b, "%s/ib-b", tmpdir);
   snprintf(c, sizeof c, "%s/ib-c", tmpdir);
   snprintf(d, sizeof d, "%s/ib-d", tmpdir);
+  snprintf(e, sizeof e, "%s/ib-e", tmpdir);
 #define IB_KEYS "batch_size = 2; max_steps = 4; shuffle = true; warmup_steps = 2; checkpoint_every = 1; " FREEZE
 #define CKPT "gradient_checkpointing = true;"
   int rc = run_keys(a, IB_KEYS, CKPT);
@@ -228,11 +232,19 @@ static void test_in_backward(void) {
   snprintf(extra, sizeof extra, IB_KEYS "optimizer_in_backward = true; resume = \"%s/checkpoint.safetensors\";", d);
   if (rc == 0) rc = run_keys(d, extra, CKPT);
   if (!ok(rc == 0, "2 steps after the backward, resumed for 2 in it")) diag("%s", mmp_error_last());
+#define DISK "optimizer_in_backward = true; optimizer_state_on_disk = true; "
+  rc = run_keys(e, IB_KEYS DISK "run_steps = 2;", CKPT);
+  snprintf(extra, sizeof extra, IB_KEYS DISK "resume = \"%s/checkpoint.safetensors\";", e);
+  if (rc == 0) rc = run_keys(e, extra, CKPT);
+  if (!ok(rc == 0, "2 steps with the moments in a file, resumed for 2 (restored into the file)"))
+    diag("%s", mmp_error_last());
+  ok(count_named(e, "adamw-moments") == 0, "the moments' file is gone");
   static char ma[8192], mo[8192];
   double l[8], r[8], g[8];
   int na = read_metrics(a, l, r, g, 8, ma, sizeof ma);
-  const char *runs[3] = {b, c, d}, *what[3] = {"in the backward", "in, then after", "after, then in"};
-  for (int k = 0; k < 3; k++) {
+  const char *runs[4] = {b, c, d, e};
+  const char *what[4] = {"in the backward", "in, then after", "after, then in", "moments in a file"};
+  for (int k = 0; k < 4; k++) {
     int no = read_metrics(runs[k], l, r, g, 8, mo, sizeof mo);
     ok(na == 4 && no == 4 && strcmp(ma, mo) == 0, "%s: the same losses and rates (%d and %d lines)", what[k], na, no);
     if (strcmp(ma, mo) != 0) diag("after:\n%s\n%s:\n%s", ma, what[k], mo);

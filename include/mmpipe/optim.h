@@ -85,6 +85,25 @@ int mmp_adamw_state(const mmp_adamw_t *o, size_t i, const char **name, mmp_tenso
  * MMP_EINVAL if @i is out of range or @step < 0. */
 int mmp_adamw_set_step(mmp_adamw_t *o, size_t i, int64_t step);
 
+/* Keep the two moments of every parameter added so far (call it after the
+ * last mmp_adamw_add_param; later adds are MMP_EINVAL) in a shared mapping
+ * of a temporary file in folder @dir, unlinked at once (nothing is left
+ * behind). The moments' current values move there (zero, or restored from a
+ * checkpoint). Each update then reads its parameter's moments from the file
+ * and writes them back (msync), dropping them from the process's memory
+ * (madvise MADV_DONTNEED) and from the page cache (posix_fadvise
+ * POSIX_FADV_DONTNEED): the moments cost neither RSS nor cache, at the price
+ * of reading and writing both of them at every step (ZeRO-Infinity-style
+ * offload to disk). The numbers are the same bits as in memory. The tensors
+ * mmp_adamw_state hands out are views of the mapping: reading them (a
+ * checkpoint) brings pages in; mmp_adamw_release_moments drops them again.
+ * CPU parameters only (MMP_EUNSUPPORTED otherwise); MMP_EIO when the file
+ * cannot be made or sized (the disk needs 2 x the parameters' bytes). */
+int mmp_adamw_moments_to_file(mmp_adamw_t *o, const char *dir);
+/* Write back and drop from memory every parameter's moments (a no-op for
+ * moments in memory). 0 or MMP_EIO. */
+int mmp_adamw_release_moments(mmp_adamw_t *o);
+
 /* ---- LinearWarmupCosineAnnealingLR (pl_bolts), stepped per optimizer step ----
  * The state lives in the caller's struct (it is what a checkpoint stores).
  * After init, @lr is the rate of optimizer step 0 (warmup_start_lr, as
