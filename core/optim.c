@@ -256,6 +256,9 @@ int mmp_adamw_moments_to_file(mmp_adamw_t *o, const char *dir) {
     if (rc == 0) rc = release_moments(o, e);
   }
   free(w);
+  /* the memory the moments had (filled with zeros, so resident) goes back to the system,
+   * not into the backend's cache */
+  mmp_backend_pool_trim(mmp__backend_cpu());
   return rc;
 }
 
