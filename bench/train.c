@@ -17,8 +17,9 @@
 
 typedef struct opts {
   const char *config, *weights, *srcdir;
+  const char *moments_dir; /* --moments-on-disk DIR */
   int threads, steps, hw, tokens;
-  bool checkpointing, compare_torch, torch_only;
+  bool checkpointing, compare_torch, torch_only, in_backward;
 } opts_t;
 
 static double now_s(void) {
@@ -33,6 +34,37 @@ static double cpu_s(void) {
   return (double)(ru.ru_utime.tv_sec + ru.ru_stime.tv_sec) + (double)(ru.ru_utime.tv_usec + ru.ru_stime.tv_usec) * 1e-6;
 }
 
+/* This process's bytes read from / written to storage so far (/proc/self/io; 0 without it). */
+static void io_bytes(double *rd, double *wr) {
+  *rd = *wr = 0;
+  FILE *f = fopen("/proc/self/io", "r");
+  char line[128];
+  while (f && fgets(line, sizeof line, f)) {
+    if (!strncmp(line, "read_bytes: ", 12)) *rd = strtod(line + 12, NULL);
+    if (!strncmp(line, "write_bytes: ", 13)) *wr = strtod(line + 13, NULL);
+  }
+  if (f) fclose(f);
+}
+
+/* The high-water mark of the RSS since it was last reset (VmHWM; reset by writing 5 to
+ * /proc/self/clear_refs), MB; -1 where Linux does not tell. */
+static double hwm_rss_mb(void) {
+  FILE *f = fopen("/proc/self/status", "r");
+  char line[128];
+  double kb = -1;
+  while (f && fgets(line, sizeof line, f))
+    if (!strncmp(line, "VmHWM:", 6)) kb = strtod(line + 6, NULL);
+  if (f) fclose(f);
+  return kb < 0 ? -1 : kb / 1024.0;
+}
+
+static bool reset_hwm(void) {
+  FILE *f = fopen("/proc/self/clear_refs", "w");
+  bool done = f && fputs("5", f) >= 0;
+  if (f && fclose(f) != 0) done = false;
+  return done;
+}
+
 static double peak_rss_mb(void) {
   struct rusage ru;
   getrusage(RUSAGE_SELF, &ru);
@@ -41,15 +73,24 @@ static double peak_rss_mb(void) {
 
 static void usage(const char *prog) {
   printf("Usage: %s [--config UNET.json] [--weights W.safetensors] [--threads N] [--steps N]\n"
-         "          [--hw H] [--tokens S] [--small] [--checkpointing] [--compare-torch] [--torch-only]\n\n"
+         "          [--hw H] [--tokens S] [--small] [--checkpointing] [--optimizer-in-backward]\n"
+         "          [--moments-on-disk DIR] [--compare-torch] [--torch-only]\n\n"
          "Training steps of the UNet (default bench/sd15/unet, SD-1.5 size) on CPU in fp32: forward at\n"
          "batch 1 on HxH latents (default 64), MSE against the noise, backward, one AdamW step over\n"
          "every weight. The context is AR-LDM's 6 x S tokens (default S = 91: 546 tokens, 768 wide)\n"
          "with the cross-attention key mask of one training frame (target frame 2 of a visualization:\n"
          "the caption's and the two earlier frames' padding masked, the later frames masked).\n"
-         "Prints seconds of each part per step, CPU seconds (user + system) and peak RSS.\n"
+         "Prints seconds of each part per step, CPU seconds (user + system) and peak RSS (of the\n"
+         "process, and of the steps alone where Linux lets the high-water mark be reset).\n"
          "Without --weights the weights are made in-process (init_seed 0, trainable copies).\n"
          "--checkpointing: gradient_checkpointing = true (doc/plugins/unet2d_condition.md).\n"
+         "--optimizer-in-backward: each weight's AdamW update runs from the tape's grad-ready hook\n"
+         "as soon as its gradient is final, and the gradient is freed at once (the train task's\n"
+         "optimizer_in_backward): the gradients never all exist; AdamW's time is then part of the\n"
+         "backward's. PyTorch keeps its ordinary step.\n"
+         "--moments-on-disk DIR: AdamW's moments in a temporary file in DIR, each weight's read for\n"
+         "its update and dropped from memory and the page cache after it (mmp_adamw_moments_to_file);\n"
+         "each step then also prints the bytes this process read from and wrote to storage.\n"
          "--small: the tiny test UNet (tests/fixtures/sd/pipe/unet), 16x16, S = 4: a quick check.\n"
          "--compare-torch: afterwards the same steps in diffusers 0.19.3 (bench/torch_train.py,\n"
          "/usr/bin/python3, PYTHONPATH from MMP_TORCH_PYTHONPATH, default /root/refenv/site) in\n"
@@ -97,6 +138,19 @@ static mmp_tensor_t *frame_mask(mmp_backend_t *be, int64_t S) {
 static int add_param(void *user, const char *name, mmp_tensor_t *p) { return mmp_adamw_add_param(user, name, p); }
 static int watch_param(void *user, const char *name, mmp_tensor_t *p) { return mmp_tape_watch(user, name, p); }
 
+/* --optimizer-in-backward: the grad-ready hook */
+typedef struct in_backward {
+  mmp_adamw_t *opt;
+  mmp_tensormap_t *grads;
+} in_backward_t;
+
+static int step_in_backward(void *user, const char *name, mmp_tensor_t *grad) {
+  in_backward_t *ib = user;
+  int rc = mmp_adamw_step_one(ib->opt, name, grad);
+  mmp_tensormap_remove(ib->grads, name);
+  return rc;
+}
+
 static int run_mmpipe(const opts_t *o) {
   char text[8192];
   snprintf(text, sizeof text,
@@ -118,6 +172,7 @@ static int run_mmpipe(const opts_t *o) {
   hp.weight_decay = 1e-4;
   mmp_adamw_t *opt = mmp_adamw_new(&hp);
   if (rc == 0) rc = ops->parameters(c->self, add_param, opt);
+  if (rc == 0 && o->moments_dir) rc = mmp_adamw_moments_to_file(opt, o->moments_dir);
   mmp_backend_t *cpu = mmp_backend_get("cpu");
   mmp_rng_t *g = mmp_rng_new(0, MMP_RNG_PHILOX);
   int64_t xs[4] = {1, 4, o->hw, o->hw}, es[3] = {1, 6 * (int64_t)o->tokens, context_dim(o->config)}, ts = 1;
@@ -128,12 +183,15 @@ static int run_mmpipe(const opts_t *o) {
   mmp_tensormap_set(in, "timestep", mmp_tensor_from_data(cpu, MMP_I64, 1, &ts, &t));
   mmp_tensormap_set(in, "encoder_attention_mask", frame_mask(cpu, o->tokens));
   mmp_tensor_t *noise = mmp_rng_randn(g, cpu, 4, xs);
+  /* the steps' own peak, apart from the load's (which may be higher: weights made, then copied) */
+  bool hwm = reset_hwm();
   double tf = 0, tb = 0, to = 0, tcpu = 0;
   for (int step = 0; step < o->steps && rc == 0; step++) {
     mmp_tape_t *tape = mmp_tape_new();
     mmp_tensormap_t *out = mmp_tensormap_new(), *grads = mmp_tensormap_new();
     mmp_tensor_t *loss = NULL;
-    double c0 = cpu_s(), t1 = now_s();
+    double c0 = cpu_s(), t1 = now_s(), rd0, wr0, rd1, wr1;
+    io_bytes(&rd0, &wr0);
     rc = tape ? ops->parameters(c->self, watch_param, tape) : -1;
     if (rc == 0) {
       mmp_tape_t *prev = mmp_tape_set_current(tape);
@@ -145,15 +203,21 @@ static int run_mmpipe(const opts_t *o) {
     mmp_tensormap_free(out);
     double t2 = now_s();
     size_t peak = mmp_tape_peak_bytes(tape);
+    in_backward_t ib = {opt, grads};
+    if (o->in_backward) mmp_tape_on_grad_ready(tape, step_in_backward, &ib);
     if (rc == 0) rc = mmp_tape_backward(tape, loss, NULL, grads);
     double t3 = now_s();
-    if (rc == 0) rc = mmp_adamw_step(opt, grads);
+    if (rc == 0 && !o->in_backward) rc = mmp_adamw_step(opt, grads);
     double t4 = now_s(), c1 = cpu_s();
+    io_bytes(&rd1, &wr1);
     if (rc == 0) {
-      printf("step %d: loss %.6f, forward %.2f s, backward %.2f s, AdamW %.2f s, total %.2f s, %.2f CPU s; "
+      printf("step %d: loss %.6f, forward %.2f s, backward %.2f s%s, AdamW %.2f s, total %.2f s, %.2f CPU s; "
              "tape held %.0f MB after the forward, %.0f MB at its peak\n",
-             step, mmp_tensor_get(loss, NULL), t2 - t1, t3 - t2, t4 - t3, t4 - t1, c1 - c0, (double)peak / 1048576.0,
-             (double)mmp_tape_peak_bytes(tape) / 1048576.0);
+             step, mmp_tensor_get(loss, NULL), t2 - t1, t3 - t2, o->in_backward ? " (with AdamW)" : "", t4 - t3,
+             t4 - t1, c1 - c0, (double)peak / 1048576.0, (double)mmp_tape_peak_bytes(tape) / 1048576.0);
+      if (o->moments_dir)
+        printf("step %d: %.0f MB read from and %.0f MB written to storage\n", step, (rd1 - rd0) / 1048576.0,
+               (wr1 - wr0) / 1048576.0);
       fflush(stdout);
       if (step > 0 || o->steps == 1) {
         tf += t2 - t1;
@@ -173,6 +237,8 @@ static int run_mmpipe(const opts_t *o) {
            o->steps > 1 ? " after the first" : "", mmp_threads_get());
     printf("%-24s %8.2f s  (user + system per step)\n", "mmpipe cpu time", tcpu / n);
     printf("%-24s %8.0f MB\n", "mmpipe peak RSS", peak_rss_mb());
+    if (hwm) printf("%-24s %8.0f MB  (the steps alone: VmHWM reset after the load)\n", "mmpipe steps' peak RSS",
+                    hwm_rss_mb());
   } else {
     fprintf(stderr, "bench/train: %s\n", mmp_error_last());
   }
@@ -207,7 +273,8 @@ int main(int argc, char **argv) {
       {"config", 1, 0, 'c'},        {"weights", 1, 0, 'w'},       {"threads", 1, 0, 't'},
       {"steps", 1, 0, 's'},         {"hw", 1, 0, 'H'},            {"tokens", 1, 0, 'S'},
       {"small", 0, 0, 'm'},         {"checkpointing", 0, 0, 'k'}, {"compare-torch", 0, 0, 'T'},
-      {"torch-only", 0, 0, 'O'},    {"help", 0, 0, 'h'},          {0, 0, 0, 0}};
+      {"torch-only", 0, 0, 'O'},    {"optimizer-in-backward", 0, 0, 'B'}, {"moments-on-disk", 1, 0, 'D'},
+      {"help", 0, 0, 'h'},          {0, 0, 0, 0}};
   static char cfg[4096];
   opts_t o = {.threads = 2, .steps = 1, .hw = 64, .tokens = 91};
   const char *src = getenv("MMP_BENCH_SRCDIR");
@@ -225,6 +292,8 @@ int main(int argc, char **argv) {
     case 'k': o.checkpointing = true; break;
     case 'T': o.compare_torch = true; break;
     case 'O': o.compare_torch = o.torch_only = true; break;
+    case 'B': o.in_backward = true; break;
+    case 'D': o.moments_dir = optarg; break;
     case 'h': usage(argv[0]); return 0;
     default: usage(argv[0]); return 2;
     }
@@ -246,8 +315,9 @@ int main(int argc, char **argv) {
     return 2;
   }
   printf("UNet training step: %s, latent %dx%d, batch 1, context 6 x %d tokens, fp32, %d threads, "
-         "gradient checkpointing %s\n",
-         o.config, o.hw, o.hw, o.tokens, o.threads, o.checkpointing ? "on" : "off");
+         "gradient checkpointing %s, optimizer %s the backward, moments %s\n",
+         o.config, o.hw, o.hw, o.tokens, o.threads, o.checkpointing ? "on" : "off", o.in_backward ? "in" : "after",
+         o.moments_dir ? "on disk" : "in memory");
   fflush(stdout);
   int rc = 0;
   /* each side in its own process, one after the other: each peak RSS is its own */

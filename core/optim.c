@@ -1,8 +1,13 @@
 /* core/optim.c - AdamW, the warmup + cosine schedule, gradient clipping/accumulation, freezing patterns. */
+#include <errno.h>
+#include <fcntl.h>
 #include <fnmatch.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
+#include <unistd.h>
 
 #include "core/tensor_impl.h"
 #pragma GCC visibility push(default)
@@ -15,12 +20,17 @@ typedef struct adam_param {
   char *name;
   mmp_tensor_t *p, *m, *v;
   int64_t step;
+  size_t off; /* moments in a file: m at off, v at off + span (page-aligned) */
 } adam_param_t;
 
 struct mmp_adamw {
   mmp_adamw_params_t hp;
   adam_param_t *ps;
   size_t n, cap;
+  /* mmp_adamw_moments_to_file: the shared mapping of the (unlinked) file */
+  int fd;
+  unsigned char *map;
+  size_t map_bytes;
 };
 
 void mmp_adamw_defaults(mmp_adamw_params_t *p) {
@@ -48,6 +58,7 @@ mmp_adamw_t *mmp_adamw_new(const mmp_adamw_params_t *p) {
     return NULL;
   }
   o->hp = *p;
+  o->fd = -1;
   return o;
 }
 
@@ -60,6 +71,8 @@ void mmp_adamw_free(mmp_adamw_t *o) {
     mmp_tensor_unref(o->ps[i].v);
   }
   free(o->ps);
+  if (o->map) munmap(o->map, o->map_bytes);
+  if (o->fd >= 0) close(o->fd);
   free(o);
 }
 
@@ -71,6 +84,7 @@ static adam_param_t *find(const mmp_adamw_t *o, const char *name) {
 
 int mmp_adamw_add_param(mmp_adamw_t *o, const char *name, mmp_tensor_t *param) {
   if (!o || !name || !param) return mmp_error_set(MMP_EINVAL, "adamw_add_param: NULL argument");
+  if (o->map) return mmp_error_set(MMP_EINVAL, "adamw_add_param: %s after the moments went to a file", name);
   if (param->dtype != MMP_F32 || !mmp_tensor_is_contiguous(param) || (param->flags & MMP_TF_READONLY))
     return mmp_error_set(MMP_EINVAL, "adamw_add_param: %s is %s; parameters must be contiguous, writable f32", name,
                          mmp__desc(param));
@@ -105,36 +119,154 @@ void mmp_adamw_set_lr(mmp_adamw_t *o, double lr) {
 }
 double mmp_adamw_lr(const mmp_adamw_t *o) { return o ? o->hp.lr : 0.0; }
 
+/* Whether @g fits parameter @e (shape, dtype, backend); MMP_ESHAPE with a message if not. */
+static int check_grad(const adam_param_t *e, const char *name, const mmp_tensor_t *g, const char *fn) {
+  if (!g || g->dtype != MMP_F32 || !mmp_tensor_same_shape(g, e->p) || g->storage->be != e->p->storage->be)
+    return mmp_error_set(MMP_ESHAPE, "%s: gradient %s %s does not fit its parameter %s", fn, name,
+                         g ? mmp__desc(g) : "(null)", mmp__desc(e->p));
+  return 0;
+}
+
+/* Moments in a file: the bytes of one moment of @e, rounded up to whole pages. */
+static size_t moment_span(const adam_param_t *e) {
+  size_t pg = (size_t)sysconf(_SC_PAGESIZE), b = mmp_tensor_nbytes(e->p);
+  return (b + pg - 1) / pg * pg;
+}
+
+/* Write @e's moments back to the file and drop them from memory: from this
+ * process's pages (madvise) and from the page cache (fadvise), so neither the
+ * RSS nor the cache keeps them; the next access reads them from the file. */
+static int release_moments(const mmp_adamw_t *o, const adam_param_t *e) {
+  if (!o->map) return 0;
+  size_t span = moment_span(e);
+  unsigned char *at = o->map + e->off;
+  if (msync(at, 2 * span, MS_SYNC) < 0)
+    return mmp_error_set(MMP_EIO, "adamw: writing the moments of %s to their file: %s", e->name, strerror(errno));
+  if (madvise(at, 2 * span, MADV_DONTNEED) < 0)
+    return mmp_error_set(MMP_EIO, "adamw: madvise for the moments of %s: %s", e->name, strerror(errno));
+  int rc = posix_fadvise(o->fd, (off_t)e->off, (off_t)(2 * span), POSIX_FADV_DONTNEED);
+  if (rc != 0) return mmp_error_set(MMP_EIO, "adamw: fadvise for the moments of %s: %s", e->name, strerror(rc));
+  return 0;
+}
+
+/* The update of one parameter from its (checked) gradient: the one place of
+ * AdamW's per-parameter math, for mmp_adamw_step and mmp_adamw_step_one. */
+static int update(const mmp_adamw_t *o, adam_param_t *e, const mmp_tensor_t *g, const char *fn) {
+  const mmp_adamw_params_t *hp = &o->hp;
+  mmp_tensor_t *gc = mmp_contiguous((mmp_tensor_t *)g);
+  if (!gc) return mmp_error_code();
+  e->step++;
+  /* the scalars as torch 1.13 forms them in Python (double) */
+  double bc1 = 1.0 - pow(hp->beta1, (double)e->step), bc2 = 1.0 - pow(hp->beta2, (double)e->step);
+  int64_t b1, b2;
+  memcpy(&b1, &hp->beta1, sizeof b1);
+  memcpy(&b2, &hp->beta2, sizeof b2);
+  mmp_op_params_t p = {{1.0 - hp->lr * hp->weight_decay, hp->lr / bc1, sqrt(bc2), hp->eps}, {b1, b2}};
+  const mmp_tensor_t *s[3] = {gc, e->m, e->v};
+  int rc = mmp_backend_compute(e->p->storage->be, MMP_OP_ADAMW, &p, s, 3, e->p);
+  mmp_tensor_unref(gc);
+  if (rc < 0) return mmp_error_prefix("%s: %s: ", fn, e->name);
+  return release_moments(o, e);
+}
+
 int mmp_adamw_step(mmp_adamw_t *o, const mmp_tensormap_t *grads) {
   if (!o || !grads) return mmp_error_set(MMP_EINVAL, "adamw_step: NULL argument");
   /* check everything first so a bad map changes nothing */
   for (size_t i = 0; i < mmp_tensormap_size(grads); i++) {
     const char *name = mmp_tensormap_name(grads, i);
-    mmp_tensor_t *g = mmp_tensormap_at(grads, i);
     adam_param_t *e = find(o, name);
     if (!e) return mmp_error_set(MMP_ENOENT, "adamw_step: gradient %s belongs to no parameter", name);
-    if (!g || g->dtype != MMP_F32 || !mmp_tensor_same_shape(g, e->p) || g->storage->be != e->p->storage->be)
-      return mmp_error_set(MMP_ESHAPE, "adamw_step: gradient %s %s does not fit its parameter %s", name,
-                           g ? mmp__desc(g) : "(null)", mmp__desc(e->p));
+    int rc = check_grad(e, name, mmp_tensormap_at(grads, i), "adamw_step");
+    if (rc < 0) return rc;
   }
-  const mmp_adamw_params_t *hp = &o->hp;
   for (size_t i = 0; i < o->n; i++) {
     adam_param_t *e = &o->ps[i];
     mmp_tensor_t *g = mmp_tensormap_get(grads, e->name);
     if (!g) continue;
-    mmp_tensor_t *gc = mmp_contiguous(g);
-    if (!gc) return mmp_error_code();
-    e->step++;
-    /* the scalars as torch 1.13 forms them in Python (double) */
-    double bc1 = 1.0 - pow(hp->beta1, (double)e->step), bc2 = 1.0 - pow(hp->beta2, (double)e->step);
-    int64_t b1, b2;
-    memcpy(&b1, &hp->beta1, sizeof b1);
-    memcpy(&b2, &hp->beta2, sizeof b2);
-    mmp_op_params_t p = {{1.0 - hp->lr * hp->weight_decay, hp->lr / bc1, sqrt(bc2), hp->eps}, {b1, b2}};
-    const mmp_tensor_t *s[3] = {gc, e->m, e->v};
-    int rc = mmp_backend_compute(e->p->storage->be, MMP_OP_ADAMW, &p, s, 3, e->p);
-    mmp_tensor_unref(gc);
-    if (rc < 0) return mmp_error_prefix("adamw_step: %s: ", e->name);
+    int rc = update(o, e, g, "adamw_step");
+    if (rc < 0) return rc;
+  }
+  return 0;
+}
+
+int mmp_adamw_step_one(mmp_adamw_t *o, const char *name, const mmp_tensor_t *grad) {
+  if (!o || !name || !grad) return mmp_error_set(MMP_EINVAL, "adamw_step_one: NULL argument");
+  adam_param_t *e = find(o, name);
+  if (!e) return mmp_error_set(MMP_ENOENT, "adamw_step_one: gradient %s belongs to no parameter", name);
+  int rc = check_grad(e, name, grad, "adamw_step_one");
+  return rc < 0 ? rc : update(o, e, grad, "adamw_step_one");
+}
+
+int mmp_adamw_moments_to_file(mmp_adamw_t *o, const char *dir) {
+  if (!o || !dir) return mmp_error_set(MMP_EINVAL, "adamw_moments_to_file: NULL argument");
+  if (o->map) return mmp_error_set(MMP_EINVAL, "adamw_moments_to_file: the moments are in a file already");
+  size_t total = 0;
+  for (size_t i = 0; i < o->n; i++) {
+    if (o->ps[i].p->storage->be != mmp__backend_cpu())
+      return mmp_error_set(MMP_EUNSUPPORTED, "adamw_moments_to_file: %s is not on the CPU backend", o->ps[i].name);
+    o->ps[i].off = total;
+    total += 2 * moment_span(&o->ps[i]);
+  }
+  if (total == 0) return 0;
+  char path[4200];
+  snprintf(path, sizeof path, "%.4000s/adamw-moments-XXXXXX", dir);
+  int fd = mkstemp(path);
+  if (fd < 0) return mmp_error_set(MMP_EIO, "adamw_moments_to_file: %s: %s", path, strerror(errno));
+  unlink(path); /* nothing is left behind, however the run ends */
+  int err = 0;
+  void *map = MAP_FAILED;
+  if ((err = posix_fallocate(fd, 0, (off_t)total)) == 0) {
+    map = mmap(NULL, total, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (map == MAP_FAILED) err = errno;
+  }
+  if (err) {
+    close(fd);
+    return mmp_error_set(MMP_EIO, "adamw_moments_to_file: %zu bytes in %s: %s", total, dir, strerror(err));
+  }
+  /* the moments as they are (zero, or restored) into the file, then wrapped in place */
+  mmp_tensor_t **w = calloc(2 * o->n, sizeof *w);
+  int rc = w ? 0 : mmp_error_set(MMP_ENOMEM, "adamw_moments_to_file: out of memory");
+  for (size_t i = 0; rc == 0 && i < o->n; i++) {
+    adam_param_t *e = &o->ps[i];
+    unsigned char *at = (unsigned char *)map + e->off;
+    size_t span = moment_span(e);
+    w[2 * i] = mmp_tensor_wrap(MMP_F32, e->p->ndim, e->p->shape, at, NULL, NULL);
+    w[2 * i + 1] = mmp_tensor_wrap(MMP_F32, e->p->ndim, e->p->shape, at + span, NULL, NULL);
+    if (!w[2 * i] || !w[2 * i + 1]) rc = mmp_error_code();
+    /* (a parameter never updated has zero moments: the file reads zeros already) */
+    if (rc == 0 && e->step > 0) rc = mmp_tensor_to_host(e->m, at, mmp_tensor_nbytes(e->p));
+    if (rc == 0 && e->step > 0) rc = mmp_tensor_to_host(e->v, at + span, mmp_tensor_nbytes(e->p));
+  }
+  if (rc < 0) {
+    for (size_t i = 0; w && i < 2 * o->n; i++) mmp_tensor_unref(w[i]);
+    free(w);
+    munmap(map, total);
+    close(fd);
+    return rc;
+  }
+  o->fd = fd;
+  o->map = map;
+  o->map_bytes = total;
+  for (size_t i = 0; i < o->n; i++) {
+    adam_param_t *e = &o->ps[i];
+    mmp_tensor_unref(e->m);
+    mmp_tensor_unref(e->v);
+    e->m = w[2 * i];
+    e->v = w[2 * i + 1];
+    if (rc == 0) rc = release_moments(o, e);
+  }
+  free(w);
+  /* the memory the moments had (filled with zeros, so resident) goes back to the system,
+   * not into the backend's cache */
+  mmp_backend_pool_trim(mmp__backend_cpu());
+  return rc;
+}
+
+int mmp_adamw_release_moments(mmp_adamw_t *o) {
+  if (!o) return mmp_error_set(MMP_EINVAL, "adamw_release_moments: NULL argument");
+  for (size_t i = 0; i < o->n; i++) {
+    int rc = release_moments(o, &o->ps[i]);
+    if (rc < 0) return rc;
   }
   return 0;
 }

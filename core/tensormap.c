@@ -103,6 +103,17 @@ mmp_tensor_t *mmp_tensormap_at(const mmp_tensormap_t *m, size_t i) {
   return (m && i < m->n) ? m->items[i].tensor : NULL;
 }
 
+int mmp_tensormap_remove(mmp_tensormap_t *m, const char *name) {
+  entry_t *e = m && name ? find(m, name) : NULL;
+  if (!e) return 0;
+  free(e->name);
+  mmp_tensor_unref(e->tensor);
+  size_t i = (size_t)(e - m->items);
+  memmove(e, e + 1, (m->n - i - 1) * sizeof *e);
+  m->n--;
+  return 1;
+}
+
 int mmp_tensormap_set_string(mmp_tensormap_t *m, const char *name, const char *s) {
   if (!m || !name || !s) return mmp_error_set(MMP_EINVAL, "mmp_tensormap_set_string: NULL argument");
   char *v = mmp_xstrdup(s);

@@ -3,10 +3,12 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include <mmpipe/autograd.h>
 #include <mmpipe/grad.h>
 #include <mmpipe/mmpipe.h>
+#include <mmpipe/optim.h>
 
 #include "tap.h"
 
@@ -438,11 +440,157 @@ static void test_grad_ready(void) {
   for (int i = 0; i < 5; i++) mmp_tensor_unref(v[i]);
 }
 
+/* The optimizer step inside the backward (doc/training.md): each parameter
+ * updated from the grad-ready hook with mmp_adamw_step_one and its gradient
+ * dropped at once equals mmp_adamw_step after the backward, bit for bit.
+ * The graph reads parameters again after their first use: w2 inside a
+ * checkpoint region (whose replay reads it in the backward) and again by a
+ * later op, w1 outside and inside the region, w3 through a view. Were a
+ * parameter updated before the walk had passed every op that reads it, the
+ * region's replay or a later op's backward would see the new weight. */
+typedef struct sib_params {
+  mmp_tensor_t *w[4]; /* w1, b, w2, w3 */
+} sib_params_t;
+
+static mmp_tensor_t *sib_region(void *user, int nin, mmp_tensor_t *const *in) {
+  (void)nin;
+  const sib_params_t *p = user;
+  mmp_tensor_t *a = mmp_linear(in[0], p->w[2], NULL), *g = mmp_gelu(a), *c = mmp_linear(in[0], p->w[0], NULL);
+  mmp_tensor_t *r = mmp_add(g, c);
+  mmp_tensor_unref(a);
+  mmp_tensor_unref(g);
+  mmp_tensor_unref(c);
+  return r;
+}
+
+typedef struct sib_hook {
+  mmp_adamw_t *opt;
+  mmp_tensormap_t *grads;
+  int calls;
+  size_t most; /* the most gradients the map held at once */
+} sib_hook_t;
+
+static int sib_ready(void *user, const char *name, mmp_tensor_t *g) {
+  sib_hook_t *h = user;
+  h->calls++;
+  if (mmp_tensormap_size(h->grads) > h->most) h->most = mmp_tensormap_size(h->grads);
+  int rc = mmp_adamw_step_one(h->opt, name, g);
+  return mmp_tensormap_remove(h->grads, name) == 1 ? rc : mmp_error_set(MMP_EINVAL, "%s not in the map", name);
+}
+
+static int sib_step(sib_params_t *p, mmp_adamw_t *opt, const mmp_tensor_t *x, const mmp_tensor_t *target, bool in_bw,
+                    sib_hook_t *h) {
+  static const char *const names[4] = {"w1", "b", "w2", "w3"};
+  mmp_tape_t *tape = mmp_tape_new();
+  mmp_tensormap_t *grads = mmp_tensormap_new();
+  for (int i = 0; i < 4; i++) mmp_tape_watch(tape, names[i], p->w[i]);
+  mmp_tape_t *prev = mmp_tape_set_current(tape);
+  int64_t flat = 16, sq[2] = {4, 4};
+  mmp_tensor_t *h1 = mmp_linear(x, p->w[0], p->w[1]);
+  mmp_tensor_t *in[1] = {h1};
+  mmp_tensor_t *h2 = mmp_tape_checkpoint(sib_region, p, sizeof *p, 1, in, NULL);
+  mmp_tensor_t *v1 = mmp_reshape(p->w[3], 1, &flat), *v2 = mmp_reshape(v1, 2, sq);
+  mmp_tensor_t *y = mmp_linear(h2, v2, NULL), *z = mmp_linear(y, p->w[2], NULL), *loss = mmp_mse_loss(z, target);
+  mmp_tape_set_current(prev);
+  if (in_bw) {
+    h->grads = grads;
+    mmp_tape_on_grad_ready(tape, sib_ready, h);
+  }
+  int rc = loss ? mmp_tape_backward(tape, loss, NULL, grads) : -1;
+  if (rc == 0 && !in_bw) rc = mmp_adamw_step(opt, grads);
+  if (rc == 0 && in_bw && mmp_tensormap_size(grads) != 0) rc = -1;
+  mmp_tensor_t *all[] = {h1, h2, v1, v2, y, z, loss};
+  for (size_t i = 0; i < sizeof all / sizeof *all; i++) mmp_tensor_unref(all[i]);
+  mmp_tensormap_free(grads);
+  mmp_tape_free(tape);
+  return rc;
+}
+
+static void test_step_in_backward(void) {
+  int64_t sx[2] = {3, 4}, sw[2] = {4, 4}, sb[1] = {4};
+  mmp_tensor_t *x = rnd(2, sx, 1.0), *target = rnd(2, sx, 0.5);
+  sib_params_t a, b, c;
+  a.w[0] = rnd(2, sw, 0.5);
+  a.w[1] = rnd(1, sb, 0.5);
+  a.w[2] = rnd(2, sw, 0.5);
+  a.w[3] = rnd(2, sw, 0.5);
+  for (int i = 0; i < 4; i++) {
+    b.w[i] = mmp_clone(a.w[i]);
+    c.w[i] = mmp_clone(a.w[i]);
+  }
+  mmp_adamw_params_t hp;
+  mmp_adamw_defaults(&hp);
+  hp.lr = 0.05; /* large steps: a weight read after its update would show */
+  mmp_adamw_t *oa = mmp_adamw_new(&hp), *ob = mmp_adamw_new(&hp), *oc = mmp_adamw_new(&hp);
+  static const char *const names[4] = {"w1", "b", "w2", "w3"};
+  for (int i = 0; i < 4; i++) {
+    mmp_adamw_add_param(oa, names[i], a.w[i]);
+    mmp_adamw_add_param(ob, names[i], b.w[i]);
+    mmp_adamw_add_param(oc, names[i], c.w[i]);
+  }
+  sib_hook_t h = {ob, NULL, 0, 0}, hc = {oc, NULL, 0, 0};
+  /* c: in the backward too, its moments moved to a file after the first step */
+  char dir[64] = "/tmp/mmp-adamw-XXXXXX";
+  const char *tmp = getenv("TMPDIR");
+  if (tmp && *tmp && strlen(tmp) < 40) snprintf(dir, sizeof dir, "%s/mmp-adamw-XXXXXX", tmp);
+  int rc = mkdtemp(dir) ? 0 : -1, rcf = 0;
+  for (int step = 0; step < 3 && rc == 0; step++) {
+    rc = sib_step(&a, oa, x, target, false, NULL);
+    if (rc == 0) rc = sib_step(&b, ob, x, target, true, &h);
+    if (rc == 0 && step == 1 && (rcf = mmp_adamw_moments_to_file(oc, dir)) < 0) diag("%s", mmp_error_last());
+    if (rc == 0) rc = sib_step(&c, oc, x, target, true, &hc);
+  }
+  ok(rcf == 0, "the moments moved to a file after a step");
+  ok(rc == 0 && h.calls == 12, "3 steps each way; the hook updated 4 parameters a step (%d)", h.calls);
+  ok(h.most == 1, "the map never held more than the gradient being used (%zu)", h.most);
+  int same = 0;
+  for (size_t i = 0; i < 4; i++) {
+    mmp_tensor_t *ma, *va, *mb, *vb;
+    int64_t sa, sb2;
+    mmp_adamw_state(oa, i, NULL, NULL, &ma, &va, &sa);
+    mmp_adamw_state(ob, i, NULL, NULL, &mb, &vb, &sb2);
+    same += equal(a.w[i], b.w[i]) && equal(ma, mb) && equal(va, vb) && sa == 3 && sb2 == 3;
+  }
+  ok(same == 4, "parameters, moments and step counts bit-identical to mmp_adamw_step after the backward (%d of 4)",
+     same);
+  same = 0;
+  for (size_t i = 0; i < 4; i++) {
+    mmp_tensor_t *ma, *va, *mc, *vc;
+    mmp_adamw_state(oa, i, NULL, NULL, &ma, &va, NULL);
+    mmp_adamw_state(oc, i, NULL, NULL, &mc, &vc, NULL);
+    same += equal(a.w[i], c.w[i]) && equal(ma, mc) && equal(va, vc);
+  }
+  ok(same == 4 && mmp_adamw_release_moments(oc) == 0,
+     "with the moments in a file (read back through the mapping): the same bits (%d of 4)", same);
+  ok(mmp_adamw_add_param(oc, "late", x) == MMP_EINVAL, "no parameter added after the moments went to a file: %s",
+     mmp_error_last());
+  ok(rmdir(dir) == 0, "the moments' file was unlinked at once (%s is empty)", dir);
+  /* one parameter's update: the errors leave everything as it was */
+  mmp_tensor_t *w0 = mmp_clone(b.w[0]);
+  rc = mmp_adamw_step_one(ob, "nope", x);
+  ok(rc == MMP_ENOENT, "step_one of an unknown name: %s", mmp_error_last());
+  rc = mmp_adamw_step_one(ob, "w1", x);
+  ok(rc == MMP_ESHAPE && equal(w0, b.w[0]), "step_one with a gradient of another shape changes nothing: %s",
+     mmp_error_last());
+  mmp_tensor_unref(w0);
+  mmp_adamw_free(oa);
+  mmp_adamw_free(ob);
+  mmp_adamw_free(oc);
+  for (int i = 0; i < 4; i++) {
+    mmp_tensor_unref(a.w[i]);
+    mmp_tensor_unref(b.w[i]);
+    mmp_tensor_unref(c.w[i]);
+  }
+  mmp_tensor_unref(x);
+  mmp_tensor_unref(target);
+}
+
 int main(void) {
   cpu = mmp_backend_get("cpu");
   test_compositions();
   test_vs_grad_h();
   test_rules();
   test_grad_ready();
+  test_step_in_backward();
   return done_testing();
 }

@@ -7,14 +7,14 @@
 #include "train_test.h"
 
 /* The settings of gen_train_sd.py; %1$s the fixture root, %2$s the output
- * folder, %3$s extra task keys. */
+ * folder, %3$s extra task keys (ACC_CLIP and more), %4$s extra unet keys. */
 static const char *const CFG =
-    "task = { name = \"train\"; data_dir = \"%1$s/train/data\"; grad_accum = 2;\n"
-    "  lr = 1e-3; weight_decay = 1e-2; eps = 1e-5; clip_norm = 1.0;\n"
+    "task = { name = \"train\"; data_dir = \"%1$s/train/data\";\n"
+    "  lr = 1e-3; weight_decay = 1e-2; eps = 1e-5;\n"
     "  output_dir = \"%2$s\"; %3$s };\n"
     "tokenizer = { name = \"clip_tokenizer\"; tokenizer_dir = \"%1$s/sd/pipe/tokenizer\"; };\n"
     "text_encoder = { name = \"clip_text\"; model_dir = \"%1$s/sd/pipe\"; trainable = true; };\n"
-    "unet = { name = \"unet2d_condition\"; model_dir = \"%1$s/sd/pipe\"; trainable = true; };\n"
+    "unet = { name = \"unet2d_condition\"; model_dir = \"%1$s/sd/pipe\"; trainable = true; %4$s };\n"
     "vae = { name = \"vae\"; model_dir = \"%1$s/sd/pipe\"; };\n"
     "scheduler = { name = \"ddpm\"; beta_start = 0.00085; beta_end = 0.012; beta_schedule = \"scaled_linear\"; };\n";
 
@@ -25,11 +25,20 @@ static const char *const CFG =
 
 static char tmpdir[4200];
 
-static int run_cfg(const char *out, const char *extra) {
+/* gen_train_sd.py's accumulation and clipping */
+#define ACC_CLIP "grad_accum = 2; clip_norm = 1.0; "
+
+static int run_keys(const char *out, const char *task, const char *unet) {
   char fx[4096], text[16384];
   snprintf(fx, sizeof fx, "%s/tests/fixtures", tap_srcdir());
-  snprintf(text, sizeof text, CFG, fx, out, extra);
+  snprintf(text, sizeof text, CFG, fx, out, task, unet);
   return sd_run_task(text, "train-test", NULL);
+}
+
+static int run_cfg(const char *out, const char *extra) {
+  char keys[8192];
+  snprintf(keys, sizeof keys, ACC_CLIP "%s", extra);
+  return run_keys(out, keys, "");
 }
 
 /* The metrics lines with a "loss": losses[i], lrs[i], norms[i]; returns
@@ -61,15 +70,18 @@ static int read_metrics(const char *out, double *losses, double *lrs, double *no
   return n;
 }
 
-static int count_tmp(const char *dir) {
+/* files of @dir whose name holds @part */
+static int count_named(const char *dir, const char *part) {
   DIR *d = opendir(dir);
   int n = 0;
   struct dirent *e;
   while (d && (e = readdir(d)))
-    if (strstr(e->d_name, "tmp")) n++;
+    if (strstr(e->d_name, part)) n++;
   if (d) closedir(d);
   return n;
 }
+
+static int count_tmp(const char *dir) { return count_named(dir, "tmp"); }
 
 static void test_reference(void) {
   char out[4400], p[4600];
@@ -194,6 +206,56 @@ static void test_resume(void) {
   ok(rc < 0, "resume from a file that is no checkpoint: %s", mmp_error_last());
 }
 
+/* optimizer_in_backward = true (each parameter's AdamW update from the grad-ready hook, its
+ * gradient freed at once) equals the step after the backward bit for bit: 4 shuffled steps
+ * with gradient checkpointing on (regions replayed in the backward read weights whose
+ * gradients are not final yet), the text encoder's token table trained too; then 2 steps in
+ * the backward resumed for 2 more without, and 2 without resumed with: the same bits again. */
+static void test_in_backward(void) {
+  char a[4400], b[4400], c[4400], d[4400], e[4400], extra[4800];
+  snprintf(a, sizeof a, "%s/ib-a", tmpdir);
+  snprintf(b, sizeof b, "%s/ib-b", tmpdir);
+  snprintf(c, sizeof c, "%s/ib-c", tmpdir);
+  snprintf(d, sizeof d, "%s/ib-d", tmpdir);
+  snprintf(e, sizeof e, "%s/ib-e", tmpdir);
+#define IB_KEYS "batch_size = 2; max_steps = 4; shuffle = true; warmup_steps = 2; checkpoint_every = 1; " FREEZE
+#define CKPT "gradient_checkpointing = true;"
+  int rc = run_keys(a, IB_KEYS, CKPT);
+  if (!ok(rc == 0, "4 steps, the optimizer after the backward")) diag("%s", mmp_error_last());
+  rc = run_keys(b, IB_KEYS "optimizer_in_backward = true;", CKPT);
+  if (!ok(rc == 0, "4 steps, the optimizer in the backward")) diag("%s", mmp_error_last());
+  rc = run_keys(c, IB_KEYS "optimizer_in_backward = true; run_steps = 2;", CKPT);
+  snprintf(extra, sizeof extra, IB_KEYS "resume = \"%s/checkpoint.safetensors\";", c);
+  if (rc == 0) rc = run_keys(c, extra, CKPT);
+  if (!ok(rc == 0, "2 steps in the backward, resumed for 2 after it")) diag("%s", mmp_error_last());
+  rc = run_keys(d, IB_KEYS "run_steps = 2;", CKPT);
+  snprintf(extra, sizeof extra, IB_KEYS "optimizer_in_backward = true; resume = \"%s/checkpoint.safetensors\";", d);
+  if (rc == 0) rc = run_keys(d, extra, CKPT);
+  if (!ok(rc == 0, "2 steps after the backward, resumed for 2 in it")) diag("%s", mmp_error_last());
+#define DISK "optimizer_in_backward = true; optimizer_state_on_disk = true; "
+  rc = run_keys(e, IB_KEYS DISK "run_steps = 2;", CKPT);
+  snprintf(extra, sizeof extra, IB_KEYS DISK "resume = \"%s/checkpoint.safetensors\";", e);
+  if (rc == 0) rc = run_keys(e, extra, CKPT);
+  if (!ok(rc == 0, "2 steps with the moments in a file, resumed for 2 (restored into the file)"))
+    diag("%s", mmp_error_last());
+  ok(count_named(e, "adamw-moments") == 0, "the moments' file is gone");
+  static char ma[8192], mo[8192];
+  double l[8], r[8], g[8];
+  int na = read_metrics(a, l, r, g, 8, ma, sizeof ma);
+  const char *runs[4] = {b, c, d, e};
+  const char *what[4] = {"in the backward", "in, then after", "after, then in", "moments in a file"};
+  for (int k = 0; k < 4; k++) {
+    int no = read_metrics(runs[k], l, r, g, 8, mo, sizeof mo);
+    ok(na == 4 && no == 4 && strcmp(ma, mo) == 0, "%s: the same losses and rates (%d and %d lines)", what[k], na, no);
+    if (strcmp(ma, mo) != 0) diag("after:\n%s\n%s:\n%s", ma, what[k], mo);
+    char ca[4600], cb[4600], why[700];
+    snprintf(ca, sizeof ca, "%s/checkpoint.safetensors", a);
+    snprintf(cb, sizeof cb, "%s/checkpoint.safetensors", runs[k]);
+    bool same = same_tensors(ca, cb, why, sizeof why);
+    ok(same, "%s: bit-identical checkpoints (weights, moments, step counts)%s%s", what[k], same ? "" : ": ", why);
+  }
+}
+
 static void test_errors(void) {
   char out[4400];
   snprintf(out, sizeof out, "%s/err", tmpdir);
@@ -205,6 +267,13 @@ static void test_errors(void) {
   ok(rc == MMP_ECONFIG && strstr(mmp_error_last(), "no optimizer step"), "too few items: %s", mmp_error_last());
   rc = run_cfg(out, REF "betas = [0.9];");
   ok(rc == MMP_ECONFIG && strstr(mmp_error_last(), "betas"), "betas: %s", mmp_error_last());
+  /* where the step in the backward cannot be exact: refused with the key's file and line */
+  rc = run_keys(out, ERR_BASE FREEZE "batch_size = 1; grad_accum = 2; optimizer_in_backward = true;", "");
+  ok(rc == MMP_ECONFIG && strstr(mmp_error_last(), "train-test:3: optimizer_in_backward") &&
+     strstr(mmp_error_last(), "grad_accum"), "in the backward with grad_accum 2: %s", mmp_error_last());
+  rc = run_keys(out, ERR_BASE FREEZE "batch_size = 2; clip_norm = 1.0; optimizer_in_backward = true;", "");
+  ok(rc == MMP_ECONFIG && strstr(mmp_error_last(), "train-test:3: optimizer_in_backward") &&
+     strstr(mmp_error_last(), "clip_norm"), "in the backward with clip_norm: %s", mmp_error_last());
 }
 
 int main(void) {
@@ -217,6 +286,7 @@ int main(void) {
   }
   test_reference();
   test_resume();
+  test_in_backward();
   test_errors();
   rm_rf(tmpdir);
   return done_testing();

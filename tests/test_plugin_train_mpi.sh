@@ -3,7 +3,7 @@
 # batch_size 1 per rank equals one process with batch_size 2 (losses, gradient norms, the
 # validation loss, the exported weights' statistics within 1e-5 relative); rank 0 alone writes
 # the files; an interrupted two-rank run resumes to the same result; a resume with another
-# number of processes is refused. The same for mode = "arldm" (examples/train-arldm-tiny.cfg: the
+# number of processes is refused; optimizer_in_backward = true gives the same bytes. The same for mode = "arldm" (examples/train-arldm-tiny.cfg: the
 # tiny AR-LDM on stories): 2 ranks of batch 1 equal one process of batch 2 within 1e-5.
 # Skipped (77) in a build without MPI or without mpirun.
 set -u
@@ -74,6 +74,19 @@ cmp -s "$T/a" "$T/b"; ok $? "the resumed run's metrics equal the uninterrupted r
   -s task.resume="$T/res/checkpoint.safetensors" $K >"$T/log" 2>&1
 r=$?; [ $r != 0 ] && grep -q "2 processes, this one has 1" "$T/log"; ok $? "a one-process resume of a two-rank checkpoint is refused"
 [ $r != 0 ] && grep -q "2 processes, this one has 1" "$T/log" || sed 's/^/#   /' "$T/log"
+
+# optimizer_in_backward: each gradient averaged over the ranks and taken by its AdamW update in
+# the backward equals the two-rank step after the backward, bit for bit (same ordered reduction)
+KB="-s task.max_steps=3 -s task.shuffle=true -s task.batch_size=1 -s task.grad_accum=1 -s task.clip_norm=0.0"
+mpi2 -s task.output_dir="$T/ib0" $KB >"$T/log" 2>&1
+r=$?; ok $r "two ranks, grad_accum 1, the optimizer after the backward"
+[ $r = 0 ] || sed 's/^/#   /' "$T/log"
+mpi2 -s task.output_dir="$T/ib1" -s task.optimizer_in_backward=true $KB >"$T/log" 2>&1
+r=$?; ok $r "two ranks, the optimizer in the backward"
+[ $r = 0 ] || sed 's/^/#   /' "$T/log"
+sed 's/, "elapsed_s": [^}]*//' "$T/ib0/metrics.jsonl" >"$T/a"; sed 's/, "elapsed_s": [^}]*//' "$T/ib1/metrics.jsonl" >"$T/b"
+cmp -s "$T/a" "$T/b" && cmp -s "$T/ib0/checkpoint.safetensors" "$T/ib1/checkpoint.safetensors"
+ok $? "two ranks in the backward: the same metrics digit for digit, the same checkpoint byte for byte"
 
 # mode = "arldm": the tiny AR-LDM on the 4 train stories, shuffled, an epoch boundary, validation
 CFG="$S/examples/train-arldm-tiny.cfg"

@@ -95,7 +95,13 @@ typedef int (*mmp_grad_ready_cb)(void *user, const char *name, mmp_tensor_t *gra
  * overlapping communication with the rest of the backward. Each delivered
  * gradient is reported once, in the order the walk finishes them (the
  * same order for the same forward); with a hook, the map's insertion order
- * is that order (without one, it is the watching order). */
+ * is that order (without one, it is the watching order).
+ * When the hook is called, no op left to walk reads the leaf: every
+ * recorded op that read it (a checkpoint region counts as reading what its
+ * replay reads) comes after its first use and has been walked. So the hook
+ * may change the leaf in place (the optimizer step inside the backward,
+ * mmp_adamw_step_one) and may take the gradient out of the map
+ * (mmp_tensormap_remove), which the tape does not touch again. */
 void mmp_tape_on_grad_ready(mmp_tape_t *t, mmp_grad_ready_cb cb, void *user);
 
 /* Nodes recorded so far (tests, and to check that frozen parts record

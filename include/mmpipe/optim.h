@@ -63,6 +63,17 @@ double mmp_adamw_lr(const mmp_adamw_t *o);
  * stays). A gradient whose shape differs from its parameter, or a name that
  * is no parameter, is an error reported before anything is updated. */
 int mmp_adamw_step(mmp_adamw_t *o, const mmp_tensormap_t *grads);
+/* The update of one parameter, @name, from its gradient @grad (transfer
+ * none; f32 of the parameter's shape, on its backend): exactly what
+ * mmp_adamw_step does for that entry (the same code), at the current lr,
+ * and the parameter's step count advances. For the optimizer step inside
+ * the backward: called from a grad-ready hook (autograd.h) as each
+ * gradient is final, it updates every parameter as mmp_adamw_step would
+ * after the backward, bit for bit, while the gradients never all exist at
+ * once (doc/training.md, "Optimizer in the backward"). Errors: MMP_EINVAL
+ * (NULL), MMP_ENOENT (no such parameter), MMP_ESHAPE (a gradient that
+ * does not fit); nothing is updated then. */
+int mmp_adamw_step_one(mmp_adamw_t *o, const char *name, const mmp_tensor_t *grad);
 /* The state of parameter @i (in the order added), for checkpoints: name,
  * parameter, first and second moments (transfer none) and its step count.
  * Any pointer may be NULL. MMP_EINVAL if @i is out of range. */
@@ -73,6 +84,25 @@ int mmp_adamw_state(const mmp_adamw_t *o, size_t i, const char **name, mmp_tenso
  * moments into the tensors mmp_adamw_state hands out, then set the count).
  * MMP_EINVAL if @i is out of range or @step < 0. */
 int mmp_adamw_set_step(mmp_adamw_t *o, size_t i, int64_t step);
+
+/* Keep the two moments of every parameter added so far (call it after the
+ * last mmp_adamw_add_param; later adds are MMP_EINVAL) in a shared mapping
+ * of a temporary file in folder @dir, unlinked at once (nothing is left
+ * behind). The moments' current values move there (zero, or restored from a
+ * checkpoint). Each update then reads its parameter's moments from the file
+ * and writes them back (msync), dropping them from the process's memory
+ * (madvise MADV_DONTNEED) and from the page cache (posix_fadvise
+ * POSIX_FADV_DONTNEED): the moments cost neither RSS nor cache, at the price
+ * of reading and writing both of them at every step (ZeRO-Infinity-style
+ * offload to disk). The numbers are the same bits as in memory. The tensors
+ * mmp_adamw_state hands out are views of the mapping: reading them (a
+ * checkpoint) brings pages in; mmp_adamw_release_moments drops them again.
+ * CPU parameters only (MMP_EUNSUPPORTED otherwise); MMP_EIO when the file
+ * cannot be made or sized (the disk needs 2 x the parameters' bytes). */
+int mmp_adamw_moments_to_file(mmp_adamw_t *o, const char *dir);
+/* Write back and drop from memory every parameter's moments (a no-op for
+ * moments in memory). 0 or MMP_EIO. */
+int mmp_adamw_release_moments(mmp_adamw_t *o);
 
 /* ---- LinearWarmupCosineAnnealingLR (pl_bolts), stepped per optimizer step ----
  * The state lives in the caller's struct (it is what a checkpoint stores).

@@ -283,6 +283,9 @@ mmp_tensor_t *mmp_tensormap_need(const mmp_tensormap_t *m, const char *name);
 size_t mmp_tensormap_size(const mmp_tensormap_t *m);
 const char *mmp_tensormap_name(const mmp_tensormap_t *m, size_t i);
 mmp_tensor_t *mmp_tensormap_at(const mmp_tensormap_t *m, size_t i);
+/* Drop the entry @name (its reference is released; the later entries keep
+ * their order). 1 if there was one, 0 if not (or NULL arguments). */
+int mmp_tensormap_remove(mmp_tensormap_t *m, const char *name);
 /* Strings (captions, prompts) travel beside tensors. (copied) */
 int mmp_tensormap_set_string(mmp_tensormap_t *m, const char *name, const char *s);
 const char *mmp_tensormap_get_string(const mmp_tensormap_t *m, const char *name);

@@ -54,6 +54,12 @@ static const mmp_key_t train_keys[] = {
     {"lr_schedule", MMP_TYPE_STRING, "\"cosine\"", "cosine (pl_bolts' linear warmup + cosine, per optimizer step; step 0 has lr 0) or constant", 0, 0},
     {"warmup_steps", MMP_TYPE_INT, "0", "warmup of the cosine schedule, in optimizer steps", 0, 0},
     {"clip_norm", MMP_TYPE_FLOAT, "0", "> 0: clip the gradients' total 2-norm to this (clip_grad_norm_)", 0, 0},
+    {"optimizer_in_backward", MMP_TYPE_BOOL, "false", "update each parameter (AdamW) during the backward as soon as its "
+     "gradient is final, and free that gradient: the same result bit for bit, without ever holding all gradients "
+     "(needs grad_accum = 1 and clip_norm = 0)", 0, 0},
+    {"optimizer_state_on_disk", MMP_TYPE_BOOL, "false", "keep AdamW's two moments in a temporary file in output_dir, "
+     "each parameter's read for its update and dropped from memory and the page cache after it: the same result bit "
+     "for bit, 2 x the weights' bytes less memory, 4 x the weights' bytes of disk traffic per step", 0, 0},
     {"seed", MMP_TYPE_INT, "0", "seed of the step generator (latent sample, noise, timesteps) and of the data order", 0, 0},
     {"rng", MMP_TYPE_STRING, "\"torch\"", "random numbers: torch (torch.Generator().manual_seed(seed) on CPU; arldm's CFG drop: numpy's np.random.seed(seed) stream) or philox", 0, 0},
     {"freeze", MMP_TYPE_LIST, "[]", "glob patterns of parameters not trained (\"text_encoder.*\")", 0, 0},
@@ -84,6 +90,8 @@ typedef struct train {
   char out_dir[4096], resume[4096], arldm[4096];
   bool has_val_ds; /* a val_dataset group is configured */
   bool shuffle, cosine;
+  bool in_backward; /* optimizer_in_backward */
+  bool on_disk;     /* optimizer_state_on_disk */
   int64_t batch, accum, max_steps, epochs, run_steps, warmup, seed, ckpt_every;
   double lr, wd, beta1, beta2, eps, clip;
   mmp_rng_mode_t rng_mode;
@@ -145,6 +153,8 @@ static int train_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp
       (rc = mmp_config_get_path(cfg, "resume", t->resume, sizeof t->resume)) ||
       (rc = mmp_config_get_path(cfg, "arldm", t->arldm, sizeof t->arldm)) ||
       (rc = mmp_config_get_bool(cfg, "shuffle", &t->shuffle)) ||
+      (rc = mmp_config_get_bool(cfg, "optimizer_in_backward", &t->in_backward)) ||
+      (rc = mmp_config_get_bool(cfg, "optimizer_state_on_disk", &t->on_disk)) ||
       (rc = mmp_config_get_int(cfg, "batch_size", &t->batch)) ||
       (rc = mmp_config_get_int(cfg, "grad_accum", &t->accum)) ||
       (rc = mmp_config_get_int(cfg, "max_steps", &t->max_steps)) ||
@@ -197,6 +207,17 @@ static int train_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp
   if (t->ckpt_every < 0) { rc = cfg_error(cfg, "checkpoint_every", "must be >= 0"); goto fail; }
   if (!(t->clip >= 0)) { rc = cfg_error(cfg, "clip_norm", "must be >= 0"); goto fail; }
   if (!t->out_dir[0]) { rc = cfg_error(cfg, "output_dir", "must not be empty"); goto fail; }
+  /* the update of a parameter in the backward cannot wait for gradients still to come */
+  if (t->in_backward && t->accum > 1) {
+    rc = cfg_error(cfg, "optimizer_in_backward", "needs grad_accum = 1 (a step in the backward cannot wait for the "
+                   "later micro-batches' gradients)");
+    goto fail;
+  }
+  if (t->in_backward && t->clip > 0) {
+    rc = cfg_error(cfg, "optimizer_in_backward", "needs clip_norm = 0 (clipping scales every gradient by the total "
+                   "norm, known only when the backward is over)");
+    goto fail;
+  }
   if (t->data_dir[0] && !t->captions[0]) snprintf(t->captions, sizeof t->captions, "%.4000s/captions.txt", t->data_dir);
   if (t->val_dir[0] && !t->val_captions[0])
     snprintf(t->val_captions, sizeof t->val_captions, "%.4000s/captions.txt", t->val_dir);
@@ -477,6 +498,8 @@ static int save_checkpoint(run_t *r) {
   if (rc == 0 && (rc = mmp_safetensors_save_map(path, m, md)) < 0) rc = mmp_error_prefix("train: checkpoint: ");
   if (rc == 0) MMP_INFO("train", "step %lld: wrote %s", (long long)r->step, path);
   mmp_tensormap_free(m);
+  /* reading the moments brought them in: out of memory again (moments in a file) */
+  if (rc == 0) rc = mmp_adamw_release_moments(r->opt);
   if (rc == 0 && r->metrics) {
     fflush(r->metrics);
     rc = write_plot(r);
@@ -876,12 +899,41 @@ static double scalar(const mmp_tensor_t *t) {
   return mmp_tensor_get(t, idx);
 }
 
+/* optimizer_in_backward: the grad-ready hook of the step's tape. Each gradient, once final,
+ * is averaged over the ranks (one blocking collective per gradient, in the walk's order,
+ * which is the same on every rank; the ordered reduction of dist.h, so the same bits as
+ * the bucketed one), taken by its AdamW update, and dropped from the map: the tape's
+ * first-use rule (autograd.h) makes sure no op still to be walked reads the parameter. */
+typedef struct in_backward {
+  run_t *r;
+  mmp_tensormap_t *grads; /* the backward's map */
+  mmp_tensormap_t *one;   /* the gradient being averaged (empty between calls) */
+} in_backward_t;
+
+static int step_in_backward(void *user, const char *name, mmp_tensor_t *grad) {
+  in_backward_t *ib = user;
+  int rc = 0;
+  if (ib->r->world > 1) {
+    if ((rc = mmp_tensormap_set(ib->one, name, mmp_tensor_ref(grad))) == 0)
+      rc = mmp_dist_allreduce_grads(ib->r->dist, ib->one);
+    mmp_tensormap_remove(ib->one, name);
+  }
+  if (rc == 0) rc = mmp_adamw_step_one(ib->r->opt, name, grad);
+  mmp_tensormap_remove(ib->grads, name);
+  return rc;
+}
+
 /* One optimizer step: grad_accum micro-batches of the epoch's order. */
 static int train_step(run_t *r, double *loss_out, double *norm_out) {
   const train_t *t = r->t;
   int64_t pos = r->step % r->steps_per_epoch;
   mmp_tensormap_t *grads = mmp_tensormap_new();
-  if (!grads) return mmp_error_set(MMP_ENOMEM, "out of memory");
+  in_backward_t ib = {r, grads, t->in_backward ? mmp_tensormap_new() : NULL};
+  if (!grads || (t->in_backward && !ib.one)) {
+    mmp_tensormap_free(grads);
+    mmp_tensormap_free(ib.one);
+    return mmp_error_set(MMP_ENOMEM, "out of memory");
+  }
   double sum = 0;
   int rc = 0;
   mmp_adamw_set_lr(r->opt, t->cosine ? r->sched.lr : t->lr);
@@ -907,9 +959,10 @@ static int train_step(run_t *r, double *loss_out, double *norm_out) {
       /* the last micro-batch's backward sends the (accumulated) gradients as they are final */
       bool last = k == t->accum - 1;
       if (!scaled) rc = mmp_error_code();
-      if (rc == 0 && last) rc = mmp_dist_grads_begin(r->dist, tape);
+      if (t->in_backward) mmp_tape_on_grad_ready(tape, step_in_backward, &ib);
+      else if (rc == 0 && last) rc = mmp_dist_grads_begin(r->dist, tape);
       if (rc == 0) rc = mmp_tape_backward(tape, scaled, NULL, grads);
-      if (last) {
+      if (last && !t->in_backward) {
         int rc2 = mmp_dist_grads_end(r->dist, grads);
         if (rc == 0) rc = rc2;
       }
@@ -920,9 +973,11 @@ static int train_step(run_t *r, double *loss_out, double *norm_out) {
   }
   double norm = NAN;
   if (rc == 0 && t->clip > 0) rc = mmp_clip_grad_norm(grads, t->clip, &norm);
-  if (rc == 0) rc = mmp_adamw_step(r->opt, grads);
+  /* (in the backward: done, and the map is empty) */
+  if (rc == 0 && !t->in_backward) rc = mmp_adamw_step(r->opt, grads);
   if (rc == 0 && t->cosine) mmp_lr_warmup_cosine_step(&r->sched);
   mmp_tensormap_free(grads);
+  mmp_tensormap_free(ib.one);
   double mean = sum / (double)t->accum;
   if (rc == 0) rc = mmp_dist_average(r->dist, &mean, 1); /* the loss of all N b items */
   if (rc == 0) {
@@ -1124,7 +1179,14 @@ static int train_run(void *self, mmp_context_t *ctx) {
     goto done;
   }
   for (int64_t i = 0; i < r.data.n; i++) r.order[i] = i;
-  if (t->resume[0] && (rc = load_checkpoint(&r, t->resume)) < 0) goto done;
+  /* the moments' file lives in output_dir; a resume restores into it */
+  if (t->on_disk && (rc = mkdir_p(t->out_dir)) < 0) goto done;
+  if (t->on_disk && (rc = mmp_adamw_moments_to_file(r.opt, t->out_dir)) < 0) {
+    rc = mmp_error_prefix("train: optimizer_state_on_disk: ");
+    goto done;
+  }
+  if (t->resume[0] && ((rc = load_checkpoint(&r, t->resume)) < 0 || (rc = mmp_adamw_release_moments(r.opt)) < 0))
+    goto done;
   if ((rc = mkdir_p(t->out_dir)) < 0) goto done;
   char mpath[4200];
   snprintf(mpath, sizeof mpath, "%s/metrics.jsonl", t->out_dir);
