@@ -43,8 +43,11 @@ int sd_json_int(const json_t *o, const char *key, int64_t def, int64_t *out) {
     *out = json_integer_value(v);
     return 0;
   }
-  if (json_is_real(v) && json_real_value(v) == (double)(int64_t)json_real_value(v)) {
-    *out = (int64_t)json_real_value(v);
+  /* a real with an integral value (2.0), inside int64's range before the
+   * cast (481e300 found by fuzz_model_config: a cast out of range is UB) */
+  double d = json_is_real(v) ? json_real_value(v) : 0.5;
+  if (d >= -9223372036854775808.0 && d < 9223372036854775808.0 && d == (double)(int64_t)d) {
+    *out = (int64_t)d;
     return 0;
   }
   return mmp_error_set(MMP_EDATA, "config.json: \"%s\" is not an integer", key);
