@@ -9,6 +9,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include <mmpipe/autograd.h>
 #include <mmpipe/mmpipe.h>
 #include <mmpipe/safetensors.h>
 
@@ -100,6 +101,18 @@ static inline mmp_tensormap_t *sd_load(const char *name) {
     return NULL;
   }
   return m;
+}
+
+/* A parameters() callback that watches each trainable tensor on @tape, counting them in @n. */
+typedef struct sd_watch {
+  mmp_tape_t *tape;
+  int n;
+} sd_watch_t;
+
+static inline int sd_watch_cb(void *user, const char *name, mmp_tensor_t *p) {
+  sd_watch_t *w = user;
+  w->n++;
+  return mmp_tape_watch(w->tape, name, p);
 }
 
 /* max|a - b| / max|b| (a, b any float dtype, same shape); -1 on mismatch. */

@@ -12,17 +12,6 @@ static const char *const CFG =
     " weights = \"%s/../grad/blip_grad.safetensors\"; weights_prefix = \"model.\"; num_heads = 4;"
     " enc_token_id = 39; trainable = true; };";
 
-typedef struct watch {
-  mmp_tape_t *tape;
-  int n;
-} watch_t;
-
-static int watch_cb(void *user, const char *name, mmp_tensor_t *p) {
-  watch_t *w = user;
-  w->n++;
-  return mmp_tape_watch(w->tape, name, p);
-}
-
 static double worst;
 
 static void check_grad(const mmp_tensor_t *got, const mmp_tensor_t *want, const char *what) {
@@ -50,8 +39,8 @@ int main(void) {
   const mmp_encoder_ops_t *ops = (const mmp_encoder_ops_t *)c->plugin;
   ok(MMP_OPS_HAS(ops, mmp_encoder_ops_t, parameters), "blip offers parameters");
   mmp_tape_t *tape = mmp_tape_new();
-  watch_t w = {tape, 0};
-  int rc = ops->parameters(c->self, watch_cb, &w);
+  sd_watch_t w = {tape, 0};
+  int rc = ops->parameters(c->self, sd_watch_cb, &w);
   if (!ok(rc == 0 && w.n > 0, "every parameter watched (%d)", w.n)) diag("%s", mmp_error_last());
   mmp_tensormap_t *in = mmp_tensormap_new(), *out = mmp_tensormap_new();
   static const char *const names[] = {"pixel_values", "input_ids", "attention_mask"};
