@@ -187,14 +187,10 @@ static void test_resume(void) {
   int na = read_metrics(a, l, r, g, 8, ma, sizeof ma), nb = read_metrics(b, l, r, g, 8, mb, sizeof mb);
   ok(na == 4 && nb == 4 && strcmp(ma, mb) == 0, "the same metrics (%d and %d lines)", na, nb);
   if (strcmp(ma, mb) != 0) diag("one run:\n%s\nresumed:\n%s", ma, mb);
-  char ca[4600], cb[4600], why[700];
-  snprintf(ca, sizeof ca, "%s/checkpoint.safetensors", a);
-  snprintf(cb, sizeof cb, "%s/checkpoint.safetensors", b);
-  bool same = same_tensors(ca, cb, why, sizeof why);
+  char why[700];
+  bool same = same_run_files(a, b, "checkpoint.safetensors", why, sizeof why);
   ok(same, "bit-identical checkpoints after 4 steps%s%s", same ? "" : ": ", why);
-  snprintf(ca, sizeof ca, "%s/export/unet/diffusion_pytorch_model.safetensors", a);
-  snprintf(cb, sizeof cb, "%s/export/unet/diffusion_pytorch_model.safetensors", b);
-  same = same_tensors(ca, cb, why, sizeof why);
+  same = same_run_files(a, b, "export/unet/diffusion_pytorch_model.safetensors", why, sizeof why);
   ok(same, "bit-identical exported UNets%s%s", same ? "" : ": ", why);
   /* a resume with other settings is refused, naming the key */
   snprintf(extra, sizeof extra, RESUME_KEYS "seed = 8; freeze = [\"text_encoder.*\"]; train = [\"*.token_embedding.*\"]; "
@@ -248,10 +244,8 @@ static void test_in_backward(void) {
     int no = read_metrics(runs[k], l, r, g, 8, mo, sizeof mo);
     ok(na == 4 && no == 4 && strcmp(ma, mo) == 0, "%s: the same losses and rates (%d and %d lines)", what[k], na, no);
     if (strcmp(ma, mo) != 0) diag("after:\n%s\n%s:\n%s", ma, what[k], mo);
-    char ca[4600], cb[4600], why[700];
-    snprintf(ca, sizeof ca, "%s/checkpoint.safetensors", a);
-    snprintf(cb, sizeof cb, "%s/checkpoint.safetensors", runs[k]);
-    bool same = same_tensors(ca, cb, why, sizeof why);
+    char why[700];
+    bool same = same_run_files(a, runs[k], "checkpoint.safetensors", why, sizeof why);
     ok(same, "%s: bit-identical checkpoints (weights, moments, step counts)%s%s", what[k], same ? "" : ": ", why);
   }
 }

@@ -95,19 +95,16 @@ static void test_resume(void) {
   ok(na == 4 && nb == 4 && strcmp(ma, mb) == 0, "the same metrics (%d and %d steps)", na, nb);
   if (strcmp(ma, mb) != 0) diag("one run:\n%s\nresumed:\n%s", ma, mb);
   ok(va == 2 && vb == 2, "a validation loss per epoch (%d, %d)", va, vb);
-  char ca[4600], cb[4600], why[700];
-  snprintf(ca, sizeof ca, "%s/checkpoint.safetensors", a);
-  snprintf(cb, sizeof cb, "%s/checkpoint.safetensors", b);
-  bool same = same_tensors(ca, cb, why, sizeof why);
+  char why[700];
+  bool same = same_run_files(a, b, "checkpoint.safetensors", why, sizeof why);
   ok(same, "bit-identical checkpoints after 4 steps%s%s", same ? "" : ": ", why);
-  snprintf(ca, sizeof ca, "%s/export/arldm.safetensors", a);
-  snprintf(cb, sizeof cb, "%s/export/arldm.safetensors", b);
-  same = same_tensors(ca, cb, why, sizeof why);
+  same = same_run_files(a, b, "export/arldm.safetensors", why, sizeof why);
   ok(same, "bit-identical exports%s%s", same ? "" : ": ", why);
   /* the export has AR-LDM's names: those of the AR-LDM file, every one */
-  char orig[4400];
+  char orig[4400], export_a[4600];
   snprintf(orig, sizeof orig, "%s/arldm_tiny.safetensors", fxdir());
-  mmp_tensormap_t *e = train_test_load(ca), *o = train_test_load(orig);
+  snprintf(export_a, sizeof export_a, "%s/export/arldm.safetensors", a);
+  mmp_tensormap_t *e = train_test_load(export_a), *o = train_test_load(orig);
   bool names = e && o && mmp_tensormap_size(e) == mmp_tensormap_size(o);
   for (size_t i = 0; names && i < mmp_tensormap_size(o); i++) {
     mmp_tensor_t *x = mmp_tensormap_at(o, i), *y = mmp_tensormap_get(e, mmp_tensormap_name(o, i));
@@ -187,10 +184,8 @@ static void test_in_backward(void) {
     ok(na == 4 && no == 4 && strcmp(ma, mo) == 0, "%s: the same losses, rates and validation losses (%d and %d steps)",
        what[k], na, no);
     if (strcmp(ma, mo) != 0) diag("after:\n%s\n%s:\n%s", ma, what[k], mo);
-    char ca[4600], cb[4600], why[700];
-    snprintf(ca, sizeof ca, "%s/checkpoint.safetensors", a);
-    snprintf(cb, sizeof cb, "%s/checkpoint.safetensors", runs[k]);
-    bool same = same_tensors(ca, cb, why, sizeof why);
+    char why[700];
+    bool same = same_run_files(a, runs[k], "checkpoint.safetensors", why, sizeof why);
     ok(same, "%s: bit-identical checkpoints (weights, moments, step counts)%s%s", what[k], same ? "" : ": ", why);
   }
 }

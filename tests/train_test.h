@@ -37,6 +37,14 @@ static inline bool same_tensors(const char *a, const char *b, char *why, size_t 
   return same;
 }
 
+/* same_tensors on the file @rel of two run directories. */
+static inline bool same_run_files(const char *dir_a, const char *dir_b, const char *rel, char *why, size_t wlen) {
+  char pa[4600], pb[4600];
+  snprintf(pa, sizeof pa, "%s/%s", dir_a, rel);
+  snprintf(pb, sizeof pb, "%s/%s", dir_b, rel);
+  return same_tensors(pa, pb, why, wlen);
+}
+
 static inline void rm_rf(const char *path) {
   char cmd[4400];
   snprintf(cmd, sizeof cmd, "rm -rf '%s'", path);
