@@ -413,6 +413,45 @@ mmp_tensor_t *mmp_dropout(mmp_rng_t *g, mmp_tensor_t *x, double p) {
   return y;
 }
 
+mmp_tensor_t *mmp_drop_path(mmp_rng_t *g, mmp_tensor_t *x, double p, mmp_drop_path_draws_t draws) {
+  if (!g || !x || !(p >= 0.0 && p < 1.0) || x->dtype != MMP_F32 || x->ndim < 1 ||
+      (draws != MMP_DROP_PATH_BERNOULLI && draws != MMP_DROP_PATH_RAND)) {
+    mmp_error_set(MMP_EINVAL, "drop_path: %s",
+                  !g || !x ? "NULL generator or tensor"
+                  : x->dtype != MMP_F32 || x->ndim < 1 ? "the tensor must be f32 with a batch dimension"
+                  : !(p >= 0.0 && p < 1.0) ? "the probability must lie in [0, 1)"
+                                           : "unknown draws");
+    return NULL;
+  }
+  if (p == 0.0 || mmp_tensor_numel(x) == 0) return mmp_tensor_ref(x);
+  int64_t shape[MMP_MAX_DIMS];
+  shape[0] = x->shape[0];
+  for (int i = 1; i < x->ndim; i++) shape[i] = 1;
+  mmp_backend_t *be = mmp_tensor_backend(x);
+  if (draws == MMP_DROP_PATH_BERNOULLI) {
+    mmp_tensor_t *noise = mmp_rng_dropout_mask(g, be, p, x->ndim, shape);
+    mmp_tensor_t *y = noise ? mmp_mul(x, noise) : NULL;
+    mmp_tensor_unref(noise);
+    return y;
+  }
+  /* timm 0.4.12: keep_prob + torch.rand(shape) is a float sum (the Python
+   * double becomes a float), floor_ binarizes; x.div(keep_prob) divides by
+   * that float */
+  float keep = (float)(1.0 - p);
+  mmp_tensor_t *r = mmp_rng_rand(g, mmp__backend_cpu(), x->ndim, shape); /* torch.rand(shape) */
+  if (!r) return NULL;
+  float *d = mmp_tensor_data(r);
+  for (int64_t i = 0; i < shape[0]; i++) d[i] = floorf(keep + d[i]);
+  r = finish(r, be);
+  mmp_tensor_t *k = r ? mmp_tensor_full(be, MMP_F32, 0, NULL, keep) : NULL;
+  mmp_tensor_t *xd = k ? mmp_div(x, k) : NULL;
+  mmp_tensor_t *y = xd ? mmp_mul(xd, r) : NULL;
+  mmp_tensor_unref(xd);
+  mmp_tensor_unref(k);
+  mmp_tensor_unref(r);
+  return y;
+}
+
 /* ------------------------------------------------------------ state I/O */
 /* mode u32, seed u64, offset u64, mt[624] u32, mt_left i32, mt_next i32,
  * has_next_normal u32, next_normal f64 bits u64: 4 + 8 + 8 + 2496 + 4 + 4 + 4

@@ -376,6 +376,27 @@ mmp_tensor_t *mmp_tensor_zeros(mmp_backend_t *be, mmp_dtype_t dt, int ndim,
   return mmp_tensor_full(be, dt, ndim, shape, 0.0);
 }
 
+int mmp_linspace_f32(double start, double end, int64_t steps, float *out) {
+  if (steps < 0 || (steps && !out)) return mmp_error_set(MMP_EINVAL, "linspace: %lld steps", (long long)steps);
+  if (steps == 0) return 0;
+  const float s = (float)start, e = (float)end;
+  if (steps == 1) {
+    out[0] = s;
+    return 0;
+  }
+  const float step = (e - s) / (float)(steps - 1);
+  const int64_t half = steps / 2, V = 8;
+  int64_t i = 0;
+  for (; i + 2 * V <= steps; i += V) { /* Vectorized<float>::arange(base, step) */
+    float base = i < half ? s + step * (float)i : e - step * (float)(steps - i - 1);
+    for (int64_t k = 0; k < V; k++) out[i + k] = base + (float)k * step;
+  }
+  /* (the pass takes two blocks: one block is left over only when fewer
+   * than 2 V remain, and the loop above then stops) */
+  for (; i < steps; i++) out[i] = i < half ? fmaf(step, (float)i, s) : fmaf(-step, (float)(steps - i - 1), e);
+  return 0;
+}
+
 mmp_tensor_t *mmp_tensor_full(mmp_backend_t *be, mmp_dtype_t dt, int ndim,
                               const int64_t *shape, double value) {
   mmp_tensor_t *t = mmp_tensor_new(be, dt, ndim, shape);

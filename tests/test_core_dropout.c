@@ -1,5 +1,7 @@
 /* tests/test_core_dropout.c - mmp_dropout bit-exact against torch's F.dropout on the CPU (fixtures by
- * tests/gen_dropout.py): outputs, the stream across calls, the backward on a tape, checkpoint replay. */
+ * tests/gen_dropout.py): outputs, the stream across calls, the backward on a tape, checkpoint replay;
+ * mmp_drop_path against timm's two drop_path recipes and mmp_linspace_f32 against torch.linspace
+ * (tests/gen_drop_path.py). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -164,6 +166,91 @@ static void test_checkpoint(void) {
   mmp_rng_free(g2);
 }
 
+/* drop_path.safetensors: the cases in order on one generator seeded as
+ * torch.manual_seed(13), timm >= 0.5 and 0.4.12 interleaved, each on a
+ * tape: output and gradient bit for bit, the stream after them. */
+static void test_drop_path(mmp_safetensors_t *dp) {
+  mmp_rng_t *g = mmp_rng_new(13, MMP_RNG_TORCH);
+  mmp_safetensors_t *keep = st;
+  st = dp;
+  int k, bits = 0;
+  for (k = 0;; k++) {
+    mmp_tensor_t *x = get("case%d.x", k);
+    if (!x) break;
+    double p = scalar(get("case%d.p", k));
+    int draws = (int)scalar(get("case%d.draws", k));
+    bool t = scalar(get("case%d.t", k)) != 0;
+    bits |= 1 << draws;
+    mmp_tensor_t *y_want = get("case%d.y", k), *gy = get("case%d.g", k), *gx_want = get("case%d.gx", k);
+    mmp_tape_t *tape = mmp_tape_new();
+    mmp_tape_watch(tape, "x", x);
+    mmp_tape_t *prev = mmp_tape_set_current(tape);
+    mmp_tensor_t *xv = t ? mmp_transpose(x, 0, 1) : mmp_tensor_ref(x);
+    mmp_tensor_t *y = mmp_drop_path(g, xv, p, (mmp_drop_path_draws_t)draws);
+    mmp_tape_set_current(prev);
+    const char *who = draws ? "timm 0.4.12" : "timm >= 0.5";
+    if (!ok(same(y, y_want), "drop_path case %d (%s, p = %g%s): bit for bit", k, who, p, t ? ", a transposed view" : ""))
+      diag("%s", y ? "values differ" : mmp_error_last());
+    mmp_tensormap_t *grads = mmp_tensormap_new();
+    int rc = y ? mmp_tape_backward(tape, y, gy, grads) : -1;
+    mmp_tensor_t *gx = mmp_tensormap_get(grads, "x");
+    if (p == 0.0) ok(rc == 0 && same(gx, gy), "drop_path case %d: p = 0 passes the gradient through", k);
+    else if (!ok(rc == 0 && same(gx, gx_want), "drop_path case %d: the gradient of x is torch's", k))
+      diag("%s", rc ? mmp_error_last() : "values differ");
+    mmp_tensormap_free(grads);
+    mmp_tape_free(tape);
+    mmp_tensor_unref(xv);
+    mmp_tensor_unref(y);
+    mmp_tensor_unref(x);
+    mmp_tensor_unref(y_want);
+    mmp_tensor_unref(gy);
+    mmp_tensor_unref(gx_want);
+  }
+  ok(k >= 11 && bits == 3, "%d drop_path cases read, both recipes", k);
+  int64_t four = 4;
+  mmp_tensor_t *after = mmp_rng_rand(g, cpu, 1, &four), *want = mmp_safetensors_get(dp, "after", cpu, MMP_DTYPE_COUNT);
+  ok(same(after, want), "the stream continues after the drop_path cases where torch's does");
+  mmp_tensor_unref(after);
+  mmp_tensor_unref(want);
+  /* errors */
+  int64_t s1[1] = {3};
+  mmp_tensor_t *x = mmp_tensor_full(cpu, MMP_F32, 1, s1, 1.0), *x0 = mmp_tensor_full(cpu, MMP_F32, 0, NULL, 1.0);
+  ok(!mmp_drop_path(g, x, 1.0, MMP_DROP_PATH_BERNOULLI) && mmp_error_code() == MMP_EINVAL, "drop_path p = 1 refused: %s",
+     mmp_error_last());
+  ok(!mmp_drop_path(g, x, -0.5, MMP_DROP_PATH_RAND) && mmp_error_code() == MMP_EINVAL, "drop_path p < 0 refused");
+  ok(!mmp_drop_path(g, x0, 0.5, MMP_DROP_PATH_RAND) && mmp_error_code() == MMP_EINVAL, "drop_path of a 0-d tensor refused");
+  ok(!mmp_drop_path(g, x, 0.5, (mmp_drop_path_draws_t)7) && mmp_error_code() == MMP_EINVAL, "unknown draws refused");
+  ok(!mmp_drop_path(NULL, x, 0.5, MMP_DROP_PATH_RAND) && mmp_error_code() == MMP_EINVAL, "NULL generator refused");
+  mmp_rng_t *n = mmp_rng_new(1, MMP_RNG_NUMPY);
+  ok(!mmp_drop_path(n, x, 0.5, MMP_DROP_PATH_RAND) && mmp_error_code() == MMP_EUNSUPPORTED,
+     "timm 0.4.12's torch.rand is refused on a numpy-mode generator");
+  mmp_rng_free(n);
+  mmp_tensor_unref(x);
+  mmp_tensor_unref(x0);
+  mmp_rng_free(g);
+  /* torch.linspace(0, rate, depth): the per-block rates of a ViT */
+  static const struct { int n; const char *rate; double r; } ls[] = {
+      {24, "0.1", 0.1}, {12, "0.1", 0.1}, {2, "0.5", 0.5}, {1, "0.1", 0.1}, {40, "0.3", 0.3}};
+  for (size_t i = 0; i < sizeof ls / sizeof *ls; i++) {
+    char name[64];
+    snprintf(name, sizeof name, "dpr.%d.%s", ls[i].n, ls[i].rate);
+    mmp_tensor_t *w = mmp_safetensors_get(dp, name, cpu, MMP_DTYPE_COUNT);
+    float got[64];
+    int rc = mmp_linspace_f32(0.0, ls[i].r, ls[i].n, got);
+    int bad = -1;
+    for (int j = 0; w && rc == 0 && j < ls[i].n && bad < 0; j++) {
+      int64_t z[1] = {j};
+      if ((double)got[j] != mmp_tensor_get(w, z)) bad = j;
+    }
+    if (!ok(w && rc == 0 && w->shape[0] == ls[i].n && bad < 0, "mmp_linspace_f32(0, %s, %d) is torch.linspace's, bit for bit",
+            ls[i].rate, ls[i].n))
+      diag("first difference at %d", bad);
+    mmp_tensor_unref(w);
+  }
+  ok(mmp_linspace_f32(0, 1, -1, NULL) == MMP_EINVAL, "linspace: negative steps refused");
+  st = keep;
+}
+
 int main(void) {
   cpu = mmp_backend_get("cpu");
   char path[1024];
@@ -176,6 +263,11 @@ int main(void) {
   test_mask();
   test_errors();
   test_checkpoint();
+  snprintf(path, sizeof path, "%s/tests/fixtures/rng/drop_path.safetensors", tap_srcdir());
+  mmp_safetensors_t *dp = mmp_safetensors_open(path);
+  if (ok(dp != NULL, "open %s", path)) test_drop_path(dp);
+  else diag("%s", mmp_error_last());
+  mmp_safetensors_close(dp);
   mmp_safetensors_close(st);
   return done_testing();
 }

@@ -77,6 +77,30 @@ mmp_tensor_t *mmp_rng_dropout_mask(mmp_rng_t *g, mmp_backend_t *be, double p, in
  * error of the multiplication. */
 mmp_tensor_t *mmp_dropout(mmp_rng_t *g, mmp_tensor_t *x, double p);
 
+/* ---- stochastic depth (timm's DropPath in train mode) ----
+ *
+ * drop_path(x, p): each sample (row of dimension 0) of a residual branch
+ * kept or zeroed as a whole. Two recipes, by the timm release that ran:
+ * MMP_DROP_PATH_BERNOULLI (timm >= 0.5, what an unpinned `pip install
+ * timm` gives, scale_by_keep): `noise = x.new_empty((B, 1, ...)).bernoulli_(1
+ * - p); noise.div_(1 - p); x * noise` - one uniform double per sample, as
+ * mmp_rng_dropout_mask draws for shape [B, 1, ...]. MMP_DROP_PATH_RAND (timm
+ * 0.4.12, BLIP's pin): `r = floor((1 - p) + torch.rand((B, 1, ...)))` (one
+ * uniform float per sample, the sum rounded as a float), `x / (1 - p) * r`
+ * (the division by the float of 1 - p, then the product). */
+typedef enum mmp_drop_path_draws {
+  MMP_DROP_PATH_BERNOULLI = 0, /* timm >= 0.5 */
+  MMP_DROP_PATH_RAND = 1       /* timm 0.4.12 */
+} mmp_drop_path_draws_t;
+
+/* drop_path(@x, @p, training=True) of f32 @x [B, ...] (any layout, any
+ * backend) drawn from @g by @draws, through mmp_mul (and mmp_div for
+ * MMP_DROP_PATH_RAND), so a tape records it and its backward is torch's.
+ * @p = 0 or an empty @x: a new reference to @x, no draws. (transfer full)
+ * NULL + MMP_EINVAL (NULL argument, @p outside [0, 1), a non-f32 or 0-d
+ * @x, an unknown @draws) or the error of the arithmetic. */
+mmp_tensor_t *mmp_drop_path(mmp_rng_t *g, mmp_tensor_t *x, double p, mmp_drop_path_draws_t draws);
+
 /* The whole state of a generator as bytes (checkpoints: a run resumed from
  * them draws exactly what the uninterrupted run would have drawn). The
  * layout is fixed (little-endian fields, MMP_RNG_STATE_SIZE bytes) and

@@ -88,6 +88,15 @@ mmp_tensor_t *mmp_tensor_zeros(mmp_backend_t *be, mmp_dtype_t dt, int ndim,
                                const int64_t *shape);
 mmp_tensor_t *mmp_tensor_full(mmp_backend_t *be, mmp_dtype_t dt, int ndim,
                               const int64_t *shape, double value);
+/* torch.linspace(@start, @end, @steps) in float32 as torch 1.13 computes it
+ * on an x86 CPU with AVX2 (its dispatch on today's machines), into host
+ * @out[@steps]: step = (float)(end - start) / (steps - 1); blocks of 8 from
+ * the front, two per pass, as start + step * i (i < steps / 2) or end -
+ * step * (steps - i - 1) at the block's first index, then + k * step; the
+ * tail one at a time with those formulas fused (fma). Model code that
+ * builds per-layer rates from a linspace (stochastic depth) uses it so the
+ * rates match PyTorch's to the bit. MMP_EINVAL for @steps < 0 or NULL @out. */
+int mmp_linspace_f32(double start, double end, int64_t steps, float *out);
 /* Copy @nbytes of host data laid out contiguously. (transfer full) */
 mmp_tensor_t *mmp_tensor_from_data(mmp_backend_t *be, mmp_dtype_t dt, int ndim,
                                    const int64_t *shape, const void *data);
