@@ -363,6 +363,43 @@ mmp_tensor_t *mmp_rng_randint(mmp_rng_t *g, mmp_backend_t *be, int64_t low, int6
   return finish(t, be);
 }
 
+/* The whole batch's shape for a shard's @shape, or false (error set). */
+static bool whole_shape(const char *what, int ndim, const int64_t *shape, int64_t total, int64_t off, int64_t *out) {
+  if (ndim < 1 || ndim > MMP_MAX_DIMS || !shape || off < 0 || total < 0 || off > total || shape[0] < 0 ||
+      shape[0] > total - off) {
+    mmp_error_set(MMP_EINVAL, "%s: rows [%lld, +%lld) of a batch of %lld", what, (long long)off,
+                  ndim >= 1 && shape ? (long long)shape[0] : 0LL, (long long)total);
+    return false;
+  }
+  memcpy(out, shape, (size_t)ndim * sizeof *out);
+  out[0] = total;
+  return true;
+}
+
+/* rows [@off, @off + n) of @all, contiguous (consumes @all) */
+static mmp_tensor_t *cut_rows(mmp_tensor_t *all, int64_t off, int64_t n) {
+  if (!all || (off == 0 && n == all->shape[0])) return all;
+  mmp_tensor_t *v = mmp_slice(all, 0, off, off + n, 1);
+  mmp_tensor_t *c = v ? mmp_contiguous(v) : NULL;
+  mmp_tensor_unref(v);
+  mmp_tensor_unref(all);
+  return c;
+}
+
+mmp_tensor_t *mmp_rng_randn_rows(mmp_rng_t *g, mmp_backend_t *be, int ndim, const int64_t *shape, int64_t rows_total,
+                                 int64_t row_off) {
+  int64_t s[MMP_MAX_DIMS];
+  if (!whole_shape("rng_randn_rows", ndim, shape, rows_total, row_off, s)) return NULL;
+  return cut_rows(mmp_rng_randn(g, be, ndim, s), row_off, shape[0]);
+}
+
+mmp_tensor_t *mmp_rng_randint_rows(mmp_rng_t *g, mmp_backend_t *be, int64_t low, int64_t high, int ndim,
+                                   const int64_t *shape, int64_t rows_total, int64_t row_off) {
+  int64_t s[MMP_MAX_DIMS];
+  if (!whole_shape("rng_randint_rows", ndim, shape, rows_total, row_off, s)) return NULL;
+  return cut_rows(mmp_rng_randint(g, be, low, high, ndim, s), row_off, shape[0]);
+}
+
 uint64_t mmp_rng_u64(mmp_rng_t *g) {
   if (!g) return 0;
   if (g->mode == MMP_RNG_TORCH || g->mode == MMP_RNG_NUMPY) return mt_u64(g);
@@ -377,71 +414,108 @@ double mmp_rng_uniform(mmp_rng_t *g) {
 }
 
 /* -------------------------------------------------------------- dropout */
+/* The noise of rows [@off, @off + shape[0]) of a [@total, shape[1:]] mask:
+ * one uniform double per element of the whole mask in row-major order (the
+ * other rows' drawn and discarded); kept when u < 1 - p, then 1.0f / (float)(1 - p). */
+static mmp_tensor_t *mask_rows(mmp_rng_t *g, mmp_backend_t *be, double p, int ndim, const int64_t *shape, int64_t total,
+                               int64_t off) {
+  mmp_tensor_t *t = host_tensor(be, MMP_F32, ndim, shape);
+  if (!t) return NULL;
+  float *d = mmp_tensor_data(t);
+  int64_t inner = 1;
+  for (int i = 1; i < ndim; i++) inner *= shape[i];
+  int64_t n = ndim ? shape[0] * inner : 1, before = off * inner, after = (total - off - (ndim ? shape[0] : 1)) * inner;
+  /* bernoulli_(1 - p): u < 1 - p in double; div_(1 - p): the scalar
+   * becomes a float before the division (torch's type promotion) */
+  double keep = 1.0 - p;
+  float scale = 1.0f / (float)keep;
+  for (int64_t i = 0; i < before; i++) (void)mmp_rng_uniform(g);
+  for (int64_t i = 0; i < n; i++) d[i] = mmp_rng_uniform(g) < keep ? scale : 0.0f;
+  for (int64_t i = 0; i < after; i++) (void)mmp_rng_uniform(g);
+  return finish(t, be);
+}
+
 mmp_tensor_t *mmp_rng_dropout_mask(mmp_rng_t *g, mmp_backend_t *be, double p, int ndim, const int64_t *shape) {
   if (!g || !(p > 0.0 && p < 1.0)) {
     mmp_error_set(MMP_EINVAL, "rng_dropout_mask: %s", g ? "the probability must lie in (0, 1)" : "NULL generator");
     return NULL;
   }
-  mmp_tensor_t *t = host_tensor(be, MMP_F32, ndim, shape);
-  if (!t) return NULL;
-  float *d = mmp_tensor_data(t);
-  int64_t n = mmp_tensor_numel(t);
-  /* bernoulli_(1 - p): u < 1 - p in double; div_(1 - p): the scalar
-   * becomes a float before the division (torch's type promotion) */
-  double keep = 1.0 - p;
-  float scale = 1.0f / (float)keep;
-  for (int64_t i = 0; i < n; i++) d[i] = mmp_rng_uniform(g) < keep ? scale : 0.0f;
-  return finish(t, be);
+  return mask_rows(g, be, p, ndim, shape, ndim ? shape[0] : 1, 0);
 }
 
-mmp_tensor_t *mmp_dropout(mmp_rng_t *g, mmp_tensor_t *x, double p) {
-  if (!g || !x || !(p >= 0.0 && p <= 1.0) || x->dtype != MMP_F32) {
+/* The checks of a sharded draw: @x [n, ...] is rows [@off, @off + n) of @total. */
+static bool rows_ok(const mmp_tensor_t *x, int64_t total, int64_t off) {
+  return x->ndim >= 1 && off >= 0 && total >= 0 && off <= total && x->shape[0] <= total - off;
+}
+
+mmp_tensor_t *mmp_dropout_rows(mmp_rng_t *g, mmp_tensor_t *x, double p, int64_t rows_total, int64_t row_off) {
+  if (!g || !x || !(p >= 0.0 && p <= 1.0) || x->dtype != MMP_F32 || (rows_total >= 0 && !rows_ok(x, rows_total, row_off))) {
     mmp_error_set(MMP_EINVAL, "dropout: %s", !g || !x ? "NULL generator or tensor"
                                              : x->dtype != MMP_F32 ? "the tensor must be f32"
-                                                                   : "the probability must lie in [0, 1]");
+                                             : !(p >= 0.0 && p <= 1.0) ? "the probability must lie in [0, 1]"
+                                                                       : "the rows lie outside the batch");
     return NULL;
   }
-  if (p == 0.0 || mmp_tensor_numel(x) == 0) return mmp_tensor_ref(x);
+  int64_t inner = 1;
+  for (int i = 1; i < x->ndim; i++) inner *= x->shape[i];
+  bool sharded = rows_total >= 0;
+  if (p == 0.0 || (sharded ? rows_total * inner : mmp_tensor_numel(x)) == 0) return mmp_tensor_ref(x);
   mmp_tensor_t *noise;
   if (p == 1.0) /* torch: x * zeros({}) */
     noise = mmp_tensor_zeros(mmp_tensor_backend(x), MMP_F32, 0, NULL);
   else
-    noise = mmp_rng_dropout_mask(g, mmp_tensor_backend(x), p, x->ndim, x->shape);
+    noise = mask_rows(g, mmp_tensor_backend(x), p, x->ndim, x->shape, sharded ? rows_total : x->ndim ? x->shape[0] : 1,
+                      sharded ? row_off : 0);
   if (!noise) return NULL;
   mmp_tensor_t *y = mmp_mul(x, noise);
   mmp_tensor_unref(noise);
   return y;
 }
 
-mmp_tensor_t *mmp_drop_path(mmp_rng_t *g, mmp_tensor_t *x, double p, mmp_drop_path_draws_t draws) {
+mmp_tensor_t *mmp_dropout(mmp_rng_t *g, mmp_tensor_t *x, double p) {
+  return mmp_dropout_rows(g, x, p, -1, 0);
+}
+
+mmp_tensor_t *mmp_drop_path_rows(mmp_rng_t *g, mmp_tensor_t *x, double p, mmp_drop_path_draws_t draws, int64_t rows_total,
+                                 int64_t row_off) {
   if (!g || !x || !(p >= 0.0 && p < 1.0) || x->dtype != MMP_F32 || x->ndim < 1 ||
-      (draws != MMP_DROP_PATH_BERNOULLI && draws != MMP_DROP_PATH_RAND)) {
+      (draws != MMP_DROP_PATH_BERNOULLI && draws != MMP_DROP_PATH_RAND) || !rows_ok(x, rows_total, row_off)) {
     mmp_error_set(MMP_EINVAL, "drop_path: %s",
                   !g || !x ? "NULL generator or tensor"
                   : x->dtype != MMP_F32 || x->ndim < 1 ? "the tensor must be f32 with a batch dimension"
                   : !(p >= 0.0 && p < 1.0) ? "the probability must lie in [0, 1)"
-                                           : "unknown draws");
+                  : draws != MMP_DROP_PATH_BERNOULLI && draws != MMP_DROP_PATH_RAND ? "unknown draws"
+                                                                                   : "the rows lie outside the batch");
     return NULL;
   }
-  if (p == 0.0 || mmp_tensor_numel(x) == 0) return mmp_tensor_ref(x);
-  int64_t shape[MMP_MAX_DIMS];
-  shape[0] = x->shape[0];
+  int64_t inner = 1;
+  for (int i = 1; i < x->ndim; i++) inner *= x->shape[i];
+  if (p == 0.0 || rows_total * inner == 0) return mmp_tensor_ref(x);
+  int64_t shape[MMP_MAX_DIMS], n = x->shape[0];
+  shape[0] = n;
   for (int i = 1; i < x->ndim; i++) shape[i] = 1;
   mmp_backend_t *be = mmp_tensor_backend(x);
   if (draws == MMP_DROP_PATH_BERNOULLI) {
-    mmp_tensor_t *noise = mmp_rng_dropout_mask(g, be, p, x->ndim, shape);
+    mmp_tensor_t *noise = mask_rows(g, be, p, x->ndim, shape, rows_total, row_off);
     mmp_tensor_t *y = noise ? mmp_mul(x, noise) : NULL;
     mmp_tensor_unref(noise);
     return y;
   }
   /* timm 0.4.12: keep_prob + torch.rand(shape) is a float sum (the Python
    * double becomes a float), floor_ binarizes; x.div(keep_prob) divides by
-   * that float */
+   * that float. torch.rand of the whole batch, this shard's rows kept. */
+  if (g->mode == MMP_RNG_NUMPY) {
+    mmp_error_set(MMP_EUNSUPPORTED, "drop_path: a numpy-mode generator draws only uniform doubles");
+    return NULL;
+  }
   float keep = (float)(1.0 - p);
-  mmp_tensor_t *r = mmp_rng_rand(g, mmp__backend_cpu(), x->ndim, shape); /* torch.rand(shape) */
+  mmp_tensor_t *r = host_tensor(be, MMP_F32, x->ndim, shape);
   if (!r) return NULL;
   float *d = mmp_tensor_data(r);
-  for (int64_t i = 0; i < shape[0]; i++) d[i] = floorf(keep + d[i]);
+  for (int64_t i = 0; i < rows_total; i++) {
+    float u = g->mode == MMP_RNG_TORCH ? torch_uniform_f(g) : philox_uniform_f(g->seed, g->offset++);
+    if (i >= row_off && i < row_off + n) d[i - row_off] = floorf(keep + u);
+  }
   r = finish(r, be);
   mmp_tensor_t *k = r ? mmp_tensor_full(be, MMP_F32, 0, NULL, keep) : NULL;
   mmp_tensor_t *xd = k ? mmp_div(x, k) : NULL;
@@ -450,6 +524,10 @@ mmp_tensor_t *mmp_drop_path(mmp_rng_t *g, mmp_tensor_t *x, double p, mmp_drop_pa
   mmp_tensor_unref(k);
   mmp_tensor_unref(r);
   return y;
+}
+
+mmp_tensor_t *mmp_drop_path(mmp_rng_t *g, mmp_tensor_t *x, double p, mmp_drop_path_draws_t draws) {
+  return mmp_drop_path_rows(g, x, p, draws, x && x->ndim >= 1 ? x->shape[0] : 0, 0);
 }
 
 /* ------------------------------------------------------------ state I/O */

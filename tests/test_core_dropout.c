@@ -251,6 +251,48 @@ static void test_drop_path(mmp_safetensors_t *dp) {
   st = keep;
 }
 
+/* Shards: each of three generators in one state runs its rows of a
+ * [7, 3, 5] batch (rows 0-1, 2-6 and an empty shard at 7); their outputs
+ * put together are the whole batch's, and every generator ends where the
+ * whole batch's does. For dropout, both drop path recipes. */
+static void test_rows(void) {
+  int64_t s[3] = {7, 3, 5};
+  mmp_rng_t *data = mmp_rng_new(21, MMP_RNG_TORCH);
+  mmp_tensor_t *x = mmp_rng_randn(data, cpu, 3, s);
+  static const char *const what[3] = {"dropout", "drop_path (timm >= 0.5)", "drop_path (timm 0.4.12)"};
+  for (int kind = 0; kind < 3; kind++) {
+    mmp_rng_t *whole = mmp_rng_new(5, MMP_RNG_TORCH);
+    mmp_tensor_t *want = kind == 0 ? mmp_dropout(whole, x, 0.4) : mmp_drop_path(whole, x, 0.4, (mmp_drop_path_draws_t)(kind - 1));
+    static const int64_t cut[4][2] = {{0, 2}, {2, 7}, {7, 7}, {0, 7}};
+    mmp_tensor_t *part[4] = {NULL};
+    bool streams = true;
+    double next = mmp_rng_uniform(whole);
+    for (int c = 0; c < 4; c++) {
+      mmp_rng_t *g = mmp_rng_new(5, MMP_RNG_TORCH);
+      mmp_tensor_t *xs = mmp_slice(x, 0, cut[c][0], cut[c][1], 1);
+      part[c] = kind == 0 ? mmp_dropout_rows(g, xs, 0.4, 7, cut[c][0])
+                          : mmp_drop_path_rows(g, xs, 0.4, (mmp_drop_path_draws_t)(kind - 1), 7, cut[c][0]);
+      streams = streams && part[c] && mmp_rng_uniform(g) == next;
+      mmp_rng_free(g);
+      mmp_tensor_unref(xs);
+    }
+    mmp_tensor_t *joined = part[0] && part[1] ? mmp_concat(part, 2, 0) : NULL;
+    ok(same(joined, want), "%s: two shards put together are the whole batch's", what[kind]);
+    ok(part[2] && part[2]->shape[0] == 0 && same(part[3], want), "%s: an empty shard, and one shard of all rows", what[kind]);
+    ok(streams, "%s: every shard's generator ends where the whole batch's does", what[kind]);
+    for (int c = 0; c < 4; c++) mmp_tensor_unref(part[c]);
+    mmp_tensor_unref(joined);
+    mmp_tensor_unref(want);
+    mmp_rng_free(whole);
+  }
+  mmp_rng_t *g = mmp_rng_new(5, MMP_RNG_TORCH);
+  ok(!mmp_dropout_rows(g, x, 0.4, 6, 0) && mmp_error_code() == MMP_EINVAL, "rows past the batch refused: %s", mmp_error_last());
+  ok(!mmp_drop_path_rows(g, x, 0.4, MMP_DROP_PATH_RAND, 9, -1) && mmp_error_code() == MMP_EINVAL, "a negative offset refused");
+  mmp_rng_free(g);
+  mmp_tensor_unref(x);
+  mmp_rng_free(data);
+}
+
 int main(void) {
   cpu = mmp_backend_get("cpu");
   char path[1024];
@@ -263,6 +305,7 @@ int main(void) {
   test_mask();
   test_errors();
   test_checkpoint();
+  test_rows();
   snprintf(path, sizeof path, "%s/tests/fixtures/rng/drop_path.safetensors", tap_srcdir());
   mmp_safetensors_t *dp = mmp_safetensors_open(path);
   if (ok(dp != NULL, "open %s", path)) test_drop_path(dp);

@@ -4,7 +4,8 @@
 # validation loss, the exported weights' statistics within 1e-5 relative); rank 0 alone writes
 # the files; an interrupted two-rank run resumes to the same result; a resume with another
 # number of processes is refused; optimizer_in_backward = true gives the same bytes. The same for mode = "arldm" (examples/train-arldm-tiny.cfg: the
-# tiny AR-LDM on stories): 2 ranks of batch 1 equal one process of batch 2 within 1e-5.
+# tiny AR-LDM on stories): 2 ranks of batch 1 equal one process of batch 2 within 1e-5, also with
+# BLIP in train mode (blip_dropout = "on").
 # Skipped (77) in a build without MPI or without mpirun.
 set -u
 B=${MMP_TEST_BUILDDIR:-.}
@@ -103,5 +104,21 @@ close "$T/a" "$T/b"; ok $? "arldm: the same losses, gradient norms and validatio
 "$P" tensors --stats "$T/aone/export/arldm.safetensors" >"$T/a" 2>&1
 "$P" tensors --stats "$T/atwo/export/arldm.safetensors" >"$T/b" 2>&1
 [ -s "$T/a" ] && close "$T/a" "$T/b"; ok $? "arldm: the exported AR-LDM state dicts agree (min, max, mean, std of every tensor, 1e-5)"
+# BLIP in train mode (blip_dropout = "on": BERT's dropout drawn in every BLIP call): each rank draws
+# the whole batch's masks and keeps its rows, so two ranks still equal one process
+K="$K -s task.blip_dropout=on"
+"$P" -q run "$CFG" -s task.output_dir="$T/done" -s task.batch_size=2 $K >"$T/log" 2>&1
+r=$?; ok $r "arldm, blip_dropout on: one process, batch_size 2"
+[ $r = 0 ] || sed 's/^/#   /' "$T/log"
+mpi2 -s task.output_dir="$T/dtwo" -s task.batch_size=1 $K >"$T/log" 2>&1
+r=$?; ok $r "arldm, blip_dropout on: two ranks, batch_size 1 each"
+[ $r = 0 ] || sed 's/^/#   /' "$T/log"
+vals "$T/done/metrics.jsonl" >"$T/a"; vals "$T/dtwo/metrics.jsonl" >"$T/b"
+vals "$T/aone/metrics.jsonl" >"$T/c"
+[ "$(grep -c '^loss' "$T/a")" = 3 ] && ! cmp -s "$T/a" "$T/c"; ok $? "arldm, blip_dropout on: 3 losses, not those without dropout"
+close "$T/a" "$T/b"; ok $? "arldm, blip_dropout on: two ranks give one process's losses, gradient norms and validation loss (1e-5)"
+"$P" tensors --stats "$T/done/export/arldm.safetensors" >"$T/a" 2>&1
+"$P" tensors --stats "$T/dtwo/export/arldm.safetensors" >"$T/b" 2>&1
+[ -s "$T/a" ] && close "$T/a" "$T/b"; ok $? "arldm, blip_dropout on: the exported state dicts agree (1e-5)"
 echo "1..$n"
 [ $failed = 0 ]

@@ -43,6 +43,15 @@ mmp_tensor_t *mmp_rng_rand(mmp_rng_t *g, mmp_backend_t *be, int ndim, const int6
 /* i64 in [low, high). */
 mmp_tensor_t *mmp_rng_randint(mmp_rng_t *g, mmp_backend_t *be, int64_t low,
                               int64_t high, int ndim, const int64_t *shape);
+/* One shard of a batch's draw (data parallelism): the tensor of @shape is
+ * rows [@row_off, @row_off + shape[0]) of the draw of [@rows_total,
+ * shape[1:]], which is made whole (so the generator advances as for the
+ * whole batch) and cut. MMP_EINVAL when the rows lie outside the batch.
+ * (transfer full, contiguous) */
+mmp_tensor_t *mmp_rng_randn_rows(mmp_rng_t *g, mmp_backend_t *be, int ndim, const int64_t *shape, int64_t rows_total,
+                                 int64_t row_off);
+mmp_tensor_t *mmp_rng_randint_rows(mmp_rng_t *g, mmp_backend_t *be, int64_t low, int64_t high, int ndim,
+                                   const int64_t *shape, int64_t rows_total, int64_t row_off);
 /* Scalar draws for host-side choices (frame choice, shuffling). */
 uint64_t mmp_rng_u64(mmp_rng_t *g);
 double mmp_rng_uniform(mmp_rng_t *g); /* [0, 1) */
@@ -100,6 +109,21 @@ typedef enum mmp_drop_path_draws {
  * NULL + MMP_EINVAL (NULL argument, @p outside [0, 1), a non-f32 or 0-d
  * @x, an unknown @draws) or the error of the arithmetic. */
 mmp_tensor_t *mmp_drop_path(mmp_rng_t *g, mmp_tensor_t *x, double p, mmp_drop_path_draws_t draws);
+
+/* ---- draws of one shard of a batch (data parallelism) ----
+ *
+ * @x [n, ...] holds rows [@row_off, @row_off + n) of a batch of @rows_total
+ * rows along dimension 0: the generator advances exactly as the op on the
+ * whole batch would (the other rows' numbers drawn and discarded) and @x
+ * gets its rows' noise, so N ranks each given their share, with generators
+ * in one state, compute what one process given the whole batch computes.
+ * With @rows_total = n and @row_off = 0 they are mmp_dropout and
+ * mmp_drop_path (mmp_dropout_rows also takes @rows_total = -1: not
+ * sharded, any @x); MMP_EINVAL when the rows lie outside the batch; an
+ * empty shard of a non-empty batch still draws. (transfer full) */
+mmp_tensor_t *mmp_dropout_rows(mmp_rng_t *g, mmp_tensor_t *x, double p, int64_t rows_total, int64_t row_off);
+mmp_tensor_t *mmp_drop_path_rows(mmp_rng_t *g, mmp_tensor_t *x, double p, mmp_drop_path_draws_t draws, int64_t rows_total,
+                                 int64_t row_off);
 
 /* The whole state of a generator as bytes (checkpoints: a run resumed from
  * them draws exactly what the uninterrupted run would have drawn). The

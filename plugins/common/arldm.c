@@ -30,10 +30,19 @@ mmp_tensor_t *arldm_call1(mmp_component_t *c, const char *method, const char *ou
   return r;
 }
 
+/* "rng_rows" = {rows of the whole batch, first row} (the blip plugin's shard of a batch) */
+static int set_rows(mmp_tensormap_t *in, const int64_t *rows) {
+  int64_t two = 2;
+  mmp_tensor_t *t = mmp_tensor_from_data(mmp_backend_get("cpu"), MMP_I64, 1, &two, rows);
+  return t ? mmp_tensormap_set(in, "rng_rows", t) : mmp_error_code();
+}
+
 /* BLIP multimodal (last_hidden_state). With p->blip_dropout, in train mode:
  * the generator's state goes in as "rng_state" and comes back advanced by
- * the dropout draws (the plugin boundary carries tensors only). */
-static mmp_tensor_t *blip_call(const arldm_parts_t *p, mmp_tensor_t *px, mmp_tensor_t *ids, mmp_tensor_t *mask) {
+ * the dropout draws (the plugin boundary carries tensors only); @rows
+ * (nullable): "rng_rows", the call's shard of a batch. */
+static mmp_tensor_t *blip_call(const arldm_parts_t *p, mmp_tensor_t *px, mmp_tensor_t *ids, mmp_tensor_t *mask,
+                               const int64_t *rows) {
   if (!p->blip_dropout)
     return arldm_call1(p->blip, "multimodal", "last_hidden_state", "pixel_values", px, "input_ids", ids,
                        mask ? "attention_mask" : NULL, mask);
@@ -46,7 +55,7 @@ static mmp_tensor_t *blip_call(const arldm_parts_t *p, mmp_tensor_t *px, mmp_ten
       mmp_tensormap_set(in, "pixel_values", mmp_tensor_ref(px)) == 0 &&
       mmp_tensormap_set(in, "input_ids", mmp_tensor_ref(ids)) == 0 &&
       (!mask || mmp_tensormap_set(in, "attention_mask", mmp_tensor_ref(mask)) == 0) &&
-      fwd(p->blip, "multimodal", in, out) == 0) {
+      (!rows || set_rows(in, rows) == 0) && fwd(p->blip, "multimodal", in, out) == 0) {
     const mmp_tensor_t *back = mmp_tensormap_get(out, "rng_state");
     r = mmp_tensormap_need(out, "last_hidden_state");
     if (r && (!back || mmp_tensor_to_host(back, st, sizeof st) < 0 || mmp_rng_set_state(p->blip_dropout, st, sizeof st) < 0)) {
@@ -292,7 +301,8 @@ static mmp_tensor_t *train_context(const arldm_parts_t *p, const arldm_batch_t *
   const mmp_tensor_t *si = b->source_images;
   mmp_tensor_t *px = view(b->source_images, 4, B * src_V, si->shape[2], si->shape[3], si->shape[4], 0);
   mmp_tensor_t *sids = view(b->source_captions, 2, B * src_V, S, 0, 0, 0), *sam = view(b->source_mask, 2, B * src_V, S, 0, 0, 0);
-  mmp_tensor_t *hs = px && sids && sam ? blip_call(p, px, sids, sam) : NULL;
+  int64_t shard[2] = {p->draw_items * src_V, p->draw_off * src_V};
+  mmp_tensor_t *hs = px && sids && sam ? blip_call(p, px, sids, sam, p->draw_items > 0 ? shard : NULL) : NULL;
   mmp_tensor_unref(px);
   mmp_tensor_unref(sids);
   mmp_tensor_unref(sam);
@@ -313,7 +323,7 @@ static mmp_tensor_t *train_context(const arldm_parts_t *p, const arldm_batch_t *
   }
   if (any || p->blip_dropout) {
     nc = arldm_call1(p->clip, NULL, "last_hidden_state", "input_ids", p->clip_null, NULL, NULL, NULL, NULL);
-    nb = nc ? blip_call(p, p->image_null, p->blip_null, NULL) : NULL;
+    nb = nc ? blip_call(p, p->image_null, p->blip_null, NULL, NULL) : NULL; /* one row on every rank */
     if (!nc || !nb) {
       mmp_error_prefix("arldm step: the null context: ");
       goto done;
@@ -398,6 +408,13 @@ static mmp_tensor_t *train_mask(const arldm_batch_t *b, int64_t B, int64_t V, in
   return t;
 }
 
+/* randn shaped like @like ([B V, ...]), drawn for the whole batch's
+ * draw_items V rows and cut to this one's (transfer full) */
+static mmp_tensor_t *draw_randn(const arldm_parts_t *p, mmp_rng_t *rng, const mmp_tensor_t *like, int64_t V) {
+  if (p->draw_items <= 0) return mmp_rng_randn(rng, mmp_tensor_backend(like), like->ndim, like->shape);
+  return mmp_rng_randn_rows(rng, mmp_tensor_backend(like), like->ndim, like->shape, p->draw_items * V, p->draw_off * V);
+}
+
 /* VAE posterior sample of the targets x 0.18215 (the posterior noise drawn
  * when not given) (transfer full) */
 static mmp_tensor_t *train_latents(const arldm_parts_t *p, const arldm_batch_t *b, int64_t n, mmp_rng_t *rng, arldm_draws_t *d) {
@@ -417,7 +434,7 @@ static mmp_tensor_t *train_latents(const arldm_parts_t *p, const arldm_batch_t *
       mmp_error_set(MMP_EINVAL, "arldm step: no posterior_noise and no generator");
       goto done;
     }
-    if (!(d->posterior_noise = mmp_rng_randn(rng, mmp_tensor_backend(mean), mean->ndim, mean->shape))) goto done;
+    if (!(d->posterior_noise = draw_randn(p, rng, mean, im->shape[1]))) goto done;
   }
   if (!mmp_tensor_same_shape(d->posterior_noise, mean)) {
     mmp_error_set(MMP_ESHAPE, "arldm step: posterior_noise is %s, the VAE's latent_mean %s",
@@ -478,14 +495,15 @@ int arldm_train_step(const arldm_parts_t *p, const arldm_batch_t *b, mmp_rng_t *
       rc = mmp_error_set(MMP_EINVAL, "arldm step: no noise and no generator");
       goto fail;
     }
-    if (!(d->noise = mmp_rng_randn(rng, mmp_tensor_backend(z), z->ndim, z->shape))) goto fail;
+    if (!(d->noise = draw_randn(p, rng, z, V))) goto fail;
   }
   if (!d->timesteps) {
     if (!rng) {
       rc = mmp_error_set(MMP_EINVAL, "arldm step: no timesteps and no generator");
       goto fail;
     }
-    if (!(d->timesteps = mmp_rng_randint(rng, cpu, 0, p->num_train_timesteps > 0 ? p->num_train_timesteps : 1000, 1, &n)))
+    if (!(d->timesteps = mmp_rng_randint_rows(rng, cpu, 0, p->num_train_timesteps > 0 ? p->num_train_timesteps : 1000, 1, &n,
+                                              p->draw_items > 0 ? p->draw_items * V : n, p->draw_items > 0 ? p->draw_off * V : 0)))
       goto fail;
   }
   if (!mmp_tensor_same_shape(d->noise, z) || mmp_tensor_numel(d->timesteps) != n) {

@@ -55,6 +55,10 @@ typedef struct arldm_parts {
                                dropout drawn from this generator (AR-LDM's: torch's global one) at the BLIP calls of
                                arldm_train_step; NULL: eval mode, no draws */
   int64_t num_train_timesteps; /* training: the timesteps arldm_train_step draws lie in [0, this) (0: 1000, AR-LDM's) */
+  /* training, data parallelism: the batch is items [draw_off, draw_off + B) of draw_items (0:
+   * the whole batch); what arldm_train_step draws (BLIP's dropout on the source frames, the
+   * posterior noise, the noise, the timesteps) is drawn for all of them and cut */
+  int64_t draw_items, draw_off;
 } arldm_parts_t;
 
 /* The AR-LDM state dict file (the story task's and the train task's `arldm`):

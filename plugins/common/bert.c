@@ -205,8 +205,9 @@ static mmp_tensor_t *word_table(const sd_bert_t *b) {
 }
 
 /* sd_bert, sd_bert_cached and sd_bert_dropout: cross-attention to @ctx, or
- * to @kv; dropout drawn from @rng (nullable: none). */
-static mmp_tensor_t *bert_run(const sd_bert_t *b, mmp_rng_t *rng, const mmp_tensor_t *ids, const mmp_tensor_t *mask,
+ * to @kv; dropout drawn from @train's generator on its shard (nullable:
+ * none; its rates are the tower's). */
+static mmp_tensor_t *bert_run(const sd_bert_t *b, const sd_dropout_t *train, const mmp_tensor_t *ids, const mmp_tensor_t *mask,
                               const mmp_tensor_t *types, bool causal, const mmp_tensor_t *ctx,
                               const mmp_tensor_t *const *kv, const mmp_tensor_t *ctx_mask, mmp_tensor_t **hidden,
                               mmp_tensor_t **pooled) {
@@ -261,11 +262,12 @@ static mmp_tensor_t *bert_run(const sd_bert_t *b, mmp_rng_t *rng, const mmp_tens
   mmp_tensor_unref(pos);
   h = sd_swap(h, sd_layer_norm(&b->emb_ln, h));
   /* med.py in train mode: BertEmbeddings' dropout, then each layer's */
-  sd_dropout_t dp = {rng, b->hidden_dropout, b->attn_dropout};
-  if (rng) h = sd_swap(h, h ? mmp_dropout(rng, h, b->hidden_dropout) : NULL);
+  sd_dropout_t dp = {train ? train->rng : NULL, b->hidden_dropout, b->attn_dropout, 0.0, MMP_DROP_PATH_BERNOULLI,
+                     train ? train->rows_total : 0, train ? train->rows_off : 0};
+  if (train) h = sd_swap(h, sd_dropout_apply(&dp, h, b->hidden_dropout));
   for (int64_t i = 0; i < b->layers && h; i++) {
     if (hidden) hidden[i] = mmp_tensor_ref(h);
-    if (rng)
+    if (train)
       h = sd_swap(h, sd_block_dropout(&b->blocks[i], h, mask, causal, kv ? NULL : ctx, kv ? kv[2 * i] : NULL,
                                       kv ? kv[2 * i + 1] : NULL, ctx_mask, &dp));
     else if (kv)
@@ -293,15 +295,15 @@ mmp_tensor_t *sd_bert(const sd_bert_t *b, const mmp_tensor_t *ids, const mmp_ten
   return bert_run(b, NULL, ids, mask, types, causal, ctx, NULL, ctx_mask, hidden, pooled);
 }
 
-mmp_tensor_t *sd_bert_dropout(const sd_bert_t *b, mmp_rng_t *rng, const mmp_tensor_t *ids, const mmp_tensor_t *mask,
+mmp_tensor_t *sd_bert_dropout(const sd_bert_t *b, const sd_dropout_t *train, const mmp_tensor_t *ids, const mmp_tensor_t *mask,
                               const mmp_tensor_t *types, bool causal, const mmp_tensor_t *ctx,
                               const mmp_tensor_t *ctx_mask, mmp_tensor_t **hidden, mmp_tensor_t **pooled) {
   if (pooled) *pooled = NULL;
-  if (!rng) {
+  if (!train || !train->rng) {
     mmp_error_set(MMP_EINVAL, "bert: dropout needs a generator");
     return NULL;
   }
-  return bert_run(b, rng, ids, mask, types, causal, ctx, NULL, ctx_mask, hidden, pooled);
+  return bert_run(b, train, ids, mask, types, causal, ctx, NULL, ctx_mask, hidden, pooled);
 }
 
 mmp_tensor_t *sd_bert_cached(const sd_bert_t *b, const mmp_tensor_t *ids, const mmp_tensor_t *mask,

@@ -312,16 +312,28 @@ typedef struct sd_dropout {
   mmp_rng_t *rng; /* (transfer none) the generator drawn from, torch's order */
   double hidden;  /* hidden_dropout_prob: each sub-layer's output before its residual (and the embeddings) */
   double attn;    /* attention_probs_dropout_prob: the attention probabilities */
+  double path;    /* pre-norm (ViT) layers: timm's DropPath rate of this block, on each branch before its residual */
+  mmp_drop_path_draws_t path_draws; /* which timm's draws (mmp_drop_path) */
+  /* data parallelism: the rows (dimension 0) are rows [rows_off, rows_off + B) of a batch of
+   * rows_total (0: the whole batch), and draw as that batch would (mmp_dropout_rows) */
+  int64_t rows_total, rows_off;
 } sd_dropout_t;
+/* mmp_dropout_rows / mmp_drop_path_rows of @x at @p by @dp's generator and
+ * shard (transfer full) */
+mmp_tensor_t *sd_dropout_apply(const sd_dropout_t *dp, mmp_tensor_t *x, double p);
+mmp_tensor_t *sd_drop_path_apply(const sd_dropout_t *dp, mmp_tensor_t *x, double p);
 /* x [B, L, D]; mask [B, L] u8 nonzero = padding (nullable); causal: the
  * decoder's self-attention; ctx [B, Lc, Dc] (nullable: the cross-attention
  * is skipped) with ctx_mask [B, Lc] (nullable). (transfer full) */
 mmp_tensor_t *sd_block(const sd_block_t *b, const mmp_tensor_t *x, const mmp_tensor_t *mask,
                        bool causal, const mmp_tensor_t *ctx, const mmp_tensor_t *ctx_mask);
 /* sd_block for training with dropout @dp (nullable or rng NULL: none, the
- * numbers of sd_block): post-norm (BERT) layers only, MMP_EUNSUPPORTED for
- * the others; draws in med.py's order: self-attention probabilities [B, H,
+ * numbers of sd_block). Post-norm (BERT) layers take hidden and attn (not
+ * path) and draw in med.py's order: self-attention probabilities [B, H,
  * L, L], its output, then the cross-attention's two, then the MLP's output.
+ * Pre-norm (ViT) layers take path only (timm's Block: x + drop_path(attn(
+ * norm1(x))), then x + drop_path(mlp(norm2(x))); one draw per sample after
+ * each branch, none when path is 0); other combinations: MMP_EUNSUPPORTED.
  * With dropout the attention is computed unfused (scores materialised) with
  * med.py's additive -10000 mask; causal is refused. The cross-attention reads
  * @ctx, or @ck, @cv (sd_attn_kv) when given. (transfer full) */

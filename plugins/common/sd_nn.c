@@ -228,7 +228,7 @@ static mmp_tensor_t *attention_dropped(const mmp_tensor_t *q, const mmp_tensor_t
     mmp_tensor_unref(m);
   }
   s = sd_swap(s, s ? mmp_softmax(s, 3) : NULL);
-  s = sd_swap(s, s ? mmp_dropout(dp->rng, s, dp->attn) : NULL);
+  s = sd_swap(s, s ? sd_dropout_apply(dp, s, dp->attn) : NULL);
   return sd_swap(s, s ? mmp_matmul(s, v, false, false) : NULL);
 }
 
@@ -651,9 +651,21 @@ void sd_block_free(sd_block_t *b) {
   sd_mlp_free(&b->mlp);
 }
 
+mmp_tensor_t *sd_dropout_apply(const sd_dropout_t *dp, mmp_tensor_t *x, double p) {
+  if (!x) return NULL;
+  return dp->rows_total ? mmp_dropout_rows(dp->rng, x, p, dp->rows_total, dp->rows_off) : mmp_dropout(dp->rng, x, p);
+}
+
+mmp_tensor_t *sd_drop_path_apply(const sd_dropout_t *dp, mmp_tensor_t *x, double p) {
+  if (!x) return NULL;
+  return mmp_drop_path_rows(dp->rng, x, p, dp->path_draws, dp->rows_total ? dp->rows_total : x->ndim ? x->shape[0] : 0,
+                            dp->rows_total ? dp->rows_off : 0);
+}
+
 /* One sub-layer: x + f(ln(x)) (pre-norm) or ln(x + f(x)) (post-norm);
- * with @dp (post-norm only): ln(x + dropout(f(x))), f's attention
- * probabilities dropped out too (BertSelfOutput, BertOutput in train mode).
+ * with @dp: ln(x + dropout(f(x))), f's attention probabilities dropped out
+ * too (BertSelfOutput, BertOutput in train mode), or x + drop_path(f(ln(x)))
+ * (timm's Block in train mode).
  * The cross-attention reads @ctx, or its keys and values @ck, @cv when
  * given. Consumes @x. */
 typedef enum { SUB_ATTN, SUB_CROSS, SUB_MLP } sub_t;
@@ -661,19 +673,22 @@ static mmp_tensor_t *sublayer(const sd_block_t *b, sub_t which, mmp_tensor_t *x,
                               bool causal, const mmp_tensor_t *ctx, const mmp_tensor_t *ck, const mmp_tensor_t *cv,
                               const mmp_tensor_t *ctx_mask, const sd_dropout_t *dp) {
   if (!x) return NULL;
-  if (dp && !b->post_norm) {
+  if (dp && (b->post_norm ? dp->path != 0.0 : dp->hidden != 0.0 || dp->attn != 0.0)) {
     mmp_tensor_unref(x);
-    mmp_error_set(MMP_EUNSUPPORTED, "transformer block: dropout is implemented for post-norm (BERT) layers only");
+    mmp_error_set(MMP_EUNSUPPORTED, "transformer block: %s", b->post_norm ? "drop path is implemented for pre-norm (ViT) layers only"
+                                                                          : "dropout is implemented for post-norm (BERT) layers only");
     return NULL;
   }
   const sd_norm_t *ln = which == SUB_ATTN ? &b->ln_attn : which == SUB_CROSS ? &b->ln_cross : &b->ln_mlp;
   mmp_tensor_t *in = b->post_norm ? mmp_tensor_ref(x) : sd_layer_norm(ln, x), *f;
-  if (which == SUB_ATTN) f = attn_full(&b->attn, in, NULL, mask, causal, dp);
-  else if (which == SUB_CROSS && ck) f = attn_run(&b->cross, in, ck, cv, ctx_mask, false, dp);
-  else if (which == SUB_CROSS) f = attn_full(&b->cross, in, ctx, ctx_mask, false, dp);
+  /* a pre-norm layer's attention has no dropout: the fused path */
+  const sd_dropout_t *adp = b->post_norm ? dp : NULL;
+  if (which == SUB_ATTN) f = attn_full(&b->attn, in, NULL, mask, causal, adp);
+  else if (which == SUB_CROSS && ck) f = attn_run(&b->cross, in, ck, cv, ctx_mask, false, adp);
+  else if (which == SUB_CROSS) f = attn_full(&b->cross, in, ctx, ctx_mask, false, adp);
   else f = sd_mlp(&b->mlp, in);
   mmp_tensor_unref(in);
-  if (dp && f) f = sd_swap(f, mmp_dropout(dp->rng, f, dp->hidden));
+  if (dp && f) f = sd_swap(f, b->post_norm ? sd_dropout_apply(dp, f, dp->hidden) : sd_drop_path_apply(dp, f, dp->path));
   mmp_tensor_t *h = f ? mmp_add(x, f) : NULL;
   mmp_tensor_unref(f);
   mmp_tensor_unref(x);

@@ -51,6 +51,17 @@ int sd_cfg_bool(const mmp_config_t *cfg, const char *key, bool def, bool *out) {
   return rc;
 }
 
+int sd_cfg_float(const mmp_config_t *cfg, const char *key, double def, double *out) {
+  *out = def;
+  int rc = mmp_config_get_float(cfg, key, out);
+  if (rc == MMP_ENOENT) {
+    *out = def;
+    mmp_error_clear();
+    return 0;
+  }
+  return rc;
+}
+
 int sd_tower_locate(const mmp_config_t *cfg, bool need_config, char *cpath, size_t cplen, char *wpath,
                     size_t wplen) {
   char dir[4096] = "", tmp[4200];

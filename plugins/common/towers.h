@@ -65,6 +65,14 @@ void sd_vit_free(sd_vit_t *v);
  * @pooled (nullable): the pooler output where the kind has one, else NULL
  * (CLIP: post_layernorm of the CLS row). */
 mmp_tensor_t *sd_vit(sd_vit_t *v, const mmp_tensor_t *pixels, mmp_tensor_t **hidden, mmp_tensor_t **pooled);
+/* sd_vit in train mode with stochastic depth (timm's VisionTransformer:
+ * block i's two branches pass through DropPath(dpr[i]), dpr =
+ * torch.linspace(0, rate, layers) as mmp_linspace_f32 computes it, rate =
+ * @train->path; a block whose rate is 0 draws nothing), drawn from
+ * @train->rng on its shard in the forward's order by @train->path_draws
+ * (mmp_drop_path_rows). The rate in [0, 1); not for SD_VIT_CLIP_HF. Under
+ * a tape the backward uses the same draws. No pooled output. (transfer full) */
+mmp_tensor_t *sd_vit_drop_path(sd_vit_t *v, const mmp_tensor_t *pixels, mmp_tensor_t **hidden, const sd_dropout_t *train);
 
 /* ---- BERT ---- */
 typedef struct sd_bert {
@@ -110,7 +118,7 @@ mmp_tensor_t *sd_bert(const sd_bert_t *b, const mmp_tensor_t *ids, const mmp_ten
  * residual (hidden_dropout_prob) of the self-attention, of the
  * cross-attention, and the output of the MLP (sd_block_dropout). Not causal.
  * Under a tape its backward uses the same masks. (transfer full) */
-mmp_tensor_t *sd_bert_dropout(const sd_bert_t *b, mmp_rng_t *rng, const mmp_tensor_t *ids, const mmp_tensor_t *mask,
+mmp_tensor_t *sd_bert_dropout(const sd_bert_t *b, const sd_dropout_t *train, const mmp_tensor_t *ids, const mmp_tensor_t *mask,
                               const mmp_tensor_t *types, bool causal, const mmp_tensor_t *ctx,
                               const mmp_tensor_t *ctx_mask, mmp_tensor_t **hidden, mmp_tensor_t **pooled);
 
@@ -163,6 +171,7 @@ int sd_tower_locate(const mmp_config_t *cfg, bool need_config, char *cpath, size
 int sd_cfg_str(const mmp_config_t *cfg, const char *key, const char *def, const char **out);
 int sd_cfg_int(const mmp_config_t *cfg, const char *key, int64_t def, int64_t *out);
 int sd_cfg_bool(const mmp_config_t *cfg, const char *key, bool def, bool *out);
+int sd_cfg_float(const mmp_config_t *cfg, const char *key, double def, double *out);
 /* MMP_ECONFIG "file:line: key: msg". */
 int sd_cfg_bad(const mmp_config_t *cfg, const char *key, const char *msg);
 /* Put @t under @name into @out, or hidden_states.K for K in 0..n-1

@@ -50,9 +50,6 @@ static int arldm_loss(const train_parts_t *p, const train_batch_t *b, mmp_rng_t 
   int64_t dn = b->draw_n > 0 ? b->draw_n : b->n, doff = b->draw_n > 0 ? b->draw_off : 0;
   train_batch_t rows = {b->n * V, NULL, NULL, NULL, dn * V, doff * V, NULL};
   arldm_draws_t d = {0};
-  if (p->blip_dropout && dn != b->n)
-    return mmp_error_set(MMP_EUNSUPPORTED, "train: arldm: BLIP's dropout (blip_dropout) with data parallelism: each rank "
-                         "would need the draws of the whole batch; set blip_dropout = \"off\" or run one process");
   mmp_backend_t *be = mmp_context_backend(p->ctx), *cpu = mmp_backend_get("cpu");
   int64_t ls[4];
   int rc = 0;
@@ -63,8 +60,11 @@ static int arldm_loss(const train_parts_t *p, const train_batch_t *b, mmp_rng_t 
   d.cfg_uniform = mmp_tensor_from_data(cpu, MMP_F64, 1, &own, u + doff * V);
   free(u);
   /* With BLIP's dropout its draws come first (in the forward), so the step
-   * draws the rest itself, after them (draw_n = n then: nothing to cut). */
-  if (p->blip_dropout) ap.blip_dropout = rng;
+   * draws the rest itself, after them, each for the dn items and cut. */
+  if (p->blip_dropout) {
+    ap.blip_dropout = rng;
+    if (dn != b->n) ap.draw_items = dn, ap.draw_off = doff;
+  }
   if (!d.cfg_uniform || (!p->blip_dropout &&
       ((rc = latent_shape(p, ab.images, own, ls)) < 0 ||
       !(d.posterior_noise = train_batch_randn(&rows, rng, be, 4, ls)) || !(d.noise = train_batch_randn(&rows, rng, be, 4, ls)) ||

@@ -13,42 +13,23 @@ static int fwd(mmp_component_t *c, const char *method, const mmp_tensormap_t *in
   return ops->forward(c->self, method, in, out);
 }
 
-/* latent_dist.sample() x scaling, with the tape suspended (the VAE is
- * frozen). (transfer full) */
-/* rows [draw_off, draw_off + n) of a draw made for draw_n rows */
-static mmp_tensor_t *own_rows(const train_batch_t *b, mmp_tensor_t *all) {
-  if (!all || b->draw_n <= 0 || (b->draw_n == b->n && b->draw_off == 0)) return all;
-  mmp_tensor_t *v = mmp_slice(all, 0, b->draw_off, b->draw_off + b->n, 1);
-  mmp_tensor_t *c = v ? mmp_contiguous(v) : NULL;
-  mmp_tensor_unref(v);
-  mmp_tensor_unref(all);
-  return c;
-}
-
-static bool draw_shape(const train_batch_t *b, int ndim, const int64_t *shape, int64_t *out) {
-  if (ndim < 1 || ndim > MMP_MAX_DIMS || shape[0] != b->n ||
-      (b->draw_n > 0 && (b->draw_off < 0 || b->draw_off + b->n > b->draw_n))) {
-    mmp_error_set(MMP_EINVAL, "train: a draw of %lld rows for a batch of %lld at %lld of %lld", ndim > 0 ? (long long)shape[0] : 0LL,
-                  (long long)b->n, (long long)b->draw_off, (long long)b->draw_n);
-    return false;
-  }
-  memcpy(out, shape, (size_t)ndim * sizeof *out);
-  if (b->draw_n > 0) out[0] = b->draw_n;
-  return true;
-}
-
 mmp_tensor_t *train_batch_randn(const train_batch_t *b, mmp_rng_t *rng, mmp_backend_t *be, int ndim,
                                 const int64_t *shape) {
-  int64_t s[MMP_MAX_DIMS];
-  return draw_shape(b, ndim, shape, s) ? own_rows(b, mmp_rng_randn(rng, be, ndim, s)) : NULL;
+  if (ndim >= 1 && shape[0] != b->n) {
+    mmp_error_set(MMP_EINVAL, "train: a draw of %lld rows for a batch of %lld", (long long)shape[0], (long long)b->n);
+    return NULL;
+  }
+  return mmp_rng_randn_rows(rng, be, ndim, shape, b->draw_n > 0 ? b->draw_n : b->n, b->draw_n > 0 ? b->draw_off : 0);
 }
 
 mmp_tensor_t *train_batch_randint(const train_batch_t *b, mmp_rng_t *rng, mmp_backend_t *be, int64_t low,
                                   int64_t high) {
-  int64_t s[1], n = b->n;
-  return draw_shape(b, 1, &n, s) ? own_rows(b, mmp_rng_randint(rng, be, low, high, 1, s)) : NULL;
+  int64_t n = b->n;
+  return mmp_rng_randint_rows(rng, be, low, high, 1, &n, b->draw_n > 0 ? b->draw_n : b->n, b->draw_n > 0 ? b->draw_off : 0);
 }
 
+/* latent_dist.sample() x scaling, with the tape suspended (the VAE is
+ * frozen). (transfer full) */
 static mmp_tensor_t *encode_latents(const train_parts_t *p, const train_batch_t *b, mmp_rng_t *rng) {
   mmp_tape_t *prev = mmp_tape_set_current(NULL);
   mmp_tensormap_t *in = mmp_tensormap_new(), *info = mmp_tensormap_new(), *out = mmp_tensormap_new();

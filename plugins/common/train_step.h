@@ -89,8 +89,8 @@ extern const train_step_ops_t train_step_sd;
  * uniforms (B V of them, np.random.rand: from np_rng when given, else from
  * the generator), then from the generator (with parts->blip_dropout: BLIP's
  * dropout in its two calls, sources then null caption) the VAE posterior's
- * noise, the noise, the timesteps, in that order. BLIP's dropout needs
- * draw_n = n (one process): MMP_EUNSUPPORTED otherwise. */
+ * noise, the noise, the timesteps, in that order (BLIP's dropout, too, drawn
+ * for the draw_n items and cut: its rng_rows input). */
 extern const train_step_ops_t train_step_arldm;
 
 #endif

@@ -245,7 +245,10 @@ static mmp_tensor_t *pos_table(sd_vit_t *v, int64_t gh, int64_t gw) {
   return r;
 }
 
-mmp_tensor_t *sd_vit(sd_vit_t *v, const mmp_tensor_t *px, mmp_tensor_t **hidden, mmp_tensor_t **pooled) {
+/* sd_vit and sd_vit_drop_path: @rates (nullable: eval) the drop path
+ * rate of each block, drawn as @train says. */
+static mmp_tensor_t *vit_run(sd_vit_t *v, const mmp_tensor_t *px, mmp_tensor_t **hidden, mmp_tensor_t **pooled,
+                             const sd_dropout_t *train, const float *rates) {
   if (pooled) *pooled = NULL;
   if (!px) return NULL;
   if (px->ndim != 4 || px->shape[1] != v->chans || px->shape[2] % v->patch || px->shape[3] % v->patch ||
@@ -281,7 +284,9 @@ mmp_tensor_t *sd_vit(sd_vit_t *v, const mmp_tensor_t *px, mmp_tensor_t **hidden,
   if (v->pre_norm.w) h = sd_swap(h, sd_layer_norm(&v->pre_norm, h));
   for (int64_t i = 0; i < v->layers && h; i++) {
     if (hidden) hidden[i] = mmp_tensor_ref(h);
-    h = sd_swap(h, sd_block(&v->blocks[i], h, NULL, false, NULL, NULL));
+    sd_dropout_t dp = {0};
+    if (rates) dp = *train, dp.hidden = dp.attn = 0.0, dp.path = (double)rates[i];
+    h = sd_swap(h, sd_block_dropout(&v->blocks[i], h, NULL, false, NULL, NULL, NULL, NULL, rates ? &dp : NULL));
   }
   if (hidden && h) hidden[v->layers] = mmp_tensor_ref(h);
   if (v->kind != SD_VIT_CLIP_HF) h = sd_swap(h, sd_layer_norm(&v->norm, h));
@@ -301,5 +306,28 @@ mmp_tensor_t *sd_vit(sd_vit_t *v, const mmp_tensor_t *px, mmp_tensor_t **hidden,
     mmp_tensor_unref(h);
     return NULL;
   }
+  return h;
+}
+
+mmp_tensor_t *sd_vit(sd_vit_t *v, const mmp_tensor_t *px, mmp_tensor_t **hidden, mmp_tensor_t **pooled) {
+  return vit_run(v, px, hidden, pooled, NULL, NULL);
+}
+
+mmp_tensor_t *sd_vit_drop_path(sd_vit_t *v, const mmp_tensor_t *px, mmp_tensor_t **hidden, const sd_dropout_t *train) {
+  if (!train || !train->rng || !(train->path >= 0.0 && train->path < 1.0) || v->kind == SD_VIT_CLIP_HF) {
+    mmp_error_set(MMP_EINVAL, "vit: drop path %s", !train || !train->rng ? "needs a generator"
+                                                  : v->kind == SD_VIT_CLIP_HF ? "of a CLIP tower (it has none)"
+                                                                              : "rate must lie in [0, 1)");
+    return NULL;
+  }
+  /* timm's VisionTransformer: dpr = [x.item() for x in torch.linspace(0,
+   * drop_path_rate, depth)], block i drop_path = dpr[i] */
+  float *rates = malloc((size_t)(v->layers ? v->layers : 1) * sizeof *rates);
+  if (!rates) {
+    mmp_error_set(MMP_ENOMEM, "out of memory");
+    return NULL;
+  }
+  mmp_tensor_t *h = mmp_linspace_f32(0.0, train->path, v->layers, rates) ? NULL : vit_run(v, px, hidden, NULL, train, rates);
+  free(rates);
   return h;
 }

@@ -17,6 +17,8 @@ typedef struct blipp {
   blip_mode_t mode;
   bool out_hidden;
   bool trainable; /* created with trainable = true: owned f32 weights */
+  double drop_path;                 /* the ViT's drop_path_rate in train mode */
+  mmp_drop_path_draws_t path_draws; /* drop_path_draws */
   mmp_tensormap_t *state;
 } blipp_t;
 
@@ -28,6 +30,10 @@ static const mmp_key_t blip_keys[] = {
     {"resize_seed", MMP_TYPE_INT, "0", "seed (philox) of rows added by vocab_size: normal(0, 0.02)", 0, 0},
     {"enc_token_id", MMP_TYPE_INT, "30523", "the tokenizer's [ENC] id, put first in multimodal mode", 0, 0},
     {"mode", MMP_TYPE_STRING, "\"multimodal\"", "the default method: image, text or multimodal", 0, 0},
+    {"drop_path_rate", MMP_TYPE_FLOAT, "-1", "train mode: the ViT's stochastic depth, linspace(0, rate, depth) per block "
+     "(-1: as BLIP's create_vit, 0.1 for ViT-L, 0 for ViT-B and transformers' BLIP)", 0, 0},
+    {"drop_path_draws", MMP_TYPE_STRING, "\"bernoulli\"", "train mode: the drop path draws of timm >= 0.5 (\"bernoulli\", "
+     "what AR-LDM's unpinned requirement installs) or of timm 0.4.12 (\"rand\", BLIP's pin)", 0, 0},
     SD_TRAINABLE_KEY,
     {NULL, 0, NULL, NULL, 0, 0}};
 
@@ -82,15 +88,26 @@ static int blip_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
   if (!p) return mmp_error_set(MMP_ENOMEM, "out of memory");
   json_t *j = NULL;
   sd_weights_t *w = NULL;
-  const char *prefix, *preset, *mode;
+  const char *prefix, *preset, *mode, *draws;
   int64_t heads, vocab, seed;
+  double rate;
   if ((rc = sd_cfg_str(cfg, "prefix", "", &prefix)) || (rc = sd_cfg_str(cfg, "vit", "", &preset)) ||
       (rc = sd_cfg_str(cfg, "mode", "multimodal", &mode)) || (rc = sd_cfg_int(cfg, "num_heads", 0, &heads)) ||
       (rc = sd_cfg_int(cfg, "vocab_size", 0, &vocab)) || (rc = sd_cfg_int(cfg, "resize_seed", 0, &seed)) ||
       (rc = sd_cfg_int(cfg, "enc_token_id", 30523, &p->enc_id)) ||
       (rc = sd_cfg_bool(cfg, "output_hidden_states", false, &p->out_hidden)) ||
-      (rc = sd_cfg_bool(cfg, "trainable", false, &p->trainable)))
+      (rc = sd_cfg_bool(cfg, "trainable", false, &p->trainable)) || (rc = sd_cfg_float(cfg, "drop_path_rate", -1.0, &rate)) ||
+      (rc = sd_cfg_str(cfg, "drop_path_draws", "bernoulli", &draws)))
     goto fail;
+  if (!(rate == -1.0 || (rate >= 0.0 && rate < 1.0))) {
+    rc = sd_cfg_bad(cfg, "drop_path_rate", "must lie in [0, 1) (or -1: BLIP's default)");
+    goto fail;
+  }
+  if (strcmp(draws, "bernoulli") && strcmp(draws, "rand")) {
+    rc = sd_cfg_bad(cfg, "drop_path_draws", "must be \"bernoulli\" (timm >= 0.5) or \"rand\" (timm 0.4.12)");
+    goto fail;
+  }
+  p->path_draws = strcmp(draws, "rand") ? MMP_DROP_PATH_BERNOULLI : MMP_DROP_PATH_RAND;
   if (parse_mode(mode, &p->mode)) {
     rc = sd_cfg_bad(cfg, "mode", "must be image, text or multimodal");
     goto fail;
@@ -130,6 +147,15 @@ static int blip_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
   /* (BLIP's kind reads only image_size of @j: random weights' grid) */
   if ((rc = sd_vit_load(&p->vit, hf ? SD_VIT_BLIP_HF : SD_VIT_BLIP, hf ? vj : j, cpath, w, vp))) goto fail;
   p->text.enc_width = p->vit.dim; /* as BLIP_Base sets med_config.encoder_width */
+  /* BLIP's create_vit: drop_path_rate = 0.1 or the argument for 'large',
+   * 0 or the argument for 'base' (BLIP_Base passes none); transformers'
+   * BlipVisionModel has no stochastic depth */
+  if (rate == -1.0) rate = !hf && p->vit.dim == 1024 ? 0.1 : 0.0;
+  else if (hf && rate > 0.0) {
+    rc = sd_cfg_bad(cfg, "drop_path_rate", "transformers' BLIP vision model has no stochastic depth");
+    goto fail;
+  }
+  p->drop_path = rate;
   if ((rc = sd_bert_load(&p->text, tj, cpath, w, tp))) goto fail;
   p->state = sd_weights_take_collected(w);
   rc = sd_weights_finish(w, "blip");
@@ -180,6 +206,26 @@ static int train_rng(const mmp_tensormap_t *in, mmp_rng_t **g) {
   return 0;
 }
 
+/* The input "rng_rows" (i64 [2]: rows_total, first row; optional): this
+ * call's @B rows are rows [first, first + B) of a batch of rows_total, and
+ * the dropout and drop path draw as the whole batch would (data
+ * parallelism: mmp_dropout_rows). Absent: the call is the whole batch. */
+static int train_rows(const mmp_tensormap_t *in, int64_t B, sd_dropout_t *dp) {
+  const mmp_tensor_t *t = mmp_tensormap_get(in, "rng_rows");
+  dp->rows_total = dp->rows_off = 0;
+  if (!t) return 0;
+  int64_t v[2] = {-1, -1};
+  if (t->dtype != MMP_I64 || mmp_tensor_numel(t) != 2 || mmp_tensor_to_host(t, v, sizeof v) < 0 || v[1] < 0 || v[0] < 1 ||
+      v[1] > v[0] || B > v[0] - v[1]) {
+    char d[96];
+    return mmp_error_set(MMP_EINVAL, "blip: rng_rows %s must be i64 [2] = {rows of the whole batch, first row of this call} "
+                         "holding this call's %lld rows (got %lld, %lld)", mmp_tensor_describe(t, d, sizeof d), (long long)B,
+                         (long long)v[0], (long long)v[1]);
+  }
+  dp->rows_total = v[0], dp->rows_off = v[1];
+  return 0;
+}
+
 /* The advanced state of @g as the output "rng_state". */
 static int put_rng(mmp_tensormap_t *out, const mmp_rng_t *g) {
   unsigned char buf[MMP_RNG_STATE_SIZE];
@@ -205,10 +251,18 @@ static int blip_forward(void *self, const char *method, const mmp_tensormap_t *i
     mmp_rng_free(g);
     return mmp_error_set(MMP_ENOMEM, "out of memory");
   }
+  sd_dropout_t train = {g, 0.0, 0.0, p->drop_path, p->path_draws, 0, 0};
+  const mmp_tensor_t *rows_of = mmp_tensormap_get(in, mode == MODE_TEXT ? "input_ids" : "pixel_values");
+  if (g && (rc = train_rows(in, rows_of && rows_of->ndim ? rows_of->shape[0] : 0, &train)) < 0) {
+    mmp_rng_free(g);
+    free(hidden);
+    return rc;
+  }
   if (mode != MODE_TEXT) {
     const mmp_tensor_t *px = mmp_tensormap_need(in, "pixel_values");
     mmp_tensor_t *x = px ? sd_input_f32(px, p->be) : NULL;
-    img = sd_vit(&p->vit, x, mode == MODE_IMAGE ? hidden : NULL, NULL);
+    img = g ? sd_vit_drop_path(&p->vit, x, mode == MODE_IMAGE ? hidden : NULL, &train)
+            : sd_vit(&p->vit, x, mode == MODE_IMAGE ? hidden : NULL, NULL);
     mmp_tensor_unref(x);
     if (!img) rc = mmp_error_prefix("blip: ");
     if (mode == MODE_IMAGE) h = img, img = NULL;
@@ -231,7 +285,7 @@ static int blip_forward(void *self, const char *method, const mmp_tensormap_t *i
     mmp_tensor_t *mask = dids && am ? sd_input_mask(am, p->be, true) : NULL;
     if (dids && (!am || mask)) {
       /* only the tower's errors lack the plugin's name; the input checks above carry it */
-      h = g ? sd_bert_dropout(&p->text, g, dids, mask, NULL, false, img, NULL, hidden, NULL)
+      h = g ? sd_bert_dropout(&p->text, &train, dids, mask, NULL, false, img, NULL, hidden, NULL)
             : sd_bert(&p->text, dids, mask, NULL, false, img, NULL, hidden, NULL);
       if (!h) mmp_error_prefix("blip: ");
     }

@@ -77,8 +77,8 @@ static const mmp_key_t train_keys[] = {
     {"tokenizer", MMP_TYPE_COMPONENT, "\"clip_tokenizer\"", "sd: the tokenizer (processor) group", 0, MMP_KIND_PROCESSOR},
     {"text_encoder", MMP_TYPE_COMPONENT, "\"clip_text\"", "the text encoder group (trainable = true to train it)", 0, MMP_KIND_ENCODER},
     {"mm_encoder", MMP_TYPE_COMPONENT, "\"blip\"", "arldm: BLIP, the multimodal encoder group (trainable = true to train it)", 0, MMP_KIND_ENCODER},
-    {"blip_dropout", MMP_TYPE_STRING, "\"auto\"", "arldm: BLIP's BERT dropout (AR-LDM's train mode): auto (on when BLIP trains "
-     "beyond its word table, as AR-LDM without freeze_blip), on or off", 0, 0},
+    {"blip_dropout", MMP_TYPE_STRING, "\"auto\"", "arldm: BLIP in train mode as AR-LDM runs it (BERT's dropout, the ViT's "
+     "drop path): auto (on when BLIP trains beyond its word table, as AR-LDM without freeze_blip), on or off", 0, 0},
     {"unet", MMP_TYPE_COMPONENT, "\"unet2d_condition\"", "the denoising model group (trainable = true)", 0, MMP_KIND_MODEL},
     {"vae", MMP_TYPE_COMPONENT, "\"vae\"", "the autoencoder group (frozen)", 0, MMP_KIND_ENCODER},
     {"scheduler", MMP_TYPE_COMPONENT, "\"ddpm\"", "the noise schedule group (its add_noise)", 0, MMP_KIND_SCHEDULER},
