@@ -15,6 +15,7 @@ static const char *const CFG =
     " enc_token_id = 39; trainable = true; %s };";
 
 static double worst;
+static size_t last_nodes; /* the tape's nodes after the last check_fixture's forward */
 
 static void check_grad(const mmp_tensor_t *got, const mmp_tensor_t *want, const char *what) {
   sd_check(got, want, what);
@@ -79,7 +80,9 @@ static void check_fixture(const char *file, const char *keys, bool more) {
   mmp_tensor_t *y = rc == 0 ? mmp_tensormap_get(out, "last_hidden_state") : NULL;
   mmp_tensor_t *loss = y ? mmp_mse_loss(y, mmp_tensormap_get(in0, "target")) : NULL;
   mmp_tape_set_current(prev);
-  if (!ok(loss != NULL, "multimodal forward in train mode + MSE under the tape")) diag("%s", mmp_error_last());
+  last_nodes = mmp_tape_size(tape);
+  if (!ok(loss != NULL, "multimodal forward in train mode + MSE under the tape (%zu nodes)", last_nodes))
+    diag("%s", mmp_error_last());
   sd_check(y, mmp_tensormap_get(fx, "out1"), keys[0] ? "output with BERT's dropout and the ViT's drop path" : "output with BERT's dropout");
   int64_t one = 1;
   mmp_tensor_t *l1 = loss ? mmp_reshape(loss, 1, &one) : NULL;
@@ -212,8 +215,14 @@ static void check_keys(void) {
 
 int main(void) {
   check_fixture("blip_dropout.safetensors", "", true);
+  size_t plain = last_nodes;
   check_fixture("blip_drop_path_bernoulli.safetensors", "drop_path_rate = 0.5;", false);
   check_fixture("blip_drop_path_rand.safetensors", "drop_path_rate = 0.5; drop_path_draws = \"rand\";", false);
+  /* each layer a checkpoint region: the draws replay in the backward */
+  check_fixture("blip_dropout.safetensors", "gradient_checkpointing = true;", false);
+  ok(last_nodes > 0 && last_nodes * 2 < plain, "with checkpointing the tape holds %zu nodes instead of %zu", last_nodes, plain);
+  check_fixture("blip_drop_path_rand.safetensors", "drop_path_rate = 0.5; drop_path_draws = \"rand\"; gradient_checkpointing = true;",
+                false);
   check_shards();
   check_keys();
   return done_testing();

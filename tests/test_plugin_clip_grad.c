@@ -1,5 +1,6 @@
 /* tests/test_plugin_clip_grad.c - the tape through the CLIP text encoder: loss and gradients against
- * PyTorch (tests/gen_clip_grad.py, transformers 4.30.0 CLIPTextModel in f32). */
+ * PyTorch (tests/gen_clip_grad.py, transformers 4.30.0 CLIPTextModel in f32), without and with
+ * gradient_checkpointing (each layer a checkpoint region: one tape node per layer). */
 #include <mmpipe/autograd.h>
 #include <mmpipe/grad.h>
 
@@ -17,8 +18,11 @@ static int watch_param(void *user, const char *name, mmp_tensor_t *p) {
   return mmp_tape_watch(w->tape, name, p);
 }
 
-int main(void) {
-  char path[4200];
+/* One run with the clip_text keys @keys; the tape's node count in *@nodes. */
+static void run_variant(const char *keys, size_t *nodes) {
+  char path[4200], cfg[512];
+  diag("-- %s", keys[0] ? keys : "no checkpointing");
+  snprintf(cfg, sizeof cfg, "encoder = { name = \"clip_text\"; model_dir = \"%%s/pipe\"; trainable = true; %s };", keys);
   snprintf(path, sizeof path, "%s/tests/fixtures/grad/clip_grad.safetensors", tap_srcdir());
   mmp_tensormap_t *fx = mmp_tensormap_new();
   mmp_tensormap_t *io = sd_load("clip_text_io.safetensors");
@@ -26,16 +30,16 @@ int main(void) {
     diag("%s: %s", path, mmp_error_last());
     mmp_tensormap_free(fx);
     mmp_tensormap_free(io);
-    return 1;
+    ok(0, "fixtures");
+    return;
   }
   sd_env_t e;
-  mmp_component_t *c = sd_component(&e, MMP_KIND_ENCODER, "encoder",
-                                    "encoder = { name = \"clip_text\"; model_dir = \"%s/pipe\"; trainable = true; };");
+  mmp_component_t *c = sd_component(&e, MMP_KIND_ENCODER, "encoder", cfg);
   if (!ok(c != NULL, "clip_text with trainable = true")) {
     diag("%s", mmp_error_last());
     mmp_tensormap_free(fx);
     mmp_tensormap_free(io);
-    return done_testing();
+    return;
   }
   const mmp_encoder_ops_t *ops = (const mmp_encoder_ops_t *)c->plugin;
   ok(MMP_OPS_HAS(ops, mmp_encoder_ops_t, parameters), "clip_text offers parameters");
@@ -53,6 +57,7 @@ int main(void) {
   mmp_tensor_t *l2 = mmp_mse_loss(mmp_tensormap_get(out, "pooler_output"), mmp_tensormap_get(fx, "target.pooler_output"));
   mmp_tensor_t *loss = rc == 0 ? mmp_add(l1, l2) : NULL;
   mmp_tape_set_current(prev);
+  *nodes = mmp_tape_size(tape);
   if (!ok(loss != NULL, "forward + two MSE losses under the tape (%zu nodes)", mmp_tape_size(tape)))
     diag("%s", mmp_error_last());
   int64_t one = 1;
@@ -76,5 +81,13 @@ int main(void) {
   sd_env_close(&e);
   mmp_tensormap_free(fx);
   mmp_tensormap_free(io);
+}
+
+int main(void) {
+  size_t plain = 0, ckpt = 0;
+  run_variant("", &plain);
+  run_variant("gradient_checkpointing = true;", &ckpt);
+  ok(ckpt > 0 && ckpt * 2 < plain, "with checkpointing the tape holds %zu nodes instead of %zu (a region per layer)", ckpt,
+     plain);
   return done_testing();
 }

@@ -267,13 +267,8 @@ static mmp_tensor_t *bert_run(const sd_bert_t *b, const sd_dropout_t *train, con
   if (train) h = sd_swap(h, sd_dropout_apply(&dp, h, b->hidden_dropout));
   for (int64_t i = 0; i < b->layers && h; i++) {
     if (hidden) hidden[i] = mmp_tensor_ref(h);
-    if (train)
-      h = sd_swap(h, sd_block_dropout(&b->blocks[i], h, mask, causal, kv ? NULL : ctx, kv ? kv[2 * i] : NULL,
-                                      kv ? kv[2 * i + 1] : NULL, ctx_mask, &dp));
-    else if (kv)
-      h = sd_swap(h, sd_block_cached(&b->blocks[i], h, mask, causal, kv[2 * i], kv[2 * i + 1], ctx_mask));
-    else
-      h = sd_swap(h, sd_block(&b->blocks[i], h, mask, causal, ctx, ctx_mask));
+    h = sd_swap(h, sd_block_train(&b->blocks[i], b->checkpointing, h, mask, causal, kv ? NULL : ctx, kv ? kv[2 * i] : NULL,
+                                  kv ? kv[2 * i + 1] : NULL, ctx_mask, train ? &dp : NULL));
   }
   if (hidden && h) hidden[b->layers] = mmp_tensor_ref(h);
   if (!h || !pooled || !b->pooler.w) return h;

@@ -144,6 +144,13 @@ void sd_weights_set_trainable(sd_weights_t *w, bool on);
   {"trainable", MMP_TYPE_BOOL, "false",                                                            \
    "load the weights as owned, writable f32 copies (not a read-only mapping of the file) so that " \
    "training can update them in place; the `parameters` entry point needs it", 0, 0}
+/* The towers' `gradient_checkpointing` key (clip_text, blip): each layer a
+ * checkpoint region under a tape (sd_block_train). */
+#define SD_CHECKPOINTING_KEY                                                                         \
+  {"gradient_checkpointing", MMP_TYPE_BOOL, "false",                                                 \
+   "under a tape (training), run each transformer layer as a checkpoint region (mmp_tape_checkpoint): " \
+   "its activations are not kept but computed again during the backward, dropout draws replayed; "    \
+   "less memory, one more forward of each layer; no effect on inference", 0, 0}
 /* Shape of a weight as stored (after name translation), to size tables
  * that may be resized. MMP_ENOENT when absent. */
 int sd_w_info(sd_weights_t *w, const char *name, int *ndim, int64_t *shape);
@@ -340,6 +347,15 @@ mmp_tensor_t *sd_block(const sd_block_t *b, const mmp_tensor_t *x, const mmp_ten
 mmp_tensor_t *sd_block_dropout(const sd_block_t *b, const mmp_tensor_t *x, const mmp_tensor_t *mask, bool causal,
                                const mmp_tensor_t *ctx, const mmp_tensor_t *ck, const mmp_tensor_t *cv,
                                const mmp_tensor_t *ctx_mask, const sd_dropout_t *dp);
+/* sd_block_dropout for training, as one checkpoint region when @ckpt and a
+ * tape is current (mmp_tape_checkpoint: the layer keeps only its inputs on
+ * the tape and runs again in the backward; dropout and drop path replay
+ * their draws from @dp->rng, which must live until the backward); otherwise
+ * sd_block_dropout itself. What torch.utils.checkpoint does per layer for
+ * transformers' and BLIP's gradient_checkpointing. (transfer full) */
+mmp_tensor_t *sd_block_train(const sd_block_t *b, bool ckpt, const mmp_tensor_t *x, const mmp_tensor_t *mask, bool causal,
+                             const mmp_tensor_t *ctx, const mmp_tensor_t *ck, const mmp_tensor_t *cv,
+                             const mmp_tensor_t *ctx_mask, const sd_dropout_t *dp);
 /* sd_block with the cross-attention's keys and values precomputed
  * (sd_attn_kv of the layer's cross attention; batch B or 1 as in
  * sd_attn_cached). MMP_EINVAL when the layer has no cross-attention. */

@@ -709,6 +709,30 @@ mmp_tensor_t *sd_block_dropout(const sd_block_t *b, const mmp_tensor_t *x, const
   return sublayer(b, SUB_MLP, h, NULL, false, NULL, NULL, NULL, NULL, dp);
 }
 
+/* A layer as a checkpoint region: in = x, mask, ctx, ck, cv, ctx_mask. */
+typedef struct block_region {
+  const sd_block_t *b;
+  bool causal, has_dp;
+  sd_dropout_t dp;
+} block_region_t;
+
+static mmp_tensor_t *block_region_run(void *user, int nin, mmp_tensor_t *const *in) {
+  const block_region_t *r = user;
+  (void)nin;
+  return sd_block_dropout(r->b, in[0], in[1], r->causal, in[2], in[3], in[4], in[5], r->has_dp ? &r->dp : NULL);
+}
+
+mmp_tensor_t *sd_block_train(const sd_block_t *b, bool ckpt, const mmp_tensor_t *x, const mmp_tensor_t *mask, bool causal,
+                             const mmp_tensor_t *ctx, const mmp_tensor_t *ck, const mmp_tensor_t *cv,
+                             const mmp_tensor_t *ctx_mask, const sd_dropout_t *dp) {
+  if (dp && !dp->rng) dp = NULL;
+  if (!ckpt || !mmp_tape_current() || !x) return sd_block_dropout(b, x, mask, causal, ctx, ck, cv, ctx_mask, dp);
+  block_region_t r = {b, causal, dp != NULL, dp ? *dp : (sd_dropout_t){0}};
+  mmp_tensor_t *in[6] = {(mmp_tensor_t *)x, (mmp_tensor_t *)mask, (mmp_tensor_t *)ctx, (mmp_tensor_t *)ck,
+                         (mmp_tensor_t *)cv, (mmp_tensor_t *)ctx_mask};
+  return mmp_tape_checkpoint(block_region_run, &r, sizeof r, 6, in, dp ? dp->rng : NULL);
+}
+
 mmp_tensor_t *sd_block(const sd_block_t *b, const mmp_tensor_t *x, const mmp_tensor_t *mask, bool causal,
                        const mmp_tensor_t *ctx, const mmp_tensor_t *ctx_mask) {
   return sd_block_dropout(b, x, mask, causal, ctx, NULL, NULL, ctx_mask, NULL);

@@ -40,6 +40,7 @@ typedef struct sd_vit {
   sd_linear_t pooler;       /* ViTModel's dense + tanh (w NULL when absent) */
   mmp_tensor_t *pos_cache;  /* the table interpolated for cache_gh x cache_gw */
   int64_t cache_gh, cache_gw;
+  bool checkpointing;       /* under a tape each block is a checkpoint region (sd_block_train) */
 } sd_vit_t;
 
 /* The dimensions of BLIP's create_vit presets: "base" (768, 12 layers,
@@ -90,6 +91,7 @@ typedef struct sd_bert {
                                     * config's vocab_size (transformers' resize_token_embeddings drops it) */
   double hidden_dropout;           /* hidden_dropout_prob (0.1): for sd_bert_dropout only */
   double attn_dropout;             /* attention_probs_dropout_prob (0.1): for sd_bert_dropout only */
+  bool checkpointing;              /* under a tape each layer is a checkpoint region (sd_block_train) */
 } sd_bert_t;
 
 /* Load from a transformers BertConfig / BlipTextConfig / BLIP med_config

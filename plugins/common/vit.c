@@ -286,7 +286,7 @@ static mmp_tensor_t *vit_run(sd_vit_t *v, const mmp_tensor_t *px, mmp_tensor_t *
     if (hidden) hidden[i] = mmp_tensor_ref(h);
     sd_dropout_t dp = {0};
     if (rates) dp = *train, dp.hidden = dp.attn = 0.0, dp.path = (double)rates[i];
-    h = sd_swap(h, sd_block_dropout(&v->blocks[i], h, NULL, false, NULL, NULL, NULL, NULL, rates ? &dp : NULL));
+    h = sd_swap(h, sd_block_train(&v->blocks[i], v->checkpointing, h, NULL, false, NULL, NULL, NULL, NULL, rates ? &dp : NULL));
   }
   if (hidden && h) hidden[v->layers] = mmp_tensor_ref(h);
   if (v->kind != SD_VIT_CLIP_HF) h = sd_swap(h, sd_layer_norm(&v->norm, h));

@@ -19,6 +19,8 @@ typedef struct blipp {
   bool trainable; /* created with trainable = true: owned f32 weights */
   double drop_path;                 /* the ViT's drop_path_rate in train mode */
   mmp_drop_path_draws_t path_draws; /* drop_path_draws */
+  mmp_rng_t *rng;                   /* train mode's generator, set from each call's rng_state (kept: a
+                                       checkpoint region replays its draws from it in the backward) */
   mmp_tensormap_t *state;
 } blipp_t;
 
@@ -35,6 +37,7 @@ static const mmp_key_t blip_keys[] = {
     {"drop_path_draws", MMP_TYPE_STRING, "\"bernoulli\"", "train mode: the drop path draws of timm >= 0.5 (\"bernoulli\", "
      "what AR-LDM's unpinned requirement installs) or of timm 0.4.12 (\"rand\", BLIP's pin)", 0, 0},
     SD_TRAINABLE_KEY,
+    SD_CHECKPOINTING_KEY,
     {NULL, 0, NULL, NULL, 0, 0}};
 
 static void blip_destroy(void *self) {
@@ -42,6 +45,7 @@ static void blip_destroy(void *self) {
   if (!p) return;
   sd_vit_free(&p->vit);
   sd_bert_free(&p->text);
+  mmp_rng_free(p->rng);
   mmp_tensormap_free(p->state);
   free(p);
 }
@@ -91,13 +95,15 @@ static int blip_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
   const char *prefix, *preset, *mode, *draws;
   int64_t heads, vocab, seed;
   double rate;
+  bool ckpt;
   if ((rc = sd_cfg_str(cfg, "prefix", "", &prefix)) || (rc = sd_cfg_str(cfg, "vit", "", &preset)) ||
       (rc = sd_cfg_str(cfg, "mode", "multimodal", &mode)) || (rc = sd_cfg_int(cfg, "num_heads", 0, &heads)) ||
       (rc = sd_cfg_int(cfg, "vocab_size", 0, &vocab)) || (rc = sd_cfg_int(cfg, "resize_seed", 0, &seed)) ||
       (rc = sd_cfg_int(cfg, "enc_token_id", 30523, &p->enc_id)) ||
       (rc = sd_cfg_bool(cfg, "output_hidden_states", false, &p->out_hidden)) ||
       (rc = sd_cfg_bool(cfg, "trainable", false, &p->trainable)) || (rc = sd_cfg_float(cfg, "drop_path_rate", -1.0, &rate)) ||
-      (rc = sd_cfg_str(cfg, "drop_path_draws", "bernoulli", &draws)))
+      (rc = sd_cfg_str(cfg, "drop_path_draws", "bernoulli", &draws)) ||
+      (rc = sd_cfg_bool(cfg, "gradient_checkpointing", false, &ckpt)))
     goto fail;
   if (!(rate == -1.0 || (rate >= 0.0 && rate < 1.0))) {
     rc = sd_cfg_bad(cfg, "drop_path_rate", "must lie in [0, 1) (or -1: BLIP's default)");
@@ -156,6 +162,7 @@ static int blip_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
     goto fail;
   }
   p->drop_path = rate;
+  p->vit.checkpointing = p->text.checkpointing = ckpt;
   if ((rc = sd_bert_load(&p->text, tj, cpath, w, tp))) goto fail;
   p->state = sd_weights_take_collected(w);
   rc = sd_weights_finish(w, "blip");
@@ -187,7 +194,7 @@ fail:
 /* The generator of a train-mode forward from the input "rng_state" (u8
  * [MMP_RNG_STATE_SIZE], mmp_rng_get_state's bytes; its mode is the first
  * little-endian u32): *@g stays NULL without one (eval mode). */
-static int train_rng(const mmp_tensormap_t *in, mmp_rng_t **g) {
+static int train_rng(const mmp_tensormap_t *in, mmp_rng_t *keep, mmp_rng_t **g) {
   *g = NULL;
   const mmp_tensor_t *t = mmp_tensormap_get(in, "rng_state");
   if (!t) return 0;
@@ -198,11 +205,13 @@ static int train_rng(const mmp_tensormap_t *in, mmp_rng_t **g) {
                          MMP_RNG_STATE_SIZE);
   }
   uint32_t mode = (uint32_t)buf[0] | (uint32_t)buf[1] << 8 | (uint32_t)buf[2] << 16 | (uint32_t)buf[3] << 24;
-  if (mode > MMP_RNG_NUMPY || !(*g = mmp_rng_new(0, (mmp_rng_mode_t)mode)) || mmp_rng_set_state(*g, buf, sizeof buf) < 0) {
-    mmp_rng_free(*g);
-    *g = NULL;
+  /* the instance's generator when its mode fits (see blipp_t.rng), else a new one */
+  mmp_rng_t *r = keep && (uint32_t)mmp_rng_mode(keep) == mode ? keep : mode <= MMP_RNG_NUMPY ? mmp_rng_new(0, (mmp_rng_mode_t)mode) : NULL;
+  if (!r || mmp_rng_set_state(r, buf, sizeof buf) < 0) {
+    if (r != keep) mmp_rng_free(r);
     return mmp_error_prefix("blip: rng_state: ");
   }
+  *g = r;
   return 0;
 }
 
@@ -244,17 +253,17 @@ static int blip_forward(void *self, const char *method, const mmp_tensormap_t *i
                          method);
   int64_t nh = (mode == MODE_IMAGE ? p->vit.layers : p->text.layers) + 1;
   mmp_rng_t *g = NULL;
-  int rc = train_rng(in, &g);
+  int rc = train_rng(in, p->rng, &g);
   if (rc < 0) return rc;
-  mmp_tensor_t **hidden = p->out_hidden ? calloc((size_t)nh, sizeof *hidden) : NULL, *h = NULL, *img = NULL;
-  if (p->out_hidden && !hidden) {
-    mmp_rng_free(g);
-    return mmp_error_set(MMP_ENOMEM, "out of memory");
+  if (g && g != p->rng) { /* kept for the instance's life: a tape's checkpoint regions may replay from it */
+    mmp_rng_free(p->rng);
+    p->rng = g;
   }
+  mmp_tensor_t **hidden = p->out_hidden ? calloc((size_t)nh, sizeof *hidden) : NULL, *h = NULL, *img = NULL;
+  if (p->out_hidden && !hidden) return mmp_error_set(MMP_ENOMEM, "out of memory");
   sd_dropout_t train = {g, 0.0, 0.0, p->drop_path, p->path_draws, 0, 0};
   const mmp_tensor_t *rows_of = mmp_tensormap_get(in, mode == MODE_TEXT ? "input_ids" : "pixel_values");
   if (g && (rc = train_rows(in, rows_of && rows_of->ndim ? rows_of->shape[0] : 0, &train)) < 0) {
-    mmp_rng_free(g);
     free(hidden);
     return rc;
   }
@@ -297,7 +306,6 @@ static int blip_forward(void *self, const char *method, const mmp_tensormap_t *i
   if (rc == 0) rc = mmp_tensormap_set(out, "last_hidden_state", h);
   else mmp_tensor_unref(h);
   if (rc == 0 && g) rc = put_rng(out, g);
-  mmp_rng_free(g);
   if (hidden) {
     if (rc == 0) rc = sd_put_hidden(out, hidden, nh);
     for (int64_t k = 0; k < nh; k++) mmp_tensor_unref(hidden[k]);

@@ -19,6 +19,7 @@ typedef struct clip {
   sd_linear_t proj; /* text_projection (w NULL when the checkpoint has none) */
   mmp_tensormap_t *state;
   bool trainable; /* created with trainable = true: owned f32 weights */
+  bool checkpointing; /* gradient_checkpointing */
 } clip_t;
 
 static const mmp_key_t clip_keys[] = {
@@ -27,6 +28,7 @@ static const mmp_key_t clip_keys[] = {
     {"vocab_size", MMP_TYPE_INT, "0", "resize the token table to this many rows (0: as stored)", 0, 0},
     {"resize_seed", MMP_TYPE_INT, "0", "seed (philox) of the rows added by a resize: normal(0, initializer_range * initializer_factor)", 0, 0},
     SD_TRAINABLE_KEY,
+    SD_CHECKPOINTING_KEY,
     {NULL, 0, NULL, NULL, 0, 0}};
 
 static void clip_destroy(void *self) {
@@ -176,6 +178,7 @@ static int clip_create(const mmp_plugin_t *plugin, const mmp_config_t *cfg, mmp_
   c->state = sd_weights_take_collected(w);
   bool trainable = false;
   if (mmp_config_get_bool(cfg, "trainable", &trainable) < 0) trainable = false;
+  if (mmp_config_get_bool(cfg, "gradient_checkpointing", &c->checkpointing) < 0) c->checkpointing = false;
   mmp_error_clear();
   c->trainable = trainable;
   if ((rc = sd_weights_finish(w, "clip_text"))) {
@@ -236,7 +239,8 @@ static int clip_forward(void *self, const char *method, const mmp_tensormap_t *i
   h = sd_swap(h, h && pos ? mmp_add(h, pos) : NULL);
   mmp_tensor_unref(pos);
   mmp_tensor_t *mask = am ? sd_input_mask(am, c->be, true) : NULL;
-  for (int64_t i = 0; i < c->n_layers && h; i++) h = sd_swap(h, sd_block(&c->layers[i], h, mask, true, NULL, NULL));
+  for (int64_t i = 0; i < c->n_layers && h; i++)
+    h = sd_swap(h, sd_block_train(&c->layers[i], c->checkpointing, h, mask, true, NULL, NULL, NULL, NULL, NULL));
   mmp_tensor_unref(mask);
   h = sd_swap(h, sd_layer_norm(&c->final_ln, h));
   if (!h) {
