@@ -23,6 +23,7 @@
 typedef struct entry {
   mmp_tensor_t *grad; /* reference */
   size_t off, n;
+  char *name; /* (with a delivery callback) */
 } entry_t;
 
 typedef struct bucket {
@@ -31,7 +32,7 @@ typedef struct bucket {
   entry_t *e;
   size_t ne, cape;
   MPI_Request req;
-  bool started, done;
+  bool started, done, delivered;
 } bucket_t;
 #endif
 
@@ -47,6 +48,9 @@ struct mmp_dist {
   bool collecting;
   int err; /* first error of the hook, reported by end */
   mmp_tape_t *tape;
+  mmp_dist_averaged_cb cb; /* (nullable) grads_begin_cb's */
+  void *cb_user;
+  size_t next; /* the first bucket not yet delivered to cb */
 #endif
   mmp_dist_stats_t st;
 };
@@ -150,12 +154,16 @@ static void buckets_clear(mmp_dist_t *d) {
   for (size_t i = 0; i < d->nb; i++) {
     bucket_t *b = &d->b[i];
     if (b->started && !b->done) MPI_Wait(&b->req, MPI_STATUS_IGNORE); /* buffers must outlive the request */
-    for (size_t k = 0; k < b->ne; k++) mmp_tensor_unref(b->e[k].grad);
+    for (size_t k = 0; k < b->ne; k++) {
+      mmp_tensor_unref(b->e[k].grad);
+      free(b->e[k].name);
+    }
     free(b->e);
     free(b->send);
     free(b->recv);
   }
   d->nb = 0;
+  d->next = 0;
 }
 #endif
 
@@ -287,8 +295,39 @@ static int start_bucket(mmp_dist_t *d, bucket_t *b) {
   return 0;
 }
 
+/* The averages of finished bucket @b into its gradient tensors; with a
+ * callback, each handed over and released (the bucket keeps its floats). */
+static int deliver(mmp_dist_t *d, bucket_t *b) {
+  int rc = 0;
+  /* the average into send (no longer read by MPI) */
+  if (d->mode == MMP_DIST_ORDERED) {
+    for (size_t k = 0; k < b->n; k++) {
+      double s = 0;
+      for (int r = 0; r < d->size; r++) s += b->recv[(size_t)r * b->n + k];
+      b->send[k] = (float)(s / d->size);
+    }
+  } else {
+    float inv = 1.0f / (float)d->size;
+    for (size_t k = 0; k < b->n; k++) b->send[k] = b->recv[k] * inv;
+  }
+  for (size_t k = 0; k < b->ne && rc == 0; k++) {
+    mmp_tensor_t *g = b->e[k].grad;
+    mmp_backend_t *be = g->storage->be;
+    if (b->e[k].n && be->ops->copy_from_host(be, mmp__ptr(g), b->send + b->e[k].off, b->e[k].n * sizeof(float)) < 0)
+      rc = mmp_error_set(MMP_EDEVICE, "dist: writing the averaged gradient %s back failed", mmp__desc(g));
+    if (rc == 0 && d->cb) {
+      rc = d->cb(d->cb_user, b->e[k].name, g);
+      mmp_tensor_unref(g);
+      b->e[k].grad = NULL;
+    }
+  }
+  b->delivered = true;
+  return rc;
+}
+
 /* Let started collectives progress (Open MPI advances non-blocking
- * collectives only inside MPI calls). */
+ * collectives only inside MPI calls); with a callback, deliver the
+ * finished buckets at the front. */
 static int progress(mmp_dist_t *d) {
   for (size_t i = 0; i < d->nb; i++) {
     bucket_t *b = &d->b[i];
@@ -296,6 +335,10 @@ static int progress(mmp_dist_t *d) {
     int flag = 0;
     MPI_TRY(MPI_Test(&b->req, &flag, MPI_STATUS_IGNORE));
     if (flag) b->done = true;
+  }
+  while (d->cb && d->next < d->nb && d->b[d->next].done) {
+    int rc = deliver(d, &d->b[d->next++]);
+    if (rc < 0) return rc;
   }
   return 0;
 }
@@ -327,7 +370,9 @@ static int add_grad(mmp_dist_t *d, const char *name, mmp_tensor_t *g) {
   }
   int rc = mmp_tensor_to_host(g, b->send + b->n, n * sizeof(float));
   if (rc < 0) return rc;
-  b->e[b->ne++] = (entry_t){mmp_tensor_ref(g), b->n, n};
+  char *nm = NULL;
+  if (d->cb && !(nm = strdup(name))) return mmp_error_set(MMP_ENOMEM, "dist: out of memory");
+  b->e[b->ne++] = (entry_t){mmp_tensor_ref(g), b->n, n, nm};
   b->n += n;
   if (b->n * sizeof(float) >= d->bucket_bytes && (rc = start_bucket(d, b)) < 0) return rc;
   return progress(d);
@@ -355,23 +400,7 @@ static int finish(mmp_dist_t *d) {
         break;
       }
     }
-    /* the average into send (no longer read by MPI) */
-    if (d->mode == MMP_DIST_ORDERED) {
-      for (size_t k = 0; k < b->n; k++) {
-        double s = 0;
-        for (int r = 0; r < d->size; r++) s += b->recv[(size_t)r * b->n + k];
-        b->send[k] = (float)(s / d->size);
-      }
-    } else {
-      float inv = 1.0f / (float)d->size;
-      for (size_t k = 0; k < b->n; k++) b->send[k] = b->recv[k] * inv;
-    }
-    for (size_t k = 0; k < b->ne && rc == 0; k++) {
-      mmp_tensor_t *g = b->e[k].grad;
-      mmp_backend_t *be = g->storage->be;
-      if (b->e[k].n && be->ops->copy_from_host(be, mmp__ptr(g), b->send + b->e[k].off, b->e[k].n * sizeof(float)) < 0)
-        rc = mmp_error_set(MMP_EDEVICE, "dist: writing the averaged gradient %s back failed", mmp__desc(g));
-    }
+    if (!b->delivered) rc = deliver(d, b);
   }
   buckets_clear(d);
   d->st.wait_s = now_s() - t0;
@@ -395,6 +424,20 @@ int mmp_dist_grads_begin(mmp_dist_t *d, mmp_tape_t *t) {
   return 0;
 }
 
+int mmp_dist_grads_begin_cb(mmp_dist_t *d, mmp_tape_t *t, mmp_dist_averaged_cb cb, void *user) {
+  if (!t || !cb) return mmp_error_set(MMP_EINVAL, "dist_grads_begin_cb: NULL tape or callback");
+#ifdef HAVE_MPI
+  if (d && d->size > 1) {
+    int rc = mmp_dist_grads_begin(d, t);
+    if (rc == 0) d->cb = cb, d->cb_user = user, d->next = 0;
+    return rc;
+  }
+#endif
+  (void)d;
+  mmp_tape_on_grad_ready(t, cb, user);
+  return 0;
+}
+
 int mmp_dist_grads_end(mmp_dist_t *d, mmp_tensormap_t *grads) {
   (void)grads; /* the buckets hold the map's tensors themselves */
 #ifdef HAVE_MPI
@@ -403,11 +446,11 @@ int mmp_dist_grads_end(mmp_dist_t *d, mmp_tensormap_t *grads) {
   d->collecting = false;
   mmp_tape_on_grad_ready(d->tape, NULL, NULL);
   d->tape = NULL;
-  if (d->err) {
-    buckets_clear(d);
-    return d->err;
-  }
-  return finish(d);
+  int rc = d->err ? d->err : finish(d);
+  if (d->err) buckets_clear(d);
+  d->cb = NULL;
+  d->cb_user = NULL;
+  return rc;
 #else
   (void)d;
   return 0;

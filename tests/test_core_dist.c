@@ -27,7 +27,22 @@ typedef struct run {
   mmp_tensormap_t *params; /* final parameters (clones) */
   double loss[NSTEPS];     /* global mean loss of each step */
   size_t buckets, early;   /* of the last step */
+  size_t handed, handed_early; /* in the backward: gradients handed to the optimizer (last step), before end */
 } run_t;
+
+/* mmp_dist_grads_begin_cb's callback: AdamW on the averaged gradient at once */
+typedef struct in_bwd {
+  mmp_adamw_t *opt;
+  run_t *r;
+  bool ending; /* inside mmp_dist_grads_end */
+} in_bwd_t;
+
+static int on_averaged(void *user, const char *name, mmp_tensor_t *grad) {
+  in_bwd_t *ib = user;
+  ib->r->handed++;
+  if (!ib->ending) ib->r->handed_early++;
+  return mmp_adamw_step_one(ib->opt, name, grad);
+}
 
 typedef struct watch_ctx {
   mmp_tape_t *tape;
@@ -78,8 +93,9 @@ static int param_cb_copy(void *user, const char *name, mmp_tensor_t *p) {
   return mmp_tensormap_set(user, name, mmp_clone(p));
 }
 
-/* Train NSTEPS AdamW steps; @d NULL: alone at the global batch. */
-static int train(mmp_dist_t *d, mmp_dist_reduce_t mode, size_t bucket_bytes, run_t *r) {
+/* Train NSTEPS AdamW steps; @d NULL: alone at the global batch. @in_bwd:
+ * each parameter updated in the backward once its bucket is averaged. */
+static int train(mmp_dist_t *d, mmp_dist_reduce_t mode, size_t bucket_bytes, bool in_bwd, run_t *r) {
   memset(r, 0, sizeof *r);
   int rank = d ? mmp_dist_rank(d) : 0, size = d ? mmp_dist_size(d) : 1;
   sd_env_t e;
@@ -116,9 +132,12 @@ static int train(mmp_dist_t *d, mmp_dist_reduce_t mode, size_t bucket_bytes, run
       mmp_tape_set_current(prev);
       if (!loss) rc = -1;
     }
-    if (rc == 0 && d) rc = mmp_dist_grads_begin(d, tape);
+    in_bwd_t ib = {opt, r, false};
+    r->handed = r->handed_early = 0;
+    if (rc == 0 && d) rc = in_bwd ? mmp_dist_grads_begin_cb(d, tape, on_averaged, &ib) : mmp_dist_grads_begin(d, tape);
     if (rc == 0) rc = mmp_tape_backward(tape, loss, NULL, grads);
     if (d) {
+      ib.ending = true;
       int erc = mmp_dist_grads_end(d, grads);
       if (rc == 0) rc = erc;
       mmp_dist_stats_t st;
@@ -126,7 +145,7 @@ static int train(mmp_dist_t *d, mmp_dist_reduce_t mode, size_t bucket_bytes, run
       r->buckets = st.buckets;
       r->early = st.early;
     }
-    if (rc == 0) rc = mmp_adamw_step(opt, grads);
+    if (rc == 0 && !in_bwd) rc = mmp_adamw_step(opt, grads);
     if (rc == 0) {
       r->loss[step] = mmp_tensor_get(loss, NULL);
       if (d) rc = mmp_dist_average(d, &r->loss[step], 1);
@@ -203,19 +222,21 @@ int main(void) {
 
   run_t ref = {0};
   if (rank == 0) {
-    int rc = train(NULL, MMP_DIST_ORDERED, 0, &ref);
+    int rc = train(NULL, MMP_DIST_ORDERED, 0, false, &ref);
     ok(rc == 0, "one process, batch %d: %d AdamW steps of the tiny UNet", GLOBAL_BATCH, NSTEPS);
   }
   static const struct {
     mmp_dist_reduce_t mode;
     size_t bucket;
     const char *what;
-  } runs[3] = {{MMP_DIST_ORDERED, 0, "ordered, one bucket"},
-               {MMP_DIST_ORDERED, 16 << 10, "ordered, 16 KiB buckets"},
-               {MMP_DIST_ALLREDUCE, 64 << 10, "MPI_Iallreduce, 64 KiB buckets"}};
-  run_t rr[3] = {{0}};
-  for (int k = 0; k < 3; k++) {
-    int rc = train(d, runs[k].mode, runs[k].bucket, &rr[k]);
+    bool in_bwd;
+  } runs[4] = {{MMP_DIST_ORDERED, 0, "ordered, one bucket", false},
+               {MMP_DIST_ORDERED, 16 << 10, "ordered, 16 KiB buckets", false},
+               {MMP_DIST_ALLREDUCE, 64 << 10, "MPI_Iallreduce, 64 KiB buckets", false},
+               {MMP_DIST_ORDERED, 16 << 10, "ordered, 16 KiB buckets, AdamW in the backward as each bucket completes", true}};
+  run_t rr[4] = {{0}};
+  for (int k = 0; k < 4; k++) {
+    int rc = train(d, runs[k].mode, runs[k].bucket, runs[k].in_bwd, &rr[k]);
     double f = rc < 0;
     mmp_dist_average(d, &f, 1);
     if (!ok(f == 0, "2 ranks, batch %d each (%s): %zu buckets, %zu sent during the backward", GLOBAL_BATCH / 2,
@@ -237,6 +258,13 @@ int main(void) {
   int nd = rr[0].params && rr[1].params ? params_differ(rr[0].params, rr[1].params) : -1;
   ok(nd == 0, "the ordered reduction is bit-reproducible whatever the bucket size (%d parameters differ)", nd);
 
+  size_t np = rr[1].params ? mmp_tensormap_size(rr[1].params) : 0;
+  ok(rr[3].handed == np && np > 0, "in the backward: every parameter's averaged gradient handed over once (%zu of %zu)",
+     rr[3].handed, np);
+  ok(rr[3].handed_early > 0, "  %zu of them during the backward, as their buckets completed", rr[3].handed_early);
+  nd = rr[3].params && rr[1].params ? params_differ(rr[3].params, rr[1].params) : -1;
+  ok(nd == 0, "  the same parameters, bit for bit, as the optimizer after the backward (%d differ)", nd);
+
   /* a non-f32 gradient fails the same way on every rank, before any MPI call */
   mmp_tensormap_t *bad = mmp_tensormap_new();
   int64_t two = 2;
@@ -245,7 +273,7 @@ int main(void) {
   ok(brc == MMP_EINVAL && strstr(mmp_error_last(), "f32"), "a non-f32 gradient is refused: %s", mmp_error_last());
   mmp_tensormap_free(bad);
 
-  for (int k = 0; k < 3; k++) mmp_tensormap_free(rr[k].params);
+  for (int k = 0; k < 4; k++) mmp_tensormap_free(rr[k].params);
   mmp_tensormap_free(ref.params);
   int rc = done_testing();
   double f = rc;

@@ -109,6 +109,18 @@ int mmp_dist_average(mmp_dist_t *d, double *v, int n);
  * the gradients are unspecified and end must still be called. */
 int mmp_dist_grads_begin(mmp_dist_t *d, mmp_tape_t *t);
 int mmp_dist_grads_end(mmp_dist_t *d, mmp_tensormap_t *grads);
+/* The same, with each gradient handed to @cb once averaged: as soon as its
+ * bucket's collective completes (seen at the hook's progress calls during
+ * the backward, else at end), the averages are written into the gradient
+ * tensor and @cb(@user, name, grad) is called, bucket by bucket in the
+ * walk's order; end delivers the rest. For an optimizer in the backward
+ * (mmp_adamw_step_one): the update waits only for its own bucket, and the
+ * transfers overlap the backward. A bucket's gradients are held until it
+ * is delivered. A group of one (or NULL @d): @cb is installed as the
+ * tape's grad-ready hook itself and end does nothing. An error of @cb
+ * stops the backward (the hook's rule) or is returned by end. */
+typedef int (*mmp_dist_averaged_cb)(void *user, const char *name, mmp_tensor_t *grad);
+int mmp_dist_grads_begin_cb(mmp_dist_t *d, mmp_tape_t *t, mmp_dist_averaged_cb cb, void *user);
 /* Average every gradient of @grads (in the map's order, which must be the
  * same on every rank) without a tape: a hand-written backward, or
  * accumulated gradients. Same buckets and reduction as above. */

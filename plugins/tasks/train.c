@@ -899,26 +899,21 @@ static double scalar(const mmp_tensor_t *t) {
   return mmp_tensor_get(t, idx);
 }
 
-/* optimizer_in_backward: the grad-ready hook of the step's tape. Each gradient, once final,
- * is averaged over the ranks (one blocking collective per gradient, in the walk's order,
- * which is the same on every rank; the ordered reduction of dist.h, so the same bits as
- * the bucketed one), taken by its AdamW update, and dropped from the map: the tape's
- * first-use rule (autograd.h) makes sure no op still to be walked reads the parameter. */
+/* optimizer_in_backward: each gradient, once final and averaged over the ranks
+ * (mmp_dist_grads_begin_cb: packed into the bucket in flight, its collective overlapping the
+ * rest of the backward, handed over when the bucket completes; one process: at once), is
+ * taken by its AdamW update and dropped from the map. The tape's first-use rule
+ * (autograd.h) makes sure no op still to be walked reads the parameter; an update that
+ * waits for its bucket happens later in the walk, which is as safe. The ordered reduction
+ * gives the bits of the optimizer after the backward. */
 typedef struct in_backward {
   run_t *r;
   mmp_tensormap_t *grads; /* the backward's map */
-  mmp_tensormap_t *one;   /* the gradient being averaged (empty between calls) */
 } in_backward_t;
 
 static int step_in_backward(void *user, const char *name, mmp_tensor_t *grad) {
   in_backward_t *ib = user;
-  int rc = 0;
-  if (ib->r->world > 1) {
-    if ((rc = mmp_tensormap_set(ib->one, name, mmp_tensor_ref(grad))) == 0)
-      rc = mmp_dist_allreduce_grads(ib->r->dist, ib->one);
-    mmp_tensormap_remove(ib->one, name);
-  }
-  if (rc == 0) rc = mmp_adamw_step_one(ib->r->opt, name, grad);
+  int rc = mmp_adamw_step_one(ib->r->opt, name, grad);
   mmp_tensormap_remove(ib->grads, name);
   return rc;
 }
@@ -928,12 +923,8 @@ static int train_step(run_t *r, double *loss_out, double *norm_out) {
   const train_t *t = r->t;
   int64_t pos = r->step % r->steps_per_epoch;
   mmp_tensormap_t *grads = mmp_tensormap_new();
-  in_backward_t ib = {r, grads, t->in_backward ? mmp_tensormap_new() : NULL};
-  if (!grads || (t->in_backward && !ib.one)) {
-    mmp_tensormap_free(grads);
-    mmp_tensormap_free(ib.one);
-    return mmp_error_set(MMP_ENOMEM, "out of memory");
-  }
+  in_backward_t ib = {r, grads};
+  if (!grads) return mmp_error_set(MMP_ENOMEM, "out of memory");
   double sum = 0;
   int rc = 0;
   mmp_adamw_set_lr(r->opt, t->cosine ? r->sched.lr : t->lr);
@@ -959,10 +950,14 @@ static int train_step(run_t *r, double *loss_out, double *norm_out) {
       /* the last micro-batch's backward sends the (accumulated) gradients as they are final */
       bool last = k == t->accum - 1;
       if (!scaled) rc = mmp_error_code();
-      if (t->in_backward) mmp_tape_on_grad_ready(tape, step_in_backward, &ib);
-      else if (rc == 0 && last) rc = mmp_dist_grads_begin(r->dist, tape);
+      bool begun = false;
+      if (rc == 0 && last) {
+        rc = t->in_backward ? mmp_dist_grads_begin_cb(r->dist, tape, step_in_backward, &ib)
+                            : mmp_dist_grads_begin(r->dist, tape);
+        begun = rc == 0;
+      }
       if (rc == 0) rc = mmp_tape_backward(tape, scaled, NULL, grads);
-      if (last && !t->in_backward) {
+      if (begun) {
         int rc2 = mmp_dist_grads_end(r->dist, grads);
         if (rc == 0) rc = rc2;
       }
@@ -977,7 +972,6 @@ static int train_step(run_t *r, double *loss_out, double *norm_out) {
   if (rc == 0 && !t->in_backward) rc = mmp_adamw_step(r->opt, grads);
   if (rc == 0 && t->cosine) mmp_lr_warmup_cosine_step(&r->sched);
   mmp_tensormap_free(grads);
-  mmp_tensormap_free(ib.one);
   double mean = sum / (double)t->accum;
   if (rc == 0) rc = mmp_dist_average(r->dist, &mean, 1); /* the loss of all N b items */
   if (rc == 0) {
