@@ -363,10 +363,15 @@ mmp_tensor_t *mmp_rng_randint(mmp_rng_t *g, mmp_backend_t *be, int64_t low, int6
   return finish(t, be);
 }
 
+/* Whether @n rows starting at @off lie inside a batch of @total: the one
+ * check of every sharded draw. */
+static bool shard_ok(int64_t n, int64_t total, int64_t off) {
+  return off >= 0 && total >= 0 && off <= total && n >= 0 && n <= total - off;
+}
+
 /* The whole batch's shape for a shard's @shape, or false (error set). */
 static bool whole_shape(const char *what, int ndim, const int64_t *shape, int64_t total, int64_t off, int64_t *out) {
-  if (ndim < 1 || ndim > MMP_MAX_DIMS || !shape || off < 0 || total < 0 || off > total || shape[0] < 0 ||
-      shape[0] > total - off) {
+  if (ndim < 1 || ndim > MMP_MAX_DIMS || !shape || !shard_ok(shape[0], total, off)) {
     mmp_error_set(MMP_EINVAL, "%s: rows [%lld, +%lld) of a batch of %lld", what, (long long)off,
                   ndim >= 1 && shape ? (long long)shape[0] : 0LL, (long long)total);
     return false;
@@ -445,7 +450,7 @@ mmp_tensor_t *mmp_rng_dropout_mask(mmp_rng_t *g, mmp_backend_t *be, double p, in
 
 /* The checks of a sharded draw: @x [n, ...] is rows [@off, @off + n) of @total. */
 static bool rows_ok(const mmp_tensor_t *x, int64_t total, int64_t off) {
-  return x->ndim >= 1 && off >= 0 && total >= 0 && off <= total && x->shape[0] <= total - off;
+  return x->ndim >= 1 && shard_ok(x->shape[0], total, off);
 }
 
 mmp_tensor_t *mmp_dropout_rows(mmp_rng_t *g, mmp_tensor_t *x, double p, int64_t rows_total, int64_t row_off) {
