@@ -28,7 +28,7 @@ tests_test_plugin_npy_pickle_CPPFLAGS = $(TEST_CPPFLAGS) $(JANSSON_CFLAGS)
 tests_test_plugin_npy_pickle_LDADD = plugins/datasets/libstorycommon.la $(JANSSON_LIBS) $(TEST_LDADD)
 endif
 endif
-EXTRA_DIST += tests/gen_datasets.py tests/fixtures/datasets
+EXTRA_DIST += tests/gen_datasets.py tests/gen_h5_structures.py tests/fixtures/datasets
 check_PROGRAMS += tests/test_core_loader
 TESTS += tests/test_core_loader
 tests_test_core_loader_CPPFLAGS = $(TEST_CPPFLAGS)

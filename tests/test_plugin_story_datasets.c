@@ -572,6 +572,107 @@ static void check_fuzz_findings(void) {
      refused);
 }
 
+/* ---- HDF5 structures the reader walks itself (tests/gen_h5_structures.py) ---- */
+
+/* The five PNGs of @path's @split story 0 and its text (NULL: none). */
+static bool read_story0(const char *path, const char *split, const char *text_name, uint8_t *png[5], size_t n[5],
+                        char **text) {
+  story_file_t *f = story_file_open(path, split, text_name);
+  if (!f) {
+    diag("%s", mmp_error_last());
+    return false;
+  }
+  bool good = story_file_count(f) == 1;
+  for (int i = 0; i < STORY_FRAMES; i++) {
+    png[i] = NULL;
+    good = story_file_read_image(f, 0, i, &png[i], &n[i]) == 0 && good;
+  }
+  if (text) good = story_file_read_text(f, 0, text) == 0 && good;
+  story_file_close(f);
+  return good;
+}
+
+static void check_h5_structures(void) {
+  char base[4200], path[4200], flint[4200];
+  uint8_t *want[5];
+  size_t wn[5];
+  char *want_text = NULL;
+  snprintf(base, sizeof base, "%s/bad_dtype.h5", fixdir);
+  snprintf(flint, sizeof flint, "%s/flintstones.h5", fixdir);
+  {
+    story_file_t *f = story_file_open(flint, "val", "text");
+    if (!ok(f && story_file_read_text(f, 0, &want_text) == 0, "flintstones.h5 val text 0 reads")) diag("%s", mmp_error_last());
+    story_file_close(f);
+  }
+  if (!ok(read_story0(base, "test", NULL, want, wn, NULL), "bad_dtype.h5's test images read")) return;
+  /* version-2 object headers (libver latest) and version-1 headers with
+   * continuation chunks: the same story, and the root's "RGB" found */
+  static const struct {
+    const char *file, *split, *what;
+  } same[] = {{"h5struct_v2.h5", "train", "version-2 object headers"},
+              {"h5struct_v2.h5", "val", "version-2 object headers (second group)"},
+              {"h5struct_cont.h5", "val", "a root header continued in further chunks"},
+              {"h5struct_refused.h5", "ok", "version-1 headers"}};
+  for (size_t c = 0; c < sizeof same / sizeof same[0]; c++) {
+    uint8_t *got[5];
+    size_t gn[5];
+    char *text = NULL;
+    snprintf(path, sizeof path, "%s/%s", fixdir, same[c].file);
+    bool read = read_story0(path, same[c].split, "text", got, gn, &text);
+    int equal = 0;
+    for (int i = 0; i < STORY_FRAMES; i++) {
+      if (read && gn[i] == wn[i] && memcmp(got[i], want[i], wn[i]) == 0) equal++;
+      free(got[i]);
+    }
+    ok(read && equal == STORY_FRAMES && text && want_text && strcmp(text, want_text) == 0,
+       "%s: %s/%s reads the same five PNGs and the text", same[c].what, same[c].file, same[c].split);
+    free(text);
+    story_file_t *f = story_file_open(path, same[c].split, NULL);
+    const bool rgb = strcmp(same[c].file, "h5struct_refused.h5") != 0;
+    ok(f && story_file_png_bgr(f) == !rgb, "  mmpipe_png_order %s", rgb ? "= RGB found in the root's header" : "absent: BGR");
+    story_file_close(f);
+  }
+  for (int i = 0; i < STORY_FRAMES; i++) free(want[i]);
+  free(want_text);
+
+  /* refused before libhdf5 opens the dataset */
+  static const struct {
+    const char *group, *msg;
+  } refused[] = {
+      {"external", "external/image2: its data is stored in external files (not read)"},
+      {"gzip", "gzip/image2: it is filtered (compressed)"},
+      {"soft", "soft/image2: it is a soft link"},
+      {"extlink", "extlink/image2: it is an external link"},
+      {"enum", "enum/image2: its datatype is of class 8 (enum), which is not read"},
+      {"compound", "compound/text: its datatype is of class 6 (compound), which is not read"},
+  };
+  snprintf(path, sizeof path, "%s/h5struct_refused.h5", fixdir);
+  for (size_t c = 0; c < sizeof refused / sizeof refused[0]; c++) {
+    story_file_t *f = story_file_open(path, refused[c].group, "text");
+    ok(!f && mmp_error_code() == MMP_EDATA, "%s: refused", refused[c].group);
+    like(mmp_error_last(), refused[c].msg, "  naming the dataset and why");
+    story_file_close(f);
+  }
+
+  /* a fuzzing finding: an enum datatype whose member names run past their
+   * message; libhdf5 1.10 copied them with strdup, reading past its buffer
+   * (AddressSanitizer in the sanitizer build would report a regression) */
+  snprintf(path, sizeof path, "%s/tests/fixtures/fuzz/fuzz_story/hdf5_strdup_past_object_header_message.h5",
+           tap_srcdir());
+  story_file_t *f = story_file_open(path, "train", "sis");
+  ok(!f, "a datatype message with 249 enum members in 24 bytes is refused before H5Dopen2");
+  like(mmp_error_last(), "train/image1: its datatype is of class 8 (enum)", "  naming the dataset");
+  story_file_close(f);
+  char *out = NULL;
+  size_t outn = 0;
+  FILE *m = open_memstream(&out, &outn);
+  ok(story_file_info(path, m) == 0, "dataset info on that file returns");
+  fclose(m);
+  like(out, "image1   (not read: its datatype is of class 8 (enum)", "  listing image1 as not read");
+  like(out, "image2   vlen bytes   shape (2)", "  and the other datasets as they are");
+  free(out);
+}
+
 int main(void) {
   snprintf(fixdir, sizeof fixdir, "%s/tests/fixtures/datasets", tap_srcdir());
   snprintf(shared, sizeof shared, "%s", tap_shared_data());
@@ -611,5 +712,6 @@ int main(void) {
   check_malformed();
   check_random();
   check_fuzz_findings();
+  check_h5_structures();
   return done_testing();
 }

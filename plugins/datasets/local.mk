@@ -7,6 +7,7 @@ if HAVE_PNG
 noinst_LTLIBRARIES += plugins/datasets/libstorycommon.la
 plugins_datasets_libstorycommon_la_SOURCES = \
 	plugins/datasets/storyfile.c plugins/datasets/storyfile.h \
+	plugins/datasets/h5raw.c plugins/datasets/h5raw.h \
 	plugins/datasets/story.c plugins/datasets/story.h
 # inspect() and build(): verify files, write them from the raw releases
 plugins_datasets_libstorycommon_la_SOURCES += \

@@ -1,5 +1,6 @@
 /* plugins/datasets/storyfile.c - AR-LDM story HDF5 files: layout checks and element reads (libhdf5). */
 #include "plugins/datasets/storyfile.h"
+#include "plugins/datasets/h5raw.h"
 
 #include <fcntl.h>
 #include <hdf5.h>
@@ -24,10 +25,8 @@ struct story_file {
   hid_t images[STORY_FRAMES];
   hid_t text;
   int64_t count;
-  int fd;             /* the same file, for the vlen lengths (check_vlen_len) */
-  int64_t file_size;
+  h5raw_t raw;        /* the same file, read by the format (h5raw.h) */
   int64_t vlen_esz;   /* bytes of one stored vlen element: length, heap address, index */
-  int sizeof_addr, sizeof_size; /* the file's address and length widths */
   bool png_bgr;       /* PNGs hold B, G, R (unless mmpipe_png_order = "RGB") */
 };
 
@@ -67,7 +66,7 @@ static void close_ids(story_file_t *f) {
 
 void story_file_close(story_file_t *f) {
   if (!f) return;
-  if (f->fd >= 0) close(f->fd);
+  if (f->raw.fd >= 0) close(f->raw.fd);
   pthread_mutex_lock(&h5_lock);
   close_ids(f);
   pthread_mutex_unlock(&h5_lock);
@@ -122,14 +121,43 @@ static int check_vlen_str(hid_t d, const char *path, const char *name) {
   return 0;
 }
 
-static hid_t open_dataset(hid_t group, const char *path, const char *split, const char *name) {
-  htri_t ex = H5Lexists(group, name, H5P_DEFAULT);
+/* Whether dataset @name of @group may be handed to H5Dopen2: a hard link
+ * (soft and external links are not followed) to an object header that
+ * passes h5raw_check_dataset (libhdf5 1.10 decodes some of its messages
+ * without bounding its reads: a fuzzing finding). <0 with the reason in
+ * @why. */
+static int check_link(hid_t group, const h5raw_t *raw, const char *name, char why[256]) {
+  H5L_info_t li;
+  if (H5Lget_info(group, name, &li, H5P_DEFAULT) < 0) {
+    h5_message(why);
+    return MMP_EDATA;
+  }
+  if (li.type != H5L_TYPE_HARD) {
+    snprintf(why, 256, "it is %s link (only datasets stored in the file are read)",
+             li.type == H5L_TYPE_SOFT ? "a soft" : li.type == H5L_TYPE_EXTERNAL ? "an external" : "a user-defined");
+    return MMP_EDATA;
+  }
+  h5raw_dtype_t dt;
+  if (h5raw_check_dataset(raw, (uint64_t)li.u.address, &dt) < 0) {
+    snprintf(why, 256, "%s", mmp_error_last());
+    return MMP_EDATA;
+  }
+  return 0;
+}
+
+static hid_t open_dataset(const story_file_t *f, const char *name) {
+  htri_t ex = H5Lexists(f->group, name, H5P_DEFAULT);
   if (ex <= 0) {
-    mmp_error_set(MMP_EDATA, "%s: group '%s' has no dataset '%s'", path, split, name);
+    mmp_error_set(MMP_EDATA, "%s: group '%s' has no dataset '%s'", f->path, f->split, name);
     return -1;
   }
-  hid_t d = H5Dopen2(group, name, H5P_DEFAULT);
-  if (d < 0) H5FAIL(MMP_EDATA, "%s: cannot open %s/%s", path, split, name);
+  char why[256];
+  if (check_link(f->group, &f->raw, name, why) < 0) {
+    mmp_error_set(MMP_EDATA, "%s: %s/%s: %s", f->path, f->split, name, why);
+    return -1;
+  }
+  hid_t d = H5Dopen2(f->group, name, H5P_DEFAULT);
+  if (d < 0) H5FAIL(MMP_EDATA, "%s: cannot open %s/%s", f->path, f->split, name);
   return d;
 }
 
@@ -139,9 +167,9 @@ static hid_t open_dataset(hid_t group, const char *path, const char *split, cons
 static int check_contiguous(const story_file_t *f, hid_t d, const char *name, int64_t count) {
   /* every element is stored in the file: the count is bounded by its size
    * before anything is sized by it */
-  if (count > f->file_size / f->vlen_esz)
+  if (count > f->raw.size / f->vlen_esz)
     return mmp_error_set(MMP_EDATA, "%s: %s/%s claims %lld elements, more than a %lld-byte file holds",
-                         f->path, f->split, name, (long long)count, (long long)f->file_size);
+                         f->path, f->split, name, (long long)count, (long long)f->raw.size);
   hid_t dcpl = H5Dget_create_plist(d);
   H5D_layout_t lay = dcpl >= 0 ? H5Pget_layout(dcpl) : H5D_LAYOUT_ERROR;
   if (dcpl >= 0) H5Pclose(dcpl);
@@ -160,9 +188,9 @@ static int open_locked(story_file_t *f) {
     return MMP_EIO;
   }
   struct stat sb;
-  f->fd = open(f->path, O_RDONLY | O_CLOEXEC);
-  if (f->fd < 0 || fstat(f->fd, &sb) < 0) return mmp_error_set(MMP_EIO, "cannot open %s", f->path);
-  f->file_size = (int64_t)sb.st_size;
+  f->raw.fd = open(f->path, O_RDONLY | O_CLOEXEC);
+  if (f->raw.fd < 0 || fstat(f->raw.fd, &sb) < 0) return mmp_error_set(MMP_EIO, "cannot open %s", f->path);
+  f->raw.size = (int64_t)sb.st_size;
   hid_t fcpl = H5Fget_create_plist(f->file);
   size_t sizeof_addr = 0, sizeof_size = 0;
   if (fcpl < 0 || H5Pget_sizes(fcpl, &sizeof_addr, &sizeof_size) < 0 || sizeof_addr < 2 || sizeof_addr > 8 ||
@@ -171,26 +199,26 @@ static int open_locked(story_file_t *f) {
     return mmp_error_set(MMP_EDATA, "%s: cannot read the file's address size", f->path);
   }
   H5Pclose(fcpl);
+  f->raw.sizeof_addr = (int)sizeof_addr;
+  f->raw.sizeof_size = (int)sizeof_size;
   f->vlen_esz = 4 + (int64_t)sizeof_addr + 4;
+  /* the root's attribute, read from its header: libhdf5 is not asked to
+   * decode the root's attributes (their datatypes and data are decoded
+   * without bounds in 1.10) */
   f->png_bgr = true;
-  if (H5Aexists(f->file, "mmpipe_png_order") > 0) {
-    hid_t a = H5Aopen(f->file, "mmpipe_png_order", H5P_DEFAULT);
-    hid_t at = a >= 0 ? H5Aget_type(a) : -1;
-    char buf[8] = "";
-    if (at >= 0 && H5Tget_class(at) == H5T_STRING && H5Tis_variable_str(at) <= 0 && H5Tget_size(at) < sizeof buf) {
-      hid_t mt = H5Tcopy(H5T_C_S1);
-      H5Tset_size(mt, sizeof buf);
-      if (H5Aread(a, mt, buf) >= 0) {
-        buf[sizeof buf - 1] = 0;
-        f->png_bgr = strcmp(buf, "RGB") != 0;
-      }
-      H5Tclose(mt);
-    }
-    if (at >= 0) H5Tclose(at);
-    if (a >= 0) H5Aclose(a);
+  H5O_info_t oi;
+  if (H5Oget_info2(f->file, &oi, H5O_INFO_BASIC) < 0) {
+    H5FAIL(MMP_EDATA, "%s: cannot locate the root group", f->path);
+    return MMP_EDATA;
   }
-  f->sizeof_addr = (int)sizeof_addr;
-  f->sizeof_size = (int)sizeof_size;
+  char order[8];
+  int arc = h5raw_attr_string(&f->raw, (uint64_t)oi.addr, "mmpipe_png_order", order, sizeof order);
+  if (arc == MMP_EDATA) {
+    char why[256];
+    snprintf(why, sizeof why, "%s", mmp_error_last());
+    return mmp_error_set(MMP_EDATA, "%s: the root group: %s", f->path, why);
+  }
+  if (arc == 0) f->png_bgr = strcmp(order, "RGB") != 0;
   if (H5Lexists(f->file, f->split, H5P_DEFAULT) <= 0) {
     return mmp_error_set(MMP_EDATA, "%s: no group '%s' (AR-LDM files have train, val and test)",
                          f->path, f->split);
@@ -203,7 +231,7 @@ static int open_locked(story_file_t *f) {
   char name[16];
   for (int i = 0; i < STORY_FRAMES; i++) {
     snprintf(name, sizeof name, "image%d", i);
-    if ((f->images[i] = open_dataset(f->group, f->path, f->split, name)) < 0) return rc;
+    if ((f->images[i] = open_dataset(f, name)) < 0) return rc;
     if (check_vlen_u8(f->images[i], f->path, name) < 0) return rc;
     int64_t n = dataset_length(f->images[i], f->path, name);
     if (n < 0) return rc;
@@ -214,7 +242,7 @@ static int open_locked(story_file_t *f) {
                            f->split, name, (long long)n, (long long)f->count);
   }
   if (!f->text_name) return 0; /* images only (dataset info) */
-  if ((f->text = open_dataset(f->group, f->path, f->split, f->text_name)) < 0) return rc;
+  if ((f->text = open_dataset(f, f->text_name)) < 0) return rc;
   if (check_vlen_str(f->text, f->path, f->text_name) < 0) return rc;
   int64_t n = dataset_length(f->text, f->path, f->text_name);
   if (n < 0) return rc;
@@ -235,7 +263,7 @@ story_file_t *story_file_open(const char *path, const char *split, const char *t
   f->split = strdup(split);
   f->text_name = text_name ? strdup(text_name) : NULL;
   f->file = f->group = f->text = -1;
-  f->fd = -1;
+  f->raw.fd = -1;
   for (int i = 0; i < STORY_FRAMES; i++) f->images[i] = -1;
   if (!f->path || !f->split || (text_name && !f->text_name)) {
     story_file_close(f);
@@ -260,74 +288,6 @@ void story_h5_lock(void) { pthread_mutex_lock(&h5_lock); }
 void story_h5_unlock(void) { pthread_mutex_unlock(&h5_lock); }
 const char *story_file_path(const story_file_t *f) { return f->path; }
 
-/* Little-endian unsigned of @n <= 8 bytes at file offset @pos. */
-static int read_le(const story_file_t *f, int64_t pos, int n, uint64_t *out) {
-  uint8_t b[8];
-  if (pos < 0 || pos > f->file_size - n || pread(f->fd, b, (size_t)n, (off_t)pos) != n)
-    return mmp_error_set(MMP_EDATA, "offset %lld lies outside the file", (long long)pos);
-  *out = 0;
-  for (int i = n - 1; i >= 0; i--) *out = *out << 8 | b[i];
-  return 0;
-}
-
-/* The global heap object a vlen element at @pos (heap address, object
- * index) names must exist and hold at least @len bytes (HDF5 file format,
- * "Global Heap Collection": "GCOL", version, 3 reserved, collection size;
- * then objects of index (2), references (2), reserved (4), size, data
- * padded to 8 bytes; index 0 is the free space that ends the list). */
-static int check_heap_object(const story_file_t *f, int64_t pos, int64_t len) {
-  uint64_t addr = 0, idx = 0, csize = 0;
-  if (read_le(f, pos, f->sizeof_addr, &addr) < 0 || read_le(f, pos + f->sizeof_addr, 4, &idx) < 0) return MMP_EDATA;
-  if (len == 0 && addr == 0) return 0; /* an empty element HDF5 does not look up */
-  uint8_t sig[4];
-  if (addr > (uint64_t)f->file_size || pread(f->fd, sig, 4, (off_t)addr) != 4 || memcmp(sig, "GCOL", 4) != 0)
-    return mmp_error_set(MMP_EDATA, "its heap collection at %llu is not one", (unsigned long long)addr);
-  const int64_t hdr = 8 + f->sizeof_size, ohdr = 8 + f->sizeof_size;
-  if (read_le(f, (int64_t)addr + 8, f->sizeof_size, &csize) < 0) return MMP_EDATA;
-  if (csize < (uint64_t)hdr || csize > (uint64_t)f->file_size - addr)
-    return mmp_error_set(MMP_EDATA, "its heap collection claims %llu bytes", (unsigned long long)csize);
-  /* Walk the collection as HDF5's loader does (H5HG__cache_heap_deserialize
-   * in 1.10): an object of index 0 is free space whose size includes its
-   * header, any other takes its header plus its size padded to 8 bytes; the
-   * last of several objects with one index wins. HDF5 advances by that
-   * amount without checking it: an amount of zero (a zero-sized free-space
-   * object, or a size that wraps the padding) keeps it loading the heap
-   * forever, and one that overshoots the collection sends it reading
-   * elsewhere. Both are refused here, before HDF5 loads the collection. */
-  const int64_t end = (int64_t)(addr + csize);
-  bool found = false;
-  uint64_t found_size = 0;
-  for (int64_t o = (int64_t)addr + hdr; o < end;) {
-    if (o + ohdr > end) break; /* the remainder is free space too small for a header */
-    uint64_t oi = 0, osz = 0;
-    if (read_le(f, o, 2, &oi) < 0 || read_le(f, o + 8, f->sizeof_size, &osz) < 0) return MMP_EDATA;
-    const uint64_t left = (uint64_t)(end - o);
-    uint64_t need;
-    if (oi == 0)
-      need = osz;
-    else
-      need = osz > left ? UINT64_MAX : (uint64_t)ohdr + ((osz + 7) & ~(uint64_t)7);
-    if (need == 0)
-      return mmp_error_set(MMP_EDATA, "its heap collection at %llu holds an empty object at %lld",
-                           (unsigned long long)addr, (long long)o);
-    if (need > left)
-      return mmp_error_set(MMP_EDATA, "heap object %llu runs past its collection", (unsigned long long)oi);
-    if (oi == idx && oi != 0) {
-      found = true;
-      found_size = osz;
-    }
-    o += (int64_t)need;
-  }
-  if (len == 0) return 0; /* HDF5 reads nothing out of the object */
-  if (found) {
-    if ((uint64_t)len > found_size)
-      return mmp_error_set(MMP_EDATA, "claims %lld bytes but its heap object holds %llu", (long long)len,
-                           (unsigned long long)found_size);
-    return 0;
-  }
-  return mmp_error_set(MMP_EDATA, "heap object %llu is not in its collection", (unsigned long long)idx);
-}
-
 /* The length element @index of the variable-length dataset @d claims,
  * read from the file before HDF5 reads the element: HDF5 allocates that
  * many bytes first (up to 4 GiB for a corrupt length). Bounded by @max and
@@ -339,25 +299,25 @@ static int check_vlen_len(story_file_t *f, hid_t d, int64_t index, int64_t max, 
   int64_t rel, pos;
   /* index < count <= file size / element size (open_locked): no overflow */
   rel = index * f->vlen_esz;
-  if (off > (haddr_t)f->file_size || rel + f->vlen_esz > stored ||
-      __builtin_add_overflow(rel, (int64_t)off, &pos) || pos + 4 > f->file_size)
+  if (off > (haddr_t)f->raw.size || rel + f->vlen_esz > stored ||
+      __builtin_add_overflow(rel, (int64_t)off, &pos) || pos + 4 > f->raw.size)
     return mmp_error_set(MMP_EDATA, "%s: %s/%s: element %lld lies outside the file", f->path, f->split, name,
                          (long long)index);
   uint8_t b[4];
-  if (pread(f->fd, b, 4, (off_t)pos) != 4)
+  if (pread(f->raw.fd, b, 4, (off_t)pos) != 4)
     return mmp_error_set(MMP_EIO, "%s: cannot read %s/%s element %lld", f->path, f->split, name,
                          (long long)index);
   int64_t len = (int64_t)b[0] | (int64_t)b[1] << 8 | (int64_t)b[2] << 16 | (int64_t)b[3] << 24;
-  if (len > max || len > f->file_size)
+  if (len > max || len > f->raw.size)
     return mmp_error_set(MMP_EDATA, "%s: story %lld: %s/%s claims %lld bytes (at most %lld, file %lld bytes)",
                          f->path, (long long)index, f->split, name, (long long)len,
-                         (long long)(max < f->file_size ? max : f->file_size), (long long)f->file_size);
+                         (long long)(max < f->raw.size ? max : f->raw.size), (long long)f->raw.size);
   /* HDF5 1.10 copies @len bytes out of the heap object without comparing
    * them with the object's size (a read past its buffer for a corrupt
    * length): the object must hold them. It loads the collection even for an
    * empty element whose heap address is not zero (found by fuzz_story: a
    * collection that loops HDF5's loader behind an element of length 0). */
-  if (check_heap_object(f, pos + 4, len) < 0) {
+  if (h5raw_check_heap_object(&f->raw, pos + 4, len) < 0) {
     char why[256];
     snprintf(why, sizeof why, "%s", mmp_error_last());
     return mmp_error_set(MMP_EDATA, "%s: story %lld: %s/%s: %s", f->path, (long long)index, f->split, name, why);
@@ -541,10 +501,16 @@ int story_split_captions(const char *text, char **storage, const char **pieces, 
 
 typedef struct info_ctx {
   FILE *out;
-  hid_t file;
+  const h5raw_t *raw;
 } info_ctx_t;
 
-static void info_dataset(FILE *out, hid_t g, const char *name) {
+static void info_dataset(const info_ctx_t *c, hid_t g, const char *name) {
+  FILE *out = c->out;
+  char why[256];
+  if (check_link(g, c->raw, name, why) < 0) {
+    fprintf(out, "    %-8s (not read: %s)\n", name, why);
+    return;
+  }
   hid_t d = H5Dopen2(g, name, H5P_DEFAULT);
   if (d < 0) return;
   hid_t t = H5Dget_type(d), sp = H5Dget_space(d);
@@ -576,13 +542,24 @@ static herr_t list_cb(hid_t g, const char *name, const H5L_info_t *info, void *d
 int story_file_info(const char *path, void *outp) {
   FILE *out = outp;
   int rc = 0;
+  h5raw_t raw = {.fd = -1};
   pthread_mutex_lock(&h5_lock);
   H5E_BEGIN_TRY {
     hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
+    struct stat sb;
+    hid_t fcpl = file >= 0 ? H5Fget_create_plist(file) : -1;
+    size_t sa = 0, ss = 0;
     if (file < 0) {
       H5FAIL(MMP_EIO, "cannot open HDF5 file %s", path);
       rc = MMP_EIO;
+    } else if ((raw.fd = open(path, O_RDONLY | O_CLOEXEC)) < 0 || fstat(raw.fd, &sb) < 0) {
+      rc = mmp_error_set(MMP_EIO, "cannot open %s", path);
+    } else if (fcpl < 0 || H5Pget_sizes(fcpl, &sa, &ss) < 0 || sa < 2 || sa > 8 || ss < 2 || ss > 8) {
+      rc = mmp_error_set(MMP_EDATA, "%s: cannot read the file's address size", path);
     } else {
+      raw.size = (int64_t)sb.st_size;
+      raw.sizeof_addr = (int)sa;
+      raw.sizeof_size = (int)ss;
       fprintf(out, "%s\n", path);
       static const char *const splits[] = {"train", "val", "test"};
       for (int s = 0; s < 3; s++) {
@@ -596,13 +573,16 @@ int story_file_info(const char *path, void *outp) {
           continue;
         }
         fprintf(out, "  %s:\n", splits[s]);
-        H5Literate(g, H5_INDEX_NAME, H5_ITER_INC, NULL, list_cb, out);
+        info_ctx_t c = {.out = out, .raw = &raw};
+        H5Literate(g, H5_INDEX_NAME, H5_ITER_INC, NULL, list_cb, &c);
         H5Gclose(g);
       }
-      H5Fclose(file);
     }
+    if (fcpl >= 0) H5Pclose(fcpl);
+    if (file >= 0) H5Fclose(file);
   }
   H5E_END_TRY;
   pthread_mutex_unlock(&h5_lock);
+  if (raw.fd >= 0) close(raw.fd);
   return rc;
 }

@@ -1,0 +1,454 @@
+/* plugins/datasets/h5raw.c - HDF5 structures checked from the file's bytes before libhdf5 decodes them. */
+#include "plugins/datasets/h5raw.h"
+
+#include <stdbool.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include <mmpipe/error.h>
+
+int h5raw_read_le(const h5raw_t *r, int64_t pos, int n, uint64_t *out) {
+  uint8_t b[8];
+  if (pos < 0 || pos > r->size - n || pread(r->fd, b, (size_t)n, (off_t)pos) != n)
+    return mmp_error_set(MMP_EDATA, "offset %lld lies outside the file", (long long)pos);
+  *out = 0;
+  for (int i = n - 1; i >= 0; i--) *out = *out << 8 | b[i];
+  return 0;
+}
+
+/* (HDF5 file format, "Global Heap Collection": "GCOL", version, 3 reserved,
+ * collection size; then objects of index (2), references (2), reserved (4),
+ * size, data padded to 8 bytes; index 0 is the free space that ends the
+ * list.) */
+int h5raw_check_heap_object(const h5raw_t *r, int64_t pos, int64_t len) {
+  uint64_t addr = 0, idx = 0, csize = 0;
+  if (h5raw_read_le(r, pos, r->sizeof_addr, &addr) < 0 || h5raw_read_le(r, pos + r->sizeof_addr, 4, &idx) < 0)
+    return MMP_EDATA;
+  if (len == 0 && addr == 0) return 0; /* an empty element HDF5 does not look up */
+  uint8_t sig[4];
+  if (addr > (uint64_t)r->size || pread(r->fd, sig, 4, (off_t)addr) != 4 || memcmp(sig, "GCOL", 4) != 0)
+    return mmp_error_set(MMP_EDATA, "its heap collection at %llu is not one", (unsigned long long)addr);
+  const int64_t hdr = 8 + r->sizeof_size, ohdr = 8 + r->sizeof_size;
+  if (h5raw_read_le(r, (int64_t)addr + 8, r->sizeof_size, &csize) < 0) return MMP_EDATA;
+  if (csize < (uint64_t)hdr || csize > (uint64_t)r->size - addr)
+    return mmp_error_set(MMP_EDATA, "its heap collection claims %llu bytes", (unsigned long long)csize);
+  /* Walk the collection as HDF5's loader does (H5HG__cache_heap_deserialize
+   * in 1.10): an object of index 0 is free space whose size includes its
+   * header, any other takes its header plus its size padded to 8 bytes; the
+   * last of several objects with one index wins. HDF5 advances by that
+   * amount without checking it: an amount of zero (a zero-sized free-space
+   * object, or a size that wraps the padding) keeps it loading the heap
+   * forever, and one that overshoots the collection sends it reading
+   * elsewhere. Both are refused here, before HDF5 loads the collection. */
+  const int64_t end = (int64_t)(addr + csize);
+  bool found = false;
+  uint64_t found_size = 0;
+  for (int64_t o = (int64_t)addr + hdr; o < end;) {
+    if (o + ohdr > end) break; /* the remainder is free space too small for a header */
+    uint64_t oi = 0, osz = 0;
+    if (h5raw_read_le(r, o, 2, &oi) < 0 || h5raw_read_le(r, o + 8, r->sizeof_size, &osz) < 0) return MMP_EDATA;
+    const uint64_t left = (uint64_t)(end - o);
+    uint64_t need;
+    if (oi == 0)
+      need = osz;
+    else
+      need = osz > left ? UINT64_MAX : (uint64_t)ohdr + ((osz + 7) & ~(uint64_t)7);
+    if (need == 0)
+      return mmp_error_set(MMP_EDATA, "its heap collection at %llu holds an empty object at %lld",
+                           (unsigned long long)addr, (long long)o);
+    if (need > left)
+      return mmp_error_set(MMP_EDATA, "heap object %llu runs past its collection", (unsigned long long)oi);
+    if (oi == idx && oi != 0) {
+      found = true;
+      found_size = osz;
+    }
+    o += (int64_t)need;
+  }
+  if (len == 0) return 0; /* HDF5 reads nothing out of the object */
+  if (found) {
+    if ((uint64_t)len > found_size)
+      return mmp_error_set(MMP_EDATA, "claims %lld bytes but its heap object holds %llu", (long long)len,
+                           (unsigned long long)found_size);
+    return 0;
+  }
+  return mmp_error_set(MMP_EDATA, "heap object %llu is not in its collection", (unsigned long long)idx);
+}
+
+/* ---- object headers ---- */
+
+static uint64_t le(const uint8_t *p, int n) {
+  uint64_t v = 0;
+  for (int i = n - 1; i >= 0; i--) v = v << 8 | p[i];
+  return v;
+}
+
+/* Message types of the file format ("Header Message Types"). */
+enum {
+  MSG_NIL = 0x00, MSG_DATASPACE = 0x01, MSG_DATATYPE = 0x03, MSG_FILL_OLD = 0x04, MSG_FILL = 0x05,
+  MSG_EFL = 0x07, MSG_LAYOUT = 0x08, MSG_PLINE = 0x0B, MSG_ATTR = 0x0C, MSG_CONT = 0x10,
+  MSG_REFCOUNT = 0x16
+};
+#define MSG_FLAG_SHARED 0x02
+
+/* Bounds of a header walk: chunks followed (a continuation cycle ends
+ * here) and the bytes of one chunk. */
+#define MAX_CHUNKS 64
+#define MAX_CHUNK_BYTES ((uint64_t)16 << 20)
+
+/* Called per message with its body; nonzero ends the walk with that value. */
+typedef int (*msg_fn)(void *ctx, unsigned type, unsigned flags, const uint8_t *body, size_t n, uint64_t at);
+
+/* Walk every message of the object header at @addr (version 1: a 16-byte
+ * prefix, then messages of type (2), size (2), flags (1), 3 reserved;
+ * version 2: "OHDR", version, flags, optional times and attribute phase
+ * change values, the first chunk's size in 1, 2, 4 or 8 bytes, messages of
+ * type (1), size (2), flags (1) and a creation order (2) when the header
+ * tracks it; continuation chunks "OCHK" + messages + checksum in version 2,
+ * bare messages in version 1). Every message must end inside its chunk. */
+static int walk_header(const h5raw_t *r, uint64_t addr, msg_fn fn, void *ctx) {
+  struct {
+    uint64_t addr, len;
+  } q[MAX_CHUNKS];
+  int nq = 0;
+  uint8_t pre[16];
+  if (addr >= (uint64_t)r->size || (uint64_t)r->size - addr < sizeof pre ||
+      pread(r->fd, pre, sizeof pre, (off_t)addr) != (ssize_t)sizeof pre)
+    return mmp_error_set(MMP_EDATA, "its object header at %llu lies outside the file", (unsigned long long)addr);
+  const bool v2 = memcmp(pre, "OHDR", 4) == 0;
+  size_t mhdr = 8; /* a message's header bytes */
+  if (!v2) {
+    if (pre[0] != 1)
+      return mmp_error_set(MMP_EDATA, "its object header at %llu has version %u (1 or 2 are read)",
+                           (unsigned long long)addr, pre[0]);
+    q[nq].addr = addr + 16;
+    q[nq++].len = le(pre + 8, 4);
+  } else {
+    const unsigned ver = pre[4], fl = pre[5];
+    if (ver != 2 || (fl & ~0x3Fu))
+      return mmp_error_set(MMP_EDATA, "its object header at %llu has version %u, flags 0x%x",
+                           (unsigned long long)addr, ver, fl);
+    uint64_t pos = addr + 6 + ((fl & 0x20) ? 16 : 0) + ((fl & 0x10) ? 4 : 0), len = 0;
+    const int w = 1 << (fl & 3);
+    if (h5raw_read_le(r, (int64_t)pos, w, &len) < 0) return MMP_EDATA;
+    q[nq].addr = pos + (uint64_t)w;
+    q[nq++].len = len;
+    mhdr = (fl & 0x04) ? 6 : 4;
+  }
+  int rc = 0;
+  for (int c = 0; c < nq && rc == 0; c++) {
+    const uint64_t ca = q[c].addr, cl = q[c].len;
+    if (ca > (uint64_t)r->size || cl > (uint64_t)r->size - ca || cl > MAX_CHUNK_BYTES)
+      return mmp_error_set(MMP_EDATA, "its object header chunk at %llu of %llu bytes lies outside the file",
+                           (unsigned long long)ca, (unsigned long long)cl);
+    uint8_t *buf = malloc(cl ? (size_t)cl : 1);
+    if (!buf) return mmp_error_set(MMP_ENOMEM, "out of memory");
+    if (cl && pread(r->fd, buf, (size_t)cl, (off_t)ca) != (ssize_t)cl) {
+      free(buf);
+      return mmp_error_set(MMP_EIO, "cannot read the object header chunk at %llu", (unsigned long long)ca);
+    }
+    size_t off = 0, end = (size_t)cl;
+    if (v2 && c > 0) { /* a continuation chunk: signature, messages, checksum */
+      if (cl < 8 || memcmp(buf, "OCHK", 4) != 0) {
+        free(buf);
+        return mmp_error_set(MMP_EDATA, "its object header continuation at %llu is not one",
+                             (unsigned long long)ca);
+      }
+      off = 4;
+      end = (size_t)cl - 4;
+    }
+    while (rc == 0 && end - off >= mhdr) { /* less than a message header: a gap */
+      const uint8_t *m = buf + off;
+      const unsigned type = v2 ? m[0] : (unsigned)le(m, 2);
+      const size_t size = (size_t)le(m + (v2 ? 1 : 2), 2);
+      const unsigned flags = v2 ? m[3] : m[4];
+      if (size > end - off - mhdr) {
+        rc = mmp_error_set(MMP_EDATA, "its object header message at %llu (type %u, %zu bytes) runs past its chunk",
+                           (unsigned long long)(ca + off), type, size);
+        break;
+      }
+      const uint8_t *body = m + mhdr;
+      if (type == MSG_CONT) {
+        const size_t need = (size_t)(r->sizeof_addr + r->sizeof_size);
+        if (size < need) {
+          rc = mmp_error_set(MMP_EDATA, "its object header continuation message at %llu is short",
+                             (unsigned long long)(ca + off));
+          break;
+        }
+        if (nq == MAX_CHUNKS) {
+          rc = mmp_error_set(MMP_EDATA, "its object header at %llu continues in more than %d chunks",
+                             (unsigned long long)addr, MAX_CHUNKS);
+          break;
+        }
+        q[nq].addr = le(body, r->sizeof_addr);
+        q[nq++].len = le(body + r->sizeof_addr, r->sizeof_size);
+      }
+      rc = fn(ctx, type, flags, body, size, ca + off);
+      off += mhdr + size;
+    }
+    free(buf);
+  }
+  return rc < 0 ? rc : 0;
+}
+
+/* ---- the messages H5Dopen2 decodes ---- */
+
+static const char *class_name(int cls) {
+  static const char *const names[] = {"integer", "float",    "time", "string",           "bitfield", "opaque",
+                                      "compound", "reference", "enum", "variable-length", "array"};
+  return cls >= 0 && cls < (int)(sizeof names / sizeof names[0]) ? names[cls] : "unknown";
+}
+
+/* A datatype message (version 1-3: class and version byte, 3 bytes of class
+ * bits, size (4), then the class's properties). Only the classes the story
+ * reader can meet are accepted: libhdf5 1.10 copies compound and enum
+ * member names with strdup and reads array dimensions and opaque tags
+ * without bounding them by the message. */
+static int check_dtype(const uint8_t *b, size_t n, int depth, h5raw_dtype_t *dt, size_t *used, uint64_t at) {
+  if (n < 8) return mmp_error_set(MMP_EDATA, "its datatype message at %llu is short", (unsigned long long)at);
+  const int ver = b[0] >> 4, cls = b[0] & 15;
+  const uint32_t size = (uint32_t)le(b + 4, 4);
+  if (ver < 1 || ver > 3)
+    return mmp_error_set(MMP_EDATA, "its datatype at %llu has version %d", (unsigned long long)at, ver);
+  size_t need = 8;
+  switch (cls) {
+  case H5RAW_INTEGER:
+  case H5RAW_FLOAT: {
+    need = cls == H5RAW_INTEGER ? 12 : 20;
+    if (n < need) break;
+    const unsigned boff = (unsigned)le(b + 8, 2), prec = (unsigned)le(b + 10, 2);
+    bool ok = size >= 1 && size <= 16 && prec >= 1 && boff + prec <= 8 * size;
+    if (cls == H5RAW_FLOAT) /* exponent and mantissa inside the precision */
+      ok = ok && b[13] >= 1 && b[15] >= 1 && b[12] + b[13] <= prec && b[14] + b[15] <= prec;
+    if (!ok)
+      return mmp_error_set(MMP_EDATA, "its %s datatype at %llu is malformed (size %u, precision %u, offset %u)",
+                           class_name(cls), (unsigned long long)at, size, prec, boff);
+    break;
+  }
+  case H5RAW_STRING:
+    if (size < 1) return mmp_error_set(MMP_EDATA, "its string datatype at %llu has size 0", (unsigned long long)at);
+    break;
+  case H5RAW_VLEN: {
+    const unsigned kind = b[1] & 15;
+    if (kind > 1 || depth > 0)
+      return mmp_error_set(MMP_EDATA, "its variable-length datatype at %llu is of kind %u%s",
+                           (unsigned long long)at, kind, depth > 0 ? " inside another" : "");
+    h5raw_dtype_t base;
+    size_t bused = 0;
+    int rc = check_dtype(b + 8, n - 8, depth + 1, &base, &bused, at);
+    if (rc < 0) return rc;
+    if (base.cls == H5RAW_VLEN) return mmp_error_set(MMP_EDATA, "nested variable-length types are not read");
+    dt->cls = cls;
+    dt->size = size;
+    dt->vlen_string = kind == 1;
+    dt->base_cls = base.cls;
+    dt->base_size = base.size;
+    *used = 8 + bused;
+    return 0;
+  }
+  default:
+    return mmp_error_set(MMP_EDATA, "its datatype is of class %d (%s), which is not read", cls, class_name(cls));
+  }
+  if (n < need) return mmp_error_set(MMP_EDATA, "its datatype message at %llu is short", (unsigned long long)at);
+  dt->cls = cls;
+  dt->size = size;
+  dt->base_cls = -1;
+  dt->base_size = 0;
+  dt->vlen_string = 0;
+  *used = need;
+  return 0;
+}
+
+/* A dataspace message (version 1: version, rank, flags, 5 reserved;
+ * version 2: version, rank, flags, type; then the sizes and, with flag 1,
+ * the maximum sizes). *@nelem its element count (UINT64_MAX when it
+ * overflows). */
+static int check_dataspace(const h5raw_t *r, const uint8_t *b, size_t n, uint64_t *nelem, uint64_t at) {
+  if (n < 4) return mmp_error_set(MMP_EDATA, "its dataspace message at %llu is short", (unsigned long long)at);
+  const unsigned ver = b[0], rank = b[1], flags = b[2];
+  size_t off;
+  bool null = false;
+  if (ver == 1)
+    off = 8;
+  else if (ver == 2) {
+    off = 4;
+    if (b[3] > 2) return mmp_error_set(MMP_EDATA, "its dataspace at %llu has type %u", (unsigned long long)at, b[3]);
+    null = b[3] == 2;
+  } else
+    return mmp_error_set(MMP_EDATA, "its dataspace at %llu has version %u", (unsigned long long)at, ver);
+  if (rank > 32) return mmp_error_set(MMP_EDATA, "its dataspace at %llu has rank %u", (unsigned long long)at, rank);
+  const size_t need = off + (size_t)rank * (size_t)r->sizeof_size * ((flags & 1) ? 2 : 1);
+  if (n < need)
+    return mmp_error_set(MMP_EDATA, "its dataspace message at %llu holds %zu bytes, its %u sizes need %zu",
+                         (unsigned long long)at, n, rank, need);
+  uint64_t count = null ? 0 : 1;
+  for (unsigned i = 0; i < rank && count; i++) {
+    uint64_t d = le(b + off + (size_t)i * (size_t)r->sizeof_size, r->sizeof_size);
+    if (__builtin_mul_overflow(count, d, &count)) count = UINT64_MAX;
+  }
+  *nelem = count;
+  return 0;
+}
+
+typedef struct dset_ctx {
+  const h5raw_t *r;
+  h5raw_dtype_t dt;
+  int n_dtype, n_space, n_layout;
+  bool fill_value; /* a fill value of more than zero bytes */
+} dset_ctx_t;
+
+static int refuse_shared(unsigned type, unsigned flags, uint64_t at) {
+  if (flags & MSG_FLAG_SHARED)
+    return mmp_error_set(MMP_EDATA, "its object header message at %llu (type %u) is shared (committed types and "
+                         "shared messages are not read)", (unsigned long long)at, type);
+  return 0;
+}
+
+static int dset_msg(void *ctxp, unsigned type, unsigned flags, const uint8_t *b, size_t n, uint64_t at) {
+  dset_ctx_t *c = ctxp;
+  const h5raw_t *r = c->r;
+  switch (type) {
+  case MSG_DATASPACE: {
+    uint64_t nelem;
+    c->n_space++;
+    if (refuse_shared(type, flags, at) < 0) return MMP_EDATA;
+    return check_dataspace(r, b, n, &nelem, at);
+  }
+  case MSG_DATATYPE: {
+    size_t used;
+    c->n_dtype++;
+    if (refuse_shared(type, flags, at) < 0) return MMP_EDATA;
+    return check_dtype(b, n, 0, &c->dt, &used, at);
+  }
+  case MSG_FILL_OLD: /* size (4), value */
+    if (refuse_shared(type, flags, at) < 0) return MMP_EDATA;
+    if (n < 4 || le(b, 4) > n - 4)
+      return mmp_error_set(MMP_EDATA, "its fill value message at %llu runs past its end", (unsigned long long)at);
+    c->fill_value |= le(b, 4) > 0;
+    return 0;
+  case MSG_FILL: { /* versions 1-2: version, allocation time, write time, defined, [size (4), value];
+                    * version 3: version, flags, [size, value] with flag 0x20 */
+    if (refuse_shared(type, flags, at) < 0) return MMP_EDATA;
+    if (n < 2 || b[0] < 1 || b[0] > 3)
+      return mmp_error_set(MMP_EDATA, "its fill value message at %llu is malformed", (unsigned long long)at);
+    size_t off = 0;
+    bool has = false;
+    if (b[0] < 3 && n >= 4 && b[3]) {
+      off = 4;
+      has = true;
+    } else if (b[0] == 3 && (b[1] & 0x20)) {
+      off = 2;
+      has = true;
+    } else if (b[0] < 3 && n < 4)
+      return mmp_error_set(MMP_EDATA, "its fill value message at %llu is short", (unsigned long long)at);
+    if (has) {
+      if (n < off + 4) return mmp_error_set(MMP_EDATA, "its fill value message at %llu is short", (unsigned long long)at);
+      const int32_t sz = (int32_t)(uint32_t)le(b + off, 4);
+      if (sz > 0 && (uint64_t)sz > n - off - 4)
+        return mmp_error_set(MMP_EDATA, "its fill value at %llu claims %d bytes, its message holds %zu",
+                             (unsigned long long)at, sz, n - off - 4);
+      c->fill_value |= sz > 0;
+    }
+    return 0;
+  }
+  case MSG_LAYOUT: { /* versions 1-2: version, rank, class, 5 reserved, address, rank sizes (4);
+                      * versions 3-4: version, class, then for contiguous: address, size */
+    c->n_layout++;
+    if (refuse_shared(type, flags, at) < 0) return MMP_EDATA;
+    if (n < 2 || b[0] < 1 || b[0] > 4 || (b[0] < 3 && n < 8))
+      return mmp_error_set(MMP_EDATA, "its layout message at %llu is malformed", (unsigned long long)at);
+    const unsigned cls = b[0] < 3 ? b[2] : b[1];
+    if (cls != 1)
+      return mmp_error_set(MMP_EDATA, "it is not stored contiguously (chunked or compact variable-length "
+                           "datasets are not read)");
+    const size_t need = b[0] < 3 ? 8 + (size_t)r->sizeof_addr + 4 * (size_t)b[1]
+                                 : 2 + (size_t)(r->sizeof_addr + r->sizeof_size);
+    if ((b[0] < 3 && b[1] > 33) || n < need)
+      return mmp_error_set(MMP_EDATA, "its layout message at %llu is malformed", (unsigned long long)at);
+    return 0;
+  }
+  case MSG_EFL:
+    return mmp_error_set(MMP_EDATA, "its data is stored in external files (not read)");
+  case MSG_PLINE:
+    return mmp_error_set(MMP_EDATA, "it is filtered (compressed); only unfiltered contiguous datasets are read");
+  case MSG_REFCOUNT: /* decoded while libhdf5 loads the header: version, count (4) */
+    if (n < 5) return mmp_error_set(MMP_EDATA, "its reference count message at %llu is short", (unsigned long long)at);
+    return 0;
+  default: /* attributes, times, comments and the rest: not decoded by H5Dopen2 */
+    return 0;
+  }
+}
+
+int h5raw_check_dataset(const h5raw_t *r, uint64_t addr, h5raw_dtype_t *dt) {
+  dset_ctx_t c = {.r = r};
+  int rc = walk_header(r, addr, dset_msg, &c);
+  if (rc < 0) return rc;
+  if (c.n_dtype != 1 || c.n_space != 1 || c.n_layout != 1)
+    return mmp_error_set(MMP_EDATA, "its object header at %llu holds %d datatype, %d dataspace and %d layout "
+                         "messages (a dataset has one of each)", (unsigned long long)addr, c.n_dtype, c.n_space,
+                         c.n_layout);
+  if (c.dt.cls == H5RAW_VLEN && c.fill_value) /* a fill value of a variable-length type names a heap object */
+    return mmp_error_set(MMP_EDATA, "it has a variable-length fill value (not read)");
+  *dt = c.dt;
+  return 0;
+}
+
+/* ---- attributes ---- */
+
+typedef struct attr_ctx {
+  const h5raw_t *r;
+  const char *name;
+  char *buf;
+  size_t cap;
+  bool found;
+} attr_ctx_t;
+
+/* An attribute message (version 1: version, reserved, name size (2),
+ * datatype size (2), dataspace size (2), then name, datatype and dataspace
+ * each padded to 8 bytes, then the data; version 2: flags for the reserved
+ * byte, no padding; version 3: as 2 with an encoding byte after the sizes). */
+static int attr_msg(void *ctxp, unsigned type, unsigned flags, const uint8_t *b, size_t n, uint64_t at) {
+  attr_ctx_t *c = ctxp;
+  (void)flags;
+  if (type != MSG_ATTR) return 0;
+  if (n < 8 || b[0] < 1 || b[0] > 3) return 0; /* not one this reader understands: not the attribute */
+  const unsigned ver = b[0];
+  const size_t name_sz = (size_t)le(b + 2, 2), dt_sz = (size_t)le(b + 4, 2), ds_sz = (size_t)le(b + 6, 2);
+  size_t off = ver == 3 ? 9 : 8;
+#define PAD(x) (ver == 1 ? (((x) + 7) & ~(size_t)7) : (x))
+  const size_t want = strlen(c->name) + 1;
+  if (name_sz != want || n < off + PAD(name_sz) || memcmp(b + off, c->name, want) != 0) return 0;
+  if (ver > 1 && (b[1] & 3)) return 0; /* a shared datatype or dataspace */
+  off += PAD(name_sz);
+  if (n - off < PAD(dt_sz)) return 0;
+  h5raw_dtype_t dt;
+  size_t used = 0;
+  if (check_dtype(b + off, dt_sz, 0, &dt, &used, at) < 0 || dt.cls != H5RAW_STRING || dt.size >= c->cap) {
+    mmp_error_clear();
+    return 0;
+  }
+  off += PAD(dt_sz);
+  if (n - off < PAD(ds_sz)) return 0;
+  uint64_t nelem = 0;
+  if (check_dataspace(c->r, b + off, ds_sz, &nelem, at) < 0 || nelem != 1) {
+    mmp_error_clear();
+    return 0;
+  }
+  off += PAD(ds_sz);
+#undef PAD
+  if (n - off < dt.size) return 0;
+  memcpy(c->buf, b + off, dt.size);
+  c->buf[dt.size] = 0;
+  c->found = true;
+  return 1;
+}
+
+int h5raw_attr_string(const h5raw_t *r, uint64_t addr, const char *name, char *buf, size_t cap) {
+  if (cap == 0) return MMP_ENOENT;
+  buf[0] = 0;
+  attr_ctx_t c = {.r = r, .name = name, .buf = buf, .cap = cap};
+  int rc = walk_header(r, addr, attr_msg, &c);
+  if (rc < 0) return rc;
+  return c.found ? 0 : MMP_ENOENT;
+}
