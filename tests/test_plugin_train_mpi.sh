@@ -46,45 +46,42 @@ close() { # two files of "name value" lines (or pipeline tensors --stats lines):
        END { if (FNR != length(a)) bad++; exit bad > 0 }' "$1" "$2"
 }
 
-"$P" -q run "$S/examples/train-tiny.cfg" -s task.output_dir="$T/one" -s task.batch_size=2 $K >"$T/log" 2>&1
-r=$?; ok $r "one process, batch_size 2"
-[ $r = 0 ] || sed 's/^/#   /' "$T/log"
-mpi2 -s task.output_dir="$T/two" -s task.batch_size=1 $K >"$T/log" 2>&1
-r=$?; ok $r "two ranks under mpirun, batch_size 1 each"
-[ $r = 0 ] || sed 's/^/#   /' "$T/log"
-vals "$T/one/metrics.jsonl" >"$T/a"; vals "$T/two/metrics.jsonl" >"$T/b"
-[ "$(grep -c '^loss' "$T/a")" = 3 ] && [ "$(grep -c '^val_loss' "$T/a")" -ge 1 ]; ok $? "3 losses and a validation loss logged"
-close "$T/a" "$T/b"; ok $? "the same losses, gradient norms and validation loss (1e-5)"
-for part in unet/diffusion_pytorch_model text_encoder/model; do
-  "$P" tensors --stats "$T/one/export/$part.safetensors" >"$T/a" 2>&1
-  "$P" tensors --stats "$T/two/export/$part.safetensors" >"$T/b" 2>&1
-  [ -s "$T/a" ] && close "$T/a" "$T/b"; ok $? "the exported $part weights agree (min, max, mean, std of every tensor, 1e-5)"
-done
+# run a command, its output in $T/log; "ok" or "not ok" with the log shown
+run() { _rl=$1; shift; "$@" >"$T/log" 2>&1; r=$?; ok $r "$_rl"; [ $r = 0 ] || sed 's/^/#   /' "$T/log"; return $r; }
+one() { "$P" -q run "$CFG" "$@"; }
+# one process of batch 2 against two ranks of batch 1 each, both with the options in $K: the
+# logged losses, gradient norms and validation loss, and the exported PART files' statistics
+one_vs_two() { # LABEL DIR_ONE DIR_TWO PART...
+  label=$1 d1=$T/$2 d2=$T/$3; shift 3
+  run "${label}one process, batch_size 2" one -s task.output_dir="$d1" -s task.batch_size=2 $K
+  run "${label}two ranks under mpirun, batch_size 1 each" mpi2 -s task.output_dir="$d2" -s task.batch_size=1 $K
+  vals "$d1/metrics.jsonl" >"$T/a"; vals "$d2/metrics.jsonl" >"$T/b"
+  [ "$(grep -c '^loss' "$T/a")" = 3 ] && [ "$(grep -c '^val_loss' "$T/a")" -ge 1 ]; ok $? "${label}3 losses and a validation loss logged"
+  close "$T/a" "$T/b"; ok $? "${label}the same losses, gradient norms and validation loss (1e-5)"
+  for part in "$@"; do
+    "$P" tensors --stats "$d1/export/$part.safetensors" >"$T/a" 2>&1
+    "$P" tensors --stats "$d2/export/$part.safetensors" >"$T/b" 2>&1
+    [ -s "$T/a" ] && close "$T/a" "$T/b"; ok $? "${label}the exported $part weights agree (min, max, mean, std of every tensor, 1e-5)"
+  done
+}
+
+one_vs_two "" one two unet/diffusion_pytorch_model text_encoder/model
 [ "$(grep -c '"loss"' "$T/two/metrics.jsonl")" = 3 ]; ok $? "rank 0 alone writes metrics.jsonl (one line per step)"
 
 # interrupted after 2 steps (run_steps), resumed for the last: the uninterrupted two-rank run's metrics
-mpi2 -s task.output_dir="$T/res" -s task.batch_size=1 -s task.run_steps=2 $K >"$T/log" 2>&1
-r=$?; ok $r "two ranks, 2 steps"
-[ $r = 0 ] || sed 's/^/#   /' "$T/log"
-mpi2 -s task.output_dir="$T/res" -s task.batch_size=1 -s task.resume="$T/res/checkpoint.safetensors" $K >"$T/log" 2>&1
-r=$?; ok $r "two ranks, resumed"
-[ $r = 0 ] || sed 's/^/#   /' "$T/log"
+run "two ranks, 2 steps" mpi2 -s task.output_dir="$T/res" -s task.batch_size=1 -s task.run_steps=2 $K
+run "two ranks, resumed" mpi2 -s task.output_dir="$T/res" -s task.batch_size=1 -s task.resume="$T/res/checkpoint.safetensors" $K
 sed 's/, "elapsed_s": [^}]*//' "$T/two/metrics.jsonl" >"$T/a"; sed 's/, "elapsed_s": [^}]*//' "$T/res/metrics.jsonl" >"$T/b"
 cmp -s "$T/a" "$T/b"; ok $? "the resumed run's metrics equal the uninterrupted run's, digit for digit"
-"$P" -q run "$S/examples/train-tiny.cfg" -s task.output_dir="$T/res" -s task.batch_size=1 \
-  -s task.resume="$T/res/checkpoint.safetensors" $K >"$T/log" 2>&1
+one -s task.output_dir="$T/res" -s task.batch_size=1 -s task.resume="$T/res/checkpoint.safetensors" $K >"$T/log" 2>&1
 r=$?; [ $r != 0 ] && grep -q "2 processes, this one has 1" "$T/log"; ok $? "a one-process resume of a two-rank checkpoint is refused"
 [ $r != 0 ] && grep -q "2 processes, this one has 1" "$T/log" || sed 's/^/#   /' "$T/log"
 
 # optimizer_in_backward: each gradient averaged over the ranks and taken by its AdamW update in
 # the backward equals the two-rank step after the backward, bit for bit (same ordered reduction)
 KB="-s task.max_steps=3 -s task.shuffle=true -s task.batch_size=1 -s task.grad_accum=1 -s task.clip_norm=0.0"
-mpi2 -s task.output_dir="$T/ib0" $KB >"$T/log" 2>&1
-r=$?; ok $r "two ranks, grad_accum 1, the optimizer after the backward"
-[ $r = 0 ] || sed 's/^/#   /' "$T/log"
-mpi2 -s task.output_dir="$T/ib1" -s task.optimizer_in_backward=true $KB >"$T/log" 2>&1
-r=$?; ok $r "two ranks, the optimizer in the backward"
-[ $r = 0 ] || sed 's/^/#   /' "$T/log"
+run "two ranks, grad_accum 1, the optimizer after the backward" mpi2 -s task.output_dir="$T/ib0" $KB
+run "two ranks, the optimizer in the backward" mpi2 -s task.output_dir="$T/ib1" -s task.optimizer_in_backward=true $KB
 sed 's/, "elapsed_s": [^}]*//' "$T/ib0/metrics.jsonl" >"$T/a"; sed 's/, "elapsed_s": [^}]*//' "$T/ib1/metrics.jsonl" >"$T/b"
 cmp -s "$T/a" "$T/b" && cmp -s "$T/ib0/checkpoint.safetensors" "$T/ib1/checkpoint.safetensors"
 ok $? "two ranks in the backward: the same metrics digit for digit, the same checkpoint byte for byte"
@@ -92,33 +89,12 @@ ok $? "two ranks in the backward: the same metrics digit for digit, the same che
 # mode = "arldm": the tiny AR-LDM on the 4 train stories, shuffled, an epoch boundary, validation
 CFG="$S/examples/train-arldm-tiny.cfg"
 K="-s task.max_steps=3 -s task.shuffle=true -s task.clip_norm=1.0"
-"$P" -q run "$CFG" -s task.output_dir="$T/aone" -s task.batch_size=2 $K >"$T/log" 2>&1
-r=$?; ok $r "arldm: one process, batch_size 2"
-[ $r = 0 ] || sed 's/^/#   /' "$T/log"
-mpi2 -s task.output_dir="$T/atwo" -s task.batch_size=1 $K >"$T/log" 2>&1
-r=$?; ok $r "arldm: two ranks under mpirun, batch_size 1 each"
-[ $r = 0 ] || sed 's/^/#   /' "$T/log"
-vals "$T/aone/metrics.jsonl" >"$T/a"; vals "$T/atwo/metrics.jsonl" >"$T/b"
-[ "$(grep -c '^loss' "$T/a")" = 3 ] && [ "$(grep -c '^val_loss' "$T/a")" -ge 1 ]; ok $? "arldm: 3 losses and a validation loss logged"
-close "$T/a" "$T/b"; ok $? "arldm: the same losses, gradient norms and validation loss (1e-5)"
-"$P" tensors --stats "$T/aone/export/arldm.safetensors" >"$T/a" 2>&1
-"$P" tensors --stats "$T/atwo/export/arldm.safetensors" >"$T/b" 2>&1
-[ -s "$T/a" ] && close "$T/a" "$T/b"; ok $? "arldm: the exported AR-LDM state dicts agree (min, max, mean, std of every tensor, 1e-5)"
+one_vs_two "arldm: " aone atwo arldm
 # BLIP in train mode (blip_dropout = "on": BERT's dropout drawn in every BLIP call): each rank draws
 # the whole batch's masks and keeps its rows, so two ranks still equal one process
 K="$K -s task.blip_dropout=on"
-"$P" -q run "$CFG" -s task.output_dir="$T/done" -s task.batch_size=2 $K >"$T/log" 2>&1
-r=$?; ok $r "arldm, blip_dropout on: one process, batch_size 2"
-[ $r = 0 ] || sed 's/^/#   /' "$T/log"
-mpi2 -s task.output_dir="$T/dtwo" -s task.batch_size=1 $K >"$T/log" 2>&1
-r=$?; ok $r "arldm, blip_dropout on: two ranks, batch_size 1 each"
-[ $r = 0 ] || sed 's/^/#   /' "$T/log"
-vals "$T/done/metrics.jsonl" >"$T/a"; vals "$T/dtwo/metrics.jsonl" >"$T/b"
-vals "$T/aone/metrics.jsonl" >"$T/c"
-[ "$(grep -c '^loss' "$T/a")" = 3 ] && ! cmp -s "$T/a" "$T/c"; ok $? "arldm, blip_dropout on: 3 losses, not those without dropout"
-close "$T/a" "$T/b"; ok $? "arldm, blip_dropout on: two ranks give one process's losses, gradient norms and validation loss (1e-5)"
-"$P" tensors --stats "$T/done/export/arldm.safetensors" >"$T/a" 2>&1
-"$P" tensors --stats "$T/dtwo/export/arldm.safetensors" >"$T/b" 2>&1
-[ -s "$T/a" ] && close "$T/a" "$T/b"; ok $? "arldm, blip_dropout on: the exported state dicts agree (1e-5)"
+one_vs_two "arldm, blip_dropout on: " done dtwo arldm
+vals "$T/done/metrics.jsonl" >"$T/a"; vals "$T/aone/metrics.jsonl" >"$T/c"
+! cmp -s "$T/a" "$T/c"; ok $? "arldm, blip_dropout on: not the losses without dropout"
 echo "1..$n"
 [ $failed = 0 ]
