@@ -40,30 +40,33 @@ static double scalar(mmp_tensor_t *t) {
   return v;
 }
 
-/* The cases in order on one generator seeded as torch.manual_seed(11),
- * each on a tape: y and the gradient of x match torch's bit for bit. */
-static void test_fixture(void) {
-  mmp_rng_t *g = mmp_rng_new(11, MMP_RNG_TORCH);
+/* One generator fixture's cases in order, each on a tape: case<k>.x (a
+ * transposed view when case<k>.t), y = @op(x) against case<k>.y bit for
+ * bit, and x's gradient for the upstream case<k>.g against case<k>.gx.
+ * @op names the case in @what. Returns the number of cases. */
+typedef mmp_tensor_t *(*case_op_t)(mmp_rng_t *g, mmp_tensor_t *x, int k, char *what, size_t cap);
+
+static int run_cases(mmp_rng_t *g, case_op_t op) {
   int k;
   for (k = 0;; k++) {
     mmp_tensor_t *x = get("case%d.x", k);
     if (!x) break;
-    double p = scalar(get("case%d.p", k));
     bool t = scalar(get("case%d.t", k)) != 0;
     mmp_tensor_t *y_want = get("case%d.y", k), *gy = get("case%d.g", k), *gx_want = get("case%d.gx", k);
     mmp_tape_t *tape = mmp_tape_new();
     mmp_tape_watch(tape, "x", x);
     mmp_tape_t *prev = mmp_tape_set_current(tape);
     mmp_tensor_t *xv = t ? mmp_transpose(x, 0, 1) : mmp_tensor_ref(x);
-    mmp_tensor_t *y = mmp_dropout(g, xv, p);
+    char what[128];
+    mmp_tensor_t *y = op(g, xv, k, what, sizeof what);
     mmp_tape_set_current(prev);
-    if (!ok(same(y, y_want), "case %d: F.dropout(x%s [%lld...], p = %g) bit for bit", k, t ? ".t()" : "",
-            (long long)x->shape[0], p))
+    if (!ok(same(y, y_want), "case %d: %s%s [%lld...]: bit for bit", k, what, t ? " of a transposed view" : "",
+            (long long)x->shape[0]))
       diag("%s", y ? "values differ" : mmp_error_last());
     mmp_tensormap_t *grads = mmp_tensormap_new();
     int rc = y ? mmp_tape_backward(tape, y, gy, grads) : -1;
     mmp_tensor_t *gx = mmp_tensormap_get(grads, "x");
-    if (!ok(rc == 0 && same(gx, gx_want), "case %d: the gradient of x is torch's (upstream times the saved noise)", k))
+    if (!ok(rc == 0 && same(gx, gx_want), "case %d: the gradient of x is torch's", k))
       diag("%s", rc ? mmp_error_last() : "values differ");
     mmp_tensormap_free(grads);
     mmp_tape_free(tape);
@@ -74,12 +77,32 @@ static void test_fixture(void) {
     mmp_tensor_unref(gy);
     mmp_tensor_unref(gx_want);
   }
-  ok(k >= 8, "%d cases read", k);
+  return k;
+}
+
+/* After the cases the generator continues where torch's did ("after"). */
+static void check_after(mmp_rng_t *g, mmp_safetensors_t *file, const char *what) {
   int64_t four = 4;
-  mmp_tensor_t *after = mmp_rng_rand(g, cpu, 1, &four), *want = mmp_safetensors_get(st, "after", cpu, MMP_DTYPE_COUNT);
-  ok(same(after, want), "the stream continues after the cases exactly where torch's does");
+  mmp_tensor_t *after = mmp_rng_rand(g, cpu, 1, &four), *want = mmp_safetensors_get(file, "after", cpu, MMP_DTYPE_COUNT);
+  ok(same(after, want), "the stream continues after the %s cases exactly where torch's does", what);
   mmp_tensor_unref(after);
   mmp_tensor_unref(want);
+}
+
+static mmp_tensor_t *dropout_op(mmp_rng_t *g, mmp_tensor_t *x, int k, char *what, size_t cap) {
+  double p = scalar(get("case%d.p", k));
+  snprintf(what, cap, "F.dropout(x, p = %g)", p);
+  return mmp_dropout(g, x, p);
+}
+
+/* tests/gen_dropout.py's cases on one generator seeded as
+ * torch.manual_seed(11): the noise (upstream times the saved mask) and the
+ * stream after them are torch's. */
+static void test_fixture(void) {
+  mmp_rng_t *g = mmp_rng_new(11, MMP_RNG_TORCH);
+  int k = run_cases(g, dropout_op);
+  ok(k >= 8, "%d cases read", k);
+  check_after(g, st, "dropout");
   mmp_rng_free(g);
 }
 
@@ -169,49 +192,23 @@ static void test_checkpoint(void) {
 /* drop_path.safetensors: the cases in order on one generator seeded as
  * torch.manual_seed(13), timm >= 0.5 and 0.4.12 interleaved, each on a
  * tape: output and gradient bit for bit, the stream after them. */
+static int drop_path_recipes; /* bit 1 << draws of each case seen */
+
+static mmp_tensor_t *drop_path_op(mmp_rng_t *g, mmp_tensor_t *x, int k, char *what, size_t cap) {
+  double p = scalar(get("case%d.p", k));
+  int draws = (int)scalar(get("case%d.draws", k));
+  drop_path_recipes |= 1 << draws;
+  snprintf(what, cap, "drop_path (%s, p = %g)", draws ? "timm 0.4.12" : "timm >= 0.5", p);
+  return mmp_drop_path(g, x, p, (mmp_drop_path_draws_t)draws);
+}
+
 static void test_drop_path(mmp_safetensors_t *dp) {
   mmp_rng_t *g = mmp_rng_new(13, MMP_RNG_TORCH);
   mmp_safetensors_t *keep = st;
   st = dp;
-  int k, bits = 0;
-  for (k = 0;; k++) {
-    mmp_tensor_t *x = get("case%d.x", k);
-    if (!x) break;
-    double p = scalar(get("case%d.p", k));
-    int draws = (int)scalar(get("case%d.draws", k));
-    bool t = scalar(get("case%d.t", k)) != 0;
-    bits |= 1 << draws;
-    mmp_tensor_t *y_want = get("case%d.y", k), *gy = get("case%d.g", k), *gx_want = get("case%d.gx", k);
-    mmp_tape_t *tape = mmp_tape_new();
-    mmp_tape_watch(tape, "x", x);
-    mmp_tape_t *prev = mmp_tape_set_current(tape);
-    mmp_tensor_t *xv = t ? mmp_transpose(x, 0, 1) : mmp_tensor_ref(x);
-    mmp_tensor_t *y = mmp_drop_path(g, xv, p, (mmp_drop_path_draws_t)draws);
-    mmp_tape_set_current(prev);
-    const char *who = draws ? "timm 0.4.12" : "timm >= 0.5";
-    if (!ok(same(y, y_want), "drop_path case %d (%s, p = %g%s): bit for bit", k, who, p, t ? ", a transposed view" : ""))
-      diag("%s", y ? "values differ" : mmp_error_last());
-    mmp_tensormap_t *grads = mmp_tensormap_new();
-    int rc = y ? mmp_tape_backward(tape, y, gy, grads) : -1;
-    mmp_tensor_t *gx = mmp_tensormap_get(grads, "x");
-    if (p == 0.0) ok(rc == 0 && same(gx, gy), "drop_path case %d: p = 0 passes the gradient through", k);
-    else if (!ok(rc == 0 && same(gx, gx_want), "drop_path case %d: the gradient of x is torch's", k))
-      diag("%s", rc ? mmp_error_last() : "values differ");
-    mmp_tensormap_free(grads);
-    mmp_tape_free(tape);
-    mmp_tensor_unref(xv);
-    mmp_tensor_unref(y);
-    mmp_tensor_unref(x);
-    mmp_tensor_unref(y_want);
-    mmp_tensor_unref(gy);
-    mmp_tensor_unref(gx_want);
-  }
-  ok(k >= 11 && bits == 3, "%d drop_path cases read, both recipes", k);
-  int64_t four = 4;
-  mmp_tensor_t *after = mmp_rng_rand(g, cpu, 1, &four), *want = mmp_safetensors_get(dp, "after", cpu, MMP_DTYPE_COUNT);
-  ok(same(after, want), "the stream continues after the drop_path cases where torch's does");
-  mmp_tensor_unref(after);
-  mmp_tensor_unref(want);
+  int k = run_cases(g, drop_path_op);
+  ok(k >= 11 && drop_path_recipes == 3, "%d drop_path cases read, both recipes", k);
+  check_after(g, dp, "drop_path");
   /* errors */
   int64_t s1[1] = {3};
   mmp_tensor_t *x = mmp_tensor_full(cpu, MMP_F32, 1, s1, 1.0), *x0 = mmp_tensor_full(cpu, MMP_F32, 0, NULL, 1.0);
