@@ -18,48 +18,32 @@ int sd_cfg_bad(const mmp_config_t *cfg, const char *key, const char *msg) {
   return mmp_error_set(MMP_ECONFIG, "%s:%d: %s: %s", f ? f : "(config)", n ? mmp_config_line(n) : 0, key, msg);
 }
 
+/* A getter's code, an absent key counted as success: *out then keeps the
+ * default (the core's getters leave it untouched). */
+static int or_default(int rc) {
+  if (rc != MMP_ENOENT) return rc;
+  mmp_error_clear();
+  return 0;
+}
+
 int sd_cfg_str(const mmp_config_t *cfg, const char *key, const char *def, const char **out) {
   *out = def;
-  int rc = mmp_config_get_string(cfg, key, out);
-  if (rc == MMP_ENOENT) {
-    *out = def;
-    mmp_error_clear();
-    return 0;
-  }
-  return rc;
+  return or_default(mmp_config_get_string(cfg, key, out));
 }
 
 int sd_cfg_int(const mmp_config_t *cfg, const char *key, int64_t def, int64_t *out) {
   *out = def;
-  int rc = mmp_config_get_int(cfg, key, out);
-  if (rc == MMP_ENOENT) {
-    *out = def;
-    mmp_error_clear();
-    return 0;
-  }
-  return rc;
+  return or_default(mmp_config_get_int(cfg, key, out));
 }
 
 int sd_cfg_bool(const mmp_config_t *cfg, const char *key, bool def, bool *out) {
   *out = def;
-  int rc = mmp_config_get_bool(cfg, key, out);
-  if (rc == MMP_ENOENT) {
-    *out = def;
-    mmp_error_clear();
-    return 0;
-  }
-  return rc;
+  return or_default(mmp_config_get_bool(cfg, key, out));
 }
 
 int sd_cfg_float(const mmp_config_t *cfg, const char *key, double def, double *out) {
   *out = def;
-  int rc = mmp_config_get_float(cfg, key, out);
-  if (rc == MMP_ENOENT) {
-    *out = def;
-    mmp_error_clear();
-    return 0;
-  }
-  return rc;
+  return or_default(mmp_config_get_float(cfg, key, out));
 }
 
 int sd_tower_locate(const mmp_config_t *cfg, bool need_config, char *cpath, size_t cplen, char *wpath,
