@@ -19,6 +19,8 @@ that the walk meets the structures real writers produce:
                          enum      - an enum dataset
                          compound  - a compound text dataset
                        and one group "ok" that reads.
+  h5struct_bad_snod.h5, h5struct_bad_heap.h5
+                       corrupt version-1 groups (see corrupt() below).
 
 The images are the PNG bytes of tests/fixtures/datasets/bad_dtype.h5's test
 story 0 (small ones, read from that file, so the reads can be compared with
@@ -98,3 +100,40 @@ with h5py.File(os.path.join(OUT, "h5struct_refused.h5"), "w") as f:
     story_group(g, skip=("text",))
     g.create_dataset("text", (1,), dtype=np.dtype([("caption", "S8"), ("n", "<i4")]))
 print("wrote", OUT + "/h5struct_{v2,cont,refused}.h5, h5struct_external.bin")
+
+# Corrupt group structures (version-1 groups: a B-tree of symbol nodes, names
+# in a local heap), made from h5struct_refused.h5's bytes by the file
+# format's layout, found by their signatures:
+#   h5struct_bad_snod.h5  the "val" group's symbol node claims 200 entries
+#                         (its node holds 2 * leaf K = 8)
+#   h5struct_bad_heap.h5  the "val" group's local heap has no NUL after its
+#                         last name (the rest of its data segment is "x")
+def corrupt(name, edit):
+    with h5py.File(os.path.join(OUT, name), "w") as f:
+        story_group(f.create_group("val"))
+    data = bytearray(open(os.path.join(OUT, name), "rb").read())
+    edit(data)
+    open(os.path.join(OUT, name), "wb").write(bytes(data))
+
+
+def last_snod(data):
+    # the val group's symbol node is the last one written
+    at = data.rfind(b"SNOD")
+    data[at + 6:at + 8] = (200).to_bytes(2, "little")
+
+
+def last_heap(data):
+    # the val group's local heap ("HEAP", version, 3 reserved, data size,
+    # free list head, data address): no free list, and the bytes from the
+    # last name's terminator to the segment's end all "x"
+    at = data.rfind(b"HEAP")
+    size = int.from_bytes(data[at + 8:at + 16], "little")
+    seg = int.from_bytes(data[at + 24:at + 32], "little")
+    data[at + 16:at + 24] = (1).to_bytes(8, "little")  # H5HL_FREE_NULL
+    end = data.index(b"text\0", seg) + 4
+    data[end:seg + size] = b"x" * (seg + size - end)
+
+
+corrupt("h5struct_bad_snod.h5", last_snod)
+corrupt("h5struct_bad_heap.h5", last_heap)
+print("wrote", OUT + "/h5struct_bad_{snod,heap}.h5")

@@ -654,6 +654,34 @@ static void check_h5_structures(void) {
     story_file_close(f);
   }
 
+  /* corrupt version-1 groups: refused before libhdf5 looks names up (an
+   * unterminated name in the local heap: libhdf5 1.10's H5Literate copied it
+   * with strdup past the heap's buffer, found while fixing the finding
+   * below) */
+  static const struct {
+    const char *file, *msg;
+  } groups[] = {
+      {"h5struct_bad_snod.h5", "group 'val': its symbol node at "},
+      {"h5struct_bad_heap.h5", "group 'val': its local heap at "},
+  };
+  for (size_t c = 0; c < sizeof groups / sizeof groups[0]; c++) {
+    snprintf(path, sizeof path, "%s/%s", fixdir, groups[c].file);
+    story_file_t *g = story_file_open(path, "val", "text");
+    ok(!g && mmp_error_code() == MMP_EDATA, "%s: refused", groups[c].file);
+    like(mmp_error_last(), groups[c].msg, "  naming the group and the structure");
+    story_file_close(g);
+  }
+  like(mmp_error_last(), "does not end in a NUL", "  the heap's missing terminator named");
+  {
+    char *listing = NULL;
+    size_t ln = 0;
+    FILE *m = open_memstream(&listing, &ln);
+    ok(story_file_info(path, m) == 0, "dataset info on the corrupt heap returns");
+    fclose(m);
+    like(listing, "  val: (not read: its local heap at ", "  listing val as not read");
+    free(listing);
+  }
+
   /* a fuzzing finding: an enum datatype whose member names run past their
    * message; libhdf5 1.10 copied them with strdup, reading past its buffer
    * (AddressSanitizer in the sanitizer build would report a regression) */

@@ -86,7 +86,7 @@ static uint64_t le(const uint8_t *p, int n) {
 
 /* Message types of the file format ("Header Message Types"). */
 enum {
-  MSG_NIL = 0x00, MSG_DATASPACE = 0x01, MSG_DATATYPE = 0x03, MSG_FILL_OLD = 0x04, MSG_FILL = 0x05,
+  MSG_NIL = 0x00, MSG_DATASPACE = 0x01, MSG_LINFO = 0x02, MSG_LINK = 0x06, MSG_STAB = 0x11, MSG_DATATYPE = 0x03, MSG_FILL_OLD = 0x04, MSG_FILL = 0x05,
   MSG_EFL = 0x07, MSG_LAYOUT = 0x08, MSG_PLINE = 0x0B, MSG_ATTR = 0x0C, MSG_CONT = 0x10,
   MSG_REFCOUNT = 0x16
 };
@@ -392,6 +392,195 @@ int h5raw_check_dataset(const h5raw_t *r, uint64_t addr, h5raw_dtype_t *dt) {
     return mmp_error_set(MMP_EDATA, "it has a variable-length fill value (not read)");
   *dt = c.dt;
   return 0;
+}
+
+/* ---- groups ---- */
+
+static bool addr_undef(uint64_t a, int width) {
+  return width >= 8 ? a == UINT64_MAX : a == ((uint64_t)1 << (8 * width)) - 1;
+}
+
+/* Bytes of the file at @pos (a fresh buffer) or NULL with the error set. */
+static uint8_t *read_block(const h5raw_t *r, uint64_t pos, uint64_t len, const char *what) {
+  if (pos > (uint64_t)r->size || len > (uint64_t)r->size - pos || len > MAX_CHUNK_BYTES) {
+    mmp_error_set(MMP_EDATA, "its %s at %llu (%llu bytes) lies outside the file", what, (unsigned long long)pos,
+                  (unsigned long long)len);
+    return NULL;
+  }
+  uint8_t *b = malloc(len ? (size_t)len : 1);
+  if (!b) {
+    mmp_error_set(MMP_ENOMEM, "out of memory");
+    return NULL;
+  }
+  if (len && pread(r->fd, b, (size_t)len, (off_t)pos) != (ssize_t)len) {
+    free(b);
+    mmp_error_set(MMP_EIO, "cannot read its %s at %llu", what, (unsigned long long)pos);
+    return NULL;
+  }
+  return b;
+}
+
+/* A local heap ("HEAP", version 0, 3 reserved, data segment size, free
+ * list head, data segment address) whose data lies in the file and ends in
+ * a NUL: libhdf5 compares and copies names out of it with strcmp/strdup,
+ * bounded only by that terminator. */
+static int check_local_heap(const h5raw_t *r, uint64_t addr, uint64_t *dsize) {
+  const int L = r->sizeof_size, O = r->sizeof_addr;
+  uint8_t *h = read_block(r, addr, 8 + 2 * (uint64_t)L + (uint64_t)O, "local heap");
+  if (!h) return MMP_EDATA;
+  const bool sig = memcmp(h, "HEAP", 4) == 0 && h[4] == 0;
+  const uint64_t size = le(h + 8, L), seg = le(h + 8 + 2 * L, O);
+  free(h);
+  if (!sig) return mmp_error_set(MMP_EDATA, "its local heap at %llu is not one", (unsigned long long)addr);
+  if (size == 0 || seg > (uint64_t)r->size || size > (uint64_t)r->size - seg)
+    return mmp_error_set(MMP_EDATA, "its local heap at %llu claims %llu bytes at %llu, outside the file",
+                         (unsigned long long)addr, (unsigned long long)size, (unsigned long long)seg);
+  uint8_t last = 1;
+  if (pread(r->fd, &last, 1, (off_t)(seg + size - 1)) != 1 || last != 0)
+    return mmp_error_set(MMP_EDATA, "its local heap at %llu does not end in a NUL (a name would run past it)",
+                         (unsigned long long)addr);
+  *dsize = size;
+  return 0;
+}
+
+#define MAX_GROUP_NODES 4096
+
+typedef struct stab_walk {
+  const h5raw_t *r;
+  uint64_t heap_size;
+  int nodes;
+} stab_walk_t;
+
+static int check_name_offset(const stab_walk_t *w, uint64_t off, uint64_t at) {
+  if (off >= w->heap_size)
+    return mmp_error_set(MMP_EDATA, "a name offset %llu at %llu lies outside its local heap (%llu bytes)",
+                         (unsigned long long)off, (unsigned long long)at, (unsigned long long)w->heap_size);
+  return 0;
+}
+
+/* A symbol node: "SNOD", version 1, reserved, entry count (2), then 2 x leaf
+ * K entries of name offset (L), header address (O), cache type (4), 4
+ * reserved, 16 bytes of scratch. */
+static int check_snod(stab_walk_t *w, uint64_t addr) {
+  const h5raw_t *r = w->r;
+  const uint64_t esz = (uint64_t)(r->sizeof_size + r->sizeof_addr + 24), cap = 2 * (uint64_t)r->sym_lk;
+  uint8_t *b = read_block(r, addr, 8 + cap * esz, "symbol node");
+  if (!b) return MMP_EDATA;
+  int rc = 0;
+  const uint64_t n = le(b + 6, 2);
+  if (memcmp(b, "SNOD", 4) != 0 || b[4] != 1)
+    rc = mmp_error_set(MMP_EDATA, "its symbol node at %llu is not one", (unsigned long long)addr);
+  else if (n > cap)
+    rc = mmp_error_set(MMP_EDATA, "its symbol node at %llu claims %llu entries (at most %llu)", (unsigned long long)addr,
+                       (unsigned long long)n, (unsigned long long)cap);
+  for (uint64_t i = 0; rc == 0 && i < n; i++)
+    rc = check_name_offset(w, le(b + 8 + i * esz, r->sizeof_size), addr + 8 + i * esz);
+  free(b);
+  return rc;
+}
+
+/* A group B-tree node (version 1 B-tree): "TREE", type 0, level, entries
+ * used (2), left and right siblings, then keys (name offsets) and children
+ * alternating, 2 x K children at most; children of level 0 are symbol
+ * nodes. */
+static int check_btree(stab_walk_t *w, uint64_t addr, int depth) {
+  const h5raw_t *r = w->r;
+  const int L = r->sizeof_size, O = r->sizeof_addr;
+  if (++w->nodes > MAX_GROUP_NODES || depth > 32)
+    return mmp_error_set(MMP_EDATA, "its group B-tree has more than %d nodes or levels", MAX_GROUP_NODES);
+  const uint64_t cap = 2 * (uint64_t)r->sym_ik, hdr = 8 + 2 * (uint64_t)O;
+  uint8_t *b = read_block(r, addr, hdr + (cap + 1) * (uint64_t)L + cap * (uint64_t)O, "group B-tree node");
+  if (!b) return MMP_EDATA;
+  int rc = 0;
+  const unsigned level = b[5];
+  const uint64_t n = le(b + 6, 2);
+  if (memcmp(b, "TREE", 4) != 0 || b[4] != 0)
+    rc = mmp_error_set(MMP_EDATA, "its group B-tree node at %llu is not one", (unsigned long long)addr);
+  else if (n > cap)
+    rc = mmp_error_set(MMP_EDATA, "its group B-tree node at %llu claims %llu children (at most %llu)",
+                       (unsigned long long)addr, (unsigned long long)n, (unsigned long long)cap);
+  for (uint64_t i = 0; rc == 0 && i <= n; i++) {
+    const uint64_t k = hdr + i * (uint64_t)(L + O);
+    rc = check_name_offset(w, le(b + k, L), addr + k);
+    if (rc == 0 && i < n) {
+      const uint64_t child = le(b + k + L, O);
+      rc = level > 0 ? check_btree(w, child, depth + 1) : check_snod(w, child);
+    }
+  }
+  free(b);
+  return rc;
+}
+
+typedef struct group_ctx {
+  const h5raw_t *r;
+  int n_stab;
+  uint64_t btree, heap;
+} group_ctx_t;
+
+static int group_msg(void *ctxp, unsigned type, unsigned flags, const uint8_t *b, size_t n, uint64_t at) {
+  group_ctx_t *c = ctxp;
+  const h5raw_t *r = c->r;
+  const int O = r->sizeof_addr;
+  (void)flags;
+  switch (type) {
+  case MSG_STAB: /* B-tree address, local heap address */
+    if (n < 2 * (size_t)O)
+      return mmp_error_set(MMP_EDATA, "its symbol table message at %llu is short", (unsigned long long)at);
+    c->n_stab++;
+    c->btree = le(b, O);
+    c->heap = le(b + O, O);
+    return 0;
+  case MSG_LINFO: { /* version 0, flags, [max creation index (8)], fractal heap address, name index address, ... */
+    const size_t off = 2 + ((n >= 2 && (b[1] & 1)) ? 8 : 0);
+    if (n < 2 || b[0] != 0 || n < off + 2 * (size_t)O)
+      return mmp_error_set(MMP_EDATA, "its link info message at %llu is malformed", (unsigned long long)at);
+    if (!addr_undef(le(b + off, O), O))
+      return mmp_error_set(MMP_EDATA, "its links are in dense storage (not read: story groups hold a few links)");
+    return 0;
+  }
+  case MSG_LINK: { /* version 1, flags, [type], [creation order (8)], [charset], name length (1-8), name, link info */
+    if (n < 2 || b[0] != 1)
+      return mmp_error_set(MMP_EDATA, "its link message at %llu is malformed", (unsigned long long)at);
+    const unsigned fl = b[1];
+    size_t off = 2;
+    unsigned ltype = 0;
+    if (fl & 0x08) {
+      if (n < off + 1) goto short_msg;
+      ltype = b[off++];
+    }
+    if (fl & 0x04) off += 8;
+    if (fl & 0x10) off += 1;
+    const int w = 1 << (fl & 3);
+    if (n < off + (size_t)w) goto short_msg;
+    const uint64_t len = le(b + off, w);
+    off += (size_t)w;
+    if (len == 0 || len > n - off) goto short_msg;
+    off += (size_t)len;
+    if (ltype == 0) { /* hard: an address */
+      if (n - off < (size_t)O) goto short_msg;
+    } else { /* soft, external, user-defined: a length (2) and that many bytes */
+      if (n - off < 2 || le(b + off, 2) > n - off - 2) goto short_msg;
+    }
+    return 0;
+  short_msg:
+    return mmp_error_set(MMP_EDATA, "its link message at %llu runs past its end", (unsigned long long)at);
+  }
+  default:
+    return 0;
+  }
+}
+
+int h5raw_check_group(const h5raw_t *r, uint64_t addr) {
+  if (r->sym_ik < 1 || r->sym_lk < 1 || r->sym_ik > 32768 || r->sym_lk > 32768)
+    return mmp_error_set(MMP_EDATA, "the file's group ranks (%d, %d) are not usable", r->sym_ik, r->sym_lk);
+  group_ctx_t c = {.r = r};
+  int rc = walk_header(r, addr, group_msg, &c);
+  if (rc < 0) return rc;
+  if (c.n_stab > 1) return mmp_error_set(MMP_EDATA, "its object header holds %d symbol tables", c.n_stab);
+  if (c.n_stab == 0) return 0; /* a version-2 group: its link messages were checked */
+  stab_walk_t w = {.r = r};
+  if ((rc = check_local_heap(r, c.heap, &w.heap_size)) < 0) return rc;
+  return check_btree(&w, c.btree, 0);
 }
 
 /* ---- attributes ---- */

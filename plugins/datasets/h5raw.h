@@ -29,6 +29,7 @@ typedef struct h5raw {
   int64_t size;    /* its size in bytes */
   int sizeof_addr; /* the superblock's widths of addresses and lengths (2..8) */
   int sizeof_size;
+  int sym_ik, sym_lk; /* group B-tree and symbol node half ranks (H5Pget_sym_k) */
 } h5raw_t;
 
 /* Little-endian unsigned of @n <= 8 bytes at file offset @pos. */
@@ -58,6 +59,15 @@ typedef struct h5raw_dtype {
   uint32_t size, base_size;
 } h5raw_dtype_t;
 int h5raw_check_dataset(const h5raw_t *r, uint64_t addr, h5raw_dtype_t *dt);
+
+/* The group whose object header is at @addr is one libhdf5 can look names
+ * up in and list without reading past what the file holds: a version-1
+ * group (symbol table: a B-tree of symbol nodes, every node inside the file
+ * with at most its rank of entries, every name offset inside the local
+ * heap, and the heap's data ending in a NUL so that no name runs past it)
+ * or a version-2 group with its links in the header (every link message
+ * within its size); links in dense storage (a fractal heap) are refused. */
+int h5raw_check_group(const h5raw_t *r, uint64_t addr);
 
 /* The value of the fixed-length string attribute @name of the object whose
  * header is at @addr, read from its attribute messages (compact storage;

@@ -121,12 +121,13 @@ static int check_vlen_str(hid_t d, const char *path, const char *name) {
   return 0;
 }
 
-/* Whether dataset @name of @group may be handed to H5Dopen2: a hard link
- * (soft and external links are not followed) to an object header that
- * passes h5raw_check_dataset (libhdf5 1.10 decodes some of its messages
- * without bounding its reads: a fuzzing finding). <0 with the reason in
- * @why. */
-static int check_link(hid_t group, const h5raw_t *raw, const char *name, char why[256]) {
+/* Whether the object @name of @group may be handed to H5Dopen2 (or, with
+ * @is_group, to H5Gopen2 and the link lookups): a hard link (soft and
+ * external links are not followed) to an object header that passes
+ * h5raw_check_dataset / h5raw_check_group (libhdf5 1.10 decodes some
+ * structures without bounding its reads: fuzzing findings). <0 with the
+ * reason in @why. */
+static int check_link(hid_t group, const h5raw_t *raw, const char *name, bool is_group, char why[256]) {
   H5L_info_t li;
   if (H5Lget_info(group, name, &li, H5P_DEFAULT) < 0) {
     h5_message(why);
@@ -138,9 +139,43 @@ static int check_link(hid_t group, const h5raw_t *raw, const char *name, char wh
     return MMP_EDATA;
   }
   h5raw_dtype_t dt;
-  if (h5raw_check_dataset(raw, (uint64_t)li.u.address, &dt) < 0) {
+  if ((is_group ? h5raw_check_group(raw, (uint64_t)li.u.address)
+                : h5raw_check_dataset(raw, (uint64_t)li.u.address, &dt)) < 0) {
     snprintf(why, 256, "%s", mmp_error_last());
     return MMP_EDATA;
+  }
+  return 0;
+}
+
+/* The file behind @file read by the format too (@raw, its descriptor open):
+ * sizes from the superblock, and the root group checked (h5raw_check_group).
+ * *@root the root's header address. */
+static int raw_open(hid_t file, const char *path, h5raw_t *raw, uint64_t *root) {
+  struct stat sb;
+  raw->fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (raw->fd < 0 || fstat(raw->fd, &sb) < 0) return mmp_error_set(MMP_EIO, "cannot open %s", path);
+  raw->size = (int64_t)sb.st_size;
+  hid_t fcpl = H5Fget_create_plist(file);
+  size_t sa = 0, ss = 0;
+  unsigned ik = 0, lk = 0;
+  const bool good = fcpl >= 0 && H5Pget_sizes(fcpl, &sa, &ss) >= 0 && H5Pget_sym_k(fcpl, &ik, &lk) >= 0;
+  if (fcpl >= 0) H5Pclose(fcpl);
+  if (!good || sa < 2 || sa > 8 || ss < 2 || ss > 8)
+    return mmp_error_set(MMP_EDATA, "%s: cannot read the file's address size", path);
+  raw->sizeof_addr = (int)sa;
+  raw->sizeof_size = (int)ss;
+  raw->sym_ik = (int)ik;
+  raw->sym_lk = (int)lk;
+  H5O_info_t oi;
+  if (H5Oget_info2(file, &oi, H5O_INFO_BASIC) < 0) {
+    H5FAIL(MMP_EDATA, "%s: cannot locate the root group", path);
+    return MMP_EDATA;
+  }
+  *root = (uint64_t)oi.addr;
+  if (h5raw_check_group(raw, *root) < 0) {
+    char why[256];
+    snprintf(why, sizeof why, "%s", mmp_error_last());
+    return mmp_error_set(MMP_EDATA, "%s: the root group: %s", path, why);
   }
   return 0;
 }
@@ -152,7 +187,7 @@ static hid_t open_dataset(const story_file_t *f, const char *name) {
     return -1;
   }
   char why[256];
-  if (check_link(f->group, &f->raw, name, why) < 0) {
+  if (check_link(f->group, &f->raw, name, false, why) < 0) {
     mmp_error_set(MMP_EDATA, "%s: %s/%s: %s", f->path, f->split, name, why);
     return -1;
   }
@@ -187,32 +222,16 @@ static int open_locked(story_file_t *f) {
     H5FAIL(MMP_EIO, "cannot open HDF5 file %s", f->path);
     return MMP_EIO;
   }
-  struct stat sb;
-  f->raw.fd = open(f->path, O_RDONLY | O_CLOEXEC);
-  if (f->raw.fd < 0 || fstat(f->raw.fd, &sb) < 0) return mmp_error_set(MMP_EIO, "cannot open %s", f->path);
-  f->raw.size = (int64_t)sb.st_size;
-  hid_t fcpl = H5Fget_create_plist(f->file);
-  size_t sizeof_addr = 0, sizeof_size = 0;
-  if (fcpl < 0 || H5Pget_sizes(fcpl, &sizeof_addr, &sizeof_size) < 0 || sizeof_addr < 2 || sizeof_addr > 8 ||
-      sizeof_size < 2 || sizeof_size > 8) {
-    if (fcpl >= 0) H5Pclose(fcpl);
-    return mmp_error_set(MMP_EDATA, "%s: cannot read the file's address size", f->path);
-  }
-  H5Pclose(fcpl);
-  f->raw.sizeof_addr = (int)sizeof_addr;
-  f->raw.sizeof_size = (int)sizeof_size;
-  f->vlen_esz = 4 + (int64_t)sizeof_addr + 4;
+  uint64_t root = 0;
+  if ((rc = raw_open(f->file, f->path, &f->raw, &root)) < 0) return rc;
+  rc = MMP_EDATA;
+  f->vlen_esz = 4 + (int64_t)f->raw.sizeof_addr + 4;
   /* the root's attribute, read from its header: libhdf5 is not asked to
    * decode the root's attributes (their datatypes and data are decoded
    * without bounds in 1.10) */
   f->png_bgr = true;
-  H5O_info_t oi;
-  if (H5Oget_info2(f->file, &oi, H5O_INFO_BASIC) < 0) {
-    H5FAIL(MMP_EDATA, "%s: cannot locate the root group", f->path);
-    return MMP_EDATA;
-  }
   char order[8];
-  int arc = h5raw_attr_string(&f->raw, (uint64_t)oi.addr, "mmpipe_png_order", order, sizeof order);
+  int arc = h5raw_attr_string(&f->raw, root, "mmpipe_png_order", order, sizeof order);
   if (arc == MMP_EDATA) {
     char why[256];
     snprintf(why, sizeof why, "%s", mmp_error_last());
@@ -223,6 +242,9 @@ static int open_locked(story_file_t *f) {
     return mmp_error_set(MMP_EDATA, "%s: no group '%s' (AR-LDM files have train, val and test)",
                          f->path, f->split);
   }
+  char why[256];
+  if (check_link(f->file, &f->raw, f->split, true, why) < 0)
+    return mmp_error_set(MMP_EDATA, "%s: group '%s': %s", f->path, f->split, why);
   f->group = H5Gopen2(f->file, f->split, H5P_DEFAULT);
   if (f->group < 0) {
     H5FAIL(MMP_EDATA, "%s: '%s' is not a group", f->path, f->split);
@@ -507,7 +529,7 @@ typedef struct info_ctx {
 static void info_dataset(const info_ctx_t *c, hid_t g, const char *name) {
   FILE *out = c->out;
   char why[256];
-  if (check_link(g, c->raw, name, why) < 0) {
+  if (check_link(g, c->raw, name, false, why) < 0) {
     fprintf(out, "    %-8s (not read: %s)\n", name, why);
     return;
   }
@@ -546,25 +568,21 @@ int story_file_info(const char *path, void *outp) {
   pthread_mutex_lock(&h5_lock);
   H5E_BEGIN_TRY {
     hid_t file = H5Fopen(path, H5F_ACC_RDONLY, H5P_DEFAULT);
-    struct stat sb;
-    hid_t fcpl = file >= 0 ? H5Fget_create_plist(file) : -1;
-    size_t sa = 0, ss = 0;
+    uint64_t root;
     if (file < 0) {
       H5FAIL(MMP_EIO, "cannot open HDF5 file %s", path);
       rc = MMP_EIO;
-    } else if ((raw.fd = open(path, O_RDONLY | O_CLOEXEC)) < 0 || fstat(raw.fd, &sb) < 0) {
-      rc = mmp_error_set(MMP_EIO, "cannot open %s", path);
-    } else if (fcpl < 0 || H5Pget_sizes(fcpl, &sa, &ss) < 0 || sa < 2 || sa > 8 || ss < 2 || ss > 8) {
-      rc = mmp_error_set(MMP_EDATA, "%s: cannot read the file's address size", path);
-    } else {
-      raw.size = (int64_t)sb.st_size;
-      raw.sizeof_addr = (int)sa;
-      raw.sizeof_size = (int)ss;
+    } else if ((rc = raw_open(file, path, &raw, &root)) == 0) {
       fprintf(out, "%s\n", path);
       static const char *const splits[] = {"train", "val", "test"};
       for (int s = 0; s < 3; s++) {
         if (H5Lexists(file, splits[s], H5P_DEFAULT) <= 0) {
           fprintf(out, "  %s: (missing)\n", splits[s]);
+          continue;
+        }
+        char why[256];
+        if (check_link(file, &raw, splits[s], true, why) < 0) {
+          fprintf(out, "  %s: (not read: %s)\n", splits[s], why);
           continue;
         }
         hid_t g = H5Gopen2(file, splits[s], H5P_DEFAULT);
@@ -578,7 +596,6 @@ int story_file_info(const char *path, void *outp) {
         H5Gclose(g);
       }
     }
-    if (fcpl >= 0) H5Pclose(fcpl);
     if (file >= 0) H5Fclose(file);
   }
   H5E_END_TRY;
