@@ -421,40 +421,46 @@ static uint8_t *read_block(const h5raw_t *r, uint64_t pos, uint64_t len, const c
 }
 
 /* A local heap ("HEAP", version 0, 3 reserved, data segment size, free
- * list head, data segment address) whose data lies in the file and ends in
- * a NUL: libhdf5 compares and copies names out of it with strcmp/strdup,
- * bounded only by that terminator. */
-static int check_local_heap(const h5raw_t *r, uint64_t addr, uint64_t *dsize) {
+ * list head, data segment address) whose data lies in the file: its data
+ * segment, read (transfer full), for the names the group's nodes point at. */
+static uint8_t *read_local_heap(const h5raw_t *r, uint64_t addr, uint64_t *dsize) {
   const int L = r->sizeof_size, O = r->sizeof_addr;
   uint8_t *h = read_block(r, addr, 8 + 2 * (uint64_t)L + (uint64_t)O, "local heap");
-  if (!h) return MMP_EDATA;
+  if (!h) return NULL;
   const bool sig = memcmp(h, "HEAP", 4) == 0 && h[4] == 0;
   const uint64_t size = le(h + 8, L), seg = le(h + 8 + 2 * L, O);
   free(h);
-  if (!sig) return mmp_error_set(MMP_EDATA, "its local heap at %llu is not one", (unsigned long long)addr);
-  if (size == 0 || seg > (uint64_t)r->size || size > (uint64_t)r->size - seg)
-    return mmp_error_set(MMP_EDATA, "its local heap at %llu claims %llu bytes at %llu, outside the file",
-                         (unsigned long long)addr, (unsigned long long)size, (unsigned long long)seg);
-  uint8_t last = 1;
-  if (pread(r->fd, &last, 1, (off_t)(seg + size - 1)) != 1 || last != 0)
-    return mmp_error_set(MMP_EDATA, "its local heap at %llu does not end in a NUL (a name would run past it)",
-                         (unsigned long long)addr);
+  if (!sig) {
+    mmp_error_set(MMP_EDATA, "its local heap at %llu is not one", (unsigned long long)addr);
+    return NULL;
+  }
+  if (size == 0) {
+    mmp_error_set(MMP_EDATA, "its local heap at %llu is empty", (unsigned long long)addr);
+    return NULL;
+  }
   *dsize = size;
-  return 0;
+  return read_block(r, seg, size, "local heap data");
 }
 
 #define MAX_GROUP_NODES 4096
 
 typedef struct stab_walk {
   const h5raw_t *r;
+  const uint8_t *heap; /* the local heap's data segment */
   uint64_t heap_size;
   int nodes;
 } stab_walk_t;
 
+/* A name offset of a key or an entry: inside the heap, and the name
+ * terminated there (libhdf5 1.10 compares and copies names with strcmp and
+ * strdup, bounded only by the terminator). */
 static int check_name_offset(const stab_walk_t *w, uint64_t off, uint64_t at) {
   if (off >= w->heap_size)
     return mmp_error_set(MMP_EDATA, "a name offset %llu at %llu lies outside its local heap (%llu bytes)",
                          (unsigned long long)off, (unsigned long long)at, (unsigned long long)w->heap_size);
+  if (!memchr(w->heap + off, 0, (size_t)(w->heap_size - off)))
+    return mmp_error_set(MMP_EDATA, "the name at offset %llu of its local heap is not terminated inside the heap",
+                         (unsigned long long)off);
   return 0;
 }
 
@@ -579,8 +585,12 @@ int h5raw_check_group(const h5raw_t *r, uint64_t addr) {
   if (c.n_stab > 1) return mmp_error_set(MMP_EDATA, "its object header holds %d symbol tables", c.n_stab);
   if (c.n_stab == 0) return 0; /* a version-2 group: its link messages were checked */
   stab_walk_t w = {.r = r};
-  if ((rc = check_local_heap(r, c.heap, &w.heap_size)) < 0) return rc;
-  return check_btree(&w, c.btree, 0);
+  uint8_t *heap = read_local_heap(r, c.heap, &w.heap_size);
+  if (!heap) return MMP_EDATA;
+  w.heap = heap;
+  rc = check_btree(&w, c.btree, 0);
+  free(heap);
+  return rc;
 }
 
 /* ---- attributes ---- */

@@ -63,8 +63,8 @@ int h5raw_check_dataset(const h5raw_t *r, uint64_t addr, h5raw_dtype_t *dt);
 /* The group whose object header is at @addr is one libhdf5 can look names
  * up in and list without reading past what the file holds: a version-1
  * group (symbol table: a B-tree of symbol nodes, every node inside the file
- * with at most its rank of entries, every name offset inside the local
- * heap, and the heap's data ending in a NUL so that no name runs past it)
+ * with at most its rank of entries, every name they point at inside the
+ * local heap and terminated there)
  * or a version-2 group with its links in the header (every link message
  * within its size); links in dense storage (a fractal heap) are refused. */
 int h5raw_check_group(const h5raw_t *r, uint64_t addr);
