@@ -97,6 +97,26 @@ enum {
 #define MAX_CHUNKS 64
 #define MAX_CHUNK_BYTES ((uint64_t)16 << 20)
 
+/* Bytes of the file at @pos (a fresh buffer) or NULL with the error set. */
+static uint8_t *read_block(const h5raw_t *r, uint64_t pos, uint64_t len, const char *what) {
+  if (pos > (uint64_t)r->size || len > (uint64_t)r->size - pos || len > MAX_CHUNK_BYTES) {
+    mmp_error_set(MMP_EDATA, "its %s at %llu (%llu bytes) lies outside the file", what, (unsigned long long)pos,
+                  (unsigned long long)len);
+    return NULL;
+  }
+  uint8_t *b = malloc(len ? (size_t)len : 1);
+  if (!b) {
+    mmp_error_set(MMP_ENOMEM, "out of memory");
+    return NULL;
+  }
+  if (len && pread(r->fd, b, (size_t)len, (off_t)pos) != (ssize_t)len) {
+    free(b);
+    mmp_error_set(MMP_EIO, "cannot read its %s at %llu", what, (unsigned long long)pos);
+    return NULL;
+  }
+  return b;
+}
+
 /* Called per message with its body; nonzero ends the walk with that value. */
 typedef int (*msg_fn)(void *ctx, unsigned type, unsigned flags, const uint8_t *body, size_t n, uint64_t at);
 
@@ -139,15 +159,8 @@ static int walk_header(const h5raw_t *r, uint64_t addr, msg_fn fn, void *ctx) {
   int rc = 0;
   for (int c = 0; c < nq && rc == 0; c++) {
     const uint64_t ca = q[c].addr, cl = q[c].len;
-    if (ca > (uint64_t)r->size || cl > (uint64_t)r->size - ca || cl > MAX_CHUNK_BYTES)
-      return mmp_error_set(MMP_EDATA, "its object header chunk at %llu of %llu bytes lies outside the file",
-                           (unsigned long long)ca, (unsigned long long)cl);
-    uint8_t *buf = malloc(cl ? (size_t)cl : 1);
-    if (!buf) return mmp_error_set(MMP_ENOMEM, "out of memory");
-    if (cl && pread(r->fd, buf, (size_t)cl, (off_t)ca) != (ssize_t)cl) {
-      free(buf);
-      return mmp_error_set(MMP_EIO, "cannot read the object header chunk at %llu", (unsigned long long)ca);
-    }
+    uint8_t *buf = read_block(r, ca, cl, "object header chunk");
+    if (!buf) return mmp_error_code();
     size_t off = 0, end = (size_t)cl;
     if (v2 && c > 0) { /* a continuation chunk: signature, messages, checksum */
       if (cl < 8 || memcmp(buf, "OCHK", 4) != 0) {
@@ -398,26 +411,6 @@ int h5raw_check_dataset(const h5raw_t *r, uint64_t addr, h5raw_dtype_t *dt) {
 
 static bool addr_undef(uint64_t a, int width) {
   return width >= 8 ? a == UINT64_MAX : a == ((uint64_t)1 << (8 * width)) - 1;
-}
-
-/* Bytes of the file at @pos (a fresh buffer) or NULL with the error set. */
-static uint8_t *read_block(const h5raw_t *r, uint64_t pos, uint64_t len, const char *what) {
-  if (pos > (uint64_t)r->size || len > (uint64_t)r->size - pos || len > MAX_CHUNK_BYTES) {
-    mmp_error_set(MMP_EDATA, "its %s at %llu (%llu bytes) lies outside the file", what, (unsigned long long)pos,
-                  (unsigned long long)len);
-    return NULL;
-  }
-  uint8_t *b = malloc(len ? (size_t)len : 1);
-  if (!b) {
-    mmp_error_set(MMP_ENOMEM, "out of memory");
-    return NULL;
-  }
-  if (len && pread(r->fd, b, (size_t)len, (off_t)pos) != (ssize_t)len) {
-    free(b);
-    mmp_error_set(MMP_EIO, "cannot read its %s at %llu", what, (unsigned long long)pos);
-    return NULL;
-  }
-  return b;
 }
 
 /* A local heap ("HEAP", version 0, 3 reserved, data segment size, free
