@@ -9,7 +9,8 @@
 
 #include <mmpipe/error.h>
 
-int h5raw_read_le(const h5raw_t *r, int64_t pos, int n, uint64_t *out) {
+/* Little-endian unsigned of @n <= 8 bytes at file offset @pos. */
+static int read_le(const h5raw_t *r, int64_t pos, int n, uint64_t *out) {
   uint8_t b[8];
   if (pos < 0 || pos > r->size - n || pread(r->fd, b, (size_t)n, (off_t)pos) != n)
     return mmp_error_set(MMP_EDATA, "offset %lld lies outside the file", (long long)pos);
@@ -24,14 +25,14 @@ int h5raw_read_le(const h5raw_t *r, int64_t pos, int n, uint64_t *out) {
  * list.) */
 int h5raw_check_heap_object(const h5raw_t *r, int64_t pos, int64_t len) {
   uint64_t addr = 0, idx = 0, csize = 0;
-  if (h5raw_read_le(r, pos, r->sizeof_addr, &addr) < 0 || h5raw_read_le(r, pos + r->sizeof_addr, 4, &idx) < 0)
+  if (read_le(r, pos, r->sizeof_addr, &addr) < 0 || read_le(r, pos + r->sizeof_addr, 4, &idx) < 0)
     return MMP_EDATA;
   if (len == 0 && addr == 0) return 0; /* an empty element HDF5 does not look up */
   uint8_t sig[4];
   if (addr > (uint64_t)r->size || pread(r->fd, sig, 4, (off_t)addr) != 4 || memcmp(sig, "GCOL", 4) != 0)
     return mmp_error_set(MMP_EDATA, "its heap collection at %llu is not one", (unsigned long long)addr);
   const int64_t hdr = 8 + r->sizeof_size, ohdr = 8 + r->sizeof_size;
-  if (h5raw_read_le(r, (int64_t)addr + 8, r->sizeof_size, &csize) < 0) return MMP_EDATA;
+  if (read_le(r, (int64_t)addr + 8, r->sizeof_size, &csize) < 0) return MMP_EDATA;
   if (csize < (uint64_t)hdr || csize > (uint64_t)r->size - addr)
     return mmp_error_set(MMP_EDATA, "its heap collection claims %llu bytes", (unsigned long long)csize);
   /* Walk the collection as HDF5's loader does (H5HG__cache_heap_deserialize
@@ -48,7 +49,7 @@ int h5raw_check_heap_object(const h5raw_t *r, int64_t pos, int64_t len) {
   for (int64_t o = (int64_t)addr + hdr; o < end;) {
     if (o + ohdr > end) break; /* the remainder is free space too small for a header */
     uint64_t oi = 0, osz = 0;
-    if (h5raw_read_le(r, o, 2, &oi) < 0 || h5raw_read_le(r, o + 8, r->sizeof_size, &osz) < 0) return MMP_EDATA;
+    if (read_le(r, o, 2, &oi) < 0 || read_le(r, o + 8, r->sizeof_size, &osz) < 0) return MMP_EDATA;
     const uint64_t left = (uint64_t)(end - o);
     uint64_t need;
     if (oi == 0)
@@ -77,6 +78,15 @@ int h5raw_check_heap_object(const h5raw_t *r, int64_t pos, int64_t len) {
 }
 
 /* ---- object headers ---- */
+
+/* Datatype classes as the file format numbers them (H5T_class_t's values). */
+enum { H5RAW_INTEGER = 0, H5RAW_FLOAT = 1, H5RAW_STRING = 3, H5RAW_VLEN = 9 };
+
+/* What a checked datatype message says: its class and size. */
+typedef struct h5raw_dtype {
+  int cls;
+  uint32_t size;
+} h5raw_dtype_t;
 
 static uint64_t le(const uint8_t *p, int n) {
   uint64_t v = 0;
@@ -151,7 +161,7 @@ static int walk_header(const h5raw_t *r, uint64_t addr, msg_fn fn, void *ctx) {
                            (unsigned long long)addr, ver, fl);
     uint64_t pos = addr + 6 + ((fl & 0x20) ? 16 : 0) + ((fl & 0x10) ? 4 : 0), len = 0;
     const int w = 1 << (fl & 3);
-    if (h5raw_read_le(r, (int64_t)pos, w, &len) < 0) return MMP_EDATA;
+    if (read_le(r, (int64_t)pos, w, &len) < 0) return MMP_EDATA;
     q[nq].addr = pos + (uint64_t)w;
     q[nq++].len = len;
     mhdr = (fl & 0x04) ? 6 : 4;
@@ -254,9 +264,6 @@ static int check_dtype(const uint8_t *b, size_t n, int depth, h5raw_dtype_t *dt,
     if (base.cls == H5RAW_VLEN) return mmp_error_set(MMP_EDATA, "nested variable-length types are not read");
     dt->cls = cls;
     dt->size = size;
-    dt->vlen_string = kind == 1;
-    dt->base_cls = base.cls;
-    dt->base_size = base.size;
     *used = 8 + bused;
     return 0;
   }
@@ -266,9 +273,6 @@ static int check_dtype(const uint8_t *b, size_t n, int depth, h5raw_dtype_t *dt,
   if (n < need) return mmp_error_set(MMP_EDATA, "its datatype message at %llu is short", (unsigned long long)at);
   dt->cls = cls;
   dt->size = size;
-  dt->base_cls = -1;
-  dt->base_size = 0;
-  dt->vlen_string = 0;
   *used = need;
   return 0;
 }
@@ -393,7 +397,7 @@ static int dset_msg(void *ctxp, unsigned type, unsigned flags, const uint8_t *b,
   }
 }
 
-int h5raw_check_dataset(const h5raw_t *r, uint64_t addr, h5raw_dtype_t *dt) {
+int h5raw_check_dataset(const h5raw_t *r, uint64_t addr) {
   dset_ctx_t c = {.r = r};
   int rc = walk_header(r, addr, dset_msg, &c);
   if (rc < 0) return rc;
@@ -403,7 +407,6 @@ int h5raw_check_dataset(const h5raw_t *r, uint64_t addr, h5raw_dtype_t *dt) {
                          c.n_layout);
   if (c.dt.cls == H5RAW_VLEN && c.fill_value) /* a fill value of a variable-length type names a heap object */
     return mmp_error_set(MMP_EDATA, "it has a variable-length fill value (not read)");
-  *dt = c.dt;
   return 0;
 }
 

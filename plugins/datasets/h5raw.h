@@ -32,16 +32,10 @@ typedef struct h5raw {
   int sym_ik, sym_lk; /* group B-tree and symbol node half ranks (H5Pget_sym_k) */
 } h5raw_t;
 
-/* Little-endian unsigned of @n <= 8 bytes at file offset @pos. */
-int h5raw_read_le(const h5raw_t *r, int64_t pos, int n, uint64_t *out);
-
 /* The global heap object a variable-length element stored at @pos (heap
  * address, object index) names must exist and hold at least @len bytes, and
  * its collection must be one HDF5's loader walks to its end. */
 int h5raw_check_heap_object(const h5raw_t *r, int64_t pos, int64_t len);
-
-/* Datatype classes as the file format numbers them (H5T_class_t's values). */
-enum { H5RAW_INTEGER = 0, H5RAW_FLOAT = 1, H5RAW_STRING = 3, H5RAW_VLEN = 9 };
 
 /* The object header at @addr is one a dataset can be opened from without
  * libhdf5 reading past what the file holds: version 1 or 2 headers with their
@@ -50,15 +44,8 @@ enum { H5RAW_INTEGER = 0, H5RAW_FLOAT = 1, H5RAW_STRING = 3, H5RAW_VLEN = 9 };
  * string, or variable-length of one of them; compound, enum, array, opaque,
  * reference and time types are refused), the fill value, the layout
  * (contiguous only: story elements are read from their place in the file);
- * external storage, filters and shared (committed) messages are refused.
- * On success *@cls is the datatype's class and *@base_cls / *@base_size
- * the base type's class and size for a variable-length type (-1 / 0
- * otherwise); *@vlen_string says whether a variable-length type is a string. */
-typedef struct h5raw_dtype {
-  int cls, base_cls, vlen_string;
-  uint32_t size, base_size;
-} h5raw_dtype_t;
-int h5raw_check_dataset(const h5raw_t *r, uint64_t addr, h5raw_dtype_t *dt);
+ * external storage, filters and shared (committed) messages are refused. */
+int h5raw_check_dataset(const h5raw_t *r, uint64_t addr);
 
 /* The group whose object header is at @addr is one libhdf5 can look names
  * up in and list without reading past what the file holds: a version-1

@@ -138,9 +138,8 @@ static int check_link(hid_t group, const h5raw_t *raw, const char *name, bool is
              li.type == H5L_TYPE_SOFT ? "a soft" : li.type == H5L_TYPE_EXTERNAL ? "an external" : "a user-defined");
     return MMP_EDATA;
   }
-  h5raw_dtype_t dt;
-  if ((is_group ? h5raw_check_group(raw, (uint64_t)li.u.address)
-                : h5raw_check_dataset(raw, (uint64_t)li.u.address, &dt)) < 0) {
+  const uint64_t addr = (uint64_t)li.u.address;
+  if ((is_group ? h5raw_check_group(raw, addr) : h5raw_check_dataset(raw, addr)) < 0) {
     snprintf(why, 256, "%s", mmp_error_last());
     return MMP_EDATA;
   }
