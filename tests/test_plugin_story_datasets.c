@@ -592,6 +592,16 @@ static bool read_story0(const char *path, const char *split, const char *text_na
   return good;
 }
 
+/* story_file_info's listing of @path (transfer full), its return checked. */
+static char *info_of(const char *path, const char *what) {
+  char *out = NULL;
+  size_t n = 0;
+  FILE *m = open_memstream(&out, &n);
+  ok(m && story_file_info(path, m) == 0, "%s", what);
+  if (m) fclose(m);
+  return out;
+}
+
 static void check_h5_structures(void) {
   char base[4200], path[4200], flint[4200];
   uint8_t *want[5];
@@ -635,52 +645,34 @@ static void check_h5_structures(void) {
   for (int i = 0; i < STORY_FRAMES; i++) free(want[i]);
   free(want_text);
 
-  /* refused before libhdf5 opens the dataset */
+  /* refused before libhdf5 opens the dataset; and corrupt version-1 groups,
+   * refused before libhdf5 looks names up (an unterminated name in the local
+   * heap: libhdf5 1.10's H5Literate copied it with strdup past the heap's
+   * buffer, found while fixing the finding below). The last case's error
+   * and file are checked further below. */
   static const struct {
-    const char *group, *msg;
+    const char *file, *split, *msg;
   } refused[] = {
-      {"external", "external/image2: its data is stored in external files (not read)"},
-      {"gzip", "gzip/image2: it is filtered (compressed)"},
-      {"soft", "soft/image2: it is a soft link"},
-      {"extlink", "extlink/image2: it is an external link"},
-      {"enum", "enum/image2: its datatype is of class 8 (enum), which is not read"},
-      {"compound", "compound/text: its datatype is of class 6 (compound), which is not read"},
+      {"h5struct_refused.h5", "external", "external/image2: its data is stored in external files (not read)"},
+      {"h5struct_refused.h5", "gzip", "gzip/image2: it is filtered (compressed)"},
+      {"h5struct_refused.h5", "soft", "soft/image2: it is a soft link"},
+      {"h5struct_refused.h5", "extlink", "extlink/image2: it is an external link"},
+      {"h5struct_refused.h5", "enum", "enum/image2: its datatype is of class 8 (enum), which is not read"},
+      {"h5struct_refused.h5", "compound", "compound/text: its datatype is of class 6 (compound), which is not read"},
+      {"h5struct_bad_snod.h5", "val", "group 'val': its symbol node at "},
+      {"h5struct_bad_heap.h5", "val", "group 'val': the name at offset "},
   };
-  snprintf(path, sizeof path, "%s/h5struct_refused.h5", fixdir);
   for (size_t c = 0; c < sizeof refused / sizeof refused[0]; c++) {
-    story_file_t *f = story_file_open(path, refused[c].group, "text");
-    ok(!f && mmp_error_code() == MMP_EDATA, "%s: refused", refused[c].group);
-    like(mmp_error_last(), refused[c].msg, "  naming the dataset and why");
-    story_file_close(f);
-  }
-
-  /* corrupt version-1 groups: refused before libhdf5 looks names up (an
-   * unterminated name in the local heap: libhdf5 1.10's H5Literate copied it
-   * with strdup past the heap's buffer, found while fixing the finding
-   * below) */
-  static const struct {
-    const char *file, *msg;
-  } groups[] = {
-      {"h5struct_bad_snod.h5", "group 'val': its symbol node at "},
-      {"h5struct_bad_heap.h5", "group 'val': the name at offset "},
-  };
-  for (size_t c = 0; c < sizeof groups / sizeof groups[0]; c++) {
-    snprintf(path, sizeof path, "%s/%s", fixdir, groups[c].file);
-    story_file_t *g = story_file_open(path, "val", "text");
-    ok(!g && mmp_error_code() == MMP_EDATA, "%s: refused", groups[c].file);
-    like(mmp_error_last(), groups[c].msg, "  naming the group and the structure");
+    snprintf(path, sizeof path, "%s/%s", fixdir, refused[c].file);
+    story_file_t *g = story_file_open(path, refused[c].split, "text");
+    ok(!g && mmp_error_code() == MMP_EDATA, "%s, %s: refused", refused[c].file, refused[c].split);
+    like(mmp_error_last(), refused[c].msg, "  naming the dataset or group and why");
     story_file_close(g);
   }
   like(mmp_error_last(), "is not terminated inside the heap", "  the unterminated name named");
-  {
-    char *listing = NULL;
-    size_t ln = 0;
-    FILE *m = open_memstream(&listing, &ln);
-    ok(story_file_info(path, m) == 0, "dataset info on the corrupt heap returns");
-    fclose(m);
-    like(listing, "  val: (not read: the name at offset ", "  listing val as not read");
-    free(listing);
-  }
+  char *out = info_of(path, "dataset info on the corrupt heap returns");
+  like(out, "  val: (not read: the name at offset ", "  listing val as not read");
+  free(out);
 
   /* a fuzzing finding: an enum datatype whose member names run past their
    * message; libhdf5 1.10 copied them with strdup, reading past its buffer
@@ -691,11 +683,7 @@ static void check_h5_structures(void) {
   ok(!f, "a datatype message with 249 enum members in 24 bytes is refused before H5Dopen2");
   like(mmp_error_last(), "train/image1: its datatype is of class 8 (enum)", "  naming the dataset");
   story_file_close(f);
-  char *out = NULL;
-  size_t outn = 0;
-  FILE *m = open_memstream(&out, &outn);
-  ok(story_file_info(path, m) == 0, "dataset info on that file returns");
-  fclose(m);
+  out = info_of(path, "dataset info on that file returns");
   like(out, "image1   (not read: its datatype is of class 8 (enum)", "  listing image1 as not read");
   like(out, "image2   vlen bytes   shape (2)", "  and the other datasets as they are");
   free(out);
