@@ -96,9 +96,9 @@ static uint64_t le(const uint8_t *p, int n) {
 
 /* Message types of the file format ("Header Message Types"). */
 enum {
-  MSG_NIL = 0x00, MSG_DATASPACE = 0x01, MSG_LINFO = 0x02, MSG_LINK = 0x06, MSG_STAB = 0x11, MSG_DATATYPE = 0x03, MSG_FILL_OLD = 0x04, MSG_FILL = 0x05,
-  MSG_EFL = 0x07, MSG_LAYOUT = 0x08, MSG_PLINE = 0x0B, MSG_ATTR = 0x0C, MSG_CONT = 0x10,
-  MSG_REFCOUNT = 0x16
+  MSG_DATASPACE = 0x01, MSG_LINFO = 0x02, MSG_DATATYPE = 0x03, MSG_FILL_OLD = 0x04, MSG_FILL = 0x05,
+  MSG_LINK = 0x06, MSG_EFL = 0x07, MSG_LAYOUT = 0x08, MSG_PLINE = 0x0B, MSG_ATTR = 0x0C, MSG_CONT = 0x10,
+  MSG_STAB = 0x11, MSG_REFCOUNT = 0x16
 };
 #define MSG_FLAG_SHARED 0x02
 
@@ -315,38 +315,33 @@ typedef struct dset_ctx {
   bool fill_value; /* a fill value of more than zero bytes */
 } dset_ctx_t;
 
-static int refuse_shared(unsigned type, unsigned flags, uint64_t at) {
-  if (flags & MSG_FLAG_SHARED)
-    return mmp_error_set(MMP_EDATA, "its object header message at %llu (type %u) is shared (committed types and "
-                         "shared messages are not read)", (unsigned long long)at, type);
-  return 0;
-}
-
 static int dset_msg(void *ctxp, unsigned type, unsigned flags, const uint8_t *b, size_t n, uint64_t at) {
   dset_ctx_t *c = ctxp;
   const h5raw_t *r = c->r;
+  /* a shared message points into another header or the shared message
+   * heap, which libhdf5 would decode unchecked */
+  if ((flags & MSG_FLAG_SHARED) && (type == MSG_DATASPACE || type == MSG_DATATYPE || type == MSG_FILL_OLD ||
+                                    type == MSG_FILL || type == MSG_LAYOUT))
+    return mmp_error_set(MMP_EDATA, "its object header message at %llu (type %u) is shared (committed types and "
+                         "shared messages are not read)", (unsigned long long)at, type);
   switch (type) {
   case MSG_DATASPACE: {
     uint64_t nelem;
     c->n_space++;
-    if (refuse_shared(type, flags, at) < 0) return MMP_EDATA;
     return check_dataspace(r, b, n, &nelem, at);
   }
   case MSG_DATATYPE: {
     size_t used;
     c->n_dtype++;
-    if (refuse_shared(type, flags, at) < 0) return MMP_EDATA;
     return check_dtype(b, n, 0, &c->dt, &used, at);
   }
   case MSG_FILL_OLD: /* size (4), value */
-    if (refuse_shared(type, flags, at) < 0) return MMP_EDATA;
     if (n < 4 || le(b, 4) > n - 4)
       return mmp_error_set(MMP_EDATA, "its fill value message at %llu runs past its end", (unsigned long long)at);
     c->fill_value |= le(b, 4) > 0;
     return 0;
   case MSG_FILL: { /* versions 1-2: version, allocation time, write time, defined, [size (4), value];
                     * version 3: version, flags, [size, value] with flag 0x20 */
-    if (refuse_shared(type, flags, at) < 0) return MMP_EDATA;
     if (n < 2 || b[0] < 1 || b[0] > 3)
       return mmp_error_set(MMP_EDATA, "its fill value message at %llu is malformed", (unsigned long long)at);
     size_t off = 0;
@@ -372,7 +367,6 @@ static int dset_msg(void *ctxp, unsigned type, unsigned flags, const uint8_t *b,
   case MSG_LAYOUT: { /* versions 1-2: version, rank, class, 5 reserved, address, rank sizes (4);
                       * versions 3-4: version, class, then for contiguous: address, size */
     c->n_layout++;
-    if (refuse_shared(type, flags, at) < 0) return MMP_EDATA;
     if (n < 2 || b[0] < 1 || b[0] > 4 || (b[0] < 3 && n < 8))
       return mmp_error_set(MMP_EDATA, "its layout message at %llu is malformed", (unsigned long long)at);
     const unsigned cls = b[0] < 3 ? b[2] : b[1];
