@@ -1,10 +1,13 @@
 /* plugins/datasets/h5raw.c - HDF5 structures checked from the file's bytes before libhdf5 decodes them. */
 #include "plugins/datasets/h5raw.h"
 
+#include <fcntl.h>
+#include <hdf5.h>
 #include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <mmpipe/error.h>
@@ -98,7 +101,7 @@ static uint64_t le(const uint8_t *p, int n) {
 enum {
   MSG_DATASPACE = 0x01, MSG_LINFO = 0x02, MSG_DATATYPE = 0x03, MSG_FILL_OLD = 0x04, MSG_FILL = 0x05,
   MSG_LINK = 0x06, MSG_EFL = 0x07, MSG_LAYOUT = 0x08, MSG_PLINE = 0x0B, MSG_ATTR = 0x0C, MSG_CONT = 0x10,
-  MSG_STAB = 0x11, MSG_REFCOUNT = 0x16
+  MSG_STAB = 0x11, MSG_AINFO = 0x15, MSG_REFCOUNT = 0x16
 };
 #define MSG_FLAG_SHARED 0x02
 
@@ -585,6 +588,84 @@ int h5raw_check_group(const h5raw_t *r, uint64_t addr) {
 
 /* ---- attributes ---- */
 
+/* One attribute message, taken apart. */
+typedef struct h5raw_attr {
+  const uint8_t *name; /* NUL-terminated inside the message */
+  size_t name_size;    /* with the NUL */
+  h5raw_dtype_t dt;
+  uint64_t nelem;
+  const uint8_t *data; /* nelem x dt.size bytes, inside the message */
+} h5raw_attr_t;
+
+/* An attribute message (version 1: version, reserved, name size (2),
+ * datatype size (2), dataspace size (2), then name, datatype and dataspace
+ * each padded to 8 bytes, then the data; version 2: flags for the reserved
+ * byte, no padding; version 3: as 2 with an encoding byte after the sizes).
+ * libhdf5 1.10 decodes one with strdup for the name, the datatype and
+ * dataspace decoders (which do not know the sizes given here) and a memcpy
+ * of elements x datatype size bytes: all of it must lie in the message.
+ * Fixed-size integer, float and string types only (a variable-length
+ * attribute names global heap objects). */
+static int parse_attr(const h5raw_t *r, const uint8_t *b, size_t n, uint64_t at, h5raw_attr_t *a) {
+  if (n < 8 || b[0] < 1 || b[0] > 3)
+    return mmp_error_set(MMP_EDATA, "its attribute message at %llu is malformed", (unsigned long long)at);
+  const unsigned ver = b[0];
+  if (ver > 1 && (b[1] & 3))
+    return mmp_error_set(MMP_EDATA, "its attribute at %llu has a shared datatype or dataspace (not read)",
+                         (unsigned long long)at);
+  const size_t name_sz = (size_t)le(b + 2, 2), dt_sz = (size_t)le(b + 4, 2), ds_sz = (size_t)le(b + 6, 2);
+  size_t off = ver == 3 ? 9 : 8;
+#define PAD(x) (ver == 1 ? (((x) + 7) & ~(size_t)7) : (x))
+  if (name_sz == 0 || n < off || n - off < PAD(name_sz) || !memchr(b + off, 0, name_sz))
+    return mmp_error_set(MMP_EDATA, "its attribute at %llu has a name of %zu bytes its message does not hold",
+                         (unsigned long long)at, name_sz);
+  a->name = b + off;
+  a->name_size = name_sz;
+  off += PAD(name_sz);
+  size_t used = 0;
+  if (n - off < PAD(dt_sz))
+    return mmp_error_set(MMP_EDATA, "its attribute at %llu has a datatype of %zu bytes its message does not hold",
+                         (unsigned long long)at, dt_sz);
+  int rc = check_dtype(b + off, dt_sz, 0, &a->dt, &used, at);
+  if (rc < 0) return rc;
+  if (a->dt.cls == H5RAW_VLEN)
+    return mmp_error_set(MMP_EDATA, "its attribute at %llu is of a variable-length type (not read)",
+                         (unsigned long long)at);
+  off += PAD(dt_sz);
+  if (n - off < PAD(ds_sz))
+    return mmp_error_set(MMP_EDATA, "its attribute at %llu has a dataspace of %zu bytes its message does not hold",
+                         (unsigned long long)at, ds_sz);
+  if ((rc = check_dataspace(r, b + off, ds_sz, &a->nelem, at)) < 0) return rc;
+  off += PAD(ds_sz);
+#undef PAD
+  uint64_t bytes;
+  if (__builtin_mul_overflow(a->nelem, (uint64_t)a->dt.size, &bytes) || bytes > n - off)
+    return mmp_error_set(MMP_EDATA, "its attribute at %llu claims %llu elements of %u bytes, its message holds %zu",
+                         (unsigned long long)at, (unsigned long long)a->nelem, a->dt.size, n - off);
+  a->data = b + off;
+  return 0;
+}
+
+static int attrs_msg(void *ctxp, unsigned type, unsigned flags, const uint8_t *b, size_t n, uint64_t at) {
+  const h5raw_t *r = ctxp;
+  const int O = r->sizeof_addr;
+  if (type == MSG_AINFO) { /* version 0, flags, [max creation index (2)], fractal heap address, ... */
+    const size_t off = 2 + ((n >= 2 && (b[1] & 1)) ? 2 : 0);
+    if (n < 2 || b[0] != 0 || n < off + 2 * (size_t)O)
+      return mmp_error_set(MMP_EDATA, "its attribute info message at %llu is malformed", (unsigned long long)at);
+    if (!addr_undef(le(b + off, O), O))
+      return mmp_error_set(MMP_EDATA, "its attributes are in dense storage (not read)");
+    return 0;
+  }
+  if (type != MSG_ATTR) return 0;
+  if (flags & MSG_FLAG_SHARED)
+    return mmp_error_set(MMP_EDATA, "its attribute message at %llu is shared (not read)", (unsigned long long)at);
+  h5raw_attr_t a;
+  return parse_attr(r, b, n, at, &a);
+}
+
+int h5raw_check_attributes(const h5raw_t *r, uint64_t addr) { return walk_header(r, addr, attrs_msg, (void *)r); }
+
 typedef struct attr_ctx {
   const h5raw_t *r;
   const char *name;
@@ -593,42 +674,20 @@ typedef struct attr_ctx {
   bool found;
 } attr_ctx_t;
 
-/* An attribute message (version 1: version, reserved, name size (2),
- * datatype size (2), dataspace size (2), then name, datatype and dataspace
- * each padded to 8 bytes, then the data; version 2: flags for the reserved
- * byte, no padding; version 3: as 2 with an encoding byte after the sizes). */
+/* The attribute looked for; every other attribute message, and one of this
+ * name this reader does not understand, is passed over. */
 static int attr_msg(void *ctxp, unsigned type, unsigned flags, const uint8_t *b, size_t n, uint64_t at) {
   attr_ctx_t *c = ctxp;
-  (void)flags;
-  if (type != MSG_ATTR) return 0;
-  if (n < 8 || b[0] < 1 || b[0] > 3) return 0; /* not one this reader understands: not the attribute */
-  const unsigned ver = b[0];
-  const size_t name_sz = (size_t)le(b + 2, 2), dt_sz = (size_t)le(b + 4, 2), ds_sz = (size_t)le(b + 6, 2);
-  size_t off = ver == 3 ? 9 : 8;
-#define PAD(x) (ver == 1 ? (((x) + 7) & ~(size_t)7) : (x))
-  const size_t want = strlen(c->name) + 1;
-  if (name_sz != want || n < off + PAD(name_sz) || memcmp(b + off, c->name, want) != 0) return 0;
-  if (ver > 1 && (b[1] & 3)) return 0; /* a shared datatype or dataspace */
-  off += PAD(name_sz);
-  if (n - off < PAD(dt_sz)) return 0;
-  h5raw_dtype_t dt;
-  size_t used = 0;
-  if (check_dtype(b + off, dt_sz, 0, &dt, &used, at) < 0 || dt.cls != H5RAW_STRING || dt.size >= c->cap) {
+  if (type != MSG_ATTR || (flags & MSG_FLAG_SHARED)) return 0;
+  h5raw_attr_t a;
+  if (parse_attr(c->r, b, n, at, &a) < 0) {
     mmp_error_clear();
     return 0;
   }
-  off += PAD(dt_sz);
-  if (n - off < PAD(ds_sz)) return 0;
-  uint64_t nelem = 0;
-  if (check_dataspace(c->r, b + off, ds_sz, &nelem, at) < 0 || nelem != 1) {
-    mmp_error_clear();
+  if (strcmp((const char *)a.name, c->name) != 0 || a.dt.cls != H5RAW_STRING || a.nelem != 1 || a.dt.size >= c->cap)
     return 0;
-  }
-  off += PAD(ds_sz);
-#undef PAD
-  if (n - off < dt.size) return 0;
-  memcpy(c->buf, b + off, dt.size);
-  c->buf[dt.size] = 0;
+  memcpy(c->buf, a.data, a.dt.size);
+  c->buf[a.dt.size] = 0;
   c->found = true;
   return 1;
 }
@@ -640,4 +699,90 @@ int h5raw_attr_string(const h5raw_t *r, uint64_t addr, const char *name, char *b
   int rc = walk_header(r, addr, attr_msg, &c);
   if (rc < 0) return rc;
   return c.found ? 0 : MMP_ENOENT;
+}
+
+/* ---- with libhdf5 ---- */
+
+static herr_t walk_cb(unsigned n, const H5E_error2_t *e, void *data) {
+  char *buf = data;
+  if (n == 0 && e->desc) snprintf(buf, 256, "%s (in %s)", e->desc, e->func_name ? e->func_name : "?");
+  return 0;
+}
+
+const char *h5raw_hdf5_message(char buf[256]) {
+  buf[0] = 0;
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, walk_cb, buf);
+  if (!buf[0]) snprintf(buf, 256, "HDF5 error");
+  return buf;
+}
+
+int h5raw_open(hid_t file, const char *path, h5raw_t *raw, uint64_t *root) {
+  struct stat sb;
+  raw->fd = open(path, O_RDONLY | O_CLOEXEC);
+  if (raw->fd < 0 || fstat(raw->fd, &sb) < 0) return mmp_error_set(MMP_EIO, "cannot open %s", path);
+  raw->size = (int64_t)sb.st_size;
+  hid_t fcpl = H5Fget_create_plist(file);
+  size_t sa = 0, ss = 0;
+  unsigned ik = 0, lk = 0;
+  const bool good = fcpl >= 0 && H5Pget_sizes(fcpl, &sa, &ss) >= 0 && H5Pget_sym_k(fcpl, &ik, &lk) >= 0;
+  if (fcpl >= 0) H5Pclose(fcpl);
+  if (!good || sa < 2 || sa > 8 || ss < 2 || ss > 8)
+    return mmp_error_set(MMP_EDATA, "%s: cannot read the file's address size", path);
+  raw->sizeof_addr = (int)sa;
+  raw->sizeof_size = (int)ss;
+  raw->sym_ik = (int)ik;
+  raw->sym_lk = (int)lk;
+  H5O_info_t oi;
+  if (H5Oget_info2(file, &oi, H5O_INFO_BASIC) < 0) {
+    char m[256];
+    return mmp_error_set(MMP_EDATA, "%s: cannot locate the root group: %s", path, h5raw_hdf5_message(m));
+  }
+  *root = (uint64_t)oi.addr;
+  if (h5raw_check_group(raw, *root) < 0) {
+    char why[256];
+    snprintf(why, sizeof why, "%s", mmp_error_last());
+    return mmp_error_set(MMP_EDATA, "%s: the root group: %s", path, why);
+  }
+  return 0;
+}
+
+int h5raw_check_link(hid_t group, const h5raw_t *raw, const char *name, bool is_group, uint64_t *addr, char why[256]) {
+  H5L_info_t li;
+  if (H5Lget_info(group, name, &li, H5P_DEFAULT) < 0) {
+    h5raw_hdf5_message(why);
+    return MMP_EDATA;
+  }
+  if (li.type != H5L_TYPE_HARD) {
+    snprintf(why, 256, "it is %s link (only objects stored in the file are read)",
+             li.type == H5L_TYPE_SOFT ? "a soft" : li.type == H5L_TYPE_EXTERNAL ? "an external" : "a user-defined");
+    return MMP_EDATA;
+  }
+  const uint64_t a = (uint64_t)li.u.address;
+  if ((is_group ? h5raw_check_group(raw, a) : h5raw_check_dataset(raw, a)) < 0) {
+    snprintf(why, 256, "%s", mmp_error_last());
+    return MMP_EDATA;
+  }
+  if (addr) *addr = a;
+  return 0;
+}
+
+int h5raw_check_vlen_element(const h5raw_t *r, hid_t d, int64_t index, int64_t max) {
+  const haddr_t off = H5Dget_offset(d);
+  if (off == HADDR_UNDEF) return 0; /* never written: libhdf5 reads fill values */
+  const int64_t esz = 4 + (int64_t)r->sizeof_addr + 4, stored = (int64_t)H5Dget_storage_size(d);
+  int64_t rel, pos;
+  if (index < 0 || __builtin_mul_overflow(index, esz, &rel) || off > (haddr_t)r->size || rel > stored - esz ||
+      __builtin_add_overflow(rel, (int64_t)off, &pos) || pos > r->size - 4)
+    return mmp_error_set(MMP_EDATA, "element %lld lies outside the file", (long long)index);
+  uint64_t len = 0;
+  if (read_le(r, pos, 4, &len) < 0) return MMP_EDATA;
+  if ((int64_t)len > max || (int64_t)len > r->size)
+    return mmp_error_set(MMP_EDATA, "claims %lld bytes (at most %lld, file %lld bytes)", (long long)len,
+                         (long long)(max < r->size ? max : r->size), (long long)r->size);
+  /* HDF5 1.10 copies @len bytes out of the heap object without comparing
+   * them with the object's size (a read past its buffer for a corrupt
+   * length): the object must hold them. It loads the collection even for an
+   * empty element whose heap address is not zero (found by fuzz_story: a
+   * collection that loops HDF5's loader behind an element of length 0). */
+  return h5raw_check_heap_object(r, pos + 4, (int64_t)len);
 }

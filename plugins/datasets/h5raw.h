@@ -10,9 +10,12 @@
  * and hands a dataset to libhdf5 only once everything libhdf5 will decode
  * there lies inside its message and is of a kind the reader accepts:
  *
- *   h5raw_t r = {fd, file_size, sizeof_addr, sizeof_size};
- *   if (h5raw_check_dataset(&r, addr, &cls) < 0) ... mmp_error_last() says why
- *   else H5Dopen2(...)
+ *   h5raw_t r;
+ *   uint64_t root;
+ *   char why[256];
+ *   if (h5raw_open(file, path, &r, &root) < 0) ... mmp_error_last() says why
+ *   if (h5raw_check_link(file, &r, "train", true, NULL, why) < 0) ... @why says why
+ *   else H5Gopen2(...)
  *
  * Every function reads with pread() through r->fd and never past
  * r->size; errors are MMP_EDATA with a message that names the structure and
@@ -21,6 +24,8 @@
 #ifndef MMPIPE_PLUGINS_H5RAW_H
 #define MMPIPE_PLUGINS_H5RAW_H
 
+#include <hdf5.h>
+#include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
 
@@ -56,6 +61,13 @@ int h5raw_check_dataset(const h5raw_t *r, uint64_t addr);
  * within its size); links in dense storage (a fractal heap) are refused. */
 int h5raw_check_group(const h5raw_t *r, uint64_t addr);
 
+/* Every attribute of the object whose header is at @addr is one libhdf5
+ * can decode (H5Aexists, H5Aopen, H5Adelete decode them all) without
+ * reading past its message: its name terminated inside it, a fixed-size
+ * integer, float or string type, its dataspace and its elements inside it;
+ * shared attributes and dense attribute storage are refused. */
+int h5raw_check_attributes(const h5raw_t *r, uint64_t addr);
+
 /* The value of the fixed-length string attribute @name of the object whose
  * header is at @addr, read from its attribute messages (compact storage;
  * dense attribute storage is not searched), NUL-terminated in @buf of
@@ -63,5 +75,31 @@ int h5raw_check_group(const h5raw_t *r, uint64_t addr);
  * string), MMP_EDATA for a malformed header. libhdf5 is never asked to
  * decode the object's attributes. */
 int h5raw_attr_string(const h5raw_t *r, uint64_t addr, const char *name, char *buf, size_t cap);
+
+/* ---- with libhdf5 ---- */
+
+/* The innermost message of the calling thread's HDF5 error stack, in @buf. */
+const char *h5raw_hdf5_message(char buf[256]);
+
+/* @raw for the HDF5 file @file open from @path: its own descriptor (the
+ * caller closes raw->fd, -1 when the open failed), its size, the
+ * superblock's widths and group ranks; the root group checked
+ * (h5raw_check_group). *@root the root's header address. */
+int h5raw_open(hid_t file, const char *path, h5raw_t *raw, uint64_t *root);
+
+/* Whether the object @name of @group may be handed to H5Dopen2 (or, with
+ * @is_group, to H5Gopen2 and the link lookups): a hard link (soft and
+ * external links are not followed) to an object header that passes
+ * h5raw_check_dataset / h5raw_check_group. <0 with the reason in @why;
+ * *@addr (when not NULL) the object's header address. */
+int h5raw_check_link(hid_t group, const h5raw_t *raw, const char *name, bool is_group, uint64_t *addr,
+                     char why[256]);
+
+/* Element @index of the contiguous variable-length dataset @d (of a file
+ * h5raw_check_dataset accepted) before libhdf5 reads it: its 4-byte length,
+ * at most @max and the file's size (libhdf5 allocates it first), and the
+ * global heap object it names (h5raw_check_heap_object). An element of a
+ * dataset never written (no storage) passes: libhdf5 reads fill values. */
+int h5raw_check_vlen_element(const h5raw_t *r, hid_t d, int64_t index, int64_t max);
 
 #endif

@@ -17,6 +17,7 @@
 #include <mmpipe/error.h>
 #include <mmpipe/log.h>
 
+#include "plugins/datasets/h5raw.h"
 #include "plugins/datasets/npy.h"
 
 static const char *const SPLIT_NAMES[STORY_SPLITS] = {"train", "val", "test"};
@@ -468,19 +469,13 @@ static void *worker(void *arg) {
 
 /* ---- HDF5 ---- */
 
-static herr_t walk_cb(unsigned n, const H5E_error2_t *e, void *data) {
-  char *buf = data;
-  if (n == 0 && e->desc) snprintf(buf, 256, "%s (in %s)", e->desc, e->func_name ? e->func_name : "?");
-  return 0;
-}
-
 #define H5FAIL(code, ...)                                                                      \
   do {                                                                                         \
-    char h5m_[256] = "";                                                                       \
-    H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, walk_cb, h5m_);                                   \
+    char h5m_[256];                                                                            \
+    h5raw_hdf5_message(h5m_);                                                                  \
     char what_[512];                                                                           \
     snprintf(what_, sizeof what_, __VA_ARGS__);                                                \
-    rc = mmp_error_set((code), "%s: %s [%s:%d]", what_, h5m_[0] ? h5m_ : "HDF5 error", __FILE__, __LINE__); \
+    rc = mmp_error_set((code), "%s: %s [%s:%d]", what_, h5m_, __FILE__, __LINE__);             \
   } while (0)
 
 typedef struct out_split {
@@ -615,28 +610,52 @@ static int create_split(out_file_t *o, int s, int64_t count, const story_plan_t 
   return rc;
 }
 
-static int open_split(out_file_t *o, int s, const story_plan_t *p) {
+/* Reopen split @s of a .partial file. Every structure libhdf5 decodes here
+ * is checked by its bytes first (@raw, h5raw.h): the group and its
+ * attributes, the datasets, and the elements already written (the
+ * compaction reads them back). */
+static int open_split(out_file_t *o, int s, const story_plan_t *p, const h5raw_t *raw) {
   int rc = 0;
   out_split_t *sp = &o->sp[s];
-  sp->group = H5Gopen2(o->file, SPLIT_NAMES[s], H5P_DEFAULT);
+  const char *sn = SPLIT_NAMES[s];
+  char why[256];
+  uint64_t addr = 0;
+  if (h5raw_check_link(o->file, raw, sn, true, &addr, why) < 0)
+    return mmp_error_set(MMP_EDATA, "group %s: %s", sn, why);
+  if (h5raw_check_attributes(raw, addr) < 0) {
+    snprintf(why, sizeof why, "%s", mmp_error_last());
+    return mmp_error_set(MMP_EDATA, "group %s: %s", sn, why);
+  }
+  sp->group = H5Gopen2(o->file, sn, H5P_DEFAULT);
   if (sp->group < 0) {
-    H5FAIL(MMP_EDATA, "no group %s", SPLIT_NAMES[s]);
+    H5FAIL(MMP_EDATA, "no group %s", sn);
     return rc;
   }
+  const int nd = STORY_FRAMES + p->ntext;
   char name[16];
-  for (int f = 0; f < STORY_FRAMES && rc == 0; f++) {
-    snprintf(name, sizeof name, "image%d", f);
-    if ((sp->images[f] = H5Dopen2(sp->group, name, H5P_DEFAULT)) < 0) H5FAIL(MMP_EDATA, "no %s", name);
+  for (int k = 0; k < nd; k++) {
+    const char *dn = k < STORY_FRAMES ? (snprintf(name, sizeof name, "image%d", k), name) : p->text_names[k - STORY_FRAMES];
+    hid_t *d = k < STORY_FRAMES ? &sp->images[k] : &sp->texts[k - STORY_FRAMES];
+    if (h5raw_check_link(sp->group, raw, dn, false, NULL, why) < 0)
+      return mmp_error_set(MMP_EDATA, "%s/%s: %s", sn, dn, why);
+    if ((*d = H5Dopen2(sp->group, dn, H5P_DEFAULT)) < 0) {
+      H5FAIL(MMP_EDATA, "no %s/%s", sn, dn);
+      return rc;
+    }
   }
-  for (int t = 0; t < p->ntext && rc == 0; t++)
-    if ((sp->texts[t] = H5Dopen2(sp->group, p->text_names[t], H5P_DEFAULT)) < 0)
-      H5FAIL(MMP_EDATA, "no %s", p->text_names[t]);
-  if (rc < 0) return rc;
   sp->count = p->n[s];
   int64_t done = 0;
   if (attr_read_i64(sp->group, "mmpipe_done", &done, 1) != 1 || done < 0 || done > sp->count)
-    return mmp_error_set(MMP_EDATA, "%s has no valid mmpipe_done", SPLIT_NAMES[s]);
+    return mmp_error_set(MMP_EDATA, "%s has no valid mmpipe_done", sn);
   sp->done = done;
+  for (int k = 0; k < nd; k++) {
+    const hid_t d = k < STORY_FRAMES ? sp->images[k] : sp->texts[k - STORY_FRAMES];
+    for (int64_t i = 0; i < done; i++)
+      if (h5raw_check_vlen_element(raw, d, i, INT64_MAX) < 0) {
+        snprintf(why, sizeof why, "%s", mmp_error_last());
+        return mmp_error_set(MMP_EDATA, "%s story %lld: %s", sn, (long long)i, why);
+      }
+  }
   int64_t nh = 0;
   if (H5Aexists(sp->group, "mmpipe_holes") > 0) {
     sp->holes = malloc((size_t)(done + 1) * sizeof *sp->holes);
@@ -644,7 +663,7 @@ static int open_split(out_file_t *o, int s, const story_plan_t *p) {
     if (!sp->holes || !sp->hole_reasons) return mmp_error_set(MMP_ENOMEM, "out of memory");
     sp->capholes = (size_t)done + 1;
     nh = attr_read_i64(sp->group, "mmpipe_holes", sp->holes, (size_t)done + 1);
-    if (nh < 0) return mmp_error_set(MMP_EDATA, "%s has a bad mmpipe_holes", SPLIT_NAMES[s]);
+    if (nh < 0) return mmp_error_set(MMP_EDATA, "%s has a bad mmpipe_holes", sn);
     sp->nholes = (size_t)nh;
     for (size_t i = 0; i < sp->nholes; i++) {
       if (sp->holes[i] < 0 || sp->holes[i] >= done) return mmp_error_set(MMP_EDATA, "bad mmpipe_holes");
@@ -655,6 +674,42 @@ static int open_split(out_file_t *o, int s, const story_plan_t *p) {
     }
   }
   return 0;
+}
+
+/* Reopen the .partial file of an interrupted build of the plan @digest
+ * names. A file damaged since it was written (a crash, a full disk, another
+ * program) is read by its bytes before libhdf5 decodes anything in it
+ * beyond the superblock and the root group, as the story reader reads its
+ * input: libhdf5 1.10 decodes attributes, names and heap objects without
+ * bounding its reads by the file. false, with the reason in @why, when it
+ * is not resumable. */
+static bool resume_partial(out_file_t *o, const char *path, const story_plan_t *p, const char *digest,
+                           char why[512]) {
+  h5raw_t raw = {.fd = -1};
+  uint64_t root = 0;
+  char have[32] = "", m[256];
+  bool resumed = false;
+  o->file = H5Fopen(path, H5F_ACC_RDWR, H5P_DEFAULT);
+  if (o->file < 0)
+    snprintf(why, 512, "unreadable: %s", h5raw_hdf5_message(m));
+  else if (h5raw_open(o->file, path, &raw, &root) < 0)
+    snprintf(why, 512, "damaged: %s", mmp_error_last());
+  else if (h5raw_check_attributes(&raw, root) < 0)
+    snprintf(why, 512, "damaged: the root group: %s", mmp_error_last());
+  else if (attr_read_str(o->file, "mmpipe_build_plan", have, sizeof have) != 0 || strcmp(have, digest) != 0)
+    snprintf(why, 512, "other raw data or options");
+  else if (make_types(o) < 0)
+    snprintf(why, 512, "%s", mmp_error_last());
+  else {
+    resumed = true;
+    for (int s = 0; s < STORY_SPLITS && resumed; s++)
+      if (open_split(o, s, p, &raw) < 0) {
+        snprintf(why, 512, "damaged: %s", mmp_error_last());
+        resumed = false;
+      }
+  }
+  if (raw.fd >= 0) close(raw.fd);
+  return resumed;
 }
 
 static int write_elem(hid_t d, hid_t type, int64_t index, const void *value) {
@@ -1003,14 +1058,8 @@ int story_build_run(story_plan_t *p, const mmp_dataset_build_t *req, mmp_context
       if (req->flags & MMP_DATASET_BUILD_NO_RESUME) {
         MMP_INFO("dataset build", "discarding the interrupted build %s", partial);
       } else {
-        char have[32] = "";
-        o.file = H5Fopen(partial, H5F_ACC_RDWR, H5P_DEFAULT);
-        if (o.file >= 0 && attr_read_str(o.file, "mmpipe_build_plan", have, sizeof have) == 0 &&
-            strcmp(have, digest) == 0 && make_types(&o) == 0) {
-          resumed = true;
-          for (int s = 0; s < STORY_SPLITS && resumed; s++)
-            resumed = open_split(&o, s, p) == 0;
-        }
+        char why[512];
+        resumed = resume_partial(&o, partial, p, digest, why);
         if (resumed) {
           int64_t done = 0, total = 0;
           for (int s = 0; s < STORY_SPLITS; s++) {
@@ -1020,8 +1069,7 @@ int story_build_run(story_plan_t *p, const mmp_dataset_build_t *req, mmp_context
           MMP_INFO("dataset build", "resuming %s: %lld of %lld stories already written", partial,
                    (long long)done, (long long)total);
         } else {
-          MMP_WARN("dataset build", "%s is not a resumable build of this plan (%s); starting over", partial,
-                   o.file < 0 ? "unreadable" : "other raw data or options");
+          MMP_WARN("dataset build", "%s is not a resumable build of this plan (%s); starting over", partial, why);
           out_close(&o);
         }
       }

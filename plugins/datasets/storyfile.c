@@ -34,25 +34,11 @@ struct story_file {
 #define STORY_MAX_IMAGE_BYTES ((int64_t)64 << 20)
 #define STORY_MAX_TEXT_BYTES ((int64_t)1 << 20)
 
-/* The innermost message of the calling thread's HDF5 error stack. */
-static herr_t walk_cb(unsigned n, const H5E_error2_t *e, void *data) {
-  char *buf = data;
-  if (n == 0 && e->desc) snprintf(buf, 256, "%s (in %s)", e->desc, e->func_name ? e->func_name : "?");
-  return 0;
-}
-
-static const char *h5_message(char buf[256]) {
-  buf[0] = 0;
-  H5Ewalk2(H5E_DEFAULT, H5E_WALK_DOWNWARD, walk_cb, buf);
-  if (!buf[0]) snprintf(buf, 256, "HDF5 error");
-  return buf;
-}
-
 /* Record a failed HDF5 call with the library's own message. */
 #define H5FAIL(code, what, ...)                                                          \
   do {                                                                                   \
     char h5m_[256];                                                                      \
-    h5_message(h5m_);                                                                    \
+    h5raw_hdf5_message(h5m_);                                                                    \
     mmp_error_set((code), what ": %s [%s:%d]", __VA_ARGS__, h5m_, __FILE__, __LINE__);    \
   } while (0)
 
@@ -121,64 +107,6 @@ static int check_vlen_str(hid_t d, const char *path, const char *name) {
   return 0;
 }
 
-/* Whether the object @name of @group may be handed to H5Dopen2 (or, with
- * @is_group, to H5Gopen2 and the link lookups): a hard link (soft and
- * external links are not followed) to an object header that passes
- * h5raw_check_dataset / h5raw_check_group (libhdf5 1.10 decodes some
- * structures without bounding its reads: fuzzing findings). <0 with the
- * reason in @why. */
-static int check_link(hid_t group, const h5raw_t *raw, const char *name, bool is_group, char why[256]) {
-  H5L_info_t li;
-  if (H5Lget_info(group, name, &li, H5P_DEFAULT) < 0) {
-    h5_message(why);
-    return MMP_EDATA;
-  }
-  if (li.type != H5L_TYPE_HARD) {
-    snprintf(why, 256, "it is %s link (only datasets stored in the file are read)",
-             li.type == H5L_TYPE_SOFT ? "a soft" : li.type == H5L_TYPE_EXTERNAL ? "an external" : "a user-defined");
-    return MMP_EDATA;
-  }
-  const uint64_t addr = (uint64_t)li.u.address;
-  if ((is_group ? h5raw_check_group(raw, addr) : h5raw_check_dataset(raw, addr)) < 0) {
-    snprintf(why, 256, "%s", mmp_error_last());
-    return MMP_EDATA;
-  }
-  return 0;
-}
-
-/* The file behind @file read by the format too (@raw, its descriptor open):
- * sizes from the superblock, and the root group checked (h5raw_check_group).
- * *@root the root's header address. */
-static int raw_open(hid_t file, const char *path, h5raw_t *raw, uint64_t *root) {
-  struct stat sb;
-  raw->fd = open(path, O_RDONLY | O_CLOEXEC);
-  if (raw->fd < 0 || fstat(raw->fd, &sb) < 0) return mmp_error_set(MMP_EIO, "cannot open %s", path);
-  raw->size = (int64_t)sb.st_size;
-  hid_t fcpl = H5Fget_create_plist(file);
-  size_t sa = 0, ss = 0;
-  unsigned ik = 0, lk = 0;
-  const bool good = fcpl >= 0 && H5Pget_sizes(fcpl, &sa, &ss) >= 0 && H5Pget_sym_k(fcpl, &ik, &lk) >= 0;
-  if (fcpl >= 0) H5Pclose(fcpl);
-  if (!good || sa < 2 || sa > 8 || ss < 2 || ss > 8)
-    return mmp_error_set(MMP_EDATA, "%s: cannot read the file's address size", path);
-  raw->sizeof_addr = (int)sa;
-  raw->sizeof_size = (int)ss;
-  raw->sym_ik = (int)ik;
-  raw->sym_lk = (int)lk;
-  H5O_info_t oi;
-  if (H5Oget_info2(file, &oi, H5O_INFO_BASIC) < 0) {
-    H5FAIL(MMP_EDATA, "%s: cannot locate the root group", path);
-    return MMP_EDATA;
-  }
-  *root = (uint64_t)oi.addr;
-  if (h5raw_check_group(raw, *root) < 0) {
-    char why[256];
-    snprintf(why, sizeof why, "%s", mmp_error_last());
-    return mmp_error_set(MMP_EDATA, "%s: the root group: %s", path, why);
-  }
-  return 0;
-}
-
 static hid_t open_dataset(const story_file_t *f, const char *name) {
   htri_t ex = H5Lexists(f->group, name, H5P_DEFAULT);
   if (ex <= 0) {
@@ -186,7 +114,7 @@ static hid_t open_dataset(const story_file_t *f, const char *name) {
     return -1;
   }
   char why[256];
-  if (check_link(f->group, &f->raw, name, false, why) < 0) {
+  if (h5raw_check_link(f->group, &f->raw, name, false, NULL, why) < 0) {
     mmp_error_set(MMP_EDATA, "%s: %s/%s: %s", f->path, f->split, name, why);
     return -1;
   }
@@ -222,7 +150,7 @@ static int open_locked(story_file_t *f) {
     return MMP_EIO;
   }
   uint64_t root = 0;
-  if ((rc = raw_open(f->file, f->path, &f->raw, &root)) < 0) return rc;
+  if ((rc = h5raw_open(f->file, f->path, &f->raw, &root)) < 0) return rc;
   rc = MMP_EDATA;
   f->vlen_esz = 4 + (int64_t)f->raw.sizeof_addr + 4;
   /* the root's attribute, read from its header: libhdf5 is not asked to
@@ -242,7 +170,7 @@ static int open_locked(story_file_t *f) {
                          f->path, f->split);
   }
   char why[256];
-  if (check_link(f->file, &f->raw, f->split, true, why) < 0)
+  if (h5raw_check_link(f->file, &f->raw, f->split, true, NULL, why) < 0)
     return mmp_error_set(MMP_EDATA, "%s: group '%s': %s", f->path, f->split, why);
   f->group = H5Gopen2(f->file, f->split, H5P_DEFAULT);
   if (f->group < 0) {
@@ -312,38 +240,13 @@ const char *story_file_path(const story_file_t *f) { return f->path; }
 /* The length element @index of the variable-length dataset @d claims,
  * read from the file before HDF5 reads the element: HDF5 allocates that
  * many bytes first (up to 4 GiB for a corrupt length). Bounded by @max and
- * by the file's size, since the bytes must be in the file. */
+ * by the file's size, and the heap object it names checked
+ * (h5raw_check_vlen_element). */
 static int check_vlen_len(story_file_t *f, hid_t d, int64_t index, int64_t max, const char *name) {
-  haddr_t off = H5Dget_offset(d);
-  if (off == HADDR_UNDEF) return 0; /* never written: HDF5 reads fill values */
-  const int64_t stored = (int64_t)H5Dget_storage_size(d);
-  int64_t rel, pos;
-  /* index < count <= file size / element size (open_locked): no overflow */
-  rel = index * f->vlen_esz;
-  if (off > (haddr_t)f->raw.size || rel + f->vlen_esz > stored ||
-      __builtin_add_overflow(rel, (int64_t)off, &pos) || pos + 4 > f->raw.size)
-    return mmp_error_set(MMP_EDATA, "%s: %s/%s: element %lld lies outside the file", f->path, f->split, name,
-                         (long long)index);
-  uint8_t b[4];
-  if (pread(f->raw.fd, b, 4, (off_t)pos) != 4)
-    return mmp_error_set(MMP_EIO, "%s: cannot read %s/%s element %lld", f->path, f->split, name,
-                         (long long)index);
-  int64_t len = (int64_t)b[0] | (int64_t)b[1] << 8 | (int64_t)b[2] << 16 | (int64_t)b[3] << 24;
-  if (len > max || len > f->raw.size)
-    return mmp_error_set(MMP_EDATA, "%s: story %lld: %s/%s claims %lld bytes (at most %lld, file %lld bytes)",
-                         f->path, (long long)index, f->split, name, (long long)len,
-                         (long long)(max < f->raw.size ? max : f->raw.size), (long long)f->raw.size);
-  /* HDF5 1.10 copies @len bytes out of the heap object without comparing
-   * them with the object's size (a read past its buffer for a corrupt
-   * length): the object must hold them. It loads the collection even for an
-   * empty element whose heap address is not zero (found by fuzz_story: a
-   * collection that loops HDF5's loader behind an element of length 0). */
-  if (h5raw_check_heap_object(&f->raw, pos + 4, len) < 0) {
-    char why[256];
-    snprintf(why, sizeof why, "%s", mmp_error_last());
-    return mmp_error_set(MMP_EDATA, "%s: story %lld: %s/%s: %s", f->path, (long long)index, f->split, name, why);
-  }
-  return 0;
+  if (h5raw_check_vlen_element(&f->raw, d, index, max) == 0) return 0;
+  char why[256];
+  snprintf(why, sizeof why, "%s", mmp_error_last());
+  return mmp_error_set(mmp_error_code(), "%s: story %lld: %s/%s: %s", f->path, (long long)index, f->split, name, why);
 }
 
 int story_file_read_image(story_file_t *f, int64_t index, int frame, uint8_t **bytes, size_t *n) {
@@ -528,7 +431,7 @@ typedef struct info_ctx {
 static void info_dataset(const info_ctx_t *c, hid_t g, const char *name) {
   FILE *out = c->out;
   char why[256];
-  if (check_link(g, c->raw, name, false, why) < 0) {
+  if (h5raw_check_link(g, c->raw, name, false, NULL, why) < 0) {
     fprintf(out, "    %-8s (not read: %s)\n", name, why);
     return;
   }
@@ -571,7 +474,7 @@ int story_file_info(const char *path, void *outp) {
     if (file < 0) {
       H5FAIL(MMP_EIO, "cannot open HDF5 file %s", path);
       rc = MMP_EIO;
-    } else if ((rc = raw_open(file, path, &raw, &root)) == 0) {
+    } else if ((rc = h5raw_open(file, path, &raw, &root)) == 0) {
       fprintf(out, "%s\n", path);
       static const char *const splits[] = {"train", "val", "test"};
       for (int s = 0; s < 3; s++) {
@@ -580,7 +483,7 @@ int story_file_info(const char *path, void *outp) {
           continue;
         }
         char why[256];
-        if (check_link(file, &raw, splits[s], true, why) < 0) {
+        if (h5raw_check_link(file, &raw, splits[s], true, NULL, why) < 0) {
           fprintf(out, "  %s: (not read: %s)\n", splits[s], why);
           continue;
         }
