@@ -649,11 +649,12 @@ static int open_split(out_file_t *o, int s, const story_plan_t *p, const h5raw_t
     return mmp_error_set(MMP_EDATA, "%s has no valid mmpipe_done", sn);
   sp->done = done;
   for (int k = 0; k < nd; k++) {
+    const char *dn = k < STORY_FRAMES ? (snprintf(name, sizeof name, "image%d", k), name) : p->text_names[k - STORY_FRAMES];
     const hid_t d = k < STORY_FRAMES ? sp->images[k] : sp->texts[k - STORY_FRAMES];
     for (int64_t i = 0; i < done; i++)
       if (h5raw_check_vlen_element(raw, d, i, INT64_MAX) < 0) {
         snprintf(why, sizeof why, "%s", mmp_error_last());
-        return mmp_error_set(MMP_EDATA, "%s story %lld: %s", sn, (long long)i, why);
+        return mmp_error_set(MMP_EDATA, "story %lld: %s/%s: %s", (long long)i, sn, dn, why);
       }
   }
   int64_t nh = 0;
