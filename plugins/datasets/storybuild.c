@@ -622,10 +622,7 @@ static int open_split(out_file_t *o, int s, const story_plan_t *p, const h5raw_t
   uint64_t addr = 0;
   if (h5raw_check_link(o->file, raw, sn, true, &addr, why) < 0)
     return mmp_error_set(MMP_EDATA, "group %s: %s", sn, why);
-  if (h5raw_check_attributes(raw, addr) < 0) {
-    snprintf(why, sizeof why, "%s", mmp_error_last());
-    return mmp_error_set(MMP_EDATA, "group %s: %s", sn, why);
-  }
+  if (h5raw_check_attributes(raw, addr) < 0) return mmp_error_prefix("group %s: ", sn);
   sp->group = H5Gopen2(o->file, sn, H5P_DEFAULT);
   if (sp->group < 0) {
     H5FAIL(MMP_EDATA, "no group %s", sn);
@@ -652,10 +649,8 @@ static int open_split(out_file_t *o, int s, const story_plan_t *p, const h5raw_t
     const char *dn = k < STORY_FRAMES ? (snprintf(name, sizeof name, "image%d", k), name) : p->text_names[k - STORY_FRAMES];
     const hid_t d = k < STORY_FRAMES ? sp->images[k] : sp->texts[k - STORY_FRAMES];
     for (int64_t i = 0; i < done; i++)
-      if (h5raw_check_vlen_element(raw, d, i, INT64_MAX) < 0) {
-        snprintf(why, sizeof why, "%s", mmp_error_last());
-        return mmp_error_set(MMP_EDATA, "story %lld: %s/%s: %s", (long long)i, sn, dn, why);
-      }
+      if (h5raw_check_vlen_element(raw, d, i, INT64_MAX) < 0)
+        return mmp_error_prefix("story %lld: %s/%s: ", (long long)i, sn, dn);
   }
   int64_t nh = 0;
   if (H5Aexists(sp->group, "mmpipe_holes") > 0) {

@@ -2,13 +2,11 @@
 #include "plugins/datasets/storyfile.h"
 #include "plugins/datasets/h5raw.h"
 
-#include <fcntl.h>
 #include <hdf5.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/stat.h>
 #include <unistd.h>
 
 #include <mmpipe/error.h>
@@ -244,9 +242,7 @@ const char *story_file_path(const story_file_t *f) { return f->path; }
  * (h5raw_check_vlen_element). */
 static int check_vlen_len(story_file_t *f, hid_t d, int64_t index, int64_t max, const char *name) {
   if (h5raw_check_vlen_element(&f->raw, d, index, max) == 0) return 0;
-  char why[256];
-  snprintf(why, sizeof why, "%s", mmp_error_last());
-  return mmp_error_set(mmp_error_code(), "%s: story %lld: %s/%s: %s", f->path, (long long)index, f->split, name, why);
+  return mmp_error_prefix("%s: story %lld: %s/%s: ", f->path, (long long)index, f->split, name);
 }
 
 int story_file_read_image(story_file_t *f, int64_t index, int frame, uint8_t **bytes, size_t *n) {
