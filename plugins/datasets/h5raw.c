@@ -769,7 +769,7 @@ int h5raw_check_link(hid_t group, const h5raw_t *raw, const char *name, bool is_
 int h5raw_check_vlen_element(const h5raw_t *r, hid_t d, int64_t index, int64_t max) {
   const haddr_t off = H5Dget_offset(d);
   if (off == HADDR_UNDEF) return 0; /* never written: libhdf5 reads fill values */
-  const int64_t esz = 4 + (int64_t)r->sizeof_addr + 4, stored = (int64_t)H5Dget_storage_size(d);
+  const int64_t esz = h5raw_vlen_element_size(r), stored = (int64_t)H5Dget_storage_size(d);
   int64_t rel, pos;
   if (index < 0 || __builtin_mul_overflow(index, esz, &rel) || off > (haddr_t)r->size || rel > stored - esz ||
       __builtin_add_overflow(rel, (int64_t)off, &pos) || pos > r->size - 4)

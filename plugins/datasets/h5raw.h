@@ -37,6 +37,10 @@ typedef struct h5raw {
   int sym_ik, sym_lk; /* group B-tree and symbol node half ranks (H5Pget_sym_k) */
 } h5raw_t;
 
+/* Bytes of one stored variable-length element: its length (4), the heap
+ * collection's address and the object's index (4). */
+static inline int64_t h5raw_vlen_element_size(const h5raw_t *r) { return 4 + (int64_t)r->sizeof_addr + 4; }
+
 /* The global heap object a variable-length element stored at @pos (heap
  * address, object index) names must exist and hold at least @len bytes, and
  * its collection must be one HDF5's loader walks to its end. */

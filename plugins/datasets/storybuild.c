@@ -610,6 +610,18 @@ static int create_split(out_file_t *o, int s, int64_t count, const story_plan_t 
   return rc;
 }
 
+/* Dataset @k of a split: image0..image4, then the plan's text datasets;
+ * *@name its name (an image's written in @buf). */
+static hid_t *split_dataset(out_split_t *sp, const story_plan_t *p, int k, char buf[16], const char **name) {
+  if (k < STORY_FRAMES) {
+    snprintf(buf, 16, "image%d", k);
+    *name = buf;
+    return &sp->images[k];
+  }
+  *name = p->text_names[k - STORY_FRAMES];
+  return &sp->texts[k - STORY_FRAMES];
+}
+
 /* Reopen split @s of a .partial file. Every structure libhdf5 decodes here
  * is checked by its bytes first (@raw, h5raw.h): the group and its
  * attributes, the datasets, and the elements already written (the
@@ -630,9 +642,9 @@ static int open_split(out_file_t *o, int s, const story_plan_t *p, const h5raw_t
   }
   const int nd = STORY_FRAMES + p->ntext;
   char name[16];
+  const char *dn;
   for (int k = 0; k < nd; k++) {
-    const char *dn = k < STORY_FRAMES ? (snprintf(name, sizeof name, "image%d", k), name) : p->text_names[k - STORY_FRAMES];
-    hid_t *d = k < STORY_FRAMES ? &sp->images[k] : &sp->texts[k - STORY_FRAMES];
+    hid_t *d = split_dataset(sp, p, k, name, &dn);
     if (h5raw_check_link(sp->group, raw, dn, false, NULL, why) < 0)
       return mmp_error_set(MMP_EDATA, "%s/%s: %s", sn, dn, why);
     if ((*d = H5Dopen2(sp->group, dn, H5P_DEFAULT)) < 0) {
@@ -646,8 +658,7 @@ static int open_split(out_file_t *o, int s, const story_plan_t *p, const h5raw_t
     return mmp_error_set(MMP_EDATA, "%s has no valid mmpipe_done", sn);
   sp->done = done;
   for (int k = 0; k < nd; k++) {
-    const char *dn = k < STORY_FRAMES ? (snprintf(name, sizeof name, "image%d", k), name) : p->text_names[k - STORY_FRAMES];
-    const hid_t d = k < STORY_FRAMES ? sp->images[k] : sp->texts[k - STORY_FRAMES];
+    const hid_t d = *split_dataset(sp, p, k, name, &dn);
     for (int64_t i = 0; i < done; i++)
       if (h5raw_check_vlen_element(raw, d, i, INT64_MAX) < 0)
         return mmp_error_prefix("story %lld: %s/%s: ", (long long)i, sn, dn);

@@ -24,7 +24,6 @@ struct story_file {
   hid_t text;
   int64_t count;
   h5raw_t raw;        /* the same file, read by the format (h5raw.h) */
-  int64_t vlen_esz;   /* bytes of one stored vlen element: length, heap address, index */
   bool png_bgr;       /* PNGs hold B, G, R (unless mmpipe_png_order = "RGB") */
 };
 
@@ -36,7 +35,7 @@ struct story_file {
 #define H5FAIL(code, what, ...)                                                          \
   do {                                                                                   \
     char h5m_[256];                                                                      \
-    h5raw_hdf5_message(h5m_);                                                                    \
+    h5raw_hdf5_message(h5m_);                                                            \
     mmp_error_set((code), what ": %s [%s:%d]", __VA_ARGS__, h5m_, __FILE__, __LINE__);    \
   } while (0)
 
@@ -127,7 +126,7 @@ static hid_t open_dataset(const story_file_t *f, const char *name) {
 static int check_contiguous(const story_file_t *f, hid_t d, const char *name, int64_t count) {
   /* every element is stored in the file: the count is bounded by its size
    * before anything is sized by it */
-  if (count > f->raw.size / f->vlen_esz)
+  if (count > f->raw.size / h5raw_vlen_element_size(&f->raw))
     return mmp_error_set(MMP_EDATA, "%s: %s/%s claims %lld elements, more than a %lld-byte file holds",
                          f->path, f->split, name, (long long)count, (long long)f->raw.size);
   hid_t dcpl = H5Dget_create_plist(d);
@@ -150,7 +149,6 @@ static int open_locked(story_file_t *f) {
   uint64_t root = 0;
   if ((rc = h5raw_open(f->file, f->path, &f->raw, &root)) < 0) return rc;
   rc = MMP_EDATA;
-  f->vlen_esz = 4 + (int64_t)f->raw.sizeof_addr + 4;
   /* the root's attribute, read from its header: libhdf5 is not asked to
    * decode the root's attributes (their datatypes and data are decoded
    * without bounds in 1.10) */
